@@ -1,0 +1,3 @@
+"""
+Pure logic: no reactor, no transports, no Deferreds; time is passed in.
+"""

@@ -1,0 +1,162 @@
+# -*- test-case-name: tests.test_local -*-
+"""
+The seams of twisted_kv that have more than one implementation.
+
+L{IKeyValue} is what every front end (HTTP, WebSocket, FTP) talks to: the
+single-process L{twisted_kv.local.LocalKeyValue} and the cluster's
+L{twisted_kv.coordinator.Coordinator} both provide it, so the front ends are
+tested without a cluster and run unchanged on one.
+
+Keys given to L{IKeyValue} are I{store keys}: L{twisted_kv.core.keyspace}
+maps client keys and file paths onto them, in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from attrs import frozen
+from zope.interface import Attribute, Interface
+
+from twisted_kv.core.records import Change, Record
+
+
+@frozen
+class ReadResult:
+    """
+    What a read found.
+
+    @ivar record: the live record, or C{None} when the key does not exist.
+    @ivar degraded: C{True} when no majority of the cluster answered and the
+        result came from whichever replicas were reachable (the newest version
+        among them), so it is not guaranteed linearizable.
+    """
+
+    record: Optional[Record]
+    degraded: bool = False
+
+
+@frozen
+class WriteResult:
+    """
+    An acknowledged write.
+
+    @ivar version: the new version, as an opaque string.
+    @ivar created: whether the key did not exist before (C{PUT}: 201 vs 200).
+    """
+
+    version: str
+    created: bool
+
+
+@frozen
+class KeyPage:
+    """
+    One page of a key listing; C{next} is the C{start_after} of the next page,
+    or C{None} when this is the last page.
+    """
+
+    keys: list[str]
+    next: Optional[str]
+
+
+@frozen
+class ChangeEvent:
+    """
+    A committed change, as delivered to watchers.
+
+    @ivar revision: a cluster-wide number that only grows.
+    """
+
+    change: Change
+    revision: int
+
+
+class IKeyValue(Interface):
+    """
+    Linearizable single-key operations on the whole store.
+
+    Every method returns a Deferred.  Failures are the typed exceptions of
+    L{twisted_kv.errors}: L{Unavailable} means nothing was applied,
+    L{OutcomeUnknown} means the write may or may not take effect.
+    """
+
+    max_value_bytes: int = Attribute("Largest value accepted, in bytes.")
+
+    def get(key: str):
+        """
+        Read C{key}.
+
+        @return: a Deferred firing with a L{ReadResult}.
+        """
+
+    def put(
+        key: str,
+        value: bytes,
+        content_type: str = "application/octet-stream",
+        ttl: Optional[float] = None,
+        if_match: Optional[str] = None,
+        if_none_match: bool = False,
+        create_only: bool = False,
+    ):
+        """
+        Store C{value} under C{key} (see L{twisted_kv.core.records.Put}).
+
+        @return: a Deferred firing with a L{WriteResult}, or failing with
+            L{KeyExists}, L{PreconditionFailed}, L{ValueTooLarge},
+            L{InsufficientStorage}, L{Unavailable} or L{OutcomeUnknown}.
+        """
+
+    def delete(key: str, if_match: Optional[str] = None):
+        """
+        Remove C{key}.
+
+        @return: a Deferred firing with the version string of the deletion, or
+            failing with L{KeyNotFound}, L{PreconditionFailed},
+            L{Unavailable} or L{OutcomeUnknown}.
+        """
+
+    def list_keys(prefix: str, start_after: Optional[str], limit: int):
+        """
+        List live keys starting with C{prefix}, after C{start_after}, in key
+        order, at most C{limit} of them.
+
+        @return: a Deferred firing with a L{KeyPage}.
+        """
+
+    def subscribe(listener: Callable[[ChangeEvent], None]) -> None:
+        """
+        Call C{listener} with every change committed anywhere in the store,
+        in revision order, from now on.
+        """
+
+    def unsubscribe(listener: Callable[[ChangeEvent], None]) -> None:
+        """
+        Stop calling C{listener}.
+        """
+
+
+class IClusterStatus(Interface):
+    """
+    What a node knows about itself and the cluster, for C{/cluster},
+    C{/health}, C{/metrics} and the dashboard.
+    """
+
+    def cluster_view() -> dict:
+        """
+        The JSON object of C{GET /cluster}: C{self}, C{leader}, C{term} and
+        C{nodes}, a list of objects with C{id}, C{state}
+        (C{alive}/C{suspect}/C{dead}), C{http}, C{keys}, C{synced} and
+        C{executed}.
+        """
+
+    def ready() -> bool:
+        """
+        Whether this node serves requests (C{GET /health}).
+        """
+
+    def metrics() -> list:
+        """
+        Node-level metrics as L{twisted_kv.metrics.Metric} values, rendered by
+        the HTTP front end in the Prometheus text format.
+        """

@@ -1,0 +1,667 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The cluster file: one INI file describing every node of a cluster.
+
+    [cluster]
+    name = demo
+    secret = a-long-random-string     ; authenticates peers to each other
+    replicas = majority               ; "majority" (default) or 1..N
+    data_dir =                        ; optional; empty = purely in memory
+    election_timeout = 2s             ; any tunable of L{CLUSTER_KEYS}
+
+    [node:n1]
+    host = 127.0.0.1
+    http_port = 7001                  ; HTTP API, WebSocket (/ws), dashboard
+    peer_port = 7101                  ; cluster-internal protocol
+    ftp_port = 7201                   ; FTP
+
+    [ftp_users]
+    alice = plain:wonderland
+
+Full-line and inline comments (C{;} or C{#}; inline ones after whitespace)
+are allowed.  Unknown sections and unknown keys are errors, so that a typo
+never silently changes behaviour.  Every problem is reported as a
+L{ConfigError} whose text is one line naming the file, the section and the
+key.
+
+This module is pure: it reads text and builds frozen values; it never
+touches a reactor.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import math
+import re
+from typing import Any, Callable, Optional
+
+from attrs import field, frozen, validators
+
+__all__ = [
+    "CLUSTER_KEYS",
+    "NODE_KEYS",
+    "ClusterConfig",
+    "ConfigError",
+    "NodeConfig",
+    "load_config",
+    "parse_bool",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+
+class ConfigError(ValueError):
+    """
+    The cluster file (or the node chosen from it) is unusable.
+
+    C{str()} of it is a single line such as
+    C{etc/x.ini: [node:n2] http_port: duplicate port 7001 (also [node:n1] http_port)}.
+
+    @ivar path: the file.
+    @ivar section: the section name without brackets, or C{None}.
+    @ivar key: the key (or command-line option, such as C{--node}), or C{None}.
+    @ivar problem: what is wrong, in words.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        section: Optional[str],
+        key: Optional[str],
+        problem: str,
+    ) -> None:
+        super().__init__(path, section, key, problem)
+        self.path = path
+        self.section = section
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        where = [self.path + ":"]
+        if self.section is not None:
+            where.append(f"[{self.section}]")
+        if self.key is not None:
+            where.append(self.key)
+        if len(where) > 1:
+            where[-1] += ":"
+        text = " ".join(where + [self.problem])
+        # Never more than one line, whatever the file contained.
+        return " ".join(text.split("\n"))
+
+
+# --------------------------------------------------------------------------
+# Value syntax
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+# Single letters and IEC units are binary; two-letter SI units are decimal.
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kib": KiB,
+    "kb": 1000,
+    "m": MiB,
+    "mib": MiB,
+    "mb": 1000**2,
+    "g": GiB,
+    "gib": GiB,
+    "gb": 1000**3,
+    "t": TiB,
+    "tib": TiB,
+    "tb": 1000**4,
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*$")
+
+_TRUE = {"1", "yes", "true", "on"}
+_FALSE = {"0", "no", "false", "off"}
+
+
+def parse_size(text: str) -> int:
+    """
+    Parse a byte count: C{100000}, C{10k}, C{64M}, C{512MiB}, C{1.5G},
+    C{2GiB}, C{500MB}.
+
+    Units are case-insensitive.  C{k}, C{M}, C{G}, C{T} and C{KiB}, C{MiB},
+    C{GiB}, C{TiB} are powers of 1024; C{kB}, C{MB}, C{GB}, C{TB} are powers
+    of 1000; C{B} or no unit means bytes.  Fractions are rounded down.
+
+    @raise ValueError: if C{text} is not such a size.
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (try 100000, 64MiB, 2GiB)")
+    number, unit = match.groups()
+    factor = _SIZE_UNITS.get(unit.lower())
+    if factor is None:
+        raise ValueError(
+            f"unknown size unit {unit!r} in {text!r} (use k, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
+        )
+    if "." in number:
+        return int(float(number) * factor)
+    return int(number) * factor
+
+
+def parse_duration(text: str) -> float:
+    """
+    Parse a duration in seconds: C{2}, C{0.5}, C{1.5s}, C{250ms}.
+
+    @raise ValueError: if C{text} is not such a duration.
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (try 2, 1.5s, 250ms)")
+    number, unit = match.groups()
+    seconds = float(number)
+    if unit == "ms":
+        seconds /= 1000.0
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a duration: {text!r}")
+    return seconds
+
+
+def parse_bool(text: str) -> bool:
+    """
+    Parse C{true}/C{false}, C{yes}/C{no}, C{on}/C{off} or C{1}/C{0}.
+
+    @raise ValueError: for anything else.
+    """
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def _parse_int(text: str) -> int:
+    stripped = text.strip()
+    if not re.fullmatch(r"[+-]?\d+", stripped):
+        raise ValueError(f"not an integer: {text!r}")
+    return int(stripped)
+
+
+def _format_url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# --------------------------------------------------------------------------
+# Values
+
+
+def _port(instance: object, attribute: object, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port out of range: {value}")
+
+
+@frozen(kw_only=True)
+class NodeConfig:
+    """
+    One node of the cluster, from a C{[node:ID]} section.
+
+    @ivar node_id: the C{ID} of the section.
+    @ivar host: the address the node listens on and that its peers and
+        clients connect to.
+    @ivar http_port: HTTP API, WebSocket (C{/ws}) and dashboard.
+    @ivar peer_port: the cluster-internal protocol.
+    @ivar ftp_port: the FTP service.
+    """
+
+    node_id: str = field(validator=validators.instance_of(str))
+    host: str = field(validator=validators.instance_of(str))
+    http_port: int = field(validator=[validators.instance_of(int), _port])
+    peer_port: int = field(validator=[validators.instance_of(int), _port])
+    ftp_port: int = field(validator=[validators.instance_of(int), _port])
+
+    @property
+    def http_url(self) -> str:
+        """
+        The base URL of the node's HTTP API, e.g. C{http://127.0.0.1:7001}.
+        """
+        return f"http://{_format_url_host(self.host)}:{self.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        """
+        The node's WebSocket URL, e.g. C{ws://127.0.0.1:7001/ws}.
+        """
+        return f"ws://{_format_url_host(self.host)}:{self.http_port}/ws"
+
+    @property
+    def ftp_url(self) -> str:
+        """
+        The node's FTP URL, e.g. C{ftp://127.0.0.1:7201}.
+        """
+        return f"ftp://{_format_url_host(self.host)}:{self.ftp_port}"
+
+
+def _positive(instance: object, attribute: object, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")  # type: ignore[attr-defined]
+
+
+def _not_negative(instance: object, attribute: object, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")  # type: ignore[attr-defined]
+
+
+@frozen(kw_only=True)
+class ClusterConfig:
+    """
+    A whole cluster file, parsed and checked.
+
+    Build one with L{load_config} or L{parse_config}; tests may also build one
+    directly (every argument is keyword-only).
+
+    @ivar path: the file it was read from (used in error messages).
+    @ivar name: the cluster's name.
+    @ivar secret: the shared secret peers prove knowledge of.
+    @ivar replicas: copies of each key, resolved to a number
+        (C{majority} is M{N // 2 + 1}).
+    @ivar data_dir: a directory for on-disk state, or C{None} for purely
+        in memory.
+    @ivar nodes: every node, in file order.
+    @ivar ftp_users: FTP user name -> password spec (C{plain:...} or a
+        salted hash), from C{[ftp_users]}.
+    @ivar election_timeout: seconds; the upper bound of the randomised
+        election timeout.
+    @ivar heartbeat_interval: seconds between leader heartbeats.
+    @ivar failure_timeout: seconds without hearing from a node before it is
+        dead; it is suspect after half of that.
+    @ivar request_timeout: seconds a coordinated request may take before it
+        fails.
+    @ivar max_value_bytes: the largest value accepted.
+    @ivar memory_limit: bytes of stored data a node may hold; 0 means no
+        limit.
+    @ivar partitions: how many partitions the key space is split into.
+    @ivar max_file_bytes: the largest file accepted over FTP or C{/files/}.
+    @ivar anti_entropy_interval: seconds between replica comparisons.
+    @ivar ws_history: how many recent changes are kept for WebSocket
+        clients resuming with C{since}.
+    @ivar anonymous_ftp: whether FTP accepts anonymous logins (read-only).
+    """
+
+    path: str = field(validator=validators.instance_of(str))
+    name: str = field(validator=validators.instance_of(str))
+    secret: bytes = field(validator=validators.instance_of(bytes))
+    replicas: int = field(validator=validators.instance_of(int))
+    data_dir: Optional[str] = field(
+        default=None, validator=validators.optional(validators.instance_of(str))
+    )
+    nodes: tuple[NodeConfig, ...] = field(
+        converter=tuple,
+        validator=validators.deep_iterable(validators.instance_of(NodeConfig)),
+    )
+    ftp_users: dict[str, str] = field(factory=dict, hash=False)
+    election_timeout: float = field(default=2.0, validator=_positive)
+    heartbeat_interval: float = field(default=0.1, validator=_positive)
+    failure_timeout: float = field(default=1.5, validator=_positive)
+    request_timeout: float = field(default=5.0, validator=_positive)
+    max_value_bytes: int = field(default=16 * MiB, validator=_positive)
+    memory_limit: int = field(default=0, validator=_not_negative)
+    partitions: int = field(default=64, validator=_positive)
+    max_file_bytes: int = field(default=256 * MiB, validator=_positive)
+    anti_entropy_interval: float = field(default=5.0, validator=_positive)
+    ws_history: int = field(default=10000, validator=_positive)
+    anonymous_ftp: bool = field(default=False, validator=validators.instance_of(bool))
+
+    @property
+    def majority(self) -> int:
+        """
+        The smallest number of nodes that is more than half of the cluster.
+        """
+        return len(self.nodes) // 2 + 1
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        """
+        The ids of every node, in file order.
+        """
+        return tuple(node.node_id for node in self.nodes)
+
+    def node(self, node_id: str) -> NodeConfig:
+        """
+        The node called C{node_id}.
+
+        @raise ConfigError: if the file defines no such node; the message
+            names the file and C{--node}.
+        """
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        raise ConfigError(
+            self.path,
+            None,
+            "--node",
+            f"unknown node id {node_id!r} (the file defines {', '.join(self.node_ids)})",
+        )
+
+    def peers(self, node_id: str) -> tuple[NodeConfig, ...]:
+        """
+        Every node but C{node_id}, in file order.
+
+        @raise ConfigError: if the file defines no such node.
+        """
+        self.node(node_id)
+        return tuple(node for node in self.nodes if node.node_id != node_id)
+
+
+# --------------------------------------------------------------------------
+# The schema
+
+
+@frozen
+class _Key:
+    """
+    One key of the C{[cluster]} section: how to read it and its default.
+    """
+
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+    check: Optional[Callable[[Any], Optional[str]]] = None
+
+
+def _check_positive(value: Any) -> Optional[str]:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _check_not_negative(value: Any) -> Optional[str]:
+    return None if value >= 0 else "must not be negative"
+
+
+def _check_election_timeout(value: Any) -> Optional[str]:
+    if not 0 < value <= 60:
+        return "must be greater than 0 and at most 60 seconds"
+    return None
+
+
+def _check_partitions(value: Any) -> Optional[str]:
+    if not 1 <= value <= 65536:
+        return "must be between 1 and 65536"
+    return None
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+#: The keys of C{[cluster]} besides C{name}, C{secret}, C{replicas} and
+#: C{data_dir}: tunables, each with its default.
+CLUSTER_KEYS: dict[str, _Key] = {
+    "election_timeout": _Key(
+        parse_duration, 2.0, "upper bound of the randomised election timeout, seconds",
+        _check_election_timeout,
+    ),
+    "heartbeat_interval": _Key(
+        parse_duration, 0.1, "seconds between leader heartbeats", _check_positive
+    ),
+    "failure_timeout": _Key(
+        parse_duration, 1.5,
+        "seconds without news before a node is dead (suspect after half)",
+        _check_positive,
+    ),
+    "request_timeout": _Key(
+        parse_duration, 5.0, "seconds a client request may take", _check_positive
+    ),
+    "max_value_bytes": _Key(parse_size, 16 * MiB, "largest value accepted", _check_positive),
+    "memory_limit": _Key(
+        parse_size, 0, "bytes of data a node may hold; 0 = unlimited", _check_not_negative
+    ),
+    "partitions": _Key(_parse_int, 64, "partitions of the key space", _check_partitions),
+    "max_file_bytes": _Key(parse_size, 256 * MiB, "largest FTP / /files/ upload", _check_positive),
+    "anti_entropy_interval": _Key(
+        parse_duration, 5.0, "seconds between replica comparisons", _check_positive
+    ),
+    "ws_history": _Key(
+        _parse_int, 10000, "changes kept for WebSocket resume (since)", _check_positive
+    ),
+    "anonymous_ftp": _Key(parse_bool, False, "allow anonymous read-only FTP logins"),
+}
+
+#: The keys of C{[cluster]} that are not tunables.
+_CLUSTER_BASE_KEYS = ("name", "secret", "replicas", "data_dir")
+
+#: The keys of every C{[node:ID]} section; all are required.
+NODE_KEYS = ("host", "http_port", "peer_port", "ftp_port")
+
+_PORT_KEYS = ("http_port", "peer_port", "ftp_port")
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOST = re.compile(r"^[A-Za-z0-9_.:%-]+$")
+_WILDCARD_HOSTS = {"0.0.0.0", "::"}
+
+_DEFAULT_NAME = "twisted_kv"
+
+
+# --------------------------------------------------------------------------
+# Parsing
+
+
+def load_config(path: str) -> ClusterConfig:
+    """
+    Read and check the cluster file at C{path}.
+
+    @raise ConfigError: if the file cannot be read or is not a valid cluster
+        file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, None, f"cannot read the cluster file: {e.strerror or e}")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, None, f"not UTF-8 text: {e.reason} at byte {e.start}")
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: str) -> ClusterConfig:
+    """
+    Check the text of a cluster file.
+
+    @param path: where C{text} came from; used in error messages only.
+
+    @raise ConfigError: if C{text} is not a valid cluster file.
+    """
+    parser = configparser.ConfigParser(
+        comment_prefixes=(";", "#"),
+        inline_comment_prefixes=(";", "#"),
+        interpolation=None,
+        strict=True,
+        empty_lines_in_values=False,
+        # No DEFAULT magic: a [DEFAULT] section is just an unknown section.
+        default_section="\0no default section",
+    )
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text, source=path)
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(path, e.section, None, f"duplicate section (line {e.lineno})")
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(path, e.section, e.option, f"duplicate key (line {e.lineno})")
+    except configparser.MissingSectionHeaderError as e:
+        raise ConfigError(
+            path, None, None,
+            f"line {e.lineno}: expected a [section] header, found {e.line.strip()!r}",
+        )
+    except configparser.ParsingError as e:
+        lineno, line = e.errors[0]
+        raise ConfigError(
+            path, None, None,
+            f"line {lineno}: expected 'key = value', found {_unrepr(line).strip()!r}",
+        )
+    for section in parser.sections():
+        for key, value in parser[section].items():
+            if "\n" in value:
+                raise ConfigError(
+                    path, section, key,
+                    "the value spans several lines (an indented line continues the value above it)",
+                )
+
+    node_sections: list[str] = []
+    for section in parser.sections():
+        if section.startswith("node:"):
+            node_sections.append(section)
+        elif section not in ("cluster", "ftp_users"):
+            raise ConfigError(
+                path, section, None,
+                "unknown section (expected [cluster], [node:ID] or [ftp_users])",
+            )
+    if not parser.has_section("cluster"):
+        raise ConfigError(path, "cluster", None, "missing section")
+    if not node_sections:
+        raise ConfigError(path, "node:ID", None, "missing section: the file defines no nodes")
+
+    nodes = tuple(_parse_node(path, parser, section) for section in node_sections)
+    _check_ports(path, nodes)
+    cluster = parser["cluster"]
+
+    for key in cluster:
+        if key not in _CLUSTER_BASE_KEYS and key not in CLUSTER_KEYS:
+            raise ConfigError(path, "cluster", key, "unknown key")
+
+    name = cluster.get("name", _DEFAULT_NAME).strip()
+    if not name:
+        raise ConfigError(path, "cluster", "name", "must not be empty")
+    if "secret" not in cluster:
+        raise ConfigError(path, "cluster", "secret", "missing key")
+    secret = cluster["secret"].strip()
+    if not secret:
+        raise ConfigError(path, "cluster", "secret", "must not be empty")
+    replicas = _parse_replicas(path, cluster.get("replicas", "majority"), len(nodes))
+    data_dir = cluster.get("data_dir", "").strip() or None
+
+    tunables: dict[str, Any] = {}
+    for key, spec in CLUSTER_KEYS.items():
+        if key not in cluster:
+            continue
+        raw = cluster[key]
+        try:
+            value = spec.parse(raw)
+        except ValueError as e:
+            raise ConfigError(path, "cluster", key, str(e))
+        if spec.check is not None:
+            problem = spec.check(value)
+            if problem is not None:
+                raise ConfigError(path, "cluster", key, f"{raw.strip()!r} {problem}")
+        tunables[key] = value
+
+    heartbeat = tunables.get("heartbeat_interval", CLUSTER_KEYS["heartbeat_interval"].default)
+    election = tunables.get("election_timeout", CLUSTER_KEYS["election_timeout"].default)
+    if heartbeat >= election:
+        blame = "heartbeat_interval" if "heartbeat_interval" in tunables else "election_timeout"
+        raise ConfigError(
+            path, "cluster", blame,
+            f"heartbeat_interval ({heartbeat:g}s) must be shorter than"
+            f" election_timeout ({election:g}s)",
+        )
+
+    ftp_users: dict[str, str] = {}
+    if parser.has_section("ftp_users"):
+        for user, spec in parser["ftp_users"].items():
+            spec = spec.strip()
+            if not spec:
+                raise ConfigError(path, "ftp_users", user, "empty password spec (use plain:PASSWORD)")
+            ftp_users[user] = spec
+
+    return ClusterConfig(
+        path=path,
+        name=name,
+        secret=secret.encode("utf-8"),
+        replicas=replicas,
+        data_dir=data_dir,
+        nodes=nodes,
+        ftp_users=ftp_users,
+        **tunables,
+    )
+
+
+def _unrepr(line: str) -> str:
+    """
+    The text of a line as L{configparser.ParsingError} reports it (some
+    Python versions give its C{repr}).
+    """
+    try:
+        value = ast.literal_eval(line)
+    except (ValueError, SyntaxError):
+        return line
+    return value if isinstance(value, str) else line
+
+
+def _parse_replicas(path: str, raw: str, node_count: int) -> int:
+    text = raw.strip()
+    if text.lower() == "majority":
+        return node_count // 2 + 1
+    try:
+        replicas = _parse_int(text)
+    except ValueError:
+        raise ConfigError(
+            path, "cluster", "replicas",
+            f"{text!r} is neither 'majority' nor an integer",
+        )
+    if not 1 <= replicas <= node_count:
+        raise ConfigError(
+            path, "cluster", "replicas",
+            f"{replicas} is not between 1 and the number of nodes ({node_count})",
+        )
+    return replicas
+
+
+def _parse_node(path: str, parser: configparser.ConfigParser, section: str) -> NodeConfig:
+    node_id = section[len("node:"):]
+    if not _NODE_ID.match(node_id):
+        raise ConfigError(
+            path, section, None,
+            f"bad node id {node_id!r} (use letters, digits, '_', '.', '-')",
+        )
+    values = parser[section]
+    for key in values:
+        if key not in NODE_KEYS:
+            raise ConfigError(path, section, key, "unknown key")
+    for key in NODE_KEYS:
+        if key not in values:
+            raise ConfigError(path, section, key, "missing key")
+    host = values["host"].strip()
+    if not _HOST.match(host):
+        raise ConfigError(path, section, "host", f"bad host {host!r}")
+    ports = {}
+    for key in _PORT_KEYS:
+        raw = values[key].strip()
+        try:
+            port = _parse_int(raw)
+        except ValueError:
+            raise ConfigError(path, section, key, f"not a port number: {raw!r}")
+        if not 1 <= port <= 65535:
+            raise ConfigError(path, section, key, f"port {port} is not between 1 and 65535")
+        ports[key] = port
+    return NodeConfig(node_id=node_id, host=host, **ports)
+
+
+def _check_ports(path: str, nodes: tuple[NodeConfig, ...]) -> None:
+    """
+    Refuse two listeners on one address, whichever nodes and kinds they are.
+    """
+    seen: dict[int, list[tuple[str, str, str]]] = {}
+    for node in nodes:
+        for key in _PORT_KEYS:
+            port = getattr(node, key)
+            for host, other_section, other_key in seen.get(port, []):
+                if (
+                    host == node.host
+                    or host in _WILDCARD_HOSTS
+                    or node.host in _WILDCARD_HOSTS
+                ):
+                    raise ConfigError(
+                        path, f"node:{node.node_id}", key,
+                        f"duplicate port {port} (also [{other_section}] {other_key})",
+                    )
+            seen.setdefault(port, []).append((node.host, f"node:{node.node_id}", key))

@@ -1,0 +1,238 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Tests for L{twisted_kv.tap}: the C{kvnode} options and service maker.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+from twisted.application.service import IService, Service
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
+from twisted_kv.tap import Options, makeService
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LOCAL = os.path.join(_REPO, "etc", "cluster-local.ini")
+
+#: Run twistd with this interpreter, from the repository, whatever is on PATH.
+_TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Parsing of the C{kvnode} command line.
+    """
+
+    def parse(self, argv: list[str]) -> dict[str, Any]:
+        options = Options()
+        options.parseOptions(argv)
+        return dict(options)
+
+    def test_long(self) -> None:
+        """
+        C{--config} and C{--node}.
+        """
+        self.assertEqual(
+            self.parse(["--config", "etc/x.ini", "--node", "n2"]),
+            {"config": "etc/x.ini", "node": "n2"},
+        )
+
+    def test_short(self) -> None:
+        """
+        C{-c} and C{-n}, and the C{--option=value} form.
+        """
+        self.assertEqual(
+            self.parse(["-c", "x.ini", "--node=n1"]), {"config": "x.ini", "node": "n1"}
+        )
+
+    def test_required(self) -> None:
+        """
+        Both options are required.
+        """
+        for argv, missing in [
+            ([], "--config"),
+            (["--node", "n1"], "--config"),
+            (["--config", "x.ini"], "--node"),
+            (["--config", "x.ini", "--node", ""], "--node"),
+        ]:
+            error = self.assertRaises(usage.UsageError, self.parse, argv)
+            self.assertEqual(str(error), f"{missing} is required")
+
+    def test_no_arguments(self) -> None:
+        """
+        Positional arguments are refused.
+        """
+        self.assertRaises(
+            usage.UsageError, self.parse, ["-c", "x.ini", "-n", "n1", "extra"]
+        )
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    L{makeService} loads the cluster file and hands it to the builder.
+    """
+
+    def setUp(self) -> None:
+        self.calls: list[tuple[ClusterConfig, str, Any]] = []
+        self.service = Service()
+
+    def build(self, config: ClusterConfig, node_id: str, reactor: Any) -> IService:
+        self.calls.append((config, node_id, reactor))
+        return self.service
+
+    def options(self, config: str, node: str) -> Options:
+        options = Options()
+        options.parseOptions(["--config", config, "--node", node])
+        return options
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def test_builds(self) -> None:
+        """
+        The builder gets the parsed cluster file, the node id and the
+        reactor, and its service is returned.
+        """
+        reactor = MemoryReactor()
+        service = makeService(self.options(_LOCAL, "n2"), reactor, _build=self.build)
+        self.assertIs(service, self.service)
+        self.assertEqual(self.calls, [(load_config(_LOCAL), "n2", reactor)])
+
+    def test_global_reactor(self) -> None:
+        """
+        Without a reactor, the global one is used.
+        """
+        from twisted.internet import reactor
+
+        makeService(self.options(_LOCAL, "n1"), _build=self.build)
+        self.assertIs(self.calls[0][2], reactor)
+
+    def test_unknown_node(self) -> None:
+        """
+        An unknown node id ends the program with the one-line message; the
+        builder is not called.
+        """
+        error = self.assertRaises(
+            SystemExit,
+            makeService,
+            self.options(_LOCAL, "n9"),
+            MemoryReactor(),
+            _build=self.build,
+        )
+        self.assertEqual(
+            error.code,
+            f"{_LOCAL}: --node: unknown node id 'n9' (the file defines n1, n2, n3)",
+        )
+        self.assertEqual(self.calls, [])
+
+    def test_bad_file(self) -> None:
+        """
+        A bad cluster file ends the program with the one-line message.
+        """
+        path = self.write("[cluster]\nsecret = s\n")
+        error = self.assertRaises(
+            SystemExit,
+            makeService,
+            self.options(path, "n1"),
+            MemoryReactor(),
+            _build=self.build,
+        )
+        self.assertEqual(
+            error.code, f"{path}: [node:ID]: missing section: the file defines no nodes"
+        )
+        self.assertEqual(self.calls, [])
+
+    def test_missing_file(self) -> None:
+        """
+        A missing cluster file ends the program with the one-line message.
+        """
+        path = os.path.abspath(self.mktemp())
+        error = self.assertRaises(
+            SystemExit,
+            makeService,
+            self.options(path, "n1"),
+            MemoryReactor(),
+            _build=self.build,
+        )
+        self.assertEqual(
+            error.code, f"{path}: cannot read the cluster file: No such file or directory"
+        )
+
+    def test_builder_config_error(self) -> None:
+        """
+        A L{ConfigError} found while building the node (say, an unusable
+        data directory) ends the program the same way.
+        """
+
+        def build(config: ClusterConfig, node_id: str, reactor: Any) -> IService:
+            raise ConfigError(config.path, "cluster", "data_dir", "not a directory")
+
+        error = self.assertRaises(
+            SystemExit,
+            makeService,
+            self.options(_LOCAL, "n1"),
+            MemoryReactor(),
+            _build=build,
+        )
+        self.assertEqual(error.code, f"{_LOCAL}: [cluster] data_dir: not a directory")
+
+
+class TwistdTests(SynchronousTestCase):
+    """
+    A real C{twistd kvnode} refuses user errors with one line and no
+    traceback.  (These start a process but open no port.)
+    """
+
+    def twistd(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            _TWISTD + ["-n", "--pidfile=", "kvnode", *argv],
+            cwd=_REPO,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def test_unknown_node(self) -> None:
+        """
+        C{--node} naming no node of the file: status 1, one line on stderr.
+        """
+        result = self.twistd("--config", "etc/cluster-local.ini", "--node", "n9")
+        self.assertEqual(
+            (result.returncode, result.stderr),
+            (
+                1,
+                "etc/cluster-local.ini: --node: unknown node id 'n9'"
+                " (the file defines n1, n2, n3)\n",
+            ),
+        )
+
+    def test_bad_file(self) -> None:
+        """
+        A duplicate port: status 1, one line on stderr naming file, section
+        and key.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(_LOCAL, encoding="utf-8") as f:
+            text = f.read().replace("http_port = 7002", "http_port = 7001")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        result = self.twistd("--config", path, "--node", "n1")
+        self.assertEqual(
+            (result.returncode, result.stderr),
+            (
+                1,
+                f"{path}: [node:n2] http_port: duplicate port 7001"
+                " (also [node:n1] http_port)\n",
+            ),
+        )

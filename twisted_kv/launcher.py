@@ -1,0 +1,521 @@
+# -*- test-case-name: tests.test_launcher -*-
+"""
+C{kvcluster}: run every node of a cluster file on this machine.
+
+    kvcluster [CONFIG]            (default: etc/cluster-local.ini)
+    python -m twisted_kv.launcher [CONFIG]
+
+It starts one C{twistd -n --pidfile= kvnode --config CONFIG --node ID} per
+node of the file, with the same Python, and shows each node's output with
+the node id in front of every line.  It asks the nodes for C{GET /cluster}
+until one reports a leader, then prints the leader and every node's HTTP,
+WebSocket and FTP URLs.  Ctrl-C (or SIGTERM, or SIGHUP) stops every node:
+SIGTERM first, SIGKILL for any node still running after C{--stop-timeout}
+seconds; then C{kvcluster} exits with status 0.
+
+If a node exits before the cluster has a leader (say, a port is taken),
+every node is stopped and C{kvcluster} exits with status 1; a node that
+exits later is only reported, since stopping nodes is how failures are
+tried out.
+
+Each node runs in its own process group, so a Ctrl-C in the terminal
+reaches C{kvcluster} only, which then stops each node exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
+
+DEFAULT_CONFIG = os.path.join("etc", "cluster-local.ini")
+
+#: What each node process runs: twistd, from the launcher's own Python, in
+#: a process group of its own.
+_TWISTD_MAIN = (
+    "import os, sys; os.setpgrp(); sys.argv[0] = 'twistd'; "
+    "from twisted.scripts.twistd import run; run()"
+)
+
+#: Longest partial line kept from a node before it is shown anyway.
+_MAX_LINE = 64 * 1024
+
+Writer = Callable[[str], None]
+Fetcher = Callable[[str], "Deferred[Any]"]
+
+
+def node_command(config_path: str, node_id: str, python: str = sys.executable) -> list[str]:
+    """
+    The command line that runs one node in the foreground.
+
+    @param config_path: the cluster file, as the user named it.
+    @param python: the interpreter; by default the one running this code.
+    """
+    return [
+        python,
+        "-c",
+        _TWISTD_MAIN,
+        "-n",
+        "--pidfile=",
+        "kvnode",
+        "--config",
+        config_path,
+        "--node",
+        node_id,
+    ]
+
+
+def node_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """
+    The environment of a node process: the launcher's, with unbuffered
+    output so that log lines show up as they are written.
+    """
+    env = dict(environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def leader_of(cluster: Any) -> tuple[Optional[str], Optional[int]]:
+    """
+    The leader and term from a node's C{GET /cluster} answer.
+
+    @param cluster: the decoded JSON.
+    @return: C{(leader id, term)}; either is C{None} when not reported.
+    """
+    if not isinstance(cluster, dict):
+        return None, None
+    leader = cluster.get("leader")
+    if isinstance(leader, dict):
+        leader = leader.get("id")
+    term = cluster.get("term")
+    return (
+        leader if isinstance(leader, str) and leader else None,
+        term if isinstance(term, int) and not isinstance(term, bool) else None,
+    )
+
+
+def describe_cluster(
+    config: ClusterConfig, leader: Optional[str], term: Optional[int]
+) -> list[str]:
+    """
+    The lines printed once the cluster is up: the leader, then a table of
+    every node's URLs, the leader marked with C{*}.
+    """
+    if leader is None:
+        headline = f"cluster {config.name!r}: no leader reported yet; the nodes keep trying"
+    else:
+        headline = f"cluster {config.name!r} is up; the leader is {leader}"
+        if term is not None:
+            headline += f" (term {term})"
+    rows = [("", "node", "HTTP API and dashboard", "WebSocket", "FTP")]
+    for node in config.nodes:
+        rows.append(
+            (
+                "*" if node.node_id == leader else "",
+                node.node_id,
+                node.http_url + "/",
+                node.ws_url,
+                node.ftp_url + "/",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    table = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+        for row in rows
+    ]
+    return [headline, *table]
+
+
+class LineBuffer:
+    """
+    Turns a stream of bytes into lines, each with a prefix.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        """
+        Add output; return the complete lines it finishes.
+        """
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        if len(self._pending) > _MAX_LINE:
+            lines.append(self._pending)
+            self._pending = b""
+        return [self._line(line) for line in lines]
+
+    def flush(self) -> list[str]:
+        """
+        Return the last, unfinished line, if any.
+        """
+        pending, self._pending = self._pending, b""
+        return [self._line(pending)] if pending else []
+
+    def _line(self, raw: bytes) -> str:
+        return self._prefix + raw.rstrip(b"\r").decode("utf-8", "replace")
+
+
+def describe_exit(reason: Failure) -> str:
+    """
+    How a process ended, in words.
+    """
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return "exited with status 0"
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            return f"was killed by signal {value.signal}"
+        return f"exited with status {value.exitCode}"
+    return f"ended: {value}"
+
+
+class NodeProcess(ProcessProtocol):
+    """
+    One running node: prefixes its output and tells when it has ended.
+
+    @ivar ended: C{None} while running, then how the process ended.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        prefix: str,
+        out: Writer,
+        err: Writer,
+        on_end: Callable[["NodeProcess", Failure], None],
+    ) -> None:
+        self.node_id = node_id
+        self._out = out
+        self._err = err
+        self._buffers = {1: LineBuffer(prefix), 2: LineBuffer(prefix)}
+        self._on_end = on_end
+        self.ended: Optional[Failure] = None
+
+    def connectionMade(self) -> None:
+        self.transport.closeStdin()  # type: ignore[union-attr]
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        write = self._err if childFD == 2 else self._out
+        for line in self._buffers.get(childFD, self._buffers[1]).feed(data):
+            write(line)
+
+    def processEnded(self, reason: Failure) -> None:
+        for fd, write in ((1, self._out), (2, self._err)):
+            for line in self._buffers[fd].flush():
+                write(line)
+        self.ended = reason
+        self._on_end(self, reason)
+
+    def signal(self, name: str) -> None:
+        """
+        Send signal C{name} (C{"TERM"}, C{"KILL"}) unless the process has
+        already gone.
+        """
+        if self.ended is not None:
+            return
+        try:
+            self.transport.signalProcess(name)  # type: ignore[union-attr]
+        except (ProcessExitedAlready, OSError):
+            pass
+
+
+class Launcher:
+    """
+    Starts, watches and stops the nodes of one cluster file.
+
+    @param reactor: spawns processes and tells the time
+        (C{IReactorProcess} and C{IReactorTime}).
+    @param fetch: C{url -> Deferred} firing with the decoded JSON of a
+        C{GET}, used for C{/cluster}.
+    @param out: writes one line of ordinary output.
+    @param err: writes one line of error output.
+
+    @ivar finished: fires with C{None} once the nodes were stopped on
+        request, or fails with C{SystemExit(1)} when the cluster could not
+        start or every node died on its own.
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        reactor: Any,
+        fetch: Fetcher,
+        out: Writer,
+        err: Writer,
+        *,
+        python: str = sys.executable,
+        environ: Mapping[str, str] = os.environ,
+        poll_interval: float = 0.5,
+        leader_timeout: float = 60.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self._config = config
+        self._reactor = reactor
+        self._fetch = fetch
+        self._out = out
+        self._err = err
+        self._python = python
+        self._environ = environ
+        self._poll_interval = poll_interval
+        self._leader_timeout = leader_timeout
+        self._stop_timeout = stop_timeout
+        self.processes: list[NodeProcess] = []
+        self.finished: Deferred[None] = Deferred()
+        self._poller: Optional[LoopingCall] = None
+        self._leader_found = False
+        self._leader_warning: Any = None
+        self._stopping = False
+        self._stopped = False
+        self._stop_waiters: list[Deferred[None]] = []
+        self._kill_call: Any = None
+        self._failed = False
+
+    def _say(self, line: str) -> None:
+        self._out(f"kvcluster: {line}")
+
+    def start(self) -> None:
+        """
+        Spawn every node and start asking for a leader.
+        """
+        width = max(len(node_id) for node_id in self._config.node_ids)
+        env = node_environment(self._environ)
+        self._say(
+            f"starting {len(self._config.nodes)} nodes of {self._config.path}"
+            f" ({', '.join(self._config.node_ids)}); Ctrl-C stops them all"
+        )
+        for node in self._config.nodes:
+            process = NodeProcess(
+                node.node_id,
+                f"{node.node_id.ljust(width)} | ",
+                self._out,
+                self._err,
+                self._node_ended,
+            )
+            argv = node_command(self._config.path, node.node_id, self._python)
+            self._reactor.spawnProcess(process, argv[0], argv, env=env)
+            self.processes.append(process)
+        self._poller = LoopingCall(self._poll)
+        self._poller.clock = self._reactor
+        self._poller.start(self._poll_interval, now=False).addErrback(self._poll_failed)
+        self._leader_warning = self._reactor.callLater(
+            self._leader_timeout, self._no_leader_yet
+        )
+
+    def _poll(self) -> Deferred[Any]:
+        """
+        Ask every node for C{/cluster}; report the cluster once one knows
+        its leader.
+        """
+        queries = [
+            self._fetch(node.http_url + "/cluster").addCallbacks(
+                leader_of, lambda failure: (None, None)
+            )
+            for node in self._config.nodes
+        ]
+
+        def answered(results: list[tuple[bool, Any]]) -> None:
+            for ok, (leader, term) in results:
+                if ok and leader is not None and not self._leader_found and not self._stopping:
+                    self._found_leader(leader, term)
+                    return
+
+        return DeferredList(queries, consumeErrors=True).addCallback(answered)
+
+    def _poll_failed(self, failure: Failure) -> None:
+        self._err(f"kvcluster: polling the nodes failed: {failure.getErrorMessage()}")
+
+    def _found_leader(self, leader: str, term: Optional[int]) -> None:
+        self._leader_found = True
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        if self._leader_warning is not None and self._leader_warning.active():
+            self._leader_warning.cancel()
+        for line in describe_cluster(self._config, leader, term):
+            self._say(line)
+
+    def _no_leader_yet(self) -> None:
+        self._say(f"no leader reported after {self._leader_timeout:g}s")
+        for line in describe_cluster(self._config, None, None):
+            self._say(line)
+
+    def _node_ended(self, process: NodeProcess, reason: Failure) -> None:
+        how = describe_exit(reason)
+        if self._stopping:
+            self._say(f"{process.node_id} {how}")
+            if all(p.ended is not None for p in self.processes):
+                self._all_stopped()
+            return
+        self._err(f"kvcluster: {process.node_id} {how}")
+        if not self._leader_found:
+            self._err(
+                f"kvcluster: {process.node_id} stopped before the cluster had a"
+                " leader; stopping the other nodes"
+            )
+            self._fail()
+        elif all(p.ended is not None for p in self.processes):
+            self._err("kvcluster: every node has exited")
+            self._fail()
+
+    def _fail(self) -> None:
+        self._failed = True
+        self.stop().addCallback(lambda _: self.finished.errback(SystemExit(1)))
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop every node: SIGTERM now, SIGKILL for those still running after
+        the stop timeout.  Safe to call any number of times.
+
+        @return: a Deferred firing with C{None} once every node has ended.
+        """
+        if self._stopped:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._stop_waiters.append(waiter)
+        if not self._stopping:
+            self._begin_stop()
+        return waiter
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        if self._leader_warning is not None and self._leader_warning.active():
+            self._leader_warning.cancel()
+        running = [p for p in self.processes if p.ended is None]
+        if not running:
+            self._all_stopped()
+            return
+        self._say(f"stopping {', '.join(p.node_id for p in running)}")
+        for process in running:
+            process.signal("TERM")
+        self._kill_call = self._reactor.callLater(self._stop_timeout, self._kill)
+
+    def _kill(self) -> None:
+        for process in self.processes:
+            if process.ended is None:
+                self._err(
+                    f"kvcluster: {process.node_id} still running after"
+                    f" {self._stop_timeout:g}s; killing it"
+                )
+                process.signal("KILL")
+
+    def _all_stopped(self) -> None:
+        self._stopped = True
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        if not self._failed and not self.finished.called:
+            self._say("every node has stopped")
+            self.finished.callback(None)
+
+
+def _fetch_json(reactor: Any) -> Fetcher:
+    """
+    A L{Fetcher} over real HTTP, without keep-alive, giving up quickly.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    agent = Agent(reactor, connectTimeout=2, pool=pool)
+    client = HTTPClient(agent)
+
+    def fetch(url: str) -> Deferred[Any]:
+        d = client.get(url, timeout=2)
+        d.addCallback(lambda response: response.content())
+        d.addCallback(lambda body: json.loads(body.decode("utf-8")))
+        return d
+
+    return fetch
+
+
+def _write_line(stream: Any) -> Writer:
+    def write(line: str) -> None:
+        stream.write(line + "\n")
+        stream.flush()
+
+    return write
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """
+    Parse C{kvcluster}'s command line.
+    """
+    parser = argparse.ArgumentParser(
+        prog="kvcluster",
+        description="Run every node of a twisted_kv cluster file on this machine.",
+    )
+    parser.add_argument(
+        "config",
+        nargs="?",
+        default=DEFAULT_CONFIG,
+        help=f"the cluster file (default: {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on stop, SIGKILL nodes still running after this long (default: 10)",
+    )
+    parser.add_argument(
+        "--leader-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="warn if no leader is reported within this long (default: 60)",
+    )
+    return parser.parse_args(list(argv))
+
+
+def _run(reactor: Any, config: ClusterConfig, arguments: argparse.Namespace) -> Deferred[None]:
+    launcher = Launcher(
+        config,
+        reactor,
+        _fetch_json(reactor),
+        _write_line(sys.stdout),
+        _write_line(sys.stderr),
+        leader_timeout=arguments.leader_timeout,
+        stop_timeout=arguments.stop_timeout,
+    )
+    reactor.addSystemEventTrigger("before", "shutdown", launcher.stop)
+
+    def hangup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGHUP, hangup)
+    launcher.start()
+    return launcher.finished
+
+
+def main(argv: Optional[Iterable[str]] = None) -> None:
+    """
+    The C{kvcluster} console script.
+    """
+    from twisted.internet import task
+
+    arguments = parse_arguments(sys.argv[1:] if argv is None else list(argv))
+    try:
+        config = load_config(arguments.config)
+    except ConfigError as e:
+        raise SystemExit(f"kvcluster: {e}")
+    task.react(_run, (config, arguments))
+
+
+if __name__ == "__main__":
+    main()

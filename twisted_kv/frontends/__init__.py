@@ -1,0 +1,3 @@
+"""
+The edges of a node: HTTP API, WebSocket, dashboard and FTP front ends.
+"""

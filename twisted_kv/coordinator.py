@@ -1,0 +1,331 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+The cluster as one L{IKeyValue}: every front end's requests enter here, on
+whichever node the client reached.
+
+Each operation goes to the primary of its key's partition (here or over the
+peer protocol), which executes it; so requests arriving at the partition
+leader are executed across the cluster, wherever the primaries are.  While the
+map changes (a node died, a primary moved) an operation is retried, under the
+same operation id, until the request timeout; the primaries remember recent
+operation ids, so a retried write takes effect at most once.  What the client
+is told when time runs out depends on whether the write may have been
+applied: L{Unavailable} (503, nothing happened) or L{OutcomeUnknown} (504).
+
+Reads are linearizable while a majority is reachable.  Without one they are
+answered from the newest version among the reachable replicas and marked
+degraded; writes are then refused with 503.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Callable, Optional
+
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    fail,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_kv.core.membership import ALIVE
+from twisted_kv.core.records import Change, Delete, Operation, Put, Record, format_version, live
+from twisted_kv.core.replica import decode_change
+from twisted_kv.errors import OutcomeUnknown, Unavailable, ValueTooLarge
+from twisted_kv.interfaces import (
+    ChangeEvent,
+    IClusterStatus,
+    IKeyValue,
+    KeyPage,
+    ReadResult,
+    WriteResult,
+)
+from twisted_kv.metrics import Metric, sample
+from twisted_kv.node import RETRY_DELAY, Node, Retry, _decode_record, encode_operation
+
+# How long a degraded read waits for the reachable replicas.
+DEGRADED_READ_TIMEOUT = 1.0
+
+
+@implementer(IKeyValue)
+class Coordinator:
+    """
+    Routes client operations to the primaries of their partitions.
+    """
+
+    def __init__(self, node: Node, clock: IReactorTime) -> None:
+        self._node = node
+        self._clock = clock
+        self.max_value_bytes = node.config.max_value_bytes
+
+    # -- IKeyValue ---------------------------------------------------------
+
+    def get(self, key: str) -> Deferred[ReadResult]:
+        if not self._node.has_majority():
+            return self._degraded_get(key)
+        partition = self._node.partition_of(key)
+        d = self._route(
+            partition,
+            lambda: self._node.read_local(partition, key),
+            lambda: ["read", 0, partition, key],
+            _decode_record,
+            write=False,
+        )
+
+        def found(record: Optional[Record]) -> ReadResult:
+            return ReadResult(live(record, self._clock.seconds()))
+
+        def unreachable(failure: Failure) -> Deferred[ReadResult]:
+            failure.trap(Unavailable)
+            return self._degraded_get(key)
+
+        return d.addCallbacks(found, unreachable)
+
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        content_type: str = "application/octet-stream",
+        ttl: Optional[float] = None,
+        if_match: Optional[str] = None,
+        if_none_match: bool = False,
+        create_only: bool = False,
+    ) -> Deferred[WriteResult]:
+        if len(value) > self.max_value_bytes:
+            return fail(ValueTooLarge(f"the value exceeds {self.max_value_bytes} bytes"))
+        operation = Put(key, value, content_type, ttl, if_match, if_none_match, create_only)
+        return self._write(operation).addCallback(
+            lambda change: WriteResult(format_version(change.version), change.created)
+        )
+
+    def delete(self, key: str, if_match: Optional[str] = None) -> Deferred[str]:
+        return self._write(Delete(key, if_match)).addCallback(
+            lambda change: format_version(change.version)
+        )
+
+    def list_keys(self, prefix: str, start_after: Optional[str], limit: int) -> Deferred[KeyPage]:
+        cluster_map = self._node.cluster_map
+        if cluster_map is None:
+            return fail(Unavailable("the cluster has no partition map yet"))
+        by_primary: dict[str, list[int]] = {}
+        for index, config in enumerate(cluster_map.partitions):
+            if config.primary is None:
+                return fail(Unavailable(f"partition {index} has no replica"))
+            by_primary.setdefault(config.primary.node_id, []).append(index)
+        timeout = self._node.config.request_timeout
+        calls = [
+            (
+                succeed(self._node.list_local(partitions, prefix, start_after, limit + 1))
+                if primary == self._node.node_id
+                else self._node.call(
+                    primary, ["list", 0, partitions, prefix, start_after, limit + 1], timeout
+                )
+            )
+            for primary, partitions in by_primary.items()
+        ]
+
+        def merge(results: list) -> KeyPage:
+            pages = []
+            for ok, result in results:
+                if not ok:
+                    raise Unavailable("a node holding part of the listing did not answer")
+                pages.append(result)
+            keys = list(itertools.islice(heapq.merge(*pages), limit + 1))
+            if len(keys) > limit:
+                return KeyPage(keys[:limit], keys[limit - 1])
+            return KeyPage(keys, None)
+
+        return DeferredList(calls, consumeErrors=True).addCallback(merge)
+
+    def subscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
+        self._node.subscribe(listener)
+
+    def unsubscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
+        self._node.unsubscribe(listener)
+
+    # -- routing -----------------------------------------------------------
+
+    def _write(self, operation: Operation) -> Deferred[Change]:
+        partition = self._node.partition_of(operation.key)
+        op_id = self._node.new_op_id()
+        return self._route(
+            partition,
+            lambda: self._node.execute_local(partition, operation, op_id),
+            lambda: ["op", 0, partition, encode_operation(operation), op_id],
+            lambda data: decode_change(data),
+            write=True,
+        )
+
+    def _route(
+        self,
+        partition: int,
+        run_here: Callable[[], Deferred],
+        message: Callable[[], list],
+        decode: Callable,
+        *,
+        write: bool,
+    ) -> Deferred:
+        """
+        Run an operation at its partition's primary, retrying while the
+        primary is unknown, moving or unreachable, until the request timeout.
+        """
+        deadline = self._clock.seconds() + self._node.config.request_timeout
+        maybe_applied = False
+
+        def give_up(reason: str) -> Failure:
+            if write and maybe_applied:
+                return Failure(OutcomeUnknown(f"the write may or may not have been applied: {reason}"))
+            return Failure(Unavailable(reason, retry_after=1))
+
+        def attempt() -> Deferred:
+            remaining = deadline - self._clock.seconds()
+            if remaining <= 0:
+                return fail(give_up("no primary answered in time"))
+            if write and not self._node.has_majority():
+                return fail(give_up("no majority of the cluster is reachable"))
+            config = self._node.partition_config(partition)
+            if config is None or config.primary is None:
+                return later()
+            primary = config.primary.node_id
+            if primary == self._node.node_id:
+                d = run_here()
+            else:
+                d = self._node.call(primary, message(), remaining).addCallback(decode)
+            return d.addErrback(retry)
+
+        def retry(failure: Failure) -> Deferred:
+            nonlocal maybe_applied
+            if failure.check(TimeoutError, CancelledError):
+                maybe_applied = True
+                return fail(give_up("the primary did not answer in time"))
+            failure.trap(Retry)
+            maybe_applied = maybe_applied or failure.value.maybe_applied
+            return later()
+
+        def later() -> Deferred:
+            return deferLater(self._clock, RETRY_DELAY, attempt)
+
+        return maybeDeferred(attempt)
+
+    def _degraded_get(self, key: str) -> Deferred[ReadResult]:
+        """
+        Read C{key} from every reachable replica and answer the newest version:
+        every acknowledged write is on a majority, so at least one of them
+        holds the latest acknowledged one.
+        """
+        partition = self._node.partition_of(key)
+        asks = [succeed(self._node.peek_local(partition, key))]
+        for peer in self._node.consensus.peers:
+            asks.append(
+                self._node.call(peer, ["peek", 0, partition, key], DEGRADED_READ_TIMEOUT)
+                .addCallback(_decode_record)
+            )
+
+        def newest(results: list) -> ReadResult:
+            records = [r for ok, r in results if ok and r is not None]
+            best = max(records, key=lambda r: r.version, default=None)
+            return ReadResult(live(best, self._clock.seconds()), degraded=True)
+
+        return DeferredList(asks, consumeErrors=True).addCallback(newest)
+
+
+@implementer(IClusterStatus)
+class NodeStatus:
+    """
+    What one node reports about itself and the cluster.
+    """
+
+    def __init__(self, node: Node, clock: IReactorTime) -> None:
+        self._node = node
+        self._clock = clock
+
+    def cluster_view(self) -> dict:
+        node = self._node
+        now = self._clock.seconds()
+        nodes = []
+        for peer in node.config.nodes:
+            if peer.node_id == node.node_id:
+                info = {"keys": node.key_count(), "synced": node.synced(), "executed": node.executed}
+            else:
+                info = node.membership.info.get(peer.node_id, {"keys": 0, "synced": False, "executed": 0})
+            nodes.append(
+                {
+                    "id": peer.node_id,
+                    "state": node.membership.state(peer.node_id, now),
+                    "http": peer.http_url,
+                    **info,
+                }
+            )
+        return {
+            "self": node.node_id,
+            "leader": node.leader,
+            "term": node.consensus.term,
+            "nodes": nodes,
+        }
+
+    def ready(self) -> bool:
+        return self._node.cluster_map is not None
+
+    def metrics(self) -> list:
+        view = self.cluster_view()
+        node = self._node
+        primaries = 0
+        if node.cluster_map is not None:
+            primaries = sum(
+                1 for c in node.cluster_map.partitions
+                if c.primary is not None and c.primary.node_id == node.node_id
+            )
+        return [
+            Metric(
+                "twisted_kv_executed_total",
+                "counter",
+                "Client operations executed by each node as a partition primary.",
+                [sample(n["executed"], node=n["id"]) for n in view["nodes"]],
+            ),
+            Metric(
+                "twisted_kv_keys",
+                "gauge",
+                "Keys held by each node, replicas included.",
+                [sample(n["keys"], node=n["id"]) for n in view["nodes"]],
+            ),
+            Metric(
+                "twisted_kv_node_alive",
+                "gauge",
+                "Whether each node is alive in this node's view.",
+                [sample(int(n["state"] == ALIVE), node=n["id"]) for n in view["nodes"]],
+            ),
+            Metric(
+                "twisted_kv_node_synced",
+                "gauge",
+                "Whether each node holds in sync every partition placed on it.",
+                [sample(int(bool(n["synced"])), node=n["id"]) for n in view["nodes"]],
+            ),
+            Metric("twisted_kv_term", "gauge", "The current election term.", [sample(view["term"])]),
+            Metric(
+                "twisted_kv_is_leader",
+                "gauge",
+                "Whether this node is the partition leader.",
+                [sample(int(view["leader"] == node.node_id))],
+            ),
+            Metric(
+                "twisted_kv_primary_partitions",
+                "gauge",
+                "Partitions this node is the primary of.",
+                [sample(primaries)],
+            ),
+            Metric(
+                "twisted_kv_memory_bytes",
+                "gauge",
+                "Approximate memory held by this node's records.",
+                [sample(node.bytes_used())],
+            ),
+        ]

@@ -1,0 +1,250 @@
+# -*- test-case-name: tests.test_consensus -*-
+"""
+Election of the partition leader and replication of the cluster map.
+
+This is Raft (Ongaro and Ousterhout, 2014) specialised to a log whose every
+entry is a complete L{ClusterMap}: since each entry replaces the whole state,
+a follower only keeps the latest entry, and "log matching" reduces to
+comparing the (index, term) of that one entry.  The rules kept from Raft:
+
+  - terms, randomised election timeouts, one vote per term;
+  - a vote only for a candidate whose entry is at least as up to date;
+  - an entry is committed once a majority of all nodes stores it, and only
+    entries of the leader's own term are committed by counting (a new leader
+    re-proposes the map it has, as its first entry);
+  - leader stickiness (a node that heard from a leader within the minimum
+    election timeout ignores vote requests) and check-quorum (a leader that
+    has not heard from a majority for an election timeout steps down), so a
+    partitioned node neither disrupts nor lingers as leader.
+
+State is in memory only.  A restarted node does not vote for a minimum
+election timeout after it starts, so a vote it cast before it crashed belongs
+to an election that has ended.
+
+Messages (lists, the first element the tag):
+  - C{["vote", term, entry_index, entry_term]}
+  - C{["voted", term, granted]}
+  - C{["append", term, entry_index, entry_term, map or None, commit_index]}:
+    the map travels only to followers not known to hold the entry.
+  - C{["appended", term, ok, entry_index, entry_term]}
+
+The class is pure: every input takes C{now}, and outputs are returned as a
+list of C{(peer_id, message)} to send.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Optional, Sequence
+
+from twisted_kv.core.placement import ClusterMap, decode_map, encode_map
+
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+Outgoing = list[tuple[str, list]]
+
+
+class Consensus:
+    """
+    One node's view of the election and of the cluster map.
+
+    @ivar term: the current term.
+    @ivar leader: the id of the leader of the current term, if known.
+    @ivar committed: the latest committed cluster map, if any.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        peers: Sequence[str],
+        *,
+        now: float,
+        election_timeout: float,
+        heartbeat_interval: float,
+        rng: random.Random,
+    ) -> None:
+        self.node_id = node_id
+        self.peers = [peer for peer in peers if peer != node_id]
+        self.majority = (len(self.peers) + 1) // 2 + 1
+        self._timeout = election_timeout
+        self._heartbeat = heartbeat_interval
+        self._rng = rng
+        self.term = 0
+        self.role = FOLLOWER
+        self.leader: Optional[str] = None
+        self.committed: Optional[ClusterMap] = None
+        self._voted_for: Optional[str] = None
+        self._votes: set[str] = set()
+        self._entry: tuple[int, int] = (0, 0)
+        self._entry_map: Optional[ClusterMap] = None
+        self._entry_wire: Optional[list] = None
+        self._commit_index = 0
+        self._votes_allowed_at = now + election_timeout / 2
+        self._leader_contact = float("-inf")
+        self._deadline = now + self._random_timeout()
+        self._next_heartbeat = 0.0
+        self._leader_since = 0.0
+        self._acked: dict[str, tuple[int, int]] = {}
+        self._heard: dict[str, float] = {}
+
+    def _random_timeout(self) -> float:
+        return self._rng.uniform(self._timeout / 2, self._timeout)
+
+    @property
+    def latest_map(self) -> Optional[ClusterMap]:
+        """
+        The newest map this node stores, committed or not.
+        """
+        return self._entry_map
+
+    def tick(self, now: float) -> Outgoing:
+        """
+        Let time pass: start elections, send heartbeats, step down.
+        """
+        if self.role == LEADER:
+            recent = sum(1 for peer in self.peers if self._heard.get(peer, -1e300) >= now - self._timeout)
+            if recent + 1 < self.majority and now - self._leader_since >= self._timeout:
+                self._become_follower(now, None)
+                return []
+            if now >= self._next_heartbeat:
+                return self._broadcast_append(now)
+            return []
+        if now >= self._deadline:
+            return self._start_election(now)
+        return []
+
+    def propose(self, now: float, cluster_map: ClusterMap) -> Outgoing:
+        """
+        As leader, replicate C{cluster_map} as the next entry.
+        """
+        assert self.role == LEADER, "only the leader proposes"
+        self._store(self._entry[0] + 1, self.term, cluster_map)
+        self._advance_commit()
+        return self._broadcast_append(now)
+
+    def receive(self, now: float, sender: str, message: list) -> Outgoing:
+        """
+        Handle one message from C{sender}.
+        """
+        tag, term = message[0], message[1]
+        if tag == "vote" and now - self._leader_contact < self._timeout / 2:
+            return []
+        if term > self.term:
+            self.term = term
+            self._voted_for = None
+            if self.role != FOLLOWER or self.leader is not None:
+                self._become_follower(now, None)
+        handler = getattr(self, f"_on_{tag}")
+        return handler(now, sender, term, *message[2:])
+
+    def _on_vote(self, now: float, sender: str, term: int, index: int, entry_term: int) -> Outgoing:
+        granted = (
+            term == self.term
+            and self._voted_for in (None, sender)
+            and (entry_term, index) >= (self._entry[1], self._entry[0])
+            and now >= self._votes_allowed_at
+        )
+        if granted:
+            self._voted_for = sender
+            self._deadline = now + self._random_timeout()
+        return [(sender, ["voted", self.term, granted])]
+
+    def _on_voted(self, now: float, sender: str, term: int, granted: bool) -> Outgoing:
+        if self.role == CANDIDATE and term == self.term and granted:
+            self._votes.add(sender)
+            if len(self._votes) >= self.majority:
+                return self._become_leader(now)
+        return []
+
+    def _on_append(
+        self,
+        now: float,
+        sender: str,
+        term: int,
+        index: int,
+        entry_term: int,
+        wire_map: Optional[list],
+        commit_index: int,
+    ) -> Outgoing:
+        if term < self.term:
+            return [(sender, ["appended", self.term, False, *self._entry])]
+        if self.leader != sender:
+            self._become_follower(now, sender)
+        self._leader_contact = now
+        self._deadline = now + self._random_timeout()
+        if wire_map is not None and (index, entry_term) != self._entry:
+            self._store(index, entry_term, decode_map(wire_map), wire_map)
+        ok = (index, entry_term) == self._entry
+        if ok and commit_index >= index:
+            self._commit()
+        return [(sender, ["appended", self.term, ok, *self._entry])]
+
+    def _on_appended(
+        self, now: float, sender: str, term: int, ok: bool, index: int, entry_term: int
+    ) -> Outgoing:
+        if self.role != LEADER or term != self.term:
+            return []
+        self._heard[sender] = now
+        self._acked[sender] = (index, entry_term)
+        before = self._commit_index
+        self._advance_commit()
+        if self._commit_index != before:
+            # Tell followers at once, so they act on the new map promptly.
+            return self._broadcast_append(now)
+        return []
+
+    def _store(self, index: int, term: int, cluster_map: ClusterMap, wire: Optional[list] = None) -> None:
+        self._entry = (index, term)
+        self._entry_map = cluster_map
+        self._entry_wire = wire if wire is not None else encode_map(cluster_map)
+
+    def _commit(self) -> None:
+        self._commit_index = self._entry[0]
+        self.committed = self._entry_map
+
+    def _advance_commit(self) -> None:
+        if self._entry[1] != self.term or self._entry_map is None:
+            return
+        holders = 1 + sum(1 for peer in self.peers if self._acked.get(peer) == self._entry)
+        if holders >= self.majority:
+            self._commit()
+
+    def _start_election(self, now: float) -> Outgoing:
+        self.term += 1
+        self.role = CANDIDATE
+        self.leader = None
+        self._voted_for = self.node_id
+        self._votes = {self.node_id}
+        self._deadline = now + self._random_timeout()
+        if len(self._votes) >= self.majority:
+            return self._become_leader(now)
+        message = ["vote", self.term, *self._entry]
+        return [(peer, message) for peer in self.peers]
+
+    def _become_leader(self, now: float) -> Outgoing:
+        self.role = LEADER
+        self.leader = self.node_id
+        self._leader_since = now
+        self._acked = {}
+        self._heard = {}
+        if self._entry_map is not None:
+            # Raft commits earlier terms' entries only through one of its own.
+            return self.propose(now, self._entry_map)
+        return self._broadcast_append(now)
+
+    def _become_follower(self, now: float, leader: Optional[str]) -> None:
+        self.role = FOLLOWER
+        self.leader = leader
+        self._deadline = now + self._random_timeout()
+
+    def _broadcast_append(self, now: float) -> Outgoing:
+        self._next_heartbeat = now + self._heartbeat
+        out: Outgoing = []
+        for peer in self.peers:
+            wire = None if self._acked.get(peer) == self._entry else self._entry_wire
+            out.append(
+                (peer, ["append", self.term, *self._entry, wire, self._commit_index])
+            )
+        return out

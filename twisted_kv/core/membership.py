@@ -1,0 +1,71 @@
+# -*- test-case-name: tests.test_membership -*-
+"""
+Failure detection: which nodes are alive, suspect or dead, by when each was
+last heard from, and in which incarnation.
+
+Every message from a peer counts as a heartbeat (nodes also gossip a small
+status message to each other several times a second).  A node not heard from
+for half the failure timeout is suspect; for the whole timeout, dead.  A node
+that restarts has a new incarnation (a random number chosen at start-up), so
+the cluster can tell "back after a blip" from "back empty".
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+ALIVE = "alive"
+SUSPECT = "suspect"
+DEAD = "dead"
+
+
+class Membership:
+    """
+    The failure detector's table.
+
+    @ivar info: the latest status gossip of each node (a dict), for C{/cluster}.
+    """
+
+    def __init__(
+        self, node_ids: Iterable[str], self_id: str, incarnation: int, failure_timeout: float
+    ) -> None:
+        self._self = self_id
+        self._timeout = failure_timeout
+        self._heard: dict[str, float] = {}
+        self._incarnations: dict[str, int] = {self_id: incarnation}
+        self.node_ids = list(node_ids)
+        self.info: dict[str, dict] = {}
+
+    def heard(self, node_id: str, incarnation: int, now: float) -> bool:
+        """
+        Record a sign of life.
+
+        @return: whether this is a new incarnation of the node.
+        """
+        self._heard[node_id] = now
+        restarted = self._incarnations.get(node_id) != incarnation
+        self._incarnations[node_id] = incarnation
+        return restarted
+
+    def state(self, node_id: str, now: float) -> str:
+        if node_id == self._self:
+            return ALIVE
+        heard = self._heard.get(node_id)
+        if heard is None or now - heard >= self._timeout:
+            return DEAD
+        if now - heard >= self._timeout / 2:
+            return SUSPECT
+        return ALIVE
+
+    def incarnation(self, node_id: str) -> Optional[int]:
+        return self._incarnations.get(node_id)
+
+    def live(self, now: float) -> dict[str, int]:
+        """
+        The incarnation of every node not dead.
+        """
+        return {
+            node: self._incarnations[node]
+            for node in self.node_ids
+            if self.state(node, now) != DEAD and node in self._incarnations
+        }

@@ -1,0 +1,227 @@
+# -*- test-case-name: tests.test_placement -*-
+"""
+Where data lives: keys to partitions, partitions to replica sets.
+
+Keys hash onto a fixed number of partitions.  Each partition has an ideal
+replica order from a consistent-hash ring with virtual nodes, so that adding or
+removing a node moves few partitions.  The actual replica set of a partition is
+a L{PartitionConfig} in the L{ClusterMap} that the elected partition leader
+maintains: L{plan} computes the next map from the current one and the nodes
+that are alive, following three rules:
+
+  1. a member that died (or came back as a new, empty incarnation) leaves;
+  2. a new primary is only ever chosen among members that hold every
+     acknowledged write (C{in_sync});
+  3. members join as not-in-sync and become in sync once the primary has
+     copied the partition to them; a surplus member only leaves once every
+     ideal member is in sync.
+
+Every change of members or primary bumps the partition's epoch, which fences
+the old configuration (see L{twisted_kv.core.replica}).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import zlib
+from typing import Iterable, Mapping, Optional, Sequence
+
+from attrs import evolve, field, frozen
+
+VNODES_PER_NODE = 64
+
+
+def partition_of(store_key: str, partitions: int) -> int:
+    """
+    The partition holding C{store_key}.
+    """
+    return zlib.crc32(store_key.encode("utf-8", "surrogatepass")) % partitions
+
+
+def _point(label: str) -> int:
+    return int.from_bytes(hashlib.blake2b(label.encode(), digest_size=8).digest(), "big")
+
+
+class Ring:
+    """
+    A consistent-hash ring of node ids with virtual nodes.
+    """
+
+    def __init__(self, node_ids: Iterable[str], vnodes: int = VNODES_PER_NODE) -> None:
+        points = sorted(
+            (_point(f"{node_id}#{index}"), node_id)
+            for node_id in node_ids
+            for index in range(vnodes)
+        )
+        self._hashes = [point for point, _ in points]
+        self._owners = [owner for _, owner in points]
+        self._distinct = len(set(self._owners))
+
+    def preference_list(self, partition: int) -> list[str]:
+        """
+        Every node, in the order the ring prefers them for C{partition}.
+        """
+        start = bisect.bisect(self._hashes, _point(f"partition:{partition}"))
+        order: list[str] = []
+        for offset in range(len(self._owners)):
+            owner = self._owners[(start + offset) % len(self._owners)]
+            if owner not in order:
+                order.append(owner)
+                if len(order) == self._distinct:
+                    break
+        return order
+
+
+@frozen
+class Member:
+    """
+    A replica: a node, in one incarnation (one run of its process).
+    """
+
+    node_id: str
+    incarnation: int
+
+
+@frozen
+class PartitionConfig:
+    """
+    The replica set of one partition.
+
+    @ivar epoch: bumped on every change of members or primary.
+    @ivar members: the replicas, primary first.
+    @ivar in_sync: ids of the members known to hold every acknowledged write.
+    """
+
+    epoch: int
+    members: tuple[Member, ...] = field(converter=tuple)
+    in_sync: frozenset[str] = field(converter=frozenset)
+
+    @property
+    def primary(self) -> Optional[Member]:
+        return self.members[0] if self.members else None
+
+    def member(self, node_id: str) -> Optional[Member]:
+        for member in self.members:
+            if member.node_id == node_id:
+                return member
+        return None
+
+
+@frozen
+class ClusterMap:
+    """
+    The configuration of every partition.
+    """
+
+    partitions: tuple[PartitionConfig, ...] = field(converter=tuple)
+
+    def with_partition(self, index: int, config: PartitionConfig) -> "ClusterMap":
+        configs = list(self.partitions)
+        configs[index] = config
+        return ClusterMap(configs)
+
+
+def initial_map(ring: Ring, partitions: int, live: Mapping[str, int], replicas: int) -> ClusterMap:
+    """
+    The first map of a new cluster: every partition on its ideal live nodes,
+    all in sync (there is no data yet).
+    """
+    configs = []
+    for partition in range(partitions):
+        ideal = [node for node in ring.preference_list(partition) if node in live][:replicas]
+        members = [Member(node, live[node]) for node in ideal]
+        configs.append(PartitionConfig(1, members, ideal))
+    return ClusterMap(configs)
+
+
+def plan_partition(
+    config: PartitionConfig, preference: Sequence[str], live: Mapping[str, int], replicas: int
+) -> PartitionConfig:
+    """
+    The next configuration of one partition (see the module docstring).
+
+    @param preference: the ring's preference list for the partition.
+    @param live: the incarnation of every node currently alive.
+    """
+    kept = [m for m in config.members if live.get(m.node_id) == m.incarnation]
+    in_sync = [m for m in kept if m.node_id in config.in_sync]
+    if not in_sync:
+        # Nobody alive is known to hold everything: changing anything could
+        # lose acknowledged writes, so wait for a member to come back.
+        return config
+    primary = kept[0] if kept[0] is config.primary else in_sync[0]
+    ideal = [node for node in preference if node in live][:replicas]
+    members = [primary] + [m for m in kept if m is not primary]
+    present = {m.node_id for m in members}
+    members += [Member(node, live[node]) for node in ideal if node not in present]
+    synced_ids = {m.node_id for m in in_sync}
+    if len(members) > replicas and all(node in synced_ids for node in ideal):
+        if primary.node_id not in ideal:
+            primary = next(m for m in members if m.node_id == ideal[0])
+        members = [primary] + [m for m in members if m.node_id in ideal and m is not primary]
+    if tuple(members) == config.members:
+        return config
+    return PartitionConfig(
+        config.epoch + 1, members, {m.node_id for m in members} & synced_ids
+    )
+
+
+def plan(
+    current: ClusterMap, ring: Ring, live: Mapping[str, int], replicas: int
+) -> ClusterMap:
+    """
+    The next map: L{plan_partition} applied to every partition.
+    """
+    return ClusterMap(
+        plan_partition(config, ring.preference_list(index), live, replicas)
+        for index, config in enumerate(current.partitions)
+    )
+
+
+def mark_in_sync(current: ClusterMap, partition: int, epoch: int, node_id: str) -> ClusterMap:
+    """
+    Record that C{node_id} caught up with C{partition} in C{epoch}; a report
+    about an older epoch, or a node no longer a member, changes nothing.
+    """
+    config = current.partitions[partition]
+    if config.epoch != epoch or config.member(node_id) is None or node_id in config.in_sync:
+        return current
+    return current.with_partition(partition, evolve(config, in_sync=config.in_sync | {node_id}))
+
+
+def drop_member(current: ClusterMap, partition: int, epoch: int, node_id: str) -> ClusterMap:
+    """
+    Remove a member that stopped answering its primary, if that still makes
+    sense: the report is about the current epoch and a member in sync other
+    than the dropped one remains (so nothing acknowledged can be lost).
+    """
+    config = current.partitions[partition]
+    if config.epoch != epoch or config.member(node_id) is None:
+        return current
+    remaining = [m for m in config.members if m.node_id != node_id]
+    if not any(m.node_id in config.in_sync for m in remaining):
+        return current
+    if config.primary.node_id == node_id:
+        remaining.sort(key=lambda m: m.node_id not in config.in_sync)
+    return current.with_partition(
+        partition,
+        PartitionConfig(config.epoch + 1, remaining, config.in_sync - {node_id}),
+    )
+
+
+def encode_map(cluster_map: ClusterMap) -> list:
+    """
+    A msgpack-friendly form of C{cluster_map}.
+    """
+    return [
+        [c.epoch, [[m.node_id, m.incarnation] for m in c.members], sorted(c.in_sync)]
+        for c in cluster_map.partitions
+    ]
+
+
+def decode_map(data: list) -> ClusterMap:
+    return ClusterMap(
+        PartitionConfig(epoch, [Member(node, inc) for node, inc in members], in_sync)
+        for epoch, members, in_sync in data
+    )

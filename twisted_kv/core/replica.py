@@ -1,0 +1,504 @@
+# -*- test-case-name: tests.test_replica -*-
+"""
+Primary/backup replication of one partition, with commit by every member.
+
+This follows PacificA (Lin et al., 2008) and Kafka's in-sync replicas: the
+configuration (epoch, members, primary) comes from the partition leader's map
+(L{twisted_kv.core.placement}); within an epoch the primary orders every write
+into a log, sends log entries to every member, and commits an entry only once
+I{every} member stores it.  Log matching and repair of divergent tails follow
+Raft's AppendEntries: each message names the entry before its entries, a
+member that does not hold it refuses with a hint, and a member's uncommitted
+entries that conflict with the primary's log are dropped.
+
+Why this meets the guarantees (argued in full in docs/design.md):
+
+  - An acknowledged write is in the memory of every member, and members number
+    at least ⌊N/2⌋+1.
+  - Fencing: a member accepts entries only from its current epoch or a newer
+    one.  A new primary is chosen among the old members and adopts the new
+    epoch before it serves, so from then on the old primary can no longer
+    collect every member's acknowledgement.
+  - A new primary holds every committed entry (it was a member when each was
+    committed); it treats its whole log as to-be-committed and serves reads
+    only after it has committed that log under its own epoch.
+  - Reads at the primary are linearizable: a read is answered only after
+    every member confirmed the primary's epoch in a round started after the
+    read arrived (batched: one round serves every read waiting for it).
+
+The class is pure: it decides and records, and the node layer sends the
+messages it produces and turns its results into Deferreds.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from typing import Iterable, Optional
+
+from attrs import frozen
+
+from twisted_kv.core.memstore import MemStore
+from twisted_kv.core.records import (
+    Change,
+    Expire,
+    Operation,
+    Record,
+    decide,
+    live,
+    make_version,
+)
+
+# How many operation ids each replica remembers, so that a client operation
+# retried after a failover is applied at most once.
+RECENT_OPERATIONS = 100_000
+
+# Largest snapshot message, in value bytes (one record may exceed it).
+SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
+
+_KINDS = ("put", "delete", "expire")
+
+
+@frozen
+class Entry:
+    """
+    One write in a partition's log.
+    """
+
+    epoch: int
+    seq: int
+    change: Change
+    op_id: Optional[str] = None
+
+
+def encode_change(change: Change) -> list:
+    record = change.record
+    if record is None:
+        return [_KINDS.index(change.kind), change.key, change.version]
+    return [
+        0,
+        change.key,
+        change.version,
+        record.value,
+        record.content_type,
+        record.expires_at,
+        change.created,
+    ]
+
+
+def decode_change(data: list) -> Change:
+    kind, key, version = data[0], data[1], data[2]
+    if kind != 0:
+        return Change(_KINDS[kind], key, version, None)
+    return Change("put", key, version, Record(data[3], data[4], version, data[5]), data[6])
+
+
+def encode_entry(entry: Entry) -> list:
+    return [entry.epoch, entry.seq, entry.op_id, encode_change(entry.change)]
+
+
+def decode_entry(data: list) -> Entry:
+    return Entry(data[0], data[1], decode_change(data[3]), data[2])
+
+
+def encode_records(records: Iterable[tuple[str, Record]]) -> list:
+    return [
+        [key, r.value, r.content_type, r.version, r.expires_at] for key, r in records
+    ]
+
+
+class Replica:
+    """
+    One partition on one node: its store, its log, and, while this node is
+    the partition's primary, the replication state of every other member.
+
+    @ivar epoch: the newest epoch this replica has adopted.
+    @ivar commit_seq: the newest log position known to be committed.
+    """
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.epoch = 0
+        self.store = MemStore()
+        self.log: list[Entry] = []
+        self.base_seq = 0
+        self.base_epoch = 0
+        self.commit_seq = 0
+        self.applied_seq = 0
+        self._recent_ops: OrderedDict[str, tuple[int, Change]] = OrderedDict()
+        self.is_primary = False
+        self.members: list[str] = []
+        self._match: dict[str, int] = {}
+        self._next: dict[str, int] = {}
+        self._sync_target: dict[str, int] = {}
+        self._pending_by_key: dict[str, Entry] = {}
+        self._serving_from = 0
+        self.round = 0
+        self._acked_round: dict[str, int] = {}
+        self._expiries: list[tuple[float, int, str]] = []
+
+    # -- the log ---------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self.log[-1].seq if self.log else self.base_seq
+
+    def _epoch_at(self, seq: int) -> Optional[int]:
+        if seq == self.base_seq:
+            return self.base_epoch
+        if seq < self.base_seq:
+            return None
+        return self.log[seq - self.base_seq - 1].epoch
+
+    def _truncate_from(self, seq: int) -> None:
+        assert seq > self.commit_seq, "committed entries are never dropped"
+        del self.log[seq - self.base_seq - 1 :]
+
+    def _apply_committed(self) -> list[Entry]:
+        """
+        Fold committed entries into the store; return them in order.
+        """
+        upto = min(self.commit_seq, self.last_seq)
+        applied = []
+        for seq in range(self.applied_seq + 1, upto + 1):
+            entry = self.log[seq - self.base_seq - 1]
+            self.store.apply(entry.change)
+            if self._pending_by_key.get(entry.change.key) is entry:
+                del self._pending_by_key[entry.change.key]
+            record = entry.change.record
+            if self.is_primary and record is not None and record.expires_at is not None:
+                heapq.heappush(self._expiries, (record.expires_at, entry.change.version, entry.change.key))
+            applied.append(entry)
+        self.applied_seq = max(self.applied_seq, upto)
+        self._trim()
+        return applied
+
+    def _trim(self) -> None:
+        """
+        Forget applied entries every member holds; a member that falls behind
+        the log is refilled from a snapshot instead.
+        """
+        floor = self.applied_seq
+        if self.is_primary:
+            floor = min([floor, *self._match.values()])
+        drop = floor - self.base_seq
+        if drop > 0:
+            self.base_epoch = self.log[drop - 1].epoch
+            self.base_seq = floor
+            del self.log[:drop]
+
+    def _remember(self, entry: Entry) -> None:
+        if entry.op_id is None:
+            return
+        change = entry.change
+        self._recent_ops[entry.op_id] = (
+            entry.seq,
+            Change(change.kind, change.key, change.version, None, change.created),
+        )
+        if len(self._recent_ops) > RECENT_OPERATIONS:
+            self._recent_ops.popitem(last=False)
+
+    # -- as primary ------------------------------------------------------
+
+    def become_primary(self, epoch: int, members: Iterable[str], in_sync: Iterable[str]) -> None:
+        """
+        Take over (or keep) the partition as primary in C{epoch}, with the
+        other C{members}; those not in C{in_sync} are caught up first.
+        """
+        members = list(members)
+        synced = set(in_sync)
+        takeover = not self.is_primary
+        self.epoch = epoch
+        self.is_primary = True
+        if takeover:
+            for table in (self._match, self._next, self._acked_round, self._sync_target):
+                table.clear()
+        for member in members:
+            if member not in self._match:
+                self._match[member] = 0
+                self._next[member] = self.last_seq + 1
+                self._acked_round[member] = 0
+            if member in synced:
+                self._sync_target.pop(member, None)
+            elif member not in self._sync_target:
+                self._sync_target[member] = self.last_seq
+        for gone in set(self._match) - set(members):
+            for table in (self._match, self._next, self._acked_round, self._sync_target):
+                table.pop(gone, None)
+        self.members = members
+        if takeover:
+            self._serving_from = self.last_seq
+            self._pending_by_key = {
+                e.change.key: e for e in self.log if e.seq > self.applied_seq
+            }
+            self._expiries = [
+                (r.expires_at, r.version, key)
+                for key, r in self.store.items()
+                if r.expires_at is not None
+            ]
+            heapq.heapify(self._expiries)
+        self._advance_commit()
+
+    def step_down(self, epoch: int) -> None:
+        """
+        Stop being primary (another node is, as of C{epoch}).
+        """
+        self.epoch = max(self.epoch, epoch)
+        self.is_primary = False
+        self.members = []
+        self._match.clear()
+        self._next.clear()
+        self._acked_round.clear()
+        self._sync_target.clear()
+        self._pending_by_key.clear()
+        self._expiries = []
+
+    @property
+    def serving(self) -> bool:
+        """
+        Whether the primary has committed everything it took over with.
+        """
+        return self.is_primary and self.commit_seq >= self._serving_from
+
+    def latest(self, key: str) -> Optional[Record]:
+        """
+        The newest record of C{key}, including writes not yet committed:
+        what the next write to C{key} is decided against.
+        """
+        pending = self._pending_by_key.get(key)
+        if pending is not None:
+            return pending.change.record
+        return self.store.get(key)
+
+    def pending_seq(self, key: str) -> Optional[int]:
+        pending = self._pending_by_key.get(key)
+        return None if pending is None else pending.seq
+
+    def find_operation(self, op_id: str) -> Optional[tuple[int, Change]]:
+        """
+        The log position and effect (without the value) of an operation
+        already ordered, so that a retried operation is not applied twice.
+        """
+        return self._recent_ops.get(op_id)
+
+    def propose(self, operation: Operation, op_id: Optional[str], now: float) -> Optional[Entry]:
+        """
+        Order C{operation} as the next log entry.
+
+        @return: the new entry, or C{None} when the operation changes nothing.
+        @raise KVError: the operation's condition does not hold.
+        """
+        assert self.is_primary
+        seq = self.last_seq + 1
+        change = decide(operation, self.latest(operation.key), make_version(self.epoch, seq), now)
+        if change is None:
+            return None
+        entry = Entry(self.epoch, seq, change, op_id)
+        self.log.append(entry)
+        self._pending_by_key[change.key] = entry
+        self._remember(entry)
+        self._advance_commit()
+        return entry
+
+    def entry(self, seq: int) -> Optional[Entry]:
+        if seq <= self.base_seq or seq > self.last_seq:
+            return None
+        return self.log[seq - self.base_seq - 1]
+
+    def needs_snapshot(self, member: str) -> bool:
+        return self._next[member] <= self.base_seq
+
+    def append_message(self, member: str) -> list:
+        """
+        The next C{"app"} message for C{member}: every entry it may lack, the
+        commit position, and a fresh confirmation round.
+        """
+        start = self._next[member]
+        prev = start - 1
+        entries = [encode_entry(e) for e in self.log[start - self.base_seq - 1 :]]
+        self._next[member] = self.last_seq + 1
+        return [
+            "app", self.partition, self.epoch, prev, self._epoch_at(prev),
+            entries, self.commit_seq, self.round,
+        ]
+
+    def snapshot_messages(self, member: str) -> list[list]:
+        """
+        Copy the committed store to C{member}, then continue with the log.
+        """
+        messages = []
+        batch: list[tuple[str, Record]] = []
+        size = 0
+        header = ["snap", self.partition, self.epoch, self.applied_seq, self._epoch_at(self.applied_seq)]
+        for key, record in self.store.items():
+            batch.append((key, record))
+            size += len(record.value) + len(key)
+            if size >= SNAPSHOT_CHUNK_BYTES:
+                messages.append(header + [not messages, False, encode_records(batch)])
+                batch, size = [], 0
+        messages.append(header + [not messages, True, encode_records(batch)])
+        self._match[member] = self.applied_seq
+        self._next[member] = self.applied_seq + 1
+        return messages
+
+    def new_round(self) -> int:
+        """
+        Start a confirmation round; reads that arrived before it wait for it.
+        """
+        self.round += 1
+        return self.round
+
+    @property
+    def confirmed_round(self) -> int:
+        """
+        The newest round every member has confirmed our epoch in.
+        """
+        return min(self._acked_round.values(), default=self.round)
+
+    def on_append_ok(self, member: str, epoch: int, last_seq: int, round_: int) -> list[Entry]:
+        """
+        C{member} holds our log up to C{last_seq}.
+
+        @return: the entries this commits, in order.
+        """
+        if not self.is_primary or epoch != self.epoch or member not in self._match:
+            return []
+        self._match[member] = max(self._match[member], last_seq)
+        self._acked_round[member] = max(self._acked_round[member], round_)
+        return self._advance_commit()
+
+    def on_append_refused(self, member: str, epoch: int, hint: int) -> None:
+        """
+        C{member} lacks the entry before what we sent; back off to its hint.
+        """
+        if self.is_primary and epoch == self.epoch and member in self._next:
+            self._next[member] = min(self._next[member], hint + 1, self.last_seq + 1)
+            self._match[member] = min(self._match[member], hint)
+
+    def caught_up(self) -> list[str]:
+        """
+        Members not yet known to be in sync that now hold every acknowledged
+        write: the partition leader should hear of them.
+        """
+        return [m for m, target in self._sync_target.items() if self._match.get(m, 0) >= target]
+
+    def member_lagging(self, member: str) -> bool:
+        """
+        Whether C{member} has not acknowledged all we sent it.
+        """
+        return self._match.get(member, 0) < self.last_seq or self._acked_round.get(member, 0) < self.round
+
+    def resend(self, member: Optional[str] = None) -> None:
+        """
+        Send again, from what it acknowledged, what C{member} (or every
+        member) may have lost with a broken link.
+        """
+        for name in [member] if member is not None else self.members:
+            if name in self._next:
+                self._next[name] = self._match[name] + 1
+
+    def _advance_commit(self) -> list[Entry]:
+        commit = min(self._match.values(), default=self.last_seq)
+        commit = min(commit, self.last_seq)
+        if commit > self.commit_seq:
+            self.commit_seq = commit
+        return self._apply_committed()
+
+    def due_expiries(self, now: float) -> list[Expire]:
+        """
+        Expiry operations for keys whose time-to-live has run out.
+        """
+        due = []
+        while self._expiries and self._expiries[0][0] <= now:
+            _, version, key = heapq.heappop(self._expiries)
+            due.append(Expire(key, version))
+        return due
+
+    def read(self, key: str, now: float) -> Optional[Record]:
+        """
+        The committed, live record of C{key}.
+        """
+        return live(self.store.get(key), now)
+
+    def newest(self, key: str) -> Optional[Record]:
+        """
+        The newest record this replica holds for C{key}, committed or not;
+        for degraded reads, which pick the newest among reachable replicas.
+        """
+        for entry in reversed(self.log):
+            if entry.change.key == key:
+                return entry.change.record
+        return self.store.get(key)
+
+    # -- as member -------------------------------------------------------
+
+    def on_append(
+        self,
+        epoch: int,
+        prev_seq: int,
+        prev_epoch: Optional[int],
+        entries: list,
+        commit: int,
+    ) -> tuple[bool, int]:
+        """
+        Entries from the primary of C{epoch}.
+
+        @return: C{(True, last_seq)} once stored, or C{(False, hint)} when the
+            entry before them is missing or conflicts (the primary retries
+            from C{hint + 1}).  Stale epochs are checked by the caller.
+        """
+        if self.is_primary and epoch > self.epoch:
+            self.step_down(epoch)
+        self.epoch = max(self.epoch, epoch)
+        if prev_seq > self.last_seq:
+            return False, self.last_seq
+        if prev_seq > self.base_seq and self._epoch_at(prev_seq) != prev_epoch:
+            self._truncate_from(prev_seq)
+            return False, prev_seq - 1
+        verified = entries[-1][1] if entries else prev_seq
+        for data in entries:
+            seq = data[1]
+            if seq <= self.base_seq:
+                continue
+            if seq <= self.last_seq:
+                if self._epoch_at(seq) == data[0]:
+                    continue
+                self._truncate_from(seq)
+            entry = decode_entry(data)
+            self.log.append(entry)
+            self._remember(entry)
+        # Only entries just checked against the primary's log may be marked
+        # committed; a stale tail beyond them may still be replaced.
+        if commit > self.commit_seq:
+            self.commit_seq = max(self.commit_seq, min(commit, verified))
+        self._apply_committed()
+        return True, self.last_seq
+
+    def on_snapshot(
+        self, epoch: int, seq: int, seq_epoch: int, first: bool, last: bool, records: list
+    ) -> None:
+        """
+        Part of a copy of the primary's committed store as of C{seq}.
+        """
+        self.epoch = max(self.epoch, epoch)
+        if first:
+            self.store.clear()
+            self.log.clear()
+            self.base_seq = self.commit_seq = self.applied_seq = 0
+        for key, value, content_type, version, expires_at in records:
+            self.store.apply(
+                Change("put", key, version, Record(value, content_type, version, expires_at))
+            )
+        if last:
+            self.base_seq = self.commit_seq = self.applied_seq = seq
+            self.base_epoch = seq_epoch or 0
+
+    def forget(self) -> None:
+        """
+        Drop everything: this node is no longer a member of the partition.
+        """
+        self.step_down(self.epoch)
+        self.store.clear()
+        self.log.clear()
+        self.base_seq = self.base_epoch = self.commit_seq = self.applied_seq = 0
+        self._recent_ops.clear()

@@ -1,0 +1,791 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+One cluster node: consensus on the cluster map, the replicas of the
+partitions it holds, and the routing of client operations to primaries.
+
+The node talks to its peers only through a messenger (L{PeerLinks} on real
+sockets, L{twisted_kv.testing.MemoryNetwork} in tests) and reads time only
+from its injected clock, so a whole cluster runs deterministically in one
+process in the tests.
+
+Messages between nodes (lists; the first element is the tag):
+
+  - consensus (L{twisted_kv.core.consensus}): C{vote}, C{voted}, C{append},
+    C{appended};
+  - C{["status", keys, synced, executed]}: gossip, several times a second;
+  - replication (L{twisted_kv.core.replica}): C{["app", partition, epoch,
+    prev_seq, prev_epoch, entries, commit, round]} from a primary,
+    answered by C{["app_ok", partition, epoch, last_seq, round]},
+    C{["app_no", partition, epoch, hint]} or C{["stale", partition, epoch]};
+    C{["snap", partition, epoch, seq, seq_epoch, first, last, records]};
+  - to the partition leader: C{["in_sync", partition, epoch, node]} (a new
+    member caught up) and C{["drop", partition, epoch, node]} (a member
+    stopped answering its primary);
+  - client operations forwarded to a primary: C{["op", id, partition,
+    operation, op_id]}, C{["read", id, partition, key]}, C{["peek", id,
+    partition, key]} (degraded read), C{["list", id, partitions, prefix,
+    start_after, limit]}, all answered by C{["res", id, status, payload]};
+  - change events: C{["pub", batch_id, changes]} from a primary to the
+    leader, which numbers them and sends C{["ev", revision, change]} to every
+    node and C{["pub_ok", batch_id]} back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import OrderedDict
+from typing import Any, Callable, Iterator, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_kv.core.config import ClusterConfig
+from twisted_kv.core.consensus import LEADER, Consensus
+from twisted_kv.core.membership import Membership
+from twisted_kv.core.memstore import MemStore
+from twisted_kv.core.placement import (
+    ClusterMap,
+    PartitionConfig,
+    Ring,
+    drop_member,
+    initial_map,
+    mark_in_sync,
+    partition_of,
+    plan,
+)
+from twisted_kv.core.records import Change, Delete, Expire, Operation, Put, Record, live
+from twisted_kv.core.replica import Replica, decode_change, encode_change
+from twisted_kv.errors import (
+    InsufficientStorage,
+    KVError,
+    OutcomeUnknown,
+    Unavailable,
+)
+from twisted_kv.interfaces import ChangeEvent
+
+log = Logger()
+
+# Several gossip rounds per failure timeout keep a live node from looking dead.
+GOSSIP_PER_FAILURE_TIMEOUT = 6
+# Pause between two attempts of a client operation waiting for a primary.
+RETRY_DELAY = 0.05
+# Events remembered per key to drop duplicates after a leader change.
+DELIVERED_MEMORY = 100_000
+
+_ERRORS = {cls.code: cls for cls in KVError.__subclasses__()}
+
+
+class Retry(Exception):
+    """
+    The operation reached a node that is not (or no longer) the serving
+    primary; try again once the map settles.
+
+    @ivar maybe_applied: the operation may have been ordered before the
+        primary lost its role, so its outcome is unknown until it is retried.
+    """
+
+    def __init__(self, reason: str, maybe_applied: bool = False) -> None:
+        super().__init__(reason)
+        self.maybe_applied = maybe_applied
+
+
+def encode_operation(operation: Operation) -> list:
+    if isinstance(operation, Put):
+        return [
+            0, operation.key, operation.value, operation.content_type, operation.ttl,
+            operation.if_match, operation.if_none_match, operation.create_only,
+        ]
+    if isinstance(operation, Delete):
+        return [1, operation.key, operation.if_match]
+    return [2, operation.key, operation.version]
+
+
+def decode_operation(data: list) -> Operation:
+    if data[0] == 0:
+        return Put(*data[1:])
+    if data[0] == 1:
+        return Delete(data[1], data[2])
+    return Expire(data[1], data[2])
+
+
+def _encode_record(record: Optional[Record]) -> Optional[list]:
+    if record is None:
+        return None
+    return [record.value, record.content_type, record.version, record.expires_at]
+
+
+def _decode_record(data: Optional[list]) -> Optional[Record]:
+    return None if data is None else Record(*data)
+
+
+def _encode_error(failure: Failure) -> list:
+    if failure.check(Retry):
+        return ["retry", [str(failure.value), failure.value.maybe_applied]]
+    if failure.check(KVError):
+        return ["err", [failure.value.code, failure.value.message]]
+    log.failure("operation failed", failure)
+    return ["err", ["internal", "internal error"]]
+
+
+def _decode_error(status: str, payload: list) -> Exception:
+    if status == "retry":
+        return Retry(payload[0], payload[1])
+    cls = _ERRORS.get(payload[0], KVError)
+    return cls(payload[1])
+
+
+class Node:
+    """
+    A member of the cluster.
+
+    @ivar executed: client operations this node executed as a primary.
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node_id: str,
+        *,
+        clock: IReactorTime,
+        incarnation: int,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self._clock = clock
+        now = clock.seconds()
+        self.consensus = Consensus(
+            node_id,
+            config.node_ids,
+            now=now,
+            election_timeout=config.election_timeout,
+            heartbeat_interval=config.heartbeat_interval,
+            rng=rng or random.Random(),
+        )
+        self.membership = Membership(
+            config.node_ids, node_id, incarnation, config.failure_timeout
+        )
+        self.ring = Ring(config.node_ids)
+        self.replicas = [Replica(p) for p in range(config.partitions)]
+        self.messenger: Any = None
+        self.executed = 0
+        self._map: Optional[ClusterMap] = None
+        self._leader_seen: tuple[Optional[str], int] = (None, 0)
+        self._dirty: set[int] = set()
+        self._round_wanted: set[int] = set()
+        self._flush_call: Any = None
+        # heaps of (position, tie-breaker, ...): writes waiting for a commit
+        # position, reads waiting for a confirmation round
+        self._commit_waiters: dict[int, list[tuple[int, int, Deferred]]] = {}
+        self._read_waiters: dict[int, list[tuple[int, int, str, Deferred]]] = {}
+        self._stalled_since: dict[int, float] = {}
+        self._requests: dict[int, tuple[str, Deferred]] = {}
+        self._ids = itertools.count(1)
+        self._op_ids = itertools.count(1)
+        self._reports: list[list] = []
+        self._last_gossip = float("-inf")
+        self._last_report: dict[tuple[int, str], float] = {}
+        self._ticker = LoopingCall(self.tick)
+        self._ticker.clock = clock
+        # change events
+        self._listeners: list[Callable[[ChangeEvent], None]] = []
+        self._unpublished: OrderedDict[int, list] = OrderedDict()
+        self._publish_ids = itertools.count(1)
+        self._published_to: Optional[tuple[str, int]] = None
+        self._last_sent_batch = 0
+        self._revision_counter = 0
+        self._revision_term = 0
+        self._last_revision = 0
+        self._delivered: OrderedDict[str, int] = OrderedDict()
+
+    # -- life cycle --------------------------------------------------------
+
+    def start(self) -> None:
+        self._ticker.start(self.config.heartbeat_interval / 2, now=True)
+
+    def stop(self) -> None:
+        if self._ticker.running:
+            self._ticker.stop()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        for _, d in list(self._requests.values()):
+            d.errback(Retry("node stopping"))
+        self._requests.clear()
+        for p in range(len(self.replicas)):
+            self._fail_waiters(p, Retry("node stopping", maybe_applied=True))
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    def _send(self, peer: str, message: list) -> bool:
+        if peer == self.node_id:
+            self.peer_message(peer, self.incarnation, message)
+            return True
+        return bool(self.messenger is not None and self.messenger.send(peer, message))
+
+    def _send_all(self, outgoing: list[tuple[str, list]]) -> None:
+        for peer, message in outgoing:
+            self._send(peer, message)
+
+    # -- what the rest of the node asks ------------------------------------
+
+    @property
+    def leader(self) -> Optional[str]:
+        return self.consensus.leader
+
+    @property
+    def cluster_map(self) -> Optional[ClusterMap]:
+        return self._map
+
+    def has_majority(self) -> bool:
+        return len(self.membership.live(self._now())) >= self.config.majority
+
+    def partition_config(self, partition: int) -> Optional[PartitionConfig]:
+        return None if self._map is None else self._map.partitions[partition]
+
+    def partition_of(self, key: str) -> int:
+        return partition_of(key, self.config.partitions)
+
+    def key_count(self) -> int:
+        return sum(len(r.store) for r in self.replicas)
+
+    def bytes_used(self) -> int:
+        return sum(r.store.bytes_used for r in self.replicas)
+
+    def synced(self) -> bool:
+        """
+        Whether this node holds, in sync, every partition the ring places on
+        it among the live nodes.
+        """
+        if self._map is None:
+            return False
+        live = self.membership.live(self._now())
+        for index, config in enumerate(self._map.partitions):
+            ideal = [n for n in self.ring.preference_list(index) if n in live]
+            ideal = ideal[: self.config.replicas]
+            member = config.member(self.node_id)
+            mine = member is not None and member.incarnation == self.incarnation
+            if self.node_id in ideal and not (mine and self.node_id in config.in_sync):
+                return False
+        return True
+
+    # -- the periodic tick -------------------------------------------------
+
+    def tick(self) -> None:
+        now = self._now()
+        self._send_all(self.consensus.tick(now))
+        self._after_consensus()
+        if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
+            self._last_gossip = now
+            status = ["status", self.key_count(), self.synced(), self.executed]
+            for peer in self.consensus.peers:
+                self._send(peer, status)
+        if self.consensus.role == LEADER:
+            self._lead(now)
+        for replica in self.replicas:
+            if replica.is_primary:
+                self._tend_primary(replica, now)
+
+    def _after_consensus(self) -> None:
+        leader = (self.consensus.leader, self.consensus.term)
+        if leader[0] is not None and leader != self._leader_seen:
+            log.info(
+                "partition leader elected: {leader} (term {term})",
+                leader=leader[0],
+                term=leader[1],
+            )
+            self._republish()
+        self._leader_seen = leader
+        committed = self.consensus.committed
+        if committed is not None and committed is not self._map:
+            self._apply_map(committed)
+
+    def _lead(self, now: float) -> None:
+        live = self.membership.live(now)
+        current = self.consensus.latest_map
+        if current is None:
+            proposal = initial_map(self.ring, self.config.partitions, live, self.config.replicas)
+        else:
+            proposal = current
+            for kind, partition, epoch, node in self._reports:
+                change = mark_in_sync if kind == "in_sync" else drop_member
+                proposal = change(proposal, partition, epoch, node)
+            proposal = plan(proposal, self.ring, live, self.config.replicas)
+        self._reports.clear()
+        if proposal != current:
+            self._send_all(self.consensus.propose(now, proposal))
+            self._after_consensus()
+
+    # -- applying the committed map ----------------------------------------
+
+    def _apply_map(self, cluster_map: ClusterMap) -> None:
+        previous = self._map
+        self._map = cluster_map
+        for index, config in enumerate(cluster_map.partitions):
+            if previous is not None and previous.partitions[index] == config:
+                continue
+            replica = self.replicas[index]
+            if config.epoch < replica.epoch:
+                continue
+            member = config.member(self.node_id)
+            if member is None or member.incarnation != self.incarnation:
+                if replica.is_primary:
+                    self._fail_waiters(index, Retry("moved", maybe_applied=True))
+                replica.forget()
+                replica.epoch = config.epoch
+            elif config.primary == member:
+                replica.become_primary(
+                    config.epoch, [m.node_id for m in config.members[1:]], config.in_sync
+                )
+                self._stalled_since.pop(index, None)
+                self._mark_dirty(index)
+            else:
+                if replica.is_primary:
+                    self._fail_waiters(index, Retry("moved", maybe_applied=True))
+                    replica.step_down(config.epoch)
+                replica.epoch = config.epoch
+
+    # -- replication, primary side -----------------------------------------
+
+    def _mark_dirty(self, partition: int) -> None:
+        self._dirty.add(partition)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        """
+        Send, once per reactor turn, what every dirty partition's members
+        lack: writes and read confirmations of a turn travel together.
+        """
+        self._flush_call = None
+        dirty, self._dirty = self._dirty, set()
+        for partition in sorted(dirty):
+            replica = self.replicas[partition]
+            if not replica.is_primary:
+                continue
+            if partition in self._round_wanted:
+                self._round_wanted.discard(partition)
+                replica.new_round()
+            for member in replica.members:
+                if replica.needs_snapshot(member):
+                    for message in replica.snapshot_messages(member):
+                        self._send(member, message)
+                self._send(member, replica.append_message(member))
+            self._settle(replica)
+        self._publish()
+
+    def _settle(self, replica: Replica, committed: list = ()) -> None:
+        """
+        Answer what the replica's progress allows: committed writes, confirmed
+        reads; report members that caught up.
+        """
+        partition = replica.partition
+        if committed:
+            self._queue_events(committed)
+        waiters = self._commit_waiters.get(partition)
+        if waiters:
+            while waiters and waiters[0][0] <= replica.commit_seq:
+                _, _, d = heapq.heappop(waiters)
+                d.callback(None)
+        reads = self._read_waiters.get(partition)
+        if reads and replica.serving:
+            confirmed = replica.confirmed_round
+            now = self._now()
+            while reads and reads[0][0] <= confirmed:
+                _, _, key, d = heapq.heappop(reads)
+                d.callback(replica.read(key, now))
+        config = self.partition_config(partition)
+        if config is not None and self._map is not None:
+            for member in replica.caught_up():
+                self._report("in_sync", partition, replica.epoch, member)
+        busy = bool(waiters) or bool(reads) or replica.commit_seq < replica.last_seq
+        if busy:
+            self._stalled_since.setdefault(partition, self._now())
+        else:
+            self._stalled_since.pop(partition, None)
+
+    def _tend_primary(self, replica: Replica, now: float) -> None:
+        for expiry in replica.due_expiries(now):
+            self.execute_local(replica.partition, expiry, None).addErrback(lambda f: None)
+        self._settle(replica)
+        stalled = self._stalled_since.get(replica.partition)
+        if stalled is None:
+            return
+        if now - stalled >= self.config.failure_timeout:
+            for member in replica.members:
+                if replica.member_lagging(member):
+                    self._report("drop", replica.partition, replica.epoch, member)
+        if now - stalled >= self.config.heartbeat_interval * 3:
+            replica.resend()
+            self._round_wanted.add(replica.partition)
+            self._mark_dirty(replica.partition)
+
+    def _report(self, kind: str, partition: int, epoch: int, member: str) -> None:
+        now = self._now()
+        key = (partition, kind + member)
+        if now - self._last_report.get(key, float("-inf")) < self.config.heartbeat_interval * 5:
+            return
+        self._last_report[key] = now
+        leader = self.consensus.leader
+        if leader is not None:
+            self._send(leader, [kind, partition, epoch, member])
+
+    def _fail_waiters(self, partition: int, error: Retry) -> None:
+        for _, _, d in self._commit_waiters.pop(partition, []):
+            d.errback(error)
+        for _, _, _, d in self._read_waiters.pop(partition, []):
+            d.errback(Retry(str(error)))
+        self._stalled_since.pop(partition, None)
+
+    def _wait_commit(self, partition: int, seq: int) -> Deferred:
+        d: Deferred = Deferred()
+        heapq.heappush(
+            self._commit_waiters.setdefault(partition, []), (seq, next(self._ids), d)
+        )
+        self._mark_dirty(partition)
+        return d
+
+    # -- executing client operations at the primary ------------------------
+
+    def _serving_replica(self, partition: int) -> Replica:
+        replica = self.replicas[partition]
+        if not replica.is_primary:
+            raise Retry("not the primary")
+        return replica
+
+    def execute_local(
+        self, partition: int, operation: Operation, op_id: Optional[str]
+    ) -> Deferred[Optional[Change]]:
+        """
+        Order C{operation} in this primary's log and fire once every member
+        holds it.
+
+        @return: a Deferred firing with the L{Change} made (without its value
+            for a retried operation), or C{None} for an expiry overtaken by a
+            later write; failing with a L{KVError} when the operation's
+            condition does not hold, or L{Retry}.
+        """
+        try:
+            replica = self._serving_replica(partition)
+        except Retry as error:
+            return fail(error)
+        if op_id is not None:
+            seen = replica.find_operation(op_id)
+            if seen is not None:
+                seq, change = seen
+                return self._wait_commit(partition, seq).addCallback(lambda _: change)
+        if (
+            isinstance(operation, Put)
+            and self.config.memory_limit
+            and self.bytes_used() + len(operation.value) > self.config.memory_limit
+        ):
+            return fail(InsufficientStorage("the node's memory limit would be exceeded"))
+        self.executed += 1
+        try:
+            entry = replica.propose(operation, op_id, self._now())
+        except KVError as error:
+            # The answer depends on writes still in flight: give it once they
+            # are committed, or retry if they are abandoned.
+            pending = replica.pending_seq(operation.key)
+            if pending is None:
+                return fail(error)
+            return self._wait_commit(partition, pending).addCallback(lambda _: Failure(error))
+        if entry is None:
+            return succeed(None)
+        change = entry.change
+        return self._wait_commit(partition, entry.seq).addCallback(lambda _: change)
+
+    def read_local(self, partition: int, key: str) -> Deferred[Optional[Record]]:
+        """
+        A linearizable read at this primary: answered after every member has
+        confirmed our epoch in a round started after the read arrived.
+        """
+        try:
+            replica = self._serving_replica(partition)
+        except Retry as error:
+            return fail(error)
+        self.executed += 1
+        d: Deferred = Deferred()
+        heapq.heappush(
+            self._read_waiters.setdefault(partition, []),
+            (replica.round + 1, next(self._ids), key, d),
+        )
+        self._round_wanted.add(partition)
+        self._mark_dirty(partition)
+        return d
+
+    def peek_local(self, partition: int, key: str) -> Optional[Record]:
+        """
+        The newest record of C{key} this node holds, committed or not.
+        """
+        replica = self.replicas[partition]
+        if replica.epoch == 0:
+            return None
+        return replica.newest(key)
+
+    def list_local(
+        self, partitions: list[int], prefix: str, start_after: Optional[str], limit: int
+    ) -> list[str]:
+        now = self._now()
+
+        def live_keys(store: MemStore) -> Iterator[str]:
+            for key in store.keys_from(prefix, start_after):
+                if live(store.get(key), now) is not None:
+                    yield key
+
+        streams = [live_keys(self.replicas[p].store) for p in partitions]
+        return list(itertools.islice(heapq.merge(*streams), limit))
+
+    # -- forwarding client operations --------------------------------------
+
+    def call(self, peer: str, message: list, timeout: float) -> Deferred:
+        """
+        Send a request to C{peer} and fire with its answer's payload.
+
+        @raise Retry: (as a failure) the link to C{peer} is down; the request
+            was not sent.
+        """
+        request_id = next(self._ids)
+        message[1] = request_id
+        d: Deferred = Deferred(lambda _: self._requests.pop(request_id, None))
+        self._requests[request_id] = (peer, d)
+        if not self._send(peer, message):
+            self._requests.pop(request_id, None)
+            return fail(Retry(f"no link to {peer}"))
+        d.addTimeout(timeout, self._clock)
+        return d
+
+    def new_op_id(self) -> str:
+        return f"{self.node_id}/{self.incarnation:x}/{next(self._op_ids)}"
+
+    # -- incoming messages -------------------------------------------------
+
+    def peer_up(self, peer: str, incarnation: int) -> None:
+        self._note_peer(peer, incarnation)
+        # The link is new: whatever was in flight on the old one may be lost.
+        for replica in self.replicas:
+            if replica.is_primary and peer in replica.members:
+                replica.resend(peer)
+                self._mark_dirty(replica.partition)
+
+    def peer_down(self, peer: str) -> None:
+        for request_id, (target, d) in list(self._requests.items()):
+            if target == peer:
+                del self._requests[request_id]
+                d.errback(Retry(f"lost the link to {peer}", maybe_applied=True))
+
+    def _note_peer(self, peer: str, incarnation: int) -> None:
+        if self.membership.heard(peer, incarnation, self._now()):
+            log.info("node {peer} is up (incarnation {inc:x})", peer=peer, inc=incarnation)
+
+    def peer_message(self, peer: str, incarnation: int, message: list) -> None:
+        if peer != self.node_id:
+            self._note_peer(peer, incarnation)
+        tag = message[0]
+        handler = self._handlers.get(tag)
+        if handler is None:
+            log.warn("unknown message {tag!r} from {peer}", tag=tag, peer=peer)
+            return
+        handler(self, peer, message)
+
+    def _on_consensus(self, peer: str, message: list) -> None:
+        self._send_all(self.consensus.receive(self._now(), peer, message))
+        self._after_consensus()
+
+    def _on_status(self, peer: str, message: list) -> None:
+        _, keys, synced, executed = message
+        self.membership.info[peer] = {"keys": keys, "synced": synced, "executed": executed}
+
+    def _on_app(self, peer: str, message: list) -> None:
+        _, partition, epoch, prev_seq, prev_epoch, entries, commit, round_ = message
+        replica = self.replicas[partition]
+        if epoch < replica.epoch:
+            self._send(peer, ["stale", partition, replica.epoch])
+            return
+        was_primary = replica.is_primary
+        ok, last = replica.on_append(epoch, prev_seq, prev_epoch, entries, commit)
+        if was_primary and not replica.is_primary:
+            self._fail_waiters(partition, Retry("superseded", maybe_applied=True))
+        if ok:
+            self._send(peer, ["app_ok", partition, epoch, last, round_])
+        else:
+            self._send(peer, ["app_no", partition, epoch, last])
+
+    def _on_snap(self, peer: str, message: list) -> None:
+        _, partition, epoch, seq, seq_epoch, first, last, records = message
+        replica = self.replicas[partition]
+        if epoch < replica.epoch:
+            return
+        replica.on_snapshot(epoch, seq, seq_epoch, first, last, records)
+
+    def _on_app_ok(self, peer: str, message: list) -> None:
+        _, partition, epoch, last, round_ = message
+        replica = self.replicas[partition]
+        committed = replica.on_append_ok(peer, epoch, last, round_)
+        self._stalled_since.pop(partition, None)
+        self._settle(replica, committed)
+        if committed:
+            # Tell the members what is now committed, so that they apply it
+            # even if no further write comes to carry the news.
+            self._mark_dirty(partition)
+
+    def _on_app_no(self, peer: str, message: list) -> None:
+        _, partition, epoch, hint = message
+        replica = self.replicas[partition]
+        replica.on_append_refused(peer, epoch, hint)
+        self._mark_dirty(partition)
+
+    def _on_stale(self, peer: str, message: list) -> None:
+        _, partition, epoch = message
+        replica = self.replicas[partition]
+        if replica.is_primary and epoch > replica.epoch:
+            self._fail_waiters(partition, Retry("superseded", maybe_applied=True))
+            replica.step_down(epoch)
+
+    def _on_report(self, peer: str, message: list) -> None:
+        if self.consensus.role == LEADER:
+            self._reports.append(message)
+
+    def _answer(self, peer: str, request_id: int, d: Deferred, encode: Callable) -> None:
+        def ok(result: Any) -> None:
+            self._send(peer, ["res", request_id, "ok", encode(result)])
+
+        def failed(failure: Failure) -> None:
+            self._send(peer, ["res", request_id, *_encode_error(failure)])
+
+        d.addCallbacks(ok, failed)
+
+    def _on_op(self, peer: str, message: list) -> None:
+        _, request_id, partition, operation, op_id = message
+        d = self.execute_local(partition, decode_operation(operation), op_id)
+        self._answer(peer, request_id, d, lambda c: None if c is None else encode_change(c))
+
+    def _on_read(self, peer: str, message: list) -> None:
+        _, request_id, partition, key = message
+        self._answer(peer, request_id, self.read_local(partition, key), _encode_record)
+
+    def _on_peek(self, peer: str, message: list) -> None:
+        _, request_id, partition, key = message
+        record = self.peek_local(partition, key)
+        self._send(peer, ["res", request_id, "ok", _encode_record(record)])
+
+    def _on_list(self, peer: str, message: list) -> None:
+        _, request_id, partitions, prefix, start_after, limit = message
+        keys = self.list_local(partitions, prefix, start_after, limit)
+        self._send(peer, ["res", request_id, "ok", keys])
+
+    def _on_res(self, peer: str, message: list) -> None:
+        _, request_id, status, payload = message
+        pending = self._requests.pop(request_id, None)
+        if pending is None:
+            return
+        _, d = pending
+        if status == "ok":
+            d.callback(payload)
+        else:
+            d.errback(_decode_error(status, payload))
+
+    # -- change events -----------------------------------------------------
+
+    def subscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
+        self._listeners.remove(listener)
+
+    def _queue_events(self, entries: list) -> None:
+        changes = [encode_change(e.change) for e in entries]
+        self._unpublished[next(self._publish_ids)] = changes
+        self._schedule_flush()
+
+    def _publish(self) -> None:
+        """
+        Hand committed changes to the leader, which numbers them; they stay
+        queued until the leader confirms, and go again to a new leader.
+        """
+        leader = self.consensus.leader
+        if leader is None:
+            return
+        target = (leader, self.consensus.term)
+        if target != self._published_to:
+            self._published_to = target
+            batches = list(self._unpublished.items())
+        else:
+            batches = [item for item in self._unpublished.items() if item[0] > self._last_sent_batch]
+        for batch_id, changes in batches:
+            self._send(leader, ["pub", batch_id, changes])
+            self._last_sent_batch = batch_id
+
+    def _republish(self) -> None:
+        self._published_to = None
+        self._publish()
+
+    def _on_pub(self, peer: str, message: list) -> None:
+        _, batch_id, changes = message
+        if self.consensus.role != LEADER:
+            return
+        if self._revision_term != self.consensus.term:
+            self._revision_term = self.consensus.term
+            self._revision_counter = 0
+        for change in changes:
+            self._revision_counter += 1
+            revision = (self._revision_term << 32) | self._revision_counter
+            event = ["ev", revision, change]
+            for node in self.config.node_ids:
+                self._send(node, event)
+        self._send(peer, ["pub_ok", batch_id])
+
+    def _on_pub_ok(self, peer: str, message: list) -> None:
+        self._unpublished.pop(message[1], None)
+
+    def _on_ev(self, peer: str, message: list) -> None:
+        _, revision, data = message
+        if revision <= self._last_revision:
+            return
+        change = decode_change(data)
+        if self._delivered.get(change.key, -1) >= change.version:
+            return
+        self._delivered[change.key] = change.version
+        self._delivered.move_to_end(change.key)
+        if len(self._delivered) > DELIVERED_MEMORY:
+            self._delivered.popitem(last=False)
+        self._last_revision = revision
+        event = ChangeEvent(change, revision)
+        for listener in list(self._listeners):
+            listener(event)
+
+    _handlers: dict[str, Callable[["Node", str, list], None]] = {}
+
+
+Node._handlers = {
+    "vote": Node._on_consensus,
+    "voted": Node._on_consensus,
+    "append": Node._on_consensus,
+    "appended": Node._on_consensus,
+    "status": Node._on_status,
+    "app": Node._on_app,
+    "snap": Node._on_snap,
+    "app_ok": Node._on_app_ok,
+    "app_no": Node._on_app_no,
+    "stale": Node._on_stale,
+    "in_sync": Node._on_report,
+    "drop": Node._on_report,
+    "op": Node._on_op,
+    "read": Node._on_read,
+    "peek": Node._on_peek,
+    "list": Node._on_list,
+    "res": Node._on_res,
+    "pub": Node._on_pub,
+    "pub_ok": Node._on_pub_ok,
+    "ev": Node._on_ev,
+}

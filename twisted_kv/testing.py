@@ -1,0 +1,233 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+A whole cluster in one process, for deterministic tests.
+
+L{MemoryCluster} runs N L{Node}s on one L{Clock} and connects them with a
+L{MemoryNetwork} that delivers messages after a latency, in order per link,
+and can kill and restart nodes, partition them, pause (hang) them, and drop
+or delay messages: the faults the guarantees are about, in milliseconds of
+test time and without sockets.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable, Optional
+
+from twisted.internet.task import Clock
+
+from twisted_kv.core.config import ClusterConfig, parse_config
+from twisted_kv.coordinator import Coordinator
+from twisted_kv.node import Node
+
+
+def cluster_config(size: int = 3, **tunables: object) -> ClusterConfig:
+    """
+    A cluster file for C{size} nodes named n1, n2, ... on made-up ports.
+    """
+    lines = ["[cluster]", "name = test", "secret = test-secret"]
+    lines += [f"{key} = {value}" for key, value in tunables.items()]
+    for index in range(1, size + 1):
+        lines += [
+            f"[node:n{index}]",
+            "host = 127.0.0.1",
+            f"http_port = {17000 + index}",
+            f"peer_port = {17100 + index}",
+            f"ftp_port = {17200 + index}",
+        ]
+    return parse_config("\n".join(lines) + "\n", "<test>")
+
+
+class _Messenger:
+    """
+    One node's access to the L{MemoryNetwork}.
+    """
+
+    def __init__(self, network: "MemoryNetwork", node_id: str) -> None:
+        self._network = network
+        self._node_id = node_id
+
+    def send(self, peer: str, message: list) -> bool:
+        return self._network.send(self._node_id, peer, message)
+
+    def connected(self) -> set[str]:
+        return self._network.reachable(self._node_id)
+
+
+class MemoryNetwork:
+    """
+    Links between nodes, with faults.
+
+    @ivar latency: seconds a message takes on a link.
+    @ivar drop_rate: the chance of losing any one message (on a link that
+        stays up: as if a TCP connection broke and was re-established).
+    """
+
+    def __init__(self, clock: Clock, rng: random.Random, latency: float = 0.001) -> None:
+        self._clock = clock
+        self._rng = rng
+        self.latency = latency
+        self.drop_rate = 0.0
+        self.nodes: dict[str, Node] = {}
+        self._cut: set[frozenset[str]] = set()
+        self._paused: set[str] = set()
+        self._held: list[tuple[str, str, list]] = []
+        self.sent = 0
+
+    def _linked(self, a: str, b: str) -> bool:
+        return a in self.nodes and b in self.nodes and frozenset((a, b)) not in self._cut
+
+    def reachable(self, node_id: str) -> set[str]:
+        return {peer for peer in self.nodes if peer != node_id and self._linked(node_id, peer)}
+
+    def send(self, sender: str, peer: str, message: list) -> bool:
+        if not self._linked(sender, peer) or sender in self._paused:
+            return False
+        self.sent += 1
+        if self.drop_rate and self._rng.random() < self.drop_rate:
+            return True
+        incarnation = self.nodes[sender].incarnation
+        self._clock.callLater(self.latency, self._deliver, sender, incarnation, peer, message)
+        return True
+
+    def _deliver(self, sender: str, incarnation: int, peer: str, message: list) -> None:
+        node = self.nodes.get(peer)
+        source = self.nodes.get(sender)
+        if node is None or source is None or source.incarnation != incarnation:
+            return
+        if not self._linked(sender, peer):
+            return
+        if peer in self._paused:
+            self._held.append((sender, peer, message))
+            return
+        node.peer_message(sender, incarnation, message)
+
+    def add(self, node: Node) -> None:
+        node.messenger = _Messenger(self, node.node_id)
+        self.nodes[node.node_id] = node
+        for peer in self.reachable(node.node_id):
+            self.nodes[peer].peer_up(node.node_id, node.incarnation)
+            node.peer_up(peer, self.nodes[peer].incarnation)
+
+    def remove(self, node_id: str) -> None:
+        node = self.nodes.pop(node_id)
+        node.stop()
+        for peer in self.nodes.values():
+            peer.peer_down(node_id)
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """
+        Cut every link between nodes of different groups.
+        """
+        sets = [set(group) for group in groups]
+        for i, first in enumerate(sets):
+            for second in sets[i + 1 :]:
+                for a in first:
+                    for b in second:
+                        self._cut.add(frozenset((a, b)))
+                        for x, y in ((a, b), (b, a)):
+                            if x in self.nodes:
+                                self.nodes[x].peer_down(y)
+
+    def heal(self) -> None:
+        cut, self._cut = self._cut, set()
+        for pair in cut:
+            a, b = sorted(pair)
+            if a in self.nodes and b in self.nodes:
+                self.nodes[a].peer_up(b, self.nodes[b].incarnation)
+                self.nodes[b].peer_up(a, self.nodes[a].incarnation)
+
+    def pause(self, node_id: str) -> None:
+        """
+        The node hangs: it neither sends nor handles messages (they queue).
+        """
+        self._paused.add(node_id)
+        self.nodes[node_id].stop()
+
+    def resume(self, node_id: str) -> None:
+        self._paused.discard(node_id)
+        self.nodes[node_id].start()
+        held, self._held = self._held, []
+        for sender, peer, message in held:
+            if peer == node_id:
+                self._deliver(sender, self.nodes[sender].incarnation, peer, message)
+            else:
+                self._held.append((sender, peer, message))
+
+
+class MemoryCluster:
+    """
+    N nodes, their coordinators, one clock and one network.
+    """
+
+    def __init__(self, size: int = 3, seed: int = 0, **tunables: object) -> None:
+        self.config = cluster_config(size, **tunables)
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.rng = random.Random(seed)
+        self.network = MemoryNetwork(self.clock, self.rng)
+        self.nodes: dict[str, Node] = {}
+        self.coordinators: dict[str, Coordinator] = {}
+        for node_id in self.config.node_ids:
+            self.start(node_id)
+
+    def start(self, node_id: str) -> Node:
+        """
+        Start (or restart, empty, as a new incarnation) node C{node_id}.
+        """
+        node = Node(
+            self.config,
+            node_id,
+            clock=self.clock,
+            incarnation=self.rng.getrandbits(63),
+            rng=random.Random(self.rng.random()),
+        )
+        self.nodes[node_id] = node
+        self.coordinators[node_id] = Coordinator(node, self.clock)
+        self.network.add(node)
+        node.start()
+        return node
+
+    def kill(self, node_id: str) -> None:
+        self.network.remove(node_id)
+        del self.nodes[node_id]
+        del self.coordinators[node_id]
+
+    def run(self, seconds: float, step: float = 0.005) -> None:
+        """
+        Let C{seconds} of time pass, in small steps.
+        """
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end:
+            self.clock.advance(min(step, end - self.clock.seconds()))
+
+    def leader(self) -> Optional[str]:
+        """
+        The leader every live node agrees on, if they all agree.
+        """
+        leaders = {node.leader for node in self.nodes.values()}
+        if len(leaders) == 1:
+            return leaders.pop()
+        return None
+
+    def settle(self, timeout: float = 10.0) -> str:
+        """
+        Run until the live nodes agree on a leader, every node has applied the
+        leader's map, and every node is in sync; return the leader.
+        """
+        end = self.clock.seconds() + timeout
+        while self.clock.seconds() < end:
+            self.run(0.05)
+            leader = self.leader()
+            if leader is None:
+                continue
+            latest = self.nodes[leader].consensus.latest_map
+            if latest is None or any(n.cluster_map != latest for n in self.nodes.values()):
+                continue
+            if all(n.synced() for n in self.nodes.values()):
+                return leader
+        raise AssertionError(f"the cluster did not settle in {timeout}s")
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()

@@ -161,8 +161,9 @@ class PureTests(SynchronousTestCase):
                 describe_exit(Failure(ProcessDone(0))),
                 describe_exit(Failure(ProcessTerminated(exitCode=1))),
                 describe_exit(Failure(ProcessTerminated(signal=9))),
+                describe_exit(Failure(ProcessTerminated(signal=200))),
             ],
-            ["exited with status 0", "exited with status 1", "was killed by signal 9"],
+            ["exited with status 0", "exited with status 1", "ended by SIGKILL", "ended by signal 200"],
         )
 
 
@@ -363,7 +364,7 @@ class LauncherTests(SynchronousTestCase):
                 "kvcluster: stopping n1, n2, node3",
                 "kvcluster: n1 exited with status 0",
                 "kvcluster: n2 exited with status 1",
-                "kvcluster: node3 was killed by signal 15",
+                "kvcluster: node3 ended by SIGTERM",
                 "kvcluster: every node has stopped",
             ],
         )
@@ -440,7 +441,7 @@ class LauncherTests(SynchronousTestCase):
         self.launcher.start()
         self.reactor.advance(0.5)
         self.end(1, ProcessTerminated(signal=9))
-        self.assertEqual(self.err, ["kvcluster: n2 was killed by signal 9"])
+        self.assertEqual(self.err, ["kvcluster: n2 ended by SIGKILL"])
         self.assertEqual([t.signals for t in self.reactor.transports], [[], [], []])
         self.assertNoResult(self.launcher.finished)
         self.end(0, ProcessDone(0))

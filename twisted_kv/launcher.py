@@ -177,7 +177,11 @@ def describe_exit(reason: Failure) -> str:
         return "exited with status 0"
     if isinstance(value, ProcessTerminated):
         if value.signal is not None:
-            return f"was killed by signal {value.signal}"
+            try:
+                name = signal.Signals(value.signal).name
+            except ValueError:
+                name = f"signal {value.signal}"
+            return f"ended by {name}"
         return f"exited with status {value.exitCode}"
     return f"ended: {value}"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from textwrap import dedent
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.core.config import (
@@ -374,6 +376,20 @@ class ValueSyntaxTests(SynchronousTestCase):
             "7B": 7,
         }
         self.assertEqual({text: parse_size(text) for text in cases}, cases)
+
+    @given(
+        st.integers(min_value=0, max_value=10**6),
+        st.sampled_from(
+            [("", 1), ("k", KiB), ("MiB", MiB), ("g", GiB), ("kB", 1000), ("GB", 1000**3)]
+        ),
+        st.sampled_from(["", " "]),
+    )
+    def test_size_units(self, number: int, unit: tuple[str, int], space: str) -> None:
+        """
+        An integer with a unit is that many units, with or without a space.
+        """
+        suffix, factor = unit
+        self.assertEqual(parse_size(f"{number}{space}{suffix}"), number * factor)
 
     def test_bad_sizes(self) -> None:
         """

@@ -391,10 +391,6 @@ def _check_partitions(value: Any) -> Optional[str]:
     return None
 
 
-def _text(text: str) -> str:
-    return text.strip()
-
-
 #: The keys of C{[cluster]} besides C{name}, C{secret}, C{replicas} and
 #: C{data_dir}: tunables, each with its default.
 CLUSTER_KEYS: dict[str, _Key] = {

@@ -1,0 +1,375 @@
+# -*- test-case-name: tests.test_peer_links -*-
+"""
+A node's links to its peers: one outbound connection per peer, and a
+listener for the peers' inbound connections.
+
+The node layer sees the peer transport only through L{PeerLinks} and the
+handler object it supplies::
+
+    handler.peer_message(peer_id, incarnation, message)  # inbound message
+    handler.peer_up(peer_id, incarnation)    # outbound link authenticated
+    handler.peer_down(peer_id)               # that outbound link lost
+
+Each peer's outbound connection is kept up by its own L{ClientService},
+which reconnects with jittered exponential backoff (0.05 s growing to 1 s)
+on the injected reactor. C{peer_up} fires only once the peer has
+authenticated, C{peer_down} as soon as that connection is dropped or lost;
+a peer that restarts is therefore seen going down, then up again with its
+new incarnation. Connections that fail the handshake count as failed
+attempts, so a peer with the wrong secret is retried ever more slowly
+(up to the 1 s cap) rather than hammered.
+
+Inbound connections are independent of outbound ones: a peer reconnecting
+to us replaces nothing on our outbound side. Each one delivers the
+messages its peer sends, tagged with the incarnation that peer announced.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Optional
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    serverFromString,
+)
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_kv.peer.protocol import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    PeerProtocol,
+    PeerSettings,
+)
+from twisted_kv.wire.codec import encode
+
+__all__ = ["PeerLinks", "default_retry_policy"]
+
+_log = Logger(namespace="twisted_kv.peer")
+
+RETRY_INITIAL_DELAY = 0.05
+RETRY_MAX_DELAY = 1.0
+RETRY_JITTER = 0.1
+
+
+def default_retry_policy(
+    jitter: Optional[Callable[[], float]] = None,
+) -> Callable[[int], float]:
+    """
+    The reconnection policy of outbound peer links.
+
+    @param jitter: a 0-argument callable returning extra seconds of delay;
+        by default uniform in [0, C{RETRY_JITTER}).
+    @return: a L{backoffPolicy} starting at C{RETRY_INITIAL_DELAY} and
+        capped at C{RETRY_MAX_DELAY} seconds, plus jitter. (Twisted's default
+        jitter of up to a whole second would dwarf a 50 ms first retry.)
+    """
+    if jitter is None:
+        uniform = random.random
+
+        def jitter() -> float:
+            return uniform() * RETRY_JITTER
+
+    return backoffPolicy(
+        initialDelay=RETRY_INITIAL_DELAY, maxDelay=RETRY_MAX_DELAY, jitter=jitter
+    )
+
+
+def _client_endpoint(
+    reactor: Any, host: str, port: int, timeout: float
+) -> IStreamClientEndpoint:
+    """
+    The endpoint that dials one peer: plain TCP for an IP address, happy
+    eyeballs for a host name.
+    """
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+
+class _OutboundLink:
+    """
+    The outbound side of one peer: the authenticated connection, if any,
+    and the count of handshakes failed in a row.
+
+    @ivar protocol: the authenticated outbound connection, or C{None}.
+    """
+
+    def __init__(
+        self,
+        links: PeerLinks,
+        peer_id: str,
+        policy: Callable[[int], float],
+    ) -> None:
+        self._links = links
+        self.peer_id = peer_id
+        self._policy = policy
+        self.protocol: Optional[PeerProtocol] = None
+        self._failed_handshakes = 0
+
+    def retry_delay(self, failed_attempts: int) -> float:
+        """
+        The L{ClientService} retry policy: L{ClientService} counts refused
+        connections, this adds the connections that failed the handshake.
+        """
+        return self._policy(failed_attempts + self._failed_handshakes)
+
+    def ready(self, protocol: PeerProtocol) -> None:
+        self._failed_handshakes = 0
+        self.protocol = protocol
+        self._links._notify("peer_up", self.peer_id, protocol.peer_incarnation)
+
+    def closed(self, protocol: PeerProtocol, was_ready: bool) -> None:
+        if not was_ready:
+            self._failed_handshakes += 1
+            return
+        if self.protocol is protocol:
+            self.protocol = None
+            self._links._notify("peer_down", self.peer_id)
+
+
+class _OutboundFactory(Factory):
+    """
+    Builds the outbound protocol for one peer.
+    """
+
+    noisy = False
+
+    def __init__(self, links: PeerLinks, link: _OutboundLink) -> None:
+        self._links = links
+        self._link = link
+
+    def buildProtocol(self, addr: Optional[IAddress]) -> PeerProtocol:
+        return PeerProtocol(
+            self._links._settings,
+            self._links._reactor,
+            expected_peer=self._link.peer_id,
+            on_ready=self._link.ready,
+            on_closed=self._link.closed,
+        )
+
+
+class _InboundFactory(Factory):
+    """
+    Builds the protocol of each accepted peer connection.
+    """
+
+    noisy = False
+
+    def __init__(self, links: PeerLinks) -> None:
+        self._links = links
+
+    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[PeerProtocol]:
+        links = self._links
+        if not links.running:
+            return None
+        protocol = PeerProtocol(
+            links._settings,
+            links._reactor,
+            deliver=links._handler.peer_message,
+        )
+        links._inbound.add(protocol)
+        protocol.when_closed().addCallback(lambda _: links._inbound.discard(protocol))
+        return protocol
+
+
+class PeerLinks(MultiService):
+    """
+    This node's authenticated links to its peers (an L{IService}).
+
+    @ivar listening_port: the L{IListeningPort} for inbound peer
+        connections once the service has started (C{None} before, or when
+        there is no C{listen_endpoint}).
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        incarnation: int,
+        cluster_name: str,
+        secret: bytes,
+        peers: dict[str, tuple[str, int]],
+        handler: Any,
+        reactor: Any,
+        listen_endpoint: Optional[str] = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        retry_policy: Optional[Callable[[int], float]] = None,
+    ) -> None:
+        """
+        @param node_id: this node's id.
+        @param incarnation: this node's incarnation, 0 <= incarnation < 2**64;
+            a restarted node must use a new one.
+        @param cluster_name: the cluster's name.
+        @param secret: the cluster secret.
+        @param peers: every other node: id -> (host, peer port).
+        @param handler: provides C{peer_message}, C{peer_up}, C{peer_down}.
+        @param reactor: provides C{IReactorTCP} and C{IReactorTime}; used
+            for every connection and every timer.
+        @param listen_endpoint: a server endpoint string for inbound peer
+            connections (e.g. C{"tcp:7101:interface=127.0.0.1"}), or C{None}
+            to accept none.
+        @param handshake_timeout: seconds a connection may take to
+            authenticate.
+        @param keepalive_interval: seconds of sending silence after which a
+            keepalive frame is sent.
+        @param idle_timeout: seconds of receiving silence after which an
+            authenticated connection is dropped.
+        @param retry_policy: reconnection delays, as for L{ClientService};
+            L{default_retry_policy} by default.
+        @raise ValueError: C{peers} includes C{node_id}, or a setting is out
+            of range.
+        """
+        super().__init__()
+        self._settings = PeerSettings(
+            node_id=node_id,
+            incarnation=incarnation,
+            cluster_name=cluster_name,
+            secret=secret,
+            peer_ids=frozenset(peers),
+            handshake_timeout=handshake_timeout,
+            keepalive_interval=keepalive_interval,
+            idle_timeout=idle_timeout,
+        )
+        self._handler = handler
+        self._reactor = reactor
+        self._listen_endpoint = (
+            None
+            if listen_endpoint is None
+            else serverFromString(reactor, listen_endpoint)
+        )
+        self.listening_port: Optional[IListeningPort] = None
+        self._inbound: set[PeerProtocol] = set()
+        self._outbound: dict[str, _OutboundLink] = {}
+        policy = default_retry_policy() if retry_policy is None else retry_policy
+        for peer_id, (host, port) in sorted(peers.items()):
+            link = _OutboundLink(self, peer_id, policy)
+            self._outbound[peer_id] = link
+            service = ClientService(
+                _client_endpoint(reactor, host, port, handshake_timeout),
+                _OutboundFactory(self, link),
+                retryPolicy=link.retry_delay,
+                clock=reactor,
+            )
+            service.setName(f"peer:{peer_id}")
+            service.setServiceParent(self)
+
+    # -- the node's API -----------------------------------------------------
+
+    def send(self, peer_id: str, message: Any) -> bool:
+        """
+        Queue C{message} for C{peer_id} on this node's authenticated
+        outbound link.
+
+        Messages to one peer arrive in send order while the link lives.
+
+        @param peer_id: a configured peer's id.
+        @param message: any msgpack-encodable value.
+        @return: C{True} if queued; C{False} (and the message dropped) if
+            there is no authenticated link to that peer right now, or
+            C{peer_id} is not a configured peer.
+        @raise TypeError: C{message} cannot be encoded (whether or not the
+            link is up).
+        @raise twisted_kv.peer.protocol.MessageTooLarge: it does not fit in
+            one frame.
+        """
+        # Encode first, so that an unencodable message fails the same way
+        # whether or not the link is up.
+        payload = encode(message)
+        link = self._outbound.get(peer_id)
+        if link is None or link.protocol is None:
+            return False
+        return link.protocol.send_encoded(payload)
+
+    def connected(self) -> set[str]:
+        """
+        @return: the ids of the peers with an authenticated outbound link.
+        """
+        return {
+            peer_id
+            for peer_id, link in self._outbound.items()
+            if link.protocol is not None
+        }
+
+    # -- IService -----------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Listen for inbound peer connections, then start dialling every peer.
+
+        @raise Exception: listening failed at once (e.g. the port is in
+            use); nothing has been started then.
+        """
+        if self._listen_endpoint is not None:
+            failed_at_once: list[Failure] = []
+            starting = True
+
+            def listen_failed(failure: Failure) -> None:
+                if starting:
+                    failed_at_once.append(failure)
+                else:
+                    _log.failure("Cannot listen for peer connections", failure)
+
+            listening = self._listen_endpoint.listen(_InboundFactory(self))
+            listening.addCallbacks(self._listening, listen_failed)
+            starting = False
+            if failed_at_once:
+                failed_at_once[0].raiseException()
+        super().startService()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.listening_port = port
+        address = port.getHost()
+        _log.info(
+            "Peer port listening on {host}:{port}",
+            host=getattr(address, "host", address),
+            port=getattr(address, "port", ""),
+        )
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop listening, close every peer connection and stop reconnecting.
+
+        @return: a L{Deferred} that fires with C{None} once every connection
+            is closed.
+        """
+        stopping: list[Deferred[Any]] = []
+        if self.listening_port is not None:
+            stopping.append(maybeDeferred(self.listening_port.stopListening))
+            self.listening_port = None
+        for protocol in list(self._inbound):
+            protocol.transport.loseConnection()
+            stopping.append(protocol.when_closed())
+        stopping.append(super().stopService())
+        done: Deferred[Any] = DeferredList(stopping, consumeErrors=True)
+        return done.addCallback(lambda _: None)
+
+    # -- callbacks from the protocols ----------------------------------------
+
+    def _notify(self, event: str, *args: Any) -> None:
+        """
+        Call one of the handler's link methods; a failure there is the
+        node's bug, logged here so it cannot break the link.
+        """
+        try:
+            getattr(self._handler, event)(*args)
+        except Exception:
+            _log.failure("Peer link handler {event}{args!r} failed", event=event, args=args)

@@ -1,0 +1,650 @@
+# -*- test-case-name: tests.test_http_api -*-
+"""
+The HTTP API of a node (CONTRACT.md section 3), as twisted.web resources.
+
+Two parts, both reached through L{twisted_kv.frontends.site.build_site}:
+
+  - L{KeyValueResource} answers C{/kv} (the key listing) and C{/kv/{key}}.
+    It is the hot path of the product, so it is a plain leaf resource: the
+    key is the raw request path after C{/kv/}, percent-decoded to bytes and
+    then decoded as UTF-8, with no router in between that could merge
+    slashes, split on C{%2F} or resolve C{..}.
+
+  - L{NodeAPI} is a Klein application for everything else: C{/cluster},
+    C{/health}, C{/metrics}, and JSON C{404}/C{405} answers for any path no
+    other resource claims.
+
+Every error answer, from either part, is made by L{render_failure}: the one
+mapping from failures to statuses, C{Retry-After} and C{Allow} headers and
+the JSON body C{{"error": code, "message": text}}.
+
+Conditional requests follow RFC 9110 section 13.  When the store can check a
+precondition itself (no C{If-Match}, or C{If-Match} naming one strong
+entity-tag; no C{If-None-Match}, or C{If-None-Match: *} on a PUT), the write
+is one store operation.  Any other precondition (C{If-Match: *}, lists of
+entity-tags, C{If-None-Match} with entity-tags) is evaluated on a read, and
+the write is then made conditional on the version that read found, so a
+concurrent writer makes it fail and the evaluation starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Callable, Iterable, Optional
+
+from attrs import frozen
+from klein import Klein
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+from urllib.parse import unquote_to_bytes
+from werkzeug.exceptions import MethodNotAllowed as _RouteMethodNotAllowed
+from werkzeug.exceptions import NotFound as _RouteNotFound
+from werkzeug.routing import RequestRedirect as _RouteRedirect
+
+from twisted_kv.core.keyspace import USER, name_of, to_user, user_key
+from twisted_kv.core.records import format_version
+from twisted_kv.errors import (
+    InvalidRequest,
+    KeyNotFound,
+    KVError,
+    PreconditionFailed,
+    Unavailable,
+    ValueTooLarge,
+)
+from twisted_kv.interfaces import IClusterStatus, IKeyValue, KeyPage, ReadResult, WriteResult
+from twisted_kv.metrics import Metric, render, sample
+
+JSON_TYPE = b"application/json"
+PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10000
+
+_KEY_METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
+_LIST_METHODS = ("GET", "HEAD")
+
+# How often a precondition that the store cannot check itself is evaluated
+# again after a concurrent write changed the key under it.
+_CONDITION_ATTEMPTS = 8
+
+_log = Logger()
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _json(value: Any) -> bytes:
+    return _encode_json(value).encode("ascii")
+
+
+class MethodNotAllowed(KVError):
+    """The method is not supported on this path."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, allowed: Iterable[str], message: str = "") -> None:
+        super().__init__(message)
+        self.allowed = tuple(allowed)
+
+
+class NoSuchResource(KVError):
+    """Nothing is served at this path."""
+
+    status = 404
+    code = "not_found"
+
+
+def _as_kv_error(failure: Failure) -> KVError:
+    error = failure.value
+    if isinstance(error, KVError):
+        return error
+    if isinstance(error, _RouteMethodNotAllowed):
+        return MethodNotAllowed(sorted(error.valid_methods or ()))
+    if isinstance(error, (_RouteNotFound, _RouteRedirect)):
+        return NoSuchResource()
+    _log.failure("Unexpected error answering an HTTP request", failure)
+    return KVError("internal error")
+
+
+def render_failure(request: IRequest, failure: Failure) -> bytes:
+    """
+    Set the status and headers of the error answer to C{request} and return
+    its JSON body.
+
+    L{KVError}s map to their C{status} and C{code}; L{Unavailable} adds
+    C{Retry-After} (whole seconds, rounded up) and L{MethodNotAllowed} adds
+    C{Allow}.  Klein's routing failures (no such route, a redirect to the
+    canonical spelling of a route, a wrong method) become C{404} and C{405}.
+    Anything else is logged with its traceback and answered C{500}.
+
+    @return: the body, whose length is already set as C{Content-Length}.
+    """
+    error = _as_kv_error(failure)
+    request.setResponseCode(error.status)
+    if isinstance(error, Unavailable):
+        request.setHeader(b"Retry-After", b"%d" % math.ceil(error.retry_after))
+    elif isinstance(error, MethodNotAllowed):
+        request.setHeader(b"Allow", ", ".join(error.allowed).encode("ascii"))
+    body = _json({"error": error.code, "message": error.message})
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+class ErrorResource(Resource):
+    """
+    A leaf answering every request with the same error.
+    """
+
+    isLeaf = True
+
+    def __init__(self, error: KVError) -> None:
+        super().__init__()
+        self._error = error
+
+    def render(self, request: IRequest) -> bytes:
+        return render_failure(request, Failure(self._error))
+
+
+def _send(
+    request: IRequest, code: int, body: bytes, content_type: bytes, etag: Optional[bytes] = None
+) -> None:
+    """
+    Answer C{request} with C{body}, unless its client has gone away.
+    """
+    if request.channel is None:
+        return
+    request.setResponseCode(code)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"Content-Type", [content_type])
+    headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    if etag is not None:
+        headers.setRawHeaders(b"ETag", [etag])
+    request.write(body)
+    request.finish()
+
+
+def _send_empty(request: IRequest, code: int, etag: Optional[bytes] = None) -> None:
+    """
+    Answer C{request} with a bodiless C{204} or C{304}.
+    """
+    if request.channel is None:
+        return
+    request.setResponseCode(code)
+    if etag is not None:
+        request.setHeader(b"ETag", etag)
+    request.finish()
+
+
+def _etag(version: str) -> bytes:
+    return b'"%s"' % version.encode("latin-1")
+
+
+# One element of an entity-tag list (RFC 9110 section 8.8.3 and 5.6.1): an
+# optional (weak or strong) entity-tag, then a comma or the end.  Empty list
+# elements are allowed.
+_LIST_ELEMENT = re.compile(rb'[ \t]*(?:(W/)?"([\x21\x23-\x7e\x80-\xff]*)")?[ \t]*(,|\Z)')
+
+
+@frozen
+class EntityTags:
+    """
+    The value of an C{If-Match} or C{If-None-Match} header.
+
+    @ivar any: the value is C{*}.
+    @ivar strong: the opaque tags of the strong entity-tags listed.
+    @ivar weak: the opaque tags of the weak (C{W/}) entity-tags listed.
+    """
+
+    any: bool = False
+    strong: frozenset[str] = frozenset()
+    weak: frozenset[str] = frozenset()
+
+    def strong_match(self, version: Optional[str]) -> bool:
+        """
+        Whether C{If-Match} holds for a key at C{version} (C{None}: the key
+        does not exist); weak entity-tags never match.
+        """
+        return version is not None and (self.any or version in self.strong)
+
+    def weak_match(self, version: Optional[str]) -> bool:
+        """
+        Whether C{If-None-Match} matches a key at C{version} (C{None}: the
+        key does not exist), so that the condition is false.
+        """
+        return version is not None and (
+            self.any or version in self.strong or version in self.weak
+        )
+
+
+def parse_entity_tags(values: list[bytes], header: str) -> EntityTags:
+    """
+    Parse the field lines of an C{If-Match} or C{If-None-Match} header.
+
+    @param values: the raw field values, in order.
+    @param header: the header's name, for the error message.
+    @raise InvalidRequest: the value is neither C{*} nor a list of
+        entity-tags.
+    """
+    text = b",".join(values)
+    if text.strip(b" \t") == b"*":
+        return EntityTags(any=True)
+    strong, weak = set(), set()
+    position = 0
+    while True:
+        match = _LIST_ELEMENT.match(text, position)
+        if match is None:
+            raise InvalidRequest(f"malformed {header}: expected * or quoted entity-tags")
+        weakness, tag, separator = match.groups()
+        if tag is not None:
+            (weak if weakness else strong).add(tag.decode("latin-1"))
+        if not separator:
+            break
+        position = match.end()
+    if not (strong or weak):
+        raise InvalidRequest(f"empty {header}")
+    return EntityTags(strong=frozenset(strong), weak=frozenset(weak))
+
+
+@frozen
+class Preconditions:
+    """
+    The C{If-Match} and C{If-None-Match} headers of one request.
+    """
+
+    if_match: Optional[EntityTags] = None
+    if_none_match: Optional[EntityTags] = None
+
+    @property
+    def version(self) -> Optional[str]:
+        """
+        The version C{If-Match} requires when it names exactly one strong
+        entity-tag (the store can check that alone), else C{None}.
+        """
+        tags = self.if_match
+        if tags is None or tags.any or len(tags.strong) != 1:
+            return None
+        (version,) = tags.strong
+        return version
+
+    def store_checkable(self, none_match_any: bool) -> bool:
+        """
+        Whether the store alone can check these preconditions, given its
+        C{if_match} (one version) and, if C{none_match_any}, its
+        C{if_none_match} (C{If-None-Match: *}).
+        """
+        if self.if_match is not None and self.version is None:
+            return False
+        return self.if_none_match is None or (none_match_any and self.if_none_match.any)
+
+    def evaluate(self, version: Optional[str]) -> bool:
+        """
+        Evaluate the preconditions for a key at C{version} (C{None}: no such
+        key), in the order of RFC 9110 section 13.2.2.
+
+        @return: C{False} when C{If-None-Match} matches (C{304} for a read,
+            C{412} for a write).
+        @raise PreconditionFailed: C{If-Match} does not hold.
+        """
+        if self.if_match is not None and not self.if_match.strong_match(version):
+            raise PreconditionFailed("If-Match does not match the current version")
+        return self.if_none_match is None or not self.if_none_match.weak_match(version)
+
+
+_UNCONDITIONAL = Preconditions()
+
+
+def _preconditions(request: IRequest) -> Preconditions:
+    headers = request.requestHeaders
+    if_match = headers.getRawHeaders(b"If-Match")
+    if_none_match = headers.getRawHeaders(b"If-None-Match")
+    if if_match is None and if_none_match is None:
+        return _UNCONDITIONAL
+    return Preconditions(
+        None if if_match is None else parse_entity_tags(if_match, "If-Match"),
+        None if if_none_match is None else parse_entity_tags(if_none_match, "If-None-Match"),
+    )
+
+
+def _query(request: IRequest, name: bytes) -> Optional[bytes]:
+    """
+    The one value of query parameter C{name}, or C{None} when absent.
+
+    @raise InvalidRequest: the parameter is given more than once.
+    """
+    values = request.args.get(name)
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise InvalidRequest(f"{name.decode('ascii')} is given more than once")
+    return values[0]
+
+
+def _query_text(request: IRequest, name: bytes) -> Optional[str]:
+    value = _query(request, name)
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{name.decode('ascii')} is not valid UTF-8") from None
+
+
+_DECIMAL = re.compile(rb"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
+def _ttl(request: IRequest) -> Optional[float]:
+    """
+    The C{?ttl=S} of a write: a positive, finite decimal number of seconds.
+    """
+    value = _query(request, b"ttl")
+    if value is None:
+        return None
+    ttl = float(value) if _DECIMAL.fullmatch(value) else 0.0
+    if not (0 < ttl < math.inf):
+        raise InvalidRequest("ttl must be a positive number of seconds")
+    return ttl
+
+
+def _limit(request: IRequest) -> int:
+    value = _query(request, b"limit")
+    if value is None:
+        return DEFAULT_LIMIT
+    limit = int(value) if value.isdigit() and len(value) < 10 else 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return limit
+
+
+def _client_key(raw: bytes) -> str:
+    """
+    The client key named by C{raw}, the request path after C{/kv/}.
+
+    @raise InvalidRequest: it is not UTF-8 once percent-decoded.
+    """
+    if b"%" in raw:
+        raw = unquote_to_bytes(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the key is not valid UTF-8") from None
+
+
+def _value(request: IRequest, max_bytes: int) -> bytes:
+    """
+    The body of a write, refused from its C{Content-Length} before it is
+    read when it is too large.
+    """
+    length = request.getHeader(b"Content-Length")
+    if length is not None and int(length) > max_bytes:
+        raise ValueTooLarge(f"the value exceeds {max_bytes} bytes")
+    return request.content.read()
+
+
+def _content_type(request: IRequest) -> str:
+    content_type = request.getHeader(b"Content-Type")
+    return content_type.decode("latin-1") if content_type else DEFAULT_CONTENT_TYPE
+
+
+class KeyValueResource(Resource):
+    """
+    C{/kv} (listing keys) and C{/kv/{key}} (one key), over an L{IKeyValue}.
+
+    The key is everything after the second C{/} of the raw request path, so
+    this resource is mounted as a leaf directly under the root.
+    """
+
+    isLeaf = True
+
+    def __init__(self, kv: IKeyValue) -> None:
+        super().__init__()
+        self._kv = kv
+        self._handlers: dict[bytes, Callable[[IRequest, str], Deferred[None]]] = {
+            b"GET": self._get,
+            b"HEAD": self._get,
+            b"PUT": self._put,
+            b"POST": self._post,
+            b"DELETE": self._delete,
+        }
+
+    def render(self, request: IRequest) -> int:
+        try:
+            path = request.path
+            slash = path.find(b"/", 1)
+            if slash < 0:
+                answered = self._list(request)
+            else:
+                handler = self._handlers.get(request.method)
+                if handler is None:
+                    raise MethodNotAllowed(_KEY_METHODS)
+                answered = handler(request, _client_key(path[slash + 1 :]))
+        except Exception:
+            answered = fail()
+        answered.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: IRequest) -> None:
+        body = render_failure(request, failure)
+        if request.channel is not None:
+            request.write(body)
+            request.finish()
+
+    def _list(self, request: IRequest) -> Deferred[None]:
+        if request.method not in (b"GET", b"HEAD"):
+            raise MethodNotAllowed(_LIST_METHODS)
+        prefix = _query_text(request, b"prefix") or ""
+        start_after = _query_text(request, b"start_after")
+        limit = _limit(request)
+        return self._kv.list_keys(
+            USER + prefix, user_key(start_after) if start_after else None, limit
+        ).addCallback(self._listed, request)
+
+    @staticmethod
+    def _listed(page: KeyPage, request: IRequest) -> None:
+        body = {"keys": [name_of(key) for key in page.keys], "next": to_user(page.next)}
+        _send(request, 200, _json(body), JSON_TYPE)
+
+    def _get(self, request: IRequest, key: str) -> Deferred[None]:
+        conditions = _preconditions(request)
+        return self._kv.get(user_key(key)).addCallback(self._got, request, key, conditions)
+
+    @staticmethod
+    def _got(result: ReadResult, request: IRequest, key: str, conditions: Preconditions) -> None:
+        if result.degraded:
+            request.setHeader(b"X-KV-Degraded", b"true")
+        record = result.record
+        if record is None:
+            raise KeyNotFound(f"no key {key!r}")
+        version = format_version(record.version)
+        etag = _etag(version)
+        if not conditions.evaluate(version):
+            _send_empty(request, 304, etag)
+            return
+        content_type = record.content_type.encode("latin-1", "replace")
+        _send(request, 200, record.value, content_type, etag)
+
+    def _post(self, request: IRequest, key: str) -> Deferred[None]:
+        return self._put(request, key, create_only=True)
+
+    def _put(self, request: IRequest, key: str, create_only: bool = False) -> Deferred[None]:
+        store_key = user_key(key)
+        value = _value(request, self._kv.max_value_bytes)
+        content_type = _content_type(request)
+        ttl = _ttl(request)
+        conditions = _preconditions(request)
+
+        def put(if_match: Optional[str], if_none_match: bool) -> Deferred[WriteResult]:
+            return self._kv.put(
+                store_key, value, content_type, ttl, if_match, if_none_match, create_only
+            )
+
+        if conditions.store_checkable(none_match_any=True):
+            written = put(conditions.version, conditions.if_none_match is not None)
+        else:
+            written = self._conditionally(
+                store_key, conditions, lambda version: put(version, version is None)
+            )
+        return written.addCallback(self._written, request, key)
+
+    @staticmethod
+    def _written(result: WriteResult, request: IRequest, key: str) -> None:
+        body = _json({"key": key, "version": result.version})
+        _send(request, 201 if result.created else 200, body, JSON_TYPE, _etag(result.version))
+
+    def _delete(self, request: IRequest, key: str) -> Deferred[None]:
+        store_key = user_key(key)
+        conditions = _preconditions(request)
+        if conditions.store_checkable(none_match_any=False):
+            deleted = self._kv.delete(store_key, conditions.version)
+        else:
+
+            def delete(version: Optional[str]) -> Deferred[str]:
+                if version is None:
+                    return fail(KeyNotFound(f"no key {key!r}"))
+                return self._kv.delete(store_key, version)
+
+            deleted = self._conditionally(store_key, conditions, delete)
+        return deleted.addCallback(lambda _: _send_empty(request, 204))
+
+    def _conditionally(
+        self,
+        store_key: str,
+        conditions: Preconditions,
+        write: Callable[[Optional[str]], Deferred[Any]],
+    ) -> Deferred[Any]:
+        """
+        Evaluate C{conditions} on a read of C{store_key}, then C{write},
+        conditional on the version read; start again when a concurrent write
+        made that condition fail.
+
+        @param write: called with the version read (C{None}: no such key);
+            returns a Deferred that fails with L{PreconditionFailed} if the
+            key no longer is at that version.
+        @return: a Deferred firing with the result of C{write}, or failing
+            with L{PreconditionFailed}, with L{Unavailable} when the read is
+            degraded or the key kept changing, or with C{write}'s failures.
+        """
+
+        async def attempts() -> Any:
+            for _ in range(_CONDITION_ATTEMPTS):
+                result = await self._kv.get(store_key)
+                if result.degraded:
+                    raise Unavailable("no majority answered to evaluate the preconditions")
+                record = result.record
+                version = None if record is None else format_version(record.version)
+                if not conditions.evaluate(version):
+                    raise PreconditionFailed("If-None-Match matches the current version")
+                try:
+                    return await write(version)
+                except PreconditionFailed:
+                    continue
+            raise Unavailable("the key kept changing while its preconditions were evaluated")
+
+        return Deferred.fromCoroutine(attempts())
+
+
+_HTTP_METHODS = frozenset({b"GET", b"HEAD", b"PUT", b"POST", b"DELETE", b"OPTIONS", b"PATCH"})
+_QUANTILES = (0.5, 0.9, 0.99)
+
+
+class HTTPMetrics:
+    """
+    Counts of answered HTTP requests by method and status code, and the
+    latencies of the most recent ones.
+
+    @ivar window: how many recent latencies the quantiles are computed over.
+    """
+
+    def __init__(self, window: int = 1024) -> None:
+        self.window = window
+        self._requests: dict[tuple[bytes, int], int] = {}
+        self._latencies: list[float] = []
+        self._observed = 0
+
+    def observe(self, method: bytes, code: int, seconds: float) -> None:
+        """
+        Record one answered request that took C{seconds}.
+        """
+        if method not in _HTTP_METHODS:
+            method = b"other"
+        key = (method, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        if self._observed < self.window:
+            self._latencies.append(seconds)
+        else:
+            self._latencies[self._observed % self.window] = seconds
+        self._observed += 1
+
+    def metrics(self) -> list[Metric]:
+        """
+        C{twisted_kv_http_requests_total} and the summary
+        C{twisted_kv_http_request_duration_seconds}.
+        """
+        requests = Metric(
+            "twisted_kv_http_requests_total",
+            "counter",
+            "HTTP requests answered, by method and status code.",
+            [
+                sample(count, method=method.decode("ascii"), code=str(code))
+                for (method, code), count in sorted(self._requests.items())
+            ],
+        )
+        latencies = sorted(self._latencies)
+        duration = Metric(
+            "twisted_kv_http_request_duration_seconds",
+            "summary",
+            f"Time to answer an HTTP request, over the last {self.window} requests.",
+            [
+                sample(latencies[max(0, math.ceil(q * len(latencies)) - 1)], quantile=str(q))
+                for q in _QUANTILES
+                if latencies
+            ],
+        )
+        return [requests, duration]
+
+
+class NodeAPI:
+    """
+    The Klein application for C{/cluster}, C{/health} and C{/metrics}; it
+    also answers every path no other resource claims, with a JSON C{404}.
+    """
+
+    _app = Klein()
+
+    def __init__(self, status: IClusterStatus, http_metrics: HTTPMetrics) -> None:
+        self._status = status
+        self._http_metrics = http_metrics
+
+    def resource(self) -> IResource:
+        """
+        The resource serving this application.
+        """
+        return self._app.resource()
+
+    @_app.route("/cluster", methods=["GET"])
+    def _cluster(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        return _json(self._status.cluster_view())
+
+    @_app.route("/health", methods=["GET"])
+    def _health(self, request: IRequest) -> bytes:
+        if not self._status.ready():
+            raise Unavailable("the node does not serve requests yet")
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        return _json({"status": "ok"})
+
+    @_app.route("/metrics", methods=["GET"])
+    def _metrics(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", PROMETHEUS_TYPE)
+        metrics = [*self._status.metrics(), *self._http_metrics.metrics()]
+        return render(metrics).encode("utf-8")
+
+    @_app.handle_errors(Exception)
+    def _failed(self, request: IRequest, failure: Failure) -> bytes:
+        return render_failure(request, failure)

@@ -1,0 +1,207 @@
+# -*- test-case-name: tests.test_site -*-
+"""
+The web site of a node: the HTTP API of CONTRACT.md section 3, with the
+WebSocket feed, the files resource and the dashboard mounted beside it.
+
+The root dispatches on the first path segment with one dictionary lookup:
+
+  - C{kv}: L{KeyValueResource}, a leaf that reads the key from the raw path;
+  - each name given in C{children} (C{ws}, C{files}, and C{b""} for C{GET /});
+  - anything else: the Klein application L{NodeAPI} (C{/cluster},
+    C{/health}, C{/metrics}, and JSON C{404}/C{405} for the rest).
+
+Keeping Klein off the C{/kv} path matters for speed (see C{bench/http_local.py})
+and for correctness: a router would merge slashes or split on C{%2F}.
+
+The site's requests bound the body of a C{/kv/{key}} write by the store's
+C{max_value_bytes} without buffering more: a C{Content-Length} over the limit
+is answered C{413} as soon as the headers are in (no C{100 Continue}, no body
+read, then the connection is closed), and a chunked body growing past the
+limit is counted and dropped, then answered C{413}.  The site also feeds
+L{HTTPMetrics} with every answered request instead of writing an access log.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from types import MappingProxyType
+from typing import Mapping, Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from twisted_kv.errors import ValueTooLarge
+from twisted_kv.frontends.http_api import (
+    ErrorResource,
+    HTTPMetrics,
+    KeyValueResource,
+    NodeAPI,
+    NoSuchResource,
+)
+from twisted_kv.interfaces import IClusterStatus, IKeyValue
+
+_KV = b"kv"
+_KEY_PATH = b"/kv/"
+
+
+class _Root(Resource):
+    """
+    Dispatch the first path segment to a mounted resource, or hand the whole
+    path to a fallback resource that does its own routing.
+    """
+
+    def __init__(self, routes: Mapping[bytes, IResource], fallback: IResource) -> None:
+        super().__init__()
+        self._routes = dict(routes)
+        self._fallback = fallback
+        self._not_found = ErrorResource(NoSuchResource())
+
+    def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
+        child = self._routes.get(name)
+        if child is not None:
+            return child
+        request.postpath.insert(0, request.prepath.pop())
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+        except UnicodeDecodeError:
+            return self._not_found
+        return self._fallback
+
+
+class _BoundedBody:
+    """
+    The body of a C{/kv/{key}} request, held in memory up to C{limit} bytes.
+
+    Past the limit the bytes are only counted, and reading the body raises
+    L{ValueTooLarge}.  Within it, L{read} returns the buffer itself, so the
+    value is never held twice.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._buffer: Optional[BytesIO] = BytesIO()
+        self._limit = limit
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._buffer is None:
+            return
+        if self._size > self._limit:
+            self._buffer = None
+        else:
+            self._buffer.write(data)
+
+    def tell(self) -> int:
+        return self._size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """
+        Do nothing: L{read} always returns the whole body.
+        """
+        return 0
+
+    def read(self) -> bytes:
+        """
+        The whole body.
+
+        @raise ValueTooLarge: it is longer than the limit.
+        """
+        if self._buffer is None:
+            raise ValueTooLarge(f"the value exceeds {self._limit} bytes")
+        return self._buffer.getvalue()
+
+    def close(self) -> None:
+        self._buffer = None
+
+
+class _Request(Request):
+    """
+    A request of a L{_Site}: bounds the body of C{/kv/{key}} writes, and
+    notes when it started being processed, for the latency metrics.
+    """
+
+    started = 0.0
+
+    def gotLength(self, length: Optional[int]) -> None:
+        # The channel holds the request target in _path until the body is in;
+        # no public API tells it to a request this early.  Other channels
+        # (HTTP/2) lack it: their /kv bodies are buffered, then refused.
+        if not getattr(self.channel, "_path", b"").startswith(_KEY_PATH):
+            super().gotLength(length)
+            return
+        limit = self.channel.site.max_value_bytes
+        self._parsePOSTFormSubmission = False
+        self.content = _BoundedBody(limit)
+        if length is not None and length > limit:
+            # A request without a body is processed as soon as its headers
+            # are in: answer now, without inviting or reading the body, and
+            # close the connection after the answer.
+            self.requestHeaders.removeHeader(b"Expect")
+            self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            self.channel.persistent = False
+            self.channel.length = 0
+
+    def process(self) -> None:
+        self.started = self.channel.site.reactor.seconds()
+        super().process()
+
+
+class _Site(Site):
+    """
+    The site of a node.
+
+    @ivar max_value_bytes: the largest C{/kv/{key}} body accepted.
+    """
+
+    requestFactory = _Request
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        clock: IReactorTime,
+        max_value_bytes: int,
+        metrics: HTTPMetrics,
+    ) -> None:
+        super().__init__(resource, reactor=clock)
+        self.max_value_bytes = max_value_bytes
+        self._metrics = metrics
+
+    def log(self, request: Request) -> None:
+        """
+        Record the answered C{request} in the HTTP metrics.
+        """
+        self._metrics.observe(
+            request.method, request.code, self.reactor.seconds() - request.started
+        )
+
+
+def build_site(
+    kv: IKeyValue,
+    status: IClusterStatus,
+    *,
+    clock: IReactorTime,
+    children: Mapping[bytes, IResource] = MappingProxyType({}),
+) -> Site:
+    """
+    The web site serving the HTTP API of a node.
+
+    @param kv: the store behind C{/kv}.
+    @param status: the node and cluster information behind C{/cluster},
+        C{/health} and C{/metrics}.
+    @param clock: times requests for the metrics and the connections'
+        timeouts.
+    @param children: resources mounted as top-level path segments, such as
+        C{b"ws"} and C{b"files"}; C{b""} answers C{GET /}.  Paths under no
+        resource are answered with a JSON C{404}.
+    @raise ValueError: C{children} names C{b"kv"}.
+    """
+    if _KV in children:
+        raise ValueError("/kv is served by the key-value API")
+    metrics = HTTPMetrics()
+    root = _Root(
+        {**children, _KV: KeyValueResource(kv)}, NodeAPI(status, metrics).resource()
+    )
+    return _Site(root, clock=clock, max_value_bytes=kv.max_value_bytes, metrics=metrics)

@@ -1,0 +1,402 @@
+# -*- test-case-name: tests.test_dashboard -*-
+"""
+Tests for L{twisted_kv.frontends.dashboard}.
+
+L{PageTests} check the served document without sockets.  L{BrowserTests}
+load it in headless Chromium (Debian's C{chromium}; skipped when it is not
+installed), driven over the DevTools protocol on a pipe from a Twisted
+process protocol, against a real node on a loopback port.  Set
+C{TWISTED_KV_SCREENSHOTS} to a directory to keep the screenshots they take.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+from typing import Any, Optional
+
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+
+from tests.test_client_support import serve, three_nodes
+from twisted_kv.core import keyspace
+from twisted_kv.frontends.dashboard import dashboard_page, dashboard_resource
+
+CHROMIUM = shutil.which("chromium")
+
+
+class PageTests(SynchronousTestCase):
+    """
+    The document served at C{/}.
+    """
+
+    def get(self, method: str = "GET") -> tuple[Any, bytes]:
+        root = Resource()
+        root.putChild(b"", dashboard_resource())
+        client = StubTreq(root)
+        response = self.successResultOf(client.request(method, "http://node.example/"))
+        return response, self.successResultOf(response.content())
+
+    def test_html(self) -> None:
+        """
+        C{GET /} answers the page as UTF-8 HTML, not cached stale.
+        """
+        response, body = self.get()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.headers.getRawHeaders("content-type"), ["text/html; charset=utf-8"]
+        )
+        self.assertEqual(response.headers.getRawHeaders("cache-control"), ["no-cache"])
+        self.assertTrue(body.startswith(b"<!doctype html>"))
+
+    def test_head(self) -> None:
+        """
+        C{HEAD /} answers the headers alone.
+        """
+        response, body = self.get("HEAD")
+        self.assertEqual((response.code, body), (200, b""))
+
+    def test_other_methods(self) -> None:
+        """
+        The page is read-only.
+        """
+        response, _ = self.get("POST")
+        self.assertEqual(response.code, 405)
+
+    def test_self_contained(self) -> None:
+        """
+        The style sheet and script are inline: the page refers to no other
+        document, let alone another host.
+        """
+        _, body = self.get()
+        page = body.decode("utf-8")
+        self.assertEqual(re.findall(r"<link [^>]*>", page), ['<link rel="icon" href="data:,">'])
+        self.assertNotIn("<script src", page)
+        self.assertNotIn("@import", page)
+        self.assertNotIn("url(", page)
+        self.assertEqual(re.findall(r"(?:src|href)=\"(?:https?:)?//", page), [])
+
+    def test_content_security_policy(self) -> None:
+        """
+        The policy allows exactly the inline style sheet and script, by hash,
+        and connections to the node itself.
+        """
+        response, body = self.get()
+        [policy] = response.headers.getRawHeaders("content-security-policy")
+        page = body.decode("utf-8")
+
+        def digest(pattern: str) -> str:
+            [text] = re.findall(pattern, page, re.S)
+            value = base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest())
+            return "'sha256-" + value.decode("ascii") + "'"
+
+        self.assertIn("script-src " + digest(r"<script>(.*?)</script>"), policy)
+        self.assertIn("style-src " + digest(r"<style>(.*?)</style>"), policy)
+        self.assertIn("default-src 'none'", policy)
+        self.assertIn("connect-src 'self'", policy)
+
+    def test_labels(self) -> None:
+        """
+        Every form field has a label.
+        """
+        page = dashboard_page().html.decode("utf-8")
+        fields = re.findall(r"<(?:input|textarea)[^>]* id=\"([^\"]+)\"", page)
+        labelled = set(re.findall(r"<label for=\"([^\"]+)\"", page))
+        self.assertTrue(fields)
+        self.assertEqual(set(fields) - labelled, set())
+
+
+class DevToolsError(Exception):
+    """
+    Chromium answered a DevTools command with an error.
+    """
+
+
+class _Chromium(ProcessProtocol):
+    """
+    Headless Chromium speaking the DevTools protocol over its pipe: commands
+    to its fd 3, answers and events from its fd 4, NUL-terminated JSON.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._next_id = 0
+        self._pending: dict[int, Deferred[dict]] = {}
+        self.events: list[dict] = []
+        self.ended: Deferred[None] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != 4:
+            return
+        self._buffer += data
+        while b"\0" in self._buffer:
+            raw, _, self._buffer = self._buffer.partition(b"\0")
+            message = json.loads(raw)
+            if "id" not in message:
+                self.events.append(message)
+                continue
+            waiter = self._pending.pop(message["id"])
+            if "error" in message:
+                waiter.errback(DevToolsError(message["error"].get("message", "?")))
+            else:
+                waiter.callback(message.get("result", {}))
+
+    def processEnded(self, reason: Failure) -> None:
+        for waiter in self._pending.values():
+            waiter.errback(DevToolsError("chromium exited"))
+        self._pending.clear()
+        self.ended.callback(None)
+
+    def send(self, method: str, session: Optional[str] = None, **params: Any) -> Deferred[dict]:
+        """
+        Send a command (to a page's C{session}); fires with its result.
+        """
+        self._next_id += 1
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        waiter: Deferred[dict] = Deferred()
+        self._pending[self._next_id] = waiter
+        self.transport.writeToChild(3, json.dumps(message).encode("utf-8") + b"\0")
+        return waiter
+
+
+class _Page:
+    """
+    One browser tab.
+    """
+
+    def __init__(self, browser: _Chromium, session: str) -> None:
+        self._browser = browser
+        self._session = session
+
+    def send(self, method: str, **params: Any) -> Deferred[dict]:
+        return self._browser.send(method, self._session, **params)
+
+    @inlineCallbacks
+    def evaluate(self, expression: str) -> Any:
+        """
+        The value of a JavaScript expression (awaited if a promise).
+        """
+        result = yield self.send(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
+        if "exceptionDetails" in result:
+            raise DevToolsError(json.dumps(result["exceptionDetails"])[:500])
+        return result["result"].get("value")
+
+    @inlineCallbacks
+    def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
+        """
+        Poll until C{expression} is truthy; fires with its value.
+        """
+        for _ in range(int(timeout / 0.1)):
+            value = yield self.evaluate(expression)
+            if value:
+                return value
+            yield deferLater(reactor, 0.1, lambda: None)
+        raise AssertionError(f"timed out waiting for {expression}")
+
+    @inlineCallbacks
+    def screenshot(self, name: str, directory: str) -> Any:
+        """
+        Save a PNG of the whole page as C{name}.png in C{directory}, and in
+        C{$TWISTED_KV_SCREENSHOTS} if set.
+        """
+        shot = yield self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        data = base64.b64decode(shot["data"])
+        for target in filter(None, [directory, os.environ.get("TWISTED_KV_SCREENSHOTS")]):
+            os.makedirs(target, exist_ok=True)
+            with open(os.path.join(target, name + ".png"), "wb") as png:
+                png.write(data)
+        return data
+
+
+@inlineCallbacks
+def _launch(test: TestCase) -> Any:
+    """
+    Start Chromium for C{test}, closed when the test ends.
+    """
+    browser = _Chromium()
+    profile = test.mktemp()
+    os.makedirs(profile)
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--remote-debugging-pipe",
+        f"--user-data-dir={profile}",
+        "about:blank",
+    ]
+    process = reactor.spawnProcess(
+        browser, CHROMIUM, args, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"}
+    )
+
+    @inlineCallbacks
+    def close() -> Any:
+        try:
+            yield browser.send("Browser.close").addTimeout(5, reactor)
+        except Exception:
+            process.signalProcess("KILL")
+        yield browser.ended
+
+    test.addCleanup(close)
+    yield browser.send("Browser.getVersion").addTimeout(30, reactor)
+    return browser
+
+
+@inlineCallbacks
+def _open(browser: _Chromium, url: str, width: int, height: int, mobile: bool = False) -> Any:
+    target = yield browser.send("Target.createTarget", url="about:blank")
+    attached = yield browser.send("Target.attachToTarget", targetId=target["targetId"], flatten=True)
+    page = _Page(browser, attached["sessionId"])
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        yield page.send(f"{domain}.enable")
+    yield page.send(
+        "Emulation.setDeviceMetricsOverride",
+        width=width,
+        height=height,
+        deviceScaleFactor=1,
+        mobile=mobile,
+    )
+    yield page.send("Page.navigate", url=url)
+    return page
+
+
+class BrowserTests(TestCase):
+    """
+    The dashboard in a real browser, against a node on a loopback port.
+    """
+
+    if CHROMIUM is None:
+        skip = "Debian's chromium is not installed (apt-get install chromium)"
+
+    timeout = 120
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.node = serve(self)
+        self.executed = 0
+
+        def busy() -> None:
+            self.executed += 7
+            self.node.cluster = three_nodes(self.executed)
+
+        ticker = LoopingCall(busy)
+        ticker.start(0.25)
+        self.addCleanup(ticker.stop)
+        for i in range(30):
+            yield self.node.kv.put(keyspace.user_key(f"users/{i:03}"), b'{"n": %d}' % i, "application/json")
+        yield self.node.kv.put(keyspace.user_key("blob"), b"\x00\xffbinary")
+        self.browser = yield _launch(self)
+
+    def problems(self) -> list[str]:
+        """
+        Errors the browser reported, and requests that left the node.
+        """
+        found = []
+        for event in self.browser.events:
+            method, params = event["method"], event.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                found.append("exception: " + json.dumps(params["exceptionDetails"])[:300])
+            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+                # This node has no file listing: the page copes with that.
+                if not params["entry"].get("url", "").endswith("/files/"):
+                    found.append("log: " + params["entry"]["text"])
+            elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "warning"):
+                found.append("console: " + json.dumps(params["args"])[:300])
+            elif method == "Network.requestWillBeSent":
+                url = params["request"]["url"]
+                host = self.node.url.split("//", 1)[1]
+                if not re.match(rf"(https?|wss?)://{re.escape(host)}/|data:|about:", url):
+                    found.append("external request: " + url)
+        return found
+
+    @inlineCallbacks
+    def test_live_dashboard(self) -> Any:
+        """
+        The page shows the nodes, the leader and the term, request rates,
+        and the keys; a key created through the page is stored, and its
+        event arrives in the live feed; nothing fails and nothing is loaded
+        from elsewhere.
+        """
+        page = yield _open(self.browser, self.node.url + "/", 1280, 900)
+        yield page.wait_for("document.querySelectorAll('#nodes tr').length === 3")
+        summary = yield page.evaluate(
+            "['self-id', 'leader-id', 'term'].map(id => document.getElementById(id).textContent)"
+        )
+        self.assertEqual(summary, ["n1", "n2", "3"])
+        leader = yield page.evaluate("document.querySelector('#nodes tr.leader').dataset.node")
+        self.assertEqual(leader, "n2")
+        yield page.wait_for("document.getElementById('feed-state').textContent === 'live'")
+        yield page.wait_for(
+            "parseFloat(document.querySelector('#nodes tr[data-node=n2] output').textContent) > 0"
+        )
+        listed = yield page.wait_for("Array.from(document.querySelectorAll('#key-list button'), b => b.dataset.key)")
+        self.assertEqual(listed[:3], ["blob", "users/000", "users/001"])
+        self.assertEqual(len(listed), 25)
+
+        key = "notes/é ?#/../x"
+        yield page.evaluate(
+            f"""(() => {{
+                document.getElementById('create').open = true;
+                document.getElementById('new-key').value = {json.dumps(key)};
+                document.getElementById('new-value').value = 'hello from the browser';
+                document.getElementById('create-form').requestSubmit();
+            }})()"""
+        )
+        arrived = yield page.wait_for(
+            f"""Array.from(document.querySelectorAll('#event-list li'))
+                .filter(li => li.dataset.name === {json.dumps(key)} && li.dataset.type === 'put')
+                .map(li => li.textContent)[0]"""
+        )
+        self.assertIn("hello from the browser", arrived)
+        stored = yield self.node.kv.get(keyspace.user_key(key))
+        self.assertEqual(stored.record.value, b"hello from the browser")
+        shown = yield page.wait_for(
+            "document.getElementById('view-value').textContent === 'hello from the browser'"
+            " && document.getElementById('view-key').textContent"
+        )
+        self.assertEqual(shown, key)
+        yield page.wait_for(
+            f"Array.from(document.querySelectorAll('#key-list button')).some(b => b.dataset.key === {json.dumps(key)})"
+        )
+
+        yield self.node.kv.put(keyspace.user_key("users/000"), b"changed elsewhere")
+        yield page.wait_for(
+            "Array.from(document.querySelectorAll('#event-list li')).some(li => li.dataset.name === 'users/000')"
+        )
+        yield page.screenshot("dashboard-desktop", self.mktemp())
+        self.assertEqual(self.problems(), [])
+
+    @inlineCallbacks
+    def test_phone_width(self) -> Any:
+        """
+        On a phone-sized screen the page fits the width (no sideways
+        scrolling of the page), and a binary value is shown in hexadecimal.
+        """
+        page = yield _open(self.browser, self.node.url + "/", 390, 844, mobile=True)
+        yield page.wait_for("document.querySelectorAll('#key-list button').length > 0")
+        yield page.evaluate("document.querySelector('#key-list button[data-key=blob]').click()")
+        value = yield page.wait_for("document.getElementById('view-size').textContent && document.getElementById('view-value').textContent")
+        self.assertTrue(value.startswith("00 ff 62 69"))
+        overflow = yield page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        self.assertLessEqual(overflow, 0)
+        yield page.screenshot("dashboard-phone", self.mktemp())
+        self.assertEqual(self.problems(), [])

@@ -1,0 +1,699 @@
+# -*- test-case-name: tests.test_ftp -*-
+"""
+The FTP front end: Twisted's FTP server over the cluster's file system.
+
+L{build_ftp_factory} wires together a twisted.cred portal (users from the
+C{[ftp_users]} section, optionally anonymous read-only access), a realm
+handing out one L{FileShell} per session, and L{FileFTP}, Twisted's
+protocol with what clients such as FileZilla, lftp, curl and ftplib
+expect added on top:
+
+  - C{FEAT} lists C{EPSV}, C{MDTM}, C{MLST type*;size*;modify*;perm*;},
+    C{PASV}, C{REST STREAM}, C{SIZE}, C{TVFS} and C{UTF8};
+  - C{OPTS UTF8 ON} (paths are always UTF-8) and C{OPTS MLST <facts>};
+  - C{MLST} and C{MLSD} with the RFC 3659 facts C{type}, C{size},
+    C{modify} and C{perm};
+  - C{REST <offset>} before C{RETR} (resume a download) or C{STOR} (resume
+    an upload), and C{APPE};
+  - C{PASV} and C{EPSV} listen on the address the client reached, and only
+    accept the data connection from the client's own host; active mode
+    (C{PORT}, C{EPRT}) is refused, so the server is never used to connect
+    elsewhere;
+  - C{RNFR} checks that its path exists; C{SIZE} refuses directories;
+    C{NLST} without an argument lists the working directory; C{ABOR}.
+
+Transfers are always binary (C{TYPE A} is accepted and ignored).  Paths are
+resolved against the working directory by L{twisted.protocols.ftp.toSegments}
+(which refuses to climb above the root) and then checked by
+L{twisted_kv.files.FSPath}, so they never leave the file system's root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from twisted.cred.checkers import ANONYMOUS, AllowAnonymousAccess, ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IAddress, IConsumer, IReactorTCP
+from twisted.logger import Logger
+from twisted.protocols import ftp
+from twisted.python.failure import Failure
+from twisted.python.filepath import Permissions
+from zope.interface import implementer
+
+from twisted_kv.errors import (
+    InsufficientStorage,
+    InvalidRequest,
+    KVError,
+    OutcomeUnknown,
+    PreconditionFailed,
+    Unavailable,
+    ValueTooLarge,
+)
+from twisted_kv.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    BadPath,
+    Download,
+    Entry,
+    FileChanged,
+    FileSystem,
+    FSPath,
+    OrphanCollector,
+    TransferAborted,
+    Upload,
+    UploadExpired,
+)
+from twisted_kv.interfaces import IKeyValue
+from twisted_kv.passwords import check_stored, hash_password, verify_password
+
+__all__ = ["FileFTP", "FileRealm", "FileShell", "PasswordChecker", "build_ftp_factory"]
+
+
+class FTPReply(ftp.FTPCmdError):
+    """
+    A failed command, answered with C{code} and C{message}.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def response(self) -> str:
+        return f"{self.code} {self.message}"
+
+
+# How each failure of the file system or the store is answered: the first
+# matching class wins.  4xx replies tell the client to try again later.
+_REPLY_CODES: Sequence[tuple[type[KVError], int]] = (
+    (BadPath, 553),
+    (FileChanged, 450),
+    (Unavailable, 450),
+    (OutcomeUnknown, 451),
+    (UploadExpired, 451),
+    (TransferAborted, 426),
+    (ValueTooLarge, 552),
+    (InsufficientStorage, 552),
+    (PreconditionFailed, 550),
+    (InvalidRequest, 501),
+)
+
+
+def ftp_error(error: KVError) -> FTPReply:
+    """
+    The FTP reply for a failure of the file system or of the store; most
+    are C{550}, transient ones C{45x}, size limits C{552}.
+    """
+    for kind, code in _REPLY_CODES:
+        if isinstance(error, kind):
+            return FTPReply(code, error.message)
+    return FTPReply(451 if error.status >= 500 else 550, error.message)
+
+
+def _translate(failure: Failure) -> Failure:
+    if isinstance(failure.value, KVError):
+        return Failure(ftp_error(failure.value))
+    return failure
+
+
+@implementer(ftp.IReadFile)
+class _ReadFile:
+    def __init__(self, download: Download, offset: int, opened: set[Download]) -> None:
+        self._download = download
+        self._offset = offset
+        self._opened = opened
+        opened.add(download)
+
+    def send(self, consumer: IConsumer) -> Deferred[None]:
+        def forget(result: object) -> object:
+            self._opened.discard(self._download)
+            return result
+
+        return (
+            self._download.send(consumer, self._offset)
+            .addBoth(forget)
+            .addErrback(_translate)
+        )
+
+
+@implementer(ftp.IWriteFile)
+class _WriteFile:
+    def __init__(self, upload: Upload, opened: set[Upload]) -> None:
+        self._upload = upload
+        self._opened = opened
+        opened.add(upload)
+
+    def receive(self) -> Deferred[IConsumer]:
+        return succeed(self._upload)
+
+    def close(self) -> Deferred[object]:
+        return self._end(self._upload.finish())
+
+    def abort(self) -> Deferred[object]:
+        return self._end(self._upload.abort())
+
+    def _end(self, ending: Deferred[Any]) -> Deferred[object]:
+        def forget(result: object) -> object:
+            self._opened.discard(self._upload)
+            return result
+
+        return ending.addBoth(forget).addErrback(_translate)
+
+
+@implementer(ftp.IFTPShell)
+class FileShell:
+    """
+    One FTP session's view of the file system.  Paths are lists of
+    segments from the root; every method returns a Deferred whose failures
+    are L{FTPReply}s (or Twisted's own L{ftp.FTPCmdError}s).
+
+    @ivar read_only: refuse every change (anonymous sessions).
+    """
+
+    def __init__(self, fs: FileSystem, read_only: bool = False) -> None:
+        self.read_only = read_only
+        self._fs = fs
+        self._uploads: set[Upload] = set()
+        self._downloads: set[Download] = set()
+
+    def makeDirectory(self, path: Sequence[str]) -> Deferred[None]:
+        return self._change(lambda: self._fs.make_directory(self._path(path)))
+
+    def removeDirectory(self, path: Sequence[str]) -> Deferred[None]:
+        return self._change(lambda: self._fs.remove_directory(self._path(path)))
+
+    def removeFile(self, path: Sequence[str]) -> Deferred[None]:
+        return self._change(
+            lambda: self._fs.remove_file(self._path(path)).addCallback(lambda _: None)
+        )
+
+    def rename(self, fromPath: Sequence[str], toPath: Sequence[str]) -> Deferred[None]:
+        return self._change(lambda: self._fs.rename(self._path(fromPath), self._path(toPath)))
+
+    def access(self, path: Sequence[str]) -> Deferred[None]:
+        def directory_only(entry: Entry) -> None:
+            if not entry.is_directory:
+                raise FTPReply(550, f"{entry.path}: not a directory")
+
+        return self._look(lambda: self._fs.stat(self._path(path))).addCallback(directory_only)
+
+    def stat(self, path: Sequence[str], keys: Iterable[str] = ()) -> Deferred[list[Any]]:
+        return self._look(lambda: self._fs.stat(self._path(path))).addCallback(
+            self._values, keys
+        )
+
+    def list(
+        self, path: Sequence[str], keys: Iterable[str] = ()
+    ) -> Deferred[list[tuple[str, list[Any]]]]:
+        async def listing() -> list[tuple[str, list[Any]]]:
+            fspath = self._path(path)
+            entry = await self._fs.stat(fspath)
+            entries = await self._fs.list_directory(fspath) if entry.is_directory else [entry]
+            return [(child.path.name, self._values(child, keys)) for child in entries]
+
+        return self._look(lambda: Deferred.fromCoroutine(listing()))
+
+    def openForReading(self, path: Sequence[str]) -> Deferred[ftp.IReadFile]:
+        return self.open_for_reading(path)
+
+    def openForWriting(self, path: Sequence[str]) -> Deferred[ftp.IWriteFile]:
+        return self.open_for_writing(path)
+
+    def open_for_reading(self, path: Sequence[str], offset: int = 0) -> Deferred[_ReadFile]:
+        """
+        Open a file to be sent from byte C{offset} on (C{REST}).
+        """
+        return self._look(lambda: self._fs.open_download(self._path(path))).addCallback(
+            _ReadFile, offset, self._downloads
+        )
+
+    def open_for_writing(
+        self, path: Sequence[str], append: bool = False, resume_at: int = 0
+    ) -> Deferred[_WriteFile]:
+        """
+        Open a file to be stored: replaced, appended to (C{APPE}) or
+        rewritten from byte C{resume_at} on (C{REST} then C{STOR}).
+        """
+        return self._change(
+            lambda: self._fs.open_upload(self._path(path), append=append, resume_at=resume_at)
+        ).addCallback(_WriteFile, self._uploads)
+
+    def end_session(self) -> None:
+        """
+        The realm's logout callable: abort the session's unfinished uploads
+        (nothing of them is stored) and stop its downloads.
+        """
+        for upload in list(self._uploads):
+            upload.abort()
+        for download in list(self._downloads):
+            download.stopProducing()
+
+    def _path(self, segments: Sequence[str]) -> FSPath:
+        return FSPath.from_segments(segments)
+
+    def _look(self, operation: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        return maybeDeferred(operation).addErrback(_translate)
+
+    def _change(self, operation: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        if self.read_only:
+            return fail(ftp.AnonUserDeniedError())
+        return self._look(operation)
+
+    def _values(self, entry: Entry, keys: Iterable[str]) -> list[Any]:
+        mode = 0o755 if entry.is_directory else 0o644
+        if self.read_only:
+            mode &= 0o555
+        facts = {
+            "size": entry.size,
+            "directory": entry.is_directory,
+            "permissions": Permissions(mode),
+            "hardlinks": 1,
+            "modified": entry.modified,
+            "owner": "kv",
+            "group": "kv",
+        }
+        return [facts[key] for key in keys]
+
+
+@implementer(IRealm)
+class FileRealm:
+    """
+    Gives every authenticated session a L{FileShell}: read-only for
+    anonymous sessions.
+    """
+
+    def __init__(self, fs: FileSystem) -> None:
+        self._fs = fs
+
+    def requestAvatar(
+        self, avatarId: object, mind: object, *interfaces: Any
+    ) -> tuple[Any, FileShell, Callable[[], None]]:
+        if ftp.IFTPShell not in interfaces:
+            raise NotImplementedError("only IFTPShell avatars are available")
+        shell = FileShell(self._fs, read_only=avatarId is ANONYMOUS)
+        return ftp.IFTPShell, shell, shell.end_session
+
+
+@implementer(ICredentialsChecker)
+class PasswordChecker:
+    """
+    Checks user names and passwords against stored passwords (see
+    L{twisted_kv.passwords}).  An unknown user costs as much time as a
+    wrong password.
+
+    @raise ValueError: a stored password is malformed (the message names
+        the user).
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, users: dict[str, str]) -> None:
+        for name, stored in users.items():
+            try:
+                check_stored(stored)
+            except ValueError as error:
+                raise ValueError(f"user {name!r}: {error}") from None
+        self._users = dict(users)
+        self._decoy = hash_password("", salt=bytes(16))
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+        username = credentials.username
+        password = credentials.password
+        if isinstance(username, bytes):
+            username = username.decode("utf-8", "replace")
+        if isinstance(password, bytes):
+            password = password.decode("utf-8", "replace")
+        stored = self._users.get(username)
+        if verify_password(stored or self._decoy, password) and stored is not None:
+            return succeed(username)
+        return fail(UnauthorizedLogin("wrong user name or password"))
+
+
+_MLST_FACTS = ("type", "size", "modify", "perm")
+_MLST_KEYS = ("directory", "size", "modified")
+
+
+class FileFTP(ftp.FTP):
+    """
+    Twisted's FTP protocol interpreter, completed (see the module
+    docstring).  L{FileFTPFactory} gives it a reactor.
+    """
+
+    PUBLIC_COMMANDS = ["FEAT", "QUIT", "OPTS", "AUTH"]
+
+    _log = Logger()
+    _reactor: Any = None
+    _restart_at = 0
+    logout: Optional[Callable[[], None]] = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._mlst_facts = list(_MLST_FACTS)
+
+    @property
+    def FEATURES(self) -> list[str]:  # type: ignore[override]
+        facts = "".join(
+            f"{fact}{'*' if fact in self._mlst_facts else ''};" for fact in _MLST_FACTS
+        )
+        return ["EPSV", "MDTM", f"MLST {facts}", "PASV", "REST STREAM", "SIZE", "TVFS", "UTF8"]
+
+    # -- the command loop ------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        Run one command; read no further command until it is answered.
+        Lines are UTF-8 (undecodable bytes end up in names the file system
+        refuses).
+        """
+        self.resetTimeout()
+        self.pauseProducing()
+        command, space, argument = line.decode("utf-8", "surrogateescape").partition(" ")
+        arguments = (argument,) if space else ()
+        done = maybeDeferred(self.processCommand, command, *arguments)
+        done.addCallbacks(self._answer, self._answer_failure, errbackArgs=(command,))
+        done.addBoth(self._next_command)
+
+    def _answer(self, result: object) -> None:
+        if isinstance(result, tuple):
+            self.reply(*result)
+        elif result is not None:
+            self.reply(result)
+
+    def _answer_failure(self, failure: Failure, command: str) -> None:
+        if failure.check(ftp.FTPCmdError):
+            self.sendLine(failure.value.response())
+        elif failure.check(TypeError) and "positional argument" in str(failure.value):
+            self.sendLine(f"501 Wrong arguments for {command.upper()}.")
+        else:
+            self._log.failure("FTP command {command} failed", failure, command=command)
+            self.reply(ftp.REQ_ACTN_NOT_TAKEN, "internal server error")
+
+    def _next_command(self, ignored: object) -> None:
+        if self.transport is not None and not self.disconnected:
+            self.resumeProducing()
+
+    def sendLine(self, line: str | bytes) -> None:
+        if isinstance(line, str):
+            line = line.encode("utf-8", "surrogateescape")
+        super().sendLine(line)
+
+    def connectionLost(self, reason: Failure) -> None:
+        logout, self.logout = self.logout, None
+        if logout is not None:
+            logout()
+        super().connectionLost(reason)
+
+    def _segments(self, path: str) -> list[str]:
+        try:
+            return ftp.toSegments(self.workingDirectory, path)
+        except ftp.InvalidPath:
+            raise FTPReply(550, f"{path}: no such file or directory") from None
+
+    # -- data connections -------------------------------------------------
+
+    def ftp_PASV(self) -> Deferred[None]:
+        if self._epsvAll:
+            return fail(ftp.BadCmdSequenceError("may not send PASV after EPSV ALL"))
+        address = ipaddress.ip_address(self.transport.getHost().host)
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is None:
+                return fail(ftp.PASVIPv6NotImplementedError())
+            address = address.ipv4_mapped
+        shown = str(address)
+        return self._listen_passive(
+            lambda port: (ftp.ENTERING_PASV_MODE, ftp.encodeHostPort(shown, port))
+        )
+
+    def ftp_EPSV(self, protocol: str = "") -> Any:
+        if protocol.upper() == "ALL":
+            self._epsvAll = True
+            return ftp.EPSV_ALL_OK
+        if protocol:
+            self._validateNetworkProtocol(protocol)
+        return self._listen_passive(lambda port: (ftp.ENTERING_EPSV_MODE, port))
+
+    def _listen_passive(self, reply: Callable[[int], tuple[str, Any]]) -> Deferred[None]:
+        if self.dtpFactory is not None:
+            self.cleanupDTP()
+        local = self.transport.getHost().host
+        self.dtpFactory = _DataFactory(self, self.transport.getPeer().host, self._reactor)
+        self.dtpFactory.setTimeout(self.dtpTimeout)
+        self.dtpPort = self.getDTPPort(self.dtpFactory, interface=local)
+        self.reply(*reply(self.dtpPort.getHost().port))
+
+        def refused(failure: Failure) -> None:
+            failure.trap(ftp.PortConnectionError)
+            raise FTPReply(425, "Can't open data connection.")
+
+        return self.dtpFactory.deferred.addCallbacks(lambda _: None, refused)
+
+    def ftp_PORT(self, address: str) -> Deferred[None]:
+        return fail(FTPReply(502, "Active mode is not supported; use PASV or EPSV."))
+
+    def ftp_EPRT(self, address: str) -> Deferred[None]:
+        return self.ftp_PORT(address)
+
+    def _data_connection(self) -> ftp.DTP:
+        if self.dtpInstance is None or not self.dtpInstance.isConnected:
+            raise ftp.BadCmdSequenceError("PASV or EPSV required first")
+        return self.dtpInstance
+
+    def _announce_transfer(self) -> None:
+        self.reply(ftp.DATA_CNX_ALREADY_OPEN_START_XFR)
+
+    def _transfer(self, transfer: Deferred[Any]) -> Deferred[Any]:
+        """
+        Run a transfer without the idle timeout; answer 226 when it is done.
+        """
+        self.setTimeout(None)
+
+        def done(result: object) -> object:
+            self.setTimeout(self.timeOut)
+            return result
+
+        return transfer.addCallback(lambda _: (ftp.TXFR_COMPLETE_OK,)).addBoth(done)
+
+    def ftp_ABOR(self) -> tuple[str]:
+        if self.dtpFactory is not None:
+            self.cleanupDTP()
+        return (ftp.CLOSING_DATA_CNX,)
+
+    # -- transfers -------------------------------------------------------
+
+    def ftp_REST(self, marker: str) -> None:
+        try:
+            offset = int(marker)
+        except ValueError:
+            raise ftp.CmdArgSyntaxError(marker) from None
+        if offset < 0:
+            raise ftp.CmdArgSyntaxError(marker)
+        self._restart_at = offset
+        self.sendLine(f"350 Restarting at {offset}. Send STOR or RETR.")
+
+    def _take_restart(self) -> int:
+        offset, self._restart_at = self._restart_at, 0
+        return offset
+
+    def ftp_RETR(self, path: str) -> Deferred[Any]:
+        offset = self._take_restart()
+        dtp = self._data_connection()
+        segments = self._segments(path)
+
+        def send(readfile: _ReadFile) -> Deferred[None]:
+            self._announce_transfer()
+            return readfile.send(dtp)
+
+        return self._transfer(self.shell.open_for_reading(segments, offset).addCallback(send))
+
+    def ftp_STOR(self, path: str) -> Deferred[Any]:
+        return self._receive(path, append=False)
+
+    def ftp_APPE(self, path: str) -> Deferred[Any]:
+        return self._receive(path, append=True)
+
+    def _receive(self, path: str, append: bool) -> Deferred[Any]:
+        offset = self._take_restart()
+        dtp = self._data_connection()
+        segments = self._segments(path)
+
+        def receive(writefile: _WriteFile) -> Deferred[object]:
+            self._announce_transfer()
+            received = writefile.receive().addCallback(dtp.registerConsumer)
+            return received.addCallbacks(
+                lambda _: writefile.close(),
+                lambda failure: writefile.abort().addBoth(lambda _: failure),
+            )
+
+        opened = self.shell.open_for_writing(segments, append=append, resume_at=offset)
+        return self._transfer(opened.addCallback(receive))
+
+    # -- listings and facts ----------------------------------------------
+
+    def ftp_NLST(self, path: str = "") -> Deferred[Any]:
+        return super().ftp_NLST(path)
+
+    def ftp_SIZE(self, path: str) -> Deferred[tuple[str, str]]:
+        def size(values: list[Any]) -> tuple[str, str]:
+            length, directory = values
+            if directory:
+                raise FTPReply(550, f"{path}: not a regular file")
+            return (ftp.FILE_STATUS, str(length))
+
+        return self.shell.stat(self._segments(path), ("size", "directory")).addCallback(size)
+
+    def ftp_RNFR(self, fromName: str) -> Deferred[tuple[str]]:
+        def pending(values: object) -> tuple[str]:
+            self._fromName = fromName
+            self.state = self.RENAMING
+            return (ftp.REQ_FILE_ACTN_PENDING_FURTHER_INFO,)
+
+        return self.shell.stat(self._segments(fromName), ()).addCallback(pending)
+
+    def ftp_OPTS(self, option: str) -> None:
+        name, _, value = option.partition(" ")
+        name = name.upper()
+        if name == "UTF8" and value.upper() in ("", "ON"):
+            self.sendLine("200 Always in UTF8 mode.")
+        elif name == "MLST":
+            wanted = [fact.lower() for fact in value.split(";")]
+            self._mlst_facts = [fact for fact in _MLST_FACTS if fact in wanted]
+            self.sendLine("200 MLST OPTS " + "".join(f"{f};" for f in self._mlst_facts))
+        else:
+            raise FTPReply(501, f"Option '{option}' not understood.")
+
+    def _facts(self, values: list[Any]) -> str:
+        directory, size, modified = values
+        facts = {
+            "type": "dir" if directory else "file",
+            "size": str(size),
+            "modify": time.strftime("%Y%m%d%H%M%S", time.gmtime(modified)),
+        }
+        if self.shell.read_only:
+            facts["perm"] = "el" if directory else "r"
+        else:
+            facts["perm"] = "cdeflmp" if directory else "adfrw"
+        return "".join(
+            f"{fact}={facts[fact]};"
+            for fact in self._mlst_facts
+            if not (fact == "size" and directory)
+        )
+
+    def ftp_MLST(self, path: str = "") -> Deferred[None]:
+        segments = self._segments(path)
+        shown = "/" + "/".join(segments)
+
+        def answer(values: list[Any]) -> None:
+            self.sendLine(f"250-Listing {shown}")
+            self.sendLine(f" {self._facts(values)} {shown}")
+            self.sendLine("250 End")
+
+        return self.shell.stat(segments, _MLST_KEYS).addCallback(answer)
+
+    def ftp_MLSD(self, path: str = "") -> Deferred[Any]:
+        dtp = self._data_connection()
+        segments = self._segments(path)
+
+        def directory_only(values: list[Any]) -> Deferred[Any]:
+            if not values[0]:
+                raise FTPReply(501, f"{path}: not a directory")
+            return self.shell.list(segments, _MLST_KEYS)
+
+        def send(listing: list[tuple[str, list[Any]]]) -> None:
+            self._announce_transfer()
+            for name, values in listing:
+                dtp.sendLine(f"{self._facts(values)} {name}".encode("utf-8"))
+            dtp.transport.loseConnection()
+
+        listed = self.shell.stat(segments, ("directory",)).addCallback(directory_only)
+        return self._transfer(listed.addCallback(send))
+
+
+class _DataFactory(ftp.DTPFactory):
+    """
+    A passive data connection factory that only accepts the client's host.
+    """
+
+    def buildProtocol(self, addr: IAddress) -> Optional[ftp.DTP]:
+        if getattr(addr, "host", None) != self.peerHost:
+            return None
+        return super().buildProtocol(addr)
+
+
+class FileFTPFactory(ftp.FTPFactory):
+    """
+    Builds L{FileFTP} sessions on the injected reactor, and runs the orphan
+    collector while the factory is in use (between C{startFactory} and
+    C{stopFactory}).
+
+    @ivar fs: the file system served.
+    @ivar collector: its L{OrphanCollector}.
+    """
+
+    protocol = FileFTP
+    welcomeMessage = "twisted_kv FTP service ready"
+
+    def __init__(
+        self,
+        portal: Portal,
+        fs: FileSystem,
+        reactor: Any,
+        collector: OrphanCollector,
+        anonymous: bool,
+    ) -> None:
+        super().__init__(portal)
+        self.allowAnonymous = anonymous
+        self.fs = fs
+        self.collector = collector
+        self._reactor = reactor
+
+    def buildProtocol(self, addr: IAddress) -> Any:
+        wrapper = super().buildProtocol(addr)
+        if wrapper is not None:
+            session = wrapper.wrappedProtocol
+            session._reactor = self._reactor
+            session.callLater = self._reactor.callLater
+            session.listenFactory = self._reactor.listenTCP
+        return wrapper
+
+    def startFactory(self) -> None:
+        self.collector.start()
+
+    def stopFactory(self) -> None:
+        self.collector.stop()
+        super().stopFactory()
+
+
+def build_ftp_factory(
+    kv: IKeyValue,
+    users: dict[str, str],
+    *,
+    clock: Any,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    anonymous: bool = False,
+) -> ftp.FTPFactory:
+    """
+    The FTP service of a node: listen on it with C{ftp_port}.
+
+    @param kv: the store the files live in.
+    @param users: user name to stored password (C{plain:...} or
+        C{scrypt:...}, see L{twisted_kv.passwords}), from C{[ftp_users]}.
+    @param clock: the reactor (L{IReactorTime} and L{IReactorTCP}): it
+        times sessions and leases and listens for passive data connections.
+    @param max_file_bytes: the largest file accepted (larger: C{552}).
+    @param anonymous: also let C{anonymous} log in, read-only.
+
+    @raise ValueError: a stored password is malformed.
+    """
+    if not IReactorTCP.providedBy(clock):
+        raise TypeError("clock must be a reactor that can listen on TCP ports")
+    fs = FileSystem(kv, clock, max_file_bytes=max_file_bytes)
+    checkers: list[ICredentialsChecker] = [PasswordChecker(users)]
+    if anonymous:
+        checkers.append(AllowAnonymousAccess())
+    portal = Portal(FileRealm(fs), checkers)
+    return FileFTPFactory(portal, fs, clock, OrphanCollector(fs, clock), anonymous)

@@ -1,0 +1,332 @@
+# -*- test-case-name: tests.test_files_http -*-
+"""
+C{/files/{path}}: the FTP file namespace over HTTP.
+
+Mount L{files_resource} as the C{files} child of the site's root; the rest
+of the URL is the path (percent-decoded UTF-8 segments; C{.}, C{..},
+empty segments and encoded slashes are refused with 400).
+
+  - C{GET} a file: its bytes, with C{Content-Type}, C{ETag} (the version
+    of the file's manifest), C{Last-Modified}, C{Accept-Ranges: bytes} and
+    C{X-Content-SHA256}; C{Range: bytes=A-B}, C{A-} or C{-N} gives 206
+    with C{Content-Range}, or 416 when the range is outside the file
+    (several ranges, or a malformed header, get the whole file).
+  - C{GET} a directory (with or without a trailing slash): a JSON listing
+    C{{"path", "entries": [{"name", "type", "size", "modified"}]}} (files
+    also carry C{"version"}).
+  - C{HEAD}: as C{GET}, without the body.
+  - C{PUT} a file: the body is stored (streamed into chunks; missing parent
+    directories are created); 201 when the file is new, else 200, with JSON
+    C{{"path", "size", "sha256", "version"}} and the C{ETag}.
+    C{If-Match: "<etag>"} and C{If-None-Match: *} make it conditional
+    (412).  C{PUT} on a path ending in C{/} creates a directory.
+  - C{DELETE}: 204, for a file (C{If-Match} honoured) or an empty
+    directory.
+
+Errors are JSON C{{"error": <code>, "message": <text>}} with the status of
+the L{twisted_kv.errors.KVError} raised (404, 409, 412, 413, 416, 503 with
+C{Retry-After}, 504, 507, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Awaitable, Callable, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+from twisted_kv.errors import InvalidRequest, KVError, PreconditionFailed, Unavailable
+from twisted_kv.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    BadPath,
+    Entry,
+    FileExists,
+    FileSystem,
+    FileTooLarge,
+    FSPath,
+    IsADirectory,
+)
+from twisted_kv.interfaces import IKeyValue
+
+__all__ = ["FilesResource", "byte_range", "files_resource"]
+
+_JSON = b"application/json"
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class MethodNotAllowed(KVError):
+    """The method is not allowed on /files."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class RangeNotSatisfiable(KVError):
+    """The requested range is outside the file."""
+
+    status = 416
+    code = "range_not_satisfiable"
+
+
+def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
+    """
+    The byte range a C{Range} header asks of a C{size}-byte file.
+
+    @return: C{(start, stop)} with C{stop} exclusive, or C{None} to send the
+        whole file (no header, several ranges, or a malformed header, which
+        RFC 9110 says to ignore).
+    @raise RangeNotSatisfiable: the range starts after the end of the file.
+    """
+    match = _RANGE.match(header.strip()) if header else None
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable(f"the file has {size} bytes")
+        return max(0, size - suffix), size
+    start = int(first)
+    stop = size if not last else min(int(last) + 1, size)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(f"the file has {size} bytes")
+    return start, stop
+
+
+def _quoted(version: Optional[str]) -> bytes:
+    return f'"{version}"'.encode("ascii")
+
+
+def _unquoted(etag: str) -> str:
+    etag = etag.strip()
+    if len(etag) >= 2 and etag[0] == etag[-1] == '"':
+        return etag[1:-1]
+    return etag
+
+
+def _header(request: IRequest, name: bytes) -> Optional[str]:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1")
+
+
+class FilesResource(Resource):
+    """
+    The C{/files} tree (see the module docstring).
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, fs: FileSystem) -> None:
+        super().__init__()
+        self._fs = fs
+        self._methods: dict[bytes, Callable[[IRequest], Awaitable[None]]] = {
+            b"GET": self._get,
+            b"HEAD": self._get,
+            b"PUT": self._put,
+            b"DELETE": self._delete,
+        }
+
+    def render(self, request: IRequest) -> Any:
+        handler = self._methods.get(request.method)
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        if handler is None:
+            request.setHeader(b"allow", b"GET, HEAD, PUT, DELETE")
+            self._error(request, MethodNotAllowed(f"{request.method!r} is not allowed here"))
+            return NOT_DONE_YET
+        done = Deferred.fromCoroutine(handler(request))
+        done.addErrback(self._failed, request, gone)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: IRequest, gone: list[Failure]) -> None:
+        if gone:
+            return
+        if request.startedWriting:
+            # The status is gone already: cut the body short.
+            self._log.warn("Sending a file failed: {error}", error=failure.value)
+            request.loseConnection()
+            return
+        error = failure.value
+        if not isinstance(error, KVError):
+            self._log.failure("Handling {method} /files failed", failure, method=request.method)
+            error = KVError("internal error")
+        self._error(request, error)
+
+    def _error(self, request: IRequest, error: KVError) -> None:
+        if isinstance(error, Unavailable):
+            request.setHeader(b"retry-after", str(max(1, round(error.retry_after))).encode())
+        self._json(request, error.status, {"error": error.code, "message": error.message})
+
+    def _json(self, request: IRequest, status: int, body: dict) -> None:
+        data = json.dumps(body).encode("utf-8")
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", _JSON)
+        request.setHeader(b"content-length", str(len(data)).encode())
+        request.write(data)
+        request.finish()
+
+    def _path(self, request: IRequest) -> tuple[FSPath, bool]:
+        """
+        The path of the request, and whether it names a directory
+        explicitly (a trailing slash, or the root).
+        """
+        try:
+            segments = [segment.decode("utf-8") for segment in request.postpath]
+        except UnicodeDecodeError:
+            raise BadPath("the path is not UTF-8") from None
+        directory = not segments or segments[-1] == ""
+        if segments and segments[-1] == "":
+            segments.pop()
+        return FSPath.from_segments(segments), directory
+
+    async def _get(self, request: IRequest) -> None:
+        path, directory = self._path(request)
+        if directory:
+            await self._list(request, path)
+            return
+        try:
+            download = await self._fs.open_download(path)
+        except IsADirectory:
+            await self._list(request, path)
+            return
+        entry = download.entry
+        manifest = entry.manifest
+        assert manifest is not None
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"etag", _quoted(entry.version))
+        try:
+            wanted = byte_range(_header(request, b"range"), entry.size)
+        except RangeNotSatisfiable:
+            request.setHeader(b"content-range", f"bytes */{entry.size}".encode())
+            raise
+        start, stop = wanted or (0, entry.size)
+        if wanted is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", f"bytes {start}-{stop - 1}/{entry.size}".encode())
+        request.setHeader(b"content-type", manifest.content_type.encode("latin-1"))
+        request.setHeader(b"content-length", str(stop - start).encode())
+        request.setHeader(b"last-modified", datetimeToString(int(entry.modified)))
+        request.setHeader(b"x-content-sha256", manifest.sha256.encode("ascii"))
+        if request.method == b"HEAD":
+            request.finish()
+            return
+        request.notifyFinish().addErrback(lambda _: download.stopProducing())
+        await download.send(request, start, stop)
+        request.finish()
+
+    async def _list(self, request: IRequest, path: FSPath) -> None:
+        entries = await self._fs.list_directory(path)
+        self._json(
+            request,
+            200,
+            {
+                "path": path.text if path.is_root else path.text + "/",
+                "entries": [self._describe(entry) for entry in entries],
+            },
+        )
+
+    def _describe(self, entry: Entry) -> dict:
+        description = {
+            "name": entry.path.name,
+            "type": "directory" if entry.is_directory else "file",
+            "size": entry.size,
+            "modified": entry.modified,
+        }
+        if entry.version is not None:
+            description["version"] = entry.version
+        return description
+
+    async def _put(self, request: IRequest) -> None:
+        path, directory = self._path(request)
+        if directory:
+            await self._make_directory(request, path)
+            return
+        length = _header(request, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self._fs.max_file_bytes:
+            raise FileTooLarge(f"the file exceeds {self._fs.max_file_bytes} bytes")
+        if_match = _header(request, b"if-match")
+        if_none_match = _header(request, b"if-none-match")
+        if if_none_match is not None and if_none_match.strip() != "*":
+            raise InvalidRequest("only If-None-Match: * is supported")
+        upload = await self._fs.open_upload(
+            path,
+            if_match=None if if_match is None else _unquoted(if_match),
+            if_none_match=if_none_match is not None,
+            create_parents=True,
+            content_type=_header(request, b"content-type"),
+        )
+        try:
+            request.content.seek(0)
+            while data := request.content.read(self._fs.chunk_bytes):
+                upload.write(data)
+                await upload.drained()
+        except BaseException:
+            await upload.abort()
+            raise
+        stored = await upload.finish()
+        entry = stored.entry
+        assert entry.manifest is not None
+        request.setHeader(b"etag", _quoted(entry.version))
+        self._json(
+            request,
+            201 if stored.created else 200,
+            {
+                "path": entry.path.text,
+                "size": entry.size,
+                "sha256": entry.manifest.sha256,
+                "version": entry.version,
+            },
+        )
+
+    async def _make_directory(self, request: IRequest, path: FSPath) -> None:
+        created = True
+        try:
+            await self._fs.make_directories(path)
+        except FileExists:
+            created = False
+        self._json(
+            request, 201 if created else 200, {"path": path.text, "type": "directory"}
+        )
+
+    async def _delete(self, request: IRequest) -> None:
+        path, directory = self._path(request)
+        if_match = _header(request, b"if-match")
+        if directory:
+            await self._fs.remove_directory(path)
+        else:
+            try:
+                await self._fs.remove_file(
+                    path, if_match=None if if_match is None else _unquoted(if_match)
+                )
+            except IsADirectory:
+                if if_match is not None:
+                    raise PreconditionFailed(f"{path} is a directory") from None
+                await self._fs.remove_directory(path)
+        request.setResponseCode(204)
+        request.finish()
+
+
+def files_resource(
+    kv: IKeyValue, *, clock: IReactorTime, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> IResource:
+    """
+    The C{/files} resource over C{kv}; mount it as the C{files} child of
+    the site's root.
+
+    @param clock: tells the time (modification times, leases).
+    @param max_file_bytes: the largest file accepted (larger: 413).
+    """
+    return FilesResource(FileSystem(kv, clock, max_file_bytes=max_file_bytes))

@@ -81,10 +81,12 @@ class _TrackingFactory(WrappingFactory):
     def __init__(self, wrapped: Site) -> None:
         super().__init__(wrapped)
         self.open: dict[_Tracked, Deferred[None]] = {}
+        self.accepted = 0
 
     def registerProtocol(self, protocol: _Tracked) -> None:
         super().registerProtocol(protocol)
         self.open[protocol] = Deferred()
+        self.accepted += 1
 
     def lost(self, protocol: _Tracked) -> None:
         self.open.pop(protocol).callback(None)
@@ -120,11 +122,27 @@ class Node:
         self._port: IListeningPort = reactor.listenTCP(0, self._factory, interface="127.0.0.1")
         self.url = f"http://127.0.0.1:{self._port.getHost().port}"
 
+    @property
+    def connections(self) -> int:
+        """
+        How many connections the node has accepted.
+        """
+        return self._factory.accepted
+
+    def close_connections(self) -> Deferred[Any]:
+        """
+        Close every connection from the node's side; fires once they are
+        closed.
+        """
+        return self._factory.close_all()
+
     @inlineCallbacks
     def stop(self) -> Any:
         """
-        Close every connection and stop listening.
+        Close every connection and stop listening (once).
         """
+        if not self.ws_service.running:
+            return
         yield self.ws_service.stopService()
         yield self._factory.close_all()
         yield self._port.stopListening()

@@ -488,6 +488,17 @@ class ClockTimer:
         return _Cancellable(self._clock.callLater(delay, func, *args, **kwargs))
 
 
+def cancel_close_timeout(protocol: Any) -> None:
+    """
+    Cancel the closing-handshake timer of an Autobahn protocol whose
+    connection is gone (Autobahn leaves it running until it expires).
+    """
+    call = protocol.closeHandshakeTimeoutCall
+    if call is not None:
+        call.cancel()
+        protocol.closeHandshakeTimeoutCall = None
+
+
 def _same_origin(origin: str, host: Optional[str]) -> bool:
     """
     Whether a browser's C{Origin} names the host and port it connected to.
@@ -534,6 +545,7 @@ class _WatchProtocol(WebSocketServerProtocol):
             self._session.received(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        cancel_close_timeout(self)
         if self._session is not None:
             self._outbox.stopProducing()
             self.factory.closed(self, self._session)

@@ -1,0 +1,382 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+Tests for L{twisted_kv.client} and L{twisted_kv.txclient}.
+
+The request builders and the error mapping are pure; L{TxClientTests} run
+the Twisted client against the node's site in memory (treq's C{StubTreq},
+a L{Clock}); L{ClientTests} and L{WatchTests} run the blocking client, in a
+thread, against a node listening on a loopback port.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from tests.test_client_support import serve, three_nodes
+from twisted_kv import errors
+from twisted_kv.client import (
+    Client,
+    Page,
+    Response,
+    Value,
+    delete_request,
+    error_for,
+    get_request,
+    list_request,
+    put_request,
+    ws_url,
+)
+from twisted_kv.core import keyspace
+from twisted_kv.frontends.site import build_site
+from twisted_kv.interfaces import IClusterStatus
+from twisted_kv.local import LocalKeyValue
+from twisted_kv.txclient import TxClient, Watcher
+
+
+def _error(status: int, body: bytes, **headers: str) -> errors.KVError:
+    return error_for(Response(status, headers, body))
+
+
+class RequestTests(SynchronousTestCase):
+    """
+    The HTTP requests of the API, as both clients send them.
+    """
+
+    def test_key_escaped(self) -> None:
+        """
+        The key is percent-encoded whole, C{/} included.
+        """
+        self.assertEqual(get_request("a/b c?#%é").target, "/kv/a%2Fb%20c%3F%23%25%C3%A9")
+
+    def test_empty_key(self) -> None:
+        """
+        An empty key is refused before anything is sent.
+        """
+        self.assertRaises(errors.InvalidRequest, get_request, "")
+
+    def test_put_text(self) -> None:
+        """
+        Text is sent as UTF-8, labelled so unless told otherwise.
+        """
+        request = put_request("k", "é")
+        self.assertEqual(
+            (request.method, request.body, dict(request.headers)),
+            ("PUT", b"\xc3\xa9", {"Content-Type": "text/plain; charset=utf-8"}),
+        )
+
+    def test_put_conditions(self) -> None:
+        """
+        C{if_match}, C{if_none_match} and C{ttl} become headers and the query.
+        """
+        request = put_request("k", b"v", "application/json", 2.5, "1.4", True)
+        self.assertEqual(request.target, "/kv/k?ttl=2.5")
+        self.assertEqual(
+            dict(request.headers),
+            {"Content-Type": "application/json", "If-Match": '"1.4"', "If-None-Match": "*"},
+        )
+
+    def test_create(self) -> None:
+        """
+        Creating is a C{POST}.
+        """
+        self.assertEqual(put_request("k", b"", create=True).method, "POST")
+
+    def test_delete(self) -> None:
+        """
+        C{DELETE}, conditional on a version if asked.
+        """
+        request = delete_request("k", "3.9")
+        self.assertEqual((request.method, dict(request.headers)), ("DELETE", {"If-Match": '"3.9"'}))
+
+    def test_list(self) -> None:
+        """
+        The listing's parameters go in the query, the unset ones not at all.
+        """
+        self.assertEqual(list_request("a b/").target, "/kv?prefix=a+b%2F")
+        self.assertEqual(
+            list_request("", 10, "x").target, "/kv?prefix=&limit=10&start_after=x"
+        )
+
+    def test_value(self) -> None:
+        """
+        A read gives the value, its type, its version without quotes and the
+        degraded flag.
+        """
+        response = Response(
+            200, {"content-type": "text/plain", "etag": '"1.2"', "x-kv-degraded": "true"}, b"v"
+        )
+        self.assertEqual(
+            get_request("k").result(response), Value(b"v", "text/plain", "1.2", degraded=True)
+        )
+
+    def test_ws_url(self) -> None:
+        """
+        C{/ws} is on the same host and port, C{wss} under HTTPS.
+        """
+        self.assertEqual(ws_url("http://h:7001"), "ws://h:7001/ws")
+        self.assertEqual(ws_url("https://h/"), "wss://h/ws")
+
+
+class ErrorTests(SynchronousTestCase):
+    """
+    Error answers become the typed exceptions of L{twisted_kv.errors}.
+    """
+
+    def test_by_status(self) -> None:
+        """
+        Each status of CONTRACT.md section 3 has its exception, with the
+        node's message.
+        """
+        expected = {
+            400: errors.InvalidRequest,
+            404: errors.KeyNotFound,
+            409: errors.KeyExists,
+            412: errors.PreconditionFailed,
+            413: errors.ValueTooLarge,
+            503: errors.Unavailable,
+            504: errors.OutcomeUnknown,
+            507: errors.InsufficientStorage,
+        }
+        for status, cls in expected.items():
+            error = _error(status, b'{"error": "x", "message": "because"}')
+            self.assertEqual((type(error), error.message), (cls, "because"))
+
+    def test_retry_after(self) -> None:
+        """
+        C{503} carries C{Retry-After}.
+        """
+        error = _error(503, b"{}", **{"retry-after": "3"})
+        self.assertEqual(error.retry_after, 3.0)
+
+    def test_other_status(self) -> None:
+        """
+        Another status is a L{KVError} with that status, and a body that is
+        not the usual JSON is the message.
+        """
+        error = _error(502, b"Bad Gateway\n")
+        self.assertEqual((type(error), error.status, error.message), (errors.KVError, 502, "Bad Gateway"))
+
+
+@implementer(IClusterStatus)
+class _Status:
+    def cluster_view(self) -> dict:
+        return three_nodes(5)
+
+    def ready(self) -> bool:
+        return True
+
+    def metrics(self) -> list:
+        return []
+
+
+class TxClientTests(SynchronousTestCase):
+    """
+    L{TxClient} against the node's site, in memory.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        site = build_site(LocalKeyValue(self.clock), _Status(), clock=self.clock)
+        self.stub = StubTreq(site.resource)
+        self.client = TxClient("http://node.example:7001", reactor=self.clock, http=self.stub)
+
+    def result(self, deferred: Deferred[Any]) -> Any:
+        self.stub.flush()
+        return self.successResultOf(deferred)
+
+    def failure(self, deferred: Deferred[Any], cls: type) -> Any:
+        self.stub.flush()
+        return self.failureResultOf(deferred, cls).value
+
+    def test_put_get(self) -> None:
+        """
+        A value written is read back with its type and version.
+        """
+        version = self.result(self.client.put("a/b", b"v", content_type="x/y"))
+        self.assertEqual(self.result(self.client.get("a/b")), Value(b"v", "x/y", version))
+
+    def test_conditional(self) -> None:
+        """
+        A write conditional on a stale version fails with
+        L{PreconditionFailed}; on the current one, it succeeds.
+        """
+        old = self.result(self.client.put("k", "1"))
+        new = self.result(self.client.put("k", "2", if_match=old))
+        self.failure(self.client.put("k", "3", if_match=old), errors.PreconditionFailed)
+        self.failure(self.client.put("k", "3", if_none_match=True), errors.PreconditionFailed)
+        self.failure(self.client.delete("k", if_match=old), errors.PreconditionFailed)
+        self.assertIsNone(self.result(self.client.delete("k", if_match=new)))
+
+    def test_create(self) -> None:
+        """
+        Creating an existing key fails with L{KeyExists}.
+        """
+        self.result(self.client.create("k", b"1"))
+        self.failure(self.client.create("k", b"2"), errors.KeyExists)
+
+    def test_missing(self) -> None:
+        """
+        Reading or deleting a missing key fails with L{KeyNotFound}.
+        """
+        self.failure(self.client.get("nope"), errors.KeyNotFound)
+        self.failure(self.client.delete("nope"), errors.KeyNotFound)
+
+    def test_list_and_keys(self) -> None:
+        """
+        L{TxClient.list} gives one page; L{TxClient.keys} follows the pages.
+        """
+        for name in ["a1", "a2", "a3", "b1"]:
+            self.result(self.client.put(name, b""))
+        self.assertEqual(self.result(self.client.list("a", limit=2)), Page(["a1", "a2"], "a2"))
+        self.assertEqual(self.result(self.client.keys("a", page_size=2)), ["a1", "a2", "a3"])
+
+    def test_ttl(self) -> None:
+        """
+        A key written with a C{ttl} is gone after that many seconds.
+        """
+        self.result(self.client.put("k", b"", ttl=5))
+        self.clock.advance(5)
+        self.failure(self.client.get("k"), errors.KeyNotFound)
+
+    def test_cluster(self) -> None:
+        """
+        L{TxClient.cluster} gives the C{/cluster} object.
+        """
+        self.assertEqual(self.result(self.client.cluster()), three_nodes(5))
+
+    def test_close(self) -> None:
+        """
+        A client given its HTTP client has no pool of its own to close.
+        """
+        self.assertIsNone(self.successResultOf(self.client.close()))
+
+
+class ClientTests(TestCase):
+    """
+    The blocking L{Client} against a node on a loopback port.
+    """
+
+    def setUp(self) -> None:
+        self.node = serve(self)
+        self.client = Client(self.node.url)
+        self.addCleanup(self.client.close)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Call a method of the client in a thread, as a program would.
+        """
+        return deferToThread(getattr(self.client, method), *args, **kwargs)
+
+    @inlineCallbacks
+    def test_round_trip(self) -> Any:
+        """
+        Write, read, list, delete: one connection serves every request.
+        """
+        version = yield self.call("put", "users/é/1", '{"a": 1}', content_type="application/json")
+        value = yield self.call("get", "users/é/1")
+        self.assertEqual(value, Value(b'{"a": 1}', "application/json", version))
+        self.assertEqual(value.text, '{"a": 1}')
+        yield self.call("put", "users/é/2", b"\x00")
+        page = yield self.call("list", "users/é/", limit=1)
+        self.assertEqual(page, Page(["users/é/1"], "users/é/1"))
+        keys = yield deferToThread(lambda: list(self.client.keys("users/", page_size=1)))
+        self.assertEqual(keys, ["users/é/1", "users/é/2"])
+        yield self.call("delete", "users/é/1")
+        error = yield self.assertFailure(self.call("get", "users/é/1"), errors.KeyNotFound)
+        self.assertEqual(error.message, "no key 'users/é/1'")
+        self.assertEqual(self.node.connections, 1)
+
+    @inlineCallbacks
+    def test_reconnect(self) -> Any:
+        """
+        When the node closed the idle connection, the next request opens a
+        new one.
+        """
+        yield self.call("put", "k", b"1")
+        yield self.node.close_connections()
+        value = yield self.call("get", "k")
+        self.assertEqual(value.data, b"1")
+
+    @inlineCallbacks
+    def test_cluster(self) -> Any:
+        """
+        L{Client.cluster} gives the C{/cluster} object.
+        """
+        view = yield self.call("cluster")
+        self.assertEqual(view["leader"], "n2")
+
+    @inlineCallbacks
+    def test_node_down(self) -> Any:
+        """
+        A node that does not answer is an C{OSError}.
+        """
+        yield self.node.stop()
+        yield self.assertFailure(self.call("get", "k"), OSError)
+
+    def test_bad_url(self) -> None:
+        """
+        Only C{http} and C{https} URLs name a node.
+        """
+        self.assertRaises(ValueError, Client, "ftp://127.0.0.1:7001")
+
+
+class WatchTests(TestCase):
+    """
+    Watching changes over C{/ws}, blocking and with Deferreds.
+    """
+
+    def setUp(self) -> None:
+        self.node = serve(self)
+
+    @inlineCallbacks
+    def test_blocking_watch(self) -> Any:
+        """
+        L{Client.watch} is active once it returns, and yields each change of
+        the keys under its prefix as a dict.
+        """
+        watch = yield deferToThread(Client(self.node.url).watch, "users/")
+        self.addCleanup(deferToThread, watch.close)
+        yield self.node.kv.put(keyspace.user_key("other"), b"x")
+        yield self.node.kv.put(keyspace.user_key("users/a"), b"hello")
+        yield self.node.kv.delete(keyspace.user_key("users/a"))
+        first = yield deferToThread(watch.next_event, 10)
+        second = yield deferToThread(watch.next_event, 10)
+        self.assertEqual(
+            (first["type"], first["key"], first["value"], second["type"]),
+            ("put", "users/a", "hello", "delete"),
+        )
+        self.assertEqual(watch.revision, second["revision"])
+        nothing = yield deferToThread(watch.next_event, 0.05)
+        self.assertIsNone(nothing)
+
+    @inlineCallbacks
+    def test_resume(self) -> Any:
+        """
+        A L{Watcher} whose connection is lost reconnects, and resumes after
+        the last change it received: what changed meanwhile arrives, and
+        nothing twice.
+        """
+        received: list[dict] = []
+        watcher = Watcher(self.node.url, received.append, "k", retry_policy=lambda attempt: 0.01)
+        watcher.start()
+        self.addCleanup(watcher.stop)
+        yield watcher.when_watching()
+        yield self.node.kv.put(keyspace.user_key("k1"), b"1")
+        yield self.node.close_connections()
+        yield self.node.kv.put(keyspace.user_key("k2"), b"2")
+        yield self.node.kv.put(keyspace.user_key("k3"), b"3")
+        for _ in range(500):
+            if len(received) == 3:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual([event["key"] for event in received], ["k1", "k2", "k3"])
+        self.assertEqual(received[1]["value"], "2")
+        self.assertEqual(watcher.revision, received[2]["revision"])

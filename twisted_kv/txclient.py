@@ -1,0 +1,354 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The Twisted flavour of L{twisted_kv.client}: the same calls on treq,
+returning Deferreds, and L{Watcher}, which follows C{/ws} across
+reconnections.
+
+    client = TxClient("http://127.0.0.1:7001")
+    version = yield client.put("users/alice", b"...")
+    value = yield client.get("users/alice")
+    watcher = client.watch(print, "users/")       # each change, as a dict
+    ...
+    yield watcher.stop()
+    yield client.close()
+
+Every call's Deferred fires with what the synchronous call returns, and fails
+with the same typed exceptions of L{twisted_kv.errors}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Optional, Union
+from urllib.parse import urlsplit
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionClosed
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+from treq.client import HTTPClient
+
+from twisted_kv.client import (
+    DEFAULT_URL,
+    Page,
+    Request,
+    Response,
+    T,
+    Value,
+    cluster_request,
+    delete_request,
+    get_request,
+    list_request,
+    put_request,
+    result_of,
+    ws_url,
+)
+from twisted_kv.frontends.ws import ClockTimer, cancel_close_timeout
+
+__all__ = ["TxClient", "Watcher"]
+
+log = Logger()
+
+# The frames handed to a watcher's callback; "watching" and "unwatched" are
+# the watcher's own business.
+_CHANGES = frozenset({"put", "delete", "expire", "file", "compacted"})
+
+
+class TxClient:
+    """
+    A client for one node, whose calls return Deferreds.
+
+    @param url: the node, e.g. C{http://127.0.0.1:7001}.
+    @param reactor: the reactor (the global one by default).
+    @param http: the treq client to send requests with (by default one with
+        a pool of persistent connections, closed by L{close}).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        reactor: Any = None,
+        http: Optional[HTTPClient] = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.url = url.rstrip("/")
+        self._reactor = reactor
+        self._pool: Optional[HTTPConnectionPool] = None
+        if http is None:
+            self._pool = HTTPConnectionPool(reactor)
+            http = HTTPClient(Agent(reactor, pool=self._pool))
+        self._http = http
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the pooled connections.
+        """
+        if self._pool is None:
+            return succeed(None)
+        return self._pool.closeCachedConnections()
+
+    def get(self, key: str) -> Deferred[Value]:
+        """
+        Read C{key}: fires with a L{Value}, fails with L{KeyNotFound}.
+        """
+        return self._call(get_request(key))
+
+    def put(
+        self,
+        key: str,
+        value: Union[bytes, str],
+        *,
+        content_type: Optional[str] = None,
+        ttl: Optional[float] = None,
+        if_match: Optional[str] = None,
+        if_none_match: bool = False,
+    ) -> Deferred[str]:
+        """
+        Store C{value} under C{key}: fires with the new version, fails with
+        L{PreconditionFailed} when a condition does not hold.
+        """
+        return self._call(put_request(key, value, content_type, ttl, if_match, if_none_match))
+
+    def create(
+        self,
+        key: str,
+        value: Union[bytes, str],
+        *,
+        content_type: Optional[str] = None,
+        ttl: Optional[float] = None,
+    ) -> Deferred[str]:
+        """
+        Create C{key}: fires with the new version, fails with L{KeyExists}.
+        """
+        return self._call(put_request(key, value, content_type, ttl, create=True))
+
+    def delete(self, key: str, *, if_match: Optional[str] = None) -> Deferred[None]:
+        """
+        Remove C{key}: fires with C{None}, fails with L{KeyNotFound} or
+        L{PreconditionFailed}.
+        """
+        return self._call(delete_request(key, if_match))
+
+    def list(
+        self, prefix: str = "", *, limit: Optional[int] = None, start_after: Optional[str] = None
+    ) -> Deferred[Page]:
+        """
+        One page of the keys starting with C{prefix}: fires with a L{Page}.
+        """
+        return self._call(list_request(prefix, limit, start_after))
+
+    @inlineCallbacks
+    def keys(self, prefix: str = "", *, page_size: int = 1000) -> Any:
+        """
+        Every key starting with C{prefix}, page by page: fires with the list.
+        """
+        keys: list[str] = []
+        start_after = None
+        while True:
+            page = yield self.list(prefix, limit=page_size, start_after=start_after)
+            keys.extend(page.keys)
+            if page.next is None:
+                return keys
+            start_after = page.next
+
+    def cluster(self) -> Deferred[dict]:
+        """
+        The node's view of the cluster: fires with the C{/cluster} object.
+        """
+        return self._call(cluster_request())
+
+    def watch(
+        self,
+        on_event: Callable[[dict], None],
+        prefix: str = "",
+        *,
+        since: Optional[int] = None,
+        files: bool = False,
+    ) -> Watcher:
+        """
+        Call C{on_event} with each change of the keys starting with C{prefix}
+        (of the files whose path starts with it if C{files}), from now or
+        after revision C{since}, until the returned L{Watcher} is stopped.
+        """
+        watcher = Watcher(self.url, on_event, prefix, since=since, files=files, reactor=self._reactor)
+        watcher.start()
+        return watcher
+
+    def _call(self, request: Request[T]) -> Deferred[T]:
+        sent = self._http.request(
+            request.method, self.url + request.target, headers=dict(request.headers), data=request.body
+        )
+        return sent.addCallback(self._read).addCallback(lambda response: result_of(request, response))
+
+    @staticmethod
+    def _read(response: Any) -> Deferred[Response]:
+        headers = {
+            name.decode("latin-1").lower(): b", ".join(values).decode("latin-1")
+            for name, values in response.headers.getAllRawHeaders()
+        }
+        return treq.content(response).addCallback(
+            lambda body: Response(response.code, headers, body)
+        )
+
+
+class _WatchClientProtocol(WebSocketClientProtocol):
+    """
+    One connection of a L{Watcher}: sends its watches once open, and hands
+    it every frame.
+    """
+
+    factory: _WatchClientFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: Deferred[_WatchClientProtocol] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+
+    def onOpen(self) -> None:
+        self.factory.watcher._opened(self)
+        self.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.watcher._received(json.loads(payload))
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        cancel_close_timeout(self)
+        self.factory.watcher._closed(self)
+        if not self.opened.called:
+            self.opened.errback(ConnectionClosed(f"WebSocket handshake failed: {code} {reason}"))
+        self.closed.callback(None)
+
+
+class _WatchClientFactory(WebSocketClientFactory):
+    protocol = _WatchClientProtocol
+
+
+def _endpoint(url: str, reactor: Any) -> IStreamClientEndpoint:
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    host = parts.hostname or "127.0.0.1"
+    endpoint = HostnameEndpoint(reactor, host, parts.port or (443 if secure else 80))
+    if secure:
+        return wrapClientTLS(optionsForClientTLS(host), endpoint)
+    return endpoint
+
+
+class Watcher:
+    """
+    Follows the changes of some keys, or files, over C{/ws}, reconnecting
+    with backoff when the connection is lost and resuming after the last
+    revision received, so that no change is missed or repeated (the node
+    says C{compacted} when it no longer holds them all).
+
+    @ivar revision: the revision to resume after: the last change received,
+        else the revision at which the first watch began (C{None} before).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        on_event: Callable[[dict], None],
+        prefix: str = "",
+        *,
+        since: Optional[int] = None,
+        files: bool = False,
+        reactor: Any = None,
+        endpoint: Optional[IStreamClientEndpoint] = None,
+        retry_policy: Callable[[int], float] = backoffPolicy(maxDelay=10.0),
+    ) -> None:
+        """
+        @param url: the node's HTTP URL.
+        @param on_event: called with each C{put}, C{delete}, C{expire},
+            C{file} and C{compacted} frame.
+        @param prefix: watch the keys starting with it, or the file paths if
+            C{files}.
+        @param endpoint: where to connect (by default, the host and port of
+            C{url}).
+        @param retry_policy: seconds to wait before reconnection attempt N.
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self.revision = since
+        self._on_event = on_event
+        # One watch per connection: its replay and live changes then come in
+        # revision order, and the last revision is a safe place to resume.
+        self._op = {"op": "watch_files", "path": prefix} if files else {"op": "watch", "prefix": prefix}
+        factory = _WatchClientFactory(ws_url(url), reactor=reactor)
+        factory._batched_timer = ClockTimer(reactor)
+        # The client-side drop timeout runs on txaio's global reactor; the
+        # server drops the connection itself.
+        factory.setProtocolOptions(serverConnectionDropTimeout=0)
+        factory.watcher = self
+        self._service = ClientService(
+            endpoint or _endpoint(url, reactor),
+            factory,
+            retryPolicy=retry_policy,
+            clock=reactor,
+            prepareConnection=lambda protocol: protocol.opened,
+        )
+        self._protocol: Optional[_WatchClientProtocol] = None
+        self._watching = False
+        self._waiting: list[Deferred[None]] = []
+
+    def start(self) -> None:
+        """
+        Connect, and keep connected until L{stop}.
+        """
+        self._service.startService()
+
+    def stop(self) -> Deferred[None]:
+        """
+        Close the connection and stop reconnecting: fires once closed.
+        """
+        protocol = self._protocol
+        if protocol is None:
+            return self._service.stopService()
+        protocol.sendClose(1000)
+        return protocol.closed.addCallback(lambda _: self._service.stopService())
+
+    def when_watching(self) -> Deferred[None]:
+        """
+        Fires once the node has answered the watch on the current connection
+        (at once if it has).
+        """
+        if self._watching:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiting.append(waiter)
+        return waiter
+
+    def _opened(self, protocol: _WatchClientProtocol) -> None:
+        self._protocol = protocol
+        op = self._op if self.revision is None else {**self._op, "since": self.revision}
+        protocol.sendMessage(json.dumps(op).encode("utf-8"))
+
+    def _closed(self, protocol: _WatchClientProtocol) -> None:
+        if protocol is self._protocol:
+            self._protocol = None
+            self._watching = False
+
+    def _received(self, frame: dict) -> None:
+        kind = frame.get("type")
+        if kind == "watching":
+            if self.revision is None:
+                self.revision = frame["revision"]
+            self._watching = True
+            waiting, self._waiting = self._waiting, []
+            for waiter in waiting:
+                waiter.callback(None)
+        elif kind == "error":
+            log.error("The node refused a watch: {message}", message=frame.get("message"))
+        elif kind in _CHANGES:
+            revision = frame["revision"]
+            if kind != "compacted" and self.revision is not None and revision <= self.revision:
+                return
+            self.revision = revision
+            self._on_event(frame)

@@ -1,0 +1,581 @@
+# -*- test-case-name: tests.test_placement -*-
+"""
+Tests for L{twisted_kv.core.placement}: key to partition hashing, the ring,
+and the planner that keeps every partition's replica set safe.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Iterable, Union
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_kv.core.placement import (
+    ClusterMap,
+    Member,
+    PartitionConfig,
+    Ring,
+    decode_map,
+    drop_member,
+    encode_map,
+    initial_map,
+    mark_in_sync,
+    partition_of,
+    plan,
+    plan_partition,
+)
+from twisted_kv.wire import codec
+from tests.strategies import (
+    cluster_maps,
+    failure_histories,
+    node_sets,
+    node_sets_and_newcomer,
+)
+
+PARTITIONS = 1024
+
+
+def _config(epoch: int, members: Iterable[Union[str, tuple[str, int]]], in_sync: str) -> PartitionConfig:
+    """
+    A config from a compact spec: members are node ids (incarnation 1) or
+    (id, incarnation) pairs; C{in_sync} is a string of one-letter ids.
+    """
+    ms = [Member(m, 1) if isinstance(m, str) else Member(*m) for m in members]
+    return PartitionConfig(epoch, ms, set(in_sync))
+
+
+def _live(*nodes: Union[str, tuple[str, int]]) -> dict[str, int]:
+    return dict((n, 1) if isinstance(n, str) else n for n in nodes)
+
+
+def _ids(config: PartitionConfig) -> list[str]:
+    return [m.node_id for m in config.members]
+
+
+class PartitionOfTests(SynchronousTestCase):
+    """
+    L{partition_of} maps store keys to partitions.
+    """
+
+    def test_known_values(self) -> None:
+        """
+        The mapping does not depend on the process (no randomised
+        C{hash()}): these values were computed once and must never change,
+        or nodes of different runs would disagree on where keys live.
+        """
+        self.assertEqual(partition_of("kfoo", PARTITIONS), 813)
+        self.assertEqual(partition_of("k", PARTITIONS), 861)
+        self.assertEqual(partition_of("fdir/chunk0", PARTITIONS), 198)
+        self.assertEqual(partition_of("k\u00e9", 7), 0)
+
+    @given(st.text(), st.integers(min_value=1, max_value=4096))
+    def test_in_range_and_stable(self, key: str, partitions: int) -> None:
+        """
+        Every key, including ones with lone surrogates, lands in
+        C{[0, partitions)}, the same partition every time.
+        """
+        index = partition_of(key, partitions)
+        self.assertTrue(0 <= index < partitions)
+        self.assertEqual(partition_of(key, partitions), index)
+
+    def test_spread(self) -> None:
+        """
+        Many similar keys spread over all partitions, none holding more than
+        three times its share.
+        """
+        counts = Counter(partition_of(f"kuser/{i}", 64) for i in range(6400))
+        self.assertEqual(len(counts), 64)
+        self.assertLess(max(counts.values()), 300)
+
+
+class RingTests(SynchronousTestCase):
+    """
+    L{Ring.preference_list} orders every node for every partition.
+    """
+
+    def test_empty_and_single(self) -> None:
+        """
+        An empty ring prefers nobody; a one-node ring prefers its node.
+        """
+        self.assertEqual(Ring([]).preference_list(0), [])
+        self.assertEqual(Ring(["solo"]).preference_list(5), ["solo"])
+
+    @settings(max_examples=40)
+    @given(node_sets)
+    def test_every_node_once(self, nodes: set) -> None:
+        """
+        Each preference list is a permutation of the nodes.
+        """
+        ring = Ring(nodes)
+        for partition in range(0, PARTITIONS, 37):
+            order = ring.preference_list(partition)
+            self.assertEqual(sorted(order), sorted(nodes))
+
+    @settings(max_examples=20)
+    @given(node_sets)
+    def test_independent_of_node_order(self, nodes: set) -> None:
+        """
+        Every node computes the same ring whatever order its cluster file
+        lists the nodes in.
+        """
+        forward = Ring(sorted(nodes))
+        backward = Ring(sorted(nodes, reverse=True))
+        for partition in range(0, PARTITIONS, 61):
+            self.assertEqual(forward.preference_list(partition), backward.preference_list(partition))
+
+    def _first_choices(self, ring: Ring) -> Counter:
+        return Counter(ring.preference_list(p)[0] for p in range(PARTITIONS))
+
+    def test_balance_three_and_five(self) -> None:
+        """
+        With 3 and 5 nodes, each node is first choice for between half and
+        one and a half times its fair share of the 1024 partitions.
+        """
+        for size in (3, 5):
+            nodes = [f"n{i}" for i in range(1, size + 1)]
+            counts = self._first_choices(Ring(nodes))
+            fair = PARTITIONS / size
+            for node in nodes:
+                self.assertTrue(
+                    0.5 * fair <= counts[node] <= 1.5 * fair, (size, node, counts)
+                )
+
+    @settings(max_examples=15)
+    @given(node_sets)
+    def test_balance_any_names(self, nodes: set) -> None:
+        """
+        Whatever the node names, no node is first choice for less than 0.4
+        or more than 1.75 times its fair share.
+        """
+        counts = self._first_choices(Ring(nodes))
+        fair = PARTITIONS / len(nodes)
+        for node in nodes:
+            self.assertTrue(0.4 * fair <= counts[node] <= 1.75 * fair, (node, counts))
+
+    @settings(max_examples=15)
+    @given(node_sets_and_newcomer())
+    def test_adding_a_node_moves_about_one_share(self, spec) -> None:
+        """
+        Adding a node changes the first choice of about 1/(N+1) of the
+        partitions (between 0.4 and 1.75 times that), and every partition
+        that changes moves to the new node.
+        """
+        nodes, newcomer = spec
+        before = Ring(nodes)
+        after = Ring(nodes + [newcomer])
+        moved = 0
+        for partition in range(PARTITIONS):
+            old = before.preference_list(partition)[0]
+            new = after.preference_list(partition)[0]
+            if old != new:
+                moved += 1
+                self.assertEqual(new, newcomer)
+        share = PARTITIONS / (len(nodes) + 1)
+        self.assertTrue(0.4 * share <= moved <= 1.75 * share, (moved, share))
+
+    @settings(max_examples=25)
+    @given(node_sets_and_newcomer())
+    def test_adding_a_node_only_inserts_it(self, spec) -> None:
+        """
+        Adding a node inserts it somewhere in each preference list and
+        leaves the relative order of the other nodes unchanged.
+        """
+        nodes, newcomer = spec
+        before = Ring(nodes)
+        after = Ring(nodes + [newcomer])
+        for partition in range(0, PARTITIONS, 17):
+            order = after.preference_list(partition)
+            self.assertEqual(
+                [n for n in order if n != newcomer], before.preference_list(partition)
+            )
+
+
+class InitialMapTests(SynchronousTestCase):
+    """
+    L{initial_map} places every partition on its ideal live nodes.
+    """
+
+    def test_ideal_members_all_in_sync(self) -> None:
+        """
+        Each partition gets the first C{replicas} live nodes of its
+        preference list, primary first, all in sync, at epoch 1, with the
+        incarnations given.
+        """
+        nodes = ["a", "b", "c", "d", "e"]
+        ring = Ring(nodes)
+        live = {"a": 11, "b": 12, "d": 14, "e": 15}
+        cluster_map = initial_map(ring, 16, live, 3)
+        self.assertEqual(len(cluster_map.partitions), 16)
+        for index, config in enumerate(cluster_map.partitions):
+            ideal = [n for n in ring.preference_list(index) if n in live][:3]
+            self.assertEqual(config.epoch, 1)
+            self.assertEqual(_ids(config), ideal)
+            self.assertEqual(config.in_sync, frozenset(ideal))
+            self.assertEqual(config.primary, Member(ideal[0], live[ideal[0]]))
+            self.assertEqual([m.incarnation for m in config.members], [live[n] for n in ideal])
+
+    def test_fewer_live_than_replicas(self) -> None:
+        """
+        With fewer live nodes than replicas, partitions get every live node.
+        """
+        cluster_map = initial_map(Ring(["a", "b", "c"]), 4, {"b": 1}, 2)
+        for config in cluster_map.partitions:
+            self.assertEqual(_ids(config), ["b"])
+
+
+class PlanPartitionTests(SynchronousTestCase):
+    """
+    L{plan_partition}: the three rules of the module docstring.
+    """
+
+    PREF = ["A", "B", "C", "D", "E"]
+
+    def test_nothing_changed(self) -> None:
+        """
+        With every member alive and ideal, the config is returned as is (no
+        epoch bump).
+        """
+        config = _config(4, ["A", "B", "C"], "ABC")
+        self.assertIs(plan_partition(config, self.PREF, _live(*"ABCDE"), 3), config)
+
+    def test_dead_member_replaced_by_next_live(self) -> None:
+        """
+        A dead backup leaves; the next live node in preference order joins,
+        not in sync; the epoch goes up by one.
+        """
+        config = _config(4, ["A", "B", "C"], "ABC")
+        new = plan_partition(config, ["A", "B", "E", "C", "D"], _live("A", "C", "D", "E"), 3)
+        self.assertEqual(_ids(new), ["A", "C", "E"])
+        self.assertEqual(new.in_sync, {"A", "C"})
+        self.assertEqual(new.epoch, 5)
+
+    def test_dead_primary_replaced_by_in_sync_member(self) -> None:
+        """
+        A dead primary is replaced by an in-sync member even when a member
+        that is not in sync comes first in the member list.
+        """
+        config = _config(7, ["A", "B", "C"], "AC")
+        new = plan_partition(config, self.PREF, _live("B", "C", "D", "E"), 3)
+        self.assertEqual(new.primary, Member("C", 1))
+        self.assertEqual(set(_ids(new)), {"B", "C", "D"})
+        self.assertEqual(new.in_sync, {"C"})
+        self.assertEqual(new.epoch, 8)
+
+    def test_never_a_not_in_sync_primary(self) -> None:
+        """
+        If the only live members are not in sync, nothing changes: no
+        primary is chosen among them and no epoch is spent.
+        """
+        config = _config(7, ["A", "B", "C"], "A")
+        live = _live("B", "C", "D", "E")
+        self.assertIs(plan_partition(config, self.PREF, live, 3), config)
+
+    def test_no_in_sync_member_alive(self) -> None:
+        """
+        When every in-sync member is dead, the config stays as it is, even
+        though live nodes could fill it.
+        """
+        config = _config(3, ["A", "B"], "AB")
+        self.assertIs(plan_partition(config, self.PREF, _live("C", "D", "E"), 2), config)
+
+    def test_restarted_backup_is_gone(self) -> None:
+        """
+        A backup that came back as a new incarnation is a new, empty member:
+        the old one leaves, the new one joins not in sync.
+        """
+        config = _config(2, ["A", "B"], "AB")
+        new = plan_partition(config, self.PREF, _live("A", ("B", 2), "C"), 2)
+        self.assertEqual(new.members, (Member("A", 1), Member("B", 2)))
+        self.assertEqual(new.in_sync, {"A"})
+        self.assertEqual(new.epoch, 3)
+
+    def test_restarted_primary_is_gone(self) -> None:
+        """
+        A primary that restarted loses the primary role to an in-sync
+        member and rejoins, not in sync.
+        """
+        config = _config(2, ["A", "B"], "AB")
+        new = plan_partition(config, self.PREF, _live(("A", 9), "B", "C"), 2)
+        self.assertEqual(new.primary, Member("B", 1))
+        self.assertIn(Member("A", 9), new.members)
+        self.assertEqual(new.in_sync, {"B"})
+
+    def test_surplus_stays_until_ideal_in_sync(self) -> None:
+        """
+        When an ideal node returns, the member that replaced it stays until
+        every ideal member is in sync; only then does it leave.
+        """
+        # B died and C replaced it; B is back (new incarnation).
+        config = _config(5, ["A", "C", ("B", 2)], "AC")
+        live = _live("A", ("B", 2), "C", "D")
+        self.assertIs(plan_partition(config, self.PREF, live, 2), config)
+        synced = _config(5, ["A", "C", ("B", 2)], "ACB")
+        new = plan_partition(synced, self.PREF, live, 2)
+        self.assertEqual(new.members, (Member("A", 1), Member("B", 2)))
+        self.assertEqual(new.in_sync, {"A", "B"})
+        self.assertEqual(new.epoch, 6)
+
+    def test_primary_moves_to_ideal_when_surplus_leaves(self) -> None:
+        """
+        A primary outside the ideal set keeps the role while ideal members
+        catch up, then hands it to the first ideal node (which is in sync).
+        """
+        config = _config(5, ["C", "A", "B"], "CA")
+        live = _live("A", "B", "C")
+        self.assertIs(plan_partition(config, self.PREF, live, 2), config)
+        synced = _config(5, ["C", "A", "B"], "CAB")
+        new = plan_partition(synced, self.PREF, live, 2)
+        self.assertEqual(new.primary, Member("A", 1))
+        self.assertEqual(_ids(new), ["A", "B"])
+        self.assertEqual(new.in_sync, {"A", "B"})
+        self.assertEqual(new.epoch, 6)
+
+    def test_ideal_primary_stays_when_surplus_leaves(self) -> None:
+        """
+        When the primary is itself ideal, removing the surplus keeps it.
+        """
+        config = _config(5, ["B", "C", "A"], "ABC")
+        new = plan_partition(config, self.PREF, _live("A", "B", "C"), 2)
+        self.assertEqual(_ids(new), ["B", "A"])
+
+    def test_live_non_ideal_member_is_kept_while_short(self) -> None:
+        """
+        A live member outside the ideal set stays while the ideal members it
+        stands in for are not in sync, so the set never shrinks below
+        C{replicas}.
+        """
+        config = _config(5, ["A", "D"], "AD")
+        new = plan_partition(config, self.PREF, _live(*"ABCDE"), 2)
+        self.assertEqual(_ids(new), ["A", "D", "B"])
+        self.assertEqual(new.in_sync, {"A", "D"})
+
+    def test_epoch_bumps_exactly_on_change(self) -> None:
+        """
+        A change of primary alone (same member set, new order) bumps the
+        epoch; identical inputs give back the identical config.
+        """
+        config = _config(5, ["C", "A", "B"], "ABC")
+        new = plan_partition(config, self.PREF, _live("A", "B", "C"), 2)
+        self.assertEqual(new.epoch, 6)
+        self.assertIs(plan_partition(new, self.PREF, _live("A", "B", "C"), 2), new)
+
+
+class ReportTests(SynchronousTestCase):
+    """
+    L{mark_in_sync} and L{drop_member}: reports from primaries, checked
+    against the current map.
+    """
+
+    def _map(self, config: PartitionConfig) -> ClusterMap:
+        return ClusterMap([_config(1, ["X"], "X"), config])
+
+    def test_mark_in_sync(self) -> None:
+        """
+        A report about the current epoch adds the member to C{in_sync}
+        without a new epoch; other partitions are untouched.
+        """
+        current = self._map(_config(4, ["A", "B"], "A"))
+        new = mark_in_sync(current, 1, 4, "B")
+        self.assertEqual(new.partitions[1], _config(4, ["A", "B"], "AB"))
+        self.assertIs(new.partitions[0], current.partitions[0])
+
+    def test_mark_in_sync_ignores_stale_and_strangers(self) -> None:
+        """
+        Reports about an older (or newer) epoch, about a non-member, or
+        about a member already in sync change nothing.
+        """
+        current = self._map(_config(4, ["A", "B"], "A"))
+        self.assertIs(mark_in_sync(current, 1, 3, "B"), current)
+        self.assertIs(mark_in_sync(current, 1, 5, "B"), current)
+        self.assertIs(mark_in_sync(current, 1, 4, "C"), current)
+        self.assertIs(mark_in_sync(current, 1, 4, "A"), current)
+
+    def test_drop_backup(self) -> None:
+        """
+        Dropping a backup removes it, bumps the epoch and keeps the primary.
+        """
+        current = self._map(_config(4, ["A", "B", "C"], "ABC"))
+        new = drop_member(current, 1, 4, "B").partitions[1]
+        self.assertEqual(new, _config(5, ["A", "C"], "AC"))
+
+    def test_drop_primary_promotes_in_sync(self) -> None:
+        """
+        Dropping the primary makes an in-sync member primary, even if a
+        member that is not in sync is listed first.
+        """
+        current = self._map(_config(4, ["A", "B", "C"], "AC"))
+        new = drop_member(current, 1, 4, "A").partitions[1]
+        self.assertEqual(new.primary, Member("C", 1))
+        self.assertEqual(set(_ids(new)), {"B", "C"})
+        self.assertEqual(new.in_sync, {"C"})
+        self.assertEqual(new.epoch, 5)
+
+    def test_drop_ignores_stale_and_strangers(self) -> None:
+        """
+        Drop reports about another epoch or a non-member change nothing.
+        """
+        current = self._map(_config(4, ["A", "B"], "AB"))
+        self.assertIs(drop_member(current, 1, 3, "B"), current)
+        self.assertIs(drop_member(current, 1, 4, "Z"), current)
+
+    def test_drop_never_removes_last_in_sync(self) -> None:
+        """
+        The only in-sync member is never dropped (nothing else holds every
+        acknowledged write), nor is the last member.
+        """
+        current = self._map(_config(4, ["A", "B"], "A"))
+        self.assertIs(drop_member(current, 1, 4, "A"), current)
+        alone = self._map(_config(4, ["A"], "A"))
+        self.assertIs(drop_member(alone, 1, 4, "A"), alone)
+        # Dropping the member that is not in sync is fine.
+        self.assertEqual(_ids(drop_member(current, 1, 4, "B").partitions[1]), ["A"])
+
+
+class EncodingTests(SynchronousTestCase):
+    """
+    L{encode_map} and L{decode_map} carry maps between nodes.
+    """
+
+    @given(cluster_maps)
+    def test_round_trip(self, cluster_map: ClusterMap) -> None:
+        """
+        A map survives encoding, the peer codec and decoding unchanged.
+        """
+        wire = codec.decode(codec.encode(encode_map(cluster_map)))
+        self.assertEqual(decode_map(wire), cluster_map)
+
+    def test_encoding_is_canonical(self) -> None:
+        """
+        Equal maps encode identically (C{in_sync} is sorted), so maps can be
+        compared on the wire.
+        """
+        a = ClusterMap([_config(2, ["A", "B", "C"], "CBA")])
+        b = ClusterMap([_config(2, ["A", "B", "C"], "ABC")])
+        self.assertEqual(encode_map(a), encode_map(b))
+        self.assertEqual(encode_map(a), [[2, [["A", 1], ["B", 1], ["C", 1]], ["A", "B", "C"]]])
+
+
+class FailureHistoryTests(SynchronousTestCase):
+    """
+    Random histories of failures, restarts and reports, planned the way the
+    partition leader does it, against a model of which replicas really hold
+    every acknowledged write.
+    """
+
+    PARTITIONS = 8
+
+    def _check_transition(self, before: ClusterMap, after: ClusterMap, what: str) -> None:
+        for old, new in zip(before.partitions, after.partitions):
+            if new == old:
+                continue
+            if what == "mark":
+                self.assertEqual((new.epoch, new.members), (old.epoch, old.members))
+                self.assertEqual(len(new.in_sync - old.in_sync), 1)
+                self.assertTrue(old.in_sync <= new.in_sync)
+                continue
+            # Epochs move exactly when members or primary do.
+            self.assertNotEqual(new.members, old.members)
+            self.assertEqual(new.epoch, old.epoch + 1)
+            # In-sync status is never granted by a change: every in-sync
+            # member of the new config was in sync, in the same
+            # incarnation, in the previous one; and one such member remains.
+            self.assertTrue(new.in_sync)
+            for node in new.in_sync:
+                self.assertIn(node, old.in_sync)
+                self.assertEqual(new.member(node), old.member(node))
+
+    def _check_map(self, cluster_map: ClusterMap, holders: list, live: dict) -> None:
+        for index, config in enumerate(cluster_map.partitions):
+            ids = _ids(config)
+            self.assertEqual(len(ids), len(set(ids)))
+            self.assertTrue(config.in_sync)
+            self.assertTrue(config.in_sync <= set(ids))
+            self.assertIn(config.primary.node_id, config.in_sync)
+            # What is claimed in sync (and alive) really holds every write.
+            for member in config.members:
+                if member.node_id in config.in_sync and live.get(member.node_id) == member.incarnation:
+                    self.assertIn(member, holders[index])
+
+    @given(failure_histories())
+    def test_acknowledged_writes_survive(self, history) -> None:
+        """
+        Whatever happens, with at most half the nodes down at a time: every
+        config keeps an in-sync member of the previous config, in-sync
+        claims are true, the primary is in sync; and once everybody is back
+        and caught up, every partition that still has a live in-sync member
+        settles on its ideal replicas.
+        """
+        size, events = history
+        nodes = [f"n{i}" for i in range(size)]
+        replicas = size // 2 + 1
+        ring = Ring(nodes)
+        incarnations = itertools.count(1)
+        live = {node: next(incarnations) for node in nodes}
+        current = initial_map(ring, self.PARTITIONS, live, replicas)
+        holders = [set(config.members) for config in current.partitions]
+
+        def step(new: ClusterMap, what: str) -> None:
+            nonlocal current
+            self._check_transition(current, new, what)
+            current = new
+
+        for event in events:
+            kind = event[0]
+            if kind in ("kill", "restart"):
+                node = nodes[event[1]]
+                if node in live:
+                    if kind == "kill" and size - len(live) >= size // 2:
+                        continue
+                    gone = Member(node, live.pop(node))
+                    for held in holders:
+                        held.discard(gone)
+                if kind == "restart":
+                    live[node] = next(incarnations)
+            else:
+                index = event[1] % self.PARTITIONS
+                config = current.partitions[index]
+                alive = [live.get(m.node_id) == m.incarnation for m in config.members]
+                if kind == "write":
+                    # Acknowledged only once every member stores it.
+                    if all(alive):
+                        holders[index] &= set(config.members)
+                else:
+                    position = event[2] % len(config.members)
+                    member = config.members[position]
+                    if kind == "sync" and alive[0] and alive[position]:
+                        self.assertIn(config.primary, holders[index])
+                        holders[index].add(member)
+                        step(mark_in_sync(current, index, config.epoch, member.node_id), "mark")
+                    elif kind == "drop":
+                        step(drop_member(current, index, config.epoch, member.node_id), "change")
+            step(plan(current, ring, live, replicas), "change")
+            self._check_map(current, holders, live)
+
+        # Everyone comes back (killed nodes as new incarnations) and every
+        # primary copies its partition to its members, until nothing changes.
+        for node in nodes:
+            if node not in live:
+                live[node] = next(incarnations)
+        recoverable = [
+            any(live.get(n) == c.member(n).incarnation for n in c.in_sync)
+            for c in current.partitions
+        ]
+        for _ in range(4):
+            step(plan(current, ring, live, replicas), "change")
+            for index, config in enumerate(current.partitions):
+                if recoverable[index]:
+                    for member in config.members:
+                        holders[index].add(member)
+                        step(mark_in_sync(current, index, config.epoch, member.node_id), "mark")
+            self._check_map(current, holders, live)
+        self.assertEqual(plan(current, ring, live, replicas), current)
+        for index, config in enumerate(current.partitions):
+            if recoverable[index]:
+                ideal = ring.preference_list(index)[:replicas]
+                self.assertEqual(sorted(_ids(config)), sorted(ideal))
+                self.assertEqual(config.in_sync, frozenset(ideal))
+                self.assertEqual([m.incarnation for m in config.members], [live[n] for n in _ids(config)])

@@ -1,0 +1,293 @@
+# -*- test-case-name: tests.test_site -*-
+"""
+Tests for L{twisted_kv.frontends.site}: the site itself, driven with raw
+HTTP/1.1 bytes over a L{StringTransport}, for what only the site does:
+bounding request bodies as they arrive, and the HTTP metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+
+from tests.test_http_api import FakeClusterStatus, ScriptedKeyValue, parse_prometheus
+from twisted_kv.core.keyspace import user_key
+from twisted_kv.core.records import Record
+from twisted_kv.frontends.site import build_site
+from twisted_kv.interfaces import IKeyValue, ReadResult
+from twisted_kv.local import LocalKeyValue
+
+Response = tuple[int, dict[bytes, bytes], bytes]
+
+
+def parse_responses(data: bytes) -> list[Response]:
+    """
+    Split the bytes a server wrote into responses (none of them to HEAD).
+
+    @return: each response's status, headers (lower-cased names) and body.
+    """
+    responses = []
+    while data:
+        head, separator, data = data.partition(b"\r\n\r\n")
+        if not separator:
+            raise ValueError(f"incomplete response head: {head!r}")
+        status_line, *lines = head.split(b"\r\n")
+        code = int(status_line.split(b" ")[1])
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(b":")
+            headers[name.lower()] = value.strip()
+        if code < 200 or code in (204, 304):
+            body = b""
+        elif b"content-length" in headers:
+            length = int(headers[b"content-length"])
+            body, data = data[:length], data[length:]
+        elif headers.get(b"transfer-encoding") == b"chunked":
+            body = b""
+            while True:
+                size_line, _, data = data.partition(b"\r\n")
+                size = int(size_line, 16)
+                body, data = body + data[:size], data[size + 2 :]
+                if not size:
+                    break
+        else:
+            body, data = data, b""
+        responses.append((code, headers, body))
+    return responses
+
+
+def request(method: str, path: str, body: bytes = b"", **headers: str) -> bytes:
+    """
+    The bytes of an HTTP/1.1 request with a C{Content-Length}; header names
+    are given with C{_} for C{-}.
+    """
+    lines = [f"{method} {path} HTTP/1.1", "Host: node.example"]
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    if body or method in ("PUT", "POST"):
+        lines.append(f"Content-Length: {len(body)}")
+    return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
+
+
+class _BodyLength(Resource):
+    """
+    A mounted resource answering with the length of the body it got.
+    """
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        return b"%d" % len(request.content.read())
+
+
+class SiteTestCase(SynchronousTestCase):
+    """
+    A site over a store of values up to 16 bytes, with a C{files} child that
+    reads whole bodies.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.serve(LocalKeyValue(self.clock, max_value_bytes=16))
+        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
+
+    def serve(self, kv: IKeyValue) -> None:
+        self.kv = kv
+        self.site = build_site(
+            kv, FakeClusterStatus(), clock=self.clock, children={b"files": _BodyLength()}
+        )
+
+    def connect(self) -> tuple[IProtocol, StringTransport]:
+        """
+        A new connection to the site.
+        """
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        return protocol, transport
+
+    def exchange(self, *data: bytes) -> list[Response]:
+        """
+        Send C{data} on a new connection, in that many writes.
+
+        @return: the responses.
+        """
+        protocol, transport = self.connect()
+        for chunk in data:
+            protocol.dataReceived(chunk)
+        return parse_responses(transport.value())
+
+    def stored(self, key: str) -> bytes:
+        record = self.successResultOf(self.kv.get(user_key(key))).record
+        return b"" if record is None else record.value
+
+
+class BodyTests(SiteTestCase):
+    """
+    Request bodies of C{/kv/{key}} writes are bounded as they arrive.
+    """
+
+    def test_pipelined(self) -> None:
+        """
+        Requests pipelined on one connection are all answered, in order,
+        with a C{Content-Length} rather than chunks.
+        """
+        responses = self.exchange(
+            request("PUT", "/kv/a%2Fb", b"hello", Content_Type="text/plain")
+            + request("GET", "/kv/a/b")
+            + request("DELETE", "/kv/a/b")
+        )
+        self.assertEqual([code for code, _, _ in responses], [201, 200, 204])
+        code, headers, body = responses[1]
+        self.assertEqual(body, b"hello")
+        self.assertEqual(headers[b"content-type"], b"text/plain")
+        self.assertNotIn(b"transfer-encoding", headers)
+
+    def test_at_limit(self) -> None:
+        """
+        A body of exactly C{max_value_bytes} is stored.
+        """
+        [(code, _, _)] = self.exchange(request("PUT", "/kv/k", b"x" * 16))
+        self.assertEqual(code, 201)
+        self.assertEqual(self.stored("k"), b"x" * 16)
+
+    def test_refused_before_body(self) -> None:
+        """
+        A C{Content-Length} over the limit is answered 413 as soon as the
+        headers are in, without a C{100 Continue}, and the connection is
+        closed; the body that follows is not read.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"PUT /kv/big HTTP/1.1\r\nHost: node.example\r\n"
+            b"Content-Length: 1073741824\r\nExpect: 100-continue\r\n\r\n"
+        )
+        [(code, headers, body)] = parse_responses(transport.value())
+        self.assertEqual(code, 413)
+        self.assertEqual(json.loads(body)["error"], "too_large")
+        self.assertEqual(headers[b"connection"], b"close")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.stored("big"), b"")
+
+    def test_refused_with_body(self) -> None:
+        """
+        The same without C{Expect}, when the body starts in the same read as
+        the headers.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /kv/big HTTP/1.1\r\nHost: node.example\r\n"
+            b"Content-Length: 1048576\r\n\r\n" + b"x" * 8192
+        )
+        [(code, headers, _)] = parse_responses(transport.value())
+        self.assertEqual((code, headers[b"connection"]), (413, b"close"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.stored("big"), b"")
+
+    def test_chunked(self) -> None:
+        """
+        A chunked body within the limit is stored; one that grows past it is
+        dropped and answered 413, and the connection goes on.
+        """
+        head = b"PUT /kv/%s HTTP/1.1\r\nHost: node.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        responses = self.exchange(
+            head % b"small",
+            b"8\r\n01234567\r\n",
+            b"8\r\n89abcdef\r\n0\r\n\r\n",
+            head % b"large",
+            b"8\r\n01234567\r\n" * 3,
+            b"0\r\n\r\n" + request("GET", "/kv/small"),
+        )
+        self.assertEqual([code for code, _, _ in responses], [201, 413, 200])
+        self.assertEqual(json.loads(responses[1][2])["error"], "too_large")
+        self.assertEqual(responses[2][2], b"0123456789abcdef")
+        self.assertEqual(self.stored("large"), b"")
+
+    def test_form_body_kept(self) -> None:
+        """
+        A form-encoded body is a value like any other.
+        """
+        content_type = "application/x-www-form-urlencoded"
+        self.exchange(request("POST", "/kv/form", b"a=1&b=2", Content_Type=content_type))
+        self.assertEqual(self.stored("form"), b"a=1&b=2")
+
+    def test_other_paths_unbounded(self) -> None:
+        """
+        Bodies for other resources are not bounded by the store's limit.
+        """
+        [(code, _, body)] = self.exchange(request("PUT", "/files/a", b"x" * 100))
+        self.assertEqual((code, body), (200, b"100"))
+
+    def test_client_gone(self) -> None:
+        """
+        An answer that arrives after the client went away is dropped.
+        """
+        pending: Deferred[Any] = Deferred()
+        self.serve(ScriptedKeyValue(lambda: pending))
+        protocol, transport = self.connect()
+        protocol.dataReceived(request("GET", "/kv/k"))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        pending.callback(ReadResult(Record(b"v", "text/plain", 1)))
+        self.assertEqual(transport.value(), b"")
+
+
+class MetricsTests(SiteTestCase):
+    """
+    The site counts and times the requests it answers.
+    """
+
+    def metrics(self) -> dict[tuple[str, frozenset], float]:
+        [(code, headers, body)] = self.exchange(request("GET", "/metrics"))
+        self.assertEqual(code, 200)
+        return parse_prometheus(body.decode("utf-8"))[1]
+
+    def test_requests(self) -> None:
+        """
+        Answered requests are counted by method and status code; unknown
+        methods are counted together.
+        """
+        self.exchange(
+            request("PUT", "/kv/k", b"v")
+            + request("PUT", "/kv/k", b"v")
+            + request("GET", "/kv/k")
+            + request("GET", "/kv/missing")
+            + request("BREW", "/kv/k")
+        )
+        counts = {
+            dict(labels)["method"] + " " + dict(labels)["code"]: value
+            for (name, labels), value in self.metrics().items()
+            if name == "twisted_kv_http_requests_total"
+        }
+        self.assertEqual(
+            counts, {"PUT 201": 1, "PUT 200": 1, "GET 200": 1, "GET 404": 1, "other 405": 1}
+        )
+
+    def test_latency(self) -> None:
+        """
+        The latency summary reports quantiles of the recent requests' times,
+        on the site's clock.
+        """
+        pending: Deferred[Any] = Deferred()
+        self.serve(ScriptedKeyValue(lambda: pending))
+        protocol, transport = self.connect()
+        protocol.dataReceived(request("GET", "/kv/k"))
+        self.clock.advance(0.25)
+        pending.callback(ReadResult(Record(b"v", "text/plain", 1)))
+        self.assertEqual(parse_responses(transport.value())[0][0], 200)
+        quantiles = {
+            dict(labels)["quantile"]: value
+            for (name, labels), value in self.metrics().items()
+            if name == "twisted_kv_http_request_duration_seconds"
+        }
+        self.assertEqual(quantiles, {"0.5": 0.25, "0.9": 0.25, "0.99": 0.25})

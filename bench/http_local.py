@@ -1,0 +1,151 @@
+# -*- test-case-name: tests.test_site -*-
+"""
+Throughput of the HTTP front end over a single-process store. Prints figures
+only.
+
+    python bench/http_local.py                   # 5 s per run, 16 connections
+    python bench/http_local.py --duration 2 --connections 64
+
+Serves L{build_site} over a L{LocalKeyValue} on 127.0.0.1 (port 0) and runs
+C{wrk} (C{apt-get install -y wrk}) against C{GET /kv/bench} and
+C{PUT /kv/bench} (100-byte values), once for each way of routing C{/kv}:
+
+  root      the node's site: its root resource dispatches the first path
+            segment with one dictionary lookup (what build_site serves)
+  branch    Klein as the root resource, C{/kv} a branch route to the same
+            KeyValueResource
+  route     Klein as the root resource, C{/kv/<path:key>} a route returning
+            the same KeyValueResource
+  floor     a twisted.web leaf answering every request with a constant: the
+            cost of twisted.web alone, no store and no API
+
+Every variant runs on the same site (request bounding, metrics); only
+C{site.resource} changes.  The server and wrk share the machine, so compare
+the figures with each other, not across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from typing import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from klein import Klein  # noqa: E402
+from twisted.internet import task  # noqa: E402
+from twisted.internet.defer import ensureDeferred  # noqa: E402
+from twisted.internet.utils import getProcessOutput  # noqa: E402
+from twisted.web.iweb import IRequest  # noqa: E402
+from twisted.web.resource import IResource, Resource  # noqa: E402
+from zope.interface import implementer  # noqa: E402
+
+from twisted_kv.frontends.http_api import KeyValueResource  # noqa: E402
+from twisted_kv.frontends.site import build_site  # noqa: E402
+from twisted_kv.interfaces import IClusterStatus  # noqa: E402
+from twisted_kv.local import LocalKeyValue  # noqa: E402
+
+_PUT_SCRIPT = """
+wrk.method = "PUT"
+wrk.body = string.rep("x", 100)
+wrk.headers["Content-Type"] = "text/plain"
+"""
+
+
+@implementer(IClusterStatus)
+class _Status:
+    def cluster_view(self) -> dict:
+        return {}
+
+    def ready(self) -> bool:
+        return True
+
+    def metrics(self) -> list:
+        return []
+
+
+def _klein_branch(kv: IResource) -> IResource:
+    app = Klein()
+
+    @app.route("/kv", branch=True)
+    def branch(request: IRequest) -> IResource:
+        return kv
+
+    return app.resource()
+
+
+def _klein_route(kv: IResource) -> IResource:
+    app = Klein()
+
+    @app.route("/kv/<path:key>", methods=["GET", "HEAD", "PUT", "POST", "DELETE"])
+    def route(request: IRequest, key: str) -> IResource:
+        return kv
+
+    return app.resource()
+
+
+class _Constant(Resource):
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        return b"v"
+
+
+_VARIANTS: dict[str, Callable[[IResource, IResource], IResource]] = {
+    "root": lambda root, kv: root,
+    "branch": lambda root, kv: _klein_branch(kv),
+    "route": lambda root, kv: _klein_route(kv),
+    "floor": lambda root, kv: _Constant(),
+}
+
+
+async def _wrk(url: str, duration: float, connections: int, script: str = "") -> str:
+    args = ["-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script:
+        args += ["-s", script]
+    output = await getProcessOutput("wrk", args + [url], env=os.environ, errortoo=True)
+    text = output.decode("utf-8", "replace")
+    rate = re.search(r"Requests/sec:\s*([\d.]+)", text)
+    p50 = re.search(r"50%\s+(\S+)", text)
+    p99 = re.search(r"99%\s+(\S+)", text)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if rate is None or p50 is None or p99 is None:
+        raise RuntimeError(f"unexpected wrk output:\n{text}")
+    summary = f"{float(rate.group(1)):9.0f} req/s  p50 {p50.group(1):>8}  p99 {p99.group(1):>8}"
+    return summary + (f"  ({errors.group(1)} non-2xx)" if errors else "")
+
+
+async def _main(reactor, duration: float, connections: int) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(_PUT_SCRIPT)
+        script.flush()
+        for name, variant in _VARIANTS.items():
+            kv = LocalKeyValue(reactor)
+            site = build_site(kv, _Status(), clock=reactor)
+            site.resource = variant(site.resource, KeyValueResource(kv))
+            port = reactor.listenTCP(0, site, interface="127.0.0.1")
+            url = f"http://127.0.0.1:{port.getHost().port}/kv/bench"
+            try:
+                put = await _wrk(url, duration, connections, script.name)
+                get = await _wrk(url, duration, connections)
+            finally:
+                await port.stopListening()
+            print(f"{name:7}  GET {get}", flush=True)
+            print(f"{'':7}  PUT {put}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=16)
+    options = parser.parse_args()
+    task.react(
+        lambda reactor: ensureDeferred(_main(reactor, options.duration, options.connections))
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,7 @@ A one-process node for the client, kvctl and dashboard tests (no tests here).
 
 L{serve} listens on a loopback port with the node's site
 (L{twisted_kv.frontends.site.build_site}) over a L{LocalKeyValue}, with
-C{/ws} and the dashboard mounted, and a C{/cluster} answer chosen by the
+C{/ws}, C{/files} and the dashboard mounted, and a C{/cluster} answer chosen by the
 test.  Every server-side connection is tracked, so that a test's cleanup can
 close them and leave a clean reactor.
 """
@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from twisted_kv.frontends.dashboard import dashboard_resource
+from twisted_kv.frontends.files_http import files_resource
 from twisted_kv.frontends.site import build_site
 from twisted_kv.frontends.ws import build_ws_resource
 from twisted_kv.interfaces import IClusterStatus
@@ -115,7 +116,11 @@ class Node:
             self.kv,
             _Status(self),
             clock=reactor,
-            children={b"ws": ws, b"": dashboard_resource()},
+            children={
+                b"ws": ws,
+                b"": dashboard_resource(),
+                b"files": files_resource(self.kv, clock=reactor),
+            },
         )
         self._factory = _TrackingFactory(site)
         self.ws_service.startService()

@@ -316,9 +316,7 @@ class BrowserTests(TestCase):
             if method == "Runtime.exceptionThrown":
                 found.append("exception: " + json.dumps(params["exceptionDetails"])[:300])
             elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-                # This node has no file listing: the page copes with that.
-                if not params["entry"].get("url", "").endswith("/files/"):
-                    found.append("log: " + params["entry"]["text"])
+                found.append("log: " + params["entry"]["text"])
             elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "warning"):
                 found.append("console: " + json.dumps(params["args"])[:300])
             elif method == "Network.requestWillBeSent":
@@ -383,6 +381,37 @@ class BrowserTests(TestCase):
             "Array.from(document.querySelectorAll('#event-list li')).some(li => li.dataset.name === 'users/000')"
         )
         yield page.screenshot("dashboard-desktop", self.mktemp())
+        self.assertEqual(self.problems(), [])
+
+    @inlineCallbacks
+    def test_files(self) -> Any:
+        """
+        A file stored on the node shows up in the live feed and in the file
+        list, whose folders open, with a download link for the file.
+        """
+        page = yield _open(self.browser, self.node.url + "/", 1280, 900)
+        yield page.wait_for("document.getElementById('feed-state').textContent === 'live'")
+        status = yield page.evaluate(
+            "fetch('/files/docs/read me.txt', {method: 'PUT', body: 'hello'}).then(r => r.status)"
+        )
+        self.assertEqual(status, 201)
+        event = yield page.wait_for(
+            "Array.from(document.querySelectorAll('#event-list li[data-type=file]'), li => li.textContent)[0]"
+        )
+        self.assertIn("/docs/read me.txt", event)
+        yield page.wait_for(
+            "Array.from(document.querySelectorAll('#file-list button')).some(b => b.textContent === 'docs/')"
+        )
+        yield page.evaluate(
+            "Array.from(document.querySelectorAll('#file-list button')).find(b => b.textContent === 'docs/').click()"
+        )
+        link = yield page.wait_for("document.querySelector('#file-list a') && document.querySelector('#file-list a').getAttribute('href')")
+        self.assertEqual(link, "/files/docs/read%20me.txt")
+        body = yield page.evaluate(f"fetch({json.dumps(link)}).then(r => r.text())")
+        self.assertEqual(body, "hello")
+        folder = yield page.evaluate("document.getElementById('files-dir').textContent")
+        self.assertEqual(folder, "/docs/")
+        yield page.screenshot("dashboard-files", self.mktemp())
         self.assertEqual(self.problems(), [])
 
     @inlineCallbacks

@@ -571,21 +571,62 @@
 
   /* ------------------------------------------------------------------ files */
 
+  const files = { dir: "/" };
+
+  /* The entries of a /files/ directory listing, with absolute paths. */
   function fileEntries(listing) {
-    const list = Array.isArray(listing) ? listing : listing.files || listing.entries || listing.items || [];
+    const base = typeof listing.path === "string" ? listing.path.replace(/\/?$/, "/") : files.dir;
+    const list = Array.isArray(listing) ? listing : listing.entries || listing.files || [];
     return list
-      .map((entry) => (typeof entry === "string" ? { path: entry } : { path: entry.path || entry.name, size: entry.size, directory: entry.type === "directory" || entry.directory === true || entry.dir === true }))
-      .filter((entry) => typeof entry.path === "string")
-      .map((entry) => Object.assign(entry, { path: entry.path.startsWith("/") ? entry.path : "/" + entry.path }));
+      .map((entry) => (typeof entry === "string" ? { name: entry } : entry))
+      .filter((entry) => typeof (entry.name || entry.path) === "string")
+      .map((entry) => ({
+        path: entry.path || base + entry.name,
+        name: entry.name || entry.path,
+        size: entry.size,
+        modified: entry.modified,
+        directory: entry.type === "directory",
+      }));
+  }
+
+  function openFolder(dir) {
+    files.dir = dir;
+    loadFiles().then(() => {
+      const first = $("file-list").querySelector("a, button");
+      if (first) first.focus();
+    });
+  }
+
+  function fileItem(entry) {
+    const when = typeof entry.modified === "number" ? new Date(entry.modified * 1000).toLocaleString() : "";
+    if (entry.directory) {
+      return el(
+        "li",
+        {},
+        el("button", { type: "button", class: "link", onclick: () => openFolder(entry.path + "/") }, entry.name + "/"),
+        el("span", { class: "muted" }, "folder")
+      );
+    }
+    return el(
+      "li",
+      {},
+      el("a", { href: fileURL(entry.path), download: entry.name }, entry.name),
+      el("span", { class: "muted", title: when }, formatBytes(entry.size))
+    );
   }
 
   async function loadFiles() {
     const status = $("files-status");
+    $("files-dir").textContent = files.dir;
     let listing;
     try {
-      const response = await fetch("/files/", { headers: { Accept: "application/json" }, cache: "no-store" });
+      const response = await fetch(fileURL(files.dir), { headers: { Accept: "application/json" }, cache: "no-store" });
+      if (response.status === 404 && files.dir !== "/") {
+        files.dir = "/";
+        return loadFiles();
+      }
       if (!response.ok || !(response.headers.get("Content-Type") || "").includes("json")) {
-        setStatus(status, "This node offers no file listing yet; files are reachable under /files/ and over FTP.");
+        setStatus(status, "This node offers no file listing; files are reachable over FTP.");
         $("file-list").replaceChildren();
         return;
       }
@@ -594,18 +635,15 @@
       setStatus(status, "Cannot list files: the node did not answer.", true);
       return;
     }
-    const entries = fileEntries(listing);
-    $("file-list").replaceChildren(
-      ...entries.map((entry) =>
-        el(
-          "li",
-          {},
-          entry.directory ? el("span", { class: "mono" }, entry.path) : el("a", { href: fileURL(entry.path), download: "" }, entry.path),
-          el("span", { class: "muted" }, entry.directory ? "folder" : formatBytes(entry.size))
-        )
-      )
-    );
-    setStatus(status, entries.length ? entries.length + " file" + (entries.length === 1 ? "" : "s") + "." : "No files yet.");
+    const entries = fileEntries(listing).sort((a, b) => (b.directory - a.directory) || a.name.localeCompare(b.name));
+    const items = entries.map(fileItem);
+    if (files.dir !== "/") {
+      const parent = files.dir.replace(/[^/]+\/$/, "");
+      items.unshift(el("li", {}, el("button", { type: "button", class: "link", onclick: () => openFolder(parent) }, "↑ Parent folder"), el("span", {})));
+    }
+    $("file-list").replaceChildren(...items);
+    const count = entries.length;
+    setStatus(status, count ? count + " entr" + (count === 1 ? "y" : "ies") + "." : "This folder is empty.");
   }
 
   const refreshFiles = debounce(loadFiles, 500);

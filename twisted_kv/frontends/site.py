@@ -196,6 +196,8 @@ def build_site(
     @param children: resources mounted as top-level path segments, such as
         C{b"ws"} and C{b"files"}; C{b""} answers C{GET /}.  Paths under no
         resource are answered with a JSON C{404}.
+    @return: the site; its C{resource} is the root resource, which serves
+        everything but the site's own handling of request bodies and metrics.
     @raise ValueError: C{children} names C{b"kv"}.
     """
     if _KV in children:

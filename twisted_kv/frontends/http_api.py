@@ -24,7 +24,8 @@ entity-tag; no C{If-None-Match}, or C{If-None-Match: *} on a PUT), the write
 is one store operation.  Any other precondition (C{If-Match: *}, lists of
 entity-tags, C{If-None-Match} with entity-tags) is evaluated on a read, and
 the write is then made conditional on the version that read found, so a
-concurrent writer makes it fail and the evaluation starts again.
+concurrent writer makes it fail and the evaluation starts again.  GET and
+HEAD answer C{304} (with the ETag, no body) when C{If-None-Match} matches.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import Clock
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -104,12 +105,13 @@ class Node:
     A listening test node.
 
     @ivar url: its base URL, C{http://127.0.0.1:PORT}.
-    @ivar kv: its store.
+    @ivar kv: its store, whose TTLs follow L{kv_clock}, a L{Clock}.
     @ivar cluster: the C{/cluster} answer, which the test may change.
     """
 
     def __init__(self, reactor: Any, **ws_options: Any) -> None:
-        self.kv = LocalKeyValue(reactor)
+        self.kv_clock = Clock()
+        self.kv = LocalKeyValue(self.kv_clock)
         self.cluster = three_nodes()
         ws, self.ws_service = build_ws_resource(self.kv, clock=reactor, **ws_options)
         site = build_site(

@@ -198,14 +198,20 @@ class _Page:
     @inlineCallbacks
     def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
         """
-        Poll until C{expression} is truthy; fires with its value.
+        Poll until C{expression} is truthy (a page still loading may make
+        it throw meanwhile); fires with its value.
         """
+        error: Optional[Exception] = None
         for _ in range(int(timeout / 0.1)):
-            value = yield self.evaluate(expression)
-            if value:
-                return value
+            try:
+                value = yield self.evaluate(expression)
+            except DevToolsError as failed:
+                error = failed
+            else:
+                if value:
+                    return value
             yield deferLater(reactor, 0.1, lambda: None)
-        raise AssertionError(f"timed out waiting for {expression}")
+        raise AssertionError(f"timed out waiting for {expression} (last error: {error})")
 
     @inlineCallbacks
     def screenshot(self, name: str, directory: str) -> Any:
@@ -276,6 +282,7 @@ def _open(browser: _Chromium, url: str, width: int, height: int, mobile: bool = 
         mobile=mobile,
     )
     yield page.send("Page.navigate", url=url)
+    yield page.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete'")
     return page
 
 

@@ -1,0 +1,155 @@
+# -*- test-case-name: tests.test_kvctl -*-
+"""
+Tests for L{twisted_kv.kvctl}, run in a thread against a node listening on a
+loopback port.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.test_client_support import serve
+from twisted_kv.core import keyspace
+from twisted_kv.kvctl import main
+
+
+class KvctlTests(TestCase):
+    """
+    The commands, their output and their exit status.
+    """
+
+    def setUp(self) -> None:
+        self.node = serve(self)
+
+    @inlineCallbacks
+    def kvctl(self, *argv: str, stdin: bytes = b"", env: Any = None) -> Any:
+        """
+        Run C{kvctl} with C{argv}: fires with (status, stdout, stderr).
+        """
+        stdout = io.BytesIO()
+        stderr = io.StringIO()
+        environ = {"KVCTL_NODE": self.node.url} if env is None else env
+        status = yield deferToThread(
+            main, list(argv), stdin=io.BytesIO(stdin), stdout=stdout, stderr=stderr, environ=environ
+        )
+        return status, stdout.getvalue(), stderr.getvalue()
+
+    @inlineCallbacks
+    def test_put_get_delete(self) -> Any:
+        """
+        C{put} prints the version, C{get} the value as stored, C{delete}
+        nothing.
+        """
+        status, out, err = yield self.kvctl("put", "users/é", "hello")
+        self.assertEqual((status, err), (0, ""))
+        version = out.decode().strip()
+        self.assertEqual((yield self.kvctl("get", "users/é")), (0, b"hello", ""))
+        stored = yield self.node.kv.get(keyspace.user_key("users/é"))
+        self.assertEqual(stored.record.content_type, "text/plain; charset=utf-8")
+        self.assertEqual((yield self.kvctl("delete", "users/é", "--if-match", version)), (0, b"", ""))
+        status, _, err = yield self.kvctl("get", "users/é")
+        self.assertEqual((status, err), (1, "kvctl: no key 'users/é' (404)\n"))
+
+    @inlineCallbacks
+    def test_put_stdin(self) -> Any:
+        """
+        C{put KEY -} stores standard input, bytes as they are.
+        """
+        status, _, _ = yield self.kvctl("put", "bin", "-", "--content-type", "x/y", stdin=b"\x00\xff")
+        self.assertEqual(status, 0)
+        stored = yield self.node.kv.get(keyspace.user_key("bin"))
+        self.assertEqual((stored.record.value, stored.record.content_type), (b"\x00\xff", "x/y"))
+        self.assertEqual((yield self.kvctl("get", "bin")), (0, b"\x00\xff", ""))
+
+    @inlineCallbacks
+    def test_conditions(self) -> Any:
+        """
+        A failed condition exits with 1 and says why.
+        """
+        yield self.kvctl("put", "k", "1")
+        status, _, err = yield self.kvctl("put", "k", "2", "--if-match", "9.9")
+        self.assertEqual(status, 1)
+        self.assertTrue(err.startswith("kvctl: ") and err.endswith(" (412)\n"), err)
+        status, _, err = yield self.kvctl("put", "k", "2", "--if-none-match")
+        self.assertEqual((status, err[-7:]), (1, " (412)\n"))
+
+    @inlineCallbacks
+    def test_ttl(self) -> Any:
+        """
+        C{--ttl} is passed on: the key expires.
+        """
+        yield self.kvctl("put", "k", "1", "--ttl", "5")
+        self.node.kv_clock.advance(5)
+        status, _, _ = yield self.kvctl("get", "k")
+        self.assertEqual(status, 1)
+
+    @inlineCallbacks
+    def test_list(self) -> Any:
+        """
+        C{list} prints the keys under a prefix in order, across pages, up to
+        C{--limit}.
+        """
+        for name in ["a/2", "a/1", "a/3", "b"]:
+            yield self.node.kv.put(keyspace.user_key(name), b"")
+        self.assertEqual((yield self.kvctl("list", "--prefix", "a/")), (0, b"a/1\na/2\na/3\n", ""))
+        self.assertEqual((yield self.kvctl("list", "--limit", "2")), (0, b"a/1\na/2\n", ""))
+        status, _, err = yield self.kvctl("list", "--limit", "0")
+        self.assertEqual(status, 2)
+        self.assertIn("0 is not a positive integer", err)
+
+    @inlineCallbacks
+    def test_watch(self) -> Any:
+        """
+        C{watch} prints one JSON line per change under the prefix, here
+        replayed from C{--since}, and exits after C{--count}.
+        """
+        for name in ["users/a", "other", "users/b", "users/c"]:
+            yield self.node.kv.put(keyspace.user_key(name), name.encode())
+        status, out, err = yield self.kvctl("watch", "users/", "--since", "0", "--count", "2")
+        self.assertEqual((status, err), (0, ""))
+        events = [json.loads(line) for line in out.decode().splitlines()]
+        self.assertEqual(
+            [(e["type"], e["key"], e["value"], e["revision"]) for e in events],
+            [("put", "users/a", "users/a", 1), ("put", "users/b", "users/b", 3)],
+        )
+
+    @inlineCallbacks
+    def test_cluster(self) -> Any:
+        """
+        C{cluster} prints the cluster's state as JSON.
+        """
+        status, out, _ = yield self.kvctl("cluster")
+        self.assertEqual((status, json.loads(out)["leader"]), (0, "n2"))
+
+    @inlineCallbacks
+    def test_node_option(self) -> Any:
+        """
+        C{--node} names the node; without it and C{$KVCTL_NODE}, the default
+        is C{http://127.0.0.1:7001}.
+        """
+        status, out, _ = yield self.kvctl("--node", self.node.url, "cluster", env={})
+        self.assertEqual(status, 0)
+        yield self.node.stop()
+        status, _, err = yield self.kvctl("get", "k")
+        self.assertEqual(status, 3)
+        self.assertTrue(err.startswith(f"kvctl: cannot reach {self.node.url}: "), err)
+        self.assertEqual(err.count("\n"), 1)
+
+    @inlineCallbacks
+    def test_usage(self) -> Any:
+        """
+        A usage error exits with 2; an empty key is refused by the client.
+        """
+        status, _, err = yield self.kvctl("frobnicate")
+        self.assertEqual(status, 2)
+        self.assertIn("invalid choice: 'frobnicate'", err)
+        status, _, err = yield self.kvctl("get", "")
+        self.assertEqual((status, err), (1, "kvctl: the key is empty (400)\n"))
+        status, _, err = yield self.kvctl("--node", "localhost:7001", "get", "k")
+        self.assertEqual((status, err), (2, "kvctl: not an http:// or https:// URL: 'localhost:7001'\n"))

@@ -1,0 +1,186 @@
+# -*- test-case-name: tests.test_kvctl -*-
+"""
+C{kvctl}: the command-line client of a twisted_kv cluster.
+
+    kvctl [--node URL] get KEY                 the value's bytes, as stored
+    kvctl put KEY VALUE [--ttl S] [--if-match VERSION] [--if-none-match]
+                        [--content-type TYPE]  prints the new version
+    kvctl put KEY -                            the value is read from stdin
+    kvctl delete KEY [--if-match VERSION]
+    kvctl list [--prefix P] [--limit N]        one key per line, in key order
+    kvctl watch [PREFIX] [--since R] [--files] [--count N]
+                                               one JSON line per change
+    kvctl cluster                              the cluster's state, as JSON
+
+The node defaults to C{$KVCTL_NODE}, else C{http://127.0.0.1:7001}; any node
+of the cluster answers for all of it.
+
+Exit status: 0 on success, 1 when the node refused the request (the message
+names the reason, e.g. C{no key 'x' (404)}), 2 for a usage error, 3 when
+the node cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from typing import BinaryIO, Mapping, Optional, Sequence, TextIO
+
+from twisted_kv.client import DEFAULT_URL, Client
+from twisted_kv.errors import KVError
+
+__all__ = ["main"]
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return number
+
+
+def _parser(default_node: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvctl",
+        description="Read, write and watch the keys of a twisted_kv cluster.",
+        epilog="Exit status: 0 ok, 1 refused by the node, 2 usage error, 3 node unreachable.",
+    )
+    parser.add_argument(
+        "--node",
+        default=default_node,
+        metavar="URL",
+        help="any node of the cluster (default: $KVCTL_NODE, else %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the node"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    get = commands.add_parser("get", help="print the value of a key")
+    get.add_argument("key")
+
+    put = commands.add_parser("put", help="store a value; prints its version")
+    put.add_argument("key")
+    put.add_argument("value", help="the value, or - to read it from stdin")
+    put.add_argument("--ttl", type=float, metavar="S", help="the key disappears after S seconds")
+    put.add_argument("--if-match", metavar="VERSION", help="only replace this version")
+    put.add_argument("--if-none-match", action="store_true", help="only create the key")
+    put.add_argument("--content-type", metavar="TYPE", help="default: text/plain for a VALUE, "
+                     "application/octet-stream for stdin")
+
+    delete = commands.add_parser("delete", help="remove a key")
+    delete.add_argument("key")
+    delete.add_argument("--if-match", metavar="VERSION", help="only remove this version")
+
+    listing = commands.add_parser("list", help="print the keys, one a line")
+    listing.add_argument("--prefix", default="", help="only the keys starting with it")
+    listing.add_argument("--limit", type=_positive, metavar="N", help="at most N keys")
+
+    watch = commands.add_parser("watch", help="print each change as a JSON line")
+    watch.add_argument("prefix", nargs="?", default="", help="only the keys (or paths) starting with it")
+    watch.add_argument("--since", type=int, metavar="R", help="start after revision R")
+    watch.add_argument("--files", action="store_true", help="watch file paths instead of keys")
+    watch.add_argument("--count", type=_positive, metavar="N", help="exit after N changes")
+
+    commands.add_parser("cluster", help="print the cluster's state as JSON")
+    return parser
+
+
+def _line(stream: BinaryIO, text: str) -> None:
+    stream.write(text.encode("utf-8") + b"\n")
+    stream.flush()
+
+
+def _run(arguments: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    with Client(arguments.node, timeout=arguments.timeout) as client:
+        command = arguments.command
+        if command == "get":
+            stdout.write(client.get(arguments.key).data)
+            stdout.flush()
+        elif command == "put":
+            if arguments.value == "-":
+                value: bytes | str = stdin.read()
+            else:
+                value = arguments.value
+            version = client.put(
+                arguments.key,
+                value,
+                content_type=arguments.content_type,
+                ttl=arguments.ttl,
+                if_match=arguments.if_match,
+                if_none_match=arguments.if_none_match,
+            )
+            _line(stdout, version)
+        elif command == "delete":
+            client.delete(arguments.key, if_match=arguments.if_match)
+        elif command == "list":
+            page_size = min(arguments.limit or 1000, 1000)
+            for count, key in enumerate(client.keys(arguments.prefix, page_size=page_size), start=1):
+                _line(stdout, key)
+                if count == arguments.limit:
+                    break
+        elif command == "watch":
+            with client.watch(
+                arguments.prefix, since=arguments.since, files=arguments.files, timeout=arguments.timeout
+            ) as events:
+                for count, event in enumerate(events, start=1):
+                    _line(stdout, json.dumps(event, ensure_ascii=False))
+                    if count == arguments.count:
+                        return
+        else:
+            _line(stdout, json.dumps(client.cluster(), indent=2))
+
+
+def main(
+    argv: Optional[Sequence[str]] = None,
+    *,
+    stdin: Optional[BinaryIO] = None,
+    stdout: Optional[BinaryIO] = None,
+    stderr: Optional[TextIO] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> int:
+    """
+    Run C{kvctl} with the command-line arguments C{argv}.
+
+    @return: the exit status.
+    """
+    stdin = sys.stdin.buffer if stdin is None else stdin
+    stdout = sys.stdout.buffer if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    environ = os.environ if environ is None else environ
+    parser = _parser(environ.get("KVCTL_NODE") or DEFAULT_URL)
+    try:
+        with contextlib.redirect_stderr(stderr):
+            arguments = parser.parse_args(argv)
+    except SystemExit as exit:
+        return int(exit.code or 0)
+
+    def fail(message: str, status: int) -> int:
+        print(f"kvctl: {message}", file=stderr)
+        return status
+
+    try:
+        _run(arguments, stdin, stdout)
+    except KVError as error:
+        return fail(f"{error.message} ({error.status})", EXIT_REFUSED)
+    except ValueError as error:
+        return fail(str(error), EXIT_USAGE)
+    except (OSError, TimeoutError) as error:
+        if isinstance(error, BrokenPipeError):
+            return 0
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        return fail(f"cannot reach {arguments.node}: {reason}", EXIT_UNREACHABLE)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -406,6 +406,7 @@ class FileFTP(ftp.FTP):
         logout, self.logout = self.logout, None
         if logout is not None:
             logout()
+        self._close_data()
         super().connectionLost(reason)
 
     def _segments(self, path: str) -> list[str]:
@@ -478,9 +479,17 @@ class FileFTP(ftp.FTP):
 
         return transfer.addCallback(lambda _: (ftp.TXFR_COMPLETE_OK,)).addBoth(done)
 
-    def ftp_ABOR(self) -> tuple[str]:
+    def _close_data(self) -> None:
+        """
+        Close the data connection, if any, and stop listening for one.
+        """
+        if self.dtpInstance is not None and self.dtpInstance.transport is not None:
+            self.dtpInstance.transport.loseConnection()
         if self.dtpFactory is not None:
             self.cleanupDTP()
+
+    def ftp_ABOR(self) -> tuple[str]:
+        self._close_data()
         return (ftp.CLOSING_DATA_CNX,)
 
     # -- transfers -------------------------------------------------------

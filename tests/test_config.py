@@ -149,7 +149,7 @@ class GoodConfigTests(SynchronousTestCase):
 
             [ftp_users]
             alice = plain:wonderland    ; plain text
-            Bob = pbkdf2:salt:hash
+            Bob = scrypt:16384:8:1:c2FsdA==:a2V5
             """
         ) + _node_sections(4)
         self.assertEqual(
@@ -161,7 +161,7 @@ class GoodConfigTests(SynchronousTestCase):
                 replicas=3,
                 data_dir="/var/lib/kv",
                 nodes=_nodes(4),
-                ftp_users={"alice": "plain:wonderland", "Bob": "pbkdf2:salt:hash"},
+                ftp_users={"alice": "plain:wonderland", "Bob": "scrypt:16384:8:1:c2FsdA==:a2V5"},
                 election_timeout=3.0,
                 heartbeat_interval=0.25,
                 failure_timeout=4.0,
@@ -699,6 +699,20 @@ class ConfigErrorTests(SynchronousTestCase):
             _MINIMAL + "[ftp_users]\nalice =\n",
             "etc/x.ini: [ftp_users] alice: empty password spec (use plain:PASSWORD)",
         )
+
+    def test_bad_ftp_password(self) -> None:
+        """
+        A password spec must be C{plain:} or a well-formed C{scrypt:} hash.
+        """
+        for spec, problem in [
+            ("wonderland", "a password must start with 'plain:' or 'scrypt:'"),
+            ("scrypt:1:2", "a scrypt password is scrypt:<n>:<r>:<p>:<salt>:<key>"),
+            ("scrypt:16384:8:1:!!:a2V5", "malformed scrypt password"),
+        ]:
+            self.assert_error(
+                _MINIMAL + f"[ftp_users]\nalice = {spec}\n",
+                f"etc/x.ini: [ftp_users] alice: {problem}",
+            )
 
     def test_duplicate_section(self) -> None:
         """

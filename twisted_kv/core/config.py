@@ -25,7 +25,8 @@ L{ConfigError} whose text is one line naming the file, the section and the
 key.
 
 This module is pure: it reads text and builds frozen values; it never
-touches a reactor.
+touches a reactor.  FTP password specs are checked with
+L{twisted_kv.passwords.check_stored}, pure as well.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import re
 from typing import Any, Callable, Optional
 
 from attrs import field, frozen, validators
+
+from twisted_kv.passwords import check_stored
 
 __all__ = [
     "CLUSTER_KEYS",
@@ -567,6 +570,10 @@ def parse_config(text: str, path: str) -> ClusterConfig:
             spec = spec.strip()
             if not spec:
                 raise ConfigError(path, "ftp_users", user, "empty password spec (use plain:PASSWORD)")
+            try:
+                check_stored(spec)
+            except ValueError as e:
+                raise ConfigError(path, "ftp_users", user, str(e))
             ftp_users[user] = spec
 
     return ClusterConfig(

@@ -11,7 +11,7 @@ close them and leave a clean reactor.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IListeningPort
@@ -105,13 +105,14 @@ class Node:
     A listening test node.
 
     @ivar url: its base URL, C{http://127.0.0.1:PORT}.
-    @ivar kv: its store, whose TTLs follow L{kv_clock}, a L{Clock}.
+    @ivar kv: its store, whose TTLs follow L{kv_clock}, a L{Clock}, unless
+        the store was given.
     @ivar cluster: the C{/cluster} answer, which the test may change.
     """
 
-    def __init__(self, reactor: Any, **ws_options: Any) -> None:
+    def __init__(self, reactor: Any, kv: Optional[LocalKeyValue] = None, **ws_options: Any) -> None:
         self.kv_clock = Clock()
-        self.kv = LocalKeyValue(self.kv_clock)
+        self.kv = LocalKeyValue(self.kv_clock) if kv is None else kv
         self.cluster = three_nodes()
         ws, self.ws_service = build_ws_resource(self.kv, clock=reactor, **ws_options)
         site = build_site(
@@ -155,12 +156,17 @@ class Node:
         yield self._port.stopListening()
 
 
-def serve(test: Any, reactor: Any = None, **ws_options: Any) -> Node:
+def serve(
+    test: Any, reactor: Any = None, kv: Optional[LocalKeyValue] = None, **ws_options: Any
+) -> Node:
     """
     Start a L{Node} that is stopped when C{test} ends.
+
+    @param kv: the store, to share one between several nodes (by default, a
+        new one).
     """
     if reactor is None:
         from twisted.internet import reactor
-    node = Node(reactor, **ws_options)
+    node = Node(reactor, kv, **ws_options)
     test.addCleanup(node.stop)
     return node

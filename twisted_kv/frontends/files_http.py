@@ -59,6 +59,14 @@ from twisted_kv.interfaces import IKeyValue
 __all__ = ["FilesResource", "byte_range", "files_resource"]
 
 _JSON = b"application/json"
+# The headers describing a file, dropped if sending it fails before it starts.
+_FILE_HEADERS = (
+    b"accept-ranges",
+    b"content-range",
+    b"etag",
+    b"last-modified",
+    b"x-content-sha256",
+)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -74,6 +82,10 @@ class RangeNotSatisfiable(KVError):
 
     status = 416
     code = "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the file has {size} bytes")
+        self.size = size
 
 
 def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
@@ -94,14 +106,14 @@ def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
     if not first:
         suffix = int(last)
         if suffix == 0 or size == 0:
-            raise RangeNotSatisfiable(f"the file has {size} bytes")
+            raise RangeNotSatisfiable(size)
         return max(0, size - suffix), size
     start = int(first)
     stop = size if not last else min(int(last) + 1, size)
     if last and int(last) < start:
         return None
     if start >= size:
-        raise RangeNotSatisfiable(f"the file has {size} bytes")
+        raise RangeNotSatisfiable(size)
     return start, stop
 
 
@@ -159,6 +171,8 @@ class FilesResource(Resource):
             self._log.warn("Sending a file failed: {error}", error=failure.value)
             request.loseConnection()
             return
+        for name in _FILE_HEADERS:
+            request.responseHeaders.removeHeader(name)
         error = failure.value
         if not isinstance(error, KVError):
             self._log.failure("Handling {method} /files failed", failure, method=request.method)
@@ -168,6 +182,8 @@ class FilesResource(Resource):
     def _error(self, request: IRequest, error: KVError) -> None:
         if isinstance(error, Unavailable):
             request.setHeader(b"retry-after", str(max(1, round(error.retry_after))).encode())
+        if isinstance(error, RangeNotSatisfiable):
+            request.setHeader(b"content-range", f"bytes */{error.size}".encode())
         self._json(request, error.status, {"error": error.code, "message": error.message})
 
     def _json(self, request: IRequest, status: int, body: dict) -> None:
@@ -205,14 +221,10 @@ class FilesResource(Resource):
         entry = download.entry
         manifest = entry.manifest
         assert manifest is not None
+        wanted = byte_range(_header(request, b"range"), entry.size)
+        start, stop = wanted or (0, entry.size)
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"etag", _quoted(entry.version))
-        try:
-            wanted = byte_range(_header(request, b"range"), entry.size)
-        except RangeNotSatisfiable:
-            request.setHeader(b"content-range", f"bytes */{entry.size}".encode())
-            raise
-        start, stop = wanted or (0, entry.size)
         if wanted is not None:
             request.setResponseCode(206)
             request.setHeader(b"content-range", f"bytes {start}-{stop - 1}/{entry.size}".encode())

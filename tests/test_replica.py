@@ -1,0 +1,874 @@
+# -*- test-case-name: tests.test_replica -*-
+"""
+Tests for L{twisted_kv.core.replica}.
+
+A primary L{Replica} and backup L{Replica}s are driven by hand: each helper
+below passes one message through the peer codec and hands it to the other
+side exactly as the node layer does (C{"app"} -> L{Replica.on_append} ->
+C{"app_ok"}/C{"app_no"}, C{"snap"} -> L{Replica.on_snapshot}), including the
+node layer's own check that refuses messages from an older epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from hypothesis import given
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_kv.core import replica as replica_module
+from twisted_kv.core.records import Delete, Expire, Put, format_version, make_version
+from twisted_kv.core.replica import (
+    Entry,
+    Replica,
+    decode_change,
+    decode_entry,
+    encode_change,
+    encode_entry,
+    encode_records,
+)
+from twisted_kv.errors import KeyExists, KeyNotFound, PreconditionFailed
+from twisted_kv.wire import codec
+from tests.strategies import changes, entries
+
+PARTITION = 3
+
+
+def wire(message: list) -> list:
+    """
+    What the other node receives: the message after the peer codec.
+    """
+    return codec.decode(codec.encode(message))
+
+
+def answer(primary: Replica, backup: Replica, name: str, message: list) -> Optional[list]:
+    """
+    Deliver an C{"app"} message to C{backup} (called C{name}) and its answer
+    to C{primary}.
+
+    @return: the entries the answer committed, or C{None} if the backup
+        refused (stale epoch or missing entry).
+    """
+    tag, partition, epoch, prev_seq, prev_epoch, entries_, commit, round_ = wire(message)
+    assert (tag, partition) == ("app", PARTITION)
+    if epoch < backup.epoch:
+        return None
+    ok, last = backup.on_append(epoch, prev_seq, prev_epoch, entries_, commit)
+    if ok:
+        return primary.on_append_ok(name, epoch, last, round_)
+    primary.on_append_refused(name, epoch, last)
+    return None
+
+
+def deliver_snapshot(backup: Replica, message: list) -> None:
+    tag, partition, epoch, seq, seq_epoch, first, last, records = wire(message)
+    assert (tag, partition) == ("snap", PARTITION)
+    if epoch >= backup.epoch:
+        backup.on_snapshot(epoch, seq, seq_epoch, first, last, records)
+
+
+def push(primary: Replica, backup: Replica, name: str) -> Optional[list]:
+    """
+    One flush of the node layer towards one member: a snapshot first if the
+    member is behind the primary's log, then the next C{"app"} message.
+    """
+    if primary.needs_snapshot(name):
+        for message in primary.snapshot_messages(name):
+            deliver_snapshot(backup, message)
+    return answer(primary, backup, name, primary.append_message(name))
+
+
+class Group:
+    """
+    A primary C{"p"} and its backups, all in one epoch.
+    """
+
+    def __init__(self, backups: tuple = ("b1", "b2"), epoch: int = 1) -> None:
+        self.primary = Replica(PARTITION)
+        self.backups = {name: Replica(PARTITION) for name in backups}
+        for backup in self.backups.values():
+            backup.epoch = epoch
+        self.primary.become_primary(epoch, list(backups), list(backups) + ["p"])
+
+    def push(self, name: str) -> Optional[list]:
+        return push(self.primary, self.backups[name], name)
+
+    def settle(self) -> None:
+        """
+        Push to every backup until every member holds and knows the commit
+        of everything.
+        """
+        for _ in range(3):
+            for name in self.backups:
+                self.push(name)
+
+    def write(self, key: str, value: bytes, op_id: Optional[str] = None, **kw) -> Entry:
+        entry = self.primary.propose(Put(key, value, **kw), op_id, 0.0)
+        assert entry is not None
+        return entry
+
+
+class CommitTests(SynchronousTestCase):
+    """
+    A write commits only once every member stores it.
+    """
+
+    def test_commit_waits_for_every_member(self) -> None:
+        """
+        With two backups, a write is pending after the first acknowledges
+        and committed (returned by L{Replica.on_append_ok}) after the second.
+        """
+        group = Group()
+        entry = group.write("k", b"v")
+        self.assertEqual((entry.epoch, entry.seq), (1, 1))
+        self.assertEqual(entry.change.version, make_version(1, 1))
+        self.assertEqual(group.primary.commit_seq, 0)
+        self.assertEqual(group.push("b1"), [])
+        self.assertEqual(group.primary.commit_seq, 0)
+        self.assertIsNone(group.primary.read("k", 0.0))
+        self.assertEqual(group.push("b2"), [entry])
+        self.assertEqual(group.primary.commit_seq, 1)
+        self.assertEqual(group.primary.read("k", 0.0).value, b"v")
+
+    def test_backups_apply_once_told(self) -> None:
+        """
+        A backup stores entries at once but applies them to its store only
+        when a later message carries the commit position.
+        """
+        group = Group()
+        group.write("k", b"v")
+        group.push("b1")
+        group.push("b2")
+        backup = group.backups["b1"]
+        self.assertEqual(backup.last_seq, 1)
+        self.assertIsNone(backup.read("k", 0.0))
+        self.assertEqual(backup.newest("k").value, b"v")
+        group.push("b1")
+        self.assertEqual(backup.commit_seq, 1)
+        self.assertEqual(backup.read("k", 0.0).value, b"v")
+
+    def test_no_backups(self) -> None:
+        """
+        A primary without other members commits each write as it orders it.
+        """
+        group = Group(backups=())
+        group.write("k", b"v")
+        self.assertEqual(group.primary.commit_seq, 1)
+        self.assertEqual(group.primary.read("k", 0.0).value, b"v")
+
+    def test_member_lagging(self) -> None:
+        """
+        A member lags while it has not acknowledged every entry or the
+        latest round, and stops lagging once it has.
+        """
+        group = Group()
+        self.assertFalse(group.primary.member_lagging("b1"))
+        group.write("k", b"v")
+        self.assertTrue(group.primary.member_lagging("b1"))
+        group.push("b1")
+        self.assertFalse(group.primary.member_lagging("b1"))
+        self.assertTrue(group.primary.member_lagging("b2"))
+        group.primary.new_round()
+        self.assertTrue(group.primary.member_lagging("b1"))
+        group.push("b1")
+        self.assertFalse(group.primary.member_lagging("b1"))
+
+    def test_resend_after_lost_message(self) -> None:
+        """
+        After a message is lost, L{Replica.resend} makes the next message
+        carry again everything the member has not acknowledged.
+        """
+        group = Group()
+        group.write("a", b"1")
+        group.primary.append_message("b1")  # lost
+        group.write("b", b"2")
+        self.assertEqual([e[1] for e in group.primary.append_message("b1")[5]], [2])
+        group.primary.resend("b1")
+        message = group.primary.append_message("b1")
+        self.assertEqual((message[3], [e[1] for e in message[5]]), (0, [1, 2]))
+        group.primary.append_message("b2")  # lost
+        group.primary.resend()
+        self.assertEqual([e[1] for e in group.primary.append_message("b2")[5]], [1, 2])
+        self.assertEqual(answer(group.primary, group.backups["b1"], "b1", message), [])
+        self.assertEqual(group.backups["b1"].last_seq, 2)
+
+    def test_refusal_backs_off(self) -> None:
+        """
+        A member that lacks the entry before a message refuses with a hint,
+        and the primary's next message starts right after it.
+        """
+        group = Group()
+        group.write("a", b"1")
+        group.primary.append_message("b1")  # lost
+        group.write("b", b"2")
+        self.assertIsNone(group.push("b1"))  # prev_seq 1 is missing: refused
+        self.assertEqual(group.backups["b1"].last_seq, 0)
+        group.push("b1")
+        self.assertEqual(group.backups["b1"].last_seq, 2)
+
+    def test_redelivery_is_harmless(self) -> None:
+        """
+        Receiving the same entries twice stores them once.
+        """
+        group = Group()
+        group.write("a", b"1")
+        message = group.primary.append_message("b1")
+        backup = group.backups["b1"]
+        answer(group.primary, backup, "b1", message)
+        answer(group.primary, backup, "b1", message)
+        self.assertEqual([e.seq for e in backup.log], [1])
+
+
+class PendingTests(SynchronousTestCase):
+    """
+    The primary decides each write against the newest state, committed or
+    not, and reads only committed state.
+    """
+
+    def test_latest_sees_pending_read_does_not(self) -> None:
+        """
+        L{Replica.latest} and L{Replica.pending_seq} see a pending put or
+        delete; L{Replica.read} still sees the committed record.
+        """
+        group = Group()
+        group.write("k", b"v1")
+        group.settle()
+        primary = group.primary
+        group.write("k", b"v2")
+        self.assertEqual(primary.latest("k").value, b"v2")
+        self.assertEqual(primary.read("k", 0.0).value, b"v1")
+        self.assertEqual(primary.pending_seq("k"), 2)
+        self.assertIsNone(primary.pending_seq("other"))
+        primary.propose(Delete("k"), None, 0.0)
+        self.assertIsNone(primary.latest("k"))
+        self.assertEqual(primary.read("k", 0.0).value, b"v1")
+        self.assertEqual(primary.pending_seq("k"), 3)
+        group.settle()
+        self.assertIsNone(primary.read("k", 0.0))
+        self.assertIsNone(primary.pending_seq("k"))
+
+    def test_conditions_against_pending(self) -> None:
+        """
+        Conditions are checked against pending writes: a second creation of
+        a key whose creation is pending fails; an C{if_match} on the pending
+        version succeeds.
+        """
+        group = Group()
+        first = group.write("k", b"v1")
+        self.assertRaises(
+            PreconditionFailed,
+            group.primary.propose, Put("k", b"x", if_none_match=True), None, 0.0,
+        )
+        self.assertRaises(
+            KeyExists, group.primary.propose, Put("k", b"x", create_only=True), None, 0.0
+        )
+        tag = format_version(first.change.version)
+        second = group.primary.propose(Put("k", b"v2", if_match=tag), None, 0.0)
+        self.assertEqual(second.seq, 2)
+
+    def test_failed_conditions_order_nothing(self) -> None:
+        """
+        An operation whose condition fails leaves the log untouched.
+        """
+        group = Group()
+        self.assertRaises(KeyNotFound, group.primary.propose, Delete("k"), None, 0.0)
+        self.assertRaises(
+            PreconditionFailed, group.primary.propose, Put("k", b"x", if_match="1.1"), None, 0.0
+        )
+        self.assertEqual((group.primary.last_seq, group.primary.log), (0, []))
+
+    def test_overtaken_expiry_is_no_op(self) -> None:
+        """
+        An expiry of a version that was overwritten orders nothing.
+        """
+        group = Group()
+        first = group.write("k", b"v1", ttl=5.0)
+        group.write("k", b"v2")
+        self.assertIsNone(group.primary.propose(Expire("k", first.change.version), None, 9.0))
+        self.assertEqual(group.primary.last_seq, 2)
+
+
+class OperationIdTests(SynchronousTestCase):
+    """
+    Client operation ids let a retried operation be recognised.
+    """
+
+    def test_find_operation(self) -> None:
+        """
+        An operation's id maps to its log position and its change without
+        the value, on the primary and, once replicated, on backups too; it
+        is remembered after commit.
+        """
+        group = Group()
+        entry = group.write("k", b"value", op_id="c1/7")
+        seq, change = group.primary.find_operation("c1/7")
+        self.assertEqual(seq, entry.seq)
+        self.assertEqual((change.kind, change.key, change.version), ("put", "k", entry.change.version))
+        self.assertTrue(change.created)
+        self.assertIsNone(change.record)
+        self.assertIsNone(group.primary.find_operation("c1/8"))
+        group.settle()
+        self.assertEqual(group.backups["b2"].find_operation("c1/7"), (seq, change))
+        self.assertEqual(group.primary.find_operation("c1/7"), (seq, change))
+
+    def test_recent_operations_bounded(self) -> None:
+        """
+        Only the most recent L{replica_module.RECENT_OPERATIONS} ids are
+        remembered.
+        """
+        self.patch(replica_module, "RECENT_OPERATIONS", 3)
+        group = Group(backups=())
+        for i in range(5):
+            group.write(f"k{i}", b"v", op_id=f"op{i}")
+        self.assertIsNone(group.primary.find_operation("op1"))
+        self.assertEqual(group.primary.find_operation("op2")[0], 3)
+
+    def test_truncated_operation_forgotten(self) -> None:
+        """
+        An operation whose entry a backup dropped as a conflicting tail was
+        never committed: it must not be reported as already ordered, or a
+        retry of it would be answered with another write's position.
+        """
+        old, new, backup = _diverged()
+        self.assertEqual(backup.find_operation("op2")[0], 2)
+        new.propose(Put("k2", b"other"), "op2b", 0.0)
+        push(new, backup, "B")
+        self.assertEqual(backup.find_operation("op2b")[0], 2)
+        self.assertIsNone(backup.find_operation("op2"))
+
+    test_truncated_operation_forgotten.todo = (  # type: ignore[attr-defined]
+        "_truncate_from leaves the dropped entries' ids in _recent_ops"
+    )
+
+
+def _diverged() -> tuple[Replica, Replica, Replica]:
+    """
+    The classic failover with a divergent tail.
+
+    Epoch 1: primary "old" with members B and C commits seq 1 (key k1);
+    then orders seq 2 (key k2, op "op2"), which only B receives.  Epoch 2:
+    C becomes primary, with B as its member, both in sync.
+
+    @return: (old, new primary C, backup B)
+    """
+    old = Replica(PARTITION)
+    b, c = Replica(PARTITION), Replica(PARTITION)
+    b.epoch = c.epoch = 1
+    old.become_primary(1, ["B", "C"], ["old", "B", "C"])
+    old.propose(Put("k1", b"1"), "op1", 0.0)
+    for _ in range(2):
+        push(old, b, "B")
+        push(old, c, "C")
+    old.propose(Put("k2", b"2"), "op2", 0.0)
+    push(old, b, "B")
+    assert (old.commit_seq, b.last_seq, c.last_seq) == (1, 2, 1)
+    b.epoch = 2
+    c.become_primary(2, ["B"], ["B", "C"])
+    return old, c, b
+
+
+class FailoverTests(SynchronousTestCase):
+    """
+    A new primary takes over the log of a former member; members repair
+    divergent tails.
+    """
+
+    def test_divergent_tail_replaced(self) -> None:
+        """
+        A backup holding an uncommitted entry the new primary lacks drops it
+        and adopts the primary's entry at that position.
+        """
+        old, new, backup = _diverged()
+        entry = new.propose(Put("k2", b"other"), "op2b", 0.0)
+        self.assertEqual((entry.epoch, entry.seq), (2, 2))
+        self.assertEqual(push(new, backup, "B"), [entry])
+        self.assertEqual(backup.entry(2), entry)
+        self.assertEqual(backup.last_seq, 2)
+        push(new, backup, "B")
+        self.assertEqual(backup.read("k2", 0.0).value, b"other")
+        self.assertEqual(new.read("k2", 0.0).value, b"other")
+        self.assertEqual(backup.commit_seq, 2)
+
+    def test_stale_tail_is_not_an_acknowledgement(self) -> None:
+        """
+        A backup whose log runs past the new primary's (an entry of the old
+        epoch the new primary never got) must not count as holding the new
+        primary's entry at that position: the new write stays uncommitted
+        until the backup really stores it.
+        """
+        old, new, backup = _diverged()
+        push(new, backup, "B")  # prev_seq 1 matches; B still holds seq 2 of epoch 1
+        new.propose(Put("k3", b"acked?"), "op3", 0.0)
+        self.assertEqual(new.commit_seq, 1)
+        self.assertIsNone(new.read("k3", 0.0))
+        for _ in range(3):
+            push(new, backup, "B")
+        self.assertEqual(backup.read("k3", 0.0).value, b"acked?")
+        self.assertIsNone(backup.read("k2", 0.0))
+
+    test_stale_tail_is_not_an_acknowledgement.todo = (  # type: ignore[attr-defined]
+        "on_append answers with its own last_seq, not the last entry it "
+        "verified against the primary's log"
+    )
+
+    def test_conflicting_prev_truncates_and_hints(self) -> None:
+        """
+        A message whose previous entry conflicts with the member's drops the
+        member's entries from there and hints the position before it.
+        """
+        backup = Replica(PARTITION)
+        backup.epoch = 1
+        entries_ = [
+            encode_entry(Entry(1, seq, decode_change([1, f"k{seq}", make_version(1, seq)])))
+            for seq in (1, 2, 3)
+        ]
+        self.assertEqual(backup.on_append(1, 0, 0, entries_, 0), (True, 3))
+        self.assertEqual(backup.on_append(2, 2, 2, [], 0), (False, 1))
+        self.assertEqual([e.seq for e in backup.log], [1])
+        self.assertEqual(backup.epoch, 2)
+
+    def test_missing_prev_hints_last(self) -> None:
+        """
+        A message starting past the member's log is refused with the
+        member's last position.
+        """
+        backup = Replica(PARTITION)
+        self.assertEqual(backup.on_append(1, 4, 1, [], 4), (False, 0))
+
+    def test_commit_limited_to_verified_entries(self) -> None:
+        """
+        A backup marks committed only entries it just checked against the
+        primary's log, however far the primary's commit position is.
+        """
+        backup = Replica(PARTITION)
+        entries_ = [
+            encode_entry(Entry(1, seq, decode_change([1, f"k{seq}", make_version(1, seq)])))
+            for seq in (1, 2, 3)
+        ]
+        backup.on_append(1, 0, 0, entries_, 0)
+        backup.on_append(2, 1, 1, [], 5)
+        self.assertEqual(backup.commit_seq, 1)
+        self.assertEqual([e.seq for e in backup.log], [2, 3])
+
+    def test_new_primary_serves_after_committing_its_log(self) -> None:
+        """
+        A backup taking over with an uncommitted entry is primary but not
+        serving until every member stores that entry; meanwhile the entry
+        counts for decisions.
+        """
+        old, c, b = _diverged()
+        b.become_primary(3, ["C"], ["B", "C"])
+        c.step_down(3)
+        self.assertTrue(b.is_primary)
+        self.assertFalse(b.serving)
+        self.assertEqual(b.latest("k2").value, b"2")
+        self.assertIsNone(b.read("k2", 0.0))
+        self.assertIsNone(push(b, c, "C"))  # C lacks seq 2: refused
+        self.assertFalse(b.serving)
+        committed = push(b, c, "C")
+        self.assertEqual([e.seq for e in committed], [2])
+        self.assertTrue(b.serving)
+        push(b, c, "C")
+        self.assertEqual(c.read("k2", 0.0).value, b"2")
+
+    def test_primary_without_backlog_serves_at_once(self) -> None:
+        """
+        A primary with nothing uncommitted serves as soon as it takes over;
+        a replica that is not primary never serves.
+        """
+        replica = Replica(PARTITION)
+        self.assertFalse(replica.serving)
+        replica.become_primary(1, ["b"], ["b"])
+        self.assertTrue(replica.serving)
+
+    def test_newer_epoch_demotes_primary(self) -> None:
+        """
+        A primary that receives entries of a newer epoch steps down: it no
+        longer decides against its pending writes.
+        """
+        group = Group()
+        primary = group.primary
+        group.write("k", b"v")
+        primary.on_append(2, 0, 0, [], 0)
+        self.assertFalse(primary.is_primary)
+        self.assertEqual(primary.epoch, 2)
+        self.assertEqual(primary.members, [])
+        self.assertIsNone(primary.latest("k"))
+
+    def test_epoch_never_goes_back(self) -> None:
+        """
+        L{Replica.on_append}, L{Replica.on_snapshot} and L{Replica.step_down}
+        never lower the adopted epoch.
+        """
+        replica = Replica(PARTITION)
+        replica.epoch = 5
+        replica.on_append(3, 0, 0, [], 0)
+        replica.on_snapshot(4, 0, 0, True, True, [])
+        replica.step_down(2)
+        self.assertEqual(replica.epoch, 5)
+
+    def test_stale_answers_ignored(self) -> None:
+        """
+        Acknowledgements and refusals about another epoch, or from a node
+        that is not a member, change nothing at the primary.
+        """
+        group = Group(epoch=4)
+        primary = group.primary
+        group.write("k", b"v")
+        self.assertEqual(primary.on_append_ok("b1", 3, 1, 0), [])
+        self.assertEqual(primary.on_append_ok("b2", 3, 1, 0), [])
+        self.assertEqual(primary.on_append_ok("x", 4, 1, 0), [])
+        self.assertEqual(primary.commit_seq, 0)
+        primary.append_message("b1")
+        primary.on_append_refused("b1", 3, 0)
+        self.assertEqual(primary.append_message("b1")[5], [])
+        primary.on_append_refused("b1", 4, 0)
+        self.assertEqual(len(primary.append_message("b1")[5]), 1)
+
+    def test_old_primary_fenced(self) -> None:
+        """
+        Once members adopt a newer epoch, the old primary's messages are
+        refused, so it can no longer commit anything.
+        """
+        group = Group()
+        for backup in group.backups.values():
+            backup.epoch = 2
+        group.write("k", b"v")
+        self.assertIsNone(group.push("b1"))
+        self.assertIsNone(group.push("b2"))
+        self.assertEqual(group.primary.commit_seq, 0)
+
+
+class SnapshotTests(SynchronousTestCase):
+    """
+    A member behind the primary's trimmed log is refilled from a snapshot.
+    """
+
+    def _trimmed(self) -> Group:
+        group = Group(backups=("B",))
+        for i in range(3):
+            group.write(f"k{i}", b"v%d" % i, ttl=100.0 if i == 0 else None)
+        group.settle()
+        primary = group.primary
+        self.assertEqual((primary.base_seq, primary.log), (3, []))
+        primary.become_primary(2, ["B", "D"], ["p", "B"])
+        group.backups["D"] = Replica(PARTITION)
+        group.backups["D"].epoch = group.backups["B"].epoch = 2
+        return group
+
+    def test_log_trimmed_to_commit(self) -> None:
+        """
+        The primary forgets committed entries every member acknowledged and
+        keeps those still pending.
+        """
+        group = Group()
+        group.write("a", b"1")
+        group.push("b1")
+        group.push("b2")
+        group.write("b", b"2")
+        group.push("b1")
+        self.assertEqual(group.primary.commit_seq, 1)
+        self.assertEqual(group.primary.base_seq, 1)
+        self.assertEqual([e.seq for e in group.primary.log], [2])
+
+    def test_refill(self) -> None:
+        """
+        A new member refuses the first append, gets a snapshot of the
+        committed store and its log position, is then reported caught up,
+        and takes part in later commits.
+        """
+        group = self._trimmed()
+        primary, d = group.primary, group.backups["D"]
+        self.assertEqual(primary.caught_up(), [])
+        self.assertIsNone(group.push("D"))
+        self.assertTrue(primary.needs_snapshot("D"))
+        group.push("D")
+        self.assertEqual(list(d.store.items()), list(primary.store.items()))
+        self.assertEqual((d.base_seq, d.commit_seq, d.base_epoch), (3, 3, 1))
+        self.assertEqual(primary.caught_up(), ["D"])
+        entry = group.write("k9", b"new")
+        group.push("B")
+        self.assertEqual(primary.commit_seq, 3)
+        group.push("D")
+        self.assertEqual(primary.commit_seq, entry.seq)
+        group.push("D")
+        self.assertEqual(d.read("k9", 0.0).value, b"new")
+        self.assertEqual(d.read("k0", 0.0).expires_at, 100.0)
+
+    def test_snapshot_in_chunks(self) -> None:
+        """
+        A store larger than the chunk size goes in several messages; only
+        the first says C{first} and only the last says C{last}; together
+        they carry every record.
+        """
+        self.patch(replica_module, "SNAPSHOT_CHUNK_BYTES", 10)
+        group = self._trimmed()
+        primary = group.primary
+        primary.on_append_refused("D", 2, 0)
+        messages = primary.snapshot_messages("D")
+        self.assertGreater(len(messages), 1)
+        self.assertEqual([m[5] for m in messages], [True] + [False] * (len(messages) - 1))
+        self.assertEqual([m[6] for m in messages], [False] * (len(messages) - 1) + [True])
+        self.assertEqual({tuple(m[:5]) for m in messages}, {("snap", PARTITION, 2, 3, 1)})
+        carried = [r for m in messages for r in m[7]]
+        self.assertEqual(carried, encode_records(primary.store.items()))
+        d = group.backups["D"]
+        for message in messages:
+            deliver_snapshot(d, message)
+        self.assertEqual(list(d.store.items()), list(primary.store.items()))
+
+    def test_first_chunk_replaces_old_state(self) -> None:
+        """
+        A snapshot replaces whatever the member held, log included.
+        """
+        d = Replica(PARTITION)
+        d.on_append(1, 0, 0, [encode_entry(Entry(1, 1, decode_change([1, "x", 1])))], 0)
+        d.on_snapshot(2, 7, 2, True, False, [["a", b"1", "t", 5, None]])
+        d.on_snapshot(2, 7, 2, False, True, [["b", b"2", "t", 6, 9.0]])
+        self.assertEqual(d.log, [])
+        self.assertEqual([k for k, _ in d.store.items()], ["a", "b"])
+        self.assertEqual(d.store.get("b").expires_at, 9.0)
+        self.assertEqual((d.base_seq, d.base_epoch, d.commit_seq, d.applied_seq), (7, 2, 7, 7))
+
+    def test_not_in_sync_before_acknowledging(self) -> None:
+        """
+        Sending a snapshot is not enough to report a member caught up: until
+        it acknowledges, it may never have received it (a lost link), and
+        marking it in sync could make an empty node primary.
+        """
+        group = self._trimmed()
+        primary = group.primary
+        primary.on_append_refused("D", 2, 0)
+        primary.snapshot_messages("D")  # lost
+        self.assertEqual(primary.caught_up(), [])
+
+    test_not_in_sync_before_acknowledging.todo = (  # type: ignore[attr-defined]
+        "snapshot_messages sets _match[member] before any acknowledgement"
+    )
+
+    def test_caught_up_until_marked(self) -> None:
+        """
+        A member not in sync is reported once its acknowledged position
+        reaches the primary's log at the time it joined, and no longer once
+        the map lists it in sync.
+        """
+        group = Group(backups=("B",))
+        group.write("a", b"1")
+        primary = group.primary
+        primary.become_primary(2, ["B", "D"], ["p", "B"])
+        group.backups["D"] = Replica(PARTITION)
+        group.backups["D"].epoch = group.backups["B"].epoch = 2
+        self.assertEqual(primary.caught_up(), [])
+        group.push("B")
+        self.assertEqual(primary.caught_up(), [])
+        self.assertIsNone(group.push("D"))  # D starts empty: refused
+        self.assertEqual(primary.caught_up(), [])
+        group.push("D")
+        self.assertEqual(primary.caught_up(), ["D"])
+        primary.become_primary(2, ["B", "D"], ["p", "B", "D"])
+        self.assertEqual(primary.caught_up(), [])
+
+    def test_member_removed(self) -> None:
+        """
+        A member left out of a new configuration no longer holds commits
+        back.
+        """
+        group = Group()
+        group.write("a", b"1")
+        group.push("b1")
+        group.primary.become_primary(2, ["b1"], ["p", "b1"])
+        self.assertEqual(group.primary.commit_seq, 1)
+        self.assertEqual(group.primary.members, ["b1"])
+
+
+class RoundTests(SynchronousTestCase):
+    """
+    Confirmation rounds for linearizable reads.
+    """
+
+    def test_round_confirmed_by_every_member(self) -> None:
+        """
+        A new round is confirmed only once every member acknowledged a
+        message sent in it (or later).
+        """
+        group = Group()
+        primary = group.primary
+        self.assertEqual(primary.confirmed_round, 0)
+        self.assertEqual(primary.new_round(), 1)
+        self.assertEqual(primary.confirmed_round, 0)
+        group.push("b1")
+        self.assertEqual(primary.confirmed_round, 0)
+        group.push("b2")
+        self.assertEqual(primary.confirmed_round, 1)
+
+    def test_earlier_message_does_not_confirm(self) -> None:
+        """
+        An acknowledgement of a message sent before the round started does
+        not confirm it.
+        """
+        group = Group(backups=("b1",))
+        primary = group.primary
+        early = primary.append_message("b1")
+        primary.new_round()
+        answer(primary, group.backups["b1"], "b1", early)
+        self.assertEqual(primary.confirmed_round, 0)
+
+    def test_stale_epoch_does_not_confirm(self) -> None:
+        """
+        An acknowledgement from another epoch confirms nothing.
+        """
+        group = Group(backups=("b1",), epoch=3)
+        primary = group.primary
+        primary.new_round()
+        primary.on_append_ok("b1", 2, 0, 1)
+        self.assertEqual(primary.confirmed_round, 0)
+
+    def test_alone(self) -> None:
+        """
+        Without other members every round is confirmed at once.
+        """
+        group = Group(backups=())
+        group.primary.new_round()
+        self.assertEqual(group.primary.confirmed_round, 1)
+
+
+class ExpiryTests(SynchronousTestCase):
+    """
+    The primary schedules expiries of committed records with a TTL.
+    """
+
+    def test_due_expiries(self) -> None:
+        """
+        A committed record with a TTL is due at its deadline, once.
+        """
+        group = Group()
+        entry = group.write("k", b"v", ttl=5.0)
+        self.assertEqual(group.primary.due_expiries(10.0), [])
+        group.settle()
+        self.assertEqual(group.primary.due_expiries(4.99), [])
+        self.assertEqual(group.primary.due_expiries(5.0), [Expire("k", entry.change.version)])
+        self.assertEqual(group.primary.due_expiries(50.0), [])
+
+    def test_in_deadline_order(self) -> None:
+        """
+        Several expiries come out in deadline order.
+        """
+        group = Group(backups=())
+        late = group.write("late", b"v", ttl=9.0)
+        early = group.write("early", b"v", ttl=2.0)
+        self.assertEqual(
+            group.primary.due_expiries(10.0),
+            [Expire("early", early.change.version), Expire("late", late.change.version)],
+        )
+
+    def test_expiry_removes_key_everywhere(self) -> None:
+        """
+        Proposing a due expiry removes the key on every member.
+        """
+        group = Group()
+        group.write("k", b"v", ttl=5.0)
+        group.settle()
+        (expiry,) = group.primary.due_expiries(6.0)
+        entry = group.primary.propose(expiry, None, 6.0)
+        self.assertEqual(entry.change.kind, "expire")
+        group.settle()
+        for replica in [group.primary, *group.backups.values()]:
+            self.assertIsNone(replica.store.get("k"))
+
+    def test_backups_do_not_schedule(self) -> None:
+        """
+        Backups keep no expiry schedule; one that takes over rebuilds it
+        from its store.
+        """
+        group = Group()
+        entry = group.write("k", b"v", ttl=5.0)
+        group.settle()
+        backup = group.backups["b1"]
+        self.assertEqual(backup.due_expiries(6.0), [])
+        backup.become_primary(2, ["b2"], ["b1", "b2"])
+        self.assertEqual(backup.due_expiries(6.0), [Expire("k", entry.change.version)])
+
+    def test_step_down_clears(self) -> None:
+        """
+        A primary that steps down forgets its schedule.
+        """
+        group = Group(backups=())
+        group.write("k", b"v", ttl=5.0)
+        group.primary.step_down(2)
+        self.assertEqual(group.primary.due_expiries(6.0), [])
+
+
+class MiscTests(SynchronousTestCase):
+    """
+    Smaller accessors.
+    """
+
+    def test_entry_lookup(self) -> None:
+        """
+        L{Replica.entry} finds entries still in the log and nothing else.
+        """
+        group = Group()
+        entry = group.write("a", b"1")
+        self.assertEqual(group.primary.entry(1), entry)
+        self.assertIsNone(group.primary.entry(0))
+        self.assertIsNone(group.primary.entry(2))
+
+    def test_newest(self) -> None:
+        """
+        L{Replica.newest} prefers the log's latest entry for the key (even a
+        deletion) over the store.
+        """
+        group = Group()
+        group.write("a", b"1")
+        group.settle()
+        backup = group.backups["b1"]
+        group.primary.propose(Delete("a"), None, 0.0)
+        group.push("b1")
+        self.assertEqual(backup.read("a", 0.0).value, b"1")
+        self.assertIsNone(backup.newest("a"))
+        self.assertIsNone(backup.newest("zz"))
+
+    def test_forget(self) -> None:
+        """
+        L{Replica.forget} drops store, log, positions and operation ids.
+        """
+        group = Group()
+        group.write("a", b"1", op_id="x")
+        group.settle()
+        backup = group.backups["b1"]
+        backup.forget()
+        self.assertEqual(
+            (len(backup.store), backup.log, backup.base_seq, backup.commit_seq, backup.applied_seq),
+            (0, [], 0, 0, 0),
+        )
+        self.assertIsNone(backup.find_operation("x"))
+
+
+class EncodingTests(SynchronousTestCase):
+    """
+    Log entries and changes travel through the peer codec unchanged.
+    """
+
+    @given(changes())
+    def test_change_round_trip(self, change) -> None:
+        """
+        L{decode_change} inverts L{encode_change} (after the codec).
+        """
+        self.assertEqual(decode_change(wire(encode_change(change))), change)
+
+    @given(entries())
+    def test_entry_round_trip(self, entry: Entry) -> None:
+        """
+        L{decode_entry} inverts L{encode_entry} (after the codec).
+        """
+        self.assertEqual(decode_entry(wire(encode_entry(entry))), entry)
+
+    @given(changes().filter(lambda change: change.record is not None))
+    def test_snapshot_records_round_trip(self, change) -> None:
+        """
+        A record sent in a snapshot arrives identical.
+        """
+        replica = Replica(PARTITION)
+        (row,) = wire(encode_records([(change.key, change.record)]))
+        replica.on_snapshot(1, 1, 1, True, True, [row])
+        self.assertEqual(replica.store.get(change.key), change.record)

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 from collections import deque
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
@@ -63,6 +64,7 @@ from urllib.parse import urlsplit
 from attrs import frozen
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
@@ -81,6 +83,9 @@ log = Logger()
 
 FileEventFor = Callable[[Change], Optional[dict]]
 
+# The first byte of an unfragmented text frame (RFC 6455 section 5.2).
+_FIN_TEXT = 0x81
+
 # Close codes (RFC 6455 section 7.4).
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -96,7 +101,7 @@ class _Event:
     @ivar kind: C{"key"} (matched by C{watch}) or C{"file"} (by C{watch_files}).
     @ivar names: the client key, or the file path and, for a rename, the old
         path: a watch matches when one of them starts with its prefix.
-    @ivar frame: the encoded JSON frame, shared by every connection.
+    @ivar frame: the whole WebSocket frame, built once for every connection.
     """
 
     revision: int
@@ -105,8 +110,23 @@ class _Event:
     frame: bytes
 
 
-def _encode(message: dict) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode("ascii")
+def _frame(message: dict) -> bytes:
+    """
+    C{message} as a WebSocket text frame from a server: unmasked, in one
+    piece (RFC 6455 section 5.2).
+
+    Built once per change, the same bytes go to every watcher: Autobahn's
+    C{sendMessage} costs far more than the write itself, for each of them.
+    """
+    payload = json.dumps(message, separators=(",", ":")).encode("ascii")
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", _FIN_TEXT, length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", _FIN_TEXT, 126, length)
+    else:
+        header = struct.pack("!BBQ", _FIN_TEXT, 127, length)
+    return header + payload
 
 
 def event_frame(
@@ -155,8 +175,8 @@ def _to_event(
         return None
     if frame["type"] == "file":
         names = (frame["path"],) + ((frame["from"],) if "from" in frame else ())
-        return _Event(event.revision, "file", names, _encode(frame))
-    return _Event(event.revision, "key", (frame["key"],), _encode(frame))
+        return _Event(event.revision, "file", names, _frame(frame))
+    return _Event(event.revision, "key", (frame["key"],), _frame(frame))
 
 
 def _no_file_events(change: Change) -> None:
@@ -324,12 +344,12 @@ class WatchSession:
             self._send(event.frame)
 
     def _covered(self, event: _Event) -> bool:
-        watches = self._watches[event.kind]
-        return any(
-            name.startswith(prefix) and event.revision > after
-            for prefix, after in watches.items()
-            for name in event.names
-        )
+        for prefix, after in self._watches[event.kind].items():
+            if event.revision > after:
+                for name in event.names:
+                    if name.startswith(prefix):
+                        return True
+        return False
 
     def received(self, payload: bytes, is_binary: bool) -> None:
         """
@@ -396,7 +416,7 @@ class WatchSession:
         watches[prefix] = min(after, watches.get(prefix, after))
 
     def _reply(self, message: dict) -> None:
-        self._send(_encode(message))
+        self._send(_frame(message))
 
 
 @implementer(IPushProducer)
@@ -562,7 +582,10 @@ class _WatchProtocol(WebSocketServerProtocol):
         self.sendCloseFrame(code, reason.encode("utf-8")[:123])
 
     def _send_frame(self, frame: bytes) -> None:
-        self.sendMessage(frame, isBinary=False)
+        # A whole frame, written as is: the factory negotiates no extension
+        # (compression) that would change the framing.
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.transport.write(frame)
 
     def _overflowed(self, reason: str) -> None:
         log.info("Closing slow watcher {peer}: {reason}", peer=self.peer, reason=reason)
@@ -691,6 +714,8 @@ def build_ws_resource(
         # Tell a client why it is cut off (1007, 1009, ...) rather than
         # just dropping the TCP connection.
         failByDrop=False,
+        # No compression: frames are built once and written as they are.
+        perMessageCompressionAccept=lambda offers: None,
     )
     return WebSocketResource(factory), WatchService(hub, factory)
 

@@ -1,0 +1,99 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+Tests for L{twisted_kv.errors}.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_kv import errors
+from twisted_kv.errors import (
+    InsufficientStorage,
+    InvalidRequest,
+    KeyExists,
+    KeyNotFound,
+    KVError,
+    OutcomeUnknown,
+    PreconditionFailed,
+    Unavailable,
+    ValueTooLarge,
+)
+
+# The HTTP status and error code of every failure, as CONTRACT.md §3 lists.
+EXPECTED = {
+    KVError: (500, "internal"),
+    InvalidRequest: (400, "bad_request"),
+    KeyNotFound: (404, "not_found"),
+    KeyExists: (409, "exists"),
+    PreconditionFailed: (412, "precondition_failed"),
+    ValueTooLarge: (413, "too_large"),
+    Unavailable: (503, "unavailable"),
+    OutcomeUnknown: (504, "outcome_unknown"),
+    InsufficientStorage: (507, "insufficient_storage"),
+}
+
+
+class ErrorTests(SynchronousTestCase):
+    """
+    Every typed failure carries its status and code.
+    """
+
+    def test_status_and_code(self) -> None:
+        """
+        Each class maps to its documented HTTP status and error code, on the
+        class and on instances.
+        """
+        for cls, (status, code) in EXPECTED.items():
+            self.assertEqual((cls.status, cls.code), (status, code), cls)
+            error = cls("x")
+            self.assertEqual((error.status, error.code), (status, code), cls)
+
+    def test_all_covered(self) -> None:
+        """
+        The table above covers every L{KVError} subclass in the module, and
+        codes are distinct.
+        """
+        found = {
+            value
+            for value in vars(errors).values()
+            if isinstance(value, type) and issubclass(value, KVError)
+        }
+        self.assertEqual(found, set(EXPECTED))
+        codes = [code for _, code in EXPECTED.values()]
+        self.assertEqual(len(codes), len(set(codes)))
+
+    def test_all_are_kverrors(self) -> None:
+        """
+        Every failure is a L{KVError} and an L{Exception}, so one handler
+        per front end catches them all.
+        """
+        for cls in EXPECTED:
+            self.assertTrue(issubclass(cls, KVError))
+            self.assertTrue(issubclass(cls, Exception))
+
+    def test_message(self) -> None:
+        """
+        The message given is the exception's text.
+        """
+        error = KeyNotFound("no key 'a'")
+        self.assertEqual(error.message, "no key 'a'")
+        self.assertEqual(str(error), "no key 'a'")
+
+    def test_default_message(self) -> None:
+        """
+        Without a message, the first line of the class docstring is used.
+        """
+        self.assertEqual(KeyNotFound().message, "No such key.")
+        self.assertEqual(KeyExists().message, "The key already exists.")
+        for cls in EXPECTED:
+            first_line = cls.__doc__.strip().splitlines()[0]
+            self.assertEqual(cls().message, first_line, cls)
+
+    def test_retry_after(self) -> None:
+        """
+        L{Unavailable} says when to retry: one second unless told.
+        """
+        self.assertEqual(Unavailable().retry_after, 1.0)
+        error = Unavailable("no majority", retry_after=2.5)
+        self.assertEqual((error.retry_after, error.message, error.status), (2.5, "no majority", 503))

@@ -197,7 +197,7 @@ class Coordinator:
                 return later()
             primary = config.primary.node_id
             if primary == self._node.node_id:
-                d = run_here()
+                d = run_here().addTimeout(remaining, self._clock)
             else:
                 d = self._node.call(primary, message(), remaining).addCallback(decode)
             return d.addErrback(retry)

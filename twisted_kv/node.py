@@ -496,10 +496,11 @@ class Node:
         except KVError as error:
             # The answer depends on writes still in flight: give it once they
             # are committed, or retry if they are abandoned.
+            refusal = Failure(error)
             pending = replica.pending_seq(operation.key)
             if pending is None:
-                return fail(error)
-            return self._wait_commit(partition, pending).addCallback(lambda _: Failure(error))
+                return fail(refusal)
+            return self._wait_commit(partition, pending).addCallback(lambda _: refusal)
         if entry is None:
             return succeed(None)
         change = entry.change

@@ -20,6 +20,7 @@ from typing import Optional, Union
 
 from attrs import frozen
 
+from twisted_kv.core.keyspace import name_of
 from twisted_kv.errors import KeyExists, KeyNotFound, PreconditionFailed
 
 _SEQ_BITS = 40
@@ -157,16 +158,16 @@ def decide(
     if operation.if_match is not None and (
         visible is None or format_version(visible.version) != operation.if_match
     ):
-        raise PreconditionFailed(f"{operation.key!r} is not at version {operation.if_match}")
+        raise PreconditionFailed(f"{name_of(operation.key)!r} is not at version {operation.if_match}")
     if isinstance(operation, Delete):
         if visible is None:
-            raise KeyNotFound(f"no key {operation.key!r}")
+            raise KeyNotFound(f"no key {name_of(operation.key)!r}")
         return Change("delete", operation.key, version, None)
     if visible is not None:
         if operation.create_only:
-            raise KeyExists(f"{operation.key!r} already exists")
+            raise KeyExists(f"{name_of(operation.key)!r} already exists")
         if operation.if_none_match:
-            raise PreconditionFailed(f"{operation.key!r} already exists")
+            raise PreconditionFailed(f"{name_of(operation.key)!r} already exists")
     expires_at = None if operation.ttl is None else now + operation.ttl
     record = Record(operation.value, operation.content_type, version, expires_at)
     return Change("put", operation.key, version, record, created=visible is None)

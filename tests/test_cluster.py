@@ -1,0 +1,576 @@
+"""
+Whole clusters in one process (L{MemoryCluster}): election, replication,
+failover, quorum loss, rejoin, and linearizability of recorded histories
+under faults.  Time is a L{Clock}; nothing sleeps and nothing opens a socket.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Optional
+
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_kv.core.keyspace import user_key
+from twisted_kv.errors import (
+    InsufficientStorage,
+    KeyExists,
+    KeyNotFound,
+    OutcomeUnknown,
+    PreconditionFailed,
+    Unavailable,
+)
+from twisted_kv.interfaces import ChangeEvent, ReadResult, WriteResult
+from twisted_kv.testing import MemoryCluster
+
+from tests.linearizability import Op, check
+
+
+def _outcome(d: Any) -> list:
+    """
+    Collect what a Deferred fires with.
+    """
+    box: list = []
+    d.addBoth(box.append)
+    return box
+
+
+class ClusterTestMixin:
+    """
+    Helpers to drive a L{MemoryCluster} from a test.
+    """
+
+    cluster: MemoryCluster
+
+    def make_cluster(self, size: int = 3, **tunables: object) -> MemoryCluster:
+        self.cluster = MemoryCluster(size, **tunables)
+        self.addCleanup(self.cluster.stop)
+        return self.cluster
+
+    def wait(self, d: Any, limit: float = 10.0) -> Any:
+        """
+        Run the cluster until C{d} fires; return its result (or Failure).
+        """
+        box = _outcome(d)
+        end = self.cluster.clock.seconds() + limit
+        while not box and self.cluster.clock.seconds() < end:
+            self.cluster.run(0.01)
+        self.assertTrue(box, "the operation did not finish")
+        return box[0]
+
+    def put(self, node: str, key: str, value: bytes, **options: Any) -> Any:
+        return self.wait(self.cluster.coordinators[node].put(user_key(key), value, **options))
+
+    def get(self, node: str, key: str) -> ReadResult:
+        return self.wait(self.cluster.coordinators[node].get(user_key(key)))
+
+    def value_at(self, node: str, key: str) -> Optional[bytes]:
+        result = self.get(node, key)
+        self.assertIsInstance(result, ReadResult)
+        return None if result.record is None else result.record.value
+
+
+class ElectionTests(ClusterTestMixin, SynchronousTestCase):
+    """
+    The partition leader is elected, logged, and replaced when it dies.
+    """
+
+    def test_leader_elected_and_logged(self) -> None:
+        """
+        Every node logs the elected leader with the words "partition leader"
+        and the term, and all agree on it.
+        """
+        with capturedLogs() as events:
+            self.make_cluster(3)
+            leader = self.cluster.settle()
+        lines = [
+            e["log_format"].format(**e) for e in events if "partition leader" in e["log_format"]
+        ]
+        self.assertGreaterEqual(len(lines), 3)
+        self.assertIn(f"partition leader elected: {leader} (term ", lines[-1])
+
+    def test_dead_leader_replaced_within_election_timeout(self) -> None:
+        """
+        After the leader dies, the survivors elect a new one within the
+        election timeout plus one heartbeat-free grace period.
+        """
+        cluster = self.make_cluster(3)
+        old = cluster.settle()
+        cluster.kill(old)
+        killed_at = cluster.clock.seconds()
+        while cluster.leader() in (None, old):
+            cluster.run(0.01)
+            self.assertLess(cluster.clock.seconds() - killed_at, 3.0)
+        self.assertNotEqual(cluster.leader(), old)
+
+    def test_minority_elects_nobody(self) -> None:
+        """
+        One node of three alone never becomes leader.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        for node in list(cluster.nodes)[1:]:
+            cluster.kill(node)
+        cluster.run(10)
+        (survivor,) = cluster.nodes.values()
+        self.assertNotEqual(survivor.consensus.role, "leader")
+
+
+class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
+    """
+    Single-key operations through any node, replicated on a majority.
+    """
+
+    def setUp(self) -> None:
+        self.make_cluster(3)
+        self.leader = self.cluster.settle()
+
+    def test_write_anywhere_read_anywhere(self) -> None:
+        """
+        A value written through one node reads back through every node, and a
+        second write reports "replaced" with a newer version.
+        """
+        first = self.put("n1", "a/b", b"one")
+        self.assertEqual(first.created, True)
+        second = self.put("n2", "a/b", b"two")
+        self.assertEqual(second.created, False)
+        self.assertNotEqual(first.version, second.version)
+        for node in self.cluster.nodes:
+            self.assertEqual(self.value_at(node, "a/b"), b"two")
+
+    def test_acknowledged_write_in_majority_memory(self) -> None:
+        """
+        When a write is acknowledged, ⌊N/2⌋+1 nodes hold it in memory.
+        """
+        self.put("n1", "durable", b"x")
+        key = user_key("durable")
+        holders = [
+            node for node in self.cluster.nodes.values()
+            if node.peek_local(node.partition_of(key), key) is not None
+        ]
+        self.assertEqual(len(holders), 2)
+
+    def test_conditional_operations(self) -> None:
+        """
+        If-Match, If-None-Match and create-only behave as in RFC 9110.
+        """
+        created = self.put("n1", "c", b"1", create_only=True)
+        self.assertIsInstance(self.put("n2", "c", b"2", create_only=True).value, KeyExists)
+        self.assertIsInstance(self.put("n3", "c", b"2", if_none_match=True).value, PreconditionFailed)
+        self.assertIsInstance(self.put("n3", "c", b"2", if_match="9.9").value, PreconditionFailed)
+        replaced = self.put("n3", "c", b"2", if_match=created.version)
+        self.assertIsInstance(replaced, WriteResult)
+        deleted = self.wait(self.cluster.coordinators["n2"].delete(user_key("c"), if_match=created.version))
+        self.assertIsInstance(deleted.value, PreconditionFailed)
+        self.wait(self.cluster.coordinators["n2"].delete(user_key("c"), if_match=replaced.version))
+        self.assertIsNone(self.value_at("n1", "c"))
+        missing = self.wait(self.cluster.coordinators["n1"].delete(user_key("c")))
+        self.assertIsInstance(missing.value, KeyNotFound)
+
+    def test_concurrent_creates_one_winner(self) -> None:
+        """
+        Concurrent create-only writes of one key through every node: exactly
+        one succeeds, the others are told the key exists.
+        """
+        outcomes = [
+            _outcome(self.cluster.coordinators[n].put(user_key("race"), n.encode(), create_only=True))
+            for n in self.cluster.nodes
+        ]
+        self.cluster.run(1)
+        winners = [o[0] for o in outcomes if isinstance(o[0], WriteResult)]
+        losers = [o[0] for o in outcomes if isinstance(o[0], Failure)]
+        self.assertEqual(len(winners), 1)
+        self.assertEqual([f.check(KeyExists) for f in losers], [KeyExists] * 2)
+
+    def test_compare_and_set_loses_no_update(self) -> None:
+        """
+        Clients incrementing a counter with If-Match retries never lose an
+        increment.
+        """
+        self.put("n1", "counter", b"0")
+        done = []
+
+        def increment(node: str, remaining: int) -> None:
+            if remaining == 0:
+                done.append(node)
+                return
+            coordinator = self.cluster.coordinators[node]
+
+            def got(result: ReadResult) -> None:
+                record = result.record
+                new = str(int(record.value) + 1).encode()
+                d = coordinator.put(user_key("counter"), new, if_match=_version(record))
+                d.addCallbacks(
+                    lambda _: increment(node, remaining - 1),
+                    lambda f: f.trap(PreconditionFailed) and increment(node, remaining),
+                )
+
+            coordinator.get(user_key("counter")).addCallback(got)
+
+        for node in self.cluster.nodes:
+            increment(node, 10)
+        while len(done) < 3:
+            self.cluster.run(0.1)
+        self.assertEqual(self.value_at("n2", "counter"), b"30")
+
+    def test_listing_pages_in_key_order(self) -> None:
+        """
+        Listing merges every partition in key order, page by page.
+        """
+        keys = sorted(f"list/{i:03d}" for i in range(25))
+        for index, key in enumerate(keys):
+            self.put(f"n{index % 3 + 1}", key, b"v")
+        self.put("n1", "other", b"v")
+        seen: list[str] = []
+        start = None
+        while True:
+            page = self.wait(self.cluster.coordinators["n2"].list_keys(user_key("list/"), start, 10))
+            seen += page.keys
+            if page.next is None:
+                break
+            start = page.next
+        self.assertEqual(seen, [user_key(k) for k in keys])
+
+    def test_ttl_expires_on_every_replica(self) -> None:
+        """
+        A key written with a TTL disappears after it, as an expiry replicated
+        to every replica and announced as an event.
+        """
+        events: list[ChangeEvent] = []
+        self.cluster.coordinators["n3"].subscribe(events.append)
+        self.put("n1", "ttl", b"v", ttl=2)
+        self.assertEqual(self.value_at("n2", "ttl"), b"v")
+        self.cluster.run(2.5)
+        self.assertIsNone(self.value_at("n2", "ttl"))
+        key = user_key("ttl")
+        for node in self.cluster.nodes.values():
+            self.assertIsNone(node.peek_local(node.partition_of(key), key))
+        self.assertEqual([e.change.kind for e in events], ["put", "expire"])
+
+    def test_events_reach_every_node_in_revision_order(self) -> None:
+        """
+        Every node delivers every change exactly once, with growing revisions.
+        """
+        seen: dict[str, list[ChangeEvent]] = {n: [] for n in self.cluster.nodes}
+        for node, events in seen.items():
+            self.cluster.coordinators[node].subscribe(events.append)
+        for index in range(20):
+            self.put(f"n{index % 3 + 1}", f"ev{index % 4}", b"%d" % index)
+        self.cluster.run(0.5)
+        for events in seen.values():
+            self.assertEqual(len(events), 20)
+            revisions = [e.revision for e in events]
+            self.assertEqual(revisions, sorted(set(revisions)))
+        self.assertEqual(seen["n1"], seen["n2"])
+
+    def test_load_spread_over_nodes(self) -> None:
+        """
+        Operations sent to the leader are executed by the primaries, spread
+        over every node.
+        """
+        for index in range(60):
+            self.put(self.leader, f"spread{index}", b"v")
+        executed = [node.executed for node in self.cluster.nodes.values()]
+        self.assertTrue(all(count > 5 for count in executed), executed)
+
+    def test_memory_limit(self) -> None:
+        """
+        A write that would take a primary past its memory limit is refused
+        with InsufficientStorage and leaves nothing behind.
+        """
+        cluster = self.make_cluster(3, memory_limit="4k")
+        cluster.settle()
+        outcome = self.put("n1", "big", b"x" * 5000)
+        self.assertIsInstance(outcome.value, InsufficientStorage)
+        self.assertIsNone(self.value_at("n2", "big"))
+
+
+def _version(record: Any) -> str:
+    from twisted_kv.core.records import format_version
+
+    return format_version(record.version)
+
+
+class FailureTests(ClusterTestMixin, SynchronousTestCase):
+    """
+    The guarantees under crashes, partitions and restarts.
+    """
+
+    def fill(self, count: int, via: str, prefix: str = "k") -> dict[str, bytes]:
+        acked = {}
+        for index in range(count):
+            key, value = f"{prefix}{index}", b"value-%d" % index
+            if isinstance(self.put(via, key, value), WriteResult):
+                acked[key] = value
+        return acked
+
+    def assert_all_readable(self, acked: dict[str, bytes], degraded: bool = False) -> None:
+        for node in self.cluster.nodes:
+            for key, value in acked.items():
+                result = self.get(node, key)
+                self.assertEqual(result.record.value if result.record else None, value, (node, key))
+                self.assertEqual(result.degraded, degraded)
+
+    def test_kill_half_of_five(self) -> None:
+        """
+        With 2 of 5 nodes killed, every acknowledged key reads back from every
+        live node and writes keep working.
+        """
+        cluster = self.make_cluster(5)
+        leader = cluster.settle()
+        acked = self.fill(60, leader)
+        for victim in [leader, next(n for n in cluster.nodes if n != leader)]:
+            cluster.kill(victim)
+        self.assert_all_readable(acked)
+        survivor = next(iter(cluster.nodes))
+        self.assertIsInstance(self.put(survivor, "after", b"x"), WriteResult)
+
+    def test_kill_leader_writes_resume(self) -> None:
+        """
+        Killing the leader while clients write: writes resume within the
+        election timeout and nothing acknowledged is lost.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        client = next(n for n in cluster.nodes if n != leader)
+        acked = self.fill(30, client)
+        cluster.kill(leader)
+        killed_at = cluster.clock.seconds()
+        late: list[float] = []
+        for index in range(40):
+            d = cluster.coordinators[client].put(user_key(f"late{index}"), b"v")
+            d.addCallback(lambda _: late.append(cluster.clock.seconds()))
+            cluster.run(0.05)
+        cluster.run(3)
+        self.assertEqual(len(late), 40)
+        self.assertLess(max(late) - killed_at, 3.0)
+        self.assert_all_readable(acked)
+
+    def test_quorum_loss_refuses_writes_reads_degraded(self) -> None:
+        """
+        With 2 of 3 nodes gone, writes answer Unavailable and reads still
+        answer the latest acknowledged value, marked degraded.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        acked = self.fill(20, leader)
+        for node in [n for n in cluster.nodes if n != "n1"]:
+            cluster.kill(node)
+        cluster.run(2)
+        outcome = self.put("n1", "refused", b"x")
+        self.assertIsInstance(outcome.value, Unavailable)
+        holders = {k: v for k, v in acked.items()}
+        for key, value in holders.items():
+            result = self.get("n1", key)
+            self.assertTrue(result.degraded)
+
+    def test_exactly_half_down(self) -> None:
+        """
+        With 2 of 4 nodes down there is no majority: writes are refused, and
+        every acknowledged key is still read, degraded, from any live node.
+        """
+        cluster = self.make_cluster(4)
+        leader = cluster.settle()
+        acked = self.fill(40, leader)
+        victims = [leader, next(n for n in cluster.nodes if n != leader)]
+        for victim in victims:
+            cluster.kill(victim)
+        cluster.run(2)
+        survivor = next(iter(cluster.nodes))
+        self.assertIsInstance(self.put(survivor, "refused", b"x").value, Unavailable)
+        self.assert_all_readable(acked, degraded=True)
+
+    def test_partitioned_primary_cannot_acknowledge(self) -> None:
+        """
+        A node cut off from the others never acknowledges a write, even for
+        partitions it was primary of; the majority side keeps writing, and
+        after the partition heals everybody agrees.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        isolated = "n1"
+        keys = [k for k in (f"iso{i}" for i in range(40))
+                if cluster.nodes[isolated].partition_config(
+                    cluster.nodes[isolated].partition_of(user_key(k))).primary.node_id == isolated]
+        self.assertTrue(keys)
+        cluster.network.partition([isolated], ["n2", "n3"])
+        stranded = [_outcome(cluster.coordinators[isolated].put(user_key(k), b"minority")) for k in keys]
+        cluster.run(1)
+        majority = [self.put("n2", k, b"majority") for k in keys]
+        cluster.run(6)
+        for box in stranded:
+            self.assertTrue(box)
+            self.assertIsInstance(box[0], Failure)
+            self.assertTrue(box[0].check(Unavailable, OutcomeUnknown))
+        self.assertTrue(all(isinstance(r, WriteResult) for r in majority))
+        cluster.network.heal()
+        cluster.settle()
+        for key in keys:
+            for node in cluster.nodes:
+                self.assertEqual(self.value_at(node, key), b"majority")
+
+    def test_restarted_node_resyncs(self) -> None:
+        """
+        A node restarted empty is refilled, reports itself synced, and then
+        a different node can fail without losing anything.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        acked = self.fill(50, "n1")
+        cluster.kill("n2")
+        acked.update(self.fill(20, "n1", prefix="during"))
+        restarted = cluster.start("n2")
+        self.assertFalse(restarted.synced())
+        cluster.settle()
+        self.assertTrue(restarted.synced())
+        cluster.kill("n3")
+        self.assert_all_readable(acked)
+
+    def test_rolling_restart_with_writers(self) -> None:
+        """
+        Restarting every node in turn, each after the previous one is synced,
+        while a client writes throughout, loses no acknowledged write.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        acked: dict[str, bytes] = {}
+        counter = iter(range(10_000))
+
+        def write_some(via: str) -> None:
+            for _ in range(5):
+                key = f"roll{next(counter)}"
+                d = cluster.coordinators[via].put(user_key(key), key.encode())
+                d.addCallback(lambda _, key=key: acked.__setitem__(key, key.encode()))
+                d.addErrback(lambda f: None)
+
+        for victim in ["n1", "n2", "n3"]:
+            via = next(n for n in cluster.nodes if n != victim)
+            write_some(via)
+            cluster.kill(victim)
+            write_some(via)
+            cluster.run(2)
+            cluster.start(victim)
+            write_some(via)
+            cluster.settle()
+        cluster.run(2)
+        self.assertGreater(len(acked), 30)
+        self.assert_all_readable(acked)
+
+
+class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
+    """
+    Recorded client histories under faults are linearizable.
+    """
+
+    def run_workload(self, seed: int, faults: bool) -> dict[str, list[Op]]:
+        """
+        Five clients, each with one operation in flight at a time (as in
+        Jepsen), on random nodes and two keys, for a few seconds; with
+        C{faults}, the leader is killed, messages are dropped for a while and
+        the dead node comes back empty.  Returns each key's history.
+        """
+        cluster = self.make_cluster(3 if seed % 2 else 5)
+        cluster.settle()
+        rng = random.Random(seed)
+        history: dict[str, list[Op]] = {"x": [], "y": []}
+        clock = cluster.clock
+        stop_at = clock.seconds() + 4
+
+        def issue() -> None:
+            if clock.seconds() >= stop_at:
+                return
+            node = rng.choice(list(cluster.nodes))
+            key = rng.choice(sorted(history))
+            coordinator = cluster.coordinators[node]
+            kind = rng.choice(["get", "get", "put", "put", "cas", "create", "delete"])
+            op = Op("get" if kind == "get" else "delete" if kind == "delete" else "put", clock.seconds())
+            if kind == "get":
+                d = coordinator.get(user_key(key))
+            elif kind == "delete":
+                d = coordinator.delete(user_key(key))
+            else:
+                op.value = f"{node}-{rng.random():.6f}".encode()
+                options: dict = {}
+                if kind == "cas":
+                    known = [o.result[1] for o in history[key] if o.result and o.result[0] in ("ok", "value")]
+                    version = known[-1] if known else "1.1"
+                    if isinstance(version, tuple):
+                        version = version[1]
+                    op.condition = ("match", version)
+                    options["if_match"] = version
+                elif kind == "create":
+                    op.condition = "create"
+                    options["create_only"] = True
+                d = coordinator.put(user_key(key), op.value, **options)
+            history[key].append(op)
+            d.addBoth(record, op, key)
+
+        def record(result: Any, op: Op, key: str) -> None:
+            op.returned = clock.seconds()
+            if isinstance(result, ReadResult):
+                found = result.record
+                op.result = ("absent", None) if found is None else ("value", (found.value, _version(found)))
+            elif isinstance(result, WriteResult):
+                op.result = ("ok", result.version)
+            elif isinstance(result, str):
+                op.result = ("ok", result)
+            elif result.check(KeyExists):
+                op.result = ("failed", "exists")
+            elif result.check(PreconditionFailed):
+                op.result = ("failed", "precondition")
+            elif result.check(KeyNotFound):
+                op.result = ("failed", "not_found")
+            elif result.check(Unavailable) or op.kind == "get":
+                # refused before anything was applied, or a read that did
+                # not answer: it had no effect
+                history[key].remove(op)
+            else:
+                op.returned = None
+                op.result = ("unknown", None)
+            clock.callLater(rng.choice([0.0, 0.002, 0.01]), issue)
+
+        for _ in range(5):
+            issue()
+        cluster.run(1)
+        if faults:
+            cluster.kill(cluster.leader() or "n1")
+            cluster.run(1)
+            cluster.network.drop_rate = 0.05
+            cluster.run(0.5)
+            cluster.network.drop_rate = 0.0
+            cluster.start(next(n for n in cluster.config.node_ids if n not in cluster.nodes))
+        cluster.run(stop_at - clock.seconds() + 6)
+        return history
+
+    def test_checker_rejects_stale_read(self) -> None:
+        """
+        The checker itself: a read that misses a write completed before it
+        began is not linearizable.
+        """
+        history = [
+            Op("put", 0.0, 1.0, b"a", None, ("ok", "1.1")),
+            Op("put", 2.0, 3.0, b"b", None, ("ok", "1.2")),
+            Op("get", 4.0, 5.0, result=("value", (b"a", "1.1"))),
+        ]
+        self.assertFalse(check(history))
+        history[-1].invoked = 2.5
+        self.assertTrue(check(history))
+
+    def test_histories_without_faults(self) -> None:
+        """
+        Random concurrent operations through random nodes are linearizable.
+        """
+        for seed in (1, 2):
+            for key, ops in self.run_workload(seed, faults=False).items():
+                self.assertTrue(check(ops), (seed, key))
+
+    def test_histories_with_faults(self) -> None:
+        """
+        The same with the leader killed, messages dropped and a node
+        restarted empty mid-run.
+        """
+        for seed in (3, 4, 5, 6):
+            for key, ops in self.run_workload(seed, faults=True).items():
+                self.assertTrue(check(ops), (seed, key))

@@ -508,6 +508,26 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
             [("watching", 10), ("put", 10), ("watching", 10), ("compacted", 10)],
         )
 
+    def test_restarted(self) -> None:
+        """
+        The changes made while the service was stopped are missing from the
+        history: a C{since} before them gets C{compacted}.
+        """
+        node = self.make_node()
+        node.kv.emit(_put("a"), 1)
+        node.service.stopService()
+        node.kv.emit(_put("b"), 2)
+        node.service.startService()
+        node.kv.emit(_put("c"), 3)
+        client, pump = node.connect()
+        client.op(op="watch", prefix="", since=1)
+        client.op(op="watch", prefix="c", since=2)
+        pump.flush()
+        self.assertEqual(
+            [(f["type"], f["revision"]) for f in client.take()],
+            [("watching", 3), ("compacted", 3), ("watching", 3), ("put", 3)],
+        )
+
     def test_file_replay(self) -> None:
         """
         C{watch_files} takes C{since} too.

@@ -77,7 +77,15 @@ from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, format_version
 from twisted_kv.interfaces import ChangeEvent, IKeyValue
 
-__all__ = ["WatchHub", "WatchSession", "build_ws_resource", "event_frame"]
+__all__ = [
+    "ClockTimer",
+    "WatchHub",
+    "WatchService",
+    "WatchSession",
+    "build_ws_resource",
+    "cancel_close_timeout",
+    "event_frame",
+]
 
 log = Logger()
 
@@ -241,9 +249,13 @@ class WatchHub:
 
     def stop(self) -> None:
         """
-        Stop receiving the store's changes.
+        Stop receiving the store's changes, and forget the history: the
+        changes missed until the next L{start} would leave a gap in it.
         """
         self._kv.unsubscribe(self._received)
+        self._history.clear()
+        self._history_bytes = 0
+        self._floor = None
 
     def add(self, session: WatchSession) -> None:
         self._sessions.add(session)

@@ -34,6 +34,8 @@ from __future__ import annotations
 import http.client
 import json
 import queue
+import select
+import socket
 import threading
 from typing import Any, Callable, Generic, Iterator, Mapping, Optional, TypeVar, Union
 from urllib.parse import quote, urlencode, urlsplit
@@ -383,32 +385,37 @@ class Client:
         return result_of(request, self._send(request))
 
     def _send(self, request: Request[Any]) -> Response:
-        for attempt in (1, 2):
-            reused = self._connection is not None
-            if self._connection is None:
-                cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-                self._connection = cls(self._netloc, timeout=self._timeout)
-            try:
-                self._connection.request(
-                    request.method, request.target, body=request.body, headers=dict(request.headers)
-                )
-                answer = self._connection.getresponse()
-                body = answer.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                # The node closed an idle keep-alive connection: retry once
-                # on a new one, which is safe as the request never arrived.
-                self.close()
-                if not reused or attempt == 2:
-                    raise
-                continue
-            except BaseException:
-                self.close()
-                raise
-            headers = {name.lower(): value for name, value in answer.getheaders()}
-            if answer.will_close:
-                self.close()
-            return Response(answer.status, headers, body)
-        raise AssertionError("unreachable")
+        connection = self._connection
+        if connection is not None and connection.sock is not None and _closed_by_peer(connection.sock):
+            # The node closed the idle keep-alive connection: open a new one
+            # rather than send a request that might or might not arrive (and
+            # so could not be retried safely).
+            self.close()
+        if self._connection is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            self._connection = cls(self._netloc, timeout=self._timeout)
+        try:
+            self._connection.request(
+                request.method, request.target, body=request.body, headers=dict(request.headers)
+            )
+            answer = self._connection.getresponse()
+            body = answer.read()
+        except BaseException:
+            self.close()
+            raise
+        headers = {name.lower(): value for name, value in answer.getheaders()}
+        if answer.will_close:
+            self.close()
+        return Response(answer.status, headers, body)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """
+    Whether an idle connection is readable: the node closed it (a node sends
+    nothing unasked, so anything else is as good a reason to drop it).
+    """
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
 
 
 _reactor_lock = threading.Lock()

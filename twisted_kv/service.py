@@ -1,0 +1,122 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+One node's service tree, on one reactor: the peer links, the node itself, the
+HTTP site (API, C{/ws}, C{/files}, dashboard) and the FTP server.
+
+Dependencies are built first and passed in; the services are then attached in
+start order (peers, node, change feed, front ends) and stop in reverse.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.endpoints import serverFromString
+
+from twisted_kv.coordinator import Coordinator, NodeStatus
+from twisted_kv.core.config import ClusterConfig, NodeConfig
+from twisted_kv.files import FileSystem, OrphanCollector
+from twisted_kv.files.events import file_event_for
+from twisted_kv.frontends.dashboard import dashboard_resource
+from twisted_kv.frontends.files_http import files_resource
+from twisted_kv.frontends.ftp import build_ftp_factory
+from twisted_kv.frontends.site import build_site
+from twisted_kv.frontends.ws import build_ws_resource
+from twisted_kv.node import Node
+from twisted_kv.peer.links import PeerLinks
+
+
+def listen_endpoint(host: str, port: int) -> str:
+    """
+    The endpoint description listening on C{host}:C{port} (IPv6 escaped).
+    """
+    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+class _Running(Service):
+    """
+    Starts and stops something that has C{start()} and C{stop()}.
+    """
+
+    def __init__(self, name: str, start: Callable[[], None], stop: Callable[[], None]) -> None:
+        self.setName(name)
+        self._start = start
+        self._stop = stop
+
+    def startService(self) -> None:
+        super().startService()
+        self._start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._stop()
+
+
+def _listening(name: str, reactor: Any, host: str, port: int, factory: Any) -> IService:
+    service = StreamServerEndpointService(
+        serverFromString(reactor, listen_endpoint(host, port)), factory
+    )
+    service.setName(name)
+    return service
+
+
+def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> MultiService:
+    """
+    Everything node C{node_id} of C{config} runs.
+    """
+    me: NodeConfig = config.node(node_id)
+    node = Node(
+        config, node_id, clock=reactor, incarnation=random.SystemRandom().getrandbits(63)
+    )
+    links = PeerLinks(
+        node_id=node_id,
+        incarnation=node.incarnation,
+        cluster_name=config.name,
+        secret=config.secret,
+        peers={peer.node_id: (peer.host, peer.peer_port) for peer in config.peers(node_id)},
+        handler=node,
+        reactor=reactor,
+        listen_endpoint=listen_endpoint(me.host, me.peer_port),
+    )
+    links.setName("peers")
+    node.messenger = links
+    kv = Coordinator(node, reactor)
+    ws_resource, ws_service = build_ws_resource(
+        kv, clock=reactor, history=config.ws_history, file_event_for=file_event_for
+    )
+    ws_service.setName("changes")
+    site = build_site(
+        kv,
+        NodeStatus(node, reactor),
+        clock=reactor,
+        children={
+            b"ws": ws_resource,
+            b"files": files_resource(kv, clock=reactor, max_file_bytes=config.max_file_bytes),
+            b"": dashboard_resource(),
+        },
+    )
+    ftp_factory = build_ftp_factory(
+        kv,
+        config.ftp_users,
+        clock=reactor,
+        max_file_bytes=config.max_file_bytes,
+        anonymous=config.anonymous_ftp,
+    )
+    collector = OrphanCollector(
+        FileSystem(kv, reactor, max_file_bytes=config.max_file_bytes), reactor
+    )
+
+    top = MultiService()
+    for child in (
+        links,
+        _Running("node", node.start, node.stop),
+        ws_service,
+        _listening("http", reactor, me.host, me.http_port, site),
+        _listening("ftp", reactor, me.host, me.ftp_port, ftp_factory),
+        _Running("orphan-collector", collector.start, collector.stop),
+    ):
+        child.setServiceParent(top)
+    return top

@@ -358,6 +358,19 @@ class WatchTests(TestCase):
         self.assertIsNone(nothing)
 
     @inlineCallbacks
+    def test_blocking_watch_timeout(self) -> Any:
+        """
+        L{Client.watch} gives up with L{TimeoutError} when no node accepts
+        the watch in time.
+        """
+        url = self.node.url
+        yield self.node.stop()
+        error = yield self.assertFailure(
+            deferToThread(Client(url).watch, "", timeout=0.3), TimeoutError
+        )
+        self.assertEqual(str(error), f"{url} did not accept the watch within 0.3 s")
+
+    @inlineCallbacks
     def test_resume(self) -> Any:
         """
         A L{Watcher} whose connection is lost reconnects, and resumes after

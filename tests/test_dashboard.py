@@ -214,6 +214,16 @@ class _Page:
         raise AssertionError(f"timed out waiting for {expression} (last error: {error})")
 
     @inlineCallbacks
+    def press(self, key: str) -> Any:
+        """
+        Press and release one of the keys C{Enter}, C{Tab} or C{Escape}.
+        """
+        code, text = {"Enter": (13, "\r"), "Tab": (9, ""), "Escape": (27, "")}[key]
+        event = {"key": key, "code": key, "windowsVirtualKeyCode": code}
+        yield self.send("Input.dispatchKeyEvent", type="keyDown", text=text, **event)
+        yield self.send("Input.dispatchKeyEvent", type="keyUp", **event)
+
+    @inlineCallbacks
     def screenshot(self, name: str, directory: str) -> Any:
         """
         Save a PNG of the whole page as C{name}.png in C{directory}, and in
@@ -419,6 +429,38 @@ class BrowserTests(TestCase):
         folder = yield page.evaluate("document.getElementById('files-dir').textContent")
         self.assertEqual(folder, "/docs/")
         yield page.screenshot("dashboard-files", self.mktemp())
+        self.assertEqual(self.problems(), [])
+
+    @inlineCallbacks
+    def test_keyboard(self) -> Any:
+        """
+        The key browser works from the keyboard: type a prefix and press
+        Enter to list, Tab to a key and Enter to open it (focus moves to
+        it), Escape to close it (focus goes back to the key).
+        """
+        page = yield _open(self.browser, self.node.url + "/", 1280, 900)
+        yield page.wait_for("document.querySelectorAll('#key-list button').length === 25")
+        yield page.evaluate("document.getElementById('prefix').focus()")
+        yield page.send("Input.insertText", text="users/02")
+        yield page.press("Enter")
+        listed = yield page.wait_for(
+            "document.querySelectorAll('#key-list button').length === 10"
+            " && Array.from(document.querySelectorAll('#key-list button'), b => b.dataset.key)"
+        )
+        self.assertEqual(listed[0], "users/020")
+        yield page.press("Tab")
+        yield page.press("Tab")
+        focused = yield page.evaluate("document.activeElement.dataset.key")
+        self.assertEqual(focused, "users/020")
+        yield page.press("Enter")
+        yield page.wait_for("document.getElementById('view-value').textContent === '{\"n\": 20}'")
+        focused = yield page.evaluate("document.activeElement.id")
+        self.assertEqual(focused, "viewer-title")
+        yield page.press("Escape")
+        focused = yield page.evaluate("document.activeElement.dataset.key")
+        self.assertEqual(focused, "users/020")
+        hidden = yield page.evaluate("document.getElementById('viewer').hidden")
+        self.assertTrue(hidden)
         self.assertEqual(self.problems(), [])
 
     @inlineCallbacks

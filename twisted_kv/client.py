@@ -469,11 +469,12 @@ class Watch:
         self._events: queue.Queue[dict] = queue.Queue()
         self._reactor = _reactor_in_thread()
         self._call = blockingCallFromThread
-        self._watcher = Watcher(
-            url, self._events.put, prefix, since=since, files=files, reactor=self._reactor
-        )
+        self._closed = False
 
         def start() -> Any:
+            self._watcher = Watcher(
+                url, self._events.put, prefix, since=since, files=files, reactor=self._reactor
+            )
             self._watcher.start()
             return self._watcher.when_watching().addTimeout(timeout, self._reactor)
 
@@ -514,6 +515,8 @@ class Watch:
 
     def close(self) -> None:
         """
-        Stop watching and close the connection.
+        Stop watching and close the connection (once).
         """
-        self._call(self._reactor, self._watcher.stop)
+        if not self._closed:
+            self._closed = True
+            self._call(self._reactor, self._watcher.stop)

@@ -228,6 +228,10 @@ class _WatchClientProtocol(WebSocketClientProtocol):
 
 
 class _WatchClientFactory(WebSocketClientFactory):
+    """
+    Builds the connections of one L{Watcher} (its C{watcher} attribute).
+    """
+
     protocol = _WatchClientProtocol
 
 

@@ -231,8 +231,12 @@ class Coordinator:
             )
 
         def newest(results: list) -> ReadResult:
-            records = [r for ok, r in results if ok and r is not None]
+            answers = [r for ok, r in results if ok]
+            records = [r for r in answers if r is not None]
             best = max(records, key=lambda r: r.version, default=None)
+            if any(r is None or r.version != best.version for r in answers) and best is not None:
+                # some replica is behind: have the primary compare them
+                self._node.check_partition(partition)
             return ReadResult(live(best, self._clock.seconds()), degraded=True)
 
         return DeferredList(asks, consumeErrors=True).addCallback(newest)
@@ -254,9 +258,11 @@ class NodeStatus:
         nodes = []
         for peer in node.config.nodes:
             if peer.node_id == node.node_id:
-                info = {"keys": node.key_count(), "synced": node.synced(), "executed": node.executed}
+                info = node.sync_state()
             else:
-                info = node.membership.info.get(peer.node_id, {"keys": 0, "synced": False, "executed": 0})
+                info = node.membership.info.get(
+                    peer.node_id, {"keys": 0, "synced": False, "executed": 0}
+                )
             nodes.append(
                 {
                     "id": peer.node_id,
@@ -308,6 +314,24 @@ class NodeStatus:
                 "gauge",
                 "Whether each node holds in sync every partition placed on it.",
                 [sample(int(bool(n["synced"])), node=n["id"]) for n in view["nodes"]],
+            ),
+            Metric(
+                "twisted_kv_repaired_keys_total",
+                "counter",
+                "Keys anti-entropy repaired on each node.",
+                [sample(n.get("repaired", 0), node=n["id"]) for n in view["nodes"]],
+            ),
+            Metric(
+                "twisted_kv_antientropy_bytes_total",
+                "counter",
+                "Bytes of anti-entropy messages each node sent.",
+                [sample(n.get("antientropy_bytes", 0), node=n["id"]) for n in view["nodes"]],
+            ),
+            Metric(
+                "twisted_kv_antientropy_last_round_seconds",
+                "gauge",
+                "When this node last completed a full anti-entropy round (Unix time).",
+                [sample(node.last_full_round or 0)],
             ),
             Metric("twisted_kv_term", "gauge", "The current election term.", [sample(view["term"])]),
             Metric(

@@ -12,7 +12,8 @@ Messages between nodes (lists; the first element is the tag):
 
   - consensus (L{twisted_kv.core.consensus}): C{vote}, C{voted}, C{append},
     C{appended};
-  - C{["status", keys, synced, executed]}: gossip, several times a second;
+  - C{["status", state]}: gossip of L{Node.sync_state}, several times a
+    second;
   - replication (L{twisted_kv.core.replica}): C{["app", partition, epoch,
     prev_seq, prev_epoch, entries, commit, round]} from a primary,
     answered by C{["app_ok", partition, epoch, last_seq, round]},
@@ -27,7 +28,12 @@ Messages between nodes (lists; the first element is the tag):
     start_after, limit]}, all answered by C{["res", id, status, payload]};
   - change events: C{["pub", batch_id, changes]} from a primary to the
     leader, which numbers them and sends C{["ev", revision, change]} to every
-    node and C{["pub_ok", batch_id]} back.
+    node and C{["pub_ok", batch_id]} back;
+  - anti-entropy (L{twisted_kv.core.merkle}): C{["digest", partition, epoch,
+    seq, root]} from a primary, answered C{["digest_ok", partition, epoch,
+    seq]} or C{["digest_diff", partition, epoch, seq, bucket_hashes]}, after
+    which the primary orders a repair of the differing buckets in its log;
+    C{["check", partition]} asks a primary for a round now (read repair).
 """
 
 from __future__ import annotations
@@ -59,12 +65,19 @@ from twisted_kv.core.placement import (
     plan,
 )
 from twisted_kv.core.records import Change, Delete, Expire, Operation, Put, Record, live
-from twisted_kv.core.replica import Replica, decode_change, encode_change
+from twisted_kv.core.merkle import differing
+from twisted_kv.core.replica import Replica, decode_change, encode_change, encode_entry
+from twisted_kv.wire.codec import encode as encode_message
 from twisted_kv.errors import (
     InsufficientStorage,
+    InvalidRequest,
+    KeyExists,
+    KeyNotFound,
     KVError,
     OutcomeUnknown,
+    PreconditionFailed,
     Unavailable,
+    ValueTooLarge,
 )
 from twisted_kv.interfaces import ChangeEvent
 
@@ -77,7 +90,13 @@ RETRY_DELAY = 0.05
 # Events remembered per key to drop duplicates after a leader change.
 DELIVERED_MEMORY = 100_000
 
-_ERRORS = {cls.code: cls for cls in KVError.__subclasses__()}
+_ERRORS = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest, KeyNotFound, KeyExists, PreconditionFailed, ValueTooLarge,
+        Unavailable, OutcomeUnknown, InsufficientStorage,
+    )
+}
 
 
 class Retry(Exception):
@@ -203,6 +222,14 @@ class Node:
         self._revision_term = 0
         self._last_revision = 0
         self._delivered: OrderedDict[str, int] = OrderedDict()
+        # anti-entropy
+        self.antientropy_bytes = 0
+        self.last_full_round: Optional[float] = None
+        self._next_round = self._now() + config.anti_entropy_interval
+        self._round_started = 0.0
+        self._digests_sent: dict[int, tuple[int, list[int]]] = {}
+        self._digests_awaited: dict[int, set[str]] = {}
+        self._digest_asked_by: dict[int, str] = {}
 
     # -- life cycle --------------------------------------------------------
 
@@ -259,6 +286,19 @@ class Node:
     def bytes_used(self) -> int:
         return sum(r.store.bytes_used for r in self.replicas)
 
+    def sync_state(self) -> dict:
+        """
+        What this node tells the others about itself, for C{/cluster}.
+        """
+        return {
+            "keys": self.key_count(),
+            "synced": self.synced(),
+            "executed": self.executed,
+            "repaired": self.repaired_keys(),
+            "antientropy_bytes": self.antientropy_bytes,
+            "last_full_round": self.last_full_round,
+        }
+
     def synced(self) -> bool:
         """
         Whether this node holds, in sync, every partition the ring places on
@@ -284,7 +324,7 @@ class Node:
         self._after_consensus()
         if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
             self._last_gossip = now
-            status = ["status", self.key_count(), self.synced(), self.executed]
+            status = ["status", self.sync_state()]
             for peer in self.consensus.peers:
                 self._send(peer, status)
         if self.consensus.role == LEADER:
@@ -292,6 +332,9 @@ class Node:
         for replica in self.replicas:
             if replica.is_primary:
                 self._tend_primary(replica, now)
+        if now >= self._next_round:
+            self._next_round = now + self.config.anti_entropy_interval
+            self._start_digest_round(now)
 
     def _after_consensus(self) -> None:
         leader = (self.consensus.leader, self.consensus.term)
@@ -604,8 +647,7 @@ class Node:
         self._after_consensus()
 
     def _on_status(self, peer: str, message: list) -> None:
-        _, keys, synced, executed = message
-        self.membership.info[peer] = {"keys": keys, "synced": synced, "executed": executed}
+        self.membership.info[peer] = message[1]
 
     def _on_app(self, peer: str, message: list) -> None:
         _, partition, epoch, prev_seq, prev_epoch, entries, commit, round_ = message
@@ -621,6 +663,7 @@ class Node:
             self._send(peer, ["app_ok", partition, epoch, last, round_])
         else:
             self._send(peer, ["app_no", partition, epoch, last])
+        self._answer_digest(replica)
 
     def _on_snap(self, peer: str, message: list) -> None:
         _, partition, epoch, seq, seq_epoch, first, last, records = message
@@ -632,10 +675,11 @@ class Node:
     def _on_app_ok(self, peer: str, message: list) -> None:
         _, partition, epoch, last, round_ = message
         replica = self.replicas[partition]
+        before = replica.commit_seq
         committed = replica.on_append_ok(peer, epoch, last, round_)
         self._stalled_since.pop(partition, None)
         self._settle(replica, committed)
-        if committed:
+        if replica.commit_seq > before:
             # Tell the members what is now committed, so that they apply it
             # even if no further write comes to carry the news.
             self._mark_dirty(partition)
@@ -695,6 +739,91 @@ class Node:
             d.callback(payload)
         else:
             d.errback(_decode_error(status, payload))
+
+    # -- anti-entropy --------------------------------------------------------
+
+    def _send_counted(self, peer: str, message: list) -> None:
+        self.antientropy_bytes += len(encode_message(message))
+        self._send(peer, message)
+
+    def _start_digest_round(self, now: float) -> None:
+        """
+        Compare every partition this node is primary of with its members.
+        """
+        self._round_started = now
+        for replica in self.replicas:
+            if replica.is_primary and replica.serving and replica.members:
+                self._send_digest(replica)
+
+    def _send_digest(self, replica: Replica) -> None:
+        seq, buckets, root = replica.digest_snapshot()
+        partition = replica.partition
+        self._digests_sent[partition] = (seq, buckets)
+        self._digests_awaited[partition] = set(replica.members)
+        for member in replica.members:
+            self._send_counted(member, ["digest", partition, replica.epoch, seq, root])
+
+    def _on_digest(self, peer: str, message: list) -> None:
+        _, partition, epoch, seq, root = message
+        replica = self.replicas[partition]
+        if epoch != replica.epoch:
+            return
+        self._digest_asked_by[partition] = peer
+        replica.learn_commit(seq)
+        replica.expect_digest(seq, root)
+        self._answer_digest(replica)
+
+    def _answer_digest(self, replica: Replica) -> None:
+        result, replica.digest_result = replica.digest_result, None
+        asker = self._digest_asked_by.get(replica.partition)
+        if result is None or asker is None:
+            return
+        seq, matched, buckets = result
+        if matched:
+            reply = ["digest_ok", replica.partition, replica.epoch, seq]
+        else:
+            reply = ["digest_diff", replica.partition, replica.epoch, seq, buckets]
+        self._send_counted(asker, reply)
+
+    def _on_digest_answer(self, peer: str, message: list) -> None:
+        partition, epoch, seq = message[1], message[2], message[3]
+        replica = self.replicas[partition]
+        sent = self._digests_sent.get(partition)
+        if not replica.is_primary or epoch != replica.epoch or sent is None or sent[0] != seq:
+            return
+        if message[0] == "digest_diff":
+            buckets = differing(sent[1], message[4])
+            log.info(
+                "partition {partition}: {member} differs in {count} buckets; repairing",
+                partition=partition, member=peer, count=len(buckets),
+            )
+            entry = replica.propose_repair(buckets)
+            self.antientropy_bytes += len(encode_message(encode_entry(entry))) * len(replica.members)
+            self._mark_dirty(partition)
+        awaited = self._digests_awaited.get(partition)
+        if awaited is not None:
+            awaited.discard(peer)
+            if not awaited:
+                del self._digests_awaited[partition]
+                if not self._digests_awaited:
+                    self.last_full_round = self._now()
+
+    def _on_check(self, peer: str, message: list) -> None:
+        replica = self.replicas[message[1]]
+        if replica.is_primary and replica.serving and replica.members:
+            self._send_digest(replica)
+
+    def check_partition(self, partition: int) -> None:
+        """
+        Replicas of C{partition} were seen to disagree: ask its primary for an
+        anti-entropy round now (read repair).
+        """
+        config = self.partition_config(partition)
+        if config is not None and config.primary is not None:
+            self._send(config.primary.node_id, ["check", partition])
+
+    def repaired_keys(self) -> int:
+        return sum(r.repaired_keys for r in self.replicas)
 
     # -- change events -----------------------------------------------------
 
@@ -789,4 +918,8 @@ Node._handlers = {
     "pub": Node._on_pub,
     "pub_ok": Node._on_pub_ok,
     "ev": Node._on_ev,
+    "digest": Node._on_digest,
+    "digest_ok": Node._on_digest_answer,
+    "digest_diff": Node._on_digest_answer,
+    "check": Node._on_check,
 }

@@ -213,7 +213,8 @@ class MemoryCluster:
     def settle(self, timeout: float = 10.0) -> str:
         """
         Run until the live nodes agree on a leader, every node has applied the
-        leader's map, and every node is in sync; return the leader.
+        leader's map, that map names only live nodes, and every node is in
+        sync; return the leader.
         """
         end = self.clock.seconds() + timeout
         while self.clock.seconds() < end:
@@ -223,6 +224,13 @@ class MemoryCluster:
                 continue
             latest = self.nodes[leader].consensus.latest_map
             if latest is None or any(n.cluster_map != latest for n in self.nodes.values()):
+                continue
+            if not all(
+                member.node_id in self.nodes
+                and self.nodes[member.node_id].incarnation == member.incarnation
+                for config in latest.partitions
+                for member in config.members
+            ):
                 continue
             if all(n.synced() for n in self.nodes.values()):
                 return leader

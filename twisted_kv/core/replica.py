@@ -39,6 +39,7 @@ from typing import Iterable, Optional
 from attrs import frozen
 
 from twisted_kv.core.memstore import MemStore
+from twisted_kv.core.merkle import RangeDigest, bucket_of
 from twisted_kv.core.records import (
     Change,
     Expire,
@@ -60,15 +61,28 @@ _KINDS = ("put", "delete", "expire")
 
 
 @frozen
+class Repair:
+    """
+    The exact content of some buckets of a partition, as the primary holds
+    them: applied like a write, at one position of the log, so every replica
+    ends up with the primary's content for those buckets.
+    """
+
+    buckets: tuple[int, ...]
+    records: tuple[tuple[str, Record], ...]
+
+
+@frozen
 class Entry:
     """
-    One write in a partition's log.
+    One write (or repair) in a partition's log.
     """
 
     epoch: int
     seq: int
-    change: Change
+    change: Optional[Change]
     op_id: Optional[str] = None
+    repair: Optional[Repair] = None
 
 
 def encode_change(change: Change) -> list:
@@ -94,10 +108,17 @@ def decode_change(data: list) -> Change:
 
 
 def encode_entry(entry: Entry) -> list:
+    if entry.repair is not None:
+        return [
+            entry.epoch, entry.seq, None, None,
+            list(entry.repair.buckets), encode_records(entry.repair.records),
+        ]
     return [entry.epoch, entry.seq, entry.op_id, encode_change(entry.change)]
 
 
 def decode_entry(data: list) -> Entry:
+    if data[3] is None:
+        return Entry(data[0], data[1], None, None, Repair(tuple(data[4]), decode_records(data[5])))
     return Entry(data[0], data[1], decode_change(data[3]), data[2])
 
 
@@ -105,6 +126,13 @@ def encode_records(records: Iterable[tuple[str, Record]]) -> list:
     return [
         [key, r.value, r.content_type, r.version, r.expires_at] for key, r in records
     ]
+
+
+def decode_records(data: list) -> tuple[tuple[str, Record], ...]:
+    return tuple(
+        (key, Record(value, content_type, version, expires_at))
+        for key, value, content_type, version, expires_at in data
+    )
 
 
 class Replica:
@@ -120,6 +148,10 @@ class Replica:
         self.partition = partition
         self.epoch = 0
         self.store = MemStore()
+        self.digest = RangeDigest()
+        self.repaired_keys = 0
+        self._digest_check: Optional[tuple[int, bytes]] = None
+        self.digest_result: Optional[tuple[int, bool, list[int]]] = None
         self.log: list[Entry] = []
         self.base_seq = 0
         self.base_epoch = 0
@@ -162,16 +194,53 @@ class Replica:
         applied = []
         for seq in range(self.applied_seq + 1, upto + 1):
             entry = self.log[seq - self.base_seq - 1]
-            self.store.apply(entry.change)
-            if self._pending_by_key.get(entry.change.key) is entry:
-                del self._pending_by_key[entry.change.key]
-            record = entry.change.record
-            if self.is_primary and record is not None and record.expires_at is not None:
-                heapq.heappush(self._expiries, (record.expires_at, entry.change.version, entry.change.key))
-            applied.append(entry)
+            if entry.repair is not None:
+                self._apply_repair(entry.repair)
+            else:
+                self._apply_change(entry.change)
+                if self._pending_by_key.get(entry.change.key) is entry:
+                    del self._pending_by_key[entry.change.key]
+                record = entry.change.record
+                if self.is_primary and record is not None and record.expires_at is not None:
+                    heapq.heappush(
+                        self._expiries, (record.expires_at, entry.change.version, entry.change.key)
+                    )
+                applied.append(entry)
+            if self._digest_check is not None and self._digest_check[0] == seq:
+                self._compare_digest()
         self.applied_seq = max(self.applied_seq, upto)
         self._trim()
         return applied
+
+    def _apply_change(self, change: Change) -> None:
+        """
+        Change the store, keeping the digest in step.
+        """
+        old = self.store.get(change.key)
+        if old is not None:
+            self.digest.toggle(change.key, old)
+        self.store.apply(change)
+        if change.record is not None:
+            self.digest.toggle(change.key, change.record)
+
+    def _apply_repair(self, repair: Repair) -> None:
+        wanted = dict(repair.records)
+        buckets = set(repair.buckets)
+        for key, record in list(self.store.items()):
+            if bucket_of(key) in buckets and wanted.get(key) != record:
+                self.repaired_keys += 1
+                self._apply_change(Change("delete", key, record.version, None))
+        for key, record in wanted.items():
+            if self.store.get(key) != record:
+                if self.store.get(key) is None:
+                    self.repaired_keys += 1
+                self._apply_change(Change("put", key, record.version, record))
+
+    def _bucket_content(self, buckets: set[int]) -> tuple[tuple[str, Record], ...]:
+        keys = {k for k, _ in self.store.items() if bucket_of(k) in buckets}
+        keys |= {k for k in self._pending_by_key if bucket_of(k) in buckets}
+        content = ((key, self.latest(key)) for key in sorted(keys))
+        return tuple((key, record) for key, record in content if record is not None)
 
     def _trim(self) -> None:
         """
@@ -191,6 +260,7 @@ class Replica:
         if entry.op_id is None:
             return
         change = entry.change
+        assert change is not None
         self._recent_ops[entry.op_id] = (
             entry.seq,
             Change(change.kind, change.key, change.version, None, change.created),
@@ -229,7 +299,9 @@ class Replica:
         if takeover:
             self._serving_from = self.last_seq
             self._pending_by_key = {
-                e.change.key: e for e in self.log if e.seq > self.applied_seq
+                e.change.key: e
+                for e in self.log
+                if e.seq > self.applied_seq and e.change is not None
             }
             self._expiries = [
                 (r.expires_at, r.version, key)
@@ -426,9 +498,61 @@ class Replica:
         for degraded reads, which pick the newest among reachable replicas.
         """
         for entry in reversed(self.log):
-            if entry.change.key == key:
+            if entry.change is not None and entry.change.key == key:
                 return entry.change.record
         return self.store.get(key)
+
+    # -- anti-entropy -----------------------------------------------------
+
+    def digest_snapshot(self) -> tuple[int, list[int], bytes]:
+        """
+        The primary's digest at its applied position: (position, bucket
+        hashes, root).  Members compare theirs at exactly that position.
+        """
+        return self.applied_seq, list(self.digest.buckets), self.digest.root()
+
+    def learn_commit(self, seq: int) -> list[Entry]:
+        """
+        The primary of our epoch says everything up to C{seq} is committed
+        (every member acknowledged it, so our log matches the primary's up to
+        there): apply it.  Returns the entries this applies.
+        """
+        if seq > self.commit_seq and not self.is_primary:
+            self.commit_seq = min(seq, self.last_seq)
+            return self._apply_committed()
+        return []
+
+    def expect_digest(self, seq: int, root: bytes) -> None:
+        """
+        Compare our digest with the primary's once we have applied exactly up
+        to C{seq}; the outcome appears in L{digest_result}.
+        """
+        if seq < self.applied_seq:
+            return
+        self._digest_check = (seq, root)
+        if seq == self.applied_seq:
+            self._compare_digest()
+
+    def _compare_digest(self) -> None:
+        seq, root = self._digest_check
+        self._digest_check = None
+        self.digest_result = (seq, self.digest.root() == root, list(self.digest.buckets))
+
+    def propose_repair(self, buckets: Iterable[int]) -> Entry:
+        """
+        Order a repair of C{buckets}: their content as this primary holds it.
+        """
+        assert self.is_primary
+        wanted = set(buckets)
+        entry = Entry(
+            self.epoch,
+            self.last_seq + 1,
+            None,
+            repair=Repair(tuple(sorted(wanted)), self._bucket_content(wanted)),
+        )
+        self.log.append(entry)
+        self._advance_commit()
+        return entry
 
     # -- as member -------------------------------------------------------
 
@@ -485,10 +609,9 @@ class Replica:
             self.store.clear()
             self.log.clear()
             self.base_seq = self.commit_seq = self.applied_seq = 0
-        for key, value, content_type, version, expires_at in records:
-            self.store.apply(
-                Change("put", key, version, Record(value, content_type, version, expires_at))
-            )
+            self.digest.clear()
+        for key, record in decode_records(records):
+            self._apply_change(Change("put", key, record.version, record))
         if last:
             self.base_seq = self.commit_seq = self.applied_seq = seq
             self.base_epoch = seq_epoch or 0
@@ -499,6 +622,8 @@ class Replica:
         """
         self.step_down(self.epoch)
         self.store.clear()
+        self.digest.clear()
         self.log.clear()
         self.base_seq = self.base_epoch = self.commit_seq = self.applied_seq = 0
         self._recent_ops.clear()
+        self._digest_check = None

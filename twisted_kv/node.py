@@ -27,8 +27,8 @@ Messages between nodes (lists; the first element is the tag):
     partition, key]} (degraded read), C{["list", id, partitions, prefix,
     start_after, limit]}, all answered by C{["res", id, status, payload]};
   - change events: C{["pub", batch_id, changes]} from a primary to the
-    leader, which numbers them and sends C{["ev", revision, change]} to every
-    node and C{["pub_ok", batch_id]} back;
+    leader, which numbers them and sends C{["ev", first_revision, changes]}
+    to every node and C{["pub_ok", batch_id]} back;
   - anti-entropy (L{twisted_kv.core.merkle}): C{["digest", partition, epoch,
     seq, root]} from a primary, answered C{["digest_ok", partition, epoch,
     seq]} or C{["digest_diff", partition, epoch, seq, bucket_hashes]}, after
@@ -867,22 +867,28 @@ class Node:
         if self._revision_term != self.consensus.term:
             self._revision_term = self.consensus.term
             self._revision_counter = 0
-        for change in changes:
-            self._revision_counter += 1
-            revision = (self._revision_term << 32) | self._revision_counter
-            event = ["ev", revision, change]
-            for node in self.config.node_ids:
-                self._send(node, event)
+        first = (self._revision_term << 32) | (self._revision_counter + 1)
+        self._revision_counter += len(changes)
+        event = ["ev", first, changes]
+        for node in self.config.node_ids:
+            self._send(node, event)
         self._send(peer, ["pub_ok", batch_id])
 
     def _on_pub_ok(self, peer: str, message: list) -> None:
         self._unpublished.pop(message[1], None)
 
     def _on_ev(self, peer: str, message: list) -> None:
-        _, revision, data = message
+        _, first, changes = message
+        for revision, data in enumerate(changes, first):
+            self._deliver(revision, decode_change(data))
+
+    def _deliver(self, revision: int, change: Change) -> None:
+        """
+        Hand one numbered change to the listeners, unless it is older than
+        what they have seen (a batch resent to a new leader).
+        """
         if revision <= self._last_revision:
             return
-        change = decode_change(data)
         if self._delivered.get(change.key, -1) >= change.version:
             return
         self._delivered[change.key] = change.version

@@ -765,8 +765,10 @@ class Upload:
         self._buffer += data
         chunk_bytes = self._fs.chunk_bytes
         while len(self._buffer) >= chunk_bytes:
-            self._send(bytes(self._buffer[:chunk_bytes]))
+            with memoryview(self._buffer) as view:
+                chunk = bytes(view[:chunk_bytes])
             del self._buffer[:chunk_bytes]
+            self._send(chunk)
         self._throttle()
 
     def drained(self) -> Deferred[None]:

@@ -719,6 +719,32 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.kv.list_keys("f", None, 10)).keys, [])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_lost_connection_during_download(self) -> None:
+        """
+        Losing the control connection in the middle of a download stops it
+        and closes the data connection; the late answer goes nowhere.
+        """
+        self.session.login()
+        self.session.upload("STOR f", b"0123456789")
+        transport = self.session.data()
+        self.kv.hold(on("get", "chunk"))
+        self.session.send("RETR f")
+        self.session.protocol.connectionLost(Failure(ConnectionDone()))
+        self.kv.hold(None)
+        self.kv.release_all()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_new_passive_closes_old(self) -> None:
+        """
+        A new C{PASV} or C{EPSV} closes the data connection left unused.
+        """
+        self.session.login()
+        first = self.session.data()
+        self.session.data("EPSV")
+        self.assertTrue(first.disconnecting)
+
     def test_idle_timeout(self) -> None:
         """
         An idle session is disconnected after the factory's timeout.

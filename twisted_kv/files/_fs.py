@@ -1041,13 +1041,17 @@ class Download:
             while self._paused and not self._stopped:
                 self._resumed = Deferred()
                 await self._resumed
-            if self._stopped:
-                raise TransferAborted("the transfer was stopped")
+            self._refuse_if_stopped()
             index, offset = divmod(position, chunk_bytes)
             data = await self._chunk(index)
+            self._refuse_if_stopped()
             end = min(len(data), stop - index * chunk_bytes)
             consumer.write(data if offset == 0 and end == len(data) else data[offset:end])
             position = index * chunk_bytes + end
+
+    def _refuse_if_stopped(self) -> None:
+        if self._stopped:
+            raise TransferAborted("the transfer was stopped")
 
     async def _chunk(self, index: int) -> bytes:
         manifest = self._manifest

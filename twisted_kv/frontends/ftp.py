@@ -398,6 +398,8 @@ class FileFTP(ftp.FTP):
             self.resumeProducing()
 
     def sendLine(self, line: str | bytes) -> None:
+        if self.transport is None:
+            return  # the answer to a command that outlived its connection
         if isinstance(line, str):
             line = line.encode("utf-8", "surrogateescape")
         super().sendLine(line)
@@ -439,8 +441,7 @@ class FileFTP(ftp.FTP):
         return self._listen_passive(lambda port: (ftp.ENTERING_EPSV_MODE, port))
 
     def _listen_passive(self, reply: Callable[[int], tuple[str, Any]]) -> Deferred[None]:
-        if self.dtpFactory is not None:
-            self.cleanupDTP()
+        self._close_data()
         local = self.transport.getHost().host
         self.dtpFactory = _DataFactory(self, self.transport.getPeer().host, self._reactor)
         self.dtpFactory.setTimeout(self.dtpTimeout)

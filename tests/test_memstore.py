@@ -162,10 +162,12 @@ class KeysFromTests(SynchronousTestCase):
         store = self._store(keys)
         seen: list = []
         cursor = None
-        while True:
+        for _ in range(len(keys) + 1):
             batch = list(store.keys_from(prefix, cursor))[:page]
             if not batch:
                 break
             seen.extend(batch)
             cursor = batch[-1]
+        else:
+            self.fail(f"paging did not end: {seen!r}")
         self.assertEqual(seen, sorted(k for k in keys if k.startswith(prefix)))

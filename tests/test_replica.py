@@ -601,12 +601,12 @@ class SnapshotTests(SynchronousTestCase):
         the first says C{first} and only the last says C{last}; together
         they carry every record.
         """
-        self.patch(replica_module, "SNAPSHOT_CHUNK_BYTES", 10)
+        self.patch(replica_module, "SNAPSHOT_CHUNK_BYTES", 4)
         group = self._trimmed()
         primary = group.primary
         primary.on_append_refused("D", 2, 0)
         messages = primary.snapshot_messages("D")
-        self.assertGreater(len(messages), 1)
+        self.assertGreater(len(messages), 2)
         self.assertEqual([m[5] for m in messages], [True] + [False] * (len(messages) - 1))
         self.assertEqual([m[6] for m in messages], [False] * (len(messages) - 1) + [True])
         self.assertEqual({tuple(m[:5]) for m in messages}, {("snap", PARTITION, 2, 3, 1)})

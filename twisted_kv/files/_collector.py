@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_kv.files._fs import FileSystem
 
@@ -53,7 +54,7 @@ class OrphanCollector:
         def count(collected: int) -> None:
             self.collected += collected
 
-        def report(failure: object) -> None:
+        def report(failure: Failure) -> None:
             self._log.failure("Collecting orphaned chunks failed", failure)
 
         return self._fs.sweep().addCallbacks(count, report)

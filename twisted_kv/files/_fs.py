@@ -37,11 +37,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import mimetypes
-from typing import Any, Awaitable, Callable, Coroutine, Optional, TypeVar, Union
+from typing import Any, Awaitable, Callable, Coroutine, Optional, TypeVar, Union, cast
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -262,7 +262,7 @@ class FileSystem:
         """
         slot = await self._slot(path)
         if slot.manifest is None:
-            await self._refuse_missing_file(path)
+            raise await self._missing_file(path)
         return Download(self, path, slot)
 
     # -- writing ----------------------------------------------------------
@@ -404,7 +404,7 @@ class FileSystem:
             slot = await self._slot(path)
             manifest = slot.manifest
             if manifest is None:
-                await self._refuse_missing_file(path)
+                raise await self._missing_file(path)
             if if_match is not None and slot.version != if_match:
                 raise PreconditionFailed(f"{path} is not at version {if_match}")
             try:
@@ -524,10 +524,13 @@ class FileSystem:
         if not entry.is_directory:
             raise NotADirectory(f"{path} is not a directory")
 
-    async def _refuse_missing_file(self, path: FSPath) -> None:
+    async def _missing_file(self, path: FSPath) -> KVError:
+        """
+        Why there is no file at C{path}.
+        """
         if await self._directory(path) is not None:
-            raise IsADirectory(f"{path} is a directory")
-        raise FileNotFound(f"{path}: no such file")
+            return IsADirectory(f"{path} is a directory")
+        return FileNotFound(f"{path}: no such file")
 
     async def _make_parents(self, path: FSPath) -> None:
         for ancestor in path.ancestors():
@@ -740,10 +743,10 @@ class Upload:
 
     # IConsumer
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         if not streaming:
             raise ValueError("an upload only takes push producers")
-        self._producer = producer
+        self._producer = cast(IPushProducer, producer)
         self._paused = False
         if self._error is not None or self._closed:
             producer.stopProducing()

@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Coroutine, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
-from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from twisted_kv.errors import InvalidRequest, KVError, PreconditionFailed, Unavailable
 from twisted_kv.files import (
@@ -128,7 +127,7 @@ def _unquoted(etag: str) -> str:
     return etag
 
 
-def _header(request: IRequest, name: bytes) -> Optional[str]:
+def _header(request: Request, name: bytes) -> Optional[str]:
     value = request.getHeader(name)
     return None if value is None else value.decode("latin-1")
 
@@ -144,14 +143,14 @@ class FilesResource(Resource):
     def __init__(self, fs: FileSystem) -> None:
         super().__init__()
         self._fs = fs
-        self._methods: dict[bytes, Callable[[IRequest], Awaitable[None]]] = {
+        self._methods: dict[bytes, Callable[[Request], Coroutine[Any, Any, None]]] = {
             b"GET": self._get,
             b"HEAD": self._get,
             b"PUT": self._put,
             b"DELETE": self._delete,
         }
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: Request) -> Any:
         handler = self._methods.get(request.method)
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
@@ -159,11 +158,11 @@ class FilesResource(Resource):
             request.setHeader(b"allow", b"GET, HEAD, PUT, DELETE")
             self._error(request, MethodNotAllowed(f"{request.method!r} is not allowed here"))
             return NOT_DONE_YET
-        done = Deferred.fromCoroutine(handler(request))
+        done: Deferred[None] = Deferred.fromCoroutine(handler(request))
         done.addErrback(self._failed, request, gone)
         return NOT_DONE_YET
 
-    def _failed(self, failure: Failure, request: IRequest, gone: list[Failure]) -> None:
+    def _failed(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
         if gone:
             return
         if request.startedWriting:
@@ -179,14 +178,14 @@ class FilesResource(Resource):
             error = KVError("internal error")
         self._error(request, error)
 
-    def _error(self, request: IRequest, error: KVError) -> None:
+    def _error(self, request: Request, error: KVError) -> None:
         if isinstance(error, Unavailable):
             request.setHeader(b"retry-after", str(max(1, round(error.retry_after))).encode())
         if isinstance(error, RangeNotSatisfiable):
             request.setHeader(b"content-range", f"bytes */{error.size}".encode())
         self._json(request, error.status, {"error": error.code, "message": error.message})
 
-    def _json(self, request: IRequest, status: int, body: dict) -> None:
+    def _json(self, request: Request, status: int, body: dict) -> None:
         data = json.dumps(body).encode("utf-8")
         request.setResponseCode(status)
         request.setHeader(b"content-type", _JSON)
@@ -194,13 +193,13 @@ class FilesResource(Resource):
         request.write(data)
         request.finish()
 
-    def _path(self, request: IRequest) -> tuple[FSPath, bool]:
+    def _path(self, request: Request) -> tuple[FSPath, bool]:
         """
         The path of the request, and whether it names a directory
         explicitly (a trailing slash, or the root).
         """
         try:
-            segments = [segment.decode("utf-8") for segment in request.postpath]
+            segments = [segment.decode("utf-8") for segment in request.postpath or ()]
         except UnicodeDecodeError:
             raise BadPath("the path is not UTF-8") from None
         directory = not segments or segments[-1] == ""
@@ -208,7 +207,7 @@ class FilesResource(Resource):
             segments.pop()
         return FSPath.from_segments(segments), directory
 
-    async def _get(self, request: IRequest) -> None:
+    async def _get(self, request: Request) -> None:
         path, directory = self._path(request)
         if directory:
             await self._list(request, path)
@@ -239,7 +238,7 @@ class FilesResource(Resource):
         await download.send(request, start, stop)
         request.finish()
 
-    async def _list(self, request: IRequest, path: FSPath) -> None:
+    async def _list(self, request: Request, path: FSPath) -> None:
         entries = await self._fs.list_directory(path)
         self._json(
             request,
@@ -261,7 +260,7 @@ class FilesResource(Resource):
             description["version"] = entry.version
         return description
 
-    async def _put(self, request: IRequest) -> None:
+    async def _put(self, request: Request) -> None:
         path, directory = self._path(request)
         if directory:
             await self._make_directory(request, path)
@@ -280,9 +279,11 @@ class FilesResource(Resource):
             create_parents=True,
             content_type=_header(request, b"content-type"),
         )
+        body = request.content
+        assert body is not None
         try:
-            request.content.seek(0)
-            while data := request.content.read(self._fs.chunk_bytes):
+            body.seek(0)
+            while data := body.read(self._fs.chunk_bytes):
                 upload.write(data)
                 await upload.drained()
         except BaseException:
@@ -303,7 +304,7 @@ class FilesResource(Resource):
             },
         )
 
-    async def _make_directory(self, request: IRequest, path: FSPath) -> None:
+    async def _make_directory(self, request: Request, path: FSPath) -> None:
         created = True
         try:
             await self._fs.make_directories(path)
@@ -313,7 +314,7 @@ class FilesResource(Resource):
             request, 201 if created else 200, {"path": path.text, "type": "directory"}
         )
 
-    async def _delete(self, request: IRequest) -> None:
+    async def _delete(self, request: Request) -> None:
         path, directory = self._path(request)
         if_match = _header(request, b"if-match")
         if directory:

@@ -40,6 +40,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IAddress, IConsumer, IReactorTCP
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
@@ -129,7 +130,7 @@ class _ReadFile:
         self._opened = opened
         opened.add(download)
 
-    def send(self, consumer: IConsumer) -> Deferred[None]:
+    def send(self, consumer: IConsumer) -> Deferred[Any]:
         def forget(result: object) -> object:
             self._opened.discard(self._download)
             return result
@@ -163,6 +164,25 @@ class _WriteFile:
             return result
 
         return ending.addBoth(forget).addErrback(_translate)
+
+
+def _stat_values(entry: Entry, keys: Iterable[str], read_only: bool) -> list[Any]:
+    """
+    The values of C{keys} (see L{ftp.IFTPShell.list}) for C{entry}.
+    """
+    mode = 0o755 if entry.is_directory else 0o644
+    if read_only:
+        mode &= 0o555
+    facts = {
+        "size": entry.size,
+        "directory": entry.is_directory,
+        "permissions": Permissions(mode),
+        "hardlinks": 1,
+        "modified": entry.modified,
+        "owner": "kv",
+        "group": "kv",
+    }
+    return [facts[key] for key in keys]
 
 
 @implementer(ftp.IFTPShell)
@@ -204,7 +224,7 @@ class FileShell:
 
     def stat(self, path: Sequence[str], keys: Iterable[str] = ()) -> Deferred[list[Any]]:
         return self._look(lambda: self._fs.stat(self._path(path))).addCallback(
-            self._values, keys
+            _stat_values, keys, self.read_only
         )
 
     def list(
@@ -214,14 +234,16 @@ class FileShell:
             fspath = self._path(path)
             entry = await self._fs.stat(fspath)
             entries = await self._fs.list_directory(fspath) if entry.is_directory else [entry]
-            return [(child.path.name, self._values(child, keys)) for child in entries]
+            return [
+                (child.path.name, _stat_values(child, keys, self.read_only)) for child in entries
+            ]
 
         return self._look(lambda: Deferred.fromCoroutine(listing()))
 
-    def openForReading(self, path: Sequence[str]) -> Deferred[ftp.IReadFile]:
+    def openForReading(self, path: Sequence[str]) -> Deferred[_ReadFile]:
         return self.open_for_reading(path)
 
-    def openForWriting(self, path: Sequence[str]) -> Deferred[ftp.IWriteFile]:
+    def openForWriting(self, path: Sequence[str]) -> Deferred[_WriteFile]:
         return self.open_for_writing(path)
 
     def open_for_reading(self, path: Sequence[str], offset: int = 0) -> Deferred[_ReadFile]:
@@ -264,20 +286,6 @@ class FileShell:
             return fail(ftp.AnonUserDeniedError())
         return self._look(operation)
 
-    def _values(self, entry: Entry, keys: Iterable[str]) -> list[Any]:
-        mode = 0o755 if entry.is_directory else 0o644
-        if self.read_only:
-            mode &= 0o555
-        facts = {
-            "size": entry.size,
-            "directory": entry.is_directory,
-            "permissions": Permissions(mode),
-            "hardlinks": 1,
-            "modified": entry.modified,
-            "owner": "kv",
-            "group": "kv",
-        }
-        return [facts[key] for key in keys]
 
 
 @implementer(IRealm)
@@ -321,9 +329,9 @@ class PasswordChecker:
         self._users = dict(users)
         self._decoy = hash_password("", salt=bytes(16))
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
-        username = credentials.username
-        password = credentials.password
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Any]:
+        username: str | bytes = credentials.username
+        password: str | bytes = credentials.password
         if isinstance(username, bytes):
             username = username.decode("utf-8", "replace")
         if isinstance(password, bytes):
@@ -350,6 +358,13 @@ class FileFTP(ftp.FTP):
     _reactor: Any = None
     _restart_at = 0
     logout: Optional[Callable[[], None]] = None
+    # Set by Twisted's FTP (which has no annotations).
+    shell: Any
+    transport: Any
+    dtpFactory: Any
+    dtpPort: Any
+    dtpInstance: Any
+    workingDirectory: list[str]
 
     def __init__(self) -> None:
         super().__init__()
@@ -404,7 +419,7 @@ class FileFTP(ftp.FTP):
             line = line.encode("utf-8", "surrogateescape")
         super().sendLine(line)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         logout, self.logout = self.logout, None
         if logout is not None:
             logout()
@@ -460,7 +475,7 @@ class FileFTP(ftp.FTP):
     def ftp_EPRT(self, address: str) -> Deferred[None]:
         return self.ftp_PORT(address)
 
-    def _data_connection(self) -> ftp.DTP:
+    def _data_connection(self) -> Any:
         if self.dtpInstance is None or not self.dtpInstance.isConnected:
             raise ftp.BadCmdSequenceError("PASV or EPSV required first")
         return self.dtpInstance
@@ -628,7 +643,7 @@ class _DataFactory(ftp.DTPFactory):
     A passive data connection factory that only accepts the client's host.
     """
 
-    def buildProtocol(self, addr: IAddress) -> Optional[ftp.DTP]:
+    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[ftp.DTP]:
         if getattr(addr, "host", None) != self.peerHost:
             return None
         return super().buildProtocol(addr)
@@ -661,7 +676,7 @@ class FileFTPFactory(ftp.FTPFactory):
         self.collector = collector
         self._reactor = reactor
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: Optional[IAddress]) -> Any:
         wrapper = super().buildProtocol(addr)
         if wrapper is not None:
             session = wrapper.wrappedProtocol
@@ -676,6 +691,10 @@ class FileFTPFactory(ftp.FTPFactory):
     def stopFactory(self) -> None:
         self.collector.stop()
         super().stopFactory()
+
+
+def _can_listen(reactor: object) -> bool:
+    return IReactorTCP.providedBy(reactor)
 
 
 def build_ftp_factory(
@@ -699,7 +718,7 @@ def build_ftp_factory(
 
     @raise ValueError: a stored password is malformed.
     """
-    if not IReactorTCP.providedBy(clock):
+    if not _can_listen(clock):
         raise TypeError("clock must be a reactor that can listen on TCP ports")
     fs = FileSystem(kv, clock, max_file_bytes=max_file_bytes)
     checkers: list[ICredentialsChecker] = [PasswordChecker(users)]

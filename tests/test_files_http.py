@@ -145,6 +145,17 @@ class FilesResourceTests(SynchronousTestCase):
         self.assertEqual(self.header(response, "content-type"), "text/plain")
         self.assertEqual(self.kv.held, [])
 
+    def test_degraded(self) -> None:
+        """
+        A file read without a majority says so with C{X-KV-Degraded}.
+        """
+        self.request("PUT", "/f", b"data")
+        self.assertIsNone(self.header(self.request("GET", "/f")[0], "x-kv-degraded"))
+        self.kv.degraded = True
+        response, body = self.request("GET", "/f")
+        self.assertEqual((response.code, body), (200, b"data"))
+        self.assertEqual(self.header(response, "x-kv-degraded"), "true")
+
     def test_ranges(self) -> None:
         """
         A single range is answered 206 with C{Content-Range}; a range after

@@ -126,6 +126,8 @@ class Entry:
 
     @ivar version: for a file, the version of its manifest (an HTTP ETag).
     @ivar manifest: for a file, its manifest.
+    @ivar degraded: the manifest was read without a majority of the cluster
+        and may be stale (its chunks never change, so they are exact).
     """
 
     path: FSPath
@@ -134,6 +136,7 @@ class Entry:
     modified: float
     version: Optional[str] = None
     manifest: Optional[Manifest] = None
+    degraded: bool = False
 
 
 @frozen
@@ -154,12 +157,13 @@ class _Slot:
 
     version: Optional[str]
     content: Union[Manifest, Tombstone, None]
+    degraded: bool = False
 
     @classmethod
-    def of(cls, record: Optional[Record]) -> _Slot:
+    def of(cls, record: Optional[Record], degraded: bool = False) -> _Slot:
         if record is None:
-            return cls(None, None)
-        return cls(format_version(record.version), decode_entry(record.value))
+            return cls(None, None, degraded)
+        return cls(format_version(record.version), decode_entry(record.value), degraded)
 
     @property
     def manifest(self) -> Optional[Manifest]:
@@ -497,10 +501,13 @@ class FileSystem:
     def _file_entry(self, path: FSPath, slot: _Slot) -> Entry:
         manifest = slot.manifest
         assert manifest is not None
-        return Entry(path, False, manifest.size, manifest.mtime, slot.version, manifest)
+        return Entry(
+            path, False, manifest.size, manifest.mtime, slot.version, manifest, slot.degraded
+        )
 
     async def _slot(self, path: FSPath) -> _Slot:
-        return _Slot.of((await self.kv.get(manifest_key(path))).record)
+        result = await self.kv.get(manifest_key(path))
+        return _Slot.of(result.record, result.degraded)
 
     async def _directory(self, path: FSPath) -> Optional[DirectoryEntry]:
         if path.is_root:

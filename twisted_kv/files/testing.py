@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from twisted_kv.core.keyspace import file_key
 from twisted_kv.files._paths import CHUNKS_PREFIX, LEASES_PREFIX
-from twisted_kv.interfaces import ChangeEvent, IKeyValue
+from twisted_kv.interfaces import ChangeEvent, IKeyValue, ReadResult
 
 #: Chooses operations: called with the method name (C{"get"}, C{"put"},
 #: C{"delete"}, C{"list_keys"}) and the key (the prefix for C{list_keys}).
@@ -64,10 +64,13 @@ class ControlledKeyValue:
     in L{held} until released) or by L{fail_with} (failed at once).
 
     @ivar held: the held operations, oldest first.
+    @ivar degraded: answer reads as if no majority of the cluster was
+        reachable (L{ReadResult.degraded}).
     """
 
     def __init__(self, kv: IKeyValue) -> None:
         self.held: list[HeldOperation] = []
+        self.degraded = False
         self._kv = kv
         self._hold: Optional[Selector] = None
         self._failures: list[tuple[Selector, Exception]] = []
@@ -108,7 +111,12 @@ class ControlledKeyValue:
         return run()
 
     def get(self, key: str) -> Deferred[Any]:
-        return self._call("get", key, lambda: self._kv.get(key))
+        def read() -> Deferred[Any]:
+            return self._kv.get(key).addCallback(
+                lambda result: ReadResult(result.record, result.degraded or self.degraded)
+            )
+
+        return self._call("get", key, read)
 
     def put(self, key: str, value: bytes, *args: Any, **kwargs: Any) -> Deferred[Any]:
         return self._call("put", key, lambda: self._kv.put(key, value, *args, **kwargs))

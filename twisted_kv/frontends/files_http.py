@@ -8,7 +8,8 @@ empty segments and encoded slashes are refused with 400).
 
   - C{GET} a file: its bytes, with C{Content-Type}, C{ETag} (the version
     of the file's manifest), C{Last-Modified}, C{Accept-Ranges: bytes} and
-    C{X-Content-SHA256}; C{Range: bytes=A-B}, C{A-} or C{-N} gives 206
+    C{X-Content-SHA256} (and C{X-KV-Degraded: true} when no majority of the
+    cluster answered the read of the manifest); C{Range: bytes=A-B}, C{A-} or C{-N} gives 206
     with C{Content-Range}, or 416 when the range is outside the file
     (several ranges, or a malformed header, get the whole file).
   - C{GET} a directory (with or without a trailing slash): a JSON listing
@@ -60,6 +61,7 @@ __all__ = ["FilesResource", "byte_range", "files_resource"]
 _JSON = b"application/json"
 # The headers describing a file, dropped if sending it fails before it starts.
 _FILE_HEADERS = (
+    b"x-kv-degraded",
     b"accept-ranges",
     b"content-range",
     b"etag",
@@ -222,6 +224,8 @@ class FilesResource(Resource):
         assert manifest is not None
         wanted = byte_range(_header(request, b"range"), entry.size)
         start, stop = wanted or (0, entry.size)
+        if entry.degraded:
+            request.setHeader(b"x-kv-degraded", b"true")
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"etag", _quoted(entry.version))
         if wanted is not None:

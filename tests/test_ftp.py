@@ -762,15 +762,6 @@ class CommandTests(SynchronousTestCase):
         self.session.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def test_collector_runs_with_factory(self) -> None:
-        """
-        The factory runs the orphan collector while it is in use.
-        """
-        self.factory.doStart()
-        self.assertTrue(self.factory.collector.running)
-        self.factory.doStop()
-        self.assertFalse(self.factory.collector.running)
-
     def test_needs_tcp_reactor(self) -> None:
         """
         The clock must be a reactor able to listen for data connections.

@@ -64,7 +64,6 @@ from twisted_kv.files import (
     FileChanged,
     FileSystem,
     FSPath,
-    OrphanCollector,
     TransferAborted,
     Upload,
     UploadExpired,
@@ -651,12 +650,9 @@ class _DataFactory(ftp.DTPFactory):
 
 class FileFTPFactory(ftp.FTPFactory):
     """
-    Builds L{FileFTP} sessions on the injected reactor, and runs the orphan
-    collector while the factory is in use (between C{startFactory} and
-    C{stopFactory}).
+    Builds L{FileFTP} sessions on the injected reactor.
 
     @ivar fs: the file system served.
-    @ivar collector: its L{OrphanCollector}.
     """
 
     protocol = FileFTP
@@ -667,13 +663,11 @@ class FileFTPFactory(ftp.FTPFactory):
         portal: Portal,
         fs: FileSystem,
         reactor: Any,
-        collector: OrphanCollector,
         anonymous: bool,
     ) -> None:
         super().__init__(portal)
         self.allowAnonymous = anonymous
         self.fs = fs
-        self.collector = collector
         self._reactor = reactor
 
     def buildProtocol(self, addr: Optional[IAddress]) -> Any:
@@ -684,13 +678,6 @@ class FileFTPFactory(ftp.FTPFactory):
             session.callLater = self._reactor.callLater
             session.listenFactory = self._reactor.listenTCP
         return wrapper
-
-    def startFactory(self) -> None:
-        self.collector.start()
-
-    def stopFactory(self) -> None:
-        self.collector.stop()
-        super().stopFactory()
 
 
 def _can_listen(reactor: object) -> bool:
@@ -725,4 +712,4 @@ def build_ftp_factory(
     if anonymous:
         checkers.append(AllowAnonymousAccess())
     portal = Portal(FileRealm(fs), checkers)
-    return FileFTPFactory(portal, fs, clock, OrphanCollector(fs, clock), anonymous)
+    return FileFTPFactory(portal, fs, clock, anonymous)

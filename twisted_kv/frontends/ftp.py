@@ -503,6 +503,20 @@ class FileFTP(ftp.FTP):
         if self.dtpFactory is not None:
             self.cleanupDTP()
 
+    def cleanupDTP(self) -> None:
+        """
+        Stop listening for a data connection and forget it (Twisted's
+        version also handles active mode, which is refused here, and logs
+        every step).
+        """
+        port, self.dtpPort = self.dtpPort, None
+        if port is not None:
+            port.stopListening()
+        factory, self.dtpFactory = self.dtpFactory, None
+        if factory is not None:
+            factory.stopFactory()
+        self.dtpInstance = None
+
     def ftp_ABOR(self) -> tuple[str]:
         self._close_data()
         return (ftp.CLOSING_DATA_CNX,)
@@ -641,6 +655,8 @@ class _DataFactory(ftp.DTPFactory):
     """
     A passive data connection factory that only accepts the client's host.
     """
+
+    noisy = False
 
     def buildProtocol(self, addr: Optional[IAddress]) -> Optional[ftp.DTP]:
         if getattr(addr, "host", None) != self.peerHost:

@@ -3,10 +3,12 @@ FTP throughput: upload and download MB/s of one large file through the
 twisted_kv FTP service, next to vsftpd serving the same file from tmpfs.
 
     python bench/ftp_throughput.py [--size-mib 100] [--repeat 3]
+    python bench/ftp_throughput.py --url ftp://alice:wonderland@127.0.0.1:7201/
 
-Both servers listen on 127.0.0.1 and are driven by curl (passive mode,
-binary), so the client costs the same for both.  The twisted_kv server runs
-in its own process over a single-process store (L{LocalKeyValue}); vsftpd
+Both servers are driven by curl (passive mode, binary), so the client costs
+the same for both.  By default the twisted_kv server runs in its own process
+over a single-process store (L{LocalKeyValue}); with C{--url} the running
+node at that URL is measured instead (a node of a cluster).  vsftpd
 gets a temporary configuration (anonymous uploads into a directory on
 tmpfs) and the script removes everything it created when it ends.  Each
 figure is the median of the runs, in MiB/s.
@@ -180,6 +182,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--size-mib", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tmpfs", default="/dev/shm")
+    parser.add_argument("--url", help="measure the running FTP service at this URL")
     options = parser.parse_args(argv)
     if shutil.which("curl") is None:
         print("curl is needed (apt-get install curl)", file=sys.stderr)
@@ -192,8 +195,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             for _ in range(options.size_mib):
                 file.write(os.urandom(1024 * 1024))
         rows = []
-        with twisted_kv_server(size) as base:
-            rows.append(("twisted_kv (LocalKeyValue)", *measure(base, source, options.repeat)))
+        if options.url:
+            base = options.url if options.url.endswith("/") else options.url + "/"
+            rows.append(("twisted_kv (cluster node)", *measure(base, source, options.repeat)))
+        else:
+            with twisted_kv_server(size) as base:
+                rows.append(("twisted_kv (LocalKeyValue)", *measure(base, source, options.repeat)))
         try:
             with vsftpd_server(options.tmpfs) as base:
                 rows.append(("vsftpd (tmpfs)", *measure(base, source, options.repeat)))
@@ -201,7 +208,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"vsftpd skipped: {error}", file=sys.stderr)
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
-    print(f"{options.size_mib} MiB file, median of {options.repeat} runs, curl on 127.0.0.1")
+    print(f"{options.size_mib} MiB file, median of {options.repeat} runs, curl")
     print(f"{'server':<28} {'upload MiB/s':>13} {'download MiB/s':>15}")
     for name, upload, download in rows:
         print(f"{name:<28} {upload:>13.1f} {download:>15.1f}")

@@ -82,13 +82,19 @@ class ErrorTests(SynchronousTestCase):
 
     def test_default_message(self) -> None:
         """
-        Without a message, the first line of the class docstring is used.
+        Without a message, the first paragraph of the class docstring is
+        used, whole sentences on one line.
         """
         self.assertEqual(KeyNotFound().message, "No such key.")
         self.assertEqual(KeyExists().message, "The key already exists.")
+        self.assertEqual(
+            OutcomeUnknown().message,
+            "The operation may or may not take effect (replicas stopped answering"
+            " mid-way); the client should re-read.",
+        )
         for cls in EXPECTED:
-            first_line = cls.__doc__.strip().splitlines()[0]
-            self.assertEqual(cls().message, first_line, cls)
+            self.assertTrue(cls().message.endswith("."), cls)
+            self.assertNotIn("\n", cls().message)
 
     def test_retry_after(self) -> None:
         """

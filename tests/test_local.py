@@ -384,7 +384,3 @@ class LimitTests(SynchronousTestCase):
             kv.put(f"k{i}", b"x" * 150).addErrback(lambda f: f.trap(InsufficientStorage))
         self.assertLessEqual(kv._store.bytes_used, 1000)
 
-    test_accepted_writes_stay_within_limit.todo = (  # type: ignore[attr-defined]
-        "put checks bytes_used + len(value), leaving out the key and the "
-        "per-record overhead that bytes_used counts"
-    )

@@ -118,4 +118,3 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(text.splitlines()[0], "# HELP m first\\nsecond \\\\ third")
         self.assertEqual(len(text.splitlines()), 3)
 
-    test_help_escaping.todo = "render writes the help text unescaped"  # type: ignore[attr-defined]

@@ -336,9 +336,6 @@ class OperationIdTests(SynchronousTestCase):
         self.assertEqual(backup.find_operation("op2b")[0], 2)
         self.assertIsNone(backup.find_operation("op2"))
 
-    test_truncated_operation_forgotten.todo = (  # type: ignore[attr-defined]
-        "_truncate_from leaves the dropped entries' ids in _recent_ops"
-    )
 
 
 def _diverged() -> tuple[Replica, Replica, Replica]:
@@ -406,10 +403,6 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(backup.read("k3", 0.0).value, b"acked?")
         self.assertIsNone(backup.read("k2", 0.0))
 
-    test_stale_tail_is_not_an_acknowledgement.todo = (  # type: ignore[attr-defined]
-        "on_append answers with its own last_seq, not the last entry it "
-        "verified against the primary's log"
-    )
 
     def test_conflicting_prev_truncates_and_hints(self) -> None:
         """
@@ -642,9 +635,6 @@ class SnapshotTests(SynchronousTestCase):
         primary.snapshot_messages("D")  # lost
         self.assertEqual(primary.caught_up(), [])
 
-    test_not_in_sync_before_acknowledging.todo = (  # type: ignore[attr-defined]
-        "snapshot_messages sets _match[member] before any acknowledgement"
-    )
 
     def test_caught_up_until_marked(self) -> None:
         """

@@ -22,7 +22,7 @@ class KVError(Exception):
     code = "internal"
 
     def __init__(self, message: str = "") -> None:
-        super().__init__(message or self.__class__.__doc__.strip().splitlines()[0])
+        super().__init__(message or " ".join(self.__class__.__doc__.split("\n\n")[0].split()))
 
     @property
     def message(self) -> str:

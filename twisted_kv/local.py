@@ -28,7 +28,7 @@ from twisted_kv.core.records import (
     live,
     make_version,
 )
-from twisted_kv.errors import InsufficientStorage, KVError, ValueTooLarge
+from twisted_kv.errors import InsufficientStorage, InvalidRequest, KVError, ValueTooLarge
 from twisted_kv.interfaces import ChangeEvent, IKeyValue, KeyPage, ReadResult, WriteResult
 
 
@@ -70,7 +70,7 @@ class LocalKeyValue:
     ) -> Deferred[WriteResult]:
         if len(value) > self.max_value_bytes:
             return fail(ValueTooLarge(f"the value exceeds {self.max_value_bytes} bytes"))
-        if self._memory_limit and self._store.bytes_used + len(value) > self._memory_limit:
+        if self._memory_limit and self._store.bytes_used + self._store.growth(key, value) > self._memory_limit:
             return fail(InsufficientStorage("the memory limit would be exceeded"))
         operation = Put(key, value, content_type, ttl, if_match, if_none_match, create_only)
         return self._execute(operation).addCallback(
@@ -83,6 +83,8 @@ class LocalKeyValue:
         )
 
     def list_keys(self, prefix: str, start_after: Optional[str], limit: int) -> Deferred[KeyPage]:
+        if limit < 1:
+            return fail(InvalidRequest("the limit must be at least 1"))
         now = self._clock.seconds()
         keys = []
         for key in self._store.keys_from(prefix, start_after):

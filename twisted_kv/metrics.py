@@ -42,7 +42,8 @@ def render(metrics: Iterable[Metric]) -> str:
     """
     lines = []
     for metric in metrics:
-        lines.append(f"# HELP {metric.name} {metric.help}")
+        help_text = metric.help.replace("\\", "\\\\").replace("\n", "\\n")
+        lines.append(f"# HELP {metric.name} {help_text}")
         lines.append(f"# TYPE {metric.name} {metric.kind}")
         for labels, value in metric.samples:
             text = ",".join(f'{name}="{_escape_label(v)}"' for name, v in labels)

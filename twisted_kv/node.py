@@ -10,8 +10,8 @@ process in the tests.
 
 Messages between nodes (lists; the first element is the tag):
 
-  - consensus (L{twisted_kv.core.consensus}): C{vote}, C{voted}, C{append},
-    C{appended};
+  - consensus (L{twisted_kv.core.consensus}): C{prevote}, C{prevoted},
+    C{vote}, C{voted}, C{append}, C{appended};
   - C{["status", state]}: gossip of L{Node.sync_state}, several times a
     second;
   - replication (L{twisted_kv.core.replica}): C{["app", partition, epoch,
@@ -297,6 +297,8 @@ class Node:
             "repaired": self.repaired_keys(),
             "antientropy_bytes": self.antientropy_bytes,
             "last_full_round": self.last_full_round,
+            "term": self.consensus.term,
+            "has_map": self.consensus.latest_map is not None,
         }
 
     def synced(self) -> bool:
@@ -344,8 +346,8 @@ class Node:
                 leader=leader[0],
                 term=leader[1],
             )
+            self._leader_seen = leader
             self._republish()
-        self._leader_seen = leader
         committed = self.consensus.committed
         if committed is not None and committed is not self._map:
             self._apply_map(committed)
@@ -530,7 +532,8 @@ class Node:
         if (
             isinstance(operation, Put)
             and self.config.memory_limit
-            and self.bytes_used() + len(operation.value) > self.config.memory_limit
+            and self.bytes_used() + replica.store.growth(operation.key, operation.value)
+            > self.config.memory_limit
         ):
             return fail(InsufficientStorage("the node's memory limit would be exceeded"))
         self.executed += 1
@@ -647,7 +650,9 @@ class Node:
         self._after_consensus()
 
     def _on_status(self, peer: str, message: list) -> None:
-        self.membership.info[peer] = message[1]
+        state = message[1]
+        self.membership.info[peer] = state
+        self.consensus.observe(state["term"], state["has_map"])
 
     def _on_app(self, peer: str, message: list) -> None:
         _, partition, epoch, prev_seq, prev_epoch, entries, commit, round_ = message
@@ -904,6 +909,8 @@ class Node:
 
 
 Node._handlers = {
+    "prevote": Node._on_consensus,
+    "prevoted": Node._on_consensus,
     "vote": Node._on_consensus,
     "voted": Node._on_consensus,
     "append": Node._on_consensus,

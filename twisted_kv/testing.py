@@ -220,7 +220,7 @@ class MemoryCluster:
         while self.clock.seconds() < end:
             self.run(0.05)
             leader = self.leader()
-            if leader is None:
+            if leader not in self.nodes:
                 continue
             latest = self.nodes[leader].consensus.latest_map
             if latest is None or any(n.cluster_map != latest for n in self.nodes.values()):

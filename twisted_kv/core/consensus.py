@@ -12,16 +12,24 @@ comparing the (index, term) of that one entry.  The rules kept from Raft:
   - an entry is committed once a majority of all nodes stores it, and only
     entries of the leader's own term are committed by counting (a new leader
     re-proposes the map it has, as its first entry);
-  - leader stickiness (a node that heard from a leader within the minimum
-    election timeout ignores vote requests) and check-quorum (a leader that
-    has not heard from a majority for an election timeout steps down), so a
-    partitioned node neither disrupts nor lingers as leader.
+  - pre-vote (a node first asks whether it could win, without raising its
+    term), leader stickiness (a node that heard from a leader within the
+    minimum election timeout ignores vote requests) and check-quorum (a
+    leader that has not heard from a majority for an election timeout steps
+    down), so a partitioned node neither disrupts nor lingers as leader;
+  - a follower only ever replaces its entry with a newer one.
 
-State is in memory only.  A restarted node does not vote for a minimum
-election timeout after it starts, so a vote it cast before it crashed belongs
-to an election that has ended.
+State is in memory only, so a restarted node may have voted, before it
+crashed, in a term it no longer remembers.  It therefore never votes in a
+term it may have voted in: it does not vote for a minimum election timeout
+after it starts (its peers' status gossip arrives well within it), nor, until
+it hears from a leader, in any term up to the highest its peers report
+(L{Consensus.observe}).  An empty node does not vote at all in a cluster that
+already has a map, since its vote could elect a node lacking that map.
 
 Messages (lists, the first element the tag):
+  - C{["prevote", proposed_term, entry_index, entry_term]}
+  - C{["prevoted", proposed_term, granted]}
   - C{["vote", term, entry_index, entry_term]}
   - C{["voted", term, granted]}
   - C{["append", term, entry_index, entry_term, map or None, commit_index]}:
@@ -82,6 +90,11 @@ class Consensus:
         self._entry_wire: Optional[list] = None
         self._commit_index = 0
         self._votes_allowed_at = now + election_timeout / 2
+        self._no_votes_up_to = 0
+        self._heard_leader = False
+        self._cluster_has_map = False
+        self._prevotes: set[str] = set()
+        self._prevote_term = 0
         self._leader_contact = float("-inf")
         self._deadline = now + self._random_timeout()
         self._next_heartbeat = 0.0
@@ -99,6 +112,27 @@ class Consensus:
         """
         return self._entry_map
 
+    def observe(self, term: int, has_map: bool) -> None:
+        """
+        A peer reports its current term and whether it holds a map (status
+        gossip); until this node hears from a leader, it will not vote in
+        that term or an earlier one.
+        """
+        if not self._heard_leader:
+            self._no_votes_up_to = max(self._no_votes_up_to, term)
+        self._cluster_has_map = self._cluster_has_map or has_map
+
+    def _may_vote(self, now: float, term: int, index: int, entry_term: int) -> bool:
+        """
+        The rules common to votes and pre-votes (see the module docstring).
+        """
+        return (
+            now >= self._votes_allowed_at
+            and term > self._no_votes_up_to
+            and not (self._entry[0] == 0 and self._cluster_has_map)
+            and (entry_term, index) >= (self._entry[1], self._entry[0])
+        )
+
     def tick(self, now: float) -> Outgoing:
         """
         Let time pass: start elections, send heartbeats, step down.
@@ -112,7 +146,7 @@ class Consensus:
                 return self._broadcast_append(now)
             return []
         if now >= self._deadline:
-            return self._start_election(now)
+            return self._start_prevote(now)
         return []
 
     def propose(self, now: float, cluster_map: ClusterMap) -> Outgoing:
@@ -129,6 +163,10 @@ class Consensus:
         Handle one message from C{sender}.
         """
         tag, term = message[0], message[1]
+        if tag == "prevote":
+            return self._on_prevote(now, sender, term, *message[2:])
+        if tag == "prevoted":
+            return self._on_prevoted(now, sender, term, message[2])
         if tag == "vote" and now - self._leader_contact < self._timeout / 2:
             return []
         if term > self.term:
@@ -139,12 +177,27 @@ class Consensus:
         handler = getattr(self, f"_on_{tag}")
         return handler(now, sender, term, *message[2:])
 
+    def _on_prevote(self, now: float, sender: str, term: int, index: int, entry_term: int) -> Outgoing:
+        granted = (
+            term > self.term
+            and now - self._leader_contact >= self._timeout / 2
+            and self._may_vote(now, term, index, entry_term)
+        )
+        return [(sender, ["prevoted", term, granted])]
+
+    def _on_prevoted(self, now: float, sender: str, term: int, granted: bool) -> Outgoing:
+        if self.role != LEADER and term == self._prevote_term and granted:
+            self._prevotes.add(sender)
+            if len(self._prevotes) >= self.majority:
+                self._prevote_term = 0
+                return self._start_election(now)
+        return []
+
     def _on_vote(self, now: float, sender: str, term: int, index: int, entry_term: int) -> Outgoing:
         granted = (
             term == self.term
             and self._voted_for in (None, sender)
-            and (entry_term, index) >= (self._entry[1], self._entry[0])
-            and now >= self._votes_allowed_at
+            and self._may_vote(now, term, index, entry_term)
         )
         if granted:
             self._voted_for = sender
@@ -173,8 +226,9 @@ class Consensus:
         if self.leader != sender:
             self._become_follower(now, sender)
         self._leader_contact = now
+        self._heard_leader = True
         self._deadline = now + self._random_timeout()
-        if wire_map is not None and (index, entry_term) != self._entry:
+        if wire_map is not None and (entry_term, index) > (self._entry[1], self._entry[0]):
             self._store(index, entry_term, decode_map(wire_map), wire_map)
         ok = (index, entry_term) == self._entry
         if ok and commit_index >= index:
@@ -210,6 +264,20 @@ class Consensus:
         holders = 1 + sum(1 for peer in self.peers if self._acked.get(peer) == self._entry)
         if holders >= self.majority:
             self._commit()
+
+    def _start_prevote(self, now: float) -> Outgoing:
+        """
+        Ask whether we could win the next term before raising our term, so
+        that a node that cannot win (cut off, or behind) disrupts nobody.
+        """
+        self._deadline = now + self._random_timeout()
+        self.leader = None
+        self._prevote_term = self.term + 1
+        self._prevotes = {self.node_id}
+        if len(self._prevotes) >= self.majority:
+            return self._start_election(now)
+        message = ["prevote", self._prevote_term, *self._entry]
+        return [(peer, message) for peer in self.peers]
 
     def _start_election(self, now: float) -> Outgoing:
         self.term += 1

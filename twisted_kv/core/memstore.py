@@ -44,6 +44,15 @@ class MemStore:
     def get(self, key: str) -> Optional[Record]:
         return self._records.get(key)
 
+    def growth(self, key: str, value: bytes) -> int:
+        """
+        How many bytes storing C{value} under C{key} would add (negative when
+        it replaces a larger record).
+        """
+        old = self._records.get(key)
+        replaced = 0 if old is None else record_cost(key, old)
+        return RECORD_OVERHEAD + len(key) + len(value) - replaced
+
     def apply(self, change: Change) -> None:
         """
         Make C{change} the current state of its key.

@@ -163,6 +163,7 @@ class Replica:
         self._match: dict[str, int] = {}
         self._next: dict[str, int] = {}
         self._sync_target: dict[str, int] = {}
+        self._snapshot_at: dict[str, int] = {}
         self._pending_by_key: dict[str, Entry] = {}
         self._serving_from = 0
         self.round = 0
@@ -184,7 +185,12 @@ class Replica:
 
     def _truncate_from(self, seq: int) -> None:
         assert seq > self.commit_seq, "committed entries are never dropped"
+        dropped = self.log[seq - self.base_seq - 1 :]
         del self.log[seq - self.base_seq - 1 :]
+        for entry in dropped:
+            seen = self._recent_ops.get(entry.op_id) if entry.op_id is not None else None
+            if seen is not None and seen[0] == entry.seq:
+                del self._recent_ops[entry.op_id]
 
     def _apply_committed(self) -> list[Entry]:
         """
@@ -281,7 +287,7 @@ class Replica:
         self.epoch = epoch
         self.is_primary = True
         if takeover:
-            for table in (self._match, self._next, self._acked_round, self._sync_target):
+            for table in (self._match, self._next, self._acked_round, self._sync_target, self._snapshot_at):
                 table.clear()
         for member in members:
             if member not in self._match:
@@ -293,7 +299,7 @@ class Replica:
             elif member not in self._sync_target:
                 self._sync_target[member] = self.last_seq
         for gone in set(self._match) - set(members):
-            for table in (self._match, self._next, self._acked_round, self._sync_target):
+            for table in (self._match, self._next, self._acked_round, self._sync_target, self._snapshot_at):
                 table.pop(gone, None)
         self.members = members
         if takeover:
@@ -322,6 +328,7 @@ class Replica:
         self._next.clear()
         self._acked_round.clear()
         self._sync_target.clear()
+        self._snapshot_at.clear()
         self._pending_by_key.clear()
         self._expiries = []
 
@@ -386,6 +393,7 @@ class Replica:
         commit position, and a fresh confirmation round.
         """
         start = self._next[member]
+        assert start > self.base_seq, "a member behind the log needs a snapshot"
         prev = start - 1
         entries = [encode_entry(e) for e in self.log[start - self.base_seq - 1 :]]
         self._next[member] = self.last_seq + 1
@@ -409,8 +417,10 @@ class Replica:
                 messages.append(header + [not messages, False, encode_records(batch)])
                 batch, size = [], 0
         messages.append(header + [not messages, True, encode_records(batch)])
-        self._match[member] = self.applied_seq
+        # Only the member's acknowledgement of what follows proves it holds
+        # the snapshot; until then it counts for nothing.
         self._next[member] = self.applied_seq + 1
+        self._snapshot_at[member] = self.applied_seq
         return messages
 
     def new_round(self) -> int:
@@ -436,6 +446,8 @@ class Replica:
         if not self.is_primary or epoch != self.epoch or member not in self._match:
             return []
         self._match[member] = max(self._match[member], last_seq)
+        if last_seq >= self._snapshot_at.get(member, last_seq + 1):
+            del self._snapshot_at[member]
         self._acked_round[member] = max(self._acked_round[member], round_)
         return self._advance_commit()
 
@@ -444,6 +456,8 @@ class Replica:
         C{member} lacks the entry before what we sent; back off to its hint.
         """
         if self.is_primary and epoch == self.epoch and member in self._next:
+            if hint < self._snapshot_at.get(member, -1):
+                return  # refused before the snapshot in flight arrived
             self._next[member] = min(self._next[member], hint + 1, self.last_seq + 1)
             self._match[member] = min(self._match[member], hint)
 
@@ -468,6 +482,7 @@ class Replica:
         for name in [member] if member is not None else self.members:
             if name in self._next:
                 self._next[name] = self._match[name] + 1
+                self._snapshot_at.pop(name, None)
 
     def _advance_commit(self) -> list[Entry]:
         commit = min(self._match.values(), default=self.last_seq)
@@ -596,7 +611,9 @@ class Replica:
         if commit > self.commit_seq:
             self.commit_seq = max(self.commit_seq, min(commit, verified))
         self._apply_committed()
-        return True, self.last_seq
+        # Acknowledge only what was checked against the primary's log: a
+        # stale tail beyond it is not the primary's.
+        return True, verified
 
     def on_snapshot(
         self, epoch: int, seq: int, seq_epoch: int, first: bool, last: bool, records: list

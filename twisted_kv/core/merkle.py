@@ -29,7 +29,12 @@ _ROOT = b"twisted_kv root\0"
 
 
 def bucket_of(key: str) -> int:
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % BUCKETS
+    """
+    The bucket of C{key}.  Partitions take the CRC's low bits, so buckets
+    take higher ones: the keys of one partition must spread over every
+    bucket, not a few.
+    """
+    return (zlib.crc32(key.encode("utf-8", "surrogatepass")) >> 16) % BUCKETS
 
 
 def leaf_hash(key: str, record: Record) -> int:

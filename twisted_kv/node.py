@@ -460,6 +460,11 @@ class Node:
             self._stalled_since.pop(partition, None)
 
     def _tend_primary(self, replica: Replica, now: float) -> None:
+        if replica.commit_seq > replica.commit_sent:
+            # Tell the members what is now committed, so that they apply it
+            # even if no further write comes to carry the news (once a tick,
+            # not once per commit: under load, writes carry it anyway).
+            self._mark_dirty(replica.partition)
         for expiry in replica.due_expiries(now):
             self.execute_local(replica.partition, expiry, None).addErrback(lambda f: None)
         self._settle(replica)
@@ -680,14 +685,9 @@ class Node:
     def _on_app_ok(self, peer: str, message: list) -> None:
         _, partition, epoch, last, round_ = message
         replica = self.replicas[partition]
-        before = replica.commit_seq
         committed = replica.on_append_ok(peer, epoch, last, round_)
         self._stalled_since.pop(partition, None)
         self._settle(replica, committed)
-        if replica.commit_seq > before:
-            # Tell the members what is now committed, so that they apply it
-            # even if no further write comes to carry the news.
-            self._mark_dirty(partition)
 
     def _on_app_no(self, peer: str, message: list) -> None:
         _, partition, epoch, hint = message

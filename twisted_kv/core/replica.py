@@ -166,6 +166,7 @@ class Replica:
         self._snapshot_at: dict[str, int] = {}
         self._pending_by_key: dict[str, Entry] = {}
         self._serving_from = 0
+        self.commit_sent = 0
         self.round = 0
         self._acked_round: dict[str, int] = {}
         self._expiries: list[tuple[float, int, str]] = []
@@ -397,6 +398,7 @@ class Replica:
         prev = start - 1
         entries = [encode_entry(e) for e in self.log[start - self.base_seq - 1 :]]
         self._next[member] = self.last_seq + 1
+        self.commit_sent = self.commit_seq
         return [
             "app", self.partition, self.epoch, prev, self._epoch_at(prev),
             entries, self.commit_seq, self.round,

@@ -1,0 +1,728 @@
+"""
+What the benchmarks in this directory share: child processes that are always
+cleaned up, free loopback ports, a twisted_kv cluster, an etcd cluster and a
+Redis server started from scratch, a fast HTTP loader, wrk runs and CPU time
+read from /proc.
+
+Nothing here imports twisted_kv: the nodes run in their own processes, with
+the interpreter the caller chooses (CPython or PyPy), and are driven over
+HTTP only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ctypes
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Callable, Iterable, Optional
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+LUA = os.path.join(BENCH, "lua")
+
+#: Ports this benchmark may use (other users of the machine keep out of it).
+PORT_RANGE = range(7400, 7700)
+
+#: Environment variable naming a file where every child's process group is
+#: recorded, so that bench/run can still kill them if this process dies.
+REGISTRY_ENV = "KVBENCH_PGIDS"
+
+VALUE = b"x" * 100
+
+
+class Interrupted(Exception):
+    """
+    A signal asked the benchmark to stop.
+    """
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def install_signal_handlers() -> None:
+    """
+    Turn SIGTERM and SIGHUP into L{Interrupted}, and SIGINT too, so that
+    every C{finally} runs and every child is stopped.
+    """
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, _raise_interrupted)
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG = 1: the child gets SIGKILL if this process dies,
+    # even by SIGKILL, so that no node outlives a killed benchmark.
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Processes:
+    """
+    Every child process of a benchmark run.  Each runs in its own session
+    (so a Ctrl-C in the terminal reaches only the benchmark, which then stops
+    them in order), is killed by the kernel if the benchmark dies, and is
+    listed in the registry file for bench/run's trap.
+    """
+
+    def __init__(self) -> None:
+        self._children: list[subprocess.Popen] = []
+        self._registry = os.environ.get(REGISTRY_ENV)
+
+    def start(
+        self,
+        argv: list[str],
+        logfile: str,
+        env: Optional[dict[str, str]] = None,
+        cwd: Optional[str] = None,
+    ) -> subprocess.Popen:
+        with open(logfile, "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self._children.append(proc)
+        if self._registry:
+            with open(self._registry, "a") as registry:
+                registry.write(f"{proc.pid}\n")
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+        """
+        SIGTERM the child's process group, then SIGKILL it if it is still
+        there after C{timeout} seconds.
+        """
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(proc.pid, signal.SIGKILL)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """
+        SIGKILL the child alone, at once (a crash, for failover).
+        """
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def stop_all(self) -> None:
+        # Ignore further signals while cleaning up: a second Ctrl-C or a
+        # SIGTERM from bench/run must not leave children behind.
+        previous = {
+            signum: signal.signal(signum, signal.SIG_IGN)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
+        try:
+            for proc in reversed(self._children):
+                if proc.poll() is None:
+                    _signal_group(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            for proc in reversed(self._children):
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            for proc in self._children:
+                _signal_group(proc.pid, signal.SIGKILL)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._children.clear()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Ports:
+    """
+    Free TCP ports on 127.0.0.1 from L{PORT_RANGE}, each handed out once.
+    """
+
+    def __init__(self) -> None:
+        self._candidates = iter(PORT_RANGE)
+
+    def take(self) -> int:
+        for port in self._candidates:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+        raise RuntimeError(f"no free port left in {PORT_RANGE}")
+
+
+# -- HTTP, small and synchronous, for control requests ----------------------
+
+
+def http(
+    method: str, url: str, body: Optional[bytes] = None, timeout: float = 5.0,
+    headers: Optional[dict[str, str]] = None,
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def http_json(method: str, url: str, payload: object = None, timeout: float = 5.0) -> object:
+    body = None if payload is None else json.dumps(payload).encode()
+    status, data = http(method, url, body, timeout, {"Content-Type": "application/json"})
+    if status // 100 != 2:
+        raise RuntimeError(f"{method} {url}: {status} {data[:200]!r}")
+    return json.loads(data)
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float, step: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except Exception as error:  # not up yet
+            last = error
+            result = None
+        if result:
+            return result
+        time.sleep(step)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+# -- /proc -------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    User plus system CPU time of process C{pid} so far.
+    """
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def machine() -> dict[str, object]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    with open("/proc/meminfo") as info:
+        total = int(info.readline().split()[1]) * 1024
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(total / 2**30, 1),
+        "load": os.getloadavg(),
+        "kernel": os.uname().release,
+    }
+
+
+# -- twisted_kv --------------------------------------------------------------
+
+_TWISTD = (
+    "import sys; sys.argv[0] = 'twistd'; "
+    "from twisted.scripts.twistd import run; run()"
+)
+
+#: Installed on PyPy when its hashlib has no scrypt (PyPy 3.9 lacks it;
+#: twisted_kv.passwords calls hashlib.scrypt when the FTP service starts).
+_SCRYPT_SHIM = '''\
+import hashlib
+if not hasattr(hashlib, "scrypt"):
+    def _scrypt(password, *, salt, n, r, p, maxmem=0, dklen=64):
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+        return Scrypt(salt=salt, length=dklen, n=n, r=r, p=p).derive(password)
+    hashlib.scrypt = _scrypt
+'''
+
+
+class Runtime:
+    """
+    The interpreter a twisted_kv node runs under.
+
+    @ivar name: C{cpython} or C{pypy3}.
+    @ivar python: the interpreter's path.
+    """
+
+    def __init__(self, name: str, python: str) -> None:
+        self.name = name
+        self.python = python
+
+    @property
+    def label(self) -> str:
+        return {"cpython": "CPython", "pypy3": "PyPy"}.get(self.name, self.name)
+
+    def environment(self, workdir: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        path = [ROOT]
+        if self.name != "cpython":
+            shim = os.path.join(workdir, "pypy-shim")
+            os.makedirs(shim, exist_ok=True)
+            with open(os.path.join(shim, "sitecustomize.py"), "w") as out:
+                out.write(_SCRYPT_SHIM)
+            path.insert(0, shim)
+        if env.get("PYTHONPATH"):
+            path.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(path)
+        env.pop(REGISTRY_ENV, None)
+        return env
+
+
+class KvCluster:
+    """
+    A three-node twisted_kv cluster on 127.0.0.1, its cluster file in
+    C{workdir}, every tunable at its default (all guarantees on).
+    """
+
+    def __init__(
+        self,
+        processes: Processes,
+        ports: Ports,
+        workdir: str,
+        runtime: Runtime,
+        name: str = "bench",
+        wrapper: Optional[list[str]] = None,
+        extra_env: Optional[dict[str, Callable[[str], str]]] = None,
+    ) -> None:
+        self.processes = processes
+        self.workdir = os.path.join(workdir, name)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.runtime = runtime
+        self.partitions = 64
+        self.node_ids = ["n1", "n2", "n3"]
+        self.http_ports = {}
+        lines = [
+            "[cluster]",
+            f"name = {name}",
+            f"secret = {name}-{os.urandom(8).hex()}",
+            "",
+        ]
+        for node in self.node_ids:
+            self.http_ports[node] = ports.take()
+            lines += [
+                f"[node:{node}]",
+                "host = 127.0.0.1",
+                f"http_port = {self.http_ports[node]}",
+                f"peer_port = {ports.take()}",
+                f"ftp_port = {ports.take()}",
+                "",
+            ]
+        self.config = os.path.join(self.workdir, "cluster.ini")
+        with open(self.config, "w") as out:
+            out.write("\n".join(lines))
+        self._wrapper = wrapper or ["-c", _TWISTD]
+        self._extra_env = extra_env or {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.leader: Optional[str] = None
+
+    def url(self, node: str) -> str:
+        return f"http://127.0.0.1:{self.http_ports[node]}"
+
+    def log(self, node: str) -> str:
+        return os.path.join(self.workdir, f"{node}.log")
+
+    def start(self, timeout: float = 90.0) -> None:
+        env = self.runtime.environment(self.workdir)
+        for node in self.node_ids:
+            node_env = dict(env)
+            for key, make in self._extra_env.items():
+                node_env[key] = make(node)
+            argv = [self.runtime.python, *self._wrapper, "-n", "--pidfile=", "kvnode",
+                    "--config", self.config, "--node", node]
+            self.procs[node] = self.processes.start(argv, self.log(node), node_env, self.workdir)
+        try:
+            self.wait_ready(timeout)
+        except Exception:
+            for node in self.node_ids:
+                log(f"{node} log tail:\n" + tail(self.log(node)))
+            raise
+
+    def cluster_view(self, node: str, timeout: float = 2.0) -> dict:
+        view = http_json("GET", self.url(node) + "/cluster", timeout=timeout)
+        assert isinstance(view, dict)
+        return view
+
+    def wait_ready(self, timeout: float) -> None:
+        """
+        Wait until every node agrees on a leader and reports every node
+        alive and synced, and a write through the leader succeeds.
+        """
+
+        def ready() -> Optional[str]:
+            for node, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise SystemExit(f"twisted_kv node {node} exited ({proc.returncode})")
+            leaders = set()
+            for node in self.node_ids:
+                view = self.cluster_view(node)
+                leaders.add(view.get("leader"))
+                states = {n["id"]: (n["state"], n["synced"]) for n in view["nodes"]}
+                if any(states.get(n) != ("alive", True) for n in self.node_ids):
+                    return None
+            if len(leaders) != 1 or None in leaders:
+                return None
+            return leaders.pop()
+
+        leader = wait_for("a twisted_kv leader", ready, timeout)
+        assert isinstance(leader, str)
+        self.leader = leader
+        wait_for(
+            "a first write",
+            lambda: http("PUT", self.url(leader) + "/kv/bench/ready", b"1")[0] // 100 == 2,
+            timeout,
+        )
+
+    def current_leader(self) -> str:
+        leader = self.cluster_view(self.node_ids[0])["leader"]
+        assert isinstance(leader, str)
+        self.leader = leader
+        return leader
+
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs.values() if proc.poll() is None]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            self.processes.stop(proc)
+
+
+# -- etcd --------------------------------------------------------------------
+
+
+class EtcdCluster:
+    """
+    A three-member etcd cluster on 127.0.0.1 with its data on tmpfs.
+    """
+
+    def __init__(self, processes: Processes, ports: Ports, workdir: str) -> None:
+        self.processes = processes
+        self.workdir = os.path.join(workdir, "etcd")
+        os.makedirs(self.workdir, exist_ok=True)
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.datadir = os.path.join(
+            shm or self.workdir, f"kvbench-etcd-{os.getpid()}-{os.urandom(4).hex()}"
+        )
+        self.names = ["e1", "e2", "e3"]
+        self.client_ports = {name: ports.take() for name in self.names}
+        self.peer_ports = {name: ports.take() for name in self.names}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.client_ports[name]}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        cluster = ",".join(
+            f"{name}=http://127.0.0.1:{self.peer_ports[name]}" for name in self.names
+        )
+        token = f"kvbench-{os.urandom(4).hex()}"
+        for name in self.names:
+            argv = [
+                "etcd", "--name", name,
+                "--data-dir", os.path.join(self.datadir, name),
+                "--listen-client-urls", self.url(name),
+                "--advertise-client-urls", self.url(name),
+                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[name]}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[name]}",
+                "--initial-cluster", cluster,
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", token,
+                "--log-level", "warn",
+            ]
+            self.procs[name] = self.processes.start(
+                argv, os.path.join(self.workdir, f"{name}.log"), cwd=self.workdir
+            )
+        wait_for("etcd", lambda: all(self._put_ok(name) for name in self.names), timeout)
+
+    def _put_ok(self, name: str) -> bool:
+        for proc_name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise SystemExit(f"etcd {proc_name} exited ({proc.returncode})")
+        http_json("POST", self.url(name) + "/v3/kv/put", {"key": b64(b"bench/ready"), "value": b64(b"1")})
+        return True
+
+    def leader(self) -> str:
+        """
+        The name of the member that is the Raft leader.
+        """
+        for name in self.names:
+            status = http_json("POST", self.url(name) + "/v3/maintenance/status", {})
+            assert isinstance(status, dict)
+            if status.get("leader") == status["header"]["member_id"]:
+                return name
+        raise RuntimeError("etcd reports no leader")
+
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs.values() if proc.poll() is None]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            self.processes.stop(proc)
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# -- Redis -------------------------------------------------------------------
+
+
+class Redis:
+    def __init__(self, processes: Processes, ports: Ports, workdir: str) -> None:
+        self.processes = processes
+        self.workdir = os.path.join(workdir, "redis")
+        os.makedirs(self.workdir, exist_ok=True)
+        self.port = ports.take()
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        argv = [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+            "--save", "", "--appendonly", "no", "--dir", self.workdir,
+            "--protected-mode", "yes",
+        ]
+        self.proc = self.processes.start(argv, os.path.join(self.workdir, "redis.log"))
+
+        def ping() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(64).startswith(b"+PONG")
+
+        wait_for("redis", ping, 30)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.processes.stop(self.proc)
+
+
+# -- a fast HTTP/1.1 keep-alive loader ---------------------------------------
+
+
+class LoadResult:
+    def __init__(self) -> None:
+        self.ok = 0
+        self.statuses: dict[int, int] = {}
+        self.errors = 0
+        self.seconds = 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(self.statuses.values()) + self.errors
+
+    def __repr__(self) -> str:
+        return (f"{self.ok} ok in {self.seconds:.1f} s "
+                f"({self.ok / max(self.seconds, 1e-9):.0f}/s), other statuses {self.statuses}, "
+                f"errors {self.errors}")
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+            break
+    body = await reader.readexactly(length) if length else b""
+    return status, body
+
+
+async def _load(
+    targets: list[tuple[str, int]],
+    make: Callable[[int], bytes],
+    count: int,
+    connections: int,
+    result: LoadResult,
+    on_done: Optional[Callable[[int, int], None]] = None,
+) -> None:
+    counter = iter(range(count))
+
+    async def worker(index: int) -> None:
+        host, port = targets[index % len(targets)]
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for i in counter:
+                writer.write(make(i))
+                status, _ = await _read_response(reader)
+                if status // 100 == 2:
+                    result.ok += 1
+                else:
+                    result.statuses[status] = result.statuses.get(status, 0) + 1
+                if on_done is not None:
+                    on_done(i, status)
+        finally:
+            writer.close()
+
+    outcomes = await asyncio.gather(
+        *(worker(i) for i in range(connections)), return_exceptions=True
+    )
+    result.errors += sum(1 for outcome in outcomes if isinstance(outcome, BaseException))
+
+
+def load(
+    targets: list[tuple[str, int]],
+    make: Callable[[int], bytes],
+    count: int,
+    connections: int = 64,
+    progress: Optional[str] = None,
+) -> LoadResult:
+    """
+    Send C{count} requests C{make(0) .. make(count - 1)} (raw HTTP/1.1
+    bytes) over C{connections} keep-alive connections, spread over
+    C{targets}.
+    """
+    result = LoadResult()
+    started = time.monotonic()
+    last = [started]
+
+    def on_done(i: int, status: int) -> None:
+        now = time.monotonic()
+        if progress and now - last[0] > 10:
+            last[0] = now
+            log(f"{progress}: {result.ok}/{count} in {now - started:.0f} s")
+
+    asyncio.run(_load(targets, make, count, connections, result, on_done))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def kv_put_request(key: str, value: bytes = VALUE) -> bytes:
+    return (
+        f"PUT /kv/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(value)}\r\n\r\n"
+    ).encode() + value
+
+
+def etcd_put_request(key: str, value: bytes = VALUE) -> bytes:
+    body = json.dumps({"key": b64(key.encode()), "value": b64(value)}).encode()
+    return (
+        f"POST /v3/kv/put HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+# -- wrk ----------------------------------------------------------------------
+
+
+def run_wrk(
+    url: str,
+    script: str,
+    args: list[str],
+    connections: int,
+    duration: float,
+    server_pids: Iterable[int],
+    threads: int = 2,
+) -> dict:
+    """
+    One wrk run; returns its figures plus the CPU time the server processes
+    used per request.
+    """
+    pids = list(server_pids)
+    before = sum(cpu_seconds(pid) for pid in pids)
+    argv = [
+        "wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration:g}s",
+        "--timeout", "10s", "-s", os.path.join(LUA, script), url, "--", *args,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
+    after = sum(cpu_seconds(pid) for pid in pids)
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCHJSON "):
+            figures = json.loads(line[len("BENCHJSON "):])
+            break
+    else:
+        raise RuntimeError(f"wrk printed no figures: {done.stdout}\n{done.stderr}")
+    seconds = figures["duration_us"] / 1e6
+    requests = figures["requests"]
+    return {
+        "ops": requests / seconds if seconds else 0.0,
+        "p50_ms": figures["p50_us"] / 1000,
+        "p99_ms": figures["p99_us"] / 1000,
+        "requests": requests,
+        "non2xx": figures["non2xx"],
+        "errors": figures["connect"] + figures["read"] + figures["write"] + figures["timeout"],
+        "cpu_us_per_op": (after - before) * 1e6 / requests if requests else 0.0,
+    }
+
+
+def tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as source:
+            return b"\n".join(source.read().splitlines()[-lines:]).decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+
+
+def keys_for_partitions(partitions: int, prefix: str) -> list[str]:
+    """
+    One client key per partition: C{result[p]} hashes to partition C{p}
+    (twisted_kv hashes the store key, "k" + the client key, with CRC-32).
+    """
+    import zlib
+
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < partitions:
+        key = f"{prefix}{i}"
+        found.setdefault(zlib.crc32(("k" + key).encode()) % partitions, key)
+        i += 1
+    return [found[p] for p in range(partitions)]
+
+
+def shuffled(items: list) -> list:
+    items = list(items)
+    random.shuffle(items)
+    return items

@@ -57,11 +57,18 @@ class Ring:
         self._hashes = [point for point, _ in points]
         self._owners = [owner for _, owner in points]
         self._distinct = len(set(self._owners))
+        self._preferences: dict[int, tuple[str, ...]] = {}
 
     def preference_list(self, partition: int) -> list[str]:
         """
         Every node, in the order the ring prefers them for C{partition}.
         """
+        preference = self._preferences.get(partition)
+        if preference is None:
+            preference = self._preferences[partition] = tuple(self._walk(partition))
+        return list(preference)
+
+    def _walk(self, partition: int) -> list[str]:
         start = bisect.bisect(self._hashes, _point(f"partition:{partition}"))
         order: list[str] = []
         for offset in range(len(self._owners)):

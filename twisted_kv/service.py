@@ -16,6 +16,7 @@ from typing import Any, Callable
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 
 from twisted_kv.coordinator import Coordinator, NodeStatus
 from twisted_kv.core.config import ClusterConfig, NodeConfig
@@ -60,11 +61,44 @@ def _listening(name: str, reactor: Any, host: str, port: int, factory: Any) -> I
     service = StreamServerEndpointService(
         serverFromString(reactor, listen_endpoint(host, port)), factory
     )
+    service._raiseSynchronously = True
     service.setName(name)
     return service
 
 
-def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> MultiService:
+class NodeService(MultiService):
+    """
+    A node's services; a port that cannot be listened on ends the process at
+    once with one line naming the file, the section and the key.
+    """
+
+    def __init__(self, config: ClusterConfig, me: NodeConfig) -> None:
+        super().__init__()
+        self._config = config
+        self._me = me
+
+    def privilegedStartService(self) -> None:
+        self._naming_the_port(super().privilegedStartService)
+
+    def startService(self) -> None:
+        self._naming_the_port(super().startService)
+
+    def _naming_the_port(self, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except CannotListenError as error:
+            keys = {
+                self._me.http_port: "http_port",
+                self._me.peer_port: "peer_port",
+                self._me.ftp_port: "ftp_port",
+            }
+            raise SystemExit(
+                f"{self._config.path}: [node:{self._me.node_id}] {keys.get(error.port, 'port')}: "
+                f"cannot listen on {error.interface}:{error.port}: {error.socketError}"
+            )
+
+
+def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> NodeService:
     """
     Everything node C{node_id} of C{config} runs.
     """
@@ -114,7 +148,7 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Mul
         FileSystem(kv, reactor, max_file_bytes=config.max_file_bytes), reactor
     )
 
-    top = MultiService()
+    top = NodeService(config, me)
     for child in (
         links,
         _Running("node", node.start, node.stop),

@@ -277,15 +277,21 @@ _TWISTD = (
     "from twisted.scripts.twistd import run; run()"
 )
 
-#: Installed on PyPy when its hashlib has no scrypt (PyPy 3.9 lacks it;
-#: twisted_kv.passwords calls hashlib.scrypt when the FTP service starts).
-_SCRYPT_SHIM = '''\
+#: Put on PyPy's path as sitecustomize: what twisted_kv calls that PyPy 3.9
+#: lacks.  twisted_kv.passwords calls hashlib.scrypt when the FTP service
+#: starts (PyPy's hashlib has no scrypt; cryptography's Scrypt gives the same
+#: bytes), and twisted_kv.service tunes the collector with gc.set_threshold
+#: (PyPy's collector is not generational in CPython's sense and has none).
+_PYPY_SHIM = '''\
+import gc
 import hashlib
 if not hasattr(hashlib, "scrypt"):
     def _scrypt(password, *, salt, n, r, p, maxmem=0, dklen=64):
         from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
         return Scrypt(salt=salt, length=dklen, n=n, r=r, p=p).derive(password)
     hashlib.scrypt = _scrypt
+if not hasattr(gc, "set_threshold"):
+    gc.set_threshold = lambda *thresholds: None
 '''
 
 
@@ -313,7 +319,7 @@ class Runtime:
             shim = os.path.join(workdir, "pypy-shim")
             os.makedirs(shim, exist_ok=True)
             with open(os.path.join(shim, "sitecustomize.py"), "w") as out:
-                out.write(_SCRYPT_SHIM)
+                out.write(_PYPY_SHIM)
             path.insert(0, shim)
         if env.get("PYTHONPATH"):
             path.append(env["PYTHONPATH"])
@@ -386,7 +392,7 @@ class KvCluster:
             self.procs[node] = self.processes.start(argv, self.log(node), node_env, self.workdir)
         try:
             self.wait_ready(timeout)
-        except Exception:
+        except BaseException:
             for node in self.node_ids:
                 log(f"{node} log tail:\n" + tail(self.log(node)))
             raise

@@ -313,19 +313,27 @@ def describe_failover(result: dict) -> list[str]:
 # -- extras -----------------------------------------------------------------------
 
 
-def run_extra(name: str, argv: list[str], timeout: float) -> list[str]:
+def run_extra(processes: Processes, workdir: str, name: str, argv: list[str],
+              timeout: float) -> list[str]:
+    """
+    Run another benchmark of this directory, if it exists, in a process
+    group of its own (stopped with everything else), and return its output.
+    """
     path = os.path.join(BENCH, argv[0])
     if not os.path.exists(path):
         return [f"{name}: not measured (bench/{argv[0]} does not exist yet)"]
     log(f"{name}: bench/{' '.join(argv)}")
+    output = os.path.join(workdir, f"extra-{argv[0]}.log")
+    proc = processes.start([sys.executable, path, *argv[1:]], output, cwd=benchlib.ROOT)
     try:
-        done = subprocess.run([sys.executable, path, *argv[1:]], capture_output=True,
-                              text=True, timeout=timeout, start_new_session=True)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
+        processes.stop(proc)
         return [f"{name}: bench/{argv[0]} did not finish within {timeout:.0f} s"]
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    if done.returncode:
-        lines.append(f"(exit status {done.returncode}: {done.stderr.strip()[-300:]})")
+    with open(output, errors="replace") as source:
+        lines = [line.rstrip() for line in source if line.strip()]
+    if proc.returncode:
+        lines = lines[-12:] + [f"(exit status {proc.returncode})"]
     return [f"{name} (bench/{' '.join(argv)}):", *("  " + line for line in lines)]
 
 
@@ -622,11 +630,13 @@ def compare(options, processes: Processes, ports: Ports, workdir: str) -> int:
             extra += describe_memory(result)
     if not options.no_extras:
         if options.quick:
-            extra.append("WebSocket fan-out and repair: skipped with --quick")
+            extra.append("WebSocket fan-out, repair and failover rounds: skipped with --quick")
         else:
-            extra += run_extra("WebSocket fan-out",
+            extra += run_extra(processes, workdir, "WebSocket fan-out",
                                ["ws_fanout.py", "--writes", "500", "--watchers", "10"], 240)
-            extra += run_extra("repair time", ["repair.py"], 240)
+            extra += run_extra(processes, workdir, "repair time", ["repair.py", "--keys", "20000"], 300)
+            extra += run_extra(processes, workdir, "leader failover, kill and restart rounds",
+                               ["failover.py", "--rounds", "3"], 300)
 
     table = format_table(rows)
     print()

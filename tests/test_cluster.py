@@ -14,6 +14,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.core.keyspace import user_key
+from twisted_kv.core.records import Put
+from twisted_kv.core.replica import decode_change
+from twisted_kv.node import encode_operation
 from twisted_kv.errors import (
     InsufficientStorage,
     KeyExists,
@@ -148,7 +151,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         key = user_key("durable")
         holders = [
             node for node in self.cluster.nodes.values()
-            if node.peek_local(node.partition_of(key), key) is not None
+            if node.peek_local(node.partition_of(key), key)[1] is not None
         ]
         self.assertEqual(len(holders), 2)
 
@@ -246,7 +249,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.assertIsNone(self.value_at("n2", "ttl"))
         key = user_key("ttl")
         for node in self.cluster.nodes.values():
-            self.assertIsNone(node.peek_local(node.partition_of(key), key))
+            self.assertIsNone(node.peek_local(node.partition_of(key), key)[1])
         self.assertEqual([e.change.kind for e in events], ["put", "expire"])
 
     def test_events_reach_every_node_in_revision_order(self) -> None:
@@ -350,21 +353,53 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
 
     def test_quorum_loss_refuses_writes_reads_degraded(self) -> None:
         """
-        With 2 of 3 nodes gone, writes answer Unavailable and reads still
-        answer the latest acknowledged value, marked degraded.
+        With 2 of 3 nodes gone, writes answer Unavailable; a key the survivor
+        holds reads back, marked degraded, and a key it does not hold is
+        Unavailable (not "absent": nobody who would know answered).
         """
         cluster = self.make_cluster(3)
         leader = cluster.settle()
-        acked = self.fill(20, leader)
+        acked = self.fill(30, leader)
+        survivor = cluster.nodes["n1"]
         for node in [n for n in cluster.nodes if n != "n1"]:
             cluster.kill(node)
         cluster.run(2)
         outcome = self.put("n1", "refused", b"x")
         self.assertIsInstance(outcome.value, Unavailable)
-        holders = {k: v for k, v in acked.items()}
-        for key, value in holders.items():
+        held = unheld = 0
+        for key, value in acked.items():
+            store_key = user_key(key)
             result = self.get("n1", key)
-            self.assertTrue(result.degraded)
+            if survivor.peek_local(survivor.partition_of(store_key), store_key)[0]:
+                held += 1
+                self.assertEqual((result.record.value, result.degraded), (value, True))
+            else:
+                unheld += 1
+                self.assertTrue(result.check(Unavailable))
+        self.assertTrue(held and unheld, (held, unheld))
+
+    def test_retried_write_answers_its_first_outcome(self) -> None:
+        """
+        A write sent again under the same operation id (a retry after a
+        failover) is not applied twice, and the retry's answer, which travels
+        without the value, decodes to the first outcome.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        key = user_key("retried")
+        asker = cluster.nodes["n1"]
+        partition = asker.partition_of(key)
+        primary = asker.partition_config(partition).primary.node_id
+        asker = next(n for n in cluster.nodes.values() if n.node_id != primary)
+        operation = encode_operation(Put(key, b"once"))
+        answers = [
+            self.wait(asker.call(primary, ["op", 0, partition, operation, "client/1"], 5))
+            for _ in range(2)
+        ]
+        first, second = (decode_change(a) for a in answers)
+        self.assertEqual((second.kind, second.version, second.created), (first.kind, first.version, True))
+        self.assertIsNone(second.record)
+        self.assertEqual(cluster.nodes[primary].replicas[partition].last_seq, 1)
 
     def test_exactly_half_down(self) -> None:
         """

@@ -525,21 +525,26 @@ class FailoverTests(ClusterTestCase):
     async def test_no_majority_partial_replicas(self) -> None:
         """
         Without a majority and with two copies of each key (C{replicas =
-        majority}), the survivor holds only some keys: every read is marked
-        degraded and answers either the latest value or 404, never an old
-        value or an error; writes are refused as above.
+        majority}), the survivor holds only some keys: a key it holds reads
+        back, marked degraded, with its latest value; a key whose replicas are
+        all down answers 503 with Retry-After (nobody who would know answered),
+        never 404 and never an old value; writes are refused as above.
         """
         c, survivor, values = await self.lose_majority("majority")
         await self.assertWritesRefused(c, survivor)
-        found = 0
+        found = unreachable = 0
         for key, value in values.items():
             got = await c.request("GET", survivor, kv_path(key))
-            self.assertEqual(got.header("X-KV-Degraded"), "true", (key, got))
-            self.assertIn(got.status, (200, 404), (key, got))
+            self.assertIn(got.status, (200, 503), (key, got))
             if got.status == 200:
+                self.assertEqual(got.header("X-KV-Degraded"), "true", (key, got))
                 self.assertEqual(got.body, value, key)
                 found += 1
+            else:
+                self.assertIsNotNone(got.header("Retry-After"), (key, got))
+                unreachable += 1
         self.assertGreater(found, 0)
+        self.assertGreater(unreachable, 0)
 
     async def test_restart_empty(self) -> None:
         """

@@ -17,7 +17,7 @@ from hypothesis import given
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.core import replica as replica_module
-from twisted_kv.core.records import Delete, Expire, Put, format_version, make_version
+from twisted_kv.core.records import Change, Delete, Expire, Put, format_version, make_version
 from twisted_kv.core.replica import (
     Entry,
     Replica,
@@ -412,7 +412,7 @@ class FailoverTests(SynchronousTestCase):
         backup = Replica(PARTITION)
         backup.epoch = 1
         entries_ = [
-            encode_entry(Entry(1, seq, decode_change([1, f"k{seq}", make_version(1, seq)])))
+            encode_entry(Entry(1, seq, Change("delete", f"k{seq}", make_version(1, seq), None)))
             for seq in (1, 2, 3)
         ]
         self.assertEqual(backup.on_append(1, 0, 0, entries_, 0), (True, 3))
@@ -435,7 +435,7 @@ class FailoverTests(SynchronousTestCase):
         """
         backup = Replica(PARTITION)
         entries_ = [
-            encode_entry(Entry(1, seq, decode_change([1, f"k{seq}", make_version(1, seq)])))
+            encode_entry(Entry(1, seq, Change("delete", f"k{seq}", make_version(1, seq), None)))
             for seq in (1, 2, 3)
         ]
         backup.on_append(1, 0, 0, entries_, 0)
@@ -615,7 +615,7 @@ class SnapshotTests(SynchronousTestCase):
         A snapshot replaces whatever the member held, log included.
         """
         d = Replica(PARTITION)
-        d.on_append(1, 0, 0, [encode_entry(Entry(1, 1, decode_change([1, "x", 1])))], 0)
+        d.on_append(1, 0, 0, [encode_entry(Entry(1, 1, Change("delete", "x", 1, None)))], 0)
         d.on_snapshot(2, 7, 2, True, False, [["a", b"1", "t", 5, None]])
         d.on_snapshot(2, 7, 2, False, True, [["b", b"2", "t", 6, 9.0]])
         self.assertEqual(d.log, [])

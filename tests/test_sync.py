@@ -147,7 +147,7 @@ class ConvergenceTests(SyncTestMixin, SynchronousTestCase):
         self.assertEqual(len(race), 1)
         for node in self.cluster.nodes.values():
             key = user_key("gone")
-            self.assertIsNone(node.peek_local(node.partition_of(key), key))
+            self.assertIsNone(node.peek_local(node.partition_of(key), key)[1])
 
     def test_restart_mid_sync(self) -> None:
         """

@@ -227,11 +227,15 @@ class Coordinator:
         for peer in self._node.consensus.peers:
             asks.append(
                 self._node.call(peer, ["peek", 0, partition, key], DEGRADED_READ_TIMEOUT)
-                .addCallback(_decode_record)
+                .addCallback(lambda answer: (answer[0], _decode_record(answer[1])))
             )
 
         def newest(results: list) -> ReadResult:
-            answers = [r for ok, r in results if ok]
+            answers = [answer for ok, answer in results if ok]
+            if not any(holds for holds, _ in answers):
+                # absent or not: nobody who would know answered
+                raise Unavailable("no replica of this key is reachable", retry_after=1)
+            answers = [record for _, record in answers]
             records = [r for r in answers if r is not None]
             best = max(records, key=lambda r: r.version, default=None)
             if any(r is None or r.version != best.version for r in answers) and best is not None:

@@ -576,14 +576,20 @@ class Node:
         self._mark_dirty(partition)
         return d
 
-    def peek_local(self, partition: int, key: str) -> Optional[Record]:
+    def peek_local(self, partition: int, key: str) -> tuple[bool, Optional[Record]]:
         """
-        The newest record of C{key} this node holds, committed or not.
+        For degraded reads: whether this node is an in-sync replica of
+        C{partition}, and the newest record of C{key} it holds, committed or
+        not.
         """
-        replica = self.replicas[partition]
-        if replica.epoch == 0:
-            return None
-        return replica.newest(key)
+        config = self.partition_config(partition)
+        member = None if config is None else config.member(self.node_id)
+        holds = (
+            member is not None
+            and member.incarnation == self.incarnation
+            and self.node_id in config.in_sync
+        )
+        return holds, self.replicas[partition].newest(key)
 
     def list_local(
         self, partitions: list[int], prefix: str, start_after: Optional[str], limit: int
@@ -726,8 +732,8 @@ class Node:
 
     def _on_peek(self, peer: str, message: list) -> None:
         _, request_id, partition, key = message
-        record = self.peek_local(partition, key)
-        self._send(peer, ["res", request_id, "ok", _encode_record(record)])
+        holds, record = self.peek_local(partition, key)
+        self._send(peer, ["res", request_id, "ok", [holds, _encode_record(record)]])
 
     def _on_list(self, peer: str, message: list) -> None:
         _, request_id, partitions, prefix, start_after, limit = message

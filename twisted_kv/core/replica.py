@@ -86,9 +86,13 @@ class Entry:
 
 
 def encode_change(change: Change) -> list:
+    """
+    The wire form of a change: 7 fields with its record, 4 without (a
+    deletion, an expiry, or the summary of an operation ordered earlier).
+    """
     record = change.record
     if record is None:
-        return [_KINDS.index(change.kind), change.key, change.version]
+        return [_KINDS.index(change.kind), change.key, change.version, change.created]
     return [
         0,
         change.key,
@@ -102,8 +106,8 @@ def encode_change(change: Change) -> list:
 
 def decode_change(data: list) -> Change:
     kind, key, version = data[0], data[1], data[2]
-    if kind != 0:
-        return Change(_KINDS[kind], key, version, None)
+    if len(data) == 4:
+        return Change(_KINDS[kind], key, version, None, data[3])
     return Change("put", key, version, Record(data[3], data[4], version, data[5]), data[6])
 
 

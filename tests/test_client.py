@@ -35,6 +35,7 @@ from twisted_kv.client import (
     ws_url,
 )
 from twisted_kv.core import keyspace
+from twisted_kv.core.records import format_version, make_version, parse_version
 from twisted_kv.frontends.site import build_site
 from twisted_kv.interfaces import IClusterStatus
 from twisted_kv.local import LocalKeyValue
@@ -393,3 +394,33 @@ class WatchTests(TestCase):
         self.assertEqual([event["key"] for event in received], ["k1", "k2", "k3"])
         self.assertEqual(received[1]["value"], "2")
         self.assertEqual(watcher.revision, received[2]["revision"])
+
+
+class WatcherRepeatTests(SynchronousTestCase):
+    """
+    A change numbered twice (around a leader failover) reaches the watcher's
+    callback once.
+    """
+
+    def test_repeated_change_dropped(self) -> None:
+        """
+        The same key and version under a newer revision is not delivered
+        again; a newer version is.
+        """
+        received: list = []
+        watcher = Watcher("http://127.0.0.1:1", received.append, "k")
+        watcher._received({"type": "watching", "prefix": "k", "revision": 10})
+        first = {"type": "put", "key": "k1", "version": "2.7", "revision": 11, "value": "a"}
+        watcher._received(first)
+        watcher._received({**first, "revision": 20})
+        newer = {**first, "version": "3.1", "revision": 21}
+        watcher._received(newer)
+        self.assertEqual(received, [first, newer])
+
+    def test_parse_version_inverts_format(self) -> None:
+        """
+        L{parse_version} reads what L{format_version} writes, and nothing else.
+        """
+        self.assertEqual(parse_version(format_version(make_version(3, 17))), make_version(3, 17))
+        for junk in ("", "3", "a.b", "1.2.3", "-1.2"):
+            self.assertIsNone(parse_version(junk), junk)

@@ -49,6 +49,7 @@ from twisted_kv.client import (
     result_of,
     ws_url,
 )
+from twisted_kv.core.records import parse_version
 from twisted_kv.frontends.ws import ClockTimer, cancel_close_timeout
 
 __all__ = ["TxClient", "Watcher"]
@@ -282,6 +283,7 @@ class Watcher:
             from twisted.internet import reactor
         self.revision = since
         self._on_event = on_event
+        self._versions: dict[str, int] = {}
         # One watch per connection: its replay and live changes then come in
         # revision order, and the last revision is a safe place to resume.
         self._op = {"op": "watch_files", "path": prefix} if files else {"op": "watch", "prefix": prefix}
@@ -355,4 +357,19 @@ class Watcher:
             if kind != "compacted" and self.revision is not None and revision <= self.revision:
                 return
             self.revision = revision
+            if self._repeated(frame):
+                return
             self._on_event(frame)
+
+    def _repeated(self, frame: dict) -> bool:
+        """
+        Whether C{frame} is a key change no newer than one already delivered
+        (a change numbered twice around a leader failover).
+        """
+        key, version = frame.get("key"), parse_version(frame.get("version", ""))
+        if key is None or version is None:
+            return False
+        if self._versions.get(key, -1) >= version:
+            return True
+        self._versions[key] = version
+        return False

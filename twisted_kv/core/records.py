@@ -49,6 +49,17 @@ def format_version(version: int) -> str:
     return f"{version >> _SEQ_BITS}.{version & _SEQ_MASK}"
 
 
+def parse_version(text: str) -> Optional[int]:
+    """
+    The version that L{format_version} rendered as C{text}, or C{None} if
+    C{text} is not one.
+    """
+    epoch, dot, seq = text.partition(".")
+    if not (dot and epoch.isdigit() and seq.isdigit()):
+        return None
+    return make_version(int(epoch), int(seq))
+
+
 @frozen
 class Record:
     """

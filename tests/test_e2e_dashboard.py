@@ -1,0 +1,95 @@
+# -*- test-case-name: tests.test_e2e_dashboard -*-
+"""
+The dashboard (C{GET /}) of a real three-node cluster (L{tests.e2e.RealCluster})
+in headless Chromium, driven over the DevTools protocol with the helpers of
+L{tests.test_dashboard}.  Skipped when Debian's C{chromium} is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from twisted.trial.unittest import TestCase
+
+import tests.test_dashboard as dashboard
+from tests.e2e import RealCluster, kv_path
+
+
+class ClusterDashboardTests(TestCase):
+    """
+    The page served by a follower of a real cluster.
+    """
+
+    if dashboard.CHROMIUM is None:
+        skip = "Debian's chromium is not installed (apt-get install chromium)"
+
+    timeout = 120
+
+    async def test_cluster_in_the_browser(self) -> None:
+        """
+        The page, loaded from a node that is not the leader, shows that
+        node, the leader, its term and the three nodes; a key created
+        through the page is stored for the whole cluster and its event
+        arrives in the live feed, as does a change made through another
+        node; nothing fails and nothing is loaded from elsewhere.
+        """
+        cluster = RealCluster(3, self.mktemp(), election_timeout="1s")
+        self.addCleanup(cluster.stop_all)
+        leader = await cluster.start()
+        served_by, elsewhere = [n for n in cluster.node_ids if n != leader]
+        view = await cluster.cluster_view(served_by)
+        # What BrowserTests.problems reads: the browser and the page's node.
+        self.node = SimpleNamespace(url=cluster.url(served_by))
+        self.browser = await dashboard._launch(self)
+
+        page = await dashboard._open(self.browser, cluster.url(served_by, "/"), 1280, 900)
+        await page.wait_for("document.querySelectorAll('#nodes tr').length === 3")
+        rows = await page.evaluate(
+            "Array.from(document.querySelectorAll('#nodes tr'), tr => tr.dataset.node)"
+        )
+        self.assertEqual(sorted(rows), cluster.node_ids)
+        await page.wait_for(f"document.getElementById('leader-id').textContent === {json.dumps(leader)}")
+        summary = await page.evaluate(
+            "['self-id', 'leader-id', 'term'].map(id => document.getElementById(id).textContent)"
+        )
+        self.assertEqual(summary, [served_by, leader, str(view["term"])])
+        marked = await page.evaluate(
+            "Array.from(document.querySelectorAll('#nodes tr.leader'), tr => tr.dataset.node)"
+        )
+        self.assertEqual(marked, [leader])
+        await page.wait_for("document.getElementById('feed-state').textContent === 'live'")
+
+        key = "dashboard/é from the page"
+        await page.evaluate(
+            f"""(() => {{
+                document.getElementById('create').open = true;
+                document.getElementById('new-key').value = {json.dumps(key)};
+                document.getElementById('new-value').value = 'hello from the browser';
+                document.getElementById('create-form').requestSubmit();
+            }})()"""
+        )
+        arrived = await page.wait_for(
+            f"""Array.from(document.querySelectorAll('#event-list li'))
+                .filter(li => li.dataset.name === {json.dumps(key)} && li.dataset.type === 'put')
+                .map(li => li.textContent)[0]"""
+        )
+        self.assertIn("hello from the browser", arrived)
+        await page.wait_for(
+            "Array.from(document.querySelectorAll('#key-list button'))"
+            f".some(b => b.dataset.key === {json.dumps(key)})"
+        )
+        for node_id in cluster.node_ids:
+            reply = await cluster.request("GET", node_id, kv_path(key))
+            self.assertEqual((reply.status, reply.body), (200, b"hello from the browser"), node_id)
+
+        reply = await cluster.request("PUT", elsewhere, kv_path("dashboard/other node"), b"via HTTP")
+        self.assertIn(reply.status, (200, 201), reply)
+        arrived = await page.wait_for(
+            """Array.from(document.querySelectorAll('#event-list li'))
+                .filter(li => li.dataset.name === 'dashboard/other node' && li.dataset.type === 'put')
+                .map(li => li.textContent)[0]"""
+        )
+        self.assertIn("via HTTP", arrived)
+        await page.screenshot("dashboard-cluster", self.mktemp())
+        self.assertEqual(dashboard.BrowserTests.problems(self), [])

@@ -53,6 +53,8 @@ from twisted.trial.unittest import SkipTest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from twisted_kv import launcher
+
 __all__ = [
     "NodeDied",
     "RealCluster",
@@ -191,20 +193,9 @@ def write_config(
 def node_command(config_path: str, node_id: str) -> list[str]:
     """
     The command line of one node: C{twistd -n --pidfile= kvnode ...} with
-    this Python.
+    this Python, as C{kvcluster} runs it, but dying with the harness.
     """
-    return [
-        sys.executable,
-        "-c",
-        _TWISTD_MAIN,
-        "-n",
-        "--pidfile=",
-        "kvnode",
-        "--config",
-        config_path,
-        "--node",
-        node_id,
-    ]
+    return launcher.node_command(config_path, node_id, main=_TWISTD_MAIN)
 
 
 def node_environment() -> dict[str, str]:

@@ -93,3 +93,26 @@ class InsufficientStorage(KVError):
 
     status = 507
     code = "insufficient_storage"
+
+
+def error_for_code(code: str) -> type[KVError]:
+    """
+    The failure class whose L{KVError.code} is C{code} (for failures that
+    cross the peer protocol); L{KVError} itself for an unknown code.
+    """
+    return _BY_CODE.get(code, KVError)
+
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        KeyNotFound,
+        KeyExists,
+        PreconditionFailed,
+        ValueTooLarge,
+        Unavailable,
+        OutcomeUnknown,
+        InsufficientStorage,
+    )
+}

@@ -55,17 +55,20 @@ Writer = Callable[[str], None]
 Fetcher = Callable[[str], "Deferred[Any]"]
 
 
-def node_command(config_path: str, node_id: str, python: str = sys.executable) -> list[str]:
+def node_command(
+    config_path: str, node_id: str, python: str = sys.executable, main: str = _TWISTD_MAIN
+) -> list[str]:
     """
     The command line that runs one node in the foreground.
 
     @param config_path: the cluster file, as the user named it.
     @param python: the interpreter; by default the one running this code.
+    @param main: the Python code that starts twistd in the new process.
     """
     return [
         python,
         "-c",
-        _TWISTD_MAIN,
+        main,
         "-n",
         "--pidfile=",
         "kvnode",

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -68,17 +68,7 @@ from twisted_kv.core.records import Change, Delete, Expire, Operation, Put, Reco
 from twisted_kv.core.merkle import differing
 from twisted_kv.core.replica import Replica, decode_change, encode_change, encode_entry
 from twisted_kv.wire.codec import encode as encode_message
-from twisted_kv.errors import (
-    InsufficientStorage,
-    InvalidRequest,
-    KeyExists,
-    KeyNotFound,
-    KVError,
-    OutcomeUnknown,
-    PreconditionFailed,
-    Unavailable,
-    ValueTooLarge,
-)
+from twisted_kv.errors import InsufficientStorage, KVError, error_for_code
 from twisted_kv.interfaces import ChangeEvent
 
 log = Logger()
@@ -90,13 +80,6 @@ RETRY_DELAY = 0.05
 # Events remembered per key to drop duplicates after a leader change.
 DELIVERED_MEMORY = 100_000
 
-_ERRORS = {
-    cls.code: cls
-    for cls in (
-        InvalidRequest, KeyNotFound, KeyExists, PreconditionFailed, ValueTooLarge,
-        Unavailable, OutcomeUnknown, InsufficientStorage,
-    )
-}
 
 
 class Retry(Exception):
@@ -154,8 +137,7 @@ def _encode_error(failure: Failure) -> list:
 def _decode_error(status: str, payload: list) -> Exception:
     if status == "retry":
         return Retry(payload[0], payload[1])
-    cls = _ERRORS.get(payload[0], KVError)
-    return cls(payload[1])
+    return error_for_code(payload[0])(payload[1])
 
 
 class Node:

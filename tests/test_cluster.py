@@ -268,6 +268,33 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
             self.assertEqual(revisions, sorted(set(revisions)))
         self.assertEqual(seen["n1"], seen["n2"])
 
+    def test_node_cut_off_flags_missed_events(self) -> None:
+        """
+        A node cut off from the others while changes are made marks the first
+        change it gets afterwards as following a gap; changes that follow
+        one another carry no such mark.
+        """
+        isolated = next(n for n in self.cluster.nodes if n != self.leader)
+        others = [n for n in self.cluster.nodes if n != isolated]
+        seen: list[ChangeEvent] = []
+        self.cluster.coordinators[isolated].subscribe(seen.append)
+        self.put(self.leader, "before", b"1")
+        self.cluster.run(0.2)
+        self.cluster.network.partition([isolated], others)
+        self.put(self.leader, "missed", b"2")
+        self.cluster.network.heal()
+        self.cluster.settle()
+        self.put(self.leader, "after", b"3")
+        self.put(self.leader, "later", b"4")
+        self.cluster.run(0.5)
+        gaps = {self._name(e): e.gap for e in seen}
+        self.assertNotIn("missed", gaps)
+        self.assertEqual((gaps["before"], gaps["after"], gaps["later"]), (False, True, False))
+
+    @staticmethod
+    def _name(event: ChangeEvent) -> str:
+        return event.change.key[1:]
+
     def test_load_spread_over_nodes(self) -> None:
         """
         Operations sent to the leader are executed by the primaries, spread

@@ -47,9 +47,9 @@ class _Feed:
     def unsubscribe(self, listener: Any) -> None:
         self.listeners.remove(listener)
 
-    def emit(self, change: Change, revision: int) -> None:
+    def emit(self, change: Change, revision: int, gap: bool = False) -> None:
         for listener in list(self.listeners):
-            listener(ChangeEvent(change, revision))
+            listener(ChangeEvent(change, revision, gap))
 
 
 def _put(key: str, value: bytes = b"v", seq: int = 1) -> Change:
@@ -444,6 +444,31 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         self.assertEqual(
             [(f["type"], f["revision"]) for f in client.take()],
             [("watching", 4), ("compacted", 4), ("put", 5)],
+        )
+
+    def test_gap_tells_watchers_to_reread(self) -> None:
+        """
+        When the node missed changes (cut off from the leader), a live
+        watcher gets C{compacted} before the next change, and a resume from
+        before the gap is answered C{compacted}, never a silent gap.
+        """
+        node = self.make_node()
+        for revision in range(1, 4):
+            node.kv.emit(_put(f"k{revision}"), revision)
+        client, pump = node.connect()
+        client.op(op="watch", prefix="")
+        pump.flush()
+        client.take()
+        node.kv.emit(_put("k9"), 9, gap=True)
+        pump.flush()
+        self.assertEqual(
+            [(f["type"], f["revision"]) for f in client.take()], [("compacted", 8), ("put", 9)]
+        )
+        late, late_pump = node.connect()
+        late.op(op="watch", prefix="", since=2)
+        late_pump.flush()
+        self.assertEqual(
+            [(f["type"], f["revision"]) for f in late.take()], [("watching", 9), ("compacted", 9)]
         )
 
     def test_replay_at_history_edge(self) -> None:

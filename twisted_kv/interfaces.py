@@ -66,10 +66,14 @@ class ChangeEvent:
     A committed change, as delivered to watchers.
 
     @ivar revision: a cluster-wide number that only grows.
+    @ivar gap: changes between the previous event delivered and this one may
+        have been missed (this node was cut off from the partition leader);
+        watchers must be told to re-read.
     """
 
     change: Change
     revision: int
+    gap: bool = False
 
 
 class IKeyValue(Interface):

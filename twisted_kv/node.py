@@ -27,8 +27,9 @@ Messages between nodes (lists; the first element is the tag):
     partition, key]} (degraded read), C{["list", id, partitions, prefix,
     start_after, limit]}, all answered by C{["res", id, status, payload]};
   - change events: C{["pub", batch_id, changes]} from a primary to the
-    leader, which numbers them and sends C{["ev", first_revision, changes]}
-    to every node and C{["pub_ok", batch_id]} back;
+    leader, which numbers them and sends C{["ev", first_revision, changes,
+    previous_revision]} to every node (a node whose last revision is not
+    C{previous_revision} missed some) and C{["pub_ok", batch_id]} back;
   - anti-entropy (L{twisted_kv.core.merkle}): C{["digest", partition, epoch,
     seq, root]} from a primary, answered C{["digest_ok", partition, epoch,
     seq]} or C{["digest_diff", partition, epoch, seq, bucket_hashes]}, after
@@ -202,7 +203,9 @@ class Node:
         self._last_sent_batch = 0
         self._revision_counter = 0
         self._revision_term = 0
+        self._revision_previous = 0
         self._last_revision = 0
+        self._gap_pending = False
         self._delivered: OrderedDict[str, int] = OrderedDict()
         # anti-entropy
         self.antientropy_bytes = 0
@@ -858,11 +861,14 @@ class Node:
         if self.consensus.role != LEADER:
             return
         if self._revision_term != self.consensus.term:
+            # A new leader continues from the newest change it delivered.
             self._revision_term = self.consensus.term
             self._revision_counter = 0
+            self._revision_previous = self._last_revision
         first = (self._revision_term << 32) | (self._revision_counter + 1)
         self._revision_counter += len(changes)
-        event = ["ev", first, changes]
+        event = ["ev", first, changes, self._revision_previous]
+        self._revision_previous = first + len(changes) - 1
         for node in self.config.node_ids:
             self._send(node, event)
         self._send(peer, ["pub_ok", batch_id])
@@ -871,7 +877,9 @@ class Node:
         self._unpublished.pop(message[1], None)
 
     def _on_ev(self, peer: str, message: list) -> None:
-        _, first, changes = message
+        _, first, changes, previous = message
+        if previous != self._last_revision and first > self._last_revision:
+            self._gap_pending = True
         for revision, data in enumerate(changes, first):
             self._deliver(revision, decode_change(data))
 
@@ -882,14 +890,15 @@ class Node:
         """
         if revision <= self._last_revision:
             return
+        self._last_revision = revision
         if self._delivered.get(change.key, -1) >= change.version:
             return
         self._delivered[change.key] = change.version
         self._delivered.move_to_end(change.key)
         if len(self._delivered) > DELIVERED_MEMORY:
             self._delivered.popitem(last=False)
-        self._last_revision = revision
-        event = ChangeEvent(change, revision)
+        event = ChangeEvent(change, revision, self._gap_pending)
+        self._gap_pending = False
         for listener in list(self._listeners):
             listener(event)
 

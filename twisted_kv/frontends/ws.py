@@ -277,6 +277,14 @@ class WatchHub:
     def _received(self, change_event: ChangeEvent) -> None:
         if change_event.revision <= self.revision:
             return
+        if change_event.gap:
+            # This node missed changes: nothing before this one can be
+            # replayed, and every watcher must re-read.
+            self._history.clear()
+            self._history_bytes = 0
+            self._floor = change_event.revision - 1
+            for session in list(self._sessions):
+                session.missed(self._floor)
         if self._floor is None:
             self._floor = change_event.revision - 1
         self.revision = change_event.revision
@@ -347,6 +355,14 @@ class WatchSession:
         self._send = send
         self._max_watches = max_watches
         self._watches: dict[str, dict[str, int]] = {"key": {}, "file": {}}
+
+    def missed(self, revision: int) -> None:
+        """
+        The node missed changes up to C{revision}: tell the client to re-read
+        (C{compacted}) rather than leave a silent gap.
+        """
+        if any(self._watches.values()):
+            self._reply({"type": "compacted", "revision": revision})
 
     def deliver(self, event: _Event) -> None:
         """

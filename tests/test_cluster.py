@@ -291,6 +291,20 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.assertNotIn("missed", gaps)
         self.assertEqual((gaps["before"], gaps["after"], gaps["later"]), (False, True, False))
 
+    def test_cut_off_node_does_not_claim_synced(self) -> None:
+        """
+        A node that stops hearing from the leader no longer reports itself in
+        sync (its map may be out of date), and does again once it is back.
+        """
+        isolated = next(n for n in self.cluster.nodes if n != self.leader)
+        self.assertTrue(self.cluster.nodes[isolated].synced())
+        self.cluster.network.partition([isolated], [n for n in self.cluster.nodes if n != isolated])
+        self.cluster.run(self.cluster.config.failure_timeout + 0.5)
+        self.assertFalse(self.cluster.nodes[isolated].synced())
+        self.cluster.network.heal()
+        self.cluster.settle()
+        self.assertTrue(self.cluster.nodes[isolated].synced())
+
     @staticmethod
     def _name(event: ChangeEvent) -> str:
         return event.change.key[1:]

@@ -53,7 +53,7 @@ from twisted.python.failure import Failure
 
 from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.consensus import LEADER, Consensus
-from twisted_kv.core.membership import Membership
+from twisted_kv.core.membership import ALIVE, Membership
 from twisted_kv.core.memstore import MemStore
 from twisted_kv.core.placement import (
     ClusterMap,
@@ -289,11 +289,17 @@ class Node:
     def synced(self) -> bool:
         """
         Whether this node holds, in sync, every partition the ring places on
-        it among the live nodes.
+        it among the live nodes, according to a map it is sure is current
+        (it hears from the leader).
         """
-        if self._map is None:
+        leader = self.consensus.leader
+        if self._map is None or leader is None:
             return False
-        live = self.membership.live(self._now())
+        now = self._now()
+        if self.membership.state(leader, now) != ALIVE:
+            # not hearing from the leader: the map may be out of date
+            return False
+        live = self.membership.live(now)
         for index, config in enumerate(self._map.partitions):
             ideal = [n for n in self.ring.preference_list(index) if n in live]
             ideal = ideal[: self.config.replicas]

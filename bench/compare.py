@@ -214,6 +214,8 @@ def run_redis(redis: Redis, connections: list[int], requests: int, rows: list[di
 async def _failover(cluster: KvCluster, processes: Processes, limit: float) -> dict:
     leader = cluster.current_leader()
     survivors = [node for node in cluster.node_ids if node != leader]
+    # Each key is held by a majority of the three nodes: two copies.
+    held = sum(node["keys"] for node in cluster.cluster_view(leader)["nodes"]) // 2
     keys = benchlib.keys_for_partitions(cluster.partitions, "failover/")
     answers: list[list[tuple[float, float, int]]] = [[] for _ in keys]
     stop = asyncio.Event()
@@ -278,6 +280,7 @@ async def _failover(cluster: KvCluster, processes: Processes, limit: float) -> d
                 others[status] = others.get(status, 0) + 1
     return {
         "runtime": cluster.runtime.label,
+        "keys": held,
         "killed": leader,
         "acks_before": before,
         "new_leader": new_leader.get("id"),
@@ -288,6 +291,7 @@ async def _failover(cluster: KvCluster, processes: Processes, limit: float) -> d
         "all_partitions_s": None if any(t is None for t in first) else max(first),
         "unrecovered": sum(1 for t in first if t is None),
         "other_statuses": others,
+        "per_partition": first,
     }
 
 
@@ -300,8 +304,9 @@ def describe_failover(result: dict) -> list[str]:
         return "never (within 30 s)" if value is None else f"{value:.2f} s"
 
     return [
-        f"leader failover ({result['runtime']}): SIGKILL of the leader {result['killed']} "
-        f"while PUTs go to every partition ({result['partitions']}) through the survivors",
+        f"leader failover ({result['runtime']}, {result['keys']:,} keys): SIGKILL of the leader "
+        f"{result['killed']} while PUTs go to every partition ({result['partitions']}) "
+        f"through the survivors",
         f"  new partition leader {result['new_leader']} after {secs(result['election_s'])}",
         f"  first acknowledged PUT in a partition the kill stopped: "
         f"{secs(result['first_stalled_ack_s'])} ({result['stalled']} partitions stalled)",
@@ -381,6 +386,18 @@ def format_table(rows: list[dict]) -> list[str]:
 # -- profile mode --------------------------------------------------------------------
 
 
+def executed_counts(cluster: KvCluster) -> dict[str, int]:
+    """
+    How many operations each node has executed, as the node itself says.
+    """
+    counts = {}
+    for node in cluster.node_ids:
+        for entry in cluster.cluster_view(node)["nodes"]:
+            if entry["id"] == node:
+                counts[node] = entry["executed"]
+    return counts
+
+
 def run_profile(options, processes: Processes, ports: Ports, workdir: str,
                 runtime: Runtime) -> list[str]:
     """
@@ -410,8 +427,8 @@ def run_profile(options, processes: Processes, ports: Ports, workdir: str,
                      for workload in ("put", "get")]
         for workload, target in scenarios:
             role = "leader" if target == leader else "a non-leader node"
-            views = {n["id"]: n["executed"] for n in cluster.cluster_view(leader)["nodes"]}
-            wrk_log = os.path.join(workdir, f"wrk-{workload}-{target}.log")
+            views = executed_counts(cluster)
+            wrk_log = os.path.join(workdir, f"wrk-{runtime.name}-{workload}-{target}.log")
             seconds = options.profile_seconds
             argv = ["wrk", "-t2", "-c16", f"-d{seconds + 4:g}s", "--timeout", "10s", "-s",
                     os.path.join(benchlib.LUA, "kv.lua"), cluster.url(target), "--",
@@ -449,8 +466,8 @@ def run_profile(options, processes: Processes, ports: Ports, workdir: str,
                     (json.loads(line[10:]) for line in source if line.startswith("BENCHJSON ")),
                     None,
                 )
-            executed = {n["id"]: n["executed"] - views.get(n["id"], 0)
-                        for n in cluster.cluster_view(leader)["nodes"]}
+            executed = {node: count - views.get(node, 0)
+                        for node, count in executed_counts(cluster).items()}
             rate = figures["requests"] / (figures["duration_us"] / 1e6) if figures else 0
             lines.append("")
             lines.append(f"== {WORKLOADS[workload]} sent to {target} ({role}): {rate:.0f} ops/s "
@@ -616,11 +633,19 @@ def compare(options, processes: Processes, ports: Ports, workdir: str) -> int:
 
     extra: list[str] = []
     if not options.no_failover:
-        for cluster in clusters:
-            log(f"failover ({cluster.runtime.label}): killing the leader")
-            result = measure_failover(cluster, processes)
-            figures.setdefault("failover", []).append(result)
-            extra += describe_failover(result)
+        # Twice: on a fresh cluster holding only the preloaded keys, and on
+        # the benchmark's cluster, which holds every key the runs wrote.
+        for runtime, cluster in zip(options.runtimes, clusters):
+            fresh = KvCluster(processes, ports, workdir, runtime, name=f"failover-{runtime.name}")
+            log(f"failover ({runtime.label}): a fresh cluster with {options.preload} keys")
+            fresh.start()
+            preload_kv(fresh, options.preload)
+            for target in (fresh, cluster):
+                log(f"failover ({runtime.label}): killing the leader of {target.config}")
+                result = measure_failover(target, processes)
+                figures.setdefault("failover", []).append(result)
+                extra += describe_failover(result)
+            fresh.stop()
     for cluster in clusters:
         cluster.stop()
     if not options.no_memory:

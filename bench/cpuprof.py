@@ -104,6 +104,7 @@ AREAS = [
     ("Deferred machinery", ("internet/defer.py",)),
     ("twisted.web HTTP parsing and responses", ("twisted/web/", "protocols/basic.py")),
     ("twisted.internet TCP buffering", ("internet/abstract.py", "internet/tcp.py")),
+    ("twisted_kv change feed to WebSocket frames", ("twisted_kv/frontends/ws.py",)),
     ("twisted_kv HTTP front end", ("twisted_kv/frontends/",)),
     ("twisted_kv coordinator", ("twisted_kv/coordinator.py",)),
     ("twisted_kv node (peer dispatch)", ("twisted_kv/node.py",)),
@@ -111,6 +112,8 @@ AREAS = [
     ("twisted_kv peer protocol and codec", ("twisted_kv/peer/", "twisted_kv/wire/")),
     ("msgpack / json", ("msgpack", "json/")),
     ("logging", ("twisted/logger/",)),
+    ("record objects (attrs-generated __init__)", ("<attrs generated",)),
+    ("sorted key index (sortedcontainers)", ("sortedcontainers/",)),
     ("zope.interface / attrs", ("zope/", "attr/", "attrs/")),
 ]
 

@@ -35,6 +35,30 @@ from twisted_kv.frontends.dashboard import dashboard_page, dashboard_resource
 CHROMIUM = shutil.which("chromium")
 
 
+
+def create_through_page(page: Any, key: str, value: str) -> Deferred:
+    """
+    Create C{key} with C{value} through the dashboard's form.
+
+    @return: a Deferred firing with the text of the live feed's line for the
+        change, once it arrives.
+    """
+    d = page.evaluate(
+        f"""(() => {{
+            document.getElementById('create').open = true;
+            document.getElementById('new-key').value = {json.dumps(key)};
+            document.getElementById('new-value').value = {json.dumps(value)};
+            document.getElementById('create-form').requestSubmit();
+        }})()"""
+    )
+    return d.addCallback(
+        lambda _: page.wait_for(
+            f"""Array.from(document.querySelectorAll('#event-list li'))
+                .filter(li => li.dataset.name === {json.dumps(key)} && li.dataset.type === 'put')
+                .map(li => li.textContent)[0]"""
+        )
+    )
+
 class PageTests(SynchronousTestCase):
     """
     The document served at C{/}.
@@ -368,19 +392,7 @@ class BrowserTests(TestCase):
         self.assertEqual(len(listed), 25)
 
         key = "notes/é ?#/../x"
-        yield page.evaluate(
-            f"""(() => {{
-                document.getElementById('create').open = true;
-                document.getElementById('new-key').value = {json.dumps(key)};
-                document.getElementById('new-value').value = 'hello from the browser';
-                document.getElementById('create-form').requestSubmit();
-            }})()"""
-        )
-        arrived = yield page.wait_for(
-            f"""Array.from(document.querySelectorAll('#event-list li'))
-                .filter(li => li.dataset.name === {json.dumps(key)} && li.dataset.type === 'put')
-                .map(li => li.textContent)[0]"""
-        )
+        arrived = yield create_through_page(page, key, "hello from the browser")
         self.assertIn("hello from the browser", arrived)
         stored = yield self.node.kv.get(keyspace.user_key(key))
         self.assertEqual(stored.record.value, b"hello from the browser")

@@ -61,19 +61,7 @@ class ClusterDashboardTests(TestCase):
         await page.wait_for("document.getElementById('feed-state').textContent === 'live'")
 
         key = "dashboard/é from the page"
-        await page.evaluate(
-            f"""(() => {{
-                document.getElementById('create').open = true;
-                document.getElementById('new-key').value = {json.dumps(key)};
-                document.getElementById('new-value').value = 'hello from the browser';
-                document.getElementById('create-form').requestSubmit();
-            }})()"""
-        )
-        arrived = await page.wait_for(
-            f"""Array.from(document.querySelectorAll('#event-list li'))
-                .filter(li => li.dataset.name === {json.dumps(key)} && li.dataset.type === 'put')
-                .map(li => li.textContent)[0]"""
-        )
+        arrived = await dashboard.create_through_page(page, key, "hello from the browser")
         self.assertIn("hello from the browser", arrived)
         await page.wait_for(
             "Array.from(document.querySelectorAll('#key-list button'))"

@@ -291,6 +291,38 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.assertNotIn("missed", gaps)
         self.assertEqual((gaps["before"], gaps["after"], gaps["later"]), (False, True, False))
 
+    def test_change_announced_after_primary_dies_unannounced(self) -> None:
+        """
+        A primary that dies after committing a change but before handing it
+        to the leader loses no event: the new primary announces its recent
+        changes again, and every listener gets the change exactly once.
+        """
+        key = user_key("orphan-event")
+        victim = self.cluster.nodes[self.leader].partition_config(
+            self.cluster.nodes[self.leader].partition_of(key)
+        ).primary.node_id
+        if victim == self.leader:
+            self.skipTest("needs the key's primary not to be the leader")
+        watcher = next(n for n in self.cluster.nodes if n != victim)
+        seen: list[ChangeEvent] = []
+        self.cluster.coordinators[watcher].subscribe(seen.append)
+        network = self.cluster.network
+        send = network.send
+
+        def withhold_announcements(sender: str, peer: str, message: list) -> bool:
+            if sender == victim and message[0] == "pub":
+                return True
+            return send(sender, peer, message)
+
+        network.send = withhold_announcements
+        self.put(watcher, "orphan-event", b"v")
+        self.cluster.run(0.1)
+        self.assertEqual(seen, [])
+        self.cluster.kill(victim)
+        self.cluster.settle()
+        self.cluster.run(0.5)
+        self.assertEqual([e.change.key for e in seen], [key])
+
     def test_cut_off_node_does_not_claim_synced(self) -> None:
         """
         A node that stops hearing from the leader no longer reports itself in

@@ -377,9 +377,14 @@ class Node:
                 replica.forget()
                 replica.epoch = config.epoch
             elif config.primary == member:
+                takeover = not replica.is_primary
                 replica.become_primary(
                     config.epoch, [m.node_id for m in config.members[1:]], config.in_sync
                 )
+                if takeover and replica.recent_changes:
+                    # The old primary may have died before announcing its
+                    # last changes; listeners drop the ones they have seen.
+                    self._queue_events(list(replica.recent_changes))
                 self._stalled_since.pop(index, None)
                 self._mark_dirty(index)
             else:

@@ -33,7 +33,7 @@ messages it produces and turns its results into Deferreds.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Iterable, Optional
 
 from attrs import frozen
@@ -53,6 +53,10 @@ from twisted_kv.core.records import (
 # How many operation ids each replica remembers, so that a client operation
 # retried after a failover is applied at most once.
 RECENT_OPERATIONS = 100_000
+
+# Changes each replica remembers after applying them, so that a new primary
+# can announce again what its predecessor may not have announced.
+RECENT_CHANGES = 256
 
 # Largest snapshot message, in value bytes (one record may exceed it).
 SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
@@ -162,6 +166,7 @@ class Replica:
         self.commit_seq = 0
         self.applied_seq = 0
         self._recent_ops: OrderedDict[str, tuple[int, Change]] = OrderedDict()
+        self.recent_changes: deque[Entry] = deque(maxlen=RECENT_CHANGES)
         self.is_primary = False
         self.members: list[str] = []
         self._match: dict[str, int] = {}
@@ -211,6 +216,7 @@ class Replica:
                 self._apply_change(entry.change)
                 if self._pending_by_key.get(entry.change.key) is entry:
                     del self._pending_by_key[entry.change.key]
+                self.recent_changes.append(entry)
                 record = entry.change.record
                 if self.is_primary and record is not None and record.expires_at is not None:
                     heapq.heappush(

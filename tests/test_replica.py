@@ -549,6 +549,23 @@ class SnapshotTests(SynchronousTestCase):
         group.backups["D"].epoch = group.backups["B"].epoch = 2
         return group
 
+    def test_stalled_member_keeps_its_snapshot(self) -> None:
+        """
+        Resending to a member that is slow to acknowledge does not start its
+        snapshot over (a busy member would be sent one after another); only
+        a lost link does.
+        """
+        group = self._trimmed()
+        primary = group.primary
+        primary.on_append_refused("D", 2, 0)
+        self.assertTrue(primary.needs_snapshot("D"))
+        primary.snapshot_messages("D")
+        self.assertFalse(primary.needs_snapshot("D"))
+        primary.resend()
+        self.assertFalse(primary.needs_snapshot("D"))
+        primary.resend("D", link_lost=True)
+        self.assertTrue(primary.needs_snapshot("D"))
+
     def test_log_trimmed_to_commit(self) -> None:
         """
         The primary forgets committed entries every member acknowledged and

@@ -629,7 +629,7 @@ class Node:
         # The link is new: whatever was in flight on the old one may be lost.
         for replica in self.replicas:
             if replica.is_primary and peer in replica.members:
-                replica.resend(peer)
+                replica.resend(peer, link_lost=True)
                 self._mark_dirty(replica.partition)
 
     def peer_down(self, peer: str) -> None:

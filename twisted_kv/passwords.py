@@ -41,6 +41,11 @@ def _b64(data: bytes) -> str:
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
+    if not hasattr(hashlib, "scrypt"):
+        # PyPy's hashlib has no scrypt; cryptography's gives the same bytes.
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+        return Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(password.encode("utf-8"))
     return hashlib.scrypt(
         password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_MAX_MEMORY, dklen=length
     )

@@ -50,9 +50,12 @@ from twisted_kv.core.records import (
     make_version,
 )
 
-# How many operation ids each replica remembers, so that a client operation
-# retried after a failover is applied at most once.
-RECENT_OPERATIONS = 100_000
+# How many operation ids each replica remembers per partition, so that a
+# client operation retried after a failover is applied at most once.  A
+# coordinator retries only within its request timeout, so the newest few
+# thousand per partition cover every retry still possible at tens of
+# thousands of writes a second.
+RECENT_OPERATIONS = 2048
 
 # Changes each replica remembers after applying them, so that a new primary
 # can announce again what its predecessor may not have announced.
@@ -486,13 +489,15 @@ class Replica:
         """
         return self._match.get(member, 0) < self.last_seq or self._acked_round.get(member, 0) < self.round
 
-    def resend(self, member: Optional[str] = None) -> None:
+    def resend(self, member: Optional[str] = None, link_lost: bool = False) -> None:
         """
         Send again, from what it acknowledged, what C{member} (or every
-        member) may have lost with a broken link.
+        member) may have lost.  A snapshot still on its way is not started
+        over unless its link was lost: a member busy applying a large one
+        would otherwise be sent another, and another.
         """
         for name in [member] if member is not None else self.members:
-            if name in self._next:
+            if name in self._next and (link_lost or name not in self._snapshot_at):
                 self._next[name] = self._match[name] + 1
                 self._snapshot_at.pop(name, None)
 

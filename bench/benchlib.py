@@ -277,24 +277,6 @@ _TWISTD = (
     "from twisted.scripts.twistd import run; run()"
 )
 
-#: Put on PyPy's path as sitecustomize: what twisted_kv calls that PyPy 3.9
-#: lacks.  twisted_kv.passwords calls hashlib.scrypt when the FTP service
-#: starts (PyPy's hashlib has no scrypt; cryptography's Scrypt gives the same
-#: bytes), and twisted_kv.service tunes the collector with gc.set_threshold
-#: (PyPy's collector is not generational in CPython's sense and has none).
-_PYPY_SHIM = '''\
-import gc
-import hashlib
-if not hasattr(hashlib, "scrypt"):
-    def _scrypt(password, *, salt, n, r, p, maxmem=0, dklen=64):
-        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-        return Scrypt(salt=salt, length=dklen, n=n, r=r, p=p).derive(password)
-    hashlib.scrypt = _scrypt
-if not hasattr(gc, "set_threshold"):
-    gc.set_threshold = lambda *thresholds: None
-'''
-
-
 class Runtime:
     """
     The interpreter a twisted_kv node runs under.
@@ -315,12 +297,6 @@ class Runtime:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         path = [ROOT]
-        if self.name != "cpython":
-            shim = os.path.join(workdir, "pypy-shim")
-            os.makedirs(shim, exist_ok=True)
-            with open(os.path.join(shim, "sitecustomize.py"), "w") as out:
-                out.write(_PYPY_SHIM)
-            path.insert(0, shim)
         if env.get("PYTHONPATH"):
             path.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(path)

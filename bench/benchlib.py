@@ -84,6 +84,13 @@ class Processes:
     def __init__(self) -> None:
         self._children: list[subprocess.Popen] = []
         self._registry = os.environ.get(REGISTRY_ENV)
+        self._directories: list[str] = []
+
+    def remove_at_exit(self, directory: str) -> None:
+        """
+        Remove C{directory} in L{stop_all}, once every child is gone.
+        """
+        self._directories.append(directory)
 
     def start(
         self,
@@ -160,6 +167,9 @@ class Processes:
                 except subprocess.TimeoutExpired:
                     pass
             self._children.clear()
+            for directory in self._directories:
+                shutil.rmtree(directory, ignore_errors=True)
+            self._directories.clear()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -438,6 +448,7 @@ class EtcdCluster:
         self.datadir = os.path.join(
             shm or self.workdir, f"kvbench-etcd-{os.getpid()}-{os.urandom(4).hex()}"
         )
+        processes.remove_at_exit(self.datadir)
         self.names = ["e1", "e2", "e3"]
         self.client_ports = {name: ports.take() for name in self.names}
         self.peer_ports = {name: ports.take() for name in self.names}

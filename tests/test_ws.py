@@ -29,7 +29,7 @@ from twisted_kv.frontends.ws import (
     build_ws_resource,
     event_frame,
 )
-from twisted_kv.interfaces import ChangeEvent
+from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
 from twisted_kv.local import LocalKeyValue
 
 
@@ -469,6 +469,36 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         late_pump.flush()
         self.assertEqual(
             [(f["type"], f["revision"]) for f in late.take()], [("watching", 9), ("compacted", 9)]
+        )
+
+    def test_resume_from_further_into_an_earlier_term(self) -> None:
+        """
+        A C{since} of an earlier term beyond the last revision this node saw
+        in that term came from a node that received more of that term: the
+        new leader may have announced those changes again under new
+        revisions, so the resume is answered C{compacted} rather than
+        repeating them.  A C{since} within what this node saw replays.
+        """
+        term1, term2 = 1 << REVISION_TERM_SHIFT, 2 << REVISION_TERM_SHIFT
+        node = self.make_node()
+        node.kv.emit(_put("a"), term1 + 1)
+        node.kv.emit(_put("b"), term1 + 2)
+        # The old leader also announced term1 + 3 (say "c"), which this node
+        # never received; the new leader announces "c" again.
+        node.kv.emit(_put("c"), term2 + 1)
+        ahead, ahead_pump = node.connect()
+        ahead.op(op="watch", prefix="", since=term1 + 3)
+        ahead_pump.flush()
+        behind, behind_pump = node.connect()
+        behind.op(op="watch", prefix="", since=term1 + 1)
+        behind_pump.flush()
+        self.assertEqual(
+            [(f["type"], f["revision"]) for f in ahead.take()],
+            [("watching", term2 + 1), ("compacted", term2 + 1)],
+        )
+        self.assertEqual(
+            [(f["type"], f["revision"]) for f in behind.take()],
+            [("watching", term2 + 1), ("put", term1 + 2), ("put", term2 + 1)],
         )
 
     def test_replay_at_history_edge(self) -> None:

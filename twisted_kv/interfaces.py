@@ -60,12 +60,24 @@ class KeyPage:
     next: Optional[str]
 
 
+# A revision's bits above this shift number the term of the partition leader
+# that assigned it.  Within one term every node receives a prefix of that
+# leader's single stream of changes; a new leader may announce again, under a
+# new revision, a change that some nodes received in an earlier term.
+REVISION_TERM_SHIFT = 32
+
+
+def revision_term(revision: int) -> int:
+    return revision >> REVISION_TERM_SHIFT
+
+
 @frozen
 class ChangeEvent:
     """
     A committed change, as delivered to watchers.
 
-    @ivar revision: a cluster-wide number that only grows.
+    @ivar revision: a cluster-wide number that only grows (see
+        L{REVISION_TERM_SHIFT}).
     @ivar gap: changes between the previous event delivered and this one may
         have been missed (this node was cut off from the partition leader);
         watchers must be told to re-read.

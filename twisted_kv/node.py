@@ -70,7 +70,7 @@ from twisted_kv.core.merkle import differing
 from twisted_kv.core.replica import Replica, decode_change, encode_change, encode_entry
 from twisted_kv.wire.codec import encode as encode_message
 from twisted_kv.errors import InsufficientStorage, KVError, error_for_code
-from twisted_kv.interfaces import ChangeEvent
+from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
 
 log = Logger()
 
@@ -876,7 +876,7 @@ class Node:
             self._revision_term = self.consensus.term
             self._revision_counter = 0
             self._revision_previous = self._last_revision
-        first = (self._revision_term << 32) | (self._revision_counter + 1)
+        first = (self._revision_term << REVISION_TERM_SHIFT) | (self._revision_counter + 1)
         self._revision_counter += len(changes)
         event = ["ev", first, changes, self._revision_previous]
         self._revision_previous = first + len(changes) - 1

@@ -75,7 +75,7 @@ from zope.interface import implementer
 
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, format_version
-from twisted_kv.interfaces import ChangeEvent, IKeyValue
+from twisted_kv.interfaces import ChangeEvent, IKeyValue, revision_term
 
 __all__ = [
     "ClockTimer",
@@ -238,6 +238,8 @@ class WatchHub:
         # Changes at or below this revision may be missing from the history;
         # None until the first change arrives (nothing is known before).
         self._floor: Optional[int] = None
+        # The newest revision seen in each term since the floor.
+        self._term_ends: dict[int, int] = {}
         self.revision = 0
         self._sessions: set[WatchSession] = set()
 
@@ -256,6 +258,7 @@ class WatchHub:
         self._history.clear()
         self._history_bytes = 0
         self._floor = None
+        self._term_ends.clear()
 
     def add(self, session: WatchSession) -> None:
         self._sessions.add(session)
@@ -267,10 +270,19 @@ class WatchHub:
         """
         The retained changes after C{revision}, oldest first.
 
+        A revision of an earlier term that is above the last one this node
+        saw in that term came from a node that received more of that term's
+        changes: the next leader may have announced those again under new
+        revisions, so a replay could repeat what the client has seen.
+
         @return: the changes, or C{None} when some change after C{revision}
-            may no longer be retained (or was never seen by this node).
+            may no longer be retained (or was never seen by this node), or
+            the replay could repeat changes seen elsewhere.
         """
         if self._floor is None or revision < self._floor:
+            return None
+        term = revision_term(revision)
+        if term < revision_term(self.revision) and revision > self._term_ends.get(term, -1):
             return None
         return [event for event in self._history if event.revision > revision]
 
@@ -282,12 +294,14 @@ class WatchHub:
             # replayed, and every watcher must re-read.
             self._history.clear()
             self._history_bytes = 0
+            self._term_ends.clear()
             self._floor = change_event.revision - 1
             for session in list(self._sessions):
                 session.missed(self._floor)
         if self._floor is None:
             self._floor = change_event.revision - 1
         self.revision = change_event.revision
+        self._term_ends[revision_term(self.revision)] = self.revision
         try:
             event = _to_event(change_event, self._file_event_for)
         except Exception:
@@ -312,6 +326,8 @@ class WatchHub:
             dropped = self._history.popleft()
             self._history_bytes -= len(dropped.frame)
             self._floor = dropped.revision
+            for term in [t for t in self._term_ends if t < revision_term(self._floor)]:
+                del self._term_ends[term]
 
 
 class _BadRequest(Exception):

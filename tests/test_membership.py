@@ -132,6 +132,23 @@ class LiveTests(SynchronousTestCase):
         self.assertEqual(table.live(11.5), {"a": 100, "b": 7})
         self.assertEqual(table.live(12.0), {"a": 100})
 
+    @given(
+        st.dictionaries(
+            st.sampled_from(["a", "b", "c", "zz"]),
+            st.floats(min_value=0, max_value=100, allow_nan=False),
+        ),
+        st.floats(min_value=0, max_value=110, allow_nan=False),
+    )
+    def test_live_count(self, heard: dict[str, float], now: float) -> None:
+        """
+        L{Membership.live_count} counts exactly the nodes L{Membership.live}
+        lists.
+        """
+        table = _table()
+        for node, at in heard.items():
+            table.heard(node, 1, at)
+        self.assertEqual(table.live_count(now), len(table.live(now)))
+
     def test_strangers_not_listed(self) -> None:
         """
         A node outside the cluster's node list is never live, even if heard.

@@ -27,7 +27,6 @@ from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
-    TimeoutError,
     fail,
     maybeDeferred,
     succeed,
@@ -197,14 +196,14 @@ class Coordinator:
                 return later()
             primary = config.primary.node_id
             if primary == self._node.node_id:
-                d = run_here().addTimeout(remaining, self._clock)
+                d = self._node.deadlines.limit(run_here(), deadline)
             else:
                 d = self._node.call(primary, message(), remaining).addCallback(decode)
             return d.addErrback(retry)
 
         def retry(failure: Failure) -> Deferred:
             nonlocal maybe_applied
-            if failure.check(TimeoutError, CancelledError):
+            if failure.check(CancelledError):
                 maybe_applied = True
                 return fail(give_up("the primary did not answer in time"))
             failure.trap(Retry)

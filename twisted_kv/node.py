@@ -69,6 +69,7 @@ from twisted_kv.core.records import Change, Delete, Expire, Operation, Put, Reco
 from twisted_kv.core.merkle import differing
 from twisted_kv.core.replica import Replica, decode_change, encode_change, encode_entry
 from twisted_kv.wire.codec import encode as encode_message
+from twisted_kv.deadlines import Deadlines
 from twisted_kv.errors import InsufficientStorage, KVError, error_for_code
 from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
 
@@ -188,6 +189,8 @@ class Node:
         self._read_waiters: dict[int, list[tuple[int, int, str, Deferred]]] = {}
         self._stalled_since: dict[int, float] = {}
         self._requests: dict[int, tuple[str, Deferred]] = {}
+        # time limits of requests, swept every tick
+        self.deadlines = Deadlines()
         self._ids = itertools.count(1)
         self._op_ids = itertools.count(1)
         self._reports: list[list] = []
@@ -257,7 +260,7 @@ class Node:
         return self._map
 
     def has_majority(self) -> bool:
-        return len(self.membership.live(self._now())) >= self.config.majority
+        return self.membership.live_count(self._now()) >= self.config.majority
 
     def partition_config(self, partition: int) -> Optional[PartitionConfig]:
         return None if self._map is None else self._map.partitions[partition]
@@ -313,6 +316,7 @@ class Node:
 
     def tick(self) -> None:
         now = self._now()
+        self.deadlines.sweep(now)
         self._send_all(self.consensus.tick(now))
         self._after_consensus()
         if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
@@ -604,7 +608,9 @@ class Node:
 
     def call(self, peer: str, message: list, timeout: float) -> Deferred:
         """
-        Send a request to C{peer} and fire with its answer's payload.
+        Send a request to C{peer} and fire with its answer's payload, or fail
+        with L{twisted.internet.defer.CancelledError} once C{timeout} has
+        passed (checked every tick).
 
         @raise Retry: (as a failure) the link to C{peer} is down; the request
             was not sent.
@@ -616,8 +622,7 @@ class Node:
         if not self._send(peer, message):
             self._requests.pop(request_id, None)
             return fail(Retry(f"no link to {peer}"))
-        d.addTimeout(timeout, self._clock)
-        return d
+        return self.deadlines.limit(d, self._now() + timeout)
 
     def new_op_id(self) -> str:
         return f"{self.node_id}/{self.incarnation:x}/{next(self._op_ids)}"

@@ -114,9 +114,17 @@ class ServerMixin:
 
 
 def _connect(port: int, user: str = USER, password: str = PASSWORD) -> ftplib.FTP:
+    """
+    A logged-in client; on a refused login the connection is closed at once
+    rather than whenever the garbage collector gets to it.
+    """
     client = ftplib.FTP(timeout=20)
     client.connect("127.0.0.1", port)
-    client.login(user, password)
+    try:
+        client.login(user, password)
+    except BaseException:
+        client.close()
+        raise
     return client
 
 

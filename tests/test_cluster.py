@@ -13,7 +13,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.core.keyspace import user_key
+from twisted_kv.core.keyspace import USER, user_key
 from twisted_kv.core.records import Put
 from twisted_kv.core.replica import decode_change
 from twisted_kv.node import encode_operation
@@ -25,7 +25,7 @@ from twisted_kv.errors import (
     PreconditionFailed,
     Unavailable,
 )
-from twisted_kv.interfaces import ChangeEvent, ReadResult, WriteResult
+from twisted_kv.interfaces import ChangeEvent, KeyPage, ReadResult, WriteResult
 from twisted_kv.testing import MemoryCluster
 
 from tests.linearizability import Op, check
@@ -389,6 +389,23 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
                 self.assertEqual(result.record.value if result.record else None, value, (node, key))
                 self.assertEqual(result.degraded, degraded)
 
+    def assert_all_listed(self, acked: dict[str, bytes], degraded: bool) -> None:
+        """
+        Every live node lists exactly the acknowledged keys, across pages.
+        """
+        for node in self.cluster.nodes:
+            listed: list[str] = []
+            start = None
+            while True:
+                page = self.wait(self.cluster.coordinators[node].list_keys(USER, start, 7))
+                self.assertIsInstance(page, KeyPage, node)
+                self.assertEqual(page.degraded, degraded, node)
+                listed += page.keys
+                if page.next is None:
+                    break
+                start = page.next
+            self.assertEqual(listed, sorted(user_key(key) for key in acked), node)
+
     def test_kill_half_of_five(self) -> None:
         """
         With 2 of 5 nodes killed, every acknowledged key reads back from every
@@ -450,6 +467,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
                 unheld += 1
                 self.assertTrue(result.check(Unavailable))
         self.assertTrue(held and unheld, (held, unheld))
+        self.assertTrue(self.wait(cluster.coordinators["n1"].list_keys(USER, None, 10)).check(Unavailable))
 
     def test_retried_write_answers_its_first_outcome(self) -> None:
         """
@@ -489,6 +507,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         survivor = next(iter(cluster.nodes))
         self.assertIsInstance(self.put(survivor, "refused", b"x").value, Unavailable)
         self.assert_all_readable(acked, degraded=True)
+        self.assert_all_listed(acked, degraded=True)
 
     def test_partitioned_primary_cannot_acknowledge(self) -> None:
         """

@@ -25,12 +25,12 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from twisted_kv.core.keyspace import file_key
+from twisted_kv.core.keyspace import file_key, user_key
 from twisted_kv.core.records import Record, make_version
 from twisted_kv.errors import InvalidRequest, OutcomeUnknown, Unavailable
 from twisted_kv.frontends.http_api import EntityTags, parse_entity_tags
 from twisted_kv.frontends.site import build_site
-from twisted_kv.interfaces import IClusterStatus, IKeyValue, ReadResult
+from twisted_kv.interfaces import IClusterStatus, IKeyValue, KeyPage, ReadResult
 from twisted_kv.local import LocalKeyValue
 from twisted_kv.metrics import Metric, sample
 
@@ -900,6 +900,18 @@ class StoreFailureTests(APITestCase):
         self.serve(ScriptedKeyValue(lambda: succeed(ReadResult(None, degraded=True))))
         response = self.assertError(self.request("GET", "/kv/k"), 404, "not_found")
         self.assertEqual(self.header(response, "X-KV-Degraded"), "true")
+
+    def test_degraded_listing(self) -> None:
+        """
+        A degraded listing is answered with C{X-KV-Degraded: true}; a normal
+        one without it.
+        """
+        for degraded, header in [(True, "true"), (False, None)]:
+            page = KeyPage([user_key("a")], None, degraded)
+            self.serve(ScriptedKeyValue(lambda: succeed(page)))
+            response, body = self.request("GET", "/kv?prefix=a")
+            self.assertEqual((response.code, json.loads(body)), (200, {"keys": ["a"], "next": None}))
+            self.assertEqual(self.header(response, "X-KV-Degraded"), header)
 
     def test_degraded_precondition(self) -> None:
         """

@@ -36,7 +36,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_kv.core.membership import ALIVE
+from twisted_kv.core.membership import ALIVE, DEAD
+from twisted_kv.core.placement import PartitionConfig
 from twisted_kv.core.records import Change, Delete, Operation, Put, Record, format_version, live
 from twisted_kv.core.replica import decode_change
 from twisted_kv.errors import OutcomeUnknown, Unavailable, ValueTooLarge
@@ -115,21 +116,24 @@ class Coordinator:
         cluster_map = self._node.cluster_map
         if cluster_map is None:
             return fail(Unavailable("the cluster has no partition map yet"))
-        by_primary: dict[str, list[int]] = {}
+        degraded = not self._node.has_majority()
+        by_holder: dict[str, list[int]] = {}
         for index, config in enumerate(cluster_map.partitions):
-            if config.primary is None:
-                return fail(Unavailable(f"partition {index} has no replica"))
-            by_primary.setdefault(config.primary.node_id, []).append(index)
+            holder = self._listing_holder(config)
+            if holder is None:
+                return fail(Unavailable(f"no replica of partition {index} is reachable", retry_after=1))
+            degraded = degraded or holder != config.primary.node_id
+            by_holder.setdefault(holder, []).append(index)
         timeout = self._node.config.request_timeout
         calls = [
             (
                 succeed(self._node.list_local(partitions, prefix, start_after, limit + 1))
-                if primary == self._node.node_id
+                if holder == self._node.node_id
                 else self._node.call(
-                    primary, ["list", 0, partitions, prefix, start_after, limit + 1], timeout
+                    holder, ["list", 0, partitions, prefix, start_after, limit + 1], timeout
                 )
             )
-            for primary, partitions in by_primary.items()
+            for holder, partitions in by_holder.items()
         ]
 
         def merge(results: list) -> KeyPage:
@@ -140,10 +144,27 @@ class Coordinator:
                 pages.append(result)
             keys = list(itertools.islice(heapq.merge(*pages), limit + 1))
             if len(keys) > limit:
-                return KeyPage(keys[:limit], keys[limit - 1])
-            return KeyPage(keys, None)
+                return KeyPage(keys[:limit], keys[limit - 1], degraded)
+            return KeyPage(keys, None, degraded)
 
         return DeferredList(calls, consumeErrors=True).addCallback(merge)
+
+    def _listing_holder(self, config: PartitionConfig) -> Optional[str]:
+        """
+        The node to list a partition at: its primary while that is alive,
+        else a live in-sync member still in the incarnation the map names
+        (it holds every acknowledged write), else C{None}.
+        """
+        membership = self._node.membership
+        now = self._clock.seconds()
+        for member in config.members:
+            if (
+                member.node_id in config.in_sync
+                and membership.state(member.node_id, now) != DEAD
+                and membership.incarnation(member.node_id) == member.incarnation
+            ):
+                return member.node_id
+        return None
 
     def subscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
         self._node.subscribe(listener)

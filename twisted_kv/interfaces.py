@@ -54,10 +54,15 @@ class KeyPage:
     """
     One page of a key listing; C{next} is the C{start_after} of the next page,
     or C{None} when this is the last page.
+
+    @ivar degraded: some keys were listed from a replica other than their
+        partition's primary, which was unreachable: the page holds every
+        acknowledged key but may hold keys of writes still in flight.
     """
 
     keys: list[str]
     next: Optional[str]
+    degraded: bool = False
 
 
 # A revision's bits above this shift number the term of the partition leader

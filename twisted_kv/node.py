@@ -54,7 +54,6 @@ from twisted.python.failure import Failure
 from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.consensus import LEADER, Consensus
 from twisted_kv.core.membership import ALIVE, Membership
-from twisted_kv.core.memstore import MemStore
 from twisted_kv.core.placement import (
     ClusterMap,
     PartitionConfig,
@@ -96,6 +95,25 @@ class Retry(Exception):
     def __init__(self, reason: str, maybe_applied: bool = False) -> None:
         super().__init__(reason)
         self.maybe_applied = maybe_applied
+
+
+def _logged_records(
+    replica: Replica, prefix: str, start_after: Optional[str]
+) -> dict[str, Optional[Record]]:
+    """
+    The newest record (C{None}: deleted) of every key after C{start_after}
+    with C{prefix} that C{replica}'s log changes.
+    """
+    records: dict[str, Optional[Record]] = {}
+    for entry in replica.log:
+        change = entry.change
+        if (
+            change is not None
+            and change.key.startswith(prefix)
+            and (start_after is None or change.key > start_after)
+        ):
+            records[change.key] = change.record
+    return records
 
 
 def encode_operation(operation: Operation) -> list:
@@ -594,14 +612,23 @@ class Node:
     def list_local(
         self, partitions: list[int], prefix: str, start_after: Optional[str], limit: int
     ) -> list[str]:
+        """
+        The live keys of C{partitions} after C{start_after}, in order.  A
+        primary lists what it has applied; another replica (asked for a
+        degraded listing) also counts the writes in its log it has not
+        applied yet, as a degraded read does.
+        """
         now = self._now()
 
-        def live_keys(store: MemStore) -> Iterator[str]:
-            for key in store.keys_from(prefix, start_after):
-                if live(store.get(key), now) is not None:
+        def live_keys(replica: Replica) -> Iterator[str]:
+            logged = {} if replica.is_primary else _logged_records(replica, prefix, start_after)
+            applied = (k for k in replica.store.keys_from(prefix, start_after) if k not in logged)
+            for key in heapq.merge(applied, sorted(logged)):
+                record = logged[key] if key in logged else replica.store.get(key)
+                if live(record, now) is not None:
                     yield key
 
-        streams = [live_keys(self.replicas[p].store) for p in partitions]
+        streams = [live_keys(self.replicas[p]) for p in partitions]
         return list(itertools.islice(heapq.merge(*streams), limit))
 
     # -- forwarding client operations --------------------------------------

@@ -393,6 +393,9 @@ def _content_type(request: IRequest) -> str:
     return content_type.decode("latin-1") if content_type else DEFAULT_CONTENT_TYPE
 
 
+_DEGRADED = b"X-KV-Degraded"
+
+
 class KeyValueResource(Resource):
     """
     C{/kv} (listing keys) and C{/kv/{key}} (one key), over an L{IKeyValue}.
@@ -448,6 +451,8 @@ class KeyValueResource(Resource):
 
     @staticmethod
     def _listed(page: KeyPage, request: IRequest) -> None:
+        if page.degraded:
+            request.setHeader(_DEGRADED, b"true")
         body = {"keys": [name_of(key) for key in page.keys], "next": to_user(page.next)}
         _send(request, 200, _json(body), JSON_TYPE)
 
@@ -458,7 +463,7 @@ class KeyValueResource(Resource):
     @staticmethod
     def _got(result: ReadResult, request: IRequest, key: str, conditions: Preconditions) -> None:
         if result.degraded:
-            request.setHeader(b"X-KV-Degraded", b"true")
+            request.setHeader(_DEGRADED, b"true")
         record = result.record
         if record is None:
             raise KeyNotFound(f"no key {key!r}")

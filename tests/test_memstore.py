@@ -11,9 +11,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.core.memstore import RECORD_OVERHEAD, MemStore, record_cost
+from twisted_kv.core import memstore
+from twisted_kv.core.memstore import (
+    RECORD_OVERHEAD,
+    SHARED_CONTENT_TYPE_LENGTH,
+    SHARED_CONTENT_TYPES,
+    MemStore,
+    pack_record,
+    record_cost,
+    unpack_record,
+)
 from twisted_kv.core.records import Change, Record
-from tests.strategies import key_sets, ordered_keys, values
+from tests.strategies import content_types, expiries, key_sets, ordered_keys, values
+
+# Any content type a caller of the single-process store may give, lone
+# surrogates and types too long to be numbered included.
+any_content_types = content_types | st.text() | st.text(
+    min_size=SHARED_CONTENT_TYPE_LENGTH + 1, max_size=SHARED_CONTENT_TYPE_LENGTH + 3
+)
+records = st.builds(
+    Record, values, any_content_types, st.integers(min_value=0, max_value=2**64 - 1), expiries
+)
 
 
 def _put(key: str, value: bytes = b"v", version: int = 1) -> Change:
@@ -36,7 +54,7 @@ class ApplyTests(SynchronousTestCase):
         store = MemStore()
         change = _put("a", b"1")
         store.apply(change)
-        self.assertIs(store.get("a"), change.record)
+        self.assertEqual(store.get("a"), change.record)
         self.assertIsNone(store.get("b"))
         self.assertEqual(len(store), 1)
 
@@ -101,15 +119,96 @@ class ApplyTests(SynchronousTestCase):
         store.clear()
         self.assertEqual((len(store), store.bytes_used, list(store.items())), (0, 0, []))
 
-    def test_items_in_key_order(self) -> None:
+    def test_items_are_every_record(self) -> None:
         """
-        L{MemStore.items} iterates in key (code point) order, whatever the
-        insertion order.
+        L{MemStore.items} gives every key with its current record.
         """
         store = MemStore()
-        for key in ["b", "\u00e9", "a/b", "a", "B"]:
+        for key in ["b", "a", "c"]:
             store.apply(_put(key))
-        self.assertEqual([k for k, _ in store.items()], ["B", "a", "a/b", "b", "\u00e9"])
+        store.apply(_put("a", b"new", 2))
+        store.apply(_delete("c"))
+        self.assertEqual(
+            dict(store.items()), {"a": store.get("a"), "b": store.get("b")}
+        )
+        self.assertEqual(store.get("a").value, b"new")
+
+
+    def test_keys_and_expiring(self) -> None:
+        """
+        L{MemStore.keys} gives every key; L{MemStore.expiring} only the
+        records with an expiry time.
+        """
+        store = MemStore()
+        store.apply(_put("a"))
+        expiring = Change("put", "b", 2, Record(b"v", "text/plain", 2, 30.0), True)
+        store.apply(expiring)
+        store.apply(Change("put", "c", 3, Record(b"v", "\ud800" * 200, 3, 40.0), True))
+        store.apply(_delete("c"))
+        self.assertEqual(sorted(store.keys()), ["a", "b"])
+        self.assertEqual(list(store.expiring()), [("b", expiring.record)])
+
+
+class PackedRecordTests(SynchronousTestCase):
+    """
+    A stored record is one C{bytes} object: a short header and the value.
+    """
+
+    @given(records)
+    def test_round_trip(self, record: Record) -> None:
+        """
+        Unpacking gives back an equal record, whatever its content type,
+        version and expiry.
+        """
+        self.assertEqual(unpack_record(pack_record(record)), record)
+
+    @given(ordered_keys, records)
+    def test_store_gives_back_what_it_was_given(self, key: str, record: Record) -> None:
+        """
+        The store answers with a record equal to the one applied, and
+        accounts for it as L{record_cost} says.
+        """
+        store = MemStore()
+        store.apply(Change("put", key, record.version, record, True))
+        self.assertEqual(store.get(key), record)
+        self.assertEqual(store.bytes_used, record_cost(key, record))
+        self.assertEqual(store.growth(key, record.value), 0)
+
+    def test_header_is_short(self) -> None:
+        """
+        A record of a common content type without an expiry costs its value
+        and 10 bytes; an expiry adds 8.
+        """
+        value = b"v" * 100
+        plain = pack_record(Record(value, "application/octet-stream", 2**50))
+        expiring = pack_record(Record(value, "application/octet-stream", 2**50, 12.5))
+        self.assertEqual((len(plain), len(expiring)), (110, 118))
+
+    def test_content_types_shared(self) -> None:
+        """
+        Records of the same content type, decoded as distinct strings, come
+        back holding one string object.
+        """
+        first = unpack_record(pack_record(Record(b"1", "".join(["text/", "csv"]), 1)))
+        second = unpack_record(pack_record(Record(b"2", "".join(["text/", "csv"]), 2)))
+        self.assertIs(first.content_type, second.content_type)
+
+    def test_content_type_table_is_bounded(self) -> None:
+        """
+        However many distinct content types arrive, the shared table stays
+        within L{SHARED_CONTENT_TYPES}, and records of types beyond it keep
+        their content type in full.
+        """
+        self.patch(memstore, "_content_types", [])
+        self.patch(memstore, "_content_type_numbers", {})
+        packed = [pack_record(Record(b"v", f"type/{n}", n)) for n in range(SHARED_CONTENT_TYPES + 50)]
+        self.assertEqual(len(memstore._content_types), SHARED_CONTENT_TYPES)
+        self.assertEqual(len(memstore._content_type_numbers), SHARED_CONTENT_TYPES)
+        self.assertEqual(
+            [unpack_record(p).content_type for p in packed],
+            [f"type/{n}" for n in range(SHARED_CONTENT_TYPES + 50)],
+        )
+        self.assertGreater(len(packed[-1]), len(packed[0]))
 
 
 class KeysFromTests(SynchronousTestCase):
@@ -171,3 +270,48 @@ class KeysFromTests(SynchronousTestCase):
         else:
             self.fail(f"paging did not end: {seen!r}")
         self.assertEqual(seen, sorted(k for k in keys if k.startswith(prefix)))
+
+    def test_key_order_whatever_the_insertion_order(self) -> None:
+        """
+        Keys are listed in code point order, not in the order written.
+        """
+        store = self._store(["b", "\u00e9", "a/b", "a", "B"])
+        self.assertEqual(list(store.keys_from()), ["B", "a", "a/b", "b", "\u00e9"])
+
+    def test_index_built_by_the_first_listing(self) -> None:
+        """
+        A store that is never listed keeps no sorted index; the first listing
+        builds it, and clearing the store drops it.
+        """
+        store = self._store(["b", "a"])
+        self.assertIsNone(store._index)
+        self.assertEqual(list(store.keys_from()), ["a", "b"])
+        self.assertEqual(list(store._index), ["a", "b"])
+        store.clear()
+        self.assertIsNone(store._index)
+        self.assertEqual(list(store.keys_from()), [])
+
+    @given(
+        st.lists(
+            st.tuples(st.sampled_from(["put", "delete", "list"]), ordered_keys),
+            max_size=60,
+        )
+    )
+    def test_writes_between_listings(self, steps: list) -> None:
+        """
+        Puts, replacements and deletes made between listings are all seen by
+        the next listing, exactly as a brute-force sort of the live keys.
+        """
+        store = MemStore()
+        live: set = set()
+        for version, (action, key) in enumerate(steps, 1):
+            if action == "put":
+                store.apply(_put(key, version=version))
+                live.add(key)
+            elif action == "delete":
+                store.apply(_delete(key))
+                live.discard(key)
+            else:
+                expected = sorted(k for k in live if k.startswith(key))
+                self.assertEqual(list(store.keys_from(key)), expected)
+        self.assertEqual(list(store.keys_from()), sorted(live))

@@ -34,7 +34,7 @@ class SyncTestMixin(ClusterTestMixin):
         any_node = next(iter(self.cluster.nodes.values()))
         for partition, config in enumerate(any_node.cluster_map.partitions):
             stores = [
-                list(self.cluster.nodes[m.node_id].replicas[partition].store.items())
+                dict(self.cluster.nodes[m.node_id].replicas[partition].store.items())
                 for m in config.members
             ]
             for store in stores[1:]:

@@ -1,22 +1,110 @@
 # -*- test-case-name: tests.test_memstore -*-
 """
-The in-memory storage engine: records in key order, with size accounting.
+The in-memory storage engine: records by key, listed in key order, with size
+accounting.
 
 One L{MemStore} holds one partition's keys on one replica (or, in
 L{twisted_kv.local}, every key of a single-process store).
+
+Memory per key is what limits how many keys a node holds, so a stored record
+is one C{bytes} object, not a L{Record} with its version, content type and
+value as objects of their own: a short header (the version, whether an
+expiry time follows, and the content type's number in a small shared table)
+followed by the value.  For a 100-byte value the whole record then takes the
+memory the value alone took, and L{MemStore.get} builds the L{Record} when it
+is asked for.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Iterable, Iterator, Optional
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedList
 
 from twisted_kv.core.records import Change, Record
 
-# Rough per-key bookkeeping cost (dict slot, sorted index, record object),
-# added to key and value lengths when accounting memory use.
+# Rough per-key bookkeeping cost (dict slot, record header), added to key and
+# value lengths when accounting memory use.
 RECORD_OVERHEAD = 200
+
+# How many distinct content types get a number; records of any other type
+# carry their content type in full.  The table only ever grows, and only up
+# to this size, whatever types clients send.
+SHARED_CONTENT_TYPES = 255
+# Longer content types are always carried in full.
+SHARED_CONTENT_TYPE_LENGTH = 128
+
+# version, then (content type number << 1) | (an expiry time follows)
+_HEADER = struct.Struct("<QH")
+_EXPIRY = struct.Struct("<d")
+# The header byte holding the "an expiry time follows" bit.
+_EXPIRES_BYTE = struct.calcsize("<Q")
+# The length of a content type carried in full (number 0), before its UTF-8.
+_LENGTH = struct.Struct("<I")
+
+_content_types: list[str] = []
+_content_type_numbers: dict[str, int] = {}
+
+
+def _content_type_number(content_type: str) -> int:
+    """
+    The number of C{content_type} in the shared table (from 1), numbering it
+    if there is room; 0 if it has none.
+    """
+    number = _content_type_numbers.get(content_type)
+    if number is not None:
+        return number
+    if len(_content_types) >= SHARED_CONTENT_TYPES or len(content_type) > SHARED_CONTENT_TYPE_LENGTH:
+        return 0
+    _content_types.append(content_type)
+    number = _content_type_numbers[content_type] = len(_content_types)
+    return number
+
+
+def pack_record(record: Record) -> bytes:
+    """
+    The stored form of C{record}.
+    """
+    number = _content_type_number(record.content_type)
+    parts = [_HEADER.pack(record.version, number << 1 | (record.expires_at is not None))]
+    if record.expires_at is not None:
+        parts.append(_EXPIRY.pack(record.expires_at))
+    if not number:
+        content_type = record.content_type.encode("utf-8", "surrogatepass")
+        parts += [_LENGTH.pack(len(content_type)), content_type]
+    parts.append(record.value)
+    return b"".join(parts)
+
+
+def _unpack(packed: bytes) -> tuple[int, Optional[float], str, int]:
+    """
+    The version, expiry time, content type and value offset of a stored
+    record.
+    """
+    version, form = _HEADER.unpack_from(packed)
+    offset = _HEADER.size
+    expires_at = None
+    if form & 1:
+        (expires_at,) = _EXPIRY.unpack_from(packed, offset)
+        offset += _EXPIRY.size
+    number = form >> 1
+    if number:
+        content_type = _content_types[number - 1]
+    else:
+        (length,) = _LENGTH.unpack_from(packed, offset)
+        offset += _LENGTH.size
+        content_type = packed[offset : offset + length].decode("utf-8", "surrogatepass")
+        offset += length
+    return version, expires_at, content_type, offset
+
+
+def unpack_record(packed: bytes) -> Record:
+    """
+    The L{Record} that L{pack_record} stored as C{packed}.
+    """
+    version, expires_at, content_type, offset = _unpack(packed)
+    return Record(packed[offset:], content_type, version, expires_at)
 
 
 def record_cost(key: str, record: Record) -> int:
@@ -26,23 +114,37 @@ def record_cost(key: str, record: Record) -> int:
     return RECORD_OVERHEAD + len(key) + len(record.value)
 
 
+def _stored_cost(key: str, packed: bytes) -> int:
+    """
+    L{record_cost} of a stored record, without rebuilding it.
+    """
+    return RECORD_OVERHEAD + len(key) + len(packed) - _unpack(packed)[3]
+
+
 class MemStore:
     """
-    Records by key, iterable in key order.
+    Records by key, listed in key order.
+
+    The records live in a plain dict.  The sorted index of keys that listings
+    need is built at the first listing and kept up to date from then on (at
+    O(log n) a write), so a store that is never listed (most replicas) does
+    not pay for it.
 
     @ivar bytes_used: approximate memory held by the records, see
         L{record_cost}.
     """
 
     def __init__(self) -> None:
-        self._records: SortedDict = SortedDict()
+        self._records: dict[str, bytes] = {}
+        self._index: Optional[SortedList] = None
         self.bytes_used = 0
 
     def __len__(self) -> int:
         return len(self._records)
 
     def get(self, key: str) -> Optional[Record]:
-        return self._records.get(key)
+        packed = self._records.get(key)
+        return None if packed is None else unpack_record(packed)
 
     def growth(self, key: str, value: bytes) -> int:
         """
@@ -50,19 +152,26 @@ class MemStore:
         it replaces a larger record).
         """
         old = self._records.get(key)
-        replaced = 0 if old is None else record_cost(key, old)
+        replaced = 0 if old is None else _stored_cost(key, old)
         return RECORD_OVERHEAD + len(key) + len(value) - replaced
 
     def apply(self, change: Change) -> None:
         """
         Make C{change} the current state of its key.
         """
-        old = self._records.pop(change.key, None)
+        key, record = change.key, change.record
+        old = self._records.get(key)
         if old is not None:
-            self.bytes_used -= record_cost(change.key, old)
-        if change.record is not None:
-            self._records[change.key] = change.record
-            self.bytes_used += record_cost(change.key, change.record)
+            self.bytes_used -= _stored_cost(key, old)
+        if record is not None:
+            self._records[key] = pack_record(record)
+            self.bytes_used += record_cost(key, record)
+            if old is None and self._index is not None:
+                self._index.add(key)
+        elif old is not None:
+            del self._records[key]
+            if self._index is not None:
+                self._index.remove(key)
 
     def keys_from(self, prefix: str = "", start_after: Optional[str] = None) -> Iterator[str]:
         """
@@ -70,17 +179,36 @@ class MemStore:
         """
         lower = prefix if start_after is None or start_after < prefix else start_after
         inclusive = start_after is None or start_after < prefix
-        for key in self._records.irange(minimum=lower, inclusive=(inclusive, True)):
+        if self._index is None:
+            self._index = SortedList(self._records)
+        for key in self._index.irange(minimum=lower, inclusive=(inclusive, True)):
             if not key.startswith(prefix):
                 return
             yield key
 
-    def items(self) -> Iterable[tuple[str, Record]]:
+    def keys(self) -> Iterable[str]:
         """
-        Every (key, record) pair, in key order.
+        Every key, in no particular order.
         """
-        return self._records.items()
+        return self._records.keys()
+
+    def expiring(self) -> Iterator[tuple[str, Record]]:
+        """
+        Every (key, record) pair of a record with an expiry time, in no
+        particular order; only those records are rebuilt.
+        """
+        for key, packed in self._records.items():
+            if packed[_EXPIRES_BYTE] & 1:
+                yield key, unpack_record(packed)
+
+    def items(self) -> Iterator[tuple[str, Record]]:
+        """
+        Every (key, record) pair, in no particular order.
+        """
+        for key, packed in self._records.items():
+            yield key, unpack_record(packed)
 
     def clear(self) -> None:
         self._records.clear()
+        self._index = None
         self.bytes_used = 0

@@ -246,8 +246,9 @@ class Replica:
     def _apply_repair(self, repair: Repair) -> None:
         wanted = dict(repair.records)
         buckets = set(repair.buckets)
-        for key, record in list(self.store.items()):
-            if bucket_of(key) in buckets and wanted.get(key) != record:
+        for key in [k for k in self.store.keys() if bucket_of(k) in buckets]:
+            record = self.store.get(key)
+            if wanted.get(key) != record:
                 self.repaired_keys += 1
                 self._apply_change(Change("delete", key, record.version, None))
         for key, record in wanted.items():
@@ -257,7 +258,7 @@ class Replica:
                 self._apply_change(Change("put", key, record.version, record))
 
     def _bucket_content(self, buckets: set[int]) -> tuple[tuple[str, Record], ...]:
-        keys = {k for k, _ in self.store.items() if bucket_of(k) in buckets}
+        keys = {k for k in self.store.keys() if bucket_of(k) in buckets}
         keys |= {k for k in self._pending_by_key if bucket_of(k) in buckets}
         content = ((key, self.latest(key)) for key in sorted(keys))
         return tuple((key, record) for key, record in content if record is not None)
@@ -324,9 +325,7 @@ class Replica:
                 if e.seq > self.applied_seq and e.change is not None
             }
             self._expiries = [
-                (r.expires_at, r.version, key)
-                for key, r in self.store.items()
-                if r.expires_at is not None
+                (r.expires_at, r.version, key) for key, r in self.store.expiring()
             ]
             heapq.heapify(self._expiries)
         self._advance_commit()

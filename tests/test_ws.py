@@ -22,6 +22,7 @@ from twisted.web.server import Site
 
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, Record, make_version
+from twisted_kv.frontends import ws
 from twisted_kv.frontends.ws import (
     ClockTimer,
     WatchHub,
@@ -360,6 +361,49 @@ class WatchTests(_NodeMixin, SynchronousTestCase):
         )
 
 
+class LazyFrameTests(_NodeMixin, SynchronousTestCase):
+    """
+    A change's frame is built when a watcher first needs it, once.
+    """
+
+    def test_frames_built_on_first_need(self) -> None:
+        """
+        No frame is built for changes nobody watches; one is built for a
+        change several connections receive, and a replay builds only the
+        frames not built yet.
+        """
+        built: list[int] = []
+        key_message = ws._key_message
+
+        def counting(change: Change, revision: int) -> dict:
+            built.append(revision)
+            return key_message(change, revision)
+
+        self.patch(ws, "_key_message", counting)
+        node = self.make_node()
+        other, _ = node.watcher(prefix="b")
+        for revision in range(1, 4):
+            node.kv.emit(_put(f"a{revision}"), revision)
+        self.assertEqual(built, [])
+        watchers = [node.watcher(prefix="a")[0] for _ in range(2)]
+        node.kv.emit(_put("a4"), 4)
+        node.flush()
+        self.assertEqual(built, [4])
+        late, late_pump = node.connect()
+        late.op(op="watch", prefix="", since=0)
+        late_pump.flush()
+        again, again_pump = node.connect()
+        again.op(op="watch", prefix="", since=0)
+        again_pump.flush()
+        self.assertEqual(built, [4, 1, 2, 3])
+        self.assertEqual([[f["key"] for f in w.take()] for w in watchers], [["a4"], ["a4"]])
+        self.assertEqual(other.take(), [])
+        for client in (late, again):
+            self.assertEqual(
+                [f.get("key") for f in client.take()], [None, "a1", "a2", "a3", "a4"]
+            )
+
+
 class ResumeTests(_NodeMixin, SynchronousTestCase):
     """
     C{since}: replaying retained changes, and C{compacted} when they are gone.
@@ -527,6 +571,32 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         pump.flush()
         self.assertEqual(
             [(f["type"], f["revision"]) for f in client.take()],
+            [("watching", 3), ("compacted", 3), ("watching", 3), ("put", 3)],
+        )
+
+    def test_history_bytes_of_built_frames(self) -> None:
+        """
+        A change's bytes are estimated from its value until its frame is
+        built; once a replay builds the frames, the bound holds on their
+        real length (here, escaped control characters make the frames about
+        six times the value).
+        """
+        node = self.make_node(history_bytes=800)
+        for revision in range(1, 4):
+            node.kv.emit(_put(f"k{revision}", b"\x01" * 100), revision)
+        first, first_pump = node.connect()
+        first.op(op="watch", prefix="", since=0)
+        first_pump.flush()
+        second, second_pump = node.connect()
+        second.op(op="watch", prefix="", since=1)
+        second.op(op="watch", prefix="k3", since=2)
+        second_pump.flush()
+        self.assertEqual(
+            [(f["type"], f["revision"]) for f in first.take()],
+            [("watching", 3), ("put", 1), ("put", 2), ("put", 3)],
+        )
+        self.assertEqual(
+            [(f["type"], f["revision"]) for f in second.take()],
             [("watching", 3), ("compacted", 3), ("watching", 3), ("put", 3)],
         )
 

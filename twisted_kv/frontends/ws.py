@@ -101,21 +101,66 @@ CLOSE_TRY_AGAIN_LATER = 1013
 _MAX_PREFIX_BYTES = 4096
 
 
-@frozen
 class _Event:
     """
     One change as the watchers see it.
 
+    Its frame is built when first needed (see L{WatchHub.frame}), not when
+    the change arrives: every node receives every change, and most are never
+    sent to anyone.
+
     @ivar kind: C{"key"} (matched by C{watch}) or C{"file"} (by C{watch_files}).
     @ivar names: the client key, or the file path and, for a rename, the old
         path: a watch matches when one of them starts with its prefix.
-    @ivar frame: the whole WebSocket frame, built once for every connection.
+    @ivar size: the bytes the history counts for it: an estimate until the
+        frame is built, then the frame's length.
+    @ivar retained: whether the history holds it (and counts its C{size}).
     """
 
-    revision: int
-    kind: str
-    names: tuple[str, ...]
-    frame: bytes
+    __slots__ = ("revision", "kind", "names", "size", "retained", "_change", "_frame")
+
+    def __init__(
+        self,
+        revision: int,
+        kind: str,
+        names: tuple[str, ...],
+        size: int,
+        change: Optional[Change] = None,
+        frame: Optional[bytes] = None,
+    ) -> None:
+        """
+        @param change: a change to a client key, whose frame is built when
+            first needed.
+        @param frame: or the frame, already built.
+        """
+        self.revision = revision
+        self.kind = kind
+        self.names = names
+        self.size = size
+        self.retained = False
+        self._change = change
+        self._frame = frame
+
+    @property
+    def built(self) -> bool:
+        return self._frame is not None
+
+    def frame(self) -> bytes:
+        """
+        The whole WebSocket frame, built once and then shared by every
+        connection; the change it came from is then let go.
+        """
+        if self._frame is None:
+            assert self._change is not None
+            self._frame = _frame(_key_message(self._change, self.revision))
+            self._change = None
+        return self._frame
+
+
+# What the frame of a put adds to its key, value and content type (the
+# header, field names, version and revision), rounded up; a deletion's
+# frame is smaller.
+_KEY_FRAME_OVERHEAD = 128
 
 
 def _frame(message: dict) -> bytes:
@@ -152,17 +197,28 @@ def event_frame(
     change = event.change
     namespace = keyspace.namespace_of(change.key)
     if namespace == keyspace.FILES:
-        frame = file_event_for(change)
-        if frame is None:
-            return None
-        return {**frame, "revision": event.revision}
+        return _file_message(event, file_event_for)
     if namespace != keyspace.USER:
         return None
+    return _key_message(change, event.revision)
+
+
+def _file_message(event: ChangeEvent, file_event_for: FileEventFor) -> Optional[dict[str, Any]]:
+    frame = file_event_for(event.change)
+    if frame is None:
+        return None
+    return {**frame, "revision": event.revision}
+
+
+def _key_message(change: Change, revision: int) -> dict[str, Any]:
+    """
+    The frame announcing a change to a client key.
+    """
     frame = {
         "type": change.kind,
         "key": keyspace.name_of(change.key),
         "version": format_version(change.version),
-        "revision": event.revision,
+        "revision": revision,
     }
     if change.kind == "put" and change.record is not None:
         value = change.record.value
@@ -178,13 +234,28 @@ def event_frame(
 def _to_event(
     event: ChangeEvent, file_event_for: FileEventFor
 ) -> Optional[_Event]:
-    frame = event_frame(event, file_event_for)
-    if frame is None:
+    """
+    What watchers need to match C{event}, without building its frame; or
+    C{None} when the change is not visible to clients.
+    """
+    change = event.change
+    namespace = keyspace.namespace_of(change.key)
+    if namespace == keyspace.USER:
+        name = keyspace.name_of(change.key)
+        size = _KEY_FRAME_OVERHEAD + len(name)
+        if change.record is not None:
+            size += len(change.record.value) + len(change.record.content_type)
+        return _Event(event.revision, "key", (name,), size, change=change)
+    if namespace != keyspace.FILES:
         return None
-    if frame["type"] == "file":
-        names = (frame["path"],) + ((frame["from"],) if "from" in frame else ())
-        return _Event(event.revision, "file", names, _frame(frame))
-    return _Event(event.revision, "key", (frame["key"],), _frame(frame))
+    message = _file_message(event, file_event_for)
+    if message is None:
+        return None
+    # The message is needed now for its paths, and file changes are few:
+    # their frames are built at once.
+    names = (message["path"],) + ((message["from"],) if "from" in message else ())
+    frame = _frame(message)
+    return _Event(event.revision, "file", names, len(frame), frame=frame)
 
 
 def _no_file_events(change: Change) -> None:
@@ -227,7 +298,8 @@ class WatchHub:
     ) -> None:
         """
         @param history: keep at most this many changes for C{since}.
-        @param history_bytes: ... and at most this many bytes of frames.
+        @param history_bytes: ... and at most this many bytes of frames
+            (estimated from the change for frames not built yet).
         """
         self._kv = kv
         self._max_history = history
@@ -255,10 +327,8 @@ class WatchHub:
         changes missed until the next L{start} would leave a gap in it.
         """
         self._kv.unsubscribe(self._received)
-        self._history.clear()
-        self._history_bytes = 0
+        self._forget()
         self._floor = None
-        self._term_ends.clear()
 
     def add(self, session: WatchSession) -> None:
         self._sessions.add(session)
@@ -292,9 +362,7 @@ class WatchHub:
         if change_event.gap:
             # This node missed changes: nothing before this one can be
             # replayed, and every watcher must re-read.
-            self._history.clear()
-            self._history_bytes = 0
-            self._term_ends.clear()
+            self._forget()
             self._floor = change_event.revision - 1
             for session in list(self._sessions):
                 session.missed(self._floor)
@@ -316,18 +384,45 @@ class WatchHub:
             except Exception:
                 log.failure("Cannot deliver a change to a watcher")
 
+    def frame(self, event: _Event) -> bytes:
+        """
+        The frame of C{event}, built on first need; the history then counts
+        its real length instead of the estimate.
+        """
+        if not event.built:
+            estimate, event.size = event.size, len(event.frame())
+            if event.retained:
+                self._history_bytes += event.size - estimate
+                self._trim()
+        return event.frame()
+
     def _remember(self, event: _Event) -> None:
         self._history.append(event)
-        self._history_bytes += len(event.frame)
+        event.retained = True
+        self._history_bytes += event.size
+        self._trim()
+
+    def _trim(self) -> None:
         while self._history and (
             len(self._history) > self._max_history
             or self._history_bytes > self._max_history_bytes
         ):
             dropped = self._history.popleft()
-            self._history_bytes -= len(dropped.frame)
+            dropped.retained = False
+            self._history_bytes -= dropped.size
             self._floor = dropped.revision
             for term in [t for t in self._term_ends if t < revision_term(self._floor)]:
                 del self._term_ends[term]
+
+    def _forget(self) -> None:
+        """
+        Empty the history.
+        """
+        for event in self._history:
+            event.retained = False
+        self._history.clear()
+        self._history_bytes = 0
+        self._term_ends.clear()
 
 
 class _BadRequest(Exception):
@@ -385,7 +480,7 @@ class WatchSession:
         Send C{event} if any watch matches it.
         """
         if self._covered(event):
-            self._send(event.frame)
+            self._send(self._hub.frame(event))
 
     def _covered(self, event: _Event) -> bool:
         for prefix, after in self._watches[event.kind].items():
@@ -453,7 +548,7 @@ class WatchSession:
                         and any(name.startswith(prefix) for name in event.names)
                         and not self._covered(event)
                     ):
-                        self._send(event.frame)
+                        self._send(self._hub.frame(event))
                 # A client ahead of this node (which lags behind the one it
                 # came from) must not get the changes up to since again.
                 after = since

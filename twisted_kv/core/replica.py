@@ -48,13 +48,15 @@ from twisted_kv.core.records import (
     decide,
     live,
     make_version,
+    version_seq,
 )
 
 # How many operation ids each replica remembers per partition, so that a
 # client operation retried after a failover is applied at most once.  A
 # coordinator retries only within its request timeout, so the newest few
 # thousand per partition cover every retry still possible at tens of
-# thousands of writes a second.
+# thousands of writes a second.  Each costs about 250 bytes (see
+# L{Replica._remember}).
 RECENT_OPERATIONS = 2048
 
 # Changes each replica remembers after applying them, so that a new primary
@@ -168,7 +170,7 @@ class Replica:
         self.base_epoch = 0
         self.commit_seq = 0
         self.applied_seq = 0
-        self._recent_ops: OrderedDict[str, tuple[int, Change]] = OrderedDict()
+        self._recent_ops: OrderedDict[str, tuple[str, str, int, bool]] = OrderedDict()
         self.recent_changes: deque[Entry] = deque(maxlen=RECENT_CHANGES)
         self.is_primary = False
         self.members: list[str] = []
@@ -202,7 +204,7 @@ class Replica:
         del self.log[seq - self.base_seq - 1 :]
         for entry in dropped:
             seen = self._recent_ops.get(entry.op_id) if entry.op_id is not None else None
-            if seen is not None and seen[0] == entry.seq:
+            if seen is not None and version_seq(seen[2]) == entry.seq:
                 del self._recent_ops[entry.op_id]
 
     def _apply_committed(self) -> list[Entry]:
@@ -278,14 +280,17 @@ class Replica:
             del self.log[:drop]
 
     def _remember(self, entry: Entry) -> None:
+        """
+        Remember the operation of C{entry} by its id, as a tuple of the
+        change's fields without its record: ids are kept by the thousand per
+        partition, and a L{Change} with a tuple around it cost twice the
+        memory.  The change's version holds the log position.
+        """
         if entry.op_id is None:
             return
         change = entry.change
-        assert change is not None
-        self._recent_ops[entry.op_id] = (
-            entry.seq,
-            Change(change.kind, change.key, change.version, None, change.created),
-        )
+        assert change is not None and version_seq(change.version) == entry.seq
+        self._recent_ops[entry.op_id] = (change.kind, change.key, change.version, change.created)
         if len(self._recent_ops) > RECENT_OPERATIONS:
             self._recent_ops.popitem(last=False)
 
@@ -371,7 +376,11 @@ class Replica:
         The log position and effect (without the value) of an operation
         already ordered, so that a retried operation is not applied twice.
         """
-        return self._recent_ops.get(op_id)
+        seen = self._recent_ops.get(op_id)
+        if seen is None:
+            return None
+        kind, key, version, created = seen
+        return version_seq(version), Change(kind, key, version, None, created)
 
     def propose(self, operation: Operation, op_id: Optional[str], now: float) -> Optional[Entry]:
         """

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_kv.core.keyspace import USER, user_key
 from twisted_kv.core.records import Put
 from twisted_kv.core.replica import decode_change
+from twisted_kv import node as node_module
 from twisted_kv.node import encode_operation
 from twisted_kv.errors import (
     InsufficientStorage,
@@ -267,6 +268,61 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
             revisions = [e.revision for e in events]
             self.assertEqual(revisions, sorted(set(revisions)))
         self.assertEqual(seen["n1"], seen["n2"])
+
+    def test_leader_forwards_published_changes_undecoded(self) -> None:
+        """
+        The leader numbers a primary's batch and forwards its encoded changes
+        as they are to every other node; its own copy never goes through
+        the network.
+        """
+        network = self.cluster.network
+        send = network.send
+        sent: list[tuple[str, str, list]] = []
+
+        def record(sender: str, peer: str, message: list) -> bool:
+            sent.append((sender, peer, message))
+            return send(sender, peer, message)
+
+        network.send = record
+        seen: list[ChangeEvent] = []
+        self.cluster.coordinators[self.leader].subscribe(seen.append)
+        for index in range(12):
+            self.put(self.leader, f"fwd{index}", b"v")
+        self.cluster.run(0.5)
+        published = {
+            bytes(message[3]) for _, _, message in sent if message[0] == "pub"
+        }
+        events = [(sender, peer, message) for sender, peer, message in sent if message[0] == "ev"]
+        self.assertTrue(published, "no primary other than the leader published")
+        self.assertEqual({sender for sender, _, _ in events}, {self.leader})
+        self.assertNotIn(self.leader, {peer for _, peer, _ in events})
+        forwarded = {bytes(message[2]) for _, _, message in events}
+        self.assertLessEqual(published, forwarded)
+        self.assertEqual(sorted(e.change.key[1:] for e in seen), sorted(f"fwd{i}" for i in range(12)))
+
+    def test_changes_decoded_only_for_listeners(self) -> None:
+        """
+        A node turns delivered changes into L{Change} objects only when it
+        has listeners, and still counts them: a listener subscribing later
+        sees no gap and no change twice.
+        """
+        decoded: list[list] = []
+
+        def counting(data: list) -> Any:
+            decoded.append(data)
+            return decode_change(data)
+
+        self.patch(node_module, "decode_change", counting)
+        quiet = next(n for n in self.cluster.nodes if n != self.leader)
+        self.put(self.leader, "unwatched", b"1")
+        self.cluster.run(0.5)
+        self.assertEqual(decoded, [])
+        seen: list[ChangeEvent] = []
+        self.cluster.coordinators[quiet].subscribe(seen.append)
+        self.put(self.leader, "watched", b"2")
+        self.cluster.run(0.5)
+        self.assertEqual([(e.change.key[1:], e.gap) for e in seen], [("watched", False)])
+        self.assertEqual([data[1][1:] for data in decoded], ["watched"])
 
     def test_node_cut_off_flags_missed_events(self) -> None:
         """

@@ -26,10 +26,13 @@ Messages between nodes (lists; the first element is the tag):
     operation, op_id]}, C{["read", id, partition, key]}, C{["peek", id,
     partition, key]} (degraded read), C{["list", id, partitions, prefix,
     start_after, limit]}, all answered by C{["res", id, status, payload]};
-  - change events: C{["pub", batch_id, changes]} from a primary to the
-    leader, which numbers them and sends C{["ev", first_revision, changes,
-    previous_revision]} to every node (a node whose last revision is not
-    C{previous_revision} missed some) and C{["pub_ok", batch_id]} back;
+  - change events: C{["pub", batch_id, count, changes]} from a primary to
+    the leader, C{changes} being the msgpack encoding of C{count} changes;
+    the leader numbers them and forwards the same bytes, undecoded, in
+    C{["ev", first_revision, changes, previous_revision]} to every other
+    node (a node whose last revision is not C{previous_revision} missed
+    some), delivers its own copy directly, and answers C{["pub_ok",
+    batch_id]};
   - anti-entropy (L{twisted_kv.core.merkle}): C{["digest", partition, epoch,
     seq, root]} from a primary, answered C{["digest_ok", partition, epoch,
     seq]} or C{["digest_diff", partition, epoch, seq, bucket_hashes]}, after
@@ -67,6 +70,7 @@ from twisted_kv.core.placement import (
 from twisted_kv.core.records import Change, Delete, Expire, Operation, Put, Record, live
 from twisted_kv.core.merkle import differing
 from twisted_kv.core.replica import Replica, decode_change, encode_change, encode_entry
+from twisted_kv.wire.codec import decode as decode_message
 from twisted_kv.wire.codec import encode as encode_message
 from twisted_kv.deadlines import Deadlines
 from twisted_kv.errors import InsufficientStorage, KVError, error_for_code
@@ -218,7 +222,8 @@ class Node:
         self._ticker.clock = clock
         # change events
         self._listeners: list[Callable[[ChangeEvent], None]] = []
-        self._unpublished: OrderedDict[int, list] = OrderedDict()
+        # batch id -> (number of changes, their encoding)
+        self._unpublished: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
         self._publish_ids = itertools.count(1)
         self._published_to: Optional[tuple[str, int]] = None
         self._last_sent_batch = 0
@@ -873,8 +878,9 @@ class Node:
         self._listeners.remove(listener)
 
     def _queue_events(self, entries: list) -> None:
-        changes = [encode_change(e.change) for e in entries]
-        self._unpublished[next(self._publish_ids)] = changes
+        # Encoded once, here: the leader forwards these bytes to every node.
+        changes = encode_message([encode_change(e.change) for e in entries])
+        self._unpublished[next(self._publish_ids)] = (len(entries), changes)
         self._schedule_flush()
 
     def _publish(self) -> None:
@@ -891,8 +897,8 @@ class Node:
             batches = list(self._unpublished.items())
         else:
             batches = [item for item in self._unpublished.items() if item[0] > self._last_sent_batch]
-        for batch_id, changes in batches:
-            self._send(leader, ["pub", batch_id, changes])
+        for batch_id, (count, changes) in batches:
+            self._send(leader, ["pub", batch_id, count, changes])
             self._last_sent_batch = batch_id
 
     def _republish(self) -> None:
@@ -900,7 +906,7 @@ class Node:
         self._publish()
 
     def _on_pub(self, peer: str, message: list) -> None:
-        _, batch_id, changes = message
+        _, batch_id, count, changes = message
         if self.consensus.role != LEADER:
             return
         if self._revision_term != self.consensus.term:
@@ -909,11 +915,12 @@ class Node:
             self._revision_counter = 0
             self._revision_previous = self._last_revision
         first = (self._revision_term << REVISION_TERM_SHIFT) | (self._revision_counter + 1)
-        self._revision_counter += len(changes)
-        event = ["ev", first, changes, self._revision_previous]
-        self._revision_previous = first + len(changes) - 1
-        for node in self.config.node_ids:
+        self._revision_counter += count
+        previous, self._revision_previous = self._revision_previous, first + count - 1
+        event = ["ev", first, changes, previous]
+        for node in self.consensus.peers:
             self._send(node, event)
+        self._receive_events(first, changes, previous)
         self._send(peer, ["pub_ok", batch_id])
 
     def _on_pub_ok(self, peer: str, message: list) -> None:
@@ -921,29 +928,41 @@ class Node:
 
     def _on_ev(self, peer: str, message: list) -> None:
         _, first, changes, previous = message
+        self._receive_events(first, changes, previous)
+
+    def _receive_events(self, first: int, changes: bytes, previous: int) -> None:
+        """
+        Deliver a batch the leader numbered from C{first}; C{previous} is the
+        revision the leader numbered before it.
+        """
         if previous != self._last_revision and first > self._last_revision:
             self._gap_pending = True
-        for revision, data in enumerate(changes, first):
-            self._deliver(revision, decode_change(data))
+        for revision, data in enumerate(decode_message(changes), first):
+            self._deliver(revision, data)
 
-    def _deliver(self, revision: int, change: Change) -> None:
+    def _deliver(self, revision: int, data: list) -> None:
         """
         Hand one numbered change to the listeners, unless it is older than
         what they have seen (a batch resent to a new leader).
+
+        @param data: the change as L{encode_change} put it (kind, key,
+            version, ...); it becomes a L{Change} only for listeners.
         """
         if revision <= self._last_revision:
             return
         self._last_revision = revision
-        if self._delivered.get(change.key, -1) >= change.version:
+        key, version = data[1], data[2]
+        if self._delivered.get(key, -1) >= version:
             return
-        self._delivered[change.key] = change.version
-        self._delivered.move_to_end(change.key)
+        self._delivered[key] = version
+        self._delivered.move_to_end(key)
         if len(self._delivered) > DELIVERED_MEMORY:
             self._delivered.popitem(last=False)
-        event = ChangeEvent(change, revision, self._gap_pending)
-        self._gap_pending = False
-        for listener in list(self._listeners):
-            listener(event)
+        gap, self._gap_pending = self._gap_pending, False
+        if self._listeners:
+            event = ChangeEvent(decode_change(data), revision, gap)
+            for listener in list(self._listeners):
+                listener(event)
 
     _handlers: dict[str, Callable[["Node", str, list], None]] = {}
 

@@ -27,7 +27,7 @@ import msgpack
 
 __all__ = ["PROTOCOL_VERSION", "DecodeError", "encode", "decode"]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """
 Version of the peer protocol (framing, handshake and message layout). Peers
 announce it in their HELLO and refuse any other version.

@@ -1,8 +1,8 @@
 """
 What the benchmarks in this directory share: child processes that are always
 cleaned up, free loopback ports, a twisted_kv cluster, an etcd cluster and a
-Redis server started from scratch, a fast HTTP loader, wrk runs and CPU time
-read from /proc.
+Redis server started from scratch, a fast HTTP loader, wrk runs, CPU time
+read from /proc and C{/ws} watchers.
 
 Nothing here imports twisted_kv: the nodes run in their own processes, with
 the interpreter the caller chooses (CPython or PyPy), and are driven over
@@ -25,7 +25,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -689,6 +693,80 @@ def run_wrk(
         "errors": figures["connect"] + figures["read"] + figures["write"] + figures["timeout"],
         "cpu_us_per_op": (after - before) * 1e6 / requests if requests else 0.0,
     }
+
+
+# -- WebSocket watchers -------------------------------------------------------
+
+
+class Watcher(WebSocketClientProtocol):
+    """
+    Watches C{factory.prefix} and counts the C{put} frames without decoding
+    them, so that counting stays cheaper than the node's sending.  With
+    C{factory.timed}, also notes when each key arrives and fires its waiter
+    in C{factory.waiting} with that time.
+    """
+
+    factory: WatcherFactory
+    close_code: Optional[int] = None
+    close_reason: Optional[str] = None
+
+    def onOpen(self) -> None:
+        self.received = 0
+        self.arrivals: dict[str, float] = {}
+        self.sendMessage(json.dumps({"op": "watch", "prefix": self.factory.prefix}).encode())
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not payload.startswith(b'{"type":"put"'):
+            if json.loads(payload)["type"] == "watching":
+                self.factory.ready.callback(self)
+            return
+        self.received += 1
+        if self.factory.timed:
+            key = json.loads(payload)["key"]
+            arrived = self.arrivals[key] = time.perf_counter()
+            waiter = self.factory.waiting.pop(key, None)
+            if waiter is not None:
+                waiter.callback(arrived)
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        self.close_code = code if code is not None else 1006
+        self.close_reason = reason
+
+
+class WatcherFactory(WebSocketClientFactory):
+    """
+    Settings of one L{Watcher}; C{ready} fires with it once it is watching.
+    """
+
+    protocol = Watcher
+
+    def __init__(self, url: str, reactor: Any, prefix: str, timed: bool) -> None:
+        super().__init__(url, reactor=reactor)
+        self.setProtocolOptions(utf8validateIncoming=False)
+        self.prefix = prefix
+        self.timed = timed
+        self.waiting: dict[str, defer.Deferred[float]] = {}
+        self.ready: defer.Deferred[Watcher] = defer.Deferred()
+
+
+def connect_watcher(
+    reactor: Any, url: str, prefix: str, timed: bool = False
+) -> defer.Deferred[Watcher]:
+    """
+    A L{Watcher} of C{prefix} at C{url} (C{ws://host:port/ws}), once the
+    node has confirmed the watch.
+    """
+    factory = WatcherFactory(url, reactor, prefix, timed)
+    connecting = TCP4ClientEndpoint(reactor, factory.host, factory.port).connect(factory)
+    return connecting.addCallback(lambda _: factory.ready)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """
+    The value C{fraction} of the way through C{values}, sorted.
+    """
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def tail(path: str, lines: int = 15) -> str:

@@ -38,7 +38,6 @@ share the same cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -50,15 +49,10 @@ from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from autobahn.twisted.websocket import (  # noqa: E402
-    WebSocketClientFactory,
-    WebSocketClientProtocol,
-)
 from twisted.internet import defer, task, threads  # noqa: E402
-from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
 
-from bench.benchlib import cpu_seconds, run_wrk  # noqa: E402
+from bench.benchlib import connect_watcher, cpu_seconds, percentile, run_wrk  # noqa: E402
 from tests.e2e import RealCluster, kv_path  # noqa: E402
 
 #: wrk connections per node, one fan-out step each.
@@ -66,56 +60,6 @@ CONNECTIONS = (1, 2, 4, 8, 16, 32, 64)
 
 #: Seconds after a step for every watcher to catch up.
 GRACE = 5.0
-
-
-class _Watcher(WebSocketClientProtocol):
-    """
-    Watches a prefix; counts the C{put} frames (without decoding them, so
-    that counting stays cheaper than the node's sending), and for the
-    latency watcher notes when each key arrives.
-    """
-
-    node_id = ""
-
-    def onOpen(self) -> None:
-        self.received = 0
-        self.close_code: Optional[int] = None
-        self.sendMessage(json.dumps({"op": "watch", "prefix": self.factory.prefix}).encode())
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if not payload.startswith(b'{"type":"put"'):
-            if json.loads(payload)["type"] == "watching":
-                self.factory.ready.callback(self)
-            return
-        self.received += 1
-        waiting = self.factory.waiting
-        if waiting:
-            waiter = waiting.pop(json.loads(payload)["key"], None)
-            if waiter is not None:
-                waiter.callback(time.perf_counter())
-
-    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
-        self.close_code = code if code is not None else 1006
-        self.close_reason = reason
-
-
-async def watcher(reactor: Any, cluster: RealCluster, node_id: str, prefix: str) -> _Watcher:
-    port = cluster.http_port(node_id)
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws", reactor=reactor)
-    factory.protocol = _Watcher
-    factory.setProtocolOptions(utf8validateIncoming=False)
-    factory.prefix = prefix
-    factory.waiting = {}
-    factory.ready = defer.Deferred()
-    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
-    protocol = await factory.ready
-    protocol.node_id = node_id
-    return protocol
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def ms(seconds: float) -> str:
@@ -131,7 +75,7 @@ async def latency(
 
     @return: the write-to-delivery and the write-to-acknowledgement times.
     """
-    observer = await watcher(reactor, cluster, watched, f"lat/{tag}/")
+    observer = await connect_watcher(reactor, cluster.ws_url(watched), f"lat/{tag}/", timed=True)
     delivered, acked = [], []
     try:
         for n in range(writes):
@@ -198,11 +142,9 @@ async def count_keys(cluster: RealCluster, node_id: str, prefix: str) -> int:
 async def fanout(
     reactor: Any, cluster: RealCluster, count: int, step: float
 ) -> Optional[tuple[int, float]]:
-    watchers = [
-        await watcher(reactor, cluster, cluster.node_ids[i % len(cluster.node_ids)], "bench/")
-        for i in range(count)
-    ]
-    spread = {n: sum(w.node_id == n for w in watchers) for n in cluster.node_ids}
+    nodes = [cluster.node_ids[i % len(cluster.node_ids)] for i in range(count)]
+    watchers = [await connect_watcher(reactor, cluster.ws_url(n), "bench/") for n in nodes]
+    spread = {n: nodes.count(n) for n in cluster.node_ids}
     print(
         f"fan-out to {count} watchers ({', '.join(f'{v} on {k}' for k, v in spread.items())}); "
         f"new keys written with 100-byte values by one wrk per node, {step:g} s per step:",
@@ -245,7 +187,7 @@ async def fanout(
                 caught_up_at = reactor.seconds()
                 break
             await deferLater(reactor, 0.01, lambda: None)
-        closed = [w for w in watchers if w.close_code]
+        closed = [(n, w) for n, w in zip(nodes, watchers) if w.close_code]
         short = [
             changes - (w.received - b)
             for w, b in zip(watchers, received_before)
@@ -260,7 +202,7 @@ async def fanout(
         else:
             outcome = (
                 f"{len(closed)} watcher(s) closed"
-                + "".join(f"; {w.node_id}: {w.close_code} {w.close_reason}" for w in closed[:2])
+                + "".join(f"; {n}: {w.close_code} {w.close_reason}" for n, w in closed[:2])
                 + f"; {len(short)} not closed but short by {short} after {GRACE:g} s"
             )
         p99 = max(r["p99_ms"] for r in runs)

@@ -28,18 +28,17 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import treq  # noqa: E402
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
-from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
 from twisted.web.server import NOT_DONE_YET  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
+from bench.benchlib import connect_watcher, percentile  # noqa: E402
 from twisted_kv.core import keyspace  # noqa: E402
 from twisted_kv.frontends.site import build_site  # noqa: E402
 from twisted_kv.frontends.ws import build_ws_resource  # noqa: E402
@@ -119,59 +118,13 @@ def serve() -> None:
     reactor.run()
 
 
-class _Counter(WebSocketClientProtocol):
-    """
-    A watcher that counts the changes it receives and notes arrival times.
-    """
-
-    def onOpen(self) -> None:
-        self.received = 0
-        self.arrivals: dict[str, float] = {}
-        self.close_code: Optional[int] = None
-        self.sendMessage(json.dumps({"op": "watch", "prefix": self.factory.prefix}).encode())
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        # Counting must stay cheaper than the node's sending: only the
-        # latency watcher parses its frames.
-        if not payload.startswith(b'{"type":"put"'):
-            if json.loads(payload)["type"] == "watching":
-                self.factory.ready.callback(self)
-            return
-        self.received += 1
-        if self.factory.timed:
-            key = json.loads(payload)["key"]
-            self.arrivals[key] = time.perf_counter()
-            waiter = self.factory.waiting.pop(key, None)
-            if waiter is not None:
-                waiter.callback(None)
-
-    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
-        self.close_code = code if code is not None else 1006
-
-
-@defer.inlineCallbacks
-def _watcher(reactor: Any, url: str, prefix: str, timed: bool = False) -> Any:
-    factory = WebSocketClientFactory(url.replace("http://", "ws://") + "/ws", reactor=reactor)
-    factory.protocol = _Counter
-    factory.setProtocolOptions(utf8validateIncoming=False)
-    factory.prefix = prefix
-    factory.timed = timed
-    factory.waiting = {}
-    factory.ready = defer.Deferred()
-    host, port = url.rsplit("/", 1)[1].split(":")
-    yield TCP4ClientEndpoint(reactor, host, int(port)).connect(factory)
-    protocol = yield factory.ready
-    return protocol
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+def _ws(url: str) -> str:
+    return url.replace("http://", "ws://") + "/ws"
 
 
 @defer.inlineCallbacks
 def latency(reactor: Any, url: str, writes: int, size: int) -> Any:
-    watcher = yield _watcher(reactor, url, "lat/", timed=True)
+    watcher = yield connect_watcher(reactor, _ws(url), "lat/", timed=True)
     client = TxClient(url, reactor=reactor)
     value = b"v" * size
     samples = []
@@ -192,7 +145,7 @@ def latency(reactor: Any, url: str, writes: int, size: int) -> Any:
 def fanout(reactor: Any, url: str, watchers: int, size: int) -> Any:
     counters = []
     for _ in range(watchers):
-        counter = yield _watcher(reactor, url, "bench/")
+        counter = yield connect_watcher(reactor, _ws(url), "bench/")
         counters.append(counter)
     best = None
     for rate in RATES:
@@ -233,7 +186,7 @@ def run(reactor: Any, arguments: argparse.Namespace) -> Any:
         print(
             f"write-to-delivery latency over {len(samples)} sequential HTTP writes: "
             f"p50 {statistics.median(samples) * 1000:.2f} ms, "
-            f"p99 {_percentile(samples, 0.99) * 1000:.2f} ms"
+            f"p99 {percentile(samples, 0.99) * 1000:.2f} ms"
         )
         print(f"fan-out to {arguments.watchers} watchers, {arguments.size}-byte values, {STEP_SECONDS:.0f} s per step:")
         best = yield fanout(reactor, url, arguments.watchers, arguments.size)

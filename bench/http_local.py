@@ -103,7 +103,7 @@ _VARIANTS: dict[str, Callable[[IResource, IResource], IResource]] = {
 
 
 async def _wrk(url: str, duration: float, connections: int, script: str = "") -> str:
-    args = ["-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
+    args = ["-t2", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if script:
         args += ["-s", script]
     output = await getProcessOutput("wrk", args + [url], env=os.environ, errortoo=True)

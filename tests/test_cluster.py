@@ -501,7 +501,8 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         """
         With 2 of 3 nodes gone, writes answer Unavailable; a key the survivor
         holds reads back, marked degraded, and a key it does not hold is
-        Unavailable (not "absent": nobody who would know answered).
+        Unavailable (not "absent": nobody who would know answered).  So is a
+        listing, which would miss the partitions the survivor does not hold.
         """
         cluster = self.make_cluster(3)
         leader = cluster.settle()

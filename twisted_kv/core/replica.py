@@ -283,8 +283,8 @@ class Replica:
         """
         Remember the operation of C{entry} by its id, as a tuple of the
         change's fields without its record: ids are kept by the thousand per
-        partition, and a L{Change} with a tuple around it cost twice the
-        memory.  The change's version holds the log position.
+        partition, and a L{Change} in a tuple with the log position costs
+        about 100 bytes more.  The change's version holds the log position.
         """
         if entry.op_id is None:
             return

@@ -134,10 +134,10 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(store.get("a").value, b"new")
 
 
-    def test_keys_and_expiring(self) -> None:
+    def test_keys_and_expiries(self) -> None:
         """
-        L{MemStore.keys} gives every key; L{MemStore.expiring} only the
-        records with an expiry time.
+        L{MemStore.keys} gives every key; L{MemStore.expiries} the expiry
+        time, version and key of the records with an expiry time.
         """
         store = MemStore()
         store.apply(_put("a"))
@@ -146,7 +146,7 @@ class ApplyTests(SynchronousTestCase):
         store.apply(Change("put", "c", 3, Record(b"v", "\ud800" * 200, 3, 40.0), True))
         store.apply(_delete("c"))
         self.assertEqual(sorted(store.keys()), ["a", "b"])
-        self.assertEqual(list(store.expiring()), [("b", expiring.record)])
+        self.assertEqual(list(store.expiries()), [(30.0, 2, "b")])
 
 
 class PackedRecordTests(SynchronousTestCase):

@@ -18,7 +18,7 @@ is asked for.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, cast
 
 from sortedcontainers import SortedList
 
@@ -192,14 +192,15 @@ class MemStore:
         """
         return self._records.keys()
 
-    def expiring(self) -> Iterator[tuple[str, Record]]:
+    def expiries(self) -> Iterator[tuple[float, int, str]]:
         """
-        Every (key, record) pair of a record with an expiry time, in no
-        particular order; only those records are rebuilt.
+        (expiry time, version, key) of every record with an expiry time, in
+        no particular order; the records themselves are not rebuilt.
         """
         for key, packed in self._records.items():
             if packed[_EXPIRES_BYTE] & 1:
-                yield key, unpack_record(packed)
+                version, expires_at, _, _ = _unpack(packed)
+                yield cast(float, expires_at), version, key
 
     def items(self) -> Iterator[tuple[str, Record]]:
         """

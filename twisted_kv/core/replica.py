@@ -250,6 +250,7 @@ class Replica:
         buckets = set(repair.buckets)
         for key in [k for k in self.store.keys() if bucket_of(k) in buckets]:
             record = self.store.get(key)
+            assert record is not None
             if wanted.get(key) != record:
                 self.repaired_keys += 1
                 self._apply_change(Change("delete", key, record.version, None))
@@ -329,9 +330,7 @@ class Replica:
                 for e in self.log
                 if e.seq > self.applied_seq and e.change is not None
             }
-            self._expiries = [
-                (r.expires_at, r.version, key) for key, r in self.store.expiring()
-            ]
+            self._expiries = list(self.store.expiries())
             heapq.heapify(self._expiries)
         self._advance_commit()
 

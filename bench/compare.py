@@ -1,9 +1,9 @@
 """
 twisted_kv side by side with etcd and Redis, on loopback, in one run.
 
-    bench/run                      # the whole run, about 10 minutes
-    bench/run --quick              # about 2 minutes
-    bench/run --runtime cpython,pypy3   # twisted_kv under both interpreters
+    bench/run                      # the whole run, CPython and PyPy, about 15 minutes
+    bench/run --quick              # about 3 minutes
+    bench/run --runtime cpython    # twisted_kv under CPython only
     bench/run --profile            # where a node spends its CPU time
 
 (bench/run installs what is missing and then runs this file with the same
@@ -504,7 +504,7 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("--workloads", default="put,get,mix")
     parser.add_argument("--preload", type=int, default=10_000,
                         help="keys loaded before the GET and mix runs")
-    parser.add_argument("--runtime", default="cpython",
+    parser.add_argument("--runtime", default="cpython,pypy3",
                         help="twisted_kv's interpreter(s), comma-separated: cpython, pypy3")
     parser.add_argument("--pypy-python", default=os.environ.get("KVBENCH_PYPY_PYTHON", DEFAULT_PYPY),
                         help="the PyPy interpreter with twisted_kv's dependencies")

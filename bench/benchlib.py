@@ -31,6 +31,8 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
+from twisted_kv.launcher import node_environment
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 LUA = os.path.join(BENCH, "lua")
@@ -308,8 +310,7 @@ class Runtime:
         return {"cpython": "CPython", "pypy3": "PyPy"}.get(self.name, self.name)
 
     def environment(self, workdir: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
+        env = node_environment(os.environ)
         path = [ROOT]
         if env.get("PYTHONPATH"):
             path.append(env["PYTHONPATH"])
@@ -642,6 +643,10 @@ def kv_put_request(key: str, value: bytes = VALUE) -> bytes:
         f"PUT /kv/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Content-Type: application/octet-stream\r\nContent-Length: {len(value)}\r\n\r\n"
     ).encode() + value
+
+
+def kv_delete_request(key: str) -> bytes:
+    return f"DELETE /kv/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 
 
 def etcd_put_request(key: str, value: bytes = VALUE) -> bytes:

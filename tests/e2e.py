@@ -200,12 +200,11 @@ def node_command(config_path: str, node_id: str) -> list[str]:
 
 def node_environment() -> dict[str, str]:
     """
-    The nodes' environment: this process's, with unbuffered output (so log
-    lines arrive as written), the repository on C{PYTHONPATH} (so the
-    plugin is found even without an install) and this process's pid.
+    The nodes' environment: C{kvcluster}'s (see
+    L{launcher.node_environment}), with the repository on C{PYTHONPATH} (so
+    the plugin is found even without an install) and this process's pid.
     """
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
+    env = launcher.node_environment(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [REPO_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     )

@@ -22,6 +22,7 @@ from twisted_kv.launcher import (
     Launcher,
     LineBuffer,
     NodeProcess,
+    PYPY_NURSERY,
     describe_cluster,
     describe_exit,
     leader_of,
@@ -66,13 +67,21 @@ class PureTests(SynchronousTestCase):
 
     def test_environment(self) -> None:
         """
-        Nodes inherit the environment, with unbuffered Python output.
+        Nodes inherit the environment, with unbuffered Python output and
+        PyPy's young generation bounded.
         """
         environ = {"PATH": "/bin", "PYTHONUNBUFFERED": "0"}
         self.assertEqual(
-            node_environment(environ), {"PATH": "/bin", "PYTHONUNBUFFERED": "1"}
+            node_environment(environ),
+            {"PATH": "/bin", "PYTHONUNBUFFERED": "1", "PYPY_GC_NURSERY": PYPY_NURSERY},
         )
         self.assertEqual(environ, {"PATH": "/bin", "PYTHONUNBUFFERED": "0"})
+
+    def test_environment_nursery_given(self) -> None:
+        """
+        A PyPy young generation size given in the environment is kept.
+        """
+        self.assertEqual(node_environment({"PYPY_GC_NURSERY": "64MB"})["PYPY_GC_NURSERY"], "64MB")
 
     def test_arguments(self) -> None:
         """
@@ -257,7 +266,7 @@ class LauncherTests(SynchronousTestCase):
             [(exe, args, env) for _, exe, args, env in self.reactor.spawned],
             [
                 ("/py", node_command("etc/demo.ini", node_id, "/py"),
-                 {"HOME": "/root", "PYTHONUNBUFFERED": "1"})
+                 node_environment({"HOME": "/root"}))
                 for node_id in ["n1", "n2", "node3"]
             ],
         )

@@ -79,13 +79,22 @@ def node_command(
     ]
 
 
+# PyPy sizes its young generation from the CPU's cache: half of the L3 cache,
+# 240 MB on virtual machines that report a 480 MB one.  That memory, filled
+# by the first requests, holds no key; with 8 MB a node serves as fast and
+# holds a key in a third of the memory.  CPython ignores the variable.
+PYPY_NURSERY = "8MB"
+
+
 def node_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """
     The environment of a node process: the launcher's, with unbuffered
-    output so that log lines show up as they are written.
+    output so that log lines show up as they are written, and PyPy's young
+    generation bounded unless C{environ} sizes it.
     """
     env = dict(environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("PYPY_GC_NURSERY", PYPY_NURSERY)
     return env
 
 

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.core.keyspace import USER, user_key
 from twisted_kv.core.records import Put
-from twisted_kv.core.replica import decode_change
+from twisted_kv.core.replica import RECENT_CHANGES, decode_change
 from twisted_kv import node as node_module
 from twisted_kv.node import encode_operation
 from twisted_kv.errors import (
@@ -378,6 +378,32 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.cluster.settle()
         self.cluster.run(0.5)
         self.assertEqual([e.change.key for e in seen], [key])
+
+    def test_announced_again_after_other_partitions_busy(self) -> None:
+        """
+        A change announced again by a new primary is recognised even when
+        many more changes of other partitions were delivered in between:
+        nodes remember the recent changes of each partition, not of the
+        whole cluster.
+        """
+        node = self.cluster.nodes[self.leader]
+        key = user_key("quiet")
+        victim = node.partition_config(node.partition_of(key)).primary.node_id
+        watcher = next(n for n in self.cluster.nodes if n != victim)
+        seen: list[ChangeEvent] = []
+        self.cluster.coordinators[watcher].subscribe(seen.append)
+        self.put(watcher, "quiet", b"v")
+        busy = [
+            name for name in (f"busy{i}" for i in range(2000))
+            if node.partition_of(user_key(name)) != node.partition_of(key)
+        ][: RECENT_CHANGES + 50]
+        for name in busy:
+            self.put(watcher, name, b"b")
+        self.cluster.run(0.5)
+        self.cluster.kill(victim)
+        self.cluster.settle()
+        self.cluster.run(0.5)
+        self.assertEqual([e.change.key for e in seen].count(key), 1)
 
     def test_cut_off_node_does_not_claim_synced(self) -> None:
         """

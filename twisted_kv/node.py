@@ -69,7 +69,13 @@ from twisted_kv.core.placement import (
 )
 from twisted_kv.core.records import Change, Delete, Expire, Operation, Put, Record, live
 from twisted_kv.core.merkle import differing
-from twisted_kv.core.replica import Replica, decode_change, encode_change, encode_entry
+from twisted_kv.core.replica import (
+    RECENT_CHANGES,
+    Replica,
+    decode_change,
+    encode_change,
+    encode_entry,
+)
 from twisted_kv.wire.codec import decode as decode_message
 from twisted_kv.wire.codec import encode as encode_message
 from twisted_kv.deadlines import Deadlines
@@ -82,8 +88,6 @@ log = Logger()
 GOSSIP_PER_FAILURE_TIMEOUT = 6
 # Pause between two attempts of a client operation waiting for a primary.
 RETRY_DELAY = 0.05
-# Events remembered per key to drop duplicates after a leader change.
-DELIVERED_MEMORY = 100_000
 
 
 
@@ -232,7 +236,11 @@ class Node:
         self._revision_previous = 0
         self._last_revision = 0
         self._gap_pending = False
-        self._delivered: OrderedDict[str, int] = OrderedDict()
+        # per partition, the last version delivered of its most recently
+        # changed keys: as many as a new primary announces again
+        self._delivered: list[OrderedDict[str, int]] = [
+            OrderedDict() for _ in range(config.partitions)
+        ]
         # anti-entropy
         self.antientropy_bytes = 0
         self.last_full_round: Optional[float] = None
@@ -943,7 +951,10 @@ class Node:
     def _deliver(self, revision: int, data: list) -> None:
         """
         Hand one numbered change to the listeners, unless it is older than
-        what they have seen (a batch resent to a new leader).
+        what they have seen (a batch resent to a new leader, or a change a
+        new primary announces again).  A new primary announces its partition's
+        last L{RECENT_CHANGES} changes, so remembering the last version of as
+        many keys per partition recognises every one already delivered.
 
         @param data: the change as L{encode_change} put it (kind, key,
             version, ...); it becomes a L{Change} only for listeners.
@@ -952,12 +963,13 @@ class Node:
             return
         self._last_revision = revision
         key, version = data[1], data[2]
-        if self._delivered.get(key, -1) >= version:
+        delivered = self._delivered[self.partition_of(key)]
+        if delivered.get(key, -1) >= version:
             return
-        self._delivered[key] = version
-        self._delivered.move_to_end(key)
-        if len(self._delivered) > DELIVERED_MEMORY:
-            self._delivered.popitem(last=False)
+        delivered[key] = version
+        delivered.move_to_end(key)
+        if len(delivered) > RECENT_CHANGES:
+            delivered.popitem(last=False)
         gap, self._gap_pending = self._gap_pending, False
         if self._listeners:
             event = ChangeEvent(decode_change(data), revision, gap)

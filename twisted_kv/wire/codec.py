@@ -7,23 +7,30 @@ or unsigned 64-bit), C{float}, C{str}, C{bytes}, lists (tuples encode as
 lists) and dicts (keys of any hashable type above). C{str} and C{bytes} stay
 distinct on the wire (C{use_bin_type=True}, C{raw=False}).
 
-This module carries every replicated write, so it stays lean: one
-module-level C{msgpack.Packer} is built once and reused by L{encode} (the
-reactor thread is the only caller), and L{decode} accepts a C{memoryview}
-so the framing layer can hand over a frame without copying it.
+This module carries every replicated write, so it stays lean. With
+msgpack's C extension (CPython), one module-level C{msgpack.Packer} is built
+once and reused by L{encode} (the reactor thread is the only caller). Where
+msgpack runs its slow pure-Python fallback (PyPy), L{encode} and L{decode}
+use L{twisted_kv.wire._purepack} instead, which writes and reads the same
+bytes. L{decode} accepts a C{memoryview} so the framing layer can hand over
+a frame without copying it.
 
-Decode limits: msgpack sizes every string, binary, array and map limit from
-the length of the input, so a short frame can never claim a huge
-allocation; nesting depth is bounded by msgpack's fixed parse stack;
-extension types (including msgpack timestamps) are refused. Whatever goes
-wrong while decoding surfaces as one typed exception, L{DecodeError}.
+Decode limits: every string, binary, array and map length is checked
+against the bytes left in the input, so a short frame can never claim a
+huge allocation; nesting depth is bounded (by msgpack's fixed parse stack,
+or L{twisted_kv.wire._purepack.MAX_DEPTH}); extension types (including
+msgpack timestamps) are refused. Whatever goes wrong while decoding
+surfaces as one typed exception, L{DecodeError}.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import msgpack
+
+from twisted_kv.wire import _purepack
+from twisted_kv.wire._purepack import DecodeError
 
 __all__ = ["PROTOCOL_VERSION", "DecodeError", "encode", "decode"]
 
@@ -34,16 +41,20 @@ announce it in their HELLO and refuse any other version.
 """
 
 
-class DecodeError(ValueError):
-    """
-    Bytes that are not exactly one well-formed msgpack value of the types
-    this protocol carries.
-    """
+def _msgpack_decode(data: Union[bytes, bytearray, memoryview]) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, max_ext_len=0)
+    except Exception as e:
+        raise DecodeError(f"undecodable message ({type(e).__name__}: {e})") from None
 
 
-_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-_pack = _packer.pack
-_unpackb = msgpack.unpackb
+_encode: Callable[[Any], bytes]
+_decode: Callable[[Union[bytes, bytearray, memoryview]], Any]
+if msgpack.Packer.__module__ == "msgpack.fallback":
+    _encode, _decode = _purepack.encode, _purepack.decode
+else:
+    _encode = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+    _decode = _msgpack_decode
 
 
 def encode(message: Any) -> bytes:
@@ -53,12 +64,14 @@ def encode(message: Any) -> bytes:
     @param message: a msgpack-encodable value (see the module docstring).
     @return: its msgpack encoding.
     @raise TypeError: C{message} holds a value msgpack cannot encode.
-    @raise ValueError: C{message} holds an integer outside the 64-bit range,
-        or nests deeper than msgpack allows.
+    @raise OverflowError: C{message} holds an integer outside the 64-bit
+        range.
+    @raise ValueError: C{message} nests too deeply.
     """
-    # msgpack's Packer resets its buffer when packing fails, so an
-    # unencodable message never corrupts the next one.
-    return _pack(message)
+    # msgpack's Packer resets its buffer when packing fails, and _purepack
+    # writes each message into a new buffer, so an unencodable message
+    # never corrupts the next one.
+    return _encode(message)
 
 
 def decode(data: Union[bytes, bytearray, memoryview]) -> Any:
@@ -71,7 +84,4 @@ def decode(data: Union[bytes, bytearray, memoryview]) -> Any:
         msgpack, holds invalid UTF-8, an extension type, an unhashable map
         key or nests too deeply.
     """
-    try:
-        return _unpackb(data, raw=False, strict_map_key=False, max_ext_len=0)
-    except Exception as e:
-        raise DecodeError(f"undecodable message ({type(e).__name__}: {e})") from None
+    return _decode(data)

@@ -7,7 +7,9 @@ Micro-benchmarks of the peer transport's hot paths. Prints figures only.
 
 Sections:
 
-  codec     encode + decode of a typical replication message
+  codec     encode + decode of typical peer messages: msgpack (its C
+            extension, or its pure-Python fallback on PyPy) against
+            twisted_kv.wire._purepack, which codec uses on PyPy
   frames    PeerProtocol.send into a Twisted write buffer, then parsing and
             delivery by a receiving PeerProtocol (no sockets)
   write     one concatenated write vs writeSequence([header, payload])
@@ -28,6 +30,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import msgpack  # noqa: E402
 from twisted.internet.abstract import FileDescriptor  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.protocols.basic import Int32StringReceiver  # noqa: E402
@@ -40,9 +43,32 @@ from twisted_kv.peer.protocol import (  # noqa: E402
     auth_mac,
     frame,
 )
+from twisted_kv.wire import _purepack, codec  # noqa: E402
 from twisted_kv.wire.codec import PROTOCOL_VERSION, decode, encode  # noqa: E402
 
 MESSAGE = [7, "p12", 5, 1234, [[1234, "kuser:1", b"x" * 100, "application/octet-stream", None]]]
+
+_VERSION = (3 << 40) | 81_234
+_CHANGE = [0, "kuser:81234", _VERSION, b"x" * 100, "application/octet-stream", None, True]
+_CHANGES = encode([_CHANGE] * 8)
+_REVISION = (2 << 32) | 40_000
+
+TYPICAL = {
+    # A primary replicating one write, then a batch of eight.
+    "app, 1 entry": ["app", 12, 3, 81_233, 3, [[3, 81_234, "n1/5f/77", _CHANGE]], 81_233, 912],
+    "app, 8 entries": [
+        "app", 12, 3, 81_226, 3, [[3, 81_227, "n1/5f/77", _CHANGE]] * 8, 81_226, 913,
+    ],
+    "app_ok": ["app_ok", 12, 3, 81_234, 912],
+    # A client PUT forwarded to its primary, and the answer.
+    "op": ["op", 4_711, 12, [0, "kuser:81234", b"x" * 100, "application/octet-stream",
+                             None, None, False, False], "n2/61/4711"],
+    "res": ["res", 4_711, "ok", _CHANGE],
+    # Eight changes, encoded once by their primary and carried as bytes.
+    "pub": ["pub", 301, 8, _CHANGES],
+    "ev": ["ev", _REVISION, _CHANGES, _REVISION - 1],
+    "ev's changes": [_CHANGE] * 8,
+}
 
 
 def best_rate(run: Callable[[], None], count: int, repeat: int) -> float:
@@ -94,25 +120,43 @@ class _Sink(FileDescriptor):
         return None
 
 
+def _msgpack_decode(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, max_ext_len=0)
+
+
 def bench_codec(rounds: int, repeat: int) -> None:
-    data = encode(MESSAGE)
-    print(f"codec: typical replication message, {len(data)} bytes encoded")
+    """
+    Time encode + decode of each typical message, then of all of them in
+    turn: varied shapes, as a node sees them, are harder on PyPy's JIT.
+    """
+    implementations: dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]] = {
+        msgpack.Packer.__module__: (msgpack.Packer(use_bin_type=True).pack, _msgpack_decode),
+        "_purepack": (_purepack.encode, _purepack.decode),
+    }
+    names = list(implementations)
+    chosen = "_purepack" if codec._encode is _purepack.encode else names[0]
+    print(f"codec: encode + decode per message; codec uses {chosen}")
+    print(f"  {'message':<16} {'bytes':>5}" + "".join(f"{name:>18}" for name in names)
+          + "  first / second")
+    rows = [(label, [message]) for label, message in TYPICAL.items()]
+    rows.append(("all, in turn", list(TYPICAL.values())))
+    for label, messages in rows:
+        size = sum(len(encode(message)) for message in messages) // len(messages)
+        passes = rounds // len(messages)
+        timings = []
+        for pack, unpack in implementations.values():
+            for message in messages:
+                assert pack(message) == encode(message)
+                assert unpack(encode(message)) == decode(encode(message))
 
-    def encode_only() -> None:
-        for _ in range(rounds):
-            encode(MESSAGE)
+            def both() -> None:
+                for _ in range(passes):
+                    for message in messages:
+                        unpack(pack(message))
 
-    def decode_only() -> None:
-        for _ in range(rounds):
-            decode(data)
-
-    def both() -> None:
-        for _ in range(rounds):
-            decode(encode(MESSAGE))
-
-    print(f"  encode            {fmt(best_rate(encode_only, rounds, repeat))} msg/s")
-    print(f"  decode            {fmt(best_rate(decode_only, rounds, repeat))} msg/s")
-    print(f"  encode + decode   {fmt(best_rate(both, rounds, repeat))} msg/s")
+            timings.append(1e9 / best_rate(both, passes * len(messages), repeat))
+        print(f"  {label:<16} {size:>5}" + "".join(f"{t:>15,.0f} ns" for t in timings)
+              + f"  {timings[0] / timings[1]:>13.1f}x")
 
 
 def _authenticated_pair() -> tuple[PeerProtocol, _Sink, PeerProtocol]:

@@ -6,12 +6,13 @@ under faults.  Time is a L{Clock}; nothing sleeps and nothing opens a socket.
 
 from __future__ import annotations
 
+import gc
 import random
 from typing import Any, Optional
 
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from twisted_kv.core.keyspace import USER, user_key
 from twisted_kv.core.records import Put
@@ -143,6 +144,30 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.assertNotEqual(first.version, second.version)
         for node in self.cluster.nodes:
             self.assertEqual(self.value_at(node, "a/b"), b"two")
+
+    def test_finished_requests_leave_no_reference_cycles(self) -> None:
+        """
+        Reads and writes, executed here or at another node, leave nothing of
+        twisted_kv's for the cyclic collector: their objects go as soon as
+        they finish, and a busy entry node is not paused to collect them.
+        """
+        if not hasattr(gc, "set_debug"):
+            raise SkipTest("this Python's collector keeps no garbage to inspect (PyPy)")
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        self.addCleanup(gc.set_debug, 0)
+        for n in range(12):
+            self.put("n1", f"cycle/{n}", b"v")
+            self.value_at("n2", f"cycle/{n}")
+        gc.collect()
+        ours = [
+            thing for thing in gc.garbage
+            if getattr(thing, "__module__", type(thing).__module__).startswith("twisted_kv")
+        ]
+        del gc.garbage[:]
+        self.assertEqual(ours, [])
 
     def test_acknowledged_write_in_majority_memory(self) -> None:
         """

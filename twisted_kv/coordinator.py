@@ -198,43 +198,8 @@ class Coordinator:
         Run an operation at its partition's primary, retrying while the
         primary is unknown, moving or unreachable, until the request timeout.
         """
-        deadline = self._clock.seconds() + self._node.config.request_timeout
-        maybe_applied = False
-
-        def give_up(reason: str) -> Failure:
-            if write and maybe_applied:
-                return Failure(OutcomeUnknown(f"the write may or may not have been applied: {reason}"))
-            return Failure(Unavailable(reason, retry_after=1))
-
-        def attempt() -> Deferred:
-            remaining = deadline - self._clock.seconds()
-            if remaining <= 0:
-                return fail(give_up("no primary answered in time"))
-            if write and not self._node.has_majority():
-                return fail(give_up("no majority of the cluster is reachable"))
-            config = self._node.partition_config(partition)
-            if config is None or config.primary is None:
-                return later()
-            primary = config.primary.node_id
-            if primary == self._node.node_id:
-                d = self._node.deadlines.limit(run_here(), deadline)
-            else:
-                d = self._node.call(primary, message(), remaining).addCallback(decode)
-            return d.addErrback(retry)
-
-        def retry(failure: Failure) -> Deferred:
-            nonlocal maybe_applied
-            if failure.check(CancelledError):
-                maybe_applied = True
-                return fail(give_up("the primary did not answer in time"))
-            failure.trap(Retry)
-            maybe_applied = maybe_applied or failure.value.maybe_applied
-            return later()
-
-        def later() -> Deferred:
-            return deferLater(self._clock, RETRY_DELAY, attempt)
-
-        return maybeDeferred(attempt)
+        routed = _RoutedOperation(self._node, self._clock, partition, run_here, message, decode, write)
+        return maybeDeferred(routed.attempt)
 
     def _degraded_get(self, key: str) -> Deferred[ReadResult]:
         """
@@ -267,6 +232,70 @@ class Coordinator:
 
 
 @implementer(IClusterStatus)
+
+class _RoutedOperation:
+    """
+    One operation on its way to its partition's primary, with what its
+    retries share: the deadline and whether an attempt may have been applied.
+
+    An object rather than closures that refer to one another, so that a
+    finished request leaves no reference cycle behind: its objects are freed
+    at once instead of by the cyclic collector, whose passes over the garbage
+    of thousands of requests paused a busy entry node for milliseconds.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        clock: IReactorTime,
+        partition: int,
+        run_here: Callable[[], Deferred],
+        message: Callable[[], list],
+        decode: Callable,
+        write: bool,
+    ) -> None:
+        self._node = node
+        self._clock = clock
+        self._partition = partition
+        self._run_here = run_here
+        self._message = message
+        self._decode = decode
+        self._write = write
+        self._deadline = clock.seconds() + node.config.request_timeout
+        self._maybe_applied = False
+
+    def attempt(self) -> Deferred:
+        remaining = self._deadline - self._clock.seconds()
+        if remaining <= 0:
+            return fail(self._give_up("no primary answered in time"))
+        if self._write and not self._node.has_majority():
+            return fail(self._give_up("no majority of the cluster is reachable"))
+        config = self._node.partition_config(self._partition)
+        if config is None or config.primary is None:
+            return self._later()
+        primary = config.primary.node_id
+        if primary == self._node.node_id:
+            d = self._node.deadlines.limit(self._run_here(), self._deadline)
+        else:
+            d = self._node.call(primary, self._message(), remaining).addCallback(self._decode)
+        return d.addErrback(self._retry)
+
+    def _retry(self, failure: Failure) -> Deferred:
+        if failure.check(CancelledError):
+            self._maybe_applied = True
+            return fail(self._give_up("the primary did not answer in time"))
+        failure.trap(Retry)
+        self._maybe_applied = self._maybe_applied or failure.value.maybe_applied
+        return self._later()
+
+    def _later(self) -> Deferred:
+        return deferLater(self._clock, RETRY_DELAY, self.attempt)
+
+    def _give_up(self, reason: str) -> Failure:
+        if self._write and self._maybe_applied:
+            return Failure(OutcomeUnknown(f"the write may or may not have been applied: {reason}"))
+        return Failure(Unavailable(reason, retry_after=1))
+
 class NodeStatus:
     """
     What one node reports about itself and the cluster.

@@ -22,7 +22,7 @@ from twisted_kv.launcher import (
     Launcher,
     LineBuffer,
     NodeProcess,
-    PYPY_NURSERY,
+    PYPY_GC_SETTINGS,
     describe_cluster,
     describe_exit,
     leader_of,
@@ -68,20 +68,23 @@ class PureTests(SynchronousTestCase):
     def test_environment(self) -> None:
         """
         Nodes inherit the environment, with unbuffered Python output and
-        PyPy's young generation bounded.
+        PyPy's collector tuned.
         """
         environ = {"PATH": "/bin", "PYTHONUNBUFFERED": "0"}
         self.assertEqual(
             node_environment(environ),
-            {"PATH": "/bin", "PYTHONUNBUFFERED": "1", "PYPY_GC_NURSERY": PYPY_NURSERY},
+            {"PATH": "/bin", "PYTHONUNBUFFERED": "1", **PYPY_GC_SETTINGS},
         )
         self.assertEqual(environ, {"PATH": "/bin", "PYTHONUNBUFFERED": "0"})
 
-    def test_environment_nursery_given(self) -> None:
+    def test_environment_collector_tuned_by_user(self) -> None:
         """
-        A PyPy young generation size given in the environment is kept.
+        PyPy collector settings given in the environment are kept.
         """
-        self.assertEqual(node_environment({"PYPY_GC_NURSERY": "64MB"})["PYPY_GC_NURSERY"], "64MB")
+        environ = {"PYPY_GC_NURSERY": "64MB", "PYPY_GC_INCREMENT_STEP": "4MB"}
+        self.assertEqual(
+            {name: node_environment(environ)[name] for name in environ}, environ
+        )
 
     def test_arguments(self) -> None:
         """

@@ -79,22 +79,37 @@ def node_command(
     ]
 
 
-# PyPy sizes its young generation from the CPU's cache: half of the L3 cache,
-# 240 MB on virtual machines that report a 480 MB one.  That memory, filled
-# by the first requests, holds no key; with 8 MB a node serves as fast and
-# holds a key in a third of the memory.  CPython ignores the variable.
-PYPY_NURSERY = "8MB"
+# PyPy's collector, tuned for a node unless the environment says otherwise.
+# PYPY_GC_NURSERY: PyPy sizes its young generation from the CPU's cache, half
+# of the L3 cache, 240 MB on virtual machines that report a 480 MB one.  That
+# memory, filled by the first requests, holds no key; with 8 MB a node serves
+# as fast and holds a key in a third of the memory.
+# PYPY_GC_INCREMENT_STEP: how much of the old generation one step of a major
+# collection marks, twice the nursery by default.  Each step pauses the node;
+# 1 MB steps cut its p99 latency from 20-45 ms to 4-19 ms, at no cost in
+# throughput.
+# PYPY_GC_MAJOR_COLLECT: the heap growth that starts a major collection (1.82
+# by default).  Shorter steps let garbage live longer; starting earlier keeps
+# memory per key where it was (about 500 bytes rather than 600).
+# CPython ignores all three.
+PYPY_GC_SETTINGS = {
+    "PYPY_GC_NURSERY": "8MB",
+    "PYPY_GC_INCREMENT_STEP": "1MB",
+    "PYPY_GC_MAJOR_COLLECT": "1.4",
+}
 
 
 def node_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """
     The environment of a node process: the launcher's, with unbuffered
-    output so that log lines show up as they are written, and PyPy's young
-    generation bounded unless C{environ} sizes it.
+    output so that log lines show up as they are written, and PyPy's
+    collector tuned for short pauses and little memory unless C{environ}
+    tunes it.
     """
     env = dict(environ)
     env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("PYPY_GC_NURSERY", PYPY_NURSERY)
+    for name, value in PYPY_GC_SETTINGS.items():
+        env.setdefault(name, value)
     return env
 
 

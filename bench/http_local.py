@@ -109,8 +109,8 @@ async def _wrk(url: str, duration: float, connections: int, script: str = "") ->
     output = await getProcessOutput("wrk", args + [url], env=os.environ, errortoo=True)
     text = output.decode("utf-8", "replace")
     rate = re.search(r"Requests/sec:\s*([\d.]+)", text)
-    p50 = re.search(r"50%\s+(\S+)", text)
-    p99 = re.search(r"99%\s+(\S+)", text)
+    p50 = re.search(r"^\s*50%\s+(\S+)", text, re.MULTILINE)
+    p99 = re.search(r"^\s*99%\s+(\S+)", text, re.MULTILINE)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     if rate is None or p50 is None or p99 is None:
         raise RuntimeError(f"unexpected wrk output:\n{text}")

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from twisted_kv.core.keyspace import USER, user_key
 from twisted_kv.core.records import Put
@@ -27,7 +28,15 @@ from twisted_kv.errors import (
     PreconditionFailed,
     Unavailable,
 )
-from twisted_kv.interfaces import ChangeEvent, KeyPage, ReadResult, WriteResult
+from twisted_kv.coordinator import NodeStatus
+from twisted_kv.interfaces import (
+    ChangeEvent,
+    IClusterStatus,
+    IKeyValue,
+    KeyPage,
+    ReadResult,
+    WriteResult,
+)
 from twisted_kv.testing import MemoryCluster
 
 from tests.linearizability import Op, check
@@ -144,6 +153,15 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.assertNotEqual(first.version, second.version)
         for node in self.cluster.nodes:
             self.assertEqual(self.value_at(node, "a/b"), b"two")
+
+    def test_interfaces(self) -> None:
+        """
+        A node's coordinator is the front ends' L{IKeyValue}, and its
+        L{NodeStatus} their L{IClusterStatus}.
+        """
+        node = self.cluster.nodes["n1"]
+        verifyObject(IKeyValue, self.cluster.coordinators["n1"])
+        verifyObject(IClusterStatus, NodeStatus(node, self.cluster.clock))
 
     def test_finished_requests_leave_no_reference_cycles(self) -> None:
         """

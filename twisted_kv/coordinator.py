@@ -231,8 +231,6 @@ class Coordinator:
         return DeferredList(asks, consumeErrors=True).addCallback(newest)
 
 
-@implementer(IClusterStatus)
-
 class _RoutedOperation:
     """
     One operation on its way to its partition's primary, with what its
@@ -296,6 +294,8 @@ class _RoutedOperation:
             return Failure(OutcomeUnknown(f"the write may or may not have been applied: {reason}"))
         return Failure(Unavailable(reason, retry_after=1))
 
+
+@implementer(IClusterStatus)
 class NodeStatus:
     """
     What one node reports about itself and the cluster.

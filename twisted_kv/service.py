@@ -103,9 +103,11 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
     Everything node C{node_id} of C{config} runs.
     """
     me: NodeConfig = config.node(node_id)
-    # Millions of long-lived records make each full collection slow; collect
-    # the young generation less often so pauses stay rare (requests cycle
-    # through few objects that survive).
+    # A full collection walks every tracked object of the node: about 65 ms
+    # at an entry node under PUT load.  With CPython's default thresholds it
+    # ran every 3 s there and put the p99 latency at 53 ms instead of 14 ms.
+    # Requests leave no reference cycles, so collecting the young generation
+    # less often lets little survive into the older ones.
     if hasattr(gc, "set_threshold"):  # PyPy's collector has no generations to tune
         gc.set_threshold(50_000, 20, 100)
     node = Node(

@@ -172,10 +172,11 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         if not hasattr(gc, "set_debug"):
             raise SkipTest("this Python's collector keeps no garbage to inspect (PyPy)")
         gc.collect()
-        gc.disable()
-        self.addCleanup(gc.enable)
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+        self.addCleanup(gc.set_debug, gc.get_debug())
         gc.set_debug(gc.DEBUG_SAVEALL)
-        self.addCleanup(gc.set_debug, 0)
         for n in range(12):
             self.put("n1", f"cycle/{n}", b"v")
             self.value_at("n2", f"cycle/{n}")

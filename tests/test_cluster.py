@@ -713,6 +713,97 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         self.assert_all_readable(acked)
 
 
+class ReadLeaseTests(ClusterTestMixin, SynchronousTestCase):
+    """
+    A primary whose round every member confirmed reads without a round of
+    its own until its lease ends, and no other node takes over before then.
+    """
+
+    def primary_of(self, key: str) -> str:
+        node = next(iter(self.cluster.nodes.values()))
+        config = node.partition_config(node.partition_of(user_key(key)))
+        return config.primary.node_id
+
+    def test_reads_under_lease_send_nothing(self) -> None:
+        """
+        After one confirmed round, a read at the primary is answered at once
+        and sends no message; once the lease has ended, a read waits for a
+        round again.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        self.put("n1", "leased", b"v")
+        primary = self.primary_of("leased")
+        self.assertEqual(self.value_at(primary, "leased"), b"v")
+        sent = cluster.network.sent
+        box = _outcome(cluster.coordinators[primary].get(user_key("leased")))
+        self.assertEqual(box[0].record.value, b"v")
+        self.assertEqual(cluster.network.sent, sent)
+        cluster.run(cluster.config.failure_timeout)
+        box = _outcome(cluster.coordinators[primary].get(user_key("leased")))
+        self.assertEqual(box, [])
+        cluster.run(0.1)
+        self.assertEqual(box[0].record.value, b"v")
+
+    def test_no_takeover_while_promised(self) -> None:
+        """
+        A primary cut off from the partition leader but not from its member
+        keeps reading under its lease.  The member, named primary by the
+        leader meanwhile, adopts the new epoch at once but takes over only
+        after its promise has ended, when the old primary's lease is over;
+        reads at the old primary never miss the new primary's write.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        others = sorted(n for n in cluster.nodes if n != leader)
+        node = cluster.nodes[leader]
+        key = next(
+            k for k in (f"lease{i}" for i in range(1000))
+            if {m.node_id for m in node.partition_config(node.partition_of(user_key(k))).members}
+            == set(others)
+        )
+        partition = node.partition_of(user_key(key))
+        old, new = self.primary_of(key), next(n for n in others if n != self.primary_of(key))
+        self.put(old, key, b"before")
+        reads: list[tuple[float, Any]] = []
+
+        def read() -> None:
+            if old in cluster.nodes and cluster.clock.seconds() < stop_at:
+                started = cluster.clock.seconds()
+                d = cluster.coordinators[old].get(user_key(key))
+                d.addBoth(lambda result: reads.append((started, result)))
+                cluster.clock.callLater(0.01, read)
+
+        stop_at = cluster.clock.seconds() + 8
+        read()
+        cluster.run(0.5)
+        cluster.network.partition([leader], [old])
+        old_replica, new_replica = cluster.nodes[old].replicas[partition], cluster.nodes[new].replicas[partition]
+        epoch = new_replica.epoch
+        adopted_at = took_over_at = None
+        hold = cluster.config.failure_timeout * node_module.LEASE_PROMISE_SHARE * (1 - node_module.LEASE_CLOCK_MARGIN)
+        while took_over_at is None:
+            cluster.run(0.005)
+            now = cluster.clock.seconds()
+            self.assertLess(now, stop_at)
+            if adopted_at is None and new_replica.epoch > epoch:
+                adopted_at = now
+            if new_replica.is_primary:
+                took_over_at = now
+                self.assertFalse(old_replica.is_primary and now - old_replica.lease_start < hold)
+        self.assertIsNotNone(adopted_at)
+        self.assertGreater(took_over_at - adopted_at, 0.1)
+        written = self.put(new, key, b"after")
+        self.assertIsInstance(written, WriteResult)
+        done_at = cluster.clock.seconds()
+        cluster.run(stop_at - done_at)
+        late = [result for started, result in reads if started > done_at]
+        self.assertTrue(late)
+        for result in late:
+            if isinstance(result, ReadResult):
+                self.assertEqual(result.record.value, b"after")
+
+
 class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
     """
     Recorded client histories under faults are linearizable.

@@ -168,7 +168,7 @@ class CommitTests(SynchronousTestCase):
         group.push("b1")
         self.assertFalse(group.primary.member_lagging("b1"))
         self.assertTrue(group.primary.member_lagging("b2"))
-        group.primary.new_round()
+        group.primary.new_round(0.0)
         self.assertTrue(group.primary.member_lagging("b1"))
         group.push("b1")
         self.assertFalse(group.primary.member_lagging("b1"))
@@ -701,7 +701,7 @@ class RoundTests(SynchronousTestCase):
         group = Group()
         primary = group.primary
         self.assertEqual(primary.confirmed_round, 0)
-        self.assertEqual(primary.new_round(), 1)
+        self.assertEqual(primary.new_round(0.0), 1)
         self.assertEqual(primary.confirmed_round, 0)
         group.push("b1")
         self.assertEqual(primary.confirmed_round, 0)
@@ -716,7 +716,7 @@ class RoundTests(SynchronousTestCase):
         group = Group(backups=("b1",))
         primary = group.primary
         early = primary.append_message("b1")
-        primary.new_round()
+        primary.new_round(0.0)
         answer(primary, group.backups["b1"], "b1", early)
         self.assertEqual(primary.confirmed_round, 0)
 
@@ -726,7 +726,7 @@ class RoundTests(SynchronousTestCase):
         """
         group = Group(backups=("b1",), epoch=3)
         primary = group.primary
-        primary.new_round()
+        primary.new_round(0.0)
         primary.on_append_ok("b1", 2, 0, 1)
         self.assertEqual(primary.confirmed_round, 0)
 
@@ -735,8 +735,63 @@ class RoundTests(SynchronousTestCase):
         Without other members every round is confirmed at once.
         """
         group = Group(backups=())
-        group.primary.new_round()
+        group.primary.new_round(0.0)
         self.assertEqual(group.primary.confirmed_round, 1)
+
+
+class LeaseTests(SynchronousTestCase):
+    """
+    The primary's read lease starts when a round every member confirmed
+    started; members remember what they promised.
+    """
+
+    def test_lease_from_round_confirmed_by_every_member(self) -> None:
+        """
+        The lease starts at the start of the newest round every member has
+        confirmed, not at a round only some confirmed.
+        """
+        group = Group()
+        primary = group.primary
+        self.assertEqual(primary.lease_start, float("-inf"))
+        primary.new_round(10.0)
+        group.push("b1")
+        self.assertEqual(primary.lease_start, float("-inf"))
+        group.push("b2")
+        self.assertEqual(primary.lease_start, 10.0)
+        primary.new_round(11.0)
+        primary.new_round(12.0)
+        group.settle()
+        self.assertEqual(primary.lease_start, 12.0)
+
+    def test_new_configuration_needs_new_round(self) -> None:
+        """
+        A change of members, or stepping down, ends the lease, and a round
+        started before the change grants none.
+        """
+        group = Group()
+        primary = group.primary
+        primary.new_round(10.0)
+        group.settle()
+        primary.new_round(11.0)
+        primary.become_primary(2, ["b1", "b2", "b3"], ["p", "b1", "b2"])
+        self.assertEqual(primary.lease_start, float("-inf"))
+        group.backups["b3"] = Replica(PARTITION)
+        group.settle()
+        self.assertEqual(primary.lease_start, float("-inf"))
+        primary.new_round(13.0)
+        group.settle()
+        self.assertEqual(primary.lease_start, 13.0)
+        primary.step_down(3)
+        self.assertEqual(primary.lease_start, float("-inf"))
+
+    def test_promise_only_grows(self) -> None:
+        """
+        A member keeps the latest of the promises it made.
+        """
+        member = Replica(PARTITION)
+        member.promise_lease(5.0)
+        member.promise_lease(3.0)
+        self.assertEqual(member.promised_until, 5.0)
 
 
 class ExpiryTests(SynchronousTestCase):

@@ -5,7 +5,7 @@ partitions it holds, and the routing of client operations to primaries.
 
 The node talks to its peers only through a messenger (L{PeerLinks} on real
 sockets, L{twisted_kv.testing.MemoryNetwork} in tests) and reads time only
-from its injected clock, so a whole cluster runs deterministically in one
+from its injected clocks, so a whole cluster runs deterministically in one
 process in the tests.
 
 Messages between nodes (lists; the first element is the tag):
@@ -88,6 +88,14 @@ log = Logger()
 GOSSIP_PER_FAILURE_TIMEOUT = 6
 # Pause between two attempts of a client operation waiting for a primary.
 RETRY_DELAY = 0.05
+# A member acknowledging a primary's round promises not to take over as
+# primary for this share of the failure timeout; a primary whose round every
+# member confirmed then reads without a round of its own until the lease
+# ends.  Failover after a crash waits a whole failure timeout anyway.
+LEASE_PROMISE_SHARE = 0.5
+# The primary's lease ends this share earlier than its members' promises,
+# for clocks that run at slightly different rates.
+LEASE_CLOCK_MARGIN = 0.1
 
 
 
@@ -183,11 +191,21 @@ class Node:
         clock: IReactorTime,
         incarnation: int,
         rng: Optional[random.Random] = None,
+        lease_clock: Optional[Callable[[], float]] = None,
     ) -> None:
+        """
+        @param lease_clock: the time read leases are measured with, which
+            must never step (C{time.monotonic}); C{clock}'s by default.
+        """
         self.config = config
         self.node_id = node_id
         self.incarnation = incarnation
         self._clock = clock
+        self._lease_now = lease_clock or clock.seconds
+        self._lease_promise = config.failure_timeout * LEASE_PROMISE_SHARE
+        self._lease_hold = self._lease_promise * (1 - LEASE_CLOCK_MARGIN)
+        # partitions the map makes ours while we still promise not to take over
+        self._takeovers_waiting: set[int] = set()
         now = clock.seconds()
         self.consensus = Consensus(
             node_id,
@@ -357,6 +375,8 @@ class Node:
                 self._send(peer, status)
         if self.consensus.role == LEADER:
             self._lead(now)
+        for partition in sorted(self._takeovers_waiting):
+            self._take_over(partition)
         for replica in self.replicas:
             if replica.is_primary:
                 self._tend_primary(replica, now)
@@ -412,21 +432,42 @@ class Node:
                 replica.forget()
                 replica.epoch = config.epoch
             elif config.primary == member:
-                takeover = not replica.is_primary
-                replica.become_primary(
-                    config.epoch, [m.node_id for m in config.members[1:]], config.in_sync
-                )
-                if takeover and replica.recent_changes:
-                    # The old primary may have died before announcing its
-                    # last changes; listeners drop the ones they have seen.
-                    self._queue_events(list(replica.recent_changes))
-                self._stalled_since.pop(index, None)
-                self._mark_dirty(index)
+                self._take_over(index)
             else:
                 if replica.is_primary:
                     self._fail_waiters(index, Retry("moved", maybe_applied=True))
                     replica.step_down(config.epoch)
                 replica.epoch = config.epoch
+
+    def _take_over(self, partition: int) -> None:
+        """
+        Become (or stay) the primary the current map names us for
+        C{partition}, unless we still promise the previous primary not to:
+        then adopt the new epoch, so that the old primary's writes are
+        refused, and take over on a later tick.
+        """
+        self._takeovers_waiting.discard(partition)
+        config = self.partition_config(partition)
+        member = None if config is None else config.member(self.node_id)
+        if config is None or member is None or config.primary != member or member.incarnation != self.incarnation:
+            return
+        replica = self.replicas[partition]
+        if config.epoch < replica.epoch:
+            return
+        takeover = not replica.is_primary
+        if takeover and self._lease_now() < replica.promised_until:
+            replica.epoch = config.epoch
+            self._takeovers_waiting.add(partition)
+            return
+        replica.become_primary(
+            config.epoch, [m.node_id for m in config.members[1:]], config.in_sync
+        )
+        if takeover and replica.recent_changes:
+            # The old primary may have died before announcing its
+            # last changes; listeners drop the ones they have seen.
+            self._queue_events(list(replica.recent_changes))
+        self._stalled_since.pop(partition, None)
+        self._mark_dirty(partition)
 
     # -- replication, primary side -----------------------------------------
 
@@ -451,7 +492,7 @@ class Node:
                 continue
             if partition in self._round_wanted:
                 self._round_wanted.discard(partition)
-                replica.new_round()
+                replica.new_round(self._lease_now())
             for member in replica.members:
                 if replica.needs_snapshot(member):
                     for message in replica.snapshot_messages(member):
@@ -590,14 +631,23 @@ class Node:
 
     def read_local(self, partition: int, key: str) -> Deferred[Optional[Record]]:
         """
-        A linearizable read at this primary: answered after every member has
-        confirmed our epoch in a round started after the read arrived.
+        A linearizable read at this primary: answered at once while our read
+        lease holds, else after every member has confirmed our epoch in a
+        round started after the read arrived.
         """
         try:
             replica = self._serving_replica(partition)
         except Retry as error:
             return fail(error)
         self.executed += 1
+        if replica.serving:
+            held = self._lease_now() - replica.lease_start
+            if held < self._lease_hold:
+                if held >= self._lease_hold / 2:
+                    # renew it before it ends, in the next turn's round
+                    self._round_wanted.add(partition)
+                    self._mark_dirty(partition)
+                return succeed(replica.read(key, self._now()))
         d: Deferred = Deferred()
         heapq.heappush(
             self._read_waiters.setdefault(partition, []),
@@ -717,6 +767,7 @@ class Node:
         if was_primary and not replica.is_primary:
             self._fail_waiters(partition, Retry("superseded", maybe_applied=True))
         if ok:
+            replica.promise_lease(self._lease_now() + self._lease_promise)
             self._send(peer, ["app_ok", partition, epoch, last, round_])
         else:
             self._send(peer, ["app_no", partition, epoch, last])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import random
+import time
 from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
@@ -111,7 +112,11 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
     if hasattr(gc, "set_threshold"):  # PyPy's collector has no generations to tune
         gc.set_threshold(50_000, 20, 100)
     node = Node(
-        config, node_id, clock=reactor, incarnation=random.SystemRandom().getrandbits(63)
+        config,
+        node_id,
+        clock=reactor,
+        incarnation=random.SystemRandom().getrandbits(63),
+        lease_clock=time.monotonic,
     )
     links = PeerLinks(
         node_id=node_id,

@@ -24,7 +24,12 @@ Why this meets the guarantees (argued in full in docs/design.md):
     only after it has committed that log under its own epoch.
   - Reads at the primary are linearizable: a read is answered only after
     every member confirmed the primary's epoch in a round started after the
-    read arrived (batched: one round serves every read waiting for it).
+    read arrived (batched: one round serves every read waiting for it), or
+    while a read lease holds.  A member that acknowledges a round promises
+    not to take over as primary for a while (L{Replica.promised_until});
+    once every member has acknowledged a round, the primary holds a lease
+    for a shorter while from the round's start (L{Replica.lease_start}), so
+    no newer primary can serve during it.
 
 The class is pure: it decides and records, and the node layer sends the
 messages it produces and turns its results into Deferreds.
@@ -62,6 +67,10 @@ RECENT_OPERATIONS = 2048
 # Changes each replica remembers after applying them, so that a new primary
 # can announce again what its predecessor may not have announced.
 RECENT_CHANGES = 256
+
+# Rounds whose start the primary remembers while it waits for every member
+# to confirm them; an older round confirmed late grants no lease.
+ROUND_STARTS_KEPT = 64
 
 # Largest snapshot message, in value bytes (one record may exceed it).
 SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
@@ -183,6 +192,11 @@ class Replica:
         self.commit_sent = 0
         self.round = 0
         self._acked_round: dict[str, int] = {}
+        # (round, when it started) of the rounds not yet confirmed by every
+        # member, oldest first
+        self._round_starts: deque[tuple[int, float]] = deque(maxlen=ROUND_STARTS_KEPT)
+        self.lease_start = float("-inf")
+        self.promised_until = float("-inf")
         self._expiries: list[tuple[float, int, str]] = []
 
     # -- the log ---------------------------------------------------------
@@ -305,6 +319,8 @@ class Replica:
         members = list(members)
         synced = set(in_sync)
         takeover = not self.is_primary
+        # A lease rests on the promises of the members of one configuration.
+        self._forget_lease()
         self.epoch = epoch
         self.is_primary = True
         if takeover:
@@ -348,6 +364,11 @@ class Replica:
         self._snapshot_at.clear()
         self._pending_by_key.clear()
         self._expiries = []
+        self._forget_lease()
+
+    def _forget_lease(self) -> None:
+        self._round_starts.clear()
+        self.lease_start = float("-inf")
 
     @property
     def serving(self) -> bool:
@@ -445,11 +466,13 @@ class Replica:
         self._snapshot_at[member] = self.applied_seq
         return messages
 
-    def new_round(self) -> int:
+    def new_round(self, now: float) -> int:
         """
-        Start a confirmation round; reads that arrived before it wait for it.
+        Start a confirmation round at C{now}; reads that arrived before it
+        wait for it.
         """
         self.round += 1
+        self._round_starts.append((self.round, now))
         return self.round
 
     @property
@@ -471,6 +494,11 @@ class Replica:
         if last_seq >= self._snapshot_at.get(member, last_seq + 1):
             del self._snapshot_at[member]
         self._acked_round[member] = max(self._acked_round[member], round_)
+        confirmed = self.confirmed_round
+        while self._round_starts and self._round_starts[0][0] <= confirmed:
+            started_round, started = self._round_starts.popleft()
+            if started_round == confirmed:
+                self.lease_start = started
         return self._advance_commit()
 
     def on_append_refused(self, member: str, epoch: int, hint: int) -> None:
@@ -594,6 +622,14 @@ class Replica:
         return entry
 
     # -- as member -------------------------------------------------------
+
+    def promise_lease(self, until: float) -> None:
+        """
+        We are acknowledging the current primary's round: promise not to
+        take over as primary before C{until}, so that the lease the
+        primary derives from the round stays safe.
+        """
+        self.promised_until = max(self.promised_until, until)
 
     def on_append(
         self,

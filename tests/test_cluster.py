@@ -80,6 +80,11 @@ class ClusterTestMixin:
     def get(self, node: str, key: str) -> ReadResult:
         return self.wait(self.cluster.coordinators[node].get(user_key(key)))
 
+    def primary_of(self, key: str) -> str:
+        node = next(iter(self.cluster.nodes.values()))
+        config = node.partition_config(node.partition_of(user_key(key)))
+        return config.primary.node_id
+
     def value_at(self, node: str, key: str) -> Optional[bytes]:
         result = self.get(node, key)
         self.assertIsInstance(result, ReadResult)
@@ -187,6 +192,31 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         ]
         del gc.garbage[:]
         self.assertEqual(ours, [])
+
+    def test_no_request_to_a_primary_that_cannot_answer(self) -> None:
+        """
+        A request goes to a primary only while the primary has a link back
+        for its answer (a primary that cannot answer is one whose link to a
+        restarted node is still redialling); until then the operation waits
+        and retries, instead of waiting for an answer that cannot come.
+        """
+        cluster = self.cluster
+        key = next(k for k in (f"back{i}" for i in range(100)) if self.primary_of(k) != "n1")
+        primary = self.primary_of(key)
+        self.put(primary, key, b"v")
+        node = cluster.nodes["n1"]
+        cut = {primary}
+        linked = node.messenger.hears_from
+        node.messenger.hears_from = lambda peer: peer not in cut and linked(peer)
+        sent = cluster.network.sent
+        box = _outcome(cluster.coordinators["n1"].get(user_key(key)))
+        cluster.run(0.5)
+        self.assertEqual(box, [])
+        self.assertEqual(node._requests, {})
+        cut.clear()
+        cluster.run(0.2)
+        self.assertEqual(box[0].record.value, b"v")
+        self.assertGreater(cluster.network.sent, sent)
 
     def test_acknowledged_write_in_majority_memory(self) -> None:
         """
@@ -718,11 +748,6 @@ class ReadLeaseTests(ClusterTestMixin, SynchronousTestCase):
     A primary whose round every member confirmed reads without a round of
     its own until its lease ends, and no other node takes over before then.
     """
-
-    def primary_of(self, key: str) -> str:
-        node = next(iter(self.cluster.nodes.values()))
-        config = node.partition_config(node.partition_of(user_key(key)))
-        return config.primary.node_id
 
     def test_reads_under_lease_send_nothing(self) -> None:
         """

@@ -391,6 +391,26 @@ class InMemoryLinksTests(SynchronousTestCase):
         self.assertEqual(h1.messages(), [("message", "n2", 23, "hi")])
         self.stop_all(n1, n2b)
 
+    def test_hears_from_needs_the_peers_own_link(self) -> None:
+        """
+        C{hears_from} is true only while the peer's outbound link to us is
+        up: a peer that has just restarted reaches us before we redial it,
+        and cannot hear our answers until then.
+        """
+        n1, h1, n2, h2 = self.pair()
+        self.assertEqual((n1.hears_from("n2"), n2.hears_from("n1")), (True, True))
+        self.successResultOf(self.net.stop(n2))
+        self.assertFalse(n1.hears_from("n2"))
+        self.net.advance(0.5)
+        n2b, h2b = self.net.node("n2", incarnation=23, ports={"n1": 7101, "n2": 7102})
+        self.net.start(n2b)
+        self.net.run()
+        self.assertEqual((n2b.connected(), n2b.hears_from("n1")), ({"n1"}, False))
+        self.assertTrue(n1.hears_from("n2"))
+        self.net.advance(RETRY_MAX_DELAY + 0.1)
+        self.assertTrue(n2b.hears_from("n1"))
+        self.stop_all(n1, n2b)
+
     def test_reconnect_with_backoff(self) -> None:
         """
         A lost link is redialled after the backoff delay (0.05 s * 1.5 for

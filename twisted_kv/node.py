@@ -702,9 +702,11 @@ class Node:
         with L{twisted.internet.defer.CancelledError} once C{timeout} has
         passed (checked every tick).
 
-        @raise Retry: (as a failure) the link to C{peer} is down; the request
-            was not sent.
+        @raise Retry: (as a failure) the link to C{peer}, or its link to us,
+            is down; the request was not sent.
         """
+        if self.messenger is None or not self.messenger.hears_from(peer):
+            return fail(Retry(f"{peer} has no link to us for its answer"))
         request_id = next(self._ids)
         message[1] = request_id
         d: Deferred = Deferred(lambda _: self._requests.pop(request_id, None))

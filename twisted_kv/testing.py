@@ -53,6 +53,9 @@ class _Messenger:
     def connected(self) -> set[str]:
         return self._network.reachable(self._node_id)
 
+    def hears_from(self, peer: str) -> bool:
+        return self._network.linked(peer, self._node_id)
+
 
 class MemoryNetwork:
     """
@@ -74,14 +77,14 @@ class MemoryNetwork:
         self._held: list[tuple[str, str, list]] = []
         self.sent = 0
 
-    def _linked(self, a: str, b: str) -> bool:
+    def linked(self, a: str, b: str) -> bool:
         return a in self.nodes and b in self.nodes and frozenset((a, b)) not in self._cut
 
     def reachable(self, node_id: str) -> set[str]:
-        return {peer for peer in self.nodes if peer != node_id and self._linked(node_id, peer)}
+        return {peer for peer in self.nodes if peer != node_id and self.linked(node_id, peer)}
 
     def send(self, sender: str, peer: str, message: list) -> bool:
-        if not self._linked(sender, peer) or sender in self._paused:
+        if not self.linked(sender, peer) or sender in self._paused:
             return False
         self.sent += 1
         if self.drop_rate and self._rng.random() < self.drop_rate:
@@ -95,7 +98,7 @@ class MemoryNetwork:
         source = self.nodes.get(sender)
         if node is None or source is None or source.incarnation != incarnation:
             return
-        if not self._linked(sender, peer):
+        if not self.linked(sender, peer):
             return
         if peer in self._paused:
             self._held.append((sender, peer, message))

@@ -10,6 +10,10 @@ handler object it supplies::
     handler.peer_up(peer_id, incarnation)    # outbound link authenticated
     handler.peer_down(peer_id)               # that outbound link lost
 
+and asks L{PeerLinks.hears_from} before a request whose answer it awaits:
+answers travel on the peer's own outbound link, which a peer that has just
+restarted, or is redialling us, may not have yet.
+
 Each peer's outbound connection is kept up by its own L{ClientService},
 which reconnects with jittered exponential backoff (0.05 s growing to 1 s)
 on the injected reactor. C{peer_up} fires only once the peer has
@@ -183,6 +187,8 @@ class _InboundFactory(Factory):
             links._settings,
             links._reactor,
             deliver=links._handler.peer_message,
+            on_ready=links._inbound_ready,
+            on_closed=links._inbound_closed,
         )
         links._inbound.add(protocol)
         protocol.when_closed().addCallback(lambda _: links._inbound.discard(protocol))
@@ -258,6 +264,8 @@ class PeerLinks(MultiService):
         )
         self.listening_port: Optional[IListeningPort] = None
         self._inbound: set[PeerProtocol] = set()
+        # the authenticated inbound connections of each peer
+        self._heard_on: dict[str, set[PeerProtocol]] = {}
         self._outbound: dict[str, _OutboundLink] = {}
         policy = default_retry_policy() if retry_policy is None else retry_policy
         for peer_id, (host, port) in sorted(peers.items()):
@@ -298,6 +306,13 @@ class PeerLinks(MultiService):
         if link is None or link.protocol is None:
             return False
         return link.protocol.send_encoded(payload)
+
+    def hears_from(self, peer_id: str) -> bool:
+        """
+        Whether C{peer_id} has an authenticated link to us, on which its
+        answers to our requests would arrive.
+        """
+        return bool(self._heard_on.get(peer_id))
 
     def connected(self) -> set[str]:
         """
@@ -363,6 +378,14 @@ class PeerLinks(MultiService):
         return done.addCallback(lambda _: None)
 
     # -- callbacks from the protocols ----------------------------------------
+
+    def _inbound_ready(self, protocol: PeerProtocol) -> None:
+        assert protocol.peer_id is not None
+        self._heard_on.setdefault(protocol.peer_id, set()).add(protocol)
+
+    def _inbound_closed(self, protocol: PeerProtocol, was_ready: bool) -> None:
+        if was_ready and protocol.peer_id is not None:
+            self._heard_on.get(protocol.peer_id, set()).discard(protocol)
 
     def _notify(self, event: str, *args: Any) -> None:
         """

@@ -695,6 +695,32 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
             for node in cluster.nodes:
                 self.assertEqual(self.value_at(node, key), b"majority")
 
+    def test_just_restarted_node_waits_to_hear_its_peers(self) -> None:
+        """
+        Operations reaching a node in the moment after its start, before it
+        has heard from its peers, wait for them instead of being refused for
+        want of a majority, and are not answered as degraded reads.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        self.put("n1", "early", b"v")
+
+        def restart_unlinked() -> None:
+            # its links come up a moment after it starts, as on real sockets
+            cluster.kill("n3")
+            cluster.run(2)
+            cluster.network.partition(["n3"], ["n1", "n2"])
+            cluster.start("n3")
+            cluster.clock.callLater(0.2, cluster.network.heal)
+
+        restart_unlinked()
+        written = self.put("n3", "early-write", b"w")
+        self.assertIsInstance(written, WriteResult)
+        restart_unlinked()
+        result = self.get("n3", "early")
+        self.assertIsInstance(result, ReadResult)
+        self.assertEqual((result.record.value, result.degraded), (b"v", False))
+
     def test_restarted_node_resyncs(self) -> None:
         """
         A node restarted empty is refilled, reports itself synced, and then

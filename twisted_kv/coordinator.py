@@ -70,7 +70,7 @@ class Coordinator:
     # -- IKeyValue ---------------------------------------------------------
 
     def get(self, key: str) -> Deferred[ReadResult]:
-        if not self._node.has_majority():
+        if not self._node.has_majority() and not self._node.just_started():
             return self._degraded_get(key)
         partition = self._node.partition_of(key)
         d = self._route(
@@ -267,6 +267,8 @@ class _RoutedOperation:
         if remaining <= 0:
             return fail(self._give_up("no primary answered in time"))
         if self._write and not self._node.has_majority():
+            if self._node.just_started():
+                return self._later()
             return fail(self._give_up("no majority of the cluster is reachable"))
         config = self._node.partition_config(self._partition)
         if config is None or config.primary is None:

@@ -222,6 +222,7 @@ class Node:
         self.replicas = [Replica(p) for p in range(config.partitions)]
         self.messenger: Any = None
         self.executed = 0
+        self._started_at = now
         self._map: Optional[ClusterMap] = None
         self._leader_seen: tuple[Optional[str], int] = (None, 0)
         self._dirty: set[int] = set()
@@ -271,6 +272,7 @@ class Node:
     # -- life cycle --------------------------------------------------------
 
     def start(self) -> None:
+        self._started_at = self._now()
         self._ticker.start(self.config.heartbeat_interval / 2, now=True)
 
     def stop(self) -> None:
@@ -310,6 +312,14 @@ class Node:
 
     def has_majority(self) -> bool:
         return self.membership.live_count(self._now()) >= self.config.majority
+
+    def just_started(self) -> bool:
+        """
+        Whether we started too recently to take the peers we have not heard
+        from yet for dead: operations then wait for them rather than being
+        refused for want of a majority.
+        """
+        return self._now() - self._started_at < self.config.failure_timeout
 
     def partition_config(self, partition: int) -> Optional[PartitionConfig]:
         return None if self._map is None else self._map.partitions[partition]

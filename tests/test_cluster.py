@@ -695,6 +695,27 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
             for node in cluster.nodes:
                 self.assertEqual(self.value_at(node, key), b"majority")
 
+    def test_no_degraded_read_while_a_majority_is_up(self) -> None:
+        """
+        A node cut off from the partition leader, but not from a majority,
+        answers a read it cannot serve linearizably with Unavailable, not
+        with a degraded read that may be stale.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        cut_off = next(n for n in sorted(cluster.nodes) if n != leader)
+        key = next(k for k in (f"cut{i}" for i in range(200)) if self.primary_of(k) == cut_off)
+        self.put(leader, key, b"v")
+        cluster.network.partition([cut_off], [leader])
+        cluster.run(cluster.config.failure_timeout * 2)
+        self.put(leader, key, b"newer")
+        self.assertTrue(cluster.nodes[cut_off].has_majority())
+        result = self.get(cut_off, key)
+        if isinstance(result, ReadResult):
+            self.assertEqual((result.record.value, result.degraded), (b"newer", False))
+        else:
+            self.assertTrue(result.check(Unavailable))
+
     def test_just_restarted_node_waits_to_hear_its_peers(self) -> None:
         """
         Operations reaching a node in the moment after its start, before it
@@ -860,12 +881,16 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
     Recorded client histories under faults are linearizable.
     """
 
-    def run_workload(self, seed: int, faults: bool) -> dict[str, list[Op]]:
+    def run_workload(self, seed: int, fault: Optional[str] = None) -> dict[str, list[Op]]:
         """
         Five clients, each with one operation in flight at a time (as in
-        Jepsen), on random nodes and two keys, for a few seconds; with
-        C{faults}, the leader is killed, messages are dropped for a while and
-        the dead node comes back empty.  Returns each key's history.
+        Jepsen), on random nodes and two keys, for a few seconds.  With
+        C{fault="kill"}, the leader is killed, messages are dropped for a
+        while and the dead node comes back empty; with C{fault="isolate"},
+        the primary of C{x} loses its link to the leader (to every other
+        node, if it is the leader) for two seconds, with messages dropped
+        meanwhile, while it can still lease reads to its own clients.
+        Returns each key's history.
         """
         cluster = self.make_cluster(3 if seed % 2 else 5)
         cluster.settle()
@@ -905,7 +930,10 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
 
         def record(result: Any, op: Op, key: str) -> None:
             op.returned = clock.seconds()
-            if isinstance(result, ReadResult):
+            if isinstance(result, ReadResult) and result.degraded:
+                # answered without a majority, and flagged so: no promise
+                history[key].remove(op)
+            elif isinstance(result, ReadResult):
                 found = result.record
                 op.result = ("absent", None) if found is None else ("value", (found.value, _version(found)))
             elif isinstance(result, WriteResult):
@@ -930,7 +958,16 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         for _ in range(5):
             issue()
         cluster.run(1)
-        if faults:
+        if fault == "isolate":
+            leader = cluster.leader() or "n1"
+            primary = self.primary_of("x")
+            others = [n for n in cluster.nodes if n != primary]
+            cluster.network.partition([primary], [leader] if primary != leader else others)
+            cluster.network.drop_rate = 0.05
+            cluster.run(2)
+            cluster.network.drop_rate = 0.0
+            cluster.network.heal()
+        elif fault == "kill":
             cluster.kill(cluster.leader() or "n1")
             cluster.run(1)
             cluster.network.drop_rate = 0.05
@@ -968,7 +1005,7 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         Random concurrent operations through random nodes are linearizable.
         """
         for seed in (1, 2):
-            for key, ops in self.run_workload(seed, faults=False).items():
+            for key, ops in self.run_workload(seed).items():
                 self.assertTrue(check(ops), (seed, key))
 
     def test_histories_with_faults(self) -> None:
@@ -977,5 +1014,14 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         restarted empty mid-run.
         """
         for seed in (3, 4, 5, 6):
-            for key, ops in self.run_workload(seed, faults=True).items():
+            for key, ops in self.run_workload(seed, fault="kill").items():
+                self.assertTrue(check(ops), (seed, key))
+
+    def test_histories_with_isolated_primary(self) -> None:
+        """
+        The same while a primary is cut off from the leader and replaced,
+        and keeps answering its own clients for as long as its lease holds.
+        """
+        for seed in (7, 8, 9, 10):
+            for key, ops in self.run_workload(seed, fault="isolate").items():
                 self.assertTrue(check(ops), (seed, key))

@@ -86,6 +86,10 @@ class Coordinator:
 
         def unreachable(failure: Failure) -> Deferred[ReadResult]:
             failure.trap(Unavailable)
+            if self._node.has_majority():
+                # A majority is up, so a read must be linearizable: better
+                # no answer than a degraded one that may be stale.
+                return failure
             return self._degraded_get(key)
 
         return d.addCallbacks(found, unreachable)

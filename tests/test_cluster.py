@@ -80,8 +80,11 @@ class ClusterTestMixin:
     def get(self, node: str, key: str) -> ReadResult:
         return self.wait(self.cluster.coordinators[node].get(user_key(key)))
 
-    def primary_of(self, key: str) -> str:
-        node = next(iter(self.cluster.nodes.values()))
+    def primary_of(self, key: str, via: Optional[str] = None) -> str:
+        """
+        The primary of C{key} in the map of node C{via} (any node's by default).
+        """
+        node = self.cluster.nodes[via] if via else next(iter(self.cluster.nodes.values()))
         config = node.partition_config(node.partition_of(user_key(key)))
         return config.primary.node_id
 
@@ -694,6 +697,30 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         for key in keys:
             for node in cluster.nodes:
                 self.assertEqual(self.value_at(node, key), b"majority")
+
+    def test_degraded_read_trusts_the_newest_configuration(self) -> None:
+        """
+        A degraded read ignores a replica of an older configuration: the
+        primary cut off from the leader and replaced still holds a key
+        deleted since, and believes itself in sync.
+        """
+        cluster = self.make_cluster(5)
+        leader = cluster.settle()
+        key = next(k for k in (f"gone{i}" for i in range(500)) if self.primary_of(k) != leader)
+        old = self.primary_of(key)
+        self.put(leader, key, b"v")
+        cluster.network.partition([old], [leader])
+        cluster.run(cluster.config.failure_timeout * 2)
+        new = self.primary_of(key, via=leader)
+        self.assertNotEqual(new, old)
+        self.assertIsInstance(self.wait(cluster.coordinators[leader].delete(user_key(key))), str)
+        others = [n for n in cluster.nodes if n not in (old, new)]
+        cluster.network.partition([old, new], others)
+        cluster.run(cluster.config.failure_timeout * 2)
+        self.assertFalse(cluster.nodes[new].has_majority())
+        result = self.get(new, key)
+        self.assertIsInstance(result, ReadResult)
+        self.assertEqual((result.record, result.degraded), (None, True))
 
     def test_no_degraded_read_while_a_majority_is_up(self) -> None:
         """

@@ -50,7 +50,7 @@ from twisted_kv.interfaces import (
     WriteResult,
 )
 from twisted_kv.metrics import Metric, sample
-from twisted_kv.node import RETRY_DELAY, Node, Retry, _decode_record, encode_operation
+from twisted_kv.node import RETRY_DELAY, Node, Peek, Retry, _decode_record, decode_peek, encode_operation
 
 # How long a degraded read waits for the reachable replicas.
 DEGRADED_READ_TIMEOUT = 1.0
@@ -207,27 +207,31 @@ class Coordinator:
 
     def _degraded_get(self, key: str) -> Deferred[ReadResult]:
         """
-        Read C{key} from every reachable replica and answer the newest version:
-        every acknowledged write is on a majority, so at least one of them
-        holds the latest acknowledged one.
+        Read C{key} from every reachable replica and answer the newest version
+        held by the in-sync replicas of the newest configuration among them:
+        every acknowledged write is on every member of its configuration, and
+        a newer configuration's members hold everything committed before it.
+        A replica of an older one (a primary cut off and replaced, still
+        believing it is in sync) may hold a value deleted since.
         """
         partition = self._node.partition_of(key)
         asks = [succeed(self._node.peek_local(partition, key))]
         for peer in self._node.consensus.peers:
             asks.append(
                 self._node.call(peer, ["peek", 0, partition, key], DEGRADED_READ_TIMEOUT)
-                .addCallback(lambda answer: (answer[0], _decode_record(answer[1])))
+                .addCallback(decode_peek)
             )
 
         def newest(results: list) -> ReadResult:
-            answers = [answer for ok, answer in results if ok]
-            if not any(holds for holds, _ in answers):
+            answers: list[Peek] = [answer for ok, answer in results if ok]
+            holders = [answer for answer in answers if answer.holds]
+            if not holders:
                 # absent or not: nobody who would know answered
                 raise Unavailable("no replica of this key is reachable", retry_after=1)
-            answers = [record for _, record in answers]
-            records = [r for r in answers if r is not None]
+            epoch = max(answer.epoch for answer in holders)
+            records = [a.record for a in holders if a.epoch == epoch and a.record is not None]
             best = max(records, key=lambda r: r.version, default=None)
-            if any(r is None or r.version != best.version for r in answers) and best is not None:
+            if any(a.record != best for a in answers):
                 # some replica is behind: have the primary compare them
                 self._node.check_partition(partition)
             return ReadResult(live(best, self._clock.seconds()), degraded=True)

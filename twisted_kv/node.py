@@ -24,8 +24,9 @@ Messages between nodes (lists; the first element is the tag):
     stopped answering its primary);
   - client operations forwarded to a primary: C{["op", id, partition,
     operation, op_id]}, C{["read", id, partition, key]}, C{["peek", id,
-    partition, key]} (degraded read), C{["list", id, partitions, prefix,
-    start_after, limit]}, all answered by C{["res", id, status, payload]};
+    partition, key]} (degraded read; its payload is C{[holds, record,
+    epoch]}), C{["list", id, partitions, prefix, start_after, limit]}, all
+    answered by C{["res", id, status, payload]};
   - change events: C{["pub", batch_id, count, changes]} from a primary to
     the leader, C{changes} being the msgpack encoding of C{count} changes;
     the leader numbers them and forwards the same bytes, undecoded, in
@@ -46,7 +47,7 @@ import heapq
 import itertools
 import random
 from collections import OrderedDict
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -159,6 +160,20 @@ def _encode_record(record: Optional[Record]) -> Optional[list]:
 
 def _decode_record(data: Optional[list]) -> Optional[Record]:
     return None if data is None else Record(*data)
+
+
+class Peek(NamedTuple):
+    """
+    A replica's answer to a degraded read (L{Node.peek_local}).
+    """
+
+    holds: bool
+    record: Optional[Record]
+    epoch: int
+
+
+def decode_peek(data: list) -> Peek:
+    return Peek(data[0], _decode_record(data[1]), data[2])
 
 
 def _encode_error(failure: Failure) -> list:
@@ -667,10 +682,11 @@ class Node:
         self._mark_dirty(partition)
         return d
 
-    def peek_local(self, partition: int, key: str) -> tuple[bool, Optional[Record]]:
+    def peek_local(self, partition: int, key: str) -> Peek:
         """
         For degraded reads: whether this node is an in-sync replica of
-        C{partition}, and the newest record of C{key} it holds, committed or
+        C{partition} in the newest configuration it knows, the epoch of that
+        configuration, and the newest record of C{key} it holds, committed or
         not.
         """
         config = self.partition_config(partition)
@@ -680,7 +696,8 @@ class Node:
             and member.incarnation == self.incarnation
             and self.node_id in config.in_sync
         )
-        return holds, self.replicas[partition].newest(key)
+        epoch = 0 if config is None else config.epoch
+        return Peek(holds, self.replicas[partition].newest(key), epoch)
 
     def list_local(
         self, partitions: list[int], prefix: str, start_after: Optional[str], limit: int
@@ -836,8 +853,8 @@ class Node:
 
     def _on_peek(self, peer: str, message: list) -> None:
         _, request_id, partition, key = message
-        holds, record = self.peek_local(partition, key)
-        self._send(peer, ["res", request_id, "ok", [holds, _encode_record(record)]])
+        peek = self.peek_local(partition, key)
+        self._send(peer, ["res", request_id, "ok", [peek.holds, _encode_record(peek.record), peek.epoch]])
 
     def _on_list(self, peer: str, message: list) -> None:
         _, request_id, partitions, prefix, start_after, limit = message

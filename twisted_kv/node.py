@@ -296,8 +296,9 @@ class Node:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        # A request already sent may have taken effect at its peer.
         for _, d in list(self._requests.values()):
-            d.errback(Retry("node stopping"))
+            d.errback(Retry("node stopping", maybe_applied=True))
         self._requests.clear()
         for p in range(len(self.replicas)):
             self._fail_waiters(p, Retry("node stopping", maybe_applied=True))

@@ -935,8 +935,10 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         while and the dead node comes back empty; with C{fault="isolate"},
         the primary of C{x} loses its link to the leader (to every other
         node, if it is the leader) for two seconds, with messages dropped
-        meanwhile, while it can still lease reads to its own clients.
-        Returns each key's history.
+        meanwhile, while it can still lease reads to its own clients; with
+        C{fault="pause"}, the primary of C{x} hangs for two and a half
+        seconds (as in a long collector pause or SIGSTOP), is replaced, and
+        resumes with its lease long over.  Returns each key's history.
         """
         cluster = self.make_cluster(3 if seed % 2 else 5)
         cluster.settle()
@@ -1004,7 +1006,12 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         for _ in range(5):
             issue()
         cluster.run(1)
-        if fault == "isolate":
+        if fault == "pause":
+            paused = self.primary_of("x")
+            cluster.network.pause(paused)
+            cluster.run(2.5)
+            cluster.network.resume(paused)
+        elif fault == "isolate":
             leader = cluster.leader() or "n1"
             primary = self.primary_of("x")
             others = [n for n in cluster.nodes if n != primary]
@@ -1061,6 +1068,15 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         """
         for seed in (3, 4, 5, 6, 30, 38, 41, 42):
             for key, ops in self.run_workload(seed, fault="kill").items():
+                self.assertTrue(check(ops), (seed, key))
+
+    def test_histories_with_paused_primary(self) -> None:
+        """
+        The same while a primary hangs long enough to be replaced, then
+        resumes believing it is still primary.
+        """
+        for seed in (11, 12, 13, 14):
+            for key, ops in self.run_workload(seed, fault="pause").items():
                 self.assertTrue(check(ops), (seed, key))
 
     def test_histories_with_isolated_primary(self) -> None:

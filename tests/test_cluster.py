@@ -881,7 +881,8 @@ class ReadLeaseTests(ClusterTestMixin, SynchronousTestCase):
             == set(others)
         )
         partition = node.partition_of(user_key(key))
-        old, new = self.primary_of(key), next(n for n in others if n != self.primary_of(key))
+        old = self.primary_of(key)
+        new = next(n for n in others if n != old)
         self.put(old, key, b"before")
         reads: list[tuple[float, Any]] = []
 

@@ -475,7 +475,12 @@ class Node:
         self._takeovers_waiting.discard(partition)
         config = self.partition_config(partition)
         member = None if config is None else config.member(self.node_id)
-        if config is None or member is None or config.primary != member or member.incarnation != self.incarnation:
+        if (
+            config is None
+            or member is None
+            or member != config.primary
+            or member.incarnation != self.incarnation
+        ):
             return
         replica = self.replicas[partition]
         if config.epoch < replica.epoch:
@@ -500,6 +505,13 @@ class Node:
     def _mark_dirty(self, partition: int) -> None:
         self._dirty.add(partition)
         self._schedule_flush()
+
+    def _want_round(self, partition: int) -> None:
+        """
+        Start a confirmation round of C{partition} in the next flush.
+        """
+        self._round_wanted.add(partition)
+        self._mark_dirty(partition)
 
     def _schedule_flush(self) -> None:
         if self._flush_call is None:
@@ -575,8 +587,7 @@ class Node:
                     self._report("drop", replica.partition, replica.epoch, member)
         if now - stalled >= self.config.heartbeat_interval * 3:
             replica.resend()
-            self._round_wanted.add(replica.partition)
-            self._mark_dirty(replica.partition)
+            self._want_round(replica.partition)
 
     def _report(self, kind: str, partition: int, epoch: int, member: str) -> None:
         now = self._now()
@@ -670,17 +681,14 @@ class Node:
             held = self._lease_now() - replica.lease_start
             if held < self._lease_hold:
                 if held >= self._lease_hold / 2:
-                    # renew it before it ends, in the next turn's round
-                    self._round_wanted.add(partition)
-                    self._mark_dirty(partition)
+                    self._want_round(partition)  # renew it before it ends
                 return succeed(replica.read(key, self._now()))
         d: Deferred = Deferred()
         heapq.heappush(
             self._read_waiters.setdefault(partition, []),
             (replica.round + 1, next(self._ids), key, d),
         )
-        self._round_wanted.add(partition)
-        self._mark_dirty(partition)
+        self._want_round(partition)
         return d
 
     def peek_local(self, partition: int, key: str) -> Peek:

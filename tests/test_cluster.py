@@ -334,6 +334,18 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         """
         Every node delivers every change exactly once, with growing revisions.
         """
+        self.check_events_reach_every_node()
+
+    def test_events_with_one_copy_of_each_key(self) -> None:
+        """
+        The same when C{replicas = 1}: a primary without members commits
+        each write as it orders it, and announces it all the same.
+        """
+        self.make_cluster(3, replicas=1)
+        self.cluster.settle()
+        self.check_events_reach_every_node()
+
+    def check_events_reach_every_node(self) -> None:
         seen: dict[str, list[ChangeEvent]] = {n: [] for n in self.cluster.nodes}
         for node, events in seen.items():
             self.cluster.coordinators[node].subscribe(events.append)

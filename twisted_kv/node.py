@@ -493,10 +493,6 @@ class Node:
         replica.become_primary(
             config.epoch, [m.node_id for m in config.members[1:]], config.in_sync
         )
-        if takeover and replica.recent_changes:
-            # The old primary may have died before announcing its
-            # last changes; listeners drop the ones they have seen.
-            self._queue_events(list(replica.recent_changes))
         self._stalled_since.pop(partition, None)
         self._mark_dirty(partition)
 
@@ -539,12 +535,13 @@ class Node:
             self._settle(replica)
         self._publish()
 
-    def _settle(self, replica: Replica, committed: list = ()) -> None:
+    def _settle(self, replica: Replica) -> None:
         """
-        Answer what the replica's progress allows: committed writes, confirmed
-        reads; report members that caught up.
+        Announce and answer what the replica's progress allows: committed
+        changes and writes, confirmed reads; report members that caught up.
         """
         partition = replica.partition
+        committed = replica.take_announcements()
         if committed:
             self._queue_events(committed)
         waiters = self._commit_waiters.get(partition)
@@ -821,9 +818,9 @@ class Node:
     def _on_app_ok(self, peer: str, message: list) -> None:
         _, partition, epoch, last, round_ = message
         replica = self.replicas[partition]
-        committed = replica.on_append_ok(peer, epoch, last, round_)
+        replica.on_append_ok(peer, epoch, last, round_)
         self._stalled_since.pop(partition, None)
-        self._settle(replica, committed)
+        self._settle(replica)
 
     def _on_app_no(self, peer: str, message: list) -> None:
         _, partition, epoch, hint = message

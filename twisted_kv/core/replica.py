@@ -181,6 +181,7 @@ class Replica:
         self.applied_seq = 0
         self._recent_ops: OrderedDict[str, tuple[str, str, int, bool]] = OrderedDict()
         self.recent_changes: deque[Entry] = deque(maxlen=RECENT_CHANGES)
+        self._unannounced: list[Entry] = []
         self.is_primary = False
         self.members: list[str] = []
         self._match: dict[str, int] = {}
@@ -236,6 +237,8 @@ class Replica:
                 if self._pending_by_key.get(entry.change.key) is entry:
                     del self._pending_by_key[entry.change.key]
                 self.recent_changes.append(entry)
+                if self.is_primary:
+                    self._unannounced.append(entry)
                 record = entry.change.record
                 if self.is_primary and record is not None and record.expires_at is not None:
                     heapq.heappush(
@@ -340,6 +343,9 @@ class Replica:
                 table.pop(gone, None)
         self.members = members
         if takeover:
+            # The old primary may have died before announcing its last
+            # changes: announce them again (listeners drop repeats).
+            self._unannounced = list(self.recent_changes)
             self._serving_from = self.last_seq
             self._pending_by_key = {
                 e.change.key: e
@@ -364,7 +370,20 @@ class Replica:
         self._snapshot_at.clear()
         self._pending_by_key.clear()
         self._expiries = []
+        self._unannounced = []
         self._forget_lease()
+
+    def take_announcements(self) -> list[Entry]:
+        """
+        The committed changes this primary has not yet handed out to be
+        announced, in order; handing them out empties the list.  Every
+        commit lands here, whatever caused it (a member's answer, a write
+        to a primary without members, a member leaving the configuration),
+        and so does, on takeover, everything the predecessor may not have
+        announced.
+        """
+        announcements, self._unannounced = self._unannounced, []
+        return announcements
 
     def _forget_lease(self) -> None:
         self._round_starts.clear()
@@ -482,14 +501,13 @@ class Replica:
         """
         return min(self._acked_round.values(), default=self.round)
 
-    def on_append_ok(self, member: str, epoch: int, last_seq: int, round_: int) -> list[Entry]:
+    def on_append_ok(self, member: str, epoch: int, last_seq: int, round_: int) -> None:
         """
-        C{member} holds our log up to C{last_seq}.
-
-        @return: the entries this commits, in order.
+        C{member} holds our log up to C{last_seq}: commit what every member
+        now holds (L{take_announcements} hands it out).
         """
         if not self.is_primary or epoch != self.epoch or member not in self._match:
-            return []
+            return
         self._match[member] = max(self._match[member], last_seq)
         if last_seq >= self._snapshot_at.get(member, last_seq + 1):
             del self._snapshot_at[member]
@@ -499,7 +517,7 @@ class Replica:
             started_round, started = self._round_starts.popleft()
             if started_round == confirmed:
                 self.lease_start = started
-        return self._advance_commit()
+        self._advance_commit()
 
     def on_append_refused(self, member: str, epoch: int, hint: int) -> None:
         """
@@ -536,12 +554,12 @@ class Replica:
                 self._next[name] = self._match[name] + 1
                 self._snapshot_at.pop(name, None)
 
-    def _advance_commit(self) -> list[Entry]:
+    def _advance_commit(self) -> None:
         commit = min(self._match.values(), default=self.last_seq)
         commit = min(commit, self.last_seq)
         if commit > self.commit_seq:
             self.commit_seq = commit
-        return self._apply_committed()
+        self._apply_committed()
 
     def due_expiries(self, now: float) -> list[Expire]:
         """
@@ -703,4 +721,5 @@ class Replica:
         self.log.clear()
         self.base_seq = self.base_epoch = self.commit_seq = self.applied_seq = 0
         self._recent_ops.clear()
+        self.recent_changes.clear()
         self._digest_check = None

@@ -774,6 +774,30 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         else:
             self.assertTrue(result.check(Unavailable))
 
+    def test_node_cut_off_from_leader_learns_maps_from_peers(self) -> None:
+        """
+        A node that loses its link to the leader, but not to the third node,
+        learns the maps the leader commits meanwhile from that node: it
+        sends each write to the partition's new primary.  Every write whose
+        primary it still reaches succeeds; the others are refused at once
+        (Unavailable), none left to time out.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        cut_off = next(n for n in sorted(cluster.nodes) if n != leader)
+        cluster.network.partition([cut_off], [leader])
+        cluster.run(cluster.config.failure_timeout * 4)
+        committed = cluster.nodes[leader].consensus.committed
+        self.assertEqual(cluster.nodes[cut_off].cluster_map, committed)
+        outcomes: dict[bool, set[str]] = {True: set(), False: set()}
+        for index in range(30):
+            key = f"moved{index}"
+            primary = committed.partitions[cluster.nodes[leader].partition_of(user_key(key))].primary
+            result = self.put(cut_off, key, b"v")
+            name = "ok" if isinstance(result, WriteResult) else type(result.value).__name__
+            outcomes[primary.node_id == leader].add(name)
+        self.assertEqual(outcomes, {False: {"ok"}, True: {"Unavailable"}})
+
     def test_just_restarted_node_waits_to_hear_its_peers(self) -> None:
         """
         Operations reaching a node in the moment after its start, before it

@@ -721,3 +721,69 @@ class AppendTests(SynchronousTestCase):
         self.assertEqual(node.latest_map, numbered_map(2))
         self.assertEqual(node.committed, numbered_map(2))
 
+
+
+class RelayTests(SynchronousTestCase):
+    """
+    A follower cut off from the leader takes committed maps from its peers.
+    """
+
+    IDS = ["n0", "n1", "n2"]
+
+    def test_committed_entry_relayed(self) -> None:
+        """
+        A follower offers its committed entry, and a follower that missed it
+        adopts it as its committed map; an older or equal one changes
+        nothing.
+        """
+        holder, behind = make_node("n1", self.IDS), make_node("n2", self.IDS)
+        self.assertIsNone(holder.committed_entry())
+        holder.receive(TIMEOUT, "n0", ["append", 3, 2, 3, encode_map(numbered_map(7)), 2])
+        entry = holder.committed_entry()
+        self.assertEqual(entry, [2, 3, encode_map(numbered_map(7))])
+        self.assertTrue(behind.adopt_committed(*entry))
+        self.assertEqual(behind.committed, numbered_map(7))
+        self.assertEqual(behind.latest_map, numbered_map(7))
+        self.assertEqual(behind.committed_index, 2)
+        self.assertFalse(behind.adopt_committed(*entry))
+        self.assertFalse(behind.adopt_committed(1, 3, encode_map(numbered_map(5))))
+        self.assertEqual(behind.committed, numbered_map(7))
+
+    def test_uncommitted_entry_not_offered(self) -> None:
+        """
+        A follower whose latest entry is not committed offers nothing: it no
+        longer holds the committed one.
+        """
+        node = make_node("n1", self.IDS)
+        node.receive(TIMEOUT, "n0", ["append", 1, 1, 1, encode_map(numbered_map(1)), 1])
+        node.receive(TIMEOUT, "n0", ["append", 1, 2, 1, encode_map(numbered_map(2)), 1])
+        self.assertEqual(node.committed, numbered_map(1))
+        self.assertIsNone(node.committed_entry())
+
+    def test_own_newer_entry_kept(self) -> None:
+        """
+        A follower holding a newer entry than the relayed one keeps it and
+        does not mark it committed; one holding that very entry uncommitted
+        learns it is committed.
+        """
+        newer = make_node("n1", self.IDS)
+        newer.receive(TIMEOUT, "n0", ["append", 2, 3, 2, encode_map(numbered_map(3)), 0])
+        self.assertFalse(newer.adopt_committed(2, 1, encode_map(numbered_map(2))))
+        self.assertEqual(newer.latest_map, numbered_map(3))
+        self.assertIsNone(newer.committed)
+        same = make_node("n2", self.IDS)
+        same.receive(TIMEOUT, "n0", ["append", 1, 2, 1, encode_map(numbered_map(2)), 0])
+        self.assertTrue(same.adopt_committed(2, 1, encode_map(numbered_map(2))))
+        self.assertEqual(same.committed, numbered_map(2))
+
+    def test_leader_adopts_nothing(self) -> None:
+        """
+        A leader's own entry is the newest of its term: it takes nothing
+        relayed.
+        """
+        nodes = {n: make_node(n, self.IDS) for n in self.IDS}
+        elect(nodes, "n0", TIMEOUT, ["n1"])
+        leader = nodes["n0"]
+        self.assertEqual(leader.role, LEADER)
+        self.assertFalse(leader.adopt_committed(5, 1, encode_map(numbered_map(9))))
+        self.assertIsNone(leader.committed)

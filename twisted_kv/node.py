@@ -13,7 +13,9 @@ Messages between nodes (lists; the first element is the tag):
   - consensus (L{twisted_kv.core.consensus}): C{prevote}, C{prevoted},
     C{vote}, C{voted}, C{append}, C{appended};
   - C{["status", state]}: gossip of L{Node.sync_state}, several times a
-    second;
+    second; a node that does not hear from the leader and learns that a
+    peer holds a newer committed map asks for it with C{["map_req"]},
+    answered C{["map", index, term, map]};
   - replication (L{twisted_kv.core.replica}): C{["app", partition, epoch,
     prev_seq, prev_epoch, entries, commit, round]} from a primary,
     answered by C{["app_ok", partition, epoch, last_seq, round]},
@@ -362,6 +364,7 @@ class Node:
             "last_full_round": self.last_full_round,
             "term": self.consensus.term,
             "has_map": self.consensus.latest_map is not None,
+            "map_index": self.consensus.committed_index,
         }
 
     def synced(self) -> bool:
@@ -370,14 +373,10 @@ class Node:
         it among the live nodes, according to a map it is sure is current
         (it hears from the leader).
         """
-        leader = self.consensus.leader
-        if self._map is None or leader is None:
+        if self._map is None or not self.hears_leader():
+            # the map may be out of date
             return False
-        now = self._now()
-        if self.membership.state(leader, now) != ALIVE:
-            # not hearing from the leader: the map may be out of date
-            return False
-        live = self.membership.live(now)
+        live = self.membership.live(self._now())
         for index, config in enumerate(self._map.partitions):
             ideal = [n for n in self.ring.preference_list(index) if n in live]
             ideal = ideal[: self.config.replicas]
@@ -786,10 +785,31 @@ class Node:
         self._send_all(self.consensus.receive(self._now(), peer, message))
         self._after_consensus()
 
+    def hears_leader(self) -> bool:
+        """
+        Whether this node knows the leader and hears from it.
+        """
+        leader = self.consensus.leader
+        return leader is not None and self.membership.state(leader, self._now()) == ALIVE
+
     def _on_status(self, peer: str, message: list) -> None:
         state = message[1]
         self.membership.info[peer] = state
         self.consensus.observe(state["term"], state["has_map"])
+        if state.get("map_index", 0) > self.consensus.committed_index and not self.hears_leader():
+            # Cut off from the leader but not from this peer: take the
+            # newer map from it, so that requests go where data now lives.
+            self._send(peer, ["map_req"])
+
+    def _on_map_req(self, peer: str, message: list) -> None:
+        entry = self.consensus.committed_entry()
+        if entry is not None:
+            self._send(peer, ["map", *entry])
+
+    def _on_map(self, peer: str, message: list) -> None:
+        _, index, entry_term, wire_map = message
+        if self.consensus.adopt_committed(index, entry_term, wire_map):
+            self._after_consensus()
 
     def _on_app(self, peer: str, message: list) -> None:
         _, partition, epoch, prev_seq, prev_epoch, entries, commit, round_ = message
@@ -1073,6 +1093,8 @@ Node._handlers = {
     "append": Node._on_consensus,
     "appended": Node._on_consensus,
     "status": Node._on_status,
+    "map_req": Node._on_map_req,
+    "map": Node._on_map,
     "app": Node._on_app,
     "snap": Node._on_snap,
     "app_ok": Node._on_app_ok,

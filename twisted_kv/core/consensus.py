@@ -17,7 +17,10 @@ comparing the (index, term) of that one entry.  The rules kept from Raft:
     minimum election timeout ignores vote requests) and check-quorum (a
     leader that has not heard from a majority for an election timeout steps
     down), so a partitioned node neither disrupts nor lingers as leader;
-  - a follower only ever replaces its entry with a newer one.
+  - a follower only ever replaces its entry with a newer one; one that has
+    stopped hearing from the leader may take a newer committed entry from
+    any peer (L{Consensus.adopt_committed}), since every later leader
+    holds it.
 
 State is in memory only, so a restarted node may have voted, before it
 crashed, in a term it no longer remembers.  It therefore never votes in a
@@ -111,6 +114,42 @@ class Consensus:
         The newest map this node stores, committed or not.
         """
         return self._entry_map
+
+    @property
+    def committed_index(self) -> int:
+        """
+        The index of the latest committed entry (0 before any).
+        """
+        return self._commit_index
+
+    def committed_entry(self) -> Optional[list]:
+        """
+        C{[index, term, map]} of the latest committed entry, in wire form,
+        for a peer that missed it (see L{adopt_committed}); C{None} if this
+        node has none, or holds a newer entry instead.
+        """
+        if self._commit_index == 0 or self._entry[0] != self._commit_index:
+            return None
+        return [*self._entry, self._entry_wire]
+
+    def adopt_committed(self, index: int, entry_term: int, wire_map: list) -> bool:
+        """
+        Take a committed entry that a peer relays, as a follower that has
+        stopped hearing from the leader (but not from that peer) would need.
+        A committed entry is in the log of every later leader, so storing it
+        contradicts nothing a leader may send; a newer entry of our own is
+        kept.
+
+        @return: whether the entry became this node's committed map.
+        """
+        if self.role == LEADER or index <= self._commit_index:
+            return False
+        if (entry_term, index) > (self._entry[1], self._entry[0]):
+            self._store(index, entry_term, decode_map(wire_map), wire_map)
+        elif (index, entry_term) != self._entry:
+            return False
+        self._commit()
+        return True
 
     def observe(self, term: int, has_map: bool) -> None:
         """

@@ -774,6 +774,34 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         else:
             self.assertTrue(result.check(Unavailable))
 
+    def test_replaced_primary_does_not_refuse_from_stale_state(self) -> None:
+        """
+        A refused conditional write is a read of the key: a primary replaced
+        without knowing it must not answer "precondition failed" from its
+        old copy.  It answers only once its members confirm it; here they
+        never do, and it steps down (Retry: try the new primary).
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        old = next(n for n in sorted(cluster.nodes) if n != leader)
+        key = next(k for k in (f"stale{i}" for i in range(200)) if self.primary_of(k) == old)
+        self.put(leader, key, b"v1")
+        cluster.network.partition([old], [n for n in cluster.nodes if n != old])
+        cluster.run(cluster.config.failure_timeout * 2)
+        newer = self.put(leader, key, b"v2")
+        node = cluster.nodes[old]
+        partition = node.partition_of(user_key(key))
+        self.assertTrue(node.replicas[partition].is_primary)
+        outcome = _outcome(
+            node.execute_local(partition, Put(user_key(key), b"v3", if_match=newer.version), None)
+        )
+        cluster.run(0.5)
+        self.assertEqual(outcome, [])
+        cluster.network.heal()
+        cluster.run(0.5)
+        self.assertTrue(outcome[0].check(node_module.Retry), outcome)
+        self.assertEqual(self.value_at(leader, key), b"v2")
+
     def test_node_cut_off_from_leader_learns_maps_from_peers(self) -> None:
         """
         A node that loses its link to the leader, but not to the third node,
@@ -1121,6 +1149,6 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         The same while a primary is cut off from the leader and replaced,
         and keeps answering its own clients for as long as its lease holds.
         """
-        for seed in (7, 8, 9, 10):
+        for seed in (7, 8, 9, 10, 369):
             for key, ops in self.run_workload(seed, fault="isolate").items():
                 self.assertTrue(check(ops), (seed, key))

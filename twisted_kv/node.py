@@ -245,10 +245,10 @@ class Node:
         self._dirty: set[int] = set()
         self._round_wanted: set[int] = set()
         self._flush_call: Any = None
-        # heaps of (position, tie-breaker, ...): writes waiting for a commit
-        # position, reads waiting for a confirmation round
+        # heaps of (position, tie-breaker, Deferred): writes waiting for a
+        # commit position, reads and refusals waiting for a confirmation round
         self._commit_waiters: dict[int, list[tuple[int, int, Deferred]]] = {}
-        self._read_waiters: dict[int, list[tuple[int, int, str, Deferred]]] = {}
+        self._confirmation_waiters: dict[int, list[tuple[int, int, Deferred]]] = {}
         self._stalled_since: dict[int, float] = {}
         self._requests: dict[int, tuple[str, Deferred]] = {}
         # time limits of requests, swept every tick
@@ -537,7 +537,8 @@ class Node:
     def _settle(self, replica: Replica) -> None:
         """
         Announce and answer what the replica's progress allows: committed
-        changes and writes, confirmed reads; report members that caught up.
+        changes and writes, confirmed reads and refusals; report members that
+        caught up.
         """
         partition = replica.partition
         committed = replica.take_announcements()
@@ -548,18 +549,17 @@ class Node:
             while waiters and waiters[0][0] <= replica.commit_seq:
                 _, _, d = heapq.heappop(waiters)
                 d.callback(None)
-        reads = self._read_waiters.get(partition)
-        if reads and replica.serving:
+        confirmations = self._confirmation_waiters.get(partition)
+        if confirmations and replica.serving:
             confirmed = replica.confirmed_round
-            now = self._now()
-            while reads and reads[0][0] <= confirmed:
-                _, _, key, d = heapq.heappop(reads)
-                d.callback(replica.read(key, now))
+            while confirmations and confirmations[0][0] <= confirmed:
+                _, _, d = heapq.heappop(confirmations)
+                d.callback(None)
         config = self.partition_config(partition)
         if config is not None and self._map is not None:
             for member in replica.caught_up():
                 self._report("in_sync", partition, replica.epoch, member)
-        busy = bool(waiters) or bool(reads) or replica.commit_seq < replica.last_seq
+        busy = bool(waiters) or bool(confirmations) or replica.commit_seq < replica.last_seq
         if busy:
             self._stalled_since.setdefault(partition, self._now())
         else:
@@ -598,7 +598,7 @@ class Node:
     def _fail_waiters(self, partition: int, error: Retry) -> None:
         for _, _, d in self._commit_waiters.pop(partition, []):
             d.errback(error)
-        for _, _, _, d in self._read_waiters.pop(partition, []):
+        for _, _, d in self._confirmation_waiters.pop(partition, []):
             d.errback(Retry(str(error)))
         self._stalled_since.pop(partition, None)
 
@@ -652,11 +652,16 @@ class Node:
         except KVError as error:
             # The answer depends on writes still in flight: give it once they
             # are committed, or retry if they are abandoned.
+            # Otherwise it is a read of the key: a primary replaced without
+            # knowing it must not refuse from its stale state, so the refusal
+            # is confirmed as a read is.
             refusal = Failure(error)
             pending = replica.pending_seq(operation.key)
-            if pending is None:
+            if pending is not None:
+                return self._wait_commit(partition, pending).addCallback(lambda _: refusal)
+            if self._lease_holds(replica):
                 return fail(refusal)
-            return self._wait_commit(partition, pending).addCallback(lambda _: refusal)
+            return self._wait_confirmation(replica).addCallback(lambda _: refusal)
         if entry is None:
             return succeed(None)
         change = entry.change
@@ -673,18 +678,37 @@ class Node:
         except Retry as error:
             return fail(error)
         self.executed += 1
-        if replica.serving:
-            held = self._lease_now() - replica.lease_start
-            if held < self._lease_hold:
-                if held >= self._lease_hold / 2:
-                    self._want_round(partition)  # renew it before it ends
-                return succeed(replica.read(key, self._now()))
-        d: Deferred = Deferred()
-        heapq.heappush(
-            self._read_waiters.setdefault(partition, []),
-            (replica.round + 1, next(self._ids), key, d),
+        if self._lease_holds(replica):
+            return succeed(replica.read(key, self._now()))
+        return self._wait_confirmation(replica).addCallback(
+            lambda _: replica.read(key, self._now())
         )
-        self._want_round(partition)
+
+    def _lease_holds(self, replica: Replica) -> bool:
+        """
+        Whether C{replica}, a primary, may answer a read at once: it serves
+        and its read lease holds (a renewal is asked for past half of it).
+        """
+        if not replica.serving:
+            return False
+        held = self._lease_now() - replica.lease_start
+        if held >= self._lease_hold:
+            return False
+        if held >= self._lease_hold / 2:
+            self._want_round(replica.partition)
+        return True
+
+    def _wait_confirmation(self, replica: Replica) -> Deferred[None]:
+        """
+        Fire once every member has confirmed C{replica}'s epoch in a round
+        started after this call: until then a newer primary may exist.
+        """
+        d: Deferred[None] = Deferred()
+        heapq.heappush(
+            self._confirmation_waiters.setdefault(replica.partition, []),
+            (replica.round + 1, next(self._ids), d),
+        )
+        self._want_round(replica.partition)
         return d
 
     def peek_local(self, partition: int, key: str) -> Peek:

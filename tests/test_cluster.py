@@ -468,6 +468,39 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.cluster.run(0.5)
         self.assertEqual([e.change.key for e in seen], [key])
 
+    def test_change_announced_after_leader_dies_half_way(self) -> None:
+        """
+        A leader that numbers a change, confirms it to its primary and dies
+        having sent it to only some nodes loses no event: the primary hands
+        its recently confirmed changes to the new leader too, and every
+        listener gets the change exactly once.
+        """
+        name = next(
+            k for k in (f"half{i}" for i in range(200)) if self.primary_of(k) != self.leader
+        )
+        primary = self.primary_of(name)
+        missed = next(n for n in self.cluster.nodes if n not in (self.leader, primary))
+        seen: dict[str, list[ChangeEvent]] = {primary: [], missed: []}
+        for watcher, events in seen.items():
+            self.cluster.coordinators[watcher].subscribe(events.append)
+        network = self.cluster.network
+        send = network.send
+
+        def lose_event_to_missed(sender: str, peer: str, message: list) -> bool:
+            if sender == self.leader and peer == missed and message[0] == "ev":
+                return True
+            return send(sender, peer, message)
+
+        network.send = lose_event_to_missed
+        self.put(primary, name, b"v")
+        self.cluster.run(0.1)
+        self.assertEqual([len(events) for events in seen.values()], [1, 0])
+        self.cluster.kill(self.leader)
+        self.cluster.settle()
+        self.cluster.run(0.5)
+        key = user_key(name)
+        self.assertEqual([[e.change.key for e in events] for events in seen.values()], [[key], [key]])
+
     def test_announced_again_after_other_partitions_busy(self) -> None:
         """
         A change announced again by a new primary is recognised even when

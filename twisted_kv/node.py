@@ -48,7 +48,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -99,6 +99,10 @@ LEASE_PROMISE_SHARE = 0.5
 # The primary's lease ends this share earlier than its members' promises,
 # for clocks that run at slightly different rates.
 LEASE_CLOCK_MARGIN = 0.1
+# Bytes of confirmed change batches a node keeps to hand to a new leader, in
+# case the old one died before sending them to every node (at most
+# RECENT_CHANGES changes, as many as nodes remember to drop repeats).
+RECENTLY_PUBLISHED_BYTES = 1 << 20
 
 
 
@@ -264,6 +268,9 @@ class Node:
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         # batch id -> (number of changes, their encoding)
         self._unpublished: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        self._published_recently: deque[tuple[int, bytes]] = deque()
+        # their number of changes and of bytes
+        self._published_recently_size = [0, 0]
         self._publish_ids = itertools.count(1)
         self._published_to: Optional[tuple[str, int]] = None
         self._last_sent_batch = 0
@@ -1032,6 +1039,7 @@ class Node:
         target = (leader, self.consensus.term)
         if target != self._published_to:
             self._published_to = target
+            self._requeue_published_recently()
             batches = list(self._unpublished.items())
         else:
             batches = [item for item in self._unpublished.items() if item[0] > self._last_sent_batch]
@@ -1062,7 +1070,30 @@ class Node:
         self._send(peer, ["pub_ok", batch_id])
 
     def _on_pub_ok(self, peer: str, message: list) -> None:
-        self._unpublished.pop(message[1], None)
+        batch = self._unpublished.pop(message[1], None)
+        if batch is None:
+            return
+        recent, size = self._published_recently, self._published_recently_size
+        recent.append(batch)
+        size[0] += batch[0]
+        size[1] += len(batch[1])
+        while size[0] > RECENT_CHANGES or size[1] > RECENTLY_PUBLISHED_BYTES:
+            count, changes = recent.popleft()
+            size[0] -= count
+            size[1] -= len(changes)
+
+    def _requeue_published_recently(self) -> None:
+        """
+        Queue the recently confirmed batches again, ahead of the unconfirmed
+        ones: the leader that confirmed them may have died before sending
+        them to every node.  Nodes drop the changes they already have.
+        """
+        if not self._published_recently:
+            return
+        batches = [*self._published_recently, *self._unpublished.values()]
+        self._published_recently.clear()
+        self._published_recently_size = [0, 0]
+        self._unpublished = OrderedDict((next(self._publish_ids), batch) for batch in batches)
 
     def _on_ev(self, peer: str, message: list) -> None:
         _, first, changes, previous = message

@@ -1036,7 +1036,10 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         meanwhile, while it can still lease reads to its own clients; with
         C{fault="pause"}, the primary of C{x} hangs for two and a half
         seconds (as in a long collector pause or SIGSTOP), is replaced, and
-        resumes with its lease long over.  Returns each key's history.
+        resumes with its lease long over; with C{fault="cut"}, a node that
+        is neither the leader nor the primary of C{x} loses its link to the
+        leader for two seconds, with messages dropped meanwhile, and learns
+        the leader's maps from the others.  Returns each key's history.
         """
         cluster = self.make_cluster(3 if seed % 2 else 5)
         cluster.settle()
@@ -1118,6 +1121,15 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
             cluster.run(2)
             cluster.network.drop_rate = 0.0
             cluster.network.heal()
+        elif fault == "cut":
+            leader = cluster.leader() or "n1"
+            primary = self.primary_of("x")
+            cut = next(n for n in sorted(cluster.nodes) if n not in (leader, primary))
+            cluster.network.partition([cut], [leader])
+            cluster.network.drop_rate = 0.05
+            cluster.run(2)
+            cluster.network.drop_rate = 0.0
+            cluster.network.heal()
         elif fault == "kill":
             cluster.kill(cluster.leader() or "n1")
             cluster.run(1)
@@ -1184,4 +1196,14 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         """
         for seed in (7, 8, 9, 10, 369):
             for key, ops in self.run_workload(seed, fault="isolate").items():
+                self.assertTrue(check(ops), (seed, key))
+
+    def test_histories_with_cut_off_follower(self) -> None:
+        """
+        The same while a node that is neither leader nor primary loses its
+        link to the leader, learns newer maps from the others meanwhile,
+        and keeps taking clients' operations.
+        """
+        for seed in (15, 16, 17, 18):
+            for key, ops in self.run_workload(seed, fault="cut").items():
                 self.assertTrue(check(ops), (seed, key))

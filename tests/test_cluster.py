@@ -885,6 +885,37 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         self.assertIsInstance(result, ReadResult)
         self.assertEqual((result.record.value, result.degraded), (b"v", False))
 
+    def test_catching_up_member_whose_answers_were_lost(self) -> None:
+        """
+        A member catching up on partitions that take no writes, whose
+        answers are lost for a while (its link broke and came back), is
+        sent what it lacks again and ends in sync: its primaries do not
+        wait for a write to come before trying again.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        victim = next(n for n in sorted(cluster.nodes) if n != leader)
+        for index in range(20):
+            self.put(leader, f"idle{index}", b"v")
+        cluster.kill(victim)
+        cluster.settle()
+        network = cluster.network
+        send = network.send
+        losing = [True]
+
+        def lose_answers(sender: str, peer: str, message: list) -> bool:
+            if losing and sender == victim and message[0] in ("app_ok", "app_no"):
+                return True
+            return send(sender, peer, message)
+
+        network.send = lose_answers
+        cluster.start(victim)
+        cluster.run(1.0)
+        self.assertFalse(cluster.nodes[victim].synced())
+        losing.clear()
+        cluster.settle()
+        self.assertEqual(self.value_at(victim, "idle7"), b"v")
+
     def test_restarted_node_resyncs(self) -> None:
         """
         A node restarted empty is refilled, reports itself synced, and then

@@ -576,6 +576,29 @@ class SnapshotTests(SynchronousTestCase):
         primary.resend("D", link_lost=True)
         self.assertTrue(primary.needs_snapshot("D"))
 
+    def test_stalled_member_nudged(self) -> None:
+        """
+        A member catching up that acknowledged nothing between two nudges
+        is sent again what it lacks: from its last acknowledgement (a
+        snapshot, here), or, with a snapshot in flight, what follows the
+        snapshot; a member that progressed, or is in sync, is not.
+        """
+        group = self._trimmed()
+        primary = group.primary
+        primary.append_message("D")  # answered by a refusal that is lost
+        self.assertFalse(primary.nudge_stalled_members())  # nothing to compare yet
+        self.assertTrue(primary.nudge_stalled_members())
+        self.assertTrue(primary.needs_snapshot("D"))
+        snapshot = primary.snapshot_messages("D")
+        self.assertTrue(primary.nudge_stalled_members())
+        self.assertFalse(primary.needs_snapshot("D"))
+        self.assertEqual(primary.append_message("D")[3], 3)  # right after the snapshot
+        for message in snapshot:
+            deliver_snapshot(group.backups["D"], message)
+        self.assertEqual(group.push("D"), [])
+        self.assertEqual(primary.caught_up(), ["D"])
+        self.assertFalse(primary.nudge_stalled_members())
+
     def test_log_trimmed_to_commit(self) -> None:
         """
         The primary forgets committed entries every member acknowledged and

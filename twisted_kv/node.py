@@ -89,6 +89,8 @@ log = Logger()
 
 # Several gossip rounds per failure timeout keep a live node from looking dead.
 GOSSIP_PER_FAILURE_TIMEOUT = 6
+# How often a primary checks that its members catching up still progress.
+NUDGES_PER_FAILURE_TIMEOUT = 3
 # Pause between two attempts of a client operation waiting for a primary.
 RETRY_DELAY = 0.05
 # A member acknowledging a primary's round promises not to take over as
@@ -288,6 +290,7 @@ class Node:
         self.antientropy_bytes = 0
         self.last_full_round: Optional[float] = None
         self._next_round = self._now() + config.anti_entropy_interval
+        self._next_nudge = self._now()
         self._round_started = 0.0
         self._digests_sent: dict[int, tuple[int, list[int]]] = {}
         self._digests_awaited: dict[int, set[str]] = {}
@@ -409,8 +412,13 @@ class Node:
             self._lead(now)
         for partition in sorted(self._takeovers_waiting):
             self._take_over(partition)
+        nudge = now >= self._next_nudge
+        if nudge:
+            self._next_nudge = now + self.config.failure_timeout / NUDGES_PER_FAILURE_TIMEOUT
         for replica in self.replicas:
             if replica.is_primary:
+                if nudge and replica.nudge_stalled_members():
+                    self._mark_dirty(replica.partition)
                 self._tend_primary(replica, now)
         if now >= self._next_round:
             self._next_round = now + self.config.anti_entropy_interval

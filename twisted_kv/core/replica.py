@@ -187,6 +187,8 @@ class Replica:
         self._match: dict[str, int] = {}
         self._next: dict[str, int] = {}
         self._sync_target: dict[str, int] = {}
+        # what each member catching up had acknowledged at the last nudge
+        self._sync_progress: dict[str, int] = {}
         self._snapshot_at: dict[str, int] = {}
         self._pending_by_key: dict[str, Entry] = {}
         self._serving_from = 0
@@ -535,6 +537,27 @@ class Replica:
         write: the partition leader should hear of them.
         """
         return [m for m, target in self._sync_target.items() if self._match.get(m, 0) >= target]
+
+    def nudge_stalled_members(self) -> bool:
+        """
+        Send again to every member catching up that has acknowledged nothing
+        since the previous call: the message or its answer may have been
+        lost with a link, and on a partition without writes nothing else
+        would be sent.  A snapshot in flight is not sent again, only what
+        follows it (the member answers that once it holds the snapshot).
+
+        @return: whether any member has something to be sent again.
+        """
+        nudged = False
+        progress = {}
+        for member, target in self._sync_target.items():
+            match = self._match.get(member, 0)
+            progress[member] = match
+            if match < target and self._sync_progress.get(member) == match:
+                self._next[member] = self._snapshot_at.get(member, match) + 1
+                nudged = True
+        self._sync_progress = progress
+        return nudged
 
     def member_lagging(self, member: str) -> bool:
         """

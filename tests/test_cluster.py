@@ -221,6 +221,34 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual(box[0].record.value, b"v")
         self.assertGreater(cluster.network.sent, sent)
 
+    def test_no_request_to_a_peer_not_heard_from(self) -> None:
+        """
+        A link into a network partition looks up until it times out, and
+        what is sent on it is lost.  A node sends no request to a peer it
+        has not heard from for the failure timeout: the request fails at
+        once as not sent, instead of waiting for an answer that cannot come
+        (and ending with an unknown outcome).
+        """
+        cluster = self.cluster
+        key = next(k for k in (f"silent{i}" for i in range(100)) if self.primary_of(k) != "n1")
+        primary = self.primary_of(key)
+        network = cluster.network
+        send = network.send
+
+        def vanish(sender: str, peer: str, message: list) -> bool:
+            if {sender, peer} == {"n1", primary}:
+                return True
+            return send(sender, peer, message)
+
+        network.send = vanish
+        cluster.run(cluster.config.failure_timeout)
+        node = cluster.nodes["n1"]
+        partition = node.partition_of(user_key(key))
+        box = _outcome(node.call(primary, ["read", 0, partition, user_key(key)], 5.0))
+        self.assertTrue(box[0].check(node_module.Retry), box)
+        self.assertFalse(box[0].value.maybe_applied)
+        self.assertEqual(node._requests, {})
+
     def test_acknowledged_write_in_majority_memory(self) -> None:
         """
         When a write is acknowledged, ⌊N/2⌋+1 nodes hold it in memory.

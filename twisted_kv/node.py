@@ -59,7 +59,7 @@ from twisted.python.failure import Failure
 
 from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.consensus import LEADER, Consensus
-from twisted_kv.core.membership import ALIVE, Membership
+from twisted_kv.core.membership import ALIVE, DEAD, Membership
 from twisted_kv.core.placement import (
     ClusterMap,
     PartitionConfig,
@@ -774,10 +774,14 @@ class Node:
         passed (checked every tick).
 
         @raise Retry: (as a failure) the link to C{peer}, or its link to us,
-            is down; the request was not sent.
+            is down, or C{peer} has not been heard from for the failure
+            timeout (a link into a partition looks up until it times out);
+            the request was not sent.
         """
         if self.messenger is None or not self.messenger.hears_from(peer):
             return fail(Retry(f"{peer} has no link to us for its answer"))
+        if self.membership.state(peer, self._now()) == DEAD:
+            return fail(Retry(f"{peer} has not been heard from"))
         request_id = next(self._ids)
         message[1] = request_id
         d: Deferred = Deferred(lambda _: self._requests.pop(request_id, None))

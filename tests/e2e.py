@@ -151,12 +151,14 @@ def write_config(
     replicas: str = "majority",
     ftp_users: Optional[dict[str, str]] = None,
     host: str = "127.0.0.1",
+    hosts: Optional[Mapping[str, str]] = None,
     **tunables: Any,
 ) -> str:
     """
     Write a cluster file (CONTRACT section 2).
 
     @param node_ports: C{(node id, http_port, peer_port, ftp_port)} per node.
+    @param hosts: the address of each node that does not listen on C{host}.
     @param replicas: copies of each key, C{"majority"} or a number.
     @param ftp_users: user name to password spec; C{alice = plain:wonderland}
         by default.
@@ -178,7 +180,7 @@ def write_config(
         lines += [
             "",
             f"[node:{node_id}]",
-            f"host = {host}",
+            f"host = {(hosts or {}).get(node_id, host)}",
             f"http_port = {http_port}",
             f"peer_port = {peer_port}",
             f"ftp_port = {ftp_port}",
@@ -422,17 +424,23 @@ class RealCluster:
 
     # -- addresses ------------------------------------------------------------
 
+    def host(self, node_id: str) -> str:
+        """
+        The address node C{node_id} listens on.
+        """
+        return "127.0.0.1"
+
     def url(self, node_id: str, path: str = "") -> str:
         """
         The URL of C{path} on node C{node_id}'s HTTP port.
         """
-        return f"http://127.0.0.1:{self.ports[node_id][0]}{path}"
+        return f"http://{self.host(node_id)}:{self.ports[node_id][0]}{path}"
 
     def ws_url(self, node_id: str) -> str:
         """
         The WebSocket URL (C{/ws}) of node C{node_id}.
         """
-        return f"ws://127.0.0.1:{self.ports[node_id][0]}/ws"
+        return f"ws://{self.host(node_id)}:{self.ports[node_id][0]}/ws"
 
     def ftp_url(self, node_id: str, user: str = "alice", password: str = "wonderland") -> str:
         """
@@ -440,7 +448,7 @@ class RealCluster:
         of L{write_config}).
         """
         credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
-        return f"ftp://{credentials}@127.0.0.1:{self.ports[node_id][2]}/"
+        return f"ftp://{credentials}@{self.host(node_id)}:{self.ports[node_id][2]}/"
 
     def http_port(self, node_id: str) -> int:
         return self.ports[node_id][0]
@@ -520,15 +528,22 @@ class RealCluster:
         if not _plugin_found:
             raise SkipTest("twistd has no kvnode plugin (pip install -e . first)")
 
-    def _write_config(self) -> None:
+    def _choose_ports(self) -> dict[str, tuple[int, int, int]]:
+        """
+        The HTTP, peer and FTP ports of every node: free loopback ports.
+        """
         ports = free_ports(3 * len(self.node_ids))
-        self.ports = {
+        return {
             node_id: (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2])
             for i, node_id in enumerate(self.node_ids)
         }
+
+    def _write_config(self) -> None:
+        self.ports = self._choose_ports()
         write_config(
             self.config_path,
             [(node_id, *self.ports[node_id]) for node_id in self.node_ids],
+            hosts={node_id: self.host(node_id) for node_id in self.node_ids},
             name=self.name,
             secret=self.secret,
             replicas=str(self.replicas),
@@ -555,14 +570,17 @@ class RealCluster:
 
         process = _NodeProcess(node_id, sink)
         self._processes[node_id] = process
+        command = self._command(node_id)
         self.reactor.spawnProcess(
-            process,
-            sys.executable,
-            node_command(self.config_path, node_id),
-            env=node_environment(),
-            path=self.directory,
+            process, command[0], command, env=node_environment(), path=self.directory
         )
         return process
+
+    def _command(self, node_id: str) -> list[str]:
+        """
+        The command line that runs node C{node_id}, the program first.
+        """
+        return node_command(self.config_path, node_id)
 
     def _check_alive(self, nodes: Iterable[str]) -> None:
         """

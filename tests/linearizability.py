@@ -13,6 +13,8 @@ was invoked comes first) and replays correctly on the register.
 
 from __future__ import annotations
 
+import random
+import sys
 from typing import Any, Optional
 
 from attrs import define
@@ -42,6 +44,33 @@ class Op:
     value: Any = None
     condition: Any = None
     result: Any = None
+
+
+def random_operation(rng: random.Random, history: list[Op], writer: str, now: float) -> Op:
+    """
+    A client's next operation on a key whose operations so far are
+    C{history}, drawn with C{rng}: reads and blind writes most often, then
+    compare-and-set (against the last version seen), create and delete.
+
+    @param writer: names the writer in the values it writes.
+    """
+    kind = rng.choice(["get", "get", "put", "put", "cas", "create", "delete"])
+    op = Op("get" if kind == "get" else "delete" if kind == "delete" else "put", now)
+    if op.kind == "put":
+        op.value = f"{writer}-{rng.random():.6f}".encode()
+        if kind == "cas":
+            known = [
+                o.result[1]
+                for o in history
+                if o.result and o.result[0] in ("ok", "value") and o.result[1] is not None
+            ]
+            version = known[-1] if known else "1.1"
+            if isinstance(version, tuple):
+                version = version[1]
+            op.condition = ("match", version)
+        elif kind == "create":
+            op.condition = "create"
+    return op
 
 
 def _unseen(version: Any) -> bool:
@@ -96,6 +125,8 @@ def check(history: list[Op]) -> bool:
     infinity = float("inf")
     ends = [op.returned if op.returned is not None else infinity for op in ops]
     seen: set = set()
+    # The search recurses once per operation placed.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * len(ops) + 1000))
 
     def search(remaining: frozenset, state: Any) -> bool:
         if not any(ops[i].returned is not None for i in remaining):

@@ -39,7 +39,7 @@ from twisted_kv.interfaces import (
 )
 from twisted_kv.testing import MemoryCluster
 
-from tests.linearizability import Op, check
+from tests.linearizability import Op, check, random_operation
 
 
 def _outcome(d: Any) -> list:
@@ -1113,26 +1113,17 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
             node = rng.choice(list(cluster.nodes))
             key = rng.choice(sorted(history))
             coordinator = cluster.coordinators[node]
-            kind = rng.choice(["get", "get", "put", "put", "cas", "create", "delete"])
-            op = Op("get" if kind == "get" else "delete" if kind == "delete" else "put", clock.seconds())
-            if kind == "get":
+            op = random_operation(rng, history[key], node, clock.seconds())
+            if op.kind == "get":
                 d = coordinator.get(user_key(key))
-            elif kind == "delete":
+            elif op.kind == "delete":
                 d = coordinator.delete(user_key(key))
+            elif op.condition == "create":
+                d = coordinator.put(user_key(key), op.value, create_only=True)
+            elif op.condition is not None:
+                d = coordinator.put(user_key(key), op.value, if_match=op.condition[1])
             else:
-                op.value = f"{node}-{rng.random():.6f}".encode()
-                options: dict = {}
-                if kind == "cas":
-                    known = [o.result[1] for o in history[key] if o.result and o.result[0] in ("ok", "value")]
-                    version = known[-1] if known else "1.1"
-                    if isinstance(version, tuple):
-                        version = version[1]
-                    op.condition = ("match", version)
-                    options["if_match"] = version
-                elif kind == "create":
-                    op.condition = "create"
-                    options["create_only"] = True
-                d = coordinator.put(user_key(key), op.value, **options)
+                d = coordinator.put(user_key(key), op.value)
             history[key].append(op)
             d.addBoth(record, op, key)
 

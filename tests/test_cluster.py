@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 
 from twisted_kv.core.keyspace import USER, user_key
 from twisted_kv.core.records import Put
-from twisted_kv.core.replica import RECENT_CHANGES, decode_change
+from twisted_kv.core.replica import RECENT_CHANGES, decode_change, encode_records
 from twisted_kv import node as node_module
 from twisted_kv.node import encode_operation
 from twisted_kv.errors import (
@@ -862,6 +862,32 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         cluster.run(0.5)
         self.assertTrue(outcome[0].check(node_module.Retry), outcome)
         self.assertEqual(self.value_at(leader, key), b"v2")
+
+    def test_snapshot_from_a_newer_primary_demotes(self) -> None:
+        """
+        A primary cut off and replaced may hear of the new primary first
+        through a snapshot (the new primary refilling it as a member).  It
+        steps down before taking the snapshot in: its writes still waiting
+        fail, outcome unknown, instead of being acknowledged once the
+        positions they wait for fill with the new primary's entries.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        old = next(n for n in sorted(cluster.nodes) if n != leader)
+        key = next(k for k in (f"own{i}" for i in range(200)) if self.primary_of(k) == old)
+        newer = next(n for n in cluster.nodes if n not in (leader, old))
+        cluster.network.partition([old], [leader, newer])
+        node = cluster.nodes[old]
+        partition = node.partition_of(user_key(key))
+        waiting = _outcome(node.execute_local(partition, Put(user_key(key), b"lost"), None))
+        cluster.run(0.1)
+        self.assertEqual(waiting, [])
+        replica = node.replicas[partition]
+        snapshot = ["snap", partition, replica.epoch + 1, 0, 0, True, True, encode_records([])]
+        node.peer_message(newer, cluster.nodes[newer].incarnation, snapshot)
+        self.assertFalse(replica.is_primary)
+        self.assertTrue(waiting[0].check(node_module.Retry), waiting)
+        self.assertTrue(waiting[0].value.maybe_applied)
 
     def test_node_cut_off_from_leader_learns_maps_from_peers(self) -> None:
         """

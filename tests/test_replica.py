@@ -497,6 +497,18 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(primary.members, [])
         self.assertIsNone(primary.latest("k"))
 
+    def test_newer_snapshot_demotes_primary(self) -> None:
+        """
+        So does a primary that receives a snapshot of a newer epoch.
+        """
+        group = Group()
+        primary = group.primary
+        group.write("k", b"v")
+        primary.on_snapshot(2, 0, 0, True, True, [])
+        self.assertFalse(primary.is_primary)
+        self.assertEqual(primary.epoch, 2)
+        self.assertIsNone(primary.latest("k"))
+
     def test_epoch_never_goes_back(self) -> None:
         """
         L{Replica.on_append}, L{Replica.on_snapshot} and L{Replica.step_down}

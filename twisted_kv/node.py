@@ -860,10 +860,8 @@ class Node:
         if epoch < replica.epoch:
             self._send(peer, ["stale", partition, replica.epoch])
             return
-        was_primary = replica.is_primary
+        self._superseded(replica, epoch)
         ok, last = replica.on_append(epoch, prev_seq, prev_epoch, entries, commit)
-        if was_primary and not replica.is_primary:
-            self._fail_waiters(partition, Retry("superseded", maybe_applied=True))
         if ok:
             replica.promise_lease(self._lease_now() + self._lease_promise)
             self._send(peer, ["app_ok", partition, epoch, last, round_])
@@ -876,6 +874,7 @@ class Node:
         replica = self.replicas[partition]
         if epoch < replica.epoch:
             return
+        self._superseded(replica, epoch)
         replica.on_snapshot(epoch, seq, seq_epoch, first, last, records)
 
     def _on_app_ok(self, peer: str, message: list) -> None:
@@ -893,9 +892,18 @@ class Node:
 
     def _on_stale(self, peer: str, message: list) -> None:
         _, partition, epoch = message
-        replica = self.replicas[partition]
+        self._superseded(self.replicas[partition], epoch)
+
+    def _superseded(self, replica: Replica, epoch: int) -> None:
+        """
+        A primary that hears of a newer epoch of its partition (a newer
+        primary's message, or a member's refusal) is no longer primary: the
+        writes it has not committed fail, their outcome unknown.  Before
+        anything of the newer primary's is taken in, since its log may put
+        other entries at the positions those writes wait for.
+        """
         if replica.is_primary and epoch > replica.epoch:
-            self._fail_waiters(partition, Retry("superseded", maybe_applied=True))
+            self._fail_waiters(replica.partition, Retry("superseded", maybe_applied=True))
             replica.step_down(epoch)
 
     def _on_report(self, peer: str, message: list) -> None:

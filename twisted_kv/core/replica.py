@@ -722,6 +722,8 @@ class Replica:
         """
         Part of a copy of the primary's committed store as of C{seq}.
         """
+        if self.is_primary and epoch > self.epoch:
+            self.step_down(epoch)
         self.epoch = max(self.epoch, epoch)
         if first:
             self.store.clear()

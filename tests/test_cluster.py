@@ -1124,14 +1124,18 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         resumes with its lease long over; with C{fault="cut"}, a node that
         is neither the leader nor the primary of C{x} loses its link to the
         leader for two seconds, with messages dropped meanwhile, and learns
-        the leader's maps from the others.  Returns each key's history.
+        the leader's maps from the others; with C{fault="rolling"}, three
+        times in a row, the leader is cut off from the others, or a
+        follower from the leader, or any two nodes from each other, for two
+        to three seconds, and the links come back one direction at a time
+        (the clients run 12 seconds).  Returns each key's history.
         """
         cluster = self.make_cluster(3 if seed % 2 else 5)
         cluster.settle()
         rng = random.Random(seed)
         history: dict[str, list[Op]] = {"x": [], "y": []}
         clock = cluster.clock
-        stop_at = clock.seconds() + 4
+        stop_at = clock.seconds() + (12 if fault == "rolling" else 4)
 
         def issue() -> None:
             if clock.seconds() >= stop_at:
@@ -1206,6 +1210,20 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
             cluster.run(2)
             cluster.network.drop_rate = 0.0
             cluster.network.heal()
+        elif fault == "rolling":
+            for _ in range(3):
+                leader = cluster.leader() or "n1"
+                nodes = sorted(cluster.nodes)
+                cut = rng.choice(["leader", "follower", "pair"])
+                if cut == "leader":
+                    cluster.network.partition([leader], [n for n in nodes if n != leader])
+                elif cut == "follower":
+                    cluster.network.partition([rng.choice([n for n in nodes if n != leader])], [leader])
+                else:
+                    cluster.network.partition(*([n] for n in rng.sample(nodes, 2)))
+                cluster.run(rng.uniform(2, 3))
+                cluster.network.heal(stagger=0.4)
+                cluster.run(0.5)
         elif fault == "kill":
             cluster.kill(cluster.leader() or "n1")
             cluster.run(1)
@@ -1282,4 +1300,13 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         """
         for seed in (15, 16, 17, 18):
             for key, ops in self.run_workload(seed, fault="cut").items():
+                self.assertTrue(check(ops), (seed, key))
+
+    def test_histories_under_rolling_partitions(self) -> None:
+        """
+        The same while links are cut three times in a row, each time
+        somewhere else, and come back one direction at a time.
+        """
+        for seed in (9, 22, 37, 43):
+            for key, ops in self.run_workload(seed, fault="rolling").items():
                 self.assertTrue(check(ops), (seed, key))

@@ -72,13 +72,17 @@ class MemoryNetwork:
         self.latency = latency
         self.drop_rate = 0.0
         self.nodes: dict[str, Node] = {}
-        self._cut: set[frozenset[str]] = set()
+        # (sender, receiver) of every direction cut
+        self._cut: set[tuple[str, str]] = set()
         self._paused: set[str] = set()
         self._held: list[tuple[str, str, list]] = []
         self.sent = 0
 
     def linked(self, a: str, b: str) -> bool:
-        return a in self.nodes and b in self.nodes and frozenset((a, b)) not in self._cut
+        """
+        Whether C{a}'s messages reach C{b}.
+        """
+        return a in self.nodes and b in self.nodes and (a, b) not in self._cut
 
     def reachable(self, node_id: str) -> set[str]:
         return {peer for peer in self.nodes if peer != node_id and self.linked(node_id, peer)}
@@ -127,18 +131,27 @@ class MemoryNetwork:
             for second in sets[i + 1 :]:
                 for a in first:
                     for b in second:
-                        self._cut.add(frozenset((a, b)))
                         for x, y in ((a, b), (b, a)):
+                            self._cut.add((x, y))
                             if x in self.nodes:
                                 self.nodes[x].peer_down(y)
 
-    def heal(self) -> None:
-        cut, self._cut = self._cut, set()
-        for pair in cut:
-            a, b = sorted(pair)
-            if a in self.nodes and b in self.nodes:
-                self.nodes[a].peer_up(b, self.nodes[b].incarnation)
-                self.nodes[b].peer_up(a, self.nodes[a].incarnation)
+    def heal(self, stagger: float = 0.0) -> None:
+        """
+        Restore every link cut.  With C{stagger}, each direction comes back
+        at its own moment within that many seconds, as real links redial
+        one by one: for a while a node may reach a peer that cannot answer.
+        """
+        for sender, receiver in sorted(self._cut):
+            if stagger:
+                self._clock.callLater(self._rng.uniform(0, stagger), self._restore, sender, receiver)
+            else:
+                self._restore(sender, receiver)
+
+    def _restore(self, sender: str, receiver: str) -> None:
+        self._cut.discard((sender, receiver))
+        if sender in self.nodes and receiver in self.nodes:
+            self.nodes[sender].peer_up(receiver, self.nodes[receiver].incarnation)
 
     def pause(self, node_id: str) -> None:
         """

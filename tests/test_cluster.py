@@ -601,6 +601,29 @@ def _version(record: Any) -> str:
     return format_version(record.version)
 
 
+class RecentBatchesTests(SynchronousTestCase):
+    """
+    What a node keeps of the change batches it published, for a new leader.
+    """
+
+    def test_bounded_in_changes_and_bytes(self) -> None:
+        """
+        The newest batches are kept, up to RECENT_CHANGES changes and
+        RECENTLY_PUBLISHED_BYTES bytes; taking them empties the store.
+        """
+        recent = node_module._RecentBatches()
+        for index in range(RECENT_CHANGES + 10):
+            recent.add((1, b"%d" % index))
+        batches = recent.take()
+        self.assertEqual(len(batches), RECENT_CHANGES)
+        self.assertEqual(batches[-1], (1, b"%d" % (RECENT_CHANGES + 9)))
+        self.assertEqual(recent.take(), [])
+        big = b"x" * (node_module.RECENTLY_PUBLISHED_BYTES // 2)
+        for index in range(3):
+            recent.add((1, big + b"%d" % index))
+        self.assertEqual([changes[-1:] for _, changes in recent.take()], [b"2"])
+
+
 class FailureTests(ClusterTestMixin, SynchronousTestCase):
     """
     The guarantees under crashes, partitions and restarts.

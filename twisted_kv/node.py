@@ -170,6 +170,37 @@ def _decode_record(data: Optional[list]) -> Optional[Record]:
     return None if data is None else Record(*data)
 
 
+class _RecentBatches:
+    """
+    The change batches a node published last, up to RECENT_CHANGES changes
+    (as many as nodes remember to drop repeats) and
+    RECENTLY_PUBLISHED_BYTES bytes, oldest dropped first.
+    """
+
+    def __init__(self) -> None:
+        self._batches: deque[tuple[int, bytes]] = deque()
+        self._changes = 0
+        self._bytes = 0
+
+    def add(self, batch: tuple[int, bytes]) -> None:
+        self._batches.append(batch)
+        self._changes += batch[0]
+        self._bytes += len(batch[1])
+        while self._changes > RECENT_CHANGES or self._bytes > RECENTLY_PUBLISHED_BYTES:
+            count, changes = self._batches.popleft()
+            self._changes -= count
+            self._bytes -= len(changes)
+
+    def take(self) -> list[tuple[int, bytes]]:
+        """
+        Every batch kept, oldest first; none is kept afterwards.
+        """
+        batches = list(self._batches)
+        self._batches.clear()
+        self._changes = self._bytes = 0
+        return batches
+
+
 class Peek(NamedTuple):
     """
     A replica's answer to a degraded read (L{Node.peek_local}).
@@ -270,9 +301,7 @@ class Node:
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         # batch id -> (number of changes, their encoding)
         self._unpublished: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
-        self._published_recently: deque[tuple[int, bytes]] = deque()
-        # their number of changes and of bytes
-        self._published_recently_size = [0, 0]
+        self._published_recently = _RecentBatches()
         self._publish_ids = itertools.count(1)
         self._published_to: Optional[tuple[str, int]] = None
         self._last_sent_batch = 0
@@ -1091,16 +1120,8 @@ class Node:
 
     def _on_pub_ok(self, peer: str, message: list) -> None:
         batch = self._unpublished.pop(message[1], None)
-        if batch is None:
-            return
-        recent, size = self._published_recently, self._published_recently_size
-        recent.append(batch)
-        size[0] += batch[0]
-        size[1] += len(batch[1])
-        while size[0] > RECENT_CHANGES or size[1] > RECENTLY_PUBLISHED_BYTES:
-            count, changes = recent.popleft()
-            size[0] -= count
-            size[1] -= len(changes)
+        if batch is not None:
+            self._published_recently.add(batch)
 
     def _requeue_published_recently(self) -> None:
         """
@@ -1108,12 +1129,10 @@ class Node:
         ones: the leader that confirmed them may have died before sending
         them to every node.  Nodes drop the changes they already have.
         """
-        if not self._published_recently:
-            return
-        batches = [*self._published_recently, *self._unpublished.values()]
-        self._published_recently.clear()
-        self._published_recently_size = [0, 0]
-        self._unpublished = OrderedDict((next(self._publish_ids), batch) for batch in batches)
+        recent = self._published_recently.take()
+        if recent:
+            batches = [*recent, *self._unpublished.values()]
+            self._unpublished = OrderedDict((next(self._publish_ids), b) for b in batches)
 
     def _on_ev(self, peer: str, message: list) -> None:
         _, first, changes, previous = message

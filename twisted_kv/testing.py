@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from typing import Iterable, Optional
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 
 from twisted_kv.core.config import ClusterConfig, parse_config
@@ -74,6 +75,8 @@ class MemoryNetwork:
         self.nodes: dict[str, Node] = {}
         # (sender, receiver) of every direction cut
         self._cut: set[tuple[str, str]] = set()
+        # directions a staggered heal has yet to restore
+        self._restoring: dict[tuple[str, str], IDelayedCall] = {}
         self._paused: set[str] = set()
         self._held: list[tuple[str, str, list]] = []
         self.sent = 0
@@ -133,6 +136,9 @@ class MemoryNetwork:
                     for b in second:
                         for x, y in ((a, b), (b, a)):
                             self._cut.add((x, y))
+                            pending = self._restoring.pop((x, y), None)
+                            if pending is not None:
+                                pending.cancel()  # cut again before it came back
                             if x in self.nodes:
                                 self.nodes[x].peer_down(y)
 
@@ -142,13 +148,17 @@ class MemoryNetwork:
         at its own moment within that many seconds, as real links redial
         one by one: for a while a node may reach a peer that cannot answer.
         """
-        for sender, receiver in sorted(self._cut):
+        for sender, receiver in sorted(self._cut - self._restoring.keys()):
             if stagger:
-                self._clock.callLater(self._rng.uniform(0, stagger), self._restore, sender, receiver)
+                delay = self._rng.uniform(0, stagger)
+                self._restoring[sender, receiver] = self._clock.callLater(
+                    delay, self._restore, sender, receiver
+                )
             else:
                 self._restore(sender, receiver)
 
     def _restore(self, sender: str, receiver: str) -> None:
+        self._restoring.pop((sender, receiver), None)
         self._cut.discard((sender, receiver))
         if sender in self.nodes and receiver in self.nodes:
             self.nodes[sender].peer_up(receiver, self.nodes[receiver].incarnation)

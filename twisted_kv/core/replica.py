@@ -384,7 +384,9 @@ class Replica:
         and so does, on takeover, everything the predecessor may not have
         announced.
         """
-        announcements, self._unannounced = self._unannounced, []
+        announcements = self._unannounced
+        if announcements:
+            self._unannounced = []
         return announcements
 
     def _forget_lease(self) -> None:

@@ -242,6 +242,39 @@ class BodyTests(SiteTestCase):
         self.assertEqual(transport.value(), b"")
 
 
+class HeaderTests(SiteTestCase):
+    """
+    Answers on the C{/kv} path carry the same general headers as any other.
+    """
+
+    def test_date_follows_clock(self) -> None:
+        """
+        The C{Date} header is the site clock's time, to the second, and
+        moves on with it.
+        """
+        self.clock.advance(1_700_000_000.7)
+        protocol, transport = self.connect()
+        protocol.dataReceived(request("GET", "/kv/missing"))
+        self.clock.advance(1)
+        protocol.dataReceived(request("GET", "/kv"))
+        dates = [headers[b"date"] for _, headers, _ in parse_responses(transport.value())]
+        self.assertEqual(
+            dates, [b"Tue, 14 Nov 2023 22:13:20 GMT", b"Tue, 14 Nov 2023 22:13:21 GMT"]
+        )
+
+    def test_same_as_other_paths(self) -> None:
+        """
+        A C{/kv} answer has the C{Server} header of other answers, and a path
+        that only starts like C{/kv} is not taken for it.
+        """
+        [(kv_code, kv, _), (other_code, other, _)] = self.exchange(
+            request("PUT", "/kv/a", b"v") + request("PUT", "/kvx/a", b"v")
+        )
+        self.assertEqual((kv_code, other_code), (201, 404))
+        self.assertEqual(kv[b"server"], other[b"server"])
+        self.assertEqual(self.stored("x/a"), b"")
+
+
 class MetricsTests(SiteTestCase):
     """
     The site counts and times the requests it answers.

@@ -27,10 +27,12 @@ from io import BytesIO
 from types import MappingProxyType
 from typing import Mapping, Optional
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request, Site, version
 
 from twisted_kv.errors import ValueTooLarge
 from twisted_kv.frontends.http_api import (
@@ -43,6 +45,7 @@ from twisted_kv.frontends.http_api import (
 from twisted_kv.interfaces import IClusterStatus, IKeyValue
 
 _KV = b"kv"
+_LIST_PATH = b"/kv"
 _KEY_PATH = b"/kv/"
 
 
@@ -144,30 +147,89 @@ class _Request(Request):
             self.channel.length = 0
 
     def process(self) -> None:
-        self.started = self.channel.site.reactor.seconds()
-        super().process()
+        """
+        Hand C{/kv} requests straight to the key-value resource; others go
+        through the site's resource traversal.
+
+        The key-value resource reads the raw path, so splitting and
+        unquoting its segments for the traversal would be wasted, and so
+        would formatting the C{Date} header anew for every request.
+        """
+        site = self.channel.site
+        self.started = now = site.reactor.seconds()
+        path = self.path
+        if path != _LIST_PATH and not path.startswith(_KEY_PATH):
+            super().process()
+            return
+        self.site = site
+        self.setHeader(b"Server", version)
+        self.setHeader(b"Date", site.date_header(now))
+        self.prepath = [_KV]
+        self.postpath = []
+        try:
+            self.render(site.kv_resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
+
+class _Channel(HTTPChannel):
+    """
+    An HTTP/1.1 connection of a L{_Site}.  Its addresses are looked up
+    once: twisted.web asks for both on every request, and the transport
+    builds a new address object each time.
+    """
+
+    _host: Optional[IAddress] = None
+    _peer: Optional[IAddress] = None
+
+    def getHost(self) -> IAddress:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> IAddress:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
 
 class _Site(Site):
     """
     The site of a node.
 
+    @ivar kv_resource: the resource answering C{/kv} and C{/kv/{key}}.
     @ivar max_value_bytes: the largest C{/kv/{key}} body accepted.
     """
 
     requestFactory = _Request
+    # Plain HTTP/1.1: HTTP/2 would only be negotiated over TLS, which the
+    # site is never served over.
+    protocol = _Channel
 
     def __init__(
         self,
         resource: IResource,
         *,
+        kv_resource: IResource,
         clock: IReactorTime,
         max_value_bytes: int,
         metrics: HTTPMetrics,
     ) -> None:
         super().__init__(resource, reactor=clock)
+        self.kv_resource = kv_resource
         self.max_value_bytes = max_value_bytes
         self._metrics = metrics
+        self._date: tuple[int, bytes] = (-1, b"")
+
+    def date_header(self, now: float) -> bytes:
+        """
+        The C{Date} header for an answer made at C{now}, formatted once a
+        second.
+        """
+        second = int(now)
+        if self._date[0] != second:
+            self._date = (second, datetimeToString(second))
+        return self._date[1]
 
     def log(self, request: Request) -> None:
         """
@@ -203,7 +265,12 @@ def build_site(
     if _KV in children:
         raise ValueError("/kv is served by the key-value API")
     metrics = HTTPMetrics()
-    root = _Root(
-        {**children, _KV: KeyValueResource(kv)}, NodeAPI(status, metrics).resource()
+    kv_resource = KeyValueResource(kv)
+    root = _Root({**children, _KV: kv_resource}, NodeAPI(status, metrics).resource())
+    return _Site(
+        root,
+        kv_resource=kv_resource,
+        clock=clock,
+        max_value_bytes=kv.max_value_bytes,
+        metrics=metrics,
     )
-    return _Site(root, clock=clock, max_value_bytes=kv.max_value_bytes, metrics=metrics)

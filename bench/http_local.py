@@ -10,8 +10,10 @@ Serves L{build_site} over a L{LocalKeyValue} on 127.0.0.1 (port 0) and runs
 C{wrk} (C{apt-get install -y wrk}) against C{GET /kv/bench} and
 C{PUT /kv/bench} (100-byte values), once for each way of routing C{/kv}:
 
-  root      the node's site: its root resource dispatches the first path
-            segment with one dictionary lookup (what build_site serves)
+  direct    the node's site as build_site serves it: C{/kv} requests go
+            to KeyValueResource before any resource traversal
+  root      the node's root resource routing C{/kv} too: it dispatches
+            the first path segment with one dictionary lookup
   branch    Klein as the root resource, C{/kv} a branch route to the same
             KeyValueResource
   route     Klein as the root resource, C{/kv/<path:key>} a route returning
@@ -20,7 +22,7 @@ C{PUT /kv/bench} (100-byte values), once for each way of routing C{/kv}:
             cost of twisted.web alone, no store and no API
 
 Every variant runs on the same site (request bounding, metrics); only
-C{site.resource} changes.  The server and wrk share the machine, so compare
+C{site.resource} changes, and all but C{direct} route C{/kv} through it.  The server and wrk share the machine, so compare
 the figures with each other, not across machines.
 """
 
@@ -95,6 +97,7 @@ class _Constant(Resource):
 
 
 _VARIANTS: dict[str, Callable[[IResource, IResource], IResource]] = {
+    "direct": lambda root, kv: root,
     "root": lambda root, kv: root,
     "branch": lambda root, kv: _klein_branch(kv),
     "route": lambda root, kv: _klein_route(kv),
@@ -126,6 +129,8 @@ async def _main(reactor, duration: float, connections: int) -> None:
             kv = LocalKeyValue(reactor)
             site = build_site(kv, _Status(), clock=reactor)
             site.resource = variant(site.resource, KeyValueResource(kv))
+            if name != "direct":
+                site.kv_resource = None
             port = reactor.listenTCP(0, site, interface="127.0.0.1")
             url = f"http://127.0.0.1:{port.getHost().port}/kv/bench"
             try:

@@ -306,15 +306,36 @@ class OperationIdTests(SynchronousTestCase):
         """
         group = Group()
         entry = group.write("k", b"value", op_id="c1/7")
-        seq, change = group.primary.find_operation("c1/7")
+        seq, change = group.primary.find_operation("c1/7", "k")
         self.assertEqual(seq, entry.seq)
         self.assertEqual((change.kind, change.key, change.version), ("put", "k", entry.change.version))
         self.assertTrue(change.created)
         self.assertIsNone(change.record)
-        self.assertIsNone(group.primary.find_operation("c1/8"))
+        self.assertIsNone(group.primary.find_operation("c1/8", "k"))
         group.settle()
-        self.assertEqual(group.backups["b2"].find_operation("c1/7"), (seq, change))
-        self.assertEqual(group.primary.find_operation("c1/7"), (seq, change))
+        self.assertEqual(group.backups["b2"].find_operation("c1/7", "k"), (seq, change))
+        self.assertEqual(group.primary.find_operation("c1/7", "k"), (seq, change))
+
+    def test_delete_and_replacement_found(self) -> None:
+        """
+        A delete is found as a delete, and a put that replaced a value as
+        one that created nothing.
+        """
+        group = Group(backups=())
+        group.write("k", b"1", op_id="put1")
+        replaced = group.write("k", b"2", op_id="put2")
+        deleted = group.primary.propose(Delete("k"), "del", 0.0)
+        assert deleted is not None
+        found = {
+            op_id: group.primary.find_operation(op_id, "k")[1]
+            for op_id in ("put1", "put2", "del")
+        }
+        self.assertEqual(
+            [(c.kind, c.created) for c in found.values()],
+            [("put", True), ("put", False), ("delete", False)],
+        )
+        self.assertEqual(found["put2"].version, replaced.change.version)
+        self.assertEqual(found["del"].version, deleted.change.version)
 
     def test_recent_operations_bounded(self) -> None:
         """
@@ -325,8 +346,8 @@ class OperationIdTests(SynchronousTestCase):
         group = Group(backups=())
         for i in range(5):
             group.write(f"k{i}", b"v", op_id=f"op{i}")
-        self.assertIsNone(group.primary.find_operation("op1"))
-        self.assertEqual(group.primary.find_operation("op2")[0], 3)
+        self.assertIsNone(group.primary.find_operation("op1", "k1"))
+        self.assertEqual(group.primary.find_operation("op2", "k2")[0], 3)
 
     def test_truncated_operation_forgotten(self) -> None:
         """
@@ -335,11 +356,11 @@ class OperationIdTests(SynchronousTestCase):
         retry of it would be answered with another write's position.
         """
         old, new, backup = _diverged()
-        self.assertEqual(backup.find_operation("op2")[0], 2)
+        self.assertEqual(backup.find_operation("op2", "k2")[0], 2)
         new.propose(Put("k2", b"other"), "op2b", 0.0)
         push(new, backup, "B")
-        self.assertEqual(backup.find_operation("op2b")[0], 2)
-        self.assertIsNone(backup.find_operation("op2"))
+        self.assertEqual(backup.find_operation("op2b", "k2")[0], 2)
+        self.assertIsNone(backup.find_operation("op2", "k2"))
 
 
 
@@ -950,7 +971,7 @@ class MiscTests(SynchronousTestCase):
             (len(backup.store), backup.log, backup.base_seq, backup.commit_seq, backup.applied_seq),
             (0, [], 0, 0, 0),
         )
-        self.assertIsNone(backup.find_operation("x"))
+        self.assertIsNone(backup.find_operation("x", "a"))
 
 
 class EncodingTests(SynchronousTestCase):

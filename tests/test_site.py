@@ -275,6 +275,22 @@ class HeaderTests(SiteTestCase):
         self.assertEqual(self.stored("x/a"), b"")
 
 
+class RoutingTests(SiteTestCase):
+    """
+    Where C{/kv} requests go.
+    """
+
+    def test_root_routes_without_direct_resource(self) -> None:
+        """
+        A site without a direct C{/kv} resource has its root resource route
+        C{/kv} requests to the same API.
+        """
+        self.site.kv_resource = None
+        responses = self.exchange(request("PUT", "/kv/a/b", b"v") + request("GET", "/kv?prefix=a"))
+        self.assertEqual([code for code, _, _ in responses], [201, 200])
+        self.assertEqual(json.loads(responses[1][2])["keys"], ["a/b"])
+
+
 class MetricsTests(SiteTestCase):
     """
     The site counts and times the requests it answers.

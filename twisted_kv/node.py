@@ -679,7 +679,7 @@ class Node:
         except Retry as error:
             return fail(error)
         if op_id is not None:
-            seen = replica.find_operation(op_id)
+            seen = replica.find_operation(op_id, operation.key)
             if seen is not None:
                 seq, change = seen
                 return self._wait_commit(partition, seq).addCallback(lambda _: change)

@@ -60,7 +60,7 @@ from twisted_kv.core.records import (
 # client operation retried after a failover is applied at most once.  A
 # coordinator retries only within its request timeout, so the newest few
 # thousand per partition cover every retry still possible at tens of
-# thousands of writes a second.  Each costs about 250 bytes (see
+# thousands of writes a second.  Each costs about 150 bytes (see
 # L{Replica._remember}).
 RECENT_OPERATIONS = 2048
 
@@ -179,7 +179,7 @@ class Replica:
         self.base_epoch = 0
         self.commit_seq = 0
         self.applied_seq = 0
-        self._recent_ops: OrderedDict[str, tuple[str, str, int, bool]] = OrderedDict()
+        self._recent_ops: OrderedDict[str, int] = OrderedDict()
         self.recent_changes: deque[Entry] = deque(maxlen=RECENT_CHANGES)
         self._unannounced: list[Entry] = []
         self.is_primary = False
@@ -221,7 +221,7 @@ class Replica:
         del self.log[seq - self.base_seq - 1 :]
         for entry in dropped:
             seen = self._recent_ops.get(entry.op_id) if entry.op_id is not None else None
-            if seen is not None and version_seq(seen[2]) == entry.seq:
+            if seen is not None and version_seq(seen >> 3) == entry.seq:
                 del self._recent_ops[entry.op_id]
 
     def _apply_committed(self) -> list[Entry]:
@@ -301,16 +301,21 @@ class Replica:
 
     def _remember(self, entry: Entry) -> None:
         """
-        Remember the operation of C{entry} by its id, as a tuple of the
-        change's fields without its record: ids are kept by the thousand per
-        partition, and a L{Change} in a tuple with the log position costs
-        about 100 bytes more.  The change's version holds the log position.
+        Remember the operation of C{entry} by its id, as one integer: the
+        change's version (which holds the log position), kind and
+        C{created}.  Ids are kept by the thousand per partition, and an
+        integer, unlike a tuple or a L{Change}, is never tracked by CPython's
+        cyclic collector: a busy node filling this memory with tuples made
+        each young collection traverse tens of thousands of them, pausing it
+        for tens of milliseconds.
         """
         if entry.op_id is None:
             return
         change = entry.change
         assert change is not None and version_seq(change.version) == entry.seq
-        self._recent_ops[entry.op_id] = (change.kind, change.key, change.version, change.created)
+        self._recent_ops[entry.op_id] = (
+            change.version << 3 | _KINDS.index(change.kind) << 1 | change.created
+        )
         if len(self._recent_ops) > RECENT_OPERATIONS:
             self._recent_ops.popitem(last=False)
 
@@ -414,16 +419,18 @@ class Replica:
         pending = self._pending_by_key.get(key)
         return None if pending is None else pending.seq
 
-    def find_operation(self, op_id: str) -> Optional[tuple[int, Change]]:
+    def find_operation(self, op_id: str, key: str) -> Optional[tuple[int, Change]]:
         """
-        The log position and effect (without the value) of an operation
-        already ordered, so that a retried operation is not applied twice.
+        The log position and effect (without the value) of an operation on
+        C{key} already ordered, so that a retried operation is not applied
+        twice.
         """
         seen = self._recent_ops.get(op_id)
         if seen is None:
             return None
-        kind, key, version, created = seen
-        return version_seq(version), Change(kind, key, version, None, created)
+        version = seen >> 3
+        change = Change(_KINDS[seen >> 1 & 3], key, version, None, bool(seen & 1))
+        return version_seq(version), change
 
     def propose(self, operation: Operation, op_id: Optional[str], now: float) -> Optional[Entry]:
         """

@@ -3,15 +3,18 @@
 The web site of a node: the HTTP API of CONTRACT.md section 3, with the
 WebSocket feed, the files resource and the dashboard mounted beside it.
 
-The root dispatches on the first path segment with one dictionary lookup:
+Requests for C{/kv} and C{/kv/{key}} go straight to L{KeyValueResource}, a
+leaf that reads the key from the raw path, without resource traversal.  For
+the others, the root dispatches on the first path segment with one
+dictionary lookup:
 
-  - C{kv}: L{KeyValueResource}, a leaf that reads the key from the raw path;
   - each name given in C{children} (C{ws}, C{files}, and C{b""} for C{GET /});
   - anything else: the Klein application L{NodeAPI} (C{/cluster},
     C{/health}, C{/metrics}, and JSON C{404}/C{405} for the rest).
 
-Keeping Klein off the C{/kv} path matters for speed (see C{bench/http_local.py})
-and for correctness: a router would merge slashes or split on C{%2F}.
+Keeping Klein and the traversal off the C{/kv} path matters for speed (see
+C{bench/http_local.py} and docs/performance.md) and for correctness: a router
+would merge slashes or split on C{%2F}.
 
 The site's requests bound the body of a C{/kv/{key}} write by the store's
 C{max_value_bytes} without buffering more: a C{Content-Length} over the limit
@@ -158,7 +161,8 @@ class _Request(Request):
         site = self.channel.site
         self.started = now = site.reactor.seconds()
         path = self.path
-        if path != _LIST_PATH and not path.startswith(_KEY_PATH):
+        kv_resource = site.kv_resource
+        if kv_resource is None or (path != _LIST_PATH and not path.startswith(_KEY_PATH)):
             super().process()
             return
         self.site = site
@@ -167,7 +171,7 @@ class _Request(Request):
         self.prepath = [_KV]
         self.postpath = []
         try:
-            self.render(site.kv_resource)
+            self.render(kv_resource)
         except BaseException:
             self.processingFailed(Failure())
 
@@ -197,7 +201,8 @@ class _Site(Site):
     """
     The site of a node.
 
-    @ivar kv_resource: the resource answering C{/kv} and C{/kv/{key}}.
+    @ivar kv_resource: the resource answering C{/kv} and C{/kv/{key}}, or
+        C{None} to have the root resource route them too.
     @ivar max_value_bytes: the largest C{/kv/{key}} body accepted.
     """
 
@@ -210,7 +215,7 @@ class _Site(Site):
         self,
         resource: IResource,
         *,
-        kv_resource: IResource,
+        kv_resource: Optional[IResource],
         clock: IReactorTime,
         max_value_bytes: int,
         metrics: HTTPMetrics,

@@ -10,6 +10,7 @@ import gc
 import random
 from typing import Any, Optional
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -247,6 +248,38 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         box = _outcome(node.call(primary, ["read", 0, partition, user_key(key)], 5.0))
         self.assertTrue(box[0].check(node_module.Retry), box)
         self.assertFalse(box[0].value.maybe_applied)
+        self.assertEqual(node._requests, {})
+
+    def test_unanswered_request_times_out(self) -> None:
+        """
+        A request whose answer never comes fails with
+        L{twisted.internet.defer.CancelledError} at the first tick past its
+        timeout, and is forgotten; a write routed that way ends as an
+        unknown outcome once the request timeout has passed.
+        """
+        cluster = self.cluster
+        key = next(k for k in (f"mute{i}" for i in range(100)) if self.primary_of(k) != "n1")
+        primary = self.primary_of(key)
+        network = cluster.network
+        send = network.send
+
+        def mute(sender: str, peer: str, message: list) -> bool:
+            if (sender, peer, message[0]) == (primary, "n1", "res"):
+                return True
+            return send(sender, peer, message)
+
+        network.send = mute
+        node = cluster.nodes["n1"]
+        partition = node.partition_of(user_key(key))
+        read = _outcome(node.call(primary, ["read", 0, partition, user_key(key)], 1.0))
+        write = _outcome(cluster.coordinators["n1"].put(user_key(key), b"v"))
+        cluster.run(0.9)
+        self.assertEqual(read, [])
+        cluster.run(0.2 + cluster.config.heartbeat_interval)
+        self.assertTrue(read[0].check(CancelledError), read)
+        self.assertEqual(write, [])
+        cluster.run(cluster.config.request_timeout)
+        self.assertTrue(write[0].check(OutcomeUnknown), write)
         self.assertEqual(node._requests, {})
 
     def test_acknowledged_write_in_majority_memory(self) -> None:

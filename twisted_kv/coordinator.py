@@ -28,7 +28,6 @@ from twisted.internet.defer import (
     Deferred,
     DeferredList,
     fail,
-    maybeDeferred,
     succeed,
 )
 from twisted.internet.interfaces import IReactorTime
@@ -203,7 +202,10 @@ class Coordinator:
         primary is unknown, moving or unreachable, until the request timeout.
         """
         routed = _RoutedOperation(self._node, self._clock, partition, run_here, message, decode, write)
-        return maybeDeferred(routed.attempt)
+        try:
+            return routed.attempt()
+        except Exception:
+            return fail()
 
     def _degraded_get(self, key: str) -> Deferred[ReadResult]:
         """
@@ -283,10 +285,13 @@ class _RoutedOperation:
             return self._later()
         primary = config.primary.node_id
         if primary == self._node.node_id:
-            d = self._node.deadlines.limit(self._run_here(), self._deadline)
-        else:
-            d = self._node.call(primary, self._message(), remaining).addCallback(self._decode)
-        return d.addErrback(self._retry)
+            return self._node.deadlines.limit(self._run_here(), self._deadline).addErrback(
+                self._retry
+            )
+        # Only the call's failures may be retried, not a payload that fails to decode.
+        return self._node.call(primary, self._message(), remaining).addCallbacks(
+            self._decode, self._retry
+        )
 
     def _retry(self, failure: Failure) -> Deferred:
         if failure.check(CancelledError):

@@ -128,6 +128,32 @@ class ElectionTests(ClusterTestMixin, SynchronousTestCase):
             self.assertLess(cluster.clock.seconds() - killed_at, 3.0)
         self.assertNotEqual(cluster.leader(), old)
 
+    def test_leader_plans_only_after_a_change(self) -> None:
+        """
+        The leader plans the next map again only when the map or the live
+        nodes changed: a settled cluster plans nothing, a death is planned
+        for (its partitions move).
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        cluster.run(1.0)
+        plans: list[object] = []
+        original = node_module.plan
+
+        def counted(*args: object) -> object:
+            plans.append(args)
+            return original(*args)
+
+        self.patch(node_module, "plan", counted)
+        cluster.run(1.0)
+        self.assertEqual(plans, [])
+        victim = next(n for n in cluster.nodes if n != leader)
+        cluster.kill(victim)
+        cluster.run(cluster.config.failure_timeout * 2)
+        self.assertTrue(plans)
+        moved = cluster.nodes[leader].cluster_map
+        self.assertTrue(all(victim not in {m.node_id for m in c.members} for c in moved.partitions))
+
     def test_minority_elects_nobody(self) -> None:
         """
         One node of three alone never becomes leader.

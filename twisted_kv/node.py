@@ -295,6 +295,8 @@ class Node:
         self._ids = itertools.count(1)
         self._op_ids = itertools.count(1)
         self._reports: list[list] = []
+        # the map and live nodes the leader last planned from
+        self._planned: tuple[Optional[ClusterMap], dict[str, int]] = (None, {})
         self._last_gossip = float("-inf")
         self._last_report: dict[tuple[int, str], float] = {}
         self._ticker = LoopingCall(self.tick)
@@ -473,6 +475,11 @@ class Node:
     def _lead(self, now: float) -> None:
         live = self.membership.live(now)
         current = self.consensus.latest_map
+        planned_map, planned_live = self._planned
+        if current is not None and current is planned_map and live == planned_live and not self._reports:
+            # Planning again from the same map and nodes would change nothing.
+            return
+        self._planned = (current, live)
         if current is None:
             proposal = initial_map(self.ring, self.config.partitions, live, self.config.replicas)
         else:

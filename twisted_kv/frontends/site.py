@@ -168,6 +168,7 @@ class _Request(Request):
         self.site = site
         self.setHeader(b"Server", version)
         self.setHeader(b"Date", site.date_header(now))
+        self.sitepath = []
         self.prepath = [_KV]
         self.postpath = []
         try:

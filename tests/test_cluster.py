@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import random
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import capturedLogs
@@ -93,6 +93,25 @@ class ClusterTestMixin:
         result = self.get(node, key)
         self.assertIsInstance(result, ReadResult)
         return None if result.record is None else result.record.value
+
+    def key_not_on(self, node: str, prefix: str) -> str:
+        """
+        A key named C{prefix} and a number whose primary is not C{node}.
+        """
+        return next(k for k in (f"{prefix}{i}" for i in range(200)) if self.primary_of(k) != node)
+
+    def lose_messages(self, lost: Callable[[str, str, list], bool]) -> None:
+        """
+        From now on, lose every message for which C{lost(sender, peer,
+        message)} is true.
+        """
+        network = self.cluster.network
+        send = network.send
+
+        def filtered(sender: str, peer: str, message: list) -> bool:
+            return True if lost(sender, peer, message) else send(sender, peer, message)
+
+        network.send = filtered
 
 
 class ElectionTests(ClusterTestMixin, SynchronousTestCase):
@@ -231,7 +250,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         and retries, instead of waiting for an answer that cannot come.
         """
         cluster = self.cluster
-        key = next(k for k in (f"back{i}" for i in range(100)) if self.primary_of(k) != "n1")
+        key = self.key_not_on("n1", "back")
         primary = self.primary_of(key)
         self.put(primary, key, b"v")
         node = cluster.nodes["n1"]
@@ -257,17 +276,9 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         (and ending with an unknown outcome).
         """
         cluster = self.cluster
-        key = next(k for k in (f"silent{i}" for i in range(100)) if self.primary_of(k) != "n1")
+        key = self.key_not_on("n1", "silent")
         primary = self.primary_of(key)
-        network = cluster.network
-        send = network.send
-
-        def vanish(sender: str, peer: str, message: list) -> bool:
-            if {sender, peer} == {"n1", primary}:
-                return True
-            return send(sender, peer, message)
-
-        network.send = vanish
+        self.lose_messages(lambda sender, peer, message: {sender, peer} == {"n1", primary})
         cluster.run(cluster.config.failure_timeout)
         node = cluster.nodes["n1"]
         partition = node.partition_of(user_key(key))
@@ -284,17 +295,11 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         unknown outcome once the request timeout has passed.
         """
         cluster = self.cluster
-        key = next(k for k in (f"mute{i}" for i in range(100)) if self.primary_of(k) != "n1")
+        key = self.key_not_on("n1", "mute")
         primary = self.primary_of(key)
-        network = cluster.network
-        send = network.send
-
-        def mute(sender: str, peer: str, message: list) -> bool:
-            if (sender, peer, message[0]) == (primary, "n1", "res"):
-                return True
-            return send(sender, peer, message)
-
-        network.send = mute
+        self.lose_messages(
+            lambda sender, peer, message: (sender, peer, message[0]) == (primary, "n1", "res")
+        )
         node = cluster.nodes["n1"]
         partition = node.partition_of(user_key(key))
         read = _outcome(node.call(primary, ["read", 0, partition, user_key(key)], 1.0))
@@ -538,15 +543,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         watcher = next(n for n in self.cluster.nodes if n != victim)
         seen: list[ChangeEvent] = []
         self.cluster.coordinators[watcher].subscribe(seen.append)
-        network = self.cluster.network
-        send = network.send
-
-        def withhold_announcements(sender: str, peer: str, message: list) -> bool:
-            if sender == victim and message[0] == "pub":
-                return True
-            return send(sender, peer, message)
-
-        network.send = withhold_announcements
+        self.lose_messages(lambda sender, peer, message: sender == victim and message[0] == "pub")
         self.put(watcher, "orphan-event", b"v")
         self.cluster.run(0.1)
         self.assertEqual(seen, [])
@@ -562,23 +559,15 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         its recently confirmed changes to the new leader too, and every
         listener gets the change exactly once.
         """
-        name = next(
-            k for k in (f"half{i}" for i in range(200)) if self.primary_of(k) != self.leader
-        )
+        name = self.key_not_on(self.leader, "half")
         primary = self.primary_of(name)
         missed = next(n for n in self.cluster.nodes if n not in (self.leader, primary))
         seen: dict[str, list[ChangeEvent]] = {primary: [], missed: []}
         for watcher, events in seen.items():
             self.cluster.coordinators[watcher].subscribe(events.append)
-        network = self.cluster.network
-        send = network.send
-
-        def lose_event_to_missed(sender: str, peer: str, message: list) -> bool:
-            if sender == self.leader and peer == missed and message[0] == "ev":
-                return True
-            return send(sender, peer, message)
-
-        network.send = lose_event_to_missed
+        self.lose_messages(
+            lambda sender, peer, message: (sender, peer, message[0]) == (self.leader, missed, "ev")
+        )
         self.put(primary, name, b"v")
         self.cluster.run(0.1)
         self.assertEqual([len(events) for events in seen.values()], [1, 0])
@@ -861,7 +850,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         """
         cluster = self.make_cluster(3)
         cluster.settle()
-        key = next(k for k in (f"stop{i}" for i in range(100)) if self.primary_of(k) != "n1")
+        key = self.key_not_on("n1", "stop")
         box = _outcome(cluster.coordinators["n1"].put(user_key(key), b"v"))
         node = cluster.nodes["n1"]
         cluster.kill("n1")
@@ -880,7 +869,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         """
         cluster = self.make_cluster(5)
         leader = cluster.settle()
-        key = next(k for k in (f"gone{i}" for i in range(500)) if self.primary_of(k) != leader)
+        key = self.key_not_on(leader, "gone")
         old = self.primary_of(key)
         self.put(leader, key, b"v")
         cluster.network.partition([old], [leader])
@@ -1035,16 +1024,12 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
             self.put(leader, f"idle{index}", b"v")
         cluster.kill(victim)
         cluster.settle()
-        network = cluster.network
-        send = network.send
         losing = [True]
-
-        def lose_answers(sender: str, peer: str, message: list) -> bool:
-            if losing and sender == victim and message[0] in ("app_ok", "app_no"):
-                return True
-            return send(sender, peer, message)
-
-        network.send = lose_answers
+        self.lose_messages(
+            lambda sender, peer, message: bool(losing)
+            and sender == victim
+            and message[0] in ("app_ok", "app_no")
+        )
         cluster.start(victim)
         cluster.run(1.0)
         self.assertFalse(cluster.nodes[victim].synced())

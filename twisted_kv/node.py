@@ -476,9 +476,10 @@ class Node:
         live = self.membership.live(now)
         current = self.consensus.latest_map
         planned_map, planned_live = self._planned
-        if current is not None and current is planned_map and live == planned_live and not self._reports:
-            # Planning again from the same map and nodes would change nothing.
-            return
+        if current is not None and current is planned_map and live == planned_live:
+            if not self._reports:
+                # Planning again from the same map and nodes would change nothing.
+                return
         self._planned = (current, live)
         if current is None:
             proposal = initial_map(self.ring, self.config.partitions, live, self.config.replicas)
@@ -838,7 +839,10 @@ class Node:
         """
         expired = [key for key, (_, _, deadline) in self._requests.items() if deadline <= now]
         for request_id in expired:
-            self._requests.pop(request_id)[1].cancel()
+            # An earlier cancellation's callbacks may have settled this one.
+            pending = self._requests.pop(request_id, None)
+            if pending is not None:
+                pending[1].cancel()
 
     def new_op_id(self) -> str:
         return f"{self.node_id}/{self.incarnation:x}/{next(self._op_ids)}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 from typing import Any, Iterable
@@ -34,9 +35,44 @@ _instances = itertools.count()
 # The nodes listen on the same ports, each in its own namespace.
 _PORTS = (7001, 7101, 7201)
 
+# The names of the namespaces and links of this module start with "kv",
+# the creating process's id and "x" (interface names have 15 characters
+# at most: "kv" + 7 digits + "x" + 2 digits + "v" + the node's index).
+_OWNED_NAME = re.compile(r"^(?:\d+: )?(kv(\d+)x\w+)", re.MULTILINE)
+
 
 def _ip(*arguments: str) -> None:
     subprocess.run(["ip", *arguments], check=True, capture_output=True, text=True)
+
+
+def _remove_orphans() -> None:
+    """
+    Delete the namespaces and bridges left by test processes that were
+    killed before they could remove them (a namespace takes its end of
+    each veth pair with it).
+    """
+    listings = {
+        ("netns", "del"): ["ip", "netns", "list"],
+        ("link", "del"): ["ip", "-o", "link", "show", "type", "bridge"],
+    }
+    for removal, listing in listings.items():
+        output = subprocess.run(listing, capture_output=True, text=True).stdout
+        for owner in _OWNED_NAME.finditer(output):
+            if not _alive(int(owner.group(2))):
+                subprocess.run(["ip", *removal, owner.group(1)], capture_output=True)
+
+
+def _alive(pid: int) -> bool:
+    """
+    Whether a process with this id exists.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 class Namespaces:
@@ -48,7 +84,8 @@ class Namespaces:
     def __init__(self, node_ids: Iterable[str]) -> None:
         if shutil.which("ip") is None:
             raise SkipTest("network namespaces need iproute2's ip")
-        tag = f"{os.getpid() % 100000}{next(_instances)}"
+        _remove_orphans()
+        tag = f"{os.getpid()}x{next(_instances)}"
         self.bridge = f"kv{tag}b"
         subnet = self._free_subnet()
         self._names = {node_id: f"kv{tag}{node_id}" for node_id in node_ids}

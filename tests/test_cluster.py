@@ -150,8 +150,9 @@ class ElectionTests(ClusterTestMixin, SynchronousTestCase):
     def test_leader_plans_only_after_a_change(self) -> None:
         """
         The leader plans the next map again only when the map or the live
-        nodes changed: a settled cluster plans nothing, a death is planned
-        for (its partitions move).
+        nodes changed, until planning changes nothing: a settled cluster
+        plans nothing, a death is planned for (its partitions move), and
+        then the cluster is quiet again.
         """
         cluster = self.make_cluster(3)
         leader = cluster.settle()
@@ -172,6 +173,10 @@ class ElectionTests(ClusterTestMixin, SynchronousTestCase):
         self.assertTrue(plans)
         moved = cluster.nodes[leader].cluster_map
         self.assertTrue(all(victim not in {m.node_id for m in c.members} for c in moved.partitions))
+        cluster.settle()
+        planned = len(plans)
+        cluster.run(1.0)
+        self.assertEqual(len(plans), planned)
 
     def test_minority_elects_nobody(self) -> None:
         """

@@ -295,7 +295,8 @@ class Node:
         self._ids = itertools.count(1)
         self._op_ids = itertools.count(1)
         self._reports: list[list] = []
-        # the map and live nodes the leader last planned from
+        # the last map and live nodes the leader planned from without
+        # finding anything to change
         self._planned: tuple[Optional[ClusterMap], dict[str, int]] = (None, {})
         self._last_gossip = float("-inf")
         self._last_report: dict[tuple[int, str], float] = {}
@@ -475,12 +476,11 @@ class Node:
     def _lead(self, now: float) -> None:
         live = self.membership.live(now)
         current = self.consensus.latest_map
-        planned_map, planned_live = self._planned
-        if current is not None and current is planned_map and live == planned_live:
+        unchanged_map, unchanged_live = self._planned
+        if current is not None and current is unchanged_map and live == unchanged_live:
             if not self._reports:
-                # Planning again from the same map and nodes would change nothing.
+                # Planning from this map and these nodes changed nothing.
                 return
-        self._planned = (current, live)
         if current is None:
             proposal = initial_map(self.ring, self.config.partitions, live, self.config.replicas)
         else:
@@ -490,7 +490,9 @@ class Node:
                 proposal = change(proposal, partition, epoch, node)
             proposal = plan(proposal, self.ring, live, self.config.replicas)
         self._reports.clear()
-        if proposal != current:
+        if proposal == current:
+            self._planned = (current, live)
+        else:
             self._send_all(self.consensus.propose(now, proposal))
             self._after_consensus()
 

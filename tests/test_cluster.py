@@ -317,6 +317,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         cluster.run(cluster.config.request_timeout)
         self.assertTrue(write[0].check(OutcomeUnknown), write)
         self.assertEqual(node._requests, {})
+        self.assertEqual(len(node.deadlines), 0)
 
     def test_acknowledged_write_in_majority_memory(self) -> None:
         """

@@ -58,3 +58,19 @@ class DeadlinesTests(SynchronousTestCase):
         d.errback(ValueError("no"))
         self.failureResultOf(d, ValueError)
         self.assertEqual(len(deadlines), 0)
+
+    def test_tracked_until_settled(self) -> None:
+        """
+        A tracked Deferred gets no callback: it is cancelled at its deadline
+        unless its owner settles it first.
+        """
+        deadlines = Deadlines()
+        settled: Deferred[None] = Deferred()
+        deadlines.settle(deadlines.track(settled, 1.0))
+        forgotten: Deferred[None] = Deferred()
+        deadlines.track(forgotten, 1.0)
+        self.assertEqual(len(deadlines), 1)
+        deadlines.sweep(1.0)
+        self.assertNoResult(settled)
+        self.failureResultOf(forgotten, CancelledError)
+        self.assertEqual(len(deadlines), 0)

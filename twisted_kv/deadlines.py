@@ -41,12 +41,28 @@ class Deadlines:
 
         @return: C{d}
         """
+        return d.addBoth(self._settled, self.track(d, deadline))
+
+    def track(self, d: Deferred[Any], deadline: float) -> int:
+        """
+        Cancel C{d} at the first sweep at or after C{deadline}, unless
+        L{settle} is called first: for an owner that knows when C{d} fires,
+        without a callback on C{d}.
+
+        @return: the key to give L{settle}.
+        """
         key = next(self._keys)
         self._pending[key] = (deadline, d)
-        return d.addBoth(self._settled, key)
+        return key
+
+    def settle(self, key: int) -> None:
+        """
+        Forget the Deferred tracked under C{key}: it has fired.
+        """
+        self._pending.pop(key, None)
 
     def _settled(self, result: _T, key: int) -> _T:
-        self._pending.pop(key, None)
+        self.settle(key)
         return result
 
     def sweep(self, now: float) -> None:

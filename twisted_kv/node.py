@@ -287,10 +287,9 @@ class Node:
         self._commit_waiters: dict[int, list[tuple[int, int, Deferred]]] = {}
         self._confirmation_waiters: dict[int, list[tuple[int, int, Deferred]]] = {}
         self._stalled_since: dict[int, float] = {}
-        # requests sent to peers: id -> (peer, Deferred, deadline)
-        self._requests: dict[int, tuple[str, Deferred, float]] = {}
-        # time limits of operations run here, swept every tick as the
-        # requests' deadlines are
+        # requests sent to peers: id -> (peer, Deferred, key in deadlines)
+        self._requests: dict[int, tuple[str, Deferred, int]] = {}
+        # time limits of requests and of operations run here, swept every tick
         self.deadlines = Deadlines()
         self._ids = itertools.count(1)
         self._op_ids = itertools.count(1)
@@ -343,7 +342,8 @@ class Node:
             self._flush_call.cancel()
         self._flush_call = None
         # A request already sent may have taken effect at its peer.
-        for _, d, _ in list(self._requests.values()):
+        for _, d, deadline in list(self._requests.values()):
+            self.deadlines.settle(deadline)
             d.errback(Retry("node stopping", maybe_applied=True))
         self._requests.clear()
         for p in range(len(self.replicas)):
@@ -435,7 +435,6 @@ class Node:
     def tick(self) -> None:
         now = self._now()
         self.deadlines.sweep(now)
-        self._expire_requests(now)
         self._send_all(self.consensus.tick(now))
         self._after_consensus()
         if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
@@ -827,24 +826,15 @@ class Node:
         request_id = next(self._ids)
         message[1] = request_id
         d: Deferred = Deferred(lambda _: self._requests.pop(request_id, None))
-        self._requests[request_id] = (peer, d, self._now() + timeout)
+        # Tracked rather than limited: the answer or the lost link settles
+        # it, and a callback of its own on every request would cost more.
+        deadline = self.deadlines.track(d, self._now() + timeout)
+        self._requests[request_id] = (peer, d, deadline)
         if not self._send(peer, message):
             self._requests.pop(request_id, None)
+            self.deadlines.settle(deadline)
             return fail(Retry(f"no link to {peer}"))
         return d
-
-    def _expire_requests(self, now: float) -> None:
-        """
-        Cancel the requests whose deadline has come.  Kept with the requests
-        themselves rather than in L{deadlines}: a limit there costs every
-        request a callback of its own.
-        """
-        expired = [key for key, (_, _, deadline) in self._requests.items() if deadline <= now]
-        for request_id in expired:
-            # An earlier cancellation's callbacks may have settled this one.
-            pending = self._requests.pop(request_id, None)
-            if pending is not None:
-                pending[1].cancel()
 
     def new_op_id(self) -> str:
         return f"{self.node_id}/{self.incarnation:x}/{next(self._op_ids)}"
@@ -860,9 +850,10 @@ class Node:
                 self._mark_dirty(replica.partition)
 
     def peer_down(self, peer: str) -> None:
-        for request_id, (target, d, _) in list(self._requests.items()):
+        for request_id, (target, d, deadline) in list(self._requests.items()):
             if target == peer:
                 del self._requests[request_id]
+                self.deadlines.settle(deadline)
                 d.errback(Retry(f"lost the link to {peer}", maybe_applied=True))
 
     def _note_peer(self, peer: str, incarnation: int) -> None:
@@ -998,7 +989,8 @@ class Node:
         pending = self._requests.pop(request_id, None)
         if pending is None:
             return
-        d = pending[1]
+        _, d, deadline = pending
+        self.deadlines.settle(deadline)
         if status == "ok":
             d.callback(payload)
         else:

@@ -22,8 +22,9 @@ C{PUT /kv/bench} (100-byte values), once for each way of routing C{/kv}:
             cost of twisted.web alone, no store and no API
 
 Every variant runs on the same site (request bounding, metrics); only
-C{site.resource} changes, and all but C{direct} route C{/kv} through it.  The server and wrk share the machine, so compare
-the figures with each other, not across machines.
+C{site.resource} changes, and all but C{direct} route C{/kv} through it.
+The server and wrk share the machine, so compare the figures with each
+other, not across machines.
 """
 
 from __future__ import annotations

@@ -272,7 +272,7 @@ class Node:
         self.membership = Membership(
             config.node_ids, node_id, incarnation, config.failure_timeout
         )
-        self.ring = Ring(config.node_ids)
+        self.ring = Ring(config.node_ids, config.partitions)
         self.replicas = [Replica(p) for p in range(config.partitions)]
         self.messenger: Any = None
         self.executed = 0

@@ -3,8 +3,10 @@
 Where data lives: keys to partitions, partitions to replica sets.
 
 Keys hash onto a fixed number of partitions.  Each partition has an ideal
-replica order from a consistent-hash ring with virtual nodes, so that adding or
-removing a node moves few partitions.  The actual replica set of a partition is
+replica order from a consistent-hash ring with virtual nodes and bounded
+loads (L{Ring}): every node is primary for an even share of the partitions
+and holds an even share of the copies, and adding a node moves about its
+share of the partitions.  The actual replica set of a partition is
 a L{PartitionConfig} in the L{ClusterMap} that the elected partition leader
 maintains: L{plan} computes the next map from the current one and the nodes
 that are alive, following three rules:
@@ -25,6 +27,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import zlib
+from collections import Counter
 from typing import Iterable, Mapping, Optional, Sequence
 
 from attrs import evolve, field, frozen
@@ -43,12 +46,47 @@ def _point(label: str) -> int:
     return int.from_bytes(hashlib.blake2b(label.encode(), digest_size=8).digest(), "big")
 
 
-class Ring:
+class _Quota:
     """
-    A consistent-hash ring of node ids with virtual nodes.
+    Shares of C{total} places among C{nodes} nodes as even as they can be:
+    each node gets the floor of the fair share, and only C{total % nodes} of
+    them one more.
     """
 
-    def __init__(self, node_ids: Iterable[str], vnodes: int = VNODES_PER_NODE) -> None:
+    def __init__(self, total: int, nodes: int) -> None:
+        self._floor, self._extra = divmod(total, nodes)
+        self._taken: Counter[str] = Counter()
+        self._above_floor = 0
+
+    def full(self, node: str) -> bool:
+        taken = self._taken[node]
+        return taken > self._floor or (taken == self._floor and self._above_floor >= self._extra)
+
+    def take(self, node: str) -> None:
+        self._taken[node] += 1
+        if self._taken[node] == self._floor + 1:
+            self._above_floor += 1
+
+
+class Ring:
+    """
+    Preference lists of the nodes for every partition: a consistent-hash
+    ring with virtual nodes, with bounded loads.
+
+    With only a few dozen partitions, hashing alone leaves some node first
+    choice for twice as many partitions as another (13, 24 and 27 of 64 for
+    C{n1}..C{n3}), and so with twice the data and work.  The lists are
+    therefore built partition by partition, each walking the ring from the
+    partition's point but passing over nodes that already have their share:
+    of each position in the lists (the primaries first), of the first
+    positions taken together (the copies, whatever the replication
+    factor), and of the partitions that fall to them when a primary fails
+    (the second position of each primary's partitions).
+    """
+
+    def __init__(
+        self, node_ids: Iterable[str], partitions: int, vnodes: int = VNODES_PER_NODE
+    ) -> None:
         points = sorted(
             (_point(f"{node_id}#{index}"), node_id)
             for node_id in node_ids
@@ -57,16 +95,46 @@ class Ring:
         self._hashes = [point for point, _ in points]
         self._owners = [owner for _, owner in points]
         self._distinct = len(set(self._owners))
-        self._preferences: dict[int, tuple[str, ...]] = {}
+        self._preferences = self._balanced(partitions)
 
     def preference_list(self, partition: int) -> list[str]:
         """
-        Every node, in the order the ring prefers them for C{partition}.
+        Every node, in the order of preference for C{partition}.
         """
-        preference = self._preferences.get(partition)
-        if preference is None:
-            preference = self._preferences[partition] = tuple(self._walk(partition))
-        return list(preference)
+        return list(self._preferences[partition])
+
+    def _balanced(self, partitions: int) -> list[tuple[str, ...]]:
+        nodes = self._distinct
+        if not nodes:
+            return [() for _ in range(partitions)]
+        at_position = [_Quota(partitions, nodes) for _ in range(nodes)]
+        up_to_position = [_Quota(partitions * (n + 1), nodes) for n in range(nodes)]
+        successors = Counter[tuple[str, str]]()
+        primary_share = -(-partitions // nodes)
+        successor_share = -(-primary_share // max(1, nodes - 1))
+        preferences = []
+        for partition in range(partitions):
+            walk = self._walk(partition)
+            order: list[str] = []
+            for position in range(nodes):
+                candidates = [node for node in walk if node not in order]
+
+                def over(node: str) -> tuple[bool, bool, bool]:
+                    return (
+                        at_position[position].full(node),
+                        up_to_position[position].full(node),
+                        position == 1 and successors[order[0], node] >= successor_share,
+                    )
+
+                chosen = min(candidates, key=over)
+                order.append(chosen)
+                at_position[position].take(chosen)
+                for quota in up_to_position[position:]:
+                    quota.take(chosen)
+                if position == 1:
+                    successors[order[0], chosen] += 1
+            preferences.append(tuple(order))
+        return preferences
 
     def _walk(self, partition: int) -> list[str]:
         start = bisect.bisect(self._hashes, _point(f"partition:{partition}"))

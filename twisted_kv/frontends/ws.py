@@ -310,7 +310,8 @@ class WatchHub:
         # Changes at or below this revision may be missing from the history;
         # None until the first change arrives (nothing is known before).
         self._floor: Optional[int] = None
-        # The newest revision seen in each term since the floor.
+        # The newest revision seen in each term since the floor, oldest
+        # term first (revisions, and so their terms, only grow).
         self._term_ends: dict[int, int] = {}
         self.revision = 0
         self._sessions: set[WatchSession] = set()
@@ -411,8 +412,9 @@ class WatchHub:
             dropped.retained = False
             self._history_bytes -= dropped.size
             self._floor = dropped.revision
-            for term in [t for t in self._term_ends if t < revision_term(self._floor)]:
-                del self._term_ends[term]
+            floor_term = revision_term(self._floor)
+            while self._term_ends and next(iter(self._term_ends)) < floor_term:
+                del self._term_ends[next(iter(self._term_ends))]
 
     def _forget(self) -> None:
         """

@@ -200,6 +200,25 @@ class FilesResourceTests(SynchronousTestCase):
         self.error(response, body, 400, "bad_request")
         self.assertEqual(self.request("GET", "/f")[1], b"two")
 
+    def test_query_refused(self) -> None:
+        """
+        C{/files} takes no query parameters: any is a 400 naming it, and
+        the request does nothing.
+        """
+        self.request("PUT", "/f", b"one")
+        for method, path in [
+            ("PUT", "/f?ttl=5"),
+            ("PUT", "/g?x"),
+            ("DELETE", "/f?recursive=1"),
+            ("GET", "/f?download=1"),
+            ("GET", "/?sort=name"),
+        ]:
+            response, body = self.request(method, path, b"two")
+            self.error(response, body, 400, "bad_request")
+            self.assertIn("takes no query parameters", json.loads(body)["message"])
+        self.assertEqual(self.request("GET", "/f")[1], b"one")
+        self.error(*self.request("GET", "/g"), 404, "not_found")
+
     def test_too_large(self) -> None:
         """
         A body over the maximum is refused with 413, and nothing is kept.

@@ -436,7 +436,7 @@ class KeyTests(APITestCase):
         """
         An unencoded C{?} starts the query, which is not part of the key.
         """
-        self.request("PUT", "/kv/q?unused=1", b"v")
+        self.request("PUT", "/kv/q?ttl=60", b"v")
         self.assertEqual(self.request("GET", "/kv/q")[1], b"v")
 
     def test_longest_key(self) -> None:
@@ -691,6 +691,66 @@ class ConditionalTests(APITestCase):
         answer = self.request("DELETE", "/kv/k", If_Match="*")
         response = self.assertError(answer, 503, "unavailable")
         self.assertEqual(self.header(response, "Retry-After"), "1")
+
+
+class QueryTests(APITestCase):
+    """
+    A query parameter a request does not take is a 400 naming it and the
+    ones the request takes, and the request does nothing.
+    """
+
+    def assertRefused(self, method: str, path: str, *named: str) -> None:
+        """
+        Assert that C{method} on C{path} is a 400 whose message holds each
+        of C{named}.
+        """
+        answer = self.request(method, path, b"v")
+        self.assertError(answer, 400, "bad_request")
+        message = json.loads(answer[1])["message"]
+        for text in named:
+            self.assertIn(text, message, (method, path))
+
+    def test_key_writes(self) -> None:
+        """
+        PUT and POST of a key take C{ttl} only; a misspelt TTL stores
+        nothing.
+        """
+        for method in ["PUT", "POST"]:
+            self.assertRefused(method, "/kv/a?tll=5", "'tll'", "accepts only ttl")
+            self.assertRefused(method, "/kv/a?ttl=5&x=1&a=", "parameters 'a', 'x'", "ttl")
+            self.assertRefused(method, "/kv/a?ttl", "'ttl'")
+        self.assertError(self.request("GET", "/kv/a"), 404, "not_found")
+
+    def test_key_reads_and_deletes(self) -> None:
+        """
+        GET, HEAD and DELETE of a key take no query parameters.
+        """
+        self.put("a")
+        for method in ["GET", "DELETE"]:
+            self.assertRefused(method, "/kv/a?ttl=5", "'ttl'", "takes no query parameters")
+        response, body = self.request("HEAD", "/kv/a?x=1")
+        self.assertEqual((response.code, body), (400, b""))
+        self.assertEqual(self.request("GET", "/kv/a")[0].code, 200)
+
+    def test_listing(self) -> None:
+        """
+        The listing takes C{prefix}, C{limit} and C{start_after}.
+        """
+        self.assertRefused("GET", "/kv?prefx=a", "'prefx'", "limit, prefix, start_after")
+        self.assertRefused("GET", "/kv?limit", "'limit' has no value")
+
+    def test_repeated(self) -> None:
+        """
+        A parameter given twice is a 400, not whichever value comes first.
+        """
+        for method, path in [
+            ("PUT", "/kv/a?ttl=1&ttl=2"),
+            ("GET", "/kv?prefix=a&prefix=b"),
+            ("GET", "/kv?limit=1&limit=2"),
+            ("GET", "/kv?start_after=a&start_after=b"),
+        ]:
+            self.assertRefused(method, path, "more than once")
+        self.assertError(self.request("GET", "/kv/a"), 404, "not_found")
 
 
 class EntityTagParsingTests(SynchronousTestCase):

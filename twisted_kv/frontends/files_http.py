@@ -26,7 +26,8 @@ empty segments and encoded slashes are refused with 400).
 
 Errors are JSON C{{"error": <code>, "message": <text>}} with the status of
 the L{twisted_kv.errors.KVError} raised (404, 409, 412, 413, 416, 503 with
-C{Retry-After}, 504, 507, ...).
+C{Retry-After}, 504, 507, ...).  No request takes query parameters: any
+is a 400.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from twisted_kv.files import (
     FSPath,
     IsADirectory,
 )
+from twisted_kv.frontends.http_api import check_query
 from twisted_kv.interfaces import IKeyValue
 
 __all__ = ["FilesResource", "byte_range", "files_resource"]
@@ -69,6 +71,8 @@ _FILE_HEADERS = (
     b"x-content-sha256",
 )
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# /files takes no query parameters: a path holding "?" is percent-encoded.
+_NO_PARAMETERS: frozenset[bytes] = frozenset()
 
 
 class MethodNotAllowed(KVError):
@@ -159,6 +163,11 @@ class FilesResource(Resource):
         if handler is None:
             request.setHeader(b"allow", b"GET, HEAD, PUT, DELETE")
             self._error(request, MethodNotAllowed(f"{request.method!r} is not allowed here"))
+            return NOT_DONE_YET
+        try:
+            check_query(request, _NO_PARAMETERS, "/files/{path}")
+        except InvalidRequest as error:
+            self._error(request, error)
             return NOT_DONE_YET
         done: Deferred[None] = Deferred.fromCoroutine(handler(request))
         done.addErrback(self._failed, request, gone)

@@ -26,6 +26,10 @@ entity-tags, C{If-None-Match} with entity-tags) is evaluated on a read, and
 the write is then made conditional on the version that read found, so a
 concurrent writer makes it fail and the evaluation starts again.  GET and
 HEAD answer C{304} (with the ETag, no body) when C{If-None-Match} matches.
+
+A query parameter the request does not take is a C{400}, as an unknown key
+in the cluster file is an error: a misspelt C{?tll=5} must not store the key
+without its TTL.
 """
 
 from __future__ import annotations
@@ -70,6 +74,13 @@ MAX_LIMIT = 10000
 
 _KEY_METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
 _LIST_METHODS = ("GET", "HEAD")
+
+# The query parameters each request takes; any other is refused, so that a
+# misspelt one (?tll=5) never silently changes what a request does.
+_WRITE_PARAMETERS = frozenset({b"ttl"})
+_KEY_PARAMETERS = {b"PUT": _WRITE_PARAMETERS, b"POST": _WRITE_PARAMETERS}
+_LIST_PARAMETERS = frozenset({b"prefix", b"limit", b"start_after"})
+_NO_PARAMETERS: frozenset[bytes] = frozenset()
 
 # How often a precondition that the store cannot check itself is evaluated
 # again after a concurrent write changed the key under it.
@@ -313,6 +324,37 @@ def _preconditions(request: IRequest) -> Preconditions:
     )
 
 
+def check_query(request: IRequest, accepted: frozenset[bytes], resource: str) -> None:
+    """
+    Refuse a query parameter that the request does not take.
+
+    @param accepted: the names of the parameters it takes.
+    @param resource: the path it was made on, as documented
+        (C{"/kv/{key}"}), for the message.
+    @raise InvalidRequest: the query names another parameter, or names one
+        without a value (twisted.web leaves C{?ttl} out of C{request.args}).
+    """
+    named: set[bytes] = set()
+    bare: set[bytes] = set()
+    for element in request.uri.partition(b"?")[2].split(b"&"):
+        if element:
+            name, equals, _ = element.partition(b"=")
+            (named if equals else bare).add(unquote_to_bytes(name.replace(b"+", b" ")))
+    unknown = sorted((named | bare) - accepted)
+    if unknown:
+        names = ", ".join(repr(name.decode("utf-8", "replace")) for name in unknown)
+        target = f"{request.method.decode('ascii', 'replace')} {resource}"
+        if accepted:
+            takes = f"{target} accepts only {', '.join(sorted(n.decode() for n in accepted))}"
+        else:
+            takes = f"{target} takes no query parameters"
+        plural = "s" if len(unknown) > 1 else ""
+        raise InvalidRequest(f"unknown query parameter{plural} {names}: {takes}")
+    if bare:
+        name = min(bare).decode("utf-8", "replace")
+        raise InvalidRequest(f"query parameter {name!r} has no value (expected {name}=...)")
+
+
 def _query(request: IRequest, name: bytes) -> Optional[bytes]:
     """
     The one value of query parameter C{name}, or C{None} when absent.
@@ -427,6 +469,9 @@ class KeyValueResource(Resource):
                 handler = self._handlers.get(request.method)
                 if handler is None:
                     raise MethodNotAllowed(_KEY_METHODS)
+                if b"?" in request.uri:
+                    parameters = _KEY_PARAMETERS.get(request.method, _NO_PARAMETERS)
+                    check_query(request, parameters, "/kv/{key}")
                 answered = handler(request, _client_key(path[slash + 1 :]))
         except Exception:
             answered = fail()
@@ -442,6 +487,7 @@ class KeyValueResource(Resource):
     def _list(self, request: IRequest) -> Deferred[None]:
         if request.method not in (b"GET", b"HEAD"):
             raise MethodNotAllowed(_LIST_METHODS)
+        check_query(request, _LIST_PARAMETERS, "/kv")
         prefix = _query_text(request, b"prefix") or ""
         start_after = _query_text(request, b"start_after")
         limit = _limit(request)

@@ -200,6 +200,30 @@ class FilesResourceTests(SynchronousTestCase):
         self.error(response, body, 400, "bad_request")
         self.assertEqual(self.request("GET", "/f")[1], b"two")
 
+    def test_precondition_failed_tells_current(self) -> None:
+        """
+        A 412 carries the ETag of the file as it is now, so that the client
+        can retry without a GET; none when there is no file, or when the
+        read of it is degraded (it may be stale).
+        """
+        etag = self.header(self.request("PUT", "/f", b"one")[0], "etag")
+        for method, headers in [
+            ("PUT", {"if_match": '"9.9"'}),
+            ("PUT", {"if_none_match": "*"}),
+            ("DELETE", {"if_match": '"9.9"'}),
+        ]:
+            response, body = self.request(method, "/f", b"two", **headers)
+            self.error(response, body, 412, "precondition_failed")
+            self.assertEqual(self.header(response, "etag"), etag, (method, headers))
+        response, body = self.request("PUT", "/new", b"x", if_match=etag)
+        self.error(response, body, 412, "precondition_failed")
+        self.assertIsNone(self.header(response, "etag"))
+        self.kv.degraded = True
+        response, body = self.request("PUT", "/f", b"two", if_match='"9.9"')
+        self.error(response, body, 412, "precondition_failed")
+        self.assertIsNone(self.header(response, "etag"))
+        self.assertEqual(self.request("GET", "/f")[1], b"one")
+
     def test_query_refused(self) -> None:
         """
         C{/files} takes no query parameters: any is a 400 naming it, and

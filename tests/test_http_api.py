@@ -125,6 +125,24 @@ class RacingKeyValue(LocalKeyValue):
         return result
 
 
+class FaultyReadsKeyValue(LocalKeyValue):
+    """
+    A L{LocalKeyValue} whose reads are degraded, or refused, as the test
+    sets; its writes work as usual.
+    """
+
+    degraded = False
+    refused = False
+
+    def get(self, key: str) -> Deferred[ReadResult]:
+        if self.refused:
+            return fail(Unavailable("no majority"))
+        result = super().get(key)
+        if self.degraded:
+            result.addCallback(lambda read: ReadResult(read.record, degraded=True))
+        return result
+
+
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"(?:,|$)')
 
@@ -691,6 +709,73 @@ class ConditionalTests(APITestCase):
         answer = self.request("DELETE", "/kv/k", If_Match="*")
         response = self.assertError(answer, 503, "unavailable")
         self.assertEqual(self.header(response, "Retry-After"), "1")
+
+
+class CurrentVersionTests(APITestCase):
+    """
+    A C{412} carries the C{ETag} of the key's current version, so that the
+    client can retry without reading the key again.
+    """
+
+    def serve_faulty(self) -> FaultyReadsKeyValue:
+        kv = FaultyReadsKeyValue(self.clock)
+        self.serve(kv)
+        return kv
+
+    def test_failed_write(self) -> None:
+        """
+        Every failed precondition of a PUT or DELETE on an existing key,
+        whether the store or the front end evaluated it, is answered with
+        the current ETag.
+        """
+        version = self.put("k", b"one")
+        for method in ["PUT", "DELETE"]:
+            for headers in [
+                {"If_Match": '"0.0"'},
+                {"If_Match": '"0.0", "0.1"'},
+                {"If_None_Match": "*"},
+                {"If_None_Match": f'"{version}"'},
+            ]:
+                if method == "DELETE" and "If_None_Match" in headers:
+                    continue
+                answer = self.request(method, "/kv/k", b"two", **headers)
+                response = self.assertError(answer, 412, "precondition_failed")
+                self.assertEqual(self.header(response, "ETag"), f'"{version}"', (method, headers))
+        self.assertEqual(self.request("GET", "/kv/k")[1], b"one")
+
+    def test_failed_read(self) -> None:
+        """
+        A GET or HEAD whose If-Match does not hold is a 412 with the current
+        ETag.
+        """
+        version = self.put("k", b"one")
+        for method in ["GET", "HEAD"]:
+            response, body = self.request(method, "/kv/k", If_Match='"0.0"')
+            self.assertEqual(response.code, 412, body)
+            self.assertEqual(self.header(response, "ETag"), f'"{version}"')
+
+    def test_missing_key(self) -> None:
+        """
+        A failed precondition on a missing key has no ETag to tell.
+        """
+        for method in ["PUT", "DELETE"]:
+            answer = self.request(method, "/kv/k", b"v", If_Match='"0.0"')
+            response = self.assertError(answer, 412, "precondition_failed")
+            self.assertIsNone(self.header(response, "ETag"))
+
+    def test_unsure_read(self) -> None:
+        """
+        When the read after the refused write is degraded or refused, the
+        412 goes without an ETag rather than with a possibly stale one.
+        """
+        kv = self.serve_faulty()
+        self.put("k", b"one")
+        kv.degraded = True
+        answer = self.request("PUT", "/kv/k", b"two", If_Match='"0.0"')
+        self.assertIsNone(self.header(self.assertError(answer, 412, "precondition_failed"), "ETag"))
+        kv.degraded, kv.refused = False, True
+        answer = self.request("DELETE", "/kv/k", If_Match='"0.0"')
+        self.assertIsNone(self.header(self.assertError(answer, 412, "precondition_failed"), "ETag"))
 
 
 class QueryTests(APITestCase):

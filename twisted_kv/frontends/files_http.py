@@ -26,8 +26,8 @@ empty segments and encoded slashes are refused with 400).
 
 Errors are JSON C{{"error": <code>, "message": <text>}} with the status of
 the L{twisted_kv.errors.KVError} raised (404, 409, 412, 413, 416, 503 with
-C{Retry-After}, 504, 507, ...).  No request takes query parameters: any
-is a 400.
+C{Retry-After}, 504, 507, ...).  A 412 carries the C{ETag} of the file as it
+is now, when there is one.  No request takes query parameters: any is a 400.
 """
 
 from __future__ import annotations
@@ -173,20 +173,42 @@ class FilesResource(Resource):
         done.addErrback(self._failed, request, gone)
         return NOT_DONE_YET
 
-    def _failed(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
+    def _failed(
+        self, failure: Failure, request: Request, gone: list[Failure]
+    ) -> Optional[Deferred[None]]:
         if gone:
-            return
+            return None
         if request.startedWriting:
             # The status is gone already: cut the body short.
             self._log.warn("Sending a file failed: {error}", error=failure.value)
             request.loseConnection()
-            return
+            return None
         for name in _FILE_HEADERS:
             request.responseHeaders.removeHeader(name)
         error = failure.value
+        if isinstance(error, PreconditionFailed):
+            return Deferred.fromCoroutine(self._precondition_failed(request, error, gone))
         if not isinstance(error, KVError):
             self._log.failure("Handling {method} /files failed", failure, method=request.method)
             error = KVError("internal error")
+        self._error(request, error)
+        return None
+
+    async def _precondition_failed(
+        self, request: Request, error: PreconditionFailed, gone: list[Failure]
+    ) -> None:
+        """
+        Answer C{412} with the C{ETag} of the file as it is now, when there
+        is one, so that the client can retry without a GET.
+        """
+        try:
+            entry: Optional[Entry] = await self._fs.stat(self._path(request)[0])
+        except KVError:
+            entry = None
+        if gone:
+            return
+        if entry is not None and entry.version is not None and not entry.degraded:
+            request.setHeader(b"etag", _quoted(entry.version))
         self._error(request, error)
 
     def _error(self, request: Request, error: KVError) -> None:

@@ -26,6 +26,8 @@ entity-tags, C{If-None-Match} with entity-tags) is evaluated on a read, and
 the write is then made conditional on the version that read found, so a
 concurrent writer makes it fail and the evaluation starts again.  GET and
 HEAD answer C{304} (with the ETag, no body) when C{If-None-Match} matches.
+A C{412} carries the C{ETag} of the key's current version (read again after
+the store refused a write), so that the client can retry without a GET.
 
 A query parameter the request does not take is a C{400}, as an unknown key
 in the cluster file is an error: a misspelt C{?tll=5} must not store the key
@@ -182,15 +184,13 @@ def _send(
     request.finish()
 
 
-def _send_empty(request: IRequest, code: int, etag: Optional[bytes] = None) -> None:
+def _send_empty(request: IRequest, code: int) -> None:
     """
     Answer C{request} with a bodiless C{204} or C{304}.
     """
     if request.channel is None:
         return
     request.setResponseCode(code)
-    if etag is not None:
-        request.setHeader(b"ETag", etag)
     request.finish()
 
 
@@ -508,18 +508,20 @@ class KeyValueResource(Resource):
 
     @staticmethod
     def _got(result: ReadResult, request: IRequest, key: str, conditions: Preconditions) -> None:
+        headers = request.responseHeaders
         if result.degraded:
-            request.setHeader(_DEGRADED, b"true")
+            headers.setRawHeaders(_DEGRADED, [b"true"])
         record = result.record
         if record is None:
             raise KeyNotFound(f"no key {key!r}")
         version = format_version(record.version)
-        etag = _etag(version)
+        # Every answer from here on (200, 304, 412) tells the current version.
+        headers.setRawHeaders(b"ETag", [_etag(version)])
         if not conditions.evaluate(version):
-            _send_empty(request, 304, etag)
+            _send_empty(request, 304)
             return
         content_type = record.content_type.encode("latin-1", "replace")
-        _send(request, 200, record.value, content_type, etag)
+        _send(request, 200, record.value, content_type)
 
     def _post(self, request: IRequest, key: str) -> Deferred[None]:
         return self._put(request, key, create_only=True)
@@ -542,6 +544,7 @@ class KeyValueResource(Resource):
             written = self._conditionally(
                 store_key, conditions, lambda version: put(version, version is None)
             )
+        written.addErrback(self._tag_current, request, store_key)
         return written.addCallback(self._written, request, key)
 
     @staticmethod
@@ -562,7 +565,25 @@ class KeyValueResource(Resource):
                 return self._kv.delete(store_key, version)
 
             deleted = self._conditionally(store_key, conditions, delete)
+        deleted.addErrback(self._tag_current, request, store_key)
         return deleted.addCallback(lambda _: _send_empty(request, 204))
+
+    def _tag_current(self, failure: Failure, request: IRequest, store_key: str) -> Deferred[None]:
+        """
+        Give the C{412} answering a failed precondition the C{ETag} of the
+        key's current version, when it exists, so that the client can retry
+        without reading the key again.
+
+        @return: a Deferred failing with C{failure}.
+        """
+        failure.trap(PreconditionFailed)
+
+        def tag(result: ReadResult) -> Failure:
+            if result.record is not None and not result.degraded:
+                request.setHeader(b"ETag", _etag(format_version(result.record.version)))
+            return failure
+
+        return self._kv.get(store_key).addCallbacks(tag, lambda _: failure)
 
     def _conditionally(
         self,

@@ -129,7 +129,7 @@ async def _main(reactor, duration: float, connections: int) -> None:
         for name, variant in _VARIANTS.items():
             kv = LocalKeyValue(reactor)
             site = build_site(kv, _Status(), clock=reactor)
-            site.resource = variant(site.resource, KeyValueResource(kv))
+            site.resource = variant(site.resource, KeyValueResource(kv, reactor))
             if name != "direct":
                 site.kv_resource = None
             port = reactor.listenTCP(0, site, interface="127.0.0.1")

@@ -891,6 +891,26 @@ class TTLTests(APITestCase):
         self.assertError(self.request("GET", "/kv/short"), 404, "not_found")
         self.assertEqual(json.loads(self.request("GET", "/kv")[1])["keys"], [])
 
+    def test_remaining(self) -> None:
+        """
+        GET and HEAD of a key with a TTL, and their 304s, tell the seconds
+        it has left in C{X-KV-TTL}; a key without a TTL has no such header.
+        """
+        self.request("PUT", "/kv/short?ttl=2.5", b"v")
+        self.put("long")
+        self.clock.advance(1)
+        for method in ["GET", "HEAD"]:
+            response, body = self.request(method, "/kv/short")
+            self.assertEqual(response.code, 200)
+            self.assertEqual(self.header(response, "X-KV-TTL"), "1.500")
+            self.assertIsNone(self.header(self.request(method, "/kv/long")[0], "X-KV-TTL"))
+        etag = self.header(response, "ETag")
+        response, body = self.request("GET", "/kv/short", If_None_Match=etag)
+        self.assertEqual(response.code, 304)
+        self.assertEqual(self.header(response, "X-KV-TTL"), "1.500")
+        self.clock.advance(1.4999)
+        self.assertEqual(self.header(self.request("GET", "/kv/short")[0], "X-KV-TTL"), "0.000")
+
     def test_rewrite_without_ttl(self) -> None:
         """
         Rewriting a key without a TTL keeps it.

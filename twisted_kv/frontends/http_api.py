@@ -29,6 +29,10 @@ HEAD answer C{304} (with the ETag, no body) when C{If-None-Match} matches.
 A C{412} carries the C{ETag} of the key's current version (read again after
 the store refused a write), so that the client can retry without a GET.
 
+Reads of a key written with a TTL carry C{X-KV-TTL}, the seconds it has left
+by this node's clock.  There is no C{Expires} header: it would tell caches
+that the value stays fresh until then, though any write may replace it.
+
 A query parameter the request does not take is a C{400}, as an unknown key
 in the cluster file is an error: a misspelt C{?tll=5} must not store the key
 without its TTL.
@@ -44,6 +48,7 @@ from typing import Any, Callable, Iterable, Optional
 from attrs import frozen
 from klein import Klein
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -436,6 +441,8 @@ def _content_type(request: IRequest) -> str:
 
 
 _DEGRADED = b"X-KV-Degraded"
+# The seconds a key written with a TTL has left, on reads of it.
+_TTL = b"X-KV-TTL"
 
 
 class KeyValueResource(Resource):
@@ -443,14 +450,16 @@ class KeyValueResource(Resource):
     C{/kv} (listing keys) and C{/kv/{key}} (one key), over an L{IKeyValue}.
 
     The key is everything after the second C{/} of the raw request path, so
-    this resource is mounted as a leaf directly under the root.
+    this resource is mounted as a leaf directly under the root.  Its clock
+    tells the seconds left to keys written with a TTL.
     """
 
     isLeaf = True
 
-    def __init__(self, kv: IKeyValue) -> None:
+    def __init__(self, kv: IKeyValue, clock: IReactorTime) -> None:
         super().__init__()
         self._kv = kv
+        self._clock = clock
         self._handlers: dict[bytes, Callable[[IRequest, str], Deferred[None]]] = {
             b"GET": self._get,
             b"HEAD": self._get,
@@ -506,8 +515,9 @@ class KeyValueResource(Resource):
         conditions = _preconditions(request)
         return self._kv.get(user_key(key)).addCallback(self._got, request, key, conditions)
 
-    @staticmethod
-    def _got(result: ReadResult, request: IRequest, key: str, conditions: Preconditions) -> None:
+    def _got(
+        self, result: ReadResult, request: IRequest, key: str, conditions: Preconditions
+    ) -> None:
         headers = request.responseHeaders
         if result.degraded:
             headers.setRawHeaders(_DEGRADED, [b"true"])
@@ -517,6 +527,9 @@ class KeyValueResource(Resource):
         version = format_version(record.version)
         # Every answer from here on (200, 304, 412) tells the current version.
         headers.setRawHeaders(b"ETag", [_etag(version)])
+        if record.expires_at is not None:
+            remaining = max(0.0, record.expires_at - self._clock.seconds())
+            headers.setRawHeaders(_TTL, [b"%.3f" % remaining])
         if not conditions.evaluate(version):
             _send_empty(request, 304)
             return

@@ -271,7 +271,7 @@ def build_site(
     if _KV in children:
         raise ValueError("/kv is served by the key-value API")
     metrics = HTTPMetrics()
-    kv_resource = KeyValueResource(kv)
+    kv_resource = KeyValueResource(kv, clock)
     root = _Root({**children, _KV: kv_resource}, NodeAPI(status, metrics).resource())
     return _Site(
         root,

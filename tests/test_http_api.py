@@ -12,6 +12,7 @@ refusals, unknown outcomes, crashes, slow answers).
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any, Callable, Optional
 from urllib.parse import quote
@@ -836,6 +837,29 @@ class QueryTests(APITestCase):
         ]:
             self.assertRefused(method, path, "more than once")
         self.assertError(self.request("GET", "/kv/a"), 404, "not_found")
+
+
+class ReadmeTests(SynchronousTestCase):
+    """
+    The README's curl examples store what they say they store.
+    """
+
+    def test_writes_name_content_type(self) -> None:
+        """
+        Every curl command in README.md that sends a body also sends a
+        C{Content-Type}: curl's default for C{--data-binary} is
+        C{application/x-www-form-urlencoded}, which the node would store.
+        """
+        readme = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+        with open(readme, encoding="utf-8") as f:
+            text = f.read().replace("\\\n", " ")
+        writes = [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip().startswith("curl ") and re.search(r" (-d|--data\S*) ", line)
+        ]
+        self.assertNotEqual(writes, [])
+        self.assertEqual([line for line in writes if "-H 'Content-Type: " not in line], [])
 
 
 class EntityTagParsingTests(SynchronousTestCase):

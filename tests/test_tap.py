@@ -12,7 +12,6 @@ from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.testing import MemoryReactor
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
@@ -54,24 +53,35 @@ class OptionsTests(SynchronousTestCase):
 
     def test_required(self) -> None:
         """
-        Both options are required.
+        Both options are required: without one, the program ends with a line
+        naming the command, the option and what it gives, and pointing to
+        C{--help}.
         """
+        config = "--config is required (the cluster file)"
+        node = "--node is required (this node's id in the cluster file)"
         for argv, missing in [
-            ([], "--config"),
-            (["--node", "n1"], "--config"),
-            (["--config", "x.ini"], "--node"),
-            (["--config", "x.ini", "--node", ""], "--node"),
+            ([], config),
+            (["--node", "n1"], config),
+            (["--config", "x.ini"], node),
+            (["--config", "x.ini", "--node", ""], node),
         ]:
-            error = self.assertRaises(usage.UsageError, self.parse, argv)
-            self.assertEqual(str(error), f"{missing} is required")
+            error = self.assertRaises(SystemExit, self.parse, argv)
+            self.assertEqual(
+                error.code, f"twistd kvnode: {missing}; see twistd kvnode --help"
+            )
 
     def test_no_arguments(self) -> None:
         """
-        Positional arguments are refused.
+        Positional arguments and unknown options are refused the same way.
         """
-        self.assertRaises(
-            usage.UsageError, self.parse, ["-c", "x.ini", "-n", "n1", "extra"]
-        )
+        for argv, problem in [
+            (["-c", "x.ini", "-n", "n1", "extra"], "Wrong number of arguments"),
+            (["--confg", "x.ini", "-n", "n1"], "option --confg not recognized"),
+        ]:
+            error = self.assertRaises(SystemExit, self.parse, argv)
+            self.assertEqual(
+                error.code, f"twistd kvnode: {problem}; see twistd kvnode --help"
+            )
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -214,6 +224,22 @@ class TwistdTests(SynchronousTestCase):
                 1,
                 "etc/cluster-local.ini: --node: unknown node id 'n9'"
                 " (the file defines n1, n2, n3)\n",
+            ),
+        )
+
+    def test_missing_option(self) -> None:
+        """
+        No C{--config}: status 1, and one line on stderr naming the command
+        as the user typed it, not twistd's path and first argument.
+        """
+        result = self.twistd("--node", "n1")
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (
+                1,
+                "",
+                "twistd kvnode: --config is required (the cluster file);"
+                " see twistd kvnode --help\n",
             ),
         )
 

@@ -40,15 +40,34 @@ class Options(usage.Options):
         ["node", "n", None, "The id of this node: its [node:ID] section in the file."],
     ]
 
+    def parseOptions(self, options: Optional[list[str]] = None) -> None:
+        """
+        Parse the command line; a usage error ends the program with one line
+        naming the command as the user knows it.  (twistd itself would print
+        this usage, then name the command by its own path and first
+        argument: C{/usr/bin/twistd -n: ...}.)
+
+        @raise SystemExit: with that line, on a usage error.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            command = "twistd kvnode"
+            message = str(error).rstrip(".")
+            raise SystemExit(f"{command}: {message}; see {command} --help") from None
+
     def postOptions(self) -> None:
         """
         Both options are required.
 
         @raise usage.UsageError: if one is missing or empty.
         """
-        for name in ("config", "node"):
+        for name, meaning in (
+            ("config", "the cluster file"),
+            ("node", "this node's id in the cluster file"),
+        ):
             if not self[name]:
-                raise usage.UsageError(f"--{name} is required")
+                raise usage.UsageError(f"--{name} is required ({meaning})")
 
 
 def makeService(

@@ -8,17 +8,24 @@ scripted C{/cluster} answers: no process is started and no port opened.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from twisted_kv.core.config import parse_config
+from tests.e2e import free_ports, node_environment as e2e_node_environment, poll, write_config
+from twisted_kv.core.config import load_config, parse_config
 from twisted_kv.launcher import (
     DEFAULT_CONFIG,
+    PARENT_VARIABLE,
     Launcher,
     LineBuffer,
     NodeProcess,
@@ -29,6 +36,7 @@ from twisted_kv.launcher import (
     node_command,
     node_environment,
     parse_arguments,
+    _write_line,
 )
 
 _CONFIG = parse_config(
@@ -41,10 +49,7 @@ _CONFIG = parse_config(
     "etc/demo.ini",
 )
 
-_MAIN = (
-    "import os, sys; os.setpgrp(); sys.argv[0] = 'twistd'; "
-    "from twisted.scripts.twistd import run; run()"
-)
+_MAIN = "from twisted_kv.launcher import run_node; run_node()"
 
 
 class PureTests(SynchronousTestCase):
@@ -179,6 +184,30 @@ class PureTests(SynchronousTestCase):
         )
 
 
+class WriteLineTests(SynchronousTestCase):
+    """
+    C{kvcluster}'s own standard output and error.
+    """
+
+    def test_pipe_closed(self) -> None:
+        """
+        Once a line cannot be written because the reader has gone, the
+        stream's descriptor points at C{/dev/null}: what stays buffered and
+        what comes next go nowhere, without another error.
+        """
+        read_end, write_end = os.pipe()
+        stream = os.fdopen(write_end, "w")
+        self.addCleanup(stream.close)
+        write = _write_line(stream)
+        write("read")
+        self.assertEqual(os.read(read_end, 100), b"read\n")
+        os.close(read_end)
+        self.assertRaises(BrokenPipeError, write, "not read")
+        self.assertEqual(os.fstat(write_end).st_rdev, os.stat(os.devnull).st_rdev)
+        write("not read either")
+        stream.flush()
+
+
 class FakeProcessTransport:
     """
     The process transport the fake reactor hands to a protocol.
@@ -269,7 +298,7 @@ class LauncherTests(SynchronousTestCase):
             [(exe, args, env) for _, exe, args, env in self.reactor.spawned],
             [
                 ("/py", node_command("etc/demo.ini", node_id, "/py"),
-                 node_environment({"HOME": "/root"}))
+                 {**node_environment({"HOME": "/root"}), PARENT_VARIABLE: str(os.getpid())})
                 for node_id in ["n1", "n2", "node3"]
             ],
         )
@@ -421,6 +450,40 @@ class LauncherTests(SynchronousTestCase):
         self.end(2, ProcessTerminated(signal=9))
         self.assertIsNone(self.successResultOf(d))
 
+    def test_output_fails(self) -> None:
+        """
+        Output that can no longer be written (the pipe or terminal is gone)
+        is dropped: the nodes are stopped all the same, and C{finished}
+        fires.
+        """
+        broken = []
+
+        def out(line: str) -> None:
+            if broken:
+                raise BrokenPipeError(32, "Broken pipe")
+            self.out.append(line)
+
+        def err(line: str) -> None:
+            if broken:
+                raise ValueError("I/O operation on closed file")
+            self.err.append(line)
+
+        self.launcher = Launcher(
+            _CONFIG, self.reactor, self.fetch, out, err, python="/py", environ={}
+        )
+        self.launcher.start()
+        n2 = self.reactor.spawned[1][0]
+        broken.append(True)
+        n2.childDataReceived(1, b"a line nobody reads\n")
+        n2.childDataReceived(2, b"nor this one\n")
+        d = self.launcher.stop()
+        self.assertEqual([t.signals for t in self.reactor.transports], [["TERM"]] * 3)
+        for index in range(3):
+            self.end(index, ProcessDone(0))
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIsNone(self.successResultOf(self.launcher.finished))
+        self.assertEqual((len(self.out), self.err), (1, []))
+
     def test_node_dies_during_startup(self) -> None:
         """
         A node that exits before there is a leader stops the whole cluster,
@@ -460,3 +523,225 @@ class LauncherTests(SynchronousTestCase):
         self.end(2, ProcessDone(0))
         self.assertEqual(self.err[-1], "kvcluster: every node has exited")
         self.assertEqual(self.failureResultOf(self.launcher.finished, SystemExit).value.code, 1)
+
+
+#: Copies C{kvcluster}'s output to the file named by its argument until the
+#: cluster is up, then exits: what C{kvcluster | head} does to it.
+_COPY_UNTIL_UP = (
+    "import sys\n"
+    "with open(sys.argv[1], 'w') as out:\n"
+    "    for line in sys.stdin:\n"
+    "        out.write(line)\n"
+    "        out.flush()\n"
+    "        if ' is up; ' in line:\n"
+    "            break\n"
+)
+
+
+def _restore_signals() -> None:
+    """
+    Give C{kvcluster} the default signal dispositions a terminal gives it,
+    whatever this test runner ignores.
+    """
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def _children(pid: int) -> dict[int, str]:
+    """
+    The running node processes whose parent is C{pid}: pid to node id.
+    """
+    nodes = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and "--node" in argv:
+            nodes[int(entry)] = argv[argv.index("--node") + 1]
+    return nodes
+
+
+def _alive(pid: int) -> bool:
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _accepts(port: int) -> bool:
+    """
+    Whether something accepts TCP connections on C{127.0.0.1:port}.
+    """
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class RealLauncherTests(TestCase):
+    """
+    C{kvcluster} as a user runs it: a real process with three real nodes on
+    free loopback ports, signalled as a terminal would.  Linux only (the
+    nodes are found through C{/proc}).
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        if not os.path.isdir("/proc/self/fd"):
+            raise SkipTest("needs Linux /proc")
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.config_path = os.path.join(self.directory, "cluster.ini")
+        ports = free_ports(9)
+        write_config(
+            self.config_path,
+            [(f"n{i + 1}", *ports[3 * i : 3 * i + 3]) for i in range(3)],
+            election_timeout="1s",
+        )
+        self.config = load_config(self.config_path)
+        self.out_path = os.path.join(self.directory, "out")
+        self.err_path = os.path.join(self.directory, "err")
+        self.seen: dict[int, str] = {}
+        self.addCleanup(self._kill_leftovers)
+
+    def _kill_leftovers(self) -> None:
+        for pid in self.seen:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    def launch(self, output_reader: bool = False) -> subprocess.Popen:
+        """
+        Start C{kvcluster} on the cluster file, standard error to a file,
+        standard output to a file or, with C{output_reader}, into a process
+        that copies it to that file and exits once the cluster is up.
+        """
+        argv = [sys.executable, "-m", "twisted_kv.launcher", self.config_path]
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            kvcluster = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if output_reader else out,
+                stderr=err,
+                env=e2e_node_environment(),
+                preexec_fn=_restore_signals,
+            )
+        self.seen[kvcluster.pid] = "kvcluster"
+        self.addCleanup(lambda: kvcluster.poll() is None and kvcluster.kill())
+        if output_reader:
+            self.reader = subprocess.Popen(
+                [sys.executable, "-c", _COPY_UNTIL_UP, self.out_path], stdin=kvcluster.stdout
+            )
+            assert kvcluster.stdout is not None
+            kvcluster.stdout.close()
+            self.addCleanup(lambda: self.reader.poll() is None and self.reader.kill())
+        return kvcluster
+
+    def output(self) -> str:
+        with open(self.out_path) as out:
+            return out.read()
+
+    def errors(self) -> str:
+        with open(self.err_path) as err:
+            return err.read()
+
+    async def wait_until_up(self, kvcluster: subprocess.Popen) -> dict[int, str]:
+        """
+        Wait until C{kvcluster} reports the cluster up; return its nodes,
+        pid to node id.
+        """
+
+        async def up() -> Optional[bool]:
+            if kvcluster.poll() is not None:
+                raise AssertionError(f"kvcluster exited: {self.errors()}")
+            return True if " is up; " in self.output() else None
+
+        await poll(up, 60, "kvcluster to report the cluster up")
+        nodes = _children(kvcluster.pid)
+        self.seen.update(nodes)
+        self.assertEqual(sorted(nodes.values()), ["n1", "n2", "n3"])
+        return nodes
+
+    async def assert_stopped(self, kvcluster: subprocess.Popen, status: Optional[int]) -> None:
+        """
+        Wait for C{kvcluster} to exit (with C{status} unless C{None}), then
+        check that no node it ever ran is left and that every port is free.
+        """
+
+        async def exited() -> Optional[int]:
+            return kvcluster.poll()
+
+        code = await poll(exited, 30, "kvcluster to exit")
+        if status is not None:
+            self.assertEqual(code, status, self.errors())
+
+        async def gone() -> Optional[bool]:
+            return None if any(_alive(pid) for pid in self.seen) else True
+
+        try:
+            await poll(gone, 15, "every node to end")
+        except AssertionError:
+            left = {pid: node for pid, node in self.seen.items() if _alive(pid)}
+            self.fail(f"still running: {left}; kvcluster's errors: {self.errors()}")
+        ports = [
+            port
+            for node in self.config.nodes
+            for port in (node.http_port, node.peer_port, node.ftp_port)
+        ]
+        self.assertEqual([port for port in ports if _accepts(port)], [])
+
+    async def stop_with_output_gone(self, signum: signal.Signals) -> None:
+        """
+        Run C{kvcluster} piped into a process that exits once the cluster is
+        up, then send it C{signum}: it still stops every node and exits 0.
+        """
+        kvcluster = self.launch(output_reader=True)
+        await self.wait_until_up(kvcluster)
+
+        async def reader_gone() -> Optional[int]:
+            return self.reader.poll()
+
+        await poll(reader_gone, 10, "the reader to exit")
+        kvcluster.send_signal(signum)
+        await self.assert_stopped(kvcluster, 0)
+        self.assertNotIn("Traceback", self.errors())
+
+    async def test_interrupt_output_gone(self) -> None:
+        """
+        Ctrl-C in C{kvcluster ... | tee out} ends C{tee} first: C{kvcluster}
+        stops its nodes all the same.
+        """
+        await self.stop_with_output_gone(signal.SIGINT)
+
+    async def test_hangup_output_gone(self) -> None:
+        """
+        A closed terminal (SIGHUP, and output that fails) stops every node.
+        """
+        await self.stop_with_output_gone(signal.SIGHUP)
+
+    async def test_terminate(self) -> None:
+        """
+        SIGTERM stops every node, and C{kvcluster} exits 0.
+        """
+        kvcluster = self.launch()
+        await self.wait_until_up(kvcluster)
+        kvcluster.terminate()
+        await self.assert_stopped(kvcluster, 0)
+        self.assertIn("kvcluster: every node has stopped", self.output())
+
+    async def test_killed(self) -> None:
+        """
+        The nodes die with C{kvcluster}, even when it is killed outright.
+        """
+        kvcluster = self.launch()
+        await self.wait_until_up(kvcluster)
+        kvcluster.kill()
+        await self.assert_stopped(kvcluster, -signal.SIGKILL)

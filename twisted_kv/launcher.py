@@ -19,7 +19,11 @@ exits later is only reported, since stopping nodes is how failures are
 tried out.
 
 Each node runs in its own process group, so a Ctrl-C in the terminal
-reaches C{kvcluster} only, which then stops each node exactly once.
+reaches C{kvcluster} only, which then stops each node exactly once.  Output
+that can no longer be written (C{kvcluster | tee} after the Ctrl-C ended
+C{tee}, a closed terminal) is dropped, never a reason to leave a node
+running; and on Linux the kernel kills every node if C{kvcluster} itself
+dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -41,18 +45,42 @@ from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
 
 DEFAULT_CONFIG = os.path.join("etc", "cluster-local.ini")
 
-#: What each node process runs: twistd, from the launcher's own Python, in
-#: a process group of its own.
-_TWISTD_MAIN = (
-    "import os, sys; os.setpgrp(); sys.argv[0] = 'twistd'; "
-    "from twisted.scripts.twistd import run; run()"
-)
+#: What each node process runs: L{run_node}, with the launcher's own Python.
+_TWISTD_MAIN = "from twisted_kv.launcher import run_node; run_node()"
+
+#: The environment variable that gives a node the pid of its C{kvcluster}.
+PARENT_VARIABLE = "KVCLUSTER_PID"
+
+#: Linux C{prctl} option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 #: Longest partial line kept from a node before it is shown anyway.
 _MAX_LINE = 64 * 1024
 
 Writer = Callable[[str], None]
 Fetcher = Callable[[str], "Deferred[Any]"]
+
+
+def run_node() -> None:
+    """
+    The main of a node process: twistd, in a process group of its own (a
+    Ctrl-C in the terminal then reaches C{kvcluster} only, which stops each
+    node once), killed by the kernel when C{kvcluster} dies (Linux), so
+    that no node outlives it however it ends.
+    """
+    os.setpgrp()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # Not Linux: only a kvcluster that lives to stop its nodes does.
+    if os.environ.pop(PARENT_VARIABLE, "") != str(os.getppid()):
+        sys.exit("kvcluster ended before this node started")
+    sys.argv[0] = "twistd"
+    from twisted.scripts.twistd import run
+
+    run()
 
 
 def node_command(
@@ -266,7 +294,9 @@ class Launcher:
     @param fetch: C{url -> Deferred} firing with the decoded JSON of a
         C{GET}, used for C{/cluster}.
     @param out: writes one line of ordinary output.
-    @param err: writes one line of error output.
+    @param err: writes one line of error output.  Neither may stop the
+        launcher: a write that fails (the pipe or terminal that showed the
+        output is gone) is dropped.
 
     @ivar finished: fires with C{None} once the nodes were stopped on
         request, or fails with C{SystemExit(1)} when the cluster could not
@@ -290,8 +320,8 @@ class Launcher:
         self._config = config
         self._reactor = reactor
         self._fetch = fetch
-        self._out = out
-        self._err = err
+        self._out = _tolerant(out)
+        self._err = _tolerant(err)
         self._python = python
         self._environ = environ
         self._poll_interval = poll_interval
@@ -316,7 +346,7 @@ class Launcher:
         Spawn every node and start asking for a leader.
         """
         width = max(len(node_id) for node_id in self._config.node_ids)
-        env = node_environment(self._environ)
+        env = {**node_environment(self._environ), PARENT_VARIABLE: str(os.getpid())}
         self._say(
             f"starting {len(self._config.nodes)} nodes of {self._config.path}"
             f" ({', '.join(self._config.node_ids)}); Ctrl-C stops them all"
@@ -423,10 +453,10 @@ class Launcher:
         if not running:
             self._all_stopped()
             return
-        self._say(f"stopping {', '.join(p.node_id for p in running)}")
         for process in running:
             process.signal("TERM")
         self._kill_call = self._reactor.callLater(self._stop_timeout, self._kill)
+        self._say(f"stopping {', '.join(p.node_id for p in running)}")
 
     def _kill(self) -> None:
         for process in self.processes:
@@ -469,10 +499,40 @@ def _fetch_json(reactor: Any) -> Fetcher:
     return fetch
 
 
+def _tolerant(write: Writer) -> Writer:
+    """
+    C{write}, dropping the lines it fails to write: output that nobody reads
+    any more is no reason to leave nodes running.
+    """
+
+    def tolerant(line: str) -> None:
+        try:
+            write(line)
+        except (OSError, ValueError):
+            pass
+
+    return tolerant
+
+
 def _write_line(stream: Any) -> Writer:
+    """
+    Write lines to C{stream}, each at once.  Once a write fails (a closed
+    pipe or terminal), the stream's file descriptor is pointed at
+    C{/dev/null}, so that what stays buffered, flushed again at exit, adds
+    no second error and no exit status of its own.
+    """
+
     def write(line: str) -> None:
-        stream.write(line + "\n")
-        stream.flush()
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except BlockingIOError:
+            raise  # A slow reader, not a gone one: only this line is lost.
+        except (OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+            raise
 
     return write
 
@@ -508,7 +568,16 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def _run(reactor: Any, config: ClusterConfig, arguments: argparse.Namespace) -> Deferred[None]:
+#: The signals that stop the nodes.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _run(
+    reactor: Any,
+    config: ClusterConfig,
+    arguments: argparse.Namespace,
+    ignored: Sequence[int],
+) -> Deferred[None]:
     launcher = Launcher(
         config,
         reactor,
@@ -519,13 +588,27 @@ def _run(reactor: Any, config: ClusterConfig, arguments: argparse.Namespace) -> 
         stop_timeout=arguments.stop_timeout,
     )
     reactor.addSystemEventTrigger("before", "shutdown", launcher.stop)
-
-    def hangup(signum: int, frame: Any) -> None:
-        reactor.callFromThread(reactor.stop)
-
-    signal.signal(signal.SIGHUP, hangup)
+    reactor.callWhenRunning(_handle_signals, reactor, launcher, ignored)
     launcher.start()
     return launcher.finished
+
+
+def _handle_signals(reactor: Any, launcher: Launcher, ignored: Sequence[int]) -> None:
+    """
+    Stop every node on SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal was
+    closed); C{kvcluster} then exits once they have ended.  Called once the
+    reactor runs, after it has set its own handlers.
+
+    @param ignored: the signals to leave ignored, as they were when
+        C{kvcluster} started (C{nohup}, a background job of a script).
+    """
+
+    def stop(signum: int, frame: Any) -> None:
+        reactor.callFromThread(launcher.stop)
+
+    for signum in _STOP_SIGNALS:
+        if signum not in ignored:
+            signal.signal(signum, stop)
 
 
 def main(argv: Optional[Iterable[str]] = None) -> None:
@@ -534,12 +617,13 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     """
     from twisted.internet import task
 
+    ignored = [s for s in _STOP_SIGNALS if signal.getsignal(s) == signal.SIG_IGN]
     arguments = parse_arguments(sys.argv[1:] if argv is None else list(argv))
     try:
         config = load_config(arguments.config)
     except ConfigError as e:
         raise SystemExit(f"kvcluster: {e}")
-    task.react(_run, (config, arguments))
+    task.react(_run, (config, arguments, ignored))
 
 
 if __name__ == "__main__":

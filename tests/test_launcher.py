@@ -8,6 +8,7 @@ scripted C{/cluster} answers: no process is started and no port opened.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -33,9 +34,11 @@ from twisted_kv.launcher import (
     describe_cluster,
     describe_exit,
     leader_of,
+    listens_on,
     node_command,
     node_environment,
     parse_arguments,
+    port_problem,
     _write_line,
 )
 
@@ -169,6 +172,46 @@ class PureTests(SynchronousTestCase):
         self.assertEqual(len(buffer.feed(b"x" * 70000)), 1)
         self.assertEqual(buffer.flush(), [])
 
+    def test_ports_free(self) -> None:
+        """
+        Every port of every node is tried, in file order; when all can be
+        listened on there is no problem.
+        """
+        tried: list[tuple[str, int]] = []
+        self.assertIsNone(port_problem(_CONFIG.nodes, lambda host, port: tried.append((host, port))))
+        self.assertEqual(
+            tried,
+            [("127.0.0.1", port) for i in range(3) for port in (7001 + i, 7101 + i, 7201 + i)],
+        )
+
+    def test_port_in_use(self) -> None:
+        """
+        The first port already in use is named, with its node and use, as
+        the sign of a cluster already running.
+        """
+
+        def listen(host: str, port: int) -> None:
+            if port in (7202, 7003):
+                raise OSError(errno.EADDRINUSE, "Address already in use")
+
+        self.assertEqual(
+            port_problem(_CONFIG.nodes, listen),
+            "port 7202 (n2 ftp) is in use: is the cluster already running?",
+        )
+
+    def test_port_unavailable(self) -> None:
+        """
+        Any other reason not to listen is given as the system words it.
+        """
+
+        def listen(host: str, port: int) -> None:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+        self.assertEqual(
+            port_problem(_CONFIG.nodes, listen),
+            "cannot listen on 127.0.0.1 port 7001 (n1 http): Cannot assign requested address",
+        )
+
     def test_describe_exit(self) -> None:
         """
         Exit statuses and signals in words.
@@ -213,7 +256,8 @@ class FakeProcessTransport:
     The process transport the fake reactor hands to a protocol.
     """
 
-    def __init__(self, exited: bool = False) -> None:
+    def __init__(self, pid: int, exited: bool = False) -> None:
+        self.pid = pid
         self.signals: list[str] = []
         self.stdin_closed = False
         self.exited = exited
@@ -240,7 +284,7 @@ class FakeProcessReactor(Clock):
     def spawnProcess(
         self, protocol: NodeProcess, executable: str, args: list[str], env: dict[str, str]
     ) -> FakeProcessTransport:
-        transport = FakeProcessTransport()
+        transport = FakeProcessTransport(101 + len(self.transports))
         self.spawned.append((protocol, executable, args, env))
         self.transports.append(transport)
         protocol.makeConnection(transport)
@@ -260,6 +304,9 @@ class LauncherTests(SynchronousTestCase):
         # What each URL answers next: a value, an exception, or None for
         # an answer that never comes.
         self.answers: dict[str, Any] = {}
+        # The (pid, port) pairs where something else than the process
+        # listens.
+        self.strangers: set[tuple[int, int]] = set()
         self.launcher = Launcher(
             _CONFIG,
             self.reactor,
@@ -271,7 +318,11 @@ class LauncherTests(SynchronousTestCase):
             poll_interval=0.5,
             leader_timeout=30.0,
             stop_timeout=10.0,
+            listens=self.listens,
         )
+
+    def listens(self, pid: int, port: int) -> bool:
+        return (pid, port) not in self.strangers
 
     def fetch(self, url: str) -> Deferred[Any]:
         self.fetches.append(url)
@@ -366,6 +417,22 @@ class LauncherTests(SynchronousTestCase):
         self.reactor.advance(0.5)
         self.reactor.advance(0.5)
         self.assertEqual(len(self.fetches), 3)
+
+    def test_leader_from_another_process(self) -> None:
+        """
+        An answer is believed only from a node started here that listens on
+        its HTTP port itself, never from another process answering there
+        (the node started here then fails to listen).
+        """
+        self.launcher.start()
+        del self.out[:]
+        self.strangers.add((101, 7001))
+        self.answers["http://127.0.0.1:7001/cluster"] = {"leader": "n9", "term": 7}
+        self.reactor.advance(0.5)
+        self.assertEqual(self.out, [])
+        self.answers["http://127.0.0.1:7003/cluster"] = {"leader": "node3", "term": 2}
+        self.reactor.advance(0.5)
+        self.assertEqual(self.out[:1], ["kvcluster: cluster 'demo' is up; the leader is node3 (term 2)"])
 
     def test_no_leader(self) -> None:
         """
@@ -670,16 +737,23 @@ class RealLauncherTests(TestCase):
         self.assertEqual(sorted(nodes.values()), ["n1", "n2", "n3"])
         return nodes
 
+    async def exit_status(self, kvcluster: subprocess.Popen) -> int:
+        """
+        Wait for C{kvcluster} to exit; return its exit status.
+        """
+
+        async def exited() -> Optional[int]:
+            return kvcluster.poll()
+
+        return await poll(exited, 30, "kvcluster to exit")
+
     async def assert_stopped(self, kvcluster: subprocess.Popen, status: Optional[int]) -> None:
         """
         Wait for C{kvcluster} to exit (with C{status} unless C{None}), then
         check that no node it ever ran is left and that every port is free.
         """
 
-        async def exited() -> Optional[int]:
-            return kvcluster.poll()
-
-        code = await poll(exited, 30, "kvcluster to exit")
+        code = await self.exit_status(kvcluster)
         if status is not None:
             self.assertEqual(code, status, self.errors())
 
@@ -745,3 +819,39 @@ class RealLauncherTests(TestCase):
         await self.wait_until_up(kvcluster)
         kvcluster.kill()
         await self.assert_stopped(kvcluster, -signal.SIGKILL)
+
+    async def test_port_taken(self) -> None:
+        """
+        When a port of the file is in use (say, by the cluster already
+        running), C{kvcluster} refuses at once with one line and exit
+        status 1, and starts no node.
+        """
+        n2 = self.config.nodes[1]
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", n2.ftp_port))
+            taken.listen()
+            kvcluster = self.launch()
+            status = await self.exit_status(kvcluster)
+        self.assertEqual(
+            (status, self.output(), self.errors()),
+            (
+                1,
+                "",
+                f"kvcluster: port {n2.ftp_port} (n2 ftp) is in use:"
+                " is the cluster already running?\n",
+            ),
+        )
+
+    def test_listens_on(self) -> None:
+        """
+        L{listens_on} tells which process listens on a port.
+        """
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen()
+            port = listening.getsockname()[1]
+            self.assertEqual(
+                [listens_on(os.getpid(), port), listens_on(os.getppid(), port)],
+                [True, False],
+            )
+        self.assertFalse(listens_on(os.getpid(), port))

@@ -13,10 +13,13 @@ WebSocket and FTP URLs.  Ctrl-C (or SIGTERM, or SIGHUP) stops every node:
 SIGTERM first, SIGKILL for any node still running after C{--stop-timeout}
 seconds; then C{kvcluster} exits with status 0.
 
-If a node exits before the cluster has a leader (say, a port is taken),
-every node is stopped and C{kvcluster} exits with status 1; a node that
-exits later is only reported, since stopping nodes is how failures are
-tried out.
+Before starting anything it checks that every port of every node can be
+listened on: if one is in use (most likely by the same cluster, already
+running) it says so in one line and exits with status 1.  Only a node it
+started and that holds its own HTTP port counts as reporting the leader.
+If a node exits before the cluster has a leader, every node is stopped and
+C{kvcluster} exits with status 1; a node that exits later is only
+reported, since stopping nodes is how failures are tried out.
 
 Each node runs in its own process group, so a Ctrl-C in the terminal
 reaches C{kvcluster} only, which then stops each node exactly once.  Output
@@ -29,9 +32,11 @@ dies, even by SIGKILL.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
+import socket
 import sys
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -41,7 +46,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
+from twisted_kv.core.config import ClusterConfig, ConfigError, NodeConfig, load_config
 
 DEFAULT_CONFIG = os.path.join("etc", "cluster-local.ini")
 
@@ -59,6 +64,7 @@ _MAX_LINE = 64 * 1024
 
 Writer = Callable[[str], None]
 Fetcher = Callable[[str], "Deferred[Any]"]
+Listener = Callable[[str, int], None]
 
 
 def run_node() -> None:
@@ -133,6 +139,80 @@ def node_environment(environ: Mapping[str, str]) -> dict[str, str]:
     for name, value in PYPY_GC_SETTINGS.items():
         env.setdefault(name, value)
     return env
+
+
+def listen_once(host: str, port: int) -> None:
+    """
+    Listen on C{host:port} as a node would (with C{SO_REUSEADDR}, as
+    Twisted does), and close at once.
+
+    @raise OSError: as a node would fail.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen()
+
+
+def port_problem(nodes: Iterable[NodeConfig], listen: Listener = listen_once) -> Optional[str]:
+    """
+    Why a port of C{nodes} cannot be listened on, or C{None}: checked
+    before any node starts, so that a cluster already running is one clear
+    line rather than every node failing (and is never taken for the
+    cluster being started).
+
+    @param listen: tries one C{(host, port)}, raising L{OSError}.
+    """
+    for node in nodes:
+        for kind, port in (
+            ("http", node.http_port),
+            ("peer", node.peer_port),
+            ("ftp", node.ftp_port),
+        ):
+            try:
+                listen(node.host, port)
+            except OSError as e:
+                where = f"port {port} ({node.node_id} {kind})"
+                if e.errno == errno.EADDRINUSE:
+                    return f"{where} is in use: is the cluster already running?"
+                return f"cannot listen on {node.host} {where}: {e.strerror or e}"
+    return None
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """
+    Whether process C{pid} has a TCP socket listening on C{port}: what
+    tells a node that C{kvcluster} started from another process answering
+    on its port.  Read from Linux's C{/proc}; elsewhere, C{True}.
+    """
+    sockets = set()
+    tables = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as file:
+                rows = file.read().splitlines()[1:]
+        except OSError:
+            continue
+        tables += 1
+        for row in rows:
+            # sl local_address rem_address st ... inode; st 0A is LISTEN.
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                sockets.add(f"socket:[{fields[9]}]")
+    if not tables:
+        return True
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{descriptor}") in sockets:
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def leader_of(cluster: Any) -> tuple[Optional[str], Optional[int]]:
@@ -272,6 +352,13 @@ class NodeProcess(ProcessProtocol):
         self.ended = reason
         self._on_end(self, reason)
 
+    @property
+    def pid(self) -> int:
+        """
+        The process id.
+        """
+        return self.transport.pid  # type: ignore[union-attr]
+
     def signal(self, name: str) -> None:
         """
         Send signal C{name} (C{"TERM"}, C{"KILL"}) unless the process has
@@ -297,6 +384,9 @@ class Launcher:
     @param err: writes one line of error output.  Neither may stop the
         launcher: a write that fails (the pipe or terminal that showed the
         output is gone) is dropped.
+    @param listens: C{(pid, port) -> bool}, whether that process listens on
+        that port: only a node that C{kvcluster} started and that holds its
+        HTTP port is believed.
 
     @ivar finished: fires with C{None} once the nodes were stopped on
         request, or fails with C{SystemExit(1)} when the cluster could not
@@ -316,6 +406,7 @@ class Launcher:
         poll_interval: float = 0.5,
         leader_timeout: float = 60.0,
         stop_timeout: float = 10.0,
+        listens: Callable[[int, int], bool] = listens_on,
     ) -> None:
         self._config = config
         self._reactor = reactor
@@ -327,6 +418,7 @@ class Launcher:
         self._poll_interval = poll_interval
         self._leader_timeout = leader_timeout
         self._stop_timeout = stop_timeout
+        self._listens = listens
         self.processes: list[NodeProcess] = []
         self.finished: Deferred[None] = Deferred()
         self._poller: Optional[LoopingCall] = None
@@ -371,8 +463,8 @@ class Launcher:
 
     def _poll(self) -> Deferred[Any]:
         """
-        Ask every node for C{/cluster}; report the cluster once one knows
-        its leader.
+        Ask every node for C{/cluster}; report the cluster once one of the
+        nodes started here knows its leader.
         """
         queries = [
             self._fetch(node.http_url + "/cluster").addCallbacks(
@@ -382,8 +474,16 @@ class Launcher:
         ]
 
         def answered(results: list[tuple[bool, Any]]) -> None:
-            for ok, (leader, term) in results:
-                if ok and leader is not None and not self._leader_found and not self._stopping:
+            for (ok, (leader, term)), node, process in zip(
+                results, self._config.nodes, self.processes
+            ):
+                if (
+                    ok
+                    and leader is not None
+                    and not self._leader_found
+                    and not self._stopping
+                    and self._listens(process.pid, node.http_port)
+                ):
                     self._found_leader(leader, term)
                     return
 
@@ -623,6 +723,9 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
         config = load_config(arguments.config)
     except ConfigError as e:
         raise SystemExit(f"kvcluster: {e}")
+    problem = port_problem(config.nodes)
+    if problem is not None:
+        raise SystemExit(f"kvcluster: {problem}")
     task.react(_run, (config, arguments, ignored))
 
 

@@ -3,7 +3,9 @@
 Tests for L{twisted_kv.launcher}, the C{kvcluster} command.
 
 The launcher runs here on a L{Clock} with recorded process spawns and
-scripted C{/cluster} answers: no process is started and no port opened.
+scripted C{/cluster} answers: no process is started and no port opened,
+except in L{RealLauncherTests}, which runs C{kvcluster} itself with real
+nodes, as a user does, and signals it as a terminal would.
 """
 
 from __future__ import annotations
@@ -356,7 +358,10 @@ class LauncherTests(SynchronousTestCase):
         self.assertEqual([t.stdin_closed for t in self.reactor.transports], [True] * 3)
         self.assertEqual(
             self.out,
-            ["kvcluster: starting 3 nodes of etc/demo.ini (n1, n2, node3); Ctrl-C stops them all"],
+            [
+                "kvcluster: starting 3 nodes of etc/demo.ini: n1 (pid 101), n2 (pid 102),"
+                " node3 (pid 103); Ctrl-C stops them all"
+            ],
         )
 
     def test_prefixed_output(self) -> None:
@@ -583,13 +588,73 @@ class LauncherTests(SynchronousTestCase):
         self.launcher.start()
         self.reactor.advance(0.5)
         self.end(1, ProcessTerminated(signal=9))
-        self.assertEqual(self.err, ["kvcluster: n2 ended by SIGKILL"])
+        self.assertEqual(
+            self.err,
+            [f"kvcluster: n2 ended by SIGKILL; restart it with: kill -USR1 {os.getpid()}"],
+        )
         self.assertEqual([t.signals for t in self.reactor.transports], [[], [], []])
         self.assertNoResult(self.launcher.finished)
         self.end(0, ProcessDone(0))
         self.end(2, ProcessDone(0))
-        self.assertEqual(self.err[-1], "kvcluster: every node has exited")
+        self.assertEqual(
+            self.err[-2:], ["kvcluster: node3 exited with status 0", "kvcluster: every node has exited"]
+        )
         self.assertEqual(self.failureResultOf(self.launcher.finished, SystemExit).value.code, 1)
+
+    def test_restart(self) -> None:
+        """
+        C{restart} starts again the nodes that have ended, as they were
+        started first; the new processes show their output with the same
+        prefix, and are stopped with the others.
+        """
+        self.answers["http://127.0.0.1:7001/cluster"] = {"leader": "n1", "term": 1}
+        self.launcher.start()
+        self.reactor.advance(0.5)
+        self.end(1, ProcessTerminated(signal=9))
+        self.end(2, ProcessDone(0))
+        del self.out[:]
+        self.launcher.restart()
+        self.assertEqual(
+            self.out, ["kvcluster: restarting n2 (pid 104)", "kvcluster: restarting node3 (pid 105)"]
+        )
+        self.assertEqual(
+            [spawn[1:] for spawn in self.reactor.spawned[3:]],
+            [spawn[1:] for spawn in self.reactor.spawned[1:3]],
+        )
+        self.reactor.spawned[3][0].childDataReceived(1, b"back\n")
+        self.assertEqual(self.out[-1], "n2    | back")
+        del self.out[:]
+        d = self.launcher.stop()
+        self.assertEqual(
+            [t.signals for t in self.reactor.transports], [["TERM"], [], [], ["TERM"], ["TERM"]]
+        )
+        for index in (0, 3, 4):
+            self.end(index, ProcessDone(0))
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.out[0], "kvcluster: stopping n1, n2, node3")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_restart_nothing_ended(self) -> None:
+        """
+        With every node running, C{restart} says so and starts nothing.
+        """
+        self.launcher.start()
+        del self.out[:]
+        self.launcher.restart()
+        self.assertEqual(
+            (self.out, len(self.reactor.spawned)),
+            (["kvcluster: every node is running; nothing to restart"], 3),
+        )
+
+    def test_restart_while_stopping(self) -> None:
+        """
+        Once stopping has begun, C{restart} starts nothing.
+        """
+        self.launcher.start()
+        self.launcher.stop()
+        self.end(1, ProcessDone(0))
+        self.launcher.restart()
+        self.assertEqual(len(self.reactor.spawned), 3)
 
 
 #: Copies C{kvcluster}'s output to the file named by its argument until the
@@ -855,3 +920,33 @@ class RealLauncherTests(TestCase):
                 [True, False],
             )
         self.assertFalse(listens_on(os.getpid(), port))
+
+    async def test_restart(self) -> None:
+        """
+        A node that dies is reported with the command that restarts it;
+        that command (SIGUSR1) starts it again under C{kvcluster}, which
+        then stops it with the others.
+        """
+        kvcluster = self.launch()
+        nodes = await self.wait_until_up(kvcluster)
+        (n2,) = [pid for pid, node in nodes.items() if node == "n2"]
+        os.kill(n2, signal.SIGKILL)
+        reported = f"kvcluster: n2 ended by SIGKILL; restart it with: kill -USR1 {kvcluster.pid}\n"
+
+        async def died() -> Optional[bool]:
+            return True if reported in self.errors() else None
+
+        await poll(died, 15, "kvcluster to report n2's end")
+        kvcluster.send_signal(signal.SIGUSR1)
+        http_port = self.config.nodes[1].http_port
+
+        async def back() -> Optional[int]:
+            (pid,) = [pid for pid, node in _children(kvcluster.pid).items() if node == "n2"] or [0]
+            return pid if pid and _accepts(http_port) else None
+
+        restarted = await poll(back, 30, "n2 to be back")
+        self.seen[restarted] = "n2"
+        self.assertIn(f"kvcluster: restarting n2 (pid {restarted})\n", self.output())
+        kvcluster.send_signal(signal.SIGINT)
+        await self.assert_stopped(kvcluster, 0)
+        self.assertIn("kvcluster: stopping n1, n2, n3\n", self.output())

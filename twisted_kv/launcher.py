@@ -18,8 +18,13 @@ listened on: if one is in use (most likely by the same cluster, already
 running) it says so in one line and exits with status 1.  Only a node it
 started and that holds its own HTTP port counts as reporting the leader.
 If a node exits before the cluster has a leader, every node is stopped and
-C{kvcluster} exits with status 1; a node that exits later is only
-reported, since stopping nodes is how failures are tried out.
+C{kvcluster} exits with status 1.  A node that exits later is reported in
+one line, with the command that restarts it, since stopping nodes is how
+failures are tried out: SIGUSR1 (C{kill -USR1 PID}, the pid of
+C{kvcluster}) starts again every node that has ended, under C{kvcluster} as
+before, so that its output shows here and Ctrl-C stops it.  (A signal,
+rather than commands read from the terminal, works as well for a
+C{kvcluster} in the background, and needs no thread nor terminal mode.)
 
 Each node runs in its own process group, so a Ctrl-C in the terminal
 reaches C{kvcluster} only, which then stops each node exactly once.  Output
@@ -437,29 +442,47 @@ class Launcher:
         """
         Spawn every node and start asking for a leader.
         """
-        width = max(len(node_id) for node_id in self._config.node_ids)
-        env = {**node_environment(self._environ), PARENT_VARIABLE: str(os.getpid())}
+        self.processes = [self._spawn(node) for node in self._config.nodes]
         self._say(
-            f"starting {len(self._config.nodes)} nodes of {self._config.path}"
-            f" ({', '.join(self._config.node_ids)}); Ctrl-C stops them all"
+            f"starting {len(self.processes)} nodes of {self._config.path}: "
+            + ", ".join(f"{p.node_id} (pid {p.pid})" for p in self.processes)
+            + "; Ctrl-C stops them all"
         )
-        for node in self._config.nodes:
-            process = NodeProcess(
-                node.node_id,
-                f"{node.node_id.ljust(width)} | ",
-                self._out,
-                self._err,
-                self._node_ended,
-            )
-            argv = node_command(self._config.path, node.node_id, self._python)
-            self._reactor.spawnProcess(process, argv[0], argv, env=env)
-            self.processes.append(process)
         self._poller = LoopingCall(self._poll)
         self._poller.clock = self._reactor
         self._poller.start(self._poll_interval, now=False).addErrback(self._poll_failed)
         self._leader_warning = self._reactor.callLater(
             self._leader_timeout, self._no_leader_yet
         )
+
+    def _spawn(self, node: NodeConfig) -> NodeProcess:
+        width = max(len(node_id) for node_id in self._config.node_ids)
+        process = NodeProcess(
+            node.node_id,
+            f"{node.node_id.ljust(width)} | ",
+            self._out,
+            self._err,
+            self._node_ended,
+        )
+        argv = node_command(self._config.path, node.node_id, self._python)
+        env = {**node_environment(self._environ), PARENT_VARIABLE: str(os.getpid())}
+        self._reactor.spawnProcess(process, argv[0], argv, env=env)
+        return process
+
+    def restart(self) -> None:
+        """
+        Start again every node that has ended, as it was started first (on
+        C{kvcluster}'s SIGUSR1): it prints with the same prefix and is
+        stopped with the others.  Nothing happens once stopping has begun.
+        """
+        if self._stopping:
+            return
+        ended = [i for i, p in enumerate(self.processes) if p.ended is not None]
+        if not ended:
+            self._say("every node is running; nothing to restart")
+        for index in ended:
+            process = self.processes[index] = self._spawn(self._config.nodes[index])
+            self._say(f"restarting {process.node_id} (pid {process.pid})")
 
     def _poll(self) -> Deferred[Any]:
         """
@@ -513,16 +536,22 @@ class Launcher:
             if all(p.ended is not None for p in self.processes):
                 self._all_stopped()
             return
-        self._err(f"kvcluster: {process.node_id} {how}")
         if not self._leader_found:
+            self._err(f"kvcluster: {process.node_id} {how}")
             self._err(
                 f"kvcluster: {process.node_id} stopped before the cluster had a"
                 " leader; stopping the other nodes"
             )
             self._fail()
         elif all(p.ended is not None for p in self.processes):
+            self._err(f"kvcluster: {process.node_id} {how}")
             self._err("kvcluster: every node has exited")
             self._fail()
+        else:
+            self._err(
+                f"kvcluster: {process.node_id} {how};"
+                f" restart it with: kill -USR1 {os.getpid()}"
+            )
 
     def _fail(self) -> None:
         self._failed = True
@@ -696,8 +725,9 @@ def _run(
 def _handle_signals(reactor: Any, launcher: Launcher, ignored: Sequence[int]) -> None:
     """
     Stop every node on SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal was
-    closed); C{kvcluster} then exits once they have ended.  Called once the
-    reactor runs, after it has set its own handlers.
+    closed), C{kvcluster} then exiting once they have ended; restart the
+    nodes that have ended on SIGUSR1.  Called once the reactor runs, after
+    it has set its own handlers.
 
     @param ignored: the signals to leave ignored, as they were when
         C{kvcluster} started (C{nohup}, a background job of a script).
@@ -706,9 +736,13 @@ def _handle_signals(reactor: Any, launcher: Launcher, ignored: Sequence[int]) ->
     def stop(signum: int, frame: Any) -> None:
         reactor.callFromThread(launcher.stop)
 
+    def restart(signum: int, frame: Any) -> None:
+        reactor.callFromThread(launcher.restart)
+
     for signum in _STOP_SIGNALS:
         if signum not in ignored:
             signal.signal(signum, stop)
+    signal.signal(signal.SIGUSR1, restart)
 
 
 def main(argv: Optional[Iterable[str]] = None) -> None:

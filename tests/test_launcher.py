@@ -180,7 +180,9 @@ class PureTests(SynchronousTestCase):
         listened on there is no problem.
         """
         tried: list[tuple[str, int]] = []
-        self.assertIsNone(port_problem(_CONFIG.nodes, lambda host, port: tried.append((host, port))))
+        self.assertIsNone(
+            port_problem(_CONFIG.nodes, lambda host, port: tried.append((host, port)))
+        )
         self.assertEqual(
             tried,
             [("127.0.0.1", port) for i in range(3) for port in (7001 + i, 7101 + i, 7201 + i)],
@@ -437,7 +439,9 @@ class LauncherTests(SynchronousTestCase):
         self.assertEqual(self.out, [])
         self.answers["http://127.0.0.1:7003/cluster"] = {"leader": "node3", "term": 2}
         self.reactor.advance(0.5)
-        self.assertEqual(self.out[:1], ["kvcluster: cluster 'demo' is up; the leader is node3 (term 2)"])
+        self.assertEqual(
+            self.out[:1], ["kvcluster: cluster 'demo' is up; the leader is node3 (term 2)"]
+        )
 
     def test_no_leader(self) -> None:
         """
@@ -597,7 +601,8 @@ class LauncherTests(SynchronousTestCase):
         self.end(0, ProcessDone(0))
         self.end(2, ProcessDone(0))
         self.assertEqual(
-            self.err[-2:], ["kvcluster: node3 exited with status 0", "kvcluster: every node has exited"]
+            self.err[-2:],
+            ["kvcluster: node3 exited with status 0", "kvcluster: every node has exited"],
         )
         self.assertEqual(self.failureResultOf(self.launcher.finished, SystemExit).value.code, 1)
 
@@ -615,7 +620,8 @@ class LauncherTests(SynchronousTestCase):
         del self.out[:]
         self.launcher.restart()
         self.assertEqual(
-            self.out, ["kvcluster: restarting n2 (pid 104)", "kvcluster: restarting node3 (pid 105)"]
+            self.out,
+            ["kvcluster: restarting n2 (pid 104)", "kvcluster: restarting node3 (pid 105)"],
         )
         self.assertEqual(
             [spawn[1:] for spawn in self.reactor.spawned[3:]],
@@ -812,15 +818,12 @@ class RealLauncherTests(TestCase):
 
         return await poll(exited, 30, "kvcluster to exit")
 
-    async def assert_stopped(self, kvcluster: subprocess.Popen, status: Optional[int]) -> None:
+    async def assert_stopped(self, kvcluster: subprocess.Popen, status: int) -> None:
         """
-        Wait for C{kvcluster} to exit (with C{status} unless C{None}), then
-        check that no node it ever ran is left and that every port is free.
+        Wait for C{kvcluster} to exit with C{status}, then check that no
+        node it ever ran is left and that every port is free.
         """
-
-        code = await self.exit_status(kvcluster)
-        if status is not None:
-            self.assertEqual(code, status, self.errors())
+        self.assertEqual(await self.exit_status(kvcluster), status, self.errors())
 
         async def gone() -> Optional[bool]:
             return None if any(_alive(pid) for pid in self.seen) else True
@@ -941,8 +944,8 @@ class RealLauncherTests(TestCase):
         http_port = self.config.nodes[1].http_port
 
         async def back() -> Optional[int]:
-            (pid,) = [pid for pid, node in _children(kvcluster.pid).items() if node == "n2"] or [0]
-            return pid if pid and _accepts(http_port) else None
+            pids = [pid for pid, node in _children(kvcluster.pid).items() if node == "n2"]
+            return pids[0] if pids and _accepts(http_port) else None
 
         restarted = await poll(back, 30, "n2 to be back")
         self.seen[restarted] = "n2"

@@ -536,22 +536,19 @@ class Launcher:
             if all(p.ended is not None for p in self.processes):
                 self._all_stopped()
             return
+        all_ended = all(p.ended is not None for p in self.processes)
+        if self._leader_found and not all_ended:
+            how += f"; restart it with: kill -USR1 {os.getpid()}"
+        self._err(f"kvcluster: {process.node_id} {how}")
         if not self._leader_found:
-            self._err(f"kvcluster: {process.node_id} {how}")
             self._err(
                 f"kvcluster: {process.node_id} stopped before the cluster had a"
                 " leader; stopping the other nodes"
             )
             self._fail()
-        elif all(p.ended is not None for p in self.processes):
-            self._err(f"kvcluster: {process.node_id} {how}")
+        elif all_ended:
             self._err("kvcluster: every node has exited")
             self._fail()
-        else:
-            self._err(
-                f"kvcluster: {process.node_id} {how};"
-                f" restart it with: kill -USR1 {os.getpid()}"
-            )
 
     def _fail(self) -> None:
         self._failed = True

@@ -38,9 +38,11 @@ from twisted_kv.interfaces import (
     ReadResult,
     WriteResult,
 )
+from twisted_kv.metrics import node_registry, render
 from twisted_kv.testing import MemoryCluster
 
 from tests.linearizability import Op, check, random_operation
+from tests.test_metrics import parse
 
 
 def _outcome(d: Any) -> list:
@@ -636,6 +638,67 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
             self.put(self.leader, f"spread{index}", b"v")
         executed = [node.executed for node in self.cluster.nodes.values()]
         self.assertTrue(all(count > 5 for count in executed), executed)
+
+    def test_metrics_per_node(self) -> None:
+        """
+        Each node's registry shows every node's executed operations, under
+        a C{node} label, read at scrape time: its own at once, the others'
+        as they reach it.  The nodes' registries share the process without
+        colliding.
+        """
+        registries = {
+            name: node_registry(NodeStatus(node, self.cluster.clock).metrics)
+            for name, node in self.cluster.nodes.items()
+        }
+
+        def executed(name: str) -> dict[str, float]:
+            family = parse(render(registries[name]).decode("utf-8"))["twisted_kv_executed"]
+            self.assertEqual(family.type, "counter")
+            return {sample.labels["node"]: sample.value for sample in family.samples}
+
+        before = {name: executed(name)[name] for name in registries}
+        for index in range(30):
+            self.put(self.leader, f"scraped{index}", b"v")
+        for name, node in self.cluster.nodes.items():
+            self.assertEqual(executed(name)[name], node.executed)
+            self.assertGreater(node.executed, before[name])
+        self.cluster.run(1.0)
+        self.assertEqual(
+            executed(self.leader),
+            {name: node.executed for name, node in self.cluster.nodes.items()},
+        )
+
+    def test_node_metrics(self) -> None:
+        """
+        A node's metrics keep their names and types: counters per node,
+        gauges per node, and gauges of the node itself.
+        """
+        families = parse(render(node_registry(
+            NodeStatus(self.cluster.nodes[self.leader], self.cluster.clock).metrics
+        )).decode("utf-8"))
+        node_label = {
+            name: {tuple(sample.labels) for sample in family.samples}
+            for name, family in families.items() if name.startswith("twisted_kv_")
+        }
+        per_node = {("node",)}
+        self.assertEqual(
+            {name: (families[name].type, labels) for name, labels in node_label.items()},
+            {
+                "twisted_kv_executed": ("counter", per_node),
+                "twisted_kv_keys": ("gauge", per_node),
+                "twisted_kv_node_alive": ("gauge", per_node),
+                "twisted_kv_node_synced": ("gauge", per_node),
+                "twisted_kv_repaired_keys": ("counter", per_node),
+                "twisted_kv_antientropy_bytes": ("counter", per_node),
+                "twisted_kv_antientropy_last_round_seconds": ("gauge", {()}),
+                "twisted_kv_term": ("gauge", {()}),
+                "twisted_kv_is_leader": ("gauge", {()}),
+                "twisted_kv_primary_partitions": ("gauge", {()}),
+                "twisted_kv_memory_bytes": ("gauge", {()}),
+            },
+        )
+        self.assertEqual(families["twisted_kv_is_leader"].samples[0].value, 1)
+        self.assertEqual(len(families["twisted_kv_node_alive"].samples), 3)
 
     def test_memory_limit(self) -> None:
         """

@@ -33,7 +33,9 @@ from twisted_kv.frontends.http_api import EntityTags, parse_entity_tags
 from twisted_kv.frontends.site import build_site
 from twisted_kv.interfaces import IClusterStatus, IKeyValue, KeyPage, ReadResult
 from twisted_kv.local import LocalKeyValue
-from twisted_kv.metrics import Metric, sample
+from twisted_kv.metrics import gauge
+
+from tests.test_metrics import parse, values
 
 CLUSTER_VIEW = {
     "self": "n1",
@@ -68,7 +70,7 @@ class FakeClusterStatus:
         return self.is_ready
 
     def metrics(self) -> list:
-        return [Metric("twisted_kv_keys", "gauge", "Keys held.", [sample(3, node="n1")])]
+        return [gauge("twisted_kv_keys", "Keys held.", int).per("node", [("n1", 3)])]
 
 
 @implementer(IKeyValue)
@@ -142,41 +144,6 @@ class FaultyReadsKeyValue(LocalKeyValue):
         if self.degraded:
             result.addCallback(lambda read: ReadResult(read.record, degraded=True))
         return result
-
-
-_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"(?:,|$)')
-
-
-def parse_prometheus(text: str) -> tuple[dict[str, str], dict[tuple[str, frozenset], float]]:
-    """
-    Parse the Prometheus text format (0.0.4), strictly enough for our output:
-    every sample belongs to a family whose C{TYPE} came first.
-
-    @return: the kind of each family, and each sample's value by name and
-        set of (label, value) pairs.
-    @raise ValueError: the text is not in that format.
-    """
-    kinds: dict[str, str] = {}
-    samples: dict[tuple[str, frozenset], float] = {}
-    if not text.endswith("\n"):
-        raise ValueError("the exposition does not end with a newline")
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            kinds[name] = kind
-            continue
-        match = _SAMPLE.fullmatch(line)
-        if match is None or match.group(1) not in kinds:
-            raise ValueError(f"not a sample of a declared family: {line!r}")
-        name, label_text, value = match.groups()
-        labels = _LABEL.findall(label_text or "")
-        if "".join(f'{k}="{v}",' for k, v in labels) != (label_text + "," if label_text else ""):
-            raise ValueError(f"malformed labels: {line!r}")
-        samples[name, frozenset(labels)] = float(value)
-    return kinds, samples
 
 
 class _Named(Resource):
@@ -1148,10 +1115,13 @@ class NodeTests(APITestCase):
         self.assertEqual(
             self.header(response, "Content-Type"), "text/plain; version=0.0.4; charset=utf-8"
         )
-        kinds, samples = parse_prometheus(body.decode("utf-8"))
-        self.assertEqual(samples["twisted_kv_keys", frozenset({("node", "n1")})], 3)
-        self.assertEqual(kinds["twisted_kv_http_requests_total"], "counter")
-        self.assertEqual(kinds["twisted_kv_http_request_duration_seconds"], "summary")
+        families = parse(body.decode("utf-8"))
+        self.assertEqual(
+            values(families["twisted_kv_keys"]),
+            {("twisted_kv_keys", frozenset({("node", "n1")})): 3},
+        )
+        self.assertEqual(families["twisted_kv_http_requests"].type, "counter")
+        self.assertEqual(families["twisted_kv_http_request_duration_seconds"].type, "histogram")
 
     def test_head(self) -> None:
         """

@@ -8,8 +8,10 @@ bounding request bodies as they arrive, and the HTTP metrics.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
+from prometheus_client.metrics_core import Metric
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -17,11 +19,12 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from tests.test_http_api import FakeClusterStatus, ScriptedKeyValue, parse_prometheus
+from tests.test_http_api import FakeClusterStatus, ScriptedKeyValue
+from tests.test_metrics import parse, values
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import Record
 from twisted_kv.frontends.site import build_site
@@ -293,13 +296,23 @@ class RoutingTests(SiteTestCase):
 
 class MetricsTests(SiteTestCase):
     """
-    The site counts and times the requests it answers.
+    The site counts and times the requests it answers, and C{/metrics}
+    shows them with the process's metrics.
     """
 
-    def metrics(self) -> dict[tuple[str, frozenset], float]:
+    def metrics(self) -> dict[str, Metric]:
         [(code, headers, body)] = self.exchange(request("GET", "/metrics"))
         self.assertEqual(code, 200)
-        return parse_prometheus(body.decode("utf-8"))[1]
+        self.assertEqual(headers[b"content-type"], b"text/plain; version=0.0.4; charset=utf-8")
+        return parse(body.decode("utf-8"))
+
+    def latency(self) -> dict[tuple[str, frozenset], float]:
+        """
+        The samples of the request latency histogram.
+        """
+        family = self.metrics()["twisted_kv_http_request_duration_seconds"]
+        self.assertEqual(family.type, "histogram")
+        return values(family)
 
     def test_requests(self) -> None:
         """
@@ -313,10 +326,12 @@ class MetricsTests(SiteTestCase):
             + request("GET", "/kv/missing")
             + request("BREW", "/kv/k")
         )
+        family = self.metrics()["twisted_kv_http_requests"]
+        self.assertEqual(family.type, "counter")
         counts = {
-            dict(labels)["method"] + " " + dict(labels)["code"]: value
-            for (name, labels), value in self.metrics().items()
-            if name == "twisted_kv_http_requests_total"
+            s.labels["method"] + " " + s.labels["code"]: s.value
+            for s in family.samples
+            if s.name == "twisted_kv_http_requests_total"
         }
         self.assertEqual(
             counts, {"PUT 201": 1, "PUT 200": 1, "GET 200": 1, "GET 404": 1, "other 405": 1}
@@ -324,8 +339,8 @@ class MetricsTests(SiteTestCase):
 
     def test_latency(self) -> None:
         """
-        The latency summary reports quantiles of the recent requests' times,
-        on the site's clock.
+        The latency histogram puts each request's time, on the site's clock,
+        in buckets by handler and method, with their count and sum.
         """
         pending: Deferred[Any] = Deferred()
         self.serve(ScriptedKeyValue(lambda: pending))
@@ -334,9 +349,68 @@ class MetricsTests(SiteTestCase):
         self.clock.advance(0.25)
         pending.callback(ReadResult(Record(b"v", "text/plain", 1)))
         self.assertEqual(parse_responses(transport.value())[0][0], 200)
-        quantiles = {
-            dict(labels)["quantile"]: value
-            for (name, labels), value in self.metrics().items()
-            if name == "twisted_kv_http_request_duration_seconds"
+        get = {("handler", "/kv"), ("method", "GET")}
+        buckets = {
+            dict(labels)["le"]: value
+            for (name, labels), value in self.latency().items()
+            if name.endswith("_bucket") and get < labels
         }
-        self.assertEqual(quantiles, {"0.5": 0.25, "0.9": 0.25, "0.99": 0.25})
+        self.assertEqual(
+            buckets,
+            {"0.0005": 0, "0.001": 0, "0.0025": 0, "0.005": 0, "0.01": 0, "0.025": 0,
+             "0.05": 0, "0.1": 0, "0.25": 1, "0.5": 1, "1.0": 1, "2.5": 1, "5.0": 1,
+             "10.0": 1, "+Inf": 1},
+        )
+        latency = self.latency()
+        self.assertEqual(latency["twisted_kv_http_request_duration_seconds_count", frozenset(get)], 1)
+        self.assertEqual(latency["twisted_kv_http_request_duration_seconds_sum", frozenset(get)], 0.25)
+
+    def test_handlers(self) -> None:
+        """
+        A request's handler is the first segment of its path when the site
+        serves it, and C{other} otherwise; each has series of its own.
+        """
+        self.exchange(
+            request("GET", "/kv/a/b")
+            + request("GET", "/kv?prefix=a")
+            + request("POST", "/files/x", b"abc")
+            + request("GET", "/cluster")
+            + request("GET", "/nowhere/kv")
+        )
+        counts = {
+            (s.labels["handler"], s.labels["method"]): s.value
+            for s in self.metrics()["twisted_kv_http_request_duration_seconds"].samples
+            if s.name.endswith("_count")
+        }
+        self.assertEqual(
+            counts,
+            {("/kv", "GET"): 2, ("/files", "POST"): 1, ("/cluster", "GET"): 1,
+             ("other", "GET"): 1},
+        )
+
+    def test_moves_with_requests(self) -> None:
+        """
+        Every scrape shows the requests answered before it, earlier scrapes
+        included.
+        """
+        name = "twisted_kv_http_request_duration_seconds_count"
+        kv_get = frozenset({("handler", "/kv"), ("method", "GET")})
+        scrape = frozenset({("handler", "/metrics"), ("method", "GET")})
+        self.exchange(request("GET", "/kv/k"))
+        first = self.latency()
+        self.exchange(request("GET", "/kv/k") + request("GET", "/kv/k"))
+        second = self.latency()
+        self.assertEqual((first[name, kv_get], second[name, kv_get]), (1, 3))
+        self.assertEqual((first.get((name, scrape), 0), second[name, scrape]), (0, 1))
+
+    def test_node_and_process(self) -> None:
+        """
+        C{/metrics} also shows the node's own metrics and, on Linux, the
+        process's.
+        """
+        families = self.metrics()
+        self.assertEqual(families["twisted_kv_keys"].type, "gauge")
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("process metrics are read from /proc")
+        self.assertEqual(families["process_cpu_seconds"].type, "counter")
+        self.assertGreater(families["process_resident_memory_bytes"].samples[0].value, 0)

@@ -48,7 +48,7 @@ from twisted_kv.interfaces import (
     ReadResult,
     WriteResult,
 )
-from twisted_kv.metrics import Metric, sample
+from twisted_kv.metrics import Metric, Reading, counter, gauge
 from twisted_kv.node import RETRY_DELAY, Node, Peek, Retry, _decode_record, decode_peek, encode_operation
 
 # How long a degraded read waits for the reachable replicas.
@@ -349,75 +349,84 @@ class NodeStatus:
     def ready(self) -> bool:
         return self._node.cluster_map is not None
 
-    def metrics(self) -> list:
+    def metrics(self) -> list[Metric]:
         view = self.cluster_view()
-        node = self._node
-        primaries = 0
-        if node.cluster_map is not None:
-            primaries = sum(
-                1 for c in node.cluster_map.partitions
-                if c.primary is not None and c.primary.node_id == node.node_id
-            )
+        nodes = [(n["id"], n) for n in view["nodes"]]
         return [
-            Metric(
-                "twisted_kv_executed_total",
-                "counter",
-                "Client operations executed by each node as a partition primary.",
-                [sample(n["executed"], node=n["id"]) for n in view["nodes"]],
-            ),
-            Metric(
-                "twisted_kv_keys",
-                "gauge",
-                "Keys held by each node, replicas included.",
-                [sample(n["keys"], node=n["id"]) for n in view["nodes"]],
-            ),
-            Metric(
-                "twisted_kv_node_alive",
-                "gauge",
-                "Whether each node is alive in this node's view.",
-                [sample(int(n["state"] == ALIVE), node=n["id"]) for n in view["nodes"]],
-            ),
-            Metric(
-                "twisted_kv_node_synced",
-                "gauge",
-                "Whether each node holds in sync every partition placed on it.",
-                [sample(int(bool(n["synced"])), node=n["id"]) for n in view["nodes"]],
-            ),
-            Metric(
-                "twisted_kv_repaired_keys_total",
-                "counter",
-                "Keys anti-entropy repaired on each node.",
-                [sample(n.get("repaired", 0), node=n["id"]) for n in view["nodes"]],
-            ),
-            Metric(
-                "twisted_kv_antientropy_bytes_total",
-                "counter",
-                "Bytes of anti-entropy messages each node sent.",
-                [sample(n.get("antientropy_bytes", 0), node=n["id"]) for n in view["nodes"]],
-            ),
-            Metric(
-                "twisted_kv_antientropy_last_round_seconds",
-                "gauge",
-                "When this node last completed a full anti-entropy round (Unix time).",
-                [sample(node.last_full_round or 0)],
-            ),
-            Metric("twisted_kv_term", "gauge", "The current election term.", [sample(view["term"])]),
-            Metric(
-                "twisted_kv_is_leader",
-                "gauge",
-                "Whether this node is the partition leader.",
-                [sample(int(view["leader"] == node.node_id))],
-            ),
-            Metric(
-                "twisted_kv_primary_partitions",
-                "gauge",
-                "Partitions this node is the primary of.",
-                [sample(primaries)],
-            ),
-            Metric(
-                "twisted_kv_memory_bytes",
-                "gauge",
-                "Approximate memory held by this node's records.",
-                [sample(node.bytes_used())],
-            ),
+            *(reading.per("node", nodes) for reading in _PER_NODE_METRICS),
+            *(reading.of(self._node) for reading in _NODE_METRICS),
         ]
+
+
+def _primaries(node: Node) -> int:
+    if node.cluster_map is None:
+        return 0
+    return sum(
+        1 for c in node.cluster_map.partitions
+        if c.primary is not None and c.primary.node_id == node.node_id
+    )
+
+
+# What /metrics reads at scrape time, one entry a metric.  Per node: a sample
+# for each entry of cluster_view()["nodes"], labelled with the node's id.
+_PER_NODE_METRICS: tuple[Reading[dict], ...] = (
+    counter(
+        "twisted_kv_executed_total",
+        "Client operations executed by each node as a partition primary.",
+        lambda n: n["executed"],
+    ),
+    gauge(
+        "twisted_kv_keys",
+        "Keys held by each node, replicas included.",
+        lambda n: n["keys"],
+    ),
+    gauge(
+        "twisted_kv_node_alive",
+        "Whether each node is alive in this node's view.",
+        lambda n: n["state"] == ALIVE,
+    ),
+    gauge(
+        "twisted_kv_node_synced",
+        "Whether each node holds in sync every partition placed on it.",
+        lambda n: bool(n["synced"]),
+    ),
+    counter(
+        "twisted_kv_repaired_keys_total",
+        "Keys anti-entropy repaired on each node.",
+        lambda n: n.get("repaired", 0),
+    ),
+    counter(
+        "twisted_kv_antientropy_bytes_total",
+        "Bytes of anti-entropy messages each node sent.",
+        lambda n: n.get("antientropy_bytes", 0),
+    ),
+)
+
+# Of this node alone: one unlabelled sample each.
+_NODE_METRICS: tuple[Reading[Node], ...] = (
+    gauge(
+        "twisted_kv_antientropy_last_round_seconds",
+        "When this node last completed a full anti-entropy round (Unix time).",
+        lambda node: node.last_full_round or 0,
+    ),
+    gauge(
+        "twisted_kv_term",
+        "The current election term.",
+        lambda node: node.consensus.term,
+    ),
+    gauge(
+        "twisted_kv_is_leader",
+        "Whether this node is the partition leader.",
+        lambda node: node.leader == node.node_id,
+    ),
+    gauge(
+        "twisted_kv_primary_partitions",
+        "Partitions this node is the primary of.",
+        _primaries,
+    ),
+    gauge(
+        "twisted_kv_memory_bytes",
+        "Approximate memory held by this node's records, in bytes.",
+        lambda node: node.bytes_used(),
+    ),
+)

@@ -178,6 +178,6 @@ class IClusterStatus(Interface):
 
     def metrics() -> list:
         """
-        Node-level metrics as L{twisted_kv.metrics.Metric} values, rendered by
-        the HTTP front end in the Prometheus text format.
+        Node-level metrics, read when C{/metrics} is scraped: a list of
+        C{prometheus_client} metric families (L{twisted_kv.metrics.Metric}).
         """

@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from attrs import frozen
 from klein import Klein
+from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -70,10 +71,9 @@ from twisted_kv.errors import (
     ValueTooLarge,
 )
 from twisted_kv.interfaces import IClusterStatus, IKeyValue, KeyPage, ReadResult, WriteResult
-from twisted_kv.metrics import Metric, render, sample
+from twisted_kv.metrics import EXPOSITION_TYPE, Counts, Histogram, Metric, render
 
 JSON_TYPE = b"application/json"
-PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 DEFAULT_LIMIT = 1000
@@ -635,64 +635,51 @@ class KeyValueResource(Resource):
         return Deferred.fromCoroutine(attempts())
 
 
-_HTTP_METHODS = frozenset({b"GET", b"HEAD", b"PUT", b"POST", b"DELETE", b"OPTIONS", b"PATCH"})
-_QUANTILES = (0.5, 0.9, 0.99)
+# The label of each method; any other is counted as "other", so clients
+# cannot add series at will.
+_METHOD_LABELS = {
+    method: method.decode("ascii")
+    for method in (b"GET", b"HEAD", b"PUT", b"POST", b"DELETE", b"OPTIONS", b"PATCH")
+}
 
 
 class HTTPMetrics:
     """
-    Counts of answered HTTP requests by method and status code, and the
-    latencies of the most recent ones.
-
-    @ivar window: how many recent latencies the quantiles are computed over.
+    Counts of answered HTTP requests by method and status code, and a
+    histogram of their latencies by handler and method.  A handler is the
+    first segment of the request path (C{/kv}, C{/cluster}, C{/ws}, C{/}),
+    or C{other} for one the site does not serve.
     """
 
-    def __init__(self, window: int = 1024) -> None:
-        self.window = window
-        self._requests: dict[tuple[bytes, int], int] = {}
-        self._latencies: list[float] = []
-        self._observed = 0
-
-    def observe(self, method: bytes, code: int, seconds: float) -> None:
+    def __init__(self, segments: Iterable[bytes]) -> None:
         """
-        Record one answered request that took C{seconds}.
+        @param segments: the first path segments the site serves.
         """
-        if method not in _HTTP_METHODS:
-            method = b"other"
-        key = (method, code)
-        self._requests[key] = self._requests.get(key, 0) + 1
-        if self._observed < self.window:
-            self._latencies.append(seconds)
-        else:
-            self._latencies[self._observed % self.window] = seconds
-        self._observed += 1
-
-    def metrics(self) -> list[Metric]:
-        """
-        C{twisted_kv_http_requests_total} and the summary
-        C{twisted_kv_http_request_duration_seconds}.
-        """
-        requests = Metric(
+        self._handlers = {segment: "/" + segment.decode("ascii") for segment in segments}
+        self._requests = Counts(
             "twisted_kv_http_requests_total",
-            "counter",
             "HTTP requests answered, by method and status code.",
-            [
-                sample(count, method=method.decode("ascii"), code=str(code))
-                for (method, code), count in sorted(self._requests.items())
-            ],
+            ["method", "code"],
         )
-        latencies = sorted(self._latencies)
-        duration = Metric(
+        self._latency = Histogram(
             "twisted_kv_http_request_duration_seconds",
-            "summary",
-            f"Time to answer an HTTP request, over the last {self.window} requests.",
-            [
-                sample(latencies[max(0, math.ceil(q * len(latencies)) - 1)], quantile=str(q))
-                for q in _QUANTILES
-                if latencies
-            ],
+            "Time to answer an HTTP request, in seconds, by handler and method.",
+            ["handler", "method"],
         )
-        return [requests, duration]
+
+    def observe(self, method: bytes, path: bytes, code: int, seconds: float) -> None:
+        """
+        Record one request for C{path} answered with C{code} after
+        C{seconds}.
+        """
+        label = _METHOD_LABELS.get(method, "other")
+        self._requests.inc((label, code))
+        handler = self._handlers.get(path[1:].split(b"/", 1)[0], "other")
+        self._latency.observe((handler, label), seconds)
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._requests.collect()
+        yield from self._latency.collect()
 
 
 class NodeAPI:
@@ -703,9 +690,20 @@ class NodeAPI:
 
     _app = Klein()
 
-    def __init__(self, status: IClusterStatus, http_metrics: HTTPMetrics) -> None:
+    def __init__(self, status: IClusterStatus, registry: CollectorRegistry) -> None:
+        """
+        @param status: the node behind C{/cluster} and C{/health}.
+        @param registry: the node's metrics, for C{/metrics}.
+        """
         self._status = status
-        self._http_metrics = http_metrics
+        self._registry = registry
+
+    @classmethod
+    def segments(cls) -> set[bytes]:
+        """
+        The first path segments of the application's routes.
+        """
+        return {rule.rule.split("/")[1].encode("ascii") for rule in cls._app.url_map.iter_rules()}
 
     def resource(self) -> IResource:
         """
@@ -727,9 +725,8 @@ class NodeAPI:
 
     @_app.route("/metrics", methods=["GET"])
     def _metrics(self, request: IRequest) -> bytes:
-        request.setHeader(b"Content-Type", PROMETHEUS_TYPE)
-        metrics = [*self._status.metrics(), *self._http_metrics.metrics()]
-        return render(metrics).encode("utf-8")
+        request.setHeader(b"Content-Type", EXPOSITION_TYPE)
+        return render(self._registry)
 
     @_app.handle_errors(Exception)
     def _failed(self, request: IRequest, failure: Failure) -> bytes:

@@ -46,6 +46,7 @@ from twisted_kv.frontends.http_api import (
     NoSuchResource,
 )
 from twisted_kv.interfaces import IClusterStatus, IKeyValue
+from twisted_kv.metrics import node_registry
 
 _KV = b"kv"
 _LIST_PATH = b"/kv"
@@ -242,7 +243,7 @@ class _Site(Site):
         Record the answered C{request} in the HTTP metrics.
         """
         self._metrics.observe(
-            request.method, request.code, self.reactor.seconds() - request.started
+            request.method, request.path, request.code, self.reactor.seconds() - request.started
         )
 
 
@@ -258,7 +259,8 @@ def build_site(
 
     @param kv: the store behind C{/kv}.
     @param status: the node and cluster information behind C{/cluster},
-        C{/health} and C{/metrics}.
+        C{/health} and C{/metrics}, which also shows the site's HTTP
+        metrics and the process's, from a registry of the site's own.
     @param clock: times requests for the metrics and the connections'
         timeouts.
     @param children: resources mounted as top-level path segments, such as
@@ -270,9 +272,10 @@ def build_site(
     """
     if _KV in children:
         raise ValueError("/kv is served by the key-value API")
-    metrics = HTTPMetrics()
+    metrics = HTTPMetrics([*children, _KV, *NodeAPI.segments()])
+    registry = node_registry(status.metrics, metrics)
     kv_resource = KeyValueResource(kv, clock)
-    root = _Root({**children, _KV: kv_resource}, NodeAPI(status, metrics).resource())
+    root = _Root({**children, _KV: kv_resource}, NodeAPI(status, registry).resource())
     return _Site(
         root,
         kv_resource=kv_resource,

@@ -27,6 +27,8 @@ import threading
 import time
 from collections import Counter
 
+from prometheus_client.parser import text_string_to_metric_families
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from twisted_kv.core.keyspace import user_key  # noqa: E402
@@ -81,11 +83,13 @@ def get_json(port: int, path: str) -> dict:
 def metric(port: int, name: str) -> float:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     connection.request("GET", "/metrics")
-    total = 0.0
-    for line in connection.getresponse().read().decode().splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    text = connection.getresponse().read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 def wait_until(predicate, timeout: float, step: float = 0.05) -> float:

@@ -41,6 +41,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Sequen
 from urllib.parse import quote
 
 import treq
+from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
@@ -819,16 +820,14 @@ class RealCluster:
         Node C{node_id}'s C{/metrics}, as C{(metric name, node label) ->
         value} for the samples labelled with a node.
         """
-        sample = re.compile(r'^(\w+)\{[^}]*node="([^"]+)"[^}]*\}\s+(\S+)$')
-
         def parse(reply: Reply) -> dict[tuple[str, str], float]:
             assert reply.status == 200, reply
-            result = {}
-            for line in reply.body.decode().splitlines():
-                match = sample.match(line)
-                if match:
-                    result[(match.group(1), match.group(2))] = float(match.group(3))
-            return result
+            return {
+                (sample.name, sample.labels["node"]): sample.value
+                for family in text_string_to_metric_families(reply.body.decode())
+                for sample in family.samples
+                if "node" in sample.labels
+            }
 
         return self.request("GET", node_id, "/metrics", timeout=5).addCallback(parse)
 

@@ -388,6 +388,26 @@ class MetricsTests(SiteTestCase):
              ("other", "GET"): 1},
         )
 
+    def test_handler_of_other_targets(self) -> None:
+        """
+        A request whose target is not an absolute path (C{*}, an absolute
+        URI) is timed under the handler C{other}, also beside a handler
+        for C{/}.
+        """
+        self.site = build_site(
+            self.kv, FakeClusterStatus(), clock=self.clock, children={b"": _BodyLength()}
+        )
+        responses = self.exchange(
+            request("OPTIONS", "*") + request("GET", "http://node.example/kv/k")
+        )
+        self.assertEqual(len(responses), 2)
+        counts = {
+            (s.labels["handler"], s.labels["method"]): s.value
+            for s in self.metrics()["twisted_kv_http_request_duration_seconds"].samples
+            if s.name.endswith("_count")
+        }
+        self.assertEqual(counts, {("other", "OPTIONS"): 1, ("other", "GET"): 1})
+
     def test_moves_with_requests(self) -> None:
         """
         Every scrape shows the requests answered before it, earlier scrapes

@@ -648,7 +648,8 @@ class HTTPMetrics:
     Counts of answered HTTP requests by method and status code, and a
     histogram of their latencies by handler and method.  A handler is the
     first segment of the request path (C{/kv}, C{/cluster}, C{/ws}, C{/}),
-    or C{other} for one the site does not serve.
+    or C{other} for one the site does not serve and for targets that are not
+    a path (C{*}, an absolute URI).
     """
 
     def __init__(self, segments: Iterable[bytes]) -> None:
@@ -674,7 +675,12 @@ class HTTPMetrics:
         """
         label = _METHOD_LABELS.get(method, "other")
         self._requests.inc((label, code))
-        handler = self._handlers.get(path[1:].split(b"/", 1)[0], "other")
+        # An absolute path splits into b"", its first segment, the rest.
+        segments = path.split(b"/", 2)
+        if segments[0] or len(segments) == 1:
+            handler = "other"
+        else:
+            handler = self._handlers.get(segments[1], "other")
         self._latency.observe((handler, label), seconds)
 
     def collect(self) -> Iterable[Metric]:

@@ -359,6 +359,9 @@ class NodeStatus:
 
 
 def _primaries(node: Node) -> int:
+    """
+    How many partitions C{node} is the primary of in its map.
+    """
     if node.cluster_map is None:
         return 0
     return sum(

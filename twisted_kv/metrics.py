@@ -137,6 +137,9 @@ class Counts:
         self._counts[labels] = self._counts.get(labels, 0) + 1
 
     def collect(self) -> Iterable[Metric]:
+        """
+        The counter family, one sample per combination of label values.
+        """
         family = CounterMetricFamily(self._name, self._help, labels=self._labels)
         for labels, count in sorted(self._counts.items()):
             family.add_metric([str(value) for value in labels], count)
@@ -179,6 +182,10 @@ class Histogram:
         series[-1] += value
 
     def collect(self) -> Iterable[Metric]:
+        """
+        The histogram family: cumulative buckets, count and sum for each
+        combination of label values.
+        """
         family = HistogramMetricFamily(self._name, self._help, labels=self._labels)
         for labels, series in sorted(self._series.items()):
             family.add_metric(

@@ -684,6 +684,9 @@ class HTTPMetrics:
         self._latency.observe((handler, label), seconds)
 
     def collect(self) -> Iterable[Metric]:
+        """
+        The request counts and the latency histogram, when scraped.
+        """
         yield from self._requests.collect()
         yield from self._latency.collect()
 

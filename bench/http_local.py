@@ -48,7 +48,7 @@ from zope.interface import implementer  # noqa: E402
 
 from twisted_kv.frontends.http_api import KeyValueResource  # noqa: E402
 from twisted_kv.frontends.site import build_site  # noqa: E402
-from twisted_kv.interfaces import IClusterStatus  # noqa: E402
+from twisted_kv.interfaces import Health, IClusterStatus  # noqa: E402
 from twisted_kv.local import LocalKeyValue  # noqa: E402
 
 _PUT_SCRIPT = """
@@ -63,8 +63,8 @@ class _Status:
     def cluster_view(self) -> dict:
         return {}
 
-    def ready(self) -> bool:
-        return True
+    def health(self) -> Health:
+        return Health(None, "", {})
 
     def metrics(self) -> list:
         return []

@@ -42,7 +42,7 @@ from bench.benchlib import connect_watcher, percentile  # noqa: E402
 from twisted_kv.core import keyspace  # noqa: E402
 from twisted_kv.frontends.site import build_site  # noqa: E402
 from twisted_kv.frontends.ws import build_ws_resource  # noqa: E402
-from twisted_kv.interfaces import IClusterStatus  # noqa: E402
+from twisted_kv.interfaces import Health, IClusterStatus  # noqa: E402
 from twisted_kv.local import LocalKeyValue  # noqa: E402
 from twisted_kv.txclient import TxClient  # noqa: E402
 
@@ -55,8 +55,8 @@ class _Status:
     def cluster_view(self) -> dict:
         return {"self": "bench", "leader": "bench", "term": 1, "nodes": []}
 
-    def ready(self) -> bool:
-        return True
+    def health(self) -> Health:
+        return Health(None, "", {})
 
     def metrics(self) -> list:
         return []

@@ -37,7 +37,7 @@ from twisted_kv.client import (
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import format_version, make_version, parse_version
 from twisted_kv.frontends.site import build_site
-from twisted_kv.interfaces import IClusterStatus
+from twisted_kv.interfaces import Health, IClusterStatus
 from twisted_kv.local import LocalKeyValue
 from twisted_kv.txclient import TxClient, Watcher
 
@@ -171,8 +171,8 @@ class _Status:
     def cluster_view(self) -> dict:
         return three_nodes(5)
 
-    def ready(self) -> bool:
-        return True
+    def health(self) -> Health:
+        return Health(None, "", {})
 
     def metrics(self) -> list:
         return []

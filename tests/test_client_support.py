@@ -25,7 +25,7 @@ from twisted_kv.frontends.dashboard import dashboard_resource
 from twisted_kv.frontends.files_http import files_resource
 from twisted_kv.frontends.site import build_site
 from twisted_kv.frontends.ws import build_ws_resource
-from twisted_kv.interfaces import IClusterStatus
+from twisted_kv.interfaces import Health, IClusterStatus
 from twisted_kv.local import LocalKeyValue
 
 
@@ -60,8 +60,8 @@ class _Status:
     def cluster_view(self) -> dict:
         return self._node.cluster
 
-    def ready(self) -> bool:
-        return True
+    def health(self) -> Health:
+        return Health(None, "", {})
 
     def metrics(self) -> list:
         return []

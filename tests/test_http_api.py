@@ -31,7 +31,7 @@ from twisted_kv.core.records import Record, make_version
 from twisted_kv.errors import InvalidRequest, OutcomeUnknown, Unavailable
 from twisted_kv.frontends.http_api import EntityTags, parse_entity_tags
 from twisted_kv.frontends.site import build_site
-from twisted_kv.interfaces import IClusterStatus, IKeyValue, KeyPage, ReadResult
+from twisted_kv.interfaces import Health, IClusterStatus, IKeyValue, KeyPage, ReadResult
 from twisted_kv.local import LocalKeyValue
 from twisted_kv.metrics import gauge
 
@@ -57,17 +57,17 @@ CLUSTER_VIEW = {
 @implementer(IClusterStatus)
 class FakeClusterStatus:
     """
-    A node whose cluster view, readiness and metrics are set by the test.
+    A node whose cluster view, health and metrics are set by the test.
     """
 
-    def __init__(self, ready: bool = True) -> None:
-        self.is_ready = ready
+    def __init__(self) -> None:
+        self.current_health = Health(None, "", {"node": "n1"})
 
     def cluster_view(self) -> dict:
         return CLUSTER_VIEW
 
-    def ready(self) -> bool:
-        return self.is_ready
+    def health(self) -> Health:
+        return self.current_health
 
     def metrics(self) -> list:
         return [gauge("twisted_kv_keys", "Keys held.", int).per("node", [("n1", 3)])]
@@ -1097,13 +1097,28 @@ class NodeTests(APITestCase):
 
     def test_health(self) -> None:
         """
-        C{GET /health} is a 200 once the node is ready, a 503 before.
+        C{GET /health} is a 200 while the node serves reads and writes, else
+        a 503 whose JSON error adds the reason and the details.
         """
         response, body = self.request("GET", "/health")
-        self.assertEqual((response.code, json.loads(body)), (200, {"status": "ok"}))
-        self.status.is_ready = False
-        response = self.assertError(self.request("GET", "/health"), 503, "unavailable")
+        self.assertEqual((response.code, json.loads(body)), (200, {"status": "ok", "node": "n1"}))
+        self.status.current_health = Health("no_majority", "no majority", {"reachable": 1})
+        response, body = self.request("GET", "/health")
+        self.assertEqual(response.code, 503)
         self.assertEqual(self.header(response, "Retry-After"), "1")
+        self.assertEqual(self.header(response, "Content-Type"), "application/json")
+        self.assertEqual(
+            json.loads(body),
+            {"error": "unavailable", "message": "no majority", "reason": "no_majority", "reachable": 1},
+        )
+
+    def test_live(self) -> None:
+        """
+        C{GET /live} is a 200 whatever the node's health.
+        """
+        self.status.current_health = Health("no_majority", "no majority", {})
+        response, body = self.request("GET", "/live")
+        self.assertEqual((response.code, json.loads(body)), (200, {"status": "ok"}))
 
     def test_metrics(self) -> None:
         """
@@ -1127,7 +1142,7 @@ class NodeTests(APITestCase):
         """
         The node's routes answer HEAD as GET, without a body.
         """
-        for path in ["/cluster", "/health", "/metrics"]:
+        for path in ["/cluster", "/health", "/live", "/metrics"]:
             response, body = self.request("HEAD", path)
             self.assertEqual((response.code, body), (200, b""), path)
 
@@ -1135,7 +1150,7 @@ class NodeTests(APITestCase):
         """
         Another method on a node route is a 405 naming the allowed ones.
         """
-        for path in ["/cluster", "/health", "/metrics"]:
+        for path in ["/cluster", "/health", "/live", "/metrics"]:
             response = self.assertError(self.request("POST", path, b"x"), 405, "method_not_allowed")
             self.assertEqual(self.header(response, "Allow"), "GET, HEAD")
 

@@ -2,7 +2,9 @@
 """
 Tests for L{twisted_kv.frontends.site}: the site itself, driven with raw
 HTTP/1.1 bytes over a L{StringTransport}, for what only the site does:
-bounding request bodies as they arrive, and the HTTP metrics.
+bounding request bodies as they arrive, and the HTTP metrics; and the sites
+of the nodes of an in-memory cluster, for what C{/health} and C{/live} say
+as the cluster forms and loses nodes.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from twisted.web.resource import Resource
 
 from tests.test_http_api import FakeClusterStatus, ScriptedKeyValue
 from tests.test_metrics import parse, values
+from twisted_kv.coordinator import NodeStatus
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import Record
 from twisted_kv.frontends.site import build_site
 from twisted_kv.interfaces import IKeyValue, ReadResult
 from twisted_kv.local import LocalKeyValue
+from twisted_kv.testing import MemoryCluster
 
 Response = tuple[int, dict[bytes, bytes], bytes]
 
@@ -434,3 +438,105 @@ class MetricsTests(SiteTestCase):
             raise SkipTest("process metrics are read from /proc")
         self.assertEqual(families["process_cpu_seconds"].type, "counter")
         self.assertGreater(families["process_resident_memory_bytes"].samples[0].value, 0)
+
+
+class HealthTests(SynchronousTestCase):
+    """
+    C{/health} and C{/live} of the nodes of a L{MemoryCluster}: the site of
+    each node over its coordinator and its L{NodeStatus}.
+    """
+
+    def setUp(self) -> None:
+        self.cluster = MemoryCluster(3)
+        self.addCleanup(self.cluster.stop)
+
+    def get(self, node_id: str, path: str) -> tuple[int, dict]:
+        """
+        Ask node C{node_id}'s site for C{path}.
+
+        @return: the status and the decoded JSON body.
+        """
+        node = self.cluster.nodes[node_id]
+        site = build_site(
+            self.cluster.coordinators[node_id],
+            NodeStatus(node, self.cluster.clock),
+            clock=self.cluster.clock,
+        )
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(request("GET", path))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        [(code, headers, body)] = parse_responses(transport.value())
+        self.assertEqual(headers[b"content-type"], b"application/json")
+        return code, json.loads(body)
+
+    def assertUnhealthy(self, node_id: str, reason: str) -> dict:
+        """
+        Assert that node C{node_id}'s C{/health} is a 503 for C{reason}, and
+        that its C{/live} is a 200 all the same.
+
+        @return: the 503's body.
+        """
+        code, body = self.get(node_id, "/health")
+        self.assertEqual((code, body["error"], body["reason"]), (503, "unavailable", reason), body)
+        self.assertIsInstance(body["message"], str)
+        self.assertEqual(self.get(node_id, "/live"), (200, {"status": "ok"}))
+        return body
+
+    def test_forming(self) -> None:
+        """
+        While the first election runs, no node is healthy for want of a
+        leader; once one is elected, for want of the map it commits; then
+        every node is healthy.
+        """
+        for node_id in self.cluster.nodes:
+            self.assertUnhealthy(node_id, "no_leader")
+        while self.cluster.leader() is None:
+            self.cluster.run(0.005)
+        body = self.assertUnhealthy("n1", "no_map")
+        self.assertEqual((body["leader"], body["has_map"]), (self.cluster.leader(), False))
+        leader = self.cluster.settle()
+        for node_id in self.cluster.nodes:
+            code, body = self.get(node_id, "/health")
+            self.assertEqual((code, body["status"], body["leader"]), (200, "ok", leader))
+
+    def test_majority_lost(self) -> None:
+        """
+        A node that sees two of three nodes die stops being healthy once
+        they are taken for dead, saying that no majority is reachable and
+        how many nodes it reaches; C{/live} stays a 200.  When one comes
+        back, it is healthy again.
+        """
+        leader = self.cluster.settle()
+        survivor, other = sorted(set(self.cluster.nodes) - {leader})
+        self.cluster.kill(leader)
+        self.cluster.kill(other)
+        self.assertEqual(self.get(survivor, "/health")[0], 200)
+        self.cluster.run(self.cluster.config.failure_timeout)
+        body = self.assertUnhealthy(survivor, "no_majority")
+        self.assertEqual(
+            {key: body[key] for key in ("node", "nodes", "reachable", "majority")},
+            {"node": survivor, "nodes": 3, "reachable": 1, "majority": 2},
+        )
+        self.cluster.start(other)
+        self.cluster.run(self.cluster.config.election_timeout + self.cluster.config.failure_timeout)
+        self.assertEqual(self.get(survivor, "/health")[0], 200)
+
+    def test_cut_off_from_leader(self) -> None:
+        """
+        A node cut off from the leader alone still reaches a majority and
+        holds the map, but is not healthy: it cannot serve the partitions
+        whose primary it does not reach.  It says so once the leader is
+        suspect, and that it knows no leader once it gave up on it (the
+        other node still hears the leader, so no election can succeed).
+        """
+        leader = self.cluster.settle()
+        cut = sorted(set(self.cluster.nodes) - {leader})[0]
+        self.cluster.network.partition([leader], [cut])
+        self.cluster.run(self.cluster.config.failure_timeout / 2)
+        body = self.assertUnhealthy(cut, "leader_unreachable")
+        self.assertEqual((body["leader"], body["reachable"], body["has_map"]), (leader, 3, True))
+        self.cluster.run(self.cluster.config.failure_timeout)
+        body = self.assertUnhealthy(cut, "no_leader")
+        self.assertEqual((body["leader"], body["reachable"], body["has_map"]), (None, 2, True))

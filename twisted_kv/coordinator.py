@@ -42,6 +42,7 @@ from twisted_kv.core.replica import decode_change
 from twisted_kv.errors import OutcomeUnknown, Unavailable, ValueTooLarge
 from twisted_kv.interfaces import (
     ChangeEvent,
+    Health,
     IClusterStatus,
     IKeyValue,
     KeyPage,
@@ -346,8 +347,41 @@ class NodeStatus:
             "nodes": nodes,
         }
 
-    def ready(self) -> bool:
-        return self._node.cluster_map is not None
+    def health(self) -> Health:
+        """
+        The node serves reads and writes when it reaches a majority (else
+        writes are refused and reads degraded), hears from the partition
+        leader (else the partitions whose primary it cannot reach stall,
+        and nobody replaces their dead members for it) and holds a committed
+        map (else it knows no primary to send requests to).
+        """
+        node = self._node
+        config = node.config
+        leader = node.leader
+        reachable = node.membership.live_count(self._clock.seconds())
+        details = {
+            "node": node.node_id,
+            "leader": leader,
+            "nodes": len(config.node_ids),
+            "reachable": reachable,
+            "majority": config.majority,
+            "has_map": node.cluster_map is not None,
+        }
+        if not node.has_majority():
+            problem = "no_majority"
+            message = (
+                f"no majority reachable: {reachable} of {len(config.node_ids)} nodes,"
+                f" {config.majority} needed"
+            )
+        elif leader is None:
+            problem, message = "no_leader", "no partition leader is known (an election may be under way)"
+        elif not node.hears_leader():
+            problem, message = "leader_unreachable", f"the partition leader {leader} does not answer"
+        elif node.cluster_map is None:
+            problem, message = "no_map", "no cluster map committed yet"
+        else:
+            problem, message = None, ""
+        return Health(problem, message, details)
 
     def metrics(self) -> list[Metric]:
         view = self.cluster_view()

@@ -93,6 +93,23 @@ class ChangeEvent:
     gap: bool = False
 
 
+@frozen
+class Health:
+    """
+    Whether a node serves reads and writes, for C{GET /health}.
+
+    @ivar problem: why it does not, as a short code (C{no_majority},
+        C{no_leader}, C{leader_unreachable}, C{no_map}), or C{None} when it
+        does.
+    @ivar message: the problem in words ("" when there is none).
+    @ivar details: what the decision was made from, as JSON fields.
+    """
+
+    problem: Optional[str]
+    message: str
+    details: dict
+
+
 class IKeyValue(Interface):
     """
     Linearizable single-key operations on the whole store.
@@ -171,9 +188,10 @@ class IClusterStatus(Interface):
         C{executed}.
         """
 
-    def ready() -> bool:
+    def health() -> Health:
         """
-        Whether this node serves requests (C{GET /health}).
+        Whether this node serves reads and writes, and if not, why
+        (C{GET /health}).
         """
 
     def metrics() -> list:

@@ -11,12 +11,14 @@ Two parts, both reached through L{twisted_kv.frontends.site.build_site}:
     slashes, split on C{%2F} or resolve C{..}.
 
   - L{NodeAPI} is a Klein application for everything else: C{/cluster},
-    C{/health}, C{/metrics}, and JSON C{404}/C{405} answers for any path no
-    other resource claims.
+    C{/health}, C{/live}, C{/metrics}, and JSON C{404}/C{405} answers for
+    any path no other resource claims.
 
 Every error answer, from either part, is made by L{render_failure}: the one
 mapping from failures to statuses, C{Retry-After} and C{Allow} headers and
-the JSON body C{{"error": code, "message": text}}.
+the JSON body C{{"error": code, "message": text}}.  The one exception is the
+C{503} of C{/health}, a status report rather than a failed request, whose
+body adds the reason and what it was decided from.
 
 Conditional requests follow RFC 9110 section 13.  When the store can check a
 precondition itself (no C{If-Match}, or C{If-Match} naming one strong
@@ -693,8 +695,13 @@ class HTTPMetrics:
 
 class NodeAPI:
     """
-    The Klein application for C{/cluster}, C{/health} and C{/metrics}; it
-    also answers every path no other resource claims, with a JSON C{404}.
+    The Klein application for C{/cluster}, C{/health}, C{/live} and
+    C{/metrics}; it also answers every path no other resource claims, with
+    a JSON C{404}.
+
+    C{/health} is for load balancers: C{200} while the node serves reads and
+    writes, else C{503}.  C{/live} is for supervisors: C{200} whenever the
+    process answers at all.
     """
 
     _app = Klein()
@@ -727,8 +734,23 @@ class NodeAPI:
 
     @_app.route("/health", methods=["GET"])
     def _health(self, request: IRequest) -> bytes:
-        if not self._status.ready():
-            raise Unavailable("the node does not serve requests yet")
+        health = self._status.health()
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        if health.problem is None:
+            return _json({"status": "ok", **health.details})
+        request.setResponseCode(503)
+        request.setHeader(b"Retry-After", b"1")
+        return _json(
+            {
+                "error": Unavailable.code,
+                "message": health.message,
+                "reason": health.problem,
+                **health.details,
+            }
+        )
+
+    @_app.route("/live", methods=["GET"])
+    def _live(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", JSON_TYPE)
         return _json({"status": "ok"})
 

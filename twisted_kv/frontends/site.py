@@ -10,7 +10,7 @@ dictionary lookup:
 
   - each name given in C{children} (C{ws}, C{files}, and C{b""} for C{GET /});
   - anything else: the Klein application L{NodeAPI} (C{/cluster},
-    C{/health}, C{/metrics}, and JSON C{404}/C{405} for the rest).
+    C{/health}, C{/live}, C{/metrics}, and JSON C{404}/C{405} for the rest).
 
 Keeping Klein and the traversal off the C{/kv} path matters for speed (see
 C{bench/http_local.py} and docs/performance.md) and for correctness: a router

@@ -546,6 +546,42 @@ class FailoverTests(ClusterTestCase):
         self.assertGreater(found, 0)
         self.assertGreater(unreachable, 0)
 
+    async def test_health_without_majority(self) -> None:
+        """
+        Every node of a formed cluster answers C{/health} and C{/live} with
+        200.  With two of three nodes killed (the leader among them), the
+        survivor's C{/health} answers 503, first because the leader stopped
+        answering, then saying that no majority is reachable, while its
+        C{/live} still answers 200.
+        """
+        c = await self.start_cluster()
+        for node_id in c.node_ids:
+            for path in ("/health", "/live"):
+                reply = await c.request("GET", node_id, path)
+                self.assertEqual((reply.status, reply.json()["status"]), (200, "ok"), (node_id, path))
+        survivor = [n for n in c.node_ids if n != self.leader][0]
+        await c.kill(*[n for n in c.node_ids if n != survivor])
+        reasons = []
+
+        async def unhealthy() -> Optional[Reply]:
+            reply = await c.request("GET", survivor, "/health")
+            if reply.status == 200:
+                return None
+            self.assertEqual(reply.status, 503, reply)
+            reasons.append(reply.json()["reason"])
+            return reply if reasons[-1] == "no_majority" else None
+
+        reply = await poll(unhealthy, 10, "the survivor's /health to answer 503 for no majority")
+        self.assertEqual(set(reasons) - {"leader_unreachable", "no_leader"}, {"no_majority"})
+        body = self.assertError(reply, 503, "unavailable")
+        self.assertEqual(
+            {key: body[key] for key in ("reason", "node", "nodes", "reachable", "majority")},
+            {"reason": "no_majority", "node": survivor, "nodes": 3, "reachable": 1, "majority": 2},
+        )
+        self.assertIsNotNone(reply.header("Retry-After"))
+        reply = await c.request("GET", survivor, "/live")
+        self.assertEqual((reply.status, reply.json()), (200, {"status": "ok"}))
+
     async def test_restart_empty(self) -> None:
         """
         A node killed and restarted empty is refilled and reports itself in

@@ -59,6 +59,17 @@ class StateTests(SynchronousTestCase):
         """
         self.assertEqual(_table().state("a", 1e9), ALIVE)
 
+    def test_silent_for(self) -> None:
+        """
+        L{Membership.silent_for} is the time since a peer was last heard
+        from, 0 for the node itself and C{None} for a peer never heard from.
+        """
+        table = _table()
+        table.heard("b", 7, 10.0)
+        self.assertEqual(
+            [table.silent_for(node, 12.5) for node in ("a", "b", "c")], [0.0, 2.5, None]
+        )
+
     @given(
         st.floats(min_value=0, max_value=1e6, allow_nan=False),
         st.floats(min_value=0, max_value=10 * TIMEOUT, allow_nan=False),

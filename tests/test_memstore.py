@@ -109,6 +109,22 @@ class ApplyTests(SynchronousTestCase):
             store.apply(_delete(key))
         self.assertEqual((store.bytes_used, len(store)), (0, 0))
 
+    @given(st.lists(st.tuples(ordered_keys, st.none() | values), max_size=40))
+    def test_count_tagged(self, writes: list) -> None:
+        """
+        L{MemStore.count_tagged} counts the keys held that start with a tag
+        character, through any mix of puts, replacements and deletes, and
+        is 0 for every tag after L{MemStore.clear}.
+        """
+        store = MemStore()
+        for version, (key, value) in enumerate(writes, 1):
+            store.apply(_delete(key) if value is None else _put(key, value, version))
+        for tag in {key[:1] for key, _ in writes if key}:
+            expected = sum(1 for key, _ in store.items() if key.startswith(tag))
+            self.assertEqual(store.count_tagged(tag), expected, tag)
+        store.clear()
+        self.assertEqual([store.count_tagged(key[:1]) for key, _ in writes], [0] * len(writes))
+
     def test_clear(self) -> None:
         """
         L{MemStore.clear} drops every record and resets the accounting.

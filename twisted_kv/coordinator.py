@@ -35,7 +35,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_kv.core.membership import ALIVE, DEAD
+from twisted_kv.core.membership import ALIVE, DEAD, SUSPECT
 from twisted_kv.core.placement import PartitionConfig
 from twisted_kv.core.records import Change, Delete, Operation, Put, Record, format_version, live
 from twisted_kv.core.replica import decode_change
@@ -311,6 +311,43 @@ class _RoutedOperation:
         return Failure(Unavailable(reason, retry_after=1))
 
 
+def summarize(nodes: list[dict], majority: int, replicas: int) -> dict:
+    """
+    The C{summary} of C{/cluster}: how many of the C{nodes} entries are
+    alive, suspect, dead and alive in sync, and how many more nodes may
+    fail while a majority of nodes holding their data in sync stays up
+    (suspect and syncing nodes are not counted on), with a sentence
+    saying so.
+
+    @param majority: the nodes a majority takes.
+    @param replicas: the copies kept of each key.
+    """
+    states = [node["state"] for node in nodes]
+    alive, suspect = states.count(ALIVE), states.count(SUSPECT)
+    in_sync = sum(1 for node in nodes if node["state"] == ALIVE and node["synced"])
+    can_lose = max(0, in_sync - majority)
+    text = f"{alive} of {len(nodes)} alive"
+    if suspect:
+        text += f", {suspect} suspect"
+    if in_sync < alive:
+        text += f", {alive - in_sync} not in sync"
+    if alive + suspect < majority:
+        text += f": no majority ({majority} needed), writes are refused"
+    else:
+        text += f": can lose {can_lose} more"
+    return {
+        "nodes": len(nodes),
+        "alive": alive,
+        "suspect": suspect,
+        "dead": states.count(DEAD),
+        "in_sync": in_sync,
+        "majority": majority,
+        "can_lose": can_lose,
+        "replicas": replicas,
+        "text": text,
+    }
+
+
 @implementer(IClusterStatus)
 class NodeStatus:
     """
@@ -322,6 +359,41 @@ class NodeStatus:
         self._clock = clock
 
     def cluster_view(self) -> dict:
+        """
+        Every node's last report as L{_reports} has it, but with the figures
+        that only a node still heard from can vouch for, and a summary.
+
+        A dead node's C{keys} and C{file_records} are C{null} and it is not
+        C{synced}: its copies no longer count, and it may come back empty.
+        A suspect node's figures stand (the cluster still counts its copies
+        until it is taken for dead); C{silent_for} says how old they are.
+        """
+        view = self._reports()
+        now = self._clock.seconds()
+        nodes = [self._current(report, now) for report in view["nodes"]]
+        config = self._node.config
+        return {**view, "nodes": nodes, "summary": summarize(nodes, config.majority, config.replicas)}
+
+    def _current(self, report: dict, now: float) -> dict:
+        """
+        The C{/cluster} entry of a node from its last C{report}.
+        """
+        entry = dict(report)
+        user_keys = entry.pop("user_keys", None)
+        file_records = entry.pop("file_records", None)
+        heard = entry["state"] != DEAD
+        entry["keys"] = user_keys if heard else None
+        entry["file_records"] = file_records if heard else None
+        entry["synced"] = heard and bool(entry["synced"])
+        silence = self._node.membership.silent_for(entry["id"], now)
+        entry["silent_for"] = None if silence is None else round(silence, 3)
+        return entry
+
+    def _reports(self) -> dict:
+        """
+        Every node as it last reported itself (L{Node.sync_state}), as the
+        metrics read it: C{keys} counts every record, file records too.
+        """
         node = self._node
         now = self._clock.seconds()
         nodes = []
@@ -384,7 +456,7 @@ class NodeStatus:
         return Health(problem, message, details)
 
     def metrics(self) -> list[Metric]:
-        view = self.cluster_view()
+        view = self._reports()
         nodes = [(n["id"], n) for n in view["nodes"]]
         return [
             *(reading.per("node", nodes) for reading in _PER_NODE_METRICS),
@@ -405,7 +477,7 @@ def _primaries(node: Node) -> int:
 
 
 # What /metrics reads at scrape time, one entry a metric.  Per node: a sample
-# for each entry of cluster_view()["nodes"], labelled with the node's id.
+# for each entry of _reports()["nodes"], labelled with the node's id.
 _PER_NODE_METRICS: tuple[Reading[dict], ...] = (
     counter(
         "twisted_kv_executed_total",

@@ -182,10 +182,22 @@ class IClusterStatus(Interface):
 
     def cluster_view() -> dict:
         """
-        The JSON object of C{GET /cluster}: C{self}, C{leader}, C{term} and
-        C{nodes}, a list of objects with C{id}, C{state}
-        (C{alive}/C{suspect}/C{dead}), C{http}, C{keys}, C{synced} and
-        C{executed}.
+        The JSON object of C{GET /cluster}: C{self}, C{leader}, C{term},
+        C{nodes} and C{summary}.
+
+        C{nodes} is a list of objects with C{id}, C{state}
+        (C{alive}/C{suspect}/C{dead}), C{http}, C{keys} (the client keys the
+        node holds a copy of), C{file_records} (the records of files it
+        holds a copy of: chunks, manifests, directories), C{synced} (it
+        holds in sync every partition placed on it), C{executed} (the client
+        requests it executed as a partition's primary, whichever node
+        received them) and C{silent_for} (seconds since this node last
+        heard from it), as the node last reported them; a dead node's key
+        counts are C{None} and it is not C{synced}.
+
+        C{summary} counts the nodes C{alive}, C{suspect}, C{dead} and
+        C{in_sync}, says how many more C{can_lose}, and says it all in
+        C{text}, e.g. "2 of 3 alive: can lose 0 more".
         """
 
     def health() -> Health:

@@ -59,6 +59,7 @@ from twisted.python.failure import Failure
 
 from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.consensus import LEADER, Consensus
+from twisted_kv.core.keyspace import FILES, USER
 from twisted_kv.core.membership import ALIVE, DEAD, Membership
 from twisted_kv.core.placement import (
     ClusterMap,
@@ -392,15 +393,26 @@ class Node:
     def key_count(self) -> int:
         return sum(len(r.store) for r in self.replicas)
 
+    def records_in(self, namespace: str) -> int:
+        """
+        How many records of C{namespace} (a tag of L{twisted_kv.core.keyspace})
+        this node holds copies of.
+        """
+        return sum(r.store.count_tagged(namespace) for r in self.replicas)
+
     def bytes_used(self) -> int:
         return sum(r.store.bytes_used for r in self.replicas)
 
     def sync_state(self) -> dict:
         """
-        What this node tells the others about itself, for C{/cluster}.
+        What this node tells the others about itself, for C{/cluster} and
+        the metrics: C{keys} counts every record it holds a copy of, which
+        C{user_keys} and C{file_records} split by namespace.
         """
         return {
             "keys": self.key_count(),
+            "user_keys": self.records_in(USER),
+            "file_records": self.records_in(FILES),
             "synced": self.synced(),
             "executed": self.executed,
             "repaired": self.repaired_keys(),

@@ -57,6 +57,16 @@ class Membership:
             return SUSPECT
         return ALIVE
 
+    def silent_for(self, node_id: str, now: float) -> Optional[float]:
+        """
+        Seconds since C{node_id} was last heard from: 0 for this node,
+        C{None} for a node never heard from.
+        """
+        if node_id == self._self:
+            return 0.0
+        heard = self._heard.get(node_id)
+        return None if heard is None else now - heard
+
     def incarnation(self, node_id: str) -> Optional[int]:
         return self._incarnations.get(node_id)
 

@@ -138,9 +138,19 @@ class MemStore:
         self._records: dict[str, bytes] = {}
         self._index: Optional[SortedList] = None
         self.bytes_used = 0
+        # keys by first character: the namespace tag of core.keyspace
+        self._tagged: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def count_tagged(self, tag: str) -> int:
+        """
+        How many keys start with the one-character C{tag}, counted as they
+        come and go rather than by a scan: a node reports its counts to its
+        peers several times a second.
+        """
+        return self._tagged.get(tag, 0)
 
     def get(self, key: str) -> Optional[Record]:
         packed = self._records.get(key)
@@ -166,10 +176,13 @@ class MemStore:
         if record is not None:
             self._records[key] = pack_record(record)
             self.bytes_used += record_cost(key, record)
-            if old is None and self._index is not None:
-                self._index.add(key)
+            if old is None:
+                self._tagged[key[:1]] = self._tagged.get(key[:1], 0) + 1
+                if self._index is not None:
+                    self._index.add(key)
         elif old is not None:
             del self._records[key]
+            self._tagged[key[:1]] -= 1
             if self._index is not None:
                 self._index.remove(key)
 
@@ -213,3 +226,4 @@ class MemStore:
         self._records.clear()
         self._index = None
         self.bytes_used = 0
+        self._tagged.clear()

@@ -1,0 +1,208 @@
+# -*- test-case-name: tests.test_node_status -*-
+"""
+Tests for L{twisted_kv.coordinator.NodeStatus} and L{summarize}: what
+C{/cluster} says about the nodes of a L{MemoryCluster}, and its summary.
+"""
+
+from __future__ import annotations
+
+from treq.testing import StubTreq
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.test_cluster import ClusterTestMixin
+from tests.test_http_api import parse_prometheus
+from twisted_kv.coordinator import NodeStatus, summarize
+from twisted_kv.core.keyspace import file_key
+from twisted_kv.frontends.site import build_site
+
+
+def _node(node_id: str, state: str, synced: bool = True) -> dict:
+    return {"id": node_id, "state": state, "synced": synced}
+
+
+class ClusterViewTests(ClusterTestMixin, SynchronousTestCase):
+    """
+    The C{nodes} of a node's C{/cluster}.
+    """
+
+    def setUp(self) -> None:
+        self.make_cluster(3)
+        self.cluster.settle()
+
+    def view(self, node_id: str) -> dict:
+        return NodeStatus(self.cluster.nodes[node_id], self.cluster.clock).cluster_view()
+
+    def entries(self, node_id: str) -> dict[str, dict]:
+        """
+        The entries of node C{node_id}'s C{/cluster}, by node id.
+        """
+        return {entry["id"]: entry for entry in self.view(node_id)["nodes"]}
+
+    def test_keys_are_user_keys(self) -> None:
+        """
+        C{keys} counts the client keys a node holds a copy of, so that the
+        counts add up to the keys times the copies kept of each; records of
+        the files (chunks, manifests, ...) are counted apart, in
+        C{file_records}.
+        """
+        for i in range(10):
+            self.put("n1", f"k{i}", b"v")
+        self.wait(self.cluster.coordinators["n1"].put(file_key("c/0123456789abcdef/0"), b"chunk"))
+        self.cluster.run(1)
+        entries = self.entries("n1").values()
+        self.assertEqual(sum(entry["keys"] for entry in entries), 10 * 2)
+        self.assertEqual(sum(entry["file_records"] for entry in entries), 2)
+
+    def test_dead_node(self) -> None:
+        """
+        A dead node is not C{synced}, and its key counts are C{null}
+        rather than what it last reported; C{silent_for} says how long ago
+        that was, and C{executed} keeps the requests it executed.
+        """
+        for i in range(10):
+            self.put("n2", f"k{i}", b"v")
+        self.cluster.run(1)
+        before = self.entries("n1")["n3"]
+        self.assertEqual((before["synced"], before["keys"] > 0), (True, True))
+        self.cluster.kill("n3")
+        self.cluster.run(self.cluster.config.failure_timeout + 1)
+        after = self.entries("n1")["n3"]
+        self.assertEqual(
+            {key: after[key] for key in ("state", "synced", "keys", "file_records", "executed")},
+            {
+                "state": "dead",
+                "synced": False,
+                "keys": None,
+                "file_records": None,
+                "executed": before["executed"],
+            },
+        )
+        self.assertGreaterEqual(after["silent_for"], self.cluster.config.failure_timeout + 1)
+
+    def test_suspect_node(self) -> None:
+        """
+        A suspect node's figures are what it last reported (its copies
+        still count), with their age in C{silent_for}.
+        """
+        self.put("n2", "k", b"v")
+        self.cluster.run(1)
+        before = self.entries("n1")["n3"]
+        self.cluster.network.pause("n3")
+        self.cluster.run(self.cluster.config.failure_timeout * 0.6)
+        after = self.entries("n1")["n3"]
+        self.assertEqual(after["state"], "suspect")
+        self.assertEqual((after["synced"], after["keys"]), (True, before["keys"]))
+        self.assertGreaterEqual(after["silent_for"], self.cluster.config.failure_timeout / 2)
+        self.cluster.network.resume("n3")
+
+    def test_self_and_never_heard(self) -> None:
+        """
+        A node has heard from itself just now, and never from a node that
+        never answered.
+        """
+        self.cluster.kill("n3")
+        self.cluster.network.partition(["n3"], ["n1", "n2"])
+        self.cluster.start("n3")
+        self.cluster.run(1)
+        entries = self.entries("n3")
+        self.assertEqual(
+            [(entries[n]["state"], entries[n]["silent_for"], entries[n]["keys"]) for n in ("n1", "n3")],
+            [("dead", None, None), ("alive", 0.0, 0)],
+        )
+
+    def test_summary(self) -> None:
+        """
+        The view ends with its summary: all three nodes alive and in sync
+        may lose one; once one died and the others caught up, none.
+        """
+        self.cluster.run(1)
+        self.assertEqual(self.view("n1")["summary"]["text"], "3 of 3 alive: can lose 1 more")
+        self.cluster.kill("n3")
+        self.cluster.settle()
+        self.cluster.run(1)
+        summary = self.view("n1")["summary"]
+        self.assertEqual(
+            summary,
+            {
+                "nodes": 3,
+                "alive": 2,
+                "suspect": 0,
+                "dead": 1,
+                "in_sync": 2,
+                "majority": 2,
+                "can_lose": 0,
+                "replicas": 2,
+                "text": "2 of 3 alive: can lose 0 more",
+            },
+        )
+
+    def test_metrics_keep_reports(self) -> None:
+        """
+        The metrics still count every record a node holds, file records
+        too, and show what a dead node last reported.
+        """
+        self.put("n1", "k", b"v")
+        self.wait(self.cluster.coordinators["n1"].put(file_key("c/0123456789abcdef/0"), b"chunk"))
+        self.cluster.run(1)
+        self.cluster.kill("n3")
+        self.cluster.run(self.cluster.config.failure_timeout)
+        site = build_site(
+            self.cluster.coordinators["n1"],
+            NodeStatus(self.cluster.nodes["n1"], self.cluster.clock),
+            clock=self.cluster.clock,
+        )
+        response = self.successResultOf(StubTreq(site.resource).get("http://node.example/metrics"))
+        text = self.successResultOf(response.text("utf-8"))
+        samples = parse_prometheus(text)[1]
+
+        def by_node(name: str) -> dict[str, float]:
+            return {
+                dict(labels)["node"]: value
+                for (sample, labels), value in samples.items()
+                if sample == name
+            }
+
+        self.assertEqual(sum(by_node("twisted_kv_keys").values()), 4)
+        self.assertEqual(by_node("twisted_kv_node_synced")["n3"], 1)
+
+
+class SummaryTests(SynchronousTestCase):
+    """
+    L{summarize} counts on alive nodes in sync only.
+    """
+
+    def test_all_alive(self) -> None:
+        """
+        Five alive nodes in sync may lose two.
+        """
+        summary = summarize([_node(f"n{i}", "alive") for i in range(5)], 3, 3)
+        self.assertEqual((summary["can_lose"], summary["text"]), (2, "5 of 5 alive: can lose 2 more"))
+
+    def test_suspect_and_syncing(self) -> None:
+        """
+        Neither a suspect node nor one catching up counts for what may
+        still be lost, and the sentence names both.
+        """
+        nodes = [
+            _node("n1", "alive"),
+            _node("n2", "alive"),
+            _node("n3", "alive", synced=False),
+            _node("n4", "suspect"),
+            _node("n5", "alive"),
+        ]
+        summary = summarize(nodes, 3, 3)
+        self.assertEqual(
+            (summary["suspect"], summary["in_sync"], summary["can_lose"], summary["text"]),
+            (1, 3, 0, "4 of 5 alive, 1 suspect, 1 not in sync: can lose 0 more"),
+        )
+
+    def test_no_majority(self) -> None:
+        """
+        Without a majority, the sentence says that writes are refused.
+        """
+        nodes = [_node("n1", "alive"), _node("n2", "dead", False), _node("n3", "dead", False)]
+        summary = summarize(nodes, 2, 2)
+        self.assertEqual(
+            (summary["dead"], summary["can_lose"], summary["text"]),
+            (2, 0, "1 of 3 alive: no majority (2 needed), writes are refused"),
+        )

@@ -31,7 +31,7 @@ from twisted_kv.local import LocalKeyValue
 
 def three_nodes(executed: int = 0) -> dict:
     """
-    A C{/cluster} answer for a three-node cluster led by n2.
+    A C{/cluster} answer for a three-node cluster led by n2, n3 dead.
     """
     return {
         "self": "n1",
@@ -39,12 +39,14 @@ def three_nodes(executed: int = 0) -> dict:
         "term": 3,
         "nodes": [
             {"id": "n1", "state": "alive", "http": "http://127.0.0.1:7001", "keys": 10,
-             "synced": True, "executed": executed},
+             "file_records": 3, "synced": True, "executed": executed, "silent_for": 0.0},
             {"id": "n2", "state": "alive", "http": "http://127.0.0.1:7002", "keys": 12,
-             "synced": True, "executed": 2 * executed},
-            {"id": "n3", "state": "suspect", "http": "http://127.0.0.1:7003", "keys": 0,
-             "synced": False, "executed": 0},
+             "file_records": 3, "synced": True, "executed": 2 * executed, "silent_for": 0.1},
+            {"id": "n3", "state": "dead", "http": "http://127.0.0.1:7003", "keys": None,
+             "file_records": None, "synced": False, "executed": 4, "silent_for": 12.5},
         ],
+        "summary": {"nodes": 3, "alive": 2, "suspect": 0, "dead": 1, "in_sync": 2, "majority": 2,
+                    "can_lose": 0, "replicas": 2, "text": "2 of 3 alive: can lose 0 more"},
     }
 
 

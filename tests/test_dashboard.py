@@ -413,6 +413,37 @@ class BrowserTests(TestCase):
         self.assertEqual(self.problems(), [])
 
     @inlineCallbacks
+    def test_cluster_summary(self) -> Any:
+        """
+        Above the nodes, the page says how many are alive and how many more
+        may fail; a dead node's key count shows as "—", with how long it
+        has been silent in its tooltip; the headers and a legend below the
+        table say what the keys and executed counts are.
+        """
+        page = yield _open(self.browser, self.node.url + "/", 1280, 900)
+        summary = yield page.wait_for("document.getElementById('cluster-summary').textContent")
+        self.assertEqual(summary, "2 of 3 alive: can lose 0 more")
+        keys = yield page.wait_for(
+            "Array.from(document.querySelectorAll('#nodes tr'),"
+            " tr => [tr.dataset.node, tr.cells[2].textContent, tr.cells[2].title])"
+        )
+        self.assertEqual(
+            keys,
+            [
+                ["n1", "10", "10 client keys, 3 file records (chunks, manifests, folders)"],
+                ["n2", "12", "12 client keys, 3 file records (chunks, manifests, folders)"],
+                ["n3", "—", "No current count: not heard from for 13 s"],
+            ],
+        )
+        legend = yield page.evaluate("document.getElementById('cluster-legend').textContent")
+        self.assertIn("each key is kept on 2 nodes", legend)
+        self.assertIn("executed as the primary", legend)
+        titles = yield page.evaluate("Array.from(document.querySelectorAll('.nodes th'), th => th.title)")
+        self.assertIn("whichever node received them", titles[-1])
+        yield page.screenshot("dashboard-cluster-summary", self.mktemp())
+        self.assertEqual(self.problems(), [])
+
+    @inlineCallbacks
     def test_files(self) -> Any:
         """
         A file stored on the node shows up in the live feed and in the file

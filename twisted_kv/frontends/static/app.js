@@ -136,7 +136,46 @@
     return cells;
   }
 
+  function formatSilence(seconds) {
+    return seconds < 10 ? seconds.toFixed(1) + " s" : Math.round(seconds).toLocaleString() + " s";
+  }
+
+  /* A node's key count: "—" once it is dead, marked stale while suspect. */
+  function renderKeyCount(cell, node) {
+    const silence = typeof node.silent_for === "number" ? formatSilence(node.silent_for) : null;
+    const stale = node.state !== "alive";
+    let title = "";
+    if (node.keys === null || node.keys === undefined) {
+      cell.textContent = node.keys === null ? "—" : "";
+      title = silence ? "No current count: not heard from for " + silence : "No current count: never heard from";
+    } else {
+      cell.textContent = Number(node.keys).toLocaleString();
+      title = Number(node.keys).toLocaleString() + " client keys";
+      if (typeof node.file_records === "number") {
+        title += ", " + node.file_records.toLocaleString() + " file records (chunks, manifests, folders)";
+      }
+      if (stale && silence) title += "; as reported " + silence + " ago";
+    }
+    cell.title = title;
+    cell.classList.toggle("stale", stale);
+  }
+
+  function renderSummary(summary) {
+    const line = $("cluster-summary");
+    if (!summary || typeof summary.text !== "string") {
+      line.hidden = true;
+      return;
+    }
+    const tone = summary.alive + summary.suspect < summary.majority ? "bad" : summary.can_lose > 0 ? "ok" : "wait";
+    // Rewritten only when it changes: it is a live region.
+    if (line.textContent !== summary.text) line.textContent = summary.text;
+    line.className = "cluster-summary tone-" + tone;
+    line.hidden = false;
+    if (typeof summary.replicas === "number") $("replicas").textContent = String(summary.replicas);
+  }
+
   function renderCluster(view) {
+    renderSummary(view.summary);
     $("self-id").textContent = view.self || "?";
     $("leader-id").textContent = view.leader || "none elected";
     $("term").textContent = view.term === undefined || view.term === null ? "?" : String(view.term);
@@ -174,7 +213,7 @@
       const state = node.state || "unknown";
       const tone = state === "alive" ? "ok" : state === "suspect" ? "wait" : "bad";
       cells.state.replaceChildren(el("span", { class: "pill pill-" + tone }, state));
-      cells.keys.textContent = node.keys === undefined ? "" : Number(node.keys).toLocaleString();
+      renderKeyCount(cells.keys, node);
       cells.synced.textContent = node.synced ? "yes" : "no";
       const rate = rates.get(node.id);
       cells.bar.style.width = Math.round((rate / fastest) * 100) + "%";

@@ -32,7 +32,9 @@ class ClusterDashboardTests(TestCase):
         node, the leader, its term and the three nodes; a key created
         through the page is stored for the whole cluster and its event
         arrives in the live feed, as does a change made through another
-        node; nothing fails and nothing is loaded from elsewhere.
+        node; the summary says that one node may be lost, and once one is
+        killed, that none more may, with the dead node's keys as "—" and
+        not synced; nothing fails and nothing is loaded from elsewhere.
         """
         cluster = RealCluster(3, self.mktemp(), election_timeout="1s")
         self.addCleanup(cluster.stop_all)
@@ -79,5 +81,29 @@ class ClusterDashboardTests(TestCase):
                 .map(li => li.textContent)[0]"""
         )
         self.assertIn("via HTTP", arrived)
+        await page.wait_for(
+            "document.getElementById('cluster-summary').textContent === '3 of 3 alive: can lose 1 more'"
+        )
         await page.screenshot("dashboard-cluster", self.mktemp())
         self.assertEqual(dashboard.BrowserTests.problems(self), [])
+        seen = len(self.browser.events)
+
+        await cluster.kill(elsewhere)
+        await page.wait_for(
+            "document.getElementById('cluster-summary').textContent === '2 of 3 alive: can lose 0 more'"
+        )
+        row = await page.wait_for(
+            f"""(() => {{
+                const cells = document.querySelector('#nodes tr[data-node={elsewhere}]').cells;
+                return cells[2].textContent === '—' && Array.from(cells, c => c.textContent).slice(1, 4);
+            }})()"""
+        )
+        self.assertEqual(row, ["dead", "—", "no"])
+        await page.screenshot("dashboard-cluster-node-dead", self.mktemp())
+        # Until the killed node is taken for dead, the key listing the page
+        # asks for may be refused with 503 (the browser logs each refusal);
+        # nothing else may go wrong.
+        del self.browser.events[:seen]
+        refused = "log: Failed to load resource: the server responded with a status of 503"
+        problems = dashboard.BrowserTests.problems(self)
+        self.assertEqual([p for p in problems if not p.startswith(refused)], [])

@@ -198,9 +198,10 @@ class SummaryTests(SynchronousTestCase):
 
     def test_no_majority(self) -> None:
         """
-        Without a majority, the sentence says that writes are refused.
+        Without a majority, the sentence says that writes are refused, and
+        not how many nodes are out of sync, which matters only with one.
         """
-        nodes = [_node("n1", "alive"), _node("n2", "dead", False), _node("n3", "dead", False)]
+        nodes = [_node("n1", "alive", False), _node("n2", "dead", False), _node("n3", "dead", False)]
         summary = summarize(nodes, 2, 2)
         self.assertEqual(
             (summary["dead"], summary["can_lose"], summary["text"]),

@@ -329,11 +329,12 @@ def summarize(nodes: list[dict], majority: int, replicas: int) -> dict:
     text = f"{alive} of {len(nodes)} alive"
     if suspect:
         text += f", {suspect} suspect"
-    if in_sync < alive:
-        text += f", {alive - in_sync} not in sync"
     if alive + suspect < majority:
+        # Whether nodes are in sync matters only once a majority is back.
         text += f": no majority ({majority} needed), writes are refused"
     else:
+        if in_sync < alive:
+            text += f", {alive - in_sync} not in sync"
         text += f": can lose {can_lose} more"
     return {
         "nodes": len(nodes),

@@ -382,10 +382,10 @@ class NodeStatus:
         entry = dict(report)
         user_keys = entry.pop("user_keys", None)
         file_records = entry.pop("file_records", None)
-        heard = entry["state"] != DEAD
-        entry["keys"] = user_keys if heard else None
-        entry["file_records"] = file_records if heard else None
-        entry["synced"] = heard and bool(entry["synced"])
+        current = entry["state"] != DEAD
+        entry["keys"] = user_keys if current else None
+        entry["file_records"] = file_records if current else None
+        entry["synced"] = current and bool(entry["synced"])
         silence = self._node.membership.silent_for(entry["id"], now)
         entry["silent_for"] = None if silence is None else round(silence, 3)
         return entry
@@ -424,9 +424,10 @@ class NodeStatus:
         """
         The node serves reads and writes when it reaches a majority (else
         writes are refused and reads degraded), hears from the partition
-        leader (else the partitions whose primary it cannot reach stall,
-        and nobody replaces their dead members for it) and holds a committed
-        map (else it knows no primary to send requests to).
+        leader (else an election is under way, or the node is cut off from
+        the leader and so from the primaries the leader may have moved
+        away from it) and holds a committed map (else it knows no primary
+        to send requests to).
         """
         node = self._node
         config = node.config

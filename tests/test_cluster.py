@@ -686,6 +686,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
             {
                 "twisted_kv_executed": ("counter", per_node),
                 "twisted_kv_keys": ("gauge", per_node),
+                "twisted_kv_file_records": ("gauge", per_node),
                 "twisted_kv_node_alive": ("gauge", per_node),
                 "twisted_kv_node_synced": ("gauge", per_node),
                 "twisted_kv_repaired_keys": ("counter", per_node),

@@ -10,7 +10,7 @@ from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_cluster import ClusterTestMixin
-from tests.test_http_api import parse_prometheus
+from tests.test_metrics import parse, values
 from twisted_kv.coordinator import NodeStatus, summarize
 from twisted_kv.core.keyspace import file_key
 from twisted_kv.frontends.site import build_site
@@ -136,10 +136,10 @@ class ClusterViewTests(ClusterTestMixin, SynchronousTestCase):
             },
         )
 
-    def test_metrics_keep_reports(self) -> None:
+    def test_metrics_follow_view(self) -> None:
         """
-        The metrics still count every record a node holds, file records
-        too, and show what a dead node last reported.
+        The per-node metrics say what C{/cluster} says: client keys and file
+        records apart, and a dead node neither synced nor given a key count.
         """
         self.put("n1", "k", b"v")
         self.wait(self.cluster.coordinators["n1"].put(file_key("c/0123456789abcdef/0"), b"chunk"))
@@ -152,18 +152,19 @@ class ClusterViewTests(ClusterTestMixin, SynchronousTestCase):
             clock=self.cluster.clock,
         )
         response = self.successResultOf(StubTreq(site.resource).get("http://node.example/metrics"))
-        text = self.successResultOf(response.text("utf-8"))
-        samples = parse_prometheus(text)[1]
+        families = parse(self.successResultOf(response.text("utf-8")))
 
         def by_node(name: str) -> dict[str, float]:
-            return {
-                dict(labels)["node"]: value
-                for (sample, labels), value in samples.items()
-                if sample == name
-            }
+            return {dict(labels)["node"]: value for (_, labels), value in values(families[name]).items()}
 
-        self.assertEqual(sum(by_node("twisted_kv_keys").values()), 4)
-        self.assertEqual(by_node("twisted_kv_node_synced")["n3"], 1)
+        view = {n["id"]: n for n in self.view("n1")["nodes"]}
+        self.assertEqual(by_node("twisted_kv_keys"), {i: view[i]["keys"] for i in ("n1", "n2")})
+        self.assertEqual(
+            by_node("twisted_kv_file_records"), {i: view[i]["file_records"] for i in ("n1", "n2")}
+        )
+        self.assertGreater(sum(by_node("twisted_kv_file_records").values()), 0)
+        self.assertEqual(by_node("twisted_kv_node_synced")["n3"], 0)
+        self.assertEqual(by_node("twisted_kv_node_alive")["n3"], 0)
 
 
 class SummaryTests(SynchronousTestCase):

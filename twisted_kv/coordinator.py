@@ -392,8 +392,8 @@ class NodeStatus:
 
     def _reports(self) -> dict:
         """
-        Every node as it last reported itself (L{Node.sync_state}), as the
-        metrics read it: C{keys} counts every record, file records too.
+        Every node as it last reported itself (L{Node.sync_state}): its
+        C{keys} counts every record, file records too.
         """
         node = self._node
         now = self._clock.seconds()
@@ -458,7 +458,7 @@ class NodeStatus:
         return Health(problem, message, details)
 
     def metrics(self) -> list[Metric]:
-        view = self._reports()
+        view = self.cluster_view()
         nodes = [(n["id"], n) for n in view["nodes"]]
         return [
             *(reading.per("node", nodes) for reading in _PER_NODE_METRICS),
@@ -479,7 +479,8 @@ def _primaries(node: Node) -> int:
 
 
 # What /metrics reads at scrape time, one entry a metric.  Per node: a sample
-# for each entry of _reports()["nodes"], labelled with the node's id.
+# for each entry of cluster_view()["nodes"], labelled with the node's id; a
+# node whose figure is unknown (a dead node's keys) has no sample.
 _PER_NODE_METRICS: tuple[Reading[dict], ...] = (
     counter(
         "twisted_kv_executed_total",
@@ -488,8 +489,13 @@ _PER_NODE_METRICS: tuple[Reading[dict], ...] = (
     ),
     gauge(
         "twisted_kv_keys",
-        "Keys held by each node, replicas included.",
+        "Client keys each node holds a copy of (unknown for a dead node).",
         lambda n: n["keys"],
+    ),
+    gauge(
+        "twisted_kv_file_records",
+        "FTP file records (chunks, manifests, folders) each node holds a copy of.",
+        lambda n: n["file_records"],
     ),
     gauge(
         "twisted_kv_node_alive",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from itertools import accumulate
-from typing import Callable, Generic, Iterable, Sequence, TypeVar
+from typing import Callable, Generic, Iterable, Optional, Sequence, TypeVar
 
 from attrs import frozen
 from prometheus_client import (
@@ -74,7 +74,7 @@ class Reading(Generic[T]):
     family: Callable[..., Metric]
     name: str
     help: str
-    read: Callable[[T], float]
+    read: Callable[[T], Optional[float]]
 
     def of(self, subject: T) -> Metric:
         """
@@ -85,11 +85,14 @@ class Reading(Generic[T]):
     def per(self, label: str, subjects: Iterable[tuple[str, T]]) -> Metric:
         """
         The family with one sample per subject, labelled C{label} with the
-        name each subject comes with.
+        name each subject comes with; a subject whose value is C{None}
+        (unknown) has none, rather than a made-up zero.
         """
         family = self.family(self.name, self.help, labels=[label])
         for name, subject in subjects:
-            family.add_metric([name], float(self.read(subject)))
+            value = self.read(subject)
+            if value is not None:
+                family.add_metric([name], float(value))
         return family
 
 

@@ -532,14 +532,15 @@ class CommandTests(SynchronousTestCase):
     def test_listings(self) -> None:
         """
         C{LIST}, C{NLST} (with or without a path) and C{MLSD} list a
-        directory over the data connection.
+        directory over the data connection; C{NLST} of a path gives paths
+        a client can use as they are.
         """
         self.session.login()
         self.session.send("MKD d")
         self.session.upload("STOR d/b.txt", b"bb")
         self.session.upload("STOR d/a.txt", b"a")
         self.session.send("MKD d/sub")
-        self.assertEqual(self.session.download("NLST d")[1], b"a.txt\r\nb.txt\r\nsub\r\n")
+        self.assertEqual(self.session.download("NLST d")[1], b"d/a.txt\r\nd/b.txt\r\nd/sub\r\n")
         self.session.send("CWD d")
         self.assertEqual(self.session.download("NLST")[1], b"a.txt\r\nb.txt\r\nsub\r\n")
         replies, listing = self.session.download("MLSD")
@@ -555,6 +556,95 @@ class CommandTests(SynchronousTestCase):
         lines = self.session.download("LIST")[1].decode("utf-8").splitlines()
         self.assertEqual([line.split()[0] for line in lines], ["-rw-r--r--", "-rw-r--r--", "drwxr-xr-x"])
         self.assertEqual([line.split()[-1] for line in lines], ["a.txt", "b.txt", "sub"])
+
+    def nlst(self, argument: str) -> list[str]:
+        """
+        The lines C{NLST argument} sends, after checking it answered
+        C{125} then C{226}.
+        """
+        replies, listing = self.session.download(f"NLST {argument}".rstrip())
+        self.assertEqual([reply[:4] for reply in replies], ["125 ", "226 "], argument)
+        return listing.decode("utf-8").splitlines()
+
+    def tree(self) -> None:
+        """
+        Log in and make C{/d} with C{a.txt}, C{b.txt} and C{sub}, and
+        C{/top.txt}.
+        """
+        self.session.login()
+        self.session.send("MKD d")
+        self.session.upload("STOR d/a.txt", b"a")
+        self.session.upload("STOR d/b.txt", b"bb")
+        self.session.send("MKD d/sub")
+        self.session.upload("STOR top.txt", b"t")
+
+    def test_nlst_paths(self) -> None:
+        """
+        C{NLST} of a directory lists its entries as paths starting with the
+        argument (as vsftpd and proftpd do, so that C{RETR} of each line
+        works); of a file, names the file; of nothing or C{.}, lists the
+        working directory by name.
+        """
+        self.tree()
+        entries = ["d/a.txt", "d/b.txt", "d/sub"]
+        self.assertEqual(self.nlst("d"), entries)
+        self.assertEqual(self.nlst("d/"), entries)
+        self.assertEqual(self.nlst("/d"), ["/d/a.txt", "/d/b.txt", "/d/sub"])
+        self.assertEqual(self.nlst("/"), ["/d", "/top.txt"])
+        self.assertEqual(self.nlst("d/a.txt"), ["d/a.txt"])
+        self.assertEqual(self.nlst("top.txt"), ["top.txt"])
+        self.assertEqual(self.nlst("/top.txt"), ["/top.txt"])
+        self.assertEqual(self.nlst(""), ["d", "top.txt"])
+        self.assertEqual(self.nlst("."), ["d", "top.txt"])
+        self.session.send("CWD d")
+        self.assertEqual(self.nlst("sub"), [])
+        self.assertEqual(self.nlst(".."), ["../d", "../top.txt"])
+
+    def test_nlst_glob(self) -> None:
+        """
+        A glob in the last segment of an C{NLST} path filters the entries
+        of the directory before it; matching nothing is an empty listing.
+        """
+        self.tree()
+        self.assertEqual(self.nlst("d/*.txt"), ["d/a.txt", "d/b.txt"])
+        self.assertEqual(self.nlst("*.txt"), ["top.txt"])
+        self.assertEqual(self.nlst("d/[ab].*"), ["d/a.txt", "d/b.txt"])
+        self.assertEqual(self.nlst("/*.txt"), ["/top.txt"])
+        self.assertEqual(self.nlst("d/?.none"), [])
+        self.assertEqual(
+            self.session.download("NLST top.txt/*")[0], ["550 /top.txt: not a directory"]
+        )
+
+    def test_list_missing(self) -> None:
+        """
+        C{NLST} and C{LIST} of a path that does not exist answer C{550}
+        before any transfer starts (a C{226} without a C{125} would leave
+        ftplib waiting for a second reply).
+        """
+        self.tree()
+        for command in ["NLST nope", "NLST nope/*.txt", "LIST nope", "LIST nope/*.txt"]:
+            replies, listing = self.session.download(command)
+            self.assertEqual(replies, ["550 /nope: no such file or directory"], command)
+            self.assertEqual(listing, b"")
+
+    def test_list_arguments(self) -> None:
+        """
+        C{LIST} of a directory lists its entries by name, ignores the C{ls}
+        options clients put first, and takes a glob in the last segment.
+        """
+        self.tree()
+
+        def names(argument: str) -> list[str]:
+            replies, listing = self.session.download(f"LIST {argument}".rstrip())
+            self.assertEqual([reply[:4] for reply in replies], ["125 ", "226 "], argument)
+            return [line.split()[-1] for line in listing.decode("utf-8").splitlines()]
+
+        self.assertEqual(names("d"), ["a.txt", "b.txt", "sub"])
+        self.assertEqual(names("-la d"), ["a.txt", "b.txt", "sub"])
+        self.assertEqual(names("-l"), ["d", "top.txt"])
+        self.assertEqual(names("-a -l d/sub"), [])
+        self.assertEqual(names("d/*.txt"), ["a.txt", "b.txt"])
+        self.assertEqual(names("d/a.txt"), ["a.txt"])
 
     def test_mlsd_file(self) -> None:
         """

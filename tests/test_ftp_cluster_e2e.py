@@ -40,6 +40,13 @@ def _store(port: int, path: str, data: bytes) -> None:
     client.quit()
 
 
+def _names(port: int, path: str) -> list[str]:
+    client = _session(port)
+    names = client.nlst(path)
+    client.quit()
+    return names
+
+
 def _fetch(port: int, path: str) -> str:
     client = _session(port)
     received = io.BytesIO()
@@ -57,9 +64,10 @@ class ClusterFTPTests(TestCase):
 
     async def test_upload_anywhere_download_everywhere(self) -> None:
         """
-        Files uploaded through n1 with ftplib, curl and lftp download intact
-        through every node; with one node killed, every live node still
-        serves them, and accepts new uploads.
+        Files uploaded through n1 with ftplib, curl and lftp are listed by
+        C{NLST} as paths and download intact through every node; with one
+        node killed, every live node still serves them, and accepts new
+        uploads.
         """
         cluster = RealCluster(3, self.mktemp(), election_timeout="1s")
         self.addCleanup(cluster.stop_all)
@@ -85,8 +93,10 @@ class ClusterFTPTests(TestCase):
             uploaded.append("lftp.bin")
 
         for node in cluster.node_ids:
-            for name in uploaded:
-                self.assertEqual(await deferToThread(_fetch, port(node), name), DIGEST, (node, name))
+            listed = await deferToThread(_names, port(node), "/")
+            self.assertEqual(listed, sorted(f"/{name}" for name in uploaded), node)
+            for path in listed:
+                self.assertEqual(await deferToThread(_fetch, port(node), path), DIGEST, (node, path))
 
         leader = await cluster.wait_for_leader()
         await cluster.kill(leader)

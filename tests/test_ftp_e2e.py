@@ -207,10 +207,51 @@ class FtplibTests(ServerMixin, TestCase):
             return results
 
         results = await self.in_thread(session)
-        self.assertEqual(results["epsv"], ["b.txt"])
+        self.assertEqual(results["epsv"], ["d/b.txt"])
         self.assertEqual(results["content"], b"hello world")
         self.assertEqual(results["root"], [])
         self.assertEqual(self.stored_chunks(), [])
+
+    async def test_listings(self) -> None:
+        """
+        C{nlst} of a directory gives paths that C{RETR} accepts as they are,
+        of a glob the matching paths, of nothing the working directory's
+        names; C{nlst} of a missing path fails at once; C{LIST} with C{ls}
+        options lists the directory by name.
+        """
+
+        def session() -> dict[str, Any]:
+            client = _connect(self.ftp_port)
+            client.mkd("d")
+            client.mkd("d/sub")
+            for name in ["a.txt", "b.txt", "c.bin"]:
+                client.storbinary(f"STOR d/{name}", io.BytesIO(name.encode()))
+            results: dict[str, Any] = {"nlst": client.nlst("d"), "glob": client.nlst("d/*.txt")}
+            contents = []
+            for path in results["glob"]:
+                received = io.BytesIO()
+                client.retrbinary(f"RETR {path}", received.write)
+                contents.append(received.getvalue())
+            results["contents"] = contents
+            client.cwd("d")
+            results["cwd"] = client.nlst()
+            try:
+                client.nlst("missing")
+            except ftplib.error_perm as error:
+                results["missing"] = str(error)
+            lines: list[str] = []
+            client.dir("-la", "/d", lines.append)
+            results["list"] = [line.split()[-1] for line in lines]
+            client.quit()
+            return results
+
+        results = await self.in_thread(session)
+        self.assertEqual(results["nlst"], ["d/a.txt", "d/b.txt", "d/c.bin", "d/sub"])
+        self.assertEqual(results["glob"], ["d/a.txt", "d/b.txt"])
+        self.assertEqual(results["contents"], [b"a.txt", b"b.txt"])
+        self.assertEqual(results["cwd"], ["a.txt", "b.txt", "c.bin", "sub"])
+        self.assertEqual(results["missing"], "550 /d/missing: no such file or directory")
+        self.assertEqual(results["list"], ["a.txt", "b.txt", "c.bin", "sub"])
 
     async def test_refusals(self) -> None:
         """

@@ -19,8 +19,10 @@ expect added on top:
     accept the data connection from the client's own host; active mode
     (C{PORT}, C{EPRT}) is refused, so the server is never used to connect
     elsewhere;
-  - C{RNFR} checks that its path exists; C{SIZE} refuses directories;
-    C{NLST} without an argument lists the working directory; C{ABOR}.
+  - C{NLST dir} lists the entries as paths (C{dir/a.txt}, as vsftpd and
+    proftpd do), C{LIST dir} by name; both take a glob in the last segment,
+    ignore leading C{ls} options and refuse a missing path with C{550};
+  - C{RNFR} checks that its path exists; C{SIZE} refuses directories; C{ABOR}.
 
 Transfers are always binary (C{TYPE A} is accepted and ignored).  Paths are
 resolved against the working directory by L{twisted.protocols.ftp.toSegments}
@@ -30,6 +32,7 @@ L{twisted_kv.files.FSPath}, so they never leave the file system's root.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -343,6 +346,36 @@ class PasswordChecker:
 
 _MLST_FACTS = ("type", "size", "modify", "perm")
 _MLST_KEYS = ("directory", "size", "modified")
+_LIST_KEYS = ("size", "directory", "permissions", "hardlinks", "modified", "owner", "group")
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+def _listing_argument(argument: str) -> tuple[str, Optional[str]]:
+    """
+    The path a C{LIST} or C{NLST} argument names, and the glob its last
+    segment holds, if any.  Leading C{ls} options (C{-la}), which clients
+    such as lftp send, are dropped.
+    """
+    words = argument.split(" ")
+    while words and words[0].startswith("-"):
+        del words[0]
+    path = " ".join(words)
+    directory, slash, last = path.rpartition("/")
+    if _GLOB_CHARACTERS.intersection(last):
+        return directory + slash, last
+    return path, None
+
+
+def _path_prefix(path: str, directory: bool) -> str:
+    """
+    What turns the names listed for C{path} back into paths relative to
+    where C{path} was given: the directory the names are in, as the client
+    wrote it, ending in C{/}; nothing for the working directory.
+    """
+    if not directory:
+        parent, slash, _ = path.rstrip("/").rpartition("/")
+        return parent + slash
+    return path.rstrip("/") + "/" if path not in ("", ".") else ""
 
 
 class FileFTP(ftp.FTP):
@@ -572,8 +605,50 @@ class FileFTP(ftp.FTP):
 
     # -- listings and facts ----------------------------------------------
 
+    def ftp_LIST(self, path: str = "") -> Deferred[Any]:
+        return self._send_listing(
+            path, _LIST_KEYS, lambda dtp, prefix, name, values: dtp.sendListResponse(name, values)
+        )
+
     def ftp_NLST(self, path: str = "") -> Deferred[Any]:
-        return super().ftp_NLST(path)
+        return self._send_listing(
+            path, (), lambda dtp, prefix, name, values: dtp.sendLine(prefix + name)
+        )
+
+    def _send_listing(
+        self,
+        argument: str,
+        keys: Sequence[str],
+        send_entry: Callable[[Any, bytes, bytes, list[Any]], None],
+    ) -> Deferred[Any]:
+        """
+        Send the entries C{argument} names: the entries of a directory, a
+        file alone, or those matching a glob in the last segment.  Each is
+        sent with its name and the prefix that turns the name into a path
+        as the client wrote it (what C{NLST} shows, as vsftpd and proftpd
+        do).  A missing path is refused before the transfer starts.
+        """
+        dtp = self._data_connection()
+        path, pattern = _listing_argument(argument)
+        segments = self._segments(path)
+
+        async def listing() -> tuple[str, list[tuple[str, list[Any]]]]:
+            (directory,) = await self.shell.stat(segments, ("directory",))
+            if pattern is not None and not directory:
+                raise FTPReply(550, f"/{'/'.join(segments)}: not a directory")
+            entries = await self.shell.list(segments, keys)
+            if pattern is not None:
+                entries = [entry for entry in entries if fnmatch.fnmatchcase(entry[0], pattern)]
+            return _path_prefix(path, directory), entries
+
+        def send(listed: tuple[str, list[tuple[str, list[Any]]]]) -> None:
+            prefix, entries = listed
+            self._announce_transfer()
+            for name, values in entries:
+                send_entry(dtp, prefix.encode("utf-8"), name.encode("utf-8"), values)
+            dtp.transport.loseConnection()
+
+        return self._transfer(Deferred.fromCoroutine(listing()).addCallback(send))
 
     def ftp_SIZE(self, path: str) -> Deferred[tuple[str, str]]:
         def size(values: list[Any]) -> tuple[str, str]:

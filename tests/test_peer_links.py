@@ -22,6 +22,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -241,6 +242,19 @@ def _unwrap(protocol: Any) -> Any:
         protocol = inner
 
 
+def _outbound_lines(events: list[Any], peer_id: str) -> list[str]:
+    """
+    The log lines about the outbound link to C{peer_id}, and any about
+    retries.
+    """
+    lines = [formatEvent(event) for event in events]
+    return [
+        line
+        for line in lines
+        if (peer_id in line and "inbound" not in line) or "retry" in line.lower()
+    ]
+
+
 class InMemoryLinksTests(SynchronousTestCase):
     """
     L{PeerLinks} of several nodes over an in-memory network.
@@ -458,6 +472,54 @@ class InMemoryLinksTests(SynchronousTestCase):
         self.net.start(n2)
         self.net.advance(1.01)
         self.assertIn("n2", n1.connected())
+        self.stop_all(n1, n2)
+
+    def test_outage_logged_once(self) -> None:
+        """
+        A lost peer is logged once, naming it, its address and why the
+        redial failed; the retries are silent but for a reminder a minute
+        into the outage; its return is one line, with the new incarnation in
+        hex.  Nothing is logged per retry.
+        """
+        with capturedLogs() as events:
+            n1, h1, n2, h2 = self.pair()
+            self.successResultOf(self.net.stop(n2))
+            self.net.advance(70, step=0.05)
+            n2b, h2b = self.net.node("n2", incarnation=0x2B, ports={"n1": 7101, "n2": 7102})
+            self.net.start(n2b)
+            self.net.advance(RETRY_MAX_DELAY + 0.1)
+        self.assertEqual(
+            _outbound_lines(events, "n2"),
+            [
+                "connected to peer n2 at 127.0.0.1:7102 (incarnation 16)",
+                "lost peer n2 at 127.0.0.1:7102 (connection refused); retrying",
+                "peer n2 at 127.0.0.1:7102 still unreachable after 60 s"
+                " (connection refused); retrying",
+                "reconnected to peer n2 at 127.0.0.1:7102 after 71 s (incarnation 2b)",
+            ],
+        )
+        self.stop_all(n1, n2b)
+
+    def test_unreachable_from_the_start(self) -> None:
+        """
+        A peer that cannot be reached when the node starts is logged once,
+        then once when it is reached.
+        """
+        ports = {"n1": 7101, "n2": 7102}
+        with capturedLogs() as events:
+            n1, h1 = self.net.node("n1", ports=ports)
+            self.net.start(n1)
+            self.net.advance(5, step=0.05)
+            n2, h2 = self.net.node("n2", incarnation=0xFF, ports=ports)
+            self.net.start(n2)
+            self.net.advance(RETRY_MAX_DELAY + 0.1)
+        self.assertEqual(
+            _outbound_lines(events, "n2"),
+            [
+                "cannot reach peer n2 at 127.0.0.1:7102 (connection refused); retrying",
+                "connected to peer n2 at 127.0.0.1:7102 after 6 s (incarnation ff)",
+            ],
+        )
         self.stop_all(n1, n2)
 
     def test_wrong_secret(self) -> None:

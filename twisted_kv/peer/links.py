@@ -23,6 +23,12 @@ new incarnation. Connections that fail the handshake count as failed
 attempts, so a peer with the wrong secret is retried ever more slowly
 (up to the 1 s cap) rather than hammered.
 
+The log tells an outage of a link once, not once per retry: the first
+failed attempt logs the peer, its address and the reason ("lost peer n2 at
+127.0.0.1:7102 (connection refused); retrying"), a reminder follows every
+C{REMINDER_INTERVAL} seconds while it lasts, and one line reports the link
+back, with how long it was out.
+
 Inbound connections are independent of outbound ones: a peer reconnecting
 to us replaces nothing on our outbound side. Each one delivers the
 messages its peer sends, tagged with the incarnation that peer announced.
@@ -36,7 +42,8 @@ from typing import Any, Callable, Optional
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet import error
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -49,8 +56,9 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogPublisher
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twisted_kv.peer.protocol import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -68,6 +76,19 @@ _log = Logger(namespace="twisted_kv.peer")
 RETRY_INITIAL_DELAY = 0.05
 RETRY_MAX_DELAY = 1.0
 RETRY_JITTER = 0.1
+#: seconds between the log lines recalling a peer still unreachable
+REMINDER_INTERVAL = 60.0
+
+# What a failed attempt to reach a peer is logged as; the first match wins.
+_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (error.ConnectionRefusedError, "connection refused"),
+    (error.TimeoutError, "timed out"),
+    (error.TCPTimedOutError, "timed out"),
+    (error.NoRouteError, "no route to host"),
+    (error.DNSLookupError, "host name not found"),
+    (error.ConnectionDone, "connection closed"),
+    (error.ConnectionLost, "connection lost"),
+)
 
 
 def default_retry_policy(
@@ -107,10 +128,55 @@ def _client_endpoint(
     return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
 
+def _reason(failure: Failure) -> str:
+    """
+    Why an attempt to reach a peer failed, in a few words.
+    """
+    for kind, reason in _REASONS:
+        if failure.check(kind):
+            return reason
+    return failure.getErrorMessage()
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
+
+
+class _PeerClientService(ClientService):
+    """
+    A L{ClientService} that leaves the reporting to L{_OutboundLink}: its
+    own line per retry names an endpoint object rather than the peer.
+    """
+
+    _log = Logger(observer=LogPublisher())
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """
+    Dials through C{endpoint} and tells C{on_failure} why an attempt
+    failed (L{ClientService}'s retry policy only learns how many did).
+    """
+
+    def __init__(
+        self, endpoint: IStreamClientEndpoint, on_failure: Callable[[str], None]
+    ) -> None:
+        self._endpoint = endpoint
+        self._on_failure = on_failure
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                self._on_failure(_reason(failure))
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(failed)
+
+
 class _OutboundLink:
     """
     The outbound side of one peer: the authenticated connection, if any,
-    and the count of handshakes failed in a row.
+    the count of handshakes failed in a row, and the outage being logged.
 
     @ivar protocol: the authenticated outbound connection, or C{None}.
     """
@@ -119,13 +185,51 @@ class _OutboundLink:
         self,
         links: PeerLinks,
         peer_id: str,
+        address: str,
         policy: Callable[[int], float],
     ) -> None:
         self._links = links
         self.peer_id = peer_id
+        self._address = address
         self._policy = policy
         self.protocol: Optional[PeerProtocol] = None
         self._failed_handshakes = 0
+        self._ever_connected = False
+        # when the link was lost or first failed; None while it is up
+        self._down_since: Optional[float] = None
+        # when the outage was last logged; None until it is
+        self._reported_at: Optional[float] = None
+
+    def attempt_failed(self, reason: str) -> None:
+        """
+        An attempt to reach the peer failed: log it if it starts an outage,
+        or if the last line about it is C{REMINDER_INTERVAL} old.
+        """
+        if not self._links.running:
+            return  # the link is being closed on purpose
+        now = self._links._reactor.seconds()
+        if self._down_since is None:
+            self._down_since = now
+        if self._reported_at is None:
+            _log.info(
+                "{what} peer {peer} at {address} ({reason}); retrying",
+                what="lost" if self._ever_connected else "cannot reach",
+                peer=self.peer_id,
+                address=self._address,
+                reason=reason,
+            )
+        elif now - self._reported_at >= REMINDER_INTERVAL:
+            _log.info(
+                "peer {peer} at {address} still unreachable after {elapsed:.0f} s"
+                " ({reason}); retrying",
+                peer=self.peer_id,
+                address=self._address,
+                elapsed=now - self._down_since,
+                reason=reason,
+            )
+        else:
+            return
+        self._reported_at = now
 
     def retry_delay(self, failed_attempts: int) -> float:
         """
@@ -135,16 +239,31 @@ class _OutboundLink:
         return self._policy(failed_attempts + self._failed_handshakes)
 
     def ready(self, protocol: PeerProtocol) -> None:
+        after = ""
+        if self._reported_at is not None and self._down_since is not None:
+            after = f" after {self._links._reactor.seconds() - self._down_since:.0f} s"
+        _log.info(
+            "{what} peer {peer} at {address}{after} (incarnation {incarnation:x})",
+            what="reconnected to" if self._ever_connected else "connected to",
+            peer=self.peer_id,
+            address=self._address,
+            after=after,
+            incarnation=protocol.peer_incarnation,
+        )
         self._failed_handshakes = 0
+        self._ever_connected = True
+        self._down_since = self._reported_at = None
         self.protocol = protocol
         self._links._notify("peer_up", self.peer_id, protocol.peer_incarnation)
 
     def closed(self, protocol: PeerProtocol, was_ready: bool) -> None:
         if not was_ready:
             self._failed_handshakes += 1
+            self.attempt_failed("handshake failed")
             return
         if self.protocol is protocol:
             self.protocol = None
+            self._down_since = self._links._reactor.seconds()
             self._links._notify("peer_down", self.peer_id)
 
 
@@ -269,10 +388,13 @@ class PeerLinks(MultiService):
         self._outbound: dict[str, _OutboundLink] = {}
         policy = default_retry_policy() if retry_policy is None else retry_policy
         for peer_id, (host, port) in sorted(peers.items()):
-            link = _OutboundLink(self, peer_id, policy)
+            link = _OutboundLink(self, peer_id, _format_address(host, port), policy)
             self._outbound[peer_id] = link
-            service = ClientService(
-                _client_endpoint(reactor, host, port, handshake_timeout),
+            service = _PeerClientService(
+                _ReportingEndpoint(
+                    _client_endpoint(reactor, host, port, handshake_timeout),
+                    link.attempt_failed,
+                ),
                 _OutboundFactory(self, link),
                 retryPolicy=link.retry_delay,
                 clock=reactor,

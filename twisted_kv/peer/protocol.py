@@ -647,13 +647,8 @@ class PeerProtocol(Int32StringReceiver):
             s.keepalive_interval, self._keepalive_due
         )
         self._idle_timer = self._clock.callLater(s.idle_timeout, self._idle_check)
-        _log.info(
-            "Peer {peer} (incarnation {incarnation}) authenticated"
-            " on an {direction} connection",
-            peer=self.peer_id,
-            incarnation=self.peer_incarnation,
-            direction="outbound" if self.outbound else "inbound",
-        )
+        # The owner reports the link (PeerLinks logs outbound links coming
+        # and going); a line per connection here would repeat it.
         if self._on_ready is not None:
             self._on_ready(self)
 

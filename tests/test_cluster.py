@@ -11,7 +11,7 @@ import random
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -717,6 +717,34 @@ def _version(record: Any) -> str:
     from twisted_kv.core.records import format_version
 
     return format_version(record.version)
+
+
+class MembershipLogTests(ClusterTestMixin, SynchronousTestCase):
+    """
+    What the failure detector logs.
+    """
+
+    def test_down_and_up(self) -> None:
+        """
+        Once the failure detector finds a node dead, each node that lost it
+        logs C{node X is down} once; when it hears from it again, C{node X
+        is up} with its incarnation in hex, as everywhere else.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        incarnations = {node_id: node.incarnation for node_id, node in cluster.nodes.items()}
+        timeout = cluster.config.failure_timeout
+        with capturedLogs() as events:
+            cluster.network.partition(["n1", "n2"], ["n3"])
+            cluster.run(timeout * 3)
+            cluster.network.heal()
+            cluster.run(timeout)
+        lines = [formatEvent(event) for event in events]
+        down = [f"node {n} is down (silent for {timeout:g} s)" for n in ["n1", "n2", "n3", "n3"]]
+        up = [f"node {n} is up (incarnation {incarnations[n]:x})" for n in ["n1", "n2", "n3", "n3"]]
+        self.assertEqual(sorted(line for line in lines if " is down" in line), down)
+        self.assertEqual(sorted(line for line in lines if " is up" in line), up)
+        self.assertLess(lines.index(down[-1]), lines.index(up[-1]))
 
 
 class RecentBatchesTests(SynchronousTestCase):

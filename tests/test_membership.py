@@ -127,6 +127,46 @@ class IncarnationTests(SynchronousTestCase):
         self.assertEqual(table.incarnation("a"), 100)
 
 
+class TransitionTests(SynchronousTestCase):
+    """
+    Nodes going down and coming back up, each reported once.
+    """
+
+    def test_down_once(self) -> None:
+        """
+        A node heard from is reported newly dead once the timeout passes,
+        and only once; nodes never heard from and the node itself never
+        are.
+        """
+        table = _table()
+        table.heard("b", 7, 10.0)
+        self.assertEqual(table.newly_dead(11.5), [])
+        self.assertEqual(table.newly_dead(12.0), ["b"])
+        self.assertEqual(table.newly_dead(20.0), [])
+
+    def test_back_up(self) -> None:
+        """
+        A node heard from after it was reported dead is up again, even in
+        the same incarnation, and can then be reported dead again.
+        """
+        table = _table()
+        table.heard("b", 7, 10.0)
+        table.newly_dead(12.0)
+        self.assertTrue(table.heard("b", 7, 13.0))
+        self.assertFalse(table.heard("b", 7, 13.1))
+        self.assertEqual(table.newly_dead(15.1), ["b"])
+
+    def test_silent_blip(self) -> None:
+        """
+        A node silent past the timeout but heard from again before anyone
+        asked is neither down nor back.
+        """
+        table = _table()
+        table.heard("b", 7, 10.0)
+        self.assertFalse(table.heard("b", 7, 12.5))
+        self.assertEqual(table.newly_dead(13.0), [])
+
+
 class LiveTests(SynchronousTestCase):
     """
     L{Membership.live}: the nodes the planner may use.

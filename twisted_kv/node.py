@@ -447,6 +447,12 @@ class Node:
     def tick(self) -> None:
         now = self._now()
         self.deadlines.sweep(now)
+        for peer in self.membership.newly_dead(now):
+            log.info(
+                "node {peer} is down (silent for {timeout:g} s)",
+                peer=peer,
+                timeout=self.config.failure_timeout,
+            )
         self._send_all(self.consensus.tick(now))
         self._after_consensus()
         if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:

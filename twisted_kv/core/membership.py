@@ -35,17 +35,37 @@ class Membership:
         self._incarnations: dict[str, int] = {self_id: incarnation}
         self.node_ids = list(node_ids)
         self.info: dict[str, dict] = {}
+        # the nodes reported down (never heard from counts), until heard again
+        self._down = set(self.node_ids) - {self_id}
 
     def heard(self, node_id: str, incarnation: int, now: float) -> bool:
         """
         Record a sign of life.
 
-        @return: whether this is a new incarnation of the node.
+        @return: whether the node is newly up: heard from for the first
+            time, again after L{newly_dead} reported it, or in a new
+            incarnation.
         """
         self._heard[node_id] = now
         restarted = self._incarnations.get(node_id) != incarnation
         self._incarnations[node_id] = incarnation
-        return restarted
+        came_back = node_id in self._down
+        self._down.discard(node_id)
+        return restarted or came_back
+
+    def newly_dead(self, now: float) -> list[str]:
+        """
+        The nodes found dead since they were last up, each reported once
+        until L{heard} from again: the "down" counterpart of L{heard}'s
+        answer.
+        """
+        dead = [
+            node
+            for node in self.node_ids
+            if node not in self._down and self.state(node, now) == DEAD
+        ]
+        self._down.update(dead)
+        return dead
 
     def state(self, node_id: str, now: float) -> str:
         if node_id == self._self:

@@ -4,11 +4,15 @@ Tests for L{twisted_kv.service}: one node's service tree.
 
 from __future__ import annotations
 
+import errno
+import socket
+from typing import Any
+
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.service import build_node_service, listen_endpoint
+from twisted_kv.service import build_node_service, check_ports, listen_endpoint
 from twisted_kv.testing import cluster_config
 
 
@@ -68,12 +72,100 @@ class ServiceTests(SynchronousTestCase):
         with self.assertRaises(SystemExit) as caught:
             service.privilegedStartService()
             service.startService()
-        message = str(caught.exception)
-        self.assertIn("<test>: [node:n1] ftp_port: cannot listen on 127.0.0.1:", message)
-        self.assertNotIn("\n", message)
+        self.assertEqual(
+            str(caught.exception),
+            f"kvnode n1: cannot listen on 127.0.0.1:{me.ftp_port} (ftp_port):"
+            " address already in use",
+        )
 
     def test_ipv6_interface_escaped(self) -> None:
         """
         An IPv6 host's colons are escaped in the endpoint description.
         """
         self.assertEqual(listen_endpoint("::1", 80), "tcp:80:interface=\\:\\:1")
+
+
+class _Socket:
+    """
+    A socket that records what is done to it; binding to C{refused} fails
+    with C{error}.
+    """
+
+    def __init__(self, log: list[tuple[Any, ...]], refused: int, error: int) -> None:
+        self._log = log
+        self._refused = refused
+        self._error = error
+
+    def __enter__(self) -> _Socket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._log.append(("close",))
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self._log.append(("setsockopt", level, option, value))
+
+    def bind(self, address: tuple[str, int]) -> None:
+        self._log.append(("bind", address))
+        if address[1] == self._refused:
+            raise OSError(self._error, "refused")
+
+
+class CheckPortsTests(SynchronousTestCase):
+    """
+    L{check_ports} finds a port the node cannot listen on before twistd
+    starts logging, so that it is reported in one line.
+    """
+
+    def check(self, refused: int = 0, error: int = errno.EADDRINUSE) -> list[tuple[Any, ...]]:
+        log: list[tuple[Any, ...]] = []
+
+        def make_socket(family: int, kind: int) -> _Socket:
+            log.append(("socket", family, kind))
+            return _Socket(log, refused, error)
+
+        check_ports(cluster_config(3).node("n2"), _socket=make_socket)
+        return log
+
+    def test_all_free(self) -> None:
+        """
+        Each port is bound, as Twisted binds it (C{SO_REUSEADDR}, so that a
+        port in C{TIME_WAIT} is not taken for a busy one), and let go.
+        """
+        me = cluster_config(3).node("n2")
+        expected = []
+        for port in (me.http_port, me.peer_port, me.ftp_port):
+            expected += [
+                ("socket", socket.AF_INET, socket.SOCK_STREAM),
+                ("setsockopt", socket.SOL_SOCKET, socket.SO_REUSEADDR, 1),
+                ("bind", ("127.0.0.1", port)),
+                ("close",),
+            ]
+        self.assertEqual(self.check(), expected)
+
+    def test_busy(self) -> None:
+        """
+        A port in use is one line naming the node, the address, the key and
+        the reason, in words.
+        """
+        me = cluster_config(3).node("n2")
+        with self.assertRaises(SystemExit) as caught:
+            self.check(refused=me.peer_port)
+        self.assertEqual(
+            str(caught.exception),
+            f"kvnode n2: cannot listen on 127.0.0.1:{me.peer_port} (peer_port):"
+            " address already in use",
+        )
+
+    def test_not_allowed(self) -> None:
+        """
+        Other reasons are given in words too.
+        """
+        me = cluster_config(3).node("n2")
+        with self.assertRaises(SystemExit) as caught:
+            self.check(refused=me.http_port, error=errno.EACCES)
+        self.assertEqual(
+            str(caught.exception),
+            f"kvnode n2: cannot listen on 127.0.0.1:{me.http_port} (http_port):"
+            " permission denied",
+        )

@@ -6,6 +6,7 @@ Tests for L{twisted_kv.tap}: the C{kvnode} options and service maker.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -200,7 +201,7 @@ class MakeServiceTests(SynchronousTestCase):
 class TwistdTests(SynchronousTestCase):
     """
     A real C{twistd kvnode} refuses user errors with one line and no
-    traceback.  (These start a process but open no port.)
+    traceback.  (These start a process, which opens no port.)
     """
 
     def twistd(self, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -260,5 +261,31 @@ class TwistdTests(SynchronousTestCase):
                 1,
                 f"{path}: [node:n2] http_port: duplicate port 7001"
                 " (also [node:n1] http_port)\n",
+            ),
+        )
+
+    def test_port_in_use(self) -> None:
+        """
+        A port in use: status 1, one line on stderr naming the node, the
+        address and the key, before twistd logs anything.
+        """
+        busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        path = os.path.abspath(self.mktemp())
+        with open(_LOCAL, encoding="utf-8") as f:
+            text = f.read().replace("http_port = 7001", f"http_port = {port}")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        result = self.twistd("--config", path, "--node", "n1")
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (
+                1,
+                "",
+                f"kvnode n1: cannot listen on 127.0.0.1:{port} (http_port):"
+                " address already in use\n",
             ),
         )

@@ -10,17 +10,20 @@ start order (peers, node, change feed, front ends) and stop in reverse.
 from __future__ import annotations
 
 import gc
+import os
 import random
+import socket
 import time
 from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 
 from twisted_kv.coordinator import Coordinator, NodeStatus
-from twisted_kv.core.config import ClusterConfig, NodeConfig
+from twisted_kv.core.config import ClusterConfig, NodeConfig, format_address
 from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
 from twisted_kv.frontends.dashboard import dashboard_resource
@@ -37,6 +40,45 @@ def listen_endpoint(host: str, port: int) -> str:
     The endpoint description listening on C{host}:C{port} (IPv6 escaped).
     """
     return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+#: The config keys of a node's listening ports, in the order they are checked.
+_PORT_KEYS = ("http_port", "peer_port", "ftp_port")
+
+
+def _cannot_listen(me: NodeConfig, port: int, error: OSError) -> str:
+    """
+    The one line reporting that node C{me} cannot listen on C{port}.
+    """
+    key = next((key for key in _PORT_KEYS if getattr(me, key) == port), "port")
+    reason = os.strerror(error.errno).lower() if error.errno else str(error)
+    return (
+        f"kvnode {me.node_id}: cannot listen on {format_address(me.host, port)}"
+        f" ({key}): {reason}"
+    )
+
+
+def check_ports(me: NodeConfig, *, _socket: Callable[[int, int], Any] = socket.socket) -> None:
+    """
+    Bind each of node C{me}'s ports once, and let go: twistd listens only
+    after it has started logging, so a port in use found then is reported
+    in the log, after twistd's own start-up lines; found here, from
+    C{makeService}, it is one line on standard error, like a config error.
+
+    @param _socket: makes the sockets (tests).
+    @raise SystemExit: with that line, if a port cannot be bound.
+    """
+    family = socket.AF_INET6 if isIPv6Address(me.host) else socket.AF_INET
+    for key in _PORT_KEYS:
+        port = getattr(me, key)
+        with _socket(family, socket.SOCK_STREAM) as probe:
+            if os.name == "posix":
+                # As Twisted's listenTCP does: a port left in TIME_WAIT is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((me.host, port))
+            except OSError as error:
+                raise SystemExit(_cannot_listen(me, port, error)) from None
 
 
 class _Running(Service):
@@ -69,13 +111,13 @@ def _listening(name: str, reactor: Any, host: str, port: int, factory: Any) -> I
 
 class NodeService(MultiService):
     """
-    A node's services; a port that cannot be listened on ends the process at
-    once with one line naming the file, the section and the key.
+    A node's services; a port that cannot be listened on (taken since
+    L{check_ports}) ends the process at once with one line naming the node,
+    the address and the key.
     """
 
-    def __init__(self, config: ClusterConfig, me: NodeConfig) -> None:
+    def __init__(self, me: NodeConfig) -> None:
         super().__init__()
-        self._config = config
         self._me = me
 
     def privilegedStartService(self) -> None:
@@ -88,15 +130,7 @@ class NodeService(MultiService):
         try:
             start()
         except CannotListenError as error:
-            keys = {
-                self._me.http_port: "http_port",
-                self._me.peer_port: "peer_port",
-                self._me.ftp_port: "ftp_port",
-            }
-            raise SystemExit(
-                f"{self._config.path}: [node:{self._me.node_id}] {keys.get(error.port, 'port')}: "
-                f"cannot listen on {error.interface}:{error.port}: {error.socketError}"
-            )
+            raise SystemExit(_cannot_listen(self._me, error.port, error.socketError)) from None
 
 
 def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> NodeService:
@@ -156,7 +190,7 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
         FileSystem(kv, reactor, max_file_bytes=config.max_file_bytes), reactor
     )
 
-    top = NodeService(config, me)
+    top = NodeService(me)
     for child in (
         links,
         _Running("node", node.start, node.stop),

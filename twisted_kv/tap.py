@@ -6,7 +6,8 @@ The C{kvnode} twistd plugin's options and service maker.
 
 A user error in the cluster file (or an unknown C{--node}) ends twistd at
 once with one line on standard error naming the file, the section and the
-key, and a non-zero exit status; no traceback.
+key, and a non-zero exit status; no traceback.  So does a port the node
+cannot listen on, naming the node, the address and the key.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def makeService(
     @return: the node's (not yet started) service.
 
     @raise SystemExit: with the one-line L{ConfigError} text when the cluster
-        file or the node id is unusable; Python prints it to standard error
-        and exits with status 1.
+        file or the node id is unusable, or with one line naming a port the
+        node cannot listen on (checked only with the default builder);
+        Python prints it to standard error and exits with status 1.
     """
     if reactor is None:
         from twisted.internet import reactor as _global_reactor
@@ -98,8 +100,9 @@ def makeService(
         config = load_config(options["config"])
         config.node(options["node"])
         if _build is None:
-            from twisted_kv.service import build_node_service
+            from twisted_kv.service import build_node_service, check_ports
 
+            check_ports(config.node(options["node"]))
             _build = build_node_service
         return _build(config, options["node"], reactor)
     except ConfigError as e:

@@ -47,6 +47,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "NodeConfig",
+    "format_address",
     "load_config",
     "parse_bool",
     "parse_config",
@@ -195,6 +196,14 @@ def _parse_int(text: str) -> int:
 
 def _format_url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def format_address(host: str, port: int) -> str:
+    """
+    C{host:port} for messages, with an IPv6 host in brackets
+    (C{[::1]:7001}).
+    """
+    return f"{_format_url_host(host)}:{port}"
 
 
 # --------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from twisted.logger import Logger, LogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_kv.core.config import format_address
 from twisted_kv.peer.protocol import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -136,10 +137,6 @@ def _reason(failure: Failure) -> str:
         if failure.check(kind):
             return reason
     return failure.getErrorMessage()
-
-
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
 
 
 class _PeerClientService(ClientService):
@@ -388,7 +385,7 @@ class PeerLinks(MultiService):
         self._outbound: dict[str, _OutboundLink] = {}
         policy = default_retry_policy() if retry_policy is None else retry_policy
         for peer_id, (host, port) in sorted(peers.items()):
-            link = _OutboundLink(self, peer_id, _format_address(host, port), policy)
+            link = _OutboundLink(self, peer_id, format_address(host, port), policy)
             self._outbound[peer_id] = link
             service = _PeerClientService(
                 _ReportingEndpoint(

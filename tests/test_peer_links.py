@@ -500,16 +500,35 @@ class InMemoryLinksTests(SynchronousTestCase):
         )
         self.stop_all(n1, n2b)
 
-    def test_unreachable_from_the_start(self) -> None:
+    def test_started_a_little_later(self) -> None:
         """
-        A peer that cannot be reached when the node starts is logged once,
-        then once when it is reached.
+        A peer that comes up within a few seconds of the node is only
+        logged once connected: nodes never start at quite the same time.
         """
         ports = {"n1": 7101, "n2": 7102}
         with capturedLogs() as events:
             n1, h1 = self.net.node("n1", ports=ports)
             self.net.start(n1)
-            self.net.advance(5, step=0.05)
+            self.net.advance(4, step=0.05)
+            n2, h2 = self.net.node("n2", incarnation=0xFF, ports=ports)
+            self.net.start(n2)
+            self.net.advance(RETRY_MAX_DELAY + 0.1)
+        self.assertEqual(
+            _outbound_lines(events, "n2"),
+            ["connected to peer n2 at 127.0.0.1:7102 (incarnation ff)"],
+        )
+        self.stop_all(n1, n2)
+
+    def test_unreachable_from_the_start(self) -> None:
+        """
+        A peer that cannot be reached when the node starts is logged once
+        it has failed for a few seconds, then once when it is reached.
+        """
+        ports = {"n1": 7101, "n2": 7102}
+        with capturedLogs() as events:
+            n1, h1 = self.net.node("n1", ports=ports)
+            self.net.start(n1)
+            self.net.advance(8, step=0.05)
             n2, h2 = self.net.node("n2", incarnation=0xFF, ports=ports)
             self.net.start(n2)
             self.net.advance(RETRY_MAX_DELAY + 0.1)
@@ -517,7 +536,7 @@ class InMemoryLinksTests(SynchronousTestCase):
             _outbound_lines(events, "n2"),
             [
                 "cannot reach peer n2 at 127.0.0.1:7102 (connection refused); retrying",
-                "connected to peer n2 at 127.0.0.1:7102 after 6 s (incarnation ff)",
+                "connected to peer n2 at 127.0.0.1:7102 after 9 s (incarnation ff)",
             ],
         )
         self.stop_all(n1, n2)

@@ -27,7 +27,8 @@ The log tells an outage of a link once, not once per retry: the first
 failed attempt logs the peer, its address and the reason ("lost peer n2 at
 127.0.0.1:7102 (connection refused); retrying"), a reminder follows every
 C{REMINDER_INTERVAL} seconds while it lasts, and one line reports the link
-back, with how long it was out.
+back, with how long it was out.  A peer never reached yet is logged as
+unreachable only once it has failed for C{STARTUP_GRACE} seconds.
 
 Inbound connections are independent of outbound ones: a peer reconnecting
 to us replaces nothing on our outbound side. Each one delivers the
@@ -79,6 +80,9 @@ RETRY_MAX_DELAY = 1.0
 RETRY_JITTER = 0.1
 #: seconds between the log lines recalling a peer still unreachable
 REMINDER_INTERVAL = 60.0
+#: seconds a peer never reached yet may take to come up before it is logged
+#: as unreachable (the nodes of a cluster start at about the same time)
+STARTUP_GRACE = 5.0
 
 # What a failed attempt to reach a peer is logged as; the first match wins.
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
@@ -208,6 +212,8 @@ class _OutboundLink:
         if self._down_since is None:
             self._down_since = now
         if self._reported_at is None:
+            if not self._ever_connected and now - self._down_since < STARTUP_GRACE:
+                return
             _log.info(
                 "{what} peer {peer} at {address} ({reason}); retrying",
                 what="lost" if self._ever_connected else "cannot reach",

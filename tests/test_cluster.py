@@ -1475,3 +1475,75 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         for seed in (9, 22, 37, 43):
             for key, ops in self.run_workload(seed, fault="rolling").items():
                 self.assertTrue(check(ops), (seed, key))
+
+
+class MajorityRestartTests(ClusterTestMixin, SynchronousTestCase):
+    """
+    A majority of the nodes restarted empty: a leader is elected again, and
+    the partitions whose every in-sync copy restarted are reported lost,
+    refused at once, and then served again, empty.
+    """
+
+    def restart_majority(self, size: int = 3) -> tuple[str, list[str]]:
+        """
+        Kill a majority of the nodes, the leader among them, and restart
+        them; return the survivor first and the restarted nodes.
+        """
+        cluster = self.make_cluster(size)
+        leader = cluster.settle()
+        victims = [leader] + [n for n in cluster.nodes if n != leader][: size // 2]
+        survivor = next(n for n in cluster.nodes if n not in victims)
+        # The followers die first; the leader proposes a map without them,
+        # and dies once the survivor stores it, before it learns it is
+        # committed: the survivor cannot hand the restarted nodes a map.
+        for victim in victims[1:]:
+            cluster.kill(victim)
+        consensus = cluster.nodes[survivor].consensus
+        while consensus.latest_map is consensus.committed:
+            cluster.run(0.001, step=0.001)
+        cluster.kill(leader)
+        for victim in victims:
+            cluster.start(victim)
+        return survivor, victims
+
+    def assert_leader_within(self, seconds: float) -> str:
+        cluster = self.cluster
+        end = cluster.clock.seconds() + seconds
+        while cluster.clock.seconds() < end:
+            cluster.run(0.05)
+            leader = cluster.leader()
+            if leader is not None:
+                return leader
+        self.fail(f"no leader elected within {seconds}s")
+
+    def test_leader_elected_after_majority_restart(self) -> None:
+        """
+        Two of three nodes, the leader among them, restarted empty: the
+        survivor, the only node holding the map, is elected within a few
+        election timeouts (the restarted nodes vote for it).
+        """
+        survivor, _ = self.restart_majority(3)
+        self.assertEqual(self.assert_leader_within(4 * 2.0), survivor)
+
+    def test_leader_elected_after_majority_of_five_restart(self) -> None:
+        """
+        Three of five nodes restarted empty: one of the two that kept the map
+        is elected.
+        """
+        survivor, victims = self.restart_majority(5)
+        self.assertNotIn(self.assert_leader_within(4 * 2.0), victims)
+
+    def test_leader_elected_after_whole_cluster_restart(self) -> None:
+        """
+        Every node restarted empty (a new cluster, as far as anyone knows): a
+        leader is elected and the cluster serves.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        for node_id in list(cluster.nodes):
+            cluster.kill(node_id)
+        for node_id in cluster.config.node_ids:
+            cluster.start(node_id)
+        self.assert_leader_within(4 * 2.0)
+        cluster.settle()
+        self.assertIsInstance(self.put("n1", "k", b"v"), WriteResult)

@@ -99,7 +99,7 @@ class Router:
         # learns its reachable peers' terms before it may vote.
         for peer_id, peer in self.nodes.items():
             if peer_id != node and self.linked(node, peer_id):
-                fresh.observe(peer.term, peer.latest_map is not None)
+                fresh.observe(self.now, peer_id, peer.term, peer.entry)
         self.nodes[node] = fresh
         self._in_flight = deque(m for m in self._in_flight if node not in (m[0], m[1]))
 
@@ -300,13 +300,34 @@ class ElectionTests(SynchronousTestCase):
         self.assertEqual((nodes["n0"].role, nodes["n0"].term), (LEADER, 1))
         nodes["n2"] = make_node("n2", ids, now=TIMEOUT + 0.1, seed="restarted")
         # n0's status gossip reaches the restarted n2 (n1's never got through)
-        nodes["n2"].observe(nodes["n0"].term, nodes["n0"].latest_map is not None)
+        nodes["n2"].observe(TIMEOUT + 0.1, "n0", nodes["n0"].term, nodes["n0"].entry)
         elect(nodes, "n1", 2 * TIMEOUT, ["n2"])
         self.assertFalse(
             nodes["n1"].role == LEADER and nodes["n1"].term == 1,
             "n0 and n1 are both leaders of term 1",
         )
 
+
+    def test_majority_restarted_elects_the_holder_of_the_map(self) -> None:
+        """
+        The leader and another node of three restart empty while the third
+        holds the map alone: the restarted nodes vote for it (it holds the
+        newest entry they heard of), so a leader is elected within a few
+        timeouts, and it is the survivor with the map.
+        """
+        for seed in range(8):
+            router = Router(3, seed)
+            router.run_until(router.settled_leader, 3 * TIMEOUT)
+            leader = router.settled_leader()
+            router.send(leader, router.nodes[leader].propose(router.now, numbered_map(1)))
+            router.run(5 * STEP)
+            survivor, other = (n for n in router.ids if n != leader)
+            router.restart(leader)
+            router.restart(other)
+            self.assertTrue(router.run_until(router.settled_leader, 4 * TIMEOUT), seed)
+            self.assertEqual(router.settled_leader(), survivor)
+            router.run(10 * STEP)
+            self.assertEqual(number_of(router.nodes[leader].committed), 1)
 
     def test_rejoining_node_does_not_depose_leader(self) -> None:
         """
@@ -545,6 +566,44 @@ class VotingTests(SynchronousTestCase):
             node, now = self._holding(2, 3)
             (_, reply), = node.receive(now, "n0", ["vote", 10, index, entry_term])
             self.assertEqual(reply, ["voted", 10, granted], (index, entry_term))
+
+    def test_restarted_node_holds_out_for_the_newest_entry_reported(self) -> None:
+        """
+        A node that has not heard from a leader since it started, empty or
+        holding a map relayed by a peer, votes only for candidates whose entry
+        is at least as new as every entry its peers reported during the last
+        election timeout: it may have stored a newer one before it restarted.
+        """
+        for held in [None, (1, 2)]:
+            node = make_node("n1", self.IDS, now=100.0)
+            if held is not None:
+                node.adopt_committed(*held, encode_map(numbered_map(1)))
+            node.observe(100.1, "n2", 0, [2, 3])
+            node.observe(100.1, "n3", 0, [1, 2])
+            now = 100.0 + TIMEOUT / 2
+            for (index, entry_term), granted in [((1, 3), False), ((2, 3), True), ((1, 4), True)]:
+                (_, reply), = node.receive(now, "n0", ["prevote", 9, index, entry_term])
+                self.assertEqual(reply, ["prevoted", 9, granted], (held, index, entry_term))
+
+    def test_reports_of_entries_expire(self) -> None:
+        """
+        A report older than an election timeout no longer counts (its node
+        may have died since, and the others must be able to elect a leader),
+        nor does any report once the node has heard from a leader.
+        """
+        node = make_node("n1", self.IDS, now=100.0)
+        node.observe(100.0, "n2", 0, [2, 3])
+        node.observe(100.0, "n3", 0, [5, 3])
+        node.observe(100.0 + TIMEOUT, "n3", 0, [1, 1])
+        (_, reply), = node.receive(100.0 + TIMEOUT, "n0", ["prevote", 9, 1, 1])
+        self.assertEqual(reply, ["prevoted", 9, False])
+        (_, reply), = node.receive(100.01 + TIMEOUT, "n0", ["prevote", 9, 1, 1])
+        self.assertEqual(reply, ["prevoted", 9, True])
+        node = make_node("n1", self.IDS, now=100.0)
+        node.receive(100.0, "n4", ["append", 1, 0, 0, None, 0])
+        node.observe(100.0, "n2", 0, [2, 3])
+        (_, reply), = node.receive(100.0 + TIMEOUT, "n0", ["prevote", 9, 0, 0])
+        self.assertEqual(reply, ["prevoted", 9, True])
 
     def test_stickiness(self) -> None:
         """

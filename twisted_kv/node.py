@@ -12,7 +12,8 @@ Messages between nodes (lists; the first element is the tag):
 
   - consensus (L{twisted_kv.core.consensus}): C{prevote}, C{prevoted},
     C{vote}, C{voted}, C{append}, C{appended};
-  - C{["status", state]}: gossip of L{Node.sync_state}, several times a
+  - C{["status", state, [entry_index, entry_term]]}: gossip of
+    L{Node.sync_state} and of the node's map entry, several times a
     second; a node that does not hear from the leader and learns that a
     peer holds a newer committed map asks for it with C{["map_req"]},
     answered C{["map", index, term, map]};
@@ -457,7 +458,7 @@ class Node:
         self._after_consensus()
         if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
             self._last_gossip = now
-            status = ["status", self.sync_state()]
+            status = ["status", self.sync_state(), list(self.consensus.entry)]
             for peer in self.consensus.peers:
                 self._send(peer, status)
         if self.consensus.role == LEADER:
@@ -900,9 +901,9 @@ class Node:
         return leader is not None and self.membership.state(leader, self._now()) == ALIVE
 
     def _on_status(self, peer: str, message: list) -> None:
-        state = message[1]
+        _, state, entry = message
         self.membership.info[peer] = state
-        self.consensus.observe(state["term"], state["has_map"])
+        self.consensus.observe(self._now(), peer, state["term"], entry)
         if state.get("map_index", 0) > self.consensus.committed_index and not self.hears_leader():
             # Cut off from the leader but not from this peer: take the
             # newer map from it, so that requests go where data now lives.

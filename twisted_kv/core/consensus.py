@@ -24,11 +24,24 @@ comparing the (index, term) of that one entry.  The rules kept from Raft:
 
 State is in memory only, so a restarted node may have voted, before it
 crashed, in a term it no longer remembers.  It therefore never votes in a
-term it may have voted in: it does not vote for a minimum election timeout
+term it may have voted in: it does not vote for half an election timeout
 after it starts (its peers' status gossip arrives well within it), nor, until
 it hears from a leader, in any term up to the highest its peers report
-(L{Consensus.observe}).  An empty node does not vote at all in a cluster that
-already has a map, since its vote could elect a node lacking that map.
+(L{Consensus.observe}).
+
+A restarted node has also forgotten its entry, and Raft's argument that a
+committed entry reaches every later leader rests on each voter remembering
+its own: a majority stores the entry, and any majority of voters includes one
+of them.  So until it hears from a leader, a node votes only for a candidate
+whose entry is at least as new as its own and as every entry its peers
+reported in their status gossip during the last election timeout.  While at
+most a minority has restarted, some node that stores the newest committed
+entry is up and gossips it, so the restarted voters hold out for it just as
+it would.  When a majority restarted, the newest entry still held anywhere
+wins, so a leader is elected as soon as a majority runs (an entry that every
+holder lost is lost, as the data it described); the window of reports keeps
+a node that heard of an entry whose holders died since from waiting for it
+for ever.
 
 Messages (lists, the first element the tag):
   - C{["prevote", proposed_term, entry_index, entry_term]}
@@ -95,7 +108,8 @@ class Consensus:
         self._votes_allowed_at = now + election_timeout / 2
         self._no_votes_up_to = 0
         self._heard_leader = False
-        self._cluster_has_map = False
+        # peer -> ((term, index) of its entry, when it reported it)
+        self._reported: dict[str, tuple[tuple[int, int], float]] = {}
         self._prevotes: set[str] = set()
         self._prevote_term = 0
         self._leader_contact = float("-inf")
@@ -151,15 +165,39 @@ class Consensus:
         self._commit()
         return True
 
-    def observe(self, term: int, has_map: bool) -> None:
+    @property
+    def entry(self) -> tuple[int, int]:
         """
-        A peer reports its current term and whether it holds a map (status
-        gossip); until this node hears from a leader, it will not vote in
-        that term or an earlier one.
+        C{(index, term)} of the newest entry this node stores, for its
+        status gossip (L{observe}).
+        """
+        return self._entry
+
+    def observe(self, now: float, peer: str, term: int, entry: Sequence[int]) -> None:
+        """
+        C{peer} reports its current term and the C{(index, term)} of its
+        entry (status gossip); until this node hears from a leader, it will
+        not vote in that term or an earlier one, nor for a candidate whose
+        entry is older than the reported one (for an election timeout).
         """
         if not self._heard_leader:
             self._no_votes_up_to = max(self._no_votes_up_to, term)
-        self._cluster_has_map = self._cluster_has_map or has_map
+        index, entry_term = entry
+        self._reported[peer] = ((entry_term, index), now)
+
+    def _newest_entry_known(self, now: float) -> tuple[int, int]:
+        """
+        The newest C{(term, index)} a candidate's entry must match: our own
+        entry's, and until we hear from a leader, those our peers reported
+        recently (see the module docstring).
+        """
+        newest = (self._entry[1], self._entry[0])
+        if self._heard_leader:
+            return newest
+        recent = now - self._timeout
+        return max(
+            [newest, *(entry for entry, when in self._reported.values() if when >= recent)]
+        )
 
     def _may_vote(self, now: float, term: int, index: int, entry_term: int) -> bool:
         """
@@ -168,8 +206,7 @@ class Consensus:
         return (
             now >= self._votes_allowed_at
             and term > self._no_votes_up_to
-            and not (self._entry[0] == 0 and self._cluster_has_map)
-            and (entry_term, index) >= (self._entry[1], self._entry[0])
+            and (entry_term, index) >= self._newest_entry_known(now)
         )
 
     def tick(self, now: float) -> Outgoing:

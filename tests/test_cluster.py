@@ -1052,7 +1052,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         cluster.run(0.1)
         self.assertEqual(waiting, [])
         replica = node.replicas[partition]
-        snapshot = ["snap", partition, replica.epoch + 1, 0, 0, True, True, encode_records([])]
+        snapshot = ["snap", partition, replica.epoch + 1, 0, 0, True, True, encode_records([]), 0]
         node.peer_message(newer, cluster.nodes[newer].incarnation, snapshot)
         self.assertFalse(replica.is_primary)
         self.assertTrue(waiting[0].check(node_module.Retry), waiting)
@@ -1486,11 +1486,21 @@ class MajorityRestartTests(ClusterTestMixin, SynchronousTestCase):
 
     def restart_majority(self, size: int = 3) -> tuple[str, list[str]]:
         """
-        Kill a majority of the nodes, the leader among them, and restart
-        them; return the survivor first and the restarted nodes.
+        Kill a majority of the nodes of a new cluster, the leader among
+        them, and restart them; return the survivor first and the restarted
+        nodes.
         """
         cluster = self.make_cluster(size)
-        leader = cluster.settle()
+        cluster.settle()
+        return self.restart_majority_of(cluster)
+
+    def restart_majority_of(self, cluster: MemoryCluster) -> tuple[str, list[str]]:
+        """
+        L{restart_majority} on C{cluster}, settled; remember in
+        C{expected_lost} the partitions whose in-sync members all restart.
+        """
+        leader = cluster.leader()
+        size = len(cluster.nodes)
         victims = [leader] + [n for n in cluster.nodes if n != leader][: size // 2]
         survivor = next(n for n in cluster.nodes if n not in victims)
         # The followers die first; the leader proposes a map without them,
@@ -1501,6 +1511,11 @@ class MajorityRestartTests(ClusterTestMixin, SynchronousTestCase):
         consensus = cluster.nodes[survivor].consensus
         while consensus.latest_map is consensus.committed:
             cluster.run(0.001, step=0.001)
+        self.expected_lost = [
+            index
+            for index, config in enumerate(consensus.latest_map.partitions)
+            if config.in_sync <= set(victims)
+        ]
         cluster.kill(leader)
         for victim in victims:
             cluster.start(victim)
@@ -1547,3 +1562,50 @@ class MajorityRestartTests(ClusterTestMixin, SynchronousTestCase):
         self.assert_leader_within(4 * 2.0)
         cluster.settle()
         self.assertIsInstance(self.put("n1", "k", b"v"), WriteResult)
+
+    def test_lost_partitions_reported_refused_then_served_empty(self) -> None:
+        """
+        The partitions whose every in-sync copy restarted are found at once
+        on the survivor: one log line names them, L{Node.lost_partitions}
+        and C{/cluster} list them and the loss is counted; requests for them
+        answer 503 at once, saying why.  Once a leader is elected they serve
+        again, empty, on every node, while the other partitions kept their
+        data.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        acked = {f"k{i}": b"v%d" % i for i in range(40)}
+        for key, value in acked.items():
+            self.assertIsInstance(self.put("n1", key, value), WriteResult)
+        with capturedLogs() as events:
+            survivor, victims = self.restart_majority_of(cluster)
+            cluster.run(0.1)
+        node = cluster.nodes[survivor]
+        self.assertIsNone(cluster.leader())
+        lost = sorted(node.lost_partitions)
+        self.assertTrue(lost)
+        self.assertEqual(lost, self.expected_lost)
+        lines = [e["log_format"].format(**e) for e in events if "lost every" in e["log_format"]]
+        self.assertIn(f"partitions {', '.join(map(str, lost))} lost every in-sync copy", lines[0])
+        self.assertEqual(node.partition_losses, len(lost))
+        self.assertEqual(NodeStatus(node, cluster.clock).cluster_view()["lost_partitions"], lost)
+        gone = next(k for k in acked if node.partition_of(user_key(k)) in lost)
+        kept = next(k for k in acked if node.partition_of(user_key(k)) not in lost)
+        for operation in [
+            cluster.coordinators[survivor].get(user_key(gone)),
+            cluster.coordinators[survivor].put(user_key(gone), b"new"),
+            cluster.coordinators[survivor].list_keys(USER, None, 10),
+        ]:
+            failure = _outcome(operation)[0]
+            self.assertIsInstance(failure, Failure)
+            failure.trap(Unavailable)
+            self.assertEqual(failure.value.retry_after, 1)
+            self.assertIn("lost every in-sync copy (all restarted empty)", str(failure.value))
+        cluster.settle(timeout=10.0)
+        for node_id, each in cluster.nodes.items():
+            self.assertEqual(each.lost_partitions, frozenset(), node_id)
+            self.assertIsNone(self.get(node_id, gone).record, node_id)
+            self.assertEqual(self.value_at(node_id, kept), acked[kept], node_id)
+        self.assertIsInstance(self.put(victims[0], gone, b"new"), WriteResult)
+        self.assertEqual(self.value_at(survivor, gone), b"new")
+        self.assertEqual(node.partition_losses, len(lost))

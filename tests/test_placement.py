@@ -23,6 +23,8 @@ from twisted_kv.core.placement import (
     drop_member,
     encode_map,
     initial_map,
+    is_lost,
+    lost_partitions,
     mark_in_sync,
     partition_of,
     plan,
@@ -295,6 +297,54 @@ class PlanPartitionTests(SynchronousTestCase):
         config = _config(3, ["A", "B"], "AB")
         self.assertIs(plan_partition(config, self.PREF, _live("C", "D", "E"), 2), config)
 
+    def test_in_sync_members_restarted_or_dead_wait(self) -> None:
+        """
+        With one in-sync member restarted and the other only dead (it may
+        come back with the data), or seen in an older incarnation than the
+        map names (news of a restart not heard yet), nothing changes.
+        """
+        config = _config(3, [("A", 5), ("B", 5)], "AB")
+        for live in [_live(("A", 6), "C"), _live(("A", 6), ("B", 4), "C")]:
+            self.assertFalse(is_lost(config, live))
+            self.assertIs(plan_partition(config, self.PREF, live, 2), config)
+
+    def test_every_in_sync_member_restarted(self) -> None:
+        """
+        When every in-sync member came back as a newer incarnation, the data
+        is gone: the partition starts again, empty, from those incarnations
+        (now in sync, the former primary's first) with a new epoch and
+        origin; a member that was not in sync stays, not in sync, to drop
+        what it holds and catch up, and ideal nodes join as usual.
+        """
+        config = _config(3, [("A", 5), ("B", 5), ("C", 1)], "AB")
+        live = _live(("A", 6), ("B", 7), "C", "D")
+        self.assertTrue(is_lost(config, live))
+        new = plan_partition(config, self.PREF, live, 3)
+        self.assertEqual(new.members, (Member("A", 6), Member("B", 7), Member("C", 1)))
+        self.assertEqual(new.in_sync, {"A", "B"})
+        self.assertEqual((new.epoch, new.origin), (4, 4))
+        # Later changes keep the origin.
+        shrunk = plan_partition(new, self.PREF, live, 2)
+        self.assertEqual((_ids(shrunk), shrunk.epoch, shrunk.origin), (["A", "B"], 5, 4))
+        dropped = drop_member(ClusterMap([new]), 0, 4, "B").partitions[0]
+        self.assertEqual((dropped.epoch, dropped.origin), (5, 4))
+
+    def test_lost_partitions(self) -> None:
+        """
+        L{lost_partitions} names, in order, the partitions of a map whose
+        every in-sync member restarted; a partition without any in-sync
+        member (there is none in a map the leader made) is not lost.
+        """
+        cluster_map = ClusterMap(
+            [
+                _config(1, ["A", "B"], "AB"),
+                _config(1, ["A", "C"], "AC"),
+                _config(1, ["B", "A"], "BA"),
+                _config(1, ["A"], ""),
+            ]
+        )
+        self.assertEqual(lost_partitions(cluster_map, _live(("A", 2), ("B", 2), "C")), [0, 2])
+
     def test_restarted_backup_is_gone(self) -> None:
         """
         A backup that came back as a new incarnation is a new, empty member:
@@ -469,7 +519,7 @@ class EncodingTests(SynchronousTestCase):
         a = ClusterMap([_config(2, ["A", "B", "C"], "CBA")])
         b = ClusterMap([_config(2, ["A", "B", "C"], "ABC")])
         self.assertEqual(encode_map(a), encode_map(b))
-        self.assertEqual(encode_map(a), [[2, [["A", 1], ["B", 1], ["C", 1]], ["A", "B", "C"]]])
+        self.assertEqual(encode_map(a), [[2, [["A", 1], ["B", 1], ["C", 1]], ["A", "B", "C"], 0]])
 
 
 class FailureHistoryTests(SynchronousTestCase):
@@ -481,10 +531,23 @@ class FailureHistoryTests(SynchronousTestCase):
 
     PARTITIONS = 8
 
-    def _check_transition(self, before: ClusterMap, after: ClusterMap, what: str) -> None:
+    def _check_transition(
+        self, before: ClusterMap, after: ClusterMap, what: str, live: dict
+    ) -> None:
         for old, new in zip(before.partitions, after.partitions):
             if new == old:
                 continue
+            if new.origin != old.origin:
+                # A fresh start, only once the data is provably gone: every
+                # in-sync member restarted, and its new incarnation is in
+                # sync (it holds all there is: nothing).
+                self.assertTrue(is_lost(old, live))
+                self.assertEqual((new.epoch, new.origin), (old.epoch + 1, old.epoch + 1))
+                self.assertEqual(new.in_sync, old.in_sync)
+                for node in new.in_sync:
+                    self.assertEqual(new.member(node).incarnation, live[node])
+                continue
+            self.assertEqual(new.origin, old.origin)
             if what == "mark":
                 self.assertEqual((new.epoch, new.members), (old.epoch, old.members))
                 self.assertEqual(len(new.in_sync - old.in_sync), 1)
@@ -517,8 +580,10 @@ class FailureHistoryTests(SynchronousTestCase):
     def test_acknowledged_writes_survive(self, history) -> None:
         """
         Whatever happens, with at most half the nodes down at a time: every
-        config keeps an in-sync member of the previous config, in-sync
-        claims are true, the primary is in sync; and once everybody is back
+        config keeps an in-sync member of the previous config (or, once every
+        in-sync member restarted, starts again empty from their new
+        incarnations), in-sync claims are true, the primary is in sync; and
+        once everybody is back
         and caught up, every partition that still has a live in-sync member
         settles on its ideal replicas.
         """
@@ -533,7 +598,11 @@ class FailureHistoryTests(SynchronousTestCase):
 
         def step(new: ClusterMap, what: str) -> None:
             nonlocal current
-            self._check_transition(current, new, what)
+            self._check_transition(current, new, what, live)
+            for index, (old, config) in enumerate(zip(current.partitions, new.partitions)):
+                if config.origin != old.origin:
+                    # the partition starts again, empty
+                    holders[index] = {config.member(node) for node in config.in_sync}
             current = new
 
         for event in events:

@@ -50,11 +50,11 @@ def answer(primary: Replica, backup: Replica, name: str, message: list) -> Optio
         (L{Replica.take_announcements}), or C{None} if the backup refused
         (stale epoch or missing entry).
     """
-    tag, partition, epoch, prev_seq, prev_epoch, entries_, commit, round_ = wire(message)
+    tag, partition, epoch, prev_seq, prev_epoch, entries_, commit, round_, origin = wire(message)
     assert (tag, partition) == ("app", PARTITION)
     if epoch < backup.epoch:
         return None
-    ok, last = backup.on_append(epoch, prev_seq, prev_epoch, entries_, commit)
+    ok, last = backup.on_append(epoch, prev_seq, prev_epoch, entries_, commit, origin)
     if ok:
         primary.on_append_ok(name, epoch, last, round_)
         return primary.take_announcements()
@@ -63,10 +63,10 @@ def answer(primary: Replica, backup: Replica, name: str, message: list) -> Optio
 
 
 def deliver_snapshot(backup: Replica, message: list) -> None:
-    tag, partition, epoch, seq, seq_epoch, first, last, records = wire(message)
+    tag, partition, epoch, seq, seq_epoch, first, last, records, origin = wire(message)
     assert (tag, partition) == ("snap", PARTITION)
     if epoch >= backup.epoch:
-        backup.on_snapshot(epoch, seq, seq_epoch, first, last, records)
+        backup.on_snapshot(epoch, seq, seq_epoch, first, last, records, origin)
 
 
 def push(primary: Replica, backup: Replica, name: str) -> Optional[list]:
@@ -573,6 +573,64 @@ class FailoverTests(SynchronousTestCase):
         self.assertIsNone(group.push("b1"))
         self.assertIsNone(group.push("b2"))
         self.assertEqual(group.primary.commit_seq, 0)
+
+
+class OriginTests(SynchronousTestCase):
+    """
+    A partition whose every in-sync copy was lost starts again, empty, from
+    a new origin; a member still holding the old data drops it.
+    """
+
+    def lost_and_restarted(self) -> tuple[Replica, Replica]:
+        """
+        A backup that committed three writes of origin 0, and the empty
+        primary of the partition started again at epoch 3 (its origin).
+        """
+        group = Group(backups=("b1",))
+        for index in range(3):
+            group.write(f"old{index}", b"v")
+        group.settle()
+        backup = group.backups["b1"]
+        self.assertEqual((backup.commit_seq, backup.origin), (3, 0))
+        primary = Replica(PARTITION)
+        primary.adopt_origin(3)
+        primary.become_primary(3, ["b1"], ["p"])
+        return primary, backup
+
+    def test_member_drops_data_of_an_older_origin(self) -> None:
+        """
+        The new primary's first message makes the backup drop everything it
+        held (its committed positions clash with the new log's), and the
+        writes of the new origin then commit on both.
+        """
+        primary, backup = self.lost_and_restarted()
+        self.assertEqual(push(primary, backup, "b1"), [])
+        self.assertEqual((backup.origin, backup.last_seq, len(backup.store)), (3, 0, 0))
+        entry = primary.propose(Put("new", b"n"), None, 0.0)
+        push(primary, backup, "b1")
+        self.assertEqual(primary.commit_seq, entry.seq)
+        push(primary, backup, "b1")
+        self.assertEqual([k for k, _ in backup.store.items()], ["new"])
+
+    def test_snapshot_of_a_newer_origin(self) -> None:
+        """
+        A snapshot carries the origin too, so a member first reached by one
+        drops the old data just the same.
+        """
+        primary, backup = self.lost_and_restarted()
+        primary.propose(Put("new", b"n"), None, 0.0)
+        for message in primary.snapshot_messages("b1"):
+            deliver_snapshot(backup, message)
+        self.assertEqual(backup.origin, 3)
+        self.assertNotIn("old0", dict(backup.store.items()))
+
+    def test_older_origin_changes_nothing(self) -> None:
+        """
+        L{Replica.adopt_origin} with an origin not newer keeps the data.
+        """
+        _, backup = self.lost_and_restarted()
+        backup.adopt_origin(0)
+        self.assertEqual(backup.commit_seq, 3)
 
 
 class SnapshotTests(SynchronousTestCase):

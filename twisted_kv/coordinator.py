@@ -56,6 +56,19 @@ from twisted_kv.node import RETRY_DELAY, Node, Peek, Retry, _decode_record, deco
 DEGRADED_READ_TIMEOUT = 1.0
 
 
+def lost_partition(partition: int) -> Unavailable:
+    """
+    The refusal of a request for a partition whose every in-sync copy
+    restarted empty (L{Node.lost_partitions}): waiting would not bring the
+    data back, and the leader's next map serves the partition again.
+    """
+    return Unavailable(
+        f"partition {partition} lost every in-sync copy (all restarted empty);"
+        " it will serve again, empty, shortly",
+        retry_after=1,
+    )
+
+
 @implementer(IKeyValue)
 class Coordinator:
     """
@@ -121,6 +134,8 @@ class Coordinator:
         if cluster_map is None:
             return fail(Unavailable("the cluster has no partition map yet"))
         degraded = not self._node.has_majority()
+        if self._node.lost_partitions:
+            return fail(lost_partition(min(self._node.lost_partitions)))
         by_holder: dict[str, list[int]] = {}
         for index, config in enumerate(cluster_map.partitions):
             holder = self._listing_holder(config)
@@ -284,6 +299,10 @@ class _RoutedOperation:
         config = self._node.partition_config(self._partition)
         if config is None or config.primary is None:
             return self._later()
+        if self._partition in self._node.lost_partitions:
+            if self._write and self._maybe_applied:
+                return fail(self._give_up("the partition lost every in-sync copy"))
+            return fail(lost_partition(self._partition))
         primary = config.primary.node_id
         if primary == self._node.node_id:
             return self._node.deadlines.limit(self._run_here(), self._deadline).addErrback(
@@ -418,6 +437,7 @@ class NodeStatus:
             "leader": node.leader,
             "term": node.consensus.term,
             "nodes": nodes,
+            "lost_partitions": sorted(node.lost_partitions),
         }
 
     def health(self) -> Health:

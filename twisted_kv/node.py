@@ -18,10 +18,11 @@ Messages between nodes (lists; the first element is the tag):
     peer holds a newer committed map asks for it with C{["map_req"]},
     answered C{["map", index, term, map]};
   - replication (L{twisted_kv.core.replica}): C{["app", partition, epoch,
-    prev_seq, prev_epoch, entries, commit, round]} from a primary,
+    prev_seq, prev_epoch, entries, commit, round, origin]} from a primary,
     answered by C{["app_ok", partition, epoch, last_seq, round]},
     C{["app_no", partition, epoch, hint]} or C{["stale", partition, epoch]};
-    C{["snap", partition, epoch, seq, seq_epoch, first, last, records]};
+    C{["snap", partition, epoch, seq, seq_epoch, first, last, records,
+    origin]} (C{origin}: see L{PartitionConfig.origin});
   - to the partition leader: C{["in_sync", partition, epoch, node]} (a new
     member caught up) and C{["drop", partition, epoch, node]} (a member
     stopped answering its primary);
@@ -68,6 +69,7 @@ from twisted_kv.core.placement import (
     Ring,
     drop_member,
     initial_map,
+    lost_partitions,
     mark_in_sync,
     partition_of,
     plan,
@@ -237,6 +239,11 @@ class Node:
     A member of the cluster.
 
     @ivar executed: client operations this node executed as a primary.
+    @ivar lost_partitions: the partitions of this node's map whose every
+        in-sync copy restarted empty (L{twisted_kv.core.placement.is_lost}),
+        until the leader's map starts them again, empty.
+    @ivar partition_losses: how many times this node saw a partition become
+        lost.
     """
 
     def __init__(
@@ -278,6 +285,8 @@ class Node:
         self.replicas = [Replica(p) for p in range(config.partitions)]
         self.messenger: Any = None
         self.executed = 0
+        self.lost_partitions: frozenset[int] = frozenset()
+        self.partition_losses = 0
         self._started_at = now
         self._map: Optional[ClusterMap] = None
         self._leader_seen: tuple[Optional[str], int] = (None, 0)
@@ -456,6 +465,7 @@ class Node:
             )
         self._send_all(self.consensus.tick(now))
         self._after_consensus()
+        self._find_lost_partitions(now)
         if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
             self._last_gossip = now
             status = ["status", self.sync_state(), list(self.consensus.entry)]
@@ -491,6 +501,25 @@ class Node:
         if committed is not None and committed is not self._map:
             self._apply_map(committed)
 
+    def _find_lost_partitions(self, now: float) -> None:
+        """
+        Note, and log once, the partitions whose every in-sync copy is known
+        to have restarted empty: their data is gone, and requests for them
+        are refused at once until the leader starts them again, empty.
+        """
+        if self._map is None:
+            return
+        lost = frozenset(lost_partitions(self._map, self.membership.live(now)))
+        newly = lost - self.lost_partitions
+        self.lost_partitions = lost
+        if newly:
+            self.partition_losses += len(newly)
+            log.warn(
+                "partitions {partitions} lost every in-sync copy (all restarted"
+                " empty): their data is gone; they will serve again, empty",
+                partitions=", ".join(map(str, sorted(newly))),
+            )
+
     def _lead(self, now: float) -> None:
         live = self.membership.live(now)
         current = self.consensus.latest_map
@@ -525,6 +554,7 @@ class Node:
             replica = self.replicas[index]
             if config.epoch < replica.epoch:
                 continue
+            replica.adopt_origin(config.origin)
             member = config.member(self.node_id)
             if member is None or member.incarnation != self.incarnation:
                 if replica.is_primary:
@@ -920,13 +950,13 @@ class Node:
             self._after_consensus()
 
     def _on_app(self, peer: str, message: list) -> None:
-        _, partition, epoch, prev_seq, prev_epoch, entries, commit, round_ = message
+        _, partition, epoch, prev_seq, prev_epoch, entries, commit, round_, origin = message
         replica = self.replicas[partition]
         if epoch < replica.epoch:
             self._send(peer, ["stale", partition, replica.epoch])
             return
         self._superseded(replica, epoch)
-        ok, last = replica.on_append(epoch, prev_seq, prev_epoch, entries, commit)
+        ok, last = replica.on_append(epoch, prev_seq, prev_epoch, entries, commit, origin)
         if ok:
             replica.promise_lease(self._lease_now() + self._lease_promise)
             self._send(peer, ["app_ok", partition, epoch, last, round_])
@@ -935,12 +965,12 @@ class Node:
         self._answer_digest(replica)
 
     def _on_snap(self, peer: str, message: list) -> None:
-        _, partition, epoch, seq, seq_epoch, first, last, records = message
+        _, partition, epoch, seq, seq_epoch, first, last, records, origin = message
         replica = self.replicas[partition]
         if epoch < replica.epoch:
             return
         self._superseded(replica, epoch)
-        replica.on_snapshot(epoch, seq, seq_epoch, first, last, records)
+        replica.on_snapshot(epoch, seq, seq_epoch, first, last, records, origin)
 
     def _on_app_ok(self, peer: str, message: list) -> None:
         _, partition, epoch, last, round_ = message

@@ -24,6 +24,7 @@ from twisted.internet.error import CannotListenError
 
 from twisted_kv.coordinator import Coordinator, NodeStatus
 from twisted_kv.core.config import ClusterConfig, NodeConfig, format_address
+from twisted_kv.core.membership import new_incarnation
 from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
 from twisted_kv.frontends.dashboard import dashboard_resource
@@ -149,7 +150,7 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
         config,
         node_id,
         clock=reactor,
-        incarnation=random.SystemRandom().getrandbits(63),
+        incarnation=new_incarnation(reactor.seconds(), random.SystemRandom().getrandbits(63)),
         lease_clock=time.monotonic,
     )
     links = PeerLinks(

@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 
 from twisted_kv.core.config import ClusterConfig, parse_config
 from twisted_kv.coordinator import Coordinator
+from twisted_kv.core.membership import new_incarnation
 from twisted_kv.node import Node
 
 
@@ -205,7 +206,7 @@ class MemoryCluster:
             self.config,
             node_id,
             clock=self.clock,
-            incarnation=self.rng.getrandbits(63),
+            incarnation=new_incarnation(self.clock.seconds(), self.rng.getrandbits(63)),
             rng=random.Random(self.rng.random()),
         )
         self.nodes[node_id] = node

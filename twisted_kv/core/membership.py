@@ -6,8 +6,8 @@ last heard from, and in which incarnation.
 Every message from a peer counts as a heartbeat (nodes also gossip a small
 status message to each other several times a second).  A node not heard from
 for half the failure timeout is suspect; for the whole timeout, dead.  A node
-that restarts has a new incarnation (a random number chosen at start-up), so
-the cluster can tell "back after a blip" from "back empty".
+that restarts has a new incarnation (L{new_incarnation}, chosen at start-up),
+so the cluster can tell "back after a blip" from "back empty".
 """
 
 from __future__ import annotations
@@ -17,6 +17,23 @@ from typing import Iterable, Optional
 ALIVE = "alive"
 SUSPECT = "suspect"
 DEAD = "dead"
+
+# Random low bits of an incarnation, below the start time in milliseconds:
+# 2**43 ms last until the year 2248 within 63 bits.
+INCARNATION_RANDOM_BITS = 20
+
+
+def new_incarnation(now: float, noise: int) -> int:
+    """
+    The incarnation of a node process started at C{now} (Unix time): the
+    start time in milliseconds, then the low bits of C{noise}, a random
+    number.  A node's later run has the larger incarnation (unless its clock
+    went back by more than its downtime), so an incarnation older than one
+    seen since proves that process gone with its memory
+    (L{twisted_kv.core.placement.is_lost}); two runs started in the same
+    millisecond still differ.
+    """
+    return int(now * 1000) << INCARNATION_RANDOM_BITS | noise & ((1 << INCARNATION_RANDOM_BITS) - 1)
 
 
 class Membership:

@@ -9,14 +9,19 @@ and holds an even share of the copies, and adding a node moves about its
 share of the partitions.  The actual replica set of a partition is
 a L{PartitionConfig} in the L{ClusterMap} that the elected partition leader
 maintains: L{plan} computes the next map from the current one and the nodes
-that are alive, following three rules:
+that are alive, following these rules:
 
   1. a member that died (or came back as a new, empty incarnation) leaves;
   2. a new primary is only ever chosen among members that hold every
      acknowledged write (C{in_sync});
   3. members join as not-in-sync and become in sync once the primary has
      copied the partition to them; a surplus member only leaves once every
-     ideal member is in sync.
+     ideal member is in sync;
+  4. while no in-sync member is alive, nothing changes: one may come back;
+  5. except when every in-sync member came back as a newer incarnation
+     (L{is_lost}): nothing can hold the partition's data any more, so it
+     starts again, empty, with those new incarnations in sync and a new
+     C{origin}, rather than waiting for ever.
 
 Every change of members or primary bumps the partition's epoch, which fences
 the old configuration (see L{twisted_kv.core.replica}).
@@ -166,11 +171,15 @@ class PartitionConfig:
     @ivar epoch: bumped on every change of members or primary.
     @ivar members: the replicas, primary first.
     @ivar in_sync: ids of the members known to hold every acknowledged write.
+    @ivar origin: the epoch the partition's data started from: 0, or the
+        epoch it started again, empty, after every in-sync copy was lost.
+        A replica holding data from an older origin drops it.
     """
 
     epoch: int
     members: tuple[Member, ...] = field(converter=tuple)
     in_sync: frozenset[str] = field(converter=frozenset)
+    origin: int = 0
 
     @property
     def primary(self) -> Optional[Member]:
@@ -210,6 +219,28 @@ def initial_map(ring: Ring, partitions: int, live: Mapping[str, int], replicas: 
     return ClusterMap(configs)
 
 
+def is_lost(config: PartitionConfig, live: Mapping[str, int]) -> bool:
+    """
+    Whether every in-sync member of C{config} is alive in a newer
+    incarnation, which proves the partition's data gone: a restarted node
+    comes back empty, and incarnations grow with the start time
+    (L{twisted_kv.core.membership.new_incarnation}).  A member only dead,
+    or only seen in an older incarnation (news of its restart not yet
+    heard), may still hold it.
+
+    @param live: the incarnation of every node currently alive.
+    """
+    synced = [m for m in config.members if m.node_id in config.in_sync]
+    return bool(synced) and all(live.get(m.node_id, -1) > m.incarnation for m in synced)
+
+
+def lost_partitions(cluster_map: ClusterMap, live: Mapping[str, int]) -> list[int]:
+    """
+    The partitions of C{cluster_map} that L{is_lost}, in order.
+    """
+    return [index for index, config in enumerate(cluster_map.partitions) if is_lost(config, live)]
+
+
 def plan_partition(
     config: PartitionConfig, preference: Sequence[str], live: Mapping[str, int], replicas: int
 ) -> PartitionConfig:
@@ -221,10 +252,21 @@ def plan_partition(
     """
     kept = [m for m in config.members if live.get(m.node_id) == m.incarnation]
     in_sync = [m for m in kept if m.node_id in config.in_sync]
+    origin = config.origin
     if not in_sync:
-        # Nobody alive is known to hold everything: changing anything could
-        # lose acknowledged writes, so wait for a member to come back.
-        return config
+        if not is_lost(config, live):
+            # Nobody alive is known to hold everything: changing anything
+            # could lose acknowledged writes, so wait for a member to come
+            # back.
+            return config
+        # Every copy of the data restarted empty: start again from the new
+        # incarnations, which hold all there is (nothing).  The members not
+        # in sync stay, to drop what they hold of the old data and catch up.
+        in_sync = [
+            Member(m.node_id, live[m.node_id]) for m in config.members if m.node_id in config.in_sync
+        ]
+        kept = in_sync + kept
+        origin = config.epoch + 1
     primary = kept[0] if kept[0] is config.primary else in_sync[0]
     ideal = [node for node in preference if node in live][:replicas]
     members = [primary] + [m for m in kept if m is not primary]
@@ -238,7 +280,7 @@ def plan_partition(
     if tuple(members) == config.members:
         return config
     return PartitionConfig(
-        config.epoch + 1, members, {m.node_id for m in members} & synced_ids
+        config.epoch + 1, members, {m.node_id for m in members} & synced_ids, origin
     )
 
 
@@ -281,7 +323,7 @@ def drop_member(current: ClusterMap, partition: int, epoch: int, node_id: str) -
         remaining.sort(key=lambda m: m.node_id not in config.in_sync)
     return current.with_partition(
         partition,
-        PartitionConfig(config.epoch + 1, remaining, config.in_sync - {node_id}),
+        PartitionConfig(config.epoch + 1, remaining, config.in_sync - {node_id}, config.origin),
     )
 
 
@@ -290,13 +332,13 @@ def encode_map(cluster_map: ClusterMap) -> list:
     A msgpack-friendly form of C{cluster_map}.
     """
     return [
-        [c.epoch, [[m.node_id, m.incarnation] for m in c.members], sorted(c.in_sync)]
+        [c.epoch, [[m.node_id, m.incarnation] for m in c.members], sorted(c.in_sync), c.origin]
         for c in cluster_map.partitions
     ]
 
 
 def decode_map(data: list) -> ClusterMap:
     return ClusterMap(
-        PartitionConfig(epoch, [Member(node, inc) for node, inc in members], in_sync)
-        for epoch, members, in_sync in data
+        PartitionConfig(epoch, [Member(node, inc) for node, inc in members], in_sync, origin)
+        for epoch, members, in_sync, origin in data
     )

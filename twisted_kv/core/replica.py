@@ -163,12 +163,15 @@ class Replica:
     the partition's primary, the replication state of every other member.
 
     @ivar epoch: the newest epoch this replica has adopted.
+    @ivar origin: the epoch the data held started from (see
+        L{twisted_kv.core.placement.PartitionConfig.origin}).
     @ivar commit_seq: the newest log position known to be committed.
     """
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
         self.epoch = 0
+        self.origin = 0
         self.store = MemStore()
         self.digest = RangeDigest()
         self.repaired_keys = 0
@@ -472,7 +475,7 @@ class Replica:
         self.commit_sent = self.commit_seq
         return [
             "app", self.partition, self.epoch, prev, self._epoch_at(prev),
-            entries, self.commit_seq, self.round,
+            entries, self.commit_seq, self.round, self.origin,
         ]
 
     def snapshot_messages(self, member: str) -> list[list]:
@@ -487,9 +490,9 @@ class Replica:
             batch.append((key, record))
             size += len(record.value) + len(key)
             if size >= SNAPSHOT_CHUNK_BYTES:
-                messages.append(header + [not messages, False, encode_records(batch)])
+                messages.append(header + [not messages, False, encode_records(batch), self.origin])
                 batch, size = [], 0
-        messages.append(header + [not messages, True, encode_records(batch)])
+        messages.append(header + [not messages, True, encode_records(batch), self.origin])
         # Only the member's acknowledgement of what follows proves it holds
         # the snapshot; until then it counts for nothing.
         self._next[member] = self.applied_seq + 1
@@ -681,6 +684,17 @@ class Replica:
         """
         self.promised_until = max(self.promised_until, until)
 
+    def adopt_origin(self, origin: int) -> None:
+        """
+        The partition's data started again, empty, at epoch C{origin}, after
+        every copy of it was lost: what this replica holds from an older
+        origin is not part of it (its log positions even clash with the new
+        log's), so drop it.
+        """
+        if origin > self.origin:
+            self.forget()
+            self.origin = origin
+
     def on_append(
         self,
         epoch: int,
@@ -688,14 +702,17 @@ class Replica:
         prev_epoch: Optional[int],
         entries: list,
         commit: int,
+        origin: int = 0,
     ) -> tuple[bool, int]:
         """
-        Entries from the primary of C{epoch}.
+        Entries from the primary of C{epoch}, whose data started at
+        C{origin}.
 
         @return: C{(True, last_seq)} once stored, or C{(False, hint)} when the
             entry before them is missing or conflicts (the primary retries
             from C{hint + 1}).  Stale epochs are checked by the caller.
         """
+        self.adopt_origin(origin)
         if self.is_primary and epoch > self.epoch:
             self.step_down(epoch)
         self.epoch = max(self.epoch, epoch)
@@ -726,11 +743,20 @@ class Replica:
         return True, verified
 
     def on_snapshot(
-        self, epoch: int, seq: int, seq_epoch: int, first: bool, last: bool, records: list
+        self,
+        epoch: int,
+        seq: int,
+        seq_epoch: int,
+        first: bool,
+        last: bool,
+        records: list,
+        origin: int = 0,
     ) -> None:
         """
-        Part of a copy of the primary's committed store as of C{seq}.
+        Part of a copy of the primary's committed store as of C{seq}, whose
+        data started at C{origin}.
         """
+        self.adopt_origin(origin)
         if self.is_primary and epoch > self.epoch:
             self.step_down(epoch)
         self.epoch = max(self.epoch, epoch)

@@ -334,10 +334,11 @@ class BrowserTests(TestCase):
     def setUp(self) -> Any:
         self.node = serve(self)
         self.executed = 0
+        self.lost: list[int] = []
 
         def busy() -> None:
             self.executed += 7
-            self.node.cluster = three_nodes(self.executed)
+            self.node.cluster = {**three_nodes(self.executed), "lost_partitions": self.lost}
 
         ticker = LoopingCall(busy)
         ticker.start(0.25)
@@ -441,6 +442,25 @@ class BrowserTests(TestCase):
         titles = yield page.evaluate("Array.from(document.querySelectorAll('.nodes th'), th => th.title)")
         self.assertIn("whichever node received them", titles[-1])
         yield page.screenshot("dashboard-cluster-summary", self.mktemp())
+        self.assertEqual(self.problems(), [])
+
+    @inlineCallbacks
+    def test_lost_partitions(self) -> Any:
+        """
+        Partitions that lost every in-sync copy are named in an alert, which
+        goes away once they serve again.
+        """
+        page = yield _open(self.browser, self.node.url + "/", 1280, 900)
+        yield page.wait_for("document.querySelectorAll('#nodes tr').length === 3")
+        self.assertTrue((yield page.evaluate("document.getElementById('lost-partitions').hidden")))
+        self.lost = [3, 12]
+        shown = yield page.wait_for(
+            "!document.getElementById('lost-partitions').hidden"
+            " && document.getElementById('lost-partitions').textContent"
+        )
+        self.assertIn("Partitions 3, 12 lost every in-sync copy (all restarted empty)", shown)
+        self.lost = []
+        yield page.wait_for("document.getElementById('lost-partitions').hidden")
         self.assertEqual(self.problems(), [])
 
     @inlineCallbacks

@@ -229,11 +229,22 @@
     }
   }
 
+  /* Partitions whose every in-sync copy restarted empty: their data is gone. */
+  function renderLost(view) {
+    const lost = Array.isArray(view.lost_partitions) ? view.lost_partitions : [];
+    const notice = $("lost-partitions");
+    notice.textContent = lost.length === 0 ? "" :
+      (lost.length === 1 ? "Partition " : "Partitions ") + lost.join(", ") +
+      " lost every in-sync copy (all restarted empty): their data is gone, and they will serve again, empty, shortly.";
+    notice.hidden = lost.length === 0;
+  }
+
   async function pollCluster() {
     const problem = $("cluster-error");
     try {
       const view = await (await api("GET", "/cluster")).json();
       renderCluster(view);
+      renderLost(view);
       problem.hidden = true;
     } catch (error) {
       problem.textContent = "Cannot read the cluster state from this node: " + error.message;

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.core.membership import ALIVE, DEAD, SUSPECT, Membership
+from twisted_kv.core.membership import ALIVE, DEAD, SUSPECT, Membership, new_incarnation
 
 TIMEOUT = 2.0
 
@@ -217,3 +217,21 @@ class LiveTests(SynchronousTestCase):
         table.heard("b", 7, 10.0)
         table.heard("b", 9, 10.2)
         self.assertEqual(table.live(10.3)["b"], 9)
+
+
+class IncarnationTests(SynchronousTestCase):
+    """
+    L{new_incarnation} orders a node's runs by their start.
+    """
+
+    def test_later_start_larger(self) -> None:
+        """
+        A run started a millisecond later has the larger incarnation,
+        whatever the random bits; runs of the same millisecond differ by
+        them; incarnations fit the peer protocol's 64 bits for centuries.
+        """
+        now = 1_796_000_000.0
+        earlier = new_incarnation(now, (1 << 63) - 1)
+        self.assertLess(earlier, new_incarnation(now + 0.001, 0))
+        self.assertNotEqual(new_incarnation(now, 1), new_incarnation(now, 2))
+        self.assertLess(new_incarnation(now + 200 * 365 * 86400, (1 << 63) - 1), 1 << 63)

@@ -622,6 +622,75 @@ class FailoverTests(ClusterTestCase):
         self.assertEqual(await c.read_keys(expected, nodes=[victim]), [])
 
 
+class MajorityRestartTests(ClusterTestCase):
+    """
+    Two of three nodes, the leader among them, killed and restarted empty.
+    """
+
+    timeout = 60
+
+    async def test_majority_restarted(self) -> None:
+        """
+        A leader is elected again; the partitions whose every copy was on
+        the restarted nodes are reported lost in the survivor's
+        C{/cluster} and log, and their requests answer 503 at once with the
+        reason; then they serve again, empty, promptly, while the other
+        partitions kept their data.
+        """
+        c = await self.start_cluster()
+        keys = keys_covering_partitions("lost/")
+        values = {key: key.encode() for key in keys}
+        await c.write_keys(values)
+        survivor = next(n for n in c.node_ids if n != self.leader)
+        victims = [n for n in c.node_ids if n != survivor]
+        await c.kill(*victims)
+        log_start = c.log_size(survivor)
+        restarts = DeferredList([c.restart(victim) for victim in victims], consumeErrors=True)
+
+        async def lost_reported() -> Optional[list[int]]:
+            view = await c.cluster_view(survivor, timeout=2)
+            return view.get("lost_partitions") or None
+
+        lost = await poll(lost_reported, 20, f"{survivor} to report lost partitions", interval=0.05)
+        gone = keys[lost[0]]
+        refused = await c.request("GET", survivor, kv_path(gone), timeout=3)
+        log.msg(f"a key of lost partition {lost[0]} answered {refused!r}")
+        if refused.status == 503:
+            body = self.assertError(refused, 503, "unavailable")
+            self.assertIn(f"partition {lost[0]} lost every in-sync copy", body["message"])
+            self.assertIsNotNone(refused.header("Retry-After"))
+            self.assertLess(refused.elapsed, 1.0, refused)
+        else:  # already started again, empty
+            self.assertEqual(refused.status, 404, refused)
+        self.assertIn(
+            f"partitions {', '.join(map(str, lost))} lost every in-sync copy",
+            c.logs(survivor, since=log_start),
+        )
+
+        for ok, failure in await restarts:
+            self.assertTrue(ok, failure)
+        leader = await c.leader(timeout=15)
+        self.assertIn(leader, c.node_ids)
+
+        async def served_again() -> Optional[bool]:
+            views = await DeferredList([c.cluster_view(n, timeout=2) for n in c.node_ids])
+            return True if all(ok and not view["lost_partitions"] for ok, view in views) else None
+
+        await poll(served_again, 10, "the lost partitions to serve again")
+        for node in c.node_ids:
+            got = await c.request("GET", node, kv_path(gone), timeout=3)
+            self.assertEqual(got.status, 404, (node, got))
+            self.assertLess(got.elapsed, 1.0, got)
+        written = await c.request("PUT", victims[0], kv_path(gone), data=b"again", timeout=3)
+        self.assertIn(written.status, (200, 201), written)
+        self.assertLess(written.elapsed, 1.0, written)
+        expected: dict[str, Optional[bytes]] = {
+            key: None if index in lost else values[key] for index, key in enumerate(keys)
+        }
+        expected[gone] = b"again"
+        self.assertEqual(await c.read_keys(expected), [])
+
+
 class BadConfigTests(TestCase):
     """
     A bad cluster file (or node id) ends C{twistd kvnode} at once, with

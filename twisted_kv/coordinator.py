@@ -56,16 +56,15 @@ from twisted_kv.node import RETRY_DELAY, Node, Peek, Retry, _decode_record, deco
 DEGRADED_READ_TIMEOUT = 1.0
 
 
-def lost_partition(partition: int) -> Unavailable:
+def _lost_reason(partition: int) -> str:
     """
-    The refusal of a request for a partition whose every in-sync copy
-    restarted empty (L{Node.lost_partitions}): waiting would not bring the
-    data back, and the leader's next map serves the partition again.
+    Why a request for C{partition}, whose every in-sync copy restarted empty
+    (L{Node.lost_partitions}), is refused at once: waiting would not bring
+    the data back, and the leader's next map serves the partition again.
     """
-    return Unavailable(
+    return (
         f"partition {partition} lost every in-sync copy (all restarted empty);"
-        " it will serve again, empty, shortly",
-        retry_after=1,
+        " it will serve again, empty, shortly"
     )
 
 
@@ -133,9 +132,9 @@ class Coordinator:
         cluster_map = self._node.cluster_map
         if cluster_map is None:
             return fail(Unavailable("the cluster has no partition map yet"))
-        degraded = not self._node.has_majority()
         if self._node.lost_partitions:
-            return fail(lost_partition(min(self._node.lost_partitions)))
+            return fail(Unavailable(_lost_reason(min(self._node.lost_partitions)), retry_after=1))
+        degraded = not self._node.has_majority()
         by_holder: dict[str, list[int]] = {}
         for index, config in enumerate(cluster_map.partitions):
             holder = self._listing_holder(config)
@@ -300,9 +299,7 @@ class _RoutedOperation:
         if config is None or config.primary is None:
             return self._later()
         if self._partition in self._node.lost_partitions:
-            if self._write and self._maybe_applied:
-                return fail(self._give_up("the partition lost every in-sync copy"))
-            return fail(lost_partition(self._partition))
+            return fail(self._give_up(_lost_reason(self._partition)))
         primary = config.primary.node_id
         if primary == self._node.node_id:
             return self._node.deadlines.limit(self._run_here(), self._deadline).addErrback(

@@ -34,7 +34,7 @@ from twisted_kv.wire._purepack import DecodeError
 
 __all__ = ["PROTOCOL_VERSION", "DecodeError", "encode", "decode"]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """
 Version of the peer protocol (framing, handshake and message layout). Peers
 announce it in their HELLO and refuse any other version.

@@ -1581,6 +1581,8 @@ class MajorityRestartTests(ClusterTestMixin, SynchronousTestCase):
             survivor, victims = self.restart_majority_of(cluster)
             cluster.run(0.1)
         node = cluster.nodes[survivor]
+        delivered: list[ChangeEvent] = []
+        node.subscribe(delivered.append)
         self.assertIsNone(cluster.leader())
         lost = sorted(node.lost_partitions)
         self.assertTrue(lost)
@@ -1609,3 +1611,5 @@ class MajorityRestartTests(ClusterTestMixin, SynchronousTestCase):
         self.assertIsInstance(self.put(victims[0], gone, b"new"), WriteResult)
         self.assertEqual(self.value_at(survivor, gone), b"new")
         self.assertEqual(node.partition_losses, len(lost))
+        # The lost keys vanished without change events: watchers re-read.
+        self.assertTrue(delivered[0].gap)

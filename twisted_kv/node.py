@@ -505,7 +505,9 @@ class Node:
         """
         Note, and log once, the partitions whose every in-sync copy is known
         to have restarted empty: their data is gone, and requests for them
-        are refused at once until the leader starts them again, empty.
+        are refused at once until the leader starts them again, empty.  Their
+        keys vanish without change events, so the next change delivered is
+        marked as following a gap: watchers re-read.
         """
         if self._map is None:
             return
@@ -514,6 +516,7 @@ class Node:
         self.lost_partitions = lost
         if newly:
             self.partition_losses += len(newly)
+            self._gap_pending = True
             log.warn(
                 "partitions {partitions} lost every in-sync copy (all restarted"
                 " empty): their data is gone; they will serve again, empty",

@@ -605,6 +605,38 @@ class VotingTests(SynchronousTestCase):
         (_, reply), = node.receive(100.0 + TIMEOUT, "n0", ["prevote", 9, 0, 0])
         self.assertEqual(reply, ["prevoted", 9, True])
 
+    def test_minority_restarted_keeps_the_committed_map(self) -> None:
+        """
+        Of five nodes, leader n0 committed map 2 on n0, n1 and n2 only (n2
+        not knowing it committed; n3 and n4 hold map 1); n0 and n1 restart.
+        Raft alone would let n3 win with the amnesiac votes of n0 and n1;
+        they hold out for map 2, which n2 reports, so only a holder of map 2
+        can win.
+        """
+        nodes = {n: make_node(n, self.IDS) for n in self.IDS}
+        elect(nodes, "n0", TIMEOUT, ["n1", "n2"])
+        leader = nodes["n0"]
+        for peer, message in leader.propose(TIMEOUT, numbered_map(1)):
+            (_, reply), = nodes[peer].receive(TIMEOUT, "n0", message)
+            leader.receive(TIMEOUT, peer, reply)
+        for peer, message in leader.propose(TIMEOUT, numbered_map(2)):
+            if peer in ("n1", "n2"):
+                (_, reply), = nodes[peer].receive(TIMEOUT, "n0", message)
+                leader.receive(TIMEOUT, peer, reply)
+        self.assertEqual(leader.committed, numbered_map(2))
+        self.assertNotEqual(nodes["n2"].committed, numbered_map(2))
+        self.assertEqual(nodes["n3"].latest_map, numbered_map(1))
+        now = 10 * TIMEOUT
+        for restarted in ("n0", "n1"):
+            nodes[restarted] = make_node(restarted, self.IDS, now=now, seed="restarted")
+            for peer in ("n2", "n3", "n4"):
+                nodes[restarted].observe(now, peer, nodes[peer].term, nodes[peer].entry)
+        now += TIMEOUT / 2
+        elect(nodes, "n3", now, ["n0", "n1", "n4"])
+        self.assertNotEqual(nodes["n3"].role, LEADER)
+        elect(nodes, "n2", now + TIMEOUT, ["n0", "n1", "n3"])
+        self.assertEqual(nodes["n2"].role, LEADER)
+
     def test_stickiness(self) -> None:
         """
         A follower that heard from its leader less than half a timeout ago

@@ -1522,6 +1522,10 @@ class MajorityRestartTests(ClusterTestMixin, SynchronousTestCase):
         return survivor, victims
 
     def assert_leader_within(self, seconds: float) -> str:
+        """
+        Run until every live node follows one leader, at most C{seconds} of
+        simulated time; return it.
+        """
         cluster = self.cluster
         end = cluster.clock.seconds() + seconds
         while cluster.clock.seconds() < end:

@@ -696,6 +696,8 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
                 "twisted_kv_is_leader": ("gauge", {()}),
                 "twisted_kv_primary_partitions": ("gauge", {()}),
                 "twisted_kv_memory_bytes": ("gauge", {()}),
+                "twisted_kv_lost_partitions": ("gauge", {()}),
+                "twisted_kv_partition_losses": ("counter", {()}),
             },
         )
         self.assertEqual(families["twisted_kv_is_leader"].samples[0].value, 1)
@@ -1594,7 +1596,11 @@ class MajorityRestartTests(ClusterTestMixin, SynchronousTestCase):
         lines = [e["log_format"].format(**e) for e in events if "lost every" in e["log_format"]]
         self.assertIn(f"partitions {', '.join(map(str, lost))} lost every in-sync copy", lines[0])
         self.assertEqual(node.partition_losses, len(lost))
-        self.assertEqual(NodeStatus(node, cluster.clock).cluster_view()["lost_partitions"], lost)
+        status = NodeStatus(node, cluster.clock)
+        self.assertEqual(status.cluster_view()["lost_partitions"], lost)
+        families = parse(render(node_registry(status.metrics)).decode("utf-8"))
+        self.assertEqual(families["twisted_kv_lost_partitions"].samples[0].value, len(lost))
+        self.assertEqual(families["twisted_kv_partition_losses"].samples[0].value, len(lost))
         gone = next(k for k in acked if node.partition_of(user_key(k)) in lost)
         kept = next(k for k in acked if node.partition_of(user_key(k)) not in lost)
         for operation in [

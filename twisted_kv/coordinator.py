@@ -559,6 +559,16 @@ _NODE_METRICS: tuple[Reading[Node], ...] = (
         _primaries,
     ),
     gauge(
+        "twisted_kv_lost_partitions",
+        "Partitions whose every in-sync copy restarted empty, not yet serving again.",
+        lambda node: len(node.lost_partitions),
+    ),
+    counter(
+        "twisted_kv_partition_losses_total",
+        "Partitions found to have lost every in-sync copy since this node started.",
+        lambda node: node.partition_losses,
+    ),
+    gauge(
         "twisted_kv_memory_bytes",
         "Approximate memory held by this node's records, in bytes.",
         lambda node: node.bytes_used(),

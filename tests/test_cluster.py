@@ -458,6 +458,20 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
             self.assertEqual(revisions, sorted(set(revisions)))
         self.assertEqual(seen["n1"], seen["n2"])
 
+    def test_events_name_the_revision_before_them(self) -> None:
+        """
+        Each change event names the revision numbered before it: 0 for the
+        cluster's first change, whatever the term in its revision.
+        """
+        seen: list[ChangeEvent] = []
+        self.cluster.coordinators["n2"].subscribe(seen.append)
+        for index in range(4):
+            self.put(f"n{index % 3 + 1}", f"prev{index}", b"v")
+        self.cluster.run(0.5)
+        revisions = [e.revision for e in seen]
+        self.assertGreater(revisions[0], 1)
+        self.assertEqual([e.previous for e in seen], [0] + revisions[:-1])
+
     def test_leader_forwards_published_changes_undecoded(self) -> None:
         """
         The leader numbers a primary's batch and forwards its encoded changes

@@ -48,9 +48,12 @@ class _Feed:
     def unsubscribe(self, listener: Any) -> None:
         self.listeners.remove(listener)
 
-    def emit(self, change: Change, revision: int, gap: bool = False) -> None:
+    def emit(
+        self, change: Change, revision: int, gap: bool = False, previous: Optional[int] = None
+    ) -> None:
+        event = ChangeEvent(change, revision, gap, revision - 1 if previous is None else previous)
         for listener in list(self.listeners):
-            listener(ChangeEvent(change, revision, gap))
+            listener(event)
 
 
 def _put(key: str, value: bytes = b"v", seq: int = 1) -> Change:
@@ -631,6 +634,66 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         self.assertEqual(
             [(f["type"], f["revision"]) for f in client.take()],
             [("watching", 10), ("put", 10), ("watching", 10), ("compacted", 10)],
+        )
+
+    def test_since_zero_from_the_clusters_first_change(self) -> None:
+        """
+        A node whose first change is the cluster's first (numbered after 0,
+        though its revision is large) holds every change: C{since} 0
+        replays them all.
+        """
+        term1 = 1 << REVISION_TERM_SHIFT
+        node = self.make_node()
+        node.kv.emit(_put("a"), term1 + 1, previous=0)
+        node.kv.emit(_put("b"), term1 + 2)
+        client, pump = node.connect()
+        client.op(op="watch", prefix="", since=0)
+        pump.flush()
+        self.assertEqual(
+            [(f["type"], f["revision"]) for f in client.take()],
+            [("watching", term1 + 2), ("put", term1 + 1), ("put", term1 + 2)],
+        )
+
+    def test_first_change_of_a_later_term(self) -> None:
+        """
+        A node that starts with a change of a later term holds every change
+        after the one the leader numbered before it, and nothing earlier.
+        """
+        term1, term2 = 1 << REVISION_TERM_SHIFT, 2 << REVISION_TERM_SHIFT
+        node = self.make_node()
+        node.kv.emit(_put("c"), term2 + 1, previous=term1 + 7)
+        client, pump = node.connect()
+        for since in (0, term1 + 6, term1 + 7, term1 + 8):
+            client.op(op="watch", prefix="", since=since)
+        pump.flush()
+        self.assertEqual(
+            [f["type"] for f in client.take()],
+            ["watching", "compacted", "watching", "compacted", "watching", "put",
+             "watching", "compacted"],
+        )
+
+    def test_gap_into_a_later_term(self) -> None:
+        """
+        After a gap, the history holds every change after the one the leader
+        numbered before the first change received: watchers are told
+        C{compacted} with that revision, and may resume from it.
+        """
+        term1, term2 = 1 << REVISION_TERM_SHIFT, 2 << REVISION_TERM_SHIFT
+        node = self.make_node()
+        node.kv.emit(_put("a"), term1 + 1, previous=0)
+        live, live_pump = node.watcher(prefix="")
+        node.kv.emit(_put("b"), term2 + 1, gap=True, previous=term1 + 5)
+        live_pump.flush()
+        self.assertEqual(
+            [(f["type"], f["revision"]) for f in live.take()],
+            [("compacted", term1 + 5), ("put", term2 + 1)],
+        )
+        late, late_pump = node.connect()
+        late.op(op="watch", prefix="", since=term1 + 5)
+        late.op(op="watch", prefix="", since=term1 + 1)
+        late_pump.flush()
+        self.assertEqual(
+            [f["type"] for f in late.take()], ["watching", "put", "watching", "compacted"]
         )
 
     def test_restarted(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from attrs import frozen
+from attrs import Factory, field, frozen
 from zope.interface import Attribute, Interface
 
 from twisted_kv.core.records import Change, Record
@@ -86,11 +86,16 @@ class ChangeEvent:
     @ivar gap: changes between the previous event delivered and this one may
         have been missed (this node was cut off from the partition leader);
         watchers must be told to re-read.
+    @ivar previous: the revision numbered just before this one (0 before the
+        first change of the cluster): whoever holds this change and every
+        later one misses nothing after C{previous}.  By default C{revision -
+        1}, for a store that numbers its changes one by one.
     """
 
     change: Change
     revision: int
     gap: bool = False
+    previous: int = field(default=Factory(lambda event: event.revision - 1, takes_self=True))
 
 
 @frozen

@@ -1216,9 +1216,10 @@ class Node:
         if previous != self._last_revision and first > self._last_revision:
             self._gap_pending = True
         for revision, data in enumerate(decode_message(changes), first):
-            self._deliver(revision, data)
+            self._deliver(revision, data, previous)
+            previous = revision
 
-    def _deliver(self, revision: int, data: list) -> None:
+    def _deliver(self, revision: int, data: list, previous: int) -> None:
         """
         Hand one numbered change to the listeners, unless it is older than
         what they have seen (a batch resent to a new leader, or a change a
@@ -1228,6 +1229,7 @@ class Node:
 
         @param data: the change as L{encode_change} put it (kind, key,
             version, ...); it becomes a L{Change} only for listeners.
+        @param previous: the revision the leader numbered before it.
         """
         if revision <= self._last_revision:
             return
@@ -1242,7 +1244,7 @@ class Node:
             delivered.popitem(last=False)
         gap, self._gap_pending = self._gap_pending, False
         if self._listeners:
-            event = ChangeEvent(decode_change(data), revision, gap)
+            event = ChangeEvent(decode_change(data), revision, gap, previous)
             for listener in list(self._listeners):
                 listener(event)
 

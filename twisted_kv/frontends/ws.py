@@ -360,15 +360,17 @@ class WatchHub:
     def _received(self, change_event: ChangeEvent) -> None:
         if change_event.revision <= self.revision:
             return
-        if change_event.gap:
-            # This node missed changes: nothing before this one can be
-            # replayed, and every watcher must re-read.
+        if self._floor is None or change_event.gap:
+            # The history starts with this change, which directly follows
+            # the one numbered before it: every change after that one is
+            # held.  After a gap (this node missed changes) every watcher
+            # must re-read.
             self._forget()
-            self._floor = change_event.revision - 1
-            for session in list(self._sessions):
-                session.missed(self._floor)
-        if self._floor is None:
-            self._floor = change_event.revision - 1
+            self._floor = change_event.previous
+            self._term_ends[revision_term(self._floor)] = self._floor
+            if change_event.gap:
+                for session in list(self._sessions):
+                    session.missed(self._floor)
         self.revision = change_event.revision
         self._term_ends[revision_term(self.revision)] = self.revision
         try:

@@ -417,6 +417,44 @@ class WatcherRepeatTests(SynchronousTestCase):
         watcher._received(newer)
         self.assertEqual(received, [first, newer])
 
+    def test_compacted_from_a_node_behind(self) -> None:
+        """
+        A C{compacted} frame is delivered even with a revision below the
+        last one received (a node that had seen nothing), but the watch
+        still resumes after that last one.
+        """
+        received: list = []
+        watcher = Watcher("http://127.0.0.1:1", received.append, "k")
+        watcher._received({"type": "watching", "prefix": "k", "revision": 10})
+        watcher._received({"type": "compacted", "revision": 0})
+        self.assertEqual((received, watcher.revision), ([{"type": "compacted", "revision": 0}], 10))
+
+    def test_moves_through_the_nodes(self) -> None:
+        """
+        Each lost connection or failed attempt is reported with the node
+        tried next, round the given nodes (the first one given once);
+        closing the watch is not reported.
+        """
+        lost: list = []
+        watcher = Watcher(
+            "http://a:1",
+            [].append,
+            others=["http://b:2", "http://a:1", "http://c:3"],
+            on_lost=lambda *args: lost.append(args),
+        )
+        for reason in ("connection lost", "connection refused", "timed out"):
+            watcher._failed(reason)
+        watcher.stop()
+        watcher._failed("connection lost")
+        self.assertEqual(
+            lost,
+            [
+                ("http://a:1", "connection lost", "http://b:2"),
+                ("http://b:2", "connection refused", "http://c:3"),
+                ("http://c:3", "timed out", "http://a:1"),
+            ],
+        )
+
     def test_parse_version_inverts_format(self) -> None:
         """
         L{parse_version} reads what L{format_version} writes, and nothing else.

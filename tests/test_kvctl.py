@@ -6,16 +6,20 @@ loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-from typing import Any
+from typing import Any, Iterator
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.test_client_support import serve
 from twisted_kv.core import keyspace
+from twisted_kv import kvctl
 from twisted_kv.kvctl import main
 
 
@@ -120,6 +124,43 @@ class KvctlTests(TestCase):
         )
 
     @inlineCallbacks
+    def test_watch_moves_to_another_node(self) -> Any:
+        """
+        When the node watched through goes away, C{watch} says so at once,
+        moves to another node of the cluster (from C{/cluster}), says when it
+        watches again, and resumes after the last change it printed: the
+        change made meanwhile is printed, none twice.
+        """
+        other = serve(self, kv=self.node.kv)
+        self.node.cluster = {
+            **self.node.cluster,
+            "nodes": [
+                {"id": "n1", "state": "alive", "http": self.node.url},
+                {"id": "n2", "state": "alive", "http": other.url},
+            ],
+        }
+        yield self.node.kv.put(keyspace.user_key("k1"), b"1")
+        stdout, stderr = _Stream(), io.StringIO()
+        watching = deferToThread(
+            main,
+            ["watch", "k", "--since", "0", "--count", "2"],
+            stdout=stdout,
+            stderr=stderr,
+            environ={"KVCTL_NODE": self.node.url},
+        )
+        yield stdout.printed(1)
+        yield self.node.stop()
+        yield self.node.kv.put(keyspace.user_key("k2"), b"2")
+        self.assertEqual((yield watching), 0)
+        events = [json.loads(line) for line in stdout.getvalue().decode().splitlines()]
+        self.assertEqual([(e["key"], e["revision"]) for e in events], [("k1", 1), ("k2", 2)])
+        self.assertEqual(
+            stderr.getvalue(),
+            "kvctl: lost n1 (closed 1001: the node is stopping); trying n2...\n"
+            "kvctl: watching again through n2 after revision 1\n",
+        )
+
+    @inlineCallbacks
     def test_cluster(self) -> Any:
         """
         C{cluster} prints the cluster's state as JSON.
@@ -153,3 +194,99 @@ class KvctlTests(TestCase):
         self.assertEqual((status, err), (1, "kvctl: the key is empty (400)\n"))
         status, _, err = yield self.kvctl("--node", "localhost:7001", "get", "k")
         self.assertEqual((status, err), (2, "kvctl: not an http:// or https:// URL: 'localhost:7001'\n"))
+
+
+class _Frames:
+    """
+    A stand-in for L{Client}: C{/cluster} names two nodes, and C{watch}
+    yields scripted items, either frames or C{(callback name, args)}.
+    """
+
+    def __init__(self, script: list) -> None:
+        self._script = script
+        self.watched: dict = {}
+
+    def cluster(self) -> dict:
+        return {"nodes": [{"id": "n1", "http": "http://h:1/"}, {"id": "n2", "http": "http://h:2"}]}
+
+    @contextlib.contextmanager
+    def watch(self, prefix: str, **options: Any) -> Iterator[Iterator[dict]]:
+        self.watched = {"prefix": prefix, **options}
+        yield self._frames(options)
+
+    def _frames(self, options: dict) -> Iterator[dict]:
+        for item in self._script:
+            if isinstance(item, dict):
+                yield item
+            else:
+                name, args = item
+                options[name](*args)
+
+
+class WatchOutputTests(SynchronousTestCase):
+    """
+    What C{kvctl watch} prints around lost connections, with the client
+    scripted.
+    """
+
+    def watch(self, script: list, *argv: str) -> tuple[_Frames, list[dict], str]:
+        client = _Frames(script)
+        stdout, stderr = io.BytesIO(), io.StringIO()
+        kvctl._watch(client, kvctl._parser("").parse_args(["watch", *argv]), stdout, stderr)
+        return client, [json.loads(line) for line in stdout.getvalue().splitlines()], stderr.getvalue()
+
+    def test_nodes_from_cluster(self) -> None:
+        """
+        The other nodes come from C{/cluster}.
+        """
+        client, _, _ = self.watch([], "p/")
+        self.assertEqual(client.watched["others"], ["http://h:1", "http://h:2"])
+
+    def test_one_compacted_notice_per_gap(self) -> None:
+        """
+        C{compacted} frames with no change between them are one gap: only
+        the first is printed.  Connection news goes to stderr, naming the
+        nodes, once a connection was lost ("lost") or could not be made
+        ("cannot reach").
+        """
+        put = {"type": "put", "key": "k", "revision": 5}
+        script = [
+            ("on_watching", ("http://h:1",)),
+            put,
+            ("on_lost", ("http://h:1/", "connection lost", "http://h:2")),
+            ("on_lost", ("http://h:2", "connection refused", "http://h:1")),
+            ("on_watching", ("http://h:1",)),
+            {"type": "compacted", "revision": 0},
+            {"type": "compacted", "revision": 9},
+            {**put, "revision": 10},
+            {"type": "compacted", "revision": 12},
+        ]
+        _, printed, err = self.watch(script)
+        self.assertEqual(
+            [(f["type"], f["revision"]) for f in printed],
+            [("put", 5), ("compacted", 0), ("put", 10), ("compacted", 12)],
+        )
+        self.assertEqual(
+            err,
+            "kvctl: lost n1 (connection lost); trying n2...\n"
+            "kvctl: cannot reach n2 (connection refused); trying n1...\n"
+            "kvctl: watching again through n1 after revision 5\n",
+        )
+
+
+class _Stream(io.BytesIO):
+    """
+    A standard output whose lines the test can wait for.
+    """
+
+    def printed(self, lines: int) -> Deferred[None]:
+        """
+        Fires once C{lines} lines have been written.
+        """
+        def check() -> Any:
+            if self.getvalue().count(b"\n") >= lines:
+                return None
+            return deferLater(reactor, 0.01, check)
+
+        return maybeDeferred(check)
+

@@ -37,7 +37,8 @@ import queue
 import select
 import socket
 import threading
-from typing import Any, Callable, Generic, Iterator, Mapping, Optional, TypeVar, Union
+import time
+from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 from urllib.parse import quote, urlencode, urlsplit
 
 from attrs import frozen
@@ -367,7 +368,15 @@ class Client:
         return self._call(cluster_request())
 
     def watch(
-        self, prefix: str = "", *, since: Optional[int] = None, files: bool = False, timeout: float = 10.0
+        self,
+        prefix: str = "",
+        *,
+        since: Optional[int] = None,
+        files: bool = False,
+        timeout: float = 10.0,
+        others: Sequence[str] = (),
+        on_lost: Callable[[str, str, str], None] = lambda url, reason, next_url: None,
+        on_watching: Callable[[str], None] = lambda url: None,
     ) -> Watch:
         """
         Follow the changes of the keys starting with C{prefix} (of the files
@@ -375,11 +384,18 @@ class Client:
 
         @param since: start with the changes after this revision.
         @param timeout: seconds to wait for the node to accept the watch.
+        @param others: the URLs of other nodes to move to when the
+            connection is lost.
+        @param on_lost: called with a node's URL, why its connection was
+            lost (or could not be made) and the URL of the node tried next.
+        @param on_watching: called with a node's URL each time it has
+            answered the watch.
         @return: a L{Watch}, active when returned: iterate over it, and
-            close it when done.
+            close it when done.  The callbacks run in the iterating thread,
+            in order with the changes.
         @raise TimeoutError: the node did not accept the watch in time.
         """
-        return Watch(self.url, prefix, since, files, timeout)
+        return Watch(self.url, prefix, since, files, timeout, others, on_lost, on_watching)
 
     def _call(self, request: Request[T]) -> T:
         return result_of(request, self._send(request))
@@ -454,26 +470,43 @@ class Watch:
     C{delete}, C{expire}, C{file} and C{compacted}, as dicts).
 
     It runs a L{twisted_kv.txclient.Watcher} on a reactor in a background
-    thread, which reconnects after a lost connection and resumes after the
-    last revision received.
+    thread, which reconnects after a lost connection (to the next node, given
+    others) and resumes after the last revision received.  Its connection
+    callbacks are queued with the changes, and run by the iterating thread.
     """
 
     def __init__(
-        self, url: str, prefix: str, since: Optional[int], files: bool, timeout: float
+        self,
+        url: str,
+        prefix: str,
+        since: Optional[int],
+        files: bool,
+        timeout: float,
+        others: Sequence[str],
+        on_lost: Callable[[str, str, str], None],
+        on_watching: Callable[[str], None],
     ) -> None:
         from twisted.internet.defer import TimeoutError as DeferredTimeout
         from twisted.internet.threads import blockingCallFromThread
 
         from twisted_kv.txclient import Watcher
 
-        self._events: queue.Queue[dict] = queue.Queue()
+        self._events: queue.Queue[Union[dict, Callable[[], None]]] = queue.Queue()
         self._reactor = _reactor_in_thread()
         self._call = blockingCallFromThread
         self._closed = False
 
         def start() -> Any:
             self._watcher = Watcher(
-                url, self._events.put, prefix, since=since, files=files, reactor=self._reactor
+                url,
+                self._events.put,
+                prefix,
+                since=since,
+                files=files,
+                reactor=self._reactor,
+                others=others,
+                on_lost=lambda *args: self._events.put(lambda: on_lost(*args)),
+                on_watching=lambda *args: self._events.put(lambda: on_watching(*args)),
             )
             self._watcher.start()
             return self._watcher.when_watching().addTimeout(timeout, self._reactor)
@@ -492,19 +525,27 @@ class Watch:
 
     def __iter__(self) -> Iterator[dict]:
         while True:
-            yield self._events.get()
+            event = self.next_event()
+            assert event is not None
+            yield event
 
     def next_event(self, timeout: Optional[float] = None) -> Optional[dict]:
         """
         The next change, waiting at most C{timeout} seconds (C{None}: for
-        ever).
+        ever); the connection callbacks queued before it run first.
 
         @return: the change, or C{None} if none came in time.
         """
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._events.get(timeout=remaining)
+            except queue.Empty:
+                return None
+            if isinstance(item, dict):
+                return item
+            item()
 
     @property
     def revision(self) -> Optional[int]:

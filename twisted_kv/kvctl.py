@@ -98,7 +98,79 @@ def _line(stream: BinaryIO, text: str) -> None:
     stream.flush()
 
 
-def _run(arguments: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO) -> None:
+class _WatchReport:
+    """
+    What C{kvctl watch} says on stderr about its connections: a node lost
+    (or unreachable) and the one tried next, and watching again.
+    """
+
+    def __init__(self, names: Mapping[str, str], stderr: TextIO) -> None:
+        """
+        @param names: node ids by HTTP URL; other URLs are shown as they are.
+        """
+        self._names = names
+        self._stderr = stderr
+        self._watching = False
+        self._lost = False
+        self.revision: Optional[int] = None
+
+    def _name(self, url: str) -> str:
+        return self._names.get(url.rstrip("/"), url)
+
+    def lost(self, url: str, reason: str, next_url: str) -> None:
+        what = "lost" if self._watching else "cannot reach"
+        self._say(f"{what} {self._name(url)} ({reason}); trying {self._name(next_url)}...")
+        self._watching = False
+        self._lost = True
+
+    def watching(self, url: str) -> None:
+        self._watching = True
+        if self._lost:
+            self._lost = False
+            after = "" if self.revision is None else f" after revision {self.revision}"
+            self._say(f"watching again through {self._name(url)}{after}")
+
+    def _say(self, message: str) -> None:
+        print(f"kvctl: {message}", file=self._stderr, flush=True)
+
+
+def _watch(client: Client, arguments: argparse.Namespace, stdout: BinaryIO, stderr: TextIO) -> None:
+    """
+    Print each change as a JSON line, moving to another node of the cluster
+    (from C{/cluster}) when the connection is lost, and resuming after the
+    last change printed.  Several C{compacted} frames in a row (the old
+    node's and the new one's) are one gap: only the first is printed.
+    """
+    try:
+        nodes = {node["http"].rstrip("/"): node["id"] for node in client.cluster()["nodes"]}
+    except KVError:
+        nodes = {}
+    report = _WatchReport(nodes, stderr)
+    report.revision = arguments.since
+    gap_told = False
+    with client.watch(
+        arguments.prefix,
+        since=arguments.since,
+        files=arguments.files,
+        timeout=arguments.timeout,
+        others=list(nodes),
+        on_lost=report.lost,
+        on_watching=report.watching,
+    ) as events:
+        count = 0
+        for event in events:
+            compacted = event["type"] == "compacted"
+            if compacted and gap_told:
+                continue
+            gap_told = compacted
+            _line(stdout, json.dumps(event, ensure_ascii=False))
+            report.revision = max(event["revision"], report.revision or 0)
+            count += 1
+            if count == arguments.count:
+                return
+
+
+def _run(arguments: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr: TextIO) -> None:
     with Client(arguments.node, timeout=arguments.timeout) as client:
         command = arguments.command
         if command == "get":
@@ -127,13 +199,7 @@ def _run(arguments: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO) -> No
                 if count == arguments.limit:
                     break
         elif command == "watch":
-            with client.watch(
-                arguments.prefix, since=arguments.since, files=arguments.files, timeout=arguments.timeout
-            ) as events:
-                for count, event in enumerate(events, start=1):
-                    _line(stdout, json.dumps(event, ensure_ascii=False))
-                    if count == arguments.count:
-                        return
+            _watch(client, arguments, stdout, stderr)
         else:
             _line(stdout, json.dumps(client.cluster(), indent=2))
 
@@ -167,7 +233,7 @@ def main(
         return status
 
     try:
-        _run(arguments, stdin, stdout)
+        _run(arguments, stdin, stdout, stderr)
     except KVError as error:
         return fail(f"{error.message} ({error.status})", EXIT_REFUSED)
     except ValueError as error:

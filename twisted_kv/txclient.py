@@ -19,7 +19,7 @@ with the same typed exceptions of L{twisted_kv.errors}.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 import treq
@@ -27,12 +27,15 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet import error
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
+from zope.interface import implementer
 
 from twisted_kv.client import (
     DEFAULT_URL,
@@ -222,7 +225,7 @@ class _WatchClientProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         cancel_close_timeout(self)
-        self.factory.watcher._closed(self)
+        self.factory.watcher._closed(self, _close_reason(code, reason))
         if not self.opened.called:
             self.opened.errback(ConnectionClosed(f"WebSocket handshake failed: {code} {reason}"))
         self.closed.callback(None)
@@ -246,12 +249,74 @@ def _endpoint(url: str, reactor: Any) -> IStreamClientEndpoint:
     return endpoint
 
 
+def _failure_reason(failure: Failure) -> str:
+    """
+    Why a connection attempt failed, in a few words.
+    """
+    if failure.check(error.ConnectionRefusedError):
+        return "connection refused"
+    if failure.check(error.TimeoutError):
+        return "timed out"
+    return failure.getErrorMessage()
+
+
+def _close_reason(code: Optional[int], reason: Optional[str]) -> str:
+    """
+    Why an open WebSocket connection closed, in a few words.
+    """
+    if code is None or code == 1006:
+        return "connection lost"
+    return f"closed {code}: {reason}" if reason else f"closed {code}"
+
+
+@implementer(IStreamClientEndpoint)
+class _Nodes:
+    """
+    Connects to one node of a list: the same one until a connection to it
+    fails or is lost (L{move}), then the next, round and round.  A failed
+    attempt is reported to C{failed}, with a short reason, first.
+    """
+
+    def __init__(self, urls: Sequence[str], reactor: Any, failed: Callable[[str], None]) -> None:
+        self._urls = list(urls)
+        self._current = 0
+        self._reactor = reactor
+        self._failed = failed
+
+    @property
+    def url(self) -> str:
+        return self._urls[self._current]
+
+    def __len__(self) -> int:
+        return len(self._urls)
+
+    def move(self) -> str:
+        """
+        Make the next node the current one: returns its URL.
+        """
+        self._current = (self._current + 1) % len(self._urls)
+        return self.url
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        # The WebSocket handshake names the node connected to.
+        factory.setSessionParameters(url=ws_url(self.url))
+
+        def report(failure: Failure) -> Failure:
+            self._failed(_failure_reason(failure))
+            return failure
+
+        return _endpoint(self.url, self._reactor).connect(factory).addErrback(report)
+
+
 class Watcher:
     """
     Follows the changes of some keys, or files, over C{/ws}, reconnecting
-    with backoff when the connection is lost and resuming after the last
-    revision received, so that no change is missed or repeated (the node
-    says C{compacted} when it no longer holds them all).
+    when the connection is lost and resuming after the last revision
+    received, so that no change is missed or repeated (the node says
+    C{compacted} when it no longer holds them all).
+
+    Given several nodes, it moves to the next one whenever a connection is
+    lost or cannot be made; it tries each node once at once, then backs off.
 
     @ivar revision: the revision to resume after: the last change received,
         else the revision at which the first watch began (C{None} before).
@@ -266,8 +331,10 @@ class Watcher:
         since: Optional[int] = None,
         files: bool = False,
         reactor: Any = None,
-        endpoint: Optional[IStreamClientEndpoint] = None,
         retry_policy: Callable[[int], float] = backoffPolicy(maxDelay=10.0),
+        others: Sequence[str] = (),
+        on_lost: Callable[[str, str, str], None] = lambda url, reason, next_url: None,
+        on_watching: Callable[[str], None] = lambda url: None,
     ) -> None:
         """
         @param url: the node's HTTP URL.
@@ -275,14 +342,20 @@ class Watcher:
             C{file} and C{compacted} frame.
         @param prefix: watch the keys starting with it, or the file paths if
             C{files}.
-        @param endpoint: where to connect (by default, the host and port of
-            C{url}).
-        @param retry_policy: seconds to wait before reconnection attempt N.
+        @param retry_policy: seconds to wait before reconnection attempt N,
+            once every node has been tried.
+        @param others: the HTTP URLs of the cluster's other nodes.
+        @param on_lost: called with a node's URL, why its connection was
+            lost (or could not be made) and the URL of the node tried next.
+        @param on_watching: called with a node's URL when it has answered
+            the watch (on every connection).
         """
         if reactor is None:
             from twisted.internet import reactor
         self.revision = since
         self._on_event = on_event
+        self._on_lost = on_lost
+        self._on_watching = on_watching
         self._versions: dict[str, int] = {}
         # One watch per connection: its replay and live changes then come in
         # revision order, and the last revision is a safe place to resume.
@@ -293,15 +366,19 @@ class Watcher:
         # server drops the connection itself.
         factory.setProtocolOptions(serverConnectionDropTimeout=0)
         factory.watcher = self
+        self._nodes = _Nodes([url, *(other for other in others if other != url)], reactor, self._failed)
         self._service = ClientService(
-            endpoint or _endpoint(url, reactor),
+            self._nodes,
             factory,
-            retryPolicy=retry_policy,
+            retryPolicy=lambda attempt: (
+                0.0 if attempt < len(self._nodes) else retry_policy(attempt - len(self._nodes) + 1)
+            ),
             clock=reactor,
             prepareConnection=lambda protocol: protocol.opened,
         )
         self._protocol: Optional[_WatchClientProtocol] = None
         self._watching = False
+        self._stopping = False
         self._waiting: list[Deferred[None]] = []
 
     def start(self) -> None:
@@ -314,6 +391,7 @@ class Watcher:
         """
         Close the connection and stop reconnecting: fires once closed.
         """
+        self._stopping = True
         protocol = self._protocol
         if protocol is None:
             return self._service.stopService()
@@ -336,10 +414,20 @@ class Watcher:
         op = self._op if self.revision is None else {**self._op, "since": self.revision}
         protocol.sendMessage(json.dumps(op).encode("utf-8"))
 
-    def _closed(self, protocol: _WatchClientProtocol) -> None:
+    def _closed(self, protocol: _WatchClientProtocol, reason: str) -> None:
         if protocol is self._protocol:
             self._protocol = None
             self._watching = False
+        self._failed(reason)
+
+    def _failed(self, reason: str) -> None:
+        """
+        The connection to the current node was lost or could not be made:
+        the next attempt goes to the next node.
+        """
+        if not self._stopping:
+            url = self._nodes.url
+            self._on_lost(url, reason, self._nodes.move())
 
     def _received(self, frame: dict) -> None:
         kind = frame.get("type")
@@ -347,6 +435,7 @@ class Watcher:
             if self.revision is None:
                 self.revision = frame["revision"]
             self._watching = True
+            self._on_watching(self._nodes.url)
             waiting, self._waiting = self._waiting, []
             for waiter in waiting:
                 waiter.callback(None)
@@ -354,8 +443,12 @@ class Watcher:
             log.error("The node refused a watch: {message}", message=frame.get("message"))
         elif kind in _CHANGES:
             revision = frame["revision"]
-            if kind != "compacted" and self.revision is not None and revision <= self.revision:
-                return
+            if self.revision is not None and revision <= self.revision:
+                if kind != "compacted":
+                    return
+                # A node behind the one this watch came from goes on after
+                # its own revision: the changes up to ours are not new.
+                revision = self.revision
             self.revision = revision
             if self._repeated(frame):
                 return
@@ -373,3 +466,4 @@ class Watcher:
             return True
         self._versions[key] = version
         return False
+

@@ -9,7 +9,9 @@ C{kvctl}: the command-line client of a twisted_kv cluster.
     kvctl delete KEY [--if-match VERSION]
     kvctl list [--prefix P] [--limit N]        one key per line, in key order
     kvctl watch [PREFIX] [--since R] [--files] [--count N]
-                                               one JSON line per change
+                                               one JSON line per change; moves
+                                               to another node (from /cluster)
+                                               when the connection is lost
     kvctl cluster                              the cluster's state, as JSON
 
 The node defaults to C{$KVCTL_NODE}, else C{http://127.0.0.1:7001}; any node

@@ -11,7 +11,10 @@ What they prove:
     deletes and TTL expiries arrive as C{delete} and C{expire};
   - a file stored over FTP or C{PUT /files/...} arrives as a C{file} event;
   - C{since} after a reconnection to another node replays the missed changes,
-    without gap or duplicate, or answers C{compacted};
+    without gap or duplicate, or answers C{compacted}; C{since} 0 replays
+    everything on a node there from the start;
+  - C{kvctl watch} moves to another node when the one it watches through is
+    killed, says so, and prints the changes made meanwhile;
   - with the leader killed (SIGKILL), a watcher on a surviving node keeps
     receiving changes, revisions keep growing, and a client of the dead node
     resuming elsewhere with C{since} sees no change twice;
@@ -31,6 +34,7 @@ import ftplib
 import io
 import json
 import signal
+import sys
 from collections import Counter
 from typing import Any, Callable, Optional
 
@@ -38,11 +42,12 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import RealCluster, Reply, kv_path, poll
+from tests.e2e import RealCluster, Reply, kv_path, node_environment, poll
 from twisted_kv.peer.protocol import DEFAULT_IDLE_TIMEOUT
 
 #: The frames that announce a change.
@@ -150,6 +155,46 @@ async def connect(test: TestCase, cluster: RealCluster, node_id: str) -> _Frames
 
     test.addCleanup(drop)
     return client
+
+
+class _Kvctl(ProcessProtocol):
+    """
+    A C{kvctl} process, its output kept.
+    """
+
+    def __init__(self) -> None:
+        self.stdout = b""
+        self.stderr = b""
+        self.ended: Deferred[None] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 1:
+            self.stdout += data
+        else:
+            self.stderr += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+
+    def lines(self) -> list[dict]:
+        """
+        The JSON lines printed so far.
+        """
+        return [json.loads(line) for line in self.stdout.splitlines()]
+
+    async def wait(self, check: Callable[[], Any], what: str) -> None:
+        async def ready() -> Optional[bool]:
+            return True if check() else None
+
+        try:
+            await poll(ready, DELIVERY, what, interval=0.02)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; stdout: {self.stdout!r}; stderr: {self.stderr!r}") from None
+
+    def stop(self) -> Deferred[None]:
+        if not self.ended.called:
+            self.transport.signalProcess("TERM")
+        return self.ended
 
 
 def revisions(frames: list[dict]) -> list[int]:
@@ -454,6 +499,54 @@ class WebSocketClusterTests(TestCase):
         after = await late.wait(lambda: late.changes(), "a live change after compacted")
         self.assertEqual(identities(after), [("put", "r/after-compaction", version)])
         self.assertGreater(after[0]["revision"], compacted["revision"])
+
+    async def test_since_zero_on_a_node_there_from_the_start(self) -> None:
+        """
+        A node that received every change since the cluster's first replays
+        them all for C{since} 0, though their revisions are large (term << 32
+        | n); a C{since} above 0 but below the first revision is answered
+        C{compacted}.
+        """
+        cluster = await self.start_cluster()
+        acked = [("put", f"z/{i}", await self.put(cluster, "n3", f"z/{i}", b"v")) for i in range(3)]
+        client = await connect(self, cluster, "n1")
+        await client.watch(prefix="z/", since=0)
+        replay = await client.wait(lambda: len(client.changes()) == 3 and client.changes(), "the replay")
+        self.assertEqual(identities(replay), acked)
+        self.assertNotIn("compacted", [f["type"] for f in client.frames])
+        self.assertGreater(replay[0]["revision"], 1 << 32)
+
+    async def test_kvctl_watch_moves_to_another_node(self) -> None:
+        """
+        C{kvctl watch --since 0} through one node prints the change made
+        before; the node is then killed (SIGKILL): C{kvctl} says at once that it lost the node and which one it tries next, says
+        when it watches again, and prints the change made meanwhile through
+        a third node; nothing twice, no C{compacted}.
+        """
+        cluster = await self.start_cluster()
+        watched, writer = [n for n in cluster.node_ids if n != self.leader]
+        before = await self.put(cluster, writer, "m/before", b"1")
+        kvctl = _Kvctl()
+        reactor.spawnProcess(
+            kvctl,
+            sys.executable,
+            [sys.executable, "-m", "twisted_kv.kvctl", "--node", cluster.url(watched), "watch", "m/", "--since", "0"],
+            env=node_environment(),
+        )
+        self.addCleanup(kvctl.stop)
+        await kvctl.wait(lambda: len(kvctl.lines()) == 1, "kvctl printing the first change")
+        await cluster.kill(watched)
+        await kvctl.wait(lambda: "trying" in kvctl.stderr.decode(), "kvctl reporting the lost node")
+        after = await self.put(cluster, writer, "m/after", b"2")
+        await kvctl.wait(lambda: len(kvctl.lines()) == 2, "kvctl printing the later change")
+        printed = kvctl.lines()
+        self.assertEqual(identities(printed), [("put", "m/before", before), ("put", "m/after", after)])
+        await kvctl.wait(lambda: kvctl.stderr.count(b"\n") == 2, "kvctl watching again")
+        lost, again = kvctl.stderr.decode().splitlines()
+        self.assertRegex(lost, rf"^kvctl: lost {watched} \(connection lost\); trying n\d\.\.\.$")
+        self.assertRegex(
+            again, rf"^kvctl: watching again through n\d after revision {printed[0]['revision']}$"
+        )
 
     async def test_leader_killed(self) -> None:
         """

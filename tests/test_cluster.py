@@ -1151,6 +1151,39 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         cluster.settle()
         self.assertEqual(self.value_at(victim, "idle7"), b"v")
 
+    def test_restarted_node_leading_first_continues_the_numbering(self) -> None:
+        """
+        A node restarted empty that becomes the leader before it delivered
+        any change numbers its first changes after the newest revision its
+        peers delivered, not after 0: neither it nor any node takes them
+        for the cluster's first changes (which would let C{/ws} replay an
+        incomplete history for C{since} 0).
+        """
+        for seed in range(10):
+            self.cluster = cluster = MemoryCluster(3, seed=seed)
+            self.addCleanup(cluster.stop)
+            leader = cluster.settle()
+            self.put(leader, "early", b"1")
+            cluster.run(0.5)
+            restarted = next(n for n in cluster.nodes if n != leader)
+            cluster.kill(restarted)
+            cluster.start(restarted)
+            seen: list[ChangeEvent] = []
+            cluster.coordinators[restarted].subscribe(seen.append)
+            cluster.settle()
+            delivered_before = len(seen)
+            cluster.kill(leader)
+            if cluster.settle() == restarted and not delivered_before:
+                break
+        else:
+            self.fail("the restarted node never became the leader first")
+        self.put(restarted, "late", b"2")
+        cluster.run(0.5)
+        # "early" again, announced by its new primary, then "late".
+        self.assertEqual([e.change.key for e in seen], [user_key("early"), user_key("late")])
+        self.assertNotEqual(seen[0].previous, 0)
+        self.assertTrue(seen[0].gap)
+
     def test_restarted_node_resyncs(self) -> None:
         """
         A node restarted empty is refilled, reports itself synced, and then

@@ -12,10 +12,11 @@ Messages between nodes (lists; the first element is the tag):
 
   - consensus (L{twisted_kv.core.consensus}): C{prevote}, C{prevoted},
     C{vote}, C{voted}, C{append}, C{appended};
-  - C{["status", state, [entry_index, entry_term]]}: gossip of
-    L{Node.sync_state} and of the node's map entry, several times a
-    second; a node that does not hear from the leader and learns that a
-    peer holds a newer committed map asks for it with C{["map_req"]},
+  - C{["status", state, [entry_index, entry_term], revision]}: gossip of
+    L{Node.sync_state}, of the node's map entry and of the last change
+    revision it delivered, several times a second; a node that does not
+    hear from the leader and learns that a peer holds a newer committed map
+    asks for it with C{["map_req"]},
     answered C{["map", index, term, map]};
   - replication (L{twisted_kv.core.replica}): C{["app", partition, epoch,
     prev_seq, prev_epoch, entries, commit, round, origin]} from a primary,
@@ -325,6 +326,8 @@ class Node:
         self._revision_previous = 0
         self._last_revision = 0
         self._gap_pending = False
+        # the last revision each peer reports having delivered
+        self._peer_revisions: dict[str, int] = {}
         # per partition, the last version delivered of its most recently
         # changed keys: as many as a new primary announces again
         self._delivered: list[OrderedDict[str, int]] = [
@@ -468,7 +471,8 @@ class Node:
         self._find_lost_partitions(now)
         if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
             self._last_gossip = now
-            status = ["status", self.sync_state(), list(self.consensus.entry)]
+            entry = list(self.consensus.entry)
+            status = ["status", self.sync_state(), entry, self._last_revision]
             for peer in self.consensus.peers:
                 self._send(peer, status)
         if self.consensus.role == LEADER:
@@ -934,8 +938,9 @@ class Node:
         return leader is not None and self.membership.state(leader, self._now()) == ALIVE
 
     def _on_status(self, peer: str, message: list) -> None:
-        _, state, entry = message
+        _, state, entry, revision = message
         self.membership.info[peer] = state
+        self._peer_revisions[peer] = revision
         self.consensus.observe(self._now(), peer, state["term"], entry)
         if state.get("map_index", 0) > self.consensus.committed_index and not self.hears_leader():
             # Cut off from the leader but not from this peer: take the
@@ -1176,9 +1181,14 @@ class Node:
             return
         if self._revision_term != self.consensus.term:
             # A new leader continues from the newest change it delivered.
+            # One that delivered none (it restarted) continues from the
+            # newest its peers report: 0 would tell every node that starts
+            # with its changes that they are the cluster's first.
             self._revision_term = self.consensus.term
             self._revision_counter = 0
-            self._revision_previous = self._last_revision
+            self._revision_previous = self._last_revision or max(
+                self._peer_revisions.values(), default=0
+            )
         first = (self._revision_term << REVISION_TERM_SHIFT) | (self._revision_counter + 1)
         self._revision_counter += count
         previous, self._revision_previous = self._revision_previous, first + count - 1

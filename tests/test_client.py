@@ -432,8 +432,9 @@ class WatcherRepeatTests(SynchronousTestCase):
     def test_moves_through_the_nodes(self) -> None:
         """
         Each lost connection or failed attempt is reported with the node
-        tried next, round the given nodes (the first one given once);
-        closing the watch is not reported.
+        tried next, whose URL the next handshake names, round the given
+        nodes (the first one given once); closing the watch is not
+        reported.
         """
         lost: list = []
         watcher = Watcher(
@@ -442,7 +443,9 @@ class WatcherRepeatTests(SynchronousTestCase):
             others=["http://b:2", "http://a:1", "http://c:3"],
             on_lost=lambda *args: lost.append(args),
         )
-        for reason in ("connection lost", "connection refused", "timed out"):
+        watcher._failed("connection lost")
+        self.assertEqual(watcher._factory.url, "ws://b:2/ws")
+        for reason in ("connection refused", "timed out"):
             watcher._failed(reason)
         watcher.stop()
         watcher._failed("connection lost")

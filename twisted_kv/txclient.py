@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import error
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet import error
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
@@ -298,9 +298,6 @@ class _Nodes:
         return self.url
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        # The WebSocket handshake names the node connected to.
-        factory.setSessionParameters(url=ws_url(self.url))
-
         def report(failure: Failure) -> Failure:
             self._failed(_failure_reason(failure))
             return failure
@@ -316,7 +313,8 @@ class Watcher:
     C{compacted} when it no longer holds them all).
 
     Given several nodes, it moves to the next one whenever a connection is
-    lost or cannot be made; it tries each node once at once, then backs off.
+    lost or cannot be made; it tries each node once without waiting, then
+    backs off.
 
     @ivar revision: the revision to resume after: the last change received,
         else the revision at which the first watch began (C{None} before).
@@ -366,6 +364,7 @@ class Watcher:
         # server drops the connection itself.
         factory.setProtocolOptions(serverConnectionDropTimeout=0)
         factory.watcher = self
+        self._factory = factory
         self._nodes = _Nodes([url, *(other for other in others if other != url)], reactor, self._failed)
         self._service = ClientService(
             self._nodes,
@@ -426,8 +425,11 @@ class Watcher:
         the next attempt goes to the next node.
         """
         if not self._stopping:
-            url = self._nodes.url
-            self._on_lost(url, reason, self._nodes.move())
+            url, next_url = self._nodes.url, self._nodes.move()
+            # The WebSocket handshake names the node connected to (the other
+            # session parameters are reset: only the user agent was set).
+            self._factory.setSessionParameters(url=ws_url(next_url), useragent=self._factory.useragent)
+            self._on_lost(url, reason, next_url)
 
     def _received(self, frame: dict) -> None:
         kind = frame.get("type")
@@ -466,4 +468,3 @@ class Watcher:
             return True
         self._versions[key] = version
         return False
-

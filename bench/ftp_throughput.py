@@ -33,8 +33,8 @@ from typing import Iterator, Optional
 _SERVE = """
 import sys
 from twisted.internet import reactor
-from twisted_kv.frontends.ftp import build_ftp_factory
-from twisted_kv.local import LocalKeyValue
+from twisted_kv.ftp.server import build_ftp_factory
+from twisted_kv.cluster.local import LocalKeyValue
 
 factory = build_ftp_factory(
     LocalKeyValue(reactor), {"bench": "plain:bench"}, clock=reactor,

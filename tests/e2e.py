@@ -54,7 +54,7 @@ from twisted.trial.unittest import SkipTest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from twisted_kv import launcher
+from twisted_kv.app import launcher
 
 __all__ = [
     "NodeDied",

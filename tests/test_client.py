@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_client -*-
 """
-Tests for L{twisted_kv.client} and L{twisted_kv.txclient}.
+Tests for L{twisted_kv.client.sync} and L{twisted_kv.client.txclient}.
 
 The request builders and the error mapping are pure; L{TxClientTests} run
 the Twisted client against the node's site in memory (treq's C{StubTreq},
@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from tests.test_client_support import serve, three_nodes
 from twisted_kv import errors
-from twisted_kv.client import (
+from twisted_kv.client.sync import (
     Client,
     Page,
     Response,
@@ -36,10 +36,10 @@ from twisted_kv.client import (
 )
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import format_version, make_version, parse_version
-from twisted_kv.frontends.site import build_site
+from twisted_kv.web.site import build_site
 from twisted_kv.interfaces import Health, IClusterStatus
-from twisted_kv.local import LocalKeyValue
-from twisted_kv.txclient import TxClient, Watcher
+from twisted_kv.cluster.local import LocalKeyValue
+from twisted_kv.client.txclient import TxClient, Watcher
 
 
 def _error(status: int, body: bytes, **headers: str) -> errors.KVError:

@@ -3,7 +3,7 @@
 A one-process node for the client, kvctl and dashboard tests (no tests here).
 
 L{serve} listens on a loopback port with the node's site
-(L{twisted_kv.frontends.site.build_site}) over a L{LocalKeyValue}, with
+(L{twisted_kv.web.site.build_site}) over a L{LocalKeyValue}, with
 C{/ws}, C{/files} and the dashboard mounted, and a C{/cluster} answer chosen by the
 test.  Every server-side connection is tracked, so that a test's cleanup can
 close them and leave a clean reactor.
@@ -21,12 +21,12 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from twisted_kv.frontends.dashboard import dashboard_resource
-from twisted_kv.frontends.files_http import files_resource
-from twisted_kv.frontends.site import build_site
-from twisted_kv.frontends.ws import build_ws_resource
+from twisted_kv.web.dashboard import dashboard_resource
+from twisted_kv.web.files_http import files_resource
+from twisted_kv.web.site import build_site
+from twisted_kv.ws.server import build_ws_resource
 from twisted_kv.interfaces import Health, IClusterStatus
-from twisted_kv.local import LocalKeyValue
+from twisted_kv.cluster.local import LocalKeyValue
 
 
 def three_nodes(executed: int = 0) -> dict:

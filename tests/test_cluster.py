@@ -19,8 +19,8 @@ from zope.interface.verify import verifyObject
 from twisted_kv.core.keyspace import USER, user_key
 from twisted_kv.core.records import Put
 from twisted_kv.core.replica import RECENT_CHANGES, decode_change, encode_records
-from twisted_kv import node as node_module
-from twisted_kv.node import encode_operation
+from twisted_kv.cluster import node as node_module
+from twisted_kv.cluster.node import encode_operation
 from twisted_kv.errors import (
     InsufficientStorage,
     KeyExists,
@@ -29,7 +29,7 @@ from twisted_kv.errors import (
     PreconditionFailed,
     Unavailable,
 )
-from twisted_kv.coordinator import NodeStatus
+from twisted_kv.cluster.coordinator import NodeStatus
 from twisted_kv.interfaces import (
     ChangeEvent,
     IClusterStatus,
@@ -38,7 +38,7 @@ from twisted_kv.interfaces import (
     ReadResult,
     WriteResult,
 )
-from twisted_kv.metrics import node_registry, render
+from twisted_kv.web.metrics import node_registry, render
 from twisted_kv.testing import MemoryCluster
 
 from tests.linearizability import Op, check, random_operation

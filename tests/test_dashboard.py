@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_dashboard -*-
 """
-Tests for L{twisted_kv.frontends.dashboard}.
+Tests for L{twisted_kv.web.dashboard}.
 
 L{PageTests} check the served document without sockets.  L{BrowserTests}
 load it in headless Chromium (Debian's C{chromium}; skipped when it is not
@@ -30,7 +30,7 @@ from twisted.web.resource import Resource
 
 from tests.test_client_support import serve, three_nodes
 from twisted_kv.core import keyspace
-from twisted_kv.frontends.dashboard import dashboard_page, dashboard_resource
+from twisted_kv.web.dashboard import dashboard_page, dashboard_resource
 
 CHROMIUM = shutil.which("chromium")
 

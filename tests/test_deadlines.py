@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_kv.deadlines}.
+Tests for L{twisted_kv.cluster.deadlines}.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.deadlines import Deadlines
+from twisted_kv.cluster.deadlines import Deadlines
 
 
 class DeadlinesTests(SynchronousTestCase):

@@ -530,7 +530,7 @@ class WebSocketClusterTests(TestCase):
         reactor.spawnProcess(
             kvctl,
             sys.executable,
-            [sys.executable, "-m", "twisted_kv.kvctl", "--node", cluster.url(watched), "watch", "m/", "--since", "0"],
+            [sys.executable, "-m", "twisted_kv.app.kvctl", "--node", cluster.url(watched), "watch", "m/", "--since", "0"],
             env=node_environment(),
         )
         self.addCleanup(kvctl.stop)

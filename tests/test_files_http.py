@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_files_http -*-
 """
-Tests for L{twisted_kv.frontends.files_http}: C{/files} driven in memory
+Tests for L{twisted_kv.web.files_http}: C{/files} driven in memory
 with L{StubTreq}.
 """
 
@@ -18,8 +18,8 @@ from twisted.web.resource import Resource
 
 from twisted_kv.errors import Unavailable
 from twisted_kv.files.testing import PREFIXES, ControlledKeyValue, on
-from twisted_kv.frontends.files_http import RangeNotSatisfiable, byte_range, files_resource
-from twisted_kv.local import LocalKeyValue
+from twisted_kv.web.files_http import RangeNotSatisfiable, byte_range, files_resource
+from twisted_kv.cluster.local import LocalKeyValue
 
 BASE = "http://node/files"
 

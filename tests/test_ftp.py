@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_ftp -*-
 """
-Tests for L{twisted_kv.frontends.ftp} without sockets: the shell called
+Tests for L{twisted_kv.ftp.server} without sockets: the shell called
 directly, the realm and checker, every added command over
 L{StringTransport} (data connections included), and Twisted's own
 L{FTPClient} talking to the server over L{iosim}.
@@ -44,15 +44,15 @@ from twisted_kv.files import (
     TransferAborted,
 )
 from twisted_kv.files.testing import PREFIXES, ControlledKeyValue, on
-from twisted_kv.frontends.ftp import (
+from twisted_kv.ftp.server import (
     FileRealm,
     FileShell,
     PasswordChecker,
     build_ftp_factory,
     ftp_error,
 )
-from twisted_kv.local import LocalKeyValue
-from twisted_kv.passwords import hash_password
+from twisted_kv.cluster.local import LocalKeyValue
+from twisted_kv.core.passwords import hash_password
 
 HOST = IPv4Address("TCP", "127.0.0.1", 2121)
 PEER = IPv4Address("TCP", "127.0.0.1", 50000)

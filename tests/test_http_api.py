@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_http_api -*-
 """
-Tests for L{twisted_kv.frontends.http_api}: the HTTP API of CONTRACT.md
+Tests for L{twisted_kv.web.http_api}: the HTTP API of CONTRACT.md
 section 3, through L{StubTreq} over the root resource of
-L{twisted_kv.frontends.site.build_site}.
+L{twisted_kv.web.site.build_site}.
 
 The store is a L{LocalKeyValue} on a L{Clock}; L{ScriptedKeyValue} stands in
 for it only for what a single-process store cannot do (degraded reads,
@@ -29,11 +29,11 @@ from zope.interface.verify import verifyObject
 from twisted_kv.core.keyspace import file_key, user_key
 from twisted_kv.core.records import Record, make_version
 from twisted_kv.errors import InvalidRequest, OutcomeUnknown, Unavailable
-from twisted_kv.frontends.http_api import EntityTags, parse_entity_tags
-from twisted_kv.frontends.site import build_site
+from twisted_kv.web.http_api import EntityTags, parse_entity_tags
+from twisted_kv.web.site import build_site
 from twisted_kv.interfaces import Health, IClusterStatus, IKeyValue, KeyPage, ReadResult
-from twisted_kv.local import LocalKeyValue
-from twisted_kv.metrics import gauge
+from twisted_kv.cluster.local import LocalKeyValue
+from twisted_kv.web.metrics import gauge
 
 from tests.test_metrics import parse, values
 

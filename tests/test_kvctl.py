@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_kvctl -*-
 """
-Tests for L{twisted_kv.kvctl}, run in a thread against a node listening on a
+Tests for L{twisted_kv.app.kvctl}, run in a thread against a node listening on a
 loopback port.
 """
 
@@ -19,8 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.test_client_support import serve
 from twisted_kv.core import keyspace
-from twisted_kv import kvctl
-from twisted_kv.kvctl import main
+from twisted_kv.app import kvctl
+from twisted_kv.app.kvctl import main
 
 
 class KvctlTests(TestCase):

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_launcher -*-
 """
-Tests for L{twisted_kv.launcher}, the C{kvcluster} command.
+Tests for L{twisted_kv.app.launcher}, the C{kvcluster} command.
 
 The launcher runs here on a L{Clock} with recorded process spawns and
 scripted C{/cluster} answers: no process is started and no port opened,
@@ -26,7 +26,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests.e2e import free_ports, node_environment as e2e_node_environment, poll, write_config
 from twisted_kv.core.config import load_config, parse_config
-from twisted_kv.launcher import (
+from twisted_kv.app.launcher import (
     DEFAULT_CONFIG,
     PARENT_VARIABLE,
     Launcher,
@@ -54,7 +54,7 @@ _CONFIG = parse_config(
     "etc/demo.ini",
 )
 
-_MAIN = "from twisted_kv.launcher import run_node; run_node()"
+_MAIN = "from twisted_kv.app.launcher import run_node; run_node()"
 
 
 class PureTests(SynchronousTestCase):
@@ -762,7 +762,7 @@ class RealLauncherTests(TestCase):
         standard output to a file or, with C{output_reader}, into a process
         that copies it to that file and exits once the cluster is up.
         """
-        argv = [sys.executable, "-m", "twisted_kv.launcher", self.config_path]
+        argv = [sys.executable, "-m", "twisted_kv.app.launcher", self.config_path]
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             kvcluster = subprocess.Popen(
                 argv,

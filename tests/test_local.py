@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_local -*-
 """
-Tests for L{twisted_kv.local.LocalKeyValue}, with time on a L{Clock}.
+Tests for L{twisted_kv.cluster.local.LocalKeyValue}, with time on a L{Clock}.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from twisted_kv.errors import (
     ValueTooLarge,
 )
 from twisted_kv.interfaces import ChangeEvent, IKeyValue, KeyPage, ReadResult, WriteResult
-from twisted_kv.local import LocalKeyValue
+from twisted_kv.cluster.local import LocalKeyValue
 
 
 def _version_key(version: str) -> tuple[int, int]:

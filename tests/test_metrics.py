@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_metrics -*-
 """
-Tests for L{twisted_kv.metrics}: metric families read at scrape time, hot
+Tests for L{twisted_kv.web.metrics}: metric families read at scrape time, hot
 path counters and histograms, and a node's registry, checked through
 C{prometheus_client}'s own parser.
 """
@@ -14,7 +14,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from twisted_kv.metrics import (
+from twisted_kv.web.metrics import (
     LATENCY_BUCKETS,
     Counts,
     Histogram,

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_passwords -*-
 """
-Tests for L{twisted_kv.passwords}.
+Tests for L{twisted_kv.core.passwords}.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import io
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.passwords import check_stored, hash_password, main, verify_password
+from twisted_kv.app.passwd import main
+from twisted_kv.core.passwords import check_stored, hash_password, verify_password
 
 
 class _Terminal(io.StringIO):

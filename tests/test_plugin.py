@@ -13,7 +13,7 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin, getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv import tap
+from twisted_kv.app import tap
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,13 +37,13 @@ class PluginTests(SynchronousTestCase):
         self.assertTrue(IPlugin.providedBy(plugin))
         self.assertEqual(
             (plugin.name, plugin.tapname, plugin.module),
-            ("twisted_kv node", "kvnode", "twisted_kv.tap"),
+            ("twisted_kv node", "kvnode", "twisted_kv.app.tap"),
         )
 
     def test_uses_tap(self) -> None:
         """
         The plugin's options and service maker are those of
-        L{twisted_kv.tap}.
+        L{twisted_kv.app.tap}.
         """
         plugin = self.kvnode()
         self.assertIs(plugin.options, tap.Options)

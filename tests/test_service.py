@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_kv.service}: one node's service tree.
+Tests for L{twisted_kv.app.service}: one node's service tree.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.service import build_node_service, check_ports, listen_endpoint
+from twisted_kv.app.service import build_node_service, check_ports, listen_endpoint
 from twisted_kv.testing import cluster_config
 
 

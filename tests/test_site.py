@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_site -*-
 """
-Tests for L{twisted_kv.frontends.site}: the site itself, driven with raw
+Tests for L{twisted_kv.web.site}: the site itself, driven with raw
 HTTP/1.1 bytes over a L{StringTransport}, for what only the site does:
 bounding request bodies as they arrive, and the HTTP metrics; and the sites
 of the nodes of an in-memory cluster, for what C{/health} and C{/live} say
@@ -27,12 +27,12 @@ from twisted.web.resource import Resource
 
 from tests.test_http_api import FakeClusterStatus, ScriptedKeyValue
 from tests.test_metrics import parse, values
-from twisted_kv.coordinator import NodeStatus
+from twisted_kv.cluster.coordinator import NodeStatus
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import Record
-from twisted_kv.frontends.site import build_site
+from twisted_kv.web.site import build_site
 from twisted_kv.interfaces import IKeyValue, ReadResult
-from twisted_kv.local import LocalKeyValue
+from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.testing import MemoryCluster
 
 Response = tuple[int, dict[bytes, bytes], bytes]

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-Tests for L{twisted_kv.tap}: the C{kvnode} options and service maker.
+Tests for L{twisted_kv.app.tap}: the C{kvnode} options and service maker.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
-from twisted_kv.tap import Options, makeService
+from twisted_kv.app.tap import Options, makeService
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LOCAL = os.path.join(_REPO, "etc", "cluster-local.ini")

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_ws -*-
 """
-Tests for L{twisted_kv.frontends.ws}: the C{/ws} protocol, driven in memory.
+Tests for L{twisted_kv.ws.server}: the C{/ws} protocol, driven in memory.
 
 Each test mounts the WebSocket resource in a twisted.web L{Site}, as the node
 does, and joins Autobahn clients to it with L{twisted.test.iosim} pumps that
@@ -22,8 +22,8 @@ from twisted.web.server import Site
 
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, Record, make_version
-from twisted_kv.frontends import ws
-from twisted_kv.frontends.ws import (
+from twisted_kv.ws import server as ws
+from twisted_kv.ws.server import (
     ClockTimer,
     WatchHub,
     _Outbox,
@@ -31,7 +31,7 @@ from twisted_kv.frontends.ws import (
     event_frame,
 )
 from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
-from twisted_kv.local import LocalKeyValue
+from twisted_kv.cluster.local import LocalKeyValue
 
 
 class _Feed:

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.test_client_support import serve
 from twisted_kv.core import keyspace
-from twisted_kv.txclient import TxClient, Watcher
+from twisted_kv.client.txclient import TxClient, Watcher
 
 
 @inlineCallbacks

@@ -3,8 +3,8 @@
 The seams of twisted_kv that have more than one implementation.
 
 L{IKeyValue} is what every front end (HTTP, WebSocket, FTP) talks to: the
-single-process L{twisted_kv.local.LocalKeyValue} and the cluster's
-L{twisted_kv.coordinator.Coordinator} both provide it, so the front ends are
+single-process L{twisted_kv.cluster.local.LocalKeyValue} and the cluster's
+L{twisted_kv.cluster.coordinator.Coordinator} both provide it, so the front ends are
 tested without a cluster and run unchanged on one.
 
 Keys given to L{IKeyValue} are I{store keys}: L{twisted_kv.core.keyspace}
@@ -214,5 +214,5 @@ class IClusterStatus(Interface):
     def metrics() -> list:
         """
         Node-level metrics, read when C{/metrics} is scraped: a list of
-        C{prometheus_client} metric families (L{twisted_kv.metrics.Metric}).
+        C{prometheus_client} metric families (L{twisted_kv.web.metrics.Metric}).
         """

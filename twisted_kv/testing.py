@@ -18,9 +18,9 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 
 from twisted_kv.core.config import ClusterConfig, parse_config
-from twisted_kv.coordinator import Coordinator
+from twisted_kv.cluster.coordinator import Coordinator
 from twisted_kv.core.membership import new_incarnation
-from twisted_kv.node import Node
+from twisted_kv.cluster.node import Node
 
 
 def cluster_config(size: int = 3, **tunables: object) -> ClusterConfig:

@@ -26,7 +26,7 @@ key.
 
 This module is pure: it reads text and builds frozen values; it never
 touches a reactor.  FTP password specs are checked with
-L{twisted_kv.passwords.check_stored}, pure as well.
+L{twisted_kv.core.passwords.check_stored}, pure as well.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional
 
 from attrs import field, frozen, validators
 
-from twisted_kv.passwords import check_stored
+from twisted_kv.core.passwords import check_stored
 
 __all__ = [
     "CLUSTER_KEYS",

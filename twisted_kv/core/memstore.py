@@ -4,7 +4,7 @@ The in-memory storage engine: records by key, listed in key order, with size
 accounting.
 
 One L{MemStore} holds one partition's keys on one replica (or, in
-L{twisted_kv.local}, every key of a single-process store).
+L{twisted_kv.cluster.local}, every key of a single-process store).
 
 Memory per key is what limits how many keys a node holds, so a stored record
 is one C{bytes} object, not a L{Record} with its version, content type and

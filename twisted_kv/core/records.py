@@ -11,7 +11,7 @@ which write wins.  Clients only ever see the opaque string of
 L{format_version}.
 
 The rules here are pure: the same function decides conditional writes on a
-cluster primary and in the single-process L{twisted_kv.local} store.
+cluster primary and in the single-process L{twisted_kv.cluster.local} store.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 C{kvcluster}: run every node of a cluster file on this machine.
 
     kvcluster [CONFIG]            (default: etc/cluster-local.ini)
-    python -m twisted_kv.launcher [CONFIG]
+    python -m twisted_kv.app.launcher [CONFIG]
 
 It starts one C{twistd -n --pidfile= kvnode --config CONFIG --node ID} per
 node of the file, with the same Python, and shows each node's output with
@@ -56,7 +56,7 @@ from twisted_kv.core.config import ClusterConfig, ConfigError, NodeConfig, load_
 DEFAULT_CONFIG = os.path.join("etc", "cluster-local.ini")
 
 #: What each node process runs: L{run_node}, with the launcher's own Python.
-_TWISTD_MAIN = "from twisted_kv.launcher import run_node; run_node()"
+_TWISTD_MAIN = "from twisted_kv.app.launcher import run_node; run_node()"
 
 #: The environment variable that gives a node the pid of its C{kvcluster}.
 PARENT_VARIABLE = "KVCLUSTER_PID"

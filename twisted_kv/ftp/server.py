@@ -72,7 +72,7 @@ from twisted_kv.files import (
     UploadExpired,
 )
 from twisted_kv.interfaces import IKeyValue
-from twisted_kv.passwords import check_stored, hash_password, verify_password
+from twisted_kv.core.passwords import check_stored, hash_password, verify_password
 
 __all__ = ["FileFTP", "FileRealm", "FileShell", "PasswordChecker", "build_ftp_factory"]
 
@@ -313,7 +313,7 @@ class FileRealm:
 class PasswordChecker:
     """
     Checks user names and passwords against stored passwords (see
-    L{twisted_kv.passwords}).  An unknown user costs as much time as a
+    L{twisted_kv.core.passwords}).  An unknown user costs as much time as a
     wrong password.
 
     @raise ValueError: a stored password is malformed (the message names
@@ -788,7 +788,7 @@ def build_ftp_factory(
 
     @param kv: the store the files live in.
     @param users: user name to stored password (C{plain:...} or
-        C{scrypt:...}, see L{twisted_kv.passwords}), from C{[ftp_users]}.
+        C{scrypt:...}, see L{twisted_kv.core.passwords}), from C{[ftp_users]}.
     @param clock: the reactor (L{IReactorTime} and L{IReactorTCP}): it
         times sessions and leases and listens for passive data connections.
     @param max_file_bytes: the largest file accepted (larger: C{552}).

@@ -2,7 +2,7 @@
 """
 The HTTP API of a node (CONTRACT.md section 3), as twisted.web resources.
 
-Two parts, both reached through L{twisted_kv.frontends.site.build_site}:
+Two parts, both reached through L{twisted_kv.web.site.build_site}:
 
   - L{KeyValueResource} answers C{/kv} (the key listing) and C{/kv/{key}}.
     It is the hot path of the product, so it is a plain leaf resource: the
@@ -73,7 +73,7 @@ from twisted_kv.errors import (
     ValueTooLarge,
 )
 from twisted_kv.interfaces import IClusterStatus, IKeyValue, KeyPage, ReadResult, WriteResult
-from twisted_kv.metrics import EXPOSITION_TYPE, Counts, Histogram, Metric, render
+from twisted_kv.web.metrics import EXPOSITION_TYPE, Counts, Histogram, Metric, render
 
 JSON_TYPE = b"application/json"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"

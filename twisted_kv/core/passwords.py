@@ -1,27 +1,24 @@
 # -*- test-case-name: tests.test_passwords -*-
 """
-Stored passwords (the values of the C{[ftp_users]} section) and a command
-that prints a salted hash to paste there.
+Stored passwords (the values of the C{[ftp_users]} section): their forms,
+their check at configuration time, and checking a password against one.
 
 Two forms are accepted::
 
     plain:<password>                              the password itself
     scrypt:<n>:<r>:<p>:<salt>:<key>               scrypt, base64 salt and key
 
-Run C{python -m twisted_kv.passwords} and type the password (twice on a
-terminal, or once on standard input) to get an C{scrypt:} line.
+L{twisted_kv.app.passwd} prints the C{scrypt:} line for a password.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import getpass
 import hashlib
 import hmac
 import os
-import sys
-from typing import Callable, Optional, TextIO
+from typing import Optional
 
 PLAIN = "plain"
 SCRYPT = "scrypt"
@@ -101,32 +98,3 @@ def verify_password(stored: str, candidate: str) -> bool:
     expected = base64.b64decode(key)
     actual = _scrypt(candidate, base64.b64decode(salt), int(n), int(r), int(p), len(expected))
     return hmac.compare_digest(actual, expected)
-
-
-def main(
-    stdin: TextIO = sys.stdin,
-    stdout: TextIO = sys.stdout,
-    stderr: TextIO = sys.stderr,
-    ask: Callable[[str], str] = getpass.getpass,
-) -> int:
-    """
-    Read a password and print its C{scrypt:} form.
-
-    @return: the exit status.
-    """
-    if stdin.isatty():
-        password = ask("Password: ")
-        if ask("Again: ") != password:
-            print("The passwords differ.", file=stderr)
-            return 1
-    else:
-        password = stdin.readline().rstrip("\r\n")
-    if not password:
-        print("The password is empty.", file=stderr)
-        return 1
-    print(hash_password(password), file=stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

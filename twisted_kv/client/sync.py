@@ -5,7 +5,7 @@ A small synchronous Python client for a twisted_kv cluster.
 It speaks the HTTP API and the C{/ws} change feed of CONTRACT.md to any one
 node (every node answers for the whole cluster)::
 
-    from twisted_kv.client import Client
+    from twisted_kv.client.sync import Client
 
     with Client("http://127.0.0.1:7001") as kv:
         version = kv.put("users/alice", '{"name": "Alice"}',
@@ -24,7 +24,7 @@ HTTP status (L{KeyNotFound} for 404, L{PreconditionFailed} for 412,
 L{Unavailable} for 503, ...); network failures are the usual C{OSError}s.
 
 The HTTP requests and the interpretation of their answers are shared with
-L{twisted_kv.txclient.TxClient}, the Twisted flavour, which returns
+L{twisted_kv.client.txclient.TxClient}, the Twisted flavour, which returns
 Deferreds; this module only adds a keep-alive C{http.client} connection.
 A L{Client} is not thread-safe: use one per thread.
 """
@@ -443,7 +443,7 @@ def _reactor_in_thread() -> Any:
     thread unless the program already runs it.
 
     @raise RuntimeError: called from the reactor's own thread, which a
-        blocking call would freeze; use L{twisted_kv.txclient} there.
+        blocking call would freeze; use L{twisted_kv.client.txclient} there.
     """
     from twisted.internet import reactor
     from twisted.python.threadable import isInIOThread
@@ -469,7 +469,7 @@ class Watch:
     A blocking iterator over the change frames of C{/ws} (C{put},
     C{delete}, C{expire}, C{file} and C{compacted}, as dicts).
 
-    It runs a L{twisted_kv.txclient.Watcher} on a reactor in a background
+    It runs a L{twisted_kv.client.txclient.Watcher} on a reactor in a background
     thread, which reconnects after a lost connection (to the next node, given
     others) and resumes after the last revision received.  Its connection
     callbacks are queued with the changes, and run by the iterating thread.
@@ -489,7 +489,7 @@ class Watch:
         from twisted.internet.defer import TimeoutError as DeferredTimeout
         from twisted.internet.threads import blockingCallFromThread
 
-        from twisted_kv.txclient import Watcher
+        from twisted_kv.client.txclient import Watcher
 
         self._events: queue.Queue[Union[dict, Callable[[], None]]] = queue.Queue()
         self._reactor = _reactor_in_thread()

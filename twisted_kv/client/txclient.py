@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_client -*-
 """
-The Twisted flavour of L{twisted_kv.client}: the same calls on treq,
+The Twisted flavour of L{twisted_kv.client.sync}: the same calls on treq,
 returning Deferreds, and L{Watcher}, which follows C{/ws} across
 reconnections.
 
@@ -37,7 +37,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 from zope.interface import implementer
 
-from twisted_kv.client import (
+from twisted_kv.client.sync import (
     DEFAULT_URL,
     Page,
     Request,
@@ -53,7 +53,7 @@ from twisted_kv.client import (
     ws_url,
 )
 from twisted_kv.core.records import parse_version
-from twisted_kv.frontends.ws import ClockTimer, cancel_close_timeout
+from twisted_kv.ws.server import ClockTimer, cancel_close_timeout
 
 __all__ = ["TxClient", "Watcher"]
 

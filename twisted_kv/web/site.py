@@ -38,7 +38,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site, version
 
 from twisted_kv.errors import ValueTooLarge
-from twisted_kv.frontends.http_api import (
+from twisted_kv.web.http_api import (
     ErrorResource,
     HTTPMetrics,
     KeyValueResource,
@@ -46,7 +46,7 @@ from twisted_kv.frontends.http_api import (
     NoSuchResource,
 )
 from twisted_kv.interfaces import IClusterStatus, IKeyValue
-from twisted_kv.metrics import node_registry
+from twisted_kv.web.metrics import node_registry
 
 _KV = b"kv"
 _LIST_PATH = b"/kv"

@@ -51,7 +51,7 @@ def dashboard_page() -> Page:
     """
     Assemble the dashboard from C{static/}.
     """
-    static = files("twisted_kv.frontends") / "static"
+    static = files("twisted_kv.web") / "static"
     html = (static / "index.html").read_text("utf-8")
     style = (static / "style.css").read_text("utf-8")
     script = (static / "app.js").read_text("utf-8")

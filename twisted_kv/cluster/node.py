@@ -86,7 +86,7 @@ from twisted_kv.core.replica import (
 )
 from twisted_kv.wire.codec import decode as decode_message
 from twisted_kv.wire.codec import encode as encode_message
-from twisted_kv.deadlines import Deadlines
+from twisted_kv.cluster.deadlines import Deadlines
 from twisted_kv.errors import InsufficientStorage, KVError, error_for_code
 from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
 

@@ -49,8 +49,8 @@ from twisted_kv.interfaces import (
     ReadResult,
     WriteResult,
 )
-from twisted_kv.metrics import Metric, Reading, counter, gauge
-from twisted_kv.node import RETRY_DELAY, Node, Peek, Retry, _decode_record, decode_peek, encode_operation
+from twisted_kv.web.metrics import Metric, Reading, counter, gauge
+from twisted_kv.cluster.node import RETRY_DELAY, Node, Peek, Retry, _decode_record, decode_peek, encode_operation
 
 # How long a degraded read waits for the reachable replicas.
 DEGRADED_READ_TIMEOUT = 1.0

@@ -83,7 +83,7 @@ def makeService(
     @param options: parsed L{Options}.
     @param reactor: the reactor the node runs on; the global one by default.
     @param _build: the service builder, for tests; by default
-        L{twisted_kv.service.build_node_service}.
+        L{twisted_kv.app.service.build_node_service}.
 
     @return: the node's (not yet started) service.
 
@@ -100,7 +100,7 @@ def makeService(
         config = load_config(options["config"])
         config.node(options["node"])
         if _build is None:
-            from twisted_kv.service import build_node_service, check_ports
+            from twisted_kv.app.service import build_node_service, check_ports
 
             check_ports(config.node(options["node"]))
             _build = build_node_service

@@ -22,17 +22,17 @@ from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 
-from twisted_kv.coordinator import Coordinator, NodeStatus
+from twisted_kv.cluster.coordinator import Coordinator, NodeStatus
 from twisted_kv.core.config import ClusterConfig, NodeConfig, format_address
 from twisted_kv.core.membership import new_incarnation
 from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
-from twisted_kv.frontends.dashboard import dashboard_resource
-from twisted_kv.frontends.files_http import files_resource
-from twisted_kv.frontends.ftp import build_ftp_factory
-from twisted_kv.frontends.site import build_site
-from twisted_kv.frontends.ws import build_ws_resource
-from twisted_kv.node import Node
+from twisted_kv.web.dashboard import dashboard_resource
+from twisted_kv.web.files_http import files_resource
+from twisted_kv.ftp.server import build_ftp_factory
+from twisted_kv.web.site import build_site
+from twisted_kv.ws.server import build_ws_resource
+from twisted_kv.cluster.node import Node
 from twisted_kv.peer.links import PeerLinks
 
 

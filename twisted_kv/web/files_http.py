@@ -55,7 +55,7 @@ from twisted_kv.files import (
     FSPath,
     IsADirectory,
 )
-from twisted_kv.frontends.http_api import check_query
+from twisted_kv.web.http_api import check_query
 from twisted_kv.interfaces import IKeyValue
 
 __all__ = ["FilesResource", "byte_range", "files_resource"]

@@ -1,0 +1,3 @@
+"""
+Clients of a cluster: a synchronous one and a Twisted one.
+"""

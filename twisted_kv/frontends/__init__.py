@@ -1,3 +1,0 @@
-"""
-The edges of a node: HTTP API, WebSocket, dashboard and FTP front ends.
-"""

@@ -1,0 +1,3 @@
+"""
+The FTP edge of a node: Twisted's FTP server over the cluster's files.
+"""

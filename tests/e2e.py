@@ -156,7 +156,8 @@ def write_config(
     **tunables: Any,
 ) -> str:
     """
-    Write a cluster file (CONTRACT section 2).
+    Write a cluster file (the format the README's Configuration section
+    documents).
 
     @param node_ports: C{(node id, http_port, peer_port, ftp_port)} per node.
     @param hosts: the address of each node that does not listen on C{host}.

@@ -133,7 +133,7 @@ class ErrorTests(SynchronousTestCase):
 
     def test_by_status(self) -> None:
         """
-        Each status of CONTRACT.md section 3 has its exception, with the
+        Each error status of the HTTP API has its exception, with the
         node's message.
         """
         expected = {

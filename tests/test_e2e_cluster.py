@@ -4,8 +4,8 @@ End-to-end tests of the core cluster: real C{twistd kvnode} processes on
 loopback (L{tests.e2e.RealCluster}), driven over HTTP with treq (and once
 with the C{curl} program), killed with SIGKILL and restarted empty.
 
-They check the external contract (CONTRACT.md): the HTTP API on every node,
-the leader line in every log, failover, the guarantees of section 4 with
+They check what the product promises: the HTTP API on every node, the
+leader line in every log, failover, the guarantees of docs/design.md with
 ⌊N/2⌋ nodes down (and what happens with more down), repair of a restarted
 node, load spreading, and the refusal of a bad cluster file.
 
@@ -102,7 +102,7 @@ def _values(prefix: str, count: int, tag: str = "v1") -> dict[str, bytes]:
 
 class HTTPTests(ClusterTestCase):
     """
-    The HTTP API of CONTRACT section 3 on a three-node cluster, each request
+    The HTTP API, which every node serves, on a three-node cluster, each request
     sent to a different node than the one before.
     """
 

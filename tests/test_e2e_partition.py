@@ -48,7 +48,7 @@ def _sleep(seconds: float) -> Deferred[None]:
 
 def _request_of(op: Op) -> tuple[str, Optional[bytes], dict[str, str]]:
     """
-    The HTTP method, body and headers that perform C{op} (CONTRACT section 3).
+    The HTTP method, body and headers that perform C{op} through the HTTP API.
     """
     if op.kind == "get":
         return "GET", None, {}

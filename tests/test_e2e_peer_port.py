@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_e2e_peer_port -*-
 """
-End-to-end tests of the peer port (CONTRACT section 7) against a running
+End-to-end tests of the peer port, which serves only peers that prove
+knowledge of the cluster secret, against a running
 three-node cluster of real processes (L{tests.e2e.RealCluster}).
 
 Raw TCP connections to a node's peer port send what no peer would: random

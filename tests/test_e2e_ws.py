@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_e2e_ws -*-
 """
-End-to-end tests of C{/ws} (CONTRACT.md section 5) on a real three-node
+End-to-end tests of C{/ws} (docs/websocket.md) on a real three-node
 cluster: real C{twistd kvnode} processes on loopback (L{tests.e2e.RealCluster}),
 Autobahn WebSocket clients, changes made over HTTP and FTP.
 

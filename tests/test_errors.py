@@ -20,7 +20,7 @@ from twisted_kv.errors import (
     ValueTooLarge,
 )
 
-# The HTTP status and error code of every failure, as CONTRACT.md §3 lists.
+# The HTTP status and error code of every failure, as the HTTP API answers it.
 EXPECTED = {
     KVError: (500, "internal"),
     InvalidRequest: (400, "bad_request"),

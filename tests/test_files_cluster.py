@@ -2,7 +2,8 @@
 """
 The file system over a whole cluster in one process (L{MemoryCluster}):
 files stored through one node read back, intact, through every node, and
-still do with a minority of the nodes killed (CONTRACT §4, §6).
+still do with a minority of the nodes killed: files keep the guarantees
+of the keys (docs/files.md).
 """
 
 from __future__ import annotations

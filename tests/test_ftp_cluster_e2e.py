@@ -2,8 +2,9 @@
 """
 Files over FTP on a real three-node cluster (L{tests.e2e.RealCluster}):
 uploaded through one node with ftplib, curl and lftp, downloaded through the
-others with the same digest, and still after a node is killed (CONTRACT §6
-with §4).
+others with the same digest, and still after a node is killed: a file
+uploaded through any node is visible, with the same bytes, through every
+node, and survives the loss of a minority of the nodes.
 """
 
 from __future__ import annotations

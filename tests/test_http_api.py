@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_http_api -*-
 """
-Tests for L{twisted_kv.web.http_api}: the HTTP API of CONTRACT.md
-section 3, through L{StubTreq} over the root resource of
+Tests for L{twisted_kv.web.http_api}: the HTTP API every
+node serves, through L{StubTreq} over the root resource of
 L{twisted_kv.web.site.build_site}.
 
 The store is a L{LocalKeyValue} on a L{Clock}; L{ScriptedKeyValue} stands in

@@ -2,7 +2,7 @@
 """
 A small synchronous Python client for a twisted_kv cluster.
 
-It speaks the HTTP API and the C{/ws} change feed of CONTRACT.md to any one
+It speaks the HTTP API and the C{/ws} change feed (docs/websocket.md) to any one
 node (every node answers for the whole cluster)::
 
     from twisted_kv.client.sync import Client
@@ -135,7 +135,7 @@ class Request(Generic[T]):
 def error_for(response: Response) -> errors.KVError:
     """
     The typed exception for an error answer: C{{"error", "message"}} JSON
-    with the status of CONTRACT.md section 3.
+    with the status the HTTP API gives that failure.
     """
     try:
         message = json.loads(response.body)["message"]

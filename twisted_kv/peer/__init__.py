@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_peer_links -*-
 """
-The cluster-internal peer transport (CONTRACT section 7).
+The cluster-internal peer transport, which serves only peers that prove
+knowledge of the cluster secret (see docs/peer-protocol.md).
 
 L{PeerLinks} is all the node layer uses: it keeps one authenticated
 outbound connection to every peer, accepts the peers' inbound connections

@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_peer_protocol -*-
 """
-The cluster-internal peer protocol (CONTRACT section 7).
+The cluster-internal peer protocol: the peer port serves only peers that
+prove knowledge of the cluster secret, and drops anything else (see
+docs/peer-protocol.md).
 
 Every node keeps one I{outbound} connection to each peer, on which it sends,
 and accepts I{inbound} connections from its peers, on which it receives.

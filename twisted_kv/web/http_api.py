@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_http_api -*-
 """
-The HTTP API of a node (CONTRACT.md section 3), as twisted.web resources.
+The HTTP API of a node, which every node serves for the whole cluster, as
+twisted.web resources.
 
 Two parts, both reached through L{twisted_kv.web.site.build_site}:
 

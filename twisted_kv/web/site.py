@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_site -*-
 """
-The web site of a node: the HTTP API of CONTRACT.md section 3, with the
+The web site of a node: the HTTP API that every node serves for the whole
+cluster (C{/kv}, C{/cluster}, C{/health}, C{/metrics}), with the
 WebSocket feed, the files resource and the dashboard mounted beside it.
 
 Requests for C{/kv} and C{/kv/{key}} go straight to L{KeyValueResource}, a

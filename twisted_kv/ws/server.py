@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_ws -*-
 """
-Live change notifications over WebSocket at C{/ws} (CONTRACT.md section 5).
+Live change notifications over WebSocket at C{/ws}, on every node, for
+changes made through any node (see docs/websocket.md).
 
 The wire protocol, one JSON object per text frame.
 

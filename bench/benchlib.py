@@ -31,7 +31,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from twisted_kv.app.launcher import node_environment
+from twisted_kv.app.nodeprocess import node_environment
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)

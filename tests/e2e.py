@@ -45,16 +45,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from twisted_kv.app import launcher
+from twisted_kv.app import nodeprocess
+from twisted_kv.app.nodeprocess import NodeProcess, describe_exit
 
 __all__ = [
     "NodeDied",
@@ -73,26 +71,6 @@ __all__ = [
 T = TypeVar("T")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-#: The environment variable naming the harness's pid for the node processes.
-_PARENT_VARIABLE = "TWISTED_KV_E2E_PARENT"
-
-#: What each node process runs: twistd's main, after asking the kernel
-#: (Linux prctl PR_SET_PDEATHSIG) to SIGKILL it when its parent dies, so
-#: that a harness killed outright leaves no node behind.
-_TWISTD_MAIN = (
-    "import os, signal, sys\n"
-    "try:\n"
-    "    import ctypes\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
-    "except Exception:\n"
-    "    pass\n"
-    f"if str(os.getppid()) != os.environ.get({_PARENT_VARIABLE!r}, str(os.getppid())):\n"
-    "    sys.exit('twisted_kv e2e: the harness is gone')\n"
-    "sys.argv[0] = 'twistd'\n"
-    "from twisted.scripts.twistd import run\n"
-    "run()\n"
-)
 
 #: Seconds between two polls.
 POLL_INTERVAL = 0.1
@@ -197,22 +175,23 @@ def write_config(
 def node_command(config_path: str, node_id: str) -> list[str]:
     """
     The command line of one node: C{twistd -n --pidfile= kvnode ...} with
-    this Python, as C{kvcluster} runs it, but dying with the harness.
+    this Python, as C{kvcluster} runs it, dying with the harness, but in
+    the harness's process group.
     """
-    return launcher.node_command(config_path, node_id, main=_TWISTD_MAIN)
+    return nodeprocess.node_command(config_path, node_id, own_group=False)
 
 
 def node_environment() -> dict[str, str]:
     """
     The nodes' environment: C{kvcluster}'s (see
-    L{launcher.node_environment}), with the repository on C{PYTHONPATH} (so
-    the plugin is found even without an install) and this process's pid.
+    L{nodeprocess.node_environment}), with the repository on C{PYTHONPATH}
+    (so the plugin is found even without an install) and this process's
+    pid, which a node started by this process checks.
     """
-    env = launcher.node_environment(os.environ)
+    env = nodeprocess.node_environment(os.environ, parent=os.getpid())
     env["PYTHONPATH"] = os.pathsep.join(
         [REPO_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
-    env[_PARENT_VARIABLE] = str(os.getpid())
     return env
 
 
@@ -252,7 +231,7 @@ def run_twistd(args: Sequence[str], cwd: Optional[str] = None, reactor: Any = No
     reactor = reactor or _global_reactor
     d = getProcessOutputAndValue(
         sys.executable,
-        ["-c", _TWISTD_MAIN, *args],
+        nodeprocess.twistd_command(args, own_group=False)[1:],
         env=node_environment(),
         path=cwd,
         reactor=reactor,
@@ -318,67 +297,6 @@ class Reply:
         return f"<Reply {self.status} {self.body[:200]!r}>"
 
 
-# -- one node process -----------------------------------------------------------
-
-
-class _NodeProcess(ProcessProtocol):
-    """
-    One run of one node: collects its output and tells when it has ended.
-    """
-
-    def __init__(self, node_id: str, sink: Callable[[bytes], None]) -> None:
-        self.node_id = node_id
-        self._sink = sink
-        self.output = bytearray()
-        self.reason: Optional[Failure] = None
-        self.expected_end = False
-        self._ended: list[Deferred[None]] = []
-
-    @property
-    def running(self) -> bool:
-        return self.reason is None
-
-    def connectionMade(self) -> None:
-        self.transport.closeStdin()  # type: ignore[union-attr]
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.output += data
-        self._sink(data)
-
-    def processEnded(self, reason: Failure) -> None:
-        self.reason = reason
-        waiters, self._ended = self._ended, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def ended(self) -> Deferred[None]:
-        """
-        Fires once the process has exited and its pipes are closed.
-        """
-        d: Deferred[None] = Deferred()
-        if self.reason is not None:
-            d.callback(None)
-        else:
-            self._ended.append(d)
-        return d
-
-    def signal(self, name: str) -> None:
-        if self.reason is not None:
-            return
-        try:
-            self.transport.signalProcess(name)  # type: ignore[union-attr]
-        except (ProcessExitedAlready, OSError):
-            pass
-
-    def describe_end(self) -> str:
-        if self.reason is None:
-            return "running"
-        value = self.reason.value
-        code = getattr(value, "exitCode", None)
-        sig = getattr(value, "signal", None)
-        return f"signal {sig}" if sig is not None else f"exit status {code}"
-
-
 class RealCluster:
     """
     A cluster of real C{twistd kvnode} processes on loopback.
@@ -415,7 +333,11 @@ class RealCluster:
         self.ftp_users = ftp_users
         self.tunables = tunables
         self.ports: dict[str, tuple[int, int, int]] = {}
-        self._processes: dict[str, _NodeProcess] = {}
+        self._processes: dict[str, NodeProcess] = {}
+        #: Where each node's current run starts in its output.
+        self._run_start: dict[str, int] = {}
+        #: The nodes asked to end, whose end is no failure.
+        self._ending: set[str] = set()
         self._output: dict[str, bytearray] = {node_id: bytearray() for node_id in self.node_ids}
         self._stopping = False
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
@@ -553,7 +475,7 @@ class RealCluster:
             **self.tunables,
         )
 
-    def _spawn(self, node_id: str) -> _NodeProcess:
+    def _spawn(self, node_id: str) -> NodeProcess:
         if self.running(node_id):
             raise RuntimeError(f"{node_id} is already running")
         if self._stopping:
@@ -565,13 +487,15 @@ class RealCluster:
         with open(log_path, "ab") as file:
             file.write(banner)
 
-        def sink(data: bytes) -> None:
+        def received(fd: int, data: bytes) -> None:
             output.extend(data)
             with open(log_path, "ab") as file:
                 file.write(data)
 
-        process = _NodeProcess(node_id, sink)
+        process = NodeProcess(node_id, received)
         self._processes[node_id] = process
+        self._run_start[node_id] = len(output)
+        self._ending.discard(node_id)
         command = self._command(node_id)
         self.reactor.spawnProcess(
             process, command[0], command, env=node_environment(), path=self.directory
@@ -590,9 +514,9 @@ class RealCluster:
         """
         for node_id in nodes:
             process = self._processes.get(node_id)
-            if process is not None and not process.running and not process.expected_end:
+            if process is not None and process.ended is not None and node_id not in self._ending:
                 raise NodeDied(
-                    f"{node_id} ended unexpectedly ({process.describe_end()}); "
+                    f"{node_id} ended unexpectedly ({describe_exit(process.ended)}); "
                     f"log {self.log_path(node_id)}:\n{self.tail(node_id)}"
                 )
 
@@ -604,7 +528,7 @@ class RealCluster:
 
     async def _all_healthy(self) -> Optional[bool]:
         for node_id in self.node_ids:
-            output = self._processes[node_id].output
+            output = self._output[node_id][self._run_start[node_id]:]
             if any(sign in output for sign in _PORT_TAKEN):
                 raise _PortTaken(node_id)
         self._check_alive(self.node_ids)
@@ -619,9 +543,8 @@ class RealCluster:
         they have exited.
         """
         for node_id in node_ids:
-            process = self._processes[node_id]
-            process.expected_end = True
-            process.signal("KILL")
+            self._ending.add(node_id)
+            self._processes[node_id].signal("KILL")
         return self._gather_ends(node_ids)
 
     def stop(self, node_id: str, timeout: float = 10.0) -> Deferred[None]:
@@ -631,12 +554,12 @@ class RealCluster:
         """
         return ensureDeferred(self._stop(self._processes[node_id], timeout))
 
-    async def _stop(self, process: _NodeProcess, timeout: float, kill: bool = False) -> None:
-        process.expected_end = True
+    async def _stop(self, process: NodeProcess, timeout: float, kill: bool = False) -> None:
+        self._ending.add(process.node_id)
         process.signal("KILL" if kill else "TERM")
         timer = self.reactor.callLater(timeout, process.signal, "KILL")
         try:
-            await process.ended()
+            await process.when_ended()
         finally:
             if timer.active():
                 timer.cancel()
@@ -685,7 +608,7 @@ class RealCluster:
         )
 
     def _gather_ends(self, node_ids: Iterable[str]) -> Deferred[None]:
-        d = DeferredList([self._processes[n].ended() for n in node_ids])
+        d = DeferredList([self._processes[n].when_ended() for n in node_ids])
         return d.addCallback(lambda _: None)
 
     # -- HTTP -------------------------------------------------------------------

@@ -28,21 +28,16 @@ from tests.e2e import free_ports, node_environment as e2e_node_environment, poll
 from twisted_kv.core.config import load_config, parse_config
 from twisted_kv.app.launcher import (
     DEFAULT_CONFIG,
-    PARENT_VARIABLE,
     Launcher,
     LineBuffer,
-    NodeProcess,
-    PYPY_GC_SETTINGS,
     describe_cluster,
-    describe_exit,
     leader_of,
     listens_on,
-    node_command,
-    node_environment,
     parse_arguments,
     port_problem,
     _write_line,
 )
+from twisted_kv.app.nodeprocess import PARENT_VARIABLE, NodeProcess, node_command, node_environment
 
 _CONFIG = parse_config(
     "[cluster]\nname = demo\nsecret = s\n"
@@ -54,47 +49,10 @@ _CONFIG = parse_config(
     "etc/demo.ini",
 )
 
-_MAIN = "from twisted_kv.app.launcher import run_node; run_node()"
-
-
 class PureTests(SynchronousTestCase):
     """
     Command lines, output lines and answers, without any process.
     """
-
-    def test_node_command(self) -> None:
-        """
-        A node runs twistd in the foreground, without a pid file, with the
-        given Python and the cluster file as the user named it.
-        """
-        self.assertEqual(
-            node_command("etc/demo.ini", "n2", python="/venv/bin/python"),
-            [
-                "/venv/bin/python", "-c", _MAIN,
-                "-n", "--pidfile=", "kvnode", "--config", "etc/demo.ini", "--node", "n2",
-            ],
-        )
-
-    def test_environment(self) -> None:
-        """
-        Nodes inherit the environment, with unbuffered Python output and
-        PyPy's collector tuned.
-        """
-        environ = {"PATH": "/bin", "PYTHONUNBUFFERED": "0"}
-        self.assertEqual(
-            node_environment(environ),
-            {"PATH": "/bin", "PYTHONUNBUFFERED": "1", **PYPY_GC_SETTINGS},
-        )
-        self.assertEqual(environ, {"PATH": "/bin", "PYTHONUNBUFFERED": "0"})
-
-    def test_environment_collector_tuned_by_user(self) -> None:
-        """
-        PyPy collector settings given in the environment are kept.
-        """
-        environ = {"PYPY_GC_NURSERY": "64MB", "PYPY_GC_INCREMENT_STEP": "4MB"}
-        self.assertEqual(
-            {name: node_environment(environ)[name] for name in environ}, environ
-        )
 
     def test_arguments(self) -> None:
         """
@@ -216,19 +174,6 @@ class PureTests(SynchronousTestCase):
             "cannot listen on 127.0.0.1 port 7001 (n1 http): Cannot assign requested address",
         )
 
-    def test_describe_exit(self) -> None:
-        """
-        Exit statuses and signals in words.
-        """
-        self.assertEqual(
-            [
-                describe_exit(Failure(ProcessDone(0))),
-                describe_exit(Failure(ProcessTerminated(exitCode=1))),
-                describe_exit(Failure(ProcessTerminated(signal=9))),
-                describe_exit(Failure(ProcessTerminated(signal=200))),
-            ],
-            ["exited with status 0", "exited with status 1", "ended by SIGKILL", "ended by signal 200"],
-        )
 
 
 class WriteLineTests(SynchronousTestCase):

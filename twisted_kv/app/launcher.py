@@ -46,23 +46,13 @@ import sys
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
+from twisted_kv.app.nodeprocess import NodeProcess, describe_exit, node_command, node_environment
 from twisted_kv.core.config import ClusterConfig, ConfigError, NodeConfig, load_config
 
 DEFAULT_CONFIG = os.path.join("etc", "cluster-local.ini")
-
-#: What each node process runs: L{run_node}, with the launcher's own Python.
-_TWISTD_MAIN = "from twisted_kv.app.launcher import run_node; run_node()"
-
-#: The environment variable that gives a node the pid of its C{kvcluster}.
-PARENT_VARIABLE = "KVCLUSTER_PID"
-
-#: Linux C{prctl} option: the signal a process gets when its parent dies.
-_PR_SET_PDEATHSIG = 1
 
 #: Longest partial line kept from a node before it is shown anyway.
 _MAX_LINE = 64 * 1024
@@ -70,80 +60,6 @@ _MAX_LINE = 64 * 1024
 Writer = Callable[[str], None]
 Fetcher = Callable[[str], "Deferred[Any]"]
 Listener = Callable[[str, int], None]
-
-
-def run_node() -> None:
-    """
-    The main of a node process: twistd, in a process group of its own (a
-    Ctrl-C in the terminal then reaches C{kvcluster} only, which stops each
-    node once), killed by the kernel when C{kvcluster} dies (Linux), so
-    that no node outlives it however it ends.
-    """
-    os.setpgrp()
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # Not Linux: only a kvcluster that lives to stop its nodes does.
-    if os.environ.pop(PARENT_VARIABLE, "") != str(os.getppid()):
-        sys.exit("kvcluster ended before this node started")
-    sys.argv[0] = "twistd"
-    from twisted.scripts.twistd import run
-
-    run()
-
-
-def node_command(
-    config_path: str, node_id: str, python: str = sys.executable, main: str = _TWISTD_MAIN
-) -> list[str]:
-    """
-    The command line that runs one node in the foreground.
-
-    @param config_path: the cluster file, as the user named it.
-    @param python: the interpreter; by default the one running this code.
-    @param main: the Python code that starts twistd in the new process.
-    """
-    return [
-        python,
-        "-c",
-        main,
-        "-n",
-        "--pidfile=",
-        "kvnode",
-        "--config",
-        config_path,
-        "--node",
-        node_id,
-    ]
-
-
-# PyPy's collector, tuned for a node unless the environment says otherwise.
-# PYPY_GC_NURSERY: PyPy sizes its young generation from the CPU's cache, half
-# of the L3 cache, 240 MB on virtual machines that report a 480 MB one.  That
-# memory, filled by the first requests, holds no key; with 8 MB a node serves
-# as fast and holds a key in a third of the memory.
-# PYPY_GC_INCREMENT_STEP: how much of the old generation one step of a major
-# collection marks, twice the nursery by default.  Each step pauses the node;
-# 1 MB steps cut its p99 latency from 20-45 ms to 4-19 ms, at no cost in
-# throughput (memory per key grows from about 500 bytes to 600; setting
-# PYPY_GC_MAJOR_COLLECT=1.4 takes it back, for 20-30 % of the throughput).
-# CPython ignores both.
-PYPY_GC_SETTINGS = {"PYPY_GC_NURSERY": "8MB", "PYPY_GC_INCREMENT_STEP": "1MB"}
-
-
-def node_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """
-    The environment of a node process: the launcher's, with unbuffered
-    output so that log lines show up as they are written, and PyPy's
-    collector tuned for short pauses and little memory unless C{environ}
-    tunes it.
-    """
-    env = dict(environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    for name, value in PYPY_GC_SETTINGS.items():
-        env.setdefault(name, value)
-    return env
 
 
 def listen_once(host: str, port: int) -> None:
@@ -302,81 +218,6 @@ class LineBuffer:
         return self._prefix + raw.rstrip(b"\r").decode("utf-8", "replace")
 
 
-def describe_exit(reason: Failure) -> str:
-    """
-    How a process ended, in words.
-    """
-    value = reason.value
-    if isinstance(value, ProcessDone):
-        return "exited with status 0"
-    if isinstance(value, ProcessTerminated):
-        if value.signal is not None:
-            try:
-                name = signal.Signals(value.signal).name
-            except ValueError:
-                name = f"signal {value.signal}"
-            return f"ended by {name}"
-        return f"exited with status {value.exitCode}"
-    return f"ended: {value}"
-
-
-class NodeProcess(ProcessProtocol):
-    """
-    One running node: prefixes its output and tells when it has ended.
-
-    @ivar ended: C{None} while running, then how the process ended.
-    """
-
-    def __init__(
-        self,
-        node_id: str,
-        prefix: str,
-        out: Writer,
-        err: Writer,
-        on_end: Callable[["NodeProcess", Failure], None],
-    ) -> None:
-        self.node_id = node_id
-        self._out = out
-        self._err = err
-        self._buffers = {1: LineBuffer(prefix), 2: LineBuffer(prefix)}
-        self._on_end = on_end
-        self.ended: Optional[Failure] = None
-
-    def connectionMade(self) -> None:
-        self.transport.closeStdin()  # type: ignore[union-attr]
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        write = self._err if childFD == 2 else self._out
-        for line in self._buffers.get(childFD, self._buffers[1]).feed(data):
-            write(line)
-
-    def processEnded(self, reason: Failure) -> None:
-        for fd, write in ((1, self._out), (2, self._err)):
-            for line in self._buffers[fd].flush():
-                write(line)
-        self.ended = reason
-        self._on_end(self, reason)
-
-    @property
-    def pid(self) -> int:
-        """
-        The process id.
-        """
-        return self.transport.pid  # type: ignore[union-attr]
-
-    def signal(self, name: str) -> None:
-        """
-        Send signal C{name} (C{"TERM"}, C{"KILL"}) unless the process has
-        already gone.
-        """
-        if self.ended is not None:
-            return
-        try:
-            self.transport.signalProcess(name)  # type: ignore[union-attr]
-        except (ProcessExitedAlready, OSError):
-            pass
-
-
 class Launcher:
     """
     Starts, watches and stops the nodes of one cluster file.
@@ -457,15 +298,23 @@ class Launcher:
 
     def _spawn(self, node: NodeConfig) -> NodeProcess:
         width = max(len(node_id) for node_id in self._config.node_ids)
-        process = NodeProcess(
-            node.node_id,
-            f"{node.node_id.ljust(width)} | ",
-            self._out,
-            self._err,
-            self._node_ended,
-        )
+        prefix = f"{node.node_id.ljust(width)} | "
+        lines = {1: (LineBuffer(prefix), self._out), 2: (LineBuffer(prefix), self._err)}
+
+        def received(fd: int, data: bytes) -> None:
+            buffer, write = lines.get(fd, lines[1])
+            for line in buffer.feed(data):
+                write(line)
+
+        def ended(process: NodeProcess, reason: Failure) -> None:
+            for buffer, write in lines.values():
+                for line in buffer.flush():
+                    write(line)
+            self._node_ended(process, reason)
+
+        process = NodeProcess(node.node_id, received, ended)
         argv = node_command(self._config.path, node.node_id, self._python)
-        env = {**node_environment(self._environ), PARENT_VARIABLE: str(os.getpid())}
+        env = node_environment(self._environ, parent=os.getpid())
         self._reactor.spawnProcess(process, argv[0], argv, env=env)
         return process
 

@@ -39,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
 
-from tests.e2e import RealCluster, keys_covering_partitions, kv_path, poll  # noqa: E402
+from tests.e2e import RealCluster, keys_covering_partitions, kv_path  # noqa: E402
+from tests.polling import poll  # noqa: E402
 
 POLL = 0.02
 
@@ -153,7 +154,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         print(f"starting {options.nodes} nodes in {directory} ...", flush=True)
         await cluster.start()
         writers = Writers(cluster, options.writers)
-        await poll(lambda: _now(len(writers.acked) >= 50 or None), 30, "the first writes")
+        await poll(lambda: len(writers.acked) >= 50, 30, "the first writes")
         for round_number in range(1, options.rounds + 1):
             old = await cluster.wait_for_leader(timeout=30)
             await deferLater(reactor, 1.0, lambda: None)  # steady writes first
@@ -201,10 +202,6 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         await cluster.stop_all()
         if not options.keep:
             shutil.rmtree(directory, ignore_errors=True)
-
-
-async def _now(value: Any) -> Any:
-    return value
 
 
 def main(argv: Optional[list[str]] = None) -> None:

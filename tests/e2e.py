@@ -37,7 +37,7 @@ import os
 import re
 import socket
 import sys
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Iterable, Mapping, Optional, Sequence
 from urllib.parse import quote
 
 import treq
@@ -45,12 +45,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from tests.polling import WaitTimeout, poll
 from twisted_kv.app import nodeprocess
 from twisted_kv.app.nodeprocess import NodeProcess, describe_exit
 
@@ -58,22 +58,15 @@ __all__ = [
     "NodeDied",
     "RealCluster",
     "Reply",
-    "WaitTimeout",
     "free_ports",
     "keys_covering_partitions",
     "kv_path",
     "node_command",
-    "poll",
     "run_twistd",
     "write_config",
 ]
 
-T = TypeVar("T")
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-#: Seconds between two polls.
-POLL_INTERVAL = 0.1
 
 _CHECK_PLUGIN = (
     "import sys\n"
@@ -86,12 +79,6 @@ _plugin_found: Optional[bool] = None
 
 #: What a node's output says when one of its ports was taken meanwhile.
 _PORT_TAKEN = (b"CannotListenError", b"Address already in use", b"cannot listen")
-
-
-class WaitTimeout(AssertionError):
-    """
-    Something waited for did not happen before its deadline.
-    """
 
 
 class NodeDied(AssertionError):
@@ -239,32 +226,6 @@ def run_twistd(args: Sequence[str], cwd: Optional[str] = None, reactor: Any = No
     return d.addCallback(
         lambda r: (r[0].decode("utf-8", "replace"), r[1].decode("utf-8", "replace"), r[2])
     )
-
-
-async def poll(
-    check: Callable[[], Awaitable[Optional[T]]],
-    timeout: float,
-    what: str,
-    interval: float = POLL_INTERVAL,
-    reactor: Any = None,
-) -> T:
-    """
-    Call C{check} every C{interval} seconds until it returns something
-    other than C{None}, and return that.
-
-    @param check: an async callable; C{None} means "not yet".
-    @param what: what is waited for, for the error message.
-    @raise WaitTimeout: C{timeout} seconds passed first.
-    """
-    reactor = reactor or _global_reactor
-    deadline = reactor.seconds() + timeout
-    while True:
-        result = await check()
-        if result is not None:
-            return result
-        if reactor.seconds() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
-        await deferLater(reactor, interval, lambda: None)
 
 
 class Reply:

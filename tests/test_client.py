@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from tests.polling import poll
 from tests.test_client_support import serve, three_nodes
 from twisted_kv import errors
 from twisted_kv.client.sync import (
@@ -387,10 +387,9 @@ class WatchTests(TestCase):
         yield self.node.close_connections()
         yield self.node.kv.put(keyspace.user_key("k2"), b"2")
         yield self.node.kv.put(keyspace.user_key("k3"), b"3")
-        for _ in range(500):
-            if len(received) == 3:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
+        yield Deferred.fromCoroutine(
+            poll(lambda: len(received) == 3, 5, "three events at the watcher", interval=0.01)
+        )
         self.assertEqual([event["key"] for event in received], ["k1", "k2", "k3"])
         self.assertEqual(received[1]["value"], "2")
         self.assertEqual(watcher.revision, received[2]["revision"])

@@ -23,11 +23,12 @@ from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
+from tests.polling import WaitTimeout, poll
 from tests.test_client_support import serve, three_nodes
 from twisted_kv.core import keyspace
 from twisted_kv.web.dashboard import dashboard_page, dashboard_resource
@@ -219,23 +220,27 @@ class _Page:
             raise DevToolsError(json.dumps(result["exceptionDetails"])[:500])
         return result["result"].get("value")
 
-    @inlineCallbacks
-    def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
+    def wait_for(self, expression: str, timeout: float = 15.0) -> Deferred[Any]:
         """
         Poll until C{expression} is truthy (a page still loading may make
         it throw meanwhile); fires with its value.
         """
-        error: Optional[Exception] = None
-        for _ in range(int(timeout / 0.1)):
+        errors: list[Exception] = []
+
+        async def value() -> Any:
             try:
-                value = yield self.evaluate(expression)
+                return (await self.evaluate(expression)) or None
             except DevToolsError as failed:
-                error = failed
-            else:
-                if value:
-                    return value
-            yield deferLater(reactor, 0.1, lambda: None)
-        raise AssertionError(f"timed out waiting for {expression} (last error: {error})")
+                errors[:] = [failed]
+                return None
+
+        async def wait() -> Any:
+            try:
+                return await poll(value, timeout, expression)
+            except WaitTimeout as e:
+                raise WaitTimeout(f"{e} (last error: {errors[0] if errors else None})") from None
+
+        return Deferred.fromCoroutine(wait())
 
     @inlineCallbacks
     def press(self, key: str) -> Any:

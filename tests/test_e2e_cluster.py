@@ -32,10 +32,10 @@ from tests.e2e import (
     free_ports,
     keys_covering_partitions,
     kv_path,
-    poll,
     run_twistd,
     write_config,
 )
+from tests.polling import poll
 
 #: Seconds every partition may take to accept writes again after the leader
 #: was killed.
@@ -382,7 +382,7 @@ class FailoverTests(ClusterTestCase):
 
         writers = [ensureDeferred(writer(w)) for w in range(3)]
         try:
-            await poll(lambda: _now(len(acked) >= 40 or None), 10, "writes before the kill")
+            await poll(lambda: len(acked) >= 40, 10, "writes before the kill")
             killed_at = reactor.seconds()
             await c.kill(old)
             await DeferredList(
@@ -783,7 +783,3 @@ class BadConfigTests(TestCase):
         """
         path = self.write()
         await self.refused(path, "n9", "--node", "n9")
-
-
-async def _now(value: Any) -> Any:
-    return value

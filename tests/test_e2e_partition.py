@@ -20,7 +20,8 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import Reply, kv_path, poll
+from tests.e2e import Reply, kv_path
+from tests.polling import poll
 from tests.linearizability import Op, check, random_operation
 from tests.netns import NamespacedCluster
 

@@ -34,7 +34,8 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import RealCluster, kv_path, poll
+from tests.e2e import RealCluster, kv_path
+from tests.polling import poll
 
 #: The node's handshake timeout (twisted_kv.peer.protocol), in seconds.
 HANDSHAKE_TIMEOUT = 5.0
@@ -240,7 +241,7 @@ class PeerPortTests(TestCase):
         unwelcome connection and never heard of a new peer incarnation.
         """
         before = self.traffic.requests
-        await poll(lambda: _now(self.traffic.requests >= before + 20 or None), 20, "more traffic")
+        await poll(lambda: self.traffic.requests >= before + 20, 20, "more traffic")
         await self.traffic.stop()
         self.assertEqual(self.traffic.failures, [])
         self.assertGreater(len(self.traffic.written), 10)
@@ -364,7 +365,3 @@ class PeerPortTests(TestCase):
                 connections.append(connection)
         await self.assertDropped(*connections)
         await self.assertUnharmed(3)
-
-
-async def _now(value: Any) -> Any:
-    return value

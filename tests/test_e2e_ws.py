@@ -47,7 +47,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import RealCluster, Reply, kv_path, node_environment, poll
+from tests.e2e import RealCluster, Reply, kv_path, node_environment
+from tests.polling import poll
 from twisted_kv.peer.protocol import DEFAULT_IDLE_TIMEOUT
 
 #: The frames that announce a change.
@@ -100,13 +101,8 @@ class _Frames(WebSocketClientProtocol):
         """
         Wait until C{check()} is truthy; return its value.
         """
-
-        async def ready() -> Any:
-            value = check()
-            return value if value else None
-
         try:
-            return await poll(ready, timeout, what, interval=0.02)
+            return await poll(lambda: check() or None, timeout, what, interval=0.02)
         except AssertionError as e:
             raise AssertionError(f"{e}; frames received: {json.dumps(self.frames)[-3000:]}") from None
 
@@ -183,11 +179,11 @@ class _Kvctl(ProcessProtocol):
         return [json.loads(line) for line in self.stdout.splitlines()]
 
     async def wait(self, check: Callable[[], Any], what: str) -> None:
-        async def ready() -> Optional[bool]:
-            return True if check() else None
-
+        """
+        Wait until C{check()} is truthy.
+        """
         try:
-            await poll(ready, DELIVERY, what, interval=0.02)
+            await poll(lambda: check() or None, DELIVERY, what, interval=0.02)
         except AssertionError as e:
             raise AssertionError(f"{e}; stdout: {self.stdout!r}; stderr: {self.stderr!r}") from None
 

@@ -20,12 +20,13 @@ import tempfile
 from typing import Any, Callable
 
 from twisted.internet import reactor, tcp
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from tests.polling import poll
 from twisted_kv.files.testing import PREFIXES
 from twisted_kv.web.files_http import files_resource
 from twisted_kv.ftp.server import build_ftp_factory
@@ -76,15 +77,16 @@ class ServerMixin:
         """
         Wait until the server side of every connection is closed.
         """
-        for _ in range(500):
+
+        def closed() -> bool:
             busy = [
                 selectable
                 for selectable in reactor.getReaders() + reactor.getWriters()
                 if isinstance(selectable, (tcp.Server, tcp.Port)) and selectable not in self.ports
             ]
-            if not busy and self.factory.connectionCount == 0:
-                return
-            await deferLater(reactor, 0.01)
+            return not busy and self.factory.connectionCount == 0
+
+        await poll(closed, 5, "the server side of every connection to close", interval=0.01)
 
     def url(self, path: str = "", user: str = USER, password: str = PASSWORD) -> str:
         credentials = f"{user}:{password.replace(' ', '%20')}"

@@ -11,12 +11,11 @@ import io
 import json
 from typing import Any, Iterator
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.polling import poll
 from tests.test_client_support import serve
 from twisted_kv.core import keyspace
 from twisted_kv.app import kvctl
@@ -283,10 +282,12 @@ class _Stream(io.BytesIO):
         """
         Fires once C{lines} lines have been written.
         """
-        def check() -> Any:
-            if self.getvalue().count(b"\n") >= lines:
-                return None
-            return deferLater(reactor, 0.01, check)
-
-        return maybeDeferred(check)
+        return Deferred.fromCoroutine(
+            poll(
+                lambda: self.getvalue().count(b"\n") >= lines,
+                10,
+                f"{lines} lines on standard output",
+                interval=0.01,
+            )
+        ).addCallback(lambda _: None)
 

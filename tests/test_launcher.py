@@ -24,7 +24,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from tests.e2e import free_ports, node_environment as e2e_node_environment, poll, write_config
+from tests.e2e import free_ports, node_environment as e2e_node_environment, write_config
+from tests.polling import poll
 from twisted_kv.core.config import load_config, parse_config
 from twisted_kv.app.launcher import (
     DEFAULT_CONFIG,

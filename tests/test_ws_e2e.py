@@ -9,7 +9,7 @@ change feed, as the nodes of a cluster do.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
@@ -18,21 +18,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from tests.polling import poll
 from tests.test_client_support import serve
 from twisted_kv.core import keyspace
 from twisted_kv.client.txclient import TxClient, Watcher
-
-
-@inlineCallbacks
-def _until(condition: Callable[[], bool], timeout: float = 10.0) -> Any:
-    """
-    Wait (in real time) until C{condition()} holds.
-    """
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        yield deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("timed out")
 
 
 class _Stalling(WebSocketClientProtocol):
@@ -80,7 +69,9 @@ class EndToEndTests(TestCase):
         client = TxClient(third.url)
         self.addCleanup(client.close)
         version = yield client.put("users/alice", b"hello")
-        yield _until(lambda: on_first and on_second)
+        yield Deferred.fromCoroutine(
+            poll(lambda: bool(on_first and on_second), 10, "the change at both watchers", interval=0.01)
+        )
         for received in (on_first, on_second):
             self.assertEqual(
                 [(e["type"], e["key"], e["version"], e["value"]) for e in received],
@@ -116,5 +107,7 @@ class EndToEndTests(TestCase):
                 sent += 1
                 yield node.kv.put(keyspace.user_key(f"k{sent % 100}"), value)
             yield deferLater(reactor, 0, lambda: None)
-        yield _until(lambda: len(received) == sent)
+        yield Deferred.fromCoroutine(
+            poll(lambda: len(received) == sent, 10, f"{sent} changes at the reading client", interval=0.01)
+        )
         self.assertEqual([e["revision"] for e in received], list(range(1, sent + 1)))

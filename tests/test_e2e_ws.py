@@ -256,6 +256,27 @@ class WebSocketClusterTests(TestCase):
         self.assertEqual(reply.status, 204, reply)
         return reply
 
+    async def settle(
+        self, mark: Callable[[], Any], field: str, value: str, *clients: _Frames
+    ) -> list[list[dict]]:
+        """
+        Make one more change with C{mark}, the marker, and wait until every
+        client of C{clients} has received it: a watcher receives its changes
+        in revision order, so none made before the marker is still on its
+        way.  (Whatever a client received by then is all it will receive.)
+
+        @param field: C{"key"} or C{"path"}: what names the marker's change.
+        @param value: the marker's key or path.
+        @return: the changes each client received, without the marker's.
+        """
+        await mark()
+        for client in clients:
+            await client.wait(
+                lambda c=client: any(f.get(field) == value for f in c.changes()),
+                f"the marker {value} at a watcher",
+            )
+        return [[f for f in c.changes() if f.get(field) != value] for c in clients]
+
     async def test_change_through_a_third_node(self) -> None:
         """
         Watchers on n1 and n2 receive the changes made through n3 over HTTP:
@@ -281,11 +302,11 @@ class WebSocketClusterTests(TestCase):
                 lambda c=client: any(f["type"] == "expire" for f in c.changes()),
                 "the expiry of users/short-lived",
             )
-        # Nothing else is on its way.
-        await deferLater(reactor, 0.3, lambda: None)
-
-        received = first.changes()
-        self.assertEqual(received, second.changes(), "the two nodes sent different frames")
+        marker = "users/~settled"
+        received, on_second = await self.settle(
+            lambda: self.put(cluster, "n3", marker, b"end"), "key", marker, first, second
+        )
+        self.assertEqual(received, on_second, "the two nodes sent different frames")
         assertGrowing(self, received)
         self.assertGreater(received[0]["revision"], max(watched_at))
 
@@ -407,11 +428,13 @@ class WebSocketClusterTests(TestCase):
         reply = await cluster.request("DELETE", "n1", "/files/docs/via-ftp.txt")
         self.assertEqual(reply.status, 204, reply)
 
-        received = await files.wait(
-            lambda: len(files.changes()) >= 3 and files.changes(), "three file events"
-        )
-        await deferLater(reactor, 0.3, lambda: None)
-        received = files.changes()
+        await files.wait(lambda: len(files.changes()) >= 3, "three file events")
+
+        async def mark() -> None:
+            reply = await cluster.request("PUT", "n2", "/files/docs/~settled", b"end")
+            self.assertIn(reply.status, (200, 201), reply)
+
+        [received] = await self.settle(mark, "path", "/docs/~settled", files)
         assertGrowing(self, received)
         self.assertEqual(
             [(f["type"], f["op"], f["path"], f["size"]) for f in received],
@@ -461,13 +484,14 @@ class WebSocketClusterTests(TestCase):
         live = await self.put(cluster, "n1", "r/live", b"after the replay")
         await resumed.wait(lambda: len(resumed.changes()) >= 9, "the live change")
         await witness.wait(lambda: len(witness.changes()) == 14, "every change at the witness")
-        await deferLater(reactor, 0.3, lambda: None)
-
-        replay = resumed.changes()
+        marker = "r/~settled"
+        replay, witnessed = await self.settle(
+            lambda: self.put(cluster, "n1", marker, b"end"), "key", marker, resumed, witness
+        )
         self.assertNotIn("compacted", [f["type"] for f in resumed.frames])
         # No gap, no duplicate: what the client saw before and after is
         # exactly what the witness saw, frame for frame.
-        self.assertEqual(before + replay, witness.changes())
+        self.assertEqual(before + replay, witnessed)
         assertGrowing(self, before + replay)
         self.assertEqual(
             [(t, k, v) for t, k, v in identities(replay[:7])], acked[5:12]
@@ -629,9 +653,12 @@ class WebSocketClusterTests(TestCase):
         if any(f["type"] == "compacted" for f in resumed.frames):
             self.assertEqual([f["type"] for f in resumed.frames[:2]], ["watching", "compacted"])
             return
-        await deferLater(reactor, 0.3, lambda: None)
-        together = before + resumed.changes()
-        assertGrowing(self, resumed.changes())
+        marker = "f/~settled"
+        [after] = await self.settle(
+            lambda: self.put(cluster, writer, marker, b"end"), "key", marker, resumed
+        )
+        together = before + after
+        assertGrowing(self, after)
         seen = Counter((f["key"], f["version"]) for f in together)
         self.assertEqual(
             sorted(c for c, n in seen.items() if n > 1),
@@ -681,11 +708,18 @@ class WebSocketClusterTests(TestCase):
 
         # Mark the end: write until a change reaches the paused node's watcher.
         markers = 0
-        while not any(f["key"].startswith("p/marker") for f in watcher.changes()):
-            self.assertLess(markers, 20, "the paused node never received a change again")
+
+        async def marker_arrived() -> Optional[bool]:
+            nonlocal markers
+            if any(f["key"].startswith("p/marker") for f in watcher.changes()):
+                return True
             await self.put(cluster, other, f"p/marker{markers}", b"after")
             markers += 1
-            await deferLater(reactor, 0.5, lambda: None)
+            return None
+
+        await poll(
+            marker_arrived, 10, "a change to reach the paused node's watcher again", interval=0.5
+        )
         await witness.wait(
             lambda: sum(f["key"].startswith("p/marker") for f in witness.changes()) == markers,
             "the markers at the witness",

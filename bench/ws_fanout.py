@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ws_e2e -*-
+# -*- test-case-name: tests.test_e2e_ws -*-
 """
 How fast changes reach C{/ws} watchers, on loopback.
 

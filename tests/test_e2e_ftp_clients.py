@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ftp_e2e -*-
+# -*- test-case-name: tests.test_e2e_ftp_clients -*-
 """
 End-to-end tests of the FTP service on real sockets: L{build_ftp_factory}
 over a L{LocalKeyValue} listens on 127.0.0.1, port 0, in this process, with

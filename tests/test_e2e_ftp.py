@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ftp_cluster_e2e -*-
+# -*- test-case-name: tests.test_e2e_ftp -*-
 """
 Files over FTP on a real three-node cluster (L{tests.e2e.RealCluster}):
 uploaded through one node with ftplib, curl and lftp, downloaded through the

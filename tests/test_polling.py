@@ -5,7 +5,7 @@ Tests for L{tests.polling.poll}, on a L{Clock}.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -23,7 +23,7 @@ class PollTests(SynchronousTestCase):
         self.clock = Clock()
         self.calls = 0
 
-    def start(self, check, timeout: float = 1.0) -> Deferred:
+    def start(self, check: Callable[[], Any], timeout: float = 1.0) -> Deferred[Any]:
         return Deferred.fromCoroutine(poll(check, timeout, "the thing", 0.1, self.clock))
 
     def test_result(self) -> None:

@@ -28,8 +28,7 @@ from zope.interface.verify import verifyObject
 
 from twisted_kv.core.keyspace import file_key, user_key
 from twisted_kv.core.records import Record, make_version
-from twisted_kv.errors import InvalidRequest, OutcomeUnknown, Unavailable
-from twisted_kv.web.http_api import EntityTags, parse_entity_tags
+from twisted_kv.errors import OutcomeUnknown, Unavailable
 from twisted_kv.web.site import build_site
 from twisted_kv.interfaces import Health, IClusterStatus, IKeyValue, KeyPage, ReadResult
 from twisted_kv.cluster.local import LocalKeyValue
@@ -827,40 +826,6 @@ class ReadmeTests(SynchronousTestCase):
         ]
         self.assertNotEqual(writes, [])
         self.assertEqual([line for line in writes if "-H 'Content-Type: " not in line], [])
-
-
-class EntityTagParsingTests(SynchronousTestCase):
-    """
-    L{parse_entity_tags}.
-    """
-
-    def test_parse(self) -> None:
-        """
-        Lists of strong and weak entity-tags, with optional whitespace and
-        empty list elements, over several field lines, and C{*}.
-        """
-        cases = [
-            ([b"*"], EntityTags(any=True)),
-            ([b" * "], EntityTags(any=True)),
-            ([b'"a"'], EntityTags(strong=frozenset({"a"}))),
-            ([b'""'], EntityTags(strong=frozenset({""}))),
-            ([b'W/"a"'], EntityTags(weak=frozenset({"a"}))),
-            (
-                [b'"a", W/"b" ,"c,d"'],
-                EntityTags(strong=frozenset({"a", "c,d"}), weak=frozenset({"b"})),
-            ),
-            ([b', "a",, "b",'], EntityTags(strong=frozenset({"a", "b"}))),
-            ([b'"a"', b'W/"b"'], EntityTags(strong=frozenset({"a"}), weak=frozenset({"b"}))),
-        ]
-        for values, expected in cases:
-            self.assertEqual(parse_entity_tags(values, "If-Match"), expected, values)
-
-    def test_malformed(self) -> None:
-        """
-        Anything else raises L{InvalidRequest}.
-        """
-        for value in [b"", b"a", b'"a', b'a"', b'"a b"', b'w/"a"', b'"a""b"', b"*,", b'"\x7f"']:
-            self.assertRaises(InvalidRequest, parse_entity_tags, [value], "If-Match")
 
 
 class TTLTests(APITestCase):

@@ -15,13 +15,15 @@ Two parts, both reached through L{twisted_kv.web.site.build_site}:
     C{/health}, C{/live}, C{/metrics}, and JSON C{404}/C{405} answers for
     any path no other resource claims.
 
-Every error answer, from either part, is made by L{render_failure}: the one
+Every error answer, from either part, is made by
+L{twisted_kv.web.errors.render_failure}, which C{/files} shares: the one
 mapping from failures to statuses, C{Retry-After} and C{Allow} headers and
 the JSON body C{{"error": code, "message": text}}.  The one exception is the
 C{503} of C{/health}, a status report rather than a failed request, whose
 body adds the reason and what it was decided from.
 
-Conditional requests follow RFC 9110 section 13.  When the store can check a
+Conditional requests follow RFC 9110 section 13, parsed and evaluated by
+L{twisted_kv.web.conditions} (which C{/files} shares too).  When the store can check a
 precondition itself (no C{If-Match}, or C{If-Match} naming one strong
 entity-tag; no C{If-None-Match}, or C{If-None-Match: *} on a PUT), the write
 is one store operation.  Any other precondition (C{If-Match: *}, lists of
@@ -43,40 +45,40 @@ without its TTL.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any, Callable, Iterable, Optional
 
-from attrs import frozen
 from klein import Klein
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from urllib.parse import unquote_to_bytes
-from werkzeug.exceptions import MethodNotAllowed as _RouteMethodNotAllowed
-from werkzeug.exceptions import NotFound as _RouteNotFound
-from werkzeug.routing import RequestRedirect as _RouteRedirect
 
 from twisted_kv.core.keyspace import USER, name_of, to_user, user_key
 from twisted_kv.core.records import format_version
 from twisted_kv.errors import (
     InvalidRequest,
     KeyNotFound,
-    KVError,
     PreconditionFailed,
     Unavailable,
     ValueTooLarge,
 )
 from twisted_kv.interfaces import IClusterStatus, IKeyValue, KeyPage, ReadResult, WriteResult
+from twisted_kv.web.conditions import Preconditions, etag, preconditions, write_conditionally
+from twisted_kv.web.errors import (
+    JSON_TYPE,
+    MethodNotAllowed,
+    render_failure,
+    send_failure,
+    to_json,
+)
 from twisted_kv.web.metrics import EXPOSITION_TYPE, Counts, Histogram, Metric, render
 
-JSON_TYPE = b"application/json"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 DEFAULT_LIMIT = 1000
@@ -92,90 +94,9 @@ _KEY_PARAMETERS = {b"PUT": _WRITE_PARAMETERS, b"POST": _WRITE_PARAMETERS}
 _LIST_PARAMETERS = frozenset({b"prefix", b"limit", b"start_after"})
 _NO_PARAMETERS: frozenset[bytes] = frozenset()
 
-# How often a precondition that the store cannot check itself is evaluated
-# again after a concurrent write changed the key under it.
-_CONDITION_ATTEMPTS = 8
-
-_log = Logger()
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _json(value: Any) -> bytes:
-    return _encode_json(value).encode("ascii")
-
-
-class MethodNotAllowed(KVError):
-    """The method is not supported on this path."""
-
-    status = 405
-    code = "method_not_allowed"
-
-    def __init__(self, allowed: Iterable[str], message: str = "") -> None:
-        super().__init__(message)
-        self.allowed = tuple(allowed)
-
-
-class NoSuchResource(KVError):
-    """Nothing is served at this path."""
-
-    status = 404
-    code = "not_found"
-
-
-def _as_kv_error(failure: Failure) -> KVError:
-    error = failure.value
-    if isinstance(error, KVError):
-        return error
-    if isinstance(error, _RouteMethodNotAllowed):
-        return MethodNotAllowed(sorted(error.valid_methods or ()))
-    if isinstance(error, (_RouteNotFound, _RouteRedirect)):
-        return NoSuchResource()
-    _log.failure("Unexpected error answering an HTTP request", failure)
-    return KVError("internal error")
-
-
-def render_failure(request: IRequest, failure: Failure) -> bytes:
-    """
-    Set the status and headers of the error answer to C{request} and return
-    its JSON body.
-
-    L{KVError}s map to their C{status} and C{code}; L{Unavailable} adds
-    C{Retry-After} (whole seconds, rounded up) and L{MethodNotAllowed} adds
-    C{Allow}.  Klein's routing failures (no such route, a redirect to the
-    canonical spelling of a route, a wrong method) become C{404} and C{405}.
-    Anything else is logged with its traceback and answered C{500}.
-
-    @return: the body, whose length is already set as C{Content-Length}.
-    """
-    error = _as_kv_error(failure)
-    request.setResponseCode(error.status)
-    if isinstance(error, Unavailable):
-        request.setHeader(b"Retry-After", b"%d" % math.ceil(error.retry_after))
-    elif isinstance(error, MethodNotAllowed):
-        request.setHeader(b"Allow", ", ".join(error.allowed).encode("ascii"))
-    body = _json({"error": error.code, "message": error.message})
-    request.setHeader(b"Content-Type", JSON_TYPE)
-    request.setHeader(b"Content-Length", b"%d" % len(body))
-    return body
-
-
-class ErrorResource(Resource):
-    """
-    A leaf answering every request with the same error.
-    """
-
-    isLeaf = True
-
-    def __init__(self, error: KVError) -> None:
-        super().__init__()
-        self._error = error
-
-    def render(self, request: IRequest) -> bytes:
-        return render_failure(request, Failure(self._error))
-
 
 def _send(
-    request: IRequest, code: int, body: bytes, content_type: bytes, etag: Optional[bytes] = None
+    request: IRequest, code: int, body: bytes, content_type: bytes, tag: Optional[bytes] = None
 ) -> None:
     """
     Answer C{request} with C{body}, unless its client has gone away.
@@ -186,8 +107,8 @@ def _send(
     headers = request.responseHeaders
     headers.setRawHeaders(b"Content-Type", [content_type])
     headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
-    if etag is not None:
-        headers.setRawHeaders(b"ETag", [etag])
+    if tag is not None:
+        headers.setRawHeaders(b"ETag", [tag])
     request.write(body)
     request.finish()
 
@@ -200,136 +121,6 @@ def _send_empty(request: IRequest, code: int) -> None:
         return
     request.setResponseCode(code)
     request.finish()
-
-
-def _etag(version: str) -> bytes:
-    return b'"%s"' % version.encode("latin-1")
-
-
-# One element of an entity-tag list (RFC 9110 section 8.8.3 and 5.6.1): an
-# optional (weak or strong) entity-tag, then a comma or the end.  Empty list
-# elements are allowed.
-_LIST_ELEMENT = re.compile(rb'[ \t]*(?:(W/)?"([\x21\x23-\x7e\x80-\xff]*)")?[ \t]*(,|\Z)')
-
-
-@frozen
-class EntityTags:
-    """
-    The value of an C{If-Match} or C{If-None-Match} header.
-
-    @ivar any: the value is C{*}.
-    @ivar strong: the opaque tags of the strong entity-tags listed.
-    @ivar weak: the opaque tags of the weak (C{W/}) entity-tags listed.
-    """
-
-    any: bool = False
-    strong: frozenset[str] = frozenset()
-    weak: frozenset[str] = frozenset()
-
-    def strong_match(self, version: Optional[str]) -> bool:
-        """
-        Whether C{If-Match} holds for a key at C{version} (C{None}: the key
-        does not exist); weak entity-tags never match.
-        """
-        return version is not None and (self.any or version in self.strong)
-
-    def weak_match(self, version: Optional[str]) -> bool:
-        """
-        Whether C{If-None-Match} matches a key at C{version} (C{None}: the
-        key does not exist), so that the condition is false.
-        """
-        return version is not None and (
-            self.any or version in self.strong or version in self.weak
-        )
-
-
-def parse_entity_tags(values: list[bytes], header: str) -> EntityTags:
-    """
-    Parse the field lines of an C{If-Match} or C{If-None-Match} header.
-
-    @param values: the raw field values, in order.
-    @param header: the header's name, for the error message.
-    @raise InvalidRequest: the value is neither C{*} nor a list of
-        entity-tags.
-    """
-    text = b",".join(values)
-    if text.strip(b" \t") == b"*":
-        return EntityTags(any=True)
-    strong, weak = set(), set()
-    position = 0
-    while True:
-        match = _LIST_ELEMENT.match(text, position)
-        if match is None:
-            raise InvalidRequest(f"malformed {header}: expected * or quoted entity-tags")
-        weakness, tag, separator = match.groups()
-        if tag is not None:
-            (weak if weakness else strong).add(tag.decode("latin-1"))
-        if not separator:
-            break
-        position = match.end()
-    if not (strong or weak):
-        raise InvalidRequest(f"empty {header}")
-    return EntityTags(strong=frozenset(strong), weak=frozenset(weak))
-
-
-@frozen
-class Preconditions:
-    """
-    The C{If-Match} and C{If-None-Match} headers of one request.
-    """
-
-    if_match: Optional[EntityTags] = None
-    if_none_match: Optional[EntityTags] = None
-
-    @property
-    def version(self) -> Optional[str]:
-        """
-        The version C{If-Match} requires when it names exactly one strong
-        entity-tag (the store can check that alone), else C{None}.
-        """
-        tags = self.if_match
-        if tags is None or tags.any or len(tags.strong) != 1:
-            return None
-        (version,) = tags.strong
-        return version
-
-    def store_checkable(self, none_match_any: bool) -> bool:
-        """
-        Whether the store alone can check these preconditions, given its
-        C{if_match} (one version) and, if C{none_match_any}, its
-        C{if_none_match} (C{If-None-Match: *}).
-        """
-        if self.if_match is not None and self.version is None:
-            return False
-        return self.if_none_match is None or (none_match_any and self.if_none_match.any)
-
-    def evaluate(self, version: Optional[str]) -> bool:
-        """
-        Evaluate the preconditions for a key at C{version} (C{None}: no such
-        key), in the order of RFC 9110 section 13.2.2.
-
-        @return: C{False} when C{If-None-Match} matches (C{304} for a read,
-            C{412} for a write).
-        @raise PreconditionFailed: C{If-Match} does not hold.
-        """
-        if self.if_match is not None and not self.if_match.strong_match(version):
-            raise PreconditionFailed("If-Match does not match the current version")
-        return self.if_none_match is None or not self.if_none_match.weak_match(version)
-
-
-_UNCONDITIONAL = Preconditions()
-
-
-def _preconditions(request: IRequest) -> Preconditions:
-    headers = request.requestHeaders
-    if_match = headers.getRawHeaders(b"If-Match")
-    if_none_match = headers.getRawHeaders(b"If-None-Match")
-    if if_match is None and if_none_match is None:
-        return _UNCONDITIONAL
-    return Preconditions(
-        None if if_match is None else parse_entity_tags(if_match, "If-Match"),
-        None if if_none_match is None else parse_entity_tags(if_none_match, "If-None-Match"),
-    )
 
 
 def check_query(request: IRequest, accepted: frozenset[bytes], resource: str) -> None:
@@ -487,14 +278,8 @@ class KeyValueResource(Resource):
                 answered = handler(request, _client_key(path[slash + 1 :]))
         except Exception:
             answered = fail()
-        answered.addErrback(self._failed, request)
+        answered.addErrback(lambda failure: send_failure(request, failure))
         return NOT_DONE_YET
-
-    def _failed(self, failure: Failure, request: IRequest) -> None:
-        body = render_failure(request, failure)
-        if request.channel is not None:
-            request.write(body)
-            request.finish()
 
     def _list(self, request: IRequest) -> Deferred[None]:
         if request.method not in (b"GET", b"HEAD"):
@@ -512,10 +297,10 @@ class KeyValueResource(Resource):
         if page.degraded:
             request.setHeader(_DEGRADED, b"true")
         body = {"keys": [name_of(key) for key in page.keys], "next": to_user(page.next)}
-        _send(request, 200, _json(body), JSON_TYPE)
+        _send(request, 200, to_json(body), JSON_TYPE)
 
     def _get(self, request: IRequest, key: str) -> Deferred[None]:
-        conditions = _preconditions(request)
+        conditions = preconditions(request)
         return self._kv.get(user_key(key)).addCallback(self._got, request, key, conditions)
 
     def _got(
@@ -529,7 +314,7 @@ class KeyValueResource(Resource):
             raise KeyNotFound(f"no key {key!r}")
         version = format_version(record.version)
         # Every answer from here on (200, 304, 412) tells the current version.
-        headers.setRawHeaders(b"ETag", [_etag(version)])
+        headers.setRawHeaders(b"ETag", [etag(version)])
         if record.expires_at is not None:
             remaining = max(0.0, record.expires_at - self._clock.seconds())
             headers.setRawHeaders(_TTL, [b"%.3f" % remaining])
@@ -547,7 +332,7 @@ class KeyValueResource(Resource):
         value = _value(request, self._kv.max_value_bytes)
         content_type = _content_type(request)
         ttl = _ttl(request)
-        conditions = _preconditions(request)
+        conditions = preconditions(request)
 
         def put(if_match: Optional[str], if_none_match: bool) -> Deferred[WriteResult]:
             return self._kv.put(
@@ -565,12 +350,12 @@ class KeyValueResource(Resource):
 
     @staticmethod
     def _written(result: WriteResult, request: IRequest, key: str) -> None:
-        body = _json({"key": key, "version": result.version})
-        _send(request, 201 if result.created else 200, body, JSON_TYPE, _etag(result.version))
+        body = to_json({"key": key, "version": result.version})
+        _send(request, 201 if result.created else 200, body, JSON_TYPE, etag(result.version))
 
     def _delete(self, request: IRequest, key: str) -> Deferred[None]:
         store_key = user_key(key)
-        conditions = _preconditions(request)
+        conditions = preconditions(request)
         if conditions.store_checkable(none_match_any=False):
             deleted = self._kv.delete(store_key, conditions.version)
         else:
@@ -596,7 +381,7 @@ class KeyValueResource(Resource):
 
         def tag(result: ReadResult) -> Failure:
             if result.record is not None and not result.degraded:
-                request.setHeader(b"ETag", _etag(format_version(result.record.version)))
+                request.setHeader(b"ETag", etag(format_version(result.record.version)))
             return failure
 
         return self._kv.get(store_key).addCallbacks(tag, lambda _: failure)
@@ -620,22 +405,13 @@ class KeyValueResource(Resource):
             degraded or the key kept changing, or with C{write}'s failures.
         """
 
-        async def attempts() -> Any:
-            for _ in range(_CONDITION_ATTEMPTS):
-                result = await self._kv.get(store_key)
-                if result.degraded:
-                    raise Unavailable("no majority answered to evaluate the preconditions")
-                record = result.record
-                version = None if record is None else format_version(record.version)
-                if not conditions.evaluate(version):
-                    raise PreconditionFailed("If-None-Match matches the current version")
-                try:
-                    return await write(version)
-                except PreconditionFailed:
-                    continue
-            raise Unavailable("the key kept changing while its preconditions were evaluated")
+        async def current() -> tuple[Optional[str], bool]:
+            result = await self._kv.get(store_key)
+            record = result.record
+            version = None if record is None else format_version(record.version)
+            return version, result.degraded
 
-        return Deferred.fromCoroutine(attempts())
+        return Deferred.fromCoroutine(write_conditionally(conditions, current, write, "the key"))
 
 
 # The label of each method; any other is counted as "other", so clients
@@ -731,17 +507,17 @@ class NodeAPI:
     @_app.route("/cluster", methods=["GET"])
     def _cluster(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", JSON_TYPE)
-        return _json(self._status.cluster_view())
+        return to_json(self._status.cluster_view())
 
     @_app.route("/health", methods=["GET"])
     def _health(self, request: IRequest) -> bytes:
         health = self._status.health()
         request.setHeader(b"Content-Type", JSON_TYPE)
         if health.problem is None:
-            return _json({"status": "ok", **health.details})
+            return to_json({"status": "ok", **health.details})
         request.setResponseCode(503)
         request.setHeader(b"Retry-After", b"1")
-        return _json(
+        return to_json(
             {
                 "error": Unavailable.code,
                 "message": health.message,
@@ -753,7 +529,7 @@ class NodeAPI:
     @_app.route("/live", methods=["GET"])
     def _live(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", JSON_TYPE)
-        return _json({"status": "ok"})
+        return to_json({"status": "ok"})
 
     @_app.route("/metrics", methods=["GET"])
     def _metrics(self, request: IRequest) -> bytes:

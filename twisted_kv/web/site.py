@@ -39,13 +39,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site, version
 
 from twisted_kv.errors import ValueTooLarge
-from twisted_kv.web.http_api import (
-    ErrorResource,
-    HTTPMetrics,
-    KeyValueResource,
-    NodeAPI,
-    NoSuchResource,
-)
+from twisted_kv.web.errors import ErrorResource, NoSuchResource
+from twisted_kv.web.http_api import HTTPMetrics, KeyValueResource, NodeAPI
 from twisted_kv.interfaces import IClusterStatus, IKeyValue
 from twisted_kv.web.metrics import node_registry
 

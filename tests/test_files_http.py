@@ -200,6 +200,78 @@ class FilesResourceTests(SynchronousTestCase):
         self.error(response, body, 400, "bad_request")
         self.assertEqual(self.request("GET", "/f")[1], b"two")
 
+    def test_if_match_as_on_kv(self) -> None:
+        """
+        C{If-Match} is read as on C{/kv} (RFC 9110): a list holds when any
+        strong entity-tag in it names the file's version, C{*} when there is
+        a file, a weak entity-tag never; anything else is a 400.
+        """
+        etag = self.header(self.request("PUT", "/f", b"one")[0], "etag")
+        assert etag is not None
+        response, body = self.request("PUT", "/f", b"two", if_match=f'"9.9", {etag}')
+        self.assertEqual(response.code, 200, body)
+        etag = self.header(response, "etag")
+        assert etag is not None
+        for if_match in ["W/" + etag, '"9.9", "8.8"', f"W/{etag}, \"9.9\""]:
+            response, body = self.request("PUT", "/f", b"three", if_match=if_match)
+            self.error(response, body, 412, "precondition_failed")
+            self.assertEqual(self.header(response, "etag"), etag, if_match)
+        response, body = self.request("PUT", "/f", b"three", if_match="*")
+        self.assertEqual(response.code, 200, body)
+        response, body = self.request("PUT", "/new", b"x", if_match="*")
+        self.error(response, body, 412, "precondition_failed")
+        for malformed in [etag.strip('"'), '"a', "W/x"]:
+            response, body = self.request("PUT", "/f", b"four", if_match=malformed)
+            self.error(response, body, 400, "bad_request")
+            response, body = self.request("DELETE", "/f", if_match=malformed)
+            self.error(response, body, 400, "bad_request")
+        self.assertEqual(self.request("GET", "/f")[1], b"three")
+        self.assertEqual(self.request("GET", "/new")[0].code, 404)
+
+    def test_delete_if_match_list(self) -> None:
+        """
+        DELETE takes the same C{If-Match}: C{*} or a list naming the file's
+        version removes it; a weak entity-tag does not.
+        """
+        etag = self.header(self.request("PUT", "/f", b"one")[0], "etag")
+        response, body = self.request("DELETE", "/f", if_match=f"W/{etag}")
+        self.error(response, body, 412, "precondition_failed")
+        response, body = self.request("DELETE", "/f", if_match=f'"9.9",{etag}')
+        self.assertEqual(response.code, 204, body)
+        self.request("PUT", "/g", b"one")
+        self.assertEqual(self.request("DELETE", "/g", if_match="*")[0].code, 204)
+        response, body = self.request("DELETE", "/g", if_match="*")
+        self.error(response, body, 412, "precondition_failed")
+        self.request("PUT", "/d/", None)
+        response, body = self.request("DELETE", "/d", if_match="*")
+        self.error(response, body, 412, "precondition_failed")
+        self.assertEqual(self.request("GET", "/d")[0].code, 200)
+
+    def test_if_match_concurrent_write(self) -> None:
+        """
+        When another writer replaces the file between the evaluation of an
+        C{If-Match} the store cannot check itself and the write, the
+        evaluation starts again on the new version.
+        """
+        self.request("PUT", "/f", b"one")
+        held: list[str] = []
+
+        def first_manifest_write(method: str, key: str) -> bool:
+            if held or not on("put", "manifest")(method, key):
+                return False
+            held.append(key)
+            return True
+
+        self.kv.hold(first_manifest_write)
+        sent = self.treq.request("PUT", BASE + "/f", data=b"mine", headers={"If-Match": ["*"]})
+        self.assertNoResult(sent)
+        self.assertEqual(self.request("PUT", "/f", b"theirs")[0].code, 200)
+        self.kv.release_all()
+        self.treq.flush()
+        response = self.successResultOf(sent)
+        self.assertEqual(response.code, 200, self.successResultOf(self.treq.content(response)))
+        self.assertEqual(self.request("GET", "/f")[1], b"mine")
+
     def test_precondition_failed_tells_current(self) -> None:
         """
         A 412 carries the ETag of the file as it is now, so that the client
@@ -337,6 +409,17 @@ class FilesResourceTests(SynchronousTestCase):
             response, body = self.request("PUT", path, b"x")
             self.error(response, body, 400, "bad_request")
         self.assertEqual(self.kv.held, [])
+
+    def test_retry_after_as_on_kv(self) -> None:
+        """
+        C{Retry-After} is rounded up to whole seconds, as on C{/kv}, so
+        that no client retries early.
+        """
+        for retry_after, header in [(2.1, "3"), (0.2, "1"), (3.0, "3")]:
+            self.kv.fail_with(on("put", "manifest"), Unavailable("no quorum", retry_after))
+            response, body = self.request("PUT", "/f", b"data")
+            self.error(response, body, 503, "unavailable")
+            self.assertEqual(self.header(response, "retry-after"), header, retry_after)
 
     def test_method_not_allowed(self) -> None:
         """

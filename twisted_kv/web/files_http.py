@@ -19,15 +19,20 @@ empty segments and encoded slashes are refused with 400).
   - C{PUT} a file: the body is stored (streamed into chunks; missing parent
     directories are created); 201 when the file is new, else 200, with JSON
     C{{"path", "size", "sha256", "version"}} and the C{ETag}.
-    C{If-Match: "<etag>"} and C{If-None-Match: *} make it conditional
-    (412).  C{PUT} on a path ending in C{/} creates a directory.
+    C{If-Match} and C{If-None-Match: *} make it conditional (412).
+    C{PUT} on a path ending in C{/} creates a directory.
   - C{DELETE}: 204, for a file (C{If-Match} honoured) or an empty
     directory.
 
-Errors are JSON C{{"error": <code>, "message": <text>}} with the status of
-the L{twisted_kv.errors.KVError} raised (404, 409, 412, 413, 416, 503 with
-C{Retry-After}, 504, 507, ...).  A 412 carries the C{ETag} of the file as it
-is now, when there is one.  No request takes query parameters: any is a 400.
+C{If-Match} is read as on C{/kv} (RFC 9110: C{*}, lists, weak entity-tags,
+which never match), by L{twisted_kv.web.conditions}.
+
+Errors are answered by L{twisted_kv.web.errors.render_failure}, as on
+C{/kv}: JSON C{{"error": <code>, "message": <text>}} with the status of the
+L{twisted_kv.errors.KVError} raised (404, 409, 412, 413, 416 with
+C{Content-Range}, 503 with C{Retry-After}, 504, 507, ...).  A 412 carries
+the C{ETag} of the file as it is now, when there is one.  No request takes
+query parameters: any is a 400.
 """
 
 from __future__ import annotations
@@ -44,19 +49,23 @@ from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from twisted_kv.errors import InvalidRequest, KVError, PreconditionFailed, Unavailable
+from twisted_kv.errors import InvalidRequest, KVError, PreconditionFailed
 from twisted_kv.files import (
     DEFAULT_MAX_FILE_BYTES,
     BadPath,
     Entry,
     FileExists,
+    FileNotFound,
     FileSystem,
     FileTooLarge,
     FSPath,
     IsADirectory,
+    StoredFile,
 )
-from twisted_kv.web.http_api import check_query
 from twisted_kv.interfaces import IKeyValue
+from twisted_kv.web.conditions import etag, preconditions, write_conditionally
+from twisted_kv.web.errors import MethodNotAllowed, RangeNotSatisfiable, send_failure
+from twisted_kv.web.http_api import check_query
 
 __all__ = ["FilesResource", "byte_range", "files_resource"]
 
@@ -73,24 +82,7 @@ _FILE_HEADERS = (
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # /files takes no query parameters: a path holding "?" is percent-encoded.
 _NO_PARAMETERS: frozenset[bytes] = frozenset()
-
-
-class MethodNotAllowed(KVError):
-    """The method is not allowed on /files."""
-
-    status = 405
-    code = "method_not_allowed"
-
-
-class RangeNotSatisfiable(KVError):
-    """The requested range is outside the file."""
-
-    status = 416
-    code = "range_not_satisfiable"
-
-    def __init__(self, size: int) -> None:
-        super().__init__(f"the file has {size} bytes")
-        self.size = size
+_METHODS = ("GET", "HEAD", "PUT", "DELETE")
 
 
 def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
@@ -122,17 +114,6 @@ def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
     return start, stop
 
 
-def _quoted(version: Optional[str]) -> bytes:
-    return f'"{version}"'.encode("ascii")
-
-
-def _unquoted(etag: str) -> str:
-    etag = etag.strip()
-    if len(etag) >= 2 and etag[0] == etag[-1] == '"':
-        return etag[1:-1]
-    return etag
-
-
 def _header(request: Request, name: bytes) -> Optional[str]:
     value = request.getHeader(name)
     return None if value is None else value.decode("latin-1")
@@ -160,14 +141,12 @@ class FilesResource(Resource):
         handler = self._methods.get(request.method)
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
-        if handler is None:
-            request.setHeader(b"allow", b"GET, HEAD, PUT, DELETE")
-            self._error(request, MethodNotAllowed(f"{request.method!r} is not allowed here"))
-            return NOT_DONE_YET
         try:
+            if handler is None:
+                raise MethodNotAllowed(_METHODS)
             check_query(request, _NO_PARAMETERS, "/files/{path}")
-        except InvalidRequest as error:
-            self._error(request, error)
+        except KVError as error:
+            send_failure(request, Failure(error))
             return NOT_DONE_YET
         done: Deferred[None] = Deferred.fromCoroutine(handler(request))
         done.addErrback(self._failed, request, gone)
@@ -187,15 +166,12 @@ class FilesResource(Resource):
             request.responseHeaders.removeHeader(name)
         error = failure.value
         if isinstance(error, PreconditionFailed):
-            return Deferred.fromCoroutine(self._precondition_failed(request, error, gone))
-        if not isinstance(error, KVError):
-            self._log.failure("Handling {method} /files failed", failure, method=request.method)
-            error = KVError("internal error")
-        self._error(request, error)
+            return Deferred.fromCoroutine(self._precondition_failed(request, failure, gone))
+        send_failure(request, failure)
         return None
 
     async def _precondition_failed(
-        self, request: Request, error: PreconditionFailed, gone: list[Failure]
+        self, request: Request, failure: Failure, gone: list[Failure]
     ) -> None:
         """
         Answer C{412} with the C{ETag} of the file as it is now, when there
@@ -208,15 +184,8 @@ class FilesResource(Resource):
         if gone:
             return
         if entry is not None and entry.version is not None and not entry.degraded:
-            request.setHeader(b"etag", _quoted(entry.version))
-        self._error(request, error)
-
-    def _error(self, request: Request, error: KVError) -> None:
-        if isinstance(error, Unavailable):
-            request.setHeader(b"retry-after", str(max(1, round(error.retry_after))).encode())
-        if isinstance(error, RangeNotSatisfiable):
-            request.setHeader(b"content-range", f"bytes */{error.size}".encode())
-        self._json(request, error.status, {"error": error.code, "message": error.message})
+            request.setHeader(b"etag", etag(entry.version))
+        send_failure(request, failure)
 
     def _json(self, request: Request, status: int, body: dict) -> None:
         data = json.dumps(body).encode("utf-8")
@@ -258,7 +227,7 @@ class FilesResource(Resource):
         if entry.degraded:
             request.setHeader(b"x-kv-degraded", b"true")
         request.setHeader(b"accept-ranges", b"bytes")
-        request.setHeader(b"etag", _quoted(entry.version))
+        request.setHeader(b"etag", etag(entry.version))
         if wanted is not None:
             request.setResponseCode(206)
             request.setHeader(b"content-range", f"bytes {start}-{stop - 1}/{entry.size}".encode())
@@ -303,14 +272,45 @@ class FilesResource(Resource):
         length = _header(request, b"content-length")
         if length is not None and length.isdigit() and int(length) > self._fs.max_file_bytes:
             raise FileTooLarge(f"the file exceeds {self._fs.max_file_bytes} bytes")
-        if_match = _header(request, b"if-match")
-        if_none_match = _header(request, b"if-none-match")
-        if if_none_match is not None and if_none_match.strip() != "*":
+        conditions = preconditions(request)
+        if conditions.if_none_match is not None and not conditions.if_none_match.any:
             raise InvalidRequest("only If-None-Match: * is supported")
+        if conditions.store_checkable(none_match_any=True):
+            stored = await self._upload(
+                request, path, conditions.version, conditions.if_none_match is not None
+            )
+        else:
+            stored = await write_conditionally(
+                conditions,
+                lambda: self._current(path),
+                lambda version: self._upload(request, path, version, version is None),
+                "the file",
+            )
+        entry = stored.entry
+        assert entry.manifest is not None
+        request.setHeader(b"etag", etag(entry.version))
+        self._json(
+            request,
+            201 if stored.created else 200,
+            {
+                "path": entry.path.text,
+                "size": entry.size,
+                "sha256": entry.manifest.sha256,
+                "version": entry.version,
+            },
+        )
+
+    async def _upload(
+        self, request: Request, path: FSPath, if_match: Optional[str], if_none_match: bool
+    ) -> StoredFile:
+        """
+        Store the body of C{request} as the file at C{path}, if the file is
+        at version C{if_match} and, if C{if_none_match}, does not exist.
+        """
         upload = await self._fs.open_upload(
             path,
-            if_match=None if if_match is None else _unquoted(if_match),
-            if_none_match=if_none_match is not None,
+            if_match=if_match,
+            if_none_match=if_none_match,
             create_parents=True,
             content_type=_header(request, b"content-type"),
         )
@@ -324,20 +324,19 @@ class FilesResource(Resource):
         except BaseException:
             await upload.abort()
             raise
-        stored = await upload.finish()
-        entry = stored.entry
-        assert entry.manifest is not None
-        request.setHeader(b"etag", _quoted(entry.version))
-        self._json(
-            request,
-            201 if stored.created else 200,
-            {
-                "path": entry.path.text,
-                "size": entry.size,
-                "sha256": entry.manifest.sha256,
-                "version": entry.version,
-            },
-        )
+        return await upload.finish()
+
+    async def _current(self, path: FSPath) -> tuple[Optional[str], bool]:
+        """
+        The version of the file at C{path} (C{None}: there is no file
+        there) and whether the read of it is degraded, to evaluate
+        preconditions on.
+        """
+        try:
+            entry = await self._fs.stat(path)
+        except FileNotFound:
+            return None, False
+        return entry.version, entry.degraded
 
     async def _make_directory(self, request: Request, path: FSPath) -> None:
         created = True
@@ -351,20 +350,33 @@ class FilesResource(Resource):
 
     async def _delete(self, request: Request) -> None:
         path, directory = self._path(request)
-        if_match = _header(request, b"if-match")
         if directory:
             await self._fs.remove_directory(path)
         else:
-            try:
-                await self._fs.remove_file(
-                    path, if_match=None if if_match is None else _unquoted(if_match)
+            conditions = preconditions(request, none_match=False)
+            if conditions.store_checkable(none_match_any=False):
+                await self._remove(path, conditions.version)
+            else:
+                await write_conditionally(
+                    conditions,
+                    lambda: self._current(path),
+                    lambda version: self._remove(path, version),
+                    "the file",
                 )
-            except IsADirectory:
-                if if_match is not None:
-                    raise PreconditionFailed(f"{path} is a directory") from None
-                await self._fs.remove_directory(path)
         request.setResponseCode(204)
         request.finish()
+
+    async def _remove(self, path: FSPath, if_match: Optional[str]) -> None:
+        """
+        Remove the file at C{path}, if it is at version C{if_match}, or the
+        empty directory there when no version is required.
+        """
+        try:
+            await self._fs.remove_file(path, if_match=if_match)
+        except IsADirectory:
+            if if_match is not None:
+                raise PreconditionFailed(f"{path} is a directory") from None
+            await self._fs.remove_directory(path)
 
 
 def files_resource(

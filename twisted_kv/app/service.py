@@ -22,6 +22,7 @@ from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 
+from twisted_kv._compat import raise_listen_errors
 from twisted_kv.cluster.coordinator import Coordinator, NodeStatus
 from twisted_kv.core.config import ClusterConfig, NodeConfig, format_address
 from twisted_kv.core.membership import new_incarnation
@@ -105,7 +106,7 @@ def _listening(name: str, reactor: Any, host: str, port: int, factory: Any) -> I
     service = StreamServerEndpointService(
         serverFromString(reactor, listen_endpoint(host, port)), factory
     )
-    service._raiseSynchronously = True
+    raise_listen_errors(service)
     service.setName(name)
     return service
 

@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import Permissions
 from zope.interface import implementer
 
+from twisted_kv._compat import set_rename_source, validate_network_protocol
 from twisted_kv.errors import (
     InsufficientStorage,
     InvalidRequest,
@@ -389,6 +390,8 @@ class FileFTP(ftp.FTP):
     _log = Logger()
     _reactor: Any = None
     _restart_at = 0
+    # EPSV ALL was received: PASV is refused from then on (RFC 2428).
+    _epsv_all = False
     logout: Optional[Callable[[], None]] = None
     # Set by Twisted's FTP (which has no annotations).
     shell: Any
@@ -467,7 +470,7 @@ class FileFTP(ftp.FTP):
     # -- data connections -------------------------------------------------
 
     def ftp_PASV(self) -> Deferred[None]:
-        if self._epsvAll:
+        if self._epsv_all:
             return fail(ftp.BadCmdSequenceError("may not send PASV after EPSV ALL"))
         address = ipaddress.ip_address(self.transport.getHost().host)
         if isinstance(address, ipaddress.IPv6Address):
@@ -481,10 +484,10 @@ class FileFTP(ftp.FTP):
 
     def ftp_EPSV(self, protocol: str = "") -> Any:
         if protocol.upper() == "ALL":
-            self._epsvAll = True
+            self._epsv_all = True
             return ftp.EPSV_ALL_OK
         if protocol:
-            self._validateNetworkProtocol(protocol)
+            validate_network_protocol(self, protocol)
         return self._listen_passive(lambda port: (ftp.ENTERING_EPSV_MODE, port))
 
     def _listen_passive(self, reply: Callable[[int], tuple[str, Any]]) -> Deferred[None]:
@@ -661,7 +664,7 @@ class FileFTP(ftp.FTP):
 
     def ftp_RNFR(self, fromName: str) -> Deferred[tuple[str]]:
         def pending(values: object) -> tuple[str]:
-            self._fromName = fromName
+            set_rename_source(self, fromName)
             self.state = self.RENAMING
             return (ftp.REQ_FILE_ACTN_PENDING_FURTHER_INFO,)
 

@@ -38,6 +38,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site, version
 
+from twisted_kv._compat import keep_form_body, pending_request_target
 from twisted_kv.errors import ValueTooLarge
 from twisted_kv.web.errors import ErrorResource, NoSuchResource
 from twisted_kv.web.http_api import HTTPMetrics, KeyValueResource, NodeAPI
@@ -128,14 +129,13 @@ class _Request(Request):
     started = 0.0
 
     def gotLength(self, length: Optional[int]) -> None:
-        # The channel holds the request target in _path until the body is in;
-        # no public API tells it to a request this early.  Other channels
-        # (HTTP/2) lack it: their /kv bodies are buffered, then refused.
-        if not getattr(self.channel, "_path", b"").startswith(_KEY_PATH):
+        # Channels that do not tell the target this early (HTTP/2) buffer
+        # /kv bodies whole, then refuse them.
+        if not pending_request_target(self.channel).startswith(_KEY_PATH):
             super().gotLength(length)
             return
         limit = self.channel.site.max_value_bytes
-        self._parsePOSTFormSubmission = False
+        keep_form_body(self)
         self.content = _BoundedBody(limit)
         if length is not None and length > limit:
             # A request without a body is processed as soon as its headers

@@ -74,6 +74,7 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from twisted_kv._compat import use_timer
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, format_version
 from twisted_kv.interfaces import ChangeEvent, IKeyValue, revision_term
@@ -753,7 +754,7 @@ class _WatchFactory(WebSocketServerFactory):
         max_watches: int,
     ) -> None:
         super().__init__(server="twisted_kv", reactor=clock)
-        self._batched_timer = ClockTimer(clock)
+        use_timer(self, ClockTimer(clock))
         self.hub = hub
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes

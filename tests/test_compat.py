@@ -1,0 +1,185 @@
+# -*- test-case-name: tests.test_compat -*-
+"""
+Tests for L{twisted_kv._compat}: each fails when the library whose private
+API a function relies on stops behaving the way its docstring says.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any, Callable
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import StringTransport
+from twisted.protocols import ftp
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http
+from twisted.web.test.requesthelper import DummyChannel
+
+from twisted_kv._compat import (
+    keep_form_body,
+    pending_request_target,
+    raise_listen_errors,
+    set_rename_source,
+    use_timer,
+    validate_network_protocol,
+)
+
+_FORM = b"application/x-www-form-urlencoded"
+
+
+class WebTests(SynchronousTestCase):
+    """
+    The twisted.web internals: L{keep_form_body} and
+    L{pending_request_target}.
+    """
+
+    def received(self, keep: bool) -> dict[bytes, list[bytes]]:
+        """
+        The C{args} of a form C{POST} received with or without
+        L{keep_form_body}.
+        """
+        request = http.Request(DummyChannel())
+        request.content = BytesIO()
+        request.content.write(b"a=1")
+        request.requestHeaders.setRawHeaders(b"Content-Type", [_FORM])
+        if keep:
+            keep_form_body(request)
+        request.requestReceived(b"POST", b"/kv/k", b"HTTP/1.1")
+        return request.args
+
+    def test_keep_form_body(self) -> None:
+        """
+        A form body is parsed into C{args}, unless L{keep_form_body} was
+        called first.
+        """
+        self.assertEqual(self.received(keep=False), {b"a": [b"1"]})
+        self.assertEqual(self.received(keep=True), {})
+
+    def test_pending_request_target(self) -> None:
+        """
+        While C{gotLength} runs, the channel tells the request target; a
+        channel without it tells C{b""}.
+        """
+        seen: list[bytes] = []
+
+        class Recording(http.Request):
+            def gotLength(self, length: Any) -> None:
+                seen.append(pending_request_target(self.channel))
+                super().gotLength(length)
+
+        channel = http.HTTPChannel()
+        channel.requestFactory = Recording
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(
+            b"PUT /kv/a%2Fb?ttl=5 HTTP/1.1\r\nHost: node\r\nContent-Length: 2\r\n\r\n"
+        )
+        self.assertEqual(seen, [b"/kv/a%2Fb?ttl=5"])
+        self.assertEqual(pending_request_target(object()), b"")
+
+
+class _Refusing:
+    """
+    An endpoint whose C{listen} has already failed.
+    """
+
+    def listen(self, factory: Factory) -> Deferred[Any]:
+        return fail(CannotListenError("127.0.0.1", 1, OSError("in use")))
+
+
+class ApplicationTests(SynchronousTestCase):
+    """
+    L{raise_listen_errors}.
+    """
+
+    def test_raise_listen_errors(self) -> None:
+        """
+        A service told to raise listen errors raises from C{startService}.
+        """
+        service = StreamServerEndpointService(_Refusing(), Factory())
+        raise_listen_errors(service)
+        self.assertRaises(CannotListenError, service.startService)
+
+
+class _Timer:
+    """
+    txaio's batched-timer interface, recording what is scheduled.
+    """
+
+    def __init__(self) -> None:
+        self.scheduled: list[tuple[float, Callable[..., Any]]] = []
+
+    def call_later(self, delay: float, function: Callable[..., Any], *args: Any) -> Any:
+        self.scheduled.append((delay, function))
+        return self
+
+    def cancel(self) -> None:
+        pass
+
+
+class AutobahnTests(SynchronousTestCase):
+    """
+    L{use_timer}.
+    """
+
+    def test_use_timer(self) -> None:
+        """
+        A protocol of a factory given a timer schedules its opening
+        handshake timeout on that timer.
+        """
+        factory = WebSocketServerFactory()
+        factory.protocol = WebSocketServerProtocol
+        factory.setProtocolOptions(openHandshakeTimeout=7)
+        timer = _Timer()
+        use_timer(factory, timer)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.assertEqual([delay for delay, _ in timer.scheduled], [7])
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class _Shell:
+    """
+    An FTP shell recording renames.
+    """
+
+    def __init__(self) -> None:
+        self.renamed: list[tuple[list[str], list[str]]] = []
+
+    def rename(self, source: list[str], target: list[str]) -> Deferred[None]:
+        self.renamed.append((source, target))
+        return succeed(None)
+
+
+class FTPTests(SynchronousTestCase):
+    """
+    L{set_rename_source} and L{validate_network_protocol}.
+    """
+
+    def test_set_rename_source(self) -> None:
+        """
+        Twisted's C{RNTO} renames the source given to L{set_rename_source}.
+        """
+        protocol = ftp.FTP()
+        protocol.shell = shell = _Shell()
+        protocol.workingDirectory = ["home"]
+        set_rename_source(protocol, "a.txt")
+        done = protocol.ftp_RNTO("b.txt")
+        self.assertEqual(self.successResultOf(done), (ftp.REQ_FILE_ACTN_COMPLETED_OK,))
+        self.assertEqual(shell.renamed, [(["home", "a.txt"], ["home", "b.txt"])])
+
+    def test_validate_network_protocol(self) -> None:
+        """
+        IPv4 (1) and IPv6 (2) are accepted; another number, or something
+        else, is an FTP command error.
+        """
+        protocol = ftp.FTP()
+        validate_network_protocol(protocol, "1")
+        validate_network_protocol(protocol, "2")
+        for family in ["3", "ip"]:
+            self.assertRaises(ftp.FTPCmdError, validate_network_protocol, protocol, family)

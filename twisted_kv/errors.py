@@ -9,6 +9,8 @@ status codes other than through L{KVError.status}.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 
 class KVError(Exception):
     """
@@ -21,6 +23,21 @@ class KVError(Exception):
     status = 500
     code = "internal"
 
+    def __init_subclass__(
+        cls, status: Optional[int] = None, code: Optional[str] = None, **kwargs: Any
+    ) -> None:
+        """
+        Let a subclass name its status and code in its C{class} line
+        (C{class KeyNotFound(KVError, status=404, code="not_found")}), so
+        that the mapping reads as one table; a subclass naming neither
+        keeps its parent's.
+        """
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.code = code
+
     def __init__(self, message: str = "") -> None:
         super().__init__(message or " ".join(self.__class__.__doc__.split("\n\n")[0].split()))
 
@@ -29,70 +46,46 @@ class KVError(Exception):
         return str(self.args[0])
 
 
-class InvalidRequest(KVError):
+class InvalidRequest(KVError, status=400, code="bad_request"):
     """The request is malformed."""
 
-    status = 400
-    code = "bad_request"
 
-
-class KeyNotFound(KVError):
+class KeyNotFound(KVError, status=404, code="not_found"):
     """No such key."""
 
-    status = 404
-    code = "not_found"
 
-
-class KeyExists(KVError):
+class KeyExists(KVError, status=409, code="exists"):
     """The key already exists."""
 
-    status = 409
-    code = "exists"
 
-
-class PreconditionFailed(KVError):
+class PreconditionFailed(KVError, status=412, code="precondition_failed"):
     """The request's precondition does not hold."""
 
-    status = 412
-    code = "precondition_failed"
 
-
-class ValueTooLarge(KVError):
+class ValueTooLarge(KVError, status=413, code="too_large"):
     """The value is larger than the configured maximum."""
 
-    status = 413
-    code = "too_large"
 
-
-class Unavailable(KVError):
+class Unavailable(KVError, status=503, code="unavailable"):
     """
     The operation was refused before anything was applied; it will not take
     effect, and the client may retry after L{retry_after} seconds.
     """
-
-    status = 503
-    code = "unavailable"
 
     def __init__(self, message: str = "", retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class OutcomeUnknown(KVError):
+class OutcomeUnknown(KVError, status=504, code="outcome_unknown"):
     """
     The operation may or may not take effect (replicas stopped answering
     mid-way); the client should re-read.
     """
 
-    status = 504
-    code = "outcome_unknown"
 
-
-class InsufficientStorage(KVError):
+class InsufficientStorage(KVError, status=507, code="insufficient_storage"):
     """The node's memory limit would be exceeded."""
-
-    status = 507
-    code = "insufficient_storage"
 
 
 def error_for_code(code: str) -> type[KVError]:

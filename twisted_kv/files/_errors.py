@@ -24,61 +24,37 @@ class FileExists(KeyExists):
     """The file or directory already exists."""
 
 
-class IsADirectory(KVError):
+class IsADirectory(KVError, status=409, code="is_a_directory"):
     """The path names a directory."""
 
-    status = 409
-    code = "is_a_directory"
 
-
-class NotADirectory(KVError):
+class NotADirectory(KVError, status=409, code="not_a_directory"):
     """The path (or one of its parents) is not a directory."""
 
-    status = 409
-    code = "not_a_directory"
 
-
-class DirectoryNotEmpty(KVError):
+class DirectoryNotEmpty(KVError, status=409, code="not_empty"):
     """The directory is not empty."""
 
-    status = 409
-    code = "not_empty"
 
-
-class NotPermitted(KVError):
+class NotPermitted(KVError, status=403, code="forbidden"):
     """The operation is not permitted."""
-
-    status = 403
-    code = "forbidden"
 
 
 class FileTooLarge(ValueTooLarge):
     """The file is larger than the configured maximum."""
 
 
-class FileChanged(KVError):
+class FileChanged(KVError, status=409, code="file_changed"):
     """The file was replaced or removed while it was being read."""
 
-    status = 409
-    code = "file_changed"
 
-
-class UploadExpired(KVError):
+class UploadExpired(KVError, status=408, code="upload_expired"):
     """The upload stalled for longer than its lease and was collected."""
 
-    status = 408
-    code = "upload_expired"
 
-
-class CorruptFile(KVError):
+class CorruptFile(KVError, status=500, code="corrupt_file"):
     """A chunk of the file is missing or has the wrong size."""
 
-    status = 500
-    code = "corrupt_file"
 
-
-class TransferAborted(KVError):
+class TransferAborted(KVError, status=400, code="aborted"):
     """The transfer was stopped before it completed."""
-
-    status = 400
-    code = "aborted"

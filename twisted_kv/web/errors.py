@@ -41,11 +41,8 @@ def to_json(value: Any) -> bytes:
     return _encode_json(value).encode("ascii")
 
 
-class MethodNotAllowed(KVError):
+class MethodNotAllowed(KVError, status=405, code="method_not_allowed"):
     """The method is not supported on this path."""
-
-    status = 405
-    code = "method_not_allowed"
 
     def __init__(self, allowed: Iterable[str], message: str = "") -> None:
         """
@@ -56,18 +53,12 @@ class MethodNotAllowed(KVError):
         self.allowed = tuple(allowed)
 
 
-class NoSuchResource(KVError):
+class NoSuchResource(KVError, status=404, code="not_found"):
     """Nothing is served at this path."""
 
-    status = 404
-    code = "not_found"
 
-
-class RangeNotSatisfiable(KVError):
+class RangeNotSatisfiable(KVError, status=416, code="range_not_satisfiable"):
     """The requested range is outside the file."""
-
-    status = 416
-    code = "range_not_satisfiable"
 
     def __init__(self, size: int) -> None:
         """

@@ -63,6 +63,22 @@ class ErrorTests(SynchronousTestCase):
         codes = [code for _, code in EXPECTED.values()]
         self.assertEqual(len(codes), len(set(codes)))
 
+    def test_inherited(self) -> None:
+        """
+        A subclass that names no status or code in its class line keeps its
+        parent's; one that names them has its own.
+        """
+
+        class Missing(KeyNotFound):
+            """Nothing there."""
+
+        class Gone(KeyNotFound, status=410, code="gone"):
+            """Nothing there any more."""
+
+        self.assertEqual((Missing.status, Missing.code), (404, "not_found"))
+        self.assertEqual((Gone.status, Gone.code), (410, "gone"))
+        self.assertEqual((KeyNotFound.status, KeyNotFound.code), (404, "not_found"))
+
     def test_all_are_kverrors(self) -> None:
         """
         Every failure is a L{KVError} and an L{Exception}, so one handler

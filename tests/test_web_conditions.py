@@ -22,6 +22,7 @@ from twisted_kv.web.conditions import (
     etag,
     parse_entity_tags,
     preconditions,
+    tag_current,
     write_conditionally,
 )
 
@@ -282,3 +283,32 @@ class WriteConditionallyTests(SynchronousTestCase):
         error = self.failureResultOf(result, Unavailable).value
         self.assertIn("the key kept changing", error.message)
         self.assertEqual(len(writes), CONDITION_ATTEMPTS)
+
+
+class TagCurrentTests(SynchronousTestCase):
+    """
+    L{tag_current}.
+    """
+
+    def tagged(self, read: Deferred[tuple[Optional[str], bool]]) -> Optional[list[bytes]]:
+        """
+        The C{ETag} that L{tag_current} gives an answer after C{read}.
+        """
+        request = DummyRequest([b""])
+        self.successResultOf(Deferred.fromCoroutine(tag_current(request, lambda: read)))
+        return request.responseHeaders.getRawHeaders(b"ETag")
+
+    def test_current(self) -> None:
+        """
+        A record read with a majority gives its version as the C{ETag}.
+        """
+        self.assertEqual(self.tagged(succeed(("7.1", False))), [b'"7.1"'])
+
+    def test_unknown(self) -> None:
+        """
+        No record, a degraded read (maybe stale) or a failed one give no
+        C{ETag}, and no error: the C{412} stands on its own.
+        """
+        self.assertIsNone(self.tagged(succeed((None, False))))
+        self.assertIsNone(self.tagged(succeed(("7.1", True))))
+        self.assertIsNone(self.tagged(fail(Unavailable())))

@@ -169,6 +169,26 @@ def preconditions(request: IRequest, none_match: bool = True) -> Preconditions:
     )
 
 
+async def tag_current(
+    request: IRequest, current: Callable[[], Awaitable[tuple[Optional[str], bool]]]
+) -> None:
+    """
+    Give the C{412} answering a failed precondition the C{ETag} of the
+    record's current version, when there is one, so that the client can
+    retry without reading it again.
+
+    @param current: reads the record, as for L{write_conditionally}.  When
+        the read fails or is degraded (the version may be stale), the
+        answer gets no C{ETag}: the C{412} stands on its own.
+    """
+    try:
+        version, degraded = await current()
+    except Exception:
+        return
+    if version is not None and not degraded:
+        request.setHeader(b"ETag", etag(version))
+
+
 async def write_conditionally(
     conditions: Preconditions,
     current: Callable[[], Awaitable[tuple[Optional[str], bool]]],

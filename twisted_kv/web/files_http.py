@@ -63,7 +63,7 @@ from twisted_kv.files import (
     StoredFile,
 )
 from twisted_kv.interfaces import IKeyValue
-from twisted_kv.web.conditions import etag, preconditions, write_conditionally
+from twisted_kv.web.conditions import etag, preconditions, tag_current, write_conditionally
 from twisted_kv.web.errors import MethodNotAllowed, RangeNotSatisfiable, send_failure
 from twisted_kv.web.http_api import check_query
 
@@ -174,18 +174,12 @@ class FilesResource(Resource):
         self, request: Request, failure: Failure, gone: list[Failure]
     ) -> None:
         """
-        Answer C{412} with the C{ETag} of the file as it is now, when there
-        is one, so that the client can retry without a GET.
+        Answer C{412} with the C{ETag} of the file as it is now (see
+        L{tag_current}).
         """
-        try:
-            entry: Optional[Entry] = await self._fs.stat(self._path(request)[0])
-        except KVError:
-            entry = None
-        if gone:
-            return
-        if entry is not None and entry.version is not None and not entry.degraded:
-            request.setHeader(b"etag", etag(entry.version))
-        send_failure(request, failure)
+        await tag_current(request, lambda: self._current(self._path(request)[0]))
+        if not gone:
+            send_failure(request, failure)
 
     def _json(self, request: Request, status: int, body: dict) -> None:
         data = json.dumps(body).encode("utf-8")

@@ -69,7 +69,13 @@ from twisted_kv.errors import (
     ValueTooLarge,
 )
 from twisted_kv.interfaces import IClusterStatus, IKeyValue, KeyPage, ReadResult, WriteResult
-from twisted_kv.web.conditions import Preconditions, etag, preconditions, write_conditionally
+from twisted_kv.web.conditions import (
+    Preconditions,
+    etag,
+    preconditions,
+    tag_current,
+    write_conditionally,
+)
 from twisted_kv.web.errors import (
     JSON_TYPE,
     MethodNotAllowed,
@@ -372,19 +378,22 @@ class KeyValueResource(Resource):
     def _tag_current(self, failure: Failure, request: IRequest, store_key: str) -> Deferred[None]:
         """
         Give the C{412} answering a failed precondition the C{ETag} of the
-        key's current version, when it exists, so that the client can retry
-        without reading the key again.
+        key's current version (see L{tag_current}).
 
         @return: a Deferred failing with C{failure}.
         """
         failure.trap(PreconditionFailed)
+        tagged = Deferred.fromCoroutine(tag_current(request, lambda: self._current(store_key)))
+        return tagged.addCallback(lambda _: failure)
 
-        def tag(result: ReadResult) -> Failure:
-            if result.record is not None and not result.degraded:
-                request.setHeader(b"ETag", etag(format_version(result.record.version)))
-            return failure
-
-        return self._kv.get(store_key).addCallbacks(tag, lambda _: failure)
+    async def _current(self, store_key: str) -> tuple[Optional[str], bool]:
+        """
+        The current version of C{store_key} (C{None}: no such key) and
+        whether the read of it is degraded.
+        """
+        result = await self._kv.get(store_key)
+        record = result.record
+        return None if record is None else format_version(record.version), result.degraded
 
     def _conditionally(
         self,
@@ -404,14 +413,9 @@ class KeyValueResource(Resource):
             with L{PreconditionFailed}, with L{Unavailable} when the read is
             degraded or the key kept changing, or with C{write}'s failures.
         """
-
-        async def current() -> tuple[Optional[str], bool]:
-            result = await self._kv.get(store_key)
-            record = result.record
-            version = None if record is None else format_version(record.version)
-            return version, result.degraded
-
-        return Deferred.fromCoroutine(write_conditionally(conditions, current, write, "the key"))
+        return Deferred.fromCoroutine(
+            write_conditionally(conditions, lambda: self._current(store_key), write, "the key")
+        )
 
 
 # The label of each method; any other is counted as "other", so clients

@@ -263,11 +263,10 @@ class WriteConditionallyTests(SynchronousTestCase):
         Preconditions that do not hold fail without a write.
         """
         weak = Preconditions(EntityTags(weak=frozenset({"1"})))
-        result, writes = self.attempt(weak, [("1", False)])
-        self.failureResultOf(result, PreconditionFailed)
-        result, writes = self.attempt(Preconditions(None, weak.if_match), [("1", False)])
-        self.failureResultOf(result, PreconditionFailed)
-        self.assertEqual(writes, [])
+        for conditions in [weak, Preconditions(None, weak.if_match)]:
+            result, writes = self.attempt(conditions, [("1", False)])
+            self.failureResultOf(result, PreconditionFailed)
+            self.assertEqual(writes, [], conditions)
 
     def test_unavailable(self) -> None:
         """

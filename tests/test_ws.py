@@ -20,11 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from twisted_kv._autobahn_timer import ClockTimer
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, Record, make_version
 from twisted_kv.ws import server as ws
 from twisted_kv.ws.server import (
-    ClockTimer,
     WatchHub,
     _Outbox,
     build_ws_resource,

@@ -37,6 +37,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 from zope.interface import implementer
 
+from twisted_kv._autobahn_timer import ClockTimer, cancel_close_timeout
 from twisted_kv.client.sync import (
     DEFAULT_URL,
     Page,
@@ -53,7 +54,6 @@ from twisted_kv.client.sync import (
     ws_url,
 )
 from twisted_kv.core.records import parse_version
-from twisted_kv.ws.server import ClockTimer, cancel_close_timeout
 
 __all__ = ["TxClient", "Watcher"]
 

@@ -69,23 +69,22 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from twisted_kv._autobahn_timer import ClockTimer, cancel_close_timeout
 from twisted_kv._compat import use_timer
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, format_version
 from twisted_kv.interfaces import ChangeEvent, IKeyValue, revision_term
 
 __all__ = [
-    "ClockTimer",
     "WatchHub",
     "WatchService",
     "WatchSession",
     "build_ws_resource",
-    "cancel_close_timeout",
     "event_frame",
 ]
 
@@ -624,44 +623,6 @@ class _Outbox:
         self._closed = True
         self._queue.clear()
         self._queued_bytes = 0
-
-
-class _Cancellable:
-    """
-    A delayed call that may be cancelled after it ran, as Autobahn expects.
-    """
-
-    def __init__(self, call: IDelayedCall) -> None:
-        self._call = call
-
-    def cancel(self) -> None:
-        if self._call.active():
-            self._call.cancel()
-
-
-class ClockTimer:
-    """
-    Autobahn's timer interface (C{factory._batched_timer}) on an injected
-    clock, so that handshake, close and ping timeouts follow that clock
-    instead of txaio's global reactor.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-
-    def call_later(self, delay: float, func: Callable[..., Any], *args: Any, **kwargs: Any) -> _Cancellable:
-        return _Cancellable(self._clock.callLater(delay, func, *args, **kwargs))
-
-
-def cancel_close_timeout(protocol: Any) -> None:
-    """
-    Cancel the closing-handshake timer of an Autobahn protocol whose
-    connection is gone (Autobahn leaves it running until it expires).
-    """
-    call = protocol.closeHandshakeTimeoutCall
-    if call is not None:
-        call.cancel()
-        protocol.closeHandshakeTimeoutCall = None
 
 
 def _same_origin(origin: str, host: Optional[str]) -> bool:

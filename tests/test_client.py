@@ -2,7 +2,8 @@
 """
 Tests for L{twisted_kv.client.sync} and L{twisted_kv.client.txclient}.
 
-The request builders and the error mapping are pure; L{TxClientTests} run
+The request builders and the error mapping are tested with
+L{twisted_kv.client._logic}, in L{tests.test_client_logic}; L{TxClientTests} run
 the Twisted client against the node's site in memory (treq's C{StubTreq},
 a L{Clock}); L{ClientTests} and L{WatchTests} run the blocking client, in a
 thread, against a node listening on a loopback port.
@@ -22,148 +23,12 @@ from zope.interface import implementer
 from tests.polling import poll
 from tests.test_client_support import serve, three_nodes
 from twisted_kv import errors
-from twisted_kv.client.sync import (
-    Client,
-    Page,
-    Response,
-    Value,
-    delete_request,
-    error_for,
-    get_request,
-    list_request,
-    put_request,
-    ws_url,
-)
+from twisted_kv.client import Client, Page, TxClient, Value, Watcher
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import format_version, make_version, parse_version
 from twisted_kv.web.site import build_site
 from twisted_kv.interfaces import Health, IClusterStatus
 from twisted_kv.cluster.local import LocalKeyValue
-from twisted_kv.client.txclient import TxClient, Watcher
-
-
-def _error(status: int, body: bytes, **headers: str) -> errors.KVError:
-    return error_for(Response(status, headers, body))
-
-
-class RequestTests(SynchronousTestCase):
-    """
-    The HTTP requests of the API, as both clients send them.
-    """
-
-    def test_key_escaped(self) -> None:
-        """
-        The key is percent-encoded whole, C{/} included.
-        """
-        self.assertEqual(get_request("a/b c?#%é").target, "/kv/a%2Fb%20c%3F%23%25%C3%A9")
-
-    def test_empty_key(self) -> None:
-        """
-        An empty key is refused before anything is sent.
-        """
-        self.assertRaises(errors.InvalidRequest, get_request, "")
-
-    def test_put_text(self) -> None:
-        """
-        Text is sent as UTF-8, labelled so unless told otherwise.
-        """
-        request = put_request("k", "é")
-        self.assertEqual(
-            (request.method, request.body, dict(request.headers)),
-            ("PUT", b"\xc3\xa9", {"Content-Type": "text/plain; charset=utf-8"}),
-        )
-
-    def test_put_conditions(self) -> None:
-        """
-        C{if_match}, C{if_none_match} and C{ttl} become headers and the query.
-        """
-        request = put_request("k", b"v", "application/json", 2.5, "1.4", True)
-        self.assertEqual(request.target, "/kv/k?ttl=2.5")
-        self.assertEqual(
-            dict(request.headers),
-            {"Content-Type": "application/json", "If-Match": '"1.4"', "If-None-Match": "*"},
-        )
-
-    def test_create(self) -> None:
-        """
-        Creating is a C{POST}.
-        """
-        self.assertEqual(put_request("k", b"", create=True).method, "POST")
-
-    def test_delete(self) -> None:
-        """
-        C{DELETE}, conditional on a version if asked.
-        """
-        request = delete_request("k", "3.9")
-        self.assertEqual((request.method, dict(request.headers)), ("DELETE", {"If-Match": '"3.9"'}))
-
-    def test_list(self) -> None:
-        """
-        The listing's parameters go in the query, the unset ones not at all.
-        """
-        self.assertEqual(list_request("a b/").target, "/kv?prefix=a+b%2F")
-        self.assertEqual(
-            list_request("", 10, "x").target, "/kv?prefix=&limit=10&start_after=x"
-        )
-
-    def test_value(self) -> None:
-        """
-        A read gives the value, its type, its version without quotes and the
-        degraded flag.
-        """
-        response = Response(
-            200, {"content-type": "text/plain", "etag": '"1.2"', "x-kv-degraded": "true"}, b"v"
-        )
-        self.assertEqual(
-            get_request("k").result(response), Value(b"v", "text/plain", "1.2", degraded=True)
-        )
-
-    def test_ws_url(self) -> None:
-        """
-        C{/ws} is on the same host and port, C{wss} under HTTPS.
-        """
-        self.assertEqual(ws_url("http://h:7001"), "ws://h:7001/ws")
-        self.assertEqual(ws_url("https://h/"), "wss://h/ws")
-
-
-class ErrorTests(SynchronousTestCase):
-    """
-    Error answers become the typed exceptions of L{twisted_kv.errors}.
-    """
-
-    def test_by_status(self) -> None:
-        """
-        Each error status of the HTTP API has its exception, with the
-        node's message.
-        """
-        expected = {
-            400: errors.InvalidRequest,
-            404: errors.KeyNotFound,
-            409: errors.KeyExists,
-            412: errors.PreconditionFailed,
-            413: errors.ValueTooLarge,
-            503: errors.Unavailable,
-            504: errors.OutcomeUnknown,
-            507: errors.InsufficientStorage,
-        }
-        for status, cls in expected.items():
-            error = _error(status, b'{"error": "x", "message": "because"}')
-            self.assertEqual((type(error), error.message), (cls, "because"))
-
-    def test_retry_after(self) -> None:
-        """
-        C{503} carries C{Retry-After}.
-        """
-        error = _error(503, b"{}", **{"retry-after": "3"})
-        self.assertEqual(error.retry_after, 3.0)
-
-    def test_other_status(self) -> None:
-        """
-        Another status is a L{KVError} with that status, and a body that is
-        not the usual JSON is the message.
-        """
-        error = _error(502, b"Bad Gateway\n")
-        self.assertEqual((type(error), error.status, error.message), (errors.KVError, 502, "Bad Gateway"))
 
 
 @implementer(IClusterStatus)

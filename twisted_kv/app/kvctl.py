@@ -31,7 +31,7 @@ import os
 import sys
 from typing import BinaryIO, Mapping, Optional, Sequence, TextIO
 
-from twisted_kv.client.sync import DEFAULT_URL, Client
+from twisted_kv.client import DEFAULT_URL, Client
 from twisted_kv.errors import KVError
 
 __all__ = ["main"]

@@ -5,7 +5,7 @@ A small synchronous Python client for a twisted_kv cluster.
 It speaks the HTTP API and the C{/ws} change feed (docs/websocket.md) to any one
 node (every node answers for the whole cluster)::
 
-    from twisted_kv.client.sync import Client
+    from twisted_kv.client import Client
 
     with Client("http://127.0.0.1:7001") as kv:
         version = kv.put("users/alice", '{"name": "Alice"}',
@@ -23,237 +23,31 @@ Failures are the typed exceptions of L{twisted_kv.errors}, chosen by the
 HTTP status (L{KeyNotFound} for 404, L{PreconditionFailed} for 412,
 L{Unavailable} for 503, ...); network failures are the usual C{OSError}s.
 
-The HTTP requests and the interpretation of their answers are shared with
-L{twisted_kv.client.txclient.TxClient}, the Twisted flavour, which returns
-Deferreds; this module only adds a keep-alive C{http.client} connection.
-A L{Client} is not thread-safe: use one per thread.
+The calls, their HTTP requests and the interpretation of the answers are
+those of L{twisted_kv.client._logic}, shared with
+L{twisted_kv.client.txclient.TxClient}, the Twisted flavour; this module
+only adds a keep-alive C{http.client} connection, and a blocking L{Watch}
+over the Twisted L{Watcher} run in a reactor thread.  A L{Client} is not
+thread-safe: use one per thread.
 """
 
 from __future__ import annotations
 
 import http.client
-import json
 import queue
 import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Sequence, TypeVar, Union
-from urllib.parse import quote, urlencode, urlsplit
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from urllib.parse import urlsplit
 
-from attrs import frozen
+from twisted_kv.client._logic import DEFAULT_URL, Calls, Request, Response, T, result_of
 
-from twisted_kv import errors
-from twisted_kv.core.keyspace import check_user_key
-
-__all__ = ["Client", "Page", "Value", "Watch"]
-
-T = TypeVar("T")
-
-DEFAULT_URL = "http://127.0.0.1:7001"
-
-_ERRORS = {
-    cls.status: cls
-    for cls in (
-        errors.InvalidRequest,
-        errors.KeyNotFound,
-        errors.KeyExists,
-        errors.PreconditionFailed,
-        errors.ValueTooLarge,
-        errors.Unavailable,
-        errors.OutcomeUnknown,
-        errors.InsufficientStorage,
-    )
-}
+__all__ = ["Client", "Watch"]
 
 
-@frozen
-class Value:
-    """
-    A value read from the store.
-
-    @ivar data: the value's bytes.
-    @ivar content_type: the C{Content-Type} it was stored with.
-    @ivar version: its version (the ETag without quotes), for C{if_match}.
-    @ivar degraded: C{True} when no majority of the cluster answered, so the
-        value may not be the latest.
-    """
-
-    data: bytes
-    content_type: str
-    version: str
-    degraded: bool = False
-
-    @property
-    def text(self) -> str:
-        """
-        The value decoded as UTF-8.
-        """
-        return self.data.decode("utf-8")
-
-
-@frozen
-class Page:
-    """
-    One page of a key listing; pass C{next} as C{start_after} for the next
-    page, C{None} on the last page.
-    """
-
-    keys: list[str]
-    next: Optional[str]
-
-
-@frozen
-class Response:
-    """
-    An HTTP answer, however it was received.
-
-    @ivar headers: header values by lower-case name.
-    """
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-
-@frozen
-class Request(Generic[T]):
-    """
-    An HTTP request of the API, and how to read its successful answer.
-
-    @ivar target: the path and query string.
-    @ivar result: turns a 2xx L{Response} into the call's result.
-    """
-
-    method: str
-    target: str
-    headers: Mapping[str, str]
-    body: Optional[bytes]
-    result: Callable[[Response], T]
-
-
-def error_for(response: Response) -> errors.KVError:
-    """
-    The typed exception for an error answer: C{{"error", "message"}} JSON
-    with the status the HTTP API gives that failure.
-    """
-    try:
-        message = json.loads(response.body)["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.body.decode("utf-8", "replace").strip() or f"HTTP {response.status}"
-    cls = _ERRORS.get(response.status)
-    if cls is errors.Unavailable:
-        try:
-            retry_after = float(response.headers.get("retry-after", "1"))
-        except ValueError:
-            retry_after = 1.0
-        return errors.Unavailable(message, retry_after=retry_after)
-    if cls is None:
-        error = errors.KVError(message)
-        error.status = response.status
-        return error
-    return cls(message)
-
-
-def result_of(request: Request[T], response: Response) -> T:
-    """
-    The result of C{request} given its C{response}.
-
-    @raise errors.KVError: the response is an error.
-    """
-    if response.status >= 400:
-        raise error_for(response)
-    return request.result(response)
-
-
-def _key_path(key: str) -> str:
-    # Every reserved character is escaped, "/" included: the server decodes
-    # the whole rest of the path, and no dot-segment can be normalised away.
-    return "/kv/" + quote(check_user_key(key), safe="")
-
-
-def _version(response: Response) -> str:
-    return str(json.loads(response.body)["version"])
-
-
-def _query(**params: Any) -> str:
-    present = {name: value for name, value in params.items() if value is not None}
-    return "?" + urlencode(present) if present else ""
-
-
-def _json(response: Response) -> Any:
-    return json.loads(response.body)
-
-
-def get_request(key: str) -> Request[Value]:
-    def value(response: Response) -> Value:
-        return Value(
-            response.body,
-            response.headers.get("content-type", "application/octet-stream"),
-            response.headers.get("etag", "").strip('"'),
-            response.headers.get("x-kv-degraded", "").lower() == "true",
-        )
-
-    return Request("GET", _key_path(key), {}, None, value)
-
-
-def put_request(
-    key: str,
-    value: Union[bytes, str],
-    content_type: Optional[str] = None,
-    ttl: Optional[float] = None,
-    if_match: Optional[str] = None,
-    if_none_match: bool = False,
-    create: bool = False,
-) -> Request[str]:
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-        content_type = content_type or "text/plain; charset=utf-8"
-    headers = {"Content-Type": content_type or "application/octet-stream"}
-    if if_match is not None:
-        headers["If-Match"] = f'"{if_match}"'
-    if if_none_match:
-        headers["If-None-Match"] = "*"
-    return Request(
-        "POST" if create else "PUT",
-        _key_path(key) + _query(ttl=ttl),
-        headers,
-        value,
-        _version,
-    )
-
-
-def delete_request(key: str, if_match: Optional[str] = None) -> Request[None]:
-    headers = {} if if_match is None else {"If-Match": f'"{if_match}"'}
-    return Request("DELETE", _key_path(key), headers, None, lambda response: None)
-
-
-def list_request(
-    prefix: str = "", limit: Optional[int] = None, start_after: Optional[str] = None
-) -> Request[Page]:
-    def page(response: Response) -> Page:
-        listing = _json(response)
-        return Page(list(listing["keys"]), listing["next"])
-
-    return Request(
-        "GET", "/kv" + _query(prefix=prefix, limit=limit, start_after=start_after), {}, None, page
-    )
-
-
-def cluster_request() -> Request[dict]:
-    return Request("GET", "/cluster", {}, None, _json)
-
-
-def ws_url(url: str) -> str:
-    """
-    The C{/ws} URL of the node at C{url} (C{http://...} or C{https://...}).
-    """
-    parts = urlsplit(url)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    return f"{scheme}://{parts.netloc}/ws"
-
-
-class Client:
+class Client(Calls):
     """
     A blocking client for one node, over one keep-alive HTTP connection.
 
@@ -285,69 +79,6 @@ class Client:
             self._connection.close()
             self._connection = None
 
-    def get(self, key: str) -> Value:
-        """
-        Read C{key}.
-
-        @raise errors.KeyNotFound: there is no such key.
-        """
-        return self._call(get_request(key))
-
-    def put(
-        self,
-        key: str,
-        value: Union[bytes, str],
-        *,
-        content_type: Optional[str] = None,
-        ttl: Optional[float] = None,
-        if_match: Optional[str] = None,
-        if_none_match: bool = False,
-    ) -> str:
-        """
-        Store C{value} (text is sent as UTF-8) under C{key}.
-
-        @param ttl: seconds after which the key disappears.
-        @param if_match: only replace this version of the key.
-        @param if_none_match: only create the key.
-        @return: the new version.
-        @raise errors.PreconditionFailed: C{if_match} / C{if_none_match} did
-            not hold.
-        """
-        return self._call(put_request(key, value, content_type, ttl, if_match, if_none_match))
-
-    def create(
-        self,
-        key: str,
-        value: Union[bytes, str],
-        *,
-        content_type: Optional[str] = None,
-        ttl: Optional[float] = None,
-    ) -> str:
-        """
-        Store C{value} under C{key}, which must not exist (C{POST}).
-
-        @return: the new version.
-        @raise errors.KeyExists: the key exists.
-        """
-        return self._call(put_request(key, value, content_type, ttl, create=True))
-
-    def delete(self, key: str, *, if_match: Optional[str] = None) -> None:
-        """
-        Remove C{key}.
-
-        @raise errors.KeyNotFound: there is no such key.
-        @raise errors.PreconditionFailed: it is not at version C{if_match}.
-        """
-        self._call(delete_request(key, if_match))
-
-    def list(
-        self, prefix: str = "", *, limit: Optional[int] = None, start_after: Optional[str] = None
-    ) -> Page:
-        """
-        One page of the keys starting with C{prefix}, in key order.
-        """
-        return self._call(list_request(prefix, limit, start_after))
-
     def keys(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[str]:
         """
         Every key starting with C{prefix}, in key order, fetched a page at a
@@ -360,12 +91,6 @@ class Client:
             if page.next is None:
                 return
             start_after = page.next
-
-    def cluster(self) -> dict:
-        """
-        The node's view of the cluster (C{GET /cluster}).
-        """
-        return self._call(cluster_request())
 
     def watch(
         self,
@@ -486,6 +211,8 @@ class Watch:
         on_lost: Callable[[str, str, str], None],
         on_watching: Callable[[str], None],
     ) -> None:
+        # Twisted is loaded only when a watch starts: the other calls, and
+        # kvctl's start, do without it.
         from twisted.internet.defer import TimeoutError as DeferredTimeout
         from twisted.internet.threads import blockingCallFromThread
 

@@ -2,7 +2,7 @@
 """
 The Twisted flavour of L{twisted_kv.client.sync}: the same calls on treq,
 returning Deferreds, and L{Watcher}, which follows C{/ws} across
-reconnections.
+reconnections and nodes.
 
     client = TxClient("http://127.0.0.1:7001")
     version = yield client.put("users/alice", b"...")
@@ -13,13 +13,15 @@ reconnections.
     yield client.close()
 
 Every call's Deferred fires with what the synchronous call returns, and fails
-with the same typed exceptions of L{twisted_kv.errors}.
+with the same typed exceptions of L{twisted_kv.errors}: the calls, their
+requests and the meaning of the answers and of the watch frames are those of
+L{twisted_kv.client._logic}; this module sends and receives them.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 from urllib.parse import urlsplit
 
 import treq
@@ -38,33 +40,27 @@ from treq.client import HTTPClient
 from zope.interface import implementer
 
 from twisted_kv._autobahn_timer import ClockTimer, cancel_close_timeout
-from twisted_kv.client.sync import (
+from twisted_kv.client._logic import (
     DEFAULT_URL,
-    Page,
+    Calls,
+    Frame,
+    NodeRing,
     Request,
     Response,
     T,
-    Value,
-    cluster_request,
-    delete_request,
-    get_request,
-    list_request,
-    put_request,
+    WatchPosition,
+    close_reason,
     result_of,
+    watch_op,
     ws_url,
 )
-from twisted_kv.core.records import parse_version
 
 __all__ = ["TxClient", "Watcher"]
 
 log = Logger()
 
-# The frames handed to a watcher's callback; "watching" and "unwatched" are
-# the watcher's own business.
-_CHANGES = frozenset({"put", "delete", "expire", "file", "compacted"})
 
-
-class TxClient:
+class TxClient(Calls):
     """
     A client for one node, whose calls return Deferreds.
 
@@ -99,56 +95,6 @@ class TxClient:
             return succeed(None)
         return self._pool.closeCachedConnections()
 
-    def get(self, key: str) -> Deferred[Value]:
-        """
-        Read C{key}: fires with a L{Value}, fails with L{KeyNotFound}.
-        """
-        return self._call(get_request(key))
-
-    def put(
-        self,
-        key: str,
-        value: Union[bytes, str],
-        *,
-        content_type: Optional[str] = None,
-        ttl: Optional[float] = None,
-        if_match: Optional[str] = None,
-        if_none_match: bool = False,
-    ) -> Deferred[str]:
-        """
-        Store C{value} under C{key}: fires with the new version, fails with
-        L{PreconditionFailed} when a condition does not hold.
-        """
-        return self._call(put_request(key, value, content_type, ttl, if_match, if_none_match))
-
-    def create(
-        self,
-        key: str,
-        value: Union[bytes, str],
-        *,
-        content_type: Optional[str] = None,
-        ttl: Optional[float] = None,
-    ) -> Deferred[str]:
-        """
-        Create C{key}: fires with the new version, fails with L{KeyExists}.
-        """
-        return self._call(put_request(key, value, content_type, ttl, create=True))
-
-    def delete(self, key: str, *, if_match: Optional[str] = None) -> Deferred[None]:
-        """
-        Remove C{key}: fires with C{None}, fails with L{KeyNotFound} or
-        L{PreconditionFailed}.
-        """
-        return self._call(delete_request(key, if_match))
-
-    def list(
-        self, prefix: str = "", *, limit: Optional[int] = None, start_after: Optional[str] = None
-    ) -> Deferred[Page]:
-        """
-        One page of the keys starting with C{prefix}: fires with a L{Page}.
-        """
-        return self._call(list_request(prefix, limit, start_after))
-
     @inlineCallbacks
     def keys(self, prefix: str = "", *, page_size: int = 1000) -> Any:
         """
@@ -162,12 +108,6 @@ class TxClient:
             if page.next is None:
                 return keys
             start_after = page.next
-
-    def cluster(self) -> Deferred[dict]:
-        """
-        The node's view of the cluster: fires with the C{/cluster} object.
-        """
-        return self._call(cluster_request())
 
     def watch(
         self,
@@ -225,7 +165,7 @@ class _WatchClientProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         cancel_close_timeout(self)
-        self.factory.watcher._closed(self, _close_reason(code, reason))
+        self.factory.watcher._closed(self, close_reason(code, reason))
         if not self.opened.called:
             self.opened.errback(ConnectionClosed(f"WebSocket handshake failed: {code} {reason}"))
         self.closed.callback(None)
@@ -260,49 +200,24 @@ def _failure_reason(failure: Failure) -> str:
     return failure.getErrorMessage()
 
 
-def _close_reason(code: Optional[int], reason: Optional[str]) -> str:
-    """
-    Why an open WebSocket connection closed, in a few words.
-    """
-    if code is None or code == 1006:
-        return "connection lost"
-    return f"closed {code}: {reason}" if reason else f"closed {code}"
-
-
 @implementer(IStreamClientEndpoint)
 class _Nodes:
     """
-    Connects to one node of a list: the same one until a connection to it
-    fails or is lost (L{move}), then the next, round and round.  A failed
-    attempt is reported to C{failed}, with a short reason, first.
+    Connects to the current node of a L{NodeRing}; a failed attempt is
+    reported to C{failed}, with a short reason.
     """
 
-    def __init__(self, urls: Sequence[str], reactor: Any, failed: Callable[[str], None]) -> None:
-        self._urls = list(urls)
-        self._current = 0
+    def __init__(self, ring: NodeRing, reactor: Any, failed: Callable[[str], None]) -> None:
+        self._ring = ring
         self._reactor = reactor
         self._failed = failed
-
-    @property
-    def url(self) -> str:
-        return self._urls[self._current]
-
-    def __len__(self) -> int:
-        return len(self._urls)
-
-    def move(self) -> str:
-        """
-        Make the next node the current one: returns its URL.
-        """
-        self._current = (self._current + 1) % len(self._urls)
-        return self.url
 
     def connect(self, factory: Any) -> Deferred[Any]:
         def report(failure: Failure) -> Failure:
             self._failed(_failure_reason(failure))
             return failure
 
-        return _endpoint(self.url, self._reactor).connect(factory).addErrback(report)
+        return _endpoint(self._ring.url, self._reactor).connect(factory).addErrback(report)
 
 
 class Watcher:
@@ -316,8 +231,8 @@ class Watcher:
     lost or cannot be made; it tries each node once without waiting, then
     backs off.
 
-    @ivar revision: the revision to resume after: the last change received,
-        else the revision at which the first watch began (C{None} before).
+    The frames are read by a L{WatchPosition}, the nodes taken in the
+    order of a L{NodeRing}.
     """
 
     def __init__(
@@ -350,14 +265,12 @@ class Watcher:
         """
         if reactor is None:
             from twisted.internet import reactor
-        self.revision = since
+        self._position = WatchPosition(since)
         self._on_event = on_event
         self._on_lost = on_lost
         self._on_watching = on_watching
-        self._versions: dict[str, int] = {}
-        # One watch per connection: its replay and live changes then come in
-        # revision order, and the last revision is a safe place to resume.
-        self._op = {"op": "watch_files", "path": prefix} if files else {"op": "watch", "prefix": prefix}
+        self._prefix = prefix
+        self._files = files
         factory = _WatchClientFactory(ws_url(url), reactor=reactor)
         factory._batched_timer = ClockTimer(reactor)
         # The client-side drop timeout runs on txaio's global reactor; the
@@ -365,9 +278,9 @@ class Watcher:
         factory.setProtocolOptions(serverConnectionDropTimeout=0)
         factory.watcher = self
         self._factory = factory
-        self._nodes = _Nodes([url, *(other for other in others if other != url)], reactor, self._failed)
+        self._nodes = NodeRing(url, others)
         self._service = ClientService(
-            self._nodes,
+            _Nodes(self._nodes, reactor, self._failed),
             factory,
             retryPolicy=lambda attempt: (
                 0.0 if attempt < len(self._nodes) else retry_policy(attempt - len(self._nodes) + 1)
@@ -379,6 +292,14 @@ class Watcher:
         self._watching = False
         self._stopping = False
         self._waiting: list[Deferred[None]] = []
+
+    @property
+    def revision(self) -> Optional[int]:
+        """
+        The revision to resume after: the last change received, else the
+        revision at which the first watch began (C{None} before).
+        """
+        return self._position.revision
 
     def start(self) -> None:
         """
@@ -410,7 +331,7 @@ class Watcher:
 
     def _opened(self, protocol: _WatchClientProtocol) -> None:
         self._protocol = protocol
-        op = self._op if self.revision is None else {**self._op, "since": self.revision}
+        op = watch_op(self._prefix, self._files, self._position.revision)
         protocol.sendMessage(json.dumps(op).encode("utf-8"))
 
     def _closed(self, protocol: _WatchClientProtocol, reason: str) -> None:
@@ -432,39 +353,14 @@ class Watcher:
             self._on_lost(url, reason, next_url)
 
     def _received(self, frame: dict) -> None:
-        kind = frame.get("type")
-        if kind == "watching":
-            if self.revision is None:
-                self.revision = frame["revision"]
+        meaning = self._position.receive(frame)
+        if meaning is Frame.WATCHING:
             self._watching = True
             self._on_watching(self._nodes.url)
             waiting, self._waiting = self._waiting, []
             for waiter in waiting:
                 waiter.callback(None)
-        elif kind == "error":
+        elif meaning is Frame.REFUSED:
             log.error("The node refused a watch: {message}", message=frame.get("message"))
-        elif kind in _CHANGES:
-            revision = frame["revision"]
-            if self.revision is not None and revision <= self.revision:
-                if kind != "compacted":
-                    return
-                # A node behind the one this watch came from goes on after
-                # its own revision: the changes up to ours are not new.
-                revision = self.revision
-            self.revision = revision
-            if self._repeated(frame):
-                return
+        elif meaning is Frame.CHANGE:
             self._on_event(frame)
-
-    def _repeated(self, frame: dict) -> bool:
-        """
-        Whether C{frame} is a key change no newer than one already delivered
-        (a change numbered twice around a leader failover).
-        """
-        key, version = frame.get("key"), parse_version(frame.get("version", ""))
-        if key is None or version is None:
-            return False
-        if self._versions.get(key, -1) >= version:
-            return True
-        self._versions[key] = version
-        return False

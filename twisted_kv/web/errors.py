@@ -9,7 +9,7 @@ L{twisted_kv.files}) answers with its C{status} and C{code}; the headers
 some failures add (C{Retry-After}, C{Allow}, C{Content-Range}) are set in
 one place, so that the two resources cannot drift apart in how they round
 or spell them.  The body is always the JSON C{{"error": code, "message":
-text}} of CONTRACT.md section 3.
+text}} that every error of the HTTP API has (README, "Errors").
 """
 
 from __future__ import annotations

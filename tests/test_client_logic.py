@@ -23,6 +23,7 @@ from twisted_kv.client._logic import (
     Value,
     WatchPosition,
     close_reason,
+    conditions,
     delete_request,
     error_for,
     get_request,
@@ -69,12 +70,20 @@ class RequestTests(SynchronousTestCase):
         """
         C{if_match}, C{if_none_match} and C{ttl} become headers and the query.
         """
-        request = put_request("k", b"v", "application/json", 2.5, "1.4", True)
+        request = put_request("k", b"v", "application/json", 2.5, conditions("1.4", True))
         self.assertEqual(request.target, "/kv/k?ttl=2.5")
         self.assertEqual(
             dict(request.headers),
             {"Content-Type": "application/json", "If-Match": '"1.4"', "If-None-Match": "*"},
         )
+
+    def test_conditions(self) -> None:
+        """
+        A version to match is quoted as an ETag; none at all is C{*}.
+        """
+        self.assertEqual(conditions(), {})
+        self.assertEqual(conditions("1.4"), {"If-Match": '"1.4"'})
+        self.assertEqual(conditions(if_none_match=True), {"If-None-Match": "*"})
 
     def test_create(self) -> None:
         """

@@ -36,6 +36,7 @@ __all__ = [
     "WatchPosition",
     "close_reason",
     "cluster_request",
+    "conditions",
     "delete_request",
     "error_for",
     "get_request",
@@ -198,23 +199,38 @@ def get_request(key: str) -> Request[Value]:
     return Request("GET", _key_path(key), {}, None, value)
 
 
+def conditions(if_match: Optional[str] = None, if_none_match: bool = False) -> dict[str, str]:
+    """
+    The headers of a conditional write.
+
+    @param if_match: only if the key is at this version (sent as its ETag).
+    @param if_none_match: only if the key does not exist.
+    """
+    headers = {}
+    if if_match is not None:
+        headers["If-Match"] = f'"{if_match}"'
+    if if_none_match:
+        headers["If-None-Match"] = "*"
+    return headers
+
+
 def put_request(
     key: str,
     value: Data,
     content_type: Optional[str] = None,
     ttl: Optional[float] = None,
-    if_match: Optional[str] = None,
-    if_none_match: bool = False,
+    only_if: Optional[Mapping[str, str]] = None,
     create: bool = False,
 ) -> Request[str]:
+    """
+    Store C{value} under C{key}: C{PUT}, or C{POST} to C{create}.
+
+    @param only_if: the L{conditions} of the write.
+    """
     if isinstance(value, str):
         value = value.encode("utf-8")
         content_type = content_type or "text/plain; charset=utf-8"
-    headers = {"Content-Type": content_type or "application/octet-stream"}
-    if if_match is not None:
-        headers["If-Match"] = f'"{if_match}"'
-    if if_none_match:
-        headers["If-None-Match"] = "*"
+    headers = {"Content-Type": content_type or "application/octet-stream", **(only_if or {})}
     return Request(
         "POST" if create else "PUT",
         _key_path(key) + _query(ttl=ttl),
@@ -225,8 +241,7 @@ def put_request(
 
 
 def delete_request(key: str, if_match: Optional[str] = None) -> Request[None]:
-    headers = {} if if_match is None else {"If-Match": f'"{if_match}"'}
-    return Request("DELETE", _key_path(key), headers, None, lambda response: None)
+    return Request("DELETE", _key_path(key), conditions(if_match), None, lambda response: None)
 
 
 def list_request(
@@ -284,7 +299,8 @@ class Calls:
         @raise errors.PreconditionFailed: C{if_match} / C{if_none_match} did
             not hold.
         """
-        return self._call(put_request(key, value, content_type, ttl, if_match, if_none_match))
+        only_if = conditions(if_match, if_none_match)
+        return self._call(put_request(key, value, content_type, ttl, only_if))
 
     def create(
         self, key: str, value: Data, *, content_type: Optional[str] = None, ttl: Optional[float] = None

@@ -3,10 +3,10 @@
 Tests for L{twisted_kv.client.sync} and L{twisted_kv.client.txclient}.
 
 The request builders and the error mapping are tested with
-L{twisted_kv.client._logic}, in L{tests.test_client_logic}; L{TxClientTests} run
-the Twisted client against the node's site in memory (treq's C{StubTreq},
-a L{Clock}); L{ClientTests} and L{WatchTests} run the blocking client, in a
-thread, against a node listening on a loopback port.
+L{twisted_kv.client._logic}, in L{tests.test_client_logic}; L{TxClientTests}
+run the Twisted client against the node's site in memory (treq's
+C{StubTreq}, a L{Clock}); L{ClientTests} and L{WatchTests} run the blocking
+client, in a thread, against a node listening on a loopback port.
 """
 
 from __future__ import annotations

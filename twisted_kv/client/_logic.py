@@ -13,6 +13,7 @@ the calls of the API once for both, over their C{_call}.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from enum import Enum, auto
 from typing import Any, Callable, Generic, Mapping, Optional, Sequence, TypeVar, Union
 from urllib.parse import quote, urlencode, urlsplit
@@ -260,7 +261,7 @@ def cluster_request() -> Request[dict]:
     return Request("GET", "/cluster", {}, None, _json)
 
 
-class Calls:
+class Calls(ABC):
     """
     The calls of the API, written once for both clients: each builds its
     L{Request} and hands it to C{_call}, which sends it and reads the
@@ -269,8 +270,11 @@ class Calls:
     both raise (or fail with) the typed exceptions of L{twisted_kv.errors}.
     """
 
+    @abstractmethod
     def _call(self, request: Request[Any]) -> Any:
-        raise NotImplementedError
+        """
+        Send C{request}: its result (see L{result_of}), or a Deferred of it.
+        """
 
     def get(self, key: str) -> Any:
         """

@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from twisted_kv._autobahn_timer import ClockTimer
+from twisted_kv._compat import use_timer
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, Record, make_version
 from twisted_kv.ws import server as ws
@@ -138,7 +139,7 @@ class _Node:
         """
         factory = WebSocketClientFactory("ws://127.0.0.1:7001/ws", origin=origin, reactor=self.clock)
         factory.protocol = _Client
-        factory._batched_timer = ClockTimer(self.clock)
+        use_timer(factory, ClockTimer(self.clock))
         address = IPv4Address("TCP", "127.0.0.1", 7001)
         server = self.site.buildProtocol(address)
         client = factory.buildProtocol(address)

@@ -40,6 +40,7 @@ from treq.client import HTTPClient
 from zope.interface import implementer
 
 from twisted_kv._autobahn_timer import ClockTimer, cancel_close_timeout
+from twisted_kv._compat import use_timer
 from twisted_kv.client._logic import (
     DEFAULT_URL,
     Calls,
@@ -272,7 +273,7 @@ class Watcher:
         self._prefix = prefix
         self._files = files
         factory = _WatchClientFactory(ws_url(url), reactor=reactor)
-        factory._batched_timer = ClockTimer(reactor)
+        use_timer(factory, ClockTimer(reactor))
         # The client-side drop timeout runs on txaio's global reactor; the
         # server drops the connection itself.
         factory.setProtocolOptions(serverConnectionDropTimeout=0)

@@ -14,6 +14,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted_kv.core.keyspace import USER, user_key
@@ -34,6 +35,8 @@ from twisted_kv.interfaces import (
     ChangeEvent,
     IClusterStatus,
     IKeyValue,
+    IMessenger,
+    IPeerHandler,
     KeyPage,
     ReadResult,
     WriteResult,
@@ -53,6 +56,27 @@ def _outcome(d: Any) -> list:
     d.addBoth(box.append)
     return box
 
+
+
+@implementer(IMessenger)
+class _Unheard:
+    """
+    A node's messenger on which the peers in C{unheard} look unable to
+    answer (their links back to the node are still redialling).
+    """
+
+    def __init__(self, messenger: IMessenger, unheard: set[str]) -> None:
+        self._messenger = messenger
+        self._unheard = unheard
+
+    def send(self, peer_id: str, message: list) -> bool:
+        return self._messenger.send(peer_id, message)
+
+    def hears_from(self, peer_id: str) -> bool:
+        return peer_id not in self._unheard and self._messenger.hears_from(peer_id)
+
+    def connected(self) -> set[str]:
+        return self._messenger.connected()
 
 class ClusterTestMixin:
     """
@@ -218,11 +242,15 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
     def test_interfaces(self) -> None:
         """
         A node's coordinator is the front ends' L{IKeyValue}, and its
-        L{NodeStatus} their L{IClusterStatus}.
+        L{NodeStatus} their L{IClusterStatus}; the node is its messenger's
+        L{IPeerHandler}, and the messengers of the tests L{IMessenger}s.
         """
         node = self.cluster.nodes["n1"]
         verifyObject(IKeyValue, self.cluster.coordinators["n1"])
         verifyObject(IClusterStatus, NodeStatus(node, self.cluster.clock))
+        verifyObject(IPeerHandler, node)
+        verifyObject(IMessenger, node.messenger)
+        verifyObject(IMessenger, _Unheard(node.messenger, set()))
 
     def test_finished_requests_leave_no_reference_cycles(self) -> None:
         """
@@ -262,8 +290,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.put(primary, key, b"v")
         node = cluster.nodes["n1"]
         cut = {primary}
-        linked = node.messenger.hears_from
-        node.messenger.hears_from = lambda peer: peer not in cut and linked(peer)
+        node.messenger = _Unheard(cluster.network.messenger("n1"), cut)
         sent = cluster.network.sent
         box = _outcome(cluster.coordinators["n1"].get(user_key(key)))
         cluster.run(0.5)

@@ -26,7 +26,10 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
+from twisted_kv.interfaces import IMessenger, IPeerHandler
 from twisted_kv.peer import PeerLinks
 from twisted_kv.peer.links import RETRY_INITIAL_DELAY, RETRY_MAX_DELAY, default_retry_policy
 from twisted_kv.peer.protocol import TAG_AUTH, TAG_HELLO, TAG_MESSAGE, auth_mac, frame
@@ -41,6 +44,7 @@ def _no_jitter() -> float:
     return 0.0
 
 
+@implementer(IPeerHandler)
 class _Handler:
     """
     The node's side of L{PeerLinks}: records every call, in order.
@@ -283,6 +287,16 @@ class InMemoryLinksTests(SynchronousTestCase):
         for link in links:
             self.successResultOf(self.net.stop(link))
         self.assertEqual(self.net.reactor.getDelayedCalls(), [])
+
+    def test_interfaces(self) -> None:
+        """
+        L{PeerLinks} is the node's L{IMessenger}, and the recording handler
+        of these tests an L{IPeerHandler}, as the node is.
+        """
+        n1, h1, n2, h2 = self.pair()
+        verifyObject(IMessenger, n1)
+        verifyObject(IPeerHandler, h1)
+        self.stop_all(n1, n2)
 
     def test_peer_up(self) -> None:
         """

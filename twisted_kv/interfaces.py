@@ -216,3 +216,54 @@ class IClusterStatus(Interface):
         Node-level metrics, read when C{/metrics} is scraped: a list of
         C{prometheus_client} metric families (L{twisted_kv.web.metrics.Metric}).
         """
+
+
+class IMessenger(Interface):
+    """
+    What a node needs from its links to its peers: L{twisted_kv.peer.links.PeerLinks}
+    on real sockets, L{twisted_kv.testing.MemoryNetwork}'s messengers in
+    the tests.
+    """
+
+    def send(peer_id: str, message: list) -> bool:
+        """
+        Queue C{message} for C{peer_id}; messages to one peer arrive in send
+        order while the link lives.
+
+        @return: C{True} if queued; C{False} (the message dropped) if there
+            is no link to that peer right now.
+        """
+
+    def hears_from(peer_id: str) -> bool:
+        """
+        Whether C{peer_id} has a link to us, on which its answers to our
+        requests would arrive (a peer that just restarted, or is redialling
+        us, may not have one yet).
+        """
+
+    def connected() -> set[str]:
+        """
+        The ids of the peers we have a link to.
+        """
+
+
+class IPeerHandler(Interface):
+    """
+    What the links to the peers call on the node (L{twisted_kv.cluster.node.Node}).
+    """
+
+    def peer_message(peer_id: str, incarnation: int, message: list) -> None:
+        """
+        C{peer_id}, in incarnation C{incarnation}, sent C{message}.
+        """
+
+    def peer_up(peer_id: str, incarnation: int) -> None:
+        """
+        Our link to C{peer_id} (incarnation C{incarnation}) is up: what was
+        in flight on an older one may be lost.
+        """
+
+    def peer_down(peer_id: str) -> None:
+        """
+        Our link to C{peer_id} is lost: requests awaiting its answers fail.
+        """

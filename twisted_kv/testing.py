@@ -16,11 +16,13 @@ from typing import Iterable, Optional
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from twisted_kv.core.config import ClusterConfig, parse_config
 from twisted_kv.cluster.coordinator import Coordinator
 from twisted_kv.core.membership import new_incarnation
 from twisted_kv.cluster.node import Node
+from twisted_kv.interfaces import IMessenger
 
 
 def cluster_config(size: int = 3, **tunables: object) -> ClusterConfig:
@@ -40,6 +42,7 @@ def cluster_config(size: int = 3, **tunables: object) -> ClusterConfig:
     return parse_config("\n".join(lines) + "\n", "<test>")
 
 
+@implementer(IMessenger)
 class _Messenger:
     """
     One node's access to the L{MemoryNetwork}.
@@ -113,8 +116,18 @@ class MemoryNetwork:
             return
         node.peer_message(sender, incarnation, message)
 
-    def add(self, node: Node) -> None:
-        node.messenger = _Messenger(self, node.node_id)
+    def messenger(self, node_id: str) -> IMessenger:
+        """
+        Node C{node_id}'s access to this network.
+        """
+        return _Messenger(self, node_id)
+
+    def add(self, node: Node, messenger: Optional[IMessenger] = None) -> None:
+        """
+        Connect C{node} through C{messenger} (L{messenger} by default; a test
+        may wrap it to inject a fault).
+        """
+        node.messenger = messenger or self.messenger(node.node_id)
         self.nodes[node.node_id] = node
         for peer in self.reachable(node.node_id):
             self.nodes[peer].peer_up(node.node_id, node.incarnation)

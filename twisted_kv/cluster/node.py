@@ -3,10 +3,10 @@
 One cluster node: consensus on the cluster map, the replicas of the
 partitions it holds, and the routing of client operations to primaries.
 
-The node talks to its peers only through a messenger (L{PeerLinks} on real
-sockets, L{twisted_kv.testing.MemoryNetwork} in tests) and reads time only
-from its injected clocks, so a whole cluster runs deterministically in one
-process in the tests.
+The node talks to its peers only through an L{IMessenger} (L{PeerLinks} on
+real sockets, L{twisted_kv.testing.MemoryNetwork} in tests) and reads time
+only from its injected clocks, so a whole cluster runs deterministically in
+one process in the tests.
 
 Messages between nodes (lists; the first element is the tag):
 
@@ -59,6 +59,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.consensus import LEADER, Consensus
@@ -88,7 +89,7 @@ from twisted_kv.wire.codec import decode as decode_message
 from twisted_kv.wire.codec import encode as encode_message
 from twisted_kv.cluster.deadlines import Deadlines
 from twisted_kv.errors import InsufficientStorage, KVError, error_for_code
-from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
+from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent, IMessenger, IPeerHandler
 
 log = Logger()
 
@@ -235,6 +236,7 @@ def _decode_error(status: str, payload: list) -> Exception:
     return error_for_code(payload[0])(payload[1])
 
 
+@implementer(IPeerHandler)
 class Node:
     """
     A member of the cluster.
@@ -284,7 +286,7 @@ class Node:
         )
         self.ring = Ring(config.node_ids, config.partitions)
         self.replicas = [Replica(p) for p in range(config.partitions)]
-        self.messenger: Any = None
+        self.messenger: Optional[IMessenger] = None
         self.executed = 0
         self.lost_partitions: frozenset[int] = frozenset()
         self.partition_losses = 0

@@ -3,8 +3,8 @@
 A node's links to its peers: one outbound connection per peer, and a
 listener for the peers' inbound connections.
 
-The node layer sees the peer transport only through L{PeerLinks} and the
-handler object it supplies::
+The node layer sees the peer transport only through L{PeerLinks} (an
+L{IMessenger}) and the L{IPeerHandler} it supplies::
 
     handler.peer_message(peer_id, incarnation, message)  # inbound message
     handler.peer_up(peer_id, incarnation)    # outbound link authenticated
@@ -62,6 +62,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_kv.core.config import format_address
+from twisted_kv.interfaces import IMessenger, IPeerHandler
 from twisted_kv.peer.protocol import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -317,6 +318,7 @@ class _InboundFactory(Factory):
         return protocol
 
 
+@implementer(IMessenger)
 class PeerLinks(MultiService):
     """
     This node's authenticated links to its peers (an L{IService}).
@@ -334,7 +336,7 @@ class PeerLinks(MultiService):
         cluster_name: str,
         secret: bytes,
         peers: dict[str, tuple[str, int]],
-        handler: Any,
+        handler: IPeerHandler,
         reactor: Any,
         listen_endpoint: Optional[str] = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -349,7 +351,7 @@ class PeerLinks(MultiService):
         @param cluster_name: the cluster's name.
         @param secret: the cluster secret.
         @param peers: every other node: id -> (host, peer port).
-        @param handler: provides C{peer_message}, C{peer_up}, C{peer_down}.
+        @param handler: the node, told of messages and of links up and down.
         @param reactor: provides C{IReactorTCP} and C{IReactorTime}; used
             for every connection and every timer.
         @param listen_endpoint: a server endpoint string for inbound peer

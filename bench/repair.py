@@ -206,7 +206,7 @@ def in_process(keys: int) -> None:
         cluster.nodes[member].replicas[partition]._apply_change(Change("delete", key, 0, None))
         differing += 1
     print(f"in-process: {differing} keys (1%) missing on one replica, one round: {one_round()} bytes")
-    print(f"in-process: repaired keys: {sum(n.repaired_keys() for n in cluster.nodes.values())}")
+    print(f"in-process: repaired keys: {sum(n.antientropy.repaired_keys() for n in cluster.nodes.values())}")
     counter.bytes.clear()
     cluster.kill("n3")
     cluster.settle()

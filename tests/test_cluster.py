@@ -20,8 +20,9 @@ from zope.interface.verify import verifyObject
 from twisted_kv.core.keyspace import USER, user_key
 from twisted_kv.core.records import Put
 from twisted_kv.core.replica import RECENT_CHANGES, decode_change, encode_records
+from twisted_kv.cluster import feed as feed_module
 from twisted_kv.cluster import node as node_module
-from twisted_kv.cluster.node import encode_operation
+from twisted_kv.cluster import replication as replication_module
 from twisted_kv.errors import (
     InsufficientStorage,
     KeyExists,
@@ -43,6 +44,7 @@ from twisted_kv.interfaces import (
 )
 from twisted_kv.web.metrics import node_registry, render
 from twisted_kv.testing import MemoryCluster
+from twisted_kv.wire import messages
 
 from tests.linearizability import Op, check, random_operation
 from tests.test_metrics import parse
@@ -295,7 +297,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         box = _outcome(cluster.coordinators["n1"].get(user_key(key)))
         cluster.run(0.5)
         self.assertEqual(box, [])
-        self.assertEqual(node._requests, {})
+        self.assertEqual(len(node.calls), 0)
         cut.clear()
         cluster.run(0.2)
         self.assertEqual(box[0].record.value, b"v")
@@ -316,10 +318,10 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         cluster.run(cluster.config.failure_timeout)
         node = cluster.nodes["n1"]
         partition = node.partition_of(user_key(key))
-        box = _outcome(node.call(primary, ["read", 0, partition, user_key(key)], 5.0))
+        box = _outcome(node.call(primary, messages.ReadRequest(partition, user_key(key)), 5.0))
         self.assertTrue(box[0].check(node_module.Retry), box)
         self.assertFalse(box[0].value.maybe_applied)
-        self.assertEqual(node._requests, {})
+        self.assertEqual(len(node.calls), 0)
 
     def test_unanswered_request_times_out(self) -> None:
         """
@@ -336,7 +338,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         )
         node = cluster.nodes["n1"]
         partition = node.partition_of(user_key(key))
-        read = _outcome(node.call(primary, ["read", 0, partition, user_key(key)], 1.0))
+        read = _outcome(node.call(primary, messages.ReadRequest(partition, user_key(key)), 1.0))
         write = _outcome(cluster.coordinators["n1"].put(user_key(key), b"v"))
         cluster.run(0.9)
         self.assertEqual(read, [])
@@ -345,7 +347,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual(write, [])
         cluster.run(cluster.config.request_timeout)
         self.assertTrue(write[0].check(OutcomeUnknown), write)
-        self.assertEqual(node._requests, {})
+        self.assertEqual(len(node.calls), 0)
         self.assertEqual(len(node.deadlines), 0)
 
     def test_acknowledged_write_in_majority_memory(self) -> None:
@@ -356,7 +358,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         key = user_key("durable")
         holders = [
             node for node in self.cluster.nodes.values()
-            if node.peek_local(node.partition_of(key), key)[1] is not None
+            if node.operations.peek_local(node.partition_of(key), key)[1] is not None
         ]
         self.assertEqual(len(holders), 2)
 
@@ -454,7 +456,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.assertIsNone(self.value_at("n2", "ttl"))
         key = user_key("ttl")
         for node in self.cluster.nodes.values():
-            self.assertIsNone(node.peek_local(node.partition_of(key), key)[1])
+            self.assertIsNone(node.operations.peek_local(node.partition_of(key), key)[1])
         self.assertEqual([e.change.kind for e in events], ["put", "expire"])
 
     def test_events_reach_every_node_in_revision_order(self) -> None:
@@ -542,7 +544,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
             decoded.append(data)
             return decode_change(data)
 
-        self.patch(node_module, "decode_change", counting)
+        self.patch(feed_module, "decode_change", counting)
         quiet = next(n for n in self.cluster.nodes if n != self.leader)
         self.put(self.leader, "unwatched", b"1")
         self.cluster.run(0.5)
@@ -677,7 +679,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         """
         for index in range(60):
             self.put(self.leader, f"spread{index}", b"v")
-        executed = [node.executed for node in self.cluster.nodes.values()]
+        executed = [node.operations.executed for node in self.cluster.nodes.values()]
         self.assertTrue(all(count > 5 for count in executed), executed)
 
     def test_metrics_per_node(self) -> None:
@@ -701,12 +703,12 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         for index in range(30):
             self.put(self.leader, f"scraped{index}", b"v")
         for name, node in self.cluster.nodes.items():
-            self.assertEqual(executed(name)[name], node.executed)
-            self.assertGreater(node.executed, before[name])
+            self.assertEqual(executed(name)[name], node.operations.executed)
+            self.assertGreater(node.operations.executed, before[name])
         self.cluster.run(1.0)
         self.assertEqual(
             executed(self.leader),
-            {name: node.executed for name, node in self.cluster.nodes.items()},
+            {name: node.operations.executed for name, node in self.cluster.nodes.items()},
         )
 
     def test_node_metrics(self) -> None:
@@ -788,29 +790,6 @@ class MembershipLogTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual(sorted(line for line in lines if " is down" in line), down)
         self.assertEqual(sorted(line for line in lines if " is up" in line), up)
         self.assertLess(lines.index(down[-1]), lines.index(up[-1]))
-
-
-class RecentBatchesTests(SynchronousTestCase):
-    """
-    What a node keeps of the change batches it published, for a new leader.
-    """
-
-    def test_bounded_in_changes_and_bytes(self) -> None:
-        """
-        The newest batches are kept, up to RECENT_CHANGES changes and
-        RECENTLY_PUBLISHED_BYTES bytes; taking them empties the store.
-        """
-        recent = node_module._RecentBatches()
-        for index in range(RECENT_CHANGES + 10):
-            recent.add((1, b"%d" % index))
-        batches = recent.take()
-        self.assertEqual(len(batches), RECENT_CHANGES)
-        self.assertEqual(batches[-1], (1, b"%d" % (RECENT_CHANGES + 9)))
-        self.assertEqual(recent.take(), [])
-        big = b"x" * (node_module.RECENTLY_PUBLISHED_BYTES // 2)
-        for index in range(3):
-            recent.add((1, big + b"%d" % index))
-        self.assertEqual([changes[-1:] for _, changes in recent.take()], [b"2"])
 
 
 class FailureTests(ClusterTestMixin, SynchronousTestCase):
@@ -905,7 +884,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         for key, value in acked.items():
             store_key = user_key(key)
             result = self.get("n1", key)
-            if survivor.peek_local(survivor.partition_of(store_key), store_key)[0]:
+            if survivor.operations.peek_local(survivor.partition_of(store_key), store_key)[0]:
                 held += 1
                 self.assertEqual((result.record.value, result.degraded), (value, True))
             else:
@@ -927,9 +906,9 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         partition = asker.partition_of(key)
         primary = asker.partition_config(partition).primary.node_id
         asker = next(n for n in cluster.nodes.values() if n.node_id != primary)
-        operation = encode_operation(Put(key, b"once"))
+        request = messages.OpRequest(partition, Put(key, b"once"), "client/1")
         answers = [
-            self.wait(asker.call(primary, ["op", 0, partition, operation, "client/1"], 5))
+            self.wait(asker.call(primary, request, 5))
             for _ in range(2)
         ]
         first, second = (decode_change(a) for a in answers)
@@ -1000,7 +979,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
             cluster.clock.advance(0.05)
         self.assertTrue(box)
         self.assertTrue(box[0].check(OutcomeUnknown), box[0])
-        self.assertFalse(node._requests)
+        self.assertEqual(len(node.calls), 0)
 
     def test_degraded_read_trusts_the_newest_configuration(self) -> None:
         """
@@ -1066,7 +1045,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         partition = node.partition_of(user_key(key))
         self.assertTrue(node.replicas[partition].is_primary)
         outcome = _outcome(
-            node.execute_local(partition, Put(user_key(key), b"v3", if_match=newer.version), None)
+            node.operations.execute_local(partition, Put(user_key(key), b"v3", if_match=newer.version), None)
         )
         cluster.run(0.5)
         self.assertEqual(outcome, [])
@@ -1091,11 +1070,11 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         cluster.network.partition([old], [leader, newer])
         node = cluster.nodes[old]
         partition = node.partition_of(user_key(key))
-        waiting = _outcome(node.execute_local(partition, Put(user_key(key), b"lost"), None))
+        waiting = _outcome(node.operations.execute_local(partition, Put(user_key(key), b"lost"), None))
         cluster.run(0.1)
         self.assertEqual(waiting, [])
         replica = node.replicas[partition]
-        snapshot = ["snap", partition, replica.epoch + 1, 0, 0, True, True, encode_records([]), 0]
+        snapshot = messages.snapshot(partition, replica.epoch + 1, 0, 0, True, True, encode_records([]), 0)
         node.peer_message(newer, cluster.nodes[newer].incarnation, snapshot)
         self.assertFalse(replica.is_primary)
         self.assertTrue(waiting[0].check(node_module.Retry), waiting)
@@ -1323,7 +1302,7 @@ class ReadLeaseTests(ClusterTestMixin, SynchronousTestCase):
         old_replica, new_replica = cluster.nodes[old].replicas[partition], cluster.nodes[new].replicas[partition]
         epoch = new_replica.epoch
         adopted_at = took_over_at = None
-        hold = cluster.config.failure_timeout * node_module.LEASE_PROMISE_SHARE * (1 - node_module.LEASE_CLOCK_MARGIN)
+        hold = cluster.config.failure_timeout * replication_module.LEASE_PROMISE_SHARE * (1 - replication_module.LEASE_CLOCK_MARGIN)
         while took_over_at is None:
             cluster.run(0.005)
             now = cluster.clock.seconds()
@@ -1662,7 +1641,7 @@ class MajorityRestartTests(ClusterTestMixin, SynchronousTestCase):
             cluster.run(0.1)
         node = cluster.nodes[survivor]
         delivered: list[ChangeEvent] = []
-        node.subscribe(delivered.append)
+        node.feed.subscribe(delivered.append)
         self.assertIsNone(cluster.leader())
         lost = sorted(node.lost_partitions)
         self.assertTrue(lost)

@@ -57,14 +57,14 @@ class AntiEntropyTests(SyncTestMixin, SynchronousTestCase):
         When replicas agree, a round exchanges only roots and acknowledgements
         (tens of bytes per partition), repairs nothing, and completes.
         """
-        before = sum(n.antientropy_bytes for n in self.cluster.nodes.values())
+        before = sum(n.antientropy.bytes_sent for n in self.cluster.nodes.values())
         self.cluster.run(1.2)
-        spent = sum(n.antientropy_bytes for n in self.cluster.nodes.values()) - before
+        spent = sum(n.antientropy.bytes_sent for n in self.cluster.nodes.values()) - before
         partitions = self.cluster.config.partitions
         self.assertGreater(spent, 0)
         self.assertLess(spent, partitions * 2 * 80 * 2)
-        self.assertEqual(sum(n.repaired_keys() for n in self.cluster.nodes.values()), 0)
-        self.assertTrue(any(n.last_full_round for n in self.cluster.nodes.values()))
+        self.assertEqual(sum(n.antientropy.repaired_keys() for n in self.cluster.nodes.values()), 0)
+        self.assertTrue(any(n.antientropy.last_full_round for n in self.cluster.nodes.values()))
 
     def test_missing_extra_and_stale_keys_repaired(self) -> None:
         """
@@ -85,7 +85,7 @@ class AntiEntropyTests(SyncTestMixin, SynchronousTestCase):
         self.assertIsNone(member2.store.get(extra))
         self.assertEqual(member.store.get(lost).value, b"v1")
         self.assertEqual(member3.store.get(stale).value, b"v2")
-        self.assertGreaterEqual(sum(n.repaired_keys() for n in self.cluster.nodes.values()), 3)
+        self.assertGreaterEqual(sum(n.antientropy.repaired_keys() for n in self.cluster.nodes.values()), 3)
 
     def test_repair_while_writes_continue(self) -> None:
         """
@@ -147,7 +147,7 @@ class ConvergenceTests(SyncTestMixin, SynchronousTestCase):
         self.assertEqual(len(race), 1)
         for node in self.cluster.nodes.values():
             key = user_key("gone")
-            self.assertIsNone(node.peek_local(node.partition_of(key), key)[1])
+            self.assertIsNone(node.operations.peek_local(node.partition_of(key), key)[1])
 
     def test_restart_mid_sync(self) -> None:
         """

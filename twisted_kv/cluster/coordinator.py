@@ -50,7 +50,10 @@ from twisted_kv.interfaces import (
     WriteResult,
 )
 from twisted_kv.web.metrics import Metric, Reading, counter, gauge
-from twisted_kv.cluster.node import RETRY_DELAY, Node, Peek, Retry, _decode_record, decode_peek, encode_operation
+from twisted_kv.cluster.calls import Request, Retry
+from twisted_kv.cluster.node import RETRY_DELAY, Node
+from twisted_kv.wire import messages
+from twisted_kv.wire.messages import Peek
 
 # How long a degraded read waits for the reachable replicas.
 DEGRADED_READ_TIMEOUT = 1.0
@@ -87,9 +90,9 @@ class Coordinator:
         partition = self._node.partition_of(key)
         d = self._route(
             partition,
-            lambda: self._node.read_local(partition, key),
-            lambda: ["read", 0, partition, key],
-            _decode_record,
+            lambda: self._node.operations.read_local(partition, key),
+            messages.ReadRequest(partition, key),
+            messages.decode_record,
             write=False,
         )
 
@@ -145,10 +148,10 @@ class Coordinator:
         timeout = self._node.config.request_timeout
         calls = [
             (
-                succeed(self._node.list_local(partitions, prefix, start_after, limit + 1))
+                succeed(self._node.operations.list_local(partitions, prefix, start_after, limit + 1))
                 if holder == self._node.node_id
                 else self._node.call(
-                    holder, ["list", 0, partitions, prefix, start_after, limit + 1], timeout
+                    holder, messages.ListRequest(partitions, prefix, start_after, limit + 1), timeout
                 )
             )
             for holder, partitions in by_holder.items()
@@ -173,33 +176,32 @@ class Coordinator:
         else a live in-sync member still in the incarnation the map names
         (it holds every acknowledged write), else C{None}.
         """
-        membership = self._node.membership
-        now = self._clock.seconds()
+        node = self._node
         for member in config.members:
             if (
                 member.node_id in config.in_sync
-                and membership.state(member.node_id, now) != DEAD
-                and membership.incarnation(member.node_id) == member.incarnation
+                and node.peer_state(member.node_id) != DEAD
+                and node.peer_incarnation(member.node_id) == member.incarnation
             ):
                 return member.node_id
         return None
 
     def subscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
-        self._node.subscribe(listener)
+        self._node.feed.subscribe(listener)
 
     def unsubscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
-        self._node.unsubscribe(listener)
+        self._node.feed.unsubscribe(listener)
 
     # -- routing -----------------------------------------------------------
 
     def _write(self, operation: Operation) -> Deferred[Change]:
         partition = self._node.partition_of(operation.key)
-        op_id = self._node.new_op_id()
+        op_id = self._node.operations.new_op_id()
         return self._route(
             partition,
-            lambda: self._node.execute_local(partition, operation, op_id),
-            lambda: ["op", 0, partition, encode_operation(operation), op_id],
-            lambda data: decode_change(data),
+            lambda: self._node.operations.execute_local(partition, operation, op_id),
+            messages.OpRequest(partition, operation, op_id),
+            decode_change,
             write=True,
         )
 
@@ -207,7 +209,7 @@ class Coordinator:
         self,
         partition: int,
         run_here: Callable[[], Deferred],
-        message: Callable[[], list],
+        request: Request,
         decode: Callable,
         *,
         write: bool,
@@ -216,7 +218,7 @@ class Coordinator:
         Run an operation at its partition's primary, retrying while the
         primary is unknown, moving or unreachable, until the request timeout.
         """
-        routed = _RoutedOperation(self._node, self._clock, partition, run_here, message, decode, write)
+        routed = _RoutedOperation(self._node, self._clock, partition, run_here, request, decode, write)
         try:
             return routed.attempt()
         except Exception:
@@ -232,11 +234,12 @@ class Coordinator:
         believing it is in sync) may hold a value deleted since.
         """
         partition = self._node.partition_of(key)
-        asks = [succeed(self._node.peek_local(partition, key))]
-        for peer in self._node.consensus.peers:
+        asks = [succeed(self._node.operations.peek_local(partition, key))]
+        request = messages.PeekRequest(partition, key)
+        for peer in self._node.peers():
             asks.append(
-                self._node.call(peer, ["peek", 0, partition, key], DEGRADED_READ_TIMEOUT)
-                .addCallback(decode_peek)
+                self._node.call(peer, request, DEGRADED_READ_TIMEOUT)
+                .addCallback(messages.decode_peek)
             )
 
         def newest(results: list) -> ReadResult:
@@ -250,7 +253,7 @@ class Coordinator:
             best = max(records, key=lambda r: r.version, default=None)
             if any(a.record != best for a in answers):
                 # some replica is behind: have the primary compare them
-                self._node.check_partition(partition)
+                self._node.antientropy.check_partition(partition)
             return ReadResult(live(best, self._clock.seconds()), degraded=True)
 
         return DeferredList(asks, consumeErrors=True).addCallback(newest)
@@ -273,7 +276,7 @@ class _RoutedOperation:
         clock: IReactorTime,
         partition: int,
         run_here: Callable[[], Deferred],
-        message: Callable[[], list],
+        request: Request,
         decode: Callable,
         write: bool,
     ) -> None:
@@ -281,7 +284,7 @@ class _RoutedOperation:
         self._clock = clock
         self._partition = partition
         self._run_here = run_here
-        self._message = message
+        self._request = request
         self._decode = decode
         self._write = write
         self._deadline = clock.seconds() + node.config.request_timeout
@@ -302,11 +305,11 @@ class _RoutedOperation:
             return fail(self._give_up(_lost_reason(self._partition)))
         primary = config.primary.node_id
         if primary == self._node.node_id:
-            return self._node.deadlines.limit(self._run_here(), self._deadline).addErrback(
+            return self._node.limit(self._run_here(), self._deadline).addErrback(
                 self._retry
             )
         # Only the call's failures may be retried, not a payload that fails to decode.
-        return self._node.call(primary, self._message(), remaining).addCallbacks(
+        return self._node.call(primary, self._request, remaining).addCallbacks(
             self._decode, self._retry
         )
 
@@ -386,12 +389,11 @@ class NodeStatus:
         until it is taken for dead); C{silent_for} says how old they are.
         """
         view = self._reports()
-        now = self._clock.seconds()
-        nodes = [self._current(report, now) for report in view["nodes"]]
+        nodes = [self._current(report) for report in view["nodes"]]
         config = self._node.config
         return {**view, "nodes": nodes, "summary": summarize(nodes, config.majority, config.replicas)}
 
-    def _current(self, report: dict, now: float) -> dict:
+    def _current(self, report: dict) -> dict:
         """
         The C{/cluster} entry of a node from its last C{report}.
         """
@@ -402,7 +404,7 @@ class NodeStatus:
         entry["keys"] = user_keys if current else None
         entry["file_records"] = file_records if current else None
         entry["synced"] = current and bool(entry["synced"])
-        silence = self._node.membership.silent_for(entry["id"], now)
+        silence = self._node.peer_silence(entry["id"])
         entry["silent_for"] = None if silence is None else round(silence, 3)
         return entry
 
@@ -412,19 +414,18 @@ class NodeStatus:
         C{keys} counts every record, file records too.
         """
         node = self._node
-        now = self._clock.seconds()
         nodes = []
         for peer in node.config.nodes:
             if peer.node_id == node.node_id:
                 info = node.sync_state()
             else:
-                info = node.membership.info.get(
-                    peer.node_id, {"keys": 0, "synced": False, "executed": 0}
-                )
+                info = node.peer_report(peer.node_id) or {
+                    "keys": 0, "synced": False, "executed": 0
+                }
             nodes.append(
                 {
                     "id": peer.node_id,
-                    "state": node.membership.state(peer.node_id, now),
+                    "state": node.peer_state(peer.node_id),
                     "http": peer.http_url,
                     **info,
                 }
@@ -432,7 +433,7 @@ class NodeStatus:
         return {
             "self": node.node_id,
             "leader": node.leader,
-            "term": node.consensus.term,
+            "term": node.term,
             "nodes": nodes,
             "lost_partitions": sorted(node.lost_partitions),
         }
@@ -449,7 +450,7 @@ class NodeStatus:
         node = self._node
         config = node.config
         leader = node.leader
-        reachable = node.membership.live_count(self._clock.seconds())
+        reachable = node.live_count()
         details = {
             "node": node.node_id,
             "leader": leader,
@@ -541,12 +542,12 @@ _NODE_METRICS: tuple[Reading[Node], ...] = (
     gauge(
         "twisted_kv_antientropy_last_round_seconds",
         "When this node last completed a full anti-entropy round (Unix time).",
-        lambda node: node.last_full_round or 0,
+        lambda node: node.antientropy.last_full_round or 0,
     ),
     gauge(
         "twisted_kv_term",
         "The current election term.",
-        lambda node: node.consensus.term,
+        lambda node: node.term,
     ),
     gauge(
         "twisted_kv_is_leader",

@@ -44,6 +44,7 @@ from typing import Iterable, Optional
 from attrs import frozen
 
 from twisted_kv.core.memstore import MemStore
+from twisted_kv.wire import messages
 from twisted_kv.core.merkle import RangeDigest, bucket_of
 from twisted_kv.core.records import (
     Change,
@@ -473,31 +474,31 @@ class Replica:
         entries = [encode_entry(e) for e in self.log[start - self.base_seq - 1 :]]
         self._next[member] = self.last_seq + 1
         self.commit_sent = self.commit_seq
-        return [
-            "app", self.partition, self.epoch, prev, self._epoch_at(prev),
+        return messages.append(
+            self.partition, self.epoch, prev, self._epoch_at(prev),
             entries, self.commit_seq, self.round, self.origin,
-        ]
+        )
 
     def snapshot_messages(self, member: str) -> list[list]:
         """
         Copy the committed store to C{member}, then continue with the log.
         """
-        messages = []
+        chunks: list[list] = []
         batch: list[tuple[str, Record]] = []
         size = 0
-        header = ["snap", self.partition, self.epoch, self.applied_seq, self._epoch_at(self.applied_seq)]
+        header = (self.partition, self.epoch, self.applied_seq, self._epoch_at(self.applied_seq))
         for key, record in self.store.items():
             batch.append((key, record))
             size += len(record.value) + len(key)
             if size >= SNAPSHOT_CHUNK_BYTES:
-                messages.append(header + [not messages, False, encode_records(batch), self.origin])
+                chunks.append(messages.snapshot(*header, not chunks, False, encode_records(batch), self.origin))
                 batch, size = [], 0
-        messages.append(header + [not messages, True, encode_records(batch), self.origin])
+        chunks.append(messages.snapshot(*header, not chunks, True, encode_records(batch), self.origin))
         # Only the member's acknowledgement of what follows proves it holds
         # the snapshot; until then it counts for nothing.
         self._next[member] = self.applied_seq + 1
         self._snapshot_at[member] = self.applied_seq
-        return messages
+        return chunks
 
     def new_round(self, now: float) -> int:
         """

@@ -1,0 +1,236 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+Client operations run at this node: writes and linearizable reads as a
+partition's primary (under a read lease, or after a confirmation round),
+degraded reads and listings as any replica, whether asked here or
+forwarded by a peer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Callable, Iterator, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from twisted_kv.cluster.calls import Calls, Retry
+from twisted_kv.cluster.replication import Replication
+from twisted_kv.core.config import ClusterConfig
+from twisted_kv.core.placement import PartitionConfig
+from twisted_kv.core.records import Change, Operation, Put, Record, live
+from twisted_kv.core.replica import Replica, encode_change
+from twisted_kv.errors import InsufficientStorage, KVError
+from twisted_kv.wire import messages
+from twisted_kv.wire.messages import Peek
+
+
+def _logged_records(
+    replica: Replica, prefix: str, start_after: Optional[str]
+) -> dict[str, Optional[Record]]:
+    """
+    The newest record (C{None}: deleted) of every key after C{start_after}
+    with C{prefix} that C{replica}'s log changes.
+    """
+    records: dict[str, Optional[Record]] = {}
+    for entry in replica.log:
+        change = entry.change
+        if (
+            change is not None
+            and change.key.startswith(prefix)
+            and (start_after is None or change.key > start_after)
+        ):
+            records[change.key] = change.record
+    return records
+
+
+def _encode_result(change: Optional[Change]) -> Optional[list]:
+    return None if change is None else encode_change(change)
+
+
+class ClientOperations:
+    """
+    The client operations this node runs.
+
+    @ivar executed: client operations this node executed as a primary.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ClusterConfig,
+        node_id: str,
+        incarnation: int,
+        replicas: list[Replica],
+        replication: Replication,
+        calls: Calls,
+        partition_config: Callable[[int], Optional[PartitionConfig]],
+        now: Callable[[], float],
+    ) -> None:
+        """
+        @param replication: what writes and reads wait on.
+        @param calls: answers the peers' requests.
+        @param partition_config: the current map's configuration of a
+            partition.
+        @param now: the current time.
+        """
+        self._config = config
+        self._node_id = node_id
+        self._incarnation = incarnation
+        self._replicas = replicas
+        self._replication = replication
+        self._calls = calls
+        self._partition_config = partition_config
+        self._now = now
+        self._op_ids = itertools.count(1)
+        self.executed = 0
+
+    def new_op_id(self) -> str:
+        """
+        An operation id no other operation of the cluster has: a retried
+        write under it is applied once.
+        """
+        return f"{self._node_id}/{self._incarnation:x}/{next(self._op_ids)}"
+
+    def bytes_used(self) -> int:
+        return sum(r.store.bytes_used for r in self._replicas)
+
+    def _serving_replica(self, partition: int) -> Replica:
+        replica = self._replicas[partition]
+        if not replica.is_primary:
+            raise Retry("not the primary")
+        return replica
+
+    def execute_local(
+        self, partition: int, operation: Operation, op_id: Optional[str]
+    ) -> Deferred[Optional[Change]]:
+        """
+        Order C{operation} in this primary's log and fire once every member
+        holds it.
+
+        @return: a Deferred firing with the L{Change} made (without its value
+            for a retried operation), or C{None} for an expiry overtaken by a
+            later write; failing with a L{KVError} when the operation's
+            condition does not hold, or L{Retry}.
+        """
+        try:
+            replica = self._serving_replica(partition)
+        except Retry as error:
+            return fail(error)
+        replication = self._replication
+        if op_id is not None:
+            seen = replica.find_operation(op_id, operation.key)
+            if seen is not None:
+                seq, change = seen
+                return replication.wait_commit(partition, seq).addCallback(lambda _: change)
+        if (
+            isinstance(operation, Put)
+            and self._config.memory_limit
+            and self.bytes_used() + replica.store.growth(operation.key, operation.value)
+            > self._config.memory_limit
+        ):
+            return fail(InsufficientStorage("the node's memory limit would be exceeded"))
+        self.executed += 1
+        try:
+            entry = replica.propose(operation, op_id, self._now())
+        except KVError as error:
+            # The answer depends on writes still in flight: give it once they
+            # are committed, or retry if they are abandoned.
+            # Otherwise it is a read of the key: a primary replaced without
+            # knowing it must not refuse from its stale state, so the refusal
+            # is confirmed as a read is.
+            refusal = Failure(error)
+            pending = replica.pending_seq(operation.key)
+            if pending is not None:
+                return replication.wait_commit(partition, pending).addCallback(lambda _: refusal)
+            if replication.lease_holds(replica):
+                return fail(refusal)
+            return replication.wait_confirmation(replica).addCallback(lambda _: refusal)
+        if entry is None:
+            return succeed(None)
+        change = entry.change
+        return replication.wait_commit(partition, entry.seq).addCallback(lambda _: change)
+
+    def expire(self, partition: int, operation: Operation) -> None:
+        """
+        Run a due expiry; it is moot if it fails (a later write overtook it,
+        or this node is no longer primary).
+        """
+        self.execute_local(partition, operation, None).addErrback(lambda f: None)
+
+    def read_local(self, partition: int, key: str) -> Deferred[Optional[Record]]:
+        """
+        A linearizable read at this primary: answered at once while our read
+        lease holds, else after every member has confirmed our epoch in a
+        round started after the read arrived.
+        """
+        try:
+            replica = self._serving_replica(partition)
+        except Retry as error:
+            return fail(error)
+        self.executed += 1
+        if self._replication.lease_holds(replica):
+            return succeed(replica.read(key, self._now()))
+        return self._replication.wait_confirmation(replica).addCallback(
+            lambda _: replica.read(key, self._now())
+        )
+
+    def peek_local(self, partition: int, key: str) -> Peek:
+        """
+        For degraded reads: whether this node is an in-sync replica of
+        C{partition} in the newest configuration it knows, the epoch of that
+        configuration, and the newest record of C{key} it holds, committed or
+        not.
+        """
+        config = self._partition_config(partition)
+        member = None if config is None else config.member(self._node_id)
+        holds = (
+            member is not None
+            and member.incarnation == self._incarnation
+            and self._node_id in config.in_sync
+        )
+        epoch = 0 if config is None else config.epoch
+        return Peek(holds, self._replicas[partition].newest(key), epoch)
+
+    def list_local(
+        self, partitions: list[int], prefix: str, start_after: Optional[str], limit: int
+    ) -> list[str]:
+        """
+        The live keys of C{partitions} after C{start_after}, in order.  A
+        primary lists what it has applied; another replica (asked for a
+        degraded listing) also counts the writes in its log it has not
+        applied yet, as a degraded read does.
+        """
+        now = self._now()
+
+        def live_keys(replica: Replica) -> Iterator[str]:
+            logged = {} if replica.is_primary else _logged_records(replica, prefix, start_after)
+            applied = (k for k in replica.store.keys_from(prefix, start_after) if k not in logged)
+            for key in heapq.merge(applied, sorted(logged)):
+                record = logged[key] if key in logged else replica.store.get(key)
+                if live(record, now) is not None:
+                    yield key
+
+        streams = [live_keys(self._replicas[p]) for p in partitions]
+        return list(itertools.islice(heapq.merge(*streams), limit))
+
+    # -- the peers' requests -----------------------------------------------
+
+    def on_op(self, peer: str, message: list) -> None:
+        request_id, partition, operation, op_id = messages.parse_op(message)
+        d = self.execute_local(partition, operation, op_id)
+        self._calls.answer(peer, request_id, d, _encode_result)
+
+    def on_read(self, peer: str, message: list) -> None:
+        request_id, partition, key = messages.parse_key_request(message)
+        self._calls.answer(peer, request_id, self.read_local(partition, key), messages.encode_record)
+
+    def on_peek(self, peer: str, message: list) -> None:
+        request_id, partition, key = messages.parse_key_request(message)
+        self._calls.answer_now(peer, request_id, messages.encode_peek(self.peek_local(partition, key)))
+
+    def on_list(self, peer: str, message: list) -> None:
+        request_id, partitions, prefix, start_after, limit = messages.parse_list(message)
+        keys = self.list_local(partitions, prefix, start_after, limit)
+        self._calls.answer_now(peer, request_id, keys)

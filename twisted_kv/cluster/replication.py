@@ -1,0 +1,376 @@
+# -*- test-case-name: tests.test_replication -*-
+"""
+Driving replication (L{twisted_kv.core.replica}) inside each partition: a
+primary sends its members what they lack, once per reactor turn, and
+answers the writes and reads waiting on their acknowledgements; a member
+takes in its primary's log and snapshots and promises it a read lease.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Callable, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from twisted_kv.cluster.antientropy import AntiEntropy
+from twisted_kv.cluster.calls import Retry
+from twisted_kv.cluster.feed import ChangeFeed
+from twisted_kv.core.config import ClusterConfig
+from twisted_kv.core.consensus import Consensus
+from twisted_kv.core.placement import PartitionConfig
+from twisted_kv.core.records import Expire
+from twisted_kv.core.replica import Replica
+from twisted_kv.wire import messages
+
+# How often a primary checks that its members catching up still progress.
+NUDGES_PER_FAILURE_TIMEOUT = 3
+# A member acknowledging a primary's round promises not to take over as
+# primary for this share of the failure timeout; a primary whose round every
+# member confirmed then reads without a round of its own until the lease
+# ends.  Failover after a crash waits a whole failure timeout anyway.
+LEASE_PROMISE_SHARE = 0.5
+# The primary's lease ends this share earlier than its members' promises,
+# for clocks that run at slightly different rates.
+LEASE_CLOCK_MARGIN = 0.1
+
+
+class Replication:
+    """
+    The replication of this node's replicas, as primary and as member.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ClusterConfig,
+        node_id: str,
+        incarnation: int,
+        replicas: list[Replica],
+        clock: IReactorTime,
+        lease_now: Callable[[], float],
+        send: Callable[[str, list], bool],
+        consensus: Consensus,
+        partition_config: Callable[[int], Optional[PartitionConfig]],
+        feed: ChangeFeed,
+        antientropy: AntiEntropy,
+        expire: Callable[[int, Expire], None],
+    ) -> None:
+        """
+        @param lease_now: the time read leases are measured with, which
+            must never step.
+        @param send: sends a message to a node.
+        @param consensus: tells who leads, to report members to.
+        @param partition_config: the current map's configuration of a
+            partition.
+        @param feed: where committed changes go.
+        @param antientropy: answers digests once a member applied enough.
+        @param expire: runs a due expiry of a partition as a write.
+        """
+        self._config = config
+        self._node_id = node_id
+        self._incarnation = incarnation
+        self._replicas = replicas
+        self._clock = clock
+        self._lease_now = lease_now
+        self._lease_promise = config.failure_timeout * LEASE_PROMISE_SHARE
+        self._lease_hold = self._lease_promise * (1 - LEASE_CLOCK_MARGIN)
+        self._send = send
+        self._consensus = consensus
+        self._partition_config = partition_config
+        self._feed = feed
+        self._antientropy = antientropy
+        self._expire = expire
+        # partitions the map makes ours while we still promise not to take over
+        self._takeovers_waiting: set[int] = set()
+        self._dirty: set[int] = set()
+        self._round_wanted: set[int] = set()
+        self._flush_call: Optional[IDelayedCall] = None
+        # heaps of (position, tie-breaker, Deferred): writes waiting for a
+        # commit position, reads and refusals waiting for a confirmation round
+        self._commit_waiters: dict[int, list[tuple[int, int, Deferred]]] = {}
+        self._confirmation_waiters: dict[int, list[tuple[int, int, Deferred]]] = {}
+        self._stalled_since: dict[int, float] = {}
+        self._ids = itertools.count(1)
+        self._last_report: dict[tuple[int, str], float] = {}
+        self._next_nudge = clock.seconds()
+
+    def stop(self) -> None:
+        """
+        Send nothing more, and fail every write and read waiting: they may
+        have taken effect.
+        """
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        for partition in range(len(self._replicas)):
+            self.fail_waiters(partition, Retry("node stopping", maybe_applied=True))
+
+    def tick(self, now: float) -> None:
+        """
+        Take over the partitions waiting for a promise to end, and tend every
+        partition this node is primary of.
+        """
+        for partition in sorted(self._takeovers_waiting):
+            self.take_over(partition)
+        nudge = now >= self._next_nudge
+        if nudge:
+            self._next_nudge = now + self._config.failure_timeout / NUDGES_PER_FAILURE_TIMEOUT
+        for replica in self._replicas:
+            if replica.is_primary:
+                if nudge and replica.nudge_stalled_members():
+                    self.replicate(replica.partition)
+                self._tend_primary(replica, now)
+
+    def peer_up(self, peer: str) -> None:
+        """
+        A new link to C{peer}: whatever was in flight on the old one may be
+        lost.
+        """
+        for replica in self._replicas:
+            if replica.is_primary and peer in replica.members:
+                replica.resend(peer, link_lost=True)
+                self.replicate(replica.partition)
+
+    # -- the map's decisions -------------------------------------------------
+
+    def take_over(self, partition: int) -> None:
+        """
+        Become (or stay) the primary the current map names us for
+        C{partition}, unless we still promise the previous primary not to:
+        then adopt the new epoch, so that the old primary's writes are
+        refused, and take over on a later tick.
+        """
+        self._takeovers_waiting.discard(partition)
+        config = self._partition_config(partition)
+        member = None if config is None else config.member(self._node_id)
+        if (
+            config is None
+            or member is None
+            or member != config.primary
+            or member.incarnation != self._incarnation
+        ):
+            return
+        replica = self._replicas[partition]
+        if config.epoch < replica.epoch:
+            return
+        takeover = not replica.is_primary
+        if takeover and self._lease_now() < replica.promised_until:
+            replica.epoch = config.epoch
+            self._takeovers_waiting.add(partition)
+            return
+        replica.become_primary(
+            config.epoch, [m.node_id for m in config.members[1:]], config.in_sync
+        )
+        self._stalled_since.pop(partition, None)
+        self.replicate(partition)
+
+    def fail_waiters(self, partition: int, error: Retry) -> None:
+        """
+        Fail the writes, reads and refusals of C{partition} waiting here.
+        """
+        for _, _, d in self._commit_waiters.pop(partition, []):
+            d.errback(error)
+        for _, _, d in self._confirmation_waiters.pop(partition, []):
+            d.errback(Retry(str(error)))
+        self._stalled_since.pop(partition, None)
+
+    # -- the primary's side --------------------------------------------------
+
+    def replicate(self, partition: int) -> None:
+        """
+        Send C{partition}'s members what they lack in the next flush.
+        """
+        self._dirty.add(partition)
+        self.schedule_flush()
+
+    def _want_round(self, partition: int) -> None:
+        """
+        Start a confirmation round of C{partition} in the next flush.
+        """
+        self._round_wanted.add(partition)
+        self.replicate(partition)
+
+    def schedule_flush(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        """
+        Send, once per reactor turn, what every dirty partition's members
+        lack: writes and read confirmations of a turn travel together.
+        """
+        self._flush_call = None
+        dirty, self._dirty = self._dirty, set()
+        for partition in sorted(dirty):
+            replica = self._replicas[partition]
+            if not replica.is_primary:
+                continue
+            if partition in self._round_wanted:
+                self._round_wanted.discard(partition)
+                replica.new_round(self._lease_now())
+            for member in replica.members:
+                if replica.needs_snapshot(member):
+                    for message in replica.snapshot_messages(member):
+                        self._send(member, message)
+                self._send(member, replica.append_message(member))
+            self._settle(replica)
+        self._feed.publish()
+
+    def _settle(self, replica: Replica) -> None:
+        """
+        Announce and answer what the replica's progress allows: committed
+        changes and writes, confirmed reads and refusals; report members that
+        caught up.
+        """
+        partition = replica.partition
+        committed = replica.take_announcements()
+        if committed:
+            self._feed.queue(committed)
+            self.schedule_flush()
+        waiters = self._commit_waiters.get(partition)
+        if waiters:
+            while waiters and waiters[0][0] <= replica.commit_seq:
+                _, _, d = heapq.heappop(waiters)
+                d.callback(None)
+        confirmations = self._confirmation_waiters.get(partition)
+        if confirmations and replica.serving:
+            confirmed = replica.confirmed_round
+            while confirmations and confirmations[0][0] <= confirmed:
+                _, _, d = heapq.heappop(confirmations)
+                d.callback(None)
+        if self._partition_config(partition) is not None:
+            for member in replica.caught_up():
+                self._report(messages.IN_SYNC, partition, replica.epoch, member)
+        busy = bool(waiters) or bool(confirmations) or replica.commit_seq < replica.last_seq
+        if busy:
+            self._stalled_since.setdefault(partition, self._clock.seconds())
+        else:
+            self._stalled_since.pop(partition, None)
+
+    def _tend_primary(self, replica: Replica, now: float) -> None:
+        if replica.commit_seq > replica.commit_sent:
+            # Tell the members what is now committed, so that they apply it
+            # even if no further write comes to carry the news (once a tick,
+            # not once per commit: under load, writes carry it anyway).
+            self.replicate(replica.partition)
+        for expiry in replica.due_expiries(now):
+            self._expire(replica.partition, expiry)
+        self._settle(replica)
+        stalled = self._stalled_since.get(replica.partition)
+        if stalled is None:
+            return
+        if now - stalled >= self._config.failure_timeout:
+            for member in replica.members:
+                if replica.member_lagging(member):
+                    self._report(messages.DROP, replica.partition, replica.epoch, member)
+        if now - stalled >= self._config.heartbeat_interval * 3:
+            replica.resend()
+            self._want_round(replica.partition)
+
+    def _report(self, kind: str, partition: int, epoch: int, member: str) -> None:
+        now = self._clock.seconds()
+        key = (partition, kind + member)
+        if now - self._last_report.get(key, float("-inf")) < self._config.heartbeat_interval * 5:
+            return
+        self._last_report[key] = now
+        leader = self._consensus.leader
+        if leader is not None:
+            self._send(leader, messages.report(kind, partition, epoch, member))
+
+    def wait_commit(self, partition: int, seq: int) -> Deferred[None]:
+        """
+        Fire once C{partition}'s log is committed up to C{seq}.
+        """
+        d: Deferred[None] = Deferred()
+        heapq.heappush(
+            self._commit_waiters.setdefault(partition, []), (seq, next(self._ids), d)
+        )
+        self.replicate(partition)
+        return d
+
+    def lease_holds(self, replica: Replica) -> bool:
+        """
+        Whether C{replica}, a primary, may answer a read at once: it serves
+        and its read lease holds (a renewal is asked for past half of it).
+        """
+        if not replica.serving:
+            return False
+        held = self._lease_now() - replica.lease_start
+        if held >= self._lease_hold:
+            return False
+        if held >= self._lease_hold / 2:
+            self._want_round(replica.partition)
+        return True
+
+    def wait_confirmation(self, replica: Replica) -> Deferred[None]:
+        """
+        Fire once every member has confirmed C{replica}'s epoch in a round
+        started after this call: until then a newer primary may exist.
+        """
+        d: Deferred[None] = Deferred()
+        heapq.heappush(
+            self._confirmation_waiters.setdefault(replica.partition, []),
+            (replica.round + 1, next(self._ids), d),
+        )
+        self._want_round(replica.partition)
+        return d
+
+    def on_append_ok(self, peer: str, message: list) -> None:
+        partition, epoch, last, round_ = messages.parse_append_ok(message)
+        replica = self._replicas[partition]
+        replica.on_append_ok(peer, epoch, last, round_)
+        self._stalled_since.pop(partition, None)
+        self._settle(replica)
+
+    def on_append_refused(self, peer: str, message: list) -> None:
+        partition, epoch, hint = messages.parse_append_refused(message)
+        self._replicas[partition].on_append_refused(peer, epoch, hint)
+        self.replicate(partition)
+
+    def on_stale(self, peer: str, message: list) -> None:
+        partition, epoch = messages.parse_stale(message)
+        self.superseded(self._replicas[partition], epoch)
+
+    def superseded(self, replica: Replica, epoch: int) -> None:
+        """
+        A primary that hears of a newer epoch of its partition (a newer
+        primary's message, or a member's refusal) is no longer primary: the
+        writes it has not committed fail, their outcome unknown.  Before
+        anything of the newer primary's is taken in, since its log may put
+        other entries at the positions those writes wait for.
+        """
+        if replica.is_primary and epoch > replica.epoch:
+            self.fail_waiters(replica.partition, Retry("superseded", maybe_applied=True))
+            replica.step_down(epoch)
+
+    # -- a member's side -----------------------------------------------------
+
+    def on_append(self, peer: str, message: list) -> None:
+        partition, epoch, prev_seq, prev_epoch, entries, commit, round_, origin = (
+            messages.parse_append(message)
+        )
+        replica = self._replicas[partition]
+        if epoch < replica.epoch:
+            self._send(peer, messages.stale(partition, replica.epoch))
+            return
+        self.superseded(replica, epoch)
+        ok, last = replica.on_append(epoch, prev_seq, prev_epoch, entries, commit, origin)
+        if ok:
+            replica.promise_lease(self._lease_now() + self._lease_promise)
+            self._send(peer, messages.append_ok(partition, epoch, last, round_))
+        else:
+            self._send(peer, messages.append_refused(partition, epoch, last))
+        self._antientropy.answer(replica)
+
+    def on_snapshot(self, peer: str, message: list) -> None:
+        partition, epoch, seq, seq_epoch, first, last, records, origin = (
+            messages.parse_snapshot(message)
+        )
+        replica = self._replicas[partition]
+        if epoch < replica.epoch:
+            return
+        self.superseded(replica, epoch)
+        replica.on_snapshot(epoch, seq, seq_epoch, first, last, records, origin)

@@ -1,0 +1,393 @@
+# -*- test-case-name: tests.test_messages -*-
+"""
+Every message nodes send each other, built and taken apart here only.
+
+A message is a list whose first element is its tag; the peer codec
+(L{twisted_kv.wire.codec}, C{docs/peer-protocol.md}) turns it into bytes.
+The builders below return exactly the lists the nodes always exchanged, so
+the bytes on the wire do not depend on this module; the parsers return
+plain tuples, in the order of the fields, so that the per-request path
+allocates nothing it did not before.
+
+  - consensus (L{twisted_kv.core.consensus}, which builds and reads them):
+    C{prevote}, C{prevoted}, C{vote}, C{voted}, C{append}, C{appended};
+  - L{status} C{[state, [entry_index, entry_term], revision]}: gossip of
+    the node's state, of its map entry and of the last change revision it
+    delivered, several times a second; a node that does not hear from the
+    leader and learns that a peer holds a newer committed map asks for it
+    with L{map_request}, answered by L{map_answer} C{[index, term, map]};
+  - replication (L{twisted_kv.core.replica}): L{append} C{[partition,
+    epoch, prev_seq, prev_epoch, entries, commit, round, origin]} from a
+    primary, answered by L{append_ok} C{[partition, epoch, last_seq,
+    round]}, L{append_refused} C{[partition, epoch, hint]} or L{stale}
+    C{[partition, epoch]}; L{snapshot} C{[partition, epoch, seq, seq_epoch,
+    first, last, records, origin]};
+  - to the partition leader: L{report} C{[partition, epoch, node]} tagged
+    C{in_sync} (a new member caught up) or C{drop} (a member stopped
+    answering its primary);
+  - client operations forwarded to a primary (L{OpRequest},
+    L{ReadRequest}, L{PeekRequest}, L{ListRequest}), each with a request id
+    the sender's L{twisted_kv.cluster.calls.Calls} picks, all answered by
+    C{["res", id, status, payload]} (L{ok_answer}, L{retry_answer},
+    L{error_answer});
+  - change events: L{publish} C{[batch_id, count, changes]} from a primary
+    to the leader, C{changes} being the msgpack encoding of C{count}
+    changes; the leader numbers them and forwards the same bytes, undecoded,
+    in L{events} C{[first_revision, changes, previous_revision]} to every
+    other node, and answers L{published} C{[batch_id]};
+  - anti-entropy (L{twisted_kv.core.merkle}): L{digest} C{[partition, epoch,
+    seq, root]} from a primary, answered by L{digest_ok} C{[partition,
+    epoch, seq]} or L{digest_diff} C{[partition, epoch, seq,
+    bucket_hashes]}; L{check} C{[partition]} asks a primary for a round now.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+from attrs import frozen
+
+from twisted_kv.core.records import Delete, Expire, Operation, Put, Record
+
+STATUS = "status"
+MAP_REQ = "map_req"
+MAP = "map"
+APP = "app"
+APP_OK = "app_ok"
+APP_NO = "app_no"
+STALE = "stale"
+SNAP = "snap"
+IN_SYNC = "in_sync"
+DROP = "drop"
+OP = "op"
+READ = "read"
+PEEK = "peek"
+LIST = "list"
+RES = "res"
+PUB = "pub"
+PUB_OK = "pub_ok"
+EV = "ev"
+DIGEST = "digest"
+DIGEST_OK = "digest_ok"
+DIGEST_DIFF = "digest_diff"
+CHECK = "check"
+CONSENSUS = ("prevote", "prevoted", "vote", "voted", "append", "appended")
+
+# the status of an answer
+OK = "ok"
+RETRY = "retry"
+ERROR = "err"
+
+
+# -- payloads -------------------------------------------------------------
+
+
+def encode_operation(operation: Operation) -> list:
+    if isinstance(operation, Put):
+        return [
+            0, operation.key, operation.value, operation.content_type, operation.ttl,
+            operation.if_match, operation.if_none_match, operation.create_only,
+        ]
+    if isinstance(operation, Delete):
+        return [1, operation.key, operation.if_match]
+    return [2, operation.key, operation.version]
+
+
+def decode_operation(data: list) -> Operation:
+    if data[0] == 0:
+        return Put(*data[1:])
+    if data[0] == 1:
+        return Delete(data[1], data[2])
+    return Expire(data[1], data[2])
+
+
+def encode_record(record: Optional[Record]) -> Optional[list]:
+    if record is None:
+        return None
+    return [record.value, record.content_type, record.version, record.expires_at]
+
+
+def decode_record(data: Optional[list]) -> Optional[Record]:
+    return None if data is None else Record(*data)
+
+
+class Peek(NamedTuple):
+    """
+    A replica's answer to a degraded read
+    (L{twisted_kv.cluster.operations.ClientOperations.peek_local}).
+    """
+
+    holds: bool
+    record: Optional[Record]
+    epoch: int
+
+
+def encode_peek(peek: Peek) -> list:
+    return [peek.holds, encode_record(peek.record), peek.epoch]
+
+
+def decode_peek(data: list) -> Peek:
+    return Peek(data[0], decode_record(data[1]), data[2])
+
+
+# -- the cluster map ------------------------------------------------------
+
+
+def status(state: dict, entry: list, revision: int) -> list:
+    return [STATUS, state, entry, revision]
+
+
+def parse_status(message: list) -> tuple[dict, list, int]:
+    _, state, entry, revision = message
+    return state, entry, revision
+
+
+def map_request() -> list:
+    return [MAP_REQ]
+
+
+def map_answer(index: int, term: int, wire_map: Any) -> list:
+    return [MAP, index, term, wire_map]
+
+
+def parse_map(message: list) -> tuple[int, int, Any]:
+    _, index, term, wire_map = message
+    return index, term, wire_map
+
+
+# -- replication ----------------------------------------------------------
+
+
+def append(
+    partition: int, epoch: int, prev_seq: int, prev_epoch: int,
+    entries: list, commit: int, round_: int, origin: int,
+) -> list:
+    return [APP, partition, epoch, prev_seq, prev_epoch, entries, commit, round_, origin]
+
+
+def parse_append(message: list) -> tuple[int, int, int, int, list, int, int, int]:
+    _, partition, epoch, prev_seq, prev_epoch, entries, commit, round_, origin = message
+    return partition, epoch, prev_seq, prev_epoch, entries, commit, round_, origin
+
+
+def append_ok(partition: int, epoch: int, last: int, round_: int) -> list:
+    return [APP_OK, partition, epoch, last, round_]
+
+
+def parse_append_ok(message: list) -> tuple[int, int, int, int]:
+    _, partition, epoch, last, round_ = message
+    return partition, epoch, last, round_
+
+
+def append_refused(partition: int, epoch: int, hint: int) -> list:
+    return [APP_NO, partition, epoch, hint]
+
+
+def parse_append_refused(message: list) -> tuple[int, int, int]:
+    _, partition, epoch, hint = message
+    return partition, epoch, hint
+
+
+def stale(partition: int, epoch: int) -> list:
+    return [STALE, partition, epoch]
+
+
+def parse_stale(message: list) -> tuple[int, int]:
+    _, partition, epoch = message
+    return partition, epoch
+
+
+def snapshot(
+    partition: int, epoch: int, seq: int, seq_epoch: int,
+    first: bool, last: bool, records: list, origin: int,
+) -> list:
+    return [SNAP, partition, epoch, seq, seq_epoch, first, last, records, origin]
+
+
+def parse_snapshot(message: list) -> tuple[int, int, int, int, bool, bool, list, int]:
+    _, partition, epoch, seq, seq_epoch, first, last, records, origin = message
+    return partition, epoch, seq, seq_epoch, first, last, records, origin
+
+
+def report(kind: str, partition: int, epoch: int, member: str) -> list:
+    """
+    @param kind: L{IN_SYNC} or L{DROP}.
+    """
+    return [kind, partition, epoch, member]
+
+
+def parse_report(message: list) -> tuple[str, int, int, str]:
+    kind, partition, epoch, member = message
+    return kind, partition, epoch, member
+
+
+# -- client operations ----------------------------------------------------
+
+
+@frozen
+class OpRequest:
+    """
+    Run a write (or expiry) at the primary of C{partition}.
+    """
+
+    partition: int
+    operation: Operation
+    op_id: Optional[str]
+
+    def to_wire(self, request_id: int) -> list:
+        return [OP, request_id, self.partition, encode_operation(self.operation), self.op_id]
+
+
+@frozen
+class ReadRequest:
+    """
+    A linearizable read at the primary of C{partition}.
+    """
+
+    partition: int
+    key: str
+
+    def to_wire(self, request_id: int) -> list:
+        return [READ, request_id, self.partition, self.key]
+
+
+@frozen
+class PeekRequest:
+    """
+    A degraded read of any replica of C{partition}: answered by a L{Peek}.
+    """
+
+    partition: int
+    key: str
+
+    def to_wire(self, request_id: int) -> list:
+        return [PEEK, request_id, self.partition, self.key]
+
+
+@frozen
+class ListRequest:
+    """
+    The live keys of C{partitions} after C{start_after}, at most C{limit}.
+    """
+
+    partitions: list
+    prefix: str
+    start_after: Optional[str]
+    limit: int
+
+    def to_wire(self, request_id: int) -> list:
+        return [LIST, request_id, self.partitions, self.prefix, self.start_after, self.limit]
+
+
+def parse_op(message: list) -> tuple[int, int, Operation, Optional[str]]:
+    _, request_id, partition, operation, op_id = message
+    return request_id, partition, decode_operation(operation), op_id
+
+
+def parse_key_request(message: list) -> tuple[int, int, str]:
+    """
+    Take apart a L{ReadRequest} or a L{PeekRequest}.
+    """
+    _, request_id, partition, key = message
+    return request_id, partition, key
+
+
+def parse_list(message: list) -> tuple[int, list, str, Optional[str], int]:
+    _, request_id, partitions, prefix, start_after, limit = message
+    return request_id, partitions, prefix, start_after, limit
+
+
+def ok_answer(request_id: int, payload: Any) -> list:
+    return [RES, request_id, OK, payload]
+
+
+def retry_answer(request_id: int, reason: str, maybe_applied: bool) -> list:
+    return [RES, request_id, RETRY, [reason, maybe_applied]]
+
+
+def error_answer(request_id: int, code: str, text: str) -> list:
+    return [RES, request_id, ERROR, [code, text]]
+
+
+def parse_answer(message: list) -> tuple[int, str, Any]:
+    """
+    @return: the request id, the status (L{OK}, L{RETRY} or L{ERROR}) and
+        the payload: the result, or what L{parse_failure} reads.
+    """
+    _, request_id, answer_status, payload = message
+    return request_id, answer_status, payload
+
+
+def parse_failure(payload: list) -> tuple[Any, Any]:
+    """
+    @return: C{(reason, maybe_applied)} of a L{RETRY} answer, C{(code,
+        text)} of an L{ERROR} answer.
+    """
+    first, second = payload
+    return first, second
+
+
+# -- change events --------------------------------------------------------
+
+
+def publish(batch_id: int, count: int, changes: bytes) -> list:
+    return [PUB, batch_id, count, changes]
+
+
+def parse_publish(message: list) -> tuple[int, int, bytes]:
+    _, batch_id, count, changes = message
+    return batch_id, count, changes
+
+
+def published(batch_id: int) -> list:
+    return [PUB_OK, batch_id]
+
+
+def parse_published(message: list) -> int:
+    return message[1]
+
+
+def events(first: int, changes: bytes, previous: int) -> list:
+    return [EV, first, changes, previous]
+
+
+def parse_events(message: list) -> tuple[int, bytes, int]:
+    _, first, changes, previous = message
+    return first, changes, previous
+
+
+# -- anti-entropy ---------------------------------------------------------
+
+
+def digest(partition: int, epoch: int, seq: int, root: bytes) -> list:
+    return [DIGEST, partition, epoch, seq, root]
+
+
+def parse_digest(message: list) -> tuple[int, int, int, bytes]:
+    _, partition, epoch, seq, root = message
+    return partition, epoch, seq, root
+
+
+def digest_ok(partition: int, epoch: int, seq: int) -> list:
+    return [DIGEST_OK, partition, epoch, seq]
+
+
+def digest_diff(partition: int, epoch: int, seq: int, buckets: list) -> list:
+    return [DIGEST_DIFF, partition, epoch, seq, buckets]
+
+
+def parse_digest_answer(message: list) -> tuple[int, int, int, Optional[list]]:
+    """
+    @return: partition, epoch, seq and the bucket hashes of a L{digest_diff}
+        (C{None} for a L{digest_ok}).
+    """
+    buckets = message[4] if message[0] == DIGEST_DIFF else None
+    return message[1], message[2], message[3], buckets
+
+
+def check(partition: int) -> list:
+    return [CHECK, partition]
+
+
+def parse_check(message: list) -> int:
+    return message[1]

@@ -43,14 +43,10 @@ holder lost is lost, as the data it described); the window of reports keeps
 a node that heard of an entry whose holders died since from waiting for it
 for ever.
 
-Messages (lists, the first element the tag):
-  - C{["prevote", proposed_term, entry_index, entry_term]}
-  - C{["prevoted", proposed_term, granted]}
-  - C{["vote", term, entry_index, entry_term]}
-  - C{["voted", term, granted]}
-  - C{["append", term, entry_index, entry_term, map or None, commit_index]}:
-    the map travels only to followers not known to hold the entry.
-  - C{["appended", term, ok, entry_index, entry_term]}
+Messages (built and parsed by L{twisted_kv.wire.messages}): C{prevote} and
+C{vote}, answered by C{prevoted} and C{voted}; the leader's C{append},
+answered by C{appended}.  The map travels only in an C{append} to a follower
+not known to hold the entry.
 
 The class is pure: every input takes C{now}, and outputs are returned as a
 list of C{(peer_id, message)} to send.
@@ -62,6 +58,7 @@ import random
 from typing import Optional, Sequence
 
 from twisted_kv.core.placement import ClusterMap, decode_map, encode_map
+from twisted_kv.wire import messages
 
 FOLLOWER = "follower"
 CANDIDATE = "candidate"
@@ -238,20 +235,25 @@ class Consensus:
         """
         Handle one message from C{sender}.
         """
-        tag, term = message[0], message[1]
-        if tag == "prevote":
-            return self._on_prevote(now, sender, term, *message[2:])
-        if tag == "prevoted":
-            return self._on_prevoted(now, sender, term, message[2])
-        if tag == "vote" and now - self._leader_contact < self._timeout / 2:
+        tag, term = message[0], messages.consensus_term(message)
+        if tag == messages.PREVOTE:
+            return self._on_prevote(now, sender, *messages.parse_ballot(message))
+        if tag == messages.PREVOTED:
+            return self._on_prevoted(now, sender, *messages.parse_ballot_answer(message))
+        if tag == messages.VOTE and now - self._leader_contact < self._timeout / 2:
             return []
         if term > self.term:
             self.term = term
             self._voted_for = None
             if self.role != FOLLOWER or self.leader is not None:
                 self._become_follower(now, None)
-        handler = getattr(self, f"_on_{tag}")
-        return handler(now, sender, term, *message[2:])
+        if tag == messages.VOTE:
+            return self._on_vote(now, sender, *messages.parse_ballot(message))
+        if tag == messages.VOTED:
+            return self._on_voted(now, sender, *messages.parse_ballot_answer(message))
+        if tag == messages.APPEND:
+            return self._on_append(now, sender, *messages.parse_map_append(message))
+        return self._on_appended(now, sender, *messages.parse_map_appended(message))
 
     def _on_prevote(self, now: float, sender: str, term: int, index: int, entry_term: int) -> Outgoing:
         granted = (
@@ -259,7 +261,7 @@ class Consensus:
             and now - self._leader_contact >= self._timeout / 2
             and self._may_vote(now, term, index, entry_term)
         )
-        return [(sender, ["prevoted", term, granted])]
+        return [(sender, messages.prevoted(term, granted))]
 
     def _on_prevoted(self, now: float, sender: str, term: int, granted: bool) -> Outgoing:
         if self.role != LEADER and term == self._prevote_term and granted:
@@ -278,7 +280,7 @@ class Consensus:
         if granted:
             self._voted_for = sender
             self._deadline = now + self._random_timeout()
-        return [(sender, ["voted", self.term, granted])]
+        return [(sender, messages.voted(self.term, granted))]
 
     def _on_voted(self, now: float, sender: str, term: int, granted: bool) -> Outgoing:
         if self.role == CANDIDATE and term == self.term and granted:
@@ -298,7 +300,7 @@ class Consensus:
         commit_index: int,
     ) -> Outgoing:
         if term < self.term:
-            return [(sender, ["appended", self.term, False, *self._entry])]
+            return [(sender, messages.map_appended(self.term, False, *self._entry))]
         if self.leader != sender:
             self._become_follower(now, sender)
         self._leader_contact = now
@@ -309,7 +311,7 @@ class Consensus:
         ok = (index, entry_term) == self._entry
         if ok and commit_index >= index:
             self._commit()
-        return [(sender, ["appended", self.term, ok, *self._entry])]
+        return [(sender, messages.map_appended(self.term, ok, *self._entry))]
 
     def _on_appended(
         self, now: float, sender: str, term: int, ok: bool, index: int, entry_term: int
@@ -352,7 +354,7 @@ class Consensus:
         self._prevotes = {self.node_id}
         if len(self._prevotes) >= self.majority:
             return self._start_election(now)
-        message = ["prevote", self._prevote_term, *self._entry]
+        message = messages.prevote(self._prevote_term, *self._entry)
         return [(peer, message) for peer in self.peers]
 
     def _start_election(self, now: float) -> Outgoing:
@@ -364,7 +366,7 @@ class Consensus:
         self._deadline = now + self._random_timeout()
         if len(self._votes) >= self.majority:
             return self._become_leader(now)
-        message = ["vote", self.term, *self._entry]
+        message = messages.vote(self.term, *self._entry)
         return [(peer, message) for peer in self.peers]
 
     def _become_leader(self, now: float) -> Outgoing:
@@ -389,6 +391,6 @@ class Consensus:
         for peer in self.peers:
             wire = None if self._acked.get(peer) == self._entry else self._entry_wire
             out.append(
-                (peer, ["append", self.term, *self._entry, wire, self._commit_index])
+                (peer, messages.map_append(self.term, *self._entry, wire, self._commit_index))
             )
         return out

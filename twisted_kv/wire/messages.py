@@ -9,8 +9,11 @@ the bytes on the wire do not depend on this module; the parsers return
 plain tuples, in the order of the fields, so that the per-request path
 allocates nothing it did not before.
 
-  - consensus (L{twisted_kv.core.consensus}, which builds and reads them):
-    C{prevote}, C{prevoted}, C{vote}, C{voted}, C{append}, C{appended};
+  - consensus (L{twisted_kv.core.consensus}): L{prevote} and L{vote}
+    C{[term, entry_index, entry_term]}, answered by L{prevoted} and
+    L{voted} C{[term, granted]}; L{map_append} C{[term, entry_index,
+    entry_term, map or None, commit_index]} from the leader, answered by
+    L{map_appended} C{[term, ok, entry_index, entry_term]};
   - L{status} C{[state, [entry_index, entry_term], revision]}: gossip of
     the node's state, of its map entry and of the last change revision it
     delivered, several times a second; a node that does not hear from the
@@ -71,7 +74,13 @@ DIGEST = "digest"
 DIGEST_OK = "digest_ok"
 DIGEST_DIFF = "digest_diff"
 CHECK = "check"
-CONSENSUS = ("prevote", "prevoted", "vote", "voted", "append", "appended")
+PREVOTE = "prevote"
+PREVOTED = "prevoted"
+VOTE = "vote"
+VOTED = "voted"
+APPEND = "append"
+APPENDED = "appended"
+CONSENSUS = (PREVOTE, PREVOTED, VOTE, VOTED, APPEND, APPENDED)
 
 # the status of an answer
 OK = "ok"
@@ -131,6 +140,67 @@ def decode_peek(data: list) -> Peek:
 
 
 # -- the cluster map ------------------------------------------------------
+
+
+def consensus_term(message: list) -> int:
+    """
+    The term any consensus message carries.
+    """
+    return message[1]
+
+
+def prevote(term: int, index: int, entry_term: int) -> list:
+    return [PREVOTE, term, index, entry_term]
+
+
+def vote(term: int, index: int, entry_term: int) -> list:
+    return [VOTE, term, index, entry_term]
+
+
+def parse_ballot(message: list) -> tuple[int, int, int]:
+    """
+    Take apart a L{prevote} or a L{vote}: term, entry index, entry term.
+    """
+    _, term, index, entry_term = message
+    return term, index, entry_term
+
+
+def prevoted(term: int, granted: bool) -> list:
+    return [PREVOTED, term, granted]
+
+
+def voted(term: int, granted: bool) -> list:
+    return [VOTED, term, granted]
+
+
+def parse_ballot_answer(message: list) -> tuple[int, bool]:
+    """
+    Take apart a L{prevoted} or a L{voted}: term, granted.
+    """
+    _, term, granted = message
+    return term, granted
+
+
+def map_append(term: int, index: int, entry_term: int, wire_map: Any, commit_index: int) -> list:
+    """
+    The leader's entry (its map only if the follower may lack it) and
+    commit index.
+    """
+    return [APPEND, term, index, entry_term, wire_map, commit_index]
+
+
+def parse_map_append(message: list) -> tuple[int, int, int, Any, int]:
+    _, term, index, entry_term, wire_map, commit_index = message
+    return term, index, entry_term, wire_map, commit_index
+
+
+def map_appended(term: int, ok: bool, index: int, entry_term: int) -> list:
+    return [APPENDED, term, ok, index, entry_term]
+
+
+def parse_map_appended(message: list) -> tuple[int, bool, int, int]:
+    _, term, ok, index, entry_term = message
+    return term, ok, index, entry_term
 
 
 def status(state: dict, entry: list, revision: int) -> list:

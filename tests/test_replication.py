@@ -1,0 +1,239 @@
+"""
+Tests for L{twisted_kv.cluster.replication}: two nodes' L{Replication}s
+over real replicas, joined by a queue of messages the test delivers, with
+the change feed and anti-entropy replaced by recorders and time by a
+L{Clock}.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_kv.cluster.calls import Retry
+from twisted_kv.cluster.replication import LEASE_PROMISE_SHARE, Replication
+from twisted_kv.core.placement import Member, PartitionConfig
+from twisted_kv.core.records import Expire, Put
+from twisted_kv.core.replica import Entry, Replica
+from twisted_kv.testing import cluster_config
+from twisted_kv.wire import messages
+
+CONFIG = cluster_config(3)
+LEADER = "n3"
+
+
+class _Consensus:
+    leader = LEADER
+
+
+class _Feed:
+    """
+    Records the committed changes queued and the publishing asked for.
+    """
+
+    def __init__(self) -> None:
+        self.queued: list[Entry] = []
+        self.publishes = 0
+
+    def queue(self, entries: list[Entry]) -> None:
+        self.queued.extend(entries)
+
+    def publish(self) -> None:
+        self.publishes += 1
+
+
+class _AntiEntropy:
+    """
+    Records the replicas whose digest answer is asked for.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def answer(self, replica: Replica) -> None:
+        self.asked.append(replica.partition)
+
+
+class _Node:
+    """
+    One node's L{Replication} and what it talks to.
+    """
+
+    def __init__(self, test: "ReplicationTests", node_id: str) -> None:
+        self.feed = _Feed()
+        self.antientropy = _AntiEntropy()
+        self.replicas = [Replica(p) for p in range(2)]
+        self.expired: list[tuple[int, Expire]] = []
+        self.replication = Replication(
+            config=CONFIG,
+            node_id=node_id,
+            incarnation=1,
+            replicas=self.replicas,
+            clock=test.clock,
+            lease_now=test.clock.seconds,
+            send=lambda peer, message: test.send(node_id, peer, message),
+            consensus=_Consensus(),  # type: ignore[arg-type]
+            partition_config=test.configs.get,
+            feed=self.feed,  # type: ignore[arg-type]
+            antientropy=self.antientropy,  # type: ignore[arg-type]
+            expire=lambda partition, expiry: self.expired.append((partition, expiry)),
+        )
+        r = self.replication
+        self.handlers = {
+            messages.APP: r.on_append,
+            messages.SNAP: r.on_snapshot,
+            messages.APP_OK: r.on_append_ok,
+            messages.APP_NO: r.on_append_refused,
+            messages.STALE: r.on_stale,
+        }
+
+
+class ReplicationTests(SynchronousTestCase):
+    """
+    A primary (n1) and its member (n2) of partition 0.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.configs: dict[int, PartitionConfig] = {}
+        self.queue: list[tuple[str, str, list]] = []
+        self.reports: list[list] = []
+        self.nodes = {name: _Node(self, name) for name in ("n1", "n2")}
+        self.n1, self.n2 = self.nodes["n1"], self.nodes["n2"]
+
+    def tearDown(self) -> None:
+        for node in self.nodes.values():
+            node.replication.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def send(self, sender: str, peer: str, message: list) -> bool:
+        if peer == LEADER:
+            self.reports.append(message)
+        else:
+            self.queue.append((sender, peer, message))
+        return True
+
+    def deliver(self) -> list[str]:
+        """
+        Deliver every message, with the reactor turns they cause, until
+        none is left; the tags delivered.
+        """
+        tags = []
+        self.clock.advance(0)
+        while self.queue:
+            sender, peer, message = self.queue.pop(0)
+            tags.append(message[0])
+            self.nodes[peer].handlers[message[0]](sender, message)
+            self.clock.advance(0)
+        return tags
+
+    def configure(self, epoch: int, primary: str, member: str, in_sync: tuple[str, ...]) -> None:
+        self.configs[0] = PartitionConfig(epoch, (Member(primary, 1), Member(member, 1)), in_sync)
+
+    def start(self) -> Replica:
+        """
+        Make n1 primary of partition 0 with n2 in sync, and replicate.
+        """
+        self.configure(1, "n1", "n2", ("n1", "n2"))
+        self.n1.replication.take_over(0)
+        self.n2.replicas[0].epoch = 1
+        self.deliver()
+        return self.n1.replicas[0]
+
+    def test_write_answered_once_every_member_holds_it(self) -> None:
+        """
+        A write waits until its member acknowledges it; its change then goes
+        to the feed, and the batch of one reactor turn travels in one
+        message.
+        """
+        primary = self.start()
+        self.assertTrue(primary.is_primary)
+        entries = [primary.propose(Put(f"k{i}", b"v"), None, self.clock.seconds()) for i in range(2)]
+        waits = [self.n1.replication.wait_commit(0, entry.seq) for entry in entries]
+        self.assertNoResult(waits[0])
+        self.assertEqual(self.deliver(), ["app", "app_ok"])
+        for d in waits:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual([e.change.key for e in self.n1.feed.queued], ["k0", "k1"])
+        self.assertGreater(self.n1.feed.publishes, 0)
+        self.assertEqual(self.n2.antientropy.asked, [0, 0])
+
+    def test_newer_primary_supersedes(self) -> None:
+        """
+        A primary hearing of a newer epoch steps down, and the writes it has
+        not committed fail as possibly applied; a message of the older
+        epoch is then answered as stale.
+        """
+        primary = self.start()
+        entry = primary.propose(Put("k", b"v"), None, self.clock.seconds())
+        waiting = self.n1.replication.wait_commit(0, entry.seq)
+        self.clock.advance(0)
+        self.queue.clear()  # the write never reaches n2
+        self.configure(2, "n2", "n1", ("n1", "n2"))
+        self.n2.replication.take_over(0)
+        self.clock.advance(CONFIG.failure_timeout)
+        self.n2.replication.take_over(0)
+        self.assertTrue(self.n2.replicas[0].is_primary)
+        self.deliver()
+        self.assertTrue(self.failureResultOf(waiting, Retry).value.maybe_applied)
+        self.assertFalse(primary.is_primary)
+        self.n1.replication.on_append("n2", messages.append(0, 1, 0, 0, [], 0, 0, 0))
+        self.assertEqual(self.queue, [("n1", "n2", messages.stale(0, 2))])
+
+    def test_takeover_waits_for_the_promise(self) -> None:
+        """
+        A member that promised its primary a read lease adopts the new
+        epoch at once but takes over only once the promise ends.
+        """
+        self.start()
+        self.n1.replication.replicate(0)
+        self.deliver()
+        promised = self.n2.replicas[0].promised_until
+        self.assertEqual(promised, self.clock.seconds() + CONFIG.failure_timeout * LEASE_PROMISE_SHARE)
+        self.configure(2, "n2", "n1", ("n1", "n2"))
+        self.n2.replication.take_over(0)
+        self.assertEqual((self.n2.replicas[0].is_primary, self.n2.replicas[0].epoch), (False, 2))
+        self.clock.advance(promised - self.clock.seconds())
+        self.n2.replication.tick(self.clock.seconds())
+        self.assertTrue(self.n2.replicas[0].is_primary)
+
+    def test_member_caught_up_reported(self) -> None:
+        """
+        A member the map does not yet count as in sync is reported to the
+        leader once it has caught up.
+        """
+        self.configure(1, "n1", "n2", ("n1",))
+        self.n1.replication.take_over(0)
+        self.n2.replicas[0].epoch = 1
+        self.deliver()
+        self.assertEqual(self.reports, [messages.report(messages.IN_SYNC, 0, 1, "n2")])
+
+    def test_stop_fails_waiters(self) -> None:
+        """
+        Stopping fails the writes waiting, as possibly applied, and leaves
+        nothing scheduled.
+        """
+        primary = self.start()
+        entry = primary.propose(Put("k", b"v"), None, self.clock.seconds())
+        waiting = self.n1.replication.wait_commit(0, entry.seq)
+        self.n1.replication.stop()
+        self.assertTrue(self.failureResultOf(waiting, Retry).value.maybe_applied)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_due_expiries_run(self) -> None:
+        """
+        A primary's tick runs the expiries that have come due, as writes.
+        """
+        primary = self.start()
+        entry = primary.propose(Put("k", b"v", ttl=1.0), None, self.clock.seconds())
+        self.n1.replication.wait_commit(0, entry.seq)
+        self.deliver()
+        self.n1.replication.tick(self.clock.seconds())
+        self.assertEqual(self.n1.expired, [])
+        self.clock.advance(1)
+        self.n1.replication.tick(self.clock.seconds())
+        self.assertEqual([(p, e.key) for p, e in self.n1.expired], [(0, "k")])
+        self.deliver()

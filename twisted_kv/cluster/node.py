@@ -22,7 +22,7 @@ parts, each with a job of its own:
 Like magic-wormhole's C{Boss}, the node builds every part first, handing
 each the parts and the narrow callables it needs, then routes every
 incoming message by its tag to the part that handles it
-(L{Node._dispatch}).  The messages are built and parsed in
+(L{Node._routes}).  The messages are built and parsed in
 L{twisted_kv.wire.messages} only.
 """
 
@@ -58,6 +58,7 @@ from twisted_kv.core.placement import (
     partition_of,
     plan,
 )
+from twisted_kv.core.records import Expire
 from twisted_kv.core.replica import Replica
 from twisted_kv.interfaces import IMessenger, IPeerHandler
 from twisted_kv.wire import messages
@@ -178,8 +179,13 @@ class Node:
             partition_config=self.partition_config,
             now=self._now,
         )
-        # Every message, by tag, to the part that handles it.
-        self._dispatch: dict[str, Callable[[str, list], None]] = {
+        self._dispatch = self._routes()
+
+    def _routes(self) -> dict[str, Callable[[str, list], None]]:
+        """
+        Every message, by tag, to the part that handles it.
+        """
+        return {
             **{tag: self._on_consensus for tag in messages.CONSENSUS},
             messages.STATUS: self._on_status,
             messages.MAP_REQ: self._on_map_request,
@@ -205,11 +211,15 @@ class Node:
             messages.CHECK: self.antientropy.on_check,
         }
 
+    # Anti-entropy and replication call each other, as replication and
+    # client operations do: the part built first reaches the other through
+    # these.
+
     def _replicate(self, partition: int) -> None:
         self.replication.replicate(partition)
 
-    def _expire(self, partition: int, operation: object) -> None:
-        self.operations.expire(partition, operation)
+    def _expire(self, partition: int, expiry: Expire) -> None:
+        self.operations.expire(partition, expiry)
 
     # -- life cycle --------------------------------------------------------
 
@@ -264,7 +274,7 @@ class Node:
         return self._map
 
     def has_majority(self) -> bool:
-        return self.live_count() >= self.config.majority
+        return self.membership.live_count(self._now()) >= self.config.majority
 
     def just_started(self) -> bool:
         """

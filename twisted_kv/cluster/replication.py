@@ -184,7 +184,7 @@ class Replication:
         Send C{partition}'s members what they lack in the next flush.
         """
         self._dirty.add(partition)
-        self.schedule_flush()
+        self._schedule_flush()
 
     def _want_round(self, partition: int) -> None:
         """
@@ -193,7 +193,7 @@ class Replication:
         self._round_wanted.add(partition)
         self.replicate(partition)
 
-    def schedule_flush(self) -> None:
+    def _schedule_flush(self) -> None:
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self._flush)
 
@@ -229,7 +229,7 @@ class Replication:
         committed = replica.take_announcements()
         if committed:
             self._feed.queue(committed)
-            self.schedule_flush()
+            self._schedule_flush()
         waiters = self._commit_waiters.get(partition)
         if waiters:
             while waiters and waiters[0][0] <= replica.commit_seq:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cluster -*-
+# -*- test-case-name: tests.test_operations -*-
 """
 Client operations run at this node: writes and linearizable reads as a
 partition's primary (under a read lease, or after a confirmation round),

@@ -1,0 +1,187 @@
+"""
+Tests for L{twisted_kv.cluster.operations}: client operations at a primary
+without members (its writes commit as they are ordered), with replication
+replaced by a recorder whose waits the test settles, and time by a
+L{Clock}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_kv.cluster.calls import Calls, Retry
+from twisted_kv.cluster.deadlines import Deadlines
+from twisted_kv.cluster.operations import ClientOperations
+from twisted_kv.core.placement import Member, PartitionConfig
+from twisted_kv.core.records import Put
+from twisted_kv.core.replica import Replica
+from twisted_kv.errors import KeyExists
+from twisted_kv.testing import cluster_config
+from twisted_kv.wire import messages
+
+
+class _Replication:
+    """
+    Records the waits asked for; whether the read lease holds is up to the
+    test.
+    """
+
+    def __init__(self) -> None:
+        self.lease = False
+        self.waits: list[tuple[Any, ...]] = []
+        self.deferreds: list[Deferred[None]] = []
+
+    def _wait(self, *what: Any) -> Deferred[None]:
+        self.waits.append(what)
+        d: Deferred[None] = Deferred()
+        self.deferreds.append(d)
+        return d
+
+    def wait_commit(self, partition: int, seq: int) -> Deferred[None]:
+        return self._wait("commit", partition, seq)
+
+    def wait_confirmation(self, replica: Replica) -> Deferred[None]:
+        return self._wait("confirmation", replica.partition)
+
+    def lease_holds(self, replica: Replica) -> bool:
+        return self.lease
+
+    def settle(self) -> None:
+        deferreds, self.deferreds = self.deferreds, []
+        for d in deferreds:
+            d.callback(None)
+
+
+class OperationsTests(SynchronousTestCase):
+    """
+    Node n1 is the primary of partition 0, alone, and a replica of
+    partition 1 where n2 is primary.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.replication = _Replication()
+        self.sent: list[tuple[str, list]] = []
+        self.replicas = [Replica(0), Replica(1)]
+        self.replicas[0].become_primary(1, [], [])
+        self.configs = {
+            0: PartitionConfig(1, (Member("n1", 7),), {"n1"}),
+            1: PartitionConfig(4, (Member("n2", 1), Member("n1", 7)), {"n2"}),
+        }
+        calls = Calls(
+            send=lambda peer, message: self.sent.append((peer, message)) or True,
+            unreachable=lambda peer: None,
+            deadlines=Deadlines(),
+            now=self.clock.seconds,
+        )
+        self.operations = ClientOperations(
+            config=cluster_config(3),
+            node_id="n1",
+            incarnation=7,
+            replicas=self.replicas,
+            replication=self.replication,  # type: ignore[arg-type]
+            calls=calls,
+            partition_config=self.configs.get,
+            now=self.clock.seconds,
+        )
+
+    def write(self, key: str, op_id: Optional[str] = None, **kwargs: Any) -> Deferred:
+        return self.operations.execute_local(0, Put(key, b"v", **kwargs), op_id)
+
+    def test_only_at_the_primary(self) -> None:
+        """
+        A write or a read reaching a replica that is not its partition's
+        primary is refused, to be retried, as not applied.
+        """
+        for d in (
+            self.operations.execute_local(1, Put("k", b"v"), None),
+            self.operations.read_local(1, "k"),
+        ):
+            self.assertFalse(self.failureResultOf(d, Retry).value.maybe_applied)
+        self.assertEqual(self.operations.executed, 0)
+
+    def test_write_answered_at_its_commit(self) -> None:
+        """
+        A write is answered with its change once its log position is
+        committed.
+        """
+        d = self.write("k")
+        self.assertEqual(self.replication.waits, [("commit", 0, 1)])
+        self.assertNoResult(d)
+        self.replication.settle()
+        self.assertEqual(self.successResultOf(d).key, "k")
+        self.assertEqual(self.operations.executed, 1)
+
+    def test_retried_write_applied_once(self) -> None:
+        """
+        A write retried under its operation id is not ordered again: it is
+        answered with the first one's change, at the first one's position.
+        """
+        first = self.write("k", "c/1")
+        self.replication.settle()
+        again = self.write("k", "c/1")
+        self.assertEqual(self.replication.waits[-1], ("commit", 0, 1))
+        self.replication.settle()
+        first_change, again_change = self.successResultOf(first), self.successResultOf(again)
+        self.assertEqual((again_change.version, again_change.created), (first_change.version, True))
+        self.assertIsNone(again_change.record)
+        self.assertEqual(self.replicas[0].last_seq, 1)
+
+    def test_read_under_lease(self) -> None:
+        """
+        While the read lease holds, a read is answered at once; otherwise
+        after a confirmation round.
+        """
+        self.write("k")
+        self.replication.lease = True
+        self.assertEqual(self.successResultOf(self.operations.read_local(0, "k")).value, b"v")
+        self.replication.lease = False
+        d = self.operations.read_local(0, "k")
+        self.assertEqual(self.replication.waits[-1], ("confirmation", 0))
+        self.assertNoResult(d)
+        self.replication.settle()
+        self.assertEqual(self.successResultOf(d).value, b"v")
+
+    def test_refusal_confirmed_as_a_read(self) -> None:
+        """
+        A write refused for its condition is refused at once under the
+        lease, and otherwise only after a confirmation round: a primary
+        replaced unawares must not refuse from its stale state.
+        """
+        self.write("k")
+        self.replication.lease = True
+        self.failureResultOf(self.write("k", create_only=True), KeyExists)
+        self.replication.lease = False
+        refused = self.write("k", create_only=True)
+        self.assertNoResult(refused)
+        self.replication.settle()
+        self.failureResultOf(refused, KeyExists)
+
+    def test_peek(self) -> None:
+        """
+        A degraded read's answer says whether this node is an in-sync
+        replica of the partition, in which epoch.
+        """
+        self.write("k")
+        peek = self.operations.peek_local(0, "k")
+        self.assertEqual((peek.holds, peek.record.value, peek.epoch), (True, b"v", 1))
+        self.assertEqual(self.operations.peek_local(1, "k"), messages.Peek(False, None, 4))
+
+    def test_peers_answered(self) -> None:
+        """
+        A peer's read is answered once confirmed; a peer's write once
+        committed; a peer's listing at once.
+        """
+        self.write("a")
+        self.operations.on_read("n2", messages.ReadRequest(0, "a").to_wire(5))
+        self.operations.on_op("n2", messages.OpRequest(0, Put("b", b"w"), "n2/x/1").to_wire(6))
+        self.operations.on_list("n2", messages.ListRequest([0, 1], "", None, 10).to_wire(7))
+        self.assertEqual(self.sent, [("n2", messages.ok_answer(7, ["a", "b"]))])
+        self.replication.settle()
+        answers = {message[1]: message for _, message in self.sent}
+        self.assertEqual(messages.decode_record(answers[5][3]).value, b"v")
+        self.assertEqual(answers[6][2], messages.OK)

@@ -21,6 +21,7 @@ from twisted_kv.core.keyspace import USER, user_key
 from twisted_kv.core.records import Put
 from twisted_kv.core.replica import RECENT_CHANGES, decode_change, encode_records
 from twisted_kv.cluster import feed as feed_module
+from twisted_kv.cluster.calls import Retry
 from twisted_kv.cluster import node as node_module
 from twisted_kv.cluster import replication as replication_module
 from twisted_kv.errors import (
@@ -319,7 +320,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         node = cluster.nodes["n1"]
         partition = node.partition_of(user_key(key))
         box = _outcome(node.call(primary, messages.ReadRequest(partition, user_key(key)), 5.0))
-        self.assertTrue(box[0].check(node_module.Retry), box)
+        self.assertTrue(box[0].check(Retry), box)
         self.assertFalse(box[0].value.maybe_applied)
         self.assertEqual(len(node.calls), 0)
 
@@ -1051,7 +1052,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual(outcome, [])
         cluster.network.heal()
         cluster.run(0.5)
-        self.assertTrue(outcome[0].check(node_module.Retry), outcome)
+        self.assertTrue(outcome[0].check(Retry), outcome)
         self.assertEqual(self.value_at(leader, key), b"v2")
 
     def test_snapshot_from_a_newer_primary_demotes(self) -> None:
@@ -1077,7 +1078,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         snapshot = messages.snapshot(partition, replica.epoch + 1, 0, 0, True, True, encode_records([]), 0)
         node.peer_message(newer, cluster.nodes[newer].incarnation, snapshot)
         self.assertFalse(replica.is_primary)
-        self.assertTrue(waiting[0].check(node_module.Retry), waiting)
+        self.assertTrue(waiting[0].check(Retry), waiting)
         self.assertTrue(waiting[0].value.maybe_applied)
 
     def test_node_cut_off_from_leader_learns_maps_from_peers(self) -> None:

@@ -51,12 +51,14 @@ from twisted_kv.interfaces import (
 )
 from twisted_kv.web.metrics import Metric, Reading, counter, gauge
 from twisted_kv.cluster.calls import Request, Retry
-from twisted_kv.cluster.node import RETRY_DELAY, Node
+from twisted_kv.cluster.node import Node
 from twisted_kv.wire import messages
 from twisted_kv.wire.messages import Peek
 
 # How long a degraded read waits for the reachable replicas.
 DEGRADED_READ_TIMEOUT = 1.0
+# Pause between two attempts of a client operation waiting for a primary.
+RETRY_DELAY = 0.05
 
 
 def _lost_reason(partition: int) -> str:

@@ -63,14 +63,10 @@ from twisted_kv.core.replica import Replica
 from twisted_kv.interfaces import IMessenger, IPeerHandler
 from twisted_kv.wire import messages
 
-__all__ = ["Node", "Retry", "RETRY_DELAY"]
-
 log = Logger()
 
 # Several gossip rounds per failure timeout keep a live node from looking dead.
 GOSSIP_PER_FAILURE_TIMEOUT = 6
-# Pause between two attempts of a client operation waiting for a primary.
-RETRY_DELAY = 0.05
 
 
 @implementer(IPeerHandler)

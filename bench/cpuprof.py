@@ -33,6 +33,7 @@ import signal
 import sys
 from typing import Iterable
 
+
 def _where(code) -> str:
     path = code.co_filename
     for marker in ("site-packages/", "/lib/python3.", "/lib/pypy3.", "/lib_pypy/"):

@@ -46,10 +46,10 @@ from twisted.web.iweb import IRequest  # noqa: E402
 from twisted.web.resource import IResource, Resource  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
+from twisted_kv.cluster.local import LocalKeyValue  # noqa: E402
+from twisted_kv.interfaces import Health, IClusterStatus  # noqa: E402
 from twisted_kv.web.http_api import KeyValueResource  # noqa: E402
 from twisted_kv.web.site import build_site  # noqa: E402
-from twisted_kv.interfaces import Health, IClusterStatus  # noqa: E402
-from twisted_kv.cluster.local import LocalKeyValue  # noqa: E402
 
 _PUT_SCRIPT = """
 wrk.method = "PUT"

@@ -39,12 +39,12 @@ from twisted.web.server import NOT_DONE_YET  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from bench.benchlib import connect_watcher, percentile  # noqa: E402
+from twisted_kv.client import TxClient  # noqa: E402
+from twisted_kv.cluster.local import LocalKeyValue  # noqa: E402
 from twisted_kv.core import keyspace  # noqa: E402
+from twisted_kv.interfaces import Health, IClusterStatus  # noqa: E402
 from twisted_kv.web.site import build_site  # noqa: E402
 from twisted_kv.ws.server import build_ws_resource  # noqa: E402
-from twisted_kv.interfaces import Health, IClusterStatus  # noqa: E402
-from twisted_kv.cluster.local import LocalKeyValue  # noqa: E402
-from twisted_kv.client import TxClient  # noqa: E402
 
 RATES = (2000, 5000, 10000, 12500, 15000, 20000, 30000, 40000)
 STEP_SECONDS = 2.0

@@ -12,9 +12,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.cluster.antientropy import AntiEntropy
+from twisted_kv.core import messages
 from twisted_kv.core.placement import Member, PartitionConfig
 from twisted_kv.core.replica import Entry, Repair
-from twisted_kv.wire import messages
 
 INTERVAL = 10.0
 

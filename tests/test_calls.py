@@ -14,8 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.cluster.calls import Calls, Retry
 from twisted_kv.cluster.deadlines import Deadlines
+from twisted_kv.core import messages
 from twisted_kv.errors import KeyNotFound
-from twisted_kv.wire import messages
 
 
 class CallsTestMixin:

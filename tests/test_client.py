@@ -24,11 +24,11 @@ from tests.polling import poll
 from tests.test_client_support import serve, three_nodes
 from twisted_kv import errors
 from twisted_kv.client import Client, Page, TxClient, Value, Watcher
+from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import format_version, make_version, parse_version
-from twisted_kv.web.site import build_site
 from twisted_kv.interfaces import Health, IClusterStatus
-from twisted_kv.cluster.local import LocalKeyValue
+from twisted_kv.web.site import build_site
 
 
 @implementer(IClusterStatus)

@@ -21,12 +21,12 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from twisted_kv.cluster.local import LocalKeyValue
+from twisted_kv.interfaces import Health, IClusterStatus
 from twisted_kv.web.dashboard import dashboard_resource
 from twisted_kv.web.files_http import files_resource
 from twisted_kv.web.site import build_site
 from twisted_kv.ws.server import build_ws_resource
-from twisted_kv.interfaces import Health, IClusterStatus
-from twisted_kv.cluster.local import LocalKeyValue
 
 
 def three_nodes(executed: int = 0) -> dict:

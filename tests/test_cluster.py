@@ -17,13 +17,16 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.linearizability import Op, check, random_operation
+from tests.test_metrics import parse
+from twisted_kv.cluster import feed as feed_module
+from twisted_kv.cluster import node as node_module
+from twisted_kv.cluster import replication as replication_module
+from twisted_kv.cluster.calls import Retry
+from twisted_kv.core import messages
 from twisted_kv.core.keyspace import USER, user_key
 from twisted_kv.core.records import Put
 from twisted_kv.core.replica import RECENT_CHANGES, decode_change, encode_records
-from twisted_kv.cluster import feed as feed_module
-from twisted_kv.cluster.calls import Retry
-from twisted_kv.cluster import node as node_module
-from twisted_kv.cluster import replication as replication_module
 from twisted_kv.errors import (
     InsufficientStorage,
     KeyExists,
@@ -32,7 +35,6 @@ from twisted_kv.errors import (
     PreconditionFailed,
     Unavailable,
 )
-from twisted_kv.cluster.coordinator import NodeStatus
 from twisted_kv.interfaces import (
     ChangeEvent,
     IClusterStatus,
@@ -43,12 +45,9 @@ from twisted_kv.interfaces import (
     ReadResult,
     WriteResult,
 )
-from twisted_kv.web.metrics import node_registry, render
 from twisted_kv.testing import MemoryCluster
-from twisted_kv.wire import messages
-
-from tests.linearizability import Op, check, random_operation
-from tests.test_metrics import parse
+from twisted_kv.web.metrics import node_registry, render
+from twisted_kv.web.status import NodeStatus
 
 
 def _outcome(d: Any) -> list:

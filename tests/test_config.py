@@ -14,12 +14,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.core.config import (
     CLUSTER_KEYS,
-    GiB,
-    KiB,
-    MiB,
     NODE_KEYS,
     ClusterConfig,
     ConfigError,
+    GiB,
+    KiB,
+    MiB,
     NodeConfig,
     load_config,
     parse_bool,

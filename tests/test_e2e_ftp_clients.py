@@ -27,11 +27,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tests.polling import poll
-from twisted_kv.files.testing import PREFIXES
-from twisted_kv.web.files_http import files_resource
-from twisted_kv.ftp.server import build_ftp_factory
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.passwords import hash_password
+from twisted_kv.files.testing import PREFIXES
+from twisted_kv.ftp.server import build_ftp_factory
+from twisted_kv.web.files_http import files_resource
 
 USER, PASSWORD = "alice", "wonder land"
 MAX_FILE_BYTES = 16 * 1024 * 1024

@@ -21,9 +21,9 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import Reply, kv_path
-from tests.polling import poll
 from tests.linearizability import Op, check, random_operation
 from tests.netns import NamespacedCluster
+from tests.polling import poll
 
 #: Seconds the two connected nodes may take to elect a leader without the
 #: old one and accept writes again.

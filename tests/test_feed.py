@@ -11,11 +11,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.cluster import feed as feed_module
 from twisted_kv.cluster.feed import ChangeFeed
+from twisted_kv.core import messages
 from twisted_kv.core.consensus import FOLLOWER, LEADER
 from twisted_kv.core.records import Change
 from twisted_kv.core.replica import RECENT_CHANGES, Entry, encode_change
 from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
-from twisted_kv.wire import messages
 from twisted_kv.wire.codec import encode as encode_message
 
 PARTITIONS = 4

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.errors import (
     InsufficientStorage,
     OutcomeUnknown,
@@ -43,7 +44,6 @@ from twisted_kv.files._paths import lease_key
 from twisted_kv.files._records import COMMITTED, Lease
 from twisted_kv.files.testing import PREFIXES, ControlledKeyValue, on
 from twisted_kv.interfaces import IKeyValue
-from twisted_kv.cluster.local import LocalKeyValue
 
 NOW = 1_700_000_000.0
 LEASE = 600.0

@@ -9,12 +9,12 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.records import Change, Record
 from twisted_kv.files import FileSystem, FSPath, file_event_for
 from twisted_kv.files._paths import chunk_key, directory_key, lease_key, manifest_key
 from twisted_kv.files._records import Manifest, Tombstone
 from twisted_kv.interfaces import ChangeEvent
-from twisted_kv.cluster.local import LocalKeyValue
 
 PATH = FSPath.parse("/docs/a.txt")
 MANIFEST = Manifest(12, 1.0, "0123456789abcdef", 4, "00" * 32)

@@ -10,16 +10,17 @@ import hashlib
 import json
 from typing import Any, Optional
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.errors import Unavailable
 from twisted_kv.files.testing import PREFIXES, ControlledKeyValue, on
 from twisted_kv.web.files_http import RangeNotSatisfiable, byte_range, files_resource
-from twisted_kv.cluster.local import LocalKeyValue
 
 BASE = "http://node/files"
 

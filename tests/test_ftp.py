@@ -27,6 +27,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from twisted_kv.cluster.local import LocalKeyValue
+from twisted_kv.core.passwords import hash_password
 from twisted_kv.errors import (
     InsufficientStorage,
     KVError,
@@ -51,8 +53,6 @@ from twisted_kv.ftp.server import (
     build_ftp_factory,
     ftp_error,
 )
-from twisted_kv.cluster.local import LocalKeyValue
-from twisted_kv.core.passwords import hash_password
 
 HOST = IPv4Address("TCP", "127.0.0.1", 2121)
 PEER = IPv4Address("TCP", "127.0.0.1", 50000)

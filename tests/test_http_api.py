@@ -26,15 +26,14 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.test_metrics import parse, values
+from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.keyspace import file_key, user_key
 from twisted_kv.core.records import Record, make_version
 from twisted_kv.errors import OutcomeUnknown, Unavailable
-from twisted_kv.web.site import build_site
 from twisted_kv.interfaces import Health, IClusterStatus, IKeyValue, KeyPage, ReadResult
-from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.web.metrics import gauge
-
-from tests.test_metrics import parse, values
+from twisted_kv.web.site import build_site
 
 CLUSTER_VIEW = {
     "self": "n1",

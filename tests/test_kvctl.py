@@ -17,9 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.polling import poll
 from tests.test_client_support import serve
-from twisted_kv.core import keyspace
 from twisted_kv.app import kvctl
 from twisted_kv.app.kvctl import main
+from twisted_kv.core import keyspace
 
 
 class KvctlTests(TestCase):

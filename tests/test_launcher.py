@@ -19,26 +19,37 @@ import sys
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import (
+    ConnectionRefusedError,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from tests.e2e import free_ports, node_environment as e2e_node_environment, write_config
+from tests.e2e import free_ports, write_config
+from tests.e2e import node_environment as e2e_node_environment
 from tests.polling import poll
-from twisted_kv.core.config import load_config, parse_config
 from twisted_kv.app.launcher import (
     DEFAULT_CONFIG,
     Launcher,
     LineBuffer,
+    _write_line,
     describe_cluster,
     leader_of,
     listens_on,
     parse_arguments,
     port_problem,
-    _write_line,
 )
-from twisted_kv.app.nodeprocess import PARENT_VARIABLE, NodeProcess, node_command, node_environment
+from twisted_kv.app.nodeprocess import (
+    PARENT_VARIABLE,
+    NodeProcess,
+    node_command,
+    node_environment,
+)
+from twisted_kv.core.config import load_config, parse_config
 
 _CONFIG = parse_config(
     "[cluster]\nname = demo\nsecret = s\n"

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.records import format_version
 from twisted_kv.errors import (
     InsufficientStorage,
@@ -17,8 +18,13 @@ from twisted_kv.errors import (
     PreconditionFailed,
     ValueTooLarge,
 )
-from twisted_kv.interfaces import ChangeEvent, IKeyValue, KeyPage, ReadResult, WriteResult
-from twisted_kv.cluster.local import LocalKeyValue
+from twisted_kv.interfaces import (
+    ChangeEvent,
+    IKeyValue,
+    KeyPage,
+    ReadResult,
+    WriteResult,
+)
 
 
 def _version_key(version: str) -> tuple[int, int]:

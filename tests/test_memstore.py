@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.strategies import content_types, expiries, key_sets, ordered_keys, values
 from twisted_kv.core import memstore
 from twisted_kv.core.memstore import (
     RECORD_OVERHEAD,
@@ -22,7 +23,6 @@ from twisted_kv.core.memstore import (
     unpack_record,
 )
 from twisted_kv.core.records import Change, Record
-from tests.strategies import content_types, expiries, key_sets, ordered_keys, values
 
 # Any content type a caller of the single-process store may give, lone
 # surrogates and types too long to be numbered included.

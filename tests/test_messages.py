@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_kv.wire.messages}: every builder gives the list the
+Tests for L{twisted_kv.core.messages}: every builder gives the list the
 nodes have always exchanged (so the bytes on the wire stay the same), and
 its parser gives back the fields.
 """
@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_kv.core import messages
 from twisted_kv.core.records import Delete, Expire, Put, Record
-from twisted_kv.wire import messages
 from twisted_kv.wire.codec import decode, encode
 
 

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_node_status -*-
 """
-Tests for L{twisted_kv.cluster.coordinator.NodeStatus} and L{summarize}: what
+Tests for L{twisted_kv.web.status.NodeStatus} and L{summarize}: what
 C{/cluster} says about the nodes of a L{MemoryCluster}, and its summary.
 """
 
@@ -11,9 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_cluster import ClusterTestMixin
 from tests.test_metrics import parse, values
-from twisted_kv.cluster.coordinator import NodeStatus, summarize
 from twisted_kv.core.keyspace import file_key
 from twisted_kv.web.site import build_site
+from twisted_kv.web.status import NodeStatus, summarize
 
 
 def _node(node_id: str, state: str, synced: bool = True) -> dict:

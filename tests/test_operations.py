@@ -16,12 +16,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_kv.cluster.calls import Calls, Retry
 from twisted_kv.cluster.deadlines import Deadlines
 from twisted_kv.cluster.operations import ClientOperations
+from twisted_kv.core import messages
 from twisted_kv.core.placement import Member, PartitionConfig
 from twisted_kv.core.records import Put
 from twisted_kv.core.replica import Replica
 from twisted_kv.errors import KeyExists
 from twisted_kv.testing import cluster_config
-from twisted_kv.wire import messages
 
 
 class _Replication:

@@ -15,7 +15,8 @@ import struct
 from typing import Any
 
 from twisted.application.internet import backoffPolicy
-from twisted.internet import defer, reactor as global_reactor
+from twisted.internet import defer
+from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
@@ -31,7 +32,11 @@ from zope.interface.verify import verifyObject
 
 from twisted_kv.interfaces import IMessenger, IPeerHandler
 from twisted_kv.peer import PeerLinks
-from twisted_kv.peer.links import RETRY_INITIAL_DELAY, RETRY_MAX_DELAY, default_retry_policy
+from twisted_kv.peer.links import (
+    RETRY_INITIAL_DELAY,
+    RETRY_MAX_DELAY,
+    default_retry_policy,
+)
 from twisted_kv.peer.protocol import TAG_AUTH, TAG_HELLO, TAG_MESSAGE, auth_mac, frame
 from twisted_kv.wire.codec import PROTOCOL_VERSION, decode, encode
 

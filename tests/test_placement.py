@@ -14,6 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.strategies import (
+    cluster_maps,
+    failure_histories,
+    node_sets,
+    node_sets_and_newcomer,
+)
 from twisted_kv.core.placement import (
     ClusterMap,
     Member,
@@ -31,12 +37,6 @@ from twisted_kv.core.placement import (
     plan_partition,
 )
 from twisted_kv.wire import codec
-from tests.strategies import (
-    cluster_maps,
-    failure_histories,
-    node_sets,
-    node_sets_and_newcomer,
-)
 
 PARTITIONS = 1024
 

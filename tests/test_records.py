@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.strategies import epochs, seqs
 from twisted_kv.core.records import (
     Change,
     Delete,
@@ -26,7 +27,6 @@ from twisted_kv.core.records import (
     version_seq,
 )
 from twisted_kv.errors import KeyExists, KeyNotFound, PreconditionFailed
-from tests.strategies import epochs, seqs
 
 NOW = 1000.0
 OLD = make_version(2, 7)

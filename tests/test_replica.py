@@ -16,8 +16,16 @@ from typing import Optional
 from hypothesis import given
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.strategies import changes, entries
 from twisted_kv.core import replica as replica_module
-from twisted_kv.core.records import Change, Delete, Expire, Put, format_version, make_version
+from twisted_kv.core.records import (
+    Change,
+    Delete,
+    Expire,
+    Put,
+    format_version,
+    make_version,
+)
 from twisted_kv.core.replica import (
     Entry,
     Replica,
@@ -29,7 +37,6 @@ from twisted_kv.core.replica import (
 )
 from twisted_kv.errors import KeyExists, KeyNotFound, PreconditionFailed
 from twisted_kv.wire import codec
-from tests.strategies import changes, entries
 
 PARTITION = 3
 

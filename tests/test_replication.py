@@ -14,11 +14,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.cluster.calls import Retry
 from twisted_kv.cluster.replication import LEASE_PROMISE_SHARE, Replication
+from twisted_kv.core import messages
 from twisted_kv.core.placement import Member, PartitionConfig
 from twisted_kv.core.records import Expire, Put
 from twisted_kv.core.replica import Entry, Replica
 from twisted_kv.testing import cluster_config
-from twisted_kv.wire import messages
 
 CONFIG = cluster_config(3)
 LEADER = "n3"

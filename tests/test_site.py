@@ -27,13 +27,13 @@ from twisted.web.resource import Resource
 
 from tests.test_http_api import FakeClusterStatus, ScriptedKeyValue
 from tests.test_metrics import parse, values
-from twisted_kv.cluster.coordinator import NodeStatus
+from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import Record
-from twisted_kv.web.site import build_site
 from twisted_kv.interfaces import IKeyValue, ReadResult
-from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.testing import MemoryCluster
+from twisted_kv.web.site import build_site
+from twisted_kv.web.status import NodeStatus
 
 Response = tuple[int, dict[bytes, bytes], bytes]
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.test_cluster import ClusterTestMixin
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import Change, Record
 from twisted_kv.interfaces import WriteResult
-
-from tests.test_cluster import ClusterTestMixin
 
 
 class SyncTestMixin(ClusterTestMixin):

@@ -15,8 +15,8 @@ from twisted.application.service import IService, Service
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
 from twisted_kv.app.tap import Options, makeService
+from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LOCAL = os.path.join(_REPO, "etc", "cluster-local.ini")

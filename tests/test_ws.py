@@ -22,8 +22,10 @@ from twisted.web.server import Site
 
 from twisted_kv._autobahn_timer import ClockTimer
 from twisted_kv._compat import use_timer
+from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, Record, make_version
+from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
 from twisted_kv.ws import server as ws
 from twisted_kv.ws.server import (
     WatchHub,
@@ -31,8 +33,6 @@ from twisted_kv.ws.server import (
     build_ws_resource,
     event_frame,
 )
-from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
-from twisted_kv.cluster.local import LocalKeyValue
 
 
 class _Feed:

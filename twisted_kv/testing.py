@@ -18,10 +18,10 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from twisted_kv.core.config import ClusterConfig, parse_config
 from twisted_kv.cluster.coordinator import Coordinator
-from twisted_kv.core.membership import new_incarnation
 from twisted_kv.cluster.node import Node
+from twisted_kv.core.config import ClusterConfig, parse_config
+from twisted_kv.core.membership import new_incarnation
 from twisted_kv.interfaces import IMessenger
 
 

@@ -49,7 +49,12 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from twisted_kv.app.nodeprocess import NodeProcess, describe_exit, node_command, node_environment
+from twisted_kv.app.nodeprocess import (
+    NodeProcess,
+    describe_exit,
+    node_command,
+    node_environment,
+)
 from twisted_kv.core.config import ClusterConfig, ConfigError, NodeConfig, load_config
 
 DEFAULT_CONFIG = os.path.join("etc", "cluster-local.ini")

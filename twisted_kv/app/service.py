@@ -23,18 +23,19 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 
 from twisted_kv._compat import raise_listen_errors
-from twisted_kv.cluster.coordinator import Coordinator, NodeStatus
+from twisted_kv.cluster.coordinator import Coordinator
+from twisted_kv.cluster.node import Node
 from twisted_kv.core.config import ClusterConfig, NodeConfig, format_address
 from twisted_kv.core.membership import new_incarnation
 from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
+from twisted_kv.ftp.server import build_ftp_factory
+from twisted_kv.peer.links import PeerLinks
 from twisted_kv.web.dashboard import dashboard_resource
 from twisted_kv.web.files_http import files_resource
-from twisted_kv.ftp.server import build_ftp_factory
 from twisted_kv.web.site import build_site
+from twisted_kv.web.status import NodeStatus
 from twisted_kv.ws.server import build_ws_resource
-from twisted_kv.cluster.node import Node
-from twisted_kv.peer.links import PeerLinks
 
 
 def listen_endpoint(host: str, port: int) -> str:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from treq.client import HTTPClient
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import error
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -36,7 +37,6 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
-from treq.client import HTTPClient
 from zope.interface import implementer
 
 from twisted_kv._autobahn_timer import ClockTimer, cancel_close_timeout

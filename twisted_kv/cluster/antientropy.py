@@ -13,10 +13,10 @@ from typing import Callable, Optional
 
 from twisted.logger import Logger
 
+from twisted_kv.core import messages
 from twisted_kv.core.merkle import differing
 from twisted_kv.core.placement import PartitionConfig
 from twisted_kv.core.replica import Replica, encode_entry
-from twisted_kv.wire import messages
 from twisted_kv.wire.codec import encode as encode_message
 
 log = Logger()

@@ -19,8 +19,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_kv.cluster.deadlines import Deadlines
+from twisted_kv.core import messages
 from twisted_kv.errors import KVError, error_for_code
-from twisted_kv.wire import messages
 
 log = Logger()
 
@@ -41,7 +41,7 @@ class Retry(Exception):
 
 class Request(Protocol):
     """
-    A request a peer answers (L{twisted_kv.wire.messages.ReadRequest}, ...).
+    A request a peer answers (L{twisted_kv.core.messages.ReadRequest}, ...).
     """
 
     def to_wire(self, request_id: int) -> list: ...

@@ -17,10 +17,10 @@ import itertools
 from collections import OrderedDict, deque
 from typing import Callable
 
+from twisted_kv.core import messages
 from twisted_kv.core.consensus import LEADER, Consensus
 from twisted_kv.core.replica import RECENT_CHANGES, Entry, decode_change, encode_change
 from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
-from twisted_kv.wire import messages
 from twisted_kv.wire.codec import decode as decode_message
 from twisted_kv.wire.codec import encode as encode_message
 

@@ -28,8 +28,19 @@ from twisted_kv.core.records import (
     live,
     make_version,
 )
-from twisted_kv.errors import InsufficientStorage, InvalidRequest, KVError, ValueTooLarge
-from twisted_kv.interfaces import ChangeEvent, IKeyValue, KeyPage, ReadResult, WriteResult
+from twisted_kv.errors import (
+    InsufficientStorage,
+    InvalidRequest,
+    KVError,
+    ValueTooLarge,
+)
+from twisted_kv.interfaces import (
+    ChangeEvent,
+    IKeyValue,
+    KeyPage,
+    ReadResult,
+    WriteResult,
+)
 
 
 @implementer(IKeyValue)

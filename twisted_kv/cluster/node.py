@@ -23,7 +23,7 @@ Like magic-wormhole's C{Boss}, the node builds every part first, handing
 each the parts and the narrow callables it needs, then routes every
 incoming message by its tag to the part that handles it
 (L{Node._routes}).  The messages are built and parsed in
-L{twisted_kv.wire.messages} only.
+L{twisted_kv.core.messages} only.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from twisted_kv.cluster.deadlines import Deadlines
 from twisted_kv.cluster.feed import ChangeFeed
 from twisted_kv.cluster.operations import ClientOperations
 from twisted_kv.cluster.replication import Replication
+from twisted_kv.core import messages
 from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.consensus import LEADER, Consensus
 from twisted_kv.core.keyspace import FILES, USER
@@ -61,7 +62,6 @@ from twisted_kv.core.placement import (
 from twisted_kv.core.records import Expire
 from twisted_kv.core.replica import Replica
 from twisted_kv.interfaces import IMessenger, IPeerHandler
-from twisted_kv.wire import messages
 
 log = Logger()
 

@@ -17,13 +17,13 @@ from twisted.python.failure import Failure
 
 from twisted_kv.cluster.calls import Calls, Retry
 from twisted_kv.cluster.replication import Replication
+from twisted_kv.core import messages
 from twisted_kv.core.config import ClusterConfig
+from twisted_kv.core.messages import Peek
 from twisted_kv.core.placement import PartitionConfig
 from twisted_kv.core.records import Change, Operation, Put, Record, live
 from twisted_kv.core.replica import Replica, encode_change
 from twisted_kv.errors import InsufficientStorage, KVError
-from twisted_kv.wire import messages
-from twisted_kv.wire.messages import Peek
 
 
 def _logged_records(

@@ -18,12 +18,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted_kv.cluster.antientropy import AntiEntropy
 from twisted_kv.cluster.calls import Retry
 from twisted_kv.cluster.feed import ChangeFeed
+from twisted_kv.core import messages
 from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.consensus import Consensus
 from twisted_kv.core.placement import PartitionConfig
 from twisted_kv.core.records import Expire
 from twisted_kv.core.replica import Replica
-from twisted_kv.wire import messages
 
 # How often a primary checks that its members catching up still progress.
 NUDGES_PER_FAILURE_TIMEOUT = 3

@@ -43,7 +43,7 @@ holder lost is lost, as the data it described); the window of reports keeps
 a node that heard of an entry whose holders died since from waiting for it
 for ever.
 
-Messages (built and parsed by L{twisted_kv.wire.messages}): C{prevote} and
+Messages (built and parsed by L{twisted_kv.core.messages}): C{prevote} and
 C{vote}, answered by C{prevoted} and C{voted}; the leader's C{append},
 answered by C{appended}.  The map travels only in an C{append} to a follower
 not known to hold the entry.
@@ -57,8 +57,8 @@ from __future__ import annotations
 import random
 from typing import Optional, Sequence
 
+from twisted_kv.core import messages
 from twisted_kv.core.placement import ClusterMap, decode_map, encode_map
-from twisted_kv.wire import messages
 
 FOLLOWER = "follower"
 CANDIDATE = "candidate"

@@ -43,8 +43,8 @@ from typing import Iterable, Optional
 
 from attrs import frozen
 
+from twisted_kv.core import messages
 from twisted_kv.core.memstore import MemStore
-from twisted_kv.wire import messages
 from twisted_kv.core.merkle import RangeDigest, bucket_of
 from twisted_kv.core.records import (
     Change,

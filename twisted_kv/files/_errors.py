@@ -9,7 +9,13 @@ them to replies in one table.
 
 from __future__ import annotations
 
-from twisted_kv.errors import InvalidRequest, KeyExists, KeyNotFound, KVError, ValueTooLarge
+from twisted_kv.errors import (
+    InvalidRequest,
+    KeyExists,
+    KeyNotFound,
+    KVError,
+    ValueTooLarge,
+)
 
 
 class BadPath(InvalidRequest):

@@ -41,7 +41,12 @@ from typing import Any, Awaitable, Callable, Coroutine, Optional, TypeVar, Union
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProducer,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -49,6 +54,7 @@ from twisted_kv.core.records import Record, format_version
 from twisted_kv.errors import KeyNotFound, KVError, OutcomeUnknown, PreconditionFailed
 from twisted_kv.files._errors import (
     CorruptFile,
+    DirectoryNotEmpty,
     FileChanged,
     FileExists,
     FileNotFound,
@@ -56,7 +62,6 @@ from twisted_kv.files._errors import (
     IsADirectory,
     NotADirectory,
     NotPermitted,
-    DirectoryNotEmpty,
     TransferAborted,
     UploadExpired,
 )

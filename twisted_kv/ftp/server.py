@@ -51,6 +51,7 @@ from twisted.python.filepath import Permissions
 from zope.interface import implementer
 
 from twisted_kv._compat import set_rename_source, validate_network_protocol
+from twisted_kv.core.passwords import check_stored, hash_password, verify_password
 from twisted_kv.errors import (
     InsufficientStorage,
     InvalidRequest,
@@ -73,7 +74,6 @@ from twisted_kv.files import (
     UploadExpired,
 )
 from twisted_kv.interfaces import IKeyValue
-from twisted_kv.core.passwords import check_stored, hash_password, verify_password
 
 __all__ = ["FileFTP", "FileRealm", "FileShell", "PasswordChecker", "build_ftp_factory"]
 

@@ -42,8 +42,8 @@ from typing import Any, Callable, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet import error
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,

@@ -63,7 +63,12 @@ from twisted_kv.files import (
     StoredFile,
 )
 from twisted_kv.interfaces import IKeyValue
-from twisted_kv.web.conditions import etag, preconditions, tag_current, write_conditionally
+from twisted_kv.web.conditions import (
+    etag,
+    preconditions,
+    tag_current,
+    write_conditionally,
+)
 from twisted_kv.web.errors import MethodNotAllowed, RangeNotSatisfiable, send_failure
 from twisted_kv.web.http_api import check_query
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 import re
 from typing import Any, Callable, Iterable, Optional
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from prometheus_client import CollectorRegistry
@@ -57,7 +58,6 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
-from urllib.parse import unquote_to_bytes
 
 from twisted_kv.core.keyspace import USER, name_of, to_user, user_key
 from twisted_kv.core.records import format_version
@@ -68,7 +68,13 @@ from twisted_kv.errors import (
     Unavailable,
     ValueTooLarge,
 )
-from twisted_kv.interfaces import IClusterStatus, IKeyValue, KeyPage, ReadResult, WriteResult
+from twisted_kv.interfaces import (
+    IClusterStatus,
+    IKeyValue,
+    KeyPage,
+    ReadResult,
+    WriteResult,
+)
 from twisted_kv.web.conditions import (
     Preconditions,
     etag,

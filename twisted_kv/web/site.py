@@ -40,9 +40,9 @@ from twisted.web.server import Request, Site, version
 
 from twisted_kv._compat import keep_form_body, pending_request_target
 from twisted_kv.errors import ValueTooLarge
+from twisted_kv.interfaces import IClusterStatus, IKeyValue
 from twisted_kv.web.errors import ErrorResource, NoSuchResource
 from twisted_kv.web.http_api import HTTPMetrics, KeyValueResource, NodeAPI
-from twisted_kv.interfaces import IClusterStatus, IKeyValue
 from twisted_kv.web.metrics import node_registry
 
 _KV = b"kv"

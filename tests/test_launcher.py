@@ -22,7 +22,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import (
     ConnectionRefusedError,
     ProcessDone,
-    ProcessExitedAlready,
     ProcessTerminated,
 )
 from twisted.internet.task import Clock
@@ -32,6 +31,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from tests.e2e import free_ports, write_config
 from tests.e2e import node_environment as e2e_node_environment
 from tests.polling import poll
+from tests.test_nodeprocess import FakeProcessTransport
 from twisted_kv.app.launcher import (
     DEFAULT_CONFIG,
     Launcher,
@@ -210,26 +210,6 @@ class WriteLineTests(SynchronousTestCase):
         self.assertEqual(os.fstat(write_end).st_rdev, os.stat(os.devnull).st_rdev)
         write("not read either")
         stream.flush()
-
-
-class FakeProcessTransport:
-    """
-    The process transport the fake reactor hands to a protocol.
-    """
-
-    def __init__(self, pid: int, exited: bool = False) -> None:
-        self.pid = pid
-        self.signals: list[str] = []
-        self.stdin_closed = False
-        self.exited = exited
-
-    def closeStdin(self) -> None:
-        self.stdin_closed = True
-
-    def signalProcess(self, name: str) -> None:
-        if self.exited:
-            raise ProcessExitedAlready()
-        self.signals.append(name)
 
 
 class FakeProcessReactor(Clock):

@@ -97,17 +97,16 @@ class CommandTests(SynchronousTestCase):
         )
 
 
-class _Transport:
+class FakeProcessTransport:
     """
-    A process transport that records what the protocol does to it.
+    The process transport the fake reactor hands to a protocol.
     """
 
-    pid = 7
-
-    def __init__(self) -> None:
-        self.stdin_closed = False
+    def __init__(self, pid: int, exited: bool = False) -> None:
+        self.pid = pid
         self.signals: list[str] = []
-        self.exited = False
+        self.stdin_closed = False
+        self.exited = exited
 
     def closeStdin(self) -> None:
         self.stdin_closed = True
@@ -131,7 +130,7 @@ class NodeProcessTests(SynchronousTestCase):
             lambda fd, data: self.received.append((fd, data)),
             lambda process, reason: self.events.append((process, reason)),
         )
-        self.transport = _Transport()
+        self.transport = FakeProcessTransport(7)
         self.process.makeConnection(self.transport)
 
     def test_output(self) -> None:

@@ -9,15 +9,18 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv import errors
 from twisted_kv.errors import (
+    DiskFull,
     InsufficientStorage,
     InvalidRequest,
     KeyExists,
     KeyNotFound,
     KVError,
+    LogFailed,
     OutcomeUnknown,
     PreconditionFailed,
     Unavailable,
     ValueTooLarge,
+    WriteFailed,
 )
 
 # The HTTP status and error code of every failure, as the HTTP API answers it.
@@ -31,6 +34,9 @@ EXPECTED = {
     Unavailable: (503, "unavailable"),
     OutcomeUnknown: (504, "outcome_unknown"),
     InsufficientStorage: (507, "insufficient_storage"),
+    DiskFull: (507, "disk_full"),
+    WriteFailed: (503, "write_failed"),
+    LogFailed: (503, "log_failed"),
 }
 
 

@@ -88,6 +88,28 @@ class InsufficientStorage(KVError, status=507, code="insufficient_storage"):
     """The node's memory limit would be exceeded."""
 
 
+class DiskFull(InsufficientStorage, code="disk_full"):
+    """
+    The disk is full (or the quota reached): the write was not made durable
+    and will not take effect.  Writes may succeed again once space is freed.
+    """
+
+
+class WriteFailed(Unavailable, code="write_failed"):
+    """
+    The disk refused the write (an I/O error): it was not made durable and
+    will not take effect.  Later writes may succeed.
+    """
+
+
+class LogFailed(Unavailable, code="log_failed"):
+    """
+    An fsync of the log failed: the kernel may have dropped the data it was
+    asked to make durable, so this node no longer acknowledges writes from
+    that log until it has recovered it (from its peers or on restart).
+    """
+
+
 def error_for_code(code: str) -> type[KVError]:
     """
     The failure class whose L{KVError.code} is C{code} (for failures that
@@ -107,5 +129,8 @@ _BY_CODE = {
         Unavailable,
         OutcomeUnknown,
         InsufficientStorage,
+        DiskFull,
+        WriteFailed,
+        LogFailed,
     )
 }

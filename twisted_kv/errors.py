@@ -134,3 +134,33 @@ _BY_CODE = {
         LogFailed,
     )
 }
+
+
+class StorageCorrupt(Exception):
+    """
+    Damage found in a node's data directory, other than a torn last record:
+    the node never serves what is there; it refuses to start or refills
+    that part from its peers.  Not a L{KVError}: no client is told about it.
+
+    @ivar path: the damaged file.
+    @ivar offset: where in it the damage starts.
+    @ivar reason: what is wrong there.
+    """
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"{path} at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class LogCorrupt(StorageCorrupt):
+    """
+    A log segment is damaged or missing.
+    """
+
+
+class SnapshotCorrupt(StorageCorrupt):
+    """
+    A snapshot file is damaged.
+    """

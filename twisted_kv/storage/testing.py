@@ -34,6 +34,21 @@ from zope.interface import implementer
 from twisted_kv.storage.fs import IAppendFile, IFileSystem
 
 
+class PowerCut(BaseException):
+    """
+    Raised by a L{CrashableFileSystem} whose power went off (see
+    L{CrashableFileSystem.cut_power_after}): a C{BaseException}, so that
+    the code under test, which handles C{OSError}, stops where it is, as a
+    machine would, instead of cleaning up.
+    """
+
+
+# The calls that change a file system; a power cut happens before one.
+_CHANGES = frozenset(
+    ["write", "sync", "truncate", "create", "open_append", "rename", "remove", "sync_dir"]
+)
+
+
 def _every_path(path: str) -> bool:
     return True
 
@@ -194,6 +209,16 @@ class CrashableFileSystem:
 
     _root: _Dir = field(factory=_Dir)
     faults: list[Fault] = field(factory=list)
+    _power_left: Optional[int] = None
+
+    def cut_power_after(self, calls: int) -> None:
+        """
+        Let C{calls} more calls that change the file system (writes, syncs,
+        creates, renames, ...) happen, then raise L{PowerCut} from the next
+        one, and from every one after: the test then calls L{crash} to see
+        what the disk holds.
+        """
+        self._power_left = calls
 
     def inject(self, fault: Fault) -> Fault:
         """
@@ -211,6 +236,10 @@ class CrashableFileSystem:
         self.faults.clear()
 
     def _fault(self, operation: str, path: str) -> Optional[Fault]:
+        if self._power_left is not None and operation in _CHANGES:
+            if self._power_left == 0:
+                raise PowerCut(f"{operation} {path}")
+            self._power_left -= 1
         fired = None
         for fault in self.faults:
             if fault.fires(operation, path) and fired is None:

@@ -1,0 +1,208 @@
+# -*- test-case-name: tests.test_storage_committer -*-
+"""
+Group commit of a L{Log} off the reactor thread.
+
+Records appended during one reactor turn go out together, in one write and
+(with C{fsync = always}) one sync, run in a thread so the reactor keeps
+serving meanwhile.  One commit is in flight at a time; what is appended
+during it collects into the next batch, so under load batches grow and the
+number of syncs per second stays bounded by the disk's latency rather than
+by the request rate.
+
+Each append's Deferred fires once its record is as durable as the policy
+asks:
+
+  - C{always}: after the sync of its batch;
+  - C{everysec}: after the write of its batch; a sync follows within about a
+    second (a power cut may lose that second);
+  - C{never}: after the write (the kernel writes it out when it likes).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from twisted_kv.errors import LogFailed
+from twisted_kv.storage.log import Log, check_record
+
+RunInThread = Callable[[Callable[[], None]], "Deferred[None]"]
+"""
+Runs a function in a thread and fires with its result: production passes
+C{functools.partial(threads.deferToThreadPool, reactor, pool)}, tests a
+function that runs it at once.
+"""
+
+POLICIES = ("always", "everysec", "never")
+# How long, at most, C{everysec} leaves written records unsynced.
+SYNC_INTERVAL = 1.0
+
+_Batch = list["Deferred[None]"]
+
+
+@define
+class GroupCommitter:
+    """
+    Appends records to C{log} in groups, firing one Deferred per record.
+
+    @ivar log: the log, replayed; nothing else may use it from now on.
+    @ivar policy: one of L{POLICIES}.
+    @ivar run_in_thread: see L{RunInThread}.
+    @ivar clock: schedules the flush at the end of the reactor turn and the
+        C{everysec} syncs.
+    """
+
+    log: Log
+    policy: str
+    run_in_thread: RunInThread
+    clock: IReactorTime
+    _pending: list[tuple[int, bytes, "Deferred[None]"]] = field(factory=list, init=False)
+    _flush_call: Optional[IDelayedCall] = field(default=None, init=False)
+    _sync_call: Optional[IDelayedCall] = field(default=None, init=False)
+    _in_flight: bool = field(default=False, init=False)
+    # Records were written and not synced since.
+    _unsynced: bool = field(default=False, init=False)
+    # The next commit syncs (the everysec timer fired, or stop() asks).
+    _sync_wanted: bool = field(default=False, init=False)
+    _failure: Optional[Failure] = field(default=None, init=False)
+    _stopping: list["Deferred[None]"] = field(factory=list, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"fsync policy {self.policy!r} is not one of {POLICIES}")
+
+    def append(self, record_type: int, payload: bytes) -> "Deferred[None]":
+        """
+        Append a record, to go out with everything else appended in this
+        reactor turn.
+
+        @return: a Deferred that fires with L{None} once the record is as
+            durable as the policy asks, or fails, in which case the record
+            must not be acknowledged (it may or may not be found after a
+            crash): with L{twisted_kv.errors.DiskFull} if the disk was full
+            (later appends may succeed), L{twisted_kv.errors.WriteFailed}
+            for another write error, L{twisted_kv.errors.LogFailed} if a
+            sync of the log ever failed (every later append fails too), or
+            C{ValueError} for a record the log cannot hold.
+        """
+        if self._failure is not None:
+            return fail(self._failure)
+        try:
+            check_record(record_type, payload)
+        except ValueError:
+            return fail()
+        done: Deferred[None] = Deferred()
+        self._pending.append((record_type, payload, done))
+        if not self._in_flight and self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+        return done
+
+    def _flush(self) -> None:
+        """
+        Send what collected out in one commit, in a thread.
+        """
+        self._flush_call = None
+        batch = [done for _, _, done in self._pending]
+        for record_type, payload, _ in self._pending:
+            self.log.append(record_type, payload)
+        self._pending = []
+        sync = self.policy == "always" or self._sync_wanted
+        self._run(lambda: self.log.commit(sync), batch, sync)
+
+    def _run(self, work: Callable[[], None], batch: _Batch, sync: bool) -> None:
+        self._in_flight = True
+        self.run_in_thread(work).addCallbacks(
+            self._committed, self._commit_failed, (batch, sync), None, (batch,)
+        )
+
+    def _committed(self, _: None, batch: _Batch, sync: bool) -> None:
+        self._in_flight = False
+        if sync:
+            self._unsynced = self._sync_wanted = False
+        elif batch:
+            self._unsynced = True
+            if self.policy == "everysec" and self._sync_call is None:
+                self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync_due)
+        for done in batch:
+            done.callback(None)
+        self._next()
+
+    def _commit_failed(self, failure: Failure, batch: _Batch) -> None:
+        self._in_flight = False
+        for done in batch:
+            done.errback(failure)
+        if failure.check(LogFailed):
+            self._fail(failure)
+        else:
+            self._next()
+
+    def _sync_due(self) -> None:
+        """
+        The C{everysec} timer: sync now, or with the next commit if one is
+        on its way.
+        """
+        self._sync_call = None
+        self._sync_wanted = True
+        if not self._in_flight and self._flush_call is None:
+            self._next()
+
+    def _next(self) -> None:
+        """
+        After a commit: send what collected meanwhile, or the sync that is
+        due, or tell L{stop} that everything is done.
+        """
+        if self._pending:
+            self._flush()
+        elif self._sync_wanted and self._unsynced:
+            self._run(self.log.sync, [], True)
+        else:
+            self._sync_wanted = False
+            stopping, self._stopping = self._stopping, []
+            for done in stopping:
+                done.callback(None)
+
+    def _fail(self, failure: Failure) -> None:
+        self._failure = failure
+        for call in (self._flush_call, self._sync_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._sync_call = None
+        pending, self._pending = self._pending, []
+        for _, _, done in pending:
+            done.errback(failure)
+        stopping, self._stopping = self._stopping, []
+        for done in stopping:
+            done.errback(failure)
+
+    @property
+    def failed(self) -> bool:
+        """
+        Whether a sync of the log failed: every append fails from now on.
+        """
+        return self._failure is not None
+
+    def stop(self) -> "Deferred[None]":
+        """
+        Commit everything appended and sync it, whatever the policy (after
+        a clean shutdown, everything acknowledged is durable), and cancel
+        the timers.
+
+        @return: a Deferred that fires once done, or fails with
+            L{twisted_kv.errors.LogFailed} if the log failed.
+        """
+        if self._failure is not None:
+            return fail(self._failure)
+        for call in (self._flush_call, self._sync_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._sync_call = None
+        self._sync_wanted = True
+        done: Deferred[None] = Deferred()
+        self._stopping.append(done)
+        if not self._in_flight:
+            self._next()
+        return done

@@ -43,16 +43,32 @@ def _snapshot(path: str) -> bool:
 
 Operation = tuple[Union[str, int, bool], ...]
 
+_appends = st.tuples(st.just("append"), st.integers(min_value=1, max_value=6))
+_commits = st.tuples(st.just("commit"), st.booleans())
+_crashes = st.just(("crash",))
+# Appends, commits and crashes come three times as often as the rest, so
+# that most sequences crash with written and unsynced records, recover, and
+# write after the recovered end.
 operations = st.one_of(
-    st.tuples(st.just("append"), st.integers(min_value=1, max_value=6)),
-    st.tuples(st.just("commit"), st.booleans()),
+    _appends,
+    _commits,
+    _crashes,
+    _appends,
+    _commits,
+    _crashes,
+    _appends,
+    _commits,
+    _crashes,
     st.just(("compact",)),
+    st.tuples(st.just("power_cut"), st.integers(min_value=0, max_value=6)),
+)
+# The above with disk errors.
+operations_with_faults = st.one_of(
+    operations,
     st.tuples(st.just("disk_full"), st.integers(min_value=0, max_value=40)),
     st.just(("write_error",)),
     st.just(("sync_error",)),
     st.just(("snapshot_full",)),
-    st.tuples(st.just("power_cut"), st.integers(min_value=0, max_value=6)),
-    st.tuples(st.just("crash"), st.integers(min_value=0, max_value=2**32)),
 )
 
 
@@ -99,6 +115,7 @@ class Run:
     case: SynchronousTestCase
     fs: IFileSystem
     directory: str = DIRECTORY
+    rng: random.Random = field(factory=random.Random)
     model: Model = field(factory=Model)
     storage: Storage = field(init=False)
 
@@ -112,15 +129,15 @@ class Run:
                 recovered = [payload for kind, payload in self.storage.recover() if kind == RECORD]
             except PowerCut:
                 assert isinstance(self.fs, CrashableFileSystem)
-                self.fs = self.fs.crash(random.Random(len(self.model.acked)))
+                self.fs = self.fs.crash(self.rng)
                 self.storage = Storage.at(self.fs, self.directory, SEGMENT_BYTES)
                 continue
             self.model.check(self.case, recovered)
             return
 
-    def crash(self, seed: int) -> None:
+    def crash(self) -> None:
         assert isinstance(self.fs, CrashableFileSystem)
-        self.fs = self.fs.crash(random.Random(seed))
+        self.fs = self.fs.crash(self.rng)
         self.recover()
 
     def apply(self, operation: Operation) -> None:
@@ -179,15 +196,15 @@ class Run:
             assert isinstance(fs, CrashableFileSystem)
             fs.cut_power_after(int(operation[1]))
         else:
-            self.crash(int(operation[1]))
+            self.crash()
 
-    def run(self, sequence: list[Operation], seed: int) -> None:
+    def run(self, sequence: list[Operation]) -> None:
         for operation in sequence:
             try:
                 self.apply(operation)
             except PowerCut:
-                self.crash(seed)
-        self.crash(seed)
+                self.crash()
+        self.crash()
 
 
 class CrashTests(SynchronousTestCase):
@@ -196,14 +213,30 @@ class CrashTests(SynchronousTestCase):
     nothing that was not written.
     """
 
-    @settings(max_examples=400)
-    @given(st.lists(operations, max_size=40), st.integers(min_value=0, max_value=2**32))
+    @settings(max_examples=300)
+    @given(st.lists(operations, min_size=20, max_size=80), st.integers(min_value=0, max_value=2**32))
     def test_acknowledged_records_survive(self, sequence: list[Operation], seed: int) -> None:
         """
-        After any sequence and a crash, the recovered records are the
-        acknowledged ones, then a prefix of the written ones.
+        After any sequence of appends, commits, compactions and crashes
+        (between operations or at any file-system call), the recovered
+        records are the acknowledged ones, then a prefix of the written
+        ones.
         """
-        Run(self, CrashableFileSystem()).run(sequence, seed)
+        Run(self, CrashableFileSystem(), rng=random.Random(seed)).run(sequence)
+
+    @settings(max_examples=300)
+    @given(
+        st.lists(operations_with_faults, min_size=20, max_size=80),
+        st.integers(min_value=0, max_value=2**32),
+    )
+    def test_disk_errors(self, sequence: list[Operation], seed: int) -> None:
+        """
+        The same with full disks, write errors and sync errors injected
+        (the next write or sync fails): a failed commit acknowledges
+        nothing and never leaves what it wrote behind, and after a failed
+        sync nothing more is acknowledged.
+        """
+        Run(self, CrashableFileSystem(), rng=random.Random(seed)).run(sequence)
 
     def test_sequences_reach_every_outcome(self) -> None:
         """
@@ -212,10 +245,10 @@ class CrashTests(SynchronousTestCase):
         """
         outcomes = set()
         for seed in range(40):
-            run = Run(self, CrashableFileSystem())
+            run = Run(self, CrashableFileSystem(), rng=random.Random(seed))
             for operation in [("append", 3), ("commit", True), ("append", 3), ("commit", False)]:
                 run.apply(operation)
-            run.crash(seed)
+            run.crash()
             outcomes.add((len(run.model.acked), run.storage.log.torn is not None))
         self.assertIn((3, False), outcomes)
         self.assertIn((6, False), outcomes)

@@ -99,7 +99,7 @@ class _File:
     @ivar durable: the content as of the last successful sync.
     @ivar dropped: after a failed sync, the byte range whose pages the
         kernel may have dropped; a later successful sync makes zeros
-        durable there.
+        durable there (and reads see them from then on).
     """
 
     data: bytearray = field(factory=bytearray)
@@ -182,6 +182,8 @@ class _MemAppendFile:
             end = min(end, len(content))
             content[start:end] = bytes(max(end - start, 0))
             file.dropped = None
+            # The pages are gone from the cache too: reads see the zeros.
+            file.data = bytearray(content)
         file.durable = bytes(content)
 
     def truncate(self, size: int) -> None:

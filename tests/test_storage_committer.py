@@ -1,0 +1,270 @@
+# -*- test-case-name: tests.test_storage_committer -*-
+"""
+Tests for L{twisted_kv.storage.committer}.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+from functools import partial
+from typing import Callable
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from twisted_kv.errors import DiskFull, LogFailed
+from twisted_kv.storage.committer import SYNC_INTERVAL, GroupCommitter, RunInThread
+from twisted_kv.storage.fs import OSFileSystem
+from twisted_kv.storage.log import Log
+from twisted_kv.storage.testing import CrashableFileSystem, Fault
+
+DIRECTORY = "data/n1"
+
+
+def _run_now(work: Callable[[], None]) -> "Deferred[None]":
+    """
+    Run C{work} at once, as a thread would, eventually.
+    """
+    return maybeDeferred(work)
+
+
+class _HeldRunner:
+    """
+    Runs work only when the test says so: a commit stays in flight.
+    """
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Callable[[], None], Deferred[None]]] = []
+
+    def __call__(self, work: Callable[[], None]) -> "Deferred[None]":
+        done: Deferred[None] = Deferred()
+        self.held.append((work, done))
+        return done
+
+    def release(self) -> None:
+        work, done = self.held.pop(0)
+        maybeDeferred(work).chainDeferred(done)
+
+
+class _Setup:
+    """
+    A committer over a log on a crashable file system, counting writes and
+    syncs.
+    """
+
+    def __init__(self, policy: str = "always", runner: RunInThread = _run_now) -> None:
+        self.fs = CrashableFileSystem()
+        self.log = Log(self.fs, DIRECTORY)
+        list(self.log.replay())
+        self.writes = self.fs.inject(Fault("write", errno.EIO, after=2**62))
+        self.syncs = self.fs.inject(Fault("sync", errno.EIO, after=2**62))
+        self.clock = Clock()
+        self.committer = GroupCommitter(self.log, policy, runner, self.clock)
+
+    def recovered(self) -> list[bytes]:
+        """
+        What a crash would leave of the records.
+        """
+        crashed = self.fs.crash(random.Random(0))
+        return [payload for _, payload in Log(crashed, DIRECTORY).replay()]
+
+
+class GroupCommitTests(SynchronousTestCase):
+    """
+    Records appended in one reactor turn go out together.
+    """
+
+    def test_one_turn_one_commit(self) -> None:
+        """
+        Appends in one turn make one write and one sync, at the end of the
+        turn; each Deferred fires after the sync.
+        """
+        setup = _Setup()
+        results = [setup.committer.append(1, b"%d" % i) for i in range(10)]
+        self.assertNoResult(results[0])
+        self.assertEqual(setup.writes.seen, 0)
+        setup.clock.advance(0)
+        for result in results:
+            self.assertIsNone(self.successResultOf(result))
+        self.assertEqual((setup.writes.seen, setup.syncs.seen), (1, 1))
+        self.assertEqual(setup.recovered(), [b"%d" % i for i in range(10)])
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_one_in_flight(self) -> None:
+        """
+        While a commit is in flight, appends collect; they go out in one
+        commit as soon as it is done, and fire only then.
+        """
+        runner = _HeldRunner()
+        setup = _Setup(runner=runner)
+        first = setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        self.assertEqual(len(runner.held), 1)
+        later = [setup.committer.append(1, b"b"), setup.committer.append(1, b"c")]
+        setup.clock.advance(0)
+        self.assertEqual(len(runner.held), 1)
+        runner.release()
+        self.successResultOf(first)
+        self.assertNoResult(later[0])
+        self.assertEqual(len(runner.held), 1)
+        runner.release()
+        for result in later:
+            self.successResultOf(result)
+        self.assertEqual((setup.writes.seen, setup.syncs.seen), (2, 2))
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_bad_record(self) -> None:
+        """
+        A record the log cannot hold fails alone, at once.
+        """
+        setup = _Setup()
+        bad = setup.committer.append(300, b"x")
+        good = setup.committer.append(1, b"x")
+        self.failureResultOf(bad, ValueError)
+        setup.clock.advance(0)
+        self.successResultOf(good)
+
+    def test_bad_policy(self) -> None:
+        """
+        The policy is one of the three.
+        """
+        setup = _Setup()
+        self.assertRaises(ValueError, GroupCommitter, setup.log, "sometimes", _run_now, setup.clock)
+
+
+class ErrorTests(SynchronousTestCase):
+    """
+    Disk errors fail the records they concern, and a failed sync all.
+    """
+
+    def test_disk_full(self) -> None:
+        """
+        A full disk fails the batch with L{DiskFull}; later appends work.
+        """
+        setup = _Setup()
+        setup.fs.inject(Fault("write", errno.ENOSPC))
+        lost = setup.committer.append(1, b"lost")
+        setup.clock.advance(0)
+        self.failureResultOf(lost, DiskFull)
+        kept = setup.committer.append(1, b"kept")
+        setup.clock.advance(0)
+        self.successResultOf(kept)
+        self.assertEqual(setup.recovered(), [b"kept"])
+
+    def test_sync_fails(self) -> None:
+        """
+        A failed sync fails the batch, the records collected meanwhile and
+        every later one with L{LogFailed}, and leaves no timer behind.
+        """
+        runner = _HeldRunner()
+        setup = _Setup(runner=runner)
+        setup.fs.inject(Fault("sync", errno.EIO))
+        first = setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        waiting = setup.committer.append(1, b"b")
+        runner.release()
+        self.failureResultOf(first, LogFailed)
+        self.failureResultOf(waiting, LogFailed)
+        self.failureResultOf(setup.committer.append(1, b"c"), LogFailed)
+        self.failureResultOf(setup.committer.stop(), LogFailed)
+        self.assertTrue(setup.committer.failed)
+        self.assertEqual(runner.held, [])
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+
+class PolicyTests(SynchronousTestCase):
+    """
+    C{never} and C{everysec} acknowledge after the write.
+    """
+
+    def test_never(self) -> None:
+        """
+        C{never} fires after the write and never syncs, except on L{stop}.
+        """
+        setup = _Setup("never")
+        result = setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        self.successResultOf(result)
+        setup.clock.advance(10)
+        self.assertEqual((setup.writes.seen, setup.syncs.seen), (1, 0))
+        self.successResultOf(setup.committer.stop())
+        self.assertEqual(setup.syncs.seen, 1)
+
+    def test_everysec(self) -> None:
+        """
+        C{everysec} fires after the write, and syncs a second later.
+        """
+        setup = _Setup("everysec")
+        result = setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        self.successResultOf(result)
+        self.assertEqual(setup.syncs.seen, 0)
+        setup.clock.advance(SYNC_INTERVAL)
+        self.assertEqual(setup.syncs.seen, 1)
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_everysec_with_commit(self) -> None:
+        """
+        When the second is up while a commit is in flight, the next commit
+        syncs, and no separate sync is made.
+        """
+        runner = _HeldRunner()
+        setup = _Setup("everysec", runner)
+        setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        runner.release()
+        setup.committer.append(1, b"b")
+        setup.clock.advance(0)
+        setup.clock.advance(SYNC_INTERVAL)
+        setup.committer.append(1, b"c")
+        runner.release()
+        self.assertEqual(setup.syncs.seen, 0)
+        runner.release()
+        self.assertEqual((setup.writes.seen, setup.syncs.seen), (3, 1))
+        self.assertEqual(runner.held, [])
+
+    def test_stop(self) -> None:
+        """
+        L{stop} commits what collected and syncs it, then fires, leaving no
+        timer.
+        """
+        setup = _Setup("everysec")
+        setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        setup.committer.append(1, b"b")
+        done = setup.committer.stop()
+        self.successResultOf(done)
+        self.assertEqual(setup.syncs.seen, 1)
+        self.assertEqual(setup.recovered(), [b"a", b"b"])
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+
+class ThreadTests(TestCase):
+    """
+    The committer with a real thread pool and file system.
+    """
+
+    def test_threads(self) -> Deferred[None]:
+        """
+        Appends fire once their records are on disk.
+        """
+        fs = OSFileSystem()
+        directory = self.mktemp()
+        log = Log(fs, directory)
+        list(log.replay())
+        self.addCleanup(log.close)
+        committer = GroupCommitter(
+            log, "always", partial(deferToThreadPool, reactor, reactor.getThreadPool()), reactor
+        )
+        results = [committer.append(1, b"%d" % i) for i in range(5)]
+
+        def check(_: object) -> None:
+            again = Log(fs, directory)
+            self.assertEqual(list(again.replay()), [(1, b"%d" % i) for i in range(5)])
+            again.close()
+
+        return gatherResults(results).addCallback(check)

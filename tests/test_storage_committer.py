@@ -136,6 +136,68 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertRaises(ValueError, GroupCommitter, setup.log, "sometimes", _run_now, setup.clock)
 
 
+class ExclusiveTests(SynchronousTestCase):
+    """
+    Other work on the log runs in order with the commits.
+    """
+
+    def test_order(self) -> None:
+        """
+        Work runs after the records appended before it are committed and
+        before those appended after: a rotation between two appends of one
+        turn puts them in two segments.
+        """
+        setup = _Setup()
+        first = setup.committer.append(1, b"a")
+        rotated = setup.committer.exclusive(setup.log.rotate)
+        second = setup.committer.append(1, b"b")
+        setup.clock.advance(0)
+        self.successResultOf(first)
+        self.assertEqual(self.successResultOf(rotated), 1)
+        self.successResultOf(second)
+        removed = setup.committer.exclusive(lambda: setup.log.remove_before(1))
+        setup.clock.advance(0)
+        self.successResultOf(removed)
+        self.assertEqual(list(Log(setup.fs, DIRECTORY).replay(1)), [(1, b"b")])
+
+    def test_waits_for_commit(self) -> None:
+        """
+        Work waits for the commit in flight.
+        """
+        runner = _HeldRunner()
+        setup = _Setup(runner=runner)
+        setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        rotated = setup.committer.exclusive(setup.log.rotate)
+        setup.clock.advance(0)
+        self.assertEqual(len(runner.held), 1)
+        runner.release()
+        self.assertNoResult(rotated)
+        runner.release()
+        self.assertEqual(self.successResultOf(rotated), 1)
+
+    def test_failure(self) -> None:
+        """
+        Work that fails fails its own Deferred only; once the log failed,
+        work fails at once.
+        """
+        setup = _Setup()
+
+        def broken() -> None:
+            raise ZeroDivisionError()
+
+        result = setup.committer.exclusive(broken)
+        setup.clock.advance(0)
+        self.failureResultOf(result, ZeroDivisionError)
+        setup.fs.inject(Fault("sync", errno.EIO))
+        self.failureResultOf(self._advanced(setup, setup.committer.append(1, b"a")), LogFailed)
+        self.failureResultOf(setup.committer.exclusive(setup.log.rotate), LogFailed)
+
+    def _advanced(self, setup: _Setup, result: "Deferred[None]") -> "Deferred[None]":
+        setup.clock.advance(0)
+        return result
+
+
 class ErrorTests(SynchronousTestCase):
     """
     Disk errors fail the records they concern, and a failed sync all.

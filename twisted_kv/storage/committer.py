@@ -16,13 +16,17 @@ asks:
   - C{everysec}: after the write of its batch; a sync follows within about a
     second (a power cut may lose that second);
   - C{never}: after the write (the kernel writes it out when it likes).
+
+Other work on the log (starting a segment before a snapshot, removing the
+segments a snapshot covers) goes through L{GroupCommitter.exclusive}, in
+order with the commits, so that only one thread ever uses the log.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, TypeVar, Union
 
-from attrs import define, field
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
@@ -30,7 +34,9 @@ from twisted.python.failure import Failure
 from twisted_kv.errors import LogFailed
 from twisted_kv.storage.log import Log, check_record
 
-RunInThread = Callable[[Callable[[], None]], "Deferred[None]"]
+T = TypeVar("T")
+
+RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 """
 Runs a function in a thread and fires with its result: production passes
 C{functools.partial(threads.deferToThreadPool, reactor, pool)}, tests a
@@ -41,7 +47,18 @@ POLICIES = ("always", "everysec", "never")
 # How long, at most, C{everysec} leaves written records unsynced.
 SYNC_INTERVAL = 1.0
 
-_Batch = list["Deferred[None]"]
+
+@frozen
+class _Append:
+    record_type: int
+    payload: bytes
+    done: "Deferred[None]"
+
+
+@frozen
+class _Exclusive:
+    work: Callable[[], Any]
+    done: "Deferred[Any]"
 
 
 @define
@@ -49,7 +66,8 @@ class GroupCommitter:
     """
     Appends records to C{log} in groups, firing one Deferred per record.
 
-    @ivar log: the log, replayed; nothing else may use it from now on.
+    @ivar log: the log, replayed; nothing else may use it from now on
+        (other work on it goes through L{exclusive}).
     @ivar policy: one of L{POLICIES}.
     @ivar run_in_thread: see L{RunInThread}.
     @ivar clock: schedules the flush at the end of the reactor turn and the
@@ -60,7 +78,8 @@ class GroupCommitter:
     policy: str
     run_in_thread: RunInThread
     clock: IReactorTime
-    _pending: list[tuple[int, bytes, "Deferred[None]"]] = field(factory=list, init=False)
+    # Appends and exclusive work not started yet, in call order.
+    _queue: list[Union[_Append, _Exclusive]] = field(factory=list, init=False)
     _flush_call: Optional[IDelayedCall] = field(default=None, init=False)
     _sync_call: Optional[IDelayedCall] = field(default=None, init=False)
     _in_flight: bool = field(default=False, init=False)
@@ -96,30 +115,55 @@ class GroupCommitter:
         except ValueError:
             return fail()
         done: Deferred[None] = Deferred()
-        self._pending.append((record_type, payload, done))
-        if not self._in_flight and self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self._flush)
+        self._enqueue(_Append(record_type, payload, done))
         return done
+
+    def exclusive(self, work: Callable[[], T]) -> "Deferred[T]":
+        """
+        Run C{work} on the log in a thread, after everything appended
+        before has been committed and before anything appended after.
+
+        For a snapshot: C{exclusive(log.rotate)} fires with the segment the
+        snapshot covers up to; the snapshot is written (in a thread, not
+        through here, so that commits go on meanwhile); then
+        C{exclusive(lambda: log.remove_before(covers))}.
+
+        @return: a Deferred that fires with C{work}'s result, or fails with
+            its exception (L{twisted_kv.errors.LogFailed} at once if the
+            log failed).
+        """
+        if self._failure is not None:
+            return fail(self._failure)
+        done: Deferred[T] = Deferred()
+        self._enqueue(_Exclusive(work, done))
+        return done
+
+    def _enqueue(self, item: Union[_Append, _Exclusive]) -> None:
+        self._queue.append(item)
+        if not self._in_flight and self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._next)
 
     def _flush(self) -> None:
         """
-        Send what collected out in one commit, in a thread.
+        Send the appends at the head of the queue out in one commit, in a
+        thread.
         """
-        self._flush_call = None
-        batch = [done for _, _, done in self._pending]
-        for record_type, payload, _ in self._pending:
-            self.log.append(record_type, payload)
-        self._pending = []
+        batch = []
+        while self._queue and isinstance(self._queue[0], _Append):
+            item = self._queue.pop(0)
+            assert isinstance(item, _Append)
+            self.log.append(item.record_type, item.payload)
+            batch.append(item.done)
         sync = self.policy == "always" or self._sync_wanted
         self._run(lambda: self.log.commit(sync), batch, sync)
 
-    def _run(self, work: Callable[[], None], batch: _Batch, sync: bool) -> None:
+    def _run(self, work: Callable[[], Any], batch: list["Deferred[Any]"], sync: bool) -> None:
         self._in_flight = True
         self.run_in_thread(work).addCallbacks(
             self._committed, self._commit_failed, (batch, sync), None, (batch,)
         )
 
-    def _committed(self, _: None, batch: _Batch, sync: bool) -> None:
+    def _committed(self, result: Any, batch: list["Deferred[Any]"], sync: bool) -> None:
         self._in_flight = False
         if sync:
             self._unsynced = self._sync_wanted = False
@@ -128,14 +172,14 @@ class GroupCommitter:
             if self.policy == "everysec" and self._sync_call is None:
                 self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync_due)
         for done in batch:
-            done.callback(None)
+            done.callback(result)
         self._next()
 
-    def _commit_failed(self, failure: Failure, batch: _Batch) -> None:
+    def _commit_failed(self, failure: Failure, batch: list["Deferred[Any]"]) -> None:
         self._in_flight = False
         for done in batch:
             done.errback(failure)
-        if failure.check(LogFailed):
+        if failure.check(LogFailed) or self.log.failed:
             self._fail(failure)
         else:
             self._next()
@@ -152,11 +196,19 @@ class GroupCommitter:
 
     def _next(self) -> None:
         """
-        After a commit: send what collected meanwhile, or the sync that is
-        due, or tell L{stop} that everything is done.
+        Start what comes next: the appends or the work at the head of the
+        queue, or the sync that is due; or tell L{stop} that everything is
+        done.
         """
-        if self._pending:
-            self._flush()
+        self._flush_call = None
+        if self._queue:
+            head = self._queue[0]
+            if isinstance(head, _Exclusive):
+                self._queue.pop(0)
+                # Syncs as it likes; say nothing about what is unsynced.
+                self._run(head.work, [head.done], False)
+            else:
+                self._flush()
         elif self._sync_wanted and self._unsynced:
             self._run(self.log.sync, [], True)
         else:
@@ -171,9 +223,9 @@ class GroupCommitter:
             if call is not None and call.active():
                 call.cancel()
         self._flush_call = self._sync_call = None
-        pending, self._pending = self._pending, []
-        for _, _, done in pending:
-            done.errback(failure)
+        queue, self._queue = self._queue, []
+        for item in queue:
+            item.done.errback(failure)
         stopping, self._stopping = self._stopping, []
         for done in stopping:
             done.errback(failure)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import random
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -319,8 +319,9 @@ class ThreadTests(TestCase):
         log = Log(fs, directory)
         list(log.replay())
         self.addCleanup(log.close)
+        threaded: Any = reactor
         committer = GroupCommitter(
-            log, "always", partial(deferToThreadPool, reactor, reactor.getThreadPool()), reactor
+            log, "always", partial(deferToThreadPool, threaded, threaded.getThreadPool()), threaded
         )
         results = [committer.append(1, b"%d" % i) for i in range(5)]
 

@@ -214,7 +214,10 @@ class CrashTests(SynchronousTestCase):
     """
 
     @settings(max_examples=300)
-    @given(st.lists(operations, min_size=20, max_size=80), st.integers(min_value=0, max_value=2**32))
+    @given(
+        st.lists(operations, min_size=20, max_size=80),
+        st.integers(min_value=0, max_value=2**32),
+    )
     def test_acknowledged_records_survive(self, sequence: list[Operation], seed: int) -> None:
         """
         After any sequence of appends, commits, compactions and crashes

@@ -31,7 +31,9 @@ def _segment(number: int) -> str:
     return f"{DIRECTORY}/{segment_name(number)}"
 
 
-def _open(fs: CrashableFileSystem, segment_bytes: int = 1000) -> tuple[Log, list[tuple[int, bytes]]]:
+def _open(
+    fs: CrashableFileSystem, segment_bytes: int = 1000
+) -> tuple[Log, list[tuple[int, bytes]]]:
     log = Log(fs, DIRECTORY, segment_bytes)
     return log, list(log.replay())
 

@@ -22,7 +22,9 @@ from twisted_kv.storage.testing import CrashableFileSystem, Fault
 
 DIRECTORY = "data/n1"
 
-records = st.lists(st.tuples(st.integers(min_value=0, max_value=255), st.binary(max_size=40)), max_size=30)
+records = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=255), st.binary(max_size=40)), max_size=30
+)
 
 
 def _rewrite(fs: CrashableFileSystem, path: str, data: bytes) -> None:

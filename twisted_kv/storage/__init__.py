@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_storage_log,tests.test_storage_snapshot,tests.test_storage_committer -*-
+# -*- test-case-name: tests.test_storage_log,tests.test_storage_committer -*-
 """
 Durable storage for a node's data directory: an append-only log of
 checksummed records (L{log}), snapshot files (L{snapshot}), group commit off

@@ -160,7 +160,10 @@ class GroupCommitter:
     def _run(self, work: Callable[[], Any], batch: list["Deferred[Any]"], sync: bool) -> None:
         self._in_flight = True
         self.run_in_thread(work).addCallbacks(
-            self._committed, self._commit_failed, (batch, sync), None, (batch,)
+            self._committed,
+            self._commit_failed,
+            callbackArgs=(batch, sync),
+            errbackArgs=(batch,),
         )
 
     def _committed(self, result: Any, batch: list["Deferred[Any]"], sync: bool) -> None:

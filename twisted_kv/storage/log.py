@@ -126,7 +126,7 @@ def _valid_at(data: bytes, offset: int) -> int:
     if offset + HEADER_SIZE > len(data):
         return -1
     length, crc, _ = _HEADER.unpack_from(data, offset)
-    end = offset + HEADER_SIZE + length
+    end: int = offset + HEADER_SIZE + length
     if end > len(data):
         return -1
     if zlib.crc32(memoryview(data)[offset + _CRC_START : end]) != crc:
@@ -168,7 +168,8 @@ class Scan:
         Whether the damage at L{end} can be a write cut short by a crash:
         no valid record starts anywhere after it.
         """
-        return all(_valid_at(self.data, offset) < 0 for offset in range(self.end + 1, len(self.data)))
+        later = range(self.end + 1, len(self.data))
+        return all(_valid_at(self.data, offset) < 0 for offset in later)
 
 
 @frozen

@@ -64,7 +64,8 @@ def snapshot_name(covers: int) -> str:
 
 def _covers(name: str) -> Optional[int]:
     digits = name[len("snap-") : -len(SUFFIX)]
-    if name.startswith("snap-") and name.endswith(SUFFIX) and len(digits) == 20 and digits.isdigit():
+    named = name.startswith("snap-") and name.endswith(SUFFIX)
+    if named and len(digits) == 20 and digits.isdigit():
         return int(digits)
     return None
 

@@ -393,7 +393,7 @@ def _crash_dir(directory: _Dir, rng: random.Random, files: dict[int, _File]) -> 
             if entries.get(source) is node:
                 del entries[source]
                 entries[destination] = node
-    crashed = {}
+    crashed: dict[str, Node] = {}
     for name, node in entries.items():
         if isinstance(node, _Dir):
             crashed[name] = _crash_dir(node, rng, files)

@@ -305,6 +305,26 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(setup.clock.getDelayedCalls(), [])
 
 
+    def test_stop_during_sync(self) -> None:
+        """
+        L{stop} called while the C{everysec} sync is in flight still syncs
+        what is appended after that sync began.
+        """
+        runner = _HeldRunner()
+        setup = _Setup("everysec", runner)
+        setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        runner.release()
+        setup.clock.advance(SYNC_INTERVAL)
+        setup.committer.append(1, b"b")
+        stopped = setup.committer.stop()
+        while runner.held:
+            runner.release()
+        self.successResultOf(stopped)
+        self.assertEqual(setup.recovered(), [b"a", b"b"])
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+
 class ThreadTests(TestCase):
     """
     The committer with a real thread pool and file system.

@@ -85,9 +85,10 @@ class GroupCommitter:
     _in_flight: bool = field(default=False, init=False)
     # Records were written and not synced since.
     _unsynced: bool = field(default=False, init=False)
-    # The next commit syncs (the everysec timer fired, or stop() asks).
+    # The next commit syncs (the everysec timer fired).
     _sync_wanted: bool = field(default=False, init=False)
     _failure: Optional[Failure] = field(default=None, init=False)
+    # While L{stop} waits, every commit syncs.
     _stopping: list["Deferred[None]"] = field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -154,7 +155,7 @@ class GroupCommitter:
             assert isinstance(item, _Append)
             self.log.append(item.record_type, item.payload)
             batch.append(item.done)
-        sync = self.policy == "always" or self._sync_wanted
+        sync = self.policy == "always" or self._sync_wanted or bool(self._stopping)
         self._run(lambda: self.log.commit(sync), batch, sync)
 
     def _run(self, work: Callable[[], Any], batch: list["Deferred[Any]"], sync: bool) -> None:
@@ -172,7 +173,7 @@ class GroupCommitter:
             self._unsynced = self._sync_wanted = False
         elif batch:
             self._unsynced = True
-            if self.policy == "everysec" and self._sync_call is None:
+            if self.policy == "everysec" and self._sync_call is None and not self._stopping:
                 self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync_due)
         for done in batch:
             done.callback(result)
@@ -212,7 +213,7 @@ class GroupCommitter:
                 self._run(head.work, [head.done], False)
             else:
                 self._flush()
-        elif self._sync_wanted and self._unsynced:
+        elif (self._sync_wanted or self._stopping) and self._unsynced:
             self._run(self.log.sync, [], True)
         else:
             self._sync_wanted = False
@@ -255,7 +256,6 @@ class GroupCommitter:
             if call is not None and call.active():
                 call.cancel()
         self._flush_call = self._sync_call = None
-        self._sync_wanted = True
         done: Deferred[None] = Deferred()
         self._stopping.append(done)
         if not self._in_flight:

@@ -218,9 +218,17 @@ class CrashableFileSystem:
         Let C{calls} more calls that change the file system (writes, syncs,
         creates, renames, ...) happen, then raise L{PowerCut} from the next
         one, and from every one after: the test then calls L{crash} to see
-        what the disk holds.
+        what the disk holds.  Once off, the power stays off.
         """
-        self._power_left = calls
+        if self.powered:
+            self._power_left = calls
+
+    @property
+    def powered(self) -> bool:
+        """
+        Whether the power is still on (see L{cut_power_after}).
+        """
+        return self._power_left != 0
 
     def inject(self, fault: Fault) -> Fault:
         """

@@ -153,6 +153,19 @@ class CrashDirectoryTests(SynchronousTestCase):
             crashed = fs.crash(random.Random(seed))
             self.assertIn(crashed.listdir(DIRECTORY), ([], ["f"], ["tmp"]))
 
+    def test_name_reused(self) -> None:
+        """
+        A name removed and created again, unsynced, holds after a crash
+        the old file, the new one, or nothing; never the new file under an
+        older creation.
+        """
+        fs = _fs_with_file(b"old")
+        fs.remove(FILE)
+        new = fs.create(FILE)
+        new.write(b"new")
+        new.sync()
+        self.assertEqual(_outcomes(fs), {b"old", b"new", b"<absent>"})
+
     def test_makedirs_durable(self) -> None:
         """
         Directories from C{makedirs} survive a crash.

@@ -28,7 +28,7 @@ import posixpath
 import random
 from typing import Callable, Optional, Union
 
-from attrs import define, field
+from attrs import define, field, frozen
 from zope.interface import implementer
 
 from twisted_kv.storage.fs import IAppendFile, IFileSystem
@@ -107,36 +107,58 @@ class _File:
     dropped: Optional[tuple[int, int]] = None
 
 
+@frozen(eq=False)
+class _Operation:
+    """
+    A change to a directory's names not synced yet: C{node} gets the name
+    C{name} (a create), loses it (C{node} is L{None}: a removal), or moves
+    from C{source} to C{name} (a rename).
+    """
+
+    name: str
+    node: Optional[Union[_File, "_Dir"]]
+    source: Optional[str] = None
+
+    def apply(self, entries: dict[str, Union[_File, "_Dir"]]) -> None:
+        """
+        Apply this change to C{entries}, unless it no longer applies (the
+        source of a rename is not there).
+        """
+        if self.node is None:
+            entries.pop(self.name, None)
+        elif self.source is None:
+            entries[self.name] = self.node
+        elif entries.get(self.source) is self.node:
+            del entries[self.source]
+            entries[self.name] = self.node
+
+
 @define(eq=False)
 class _Dir:
     """
-    A directory's names now, as of its last sync, and the operations since.
+    A directory's names now, as of its last sync, and the changes since.
     """
 
     entries: dict[str, Union[_File, "_Dir"]] = field(factory=dict)
     durable: dict[str, Union[_File, "_Dir"]] = field(factory=dict)
-    pending: list[tuple[str, ...]] = field(factory=list)
-    nodes: dict[str, Union[_File, "_Dir"]] = field(factory=dict)
+    pending: list[_Operation] = field(factory=list)
 
     def link(self, name: str, node: Union[_File, "_Dir"]) -> None:
         self.entries[name] = node
-        self.nodes[name] = node
-        self.pending.append(("link", name))
+        self.pending.append(_Operation(name, node))
 
     def unlink(self, name: str) -> None:
         del self.entries[name]
-        self.pending.append(("unlink", name))
+        self.pending.append(_Operation(name, None))
 
     def rename(self, source: str, destination: str) -> None:
         node = self.entries.pop(source)
         self.entries[destination] = node
-        self.pending.append(("rename", source, destination, str(id(node))))
-        self.nodes[str(id(node))] = node
+        self.pending.append(_Operation(destination, node, source))
 
     def sync(self) -> None:
         self.durable = dict(self.entries)
         self.pending.clear()
-        self.nodes.clear()
 
 
 Node = Union[_File, _Dir]
@@ -389,18 +411,7 @@ def _crash_dir(directory: _Dir, rng: random.Random, files: dict[int, _File]) -> 
     entries = dict(directory.durable)
     for operation in directory.pending:
         if rng.random() < 0.5:
-            continue
-        kind = operation[0]
-        if kind == "link":
-            entries[operation[1]] = directory.nodes[operation[1]]
-        elif kind == "unlink":
-            entries.pop(operation[1], None)
-        else:
-            _, source, destination, node_id = operation
-            node = directory.nodes[node_id]
-            if entries.get(source) is node:
-                del entries[source]
-                entries[destination] = node
+            operation.apply(entries)
     crashed: dict[str, Node] = {}
     for name, node in entries.items():
         if isinstance(node, _Dir):

@@ -153,6 +153,23 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(snapshots.latest(), old)
         self.assertEqual(fs.listdir(DIRECTORY), [snapshot_name(1)])
 
+    def test_bad_records(self) -> None:
+        """
+        A record that cannot be stored, or an error from the records given,
+        leaves nothing behind.
+        """
+        fs = CrashableFileSystem()
+        snapshots = Snapshots(fs, DIRECTORY)
+
+        def failing() -> Iterator[tuple[int, bytes]]:
+            yield 1, b"a"
+            raise ZeroDivisionError()
+
+        self.assertRaises(ValueError, snapshots.write, 1, [(256, b"")])
+        self.assertRaises(ZeroDivisionError, snapshots.write, 1, failing())
+        self.assertEqual(fs.listdir(DIRECTORY), [])
+        self.assertIsNone(snapshots.latest())
+
     def test_os(self) -> None:
         """
         On the real file system too.

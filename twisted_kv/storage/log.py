@@ -225,14 +225,15 @@ class Log:
     def replay(self, first_segment: int = 0) -> Iterator[tuple[int, bytes]]:
         """
         Yield C{(type, payload)} for every record from segment
-        C{first_segment} on, in order; then open the log for appending
-        after the last one.  Earlier segments (covered by a snapshot) are
-        removed.
+        C{first_segment} on, in order; then (iterate to the end) open the
+        log for appending after the last one, cutting off a torn tail.
+        Earlier segments (covered by a snapshot) are removed.
 
         @param first_segment: the first segment not covered by the
             snapshot the caller loaded, 0 without one.
         @raise LogCorrupt: a record other than the last is damaged, or a
             segment is missing.  The records yielded before are valid.
+        @raise OSError: the directory cannot be read, or the log opened.
         """
         self.fs.makedirs(self.directory)
         numbers = [n for n in self.segments() if n >= first_segment]

@@ -99,12 +99,13 @@ class Snapshots:
         C{covers}, durably, then remove older snapshots.
 
         @param records: C{(type, payload)} pairs, consumed as they are
-            written.
+            written; types are bytes, payloads under 4 GiB.
         @return: the new snapshot, durable.
         @raise DiskFull: the disk is full; nothing changed (the temporary
             file is removed).
         @raise WriteFailed: another write or sync error; nothing changed,
             except that a directory sync may have failed after the rename.
+        @raise ValueError: a record cannot be stored; nothing changed.
         """
         self.fs.makedirs(self.directory)
         final = f"{self.directory}/{snapshot_name(covers)}"
@@ -118,8 +119,12 @@ class Snapshots:
                 file.sync()
             finally:
                 file.close()
-        except OSError as e:
+        except Exception as e:
+            # Whatever failed (the disk, or the records given), the
+            # temporary file is of no use.
             self._discard(temporary)
+            if not isinstance(e, OSError):
+                raise
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(f"{temporary}: {e.strerror}") from e
             raise WriteFailed(f"{temporary}: {e.strerror}") from e
@@ -200,6 +205,8 @@ def _write_records(file: IAppendFile, covers: int, records: Iterable[tuple[int, 
     pending = _START.size
     count = 0
     for record_type, payload in records:
+        if not 0 <= record_type <= 255 or len(payload) >= _END_MARK:
+            raise ValueError(f"cannot store a record of type {record_type}, {len(payload)} bytes")
         chunk.append(_RECORD.pack(len(payload), record_type))
         chunk.append(payload)
         pending += _RECORD.size + len(payload)

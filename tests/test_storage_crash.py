@@ -308,7 +308,8 @@ class DamageTests(SynchronousTestCase):
         With one bit flipped anywhere in the log, recovery raises
         L{LogCorrupt} naming the damaged segment, or (when the bit is in the
         very last record, where damage looks like a torn write) returns
-        every record but that one; never a changed record.
+        every record but that one; never a changed record.  Asked to drop
+        the damage, it returns a prefix of the records and goes on after it.
         """
         fs = CrashableFileSystem()
         run = Run(self, fs)
@@ -327,7 +328,10 @@ class DamageTests(SynchronousTestCase):
         data = bytearray(fs.read(path))
         data[where] ^= 1 << bit
         fs.remove(path)
-        fs.create(path).write(bytes(data))
+        damaged = fs.create(path)
+        damaged.write(bytes(data))
+        damaged.sync()
+        fs.sync_dir(DIRECTORY)
         storage = Storage.at(fs, DIRECTORY, SEGMENT_BYTES)
         try:
             recovered = [payload for _, payload in storage.recover()]
@@ -338,3 +342,12 @@ class DamageTests(SynchronousTestCase):
             self.assertEqual(recovered, committed[:-1])
             self.assertEqual(name, names[-1])
             self.assertIsNotNone(storage.log.torn)
+            return
+        storage.log.close()
+        storage = Storage.at(fs, DIRECTORY, SEGMENT_BYTES)
+        kept = [payload for _, payload in storage.recover(drop_damage=True)]
+        self.assertEqual(kept, committed[: len(kept)])
+        storage.log.append(RECORD, b"after")
+        storage.log.commit()
+        again = Storage.at(fs.crash(random.Random(0)), DIRECTORY, SEGMENT_BYTES)
+        self.assertEqual([payload for _, payload in again.recover()], kept + [b"after"])

@@ -284,6 +284,43 @@ class RecoveryTests(SynchronousTestCase):
         error = self.assertRaises(LogCorrupt, _open, fs)
         self.assertEqual(error.path, _segment(0))
 
+    def test_drop_damage(self) -> None:
+        """
+        Asked to, replay cuts the log at the damage instead of raising: the
+        records before it come back, the rest is gone for good, and the log
+        goes on from there.
+        """
+        fs = self._two_segments()
+        _corrupt(fs, _segment(0), 20)
+        log = Log(fs, DIRECTORY)
+        self.assertEqual(list(log.replay(drop_damage=True)), [(1, b"record 0")])
+        assert log.damage is not None
+        self.assertEqual((log.damage.path, log.damage.offset), (_segment(0), 17))
+        self.assertEqual(log.segments(), [0])
+        log.append(1, b"after")
+        log.commit()
+        log, records = _open(fs.crash(random.Random(0)))
+        self.assertEqual(records, [(1, b"record 0"), (1, b"after")])
+        self.assertIsNone(log.damage)
+
+    def test_drop_missing(self) -> None:
+        """
+        Asked to, replay stops before a missing segment and removes the
+        ones after it.
+        """
+        fs = self._two_segments()
+        log = Log(fs, DIRECTORY, 40)
+        list(log.replay())
+        log.append(1, b"in segment 2")
+        log.rotate()
+        log.commit()
+        fs.remove(_segment(1))
+        again = Log(fs, DIRECTORY)
+        self.assertEqual(len(list(again.replay(drop_damage=True))), 2)
+        assert again.damage is not None
+        self.assertEqual(again.damage.path, _segment(1))
+        self.assertEqual(again.segments(), [0])
+
     def test_covered_segments_removed(self) -> None:
         """
         Segments before the first one asked for are covered by a snapshot:

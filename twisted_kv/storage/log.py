@@ -35,9 +35,13 @@ Hence, on recovery (L{Log.replay}), a damaged record at the end of the last
 segment is what a crash in the middle of a write leaves: it is dropped
 (cut off the file, and reported in L{Log.torn}).  A damaged record anywhere
 else, or a missing segment, is corruption: L{LogCorrupt} names the file and
-offset.  A damaged record is "at the end" when no valid record starts after
-it; a flipped byte in the very last record of the log is therefore
-indistinguishable from a torn write and dropped the same way.
+offset; or, if the caller asks, the log is cut there (L{Log.damage}) and the
+caller fetches the rest from elsewhere.  A damaged record is "at the end"
+when no valid record starts after it; a flipped byte in the very last record
+of the log is therefore indistinguishable from a torn write and dropped the
+same way.  A crash can also leave a hole before valid bytes, when the disk
+wrote an unsynced write's pages out of order: that looks like corruption,
+and is reported as such, although only unsynced records are lost.
 
 Errors
 ======
@@ -199,12 +203,16 @@ class Log:
     @ivar segment_bytes: the size past which a commit starts a new segment.
     @ivar torn: what L{replay} dropped at the end of the log, if anything;
         the node logs one line about it.
+    @ivar damage: with C{drop_damage}, the damage L{replay} cut the log at,
+        if any: the records after it are gone, and the node must get them
+        from its peers (and log one line).
     """
 
     fs: IFileSystem
     directory: str
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     torn: Optional[TornTail] = field(default=None, init=False)
+    damage: Optional[LogCorrupt] = field(default=None, init=False)
     _segment: int = field(default=-1, init=False)
     _file: Optional[IAppendFile] = field(default=None, init=False)
     _size: int = field(default=0, init=False)
@@ -222,7 +230,9 @@ class Log:
         numbers = (segment_number(name) for name in self.fs.listdir(self.directory))
         return sorted(number for number in numbers if number is not None)
 
-    def replay(self, first_segment: int = 0) -> Iterator[tuple[int, bytes]]:
+    def replay(
+        self, first_segment: int = 0, drop_damage: bool = False
+    ) -> Iterator[tuple[int, bytes]]:
         """
         Yield C{(type, payload)} for every record from segment
         C{first_segment} on, in order; then (iterate to the end) open the
@@ -231,33 +241,55 @@ class Log:
 
         @param first_segment: the first segment not covered by the
             snapshot the caller loaded, 0 without one.
+        @param drop_damage: on damage, instead of raising, stop there: cut
+            the log at the damaged record (or before the missing segment),
+            removing everything after it, and say so in L{damage}.  For a
+            node that refills what follows from its peers.
         @raise LogCorrupt: a record other than the last is damaged, or a
-            segment is missing.  The records yielded before are valid.
+            segment is missing (unless C{drop_damage}).  The records yielded
+            before are valid.
         @raise OSError: the directory cannot be read, or the log opened.
         """
         self.fs.makedirs(self.directory)
         numbers = [n for n in self.segments() if n >= first_segment]
-        for expected, number in enumerate(numbers, first_segment):
-            if number != expected:
-                raise LogCorrupt(self._path(expected), 0, "segment missing")
-        for number in numbers:
+        kept = first_segment - 1
+        cut = None
+        for index, number in enumerate(numbers):
+            if number != first_segment + index:
+                self._damaged(LogCorrupt(self._path(kept + 1), 0, "segment missing"), drop_damage)
+                break
             path = self._path(number)
             scan = Scan(self.fs.read(path))
             yield from scan
+            kept = number
             if scan.end == len(scan.data):
                 continue
-            if number != numbers[-1] or not scan.torn():
-                raise LogCorrupt(path, scan.end, "bad record checksum or length")
-            self.torn = TornTail(path, scan.end, len(scan.data) - scan.end)
-        self._open(numbers[-1] if numbers else first_segment, bool(numbers))
+            cut = scan.end
+            if number == numbers[-1] and scan.torn():
+                self.torn = TornTail(path, scan.end, len(scan.data) - scan.end)
+            else:
+                damage = LogCorrupt(path, scan.end, "bad record checksum or length")
+                self._damaged(damage, drop_damage)
+            break
+        later = [n for n in numbers if n > kept]
+        for number in later:
+            self.fs.remove(self._path(number))
+        if later:
+            self.fs.sync_dir(self.directory)
+        self._open(max(kept, first_segment), kept >= first_segment, cut)
         self.remove_before(first_segment)
 
-    def _open(self, number: int, exists: bool) -> None:
+    def _damaged(self, damage: LogCorrupt, drop: bool) -> None:
+        if not drop:
+            raise damage
+        self.damage = damage
+
+    def _open(self, number: int, exists: bool, cut: Optional[int]) -> None:
         path = self._path(number)
         if exists:
             self._file = self.fs.open_append(path)
-            if self.torn is not None:
-                self._file.truncate(self.torn.offset)
+            if cut is not None:
+                self._file.truncate(cut)
                 self._file.sync()
             self._size = self.fs.size(path)
         else:

@@ -46,22 +46,26 @@ class Storage:
         """
         return cls(Log(fs, directory, segment_bytes), Snapshots(fs, directory))
 
-    def recover(self) -> Iterator[tuple[int, bytes]]:
+    def recover(self, drop_damage: bool = False) -> Iterator[tuple[int, bytes]]:
         """
         Yield every record of the newest snapshot, then of the log after
         it; at the end the log is open for appending, and L{Log.torn} tells
         whether a torn tail was dropped.
 
+        @param drop_damage: see L{Log.replay}; L{Log.damage} then tells
+            where the log was cut.
+
         @raise twisted_kv.errors.SnapshotCorrupt: the snapshot is damaged
             (before any record is yielded).
         @raise twisted_kv.errors.LogCorrupt: the log is damaged other than
-            at its very end, or a segment is missing.
+            at its very end, or a segment is missing (unless C{drop_damage}).
         """
         self.log.fs.makedirs(self.log.directory)
         self.snapshot = self.snapshots.latest()
         if self.snapshot is not None:
             yield from self.snapshots.read(self.snapshot)
-        yield from self.log.replay(self.snapshot.covers if self.snapshot else 0)
+        first = self.snapshot.covers if self.snapshot else 0
+        yield from self.log.replay(first, drop_damage)
 
     def compact(self, records: Iterable[tuple[int, bytes]]) -> SnapshotFile:
         """

@@ -13,6 +13,7 @@ import zlib
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.errors import DiskFull, LogCorrupt, LogFailed, WriteFailed
+from twisted_kv.storage import log as log_module
 from twisted_kv.storage.fs import OSFileSystem
 from twisted_kv.storage.log import (
     HEADER_SIZE,
@@ -99,6 +100,20 @@ class FormatTests(SynchronousTestCase):
         scan = Scan(data)
         self.assertEqual(list(scan), [(1, b"a"), (2, b"bb")])
         self.assertEqual(scan.end, len(data) - 2)
+        self.assertTrue(scan.torn())
+
+    def test_torn_search_bounded(self) -> None:
+        """
+        Looking for valid records after damage stops after checksumming
+        L{log_module.TORN_SEARCH_BYTES} bytes, and then calls the damage
+        corruption, not a torn write.
+        """
+        # Every offset of the tail reads as a plausible 64 KiB record.
+        tail = b"\x00\x00\x01\x00" * 40_000
+        scan = Scan(encode_record(1, b"a") + tail)
+        list(scan)
+        self.assertFalse(scan.torn())
+        self.patch(log_module, "TORN_SEARCH_BYTES", 10**12)
         self.assertTrue(scan.torn())
 
 

@@ -122,20 +122,29 @@ def encode_record(record_type: int, payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(kind)), record_type) + payload
 
 
-def _valid_at(data: bytes, offset: int) -> int:
+def _record_after(data: bytes, start: int, budget: int) -> bool:
     """
-    The end of the record at C{offset} of C{data} if it is complete and its
-    checksum matches, else -1.
+    Whether a complete record with a matching checksum starts somewhere
+    after C{start} in C{data}; also L{True} (assume so) once the checksums
+    tried cover C{budget} bytes, so that a payload crafted to look like
+    many plausible record lengths cannot make recovery quadratic.
     """
-    if offset + HEADER_SIZE > len(data):
-        return -1
-    length, crc, _ = _HEADER.unpack_from(data, offset)
-    end: int = offset + HEADER_SIZE + length
-    if end > len(data):
-        return -1
-    if zlib.crc32(memoryview(data)[offset + _CRC_START : end]) != crc:
-        return -1
-    return end
+    size = len(data)
+    view = memoryview(data)
+    for offset in range(start + 1, size - HEADER_SIZE + 1):
+        length, crc, _ = _HEADER.unpack_from(data, offset)
+        end = offset + HEADER_SIZE + length
+        if end > size:
+            continue
+        budget -= end - offset
+        if budget < 0 or zlib.crc32(view[offset + _CRC_START : end]) == crc:
+            return True
+    return False
+
+
+# How many bytes L{Scan.torn} checksums at most looking for a valid record
+# after damage (a torn write is at most one commit's batch).
+TORN_SEARCH_BYTES = 256 * 1024 * 1024
 
 
 @define
@@ -170,10 +179,9 @@ class Scan:
     def torn(self) -> bool:
         """
         Whether the damage at L{end} can be a write cut short by a crash:
-        no valid record starts anywhere after it.
+        no valid record starts anywhere after it (see L{_record_after}).
         """
-        later = range(self.end + 1, len(self.data))
-        return all(_valid_at(self.data, offset) < 0 for offset in later)
+        return not _record_after(self.data, self.end, TORN_SEARCH_BYTES)
 
 
 @frozen

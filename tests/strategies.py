@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_records,tests.test_memstore,tests.test_placement,tests.test_replica -*-
+# -*- test-case-name: tests.test_records,tests.test_memstore,tests.test_placement,tests.test_replica,tests.test_storage_snapshot -*-
 """
 Hypothesis strategies for the pure core, kept in one place.
 
@@ -126,3 +126,9 @@ def failure_histories(draw: st.DrawFn) -> tuple[int, list[tuple]]:
         st.tuples(st.just("write"), st.integers(0, 7)),
     )
     return size, draw(st.lists(event, max_size=60))
+
+
+# (type, payload) records as the storage layer's log and snapshots hold them.
+storage_records = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=255), st.binary(max_size=40)), max_size=30
+)

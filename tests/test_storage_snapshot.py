@@ -10,7 +10,6 @@ import random
 from typing import Iterator
 
 from hypothesis import given
-from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.errors import DiskFull, SnapshotCorrupt
@@ -19,12 +18,10 @@ from twisted_kv.storage.fs import OSFileSystem
 from twisted_kv.storage.recovery import Storage
 from twisted_kv.storage.snapshot import SnapshotFile, Snapshots, snapshot_name
 from twisted_kv.storage.testing import CrashableFileSystem, Fault
+from tests.strategies import storage_records
 
 DIRECTORY = "data/n1"
 
-records = st.lists(
-    st.tuples(st.integers(min_value=0, max_value=255), st.binary(max_size=40)), max_size=30
-)
 
 
 def _rewrite(fs: CrashableFileSystem, path: str, data: bytes) -> None:
@@ -39,7 +36,7 @@ class SnapshotTests(SynchronousTestCase):
     Writing and reading snapshots.
     """
 
-    @given(records)
+    @given(storage_records)
     def test_round_trip(self, written: list[tuple[int, bytes]]) -> None:
         """
         A snapshot reads back its records, in order.

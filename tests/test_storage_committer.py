@@ -8,10 +8,10 @@ from __future__ import annotations
 import errno
 import random
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -20,34 +20,9 @@ from twisted_kv.errors import DiskFull, LogFailed
 from twisted_kv.storage.committer import SYNC_INTERVAL, GroupCommitter, RunInThread
 from twisted_kv.storage.fs import OSFileSystem
 from twisted_kv.storage.log import Log
-from twisted_kv.storage.testing import CrashableFileSystem, Fault
+from twisted_kv.storage.testing import CrashableFileSystem, Fault, HeldRunner, run_now
 
 DIRECTORY = "data/n1"
-
-
-def _run_now(work: Callable[[], None]) -> "Deferred[None]":
-    """
-    Run C{work} at once, as a thread would, eventually.
-    """
-    return maybeDeferred(work)
-
-
-class _HeldRunner:
-    """
-    Runs work only when the test says so: a commit stays in flight.
-    """
-
-    def __init__(self) -> None:
-        self.held: list[tuple[Callable[[], None], Deferred[None]]] = []
-
-    def __call__(self, work: Callable[[], None]) -> "Deferred[None]":
-        done: Deferred[None] = Deferred()
-        self.held.append((work, done))
-        return done
-
-    def release(self) -> None:
-        work, done = self.held.pop(0)
-        maybeDeferred(work).chainDeferred(done)
 
 
 class _Setup:
@@ -56,7 +31,7 @@ class _Setup:
     syncs.
     """
 
-    def __init__(self, policy: str = "always", runner: RunInThread = _run_now) -> None:
+    def __init__(self, policy: str = "always", runner: RunInThread = run_now) -> None:
         self.fs = CrashableFileSystem()
         self.log = Log(self.fs, DIRECTORY)
         list(self.log.replay())
@@ -99,7 +74,7 @@ class GroupCommitTests(SynchronousTestCase):
         While a commit is in flight, appends collect; they go out in one
         commit as soon as it is done, and fire only then.
         """
-        runner = _HeldRunner()
+        runner = HeldRunner()
         setup = _Setup(runner=runner)
         first = setup.committer.append(1, b"a")
         setup.clock.advance(0)
@@ -133,7 +108,7 @@ class GroupCommitTests(SynchronousTestCase):
         The policy is one of the three.
         """
         setup = _Setup()
-        self.assertRaises(ValueError, GroupCommitter, setup.log, "sometimes", _run_now, setup.clock)
+        self.assertRaises(ValueError, GroupCommitter, setup.log, "sometimes", run_now, setup.clock)
 
 
 class ExclusiveTests(SynchronousTestCase):
@@ -164,7 +139,7 @@ class ExclusiveTests(SynchronousTestCase):
         """
         Work waits for the commit in flight.
         """
-        runner = _HeldRunner()
+        runner = HeldRunner()
         setup = _Setup(runner=runner)
         setup.committer.append(1, b"a")
         setup.clock.advance(0)
@@ -222,7 +197,7 @@ class ErrorTests(SynchronousTestCase):
         A failed sync fails the batch, the records collected meanwhile and
         every later one with L{LogFailed}, and leaves no timer behind.
         """
-        runner = _HeldRunner()
+        runner = HeldRunner()
         setup = _Setup(runner=runner)
         setup.fs.inject(Fault("sync", errno.EIO))
         first = setup.committer.append(1, b"a")
@@ -274,7 +249,7 @@ class PolicyTests(SynchronousTestCase):
         When the second is up while a commit is in flight, the next commit
         syncs, and no separate sync is made.
         """
-        runner = _HeldRunner()
+        runner = HeldRunner()
         setup = _Setup("everysec", runner)
         setup.committer.append(1, b"a")
         setup.clock.advance(0)
@@ -310,7 +285,7 @@ class PolicyTests(SynchronousTestCase):
         L{stop} called while the C{everysec} sync is in flight still syncs
         what is appended after that sync began.
         """
-        runner = _HeldRunner()
+        runner = HeldRunner()
         setup = _Setup("everysec", runner)
         setup.committer.append(1, b"a")
         setup.clock.advance(0)

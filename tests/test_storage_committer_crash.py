@@ -19,8 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.storage.committer import SYNC_INTERVAL, GroupCommitter
 from twisted_kv.storage.log import Log
-from twisted_kv.storage.testing import CrashableFileSystem
-from tests.test_storage_committer import _HeldRunner
+from twisted_kv.storage.testing import CrashableFileSystem, HeldRunner
 
 DIRECTORY = "data/n1"
 
@@ -47,7 +46,7 @@ class _Run:
         self.fs = CrashableFileSystem()
         log = Log(self.fs, DIRECTORY, segment_bytes=150)
         list(log.replay())
-        self.runner = _HeldRunner()
+        self.runner = HeldRunner()
         self.clock = Clock()
         self.committer = GroupCommitter(log, policy, self.runner, self.clock)
         self.appended: list[bytes] = []

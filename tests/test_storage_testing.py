@@ -12,7 +12,7 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.storage.testing import CrashableFileSystem, Fault, PowerCut
+from twisted_kv.storage.testing import CrashableFileSystem, Fault, HeldRunner, PowerCut, run_now
 
 DIRECTORY = "data/n1"
 FILE = f"{DIRECTORY}/f"
@@ -311,3 +311,33 @@ class PowerCutTests(SynchronousTestCase):
         file = fs.open_append(FILE)
         file.close()
         self.assertRaises(ValueError, file.write, b"x")
+
+
+class RunnerTests(SynchronousTestCase):
+    """
+    The stand-ins for running work in a thread.
+    """
+
+    def test_run_now(self) -> None:
+        """
+        L{run_now} runs the work at once and gives its outcome.
+        """
+        self.assertEqual(self.successResultOf(run_now(lambda: 3)), 3)
+        self.failureResultOf(run_now(lambda: 1 // 0), ZeroDivisionError)
+
+    def test_held(self) -> None:
+        """
+        L{HeldRunner} runs work only when released, oldest first.
+        """
+        runner = HeldRunner()
+        ran: list[int] = []
+        first = runner(lambda: ran.append(1))
+        second = runner(lambda: 1 // 0)
+        self.assertEqual(ran, [])
+        self.assertNoResult(first)
+        runner.release()
+        self.assertEqual(ran, [1])
+        self.successResultOf(first)
+        runner.release()
+        self.failureResultOf(second, ZeroDivisionError)
+        self.assertEqual(runner.held, [])

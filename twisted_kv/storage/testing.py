@@ -14,6 +14,10 @@ waits for the right syncs survives every such choice; code that acknowledges
 too early loses data on some seed.  This is what Pebble's C{vfs.MemFS} crash
 clones and Jepsen's LazyFS do.
 
+L{run_now} and L{HeldRunner} stand in for running work in a thread
+(L{twisted_kv.storage.committer.RunInThread}): at once, or when the test
+says, so that a commit can be held in flight.
+
 L{Fault} injects errors (C{ENOSPC}, C{EIO}, ...) into chosen calls, as
 Pebble's C{errorfs} does.  A failed sync follows Linux's behaviour that
 PostgreSQL met as "fsyncgate": the data written since the last good sync may
@@ -26,9 +30,10 @@ import errno as errno_module
 import os
 import posixpath
 import random
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, maybeDeferred
 from zope.interface import implementer
 
 from twisted_kv.storage.fs import IAppendFile, IFileSystem
@@ -453,3 +458,36 @@ def _crash_file(file: _File, rng: random.Random) -> _File:
             start = rng.randint(common, cut - 1)
             content = content[:start] + rng.randbytes(cut - start)
     return _File(bytearray(content), content)
+
+
+def run_now(work: Callable[[], Any]) -> "Deferred[Any]":
+    """
+    Run C{work} at once, as a thread would eventually: a
+    L{twisted_kv.storage.committer.RunInThread} for tests.
+    """
+    return maybeDeferred(work)
+
+
+@define
+class HeldRunner:
+    """
+    A L{twisted_kv.storage.committer.RunInThread} that runs work only when
+    told (L{release}), so that a test can hold a commit in flight.
+
+    @ivar held: the work not run yet, oldest first, with the Deferreds
+        given out for it.
+    """
+
+    held: list[tuple[Callable[[], Any], "Deferred[Any]"]] = field(factory=list)
+
+    def __call__(self, work: Callable[[], Any]) -> "Deferred[Any]":
+        done: Deferred[Any] = Deferred()
+        self.held.append((work, done))
+        return done
+
+    def release(self) -> None:
+        """
+        Run the oldest work held, and fire its Deferred with the outcome.
+        """
+        work, done = self.held.pop(0)
+        maybeDeferred(work).chainDeferred(done)

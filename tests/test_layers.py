@@ -22,9 +22,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "_autobahn_timer": frozenset(),
     "core": frozenset({"errors"}),
     "wire": frozenset(),
+    "storage": frozenset({"errors"}),
     "interfaces": frozenset({"core", "errors"}),
     "peer": frozenset({"core", "wire", "interfaces", "errors"}),
-    "cluster": frozenset({"core", "wire", "interfaces", "errors"}),
+    "cluster": frozenset({"core", "wire", "storage", "interfaces", "errors"}),
     "files": frozenset({"core", "interfaces", "errors"}),
     "web": frozenset({"cluster", "files", "core", "interfaces", "errors", "_compat"}),
     "ws": frozenset({"files", "core", "interfaces", "errors", "_compat", "_autobahn_timer"}),
@@ -32,7 +33,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "client": frozenset({"core", "errors", "_compat", "_autobahn_timer"}),
     "testing": frozenset({"cluster", "core", "wire", "peer", "interfaces", "errors"}),
     "app": frozenset(
-        {"cluster", "client", "core", "wire", "peer", "files", "web", "ws", "ftp", "interfaces", "errors", "_compat"}
+        {
+            "cluster", "client", "core", "wire", "storage", "peer", "files", "web", "ws", "ftp",
+            "interfaces", "errors", "_compat",
+        }
     ),
 }
 

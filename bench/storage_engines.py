@@ -1,8 +1,9 @@
 """
 Storage engines for data_dir, measured on the disk the data would live on.
 
-    python bench/storage_engines.py                 # everything, about 10 minutes
-    python bench/storage_engines.py --quick         # about 3 minutes
+    python bench/storage_engines.py                 # CPython, 1,000,000 keys, about 2 minutes
+    python bench/storage_engines.py --quick         # 200,000 keys, shorter runs, about 1 minute
+    python bench/storage_engines.py --rounds 2      # every engine twice, interleaved
     python bench/storage_engines.py --pypy PATH     # also under PyPy (an interpreter
                                                     # with lmdb and twisted installed)
     python bench/storage_engines.py --etcd          # also etcd with its WAL on this disk

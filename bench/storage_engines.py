@@ -55,6 +55,17 @@ The engines:
               commit, on the calling thread
   sqlite-thread  the whole transaction in a one-thread pool (Twisted)
 
+  group-inline, group-thread  the log as a node would drive it: closed-loop
+              writers (--clients), each write --work-us of CPU on the
+              reactor (the rest of a PUT's work, ending in a system call
+              as its answer's send would) and then one record; the
+              records of a reactor turn are written together at its end,
+              at most one fdatasync is in flight, and a write is answered
+              when a sync covering it returns.  The sync on the reactor
+              thread (inline, the reactor blocks) or in a one-thread pool.
+              A 1 ms timer on the same reactor stands for everything else
+              it serves: how late it fires is what a read waits.
+
 The log's recovery is a snapshot of every key (64 KiB chunks, each with its
 length and CRC32, written to a temporary name, fdatasync'ed, renamed) plus a
 replay of a tail of --keys / 10 records written after it; "log-replay"
@@ -531,6 +542,169 @@ def run_threaded(engine: Any, plan: list[tuple[int, list]], seconds: float) -> d
     return results
 
 
+# -- group commit under load: the pipeline the design would use ---------------------
+
+
+class GroupLog:
+    """
+    The log as a node would drive it: appends during a reactor turn are
+    written together at the end of the turn; at most one fdatasync is in
+    flight, and whatever was written meanwhile waits for the next one.
+    C{threaded}: the fdatasync runs in a one-thread pool; otherwise on the
+    reactor thread, which blocks.
+    """
+
+    def __init__(self, reactor: Any, pool: Any, fd: int, threaded: bool) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.fd = fd
+        self.threaded = threaded
+        self.pending: list[tuple[str, bytes, Any]] = []
+        self.written: list[Any] = []
+        self.syncing = False
+        self.scheduled = False
+        self.syncs = 0
+
+    def append(self, key: str, record: bytes) -> Any:
+        from twisted.internet.defer import Deferred
+
+        waiter: Any = Deferred()
+        self.pending.append((key, record, waiter))
+        if not self.scheduled:
+            self.scheduled = True
+            self.reactor.callLater(0, self.flush)
+        return waiter
+
+    def flush(self) -> None:
+        self.scheduled = False
+        if self.pending:
+            os.write(self.fd, encode_batch([(key, record) for key, record, _ in self.pending]))
+            self.written.extend(waiter for _, _, waiter in self.pending)
+            self.pending = []
+        if self.syncing or not self.written:
+            return
+        waiters, self.written = self.written, []
+        self.syncs += 1
+        if self.threaded:
+            from twisted.internet.threads import deferToThreadPool
+
+            self.syncing = True
+            deferToThreadPool(self.reactor, self.pool, os.fdatasync, self.fd).addCallback(
+                self.synced, waiters
+            )
+        else:
+            os.fdatasync(self.fd)
+            self.synced(None, waiters)
+
+    def synced(self, _: Any, waiters: list[Any]) -> None:
+        self.syncing = False
+        for waiter in waiters:
+            waiter.callback(None)
+        # In a thread, start the next sync at once; inline, leave it to the
+        # flush the appends scheduled, so that the reactor gets its turn.
+        if self.threaded and (self.written or self.pending):
+            self.flush()
+
+
+def child_group(args: argparse.Namespace) -> dict:
+    """
+    Closed-loop clients (each a PUT: C{--work-us} of CPU on the reactor, then
+    one record appended, then the wait until it is durable), at each
+    concurrency of C{--clients}, for C{--seconds} each.
+    """
+    from twisted.internet import defer, reactor
+    from twisted.python.threadpool import ThreadPool
+
+    threaded = args.child == "group-thread"
+    directory = os.path.join(args.workdir, f"{args.child}-{args.tag}")
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, "group.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    pool = ThreadPool(1, 1, name="disk")
+    pool.start()
+    results: dict[str, Any] = {}
+    failure: list[str] = []
+    work = args.work_us / 1e6
+
+    def busy() -> None:
+        end = time.perf_counter() + work
+        while time.perf_counter() < end:
+            pass
+        # A request's work ends with a system call (its answer's send), which
+        # lets a thread waiting for the GIL have it: here a sleep of 0.
+        time.sleep(0)
+
+    @defer.inlineCallbacks
+    def client(log: GroupLog, rng: random.Random, deadline: float, latencies: list) -> Any:
+        version = 0
+        while time.perf_counter() < deadline:
+            begin = time.perf_counter()
+            busy()
+            version += 1
+            yield log.append(key_of(rng.randrange(args.keys)), stored(version))
+            latencies.append(time.perf_counter() - begin)
+            # The answer goes out in a later turn, as a response would.
+            yield defer.succeed(None)
+
+    @defer.inlineCallbacks
+    def drive() -> Any:
+        try:
+            for clients in args.clients:
+                log = GroupLog(reactor, pool, fd, threaded)
+                latencies: list[float] = []
+                # Everything else the reactor serves (reads, peers' messages)
+                # waits while it is blocked: a timer every millisecond notes
+                # how late it runs.
+                lateness: list[float] = []
+                expected = [time.perf_counter() + 0.001]
+
+                def tick() -> None:
+                    now = time.perf_counter()
+                    lateness.append(max(0.0, now - expected[0]))
+                    expected[0] = now + 0.001
+                    ticker[0] = reactor.callLater(0.001, tick)
+
+                ticker = [reactor.callLater(0.001, tick)]
+                cpu = time.thread_time()
+                started = time.perf_counter()
+                deadline = started + args.seconds
+                yield defer.gatherResults([
+                    client(log, random.Random(i), deadline, latencies) for i in range(clients)
+                ])
+                elapsed = time.perf_counter() - started
+                cpu = time.thread_time() - cpu
+                ticker[0].cancel()
+                lateness.sort()
+                latencies.sort()
+                count = len(latencies)
+                results[str(clients)] = {
+                    "puts_per_s": count / elapsed,
+                    "p50_ms": percentile(latencies, 0.5) * 1000,
+                    "p99_ms": percentile(latencies, 0.99) * 1000,
+                    "syncs_per_s": log.syncs / elapsed,
+                    "records_per_sync": count / log.syncs if log.syncs else 0.0,
+                    "reactor_cpu_us_per_put": cpu * 1e6 / count if count else 0.0,
+                    "work_us": args.work_us,
+                    "timer_late_p50_ms": percentile(lateness, 0.5) * 1000,
+                    "timer_late_p99_ms": percentile(lateness, 0.99) * 1000,
+                    "timer_late_max_ms": (lateness[-1] if lateness else 0.0) * 1000,
+                }
+        except Exception as error:  # pragma: no cover - reported by the parent
+            failure.append(repr(error))
+        finally:
+            pool.stop()
+            reactor.stop()
+
+    try:
+        reactor.callWhenRunning(drive)
+        reactor.run(installSignalHandlers=False)
+    finally:
+        os.close(fd)
+        shutil.rmtree(directory, ignore_errors=True)
+    if failure:
+        raise RuntimeError(failure[0])
+    return {"engine": args.child, "group": results}
+
+
 # -- child: one engine, one runtime ----------------------------------------------------
 
 
@@ -694,6 +868,7 @@ def run_child(python: str, engine: str, args: argparse.Namespace, workdir: str, 
         python, HERE, "--child", engine, "--workdir", workdir, "--tag", tag,
         "--keys", str(args.keys), "--seconds", str(args.seconds),
         "--batches", ",".join(map(str, args.batch_sizes)),
+        "--clients", ",".join(map(str, args.clients)), "--work-us", str(args.work_us),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
     if done.returncode:
@@ -769,11 +944,29 @@ def print_report(report: dict, batch_sizes: list[int]) -> None:
             if "error" in result:
                 print(f"  {result['engine']:<14} failed: {result['error']}")
                 continue
+            if "group" in result:
+                continue
             for size in batch_sizes:
                 run = result["runs"][str(size)]
                 print(f"  {result['engine']:<14} {size:>5} {run['commits_per_s']:>10,.0f} "
                       f"{run['records_per_s']:>10,.0f} {run['p50_ms']:>7.2f} {run['p99_ms']:>7.2f} "
                       f"{run['cpu_us_per_record']:>10.1f}")
+        groups = [result for result in engines if "group" in result]
+        if groups:
+            print()
+            print(f"{runtime}: closed-loop writers, each write {groups[0]['group'][next(iter(groups[0]['group']))]['work_us']:.0f} us "
+                  "of reactor CPU + one record, answered once durable; one sync in flight")
+            print(f"  {'sync':<14} {'writers':>7} {'writes/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+                  f"{'syncs/s':>8} {'rec/sync':>8} {'reactor us/write':>16} "
+                  f"{'1 ms timer late p50/p99/max ms':>30}")
+            for result in groups:
+                for clients, figures in result["group"].items():
+                    print(f"  {result['engine']:<14} {clients:>7} {figures['puts_per_s']:>9,.0f} "
+                          f"{figures['p50_ms']:>7.2f} {figures['p99_ms']:>7.2f} "
+                          f"{figures['syncs_per_s']:>8,.0f} {figures['records_per_sync']:>8.1f} "
+                          f"{figures['reactor_cpu_us_per_put']:>16.1f} "
+                          f"{figures['timer_late_p50_ms']:>14.2f} / {figures['timer_late_p99_ms']:.2f}"
+                          f" / {figures['timer_late_max_ms']:.2f}")
         print()
         print(f"{runtime}: load, disk and recovery of {report['keys']:,} keys")
         print(f"  {'engine / recovery':<24} {'load s':>7} {'disk B/key':>10} {'after runs':>10} "
@@ -819,7 +1012,11 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32,128", help="records per commit")
     parser.add_argument("--engines", default=",".join(
         ["log", "log-thread", "log-prealloc-thread", "lmdb", "lmdb-thread", "sqlite",
-         "sqlite-thread"]))
+         "sqlite-thread", "group-inline", "group-thread"]))
+    parser.add_argument("--clients", default="16,64",
+                        help="concurrent writers in the group-* runs")
+    parser.add_argument("--work-us", type=float, default=150.0,
+                        help="reactor CPU per write in the group-* runs, besides the log's")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the engines section, interleaved, to show the noise")
     parser.add_argument("--pypy", default=None, help="a PyPy interpreter with lmdb and twisted")
@@ -832,6 +1029,7 @@ def main() -> None:
     parser.add_argument("--tag", default="0", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batch_sizes = [int(size) for size in args.batches.split(",")]
+    args.clients = [int(count) for count in args.clients.split(",")]
     if args.keys is None:
         args.keys = 200_000 if args.quick else 1_000_000
     if args.seconds is None:
@@ -839,6 +1037,9 @@ def main() -> None:
 
     if args.recover:
         print(json.dumps(child_recover(args)))
+        return
+    if args.child and args.child.startswith("group-"):
+        print(json.dumps(child_group(args)))
         return
     if args.child:
         print(json.dumps(child_engine(args)))

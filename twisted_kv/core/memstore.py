@@ -222,6 +222,19 @@ class MemStore:
         for key, packed in self._records.items():
             yield key, unpack_record(packed)
 
+    def copy(self) -> MemStore:
+        """
+        A store holding the records this one holds now, unchanged by later
+        writes to either: for a partition's dump as of one moment.  It
+        copies one pointer a key; the stored records, immutable bytes, are
+        shared.
+        """
+        other = MemStore()
+        other._records = dict(self._records)
+        other.bytes_used = self.bytes_used
+        other._tagged = dict(self._tagged)
+        return other
+
     def clear(self) -> None:
         self._records.clear()
         self._index = None

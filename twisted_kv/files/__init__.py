@@ -32,7 +32,7 @@ from twisted_kv.files._fs import (
     StoredFile,
     Upload,
 )
-from twisted_kv.files._paths import ROOT, FSPath
+from twisted_kv.files._paths import RESTORE_PHASES, ROOT, FSPath, restore_phase
 from twisted_kv.files.events import file_event_for
 
 __all__ = [
@@ -53,10 +53,12 @@ __all__ = [
     "NotADirectory",
     "NotPermitted",
     "OrphanCollector",
+    "RESTORE_PHASES",
     "ROOT",
     "StoredFile",
     "TransferAborted",
     "Upload",
     "UploadExpired",
     "file_event_for",
+    "restore_phase",
 ]

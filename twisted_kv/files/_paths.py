@@ -211,3 +211,21 @@ def after_chunks_of(upload_id: str) -> str:
 
 def upload_id_of_chunk_key(store_key: str) -> str:
     return store_key[len(CHUNKS_PREFIX) :].split("/", 1)[0]
+
+
+#: The order in which a restore writes the keys of a backup (see
+#: L{restore_phase}); client keys go with the chunks.
+RESTORE_PHASES = 4
+
+
+def restore_phase(store_key: str) -> int:
+    """
+    When a restore writes C{store_key}, so that no file is ever visible
+    half restored: 0 for chunks (and every key outside the file system),
+    1 for upload leases, 2 for directories, 3 for manifests; a manifest
+    names chunks and sits in a directory, both already there.
+    """
+    if namespace_of(store_key) != FILES:
+        return 0
+    tag = name_of(store_key)[:1]
+    return {"c": 0, "u": 1, "d": 2, "m": 3}.get(tag, 0)

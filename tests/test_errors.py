@@ -18,6 +18,7 @@ from twisted_kv.errors import (
     LogFailed,
     OutcomeUnknown,
     PreconditionFailed,
+    SnapshotExpired,
     Unavailable,
     ValueTooLarge,
     WriteFailed,
@@ -37,6 +38,7 @@ EXPECTED = {
     DiskFull: (507, "disk_full"),
     WriteFailed: (503, "write_failed"),
     LogFailed: (503, "log_failed"),
+    SnapshotExpired: (410, "snapshot_expired"),
 }
 
 

@@ -110,6 +110,13 @@ class LogFailed(Unavailable, code="log_failed"):
     """
 
 
+class SnapshotExpired(KVError, status=410, code="snapshot_expired"):
+    """
+    The partition dump asked for is no longer held (its primary moved, or
+    nobody asked for a page for a while): start that partition's dump again.
+    """
+
+
 def error_for_code(code: str) -> type[KVError]:
     """
     The failure class whose L{KVError.code} is C{code} (for failures that
@@ -132,6 +139,7 @@ _BY_CODE = {
         DiskFull,
         WriteFailed,
         LogFailed,
+        SnapshotExpired,
     )
 }
 

@@ -179,6 +179,33 @@ class IKeyValue(Interface):
         """
 
 
+class ISnapshotSource(Interface):
+    """
+    Backups of a whole store, a partition at a time: each partition's dump
+    is taken by its primary at one moment and fetched a page at a time
+    (C{/admin/snapshot}, C{kvctl snapshot save}).  A restore needs nothing
+    but L{IKeyValue.put}.
+    """
+
+    def partition_count() -> int:
+        """
+        How many partitions the store has (numbered from 0).
+        """
+
+    def dump_page(partition: int, dump_id: Optional[str], after: Optional[str], limit: int):
+        """
+        A page of C{partition}'s dump: a new dump, as of the moment it is
+        asked for, when C{dump_id} is C{None} (every write acknowledged
+        before is in it); else the records of dump C{dump_id} after key
+        C{after}.  Every namespace of store keys is included.
+
+        @return: a Deferred firing with a L{twisted_kv.core.backup.DumpPage}
+            of at most C{limit} records, or failing with L{Unavailable} or
+            L{SnapshotExpired} (the dump is no longer held: start the
+            partition again).
+        """
+
+
 class IClusterStatus(Interface):
     """
     What a node knows about itself and the cluster, for C{/cluster},

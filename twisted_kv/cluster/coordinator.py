@@ -38,6 +38,7 @@ from zope.interface import implementer
 from twisted_kv.cluster.calls import Request, Retry
 from twisted_kv.cluster.node import Node
 from twisted_kv.core import messages
+from twisted_kv.core.backup import DumpPage
 from twisted_kv.core.membership import DEAD
 from twisted_kv.core.messages import Peek
 from twisted_kv.core.placement import PartitionConfig
@@ -51,10 +52,11 @@ from twisted_kv.core.records import (
     live,
 )
 from twisted_kv.core.replica import decode_change
-from twisted_kv.errors import OutcomeUnknown, Unavailable, ValueTooLarge
+from twisted_kv.errors import InvalidRequest, OutcomeUnknown, Unavailable, ValueTooLarge
 from twisted_kv.interfaces import (
     ChangeEvent,
     IKeyValue,
+    ISnapshotSource,
     KeyPage,
     ReadResult,
     WriteResult,
@@ -78,7 +80,7 @@ def _lost_reason(partition: int) -> str:
     )
 
 
-@implementer(IKeyValue)
+@implementer(IKeyValue, ISnapshotSource)
 class Coordinator:
     """
     Routes client operations to the primaries of their partitions.
@@ -198,6 +200,29 @@ class Coordinator:
 
     def unsubscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
         self._node.feed.unsubscribe(listener)
+
+    # -- ISnapshotSource ---------------------------------------------------
+
+    def partition_count(self) -> int:
+        return self._node.config.partitions
+
+    def dump_page(
+        self, partition: int, dump_id: Optional[str], after: Optional[str], limit: int
+    ) -> Deferred[DumpPage]:
+        """
+        Routed to the partition's primary like a read, retried while the
+        primary is unknown or moving; a later page reaching a new primary
+        fails with L{SnapshotExpired}, since only the old one held the dump.
+        """
+        if not 0 <= partition < self.partition_count():
+            return fail(InvalidRequest(f"no partition {partition}"))
+        return self._route(
+            partition,
+            lambda: self._node.operations.dump_local(partition, dump_id, after, limit),
+            messages.DumpRequest(partition, dump_id, after, limit),
+            messages.decode_dump_page,
+            write=False,
+        )
 
     # -- routing -----------------------------------------------------------
 

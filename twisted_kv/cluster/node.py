@@ -197,6 +197,7 @@ class Node:
             messages.READ: self.operations.on_read,
             messages.PEEK: self.operations.on_peek,
             messages.LIST: self.operations.on_list,
+            messages.DUMP: self.operations.on_dump,
             messages.RES: self.calls.on_answer,
             messages.PUB: self.feed.on_publish,
             messages.PUB_OK: self.feed.on_published,

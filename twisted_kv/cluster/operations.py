@@ -18,12 +18,13 @@ from twisted.python.failure import Failure
 from twisted_kv.cluster.calls import Calls, Retry
 from twisted_kv.cluster.replication import Replication
 from twisted_kv.core import messages
+from twisted_kv.core.backup import DumpExpired, DumpPage, Dumps
 from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.messages import Peek
 from twisted_kv.core.placement import PartitionConfig
-from twisted_kv.core.records import Change, Operation, Put, Record, live
+from twisted_kv.core.records import Change, Operation, Put, Record, live, make_version
 from twisted_kv.core.replica import Replica, encode_change
-from twisted_kv.errors import InsufficientStorage, KVError
+from twisted_kv.errors import InsufficientStorage, KVError, SnapshotExpired
 
 
 def _logged_records(
@@ -85,6 +86,7 @@ class ClientOperations:
         self._now = now
         self._op_ids = itertools.count(1)
         self.executed = 0
+        self.dumps = Dumps(f"{node_id}/{incarnation:x}")
 
     def new_op_id(self) -> str:
         """
@@ -215,6 +217,41 @@ class ClientOperations:
         streams = [live_keys(self._replicas[p]) for p in partitions]
         return list(itertools.islice(heapq.merge(*streams), limit))
 
+    def dump_local(
+        self, partition: int, dump_id: Optional[str], after: Optional[str], limit: int
+    ) -> Deferred[DumpPage]:
+        """
+        A page of a backup of C{partition} at this primary.  Without
+        C{dump_id}, a new dump is taken of the committed records, as a
+        linearizable read is answered (under the read lease, or after a
+        confirmation round): it holds every write acknowledged before it
+        was asked for, and later pages come from that same moment.
+
+        @return: a Deferred firing with the L{DumpPage}; failing with
+            L{Retry} (not the primary) or L{SnapshotExpired} (C{dump_id} is
+            not held here: the primary moved, or the dump sat idle).
+        """
+        try:
+            replica = self._serving_replica(partition)
+        except Retry as error:
+            return fail(error)
+        if dump_id is not None:
+            try:
+                return succeed(self.dumps.page(partition, dump_id, after, limit, self._now()))
+            except DumpExpired as error:
+                return fail(SnapshotExpired(str(error)))
+
+        def take(_: object = None) -> DumpPage:
+            if not replica.is_primary:
+                raise Retry("not the primary")
+            as_of = make_version(replica.epoch, replica.applied_seq)
+            dump = self.dumps.take(partition, as_of, replica.store, self._now())
+            return self.dumps.page(partition, dump.dump_id, None, limit, self._now())
+
+        if self._replication.lease_holds(replica):
+            return succeed(take())
+        return self._replication.wait_confirmation(replica).addCallback(take)
+
     # -- the peers' requests -----------------------------------------------
 
     def on_op(self, peer: str, message: list) -> None:
@@ -234,3 +271,8 @@ class ClientOperations:
         request_id, partitions, prefix, start_after, limit = messages.parse_list(message)
         keys = self.list_local(partitions, prefix, start_after, limit)
         self._calls.answer_now(peer, request_id, keys)
+
+    def on_dump(self, peer: str, message: list) -> None:
+        request_id, partition, dump_id, after, limit = messages.parse_dump(message)
+        d = self.dump_local(partition, dump_id, after, limit)
+        self._calls.answer(peer, request_id, d, messages.encode_dump_page)

@@ -29,7 +29,8 @@ allocates nothing it did not before.
     C{in_sync} (a new member caught up) or C{drop} (a member stopped
     answering its primary);
   - client operations forwarded to a primary (L{OpRequest},
-    L{ReadRequest}, L{PeekRequest}, L{ListRequest}), each with a request id
+    L{ReadRequest}, L{PeekRequest}, L{ListRequest}, L{DumpRequest}), each
+    with a request id
     the sender's L{twisted_kv.cluster.calls.Calls} picks, all answered by
     C{["res", id, status, payload]} (L{ok_answer}, L{retry_answer},
     L{error_answer});
@@ -50,6 +51,7 @@ from typing import Any, NamedTuple, Optional
 
 from attrs import frozen
 
+from twisted_kv.core.backup import BackupRecord, DumpPage
 from twisted_kv.core.records import Delete, Expire, Operation, Put, Record
 
 STATUS = "status"
@@ -66,6 +68,7 @@ OP = "op"
 READ = "read"
 PEEK = "peek"
 LIST = "list"
+DUMP = "dump"
 RES = "res"
 PUB = "pub"
 PUB_OK = "pub_ok"
@@ -347,6 +350,43 @@ class ListRequest:
 
     def to_wire(self, request_id: int) -> list:
         return [LIST, request_id, self.partitions, self.prefix, self.start_after, self.limit]
+
+
+@frozen
+class DumpRequest:
+    """
+    A page of a backup of C{partition} at its primary: a new dump when
+    C{dump_id} is C{None}, else the records of dump C{dump_id} after key
+    C{after}; answered by L{encode_dump_page}.
+    """
+
+    partition: int
+    dump_id: Optional[str]
+    after: Optional[str]
+    limit: int
+
+    def to_wire(self, request_id: int) -> list:
+        return [DUMP, request_id, self.partition, self.dump_id, self.after, self.limit]
+
+
+def parse_dump(message: list) -> tuple[int, int, Optional[str], Optional[str], int]:
+    _, request_id, partition, dump_id, after, limit = message
+    return request_id, partition, dump_id, after, limit
+
+
+def encode_dump_page(page: DumpPage) -> list:
+    return [
+        page.partition, page.dump_id, page.as_of, page.taken_at,
+        [[r.key, r.value, r.content_type, r.version, r.ttl] for r in page.records],
+        page.next,
+    ]
+
+
+def decode_dump_page(data: list) -> DumpPage:
+    partition, dump_id, as_of, taken_at, records, next_after = data
+    return DumpPage(
+        partition, dump_id, as_of, taken_at, [BackupRecord(*record) for record in records], next_after
+    )
 
 
 def parse_op(message: list) -> tuple[int, int, Operation, Optional[str]]:

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.interfaces import Health, IClusterStatus
+from twisted_kv.web.admin import admin_resource
 from twisted_kv.web.dashboard import dashboard_resource
 from twisted_kv.web.files_http import files_resource
 from twisted_kv.web.site import build_site
@@ -125,6 +126,7 @@ class Node:
                 b"ws": ws,
                 b"": dashboard_resource(),
                 b"files": files_resource(self.kv, clock=reactor),
+                b"admin": admin_resource(self.kv, self.kv),
             },
         )
         self._factory = _TrackingFactory(site)

@@ -31,6 +31,7 @@ from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
 from twisted_kv.ftp.server import build_ftp_factory
 from twisted_kv.peer.links import PeerLinks
+from twisted_kv.web.admin import admin_resource
 from twisted_kv.web.dashboard import dashboard_resource
 from twisted_kv.web.files_http import files_resource
 from twisted_kv.web.site import build_site
@@ -179,6 +180,7 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
         children={
             b"ws": ws_resource,
             b"files": files_resource(kv, clock=reactor, max_file_bytes=config.max_file_bytes),
+            b"admin": admin_resource(kv, kv),
             b"": dashboard_resource(),
         },
     )

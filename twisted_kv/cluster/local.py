@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from twisted_kv.core.backup import DumpExpired, DumpPage, Dumps
 from twisted_kv.core.memstore import MemStore
 from twisted_kv.core.records import (
     Change,
@@ -32,18 +33,20 @@ from twisted_kv.errors import (
     InsufficientStorage,
     InvalidRequest,
     KVError,
+    SnapshotExpired,
     ValueTooLarge,
 )
 from twisted_kv.interfaces import (
     ChangeEvent,
     IKeyValue,
+    ISnapshotSource,
     KeyPage,
     ReadResult,
     WriteResult,
 )
 
 
-@implementer(IKeyValue)
+@implementer(IKeyValue, ISnapshotSource)
 class LocalKeyValue:
     """
     An in-memory, single-replica key-value store.
@@ -65,6 +68,8 @@ class LocalKeyValue:
         self._store = MemStore()
         self._sequence = itertools.count(1)
         self._listeners: list[Callable[[ChangeEvent], None]] = []
+        self._dumps = Dumps("local")
+        self._last_seq = 0
 
     def get(self, key: str) -> Deferred[ReadResult]:
         return succeed(ReadResult(live(self._store.get(key), self._clock.seconds())))
@@ -106,6 +111,25 @@ class LocalKeyValue:
             keys.append(key)
         return succeed(KeyPage(keys, None))
 
+    def partition_count(self) -> int:
+        """
+        The whole store is one partition.
+        """
+        return 1
+
+    def dump_page(
+        self, partition: int, dump_id: Optional[str], after: Optional[str], limit: int
+    ) -> Deferred[DumpPage]:
+        if partition != 0:
+            return fail(InvalidRequest(f"no partition {partition}"))
+        now = self._clock.seconds()
+        try:
+            if dump_id is None:
+                dump_id = self._dumps.take(0, make_version(1, self._last_seq), self._store, now).dump_id
+            return succeed(self._dumps.page(0, dump_id, after, limit, now))
+        except DumpExpired as error:
+            return fail(SnapshotExpired(str(error)))
+
     def subscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
         self._listeners.append(listener)
 
@@ -120,7 +144,7 @@ class LocalKeyValue:
         return succeed(change)
 
     def _apply(self, operation: Operation) -> Optional[Change]:
-        seq = next(self._sequence)
+        seq = self._last_seq = next(self._sequence)
         change = decide(
             operation, self._store.get(operation.key), make_version(1, seq), self._clock.seconds()
         )

@@ -13,13 +13,17 @@ C{kvctl}: the command-line client of a twisted_kv cluster.
                                                to another node (from /cluster)
                                                when the connection is lost
     kvctl cluster                              the cluster's state, as JSON
+    kvctl snapshot save FILE                   every key and file, each partition
+                                               as of one moment (docs/backup.md)
+    kvctl snapshot restore FILE                loads such a file into a cluster
 
 The node defaults to C{$KVCTL_NODE}, else C{http://127.0.0.1:7001}; any node
 of the cluster answers for all of it.
 
 Exit status: 0 on success, 1 when the node refused the request (the message
 names the reason, e.g. C{no key 'x' (404)}), 2 for a usage error, 3 when
-the node cannot be reached.
+the node cannot be reached, 4 when a snapshot file cannot be read or
+written, or is damaged.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = ["main"]
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_FILE = 4
 
 
 def _positive(text: str) -> int:
@@ -52,7 +57,8 @@ def _parser(default_node: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvctl",
         description="Read, write and watch the keys of a twisted_kv cluster.",
-        epilog="Exit status: 0 ok, 1 refused by the node, 2 usage error, 3 node unreachable.",
+        epilog="Exit status: 0 ok, 1 refused by the node, 2 usage error, 3 node unreachable,"
+        " 4 snapshot file unusable.",
     )
     parser.add_argument(
         "--node",
@@ -92,6 +98,13 @@ def _parser(default_node: str) -> argparse.ArgumentParser:
     watch.add_argument("--count", type=_positive, metavar="N", help="exit after N changes")
 
     commands.add_parser("cluster", help="print the cluster's state as JSON")
+
+    snapshot = commands.add_parser("snapshot", help="back up or restore the whole cluster")
+    actions = snapshot.add_subparsers(dest="action", required=True, metavar="ACTION")
+    save = actions.add_parser("save", help="write every key and file to FILE")
+    save.add_argument("file", metavar="FILE")
+    restore = actions.add_parser("restore", help="load a snapshot FILE into the cluster")
+    restore.add_argument("file", metavar="FILE")
     return parser
 
 
@@ -172,6 +185,32 @@ def _watch(client: Client, arguments: argparse.Namespace, stdout: BinaryIO, stde
                 return
 
 
+class _FileProblem(Exception):
+    """
+    A snapshot file cannot be read or written, or is damaged.
+    """
+
+
+def _snapshot(client: Client, arguments: argparse.Namespace, stdout: BinaryIO) -> None:
+    from twisted_kv.app import snapshot
+    from twisted_kv.core.backup import BadSnapshot
+
+    path = arguments.file
+    try:
+        if arguments.action == "save":
+            outcome = snapshot.save(client, path)
+            _line(stdout, outcome.describe("saved", "to", path))
+        else:
+            outcome = snapshot.restore(client, path)
+            _line(stdout, outcome.describe("restored", "from", path))
+    except BadSnapshot as error:
+        raise _FileProblem(f"cannot restore {path}: {error}") from None
+    except OSError as error:
+        if error.filename is None:
+            raise
+        raise _FileProblem(f"{error.filename}: {error.strerror or error}") from None
+
+
 def _run(arguments: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr: TextIO) -> None:
     with Client(arguments.node, timeout=arguments.timeout) as client:
         command = arguments.command
@@ -202,6 +241,8 @@ def _run(arguments: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stder
                     break
         elif command == "watch":
             _watch(client, arguments, stdout, stderr)
+        elif command == "snapshot":
+            _snapshot(client, arguments, stdout)
         else:
             _line(stdout, json.dumps(client.cluster(), indent=2))
 
@@ -238,6 +279,8 @@ def main(
         _run(arguments, stdin, stdout, stderr)
     except KVError as error:
         return fail(f"{error.message} ({error.status})", EXIT_REFUSED)
+    except _FileProblem as error:
+        return fail(str(error), EXIT_FILE)
     except ValueError as error:
         return fail(str(error), EXIT_USAGE)
     except (OSError, TimeoutError) as error:

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from attrs import frozen
 
 from twisted_kv import errors
+from twisted_kv.core.backup import BackupRecord, DumpPage
 from twisted_kv.core.keyspace import check_user_key
 from twisted_kv.core.records import parse_version
 
@@ -43,7 +44,10 @@ __all__ = [
     "get_request",
     "list_request",
     "put_request",
+    "restore_request",
     "result_of",
+    "snapshot_page_request",
+    "snapshot_partitions_request",
     "watch_op",
     "ws_url",
 ]
@@ -66,6 +70,7 @@ _ERRORS = {
         errors.Unavailable,
         errors.OutcomeUnknown,
         errors.InsufficientStorage,
+        errors.SnapshotExpired,
     )
 }
 
@@ -261,6 +266,22 @@ def cluster_request() -> Request[dict]:
     return Request("GET", "/cluster", {}, None, _json)
 
 
+def snapshot_partitions_request() -> Request[int]:
+    return Request("GET", "/admin/snapshot", {}, None, lambda response: int(_json(response)["partitions"]))
+
+
+def snapshot_page_request(
+    partition: int, dump: Optional[str] = None, after: Optional[str] = None, limit: Optional[int] = None
+) -> Request[DumpPage]:
+    target = f"/admin/snapshot/partitions/{partition}" + _query(dump=dump, after=after, limit=limit)
+    return Request("GET", target, {}, None, lambda response: DumpPage.from_json(_json(response)))
+
+
+def restore_request(records: Sequence[BackupRecord]) -> Request[dict]:
+    body = json.dumps({"records": [record.to_json() for record in records]}).encode("utf-8")
+    return Request("POST", "/admin/restore", {"Content-Type": "application/json"}, body, _json)
+
+
 class Calls(ABC):
     """
     The calls of the API, written once for both clients: each builds its
@@ -340,6 +361,29 @@ class Calls(ABC):
         The node's view of the cluster (C{GET /cluster}): a dict.
         """
         return self._call(cluster_request())
+
+    def snapshot_partitions(self) -> Any:
+        """
+        How many partitions a backup dumps (C{GET /admin/snapshot}).
+        """
+        return self._call(snapshot_partitions_request())
+
+    def snapshot_page(
+        self, partition: int, dump: Optional[str] = None, after: Optional[str] = None,
+        limit: Optional[int] = None,
+    ) -> Any:
+        """
+        A page of a partition's dump (a new dump without C{dump}): a
+        L{twisted_kv.core.backup.DumpPage}; raises (fails with)
+        L{errors.SnapshotExpired} when the dump must start again.
+        """
+        return self._call(snapshot_page_request(partition, dump, after, limit))
+
+    def restore(self, records: Sequence[BackupRecord]) -> Any:
+        """
+        Write C{records} (C{POST /admin/restore}): C{{"written", "skipped"}}.
+        """
+        return self._call(restore_request(records))
 
 
 def ws_url(url: str) -> str:

@@ -1,0 +1,206 @@
+# -*- test-case-name: tests.test_kvctl_snapshot -*-
+"""
+Tests for C{kvctl snapshot save} and C{kvctl snapshot restore}
+(L{twisted_kv.app.snapshot}): against nodes listening on loopback ports,
+run in a thread, and against a scripted client for what a single store
+cannot do (a primary moving mid-dump, a batch refused for a while).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Optional
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.test_client_support import serve
+from twisted_kv.app import snapshot
+from twisted_kv.app.kvctl import EXIT_FILE, EXIT_UNREACHABLE, main
+from twisted_kv.core.backup import BackupRecord, DumpPage, PartitionMark, read_snapshot
+from twisted_kv.core.keyspace import file_key, user_key
+from twisted_kv.errors import SnapshotExpired, Unavailable
+from twisted_kv.interfaces import ChangeEvent
+
+
+class KvctlSnapshotTests(TestCase):
+    """
+    Saving one node's store and restoring it into another, through kvctl.
+    """
+
+    def setUp(self) -> None:
+        self.source = serve(self)
+        self.target = serve(self)
+        self.path = os.path.join(self.mktemp() + "-dir", "backup.kvs")
+        os.makedirs(os.path.dirname(self.path))
+
+    @inlineCallbacks
+    def kvctl(self, node: Any, *argv: str) -> Any:
+        """
+        Run C{kvctl --node URL argv}: fires with (status, stdout, stderr).
+        """
+        stdout = io.BytesIO()
+        stderr = io.StringIO()
+        url = node if isinstance(node, str) else node.url
+        status = yield deferToThread(
+            main, ["--node", url, *argv], stdin=io.BytesIO(), stdout=stdout, stderr=stderr, environ={}
+        )
+        return status, stdout.getvalue().decode(), stderr.getvalue()
+
+    @inlineCallbacks
+    def fill(self) -> Any:
+        kv = self.source.kv
+        yield kv.put(user_key("plain"), b"text", "text/plain")
+        yield kv.put(user_key("temp"), b"\x00\xff", "application/x-bin", ttl=100)
+        yield kv.put(file_key("c/0a/0"), b"chunk zero")
+        yield kv.put(file_key("u/0a"), b"{}", "application/json")
+        yield kv.put(file_key("d1/docs"), b"{}", "application/json")
+        yield kv.put(file_key("m2/docs/a.txt"), b"{}", "application/json")
+
+    @inlineCallbacks
+    def test_save_and_restore(self) -> Any:
+        """
+        C{save} writes every record to FILE and says how many; C{restore}
+        writes them into another store, with their content types and
+        remaining TTLs, chunks before leases, directories and manifests.
+        """
+        yield self.fill()
+        self.source.kv_clock.advance(40)
+        status, out, err = yield self.kvctl(self.source, "snapshot", "save", self.path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertRegex(
+            out,
+            r"^saved 2 keys and 1 file \(4 file records\), 22 B of values, 1 partition,"
+            rf" to {self.path} in \d+\.\d\d s\n$",
+        )
+        self.assertEqual(os.listdir(os.path.dirname(self.path)), ["backup.kvs"])
+        written: list[str] = []
+        self.target.kv.subscribe(lambda event: written.append(event.change.key))
+        status, out, err = yield self.kvctl(self.target, "snapshot", "restore", self.path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertTrue(out.startswith("restored 2 keys and 1 file (4 file records)"), out)
+        self.assertEqual(written[-3:], [file_key("u/0a"), file_key("d1/docs"), file_key("m2/docs/a.txt")])
+        for key in [user_key("plain"), user_key("temp"), file_key("c/0a/0"), file_key("m2/docs/a.txt")]:
+            before = (yield self.source.kv.get(key)).record
+            after = (yield self.target.kv.get(key)).record
+            self.assertEqual((after.value, after.content_type), (before.value, before.content_type))
+        temp = (yield self.target.kv.get(user_key("temp"))).record
+        self.assertEqual(temp.expires_at, 60)
+
+    @inlineCallbacks
+    def test_damaged_file_writes_nothing(self) -> Any:
+        """
+        A damaged or truncated file is refused with one line and exit
+        status 4, before anything is written.
+        """
+        yield self.fill()
+        yield self.kvctl(self.source, "snapshot", "save", self.path)
+        with open(self.path, "rb") as stream:
+            data = stream.read()
+        written: list[ChangeEvent] = []
+        self.target.kv.subscribe(written.append)
+        for damaged, reason in [
+            (data[:-80], "truncated"),
+            (data.replace(b"Y2h1bmsgemVybw==", b"Y2h1bmsgemVyBw=="), "damaged: the checksum does not match"),
+            (b"GIF89a" + data, "wrong magic"),
+        ]:
+            with open(self.path, "wb") as stream:
+                stream.write(damaged)
+            status, out, err = yield self.kvctl(self.target, "snapshot", "restore", self.path)
+            self.assertEqual((status, out), (EXIT_FILE, ""))
+            self.assertTrue(err.startswith(f"kvctl: cannot restore {self.path}: "), err)
+            self.assertIn(reason, err)
+            self.assertEqual(err.count("\n"), 1)
+        self.assertEqual(written, [])
+
+    @inlineCallbacks
+    def test_file_problems(self) -> Any:
+        """
+        A file that cannot be read or written is one line and exit status
+        4; a node that cannot be reached, status 3, and no file is left.
+        """
+        missing = self.path + ".missing"
+        status, out, err = yield self.kvctl(self.target, "snapshot", "restore", missing)
+        self.assertEqual((status, err), (EXIT_FILE, f"kvctl: {missing}: No such file or directory\n"))
+        nowhere = os.path.join(self.path + ".nodir", "x.kvs")
+        status, out, err = yield self.kvctl(self.source, "snapshot", "save", nowhere)
+        self.assertEqual(status, EXIT_FILE)
+        self.assertIn("No such file or directory", err)
+        yield self.target.stop()
+        status, out, err = yield self.kvctl(self.target, "snapshot", "save", self.path)
+        self.assertEqual(status, EXIT_UNREACHABLE, err)
+        self.assertEqual(os.listdir(os.path.dirname(self.path)), [])
+
+
+class _ScriptedClient:
+    """
+    A client whose partition 1 loses its dump after its first page, once,
+    and whose restores are refused C{unavailable} twice.
+    """
+
+    def __init__(self) -> None:
+        self.expired = False
+        self.refusals = 2
+        self.restored: list[list[BackupRecord]] = []
+
+    def snapshot_partitions(self) -> int:
+        return 2
+
+    def snapshot_page(
+        self, partition: int, dump: Optional[str] = None, after: Optional[str] = None,
+        limit: Optional[int] = None,
+    ) -> DumpPage:
+        attempt = "2" if self.expired else "1"
+        records = [BackupRecord(f"k{partition}-{attempt}-{n}", b"v", "t", "1.1", None) for n in range(2)]
+        if dump is None:
+            return DumpPage(partition, attempt, f"{attempt}.0", 0.0, records[:1], records[0].key)
+        if partition == 1 and not self.expired:
+            self.expired = True
+            raise SnapshotExpired("the primary moved")
+        return DumpPage(partition, attempt, f"{attempt}.0", 0.0, records[1:], None)
+
+    def restore(self, records: list[BackupRecord]) -> dict:
+        if self.refusals:
+            self.refusals -= 1
+            raise Unavailable("no primary answered in time")
+        self.restored.append(records)
+        return {"written": len(records), "skipped": 0}
+
+
+class ScriptedTests(SynchronousTestCase):
+    """
+    Saving and restoring through a client that fails on cue.
+    """
+
+    def test_partition_dumped_again(self) -> None:
+        """
+        A partition whose dump is lost mid-way is dumped again from its
+        start, and the file holds only the second dump.
+        """
+        path = self.mktemp()
+        client = _ScriptedClient()
+        outcome = snapshot.save(client, path)
+        self.assertEqual(outcome.summary.records, 4)
+        with open(path, "rb") as stream:
+            items = list(read_snapshot(stream))
+        self.assertEqual(
+            [item.key if isinstance(item, BackupRecord) else item for item in items[:-1]],
+            [
+                PartitionMark(0, "1.0", 0.0), "k0-1-0", "k0-1-1",
+                PartitionMark(1, "2.0", 0.0), "k1-2-0", "k1-2-1",
+            ],
+        )
+
+    def test_batches_sent_again(self) -> None:
+        """
+        A batch refused as unavailable is sent again, and batches are cut
+        by count.
+        """
+        path = self.mktemp()
+        client = _ScriptedClient()
+        snapshot.save(client, path)
+        self.patch(snapshot, "BATCH_RECORDS", 3)
+        snapshot.restore(client, path)
+        self.assertEqual([len(batch) for batch in client.restored], [3, 1])

@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.test_kvctl_snapshot -*-
+"""
+C{kvctl snapshot save} and C{kvctl snapshot restore}: a whole cluster to a
+file and back, through any node's C{/admin} API (C{docs/backup.md}).
+
+Both stream: saving holds one page of records at a time, restoring one
+batch, whatever the cluster's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from attrs import frozen
+
+from twisted_kv.core.backup import BackupRecord, SnapshotWriter, Summary, records_of, verify
+from twisted_kv.errors import OutcomeUnknown, SnapshotExpired, Unavailable
+
+PAGE_RECORDS = 500
+# A restore batch holds at most this many records, or about this many bytes
+# of values, whichever comes first.
+BATCH_RECORDS = 500
+BATCH_BYTES = 4 * 1024 * 1024
+# How many times a partition's dump starts again (its primary moved), and a
+# restore batch is sent again (no primary answered), before giving up.
+ATTEMPTS = 5
+
+
+@frozen
+class Outcome:
+    """
+    What a save or a restore did.
+
+    @ivar skipped: records not restored because their time to live had run
+        out.
+    """
+
+    summary: Summary
+    seconds: float
+    skipped: int = 0
+
+    def describe(self, verb: str, preposition: str, path: str) -> str:
+        s = self.summary
+        text = (
+            f"{verb} {_count(s.keys, 'key')} and {_count(s.files, 'file')}"
+            f" ({_count(s.file_records, 'file record')}), {_size(s.value_bytes)} of values,"
+            f" {_count(s.partitions, 'partition')}, {preposition} {path} in {self.seconds:.2f} s"
+        )
+        if self.skipped:
+            text += f"; {self.skipped} records had expired and were skipped"
+        return text
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024 or unit == "MiB":
+            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    raise AssertionError  # pragma: no cover
+
+
+def save(client: Any, path: str, *, clock: Callable[[], float] = time.monotonic) -> Outcome:
+    """
+    Write a snapshot of the cluster behind C{client} to C{path}: each
+    partition dumped as of one moment, page by page.  The file appears
+    under its name only once complete (it is written beside it first).
+
+    @param client: a L{twisted_kv.client.Client}.
+    @raise KVError: the cluster refused, or a partition's primary kept
+        moving.
+    """
+    start = clock()
+    partial = path + ".partial"
+    try:
+        with open(partial, "wb") as stream:
+            writer = SnapshotWriter(stream)
+            for partition in range(client.snapshot_partitions()):
+                _save_partition(client, writer, partition)
+            summary = writer.finish()
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    return Outcome(summary, clock() - start)
+
+
+def _save_partition(client: Any, writer: SnapshotWriter, partition: int) -> None:
+    for attempt in range(ATTEMPTS):
+        page = client.snapshot_page(partition, limit=PAGE_RECORDS)
+        writer.begin_partition(partition, page.as_of, page.taken_at)
+        try:
+            while True:
+                for record in page.records:
+                    writer.add(record)
+                if page.next is None:
+                    return
+                page = client.snapshot_page(partition, page.dump_id, page.next, PAGE_RECORDS)
+        except SnapshotExpired:
+            writer.restart_partition()
+            if attempt == ATTEMPTS - 1:
+                raise
+
+
+def restore(client: Any, path: str, *, clock: Callable[[], float] = time.monotonic) -> Outcome:
+    """
+    Load the snapshot file C{path} into the cluster behind C{client}.
+
+    The whole file is checked first, so a damaged one writes nothing.  Then
+    it is read once for each phase of L{twisted_kv.files.restore_phase}:
+    the keys and the files' chunks, then the files' upload leases,
+    directories and manifests, so that no file is ever visible before its
+    contents.
+
+    @raise BadSnapshot: the file is damaged, truncated or not a snapshot.
+    @raise KVError: the cluster refused a batch (the keys written before
+        stay written).
+    """
+    from twisted_kv.files import RESTORE_PHASES, restore_phase
+
+    start = clock()
+    with open(path, "rb") as stream:
+        summary = verify(stream)
+        skipped = 0
+        for phase in range(RESTORE_PHASES):
+            stream.seek(0)
+            wanted = (r for r in records_of(stream) if restore_phase(r.key) == phase)
+            for batch in _batches(wanted):
+                skipped += _send(client, batch)
+    return Outcome(summary, clock() - start, skipped)
+
+
+def _batches(records: Iterable[BackupRecord]) -> Iterator[list[BackupRecord]]:
+    batch: list[BackupRecord] = []
+    size = 0
+    for record in records:
+        if batch and (len(batch) >= BATCH_RECORDS or size + len(record.value) > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(record)
+        size += len(record.value)
+    if batch:
+        yield batch
+
+
+def _send(client: Any, batch: list[BackupRecord]) -> int:
+    """
+    Write C{batch}, again if no primary answered (a record written twice is
+    written once); return how many records were skipped as expired.
+    """
+    for attempt in range(ATTEMPTS):
+        try:
+            return int(client.restore(batch)["skipped"])
+        except (Unavailable, OutcomeUnknown):
+            if attempt == ATTEMPTS - 1:
+                raise
+    raise AssertionError  # pragma: no cover
+
+
+__all__ = ["Outcome", "restore", "save"]

@@ -29,7 +29,8 @@ from twisted_kv.core.backup import (
 )
 from twisted_kv.core.memstore import MemStore
 from twisted_kv.core.records import Change, Record, make_version
-from twisted_kv.files import restore_phase
+from twisted_kv.files import is_lease_key, provisional_lease, restore_phase
+from twisted_kv.files._records import COMMITTED, UPLOADING, Lease
 
 
 def _put(store: MemStore, key: str, value: bytes, seq: int, expires_at: float | None = None) -> None:
@@ -251,12 +252,23 @@ class FormatTests(SynchronousTestCase):
 
 class RestorePhaseTests(SynchronousTestCase):
     """
-    L{restore_phase} writes a file's contents before what makes it visible.
+    L{restore_phase} writes a file's contents before what makes it visible,
+    and its saved lease last, a provisional one standing in until then.
     """
 
     def test_order(self) -> None:
         """
-        Client keys and chunks first, then leases, directories, manifests.
+        Client keys and chunks first, then directories, manifests, leases.
         """
         keys = ["fm2/a/b", "kfm", "fd1/a", "fu/0a", "fc/0a/1"]
-        self.assertEqual(sorted(keys, key=restore_phase), ["kfm", "fc/0a/1", "fu/0a", "fd1/a", "fm2/a/b"])
+        self.assertEqual(sorted(keys, key=restore_phase), ["kfm", "fc/0a/1", "fd1/a", "fm2/a/b", "fu/0a"])
+        self.assertEqual([is_lease_key(k) for k in keys], [False, False, False, True, False])
+
+    def test_provisional_lease(self) -> None:
+        """
+        A provisional lease keeps the saved one's paths, as an upload being
+        written now; an unreadable lease is left as it is.
+        """
+        saved = Lease("/a", COMMITTED, 5.0, "/b").encode()
+        self.assertEqual(Lease.decode(provisional_lease(saved, 1000.0)), Lease("/a", UPLOADING, 1000.0, "/b"))
+        self.assertEqual(provisional_lease(b"junk", 1000.0), b"junk")

@@ -22,7 +22,11 @@ from twisted_kv.app.kvctl import EXIT_FILE, EXIT_UNREACHABLE, main
 from twisted_kv.core.backup import BackupRecord, DumpPage, PartitionMark, read_snapshot
 from twisted_kv.core.keyspace import file_key, user_key
 from twisted_kv.errors import SnapshotExpired, Unavailable
+from twisted_kv.files._records import COMMITTED, UPLOADING, Lease
 from twisted_kv.interfaces import ChangeEvent
+
+
+LEASE = Lease("/docs/a.txt", COMMITTED, 5.0).encode()
 
 
 class KvctlSnapshotTests(TestCase):
@@ -55,7 +59,7 @@ class KvctlSnapshotTests(TestCase):
         yield kv.put(user_key("plain"), b"text", "text/plain")
         yield kv.put(user_key("temp"), b"\x00\xff", "application/x-bin", ttl=100)
         yield kv.put(file_key("c/0a/0"), b"chunk zero")
-        yield kv.put(file_key("u/0a"), b"{}", "application/json")
+        yield kv.put(file_key("u/0a"), LEASE, "application/json")
         yield kv.put(file_key("d1/docs"), b"{}", "application/json")
         yield kv.put(file_key("m2/docs/a.txt"), b"{}", "application/json")
 
@@ -72,16 +76,21 @@ class KvctlSnapshotTests(TestCase):
         self.assertEqual((status, err), (0, ""))
         self.assertRegex(
             out,
-            r"^saved 2 keys and 1 file \(4 file records\), 22 B of values, 1 partition,"
+            r"^saved 2 keys and 1 file \(4 file records\), 92 B of values, 1 partition,"
             rf" to {self.path} in \d+\.\d\d s\n$",
         )
         self.assertEqual(os.listdir(os.path.dirname(self.path)), ["backup.kvs"])
-        written: list[str] = []
-        self.target.kv.subscribe(lambda event: written.append(event.change.key))
+        written: list[tuple[str, bytes]] = []
+        self.target.kv.subscribe(lambda event: written.append((event.change.key, event.change.record.value)))
         status, out, err = yield self.kvctl(self.target, "snapshot", "restore", self.path)
         self.assertEqual((status, err), (0, ""))
         self.assertTrue(out.startswith("restored 2 keys and 1 file (4 file records)"), out)
-        self.assertEqual(written[-3:], [file_key("u/0a"), file_key("d1/docs"), file_key("m2/docs/a.txt")])
+        self.assertEqual(written[0][0], file_key("u/0a"))
+        self.assertEqual(Lease.decode(written[0][1]).state, UPLOADING)
+        self.assertEqual(
+            written[-3:],
+            [(file_key("d1/docs"), b"{}"), (file_key("m2/docs/a.txt"), b"{}"), (file_key("u/0a"), LEASE)],
+        )
         for key in [user_key("plain"), user_key("temp"), file_key("c/0a/0"), file_key("m2/docs/a.txt")]:
             before = (yield self.source.kv.get(key)).record
             after = (yield self.target.kv.get(key)).record
@@ -154,6 +163,8 @@ class _ScriptedClient:
     ) -> DumpPage:
         attempt = "2" if self.expired else "1"
         records = [BackupRecord(f"k{partition}-{attempt}-{n}", b"v", "t", "1.1", None) for n in range(2)]
+        if partition == 0:
+            records[1] = BackupRecord("fu/0a", LEASE, "application/json", "1.1", None)
         if dump is None:
             return DumpPage(partition, attempt, f"{attempt}.0", 0.0, records[:1], records[0].key)
         if partition == 1 and not self.expired:
@@ -188,7 +199,7 @@ class ScriptedTests(SynchronousTestCase):
         self.assertEqual(
             [item.key if isinstance(item, BackupRecord) else item for item in items[:-1]],
             [
-                PartitionMark(0, "1.0", 0.0), "k0-1-0", "k0-1-1",
+                PartitionMark(0, "1.0", 0.0), "k0-1-0", "fu/0a",
                 PartitionMark(1, "2.0", 0.0), "k1-2-0", "k1-2-1",
             ],
         )
@@ -201,6 +212,27 @@ class ScriptedTests(SynchronousTestCase):
         path = self.mktemp()
         client = _ScriptedClient()
         snapshot.save(client, path)
-        self.patch(snapshot, "BATCH_RECORDS", 3)
-        snapshot.restore(client, path)
-        self.assertEqual([len(batch) for batch in client.restored], [3, 1])
+        self.patch(snapshot, "BATCH_RECORDS", 2)
+        snapshot.restore(client, path, wall_clock=lambda: 77.0)
+        self.assertEqual([[r.key for r in batch] for batch in client.restored], [
+            ["fu/0a"], ["k0-1-0", "k1-2-0"], ["k1-2-1"], ["fu/0a"],
+        ])
+        self.assertEqual(client.restored[0][0].value, Lease("/docs/a.txt", UPLOADING, 77.0).encode())
+        self.assertEqual(client.restored[-1][0].value, LEASE)
+
+    def test_provisional_leases_renewed(self) -> None:
+        """
+        The provisional leases are written again before a batch once
+        L{snapshot.LEASE_RENEWAL} has passed since they were last written.
+        """
+        path = self.mktemp()
+        client = _ScriptedClient()
+        client.refusals = 0
+        snapshot.save(client, path)
+        self.patch(snapshot, "BATCH_RECORDS", 1)
+        ticks = iter(range(0, 10_000, 70))
+        snapshot.restore(client, path, clock=lambda: float(next(ticks)))
+        keys = [[r.key for r in batch] for batch in client.restored]
+        self.assertEqual(keys, [
+            ["fu/0a"], ["k0-1-0"], ["fu/0a"], ["k1-2-0"], ["k1-2-1"], ["fu/0a"], ["fu/0a"],
+        ])

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from twisted_kv.core.backup import BackupRecord, SnapshotWriter, Summary, records_of, verify
 from twisted_kv.errors import OutcomeUnknown, SnapshotExpired, Unavailable
@@ -27,6 +27,10 @@ BATCH_BYTES = 4 * 1024 * 1024
 # How many times a partition's dump starts again (its primary moved), and a
 # restore batch is sent again (no primary answered), before giving up.
 ATTEMPTS = 5
+# How often a restore renews the provisional leases of the uploads it
+# restores: well within the ten minutes after which the collector takes the
+# chunks of an upload whose lease is not renewed.
+LEASE_RENEWAL = 120.0
 
 
 @frozen
@@ -111,16 +115,25 @@ def _save_partition(client: Any, writer: SnapshotWriter, partition: int) -> None
                 raise
 
 
-def restore(client: Any, path: str, *, clock: Callable[[], float] = time.monotonic) -> Outcome:
+def restore(
+    client: Any,
+    path: str,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+) -> Outcome:
     """
     Load the snapshot file C{path} into the cluster behind C{client}.
 
     The whole file is checked first, so a damaged one writes nothing.  Then
-    it is read once for each phase of L{twisted_kv.files.restore_phase}:
-    the keys and the files' chunks, then the files' upload leases,
-    directories and manifests, so that no file is ever visible before its
-    contents.
+    the files' uploads are held by provisional leases
+    (L{twisted_kv.files.provisional_lease}, renewed every
+    L{LEASE_RENEWAL} seconds), and the file is read once for each phase of
+    L{twisted_kv.files.restore_phase}: the keys and the files' chunks, the
+    directories, the manifests, and last the saved leases; so no file is
+    visible before its contents, and the collector never takes them.
 
+    @param wall_clock: the time written in the provisional leases.
     @raise BadSnapshot: the file is damaged, truncated or not a snapshot.
     @raise KVError: the cluster refused a batch (the keys written before
         stay written).
@@ -130,13 +143,35 @@ def restore(client: Any, path: str, *, clock: Callable[[], float] = time.monoton
     start = clock()
     with open(path, "rb") as stream:
         summary = verify(stream)
+        held = clock()
+        _hold_uploads(client, path, wall_clock())
         skipped = 0
         for phase in range(RESTORE_PHASES):
             stream.seek(0)
             wanted = (r for r in records_of(stream) if restore_phase(r.key) == phase)
             for batch in _batches(wanted):
+                if clock() - held >= LEASE_RENEWAL:
+                    held = clock()
+                    _hold_uploads(client, path, wall_clock())
                 skipped += _send(client, batch)
     return Outcome(summary, clock() - start, skipped)
+
+
+def _hold_uploads(client: Any, path: str, now: float) -> None:
+    """
+    Write a provisional lease for every upload lease of the snapshot file
+    C{path}.
+    """
+    from twisted_kv.files import is_lease_key, provisional_lease
+
+    with open(path, "rb") as stream:
+        leases = (
+            evolve(record, value=provisional_lease(record.value, now))
+            for record in records_of(stream)
+            if is_lease_key(record.key)
+        )
+        for batch in _batches(leases):
+            _send(client, batch)
 
 
 def _batches(records: Iterable[BackupRecord]) -> Iterator[list[BackupRecord]]:

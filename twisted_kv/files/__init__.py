@@ -32,7 +32,8 @@ from twisted_kv.files._fs import (
     StoredFile,
     Upload,
 )
-from twisted_kv.files._paths import RESTORE_PHASES, ROOT, FSPath, restore_phase
+from twisted_kv.files._paths import RESTORE_PHASES, ROOT, FSPath, is_lease_key, restore_phase
+from twisted_kv.files._records import provisional_lease
 from twisted_kv.files.events import file_event_for
 
 __all__ = [
@@ -60,5 +61,7 @@ __all__ = [
     "Upload",
     "UploadExpired",
     "file_event_for",
+    "is_lease_key",
+    "provisional_lease",
     "restore_phase",
 ]

@@ -221,11 +221,20 @@ RESTORE_PHASES = 4
 def restore_phase(store_key: str) -> int:
     """
     When a restore writes C{store_key}, so that no file is ever visible
-    half restored: 0 for chunks (and every key outside the file system),
-    1 for upload leases, 2 for directories, 3 for manifests; a manifest
-    names chunks and sits in a directory, both already there.
+    half restored and the collector never takes a restored file's chunks:
+    0 for chunks (and every key outside the file system), 1 for
+    directories, 2 for manifests, 3 for upload leases.  A manifest names
+    chunks and sits in a directory, both already there; an upload's saved
+    lease comes last, once the manifests refer to its chunks, and until
+    then a provisional one stands in for it
+    (L{twisted_kv.files._records.provisional_lease}), written before
+    anything else.
     """
     if namespace_of(store_key) != FILES:
         return 0
     tag = name_of(store_key)[:1]
-    return {"c": 0, "u": 1, "d": 2, "m": 3}.get(tag, 0)
+    return {"c": 0, "d": 1, "m": 2, "u": 3}.get(tag, 0)
+
+
+def is_lease_key(store_key: str) -> bool:
+    return store_key.startswith(LEASES_PREFIX)

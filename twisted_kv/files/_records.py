@@ -205,3 +205,19 @@ def collectable(lease: Lease, referenced: bool, now: float, lease_seconds: float
     if referenced:
         return False
     return lease.state == COMMITTED or now - lease.updated >= lease_seconds
+
+
+def provisional_lease(value: bytes, now: float) -> bytes:
+    """
+    The lease a restore writes first for an upload whose saved lease is
+    C{value}: the same paths, as an upload still being written at C{now}.
+    Until the upload's manifests are restored, its chunks are then neither
+    lease-less nor under a settled lease nobody refers to, both of which
+    the collector deletes; the restore renews it, and writes the saved
+    lease last.  An unreadable lease is written as it was.
+    """
+    try:
+        lease = Lease.decode(value)
+    except CorruptFile:
+        return value
+    return evolve(lease, state=UPLOADING, updated=now).encode()

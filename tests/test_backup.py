@@ -16,6 +16,7 @@ from twisted_kv.core.backup import (
     DUMP_IDLE_SECONDS,
     HEADER,
     MAX_DUMPS,
+    PAGE_BYTES,
     BackupRecord,
     BadSnapshot,
     DumpExpired,
@@ -90,6 +91,28 @@ class DumpTests(SynchronousTestCase):
         self.assertEqual(seen, [(f"k{i}", b"old") for i in range(5)])
         self.assertEqual(len(dumps), 0)
         self.assertRaises(DumpExpired, dumps.page, 7, dump.dump_id, None, 2, 1000.0)
+
+    def test_pages_bounded_by_bytes(self) -> None:
+        """
+        A page ends once its values reach L{PAGE_BYTES}, whatever the limit:
+        it goes past it by one record at most.
+        """
+        store = MemStore()
+        big = b"x" * (PAGE_BYTES // 2)
+        for index in range(5):
+            _put(store, f"k{index}", big, index + 1)
+        _put(store, "k9", b"x" * (PAGE_BYTES * 2), 6)
+        dumps = Dumps("n1/1")
+        dump = dumps.take(0, 6, store, 0.0)
+        sizes = []
+        after = None
+        while True:
+            page = dumps.page(0, dump.dump_id, after, 1000, 0.0)
+            sizes.append(len(page.records))
+            if page.next is None:
+                break
+            after = page.next
+        self.assertEqual(sizes, [2, 2, 2])
 
     def test_ttl_remaining(self) -> None:
         """

@@ -49,6 +49,11 @@ _TRAILER = b"SHA256 "
 # record's value comes near it (C{max_value_bytes} is far smaller).
 MAX_LINE_BYTES = 256 * 1024 * 1024
 
+# A page holds no more records once their values reach this many bytes:
+# with one record of the largest value allowed (16 MiB), it stays far below
+# the peer protocol's 64 MiB frames.
+PAGE_BYTES = 8 * 1024 * 1024
+
 # How long a dump nobody asks for stays held by its primary.
 DUMP_IDLE_SECONDS = 60.0
 # How many dumps a primary holds at once; the least recently used goes.
@@ -180,19 +185,23 @@ class PartitionDump:
 
     def page(self, after: Optional[str], limit: int) -> DumpPage:
         """
-        The records after key C{after}, at most C{limit}, in key order; a
-        record whose time to live ran out before the dump was taken is left
-        out, and the others keep the time they had left then.
+        The records after key C{after}, in key order: at most C{limit}, and
+        no more once their values reach L{PAGE_BYTES} (a page crosses the
+        peer protocol in one frame).  A record whose time to live ran out
+        before the dump was taken is left out, and the others keep the time
+        they had left then.
         """
         records = []
+        size = 0
         last = None
         for key in self.store.keys_from("", after):
-            if len(records) == limit:
+            if len(records) == limit or size >= PAGE_BYTES:
                 break
             last = key
             record = live(self.store.get(key), self.taken_at)
             if record is not None:
                 records.append(BackupRecord.of(key, record, self.taken_at))
+                size += len(record.value)
         else:
             last = None
         return DumpPage(

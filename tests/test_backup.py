@@ -30,8 +30,8 @@ from twisted_kv.core.backup import (
 )
 from twisted_kv.core.memstore import MemStore
 from twisted_kv.core.records import Change, Record, make_version
-from twisted_kv.files import is_lease_key, provisional_lease, restore_phase
-from twisted_kv.files._records import COMMITTED, UPLOADING, Lease
+from twisted_kv.files import is_lease_key, is_stored_file, provisional_lease, restore_phase
+from twisted_kv.files._records import COMMITTED, UPLOADING, Lease, Manifest, Tombstone
 
 
 def _put(store: MemStore, key: str, value: bytes, seq: int, expires_at: float | None = None) -> None:
@@ -165,7 +165,7 @@ class FormatTests(SynchronousTestCase):
                 *RECORDS[:2],
                 PartitionMark(1, "1.9", 101.0),
                 *RECORDS[2:],
-                Summary(partitions=2, records=4, keys=2, file_records=2, files=1, value_bytes=13),
+                Summary(partitions=2, records=4, keys=2, file_records=2, value_bytes=13),
             ],
         )
         self.assertTrue(_snapshot().startswith(HEADER))
@@ -295,3 +295,14 @@ class RestorePhaseTests(SynchronousTestCase):
         saved = Lease("/a", COMMITTED, 5.0, "/b").encode()
         self.assertEqual(Lease.decode(provisional_lease(saved, 1000.0)), Lease("/a", UPLOADING, 1000.0, "/b"))
         self.assertEqual(provisional_lease(b"junk", 1000.0), b"junk")
+
+    def test_stored_file(self) -> None:
+        """
+        A manifest is a file; a tombstone, a directory or a chunk is not.
+        """
+        manifest = Manifest(10, 5.0, "0a", 1024, "0" * 64).encode()
+        self.assertTrue(is_stored_file("fm1/a", manifest))
+        self.assertFalse(is_stored_file("fm1/a", Tombstone(10).encode()))
+        self.assertFalse(is_stored_file("fm1/a", b"junk"))
+        self.assertFalse(is_stored_file("fd1/a", manifest))
+        self.assertFalse(is_stored_file("km1/a", manifest))

@@ -22,11 +22,13 @@ from twisted_kv.app.kvctl import EXIT_FILE, EXIT_UNREACHABLE, main
 from twisted_kv.core.backup import BackupRecord, DumpPage, PartitionMark, read_snapshot
 from twisted_kv.core.keyspace import file_key, user_key
 from twisted_kv.errors import SnapshotExpired, Unavailable
-from twisted_kv.files._records import COMMITTED, UPLOADING, Lease
+from twisted_kv.files._records import COMMITTED, UPLOADING, Lease, Manifest, Tombstone
 from twisted_kv.interfaces import ChangeEvent
 
 
 LEASE = Lease("/docs/a.txt", COMMITTED, 5.0).encode()
+MANIFEST = Manifest(10, 5.0, "0a", 1024, "0" * 64).encode()
+TOMBSTONE = Tombstone(3).encode()
 
 
 class KvctlSnapshotTests(TestCase):
@@ -61,7 +63,8 @@ class KvctlSnapshotTests(TestCase):
         yield kv.put(file_key("c/0a/0"), b"chunk zero")
         yield kv.put(file_key("u/0a"), LEASE, "application/json")
         yield kv.put(file_key("d1/docs"), b"{}", "application/json")
-        yield kv.put(file_key("m2/docs/a.txt"), b"{}", "application/json")
+        yield kv.put(file_key("m2/docs/a.txt"), MANIFEST, "application/json")
+        yield kv.put(file_key("m2/docs/gone.txt"), TOMBSTONE, "application/json", ttl=60)
 
     @inlineCallbacks
     def test_save_and_restore(self) -> Any:
@@ -76,7 +79,7 @@ class KvctlSnapshotTests(TestCase):
         self.assertEqual((status, err), (0, ""))
         self.assertRegex(
             out,
-            r"^saved 2 keys and 1 file \(4 file records\), 92 B of values, 1 partition,"
+            r"^saved 2 keys and 1 file \(5 file records\), \d+ B of values, 1 partition,"
             rf" to {self.path} in \d+\.\d\d s\n$",
         )
         self.assertEqual(os.listdir(os.path.dirname(self.path)), ["backup.kvs"])
@@ -84,12 +87,17 @@ class KvctlSnapshotTests(TestCase):
         self.target.kv.subscribe(lambda event: written.append((event.change.key, event.change.record.value)))
         status, out, err = yield self.kvctl(self.target, "snapshot", "restore", self.path)
         self.assertEqual((status, err), (0, ""))
-        self.assertTrue(out.startswith("restored 2 keys and 1 file (4 file records)"), out)
+        self.assertTrue(out.startswith("restored 2 keys and 1 file (5 file records)"), out)
         self.assertEqual(written[0][0], file_key("u/0a"))
         self.assertEqual(Lease.decode(written[0][1]).state, UPLOADING)
         self.assertEqual(
-            written[-3:],
-            [(file_key("d1/docs"), b"{}"), (file_key("m2/docs/a.txt"), b"{}"), (file_key("u/0a"), LEASE)],
+            written[-4:],
+            [
+                (file_key("d1/docs"), b"{}"),
+                (file_key("m2/docs/a.txt"), MANIFEST),
+                (file_key("m2/docs/gone.txt"), TOMBSTONE),
+                (file_key("u/0a"), LEASE),
+            ],
         )
         for key in [user_key("plain"), user_key("temp"), file_key("c/0a/0"), file_key("m2/docs/a.txt")]:
             before = (yield self.source.kv.get(key)).record

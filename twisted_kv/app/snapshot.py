@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from attrs import evolve, frozen
 
-from twisted_kv.core.backup import BackupRecord, SnapshotWriter, Summary, records_of, verify
+from twisted_kv.core.backup import BackupRecord, SnapshotWriter, Summary, read_snapshot, records_of
 from twisted_kv.errors import OutcomeUnknown, SnapshotExpired, Unavailable
 
 PAGE_RECORDS = 500
@@ -38,18 +38,21 @@ class Outcome:
     """
     What a save or a restore did.
 
+    @ivar files: the files among the records (manifests, not the
+        tombstones of files removed).
     @ivar skipped: records not restored because their time to live had run
         out.
     """
 
     summary: Summary
+    files: int
     seconds: float
     skipped: int = 0
 
     def describe(self, verb: str, preposition: str, path: str) -> str:
         s = self.summary
         text = (
-            f"{verb} {_count(s.keys, 'key')} and {_count(s.files, 'file')}"
+            f"{verb} {_count(s.keys, 'key')} and {_count(self.files, 'file')}"
             f" ({_count(s.file_records, 'file record')}), {_size(s.value_bytes)} of values,"
             f" {_count(s.partitions, 'partition')}, {preposition} {path} in {self.seconds:.2f} s"
         )
@@ -85,8 +88,9 @@ def save(client: Any, path: str, *, clock: Callable[[], float] = time.monotonic)
     try:
         with open(partial, "wb") as stream:
             writer = SnapshotWriter(stream)
+            files = 0
             for partition in range(client.snapshot_partitions()):
-                _save_partition(client, writer, partition)
+                files += _save_partition(client, writer, partition)
             summary = writer.finish()
             stream.flush()
             os.fsync(stream.fileno())
@@ -95,24 +99,33 @@ def save(client: Any, path: str, *, clock: Callable[[], float] = time.monotonic)
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
-    return Outcome(summary, clock() - start)
+    return Outcome(summary, files, clock() - start)
 
 
-def _save_partition(client: Any, writer: SnapshotWriter, partition: int) -> None:
+def _save_partition(client: Any, writer: SnapshotWriter, partition: int) -> int:
+    """
+    Write every record of C{partition}'s dump; return how many files it
+    holds.
+    """
+    from twisted_kv.files import is_stored_file
+
     for attempt in range(ATTEMPTS):
         page = client.snapshot_page(partition, limit=PAGE_RECORDS)
         writer.begin_partition(partition, page.as_of, page.taken_at)
+        files = 0
         try:
             while True:
                 for record in page.records:
                     writer.add(record)
+                    files += is_stored_file(record.key, record.value)
                 if page.next is None:
-                    return
+                    return files
                 page = client.snapshot_page(partition, page.dump_id, page.next, PAGE_RECORDS)
         except SnapshotExpired:
             writer.restart_partition()
             if attempt == ATTEMPTS - 1:
                 raise
+    raise AssertionError  # pragma: no cover
 
 
 def restore(
@@ -138,11 +151,16 @@ def restore(
     @raise KVError: the cluster refused a batch (the keys written before
         stay written).
     """
-    from twisted_kv.files import RESTORE_PHASES, restore_phase
+    from twisted_kv.files import RESTORE_PHASES, is_stored_file, restore_phase
 
     start = clock()
     with open(path, "rb") as stream:
-        summary = verify(stream)
+        files = 0
+        for item in read_snapshot(stream):
+            if isinstance(item, BackupRecord):
+                files += is_stored_file(item.key, item.value)
+            elif isinstance(item, Summary):
+                summary = item
         held = clock()
         _hold_uploads(client, path, wall_clock())
         skipped = 0
@@ -154,7 +172,7 @@ def restore(
                     held = clock()
                     _hold_uploads(client, path, wall_clock())
                 skipped += _send(client, batch)
-    return Outcome(summary, clock() - start, skipped)
+    return Outcome(summary, files, clock() - start, skipped)
 
 
 def _hold_uploads(client: Any, path: str, now: float) -> None:

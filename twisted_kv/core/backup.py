@@ -19,7 +19,7 @@ memory)::
     {"ns": "k", "key": "a", "value": "<base64>", "content_type": "text/plain",
      "version": "3.12", "ttl": 59.5}\\n          one line a record (ttl null: none)
     ...                                         every partition, each marker first
-    {"end": {"partitions": 64, "records": 10, ...}}\\n
+    {"end": {"partitions": 64, "records": 10, ...}}\\n   what the file holds
     SHA256 <64 hex digits>\\n                    of every byte before this line
 
 L{SnapshotWriter} writes it; L{read_snapshot} reads it back, checking it as
@@ -290,7 +290,6 @@ class Summary:
     @ivar keys: client keys (namespace C{k}).
     @ivar file_records: records of the FTP files (namespace C{f}: chunks,
         manifests, directories, upload leases).
-    @ivar files: the files among them (manifests).
     @ivar value_bytes: the bytes of every value.
     """
 
@@ -298,7 +297,6 @@ class Summary:
     records: int = 0
     keys: int = 0
     file_records: int = 0
-    files: int = 0
     value_bytes: int = 0
 
     def to_json(self) -> dict:
@@ -307,7 +305,6 @@ class Summary:
             "records": self.records,
             "keys": self.keys,
             "file_records": self.file_records,
-            "files": self.files,
             "value_bytes": self.value_bytes,
         }
 
@@ -324,7 +321,7 @@ def _counted(summary: Summary, item: Union[PartitionMark, BackupRecord]) -> Summ
     if isinstance(item, PartitionMark):
         return Summary(
             summary.partitions + 1, summary.records, summary.keys, summary.file_records,
-            summary.files, summary.value_bytes,
+            summary.value_bytes,
         )
     ns = item.key[:1]
     return Summary(
@@ -332,7 +329,6 @@ def _counted(summary: Summary, item: Union[PartitionMark, BackupRecord]) -> Summ
         summary.records + 1,
         summary.keys + (ns == "k"),
         summary.file_records + (ns == "f"),
-        summary.files + item.key.startswith("fm"),
         summary.value_bytes + len(item.value),
     )
 

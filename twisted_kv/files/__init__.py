@@ -33,7 +33,7 @@ from twisted_kv.files._fs import (
     Upload,
 )
 from twisted_kv.files._paths import RESTORE_PHASES, ROOT, FSPath, is_lease_key, restore_phase
-from twisted_kv.files._records import provisional_lease
+from twisted_kv.files._records import is_stored_file, provisional_lease
 from twisted_kv.files.events import file_event_for
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "UploadExpired",
     "file_event_for",
     "is_lease_key",
+    "is_stored_file",
     "provisional_lease",
     "restore_phase",
 ]

@@ -24,6 +24,7 @@ from typing import Optional, Union
 from attrs import evolve, frozen
 
 from twisted_kv.files._errors import CorruptFile
+from twisted_kv.files._paths import is_manifest_key
 
 #: Lease states: chunks are being written; a path is being renamed; settled.
 UPLOADING = "uploading"
@@ -221,3 +222,16 @@ def provisional_lease(value: bytes, now: float) -> bytes:
     except CorruptFile:
         return value
     return evolve(lease, state=UPLOADING, updated=now).encode()
+
+
+def is_stored_file(store_key: str, value: bytes) -> bool:
+    """
+    Whether a record of a backup is a file: a manifest, not the tombstone
+    of a file removed.
+    """
+    if not is_manifest_key(store_key):
+        return False
+    try:
+        return isinstance(decode_entry(value), Manifest)
+    except CorruptFile:
+        return False

@@ -38,6 +38,7 @@ from typing import IO, Iterator, Optional, Union
 
 from attrs import define, field, frozen
 
+from twisted_kv.core.keyspace import FILES, USER, name_of, namespace_of
 from twisted_kv.core.memstore import MemStore
 from twisted_kv.core.records import Record, format_version, live
 
@@ -96,8 +97,8 @@ class BackupRecord:
         The record as the admin API and the file show it.
         """
         return {
-            "ns": self.key[:1],
-            "key": self.key[1:],
+            "ns": namespace_of(self.key),
+            "key": name_of(self.key),
             "value": base64.b64encode(self.value).decode("ascii"),
             "content_type": self.content_type,
             "version": self.version,
@@ -323,12 +324,12 @@ def _counted(summary: Summary, item: Union[PartitionMark, BackupRecord]) -> Summ
             summary.partitions + 1, summary.records, summary.keys, summary.file_records,
             summary.value_bytes,
         )
-    ns = item.key[:1]
+    ns = namespace_of(item.key)
     return Summary(
         summary.partitions,
         summary.records + 1,
-        summary.keys + (ns == "k"),
-        summary.file_records + (ns == "f"),
+        summary.keys + (ns == USER),
+        summary.file_records + (ns == FILES),
         summary.value_bytes + len(item.value),
     )
 

@@ -238,4 +238,3 @@ def restore_phase(store_key: str) -> int:
 
 def is_lease_key(store_key: str) -> bool:
     return store_key.startswith(LEASES_PREFIX)
-

@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 
 from tests.test_cluster import ClusterTestMixin, _outcome
 from twisted_kv.core import messages
-from twisted_kv.core.backup import BackupRecord, DumpPage
+from twisted_kv.core.backup import DUMP_IDLE_SECONDS, BackupRecord, DumpPage
 from twisted_kv.core.keyspace import file_key, user_key
 from twisted_kv.core.records import format_version, parse_version
 from twisted_kv.errors import InvalidRequest, SnapshotExpired
@@ -178,6 +178,24 @@ class DumpTests(ClusterTestMixin, SynchronousTestCase):
         """
         self.put("n1", "x", b"v")
         self.dump_all("n1", limit=1)
+        self.assertEqual(sum(len(n.operations.dumps) for n in self.cluster.nodes.values()), 0)
+
+
+    def test_abandoned_dump_forgotten(self) -> None:
+        """
+        A dump whose client stopped asking for pages is forgotten by its
+        primary's tick once it has been idle long enough.
+        """
+        partition = 9
+        node = self.cluster.nodes["n1"]
+        keys = [k for k in (f"a{i}" for i in range(800)) if node.partition_of(user_key(k)) == partition][:2]
+        for key in keys:
+            self.put("n1", key, b"v")
+        first = self.wait(self.cluster.coordinators["n1"].dump_page(partition, None, None, 1))
+        self.assertIsNotNone(first.next)
+        held = sum(len(n.operations.dumps) for n in self.cluster.nodes.values())
+        self.assertEqual(held, 1)
+        self.cluster.run(DUMP_IDLE_SECONDS + 1, step=0.5)
         self.assertEqual(sum(len(n.operations.dumps) for n in self.cluster.nodes.values()), 0)
 
 

@@ -363,6 +363,7 @@ class Node:
             self._lead(now)
         self.replication.tick(now)
         self.antientropy.tick(now)
+        self.operations.dumps.forget_idle(now)
 
     def _after_consensus(self) -> None:
         leader = (self.consensus.leader, self.consensus.term)

@@ -232,7 +232,7 @@ class Dumps:
         Hold a new dump of C{partition}, whose committed state at C{as_of}
         is C{store} (copied here, so later writes do not change it).
         """
-        self._forget_idle(now)
+        self.forget_idle(now)
         while len(self._held) >= MAX_DUMPS:
             oldest = min(self._held.values(), key=lambda dump: dump.last_used)
             del self._held[oldest.dump_id]
@@ -249,7 +249,7 @@ class Dumps:
 
         @raise DumpExpired: no such dump of C{partition} is held.
         """
-        self._forget_idle(now)
+        self.forget_idle(now)
         dump = self._held.get(dump_id)
         if dump is None or dump.partition != partition:
             raise DumpExpired(f"dump {dump_id} of partition {partition} is not held here")
@@ -262,7 +262,12 @@ class Dumps:
     def __len__(self) -> int:
         return len(self._held)
 
-    def _forget_idle(self, now: float) -> None:
+    def forget_idle(self, now: float) -> None:
+        """
+        Forget the dumps nobody asked a page of for L{DUMP_IDLE_SECONDS}:
+        a client that stopped half-way would otherwise leave its copies,
+        and the old values they keep alive, held until the next dump.
+        """
         for dump_id, dump in list(self._held.items()):
             if now - dump.last_used > DUMP_IDLE_SECONDS:
                 del self._held[dump_id]

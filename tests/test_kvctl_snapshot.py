@@ -151,6 +151,23 @@ class KvctlSnapshotTests(TestCase):
         self.assertEqual(os.listdir(os.path.dirname(self.path)), [])
 
 
+class UsageTests(SynchronousTestCase):
+    """
+    The command line of C{kvctl snapshot}.
+    """
+
+    def test_action_required(self) -> None:
+        """
+        C{snapshot} needs C{save} or C{restore} and a FILE: a usage error
+        otherwise, before any node is asked.
+        """
+        for argv in (["snapshot"], ["snapshot", "save"], ["snapshot", "copy", "x"]):
+            stderr = io.StringIO()
+            status = main(argv, stdin=io.BytesIO(), stdout=io.BytesIO(), stderr=stderr, environ={})
+            self.assertEqual(status, 2, argv)
+            self.assertIn("usage: kvctl snapshot", stderr.getvalue())
+
+
 class _ScriptedClient:
     """
     A client whose partition 1 loses its dump after its first page, once,

@@ -519,46 +519,46 @@ class InMemoryLinksTests(SynchronousTestCase):
         )
         self.stop_all(n1, n2b)
 
-    def test_started_a_little_later(self) -> None:
+    def lines_about_a_peer_started_after(self, delay: float) -> list[str]:
         """
-        A peer that comes up within a few seconds of the node is only
-        logged once connected: nodes never start at quite the same time.
+        Start n1, then n2 C{delay} seconds later, and give n1 time to reach
+        it.
+
+        @return: what n1 logged about its link to n2.
         """
         ports = {"n1": 7101, "n2": 7102}
         with capturedLogs() as events:
             n1, h1 = self.net.node("n1", ports=ports)
             self.net.start(n1)
-            self.net.advance(4, step=0.05)
+            self.net.advance(delay, step=0.05)
             n2, h2 = self.net.node("n2", incarnation=0xFF, ports=ports)
             self.net.start(n2)
             self.net.advance(RETRY_MAX_DELAY + 0.1)
+        self.stop_all(n1, n2)
+        return _outbound_lines(events, "n2")
+
+    def test_started_a_little_later(self) -> None:
+        """
+        A peer that comes up within a few seconds of the node is only
+        logged once connected: nodes never start at quite the same time.
+        """
         self.assertEqual(
-            _outbound_lines(events, "n2"),
+            self.lines_about_a_peer_started_after(4),
             ["connected to peer n2 at 127.0.0.1:7102 (incarnation ff)"],
         )
-        self.stop_all(n1, n2)
 
     def test_unreachable_from_the_start(self) -> None:
         """
         A peer that cannot be reached when the node starts is logged once
         it has failed for a few seconds, then once when it is reached.
         """
-        ports = {"n1": 7101, "n2": 7102}
-        with capturedLogs() as events:
-            n1, h1 = self.net.node("n1", ports=ports)
-            self.net.start(n1)
-            self.net.advance(8, step=0.05)
-            n2, h2 = self.net.node("n2", incarnation=0xFF, ports=ports)
-            self.net.start(n2)
-            self.net.advance(RETRY_MAX_DELAY + 0.1)
         self.assertEqual(
-            _outbound_lines(events, "n2"),
+            self.lines_about_a_peer_started_after(8),
             [
                 "cannot reach peer n2 at 127.0.0.1:7102 (connection refused); retrying",
                 "connected to peer n2 at 127.0.0.1:7102 after 9 s (incarnation ff)",
             ],
         )
-        self.stop_all(n1, n2)
 
     def test_wrong_secret(self) -> None:
         """

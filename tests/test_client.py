@@ -6,7 +6,9 @@ The request builders and the error mapping are tested with
 L{twisted_kv.client._logic}, in L{tests.test_client_logic}; L{TxClientTests}
 run the Twisted client against the node's site in memory (treq's
 C{StubTreq}, a L{Clock}); L{ClientTests} and L{WatchTests} run the blocking
-client, in a thread, against a node listening on a loopback port.
+client, in a thread, and the L{Watcher}, against a node listening on a
+loopback port.  The watch's frame and node logic is tested without I/O in
+L{tests.test_client_logic}.
 """
 
 from __future__ import annotations
@@ -259,68 +261,51 @@ class WatchTests(TestCase):
         self.assertEqual(received[1]["value"], "2")
         self.assertEqual(watcher.revision, received[2]["revision"])
 
-
-class WatcherRepeatTests(SynchronousTestCase):
-    """
-    A change numbered twice (around a leader failover) reaches the watcher's
-    callback once.
-    """
-
-    def test_repeated_change_dropped(self) -> None:
-        """
-        The same key and version under a newer revision is not delivered
-        again; a newer version is.
-        """
-        received: list = []
-        watcher = Watcher("http://127.0.0.1:1", received.append, "k")
-        watcher._received({"type": "watching", "prefix": "k", "revision": 10})
-        first = {"type": "put", "key": "k1", "version": "2.7", "revision": 11, "value": "a"}
-        watcher._received(first)
-        watcher._received({**first, "revision": 20})
-        newer = {**first, "version": "3.1", "revision": 21}
-        watcher._received(newer)
-        self.assertEqual(received, [first, newer])
-
-    def test_compacted_from_a_node_behind(self) -> None:
-        """
-        A C{compacted} frame is delivered even with a revision below the
-        last one received (a node that had seen nothing), but the watch
-        still resumes after that last one.
-        """
-        received: list = []
-        watcher = Watcher("http://127.0.0.1:1", received.append, "k")
-        watcher._received({"type": "watching", "prefix": "k", "revision": 10})
-        watcher._received({"type": "compacted", "revision": 0})
-        self.assertEqual((received, watcher.revision), ([{"type": "compacted", "revision": 0}], 10))
-
-    def test_moves_through_the_nodes(self) -> None:
+    @inlineCallbacks
+    def test_moves_through_the_nodes(self) -> Any:
         """
         Each lost connection or failed attempt is reported with the node
-        tried next, whose URL the next handshake names, round the given
-        nodes (the first one given once); closing the watch is not
-        reported.
+        tried next, round the given nodes (the first one given once), and
+        the watch goes on at the next node that answers; closing the watch
+        is not reported.
+
+        Which frames a L{Watcher} delivers is L{WatchPosition}'s, the order
+        of the nodes L{NodeRing}'s, both tested in L{tests.test_client_logic}.
         """
+        down = serve(self)
+        yield down.stop()
         lost: list = []
+        watching: list = []
         watcher = Watcher(
-            "http://a:1",
+            down.url,
             [].append,
-            others=["http://b:2", "http://a:1", "http://c:3"],
+            others=[self.node.url, down.url],
+            retry_policy=lambda attempt: 0.01,
             on_lost=lambda *args: lost.append(args),
+            on_watching=watching.append,
         )
-        watcher._failed("connection lost")
-        self.assertEqual(watcher._factory.url, "ws://b:2/ws")
-        for reason in ("connection refused", "timed out"):
-            watcher._failed(reason)
-        watcher.stop()
-        watcher._failed("connection lost")
+        watcher.start()
+        yield watcher.when_watching()
+        yield self.node.close_connections()
+        yield Deferred.fromCoroutine(
+            poll(lambda: len(watching) == 2, 5, "the watch again at the live node", interval=0.01)
+        )
+        yield watcher.stop()
         self.assertEqual(
             lost,
             [
-                ("http://a:1", "connection lost", "http://b:2"),
-                ("http://b:2", "connection refused", "http://c:3"),
-                ("http://c:3", "timed out", "http://a:1"),
+                (down.url, "connection refused", self.node.url),
+                (self.node.url, "connection lost", down.url),
+                (down.url, "connection refused", self.node.url),
             ],
         )
+        self.assertEqual(watching, [self.node.url, self.node.url])
+
+
+class VersionTests(SynchronousTestCase):
+    """
+    The versions the client reads in answers and watch frames.
+    """
 
     def test_parse_version_inverts_format(self) -> None:
         """

@@ -72,13 +72,13 @@ class AntiEntropyTests(SyncTestMixin, SynchronousTestCase):
         """
         lost, extra, stale = user_key("ae1"), user_key("ghost"), user_key("ae2")
         _, (member,) = self.replicas_of(lost)
-        member._apply_change(Change("delete", lost, 0, None))
+        member.apply_outside_log(Change("delete", lost, 0, None))
         _, (member2,) = self.replicas_of(extra)
         ghost = Record(b"boo", "text/plain", 1)
-        member2._apply_change(Change("put", extra, 1, ghost))
+        member2.apply_outside_log(Change("put", extra, 1, ghost))
         _, (member3,) = self.replicas_of(stale)
         old = Record(b"old", "text/plain", 1)
-        member3._apply_change(Change("put", stale, 1, old))
+        member3.apply_outside_log(Change("put", stale, 1, old))
         self.cluster.run(2.5)
         self.assert_converged()
         self.assertIsNone(member2.store.get(extra))
@@ -92,7 +92,7 @@ class AntiEntropyTests(SyncTestMixin, SynchronousTestCase):
         """
         key = user_key("ae5")
         _, (member,) = self.replicas_of(key)
-        member._apply_change(Change("delete", key, 0, None))
+        member.apply_outside_log(Change("delete", key, 0, None))
         for index in range(40):
             self.cluster.coordinators["n2"].put(user_key(f"busy{index % 5}"), b"x%d" % index)
             self.cluster.run(0.1)
@@ -198,16 +198,25 @@ class ConvergenceTests(SyncTestMixin, SynchronousTestCase):
 
     def test_degraded_read_triggers_repair(self) -> None:
         """
-        A degraded read that sees replicas disagree asks the primary for an
+        A degraded read (a majority of the nodes is gone) that sees replicas
+        disagree answers the newest version and asks the primary for an
         anti-entropy round, which repairs the stale one.
         """
-        self.make_cluster(3, anti_entropy_interval=3600)
+        self.make_cluster(5, replicas=2, anti_entropy_interval=3600)
         self.cluster.settle()
         self.put("n1", "rr", b"new")
         key = user_key("rr")
         _, (member,) = self.replicas_of(key)
-        member._apply_change(Change("put", key, 1, Record(b"old", "x", 1)))
-        node = next(iter(self.cluster.nodes.values()))
-        self.wait(self.cluster.coordinators[node.node_id]._degraded_get(key))
+        any_node = next(iter(self.cluster.nodes.values()))
+        holders = [m.node_id for m in any_node.partition_config(any_node.partition_of(key)).members]
+        for node_id in [n for n in list(self.cluster.nodes) if n not in holders]:
+            self.cluster.kill(node_id)
+        self.cluster.run(self.cluster.config.failure_timeout * 2)
+        self.assertFalse(self.cluster.nodes[holders[1]].has_majority())
+        member.apply_outside_log(Change("put", key, 1, Record(b"old", "x", 1)))
+        self.cluster.run(0.5)
+        self.assertEqual(member.store.get(key).value, b"old")
+        result = self.get(holders[1], "rr")
+        self.assertEqual((result.record.value, result.degraded), (b"new", True))
         self.cluster.run(0.5)
         self.assertEqual(member.store.get(key).value, b"new")

@@ -268,6 +268,15 @@ class Replica:
         if change.record is not None:
             self.digest.toggle(change.key, change.record)
 
+    def apply_outside_log(self, change: Change) -> None:
+        """
+        Change this replica's store, and its digest, without a log entry, as
+        a damaged disk or a bug would: the replica then differs from the
+        partition's other members until anti-entropy repairs it.  The node
+        never calls it; it is how the tests make replicas diverge.
+        """
+        self._apply_change(change)
+
     def _apply_repair(self, repair: Repair) -> None:
         wanted = dict(repair.records)
         buckets = set(repair.buckets)

@@ -85,8 +85,12 @@ class _Connection:
     One in-memory TCP connection between two nodes.
     """
 
-    def __init__(self, pump: iosim.IOPump) -> None:
+    def __init__(self, pump: iosim.IOPump, to: PeerLinks) -> None:
+        """
+        @param to: the links of the node dialled.
+        """
         self.pump = pump
+        self.to = to
         self.hung = False
 
     @property
@@ -191,7 +195,7 @@ class _Network:
                 greet=False,
                 clock=self.reactor,
             )
-            self.connections.append(_Connection(pump))
+            self.connections.append(_Connection(pump, listener[0]))
         return attempted
 
     def run(self) -> None:
@@ -220,35 +224,15 @@ class _Network:
             remaining -= delta
             self.run()
 
-    def connection_between(self, a: PeerLinks, b: PeerLinks) -> _Connection:
+    def connection_between(self, a: str, b: PeerLinks) -> _Connection:
         """
-        The connection C{a} dialled to C{b}.
+        The open connection node C{a} dialled to C{b}: C{b}'s side knows
+        who dialled once the handshake is done.
         """
         for connection in self.connections:
-            client = connection.pump.client
-            if any(
-                getattr(client, "_wrappedProtocol", None) is not None
-                and _unwrap(client) is link.protocol
-                for link in a._outbound.values()
-                if link.protocol is not None
-                and link.peer_id == b._settings.node_id
-            ):
+            if connection.to is b and connection.pump.server.peer_id == a:
                 return connection
         raise AssertionError("no such connection")
-
-
-def _unwrap(protocol: Any) -> Any:
-    """
-    The L{PeerProtocol} under the endpoint's and L{ClientService}'s
-    wrappers.
-    """
-    while True:
-        inner = getattr(protocol, "_wrappedProtocol", None) or getattr(
-            protocol, "_protocol", None
-        )
-        if inner is None:
-            return protocol
-        protocol = inner
 
 
 def _outbound_lines(events: list[Any], peer_id: str) -> list[str]:
@@ -388,9 +372,9 @@ class InMemoryLinksTests(SynchronousTestCase):
         for (links, handler), node_id in zip(nodes, PORTS):
             self.assertEqual(links.connected(), set(PORTS) - {node_id})
             self.assertEqual(len(handler.links()), 2)
-        for links, _ in nodes:
+        for (links, _), node_id in zip(nodes, PORTS):
             for peer in links.connected():
-                links.send(peer, f"from {links._settings.node_id}")
+                links.send(peer, f"from {node_id}")
         self.net.run()
         for (_, handler), node_id in zip(nodes, PORTS):
             self.assertEqual(
@@ -450,7 +434,7 @@ class InMemoryLinksTests(SynchronousTestCase):
         the first retry, here without jitter) and reported up again.
         """
         n1, h1, n2, h2 = self.pair()
-        connection = self.net.connection_between(n1, n2)
+        connection = self.net.connection_between("n1", n2)
         connection.pump.clientIO.abortConnection()
         self.net.run()
         self.assertEqual(h1.links(), [("up", "n2", 22), ("down", "n2")])

@@ -388,5 +388,5 @@ class LimitTests(SynchronousTestCase):
         kv = LocalKeyValue(Clock(), memory_limit=1000)
         for i in range(10):
             kv.put(f"k{i}", b"x" * 150).addErrback(lambda f: f.trap(InsufficientStorage))
-        self.assertLessEqual(kv._store.bytes_used, 1000)
+        self.assertLessEqual(kv.bytes_used(), 1000)
 

@@ -111,6 +111,13 @@ class LocalKeyValue:
             keys.append(key)
         return succeed(KeyPage(keys, None))
 
+    def bytes_used(self) -> int:
+        """
+        The memory the records hold, as the memory limit counts it (key,
+        value and a per-record overhead), like a cluster node's.
+        """
+        return self._store.bytes_used
+
     def partition_count(self) -> int:
         """
         The whole store is one partition.

@@ -17,7 +17,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.polling import poll
 from tests.test_client_support import serve
-from twisted_kv.app import kvctl
 from twisted_kv.app.kvctl import main
 from twisted_kv.core import keyspace
 
@@ -205,6 +204,12 @@ class _Frames:
         self._script = script
         self.watched: dict = {}
 
+    def __enter__(self) -> _Frames:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        pass
+
     def cluster(self) -> dict:
         return {"nodes": [{"id": "n1", "http": "http://h:1/"}, {"id": "n2", "http": "http://h:2"}]}
 
@@ -231,7 +236,14 @@ class WatchOutputTests(SynchronousTestCase):
     def watch(self, script: list, *argv: str) -> tuple[_Frames, list[dict], str]:
         client = _Frames(script)
         stdout, stderr = io.BytesIO(), io.StringIO()
-        kvctl._watch(client, kvctl._parser("").parse_args(["watch", *argv]), stdout, stderr)
+        status = main(
+            ["watch", *argv],
+            stdout=stdout,
+            stderr=stderr,
+            environ={},
+            client_factory=lambda url, timeout: client,
+        )
+        self.assertEqual(status, 0)
         return client, [json.loads(line) for line in stdout.getvalue().splitlines()], stderr.getvalue()
 
     def test_nodes_from_cluster(self) -> None:

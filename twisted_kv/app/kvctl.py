@@ -33,7 +33,7 @@ import contextlib
 import json
 import os
 import sys
-from typing import BinaryIO, Mapping, Optional, Sequence, TextIO
+from typing import BinaryIO, Callable, Mapping, Optional, Sequence, TextIO
 
 from twisted_kv.client import DEFAULT_URL, Client
 from twisted_kv.errors import KVError
@@ -211,8 +211,14 @@ def _snapshot(client: Client, arguments: argparse.Namespace, stdout: BinaryIO) -
         raise _FileProblem(f"{error.filename}: {error.strerror or error}") from None
 
 
-def _run(arguments: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr: TextIO) -> None:
-    with Client(arguments.node, timeout=arguments.timeout) as client:
+def _run(
+    arguments: argparse.Namespace,
+    stdin: BinaryIO,
+    stdout: BinaryIO,
+    stderr: TextIO,
+    client_factory: Callable[..., Client],
+) -> None:
+    with client_factory(arguments.node, timeout=arguments.timeout) as client:
         command = arguments.command
         if command == "get":
             stdout.write(client.get(arguments.key).data)
@@ -254,10 +260,14 @@ def main(
     stdout: Optional[BinaryIO] = None,
     stderr: Optional[TextIO] = None,
     environ: Optional[Mapping[str, str]] = None,
+    client_factory: Callable[..., Client] = Client,
 ) -> int:
     """
     Run C{kvctl} with the command-line arguments C{argv}.
 
+    @param client_factory: makes the client from the node's URL and
+        C{timeout=} seconds, as L{Client} does (another client, such as
+        a scripted one in tests, must also be a context manager).
     @return: the exit status.
     """
     stdin = sys.stdin.buffer if stdin is None else stdin
@@ -276,7 +286,7 @@ def main(
         return status
 
     try:
-        _run(arguments, stdin, stdout, stderr)
+        _run(arguments, stdin, stdout, stderr, client_factory)
     except KVError as error:
         return fail(f"{error.message} ({error.status})", EXIT_REFUSED)
     except _FileProblem as error:

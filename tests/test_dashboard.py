@@ -268,7 +268,7 @@ class _Page:
 
 
 @inlineCallbacks
-def _launch(test: TestCase) -> Any:
+def launch_browser(test: TestCase) -> Any:
     """
     Start Chromium for C{test}, closed when the test ends.
     """
@@ -307,7 +307,7 @@ def _launch(test: TestCase) -> Any:
 
 
 @inlineCallbacks
-def _open(browser: _Chromium, url: str, width: int, height: int, mobile: bool = False) -> Any:
+def open_page(browser: _Chromium, url: str, width: int, height: int, mobile: bool = False) -> Any:
     target = yield browser.send("Target.createTarget", url="about:blank")
     attached = yield browser.send("Target.attachToTarget", targetId=target["targetId"], flatten=True)
     page = _Page(browser, attached["sessionId"])
@@ -351,7 +351,7 @@ class BrowserTests(TestCase):
         for i in range(30):
             yield self.node.kv.put(keyspace.user_key(f"users/{i:03}"), b'{"n": %d}' % i, "application/json")
         yield self.node.kv.put(keyspace.user_key("blob"), b"\x00\xffbinary")
-        self.browser = yield _launch(self)
+        self.browser = yield launch_browser(self)
 
     def problems(self) -> list[str]:
         """
@@ -381,7 +381,7 @@ class BrowserTests(TestCase):
         event arrives in the live feed; nothing fails and nothing is loaded
         from elsewhere.
         """
-        page = yield _open(self.browser, self.node.url + "/", 1280, 900)
+        page = yield open_page(self.browser, self.node.url + "/", 1280, 900)
         yield page.wait_for("document.querySelectorAll('#nodes tr').length === 3")
         summary = yield page.evaluate(
             "['self-id', 'leader-id', 'term'].map(id => document.getElementById(id).textContent)"
@@ -426,7 +426,7 @@ class BrowserTests(TestCase):
         has been silent in its tooltip; the headers and a legend below the
         table say what the keys and executed counts are.
         """
-        page = yield _open(self.browser, self.node.url + "/", 1280, 900)
+        page = yield open_page(self.browser, self.node.url + "/", 1280, 900)
         summary = yield page.wait_for("document.getElementById('cluster-summary').textContent")
         self.assertEqual(summary, "2 of 3 alive: can lose 0 more")
         keys = yield page.wait_for(
@@ -455,7 +455,7 @@ class BrowserTests(TestCase):
         Partitions that lost every in-sync copy are named in an alert, which
         goes away once they serve again.
         """
-        page = yield _open(self.browser, self.node.url + "/", 1280, 900)
+        page = yield open_page(self.browser, self.node.url + "/", 1280, 900)
         yield page.wait_for("document.querySelectorAll('#nodes tr').length === 3")
         self.assertTrue((yield page.evaluate("document.getElementById('lost-partitions').hidden")))
         self.lost = [3, 12]
@@ -474,7 +474,7 @@ class BrowserTests(TestCase):
         A file stored on the node shows up in the live feed and in the file
         list, whose folders open, with a download link for the file.
         """
-        page = yield _open(self.browser, self.node.url + "/", 1280, 900)
+        page = yield open_page(self.browser, self.node.url + "/", 1280, 900)
         yield page.wait_for("document.getElementById('feed-state').textContent === 'live'")
         status = yield page.evaluate(
             "fetch('/files/docs/read me.txt', {method: 'PUT', body: 'hello'}).then(r => r.status)"
@@ -506,7 +506,7 @@ class BrowserTests(TestCase):
         Enter to list, Tab to a key and Enter to open it (focus moves to
         it), Escape to close it (focus goes back to the key).
         """
-        page = yield _open(self.browser, self.node.url + "/", 1280, 900)
+        page = yield open_page(self.browser, self.node.url + "/", 1280, 900)
         yield page.wait_for("document.querySelectorAll('#key-list button').length === 25")
         yield page.evaluate("document.getElementById('prefix').focus()")
         yield page.send("Input.insertText", text="users/02")
@@ -537,7 +537,7 @@ class BrowserTests(TestCase):
         On a phone-sized screen the page fits the width (no sideways
         scrolling of the page), and a binary value is shown in hexadecimal.
         """
-        page = yield _open(self.browser, self.node.url + "/", 390, 844, mobile=True)
+        page = yield open_page(self.browser, self.node.url + "/", 390, 844, mobile=True)
         yield page.wait_for("document.querySelectorAll('#key-list button').length > 0")
         yield page.evaluate("document.querySelector('#key-list button[data-key=blob]').click()")
         value = yield page.wait_for("document.getElementById('view-size').textContent && document.getElementById('view-value').textContent")

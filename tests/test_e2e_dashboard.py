@@ -43,9 +43,9 @@ class ClusterDashboardTests(TestCase):
         view = await cluster.cluster_view(served_by)
         # What BrowserTests.problems reads: the browser and the page's node.
         self.node = SimpleNamespace(url=cluster.url(served_by))
-        self.browser = await dashboard._launch(self)
+        self.browser = await dashboard.launch_browser(self)
 
-        page = await dashboard._open(self.browser, cluster.url(served_by, "/"), 1280, 900)
+        page = await dashboard.open_page(self.browser, cluster.url(served_by, "/"), 1280, 900)
         await page.wait_for("document.querySelectorAll('#nodes tr').length === 3")
         rows = await page.evaluate(
             "Array.from(document.querySelectorAll('#nodes tr'), tr => tr.dataset.node)"

@@ -419,6 +419,8 @@ class SelectionTests(SynchronousTestCase):
         L{codec.encode} uses L{_purepack} if and only if msgpack has no C
         extension here, and both raise the same L{DecodeError}.
         """
+        # Both write and read the same bytes, so only the module's own
+        # bindings tell which one runs: read, never replaced, here.
         fallback = msgpack.Packer.__module__ == "msgpack.fallback"
         self.assertEqual(codec._encode is _purepack.encode, fallback)
         self.assertEqual(codec._decode is _purepack.decode, fallback)

@@ -37,7 +37,7 @@ import os
 import re
 import socket
 import sys
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
 import treq
@@ -502,6 +502,16 @@ class RealCluster:
             [self.request("GET", node_id, "/health", timeout=2) for node_id in self.node_ids]
         )
         return True if all(r is not None and r.status == 200 for r in replies) else None
+
+    def signal(self, node_id: str, name: Union[str, int]) -> None:
+        """
+        Send a signal to a node's process, if it runs: C{"STOP"} and
+        C{signal.SIGCONT} (Twisted names only a few signals) pause and
+        resume it without closing its connections.
+        """
+        process = self._processes.get(node_id)
+        if process is not None:
+            process.signal(name)
 
     def kill(self, *node_ids: str) -> Deferred[None]:
         """

@@ -696,9 +696,8 @@ class WebSocketClusterTests(TestCase):
         await watcher.wait(lambda: len(watcher.changes()) == 5, "5 changes before the pause")
         since = watcher.changes()[-1]["revision"]
 
-        node = cluster._processes[paused]
-        node.signal("STOP")
-        self.addCleanup(node.signal, signal.SIGCONT)
+        cluster.signal(paused, "STOP")
+        self.addCleanup(cluster.signal, paused, signal.SIGCONT)
         resume_at = reactor.seconds() + DEFAULT_IDLE_TIMEOUT + 1.5
         acked = 0
         while reactor.seconds() < resume_at:
@@ -711,7 +710,7 @@ class WebSocketClusterTests(TestCase):
             if reply.status in (200, 201):
                 acked += 1
             await deferLater(reactor, 0.05, lambda: None)
-        node.signal(signal.SIGCONT)
+        cluster.signal(paused, signal.SIGCONT)
         self.assertGreater(acked, 0, "no write succeeded during the pause")
 
         # Mark the end: write until a change reaches the paused node's watcher.

@@ -134,6 +134,7 @@ class GoodConfigTests(SynchronousTestCase):
             secret = a-long-random-string   # another inline comment
             replicas = 3
             data_dir = /var/lib/kv
+            fsync = everysec
               ; an indented comment line
             election_timeout = 3s
             heartbeat_interval = 250ms
@@ -160,6 +161,7 @@ class GoodConfigTests(SynchronousTestCase):
                 secret=b"a-long-random-string",
                 replicas=3,
                 data_dir="/var/lib/kv",
+                fsync="everysec",
                 nodes=_nodes(4),
                 ftp_users={"alice": "plain:wonderland", "Bob": "scrypt:16384:8:1:c2FsdA==:a2V5"},
                 election_timeout=3.0,
@@ -262,6 +264,30 @@ class GoodConfigTests(SynchronousTestCase):
             ("http://[::1]:1", "ws://[::1]:1/ws", "ftp://[::1]:3"),
         )
 
+    def test_data_dir_relative_to_file(self) -> None:
+        """
+        A relative C{data_dir} is resolved against the cluster file's
+        folder, and each node keeps its files in a folder named after it.
+        """
+        text = _MINIMAL.replace("[cluster]\n", "[cluster]\ndata_dir = data\n")
+        config = parse_config(text, "etc/x.ini")
+        self.assertEqual(
+            (config.data_dir, config.node_data_dir("n2")), ("etc/data", "etc/data/n2")
+        )
+        self.assertEqual(parse_config(text, "x.ini").data_dir, "data")
+        absolute = _MINIMAL.replace("[cluster]\n", "[cluster]\ndata_dir = /srv/kv\n")
+        self.assertEqual(parse_config(absolute, "etc/x.ini").data_dir, "/srv/kv")
+        self.assertIsNone(parse_config(_MINIMAL, "etc/x.ini").node_data_dir("n1"))
+
+    def test_fsync(self) -> None:
+        """
+        C{fsync} is C{always} unless the file says C{everysec} or C{never}.
+        """
+        self.assertEqual(parse_config(_MINIMAL, "x.ini").fsync, "always")
+        for policy in ("always", "everysec", "never"):
+            text = _MINIMAL.replace("[cluster]\n", f"[cluster]\nfsync = {policy}\n")
+            self.assertEqual(parse_config(text, "x.ini").fsync, policy)
+
     def test_load(self) -> None:
         """
         L{load_config} reads a file and names it in the result.
@@ -305,7 +331,7 @@ class ShippedConfigTests(SynchronousTestCase):
         """
         with open(os.path.join(_REPO, "README.md"), encoding="utf-8") as f:
             readme = f.read()
-        keys = ["name", "secret", "replicas", "data_dir", *CLUSTER_KEYS, *NODE_KEYS]
+        keys = ["name", "secret", "replicas", "data_dir", "fsync", *CLUSTER_KEYS, *NODE_KEYS]
         self.assertEqual([k for k in keys if f"`{k}`" not in readme], [])
 
 
@@ -465,6 +491,15 @@ class ConfigErrorTests(SynchronousTestCase):
         self.assertEqual(
             (error.path, error.section, error.key, error.problem),
             ("x.ini", "cluster", "secret", "missing key"),
+        )
+
+    def test_bad_fsync(self) -> None:
+        """
+        An unknown C{fsync} policy is refused, naming the ones there are.
+        """
+        self.assert_error(
+            _MINIMAL.replace("[cluster]\n", "[cluster]\nfsync = sometimes\n"),
+            "etc/x.ini: [cluster] fsync: 'sometimes' is not one of always, everysec, never",
         )
 
     def test_duplicate_port_across_nodes(self) -> None:

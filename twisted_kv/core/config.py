@@ -7,6 +7,7 @@ The cluster file: one INI file describing every node of a cluster.
     secret = a-long-random-string     ; authenticates peers to each other
     replicas = majority               ; "majority" (default) or 1..N
     data_dir =                        ; optional; empty = purely in memory
+    fsync = always                    ; always (default), everysec or never
     election_timeout = 2s             ; any tunable of L{CLUSTER_KEYS}
 
     [node:n1]
@@ -34,6 +35,7 @@ from __future__ import annotations
 import ast
 import configparser
 import math
+import os.path
 import re
 from typing import Any, Callable, Optional
 
@@ -43,6 +45,7 @@ from twisted_kv.core.passwords import check_stored
 
 __all__ = [
     "CLUSTER_KEYS",
+    "FSYNC_POLICIES",
     "NODE_KEYS",
     "ClusterConfig",
     "ConfigError",
@@ -58,6 +61,10 @@ __all__ = [
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+
+#: When a write counts as durable: the values of C{fsync} (see
+#: L{twisted_kv.storage.committer}).
+FSYNC_POLICIES = ("always", "everysec", "never")
 TiB = 1024 * GiB
 
 
@@ -280,7 +287,13 @@ class ClusterConfig:
     @ivar replicas: copies of each key, resolved to a number
         (C{majority} is M{N // 2 + 1}).
     @ivar data_dir: a directory for on-disk state, or C{None} for purely
-        in memory.
+        in memory; a relative one in the file is resolved against the
+        file's folder, so that every node of a cluster started from one
+        file finds the same place whatever its working directory.  Node
+        C{nX} keeps its files in C{DATA_DIR/nX/} (L{node_data_dir}).
+    @ivar fsync: when a write counts as durable (one of L{FSYNC_POLICIES}):
+        C{always} once fsynced, C{everysec} once written (and fsynced
+        within about a second), C{never} once written.
     @ivar nodes: every node, in file order.
     @ivar ftp_users: FTP user name -> password spec (C{plain:...} or a
         salted hash), from C{[ftp_users]}.
@@ -309,6 +322,7 @@ class ClusterConfig:
     data_dir: Optional[str] = field(
         default=None, validator=validators.optional(validators.instance_of(str))
     )
+    fsync: str = field(default="always", validator=validators.in_(FSYNC_POLICIES))
     nodes: tuple[NodeConfig, ...] = field(
         converter=tuple,
         validator=validators.deep_iterable(validators.instance_of(NodeConfig)),
@@ -325,6 +339,13 @@ class ClusterConfig:
     anti_entropy_interval: float = field(default=5.0, validator=_positive)
     ws_history: int = field(default=10000, validator=_positive)
     anonymous_ftp: bool = field(default=False, validator=validators.instance_of(bool))
+
+    def node_data_dir(self, node_id: str) -> Optional[str]:
+        """
+        The directory node C{node_id} keeps its files in, or C{None} without
+        C{data_dir}.
+        """
+        return None if self.data_dir is None else os.path.join(self.data_dir, node_id)
 
     @property
     def majority(self) -> int:
@@ -403,8 +424,8 @@ def _check_partitions(value: Any) -> Optional[str]:
     return None
 
 
-#: The keys of C{[cluster]} besides C{name}, C{secret}, C{replicas} and
-#: C{data_dir}: tunables, each with its default.
+#: The keys of C{[cluster]} besides C{name}, C{secret}, C{replicas},
+#: C{data_dir} and C{fsync}: tunables, each with its default.
 CLUSTER_KEYS: dict[str, _Key] = {
     "election_timeout": _Key(
         parse_duration, 2.0, "upper bound of the randomised election timeout, seconds",
@@ -437,7 +458,7 @@ CLUSTER_KEYS: dict[str, _Key] = {
 }
 
 #: The keys of C{[cluster]} that are not tunables.
-_CLUSTER_BASE_KEYS = ("name", "secret", "replicas", "data_dir")
+_CLUSTER_BASE_KEYS = ("name", "secret", "replicas", "data_dir", "fsync")
 
 #: The keys of every C{[node:ID]} section; all are required.
 NODE_KEYS = ("host", "http_port", "peer_port", "ftp_port")
@@ -547,6 +568,14 @@ def parse_config(text: str, path: str) -> ClusterConfig:
         raise ConfigError(path, "cluster", "secret", "must not be empty")
     replicas = _parse_replicas(path, cluster.get("replicas", "majority"), len(nodes))
     data_dir = cluster.get("data_dir", "").strip() or None
+    if data_dir is not None:
+        data_dir = os.path.join(os.path.dirname(path), os.path.expanduser(data_dir))
+    fsync = cluster.get("fsync", "always").strip().lower()
+    if fsync not in FSYNC_POLICIES:
+        raise ConfigError(
+            path, "cluster", "fsync",
+            f"{fsync!r} is not one of {', '.join(FSYNC_POLICIES)}",
+        )
 
     tunables: dict[str, Any] = {}
     for key, spec in CLUSTER_KEYS.items():
@@ -591,6 +620,7 @@ def parse_config(text: str, path: str) -> ClusterConfig:
         secret=secret.encode("utf-8"),
         replicas=replicas,
         data_dir=data_dir,
+        fsync=fsync,
         nodes=nodes,
         ftp_users=ftp_users,
         **tunables,

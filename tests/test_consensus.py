@@ -878,3 +878,58 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(leader.role, LEADER)
         self.assertFalse(leader.adopt_committed(5, 1, encode_map(numbered_map(9))))
         self.assertIsNone(leader.committed)
+
+
+class DurableStateTests(SynchronousTestCase):
+    """
+    A node restarted with the state L{Consensus.durable_state} gave comes
+    back as the voter it was.
+    """
+
+    IDS = ("n0", "n1", "n2")
+
+    def test_restored_vote_is_kept(self) -> None:
+        """
+        Having voted for n0 in term 3, a node restored from its state
+        refuses n2 in term 3 at once, and repeats its grant to n0: it needs
+        none of the amnesiac node's waiting.
+        """
+        node = make_node("n1", self.IDS)
+        node.receive(TIMEOUT, "n0", ["vote", 3, 0, 0])
+        restarted = make_node("n1", self.IDS, now=100.0)
+        restarted.restore(100.0, node.durable_state())
+        self.assertEqual(restarted.durable_state(), node.durable_state())
+        self.assertEqual(
+            restarted.receive(100.0, "n2", ["vote", 3, 0, 0]), [("n2", ["voted", 3, False])]
+        )
+        self.assertEqual(
+            restarted.receive(100.0, "n0", ["vote", 3, 0, 0]), [("n0", ["voted", 3, True])]
+        )
+
+    def test_restored_entry(self) -> None:
+        """
+        A restored node holds its entry, committed if it was, and votes only
+        for candidates whose entry is as new; what its peers report does
+        not hold it back.
+        """
+        nodes = {n: make_node(n, self.IDS) for n in self.IDS}
+        elect(nodes, "n0", TIMEOUT, ["n1", "n2"])
+        leader = nodes["n0"]
+        _exchange(nodes, "n0", TIMEOUT, ["n1", "n2"], dict(leader.propose(TIMEOUT, numbered_map(1))))
+        _exchange(nodes, "n0", TIMEOUT, ["n1", "n2"], dict(leader.tick(TIMEOUT + 1)))
+        state = nodes["n1"].durable_state()
+        restarted = make_node("n1", self.IDS, now=100.0)
+        restarted.restore(100.0, state)
+        self.assertEqual(number_of(restarted.committed), 1)
+        self.assertEqual(restarted.entry, nodes["n1"].entry)
+        index, entry_term = restarted.entry
+        term = restarted.term
+        restarted.observe(100.0, "n2", term + 5, [index, entry_term])
+        self.assertEqual(
+            restarted.receive(100.0, "n2", ["vote", term + 1, 0, 0]),
+            [("n2", ["voted", term + 1, False])],
+        )
+        self.assertEqual(
+            restarted.receive(100.0, "n2", ["vote", term + 2, index, entry_term]),
+            [("n2", ["voted", term + 2, True])],
+        )

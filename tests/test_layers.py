@@ -31,7 +31,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ws": frozenset({"files", "core", "interfaces", "errors", "_compat", "_autobahn_timer"}),
     "ftp": frozenset({"files", "core", "interfaces", "errors", "_compat"}),
     "client": frozenset({"core", "errors", "_compat", "_autobahn_timer"}),
-    "testing": frozenset({"cluster", "core", "wire", "peer", "interfaces", "errors"}),
+    "testing": frozenset({"cluster", "core", "wire", "peer", "storage", "interfaces", "errors"}),
     "app": frozenset(
         {
             "cluster", "client", "core", "wire", "storage", "peer", "files", "web", "ws", "ftp",

@@ -5,6 +5,7 @@ Tests for L{twisted_kv.app.service}: one node's service tree.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Any
 
@@ -12,7 +13,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.app.service import build_node_service, check_ports, listen_endpoint
+from twisted_kv.app.service import build_node_service, check_ports, listen_endpoint, open_disk
+from twisted_kv.storage.log import encode_record
 from twisted_kv.testing import cluster_config
 
 
@@ -169,3 +171,39 @@ class CheckPortsTests(SynchronousTestCase):
             f"kvnode n2: cannot listen on 127.0.0.1:{me.http_port} (http_port):"
             " permission denied",
         )
+
+
+class DataDirTests(SynchronousTestCase):
+    """
+    The service opens the node's data directory, and refuses a damaged one
+    in one line.
+    """
+
+    def test_opened(self) -> None:
+        """
+        With C{data_dir}, the node gets its data directory, created under
+        C{data_dir/NODE}.
+        """
+        data = self.mktemp()
+        config = cluster_config(3, data_dir=data)
+        disk = open_disk(config, "n2", MemoryReactorClock())
+        assert disk is not None
+        self.assertEqual(disk.path, os.path.join(data, "n2"))
+        self.assertTrue(os.path.isdir(disk.path))
+        self.assertIsNone(open_disk(cluster_config(3), "n2", MemoryReactorClock()))
+
+    def test_damaged(self) -> None:
+        """
+        A damaged log stops the node with one line naming the file.
+        """
+        data = self.mktemp()
+        config = cluster_config(3, data_dir=data)
+        disk = open_disk(config, "n1", MemoryReactorClock())
+        assert disk is not None
+        segment = os.path.join(disk.path, sorted(os.listdir(disk.path))[0])
+        with open(segment, "wb") as f:
+            f.write(b"\xff" * 64 + encode_record(1, b"\x90"))
+        error = self.assertRaises(SystemExit, open_disk, config, "n1", MemoryReactorClock())
+        self.assertIn(segment, str(error.code))
+        self.assertIn("refusing to start", str(error.code))
+        self.assertNotIn("\n", str(error.code))

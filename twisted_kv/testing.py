@@ -19,10 +19,12 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from twisted_kv.cluster.coordinator import Coordinator
+from twisted_kv.cluster.durable import NodeDisk
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.config import ClusterConfig, parse_config
 from twisted_kv.core.membership import new_incarnation
 from twisted_kv.interfaces import IMessenger
+from twisted_kv.storage.testing import CrashableFileSystem, run_now
 
 
 def cluster_config(size: int = 3, **tunables: object) -> ClusterConfig:
@@ -200,8 +202,20 @@ class MemoryCluster:
     N nodes, their coordinators, one clock and one network.
     """
 
-    def __init__(self, size: int = 3, seed: int = 0, **tunables: object) -> None:
+    def __init__(
+        self, size: int = 3, seed: int = 0, disks: bool = False, **tunables: object
+    ) -> None:
+        """
+        @param disks: give each node a data directory on a
+            L{CrashableFileSystem} of its own (L{filesystems}), kept across
+            restarts, so that tests can cut the power (L{crash}).
+        """
+        if disks:
+            tunables.setdefault("data_dir", "/data")
         self.config = cluster_config(size, **tunables)
+        self.filesystems: dict[str, CrashableFileSystem] = {}
+        if disks:
+            self.filesystems = {n: CrashableFileSystem() for n in self.config.node_ids}
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.rng = random.Random(seed)
@@ -213,14 +227,22 @@ class MemoryCluster:
 
     def start(self, node_id: str) -> Node:
         """
-        Start (or restart, empty, as a new incarnation) node C{node_id}.
+        Start (or restart, as a new incarnation) node C{node_id}: with its
+        data directory if it has one, else empty.
         """
+        disk = None
+        path = self.config.node_data_dir(node_id)
+        if path is not None:
+            disk = NodeDisk.open(
+                self.filesystems[node_id], path, self.config.fsync, run_now, self.clock
+            )
         node = Node(
             self.config,
             node_id,
             clock=self.clock,
             incarnation=new_incarnation(self.clock.seconds(), self.rng.getrandbits(63)),
             rng=random.Random(self.rng.random()),
+            disk=disk,
         )
         self.nodes[node_id] = node
         self.coordinators[node_id] = Coordinator(node, self.clock)
@@ -232,6 +254,14 @@ class MemoryCluster:
         self.network.remove(node_id)
         del self.nodes[node_id]
         del self.coordinators[node_id]
+
+    def crash(self, node_id: str) -> None:
+        """
+        Cut node C{node_id}'s power: the process is gone, and its disk
+        keeps only what was synced (and, at random, some of the rest).
+        """
+        self.kill(node_id)
+        self.filesystems[node_id] = self.filesystems[node_id].crash(self.rng)
 
     def run(self, seconds: float, step: float = 0.005) -> None:
         """

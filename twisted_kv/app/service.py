@@ -14,23 +14,27 @@ import os
 import random
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.threads import deferToThreadPool
 
 from twisted_kv._compat import raise_listen_errors
 from twisted_kv.cluster.coordinator import Coordinator
+from twisted_kv.cluster.durable import NodeDisk
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.config import ClusterConfig, NodeConfig, format_address
 from twisted_kv.core.membership import new_incarnation
+from twisted_kv.errors import StorageCorrupt
 from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
 from twisted_kv.ftp.server import build_ftp_factory
 from twisted_kv.peer.links import PeerLinks
+from twisted_kv.storage.fs import OSFileSystem
 from twisted_kv.web.admin import admin_resource
 from twisted_kv.web.dashboard import dashboard_resource
 from twisted_kv.web.files_http import files_resource
@@ -90,7 +94,7 @@ class _Running(Service):
     Starts and stops something that has C{start()} and C{stop()}.
     """
 
-    def __init__(self, name: str, start: Callable[[], None], stop: Callable[[], None]) -> None:
+    def __init__(self, name: str, start: Callable[[], None], stop: Callable[[], Any]) -> None:
         self.setName(name)
         self._start = start
         self._stop = stop
@@ -99,9 +103,9 @@ class _Running(Service):
         super().startService()
         self._start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Any:
         super().stopService()
-        self._stop()
+        return self._stop()
 
 
 def _listening(name: str, reactor: Any, host: str, port: int, factory: Any) -> IService:
@@ -137,6 +141,34 @@ class NodeService(MultiService):
             raise SystemExit(_cannot_listen(self._me, error.port, error.socketError)) from None
 
 
+def open_disk(config: ClusterConfig, node_id: str, reactor: Any) -> Optional[NodeDisk]:
+    """
+    Node C{node_id}'s data directory, recovered, or C{None} without
+    C{data_dir}.
+
+    @raise SystemExit: with one line naming the file, if it is damaged or
+        cannot be read: the node must not serve what it cannot trust.
+    """
+    path = config.node_data_dir(node_id)
+    if path is None:
+        return None
+    try:
+        return NodeDisk.open(
+            OSFileSystem(),
+            path,
+            config.fsync,
+            # the reactor's pool, asked for only once there is work for it
+            lambda work: deferToThreadPool(reactor, reactor.getThreadPool(), work),
+            reactor,
+        )
+    except StorageCorrupt as error:
+        raise SystemExit(f"kvnode {node_id}: refusing to start: {error}") from None
+    except OSError as error:
+        raise SystemExit(
+            f"kvnode {node_id}: cannot use {error.filename or path}: {error.strerror or error}"
+        ) from None
+
+
 def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> NodeService:
     """
     Everything node C{node_id} of C{config} runs.
@@ -155,6 +187,7 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
         clock=reactor,
         incarnation=new_incarnation(reactor.seconds(), random.SystemRandom().getrandbits(63)),
         lease_clock=time.monotonic,
+        disk=open_disk(config, node_id, reactor),
     )
     links = PeerLinks(
         node_id=node_id,

@@ -31,21 +31,24 @@ from __future__ import annotations
 import random
 from typing import Callable, Optional
 
-from twisted.internet.defer import Deferred
+from attrs import define
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_kv.cluster.antientropy import AntiEntropy
 from twisted_kv.cluster.calls import Calls, Request, Retry
 from twisted_kv.cluster.deadlines import Deadlines
+from twisted_kv.cluster.durable import NodeDisk
 from twisted_kv.cluster.feed import ChangeFeed
 from twisted_kv.cluster.operations import ClientOperations
 from twisted_kv.cluster.replication import Replication
 from twisted_kv.core import messages
 from twisted_kv.core.config import ClusterConfig
-from twisted_kv.core.consensus import LEADER, Consensus
+from twisted_kv.core.consensus import LEADER, Consensus, Outgoing
 from twisted_kv.core.keyspace import FILES, USER
 from twisted_kv.core.membership import ALIVE, DEAD, Membership
 from twisted_kv.core.placement import (
@@ -67,6 +70,17 @@ log = Logger()
 
 # Several gossip rounds per failure timeout keep a live node from looking dead.
 GOSSIP_PER_FAILURE_TIMEOUT = 6
+
+
+@define
+class _Held:
+    """
+    Consensus messages waiting for a consensus state to be on disk: those
+    that followed its change and those that came after, in order.
+    """
+
+    outgoing: Outgoing
+    saved: bool = False
 
 
 @implementer(IPeerHandler)
@@ -92,10 +106,13 @@ class Node:
         incarnation: int,
         rng: Optional[random.Random] = None,
         lease_clock: Optional[Callable[[], float]] = None,
+        disk: Optional[NodeDisk] = None,
     ) -> None:
         """
         @param lease_clock: the time read leases are measured with, which
             must never step (C{time.monotonic}); C{clock}'s by default.
+        @param disk: the node's data directory, recovered, with C{data_dir};
+            without it the node keeps everything in memory.
         """
         self.config = config
         self.node_id = node_id
@@ -110,6 +127,11 @@ class Node:
             heartbeat_interval=config.heartbeat_interval,
             rng=rng or random.Random(),
         )
+        self._disk = disk
+        if disk is not None and disk.recovered.consensus is not None:
+            self.consensus.restore(now, disk.recovered.consensus)
+        self._saved_consensus = self.consensus.durable_state()
+        self._held: list[_Held] = []
         self.membership = Membership(
             config.node_ids, node_id, incarnation, config.failure_timeout
         )
@@ -224,11 +246,20 @@ class Node:
         self._started_at = self._now()
         self._ticker.start(self.config.heartbeat_interval / 2, now=True)
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
+        """
+        Stop ticking and fail what waits here.
+
+        @return: a Deferred that fires once everything written to the data
+            directory is synced.
+        """
         if self._ticker.running:
             self._ticker.stop()
         self.calls.stop()
         self.replication.stop()
+        if self._disk is None:
+            return succeed(None)
+        return self._disk.stop()
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -350,7 +381,7 @@ class Node:
                 peer=peer,
                 timeout=self.config.failure_timeout,
             )
-        self._send_all(self.consensus.tick(now))
+        self._consensus_out(self.consensus.tick(now))
         self._after_consensus()
         self._find_lost_partitions(now)
         if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
@@ -421,7 +452,7 @@ class Node:
         if proposal == current:
             self._planned = (current, live)
         else:
-            self._send_all(self.consensus.propose(now, proposal))
+            self._consensus_out(self.consensus.propose(now, proposal))
             self._after_consensus()
 
     # -- applying the committed map ----------------------------------------
@@ -528,8 +559,46 @@ class Node:
     # -- the map's messages --------------------------------------------------
 
     def _on_consensus(self, peer: str, message: list) -> None:
-        self._send_all(self.consensus.receive(self._now(), peer, message))
+        self._consensus_out(self.consensus.receive(self._now(), peer, message))
         self._after_consensus()
+
+    def _consensus_out(self, outgoing: Outgoing) -> None:
+        """
+        Send what consensus answered, once the state it answered from is on
+        disk: a vote or an acknowledged entry must survive a crash, or a
+        restarted node could vote twice in a term, or for a candidate
+        lacking an entry it helped commit.  Whatever follows waits behind
+        a state being saved, in order.
+        """
+        if self._disk is not None:
+            state = self.consensus.durable_state()
+            if state != self._saved_consensus:
+                self._saved_consensus = state
+                held = _Held(outgoing)
+                self._held.append(held)
+                self._disk.save_consensus(state).addCallbacks(
+                    self._consensus_saved, self._consensus_not_saved,
+                    callbackArgs=(held,), errbackArgs=(held,),
+                )
+                return
+        if self._held:
+            self._held[-1].outgoing.extend(outgoing)
+        else:
+            self._send_all(outgoing)
+
+    def _consensus_saved(self, result: object, held: _Held) -> None:
+        held.saved = True
+        while self._held and self._held[0].saved:
+            self._send_all(self._held.pop(0).outgoing)
+
+    def _consensus_not_saved(self, failure: Failure, held: _Held) -> None:
+        log.error(
+            "cannot save the consensus state in {path}: {error}; not answering",
+            path=self._disk.path if self._disk else None,
+            error=failure.getErrorMessage(),
+        )
+        held.outgoing.clear()
+        self._consensus_saved(None, held)
 
     def hears_leader(self) -> bool:
         """
@@ -555,6 +624,7 @@ class Node:
 
     def _on_map(self, peer: str, message: list) -> None:
         if self.consensus.adopt_committed(*messages.parse_map(message)):
+            self._consensus_out([])
             self._after_consensus()
 
     def _on_report(self, peer: str, message: list) -> None:

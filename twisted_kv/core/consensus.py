@@ -22,8 +22,14 @@ comparing the (index, term) of that one entry.  The rules kept from Raft:
     any peer (L{Consensus.adopt_committed}), since every later leader
     holds it.
 
-State is in memory only, so a restarted node may have voted, before it
-crashed, in a term it no longer remembers.  It therefore never votes in a
+With C{data_dir}, the node keeps its term, vote and entry on disk
+(L{Consensus.durable_state}, written and fsynced before any output that
+follows a change of it is sent) and comes back with them
+(L{Consensus.restore}): Raft's own rules then hold as they are, and the
+cautions below are not needed.
+
+Without it, state is in memory only, so a restarted node may have voted,
+before it crashed, in a term it no longer remembers.  It therefore never votes in a
 term it may have voted in: it does not vote for half an election timeout
 after it starts (its peers' status gossip arrives well within it), nor, until
 it hears from a leader, in any term up to the highest its peers report
@@ -65,6 +71,12 @@ CANDIDATE = "candidate"
 LEADER = "leader"
 
 Outgoing = list[tuple[str, list]]
+
+DurableState = tuple[int, Optional[str], int, int, Optional[list], int]
+"""
+What a node must remember across a restart: C{(term, voted_for, index,
+entry_term, wire_map, commit_index)}.
+"""
 
 
 class Consensus:
@@ -115,6 +127,31 @@ class Consensus:
         self._leader_since = 0.0
         self._acked: dict[str, tuple[int, int]] = {}
         self._heard: dict[str, float] = {}
+        # Restarted without its state: the cautions of the module docstring.
+        self._amnesiac = True
+
+    def durable_state(self) -> DurableState:
+        """
+        The state a node must have on stable storage before it sends any
+        output that follows a change of it: its term and vote (or it could
+        vote twice in a term) and its entry (or it could vote for a
+        candidate lacking an entry it helped commit).  Compared by value.
+        """
+        return (self.term, self._voted_for, *self._entry, self._entry_wire, self._commit_index)
+
+    def restore(self, now: float, state: DurableState) -> None:
+        """
+        Come back with the state L{durable_state} gave before a restart: the
+        node remembers its vote and entry, so it votes by Raft's rules at
+        once, with none of the cautions an amnesiac node needs.
+        """
+        self.term, self._voted_for, index, entry_term, wire, commit_index = state
+        if wire is not None:
+            self._store(index, entry_term, decode_map(wire), wire)
+            if commit_index == index:
+                self._commit()
+        self._amnesiac = False
+        self._votes_allowed_at = now
 
     def _random_timeout(self) -> float:
         return self._rng.uniform(self._timeout / 2, self._timeout)
@@ -177,7 +214,7 @@ class Consensus:
         not vote in that term or an earlier one, nor for a candidate whose
         entry is older than the reported one (for an election timeout).
         """
-        if not self._heard_leader:
+        if self._amnesiac and not self._heard_leader:
             self._no_votes_up_to = max(self._no_votes_up_to, term)
         index, entry_term = entry
         self._reported[peer] = ((entry_term, index), now)
@@ -189,7 +226,7 @@ class Consensus:
         recently (see the module docstring).
         """
         newest = (self._entry[1], self._entry[0])
-        if self._heard_leader:
+        if self._heard_leader or not self._amnesiac:
             return newest
         recent = now - self._timeout
         return max(

@@ -1,0 +1,143 @@
+# -*- test-case-name: tests.test_durable -*-
+"""
+Tests for L{twisted_kv.cluster.durable}: a node's data directory, and what a
+node keeps there across crashes.
+"""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_kv.cluster.durable import CONSENSUS, NodeDisk, decode_consensus, encode_consensus
+from twisted_kv.cluster.node import Node
+from twisted_kv.core.membership import new_incarnation
+from twisted_kv.errors import StorageCorrupt
+from twisted_kv.storage.log import Log
+from twisted_kv.storage.testing import CrashableFileSystem, HeldRunner, run_now
+from twisted_kv.testing import MemoryCluster, cluster_config
+from twisted_kv.wire import codec
+
+_STATE = (7, "n2", 3, 6, [1, [[2, 3]]], 3)
+
+
+class RecordTests(SynchronousTestCase):
+    """
+    The records' encoding.
+    """
+
+    def test_consensus_round_trip(self) -> None:
+        """
+        A consensus state decodes to what was encoded.
+        """
+        self.assertEqual(decode_consensus(encode_consensus(_STATE)), _STATE)
+
+    def test_bad_consensus_record(self) -> None:
+        """
+        A payload that is not a consensus state, or not msgpack, is refused.
+        """
+        self.assertRaises(ValueError, decode_consensus, codec.encode([1, 2]))
+        self.assertRaises(ValueError, decode_consensus, b"\xc1")
+
+
+class NodeDiskTests(SynchronousTestCase):
+    """
+    L{NodeDisk} recovers what was saved.
+    """
+
+    def open(self, fs: CrashableFileSystem, policy: str = "always") -> NodeDisk:
+        return NodeDisk.open(fs, "/data/n1", policy, run_now, Clock())
+
+    def test_empty(self) -> None:
+        """
+        A new directory holds nothing.
+        """
+        disk = self.open(CrashableFileSystem())
+        self.assertEqual((disk.recovered.consensus, disk.recovered.records), (None, 0))
+
+    def test_consensus_survives_power_cut(self) -> None:
+        """
+        The last consensus state saved is found after a power cut, whatever
+        the policy: it is synced before its Deferred fires.
+        """
+        for policy in ("always", "everysec", "never"):
+            for seed in range(5):
+                fs = CrashableFileSystem()
+                clock = Clock()
+                disk = NodeDisk.open(fs, "/data/n1", policy, run_now, clock)
+                saved = []
+                disk.save_consensus((1, None, 0, 0, None, 0)).addCallback(saved.append)
+                disk.save_consensus(_STATE).addCallback(saved.append)
+                clock.advance(0)
+                clock.advance(0)
+                self.assertEqual(saved, [None, None])
+                crashed = fs.crash(random.Random(seed))
+                self.assertEqual(self.open(crashed).recovered.consensus, _STATE, (policy, seed))
+
+    def test_unreadable_record(self) -> None:
+        """
+        A record whose checksum holds but that cannot be decoded is damage:
+        recovery refuses it, naming the directory.
+        """
+        fs = CrashableFileSystem()
+        log = Log(fs, "/data/n1")
+        list(log.replay())
+        log.append(CONSENSUS, b"\x01")
+        log.commit()
+        error = self.assertRaises(StorageCorrupt, self.open, fs)
+        self.assertIn("/data/n1", str(error))
+
+
+class NodeConsensusTests(SynchronousTestCase):
+    """
+    A node with a data directory sends nothing that follows a change of its
+    consensus state until that state is on disk.
+    """
+
+    def test_vote_waits_for_the_disk(self) -> None:
+        """
+        A vote is answered only once the new term and vote are synced.
+        """
+        config = cluster_config(3, data_dir="/data")
+        clock = Clock()
+        clock.advance(1000)
+        runner = HeldRunner()
+        disk = NodeDisk.open(CrashableFileSystem(), "/data/n1", "always", runner, clock)
+        node = Node(
+            config, "n1", clock=clock, incarnation=new_incarnation(1000, 1),
+            rng=random.Random(0), disk=disk,
+        )
+        sent: list = []
+        node._send_all = sent.extend  # type: ignore[method-assign]
+        clock.advance(config.election_timeout)
+        node.peer_message("n2", 1, ["vote", 5, 0, 0])
+        clock.advance(0)
+        self.assertEqual(sent, [])
+        self.assertEqual(len(runner.held), 1)
+        runner.release()
+        self.assertEqual(sent, [("n2", ["voted", 5, True])])
+
+
+class CrashTests(SynchronousTestCase):
+    """
+    Whole clusters of nodes with data directories lose their power.
+    """
+
+    def test_every_node_crashes(self) -> None:
+        """
+        After a power cut of every node, each comes back with at least the
+        term it had answered in, and a leader is elected again.
+        """
+        for seed in range(3):
+            cluster = MemoryCluster(3, seed=seed, disks=True)
+            cluster.settle()
+            terms = {n: node.term for n, node in cluster.nodes.items()}
+            for node_id in list(cluster.nodes):
+                cluster.crash(node_id)
+            for node_id in terms:
+                node = cluster.start(node_id)
+                self.assertGreaterEqual(node.term, terms[node_id])
+            cluster.settle()
+            cluster.stop()

@@ -48,7 +48,7 @@ class NodeDiskTests(SynchronousTestCase):
     """
 
     def open(self, fs: CrashableFileSystem, policy: str = "always") -> NodeDisk:
-        return NodeDisk.open(fs, "/data/n1", policy, run_now, Clock())
+        return NodeDisk.open(fs, "/data/n1", policy, run_now, Clock(), 4)
 
     def test_empty(self) -> None:
         """
@@ -66,7 +66,7 @@ class NodeDiskTests(SynchronousTestCase):
             for seed in range(5):
                 fs = CrashableFileSystem()
                 clock = Clock()
-                disk = NodeDisk.open(fs, "/data/n1", policy, run_now, clock)
+                disk = NodeDisk.open(fs, "/data/n1", policy, run_now, clock, 4)
                 saved = []
                 disk.save_consensus((1, None, 0, 0, None, 0)).addCallback(saved.append)
                 disk.save_consensus(_STATE).addCallback(saved.append)
@@ -90,6 +90,25 @@ class NodeDiskTests(SynchronousTestCase):
         self.assertIn("/data/n1", str(error))
 
 
+class _Recorder:
+    """
+    A messenger that records what is sent.
+    """
+
+    def __init__(self, sent: list) -> None:
+        self.sent = sent
+
+    def send(self, peer: str, message: list) -> bool:
+        self.sent.append((peer, message))
+        return True
+
+    def connected(self) -> set[str]:
+        return set()
+
+    def hears_from(self, peer: str) -> bool:
+        return True
+
+
 class NodeConsensusTests(SynchronousTestCase):
     """
     A node with a data directory sends nothing that follows a change of its
@@ -104,13 +123,15 @@ class NodeConsensusTests(SynchronousTestCase):
         clock = Clock()
         clock.advance(1000)
         runner = HeldRunner()
-        disk = NodeDisk.open(CrashableFileSystem(), "/data/n1", "always", runner, clock)
+        disk = NodeDisk.open(
+            CrashableFileSystem(), "/data/n1", "always", runner, clock, config.partitions
+        )
         node = Node(
             config, "n1", clock=clock, incarnation=new_incarnation(1000, 1),
             rng=random.Random(0), disk=disk,
         )
         sent: list = []
-        node._send_all = sent.extend  # type: ignore[method-assign]
+        node.messenger = _Recorder(sent)
         clock.advance(config.election_timeout)
         node.peer_message("n2", 1, ["vote", 5, 0, 0])
         clock.advance(0)

@@ -12,10 +12,11 @@ test time and without sockets.
 from __future__ import annotations
 
 import random
-from typing import Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
 from zope.interface import implementer
 
 from twisted_kv.cluster.coordinator import Coordinator
@@ -24,7 +25,7 @@ from twisted_kv.cluster.node import Node
 from twisted_kv.core.config import ClusterConfig, parse_config
 from twisted_kv.core.membership import new_incarnation
 from twisted_kv.interfaces import IMessenger
-from twisted_kv.storage.testing import CrashableFileSystem, run_now
+from twisted_kv.storage.testing import CrashableFileSystem
 
 
 def cluster_config(size: int = 3, **tunables: object) -> ClusterConfig:
@@ -42,6 +43,11 @@ def cluster_config(size: int = 3, **tunables: object) -> ClusterConfig:
             f"ftp_port = {17200 + index}",
         ]
     return parse_config("\n".join(lines) + "\n", "<test>")
+
+
+# How long the disk work of a node with a data directory takes (a write and
+# a sync).
+DISK_LATENCY = 0.01
 
 
 @implementer(IMessenger)
@@ -214,8 +220,11 @@ class MemoryCluster:
             tunables.setdefault("data_dir", "/data")
         self.config = cluster_config(size, **tunables)
         self.filesystems: dict[str, CrashableFileSystem] = {}
+        # each node's machine's boot, counted: a power cut starts another
+        self.boots: dict[str, int] = {}
         if disks:
             self.filesystems = {n: CrashableFileSystem() for n in self.config.node_ids}
+            self.boots = {n: 0 for n in self.config.node_ids}
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.rng = random.Random(seed)
@@ -227,20 +236,25 @@ class MemoryCluster:
 
     def start(self, node_id: str) -> Node:
         """
-        Start (or restart, as a new incarnation) node C{node_id}: with its
-        data directory if it has one, else empty.
+        Start (or restart) node C{node_id}: with its data directory, as the
+        member it was (L{NodeDisk.incarnation}), if it has one; else empty,
+        as a new incarnation.
         """
         disk = None
         path = self.config.node_data_dir(node_id)
         if path is not None:
             disk = NodeDisk.open(
-                self.filesystems[node_id], path, self.config.fsync, run_now, self.clock
+                self.filesystems[node_id], path, self.config.fsync, self._run_on_disk,
+                self.clock, self.config.partitions,
             )
+        incarnation = new_incarnation(self.clock.seconds(), self.rng.getrandbits(63))
+        if disk is not None:
+            incarnation = disk.incarnation(incarnation, f"boot {self.boots[node_id]}")
         node = Node(
             self.config,
             node_id,
             clock=self.clock,
-            incarnation=new_incarnation(self.clock.seconds(), self.rng.getrandbits(63)),
+            incarnation=incarnation,
             rng=random.Random(self.rng.random()),
             disk=disk,
         )
@@ -255,6 +269,13 @@ class MemoryCluster:
         del self.nodes[node_id]
         del self.coordinators[node_id]
 
+    def _run_on_disk(self, work: Callable[[], Any]) -> Deferred[Any]:
+        """
+        Run disk work as a thread would: done a moment later, so that a
+        power cut can fall between a write and its sync.
+        """
+        return deferLater(self.clock, DISK_LATENCY, work)
+
     def crash(self, node_id: str) -> None:
         """
         Cut node C{node_id}'s power: the process is gone, and its disk
@@ -262,6 +283,7 @@ class MemoryCluster:
         """
         self.kill(node_id)
         self.filesystems[node_id] = self.filesystems[node_id].crash(self.rng)
+        self.boots[node_id] += 1
 
     def run(self, seconds: float, step: float = 0.005) -> None:
         """

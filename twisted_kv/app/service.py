@@ -160,6 +160,7 @@ def open_disk(config: ClusterConfig, node_id: str, reactor: Any) -> Optional[Nod
             # the reactor's pool, asked for only once there is work for it
             lambda work: deferToThreadPool(reactor, reactor.getThreadPool(), work),
             reactor,
+            config.partitions,
         )
     except StorageCorrupt as error:
         raise SystemExit(f"kvnode {node_id}: refusing to start: {error}") from None
@@ -167,6 +168,19 @@ def open_disk(config: ClusterConfig, node_id: str, reactor: Any) -> Optional[Nod
         raise SystemExit(
             f"kvnode {node_id}: cannot use {error.filename or path}: {error.strerror or error}"
         ) from None
+
+
+def boot_id() -> str:
+    """
+    What identifies this boot of the machine (Linux's C{boot_id}): a node
+    killed and restarted on the same boot lost nothing it wrote.  Where it
+    cannot be read, a value no other start has, as if the machine rebooted.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return f"unknown {random.SystemRandom().getrandbits(64):x}"
 
 
 def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> NodeService:
@@ -181,13 +195,17 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
     # less often lets little survive into the older ones.
     if hasattr(gc, "set_threshold"):  # PyPy's collector has no generations to tune
         gc.set_threshold(50_000, 20, 100)
+    disk = open_disk(config, node_id, reactor)
+    incarnation = new_incarnation(reactor.seconds(), random.SystemRandom().getrandbits(63))
+    if disk is not None:
+        incarnation = disk.incarnation(incarnation, boot_id())
     node = Node(
         config,
         node_id,
         clock=reactor,
-        incarnation=new_incarnation(reactor.seconds(), random.SystemRandom().getrandbits(63)),
+        incarnation=incarnation,
         lease_clock=time.monotonic,
-        disk=open_disk(config, node_id, reactor),
+        disk=disk,
     )
     links = PeerLinks(
         node_id=node_id,

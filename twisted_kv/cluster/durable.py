@@ -14,6 +14,25 @@ list (L{twisted_kv.wire.codec}); its type says what it is:
     (L{twisted_kv.core.consensus.Consensus.durable_state}); the last one
     read wins.  Written and synced before the node sends anything that
     follows a change of it, whatever the C{fsync} policy.
+  - L{APPEND}: C{[partition, epoch, prev_seq, prev_epoch, entries, commit,
+    origin]}, what a replica took into its log: a member's C{app} message
+    from its primary (once it changed the replica), or a primary's own new
+    entries and commit position, in the same form.  Replayed through
+    L{Replica.on_append}, which skips what the log already holds, so a
+    record read twice changes nothing.
+  - L{SNAPSHOT}: C{[partition, epoch, seq, seq_epoch, first, last, records,
+    origin]}, a chunk of a primary's snapshot a member took in; replayed
+    through L{Replica.on_snapshot}.
+  - L{FORGET}: C{[partition, origin]}: the replica dropped everything (the
+    node left the partition, or the partition started again empty).
+  - L{IDENTITY}: C{[incarnation, boot_id, policy]}, written at each start:
+    who the node was, on which boot of the machine, under which policy.
+  - L{CLEAN}: C{[]}, written last by a clean stop, after which everything
+    appended is synced.
+
+Replicas are rebuilt by replaying their records through the same pure
+methods that made them, in order; a replica's store thus holds what it had
+applied, and its log the entries it held beyond (see docs/design.md §1.9).
 
 Recovery reads the log once, at start, before the node is built
 (L{NodeDisk.open}); what it finds is a L{Recovered}.
@@ -22,14 +41,16 @@ Recovery reads the log once, at start, before the node is built
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
-from attrs import define, frozen
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_kv.core.consensus import DurableState
+from twisted_kv.core.replica import Replica
 from twisted_kv.errors import StorageCorrupt
 from twisted_kv.storage.committer import GroupCommitter, RunInThread
 from twisted_kv.storage.fs import IFileSystem
@@ -38,8 +59,15 @@ from twisted_kv.wire import codec
 
 log = Logger()
 
-#: Record type: the consensus state.
+#: Record types (see the module docstring).
 CONSENSUS = 1
+APPEND = 2
+SNAPSHOT = 3
+FORGET = 4
+IDENTITY = 5
+CLEAN = 6
+
+_REPLICA_FIELDS = {APPEND: 7, SNAPSHOT: 8, FORGET: 2}
 
 
 def encode_consensus(state: DurableState) -> bytes:
@@ -62,19 +90,76 @@ def decode_consensus(payload: bytes) -> DurableState:
     return (term, voted_for, index, entry_term, wire_map, commit_index)
 
 
+def encode_fields(fields: list) -> bytes:
+    """
+    The payload of a record of any other type than L{CONSENSUS}.
+    """
+    return codec.encode(fields)
+
+
+def _replay(replicas: list[Replica], record_type: int, fields: Any) -> None:
+    """
+    Apply one replica record to C{replicas}.
+
+    @raise ValueError: the record is malformed.
+    """
+    if not isinstance(fields, list) or len(fields) != _REPLICA_FIELDS[record_type]:
+        raise ValueError(f"malformed record of type {record_type}")
+    partition = fields[0]
+    if not isinstance(partition, int) or not 0 <= partition < len(replicas):
+        raise ValueError(f"no partition {partition!r}")
+    replica = replicas[partition]
+    try:
+        if record_type == APPEND:
+            replica.on_append(*fields[1:])
+        elif record_type == SNAPSHOT:
+            replica.on_snapshot(*fields[1:])
+        else:
+            replica.adopt_origin(fields[1])
+            replica.forget()
+    except (TypeError, IndexError, KeyError, AssertionError) as error:
+        raise ValueError(f"unusable record of type {record_type}: {error!r}") from None
+
+
+@frozen
+class Identity:
+    """
+    Who a node was in a run: its incarnation, the boot of the machine it
+    ran on, and the C{fsync} policy it ran with.
+    """
+
+    incarnation: int
+    boot_id: str
+    policy: str
+
+
 @frozen
 class Recovered:
     """
     What a node found in its data directory.
 
     @ivar consensus: its last consensus state, if it wrote any.
+    @ivar replicas: every partition's replica, as the records left them.
+    @ivar identity: the node's last identity, if it ever started here.
+    @ivar runs: how many times it started here.
+    @ivar clean: whether its last run stopped cleanly.
     @ivar records: how many records were read.
     @ivar seconds: how long reading them took.
     """
 
     consensus: Optional[DurableState]
+    replicas: list[Replica]
+    identity: Optional[Identity]
+    runs: int
+    clean: bool
     records: int
     seconds: float
+
+    def keys(self) -> int:
+        return sum(len(r.store) for r in self.replicas)
+
+    def bytes(self) -> int:
+        return sum(r.store.bytes_used for r in self.replicas)
 
 
 @define
@@ -85,6 +170,7 @@ class NodeDisk:
     @ivar path: the directory.
     @ivar policy: the C{fsync} policy of client data.
     @ivar recovered: what L{open} found.
+    @ivar run: which start of the node in this directory this is, from 1.
     """
 
     path: str
@@ -92,6 +178,10 @@ class NodeDisk:
     recovered: Recovered
     _storage: Storage
     _committer: GroupCommitter
+    run: int = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.run = self.recovered.runs + 1
 
     @classmethod
     def open(
@@ -101,6 +191,7 @@ class NodeDisk:
         policy: str,
         run_in_thread: RunInThread,
         clock: IReactorTime,
+        partitions: int,
     ) -> "NodeDisk":
         """
         Read what C{path} holds (see L{recovered}), then open its log for
@@ -113,14 +204,28 @@ class NodeDisk:
         started = time.monotonic()
         storage = Storage.at(fs, path)
         consensus = None
-        count = 0
+        identity = None
+        replicas = [Replica(p) for p in range(partitions)]
+        count = runs = 0
+        clean = False
         for record_type, payload in storage.recover():
             count += 1
+            clean = record_type == CLEAN
             try:
                 if record_type == CONSENSUS:
                     consensus = decode_consensus(payload)
+                elif record_type in _REPLICA_FIELDS:
+                    _replay(replicas, record_type, codec.decode(payload))
+                elif record_type == IDENTITY:
+                    incarnation, boot_id, policy = codec.decode(payload)
+                    identity = Identity(incarnation, boot_id, policy)
+                    runs += 1
+                elif record_type != CLEAN:
+                    raise ValueError(f"unknown record type {record_type}")
             except ValueError as error:
                 raise StorageCorrupt(path, 0, f"record {count} unreadable: {error}") from None
+        for replica in replicas:
+            replica.durable_seq = replica.last_seq
         if storage.log.torn is not None:
             torn = storage.log.torn
             log.warn(
@@ -130,8 +235,47 @@ class NodeDisk:
                 offset=torn.offset,
             )
         committer = GroupCommitter(storage.log, policy, run_in_thread, clock)
-        return cls(path, policy, Recovered(consensus, count, time.monotonic() - started),
-                   storage, committer)
+        recovered = Recovered(
+            consensus, replicas, identity, runs, clean, count, time.monotonic() - started
+        )
+        return cls(path, policy, recovered, storage, committer)
+
+    def incarnation(self, fresh: int, boot_id: str) -> int:
+        """
+        Decide which incarnation the node runs as, and record it.
+
+        A node keeps being the member it was only if it holds everything it
+        acknowledged: always with C{fsync = always} (it acknowledged only
+        what was synced), after a clean stop (which synced everything), or
+        on the same boot of the machine (a killed process loses nothing it
+        wrote: the kernel still holds it).  Otherwise, after a power loss
+        under C{everysec} or C{never}, it may have lost acknowledged
+        entries: it takes the new incarnation C{fresh}, so that the cluster
+        treats it as restarted empty (docs/design.md §1.5) and refills it.
+
+        @param boot_id: identifies the machine's current boot.
+        """
+        last = self.recovered.identity
+        keep = last is not None and (
+            last.policy == "always" or self.recovered.clean or last.boot_id == boot_id
+        )
+        incarnation = last.incarnation if keep and last is not None else fresh
+        self.append(IDENTITY, [incarnation, boot_id, self.policy]).addErrback(
+            lambda failure: log.error(
+                "cannot record the node's identity in {path}: {error}",
+                path=self.path, error=failure.getErrorMessage(),
+            )
+        )
+        return incarnation
+
+    def append(self, record_type: int, fields: list) -> "Deferred[None]":
+        """
+        Append a record of C{fields}.
+
+        @return: a Deferred that fires once the record is as durable as the
+            C{fsync} policy asks, or fails as L{GroupCommitter.append} does.
+        """
+        return self._committer.append(record_type, encode_fields(fields))
 
     def save_consensus(self, state: DurableState) -> "Deferred[None]":
         """
@@ -150,6 +294,67 @@ class NodeDisk:
 
     def stop(self) -> "Deferred[None]":
         """
-        Sync everything appended, and stop.
+        Record a clean stop, sync everything appended, and stop.
         """
+        self.append(CLEAN, []).addErrback(lambda failure: None)
         return self._committer.stop()
+
+
+@define
+class _Held:
+    """
+    Messages waiting for a record to be durable: those that followed it and
+    those sent after, in order.
+    """
+
+    outgoing: list[tuple[str, list]]
+    done: bool = False
+
+
+@define
+class DurableGate:
+    """
+    Sends messages in order, each only once every record it follows is
+    durable: an answer that acknowledges a vote or an entry must never
+    reach a peer before what it acknowledges survives a crash.
+
+    @ivar send_all: sends messages at once.
+    @ivar what: names the records, for the log line when one fails.
+    """
+
+    send_all: Callable[[list[tuple[str, list]]], None]
+    what: str
+    _held: list[_Held] = field(factory=list)
+
+    def after(self, durable: "Deferred[None]", outgoing: list[tuple[str, list]]) -> None:
+        """
+        Send C{outgoing} once C{durable} fires and everything held before
+        is sent; if it fails, never (the failure is logged).
+        """
+        held = _Held(list(outgoing))
+        self._held.append(held)
+        durable.addCallbacks(
+            self._done, self._failed, callbackArgs=(held,), errbackArgs=(held,)
+        )
+
+    def send(self, outgoing: list[tuple[str, list]]) -> None:
+        """
+        Send C{outgoing} after what is held, or at once if nothing is.
+        """
+        if self._held:
+            self._held[-1].outgoing.extend(outgoing)
+        else:
+            self.send_all(outgoing)
+
+    def _done(self, result: object, held: _Held) -> None:
+        held.done = True
+        while self._held and self._held[0].done:
+            self.send_all(self._held.pop(0).outgoing)
+
+    def _failed(self, failure: Failure, held: _Held) -> None:
+        log.error(
+            "cannot make {what} durable: {error}; not answering",
+            what=self.what, error=failure.getErrorMessage(),
+        )
+        held.outgoing.clear()
+        self._done(None, held)

@@ -31,18 +31,16 @@ from __future__ import annotations
 import random
 from typing import Callable, Optional
 
-from attrs import define
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_kv.cluster.antientropy import AntiEntropy
 from twisted_kv.cluster.calls import Calls, Request, Retry
 from twisted_kv.cluster.deadlines import Deadlines
-from twisted_kv.cluster.durable import NodeDisk
+from twisted_kv.cluster.durable import DurableGate, NodeDisk
 from twisted_kv.cluster.feed import ChangeFeed
 from twisted_kv.cluster.operations import ClientOperations
 from twisted_kv.cluster.replication import Replication
@@ -70,17 +68,6 @@ log = Logger()
 
 # Several gossip rounds per failure timeout keep a live node from looking dead.
 GOSSIP_PER_FAILURE_TIMEOUT = 6
-
-
-@define
-class _Held:
-    """
-    Consensus messages waiting for a consensus state to be on disk: those
-    that followed its change and those that came after, in order.
-    """
-
-    outgoing: Outgoing
-    saved: bool = False
 
 
 @implementer(IPeerHandler)
@@ -131,12 +118,21 @@ class Node:
         if disk is not None and disk.recovered.consensus is not None:
             self.consensus.restore(now, disk.recovered.consensus)
         self._saved_consensus = self.consensus.durable_state()
-        self._held: list[_Held] = []
+        self._consensus_gate = DurableGate(self._send_all, "the consensus state")
         self.membership = Membership(
             config.node_ids, node_id, incarnation, config.failure_timeout
         )
         self.ring = Ring(config.node_ids, config.partitions)
-        self.replicas = [Replica(p) for p in range(config.partitions)]
+        if disk is None:
+            self.replicas = [Replica(p) for p in range(config.partitions)]
+        else:
+            recovered = disk.recovered
+            self.replicas = recovered.replicas
+            log.info(
+                "recovered {keys} keys ({size} bytes) from {path} in {seconds:.2f} s",
+                keys=recovered.keys(), size=recovered.bytes(), path=disk.path,
+                seconds=recovered.seconds,
+            )
         self.messenger: Optional[IMessenger] = None
         self.lost_partitions: frozenset[int] = frozenset()
         self.partition_losses = 0
@@ -186,6 +182,7 @@ class Node:
             feed=self.feed,
             antientropy=self.antientropy,
             expire=self._expire,
+            disk=disk,
         )
         self.operations = ClientOperations(
             config=config,
@@ -196,6 +193,7 @@ class Node:
             calls=self.calls,
             partition_config=self.partition_config,
             now=self._now,
+            run=0 if disk is None else disk.run,
         )
         self._dispatch = self._routes()
 
@@ -466,12 +464,17 @@ class Node:
             replica = self.replicas[index]
             if config.epoch < replica.epoch:
                 continue
-            replica.adopt_origin(config.origin)
+            if config.origin > replica.origin:
+                replica.adopt_origin(config.origin)
+                self.replication.forgotten(index)
             member = config.member(self.node_id)
             if member is None or member.incarnation != self.incarnation:
                 if replica.is_primary:
                     self.replication.fail_waiters(index, Retry("moved", maybe_applied=True))
+                held = replica.last_seq > 0 or len(replica.store) > 0
                 replica.forget()
+                if held:
+                    self.replication.forgotten(index)
                 replica.epoch = config.epoch
             elif config.primary == member:
                 self.replication.take_over(index)
@@ -574,31 +577,9 @@ class Node:
             state = self.consensus.durable_state()
             if state != self._saved_consensus:
                 self._saved_consensus = state
-                held = _Held(outgoing)
-                self._held.append(held)
-                self._disk.save_consensus(state).addCallbacks(
-                    self._consensus_saved, self._consensus_not_saved,
-                    callbackArgs=(held,), errbackArgs=(held,),
-                )
+                self._consensus_gate.after(self._disk.save_consensus(state), outgoing)
                 return
-        if self._held:
-            self._held[-1].outgoing.extend(outgoing)
-        else:
-            self._send_all(outgoing)
-
-    def _consensus_saved(self, result: object, held: _Held) -> None:
-        held.saved = True
-        while self._held and self._held[0].saved:
-            self._send_all(self._held.pop(0).outgoing)
-
-    def _consensus_not_saved(self, failure: Failure, held: _Held) -> None:
-        log.error(
-            "cannot save the consensus state in {path}: {error}; not answering",
-            path=self._disk.path if self._disk else None,
-            error=failure.getErrorMessage(),
-        )
-        held.outgoing.clear()
-        self._consensus_saved(None, held)
+        self._consensus_gate.send(outgoing)
 
     def hears_leader(self) -> bool:
         """

@@ -68,8 +68,12 @@ class ClientOperations:
         calls: Calls,
         partition_config: Callable[[int], Optional[PartitionConfig]],
         now: Callable[[], float],
+        run: int = 0,
     ) -> None:
         """
+        @param run: with a data directory, which start of the node this is
+            (a node restarted with its data keeps its incarnation, and its
+            replicas remember operation ids of its earlier runs).
         @param replication: what writes and reads wait on.
         @param calls: answers the peers' requests.
         @param partition_config: the current map's configuration of a
@@ -79,6 +83,7 @@ class ClientOperations:
         self._config = config
         self._node_id = node_id
         self._incarnation = incarnation
+        self._op_prefix = f"{node_id}/{incarnation:x}/" + (f"{run}/" if run else "")
         self._replicas = replicas
         self._replication = replication
         self._calls = calls
@@ -93,7 +98,7 @@ class ClientOperations:
         An operation id no other operation of the cluster has: a retried
         write under it is applied once.
         """
-        return f"{self._node_id}/{self._incarnation:x}/{next(self._op_ids)}"
+        return f"{self._op_prefix}{next(self._op_ids)}"
 
     def bytes_used(self) -> int:
         return sum(r.store.bytes_used for r in self._replicas)

@@ -14,9 +14,12 @@ from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_kv.cluster.antientropy import AntiEntropy
 from twisted_kv.cluster.calls import Retry
+from twisted_kv.cluster.durable import APPEND, FORGET, SNAPSHOT, DurableGate, NodeDisk
 from twisted_kv.cluster.feed import ChangeFeed
 from twisted_kv.core import messages
 from twisted_kv.core.config import ClusterConfig
@@ -24,6 +27,8 @@ from twisted_kv.core.consensus import Consensus
 from twisted_kv.core.placement import PartitionConfig
 from twisted_kv.core.records import Expire
 from twisted_kv.core.replica import Replica
+
+log = Logger()
 
 # How often a primary checks that its members catching up still progress.
 NUDGES_PER_FAILURE_TIMEOUT = 3
@@ -35,6 +40,22 @@ LEASE_PROMISE_SHARE = 0.5
 # The primary's lease ends this share earlier than its members' promises,
 # for clocks that run at slightly different rates.
 LEASE_CLOCK_MARGIN = 0.1
+
+
+def _shape(replica: Replica) -> tuple:
+    """
+    What changes when a replica takes something in that must be recorded:
+    its epoch and origin (fences against older primaries), its log's end,
+    its commit and trim positions.
+    """
+    return (
+        replica.epoch,
+        replica.origin,
+        replica.last_seq,
+        replica.epoch_at(replica.last_seq),
+        replica.commit_seq,
+        replica.base_seq,
+    )
 
 
 class Replication:
@@ -57,6 +78,7 @@ class Replication:
         feed: ChangeFeed,
         antientropy: AntiEntropy,
         expire: Callable[[int, Expire], None],
+        disk: Optional[NodeDisk] = None,
     ) -> None:
         """
         @param lease_now: the time read leases are measured with, which
@@ -68,6 +90,8 @@ class Replication:
         @param feed: where committed changes go.
         @param antientropy: answers digests once a member applied enough.
         @param expire: runs a due expiry of a partition as a write.
+        @param disk: the node's data directory, where every change to a
+            replica's log goes before it is acknowledged or counted.
         """
         self._config = config
         self._node_id = node_id
@@ -96,6 +120,23 @@ class Replication:
         self._ids = itertools.count(1)
         self._last_report: dict[tuple[int, str], float] = {}
         self._next_nudge = clock.seconds()
+        self._disk = disk
+        # answers to primaries, each sent once what it acknowledges is durable
+        self._answers = DurableGate(self._send_each, "replica entries")
+        # per partition: the log position up to which the log is recorded,
+        # and the commit position last recorded
+        self._logged = {r.partition: r.last_seq for r in replicas}
+        self._logged_commit = {r.partition: r.commit_seq for r in replicas}
+        if disk is not None:
+            # The promises given before a restart are forgotten with it: a
+            # node coming back with its data keeps them all, for as long as
+            # any can run, before it takes over as a primary.
+            for replica in replicas:
+                replica.promise_lease(lease_now() + self._lease_promise)
+
+    def _send_each(self, outgoing: list[tuple[str, list]]) -> None:
+        for peer, message in outgoing:
+            self._send(peer, message)
 
     def stop(self) -> None:
         """
@@ -211,6 +252,7 @@ class Replication:
             if partition in self._round_wanted:
                 self._round_wanted.discard(partition)
                 replica.new_round(self._lease_now())
+            self._record_own(replica)
             for member in replica.members:
                 if replica.needs_snapshot(member):
                     for message in replica.snapshot_messages(member):
@@ -218,6 +260,61 @@ class Replication:
                 self._send(member, replica.append_message(member))
             self._settle(replica)
         self._feed.publish()
+
+    def _record_own(self, replica: Replica) -> None:
+        """
+        Record what this primary added to its log, and how far it
+        committed, since the last record; its own copy counts towards a
+        commit once that record is durable (L{Replica.mark_durable}).
+        """
+        partition = replica.partition
+        if self._disk is None or (
+            self._logged[partition] == replica.last_seq
+            and self._logged_commit[partition] == replica.commit_seq
+        ):
+            return
+        prev, prev_epoch, entries = replica.entries_after(self._logged[partition])
+        last = replica.last_seq
+        self._logged[partition] = last
+        self._logged_commit[partition] = replica.commit_seq
+        fields = [
+            partition, replica.epoch, prev, prev_epoch, entries, replica.commit_seq, replica.origin
+        ]
+        self._disk.append(APPEND, fields).addCallbacks(
+            self._recorded, self._not_recorded,
+            callbackArgs=(partition, last, replica.epoch_at(last)),
+            errbackArgs=(partition, prev),
+        )
+
+    def _recorded(self, result: object, partition: int, seq: int, epoch: Optional[int]) -> None:
+        replica = self._replicas[partition]
+        replica.mark_durable(seq, epoch)
+        if replica.is_primary:
+            self._settle(replica)
+
+    def _not_recorded(self, failure: Failure, partition: int, prev: int) -> None:
+        """
+        A primary's entries could not be recorded: they are not counted,
+        and go out again with the next record.
+        """
+        log.error(
+            "partition {partition}: cannot record entries: {error}",
+            partition=partition, error=failure.getErrorMessage(),
+        )
+        self._logged[partition] = min(self._logged[partition], prev)
+        self._logged_commit[partition] = -1
+
+    def forgotten(self, partition: int) -> None:
+        """
+        C{partition}'s replica dropped everything: record that.
+        """
+        self._logged[partition] = self._logged_commit[partition] = 0
+        if self._disk is not None:
+            origin = self._replicas[partition].origin
+            self._disk.append(FORGET, [partition, origin]).addErrback(self._log_failure)
+
+    def _log_failure(self, failure: Failure) -> None:
+        log.error("cannot record a replica change: {error}", error=failure.getErrorMessage())
 
     def _settle(self, replica: Replica) -> None:
         """
@@ -357,13 +454,30 @@ class Replication:
             self._send(peer, messages.stale(partition, replica.epoch))
             return
         self.superseded(replica, epoch)
+        before = _shape(replica)
         ok, last = replica.on_append(epoch, prev_seq, prev_epoch, entries, commit, origin)
         if ok:
             replica.promise_lease(self._lease_now() + self._lease_promise)
-            self._send(peer, messages.append_ok(partition, epoch, last, round_))
+            answer = messages.append_ok(partition, epoch, last, round_)
         else:
-            self._send(peer, messages.append_refused(partition, epoch, last))
+            answer = messages.append_refused(partition, epoch, last)
+        if self._disk is not None and _shape(replica) != before:
+            # Acknowledge only once what is acknowledged is durable.
+            fields = [partition, epoch, prev_seq, prev_epoch, entries, commit, origin]
+            self._member_recorded(partition, self._disk.append(APPEND, fields), [(peer, answer)])
+        else:
+            self._answers.send([(peer, answer)])
         self._antientropy.answer(replica)
+
+    def _member_recorded(
+        self, partition: int, durable: "Deferred[None]", outgoing: list[tuple[str, list]]
+    ) -> None:
+        replica = self._replicas[partition]
+        seq = self._logged[partition] = replica.last_seq
+        self._logged_commit[partition] = replica.commit_seq
+        epoch = replica.epoch_at(seq)
+        durable.addCallback(lambda _: replica.mark_durable(seq, epoch))
+        self._answers.after(durable, outgoing)
 
     def on_snapshot(self, peer: str, message: list) -> None:
         partition, epoch, seq, seq_epoch, first, last, records, origin = (
@@ -374,3 +488,6 @@ class Replication:
             return
         self.superseded(replica, epoch)
         replica.on_snapshot(epoch, seq, seq_epoch, first, last, records, origin)
+        if self._disk is not None:
+            fields = [partition, epoch, seq, seq_epoch, first, last, records, origin]
+            self._member_recorded(partition, self._disk.append(SNAPSHOT, fields), [])

@@ -167,6 +167,11 @@ class Replica:
     @ivar origin: the epoch the data held started from (see
         L{twisted_kv.core.placement.PartitionConfig.origin}).
     @ivar commit_seq: the newest log position known to be committed.
+    @ivar durable_seq: with a data directory, the last log position this
+        replica's own copy holds on disk (L{mark_durable}): a primary counts
+        its own copy towards a commit only that far, as it counts its
+        members' copies only once they acknowledge them; C{None} without
+        one.
     """
 
     def __init__(self, partition: int) -> None:
@@ -183,6 +188,7 @@ class Replica:
         self.base_epoch = 0
         self.commit_seq = 0
         self.applied_seq = 0
+        self.durable_seq: Optional[int] = None
         self._recent_ops: OrderedDict[str, int] = OrderedDict()
         self.recent_changes: deque[Entry] = deque(maxlen=RECENT_CHANGES)
         self._unannounced: list[Entry] = []
@@ -221,6 +227,8 @@ class Replica:
 
     def _truncate_from(self, seq: int) -> None:
         assert seq > self.commit_seq, "committed entries are never dropped"
+        if self.durable_seq is not None:
+            self.durable_seq = min(self.durable_seq, seq - 1)
         dropped = self.log[seq - self.base_seq - 1 :]
         del self.log[seq - self.base_seq - 1 :]
         for entry in dropped:
@@ -599,9 +607,45 @@ class Replica:
                 self._next[name] = self._match[name] + 1
                 self._snapshot_at.pop(name, None)
 
+    def epoch_at(self, seq: int) -> Optional[int]:
+        """
+        The epoch of the entry at log position C{seq} (C{base_seq}
+        included), or C{None} if the log does not reach back to it.
+        """
+        if seq > self.last_seq:
+            return None
+        return self._epoch_at(seq)
+
+    def entries_after(self, seq: int) -> tuple[int, Optional[int], list]:
+        """
+        What the log holds after position C{seq} (from C{base_seq} if it no
+        longer reaches back so far): C{(prev_seq, prev_epoch, entries)} in
+        the form of an C{app} message, for recording it.
+        """
+        prev = max(min(seq, self.last_seq), self.base_seq)
+        entries = [encode_entry(e) for e in self.log[prev - self.base_seq :]]
+        return prev, self._epoch_at(prev), entries
+
+    def mark_durable(self, seq: int, epoch: Optional[int]) -> None:
+        """
+        Our own copy of the log is on disk up to C{seq}, whose entry was of
+        C{epoch} (if it has been replaced since, this says nothing; if it
+        was trimmed, it was committed, hence not replaced): as primary,
+        commit what every member and our disk now hold.
+        """
+        if self.durable_seq is None:
+            return
+        if seq > self.base_seq and self.epoch_at(seq) != epoch:
+            return
+        self.durable_seq = max(self.durable_seq, seq)
+        if self.is_primary:
+            self._advance_commit()
+
     def _advance_commit(self) -> None:
         commit = min(self._match.values(), default=self.last_seq)
         commit = min(commit, self.last_seq)
+        if self.durable_seq is not None:
+            commit = min(commit, self.durable_seq)
         if commit > self.commit_seq:
             self.commit_seq = commit
         self._apply_committed()
@@ -790,6 +834,8 @@ class Replica:
         self.digest.clear()
         self.log.clear()
         self.base_seq = self.base_epoch = self.commit_seq = self.applied_seq = 0
+        if self.durable_seq is not None:
+            self.durable_seq = 0
         self._recent_ops.clear()
         self.recent_changes.clear()
         self._digest_check = None

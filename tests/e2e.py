@@ -145,7 +145,7 @@ def write_config(
         f"name = {name}",
         f"secret = {secret}",
         f"replicas = {replicas}",
-        "data_dir =",
+        f"data_dir = {tunables.pop('data_dir', '')}".rstrip(" "),
     ]
     lines += [f"{key} = {value}" for key, value in tunables.items()]
     for node_id, http_port, peer_port, ftp_port in node_ports:

@@ -1067,3 +1067,62 @@ class EncodingTests(SynchronousTestCase):
         (row,) = wire(encode_records([(change.key, change.record)]))
         replica.on_snapshot(1, 1, 1, True, True, [row])
         self.assertEqual(replica.store.get(change.key), change.record)
+
+
+class DurableTests(SynchronousTestCase):
+    """
+    With a data directory, a primary counts its own copy only as far as it
+    is on disk, and its log can be recorded and replayed.
+    """
+
+    def test_commit_waits_for_own_disk(self) -> None:
+        """
+        Every member storing a write commits it only once the primary's own
+        record of it is durable.
+        """
+        group = Group()
+        group.primary.durable_seq = 0
+        entry = group.write("k", b"v")
+        self.assertEqual(group.push("b1"), [])
+        self.assertEqual(group.push("b2"), [])
+        self.assertEqual(group.primary.commit_seq, 0)
+        group.primary.mark_durable(entry.seq, entry.epoch)
+        self.assertEqual(group.primary.commit_seq, 1)
+        self.assertEqual(group.primary.take_announcements(), [entry])
+
+    def test_replaced_entry_not_marked(self) -> None:
+        """
+        A record made durable after its entry was replaced says nothing
+        about the entry now at that position.
+        """
+        backup = Replica(PARTITION)
+        backup.durable_seq = 0
+        group = Group(("b1",))
+        group.write("k", b"v")
+        answer(group.primary, backup, "b1", group.primary.append_message("b1"))
+        backup.mark_durable(1, 2)
+        self.assertEqual(backup.durable_seq, 0)
+        backup.mark_durable(1, 1)
+        self.assertEqual(backup.durable_seq, 1)
+
+    def test_replay_of_recorded_entries(self) -> None:
+        """
+        What L{Replica.entries_after} gives, replayed through
+        L{Replica.on_append} (twice: recovery may read a record again),
+        rebuilds the log and the store.
+        """
+        group = Group(("b1",))
+        for i in range(5):
+            group.write(f"k{i}", b"v")
+        primary = group.primary
+        prev, prev_epoch, recorded = primary.entries_after(0)
+        group.settle()
+        # the commit position, recorded later, with what was added since
+        later = primary.entries_after(5)
+        self.assertEqual(later, (5, 1, []))
+        copy = Replica(PARTITION)
+        for _ in range(2):
+            copy.on_append(primary.epoch, prev, prev_epoch, wire(recorded), 0)
+            copy.on_append(primary.epoch, *later, primary.commit_seq)
+        self.assertEqual((copy.last_seq, copy.commit_seq), (5, 5))
+        self.assertEqual(sorted(copy.store.keys()), [f"k{i}" for i in range(5)])

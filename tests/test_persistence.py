@@ -8,6 +8,7 @@ acknowledged write comes back, and the histories are linearizable.
 
 from __future__ import annotations
 
+import errno
 import random
 from typing import Any, Optional
 
@@ -16,8 +17,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.linearizability import Op, check, random_operation
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import format_version
-from twisted_kv.errors import KeyExists, KeyNotFound, PreconditionFailed, Unavailable
+from twisted_kv.errors import (
+    DiskFull,
+    KeyExists,
+    KeyNotFound,
+    LogFailed,
+    PreconditionFailed,
+    Unavailable,
+)
 from twisted_kv.interfaces import ReadResult, WriteResult
+from twisted_kv.storage.testing import Fault
 from twisted_kv.testing import MemoryCluster
 
 KEYS = ("x", "y", "z")
@@ -151,3 +160,77 @@ class PowerCutTests(SynchronousTestCase):
         """
         for seed in range(100, 120):
             self.assert_linearizable(seed)
+
+
+def _outcome(d: Any) -> list:
+    box: list = []
+    d.addBoth(box.append)
+    return box
+
+
+class DiskErrorTests(SynchronousTestCase):
+    """
+    A write that cannot be made durable is never acknowledged; reads go on.
+    """
+
+    def primary_of(self, cluster: MemoryCluster, key: str) -> str:
+        node = next(iter(cluster.nodes.values()))
+        config = node.partition_config(node.partition_of(user_key(key)))
+        assert config is not None
+        return config.primary.node_id
+
+    def test_disk_full(self) -> None:
+        """
+        While the primary's disk is full, writes fail (the first ones
+        without an acknowledgement, then with L{DiskFull} at once) and
+        reads answer; once space is freed, writes are acknowledged again.
+        """
+        cluster = MemoryCluster(3, seed=1, disks=True)
+        cluster.settle()
+        coordinator = cluster.coordinators["n1"]
+        _outcome(coordinator.put(user_key("k"), b"v1"))
+        cluster.run(0.5)
+        primary = self.primary_of(cluster, "k")
+        fs = cluster.filesystems[primary]
+        fs.inject(Fault("write", errno.ENOSPC, times=None))
+        first = _outcome(coordinator.put(user_key("k"), b"v2"))
+        cluster.run(6)
+        self.assertEqual(len(first), 1)
+        self.assertNotIsInstance(first[0], WriteResult)
+        refused = _outcome(coordinator.put(user_key("k"), b"v3"))
+        cluster.run(1)
+        self.assertTrue(refused[0].check(DiskFull), refused)
+        self.assertEqual(refused[0].value.status, 507)
+        read = _outcome(coordinator.get(user_key("k")))
+        cluster.run(1)
+        self.assertEqual(read[0].record.value, b"v1")
+        fs.clear_faults()
+        cluster.run(1)
+        again = _outcome(coordinator.put(user_key("k"), b"v4"))
+        cluster.run(1)
+        self.assertIsInstance(again[0], WriteResult)
+        cluster.stop()
+
+    def test_failed_fsync(self) -> None:
+        """
+        After a failed fsync, the node's log is failed: writes it would
+        order are refused with L{LogFailed} (503), reads still answer.
+        """
+        cluster = MemoryCluster(3, seed=2, disks=True)
+        cluster.settle()
+        coordinator = cluster.coordinators["n1"]
+        _outcome(coordinator.put(user_key("k"), b"v1"))
+        cluster.run(0.5)
+        primary = self.primary_of(cluster, "k")
+        cluster.filesystems[primary].inject(Fault("sync", errno.EIO, times=None))
+        _outcome(coordinator.put(user_key("k"), b"v2"))
+        cluster.run(6)
+        refused = _outcome(coordinator.put(user_key("k"), b"v3"))
+        cluster.run(1)
+        self.assertTrue(refused[0].check(LogFailed), refused)
+        self.assertEqual(refused[0].value.status, 503)
+        read = _outcome(coordinator.get(user_key("k")))
+        cluster.run(1)
+        self.assertIsInstance(read[0], ReadResult)
+        self.flushLoggedErrors()
+        cluster.stop()

@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 
 from twisted_kv.core.consensus import DurableState
 from twisted_kv.core.replica import Replica
-from twisted_kv.errors import StorageCorrupt
+from twisted_kv.errors import DiskFull, LogFailed, StorageCorrupt
 from twisted_kv.storage.committer import GroupCommitter, RunInThread
 from twisted_kv.storage.fs import IFileSystem
 from twisted_kv.storage.recovery import Storage
@@ -179,9 +179,42 @@ class NodeDisk:
     _storage: Storage
     _committer: GroupCommitter
     run: int = field(init=False)
+    # the last record appended failed for want of space, and none since
+    # succeeded
+    full: bool = field(default=False, init=False)
+    _failure_reported: bool = field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.run = self.recovered.runs + 1
+
+    @property
+    def failed(self) -> bool:
+        """
+        Whether a sync of the log failed: nothing can be made durable any
+        more (until a restart reads back what is there).
+        """
+        return self._committer.failed
+
+    def refusal(self) -> Optional[Exception]:
+        """
+        Why a new write must be refused before it is ordered, if it must:
+        L{DiskFull} while the disk is full (until a record goes through
+        again), L{LogFailed} once a sync failed.  Reads need no disk.
+        """
+        if self._committer.failed:
+            return LogFailed(f"the log of {self.path} failed; writes stop until a restart")
+        if self.full:
+            return DiskFull(f"the disk of {self.path} is full")
+        return None
+
+    def probe(self, state: DurableState) -> None:
+        """
+        While the disk is full, try a small record (the consensus state
+        again: the last one wins), so that writes resume once space is
+        freed even if nothing else is being written.
+        """
+        if self.full and not self._committer.failed:
+            self.save_consensus(state).addErrback(lambda failure: None)
 
     @classmethod
     def open(
@@ -275,7 +308,25 @@ class NodeDisk:
         @return: a Deferred that fires once the record is as durable as the
             C{fsync} policy asks, or fails as L{GroupCommitter.append} does.
         """
-        return self._committer.append(record_type, encode_fields(fields))
+        return self._appended(self._committer.append(record_type, encode_fields(fields)))
+
+    def _appended(self, d: "Deferred[None]") -> "Deferred[None]":
+        def succeeded(result: None) -> None:
+            self.full = False
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(DiskFull):
+                if not self.full:
+                    log.error("{path}: disk full; refusing writes until space is freed",
+                              path=self.path)
+                self.full = True
+            elif failure.check(LogFailed) and not self._failure_reported:
+                log.error("{path}: {error}; refusing writes until a restart",
+                          path=self.path, error=failure.getErrorMessage())
+                self._failure_reported = True
+            return failure
+
+        return d.addCallbacks(succeeded, failed)
 
     def save_consensus(self, state: DurableState) -> "Deferred[None]":
         """
@@ -285,7 +336,7 @@ class NodeDisk:
             the policy, or fails as L{GroupCommitter.append} does (the
             outputs that follow the change must then never be sent).
         """
-        written = self._committer.append(CONSENSUS, encode_consensus(state))
+        written = self._appended(self._committer.append(CONSENSUS, encode_consensus(state)))
         if self.policy == "always":
             return written
         synced = self._committer.exclusive(self._storage.log.sync)

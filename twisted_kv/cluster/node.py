@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_kv.cluster.antientropy import AntiEntropy
@@ -194,6 +195,7 @@ class Node:
             partition_config=self.partition_config,
             now=self._now,
             run=0 if disk is None else disk.run,
+            refusal=(lambda: None) if disk is None else disk.refusal,
         )
         self._dispatch = self._routes()
 
@@ -257,7 +259,14 @@ class Node:
         self.replication.stop()
         if self._disk is None:
             return succeed(None)
-        return self._disk.stop()
+        return self._disk.stop().addErrback(self._not_synced_at_stop)
+
+    def _not_synced_at_stop(self, failure: Failure) -> None:
+        log.error(
+            "could not sync {path} at stop: {error}; the next start reads what is there",
+            path=self._disk.path if self._disk else None,
+            error=failure.getErrorMessage(),
+        )
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -381,6 +390,8 @@ class Node:
             )
         self._consensus_out(self.consensus.tick(now))
         self._after_consensus()
+        if self._disk is not None:
+            self._disk.probe(self._saved_consensus)
         self._find_lost_partitions(now)
         if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
             self._last_gossip = now

@@ -69,11 +69,15 @@ class ClientOperations:
         partition_config: Callable[[int], Optional[PartitionConfig]],
         now: Callable[[], float],
         run: int = 0,
+        refusal: Callable[[], Optional[Exception]] = lambda: None,
     ) -> None:
         """
         @param run: with a data directory, which start of the node this is
             (a node restarted with its data keeps its incarnation, and its
             replicas remember operation ids of its earlier runs).
+        @param refusal: why writes must be refused at once, if they must
+            (the data directory cannot take them: see
+            L{twisted_kv.cluster.durable.NodeDisk.refusal}).
         @param replication: what writes and reads wait on.
         @param calls: answers the peers' requests.
         @param partition_config: the current map's configuration of a
@@ -83,6 +87,7 @@ class ClientOperations:
         self._config = config
         self._node_id = node_id
         self._incarnation = incarnation
+        self._refusal = refusal
         self._op_prefix = f"{node_id}/{incarnation:x}/" + (f"{run}/" if run else "")
         self._replicas = replicas
         self._replication = replication
@@ -138,6 +143,9 @@ class ClientOperations:
             > self._config.memory_limit
         ):
             return fail(InsufficientStorage("the node's memory limit would be exceeded"))
+        refusal = self._refusal()
+        if refusal is not None:
+            return fail(refusal)
         self.executed += 1
         try:
             entry = replica.propose(operation, op_id, self._now())

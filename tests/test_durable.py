@@ -7,12 +7,14 @@ node keeps there across crashes.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.cluster.durable import (
+    APPEND,
     CONSENSUS,
     DurableGate,
     NodeDisk,
@@ -21,11 +23,17 @@ from twisted_kv.cluster.durable import (
 )
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.membership import new_incarnation
+from twisted_kv.core.records import Put
+from twisted_kv.core.replica import Replica
 from twisted_kv.errors import StorageCorrupt, WriteFailed
 from twisted_kv.storage.log import Log
 from twisted_kv.storage.testing import CrashableFileSystem, HeldRunner, run_now
 from twisted_kv.testing import MemoryCluster, cluster_config
 from twisted_kv.wire import codec
+
+def _call(work: Any) -> Any:
+    return work()
+
 
 _STATE = (7, "n2", 3, 6, [1, [[2, 3]]], 3)
 
@@ -55,7 +63,7 @@ class NodeDiskTests(SynchronousTestCase):
     """
 
     def open(self, fs: CrashableFileSystem, policy: str = "always") -> NodeDisk:
-        return NodeDisk.open(fs, "/data/n1", policy, run_now, Clock(), 4)
+        return NodeDisk.open(fs, "/data/n1", policy, run_now, Clock(), 4, _call)
 
     def test_empty(self) -> None:
         """
@@ -73,7 +81,7 @@ class NodeDiskTests(SynchronousTestCase):
             for seed in range(5):
                 fs = CrashableFileSystem()
                 clock = Clock()
-                disk = NodeDisk.open(fs, "/data/n1", policy, run_now, clock, 4)
+                disk = NodeDisk.open(fs, "/data/n1", policy, run_now, clock, 4, _call)
                 saved = []
                 disk.save_consensus((1, None, 0, 0, None, 0)).addCallback(saved.append)
                 disk.save_consensus(_STATE).addCallback(saved.append)
@@ -131,7 +139,7 @@ class NodeConsensusTests(SynchronousTestCase):
         clock.advance(1000)
         runner = HeldRunner()
         disk = NodeDisk.open(
-            CrashableFileSystem(), "/data/n1", "always", runner, clock, config.partitions
+            CrashableFileSystem(), "/data/n1", "always", runner, clock, config.partitions, _call
         )
         node = Node(
             config, "n1", clock=clock, incarnation=new_incarnation(1000, 1),
@@ -183,14 +191,14 @@ class IncarnationTests(SynchronousTestCase):
         C{boot}; return whether it kept its incarnation.
         """
         clock = Clock()
-        first = NodeDisk.open(fs, "/d", policy, run_now, clock, 1)
+        first = NodeDisk.open(fs, "/d", policy, run_now, clock, 1, _call)
         incarnation = first.incarnation(100, "boot A")
         clock.advance(0)
         if clean:
             first.stop()
             clock.advance(0)
             clock.advance(0)
-        second = NodeDisk.open(fs, "/d", policy, run_now, Clock(), 1)
+        second = NodeDisk.open(fs, "/d", policy, run_now, Clock(), 1, _call)
         self.assertEqual(second.run, 2)
         return second.incarnation(200, boot) == incarnation
 
@@ -242,3 +250,61 @@ class GateTests(SynchronousTestCase):
         self.flushLoggedErrors()
         gate.send([("d", [7])])
         self.assertEqual(sent[4:], [("d", [7])])
+
+
+class CompactionTests(SynchronousTestCase):
+    """
+    A snapshot replaces the log so far; recovery from it and the log after
+    it gives back the same state.
+    """
+
+    def test_snapshot_and_tail(self) -> None:
+        """
+        Entries recorded before a snapshot, during it (before their
+        partition's slice: covered by it, and skipped in the log) and after
+        it all come back, once; the segments the snapshot covers are
+        removed.
+        """
+        fs = CrashableFileSystem()
+        clock = Clock()
+        disk = NodeDisk.open(fs, "/d", "always", run_now, clock, 2, _call)
+        disk.incarnation(5, "boot")
+        disk.save_consensus(_STATE)
+        primary = Replica(0)
+        primary.durable_seq = 0
+        primary.become_primary(1, [], [])
+        logged = 0
+
+        def write(key: str) -> None:
+            nonlocal logged
+            primary.propose(Put(key, b"v"), None, 0.0)
+            prev, prev_epoch, entries = primary.entries_after(logged)
+            logged = primary.last_seq
+            disk.append_replica(
+                APPEND, 0, [primary.epoch, prev, prev_epoch, entries, primary.commit_seq, 0]
+            ).addCallback(lambda _, seq=logged: primary.mark_durable(seq, 1))
+
+        for i in range(5):
+            write(f"a{i}")
+        clock.advance(0)
+        disk.compact([primary, Replica(1)])
+        write("during")
+        for _ in range(5):
+            clock.advance(0)
+        write("after")
+        for _ in range(3):
+            clock.advance(0)
+        names = fs.listdir("/d")
+        self.assertEqual(len([n for n in names if n.endswith(".snap")]), 1, names)
+        self.assertNotIn("00000000000000000000.log", names)
+        again = NodeDisk.open(fs, "/d", "always", run_now, Clock(), 2, _call)
+        recovered = again.recovered.replicas[0]
+        # "after" was recorded before it was committed: it is in the log
+        self.assertEqual(
+            sorted(recovered.store.keys()), sorted([f"a{i}" for i in range(5)] + ["during"])
+        )
+        self.assertEqual((recovered.last_seq, recovered.commit_seq), (7, 6))
+        self.assertIsNotNone(recovered.newest("after"))
+        self.assertEqual(again.recovered.consensus, _STATE)
+        self.assertEqual(again.recovered.identity.incarnation, 5)
+        self.assertEqual(again.run, 2)

@@ -32,7 +32,12 @@ from twisted_kv.testing import MemoryCluster
 KEYS = ("x", "y", "z")
 
 
-def run_crashes(seed: int, victims: Optional[list[str]] = None, **tunables: object) -> dict[str, list[Op]]:
+def run_crashes(
+    seed: int,
+    victims: Optional[list[str]] = None,
+    compact_bytes: Optional[int] = None,
+    **tunables: object,
+) -> dict[str, list[Op]]:
     """
     Five clients, one operation in flight each, on random nodes and a few
     keys; after about a second, the power of C{victims} (a random set of nodes by
@@ -41,7 +46,7 @@ def run_crashes(seed: int, victims: Optional[list[str]] = None, **tunables: obje
     read once more from a random node.  Returns each key's history.
     """
     rng = random.Random(seed)
-    cluster = MemoryCluster(3, seed=seed, disks=True, **tunables)
+    cluster = MemoryCluster(3, seed=seed, disks=True, compact_bytes=compact_bytes, **tunables)
     cluster.settle()
     clock = cluster.clock
     history: dict[str, list[Op]] = {key: [] for key in KEYS}
@@ -153,6 +158,14 @@ class PowerCutTests(SynchronousTestCase):
         """
         for seed in range(20):
             self.assert_linearizable(seed, victims=["n1", "n2", "n3"])
+
+    def test_with_snapshots(self) -> None:
+        """
+        Snapshots taken every few kilobytes of log, while writes go on,
+        lose nothing either.
+        """
+        for seed in range(200, 215):
+            self.assert_linearizable(seed, compact_bytes=2048)
 
     def test_random_nodes(self) -> None:
         """

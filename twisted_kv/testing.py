@@ -45,6 +45,13 @@ def cluster_config(size: int = 3, **tunables: object) -> ClusterConfig:
     return parse_config("\n".join(lines) + "\n", "<test>")
 
 
+def _call(work: Callable[[], Any]) -> Any:
+    """
+    Run C{work} at once: disk work runs in the reactor's thread here.
+    """
+    return work()
+
+
 # How long the disk work of a node with a data directory takes (a write and
 # a sync).
 DISK_LATENCY = 0.01
@@ -209,13 +216,21 @@ class MemoryCluster:
     """
 
     def __init__(
-        self, size: int = 3, seed: int = 0, disks: bool = False, **tunables: object
+        self,
+        size: int = 3,
+        seed: int = 0,
+        disks: bool = False,
+        compact_bytes: Optional[int] = None,
+        **tunables: object,
     ) -> None:
         """
         @param disks: give each node a data directory on a
             L{CrashableFileSystem} of its own (L{filesystems}), kept across
             restarts, so that tests can cut the power (L{crash}).
+        @param compact_bytes: with C{disks}, snapshot a node's data once its
+            log grew by this much (L{NodeDisk.compact_min_bytes}).
         """
+        self._compact_bytes = compact_bytes
         if disks:
             tunables.setdefault("data_dir", "/data")
         self.config = cluster_config(size, **tunables)
@@ -245,8 +260,10 @@ class MemoryCluster:
         if path is not None:
             disk = NodeDisk.open(
                 self.filesystems[node_id], path, self.config.fsync, self._run_on_disk,
-                self.clock, self.config.partitions,
+                self.clock, self.config.partitions, _call,
             )
+            if self._compact_bytes is not None:
+                disk.compact_min_bytes = self._compact_bytes
         incarnation = new_incarnation(self.clock.seconds(), self.rng.getrandbits(63))
         if disk is not None:
             incarnation = disk.incarnation(incarnation, f"boot {self.boots[node_id]}")

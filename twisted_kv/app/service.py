@@ -21,7 +21,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 
 from twisted_kv._compat import raise_listen_errors
 from twisted_kv.cluster.coordinator import Coordinator
@@ -161,6 +161,7 @@ def open_disk(config: ClusterConfig, node_id: str, reactor: Any) -> Optional[Nod
             lambda work: deferToThreadPool(reactor, reactor.getThreadPool(), work),
             reactor,
             config.partitions,
+            lambda work: blockingCallFromThread(reactor, work),
         )
     except StorageCorrupt as error:
         raise SystemExit(f"kvnode {node_id}: refusing to start: {error}") from None

@@ -14,19 +14,30 @@ list (L{twisted_kv.wire.codec}); its type says what it is:
     (L{twisted_kv.core.consensus.Consensus.durable_state}); the last one
     read wins.  Written and synced before the node sends anything that
     follows a change of it, whatever the C{fsync} policy.
-  - L{APPEND}: C{[partition, epoch, prev_seq, prev_epoch, entries, commit,
-    origin]}, what a replica took into its log: a member's C{app} message
+  - L{APPEND}: C{[partition, n, epoch, prev_seq, prev_epoch, entries,
+    commit, origin]}, what a replica took into its log: a member's C{app} message
     from its primary (once it changed the replica), or a primary's own new
     entries and commit position, in the same form.  Replayed through
     L{Replica.on_append}, which skips what the log already holds, so a
     record read twice changes nothing.
-  - L{SNAPSHOT}: C{[partition, epoch, seq, seq_epoch, first, last, records,
-    origin]}, a chunk of a primary's snapshot a member took in; replayed
+  - L{SNAPSHOT}: C{[partition, n, epoch, seq, seq_epoch, first, last,
+    records, origin]}, a chunk of a primary's snapshot a member took in; replayed
     through L{Replica.on_snapshot}.
-  - L{FORGET}: C{[partition, origin]}: the replica dropped everything (the
-    node left the partition, or the partition started again empty).
-  - L{IDENTITY}: C{[incarnation, boot_id, policy]}, written at each start:
-    who the node was, on which boot of the machine, under which policy.
+  - L{FORGET}: C{[partition, n, origin]}: the replica dropped everything
+    (the node left the partition, or the partition started again empty).
+  - L{STATE} and L{KEYS}, in snapshots only: C{[partition, n, epoch,
+    origin, base_seq, base_epoch, commit_seq, applied_seq, entries,
+    recent_ops]}, a replica as it was when its record number was C{n},
+    followed by its store in chunks, C{[partition, records]}
+    (L{Replica.export_state}).
+  - L{IDENTITY}: C{[incarnation, boot_id, policy, run]}, written at each
+    start: who the node was, on which boot of the machine, under which
+    policy, in which run.
+
+C{n} numbers each partition's records, from 1, across runs.  A snapshot is
+fuzzy: taken one partition per reactor turn after the log was rotated, so
+the log after it holds records of a partition from before its slice as well
+as after; replay skips a partition's records numbered up to its slice's.
   - L{CLEAN}: C{[]}, written last by a clean stop, after which everything
     appended is synced.
 
@@ -41,7 +52,7 @@ Recovery reads the log once, at start, before the node is built
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
@@ -66,8 +77,14 @@ SNAPSHOT = 3
 FORGET = 4
 IDENTITY = 5
 CLEAN = 6
+STATE = 7
+KEYS = 8
 
-_REPLICA_FIELDS = {APPEND: 7, SNAPSHOT: 8, FORGET: 2}
+_REPLICA_FIELDS = {APPEND: 8, SNAPSHOT: 9, FORGET: 3, STATE: 10, KEYS: 2}
+
+#: Log bytes appended since the last snapshot that start the next one, at
+#: least (more if the live data is larger: see L{NodeDisk.compaction_due}).
+COMPACT_MIN_BYTES = 16 * 1024 * 1024
 
 
 def encode_consensus(state: DurableState) -> bytes:
@@ -97,28 +114,63 @@ def encode_fields(fields: list) -> bytes:
     return codec.encode(fields)
 
 
-def _replay(replicas: list[Replica], record_type: int, fields: Any) -> None:
+@define
+class _Replayer:
     """
-    Apply one replica record to C{replicas}.
+    Rebuilds a node's state from its records, in order.
+    """
 
-    @raise ValueError: the record is malformed.
-    """
-    if not isinstance(fields, list) or len(fields) != _REPLICA_FIELDS[record_type]:
-        raise ValueError(f"malformed record of type {record_type}")
-    partition = fields[0]
-    if not isinstance(partition, int) or not 0 <= partition < len(replicas):
-        raise ValueError(f"no partition {partition!r}")
-    replica = replicas[partition]
-    try:
-        if record_type == APPEND:
-            replica.on_append(*fields[1:])
-        elif record_type == SNAPSHOT:
-            replica.on_snapshot(*fields[1:])
-        else:
-            replica.adopt_origin(fields[1])
-            replica.forget()
-    except (TypeError, IndexError, KeyError, AssertionError) as error:
-        raise ValueError(f"unusable record of type {record_type}: {error!r}") from None
+    replicas: list[Replica]
+    consensus: Optional[DurableState] = None
+    identity: Optional["Identity"] = None
+    runs: int = 0
+    # per partition: the last record number seen, and the number up to
+    # which records are covered by the partition's state in the snapshot
+    numbers: dict[int, int] = field(factory=dict)
+    covered: dict[int, int] = field(factory=dict)
+
+    def replay(self, record_type: int, payload: bytes) -> None:
+        """
+        @raise ValueError: the record is malformed.
+        """
+        if record_type == CONSENSUS:
+            self.consensus = decode_consensus(payload)
+        elif record_type in _REPLICA_FIELDS:
+            self._replica(record_type, codec.decode(payload))
+        elif record_type == IDENTITY:
+            incarnation, boot_id, policy, run = codec.decode(payload)
+            self.identity = Identity(incarnation, boot_id, policy)
+            self.runs = max(self.runs, run)
+        elif record_type != CLEAN:
+            raise ValueError(f"unknown record type {record_type}")
+
+    def _replica(self, record_type: int, fields: Any) -> None:
+        if not isinstance(fields, list) or len(fields) != _REPLICA_FIELDS[record_type]:
+            raise ValueError(f"malformed record of type {record_type}")
+        partition = fields[0]
+        if not isinstance(partition, int) or not 0 <= partition < len(self.replicas):
+            raise ValueError(f"no partition {partition!r}")
+        replica = self.replicas[partition]
+        try:
+            if record_type == KEYS:
+                replica.restore_keys(fields[1])
+                return
+            number = fields[1]
+            self.numbers[partition] = max(self.numbers.get(partition, 0), number)
+            if record_type == STATE:
+                self.covered[partition] = number
+                replica.restore_state(*fields[2:])
+            elif number <= self.covered.get(partition, 0):
+                return
+            elif record_type == APPEND:
+                replica.on_append(*fields[2:])
+            elif record_type == SNAPSHOT:
+                replica.on_snapshot(*fields[2:])
+            else:
+                replica.adopt_origin(fields[2])
+                replica.forget()
+        except (TypeError, IndexError, KeyError, AssertionError) as error:
+            raise ValueError(f"unusable record of type {record_type}: {error!r}") from None
 
 
 @frozen
@@ -178,7 +230,19 @@ class NodeDisk:
     recovered: Recovered
     _storage: Storage
     _committer: GroupCommitter
+    _run_in_thread: RunInThread
+    _in_reactor: Callable[[Callable[[], Any]], Any]
     run: int = field(init=False)
+    # per partition, the number of its last record
+    _numbers: dict[int, int] = field(factory=dict, init=False)
+    # the last consensus state and identity appended
+    _consensus: Optional[DurableState] = field(default=None, init=False)
+    _identity: Optional[list] = field(default=None, init=False)
+    # bytes appended since the last snapshot started
+    _since_snapshot: int = field(default=0, init=False)
+    compacting: bool = field(default=False, init=False)
+    _compaction: Optional["Deferred[None]"] = field(default=None, init=False)
+    compact_min_bytes: int = field(default=COMPACT_MIN_BYTES, init=False)
     # the last record appended failed for want of space, and none since
     # succeeded
     full: bool = field(default=False, init=False)
@@ -225,10 +289,16 @@ class NodeDisk:
         run_in_thread: RunInThread,
         clock: IReactorTime,
         partitions: int,
+        in_reactor: Callable[[Callable[[], Any]], Any],
     ) -> "NodeDisk":
         """
         Read what C{path} holds (see L{recovered}), then open its log for
         appending.
+
+        @param in_reactor: runs a function in the reactor thread and returns
+            its result, from the thread that writes a snapshot
+            (C{blockingCallFromThread}); a plain call where
+            C{run_in_thread} runs work in the reactor thread itself.
 
         @raise twisted_kv.errors.StorageCorrupt: a file is damaged other
             than by a torn last write (the error names it).
@@ -236,27 +306,17 @@ class NodeDisk:
         """
         started = time.monotonic()
         storage = Storage.at(fs, path)
-        consensus = None
-        identity = None
-        replicas = [Replica(p) for p in range(partitions)]
-        count = runs = 0
+        replayer = _Replayer([Replica(p) for p in range(partitions)])
+        count = 0
         clean = False
         for record_type, payload in storage.recover():
             count += 1
             clean = record_type == CLEAN
             try:
-                if record_type == CONSENSUS:
-                    consensus = decode_consensus(payload)
-                elif record_type in _REPLICA_FIELDS:
-                    _replay(replicas, record_type, codec.decode(payload))
-                elif record_type == IDENTITY:
-                    incarnation, boot_id, policy = codec.decode(payload)
-                    identity = Identity(incarnation, boot_id, policy)
-                    runs += 1
-                elif record_type != CLEAN:
-                    raise ValueError(f"unknown record type {record_type}")
+                replayer.replay(record_type, payload)
             except ValueError as error:
                 raise StorageCorrupt(path, 0, f"record {count} unreadable: {error}") from None
+        replicas = replayer.replicas
         for replica in replicas:
             replica.durable_seq = replica.last_seq
         if storage.log.torn is not None:
@@ -269,9 +329,13 @@ class NodeDisk:
             )
         committer = GroupCommitter(storage.log, policy, run_in_thread, clock)
         recovered = Recovered(
-            consensus, replicas, identity, runs, clean, count, time.monotonic() - started
+            replayer.consensus, replicas, replayer.identity, replayer.runs, clean, count,
+            time.monotonic() - started,
         )
-        return cls(path, policy, recovered, storage, committer)
+        disk = cls(path, policy, recovered, storage, committer, run_in_thread, in_reactor)
+        disk._numbers = dict(replayer.numbers)
+        disk._consensus = replayer.consensus
+        return disk
 
     def incarnation(self, fresh: int, boot_id: str) -> int:
         """
@@ -293,13 +357,22 @@ class NodeDisk:
             last.policy == "always" or self.recovered.clean or last.boot_id == boot_id
         )
         incarnation = last.incarnation if keep and last is not None else fresh
-        self.append(IDENTITY, [incarnation, boot_id, self.policy]).addErrback(
+        self._identity = [incarnation, boot_id, self.policy, self.run]
+        self.append(IDENTITY, self._identity).addErrback(
             lambda failure: log.error(
                 "cannot record the node's identity in {path}: {error}",
                 path=self.path, error=failure.getErrorMessage(),
             )
         )
         return incarnation
+
+    def append_replica(self, record_type: int, partition: int, fields: list) -> "Deferred[None]":
+        """
+        Append a record of a replica of C{partition}: C{fields} after the
+        partition and the record's number.
+        """
+        number = self._numbers[partition] = self._numbers.get(partition, 0) + 1
+        return self.append(record_type, [partition, number, *fields])
 
     def append(self, record_type: int, fields: list) -> "Deferred[None]":
         """
@@ -308,7 +381,9 @@ class NodeDisk:
         @return: a Deferred that fires once the record is as durable as the
             C{fsync} policy asks, or fails as L{GroupCommitter.append} does.
         """
-        return self._appended(self._committer.append(record_type, encode_fields(fields)))
+        payload = encode_fields(fields)
+        self._since_snapshot += len(payload)
+        return self._appended(self._committer.append(record_type, payload))
 
     def _appended(self, d: "Deferred[None]") -> "Deferred[None]":
         def succeeded(result: None) -> None:
@@ -336,17 +411,107 @@ class NodeDisk:
             the policy, or fails as L{GroupCommitter.append} does (the
             outputs that follow the change must then never be sent).
         """
-        written = self._appended(self._committer.append(CONSENSUS, encode_consensus(state)))
+        self._consensus = state
+        payload = encode_consensus(state)
+        self._since_snapshot += len(payload)
+        written = self._appended(self._committer.append(CONSENSUS, payload))
         if self.policy == "always":
             return written
         synced = self._committer.exclusive(self._storage.log.sync)
         written.addErrback(lambda failure: None)
         return synced
 
+    def compaction_due(self, live_bytes: int) -> bool:
+        """
+        Whether to start a snapshot now: the log since the last one has
+        grown beyond the live data (and L{compact_min_bytes}), so that the
+        disk holds about a snapshot (the live data) and at most as much
+        again of log, plus what is appended while a snapshot is written.
+        """
+        return (
+            not self.compacting
+            and not self._committer.failed
+            and self._since_snapshot > max(self.compact_min_bytes, live_bytes)
+        )
+
+    def compact(self, replicas: list[Replica]) -> "Deferred[None]":
+        """
+        Replace the log so far by a snapshot, in the background: the log
+        is rotated (in order with the commits), then the snapshot is written
+        in a thread, taking one replica per reactor turn (L{in_reactor}), so
+        that requests go on meanwhile and no second copy of the data is
+        built; once it is durable, the segments it covers are removed.
+
+        @return: a Deferred that fires when done; a failure (the disk full,
+            say) is logged, and the log simply goes on.
+        """
+        self.compacting = True
+        self._since_snapshot = 0
+        # What was appended before this call is in the segments the
+        # snapshot replaces: their last consensus state and identity go in.
+        consensus, identity = self._consensus, self._identity
+        storage = self._storage
+        started = time.monotonic()
+
+        def write(covers: int) -> "Deferred[int]":
+            records = self._snapshot_records(consensus, identity, replicas)
+            return self._run_in_thread(
+                lambda: storage.snapshots.write(covers, records)
+            ).addCallback(lambda snapshot: covers)
+
+        def done(result: object) -> None:
+            self.compacting = False
+            self._compaction = None
+            if isinstance(result, Failure):
+                log.error(
+                    "snapshot of {path} failed: {error}; the log goes on",
+                    path=self.path, error=result.getErrorMessage(),
+                )
+            else:
+                log.info(
+                    "snapshot of {path} written in {seconds:.2f} s",
+                    path=self.path, seconds=time.monotonic() - started,
+                )
+
+        d = self._committer.exclusive(storage.log.rotate)
+        self._compaction = d
+        d.addCallback(write)
+        d.addCallback(lambda covers: self._committer.exclusive(
+            lambda: storage.log.remove_before(covers)
+        ))
+        return d.addBoth(done)
+
+    def _snapshot_records(
+        self, consensus: Optional[DurableState], identity: Optional[list], replicas: list[Replica]
+    ) -> Iterator[tuple[int, bytes]]:
+        """
+        The records of a snapshot, made as the writer consumes them: each
+        replica's state is taken in the reactor thread, in one turn, and
+        encoded in the writer's.
+        """
+        if consensus is not None:
+            yield CONSENSUS, encode_consensus(consensus)
+        if identity is not None:
+            yield IDENTITY, encode_fields(identity)
+        for replica in replicas:
+            partition = replica.partition
+            number, header, chunks = self._in_reactor(
+                lambda: (self._numbers.get(partition, 0), *replica.export_state())
+            )
+            yield STATE, encode_fields([partition, number, *header])
+            for chunk in chunks:
+                yield KEYS, encode_fields([partition, chunk])
+
     def stop(self) -> "Deferred[None]":
         """
         Record a clean stop, sync everything appended, and stop.
         """
+        if self._compaction is not None:
+            # The snapshot's writer calls into the reactor: let it finish
+            # while the reactor runs.
+            waiting: Deferred[None] = Deferred()
+            self._compaction.addBoth(lambda result: waiting.callback(None))
+            return waiting.addCallback(lambda _: self.stop())
         self.append(CLEAN, []).addErrback(lambda failure: None)
         return self._committer.stop()
 

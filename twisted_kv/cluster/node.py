@@ -392,6 +392,8 @@ class Node:
         self._after_consensus()
         if self._disk is not None:
             self._disk.probe(self._saved_consensus)
+            if self._disk.compaction_due(self.bytes_used()):
+                self._disk.compact(self.replicas)
         self._find_lost_partitions(now)
         if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
             self._last_gossip = now

@@ -277,10 +277,8 @@ class Replication:
         last = replica.last_seq
         self._logged[partition] = last
         self._logged_commit[partition] = replica.commit_seq
-        fields = [
-            partition, replica.epoch, prev, prev_epoch, entries, replica.commit_seq, replica.origin
-        ]
-        self._disk.append(APPEND, fields).addCallbacks(
+        fields = [replica.epoch, prev, prev_epoch, entries, replica.commit_seq, replica.origin]
+        self._disk.append_replica(APPEND, partition, fields).addCallbacks(
             self._recorded, self._not_recorded,
             callbackArgs=(partition, last, replica.epoch_at(last)),
             errbackArgs=(partition, prev),
@@ -311,7 +309,7 @@ class Replication:
         self._logged[partition] = self._logged_commit[partition] = 0
         if self._disk is not None:
             origin = self._replicas[partition].origin
-            self._disk.append(FORGET, [partition, origin]).addErrback(self._log_failure)
+            self._disk.append_replica(FORGET, partition, [origin]).addErrback(self._log_failure)
 
     def _log_failure(self, failure: Failure) -> None:
         log.error("cannot record a replica change: {error}", error=failure.getErrorMessage())
@@ -463,8 +461,9 @@ class Replication:
             answer = messages.append_refused(partition, epoch, last)
         if self._disk is not None and _shape(replica) != before:
             # Acknowledge only once what is acknowledged is durable.
-            fields = [partition, epoch, prev_seq, prev_epoch, entries, commit, origin]
-            self._member_recorded(partition, self._disk.append(APPEND, fields), [(peer, answer)])
+            fields = [epoch, prev_seq, prev_epoch, entries, commit, origin]
+            durable = self._disk.append_replica(APPEND, partition, fields)
+            self._member_recorded(partition, durable, [(peer, answer)])
         else:
             self._answers.send([(peer, answer)])
         self._antientropy.answer(replica)
@@ -489,5 +488,5 @@ class Replication:
         self.superseded(replica, epoch)
         replica.on_snapshot(epoch, seq, seq_epoch, first, last, records, origin)
         if self._disk is not None:
-            fields = [partition, epoch, seq, seq_epoch, first, last, records, origin]
-            self._member_recorded(partition, self._disk.append(SNAPSHOT, fields), [])
+            fields = [epoch, seq, seq_epoch, first, last, records, origin]
+            self._member_recorded(partition, self._disk.append_replica(SNAPSHOT, partition, fields), [])

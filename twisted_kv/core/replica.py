@@ -825,6 +825,64 @@ class Replica:
             self.base_seq = self.commit_seq = self.applied_seq = seq
             self.base_epoch = seq_epoch or 0
 
+    # -- on disk ---------------------------------------------------------
+
+    def export_state(self) -> tuple[list, list[list]]:
+        """
+        Everything a restart needs of this replica, as of now, for a
+        snapshot of the node's data directory: a header (epoch, origin, log
+        positions, the log's entries, the operation ids remembered) and the
+        committed store in chunks of about L{SNAPSHOT_CHUNK_BYTES}.  Only
+        lists of values that never change are built, so the caller may
+        encode them later, elsewhere.
+        """
+        header = [
+            self.epoch, self.origin, self.base_seq, self.base_epoch, self.commit_seq,
+            self.applied_seq, [encode_entry(e) for e in self.log],
+            [[op_id, packed] for op_id, packed in self._recent_ops.items()],
+        ]
+        chunks: list[list] = []
+        batch: list[tuple[str, Record]] = []
+        size = 0
+        for key, record in self.store.items():
+            batch.append((key, record))
+            size += len(record.value) + len(key)
+            if size >= SNAPSHOT_CHUNK_BYTES:
+                chunks.append(encode_records(batch))
+                batch, size = [], 0
+        if batch:
+            chunks.append(encode_records(batch))
+        return header, chunks
+
+    def restore_state(
+        self,
+        epoch: int,
+        origin: int,
+        base_seq: int,
+        base_epoch: int,
+        commit_seq: int,
+        applied_seq: int,
+        entries: list,
+        recent_ops: list,
+    ) -> None:
+        """
+        Start again from a header L{export_state} gave; the store follows
+        (L{restore_keys}).
+        """
+        self.forget()
+        self.epoch, self.origin = epoch, origin
+        self.base_seq, self.base_epoch = base_seq, base_epoch
+        self.commit_seq, self.applied_seq = commit_seq, applied_seq
+        self.log = [decode_entry(e) for e in entries]
+        self._recent_ops = OrderedDict((op_id, packed) for op_id, packed in recent_ops)
+
+    def restore_keys(self, records: list) -> None:
+        """
+        Take in a chunk of the store L{export_state} gave.
+        """
+        for key, record in decode_records(records):
+            self._apply_change(Change("put", key, record.version, record))
+
     def forget(self) -> None:
         """
         Drop everything: this node is no longer a member of the partition.

@@ -151,6 +151,10 @@ class MemoryNetwork:
     def remove(self, node_id: str) -> None:
         node = self.nodes.pop(node_id)
         node.stop()
+        # A dead process sends nothing more, even what was waiting for its
+        # disk; and a node restarted as the same incarnation must not be
+        # taken for it.
+        node.messenger = None
         for peer in self.nodes.values():
             peer.peer_down(node_id)
 

@@ -36,13 +36,16 @@ def run_crashes(
     seed: int,
     victims: Optional[list[str]] = None,
     compact_bytes: Optional[int] = None,
+    power_cut: bool = True,
     **tunables: object,
 ) -> dict[str, list[Op]]:
     """
     Five clients, one operation in flight each, on random nodes and a few
     keys; after about a second, the power of C{victims} (a random set of nodes by
     default, every node one time in three) is cut, and they restart with
-    their disks half a second later.  Once the clients stop, every key is
+    their disks half a second later (with C{power_cut=False}, their
+    processes are killed instead: the disks keep everything written, synced
+    or not, and the machines do not reboot).  Once the clients stop, every key is
     read once more from a random node.  Returns each key's history.
     """
     rng = random.Random(seed)
@@ -112,7 +115,10 @@ def run_crashes(
         nodes = sorted(cluster.nodes)
         victims = nodes if rng.random() < 1 / 3 else rng.sample(nodes, rng.randint(1, 3))
     for node in victims:
-        cluster.crash(node)
+        if power_cut:
+            cluster.crash(node)
+        else:
+            cluster.kill(node)
     cluster.run(0.5)
     for node in victims:
         cluster.start(node)
@@ -179,6 +185,27 @@ def _outcome(d: Any) -> list:
     box: list = []
     d.addBoth(box.append)
     return box
+
+
+class KillTests(SynchronousTestCase):
+    """
+    With C{fsync = everysec} or C{never}, killing processes (not the
+    power) loses no acknowledged write either: what was written is in the
+    kernel's hands.
+    """
+
+    def test_every_node_killed(self) -> None:
+        """
+        Every node killed at once and restarted: every acknowledged write
+        is read back, linearizably.
+        """
+        for policy in ("everysec", "never"):
+            for seed in range(300, 306):
+                history = run_crashes(
+                    seed, victims=["n1", "n2", "n3"], power_cut=False, fsync=policy
+                )
+                for key, ops in history.items():
+                    self.assertTrue(check(ops), f"{policy}, seed {seed}, key {key}")
 
 
 class DiskErrorTests(SynchronousTestCase):

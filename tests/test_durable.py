@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.cluster.durable import (
@@ -26,7 +27,7 @@ from twisted_kv.core.membership import new_incarnation
 from twisted_kv.core.records import Put
 from twisted_kv.core.replica import Replica
 from twisted_kv.errors import StorageCorrupt, WriteFailed
-from twisted_kv.storage.log import Log
+from twisted_kv.storage.log import Log, encode_record
 from twisted_kv.storage.testing import CrashableFileSystem, HeldRunner, run_now
 from twisted_kv.testing import MemoryCluster, cluster_config
 from twisted_kv.wire import codec
@@ -308,3 +309,31 @@ class CompactionTests(SynchronousTestCase):
         self.assertEqual(again.recovered.consensus, _STATE)
         self.assertEqual(again.recovered.identity.incarnation, 5)
         self.assertEqual(again.run, 2)
+
+
+class TornTailTests(SynchronousTestCase):
+    """
+    A crash in the middle of a write leaves a torn last record: dropped,
+    and logged.
+    """
+
+    def test_torn_tail_dropped_and_logged(self) -> None:
+        """
+        The records before the torn one are recovered, and one line names
+        the file and what was dropped.
+        """
+        fs = CrashableFileSystem()
+        clock = Clock()
+        disk = NodeDisk.open(fs, "/d", "always", run_now, clock, 1, _call)
+        disk.save_consensus(_STATE)
+        clock.advance(0)
+        segment = "/d/" + sorted(fs.listdir("/d"))[0]
+        tail = fs.open_append(segment)
+        tail.write(encode_record(CONSENSUS, encode_consensus(_STATE))[:-3])
+        tail.sync()
+        with capturedLogs() as events:
+            again = NodeDisk.open(fs, "/d", "always", run_now, Clock(), 1, _call)
+        self.assertEqual(again.recovered.consensus, _STATE)
+        lines = [formatEvent(e) for e in events if "torn" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(segment, lines[0])

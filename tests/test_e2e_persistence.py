@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, ensureDeferred

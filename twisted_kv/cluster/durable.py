@@ -208,9 +208,15 @@ class Recovered:
     seconds: float
 
     def keys(self) -> int:
+        """
+        How many keys the replicas hold, for the recovery's log line.
+        """
         return sum(len(r.store) for r in self.replicas)
 
     def bytes(self) -> int:
+        """
+        How many bytes of data the replicas hold, for the same line.
+        """
         return sum(r.store.bytes_used for r in self.replicas)
 
 

@@ -279,6 +279,18 @@ class GoodConfigTests(SynchronousTestCase):
         self.assertEqual(parse_config(absolute, "etc/x.ini").data_dir, "/srv/kv")
         self.assertIsNone(parse_config(_MINIMAL, "etc/x.ini").node_data_dir("n1"))
 
+    def test_data_dir_made_absolute_on_load(self) -> None:
+        """
+        Read from a file, a relative C{data_dir} becomes absolute, so that a
+        node finds it whatever its working directory.
+        """
+        folder = self.mktemp()
+        os.makedirs(folder)
+        path = os.path.join(folder, "x.ini")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(_MINIMAL.replace("[cluster]\n", "[cluster]\ndata_dir = data\n"))
+        self.assertEqual(load_config(path).data_dir, os.path.abspath(os.path.join(folder, "data")))
+
     def test_fsync(self) -> None:
         """
         C{fsync} is C{always} unless the file says C{everysec} or C{never}.

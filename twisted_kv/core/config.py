@@ -39,7 +39,7 @@ import os.path
 import re
 from typing import Any, Callable, Optional
 
-from attrs import field, frozen, validators
+from attrs import evolve, field, frozen, validators
 
 from twisted_kv.core.passwords import check_stored
 
@@ -490,7 +490,11 @@ def load_config(path: str) -> ClusterConfig:
         raise ConfigError(path, None, None, f"cannot read the cluster file: {e.strerror or e}")
     except UnicodeDecodeError as e:
         raise ConfigError(path, None, None, f"not UTF-8 text: {e.reason} at byte {e.start}")
-    return parse_config(text, path)
+    config = parse_config(text, path)
+    if config.data_dir is not None and not os.path.isabs(config.data_dir):
+        # the same directory whatever the working directory a node runs in
+        config = evolve(config, data_dir=os.path.abspath(config.data_dir))
+    return config
 
 
 def parse_config(text: str, path: str) -> ClusterConfig:

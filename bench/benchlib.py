@@ -323,6 +323,10 @@ class KvCluster:
     """
     A three-node twisted_kv cluster on 127.0.0.1, its cluster file in
     C{workdir}, every tunable at its default (all guarantees on).
+
+    With C{data_dir}, the nodes keep their data there (node nX in
+    C{data_dir/nX/}) with the given C{fsync} policy; without it, in memory.
+    C{settings} adds further C{[cluster]} lines (C{replicas = 3}).
     """
 
     def __init__(
@@ -334,6 +338,9 @@ class KvCluster:
         name: str = "bench",
         wrapper: Optional[list[str]] = None,
         extra_env: Optional[dict[str, Callable[[str], str]]] = None,
+        data_dir: Optional[str] = None,
+        fsync: str = "always",
+        settings: Optional[dict[str, str]] = None,
     ) -> None:
         self.processes = processes
         self.workdir = os.path.join(workdir, name)
@@ -342,12 +349,17 @@ class KvCluster:
         self.partitions = 64
         self.node_ids = ["n1", "n2", "n3"]
         self.http_ports = {}
+        self.data_dir = os.path.abspath(data_dir) if data_dir else None
+        self.fsync = fsync if data_dir else None
         lines = [
             "[cluster]",
             f"name = {name}",
             f"secret = {name}-{os.urandom(8).hex()}",
-            "",
         ]
+        if self.data_dir:
+            lines += [f"data_dir = {self.data_dir}", f"fsync = {fsync}"]
+        lines += [f"{key} = {value}" for key, value in (settings or {}).items()]
+        lines.append("")
         for node in self.node_ids:
             self.http_ports[node] = ports.take()
             lines += [
@@ -372,15 +384,31 @@ class KvCluster:
     def log(self, node: str) -> str:
         return os.path.join(self.workdir, f"{node}.log")
 
+    def node_data_dir(self, node: str) -> Optional[str]:
+        return os.path.join(self.data_dir, node) if self.data_dir else None
+
+    def start_node(self, node: str) -> subprocess.Popen:
+        """
+        Start node C{node} (again), its output appended to its log.
+        """
+        node_env = self.runtime.environment(self.workdir)
+        for key, make in self._extra_env.items():
+            node_env[key] = make(node)
+        argv = [self.runtime.python, *self._wrapper, "-n", "--pidfile=", "kvnode",
+                "--config", self.config, "--node", node]
+        self.procs[node] = self.processes.start(argv, self.log(node), node_env, self.workdir)
+        return self.procs[node]
+
+    def stop_node(self, node: str, timeout: float = 60.0) -> None:
+        """
+        SIGTERM node C{node} and wait for it to exit (SIGKILL after
+        C{timeout} seconds).
+        """
+        self.processes.stop(self.procs[node], timeout)
+
     def start(self, timeout: float = 90.0) -> None:
-        env = self.runtime.environment(self.workdir)
         for node in self.node_ids:
-            node_env = dict(env)
-            for key, make in self._extra_env.items():
-                node_env[key] = make(node)
-            argv = [self.runtime.python, *self._wrapper, "-n", "--pidfile=", "kvnode",
-                    "--config", self.config, "--node", node]
-            self.procs[node] = self.processes.start(argv, self.log(node), node_env, self.workdir)
+            self.start_node(node)
         try:
             self.wait_ready(timeout)
         except BaseException:
@@ -442,15 +470,18 @@ class KvCluster:
 
 class EtcdCluster:
     """
-    A three-member etcd cluster on 127.0.0.1 with its data on tmpfs.
+    A three-member etcd cluster on 127.0.0.1 with its data on tmpfs, or in
+    C{datadir} if given (etcd fsyncs its write-ahead log before it answers
+    a write, so on a disk each write waits for the disk).
     """
 
-    def __init__(self, processes: Processes, ports: Ports, workdir: str) -> None:
+    def __init__(self, processes: Processes, ports: Ports, workdir: str,
+                 datadir: Optional[str] = None, name: str = "etcd") -> None:
         self.processes = processes
-        self.workdir = os.path.join(workdir, "etcd")
+        self.workdir = os.path.join(workdir, name)
         os.makedirs(self.workdir, exist_ok=True)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self.datadir = os.path.join(
+        self.datadir = os.path.abspath(datadir) if datadir else os.path.join(
             shm or self.workdir, f"kvbench-etcd-{os.getpid()}-{os.urandom(4).hex()}"
         )
         processes.remove_at_exit(self.datadir)
@@ -772,6 +803,32 @@ def percentile(values: list[float], fraction: float) -> float:
     """
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def filesystem_type(path: str) -> str:
+    """
+    The type of the file system holding C{path} (C{ext4}, C{tmpfs}, ...).
+    """
+    try:
+        done = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True,
+                              text=True, timeout=10)
+        return done.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def directory_bytes(path: str) -> int:
+    """
+    The bytes the files under C{path} hold (their sizes, not the blocks).
+    """
+    total = 0
+    for parent, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.path.getsize(os.path.join(parent, name))
+            except OSError:
+                pass
+    return total
 
 
 def tail(path: str, lines: int = 15) -> str:

@@ -5,6 +5,7 @@ twisted_kv side by side with etcd and Redis, on loopback, in one run.
     bench/run --quick              # about 3 minutes
     bench/run --runtime cpython    # twisted_kv under CPython only
     bench/run --profile            # where a node spends its CPU time
+    bench/run --durable            # with data on disk and fsync = always, beside etcd on disk
 
 (bench/run installs what is missing and then runs this file with the same
 options; docs/performance.md explains every figure.)
@@ -28,6 +29,14 @@ see the same machine.  Then: leader failover time (SIGKILL the leader while
 writing to every partition), resident memory per key and copy (a fresh
 cluster, C{--memory-keys} keys), and the WebSocket fan-out and repair
 figures where their benchmarks exist.
+
+With C{--durable}, it compares persistence instead: each runtime's cluster
+twice, with C{data_dir} on the disk of the temporary directory and
+C{fsync = always}, and in memory as above; etcd twice, with its data on
+the same disk and on tmpfs.  Each twisted_kv row is compared with the etcd
+of the same kind (disk with disk, memory with tmpfs).  Then it runs
+bench/durability.py (recovery, whole-cluster restart, catch-up) instead of
+the Redis, failover, memory and WebSocket steps.
 
 Every process it starts runs in its own session and is stopped on exit,
 on failure and on Ctrl-C (and killed by the kernel if this process dies).
@@ -121,25 +130,29 @@ class System:
     script, its server processes.
     """
 
-    def __init__(self, label: str, script: str, url, pids) -> None:
+    def __init__(self, label: str, script: str, url, pids, versus: Optional[str] = None) -> None:
         self.label = label
         self.script = script
         self.url = url
         self.pids = pids
+        #: the label of the etcd system its rows are compared with (the
+        #: first etcd when None)
+        self.versus = versus
 
 
-def kv_system(cluster: KvCluster) -> System:
+def kv_system(cluster: KvCluster, suffix: str = "", versus: Optional[str] = None) -> System:
     return System(
-        f"twisted_kv ({cluster.runtime.label})",
+        f"twisted_kv ({cluster.runtime.label}{suffix})",
         "kv.lua",
         lambda: cluster.url(cluster.current_leader()),
         cluster.pids,
+        versus,
     )
 
 
-def etcd_system(etcd: EtcdCluster, etcd_version: str) -> System:
+def etcd_system(etcd: EtcdCluster, etcd_version: str, suffix: str = "") -> System:
     return System(
-        f"etcd {etcd_version}",
+        f"etcd {etcd_version}{suffix}",
         "etcd.lua",
         lambda: etcd.url(etcd.leader()),
         etcd.pids,
@@ -168,6 +181,8 @@ def run_matrix(
                 )
                 row = {"system": system.label, "workload": workload, "connections": conns,
                        **figures}
+                if system.versus:
+                    row["versus"] = system.versus
                 rows.append(row)
                 log(f"  {figures['ops']:.0f} ops/s, p50 {figures['p50_ms']:.2f} ms, "
                     f"p99 {figures['p99_ms']:.2f} ms, {figures['cpu_us_per_op']:.0f} us CPU/op, "
@@ -319,10 +334,11 @@ def describe_failover(result: dict) -> list[str]:
 
 
 def run_extra(processes: Processes, workdir: str, name: str, argv: list[str],
-              timeout: float) -> list[str]:
+              timeout: float, drop_progress: bool = False) -> list[str]:
     """
     Run another benchmark of this directory, if it exists, in a process
-    group of its own (stopped with everything else), and return its output.
+    group of its own (stopped with everything else), and return its output
+    (without its time-stamped progress lines if C{drop_progress}).
     """
     path = os.path.join(BENCH, argv[0])
     if not os.path.exists(path):
@@ -337,6 +353,8 @@ def run_extra(processes: Processes, workdir: str, name: str, argv: list[str],
         return [f"{name}: bench/{argv[0]} did not finish within {timeout:.0f} s"]
     with open(output, errors="replace") as source:
         lines = [line.rstrip() for line in source if line.strip()]
+    if drop_progress and not proc.returncode:
+        lines = [line for line in lines if not re.match(r"\[\d\d:\d\d:\d\d\] ", line)]
     if proc.returncode:
         lines = lines[-12:] + [f"(exit status {proc.returncode})"]
     return [f"{name} (bench/{' '.join(argv)}):", *("  " + line for line in lines)]
@@ -346,7 +364,11 @@ def run_extra(processes: Processes, workdir: str, name: str, argv: list[str],
 
 
 def format_table(rows: list[dict]) -> list[str]:
-    etcd = {(r["workload"], r["connections"]): r for r in rows if r["system"].startswith("etcd")}
+    etcd: dict = {}
+    for r in rows:
+        if r["system"].startswith("etcd"):
+            etcd.setdefault((r["workload"], r["connections"]), r)
+            etcd[(r["system"], r["workload"], r["connections"])] = r
     header = ["system", "workload", "conns", "ops/s", "p50 ms", "p99 ms", "CPU us/op",
               "non-2xx", "ops/s vs etcd", "p99 vs etcd"]
     table = [header]
@@ -359,7 +381,8 @@ def format_table(rows: list[dict]) -> list[str]:
 
     for row in sorted(rows, key=key):
         workload = row.get("note") or WORKLOADS[row["workload"]]
-        versus = etcd.get((row["workload"], row["connections"]))
+        versus = etcd.get((row["versus"], row["workload"], row["connections"])
+                          if row.get("versus") else (row["workload"], row["connections"]))
         ratio = p99_ratio = ""
         if row["system"].startswith("twisted_kv") and versus and versus["ops"]:
             ratio = f"{row['ops'] / versus['ops']:.2f}x"
@@ -520,6 +543,16 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (cluster files, logs)")
+    parser.add_argument("--durable", action="store_true",
+                        help="twisted_kv with data_dir on disk and fsync = always beside etcd "
+                             "on the same disk, the in-memory modes beside them; then "
+                             "bench/durability.py")
+    parser.add_argument("--fsync", default="always", choices=["always", "everysec", "never"],
+                        help="the fsync policy of the durable clusters")
+    parser.add_argument("--durability-keys", type=int,
+                        help="keys for bench/durability.py (200,000; quick: 50,000)")
+    parser.add_argument("--no-durability", action="store_true",
+                        help="with --durable, skip bench/durability.py")
     parser.add_argument("--profile", action="store_true",
                         help="profile the nodes under wrk load instead of comparing")
     parser.add_argument("--profiler", choices=["cpuprof", "py-spy"], default="cpuprof")
@@ -531,6 +564,8 @@ def parse_args(argv: Optional[list[str]] = None):
         options.duration = 5.0 if options.quick else 15.0
     if options.memory_keys is None:
         options.memory_keys = 50_000 if options.quick else 1_000_000
+    if options.durability_keys is None:
+        options.durability_keys = 50_000 if options.quick else 200_000
     if options.redis_requests is None:
         options.redis_requests = 50_000 if options.quick else 200_000
     options.connections = [int(c) for c in options.connections.split(",") if c]
@@ -565,7 +600,10 @@ def main() -> int:
                 print("\n".join(run_profile(options, processes, ports, workdir, runtime)),
                       flush=True)
             return 0
-        status = compare(options, processes, ports, workdir)
+        if options.durable:
+            status = compare_durable(options, processes, ports, workdir)
+        else:
+            status = compare(options, processes, ports, workdir)
     except benchlib.Interrupted as why:
         log(f"interrupted ({why}); stopping every process")
         status = 130
@@ -671,6 +709,101 @@ def compare(options, processes: Processes, ports: Ports, workdir: str) -> int:
     if extra:
         print()
         print("\n".join(extra))
+    bad = [r for r in rows if r["system"].startswith("twisted_kv") and (r["non2xx"] or r["errors"])]
+    if bad:
+        print(f"\n! {len(bad)} twisted_kv runs had non-2xx answers or socket errors (marked !)")
+    figures["table"] = table
+    figures["extra"] = extra
+    if options.json:
+        with open(options.json, "w") as out:
+            json.dump(figures, out, indent=2, default=str)
+    return 1 if bad else 0
+
+
+def compare_durable(options, processes: Processes, ports: Ports, workdir: str) -> int:
+    """
+    C{--durable}: twisted_kv with its data on disk and C{fsync} beside etcd
+    with its data on the same disk, and both in memory (tmpfs for etcd) for
+    reference, in one interleaved run; then bench/durability.py.
+    """
+    info = benchlib.machine()
+    etcd_version = version(["etcd", "--version"]).replace("etcd Version: ", "")
+    wrk_version = version(["wrk", "-v"]).split(" [")[0]
+    runtimes = ", ".join(
+        f"{r.label} {version([r.python, '-c', 'import sys; print(sys.version.split()[0])'])}"
+        for r in options.runtimes)
+    disk = os.path.join(workdir, "disk")
+    os.makedirs(disk, exist_ok=True)
+    fstype = benchlib.filesystem_type(disk)
+    header = [
+        f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory_gib']} GiB, "
+        f"Linux {info['kernel']}, load average at start "
+        + " ".join(f"{x:.1f}" for x in info["load"]),
+        f"twisted_kv under {runtimes}; etcd {etcd_version}; {wrk_version}",
+        f"durable: twisted_kv data_dir and etcd --data-dir under {disk} ({fstype}), "
+        f"twisted_kv fsync = {options.fsync}; memory: twisted_kv without data_dir, "
+        f"etcd on tmpfs",
+        f"wrk: 2 threads, {options.duration:g} s per run, 100-byte values, "
+        f"{options.preload:,} preloaded keys; everything on 127.0.0.1",
+    ]
+    for line in header:
+        log(line)
+    rows: list[dict] = []
+    figures: dict = {"machine": info, "rows": rows, "fsync": options.fsync,
+                     "filesystem": fstype}
+    systems: list[System] = []
+    etcd_disk_label = f"etcd {etcd_version} (disk)"
+    etcd_memory_label = f"etcd {etcd_version} (tmpfs)"
+    for runtime in options.runtimes:
+        durable = KvCluster(processes, ports, workdir, runtime, name=f"kv-durable-{runtime.name}",
+                            data_dir=os.path.join(disk, f"kv-{runtime.name}"),
+                            fsync=options.fsync)
+        log(f"starting twisted_kv ({runtime.label}) with data_dir {durable.data_dir}, "
+            f"fsync = {options.fsync}")
+        durable.start()
+        preload_kv(durable, options.preload)
+        systems.append(kv_system(durable, f", fsync {options.fsync}",
+                                 None if options.no_etcd else etcd_disk_label))
+        memory = KvCluster(processes, ports, workdir, runtime, name=f"kv-{runtime.name}")
+        log(f"starting twisted_kv ({runtime.label}) in memory")
+        memory.start()
+        preload_kv(memory, options.preload)
+        systems.append(kv_system(memory, ", memory",
+                                 None if options.no_etcd else etcd_memory_label))
+    etcds = []
+    if not options.no_etcd:
+        for datadir, suffix in ((os.path.join(disk, "etcd"), " (disk)"), (None, " (tmpfs)")):
+            etcd = EtcdCluster(processes, ports, workdir, datadir,
+                               name="etcd-disk" if datadir else "etcd-tmpfs")
+            log(f"starting etcd, data in {etcd.datadir}")
+            etcd.start()
+            preload_etcd(etcd, options.preload)
+            etcds.append(etcd)
+            systems.append(etcd_system(etcd, etcd_version, suffix))
+    log("warming up")
+    warm_up(systems, 2.0 if options.quick else 3.0, options.preload)
+    if any(r.name != "cpython" for r in options.runtimes):
+        warm_up([s for s in systems if "PyPy" in s.label], 5.0, options.preload)
+    run_matrix(systems, options.workloads, options.connections, options.duration,
+               options.preload, rows)
+    sizes = []
+    for cluster_dir in sorted(os.listdir(disk)):
+        path = os.path.join(disk, cluster_dir)
+        sizes.append(f"{cluster_dir}: {benchlib.directory_bytes(path) / 2**20:.0f} MiB")
+    extra = [f"data on disk after the runs: {', '.join(sizes)}"]
+    processes.stop_all()
+    if not options.no_durability:
+        argv = ["durability.py", "--keys", str(options.durability_keys),
+                "--fsync", options.fsync]
+        extra += run_extra(processes, workdir, "durability", argv, 1800, drop_progress=True)
+
+    table = format_table(rows)
+    print()
+    print("\n".join(header))
+    print()
+    print("\n".join(table))
+    print()
+    print("\n".join(extra))
     bad = [r for r in rows if r["system"].startswith("twisted_kv") and (r["non2xx"] or r["errors"])]
     if bad:
         print(f"\n! {len(bad)} twisted_kv runs had non-2xx answers or socket errors (marked !)")

@@ -22,6 +22,8 @@ keep-alive connections, and then:
      until every node logged its recovery, until they agree on a leader,
      and until a sample of C{--sample} acknowledged keys is all served
      (200, right value);
+     It also reads what the node wrote to its log since it restarted (no
+     write was made meanwhile: nothing should have been copied);
   4. catch-up: SIGTERM a node that is not the leader, write new keys for
      C{--missed-seconds} seconds through the others, start it again, time
      until the leader sees it synced, and read what it wrote to its log
@@ -319,6 +321,9 @@ def recover_one(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
     t = time.monotonic()
     cluster.stop_node(node)
     stop_s = time.monotonic() - t
+    path = cluster.node_data_dir(node)
+    assert path is not None
+    before = segment_sizes(path)
     time.sleep(1)
     offset = log_size(cluster, node)
     started = time.monotonic()
@@ -336,8 +341,12 @@ def recover_one(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
                       timeout, step=0.1)
     synced = time.monotonic() - started
     ok = served(cluster, node, sample)
+    time.sleep(2)
+    # read while the node runs: a record being written ends the scan
+    records = records_since(path, before)
     return {"node": node, "stop_s": stop_s, "line": line, "logged_s": logged,
-            "serving_s": serving, "synced_s": synced, "sample": len(sample), "sample_ok": ok}
+            "serving_s": serving, "synced_s": synced, "sample": len(sample), "sample_ok": ok,
+            "records": records}
 
 
 def restart_all(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
@@ -482,6 +491,21 @@ def run(processes: Processes, ports: Ports, workdir: str, runtime: Runtime, opti
     return result
 
 
+def copied(records: dict) -> str:
+    """
+    What L{records_since} found, in words.
+    """
+    appended = records.get("append", {})
+    snapped = records.get("snapshot", {})
+    return (
+        f"{appended.get('records', 0):,} append records carrying {appended.get('items', 0):,} "
+        f"entries ({appended.get('bytes', 0) / 2**20:.1f} MiB), "
+        f"{snapped.get('records', 0):,} snapshot chunks carrying {snapped.get('items', 0):,} "
+        f"records ({snapped.get('bytes', 0) / 2**20:.1f} MiB)"
+        + (f", {records['forget']['records']} forget records" if "forget" in records else "")
+    )
+
+
 def describe(result: dict) -> list[str]:
     disk = result["disk"]
     live = 100 + len("kdur/00000000")
@@ -506,6 +530,8 @@ def describe(result: dict) -> list[str]:
         f"  first GET through it answered at {rec['serving_s']:.2f} s; alive and synced in "
         f"the leader's view at {rec['synced_s']:.2f} s; sample {rec['sample_ok']}/"
         f"{rec['sample']} served with the right value",
+        "  written to its log since the restart (no write was made while it was down): "
+        + copied(rec["records"]),
     ]
     rs = result["restart"]
     lines.append(f"whole-cluster restart (every node SIGTERM, stopped in {rs['stop_s']:.1f} s, "
@@ -520,9 +546,6 @@ def describe(result: dict) -> list[str]:
                  f"{fmt(rs['served_s'])} ({fmt(rs['after_last_recovery_s'])} after the last "
                  "recovery line)")
     cu = result["catch_up"]
-    records = cu["records"]
-    appended = records.get("append", {})
-    snapped = records.get("snapshot", {})
     lines += [
         f"catch-up of {cu['node']} after missing {cu['missed_writes']:,} writes "
         f"(other answers while it was down: {cu['other_statuses'] or 'none'}):",
@@ -531,12 +554,7 @@ def describe(result: dict) -> list[str]:
         f"  keys held {cu['held_before']:,} before -> {cu['held_after']:,} after; "
         f"its log grew by {cu['log_bytes_written'] / 2**20:.1f} MiB since the restart "
         f"(the process read {(cu['rchar'] or 0) / 2**20:.1f} MiB from files and sockets)",
-        f"  records written since the restart: "
-        f"{appended.get('records', 0):,} append records carrying {appended.get('items', 0):,} "
-        f"entries ({appended.get('bytes', 0) / 2**20:.1f} MiB), "
-        f"{snapped.get('records', 0):,} snapshot chunks carrying {snapped.get('items', 0):,} "
-        f"records ({snapped.get('bytes', 0) / 2**20:.1f} MiB)"
-        + (f", {records['forget']['records']} forget records" if "forget" in records else ""),
+        "  records written since the restart: " + copied(cu["records"]),
         f"  sample of missed keys through it: {cu['sample_ok']}/{cu['sample']} served",
     ]
     if cu["metrics"]:

@@ -4,7 +4,7 @@ disk bytes per key, a whole-cluster restart, and the catch-up of a node
 that missed some writes.
 
     python bench/durability.py                  # 200,000 keys, about 3 minutes
-    python bench/durability.py --keys 1000000   # the full figure, about 8 minutes
+    python bench/durability.py --keys 1000000 --replicas 3   # 1,000,000 keys on every node, about 11 minutes
     python bench/durability.py --dir /mnt/x     # data on another disk
 
 It starts a three-node cluster (every tunable at its default, C{data_dir}

@@ -318,23 +318,25 @@ class ShippedConfigTests(SynchronousTestCase):
     def test_local(self) -> None:
         """
         C{etc/cluster-local.ini} is three nodes on loopback, ports
-        7001-7003, 7101-7103 and 7201-7203, with the FTP user alice.
+        7001-7003, 7101-7103 and 7201-7203, with the FTP user alice, keeping
+        their data under C{etc/data/local/}.
         """
         config = load_config(os.path.join(_REPO, "etc", "cluster-local.ini"))
         self.assertEqual(
-            (config.nodes, config.replicas, config.ftp_users),
-            (_nodes(3), 2, {"alice": "plain:wonderland"}),
+            (config.nodes, config.replicas, config.ftp_users, config.data_dir),
+            (_nodes(3), 2, {"alice": "plain:wonderland"}, os.path.join(_REPO, "etc", "data", "local")),
         )
 
     def test_five(self) -> None:
         """
         C{etc/cluster-5.ini} is five nodes on loopback, ports 7011-7015,
-        7111-7115 and 7211-7215, with a majority of three.
+        7111-7115 and 7211-7215, with a majority of three, keeping their
+        data under C{etc/data/local5/}, apart from the three-node cluster's.
         """
         config = load_config(os.path.join(_REPO, "etc", "cluster-5.ini"))
         self.assertEqual(
-            (config.nodes, config.replicas, config.ftp_users),
-            (_nodes(5, base=7011), 3, {"alice": "plain:wonderland"}),
+            (config.nodes, config.replicas, config.ftp_users, config.data_dir),
+            (_nodes(5, base=7011), 3, {"alice": "plain:wonderland"}, os.path.join(_REPO, "etc", "data", "local5")),
         )
 
     def test_readme_documents_every_key(self) -> None:

@@ -73,6 +73,16 @@ RECENT_CHANGES = 256
 # to confirm them; an older round confirmed late grants no lease.
 ROUND_STARTS_KEPT = 64
 
+# Applied entries each replica keeps in its log beyond what every member
+# holds (at most about this many bytes of keys and values), so that a member
+# that missed only those is sent them rather than a snapshot of the whole
+# partition.
+RETAINED_ENTRIES = 1024
+RETAINED_BYTES = 256 * 1024
+
+# How many log positions the trim point moves before the log is trimmed.
+TRIM_BATCH = 64
+
 # Largest snapshot message, in value bytes (one record may exceed it).
 SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -158,6 +168,16 @@ def decode_records(data: list) -> tuple[tuple[str, Record], ...]:
     )
 
 
+def _entry_bytes(entry: Entry) -> int:
+    """
+    About how much of the keys and values C{entry} holds.
+    """
+    if entry.repair is not None:
+        return sum(len(key) + len(record.value) for key, record in entry.repair.records)
+    change = entry.change
+    return len(change.key) + (len(change.record.value) if change.record is not None else 0)
+
+
 class Replica:
     """
     One partition on one node: its store, its log, and, while this node is
@@ -186,6 +206,8 @@ class Replica:
         self.log: list[Entry] = []
         self.base_seq = 0
         self.base_epoch = 0
+        # the trim point when the log was last looked at for trimming
+        self._trim_checked = 0
         self.commit_seq = 0
         self.applied_seq = 0
         self.durable_seq: Optional[int] = None
@@ -308,12 +330,26 @@ class Replica:
 
     def _trim(self) -> None:
         """
-        Forget applied entries every member holds; a member that falls behind
-        the log is refilled from a snapshot instead.
+        Forget applied entries every member holds, but the newest few
+        (L{RETAINED_ENTRIES}, L{RETAINED_BYTES}): a member that comes back
+        after missing only those (a node restarted with its data, a member
+        dropped for a while), even to a primary that was a member when it
+        left, is sent just them.  A member that falls further behind is
+        refilled from a snapshot instead.  Looked at once every
+        L{TRIM_BATCH} positions, so that the retained entries are counted
+        only once in a while.
         """
         floor = self.applied_seq
         if self.is_primary:
             floor = min([floor, *self._match.values()])
+        if abs(floor - self._trim_checked) < TRIM_BATCH:
+            return
+        self._trim_checked = floor
+        kept, size = 0, 0
+        while kept < floor - self.base_seq and kept < RETAINED_ENTRIES and size < RETAINED_BYTES:
+            size += _entry_bytes(self.log[floor - kept - self.base_seq - 1])
+            kept += 1
+        floor -= kept
         drop = floor - self.base_seq
         if drop > 0:
             self.base_epoch = self.log[drop - 1].epoch
@@ -672,6 +708,8 @@ class Replica:
         for degraded reads, which pick the newest among reachable replicas.
         """
         for entry in reversed(self.log):
+            if entry.seq <= self.applied_seq:
+                break
             if entry.change is not None and entry.change.key == key:
                 return entry.change.record
         return self.store.get(key)

@@ -690,15 +690,19 @@ class SnapshotTests(SynchronousTestCase):
     def test_stalled_member_nudged(self) -> None:
         """
         A member catching up that acknowledged nothing between two nudges
-        is sent again what it lacks: from its last acknowledgement (a
-        snapshot, here), or, with a snapshot in flight, what follows the
-        snapshot; a member that progressed, or is in sync, is not.
+        is sent again what it lacks: from its last acknowledgement, or, if
+        it acknowledged nothing since it was added, the probe of where its
+        log ends (a snapshot follows the refusal, here), or, with a snapshot
+        in flight, what follows the snapshot; a member that progressed, or
+        is in sync, is not.
         """
         group = self._trimmed()
         primary = group.primary
         primary.append_message("D")  # answered by a refusal that is lost
         self.assertFalse(primary.nudge_stalled_members())  # nothing to compare yet
         self.assertTrue(primary.nudge_stalled_members())
+        self.assertFalse(primary.needs_snapshot("D"))
+        self.assertIsNone(answer(primary, group.backups["D"], "D", primary.append_message("D")))
         self.assertTrue(primary.needs_snapshot("D"))
         snapshot = primary.snapshot_messages("D")
         self.assertTrue(primary.nudge_stalled_members())
@@ -869,6 +873,36 @@ class RetentionTests(SynchronousTestCase):
         self.assertEqual(
             [back.store.get(f"k{i}").value for i in range(5)], [b"2"] * 5
         )
+
+    def test_sent_again_from_where_it_was_probed(self) -> None:
+        """
+        What a member added back has not answered is sent again (a link
+        lost, or a stalled member nudged) from the position it was probed
+        at, not from the start of the primary's log: log matching then
+        finds where its log ends, and it is sent only what it missed.
+        """
+        group = Group()
+        for i in range(5):
+            group.write(f"k{i}", b"1")
+        group.settle()
+        primary = group.primary
+        primary.become_primary(2, ["b2"], ["p", "b2"])
+        group.backups["b2"].epoch = 2
+        for i in range(3):
+            group.write(f"k{i}", b"2")
+        group.push("b2")
+        primary.become_primary(3, ["b1", "b2"], ["p", "b2"])
+        primary.append_message("b1")  # lost with its link
+        primary.resend("b1", link_lost=True)
+        sent = []
+        for _ in range(3):
+            message = primary.append_message("b1")
+            sent.append([entry[1] for entry in wire(message)[5]])
+            answer(primary, group.backups["b1"], "b1", message)
+        self.assertEqual(sent, [[], [6, 7, 8], []])
+        self.assertEqual(primary.caught_up(), ["b1"])
+        primary.resend("b1")
+        self.assertEqual(wire(primary.append_message("b1"))[5], [])
 
     def test_stale_tail_replaced(self) -> None:
         """

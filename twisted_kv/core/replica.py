@@ -222,6 +222,11 @@ class Replica:
         # what each member catching up had acknowledged at the last nudge
         self._sync_progress: dict[str, int] = {}
         self._snapshot_at: dict[str, int] = {}
+        # for each member that has acknowledged nothing since it was
+        # added, where its log may end (ours when it was added, then its
+        # refusals' hints): what is sent again starts there, not at the
+        # start of our log
+        self._probe: dict[str, int] = {}
         self._pending_by_key: dict[str, Entry] = {}
         self._serving_from = 0
         self.commit_sent = 0
@@ -391,19 +396,25 @@ class Replica:
         self.epoch = epoch
         self.is_primary = True
         if takeover:
-            for table in (self._match, self._next, self._acked_round, self._sync_target, self._snapshot_at):
+            for table in (
+                self._match, self._next, self._acked_round, self._sync_target,
+                self._snapshot_at, self._probe,
+            ):
                 table.clear()
         for member in members:
             if member not in self._match:
                 self._match[member] = 0
-                self._next[member] = self.last_seq + 1
+                self._next[member] = self._probe[member] = self.last_seq + 1
                 self._acked_round[member] = 0
             if member in synced:
                 self._sync_target.pop(member, None)
             elif member not in self._sync_target:
                 self._sync_target[member] = self.last_seq
         for gone in set(self._match) - set(members):
-            for table in (self._match, self._next, self._acked_round, self._sync_target, self._snapshot_at):
+            for table in (
+                self._match, self._next, self._acked_round, self._sync_target,
+                self._snapshot_at, self._probe,
+            ):
                 table.pop(gone, None)
         self.members = members
         if takeover:
@@ -432,6 +443,7 @@ class Replica:
         self._acked_round.clear()
         self._sync_target.clear()
         self._snapshot_at.clear()
+        self._probe.clear()
         self._pending_by_key.clear()
         self._expiries = []
         self._unannounced = []
@@ -577,6 +589,7 @@ class Replica:
         if not self.is_primary or epoch != self.epoch or member not in self._match:
             return
         self._match[member] = max(self._match[member], last_seq)
+        self._probe.pop(member, None)
         if last_seq >= self._snapshot_at.get(member, last_seq + 1):
             del self._snapshot_at[member]
         self._acked_round[member] = max(self._acked_round[member], round_)
@@ -596,6 +609,8 @@ class Replica:
                 return  # refused before the snapshot in flight arrived
             self._next[member] = min(self._next[member], hint + 1, self.last_seq + 1)
             self._match[member] = min(self._match[member], hint)
+            if member in self._probe:
+                self._probe[member] = min(self._probe[member], self._next[member])
 
     def caught_up(self) -> list[str]:
         """
@@ -620,7 +635,7 @@ class Replica:
             match = self._match.get(member, 0)
             progress[member] = match
             if match < target and self._sync_progress.get(member) == match:
-                self._next[member] = self._snapshot_at.get(member, match) + 1
+                self._next[member] = self._snapshot_at.get(member, self._resend_from(member) - 1) + 1
                 nudged = True
         self._sync_progress = progress
         return nudged
@@ -631,6 +646,15 @@ class Replica:
         """
         return self._match.get(member, 0) < self.last_seq or self._acked_round.get(member, 0) < self.round
 
+    def _resend_from(self, member: str) -> int:
+        """
+        Where what is sent again to C{member} starts: after what it
+        acknowledged, or, if it acknowledged nothing since it was added, at
+        the position probed (log matching then finds where its log ends, as
+        it did for the message lost), not at the start of our log.
+        """
+        return max(self._match[member] + 1, self._probe.get(member, 0))
+
     def resend(self, member: Optional[str] = None, link_lost: bool = False) -> None:
         """
         Send again, from what it acknowledged, what C{member} (or every
@@ -640,7 +664,7 @@ class Replica:
         """
         for name in [member] if member is not None else self.members:
             if name in self._next and (link_lost or name not in self._snapshot_at):
-                self._next[name] = self._match[name] + 1
+                self._next[name] = self._resend_from(name)
                 self._snapshot_at.pop(name, None)
 
     def epoch_at(self, seq: int) -> Optional[int]:

@@ -288,7 +288,10 @@ def records_since(directory: str, before: dict[int, int]) -> dict:
             entry["bytes"] += 9 + len(payload)
             if record_type in (durable.APPEND, durable.SNAPSHOT):
                 fields = codec.decode(payload)
-                items = fields[4] if record_type == durable.APPEND else fields[6]
+                # after the partition and the record's number: an append's
+                # epoch, prev_seq, prev_epoch, entries; a snapshot's epoch,
+                # seq, seq_epoch, first, last, records
+                items = fields[5] if record_type == durable.APPEND else fields[7]
                 entry["items"] += len(items) if isinstance(items, (list, tuple)) else 0
     return counts
 

@@ -173,6 +173,17 @@ class PowerCutTests(SynchronousTestCase):
         for seed in range(200, 215):
             self.assert_linearizable(seed, compact_bytes=2048)
 
+    def test_no_answer_after_stop(self) -> None:
+        """
+        A client's write failed with a retry when its node lost power, and
+        its own record of the entry completes afterwards (a disk is slower
+        than a power cut): the stopped node's coordinator does not try the
+        write again and answer it from that state, which its disk does not
+        hold.  (Seeds of a wider sweep where it did.)
+        """
+        self.assert_linearizable(5021, victims=["n1", "n2", "n3"])
+        self.assert_linearizable(5026, compact_bytes=2048)
+
     def test_random_nodes(self) -> None:
         """
         The power of a random set of nodes is cut.

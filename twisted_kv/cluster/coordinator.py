@@ -323,6 +323,11 @@ class _RoutedOperation:
         self._maybe_applied = False
 
     def attempt(self) -> Deferred:
+        if self._node.stopped:
+            # The node failed what waited on it when it stopped; trying it
+            # again would answer from state its disk may not hold (a write
+            # its own record of which completes after a power cut).
+            return fail(self._give_up("the node stopped"))
         remaining = self._deadline - self._clock.seconds()
         if remaining <= 0:
             return fail(self._give_up("no primary answered in time"))

@@ -148,6 +148,8 @@ class Node:
         self._last_gossip = float("-inf")
         self._ticker = LoopingCall(self.tick)
         self._ticker.clock = clock
+        # set by stop(): a stopped node orders and answers nothing more
+        self.stopped = False
 
         # The parts, each built with what it needs, dependencies first.
         self.calls = Calls(
@@ -253,6 +255,7 @@ class Node:
         @return: a Deferred that fires once everything written to the data
             directory is synced.
         """
+        self.stopped = True
         if self._ticker.running:
             self._ticker.stop()
         self.calls.stop()

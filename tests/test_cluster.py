@@ -758,6 +758,54 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.assertIsNone(self.value_at("n2", "big"))
 
 
+def submit_operation(coordinator: Any, key: str, op: Op) -> Any:
+    """
+    Send the client operation C{op} on C{key} through C{coordinator}.
+
+    @return: the coordinator's L{Deferred} for it.
+    """
+    if op.kind == "get":
+        return coordinator.get(user_key(key))
+    if op.kind == "delete":
+        return coordinator.delete(user_key(key))
+    if op.condition == "create":
+        return coordinator.put(user_key(key), op.value, create_only=True)
+    if op.condition is not None:
+        return coordinator.put(user_key(key), op.value, if_match=op.condition[1])
+    return coordinator.put(user_key(key), op.value)
+
+
+def record_outcome(result: Any, op: Op, ops: list[Op], now: float) -> None:
+    """
+    Note in C{op} what came of it at C{now}, for the linearizability
+    checker; an operation that certainly had no effect leaves C{ops}.
+    """
+    op.returned = now
+    if isinstance(result, ReadResult) and result.degraded:
+        # answered without a majority, and flagged so: no promise
+        ops.remove(op)
+    elif isinstance(result, ReadResult):
+        found = result.record
+        op.result = ("absent", None) if found is None else ("value", (found.value, _version(found)))
+    elif isinstance(result, WriteResult):
+        op.result = ("ok", result.version)
+    elif isinstance(result, str):
+        op.result = ("ok", result)
+    elif result.check(KeyExists):
+        op.result = ("failed", "exists")
+    elif result.check(PreconditionFailed):
+        op.result = ("failed", "precondition")
+    elif result.check(KeyNotFound):
+        op.result = ("failed", "not_found")
+    elif result.check(Unavailable) or op.kind == "get":
+        # refused before anything was applied, or a read that did not
+        # answer: it had no effect
+        ops.remove(op)
+    else:
+        op.returned = None
+        op.result = ("unknown", None)
+
+
 def _version(record: Any) -> str:
     from twisted_kv.core.records import format_version
 
@@ -1362,46 +1410,12 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
                 return
             node = rng.choice(list(cluster.nodes))
             key = rng.choice(sorted(history))
-            coordinator = cluster.coordinators[node]
             op = random_operation(rng, history[key], node, clock.seconds())
-            if op.kind == "get":
-                d = coordinator.get(user_key(key))
-            elif op.kind == "delete":
-                d = coordinator.delete(user_key(key))
-            elif op.condition == "create":
-                d = coordinator.put(user_key(key), op.value, create_only=True)
-            elif op.condition is not None:
-                d = coordinator.put(user_key(key), op.value, if_match=op.condition[1])
-            else:
-                d = coordinator.put(user_key(key), op.value)
             history[key].append(op)
-            d.addBoth(record, op, key)
+            submit_operation(cluster.coordinators[node], key, op).addBoth(record, op, key)
 
         def record(result: Any, op: Op, key: str) -> None:
-            op.returned = clock.seconds()
-            if isinstance(result, ReadResult) and result.degraded:
-                # answered without a majority, and flagged so: no promise
-                history[key].remove(op)
-            elif isinstance(result, ReadResult):
-                found = result.record
-                op.result = ("absent", None) if found is None else ("value", (found.value, _version(found)))
-            elif isinstance(result, WriteResult):
-                op.result = ("ok", result.version)
-            elif isinstance(result, str):
-                op.result = ("ok", result)
-            elif result.check(KeyExists):
-                op.result = ("failed", "exists")
-            elif result.check(PreconditionFailed):
-                op.result = ("failed", "precondition")
-            elif result.check(KeyNotFound):
-                op.result = ("failed", "not_found")
-            elif result.check(Unavailable) or op.kind == "get":
-                # refused before anything was applied, or a read that did
-                # not answer: it had no effect
-                history[key].remove(op)
-            else:
-                op.returned = None
-                op.result = ("unknown", None)
+            record_outcome(result, op, history[key], clock.seconds())
             clock.callLater(rng.choice([0.0, 0.002, 0.01]), issue)
 
         for _ in range(5):

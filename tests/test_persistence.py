@@ -15,15 +15,11 @@ from typing import Any, Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.linearizability import Op, check, random_operation
+from tests.test_cluster import record_outcome, submit_operation
 from twisted_kv.core.keyspace import user_key
-from twisted_kv.core.records import format_version
 from twisted_kv.errors import (
     DiskFull,
-    KeyExists,
-    KeyNotFound,
     LogFailed,
-    PreconditionFailed,
-    Unavailable,
 )
 from twisted_kv.interfaces import ReadResult, WriteResult
 from twisted_kv.storage.testing import Fault
@@ -66,45 +62,11 @@ def run_crashes(
         submit(node, key, random_operation(rng, history[key], node, clock.seconds()))
 
     def submit(node: str, key: str, op: Op, again: bool = True) -> None:
-        coordinator = cluster.coordinators[node]
-        if op.kind == "get":
-            d = coordinator.get(user_key(key))
-        elif op.kind == "delete":
-            d = coordinator.delete(user_key(key))
-        elif op.condition == "create":
-            d = coordinator.put(user_key(key), op.value, create_only=True)
-        elif op.condition is not None:
-            d = coordinator.put(user_key(key), op.value, if_match=op.condition[1])
-        else:
-            d = coordinator.put(user_key(key), op.value)
         history[key].append(op)
-        d.addBoth(record, op, key, again)
+        submit_operation(cluster.coordinators[node], key, op).addBoth(record, op, key, again)
 
     def record(result: Any, op: Op, key: str, again: bool) -> None:
-        op.returned = clock.seconds()
-        if isinstance(result, ReadResult) and result.degraded:
-            history[key].remove(op)
-        elif isinstance(result, ReadResult):
-            found = result.record
-            op.result = (
-                ("absent", None) if found is None
-                else ("value", (found.value, format_version(found.version)))
-            )
-        elif isinstance(result, WriteResult):
-            op.result = ("ok", result.version)
-        elif isinstance(result, str):
-            op.result = ("ok", result)
-        elif result.check(KeyExists):
-            op.result = ("failed", "exists")
-        elif result.check(PreconditionFailed):
-            op.result = ("failed", "precondition")
-        elif result.check(KeyNotFound):
-            op.result = ("failed", "not_found")
-        elif result.check(Unavailable) or op.kind == "get":
-            history[key].remove(op)
-        else:
-            op.returned = None
-            op.result = ("unknown", None)
+        record_outcome(result, op, history[key], clock.seconds())
         if again:
             clock.callLater(rng.choice([0.0, 0.002, 0.01]), issue)
 

@@ -701,23 +701,7 @@ def compare(options, processes: Processes, ports: Ports, workdir: str) -> int:
             extra += run_extra(processes, workdir, "leader failover, kill and restart rounds",
                                ["failover.py", "--rounds", "3"], 300)
 
-    table = format_table(rows)
-    print()
-    print("\n".join(header))
-    print()
-    print("\n".join(table))
-    if extra:
-        print()
-        print("\n".join(extra))
-    bad = [r for r in rows if r["system"].startswith("twisted_kv") and (r["non2xx"] or r["errors"])]
-    if bad:
-        print(f"\n! {len(bad)} twisted_kv runs had non-2xx answers or socket errors (marked !)")
-    figures["table"] = table
-    figures["extra"] = extra
-    if options.json:
-        with open(options.json, "w") as out:
-            json.dump(figures, out, indent=2, default=str)
-    return 1 if bad else 0
+    return report(header, rows, extra, figures, options.json)
 
 
 def compare_durable(options, processes: Processes, ports: Ports, workdir: str) -> int:
@@ -797,20 +781,32 @@ def compare_durable(options, processes: Processes, ports: Ports, workdir: str) -
                 "--fsync", options.fsync]
         extra += run_extra(processes, workdir, "durability", argv, 1800, drop_progress=True)
 
+    return report(header, rows, extra, figures, options.json)
+
+
+def report(header: list[str], rows: list[dict], extra: list[str], figures: dict, json_path: Optional[str]) -> int:
+    """
+    Print the run's header, table and extra figures, and write them all to
+    C{json_path} if given.
+
+    @return: the exit status: 1 if a twisted_kv run had non-2xx answers or
+        socket errors, else 0.
+    """
     table = format_table(rows)
     print()
     print("\n".join(header))
     print()
     print("\n".join(table))
-    print()
-    print("\n".join(extra))
+    if extra:
+        print()
+        print("\n".join(extra))
     bad = [r for r in rows if r["system"].startswith("twisted_kv") and (r["non2xx"] or r["errors"])]
     if bad:
         print(f"\n! {len(bad)} twisted_kv runs had non-2xx answers or socket errors (marked !)")
     figures["table"] = table
     figures["extra"] = extra
-    if options.json:
-        with open(options.json, "w") as out:
+    if json_path:
+        with open(json_path, "w") as out:
             json.dump(figures, out, indent=2, default=str)
     return 1 if bad else 0
 

@@ -291,3 +291,57 @@ class RejoinTests(SynchronousTestCase):
                 assert record is not None
                 self.assertEqual(record.value, b"during" if i % 4 == 0 else b"before")
         cluster.stop()
+
+    def test_declared_dead_catches_up_only_what_it_missed(self) -> None:
+        """
+        A node stopped for longer than the failure timeout is declared dead
+        and dropped from every configuration; restarted with its data, it
+        is added back, keeps what it holds, and is sent only the entries it
+        missed (none when it missed none): no snapshot.
+        """
+        for missed in (0, 12):
+            cluster = MemoryCluster(3, seed=11, disks=True)
+            cluster.settle()
+            coordinator = cluster.coordinators["n1"]
+            for i in range(40):
+                coordinator.put(user_key(f"k{i}"), b"before")
+            cluster.run(1)
+            incarnation = cluster.nodes["n3"].incarnation
+            keys = cluster.nodes["n3"].key_count()
+            cluster.nodes["n3"].stop()
+            cluster.kill("n3")
+            for i in range(missed):
+                coordinator.put(user_key(f"k{i}"), b"during")
+            cluster.run(cluster.config.failure_timeout * 2)
+            dropped = cluster.nodes["n1"].cluster_map
+            assert dropped is not None
+            self.assertTrue(all(c.member("n3") is None for c in dropped.partitions))
+            node = cluster.start("n3")
+            self.assertEqual((node.incarnation, node.key_count()), (incarnation, keys))
+            received = {"snap": 0, "entries": 0}
+            snapshot, append = node.replication.on_snapshot, node.replication.on_append
+
+            def on_snapshot(peer: str, message: list) -> None:
+                received["snap"] += 1
+                snapshot(peer, message)
+
+            def on_append(peer: str, message: list) -> None:
+                received["entries"] += len(message[5])
+                append(peer, message)
+
+            node._dispatch["snap"] = on_snapshot
+            node._dispatch["app"] = on_append
+            cluster.settle()
+            cluster.run(1)
+            expected = {"k%d" % i for i in range(missed)}
+            held = {
+                f"k{i}" for i in range(40)
+                if (config := node.partition_config(node.partition_of(user_key(f"k{i}"))))
+                is not None and config.member("n3") is not None
+            }
+            self.assertEqual(received, {"snap": 0, "entries": len(expected & held)})
+            for key in held:
+                record = node.replicas[node.partition_of(user_key(key))].store.get(user_key(key))
+                assert record is not None
+                self.assertEqual(record.value, b"during" if key in expected else b"before")
+            cluster.stop()

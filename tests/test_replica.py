@@ -23,6 +23,7 @@ from twisted_kv.core.records import (
     Delete,
     Expire,
     Put,
+    Record,
     format_version,
     make_version,
 )
@@ -469,6 +470,7 @@ class FailoverTests(SynchronousTestCase):
         A backup marks committed only entries it just checked against the
         primary's log, however far the primary's commit position is.
         """
+        _retain_nothing(self)
         backup = Replica(PARTITION)
         entries_ = [
             encode_entry(Entry(1, seq, Change("delete", f"k{seq}", make_version(1, seq), None)))
@@ -640,10 +642,21 @@ class OriginTests(SynchronousTestCase):
         self.assertEqual(backup.commit_seq, 3)
 
 
+def _retain_nothing(case: SynchronousTestCase) -> None:
+    """
+    Make replicas trim their logs as far as they may, at once.
+    """
+    case.patch(replica_module, "RETAINED_ENTRIES", 0)
+    case.patch(replica_module, "TRIM_BATCH", 1)
+
+
 class SnapshotTests(SynchronousTestCase):
     """
     A member behind the primary's trimmed log is refilled from a snapshot.
     """
+
+    def setUp(self) -> None:
+        _retain_nothing(self)
 
     def _trimmed(self) -> Group:
         group = Group(backups=("B",))
@@ -677,15 +690,19 @@ class SnapshotTests(SynchronousTestCase):
     def test_stalled_member_nudged(self) -> None:
         """
         A member catching up that acknowledged nothing between two nudges
-        is sent again what it lacks: from its last acknowledgement (a
-        snapshot, here), or, with a snapshot in flight, what follows the
-        snapshot; a member that progressed, or is in sync, is not.
+        is sent again what it lacks: from its last acknowledgement, or, if
+        it acknowledged nothing since it was added, the probe of where its
+        log ends (a snapshot follows the refusal, here), or, with a snapshot
+        in flight, what follows the snapshot; a member that progressed, or
+        is in sync, is not.
         """
         group = self._trimmed()
         primary = group.primary
         primary.append_message("D")  # answered by a refusal that is lost
         self.assertFalse(primary.nudge_stalled_members())  # nothing to compare yet
         self.assertTrue(primary.nudge_stalled_members())
+        self.assertFalse(primary.needs_snapshot("D"))
+        self.assertIsNone(answer(primary, group.backups["D"], "D", primary.append_message("D")))
         self.assertTrue(primary.needs_snapshot("D"))
         snapshot = primary.snapshot_messages("D")
         self.assertTrue(primary.nudge_stalled_members())
@@ -819,6 +836,150 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(group.primary.commit_seq, 1)
         self.assertEqual(group.primary.members, ["b1"])
         self.assertEqual(group.primary.take_announcements(), [entry])
+
+
+class RetentionTests(SynchronousTestCase):
+    """
+    Replicas keep the newest applied entries in their logs, so that a member
+    that missed only those is sent them, not a snapshot.
+    """
+
+    def test_member_added_back_sent_what_it_missed(self) -> None:
+        """
+        A member dropped from the configuration and added back later, not in
+        sync, is sent by log matching only the entries it missed, and is in
+        sync once it acknowledged them.
+        """
+        group = Group()
+        for i in range(5):
+            group.write(f"k{i}", b"1")
+        group.settle()
+        back = group.backups["b1"]
+        primary = group.primary
+        primary.become_primary(2, ["b2"], ["p", "b2"])
+        group.backups["b2"].epoch = 2
+        for i in range(5):
+            group.write(f"k{i}", b"2")
+        for _ in range(3):
+            group.push("b2")
+        self.assertEqual(primary.base_seq, 0)
+        primary.become_primary(3, ["b1", "b2"], ["p", "b2"])
+        self.assertEqual(primary.caught_up(), [])
+        for _ in range(4):
+            self.assertFalse(primary.needs_snapshot("b1"))
+            group.push("b1")
+        self.assertEqual(primary.caught_up(), ["b1"])
+        self.assertEqual(back.last_seq, 10)
+        self.assertEqual(
+            [back.store.get(f"k{i}").value for i in range(5)], [b"2"] * 5
+        )
+
+    def test_sent_again_from_where_it_was_probed(self) -> None:
+        """
+        What a member added back has not answered is sent again (a link
+        lost, or a stalled member nudged) from the position it was probed
+        at, not from the start of the primary's log: log matching then
+        finds where its log ends, and it is sent only what it missed.
+        """
+        group = Group()
+        for i in range(5):
+            group.write(f"k{i}", b"1")
+        group.settle()
+        primary = group.primary
+        primary.become_primary(2, ["b2"], ["p", "b2"])
+        group.backups["b2"].epoch = 2
+        for i in range(3):
+            group.write(f"k{i}", b"2")
+        group.push("b2")
+        primary.become_primary(3, ["b1", "b2"], ["p", "b2"])
+        primary.append_message("b1")  # lost with its link
+        primary.resend("b1", link_lost=True)
+        sent = []
+        for _ in range(3):
+            message = primary.append_message("b1")
+            sent.append([entry[1] for entry in wire(message)[5]])
+            answer(primary, group.backups["b1"], "b1", message)
+        self.assertEqual(sent, [[], [6, 7, 8], []])
+        self.assertEqual(primary.caught_up(), ["b1"])
+        primary.resend("b1")
+        self.assertEqual(wire(primary.append_message("b1"))[5], [])
+
+    def test_stale_tail_replaced(self) -> None:
+        """
+        A member added back with an entry of an older epoch that the primary
+        does not hold drops it before taking the primary's entries: it is in
+        sync only once its log matches.
+        """
+        group = Group()
+        group.write("a", b"1")
+        group.settle()
+        primary = group.primary
+        back = group.backups["b1"]
+        version = make_version(1, 2)
+        stale = Entry(1, 2, Change("put", "a", version, Record(b"x", None, version, None)))
+        back.on_append(1, 1, 1, [encode_entry(stale)], 1)
+        primary.become_primary(2, ["b2"], ["p", "b2"])
+        group.backups["b2"].epoch = 2
+        group.write("b", b"2")
+        group.push("b2")
+        primary.become_primary(3, ["b1", "b2"], ["p", "b2"])
+        for _ in range(4):
+            group.push("b1")
+        self.assertEqual(primary.caught_up(), ["b1"])
+        self.assertEqual((back.epoch_at(2), back.last_seq), (2, 2))
+        self.assertEqual((back.store.get("a").value, back.store.get("b").value), (b"1", b"2"))
+
+    def test_commit_learnt_before_log_checked(self) -> None:
+        """
+        A member added back with an entry of an older epoch at a position
+        the primary has since committed with another entry, told of that
+        commit (a digest) before the primary's entries reached it, neither
+        marks its own entry committed nor applies it: it is replaced once
+        log matching gets there.
+        """
+        group = Group()
+        group.write("a", b"1")
+        group.settle()
+        primary = group.primary
+        back = group.backups["b1"]
+        version = make_version(1, 2)
+        stale = Entry(1, 2, Change("put", "a", version, Record(b"x", "text/plain", version, None)))
+        back.on_append(1, 1, 1, [encode_entry(stale)], 1)
+        primary.become_primary(2, ["b2"], ["p", "b2"])
+        group.backups["b2"].epoch = 2
+        group.write("b", b"2")
+        group.push("b2")
+        self.assertEqual(primary.applied_seq, 2)
+        primary.become_primary(3, ["b1", "b2"], ["p", "b2"])
+        back.epoch = 3
+        self.assertEqual(back.learn_commit(primary.applied_seq), [])
+        self.assertEqual((back.commit_seq, back.store.get("a").value), (1, b"1"))
+        for _ in range(4):
+            group.push("b1")
+        self.assertEqual(primary.caught_up(), ["b1"])
+        self.assertEqual(back.epoch_at(2), 2)
+        self.assertEqual((back.store.get("a").value, back.store.get("b").value), (b"1", b"2"))
+
+    def test_bounded(self) -> None:
+        """
+        The log is trimmed back to L{replica_module.RETAINED_ENTRIES} entries
+        beyond what every member holds, or fewer holding at most
+        L{replica_module.RETAINED_BYTES} of keys and values, once the trim
+        point moved by L{replica_module.TRIM_BATCH}.
+        """
+        self.patch(replica_module, "RETAINED_ENTRIES", 4)
+        self.patch(replica_module, "TRIM_BATCH", 2)
+        group = Group()
+        for i in range(20):
+            group.write("k", b"v")
+            group.settle()
+        primary = group.primary
+        self.assertIn(primary.last_seq - primary.base_seq, (4, 5))
+        self.patch(replica_module, "RETAINED_BYTES", 5)
+        for i in range(4):
+            group.write("k", b"v")
+            group.settle()
+        self.assertIn(primary.last_seq - primary.base_seq, (3, 4))
 
 
 class RoundTests(SynchronousTestCase):

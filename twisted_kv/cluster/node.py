@@ -484,7 +484,16 @@ class Node:
                 replica.adopt_origin(config.origin)
                 self.replication.forgotten(index)
             member = config.member(self.node_id)
-            if member is None or member.incarnation != self.incarnation:
+            if member is None and self._placed_here(index):
+                # Dropped while dead or cut off, this node will be added
+                # back as soon as it is live: keep what it holds, so that
+                # its primary need send it only what it missed (log
+                # matching checks it against the primary's log first).
+                if replica.is_primary:
+                    self.replication.fail_waiters(index, Retry("moved", maybe_applied=True))
+                replica.step_down(config.epoch)
+                replica.epoch = config.epoch
+            elif member is None or member.incarnation != self.incarnation:
                 if replica.is_primary:
                     self.replication.fail_waiters(index, Retry("moved", maybe_applied=True))
                 held = replica.last_seq > 0 or len(replica.store) > 0
@@ -499,6 +508,13 @@ class Node:
                     self.replication.fail_waiters(index, Retry("moved", maybe_applied=True))
                     replica.step_down(config.epoch)
                 replica.epoch = config.epoch
+
+    def _placed_here(self, partition: int) -> bool:
+        """
+        Whether the ring places C{partition} on this node whichever nodes
+        are live: the leader then makes this node a member whenever it is.
+        """
+        return self.node_id in self.ring.preference_list(partition)[: self.config.replicas]
 
     # -- what the coordinator asks -------------------------------------------
 

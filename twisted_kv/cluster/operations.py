@@ -39,6 +39,7 @@ def _logged_records(
         change = entry.change
         if (
             change is not None
+            and entry.seq > replica.applied_seq
             and change.key.startswith(prefix)
             and (start_after is None or change.key > start_after)
         ):

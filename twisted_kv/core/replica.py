@@ -73,6 +73,16 @@ RECENT_CHANGES = 256
 # to confirm them; an older round confirmed late grants no lease.
 ROUND_STARTS_KEPT = 64
 
+# Applied entries each replica keeps in its log beyond what every member
+# holds (at most about this many bytes of keys and values), so that a member
+# that missed only those is sent them rather than a snapshot of the whole
+# partition.
+RETAINED_ENTRIES = 1024
+RETAINED_BYTES = 256 * 1024
+
+# How many log positions the trim point moves before the log is trimmed.
+TRIM_BATCH = 64
+
 # Largest snapshot message, in value bytes (one record may exceed it).
 SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -158,6 +168,16 @@ def decode_records(data: list) -> tuple[tuple[str, Record], ...]:
     )
 
 
+def _entry_bytes(entry: Entry) -> int:
+    """
+    About how much of the keys and values C{entry} holds.
+    """
+    if entry.repair is not None:
+        return sum(len(key) + len(record.value) for key, record in entry.repair.records)
+    change = entry.change
+    return len(change.key) + (len(change.record.value) if change.record is not None else 0)
+
+
 class Replica:
     """
     One partition on one node: its store, its log, and, while this node is
@@ -186,9 +206,14 @@ class Replica:
         self.log: list[Entry] = []
         self.base_seq = 0
         self.base_epoch = 0
+        # the trim point when the log was last looked at for trimming
+        self._trim_checked = 0
         self.commit_seq = 0
         self.applied_seq = 0
         self.durable_seq: Optional[int] = None
+        # (epoch, seq): our log matches the log of the primary of that
+        # epoch up to seq, as its messages showed
+        self._verified = (0, 0)
         self._recent_ops: OrderedDict[str, int] = OrderedDict()
         self.recent_changes: deque[Entry] = deque(maxlen=RECENT_CHANGES)
         self._unannounced: list[Entry] = []
@@ -200,6 +225,11 @@ class Replica:
         # what each member catching up had acknowledged at the last nudge
         self._sync_progress: dict[str, int] = {}
         self._snapshot_at: dict[str, int] = {}
+        # for each member that has acknowledged nothing since it was
+        # added, where its log may end (ours when it was added, then its
+        # refusals' hints): what is sent again starts there, not at the
+        # start of our log
+        self._probe: dict[str, int] = {}
         self._pending_by_key: dict[str, Entry] = {}
         self._serving_from = 0
         self.commit_sent = 0
@@ -308,12 +338,26 @@ class Replica:
 
     def _trim(self) -> None:
         """
-        Forget applied entries every member holds; a member that falls behind
-        the log is refilled from a snapshot instead.
+        Forget applied entries every member holds, but the newest few
+        (L{RETAINED_ENTRIES}, L{RETAINED_BYTES}): a member that comes back
+        after missing only those (a node restarted with its data, a member
+        dropped for a while), even to a primary that was a member when it
+        left, is sent just them.  A member that falls further behind is
+        refilled from a snapshot instead.  Looked at once every
+        L{TRIM_BATCH} positions, so that the retained entries are counted
+        only once in a while.
         """
         floor = self.applied_seq
         if self.is_primary:
             floor = min([floor, *self._match.values()])
+        if abs(floor - self._trim_checked) < TRIM_BATCH:
+            return
+        self._trim_checked = floor
+        kept, size = 0, 0
+        while kept < floor - self.base_seq and kept < RETAINED_ENTRIES and size < RETAINED_BYTES:
+            size += _entry_bytes(self.log[floor - kept - self.base_seq - 1])
+            kept += 1
+        floor -= kept
         drop = floor - self.base_seq
         if drop > 0:
             self.base_epoch = self.log[drop - 1].epoch
@@ -355,19 +399,25 @@ class Replica:
         self.epoch = epoch
         self.is_primary = True
         if takeover:
-            for table in (self._match, self._next, self._acked_round, self._sync_target, self._snapshot_at):
+            for table in (
+                self._match, self._next, self._acked_round, self._sync_target,
+                self._snapshot_at, self._probe,
+            ):
                 table.clear()
         for member in members:
             if member not in self._match:
                 self._match[member] = 0
-                self._next[member] = self.last_seq + 1
+                self._next[member] = self._probe[member] = self.last_seq + 1
                 self._acked_round[member] = 0
             if member in synced:
                 self._sync_target.pop(member, None)
             elif member not in self._sync_target:
                 self._sync_target[member] = self.last_seq
         for gone in set(self._match) - set(members):
-            for table in (self._match, self._next, self._acked_round, self._sync_target, self._snapshot_at):
+            for table in (
+                self._match, self._next, self._acked_round, self._sync_target,
+                self._snapshot_at, self._probe,
+            ):
                 table.pop(gone, None)
         self.members = members
         if takeover:
@@ -396,6 +446,7 @@ class Replica:
         self._acked_round.clear()
         self._sync_target.clear()
         self._snapshot_at.clear()
+        self._probe.clear()
         self._pending_by_key.clear()
         self._expiries = []
         self._unannounced = []
@@ -541,6 +592,7 @@ class Replica:
         if not self.is_primary or epoch != self.epoch or member not in self._match:
             return
         self._match[member] = max(self._match[member], last_seq)
+        self._probe.pop(member, None)
         if last_seq >= self._snapshot_at.get(member, last_seq + 1):
             del self._snapshot_at[member]
         self._acked_round[member] = max(self._acked_round[member], round_)
@@ -560,6 +612,8 @@ class Replica:
                 return  # refused before the snapshot in flight arrived
             self._next[member] = min(self._next[member], hint + 1, self.last_seq + 1)
             self._match[member] = min(self._match[member], hint)
+            if member in self._probe:
+                self._probe[member] = min(self._probe[member], self._next[member])
 
     def caught_up(self) -> list[str]:
         """
@@ -584,7 +638,7 @@ class Replica:
             match = self._match.get(member, 0)
             progress[member] = match
             if match < target and self._sync_progress.get(member) == match:
-                self._next[member] = self._snapshot_at.get(member, match) + 1
+                self._next[member] = self._snapshot_at.get(member, self._resend_from(member) - 1) + 1
                 nudged = True
         self._sync_progress = progress
         return nudged
@@ -595,6 +649,15 @@ class Replica:
         """
         return self._match.get(member, 0) < self.last_seq or self._acked_round.get(member, 0) < self.round
 
+    def _resend_from(self, member: str) -> int:
+        """
+        Where what is sent again to C{member} starts: after what it
+        acknowledged, or, if it acknowledged nothing since it was added, at
+        the position probed (log matching then finds where its log ends, as
+        it did for the message lost), not at the start of our log.
+        """
+        return max(self._match[member] + 1, self._probe.get(member, 0))
+
     def resend(self, member: Optional[str] = None, link_lost: bool = False) -> None:
         """
         Send again, from what it acknowledged, what C{member} (or every
@@ -604,7 +667,7 @@ class Replica:
         """
         for name in [member] if member is not None else self.members:
             if name in self._next and (link_lost or name not in self._snapshot_at):
-                self._next[name] = self._match[name] + 1
+                self._next[name] = self._resend_from(name)
                 self._snapshot_at.pop(name, None)
 
     def epoch_at(self, seq: int) -> Optional[int]:
@@ -672,6 +735,8 @@ class Replica:
         for degraded reads, which pick the newest among reachable replicas.
         """
         for entry in reversed(self.log):
+            if entry.seq <= self.applied_seq:
+                break
             if entry.change is not None and entry.change.key == key:
                 return entry.change.record
         return self.store.get(key)
@@ -687,12 +752,17 @@ class Replica:
 
     def learn_commit(self, seq: int) -> list[Entry]:
         """
-        The primary of our epoch says everything up to C{seq} is committed
-        (every member acknowledged it, so our log matches the primary's up to
-        there): apply it.  Returns the entries this applies.
+        The primary of our epoch says everything up to C{seq} is committed:
+        apply it, as far as our log was checked against the primary's.  A
+        member added back with the log it kept may hold, at those
+        positions, entries of an older epoch the primary replaced, until
+        the primary's messages have reached it.  Returns the entries this
+        applies.
         """
         if seq > self.commit_seq and not self.is_primary:
-            self.commit_seq = min(seq, self.last_seq)
+            verified_epoch, verified_seq = self._verified
+            if verified_epoch == self.epoch:
+                self.commit_seq = max(self.commit_seq, min(seq, verified_seq, self.last_seq))
             return self._apply_committed()
         return []
 
@@ -791,6 +861,8 @@ class Replica:
         # committed; a stale tail beyond them may still be replaced.
         if commit > self.commit_seq:
             self.commit_seq = max(self.commit_seq, min(commit, verified))
+        if self._verified[0] != epoch or self._verified[1] < verified:
+            self._verified = (epoch, verified)
         self._apply_committed()
         # Acknowledge only what was checked against the primary's log: a
         # stale tail beyond it is not the primary's.
@@ -818,12 +890,14 @@ class Replica:
             self.store.clear()
             self.log.clear()
             self.base_seq = self.commit_seq = self.applied_seq = 0
+            self._verified = (0, 0)
             self.digest.clear()
         for key, record in decode_records(records):
             self._apply_change(Change("put", key, record.version, record))
         if last:
             self.base_seq = self.commit_seq = self.applied_seq = seq
             self.base_epoch = seq_epoch or 0
+            self._verified = (epoch, seq)
 
     # -- on disk ---------------------------------------------------------
 
@@ -892,6 +966,7 @@ class Replica:
         self.digest.clear()
         self.log.clear()
         self.base_seq = self.base_epoch = self.commit_seq = self.applied_seq = 0
+        self._verified = (0, 0)
         if self.durable_seq is not None:
             self.durable_seq = 0
         self._recent_ops.clear()

@@ -12,16 +12,18 @@ import errno
 import random
 from typing import Any, Optional
 
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.linearizability import Op, check, random_operation
 from tests.test_cluster import record_outcome, submit_operation
 from twisted_kv.core.keyspace import user_key
+from twisted_kv.core.records import Put
 from twisted_kv.errors import (
     DiskFull,
     LogFailed,
 )
-from twisted_kv.interfaces import ReadResult, WriteResult
+from twisted_kv.interfaces import WriteResult
 from twisted_kv.storage.testing import Fault
 from twisted_kv.testing import MemoryCluster
 
@@ -226,25 +228,43 @@ class DiskErrorTests(SynchronousTestCase):
 
     def test_failed_fsync(self) -> None:
         """
-        After a failed fsync, the node's log is failed: writes it would
-        order are refused with L{LogFailed} (503), reads still answer.
+        After a failed fsync, the node's log is failed: it logs that once,
+        refuses the writes it would order (L{LogFailed}, 503) and hands its
+        partitions over to their other copies, which serve them; writes and
+        reads through it go on.
         """
         cluster = MemoryCluster(3, seed=2, disks=True)
         cluster.settle()
-        coordinator = cluster.coordinators["n1"]
-        _outcome(coordinator.put(user_key("k"), b"v1"))
+        _outcome(cluster.coordinators["n1"].put(user_key("k"), b"v1"))
         cluster.run(0.5)
-        primary = self.primary_of(cluster, "k")
-        cluster.filesystems[primary].inject(Fault("sync", errno.EIO, times=None))
-        _outcome(coordinator.put(user_key("k"), b"v2"))
-        cluster.run(6)
-        refused = _outcome(coordinator.put(user_key("k"), b"v3"))
+        failed = self.primary_of(cluster, "k")
+        coordinator = cluster.coordinators[failed]
+        node = cluster.nodes[failed]
+        with capturedLogs() as events:
+            cluster.filesystems[failed].inject(Fault("sync", errno.EIO, times=None))
+            _outcome(coordinator.put(user_key("k"), b"v2"))
+            cluster.run(0.1)
+            refused = _outcome(node.operations.execute_local(
+                node.partition_of(user_key("k")), Put(user_key("k"), b"v3"), None
+            ))
+            self.assertTrue(refused[0].check(LogFailed), refused)
+            self.assertEqual(refused[0].value.status, 503)
+            cluster.run(6)
+        lines = [formatEvent(e) for e in events if "refusing writes" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("hands its partitions over", lines[0])
+        self.assertNotEqual(self.primary_of(cluster, "k"), failed)
+        for config in next(n for n in cluster.nodes.values()).cluster_map.partitions:
+            self.assertIsNone(config.member(failed))
+        written = _outcome(coordinator.put(user_key("k"), b"v4"))
         cluster.run(1)
-        self.assertTrue(refused[0].check(LogFailed), refused)
-        self.assertEqual(refused[0].value.status, 503)
+        self.assertIsInstance(written[0], WriteResult)
+        read = _outcome(cluster.coordinators["n1"].get(user_key("k")))
+        cluster.run(1)
+        self.assertEqual(read[0].record.value, b"v4")
         read = _outcome(coordinator.get(user_key("k")))
         cluster.run(1)
-        self.assertIsInstance(read[0], ReadResult)
+        self.assertEqual(read[0].record.value, b"v4")
         self.flushLoggedErrors()
         cluster.stop()
 

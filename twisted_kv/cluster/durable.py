@@ -402,8 +402,11 @@ class NodeDisk:
                               path=self.path)
                 self.full = True
             elif failure.check(LogFailed) and not self._failure_reported:
-                log.error("{path}: {error}; refusing writes until a restart",
-                          path=self.path, error=failure.getErrorMessage())
+                log.error(
+                    "{path}: {error}; refusing writes until a restart: this node"
+                    " acknowledges nothing more and hands its partitions over to"
+                    " their other copies", path=self.path, error=failure.getErrorMessage(),
+                )
                 self._failure_reported = True
             return failure
 

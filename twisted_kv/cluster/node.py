@@ -359,6 +359,7 @@ class Node:
             "term": self.consensus.term,
             "has_map": self.consensus.latest_map is not None,
             "map_index": self.consensus.committed_index,
+            "log_failed": self.log_failed(),
         }
 
     def synced(self) -> bool:
@@ -446,8 +447,29 @@ class Node:
                 partitions=", ".join(map(str, sorted(newly))),
             )
 
+    def log_failed(self) -> bool:
+        """
+        Whether a sync of this node's log failed: nothing it holds can be
+        made durable any more, so it gives up its copies (L{_placeable}).
+        """
+        return self._disk is not None and self._disk.failed
+
+    def _placeable(self, live: dict[str, int]) -> dict[str, int]:
+        """
+        The live nodes that may hold copies: not those whose log failed (as
+        they say in their status, or this node's own), which can acknowledge
+        nothing: the plan moves their partitions to the other copies, and a
+        primary among them hands its partitions over.
+        """
+        failed = {
+            node for node in live
+            if (self.log_failed() if node == self.node_id
+                else (self.membership.info.get(node) or {}).get("log_failed"))
+        }
+        return {node: incarnation for node, incarnation in live.items() if node not in failed}
+
     def _lead(self, now: float) -> None:
-        live = self.membership.live(now)
+        live = self._placeable(self.membership.live(now))
         current = self.consensus.latest_map
         unchanged_map, unchanged_live = self._planned
         if current is not None and current is unchanged_map and live == unchanged_live:
@@ -605,6 +627,10 @@ class Node:
         lacking an entry it helped commit.  Whatever follows waits behind
         a state being saved, in order.
         """
+        if self.log_failed():
+            # Neither a vote nor an acknowledgement can be made durable:
+            # say nothing, and the others go on without this node.
+            return
         if self._disk is not None:
             state = self.consensus.durable_state()
             if state != self._saved_consensus:

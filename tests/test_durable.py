@@ -26,7 +26,7 @@ from twisted_kv.cluster.node import Node
 from twisted_kv.core.membership import new_incarnation
 from twisted_kv.core.records import Put
 from twisted_kv.core.replica import Replica
-from twisted_kv.errors import StorageCorrupt, WriteFailed
+from twisted_kv.errors import WriteFailed
 from twisted_kv.storage.log import Log, encode_record
 from twisted_kv.storage.testing import CrashableFileSystem, HeldRunner, run_now
 from twisted_kv.testing import MemoryCluster, cluster_config
@@ -95,15 +95,36 @@ class NodeDiskTests(SynchronousTestCase):
     def test_unreadable_record(self) -> None:
         """
         A record whose checksum holds but that cannot be decoded is damage:
-        recovery refuses it, naming the directory.
+        the directory is moved aside, with one line naming it and the
+        record, and the node starts from an empty one.
         """
         fs = CrashableFileSystem()
         log = Log(fs, "/data/n1")
         list(log.replay())
         log.append(CONSENSUS, b"\x01")
         log.commit()
-        error = self.assertRaises(StorageCorrupt, self.open, fs)
-        self.assertIn("/data/n1", str(error))
+        with capturedLogs() as events:
+            disk = self.open(fs)
+        self.assertEqual((disk.recovered.consensus, disk.recovered.records), (None, 0))
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("/data/n1 at offset 0: record 1 unreadable", lines[0])
+        self.assertIn("moved /data/n1 to /data/n1.damaged-1", lines[0])
+        self.assertEqual(fs.listdir("/data"), ["n1", "n1.damaged-1"])
+        self.assertEqual(len(fs.listdir("/data/n1.damaged-1")), 1)
+
+    def test_damaged_again(self) -> None:
+        """
+        Damage found again goes beside the first one set aside.
+        """
+        fs = CrashableFileSystem()
+        for _ in range(2):
+            log = Log(fs, "/data/n1")
+            list(log.replay())
+            log.append(CONSENSUS, b"\x01")
+            log.commit()
+            self.open(fs)
+        self.assertEqual(fs.listdir("/data"), ["n1", "n1.damaged-1", "n1.damaged-2"])
 
 
 class _Recorder:

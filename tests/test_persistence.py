@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import random
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,7 +24,7 @@ from twisted_kv.errors import (
     LogFailed,
 )
 from twisted_kv.interfaces import WriteResult
-from twisted_kv.storage.testing import Fault
+from twisted_kv.storage.testing import CrashableFileSystem, Fault
 from twisted_kv.testing import MemoryCluster
 
 KEYS = ("x", "y", "z")
@@ -365,3 +365,95 @@ class RejoinTests(SynchronousTestCase):
                 assert record is not None
                 self.assertEqual(record.value, b"during" if key in expected else b"before")
             cluster.stop()
+
+
+class DamageTests(SynchronousTestCase):
+    """
+    A node whose data directory is damaged other than by a torn last record
+    serves none of it: it moves the directory aside, with one line naming the
+    file, starts empty as a new incarnation, and is refilled from its peers.
+    """
+
+    def restart_damaged(self, damage: Callable[[CrashableFileSystem, list[str]], str]) -> None:
+        """
+        Write keys, snapshot and write more, stop n3, apply C{damage} to its
+        directory (given the file system and the file names; it returns the
+        file damaged), and restart it: every key reads back right through it.
+        """
+        cluster = MemoryCluster(3, seed=5, disks=True, compact_bytes=2048)
+        cluster.settle()
+        coordinator = cluster.coordinators["n1"]
+        written = {}
+        for i in range(60):
+            written[user_key(f"k{i}")] = f"value {i}".encode() * 20
+            coordinator.put(user_key(f"k{i}"), written[user_key(f"k{i}")])
+            cluster.run(0.05)
+        cluster.run(1)
+        incarnation = cluster.nodes["n3"].incarnation
+        fs = cluster.filesystems["n3"]
+        cluster.kill("n3")
+        names = fs.listdir("/data/n3")
+        self.assertTrue([n for n in names if n.endswith(".snap")], names)
+        damaged = damage(fs, names)
+        with capturedLogs() as events:
+            node = cluster.start("n3")
+        lines = [formatEvent(e) for e in events if "damaged-" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(damaged, lines[0])
+        self.assertIn("refilled from its peers", lines[0])
+        self.assertNotEqual(node.incarnation, incarnation)
+        self.assertEqual(node.key_count(), 0)
+        self.assertIn("n3.damaged-1", fs.listdir("/data"))
+        cluster.settle(20)
+        self.assertGreater(node.key_count(), 0)
+        reads = {key: _outcome(cluster.coordinators["n3"].get(key)) for key in written}
+        cluster.run(1)
+        for key, value in written.items():
+            self.assertEqual(reads[key][0].record.value, value, key)
+        cluster.stop()
+
+    def test_flipped_byte(self) -> None:
+        """
+        A byte flipped in the middle of a log segment.
+        """
+        def flip(fs: CrashableFileSystem, names: list[str]) -> str:
+            path = "/data/n3/" + max((n for n in names if n.endswith(".log")),
+                                     key=lambda n: fs.size(f"/data/n3/{n}"))
+            data = bytearray(fs.read(path))
+            data[len(data) // 2] ^= 0xFF
+            rewrite(fs, path, bytes(data))
+            return path
+
+        self.restart_damaged(flip)
+
+    def test_truncated_snapshot(self) -> None:
+        """
+        A snapshot cut short.
+        """
+        def truncate(fs: CrashableFileSystem, names: list[str]) -> str:
+            path = "/data/n3/" + max(n for n in names if n.endswith(".snap"))
+            rewrite(fs, path, fs.read(path)[: fs.size(path) // 2])
+            return path
+
+        self.restart_damaged(truncate)
+
+    def test_missing_snapshot(self) -> None:
+        """
+        A snapshot removed: the log segments it replaced are gone too.
+        """
+        def remove(fs: CrashableFileSystem, names: list[str]) -> str:
+            fs.remove("/data/n3/" + max(n for n in names if n.endswith(".snap")))
+            return "/data/n3/"
+
+        self.restart_damaged(remove)
+
+
+def rewrite(fs: CrashableFileSystem, path: str, data: bytes) -> None:
+    """
+    Replace the content of C{path} by C{data}, durably.
+    """
+    f = fs.open_append(path)
+    f.truncate(0)
+    f.write(data)
+    f.sync()
+    f.close()

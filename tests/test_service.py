@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.app.service import build_node_service, check_ports, listen_endpoint, open_disk
@@ -194,7 +195,8 @@ class DataDirTests(SynchronousTestCase):
 
     def test_damaged(self) -> None:
         """
-        A damaged log stops the node with one line naming the file.
+        A damaged log is moved aside with one line naming the file, and the
+        node starts from an empty directory.
         """
         data = self.mktemp()
         config = cluster_config(3, data_dir=data)
@@ -203,7 +205,14 @@ class DataDirTests(SynchronousTestCase):
         segment = os.path.join(disk.path, sorted(os.listdir(disk.path))[0])
         with open(segment, "wb") as f:
             f.write(b"\xff" * 64 + encode_record(1, b"\x90"))
-        error = self.assertRaises(SystemExit, open_disk, config, "n1", MemoryReactorClock())
-        self.assertIn(segment, str(error.code))
-        self.assertIn("refusing to start", str(error.code))
-        self.assertNotIn("\n", str(error.code))
+        with capturedLogs() as events:
+            disk = open_disk(config, "n1", MemoryReactorClock())
+        assert disk is not None
+        self.assertEqual(disk.recovered.records, 0)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(segment, lines[0])
+        self.assertIn(f"moved {disk.path} to {disk.path}.damaged-1", lines[0])
+        self.assertEqual(
+            os.listdir(disk.path + ".damaged-1"), [os.path.basename(segment)]
+        )

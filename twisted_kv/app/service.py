@@ -29,7 +29,6 @@ from twisted_kv.cluster.durable import NodeDisk
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.config import ClusterConfig, NodeConfig, format_address
 from twisted_kv.core.membership import new_incarnation
-from twisted_kv.errors import StorageCorrupt
 from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
 from twisted_kv.ftp.server import build_ftp_factory
@@ -146,8 +145,8 @@ def open_disk(config: ClusterConfig, node_id: str, reactor: Any) -> Optional[Nod
     Node C{node_id}'s data directory, recovered, or C{None} without
     C{data_dir}.
 
-    @raise SystemExit: with one line naming the file, if it is damaged or
-        cannot be read: the node must not serve what it cannot trust.
+    @raise SystemExit: with one line naming the file, if it cannot be read
+        (a damaged one is moved aside: see L{NodeDisk.open}).
     """
     path = config.node_data_dir(node_id)
     if path is None:
@@ -163,8 +162,6 @@ def open_disk(config: ClusterConfig, node_id: str, reactor: Any) -> Optional[Nod
             config.partitions,
             lambda work: blockingCallFromThread(reactor, work),
         )
-    except StorageCorrupt as error:
-        raise SystemExit(f"kvnode {node_id}: refusing to start: {error}") from None
     except OSError as error:
         raise SystemExit(
             f"kvnode {node_id}: cannot use {error.filename or path}: {error.strerror or error}"

@@ -51,6 +51,7 @@ Recovery reads the log once, at start, before the node is built
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -301,14 +302,51 @@ class NodeDisk:
         Read what C{path} holds (see L{recovered}), then open its log for
         appending.
 
+        A file damaged other than by a torn last write is never served:
+        the directory is moved aside, whole (to C{PATH.damaged-N}, for the
+        operator to look at), with one line naming the file, and the node
+        starts from an empty one.  It then comes back as a node restarted
+        without its data does (docs/design.md §1.5): a new incarnation,
+        refilled from its peers, and its consensus state forgotten, with the
+        cautions of a voter that lost it (§1.1).  Which partitions the
+        damage reached cannot be told (a record's length may be what is
+        damaged, and what follows it is lost), nor whether the consensus
+        state read before it is the last one, so all of it goes.
+
         @param in_reactor: runs a function in the reactor thread and returns
             its result, from the thread that writes a snapshot
             (C{blockingCallFromThread}); a plain call where
             C{run_in_thread} runs work in the reactor thread itself.
 
+        @raise OSError: the directory cannot be read, created or moved
+            aside.
+        """
+        try:
+            return cls._read(fs, path, policy, run_in_thread, clock, partitions, in_reactor)
+        except StorageCorrupt as damage:
+            aside = _set_aside(fs, path)
+            log.error(
+                "{damage}: moved {path} to {aside}; this node starts empty and is"
+                " refilled from its peers", damage=str(damage), path=path, aside=aside,
+            )
+            return cls._read(fs, path, policy, run_in_thread, clock, partitions, in_reactor)
+
+    @classmethod
+    def _read(
+        cls,
+        fs: IFileSystem,
+        path: str,
+        policy: str,
+        run_in_thread: RunInThread,
+        clock: IReactorTime,
+        partitions: int,
+        in_reactor: Callable[[Callable[[], Any]], Any],
+    ) -> "NodeDisk":
+        """
+        L{open}, which this is, but for damage.
+
         @raise twisted_kv.errors.StorageCorrupt: a file is damaged other
             than by a torn last write (the error names it).
-        @raise OSError: the directory cannot be read or created.
         """
         started = time.monotonic()
         storage = Storage.at(fs, path)
@@ -523,6 +561,20 @@ class NodeDisk:
             return waiting.addCallback(lambda _: self.stop())
         self.append(CLEAN, []).addErrback(lambda failure: None)
         return self._committer.stop()
+
+
+def _set_aside(fs: IFileSystem, path: str) -> str:
+    """
+    Move the data directory C{path} to the first free C{PATH.damaged-N}
+    beside it, durably; return where.
+    """
+    number = 1
+    while fs.exists(f"{path}.damaged-{number}"):
+        number += 1
+    aside = f"{path}.damaged-{number}"
+    fs.rename(path, aside)
+    fs.sync_dir(os.path.dirname(path.rstrip(os.sep)))
+    return aside
 
 
 @define

@@ -24,7 +24,8 @@ from twisted_kv.cluster.durable import (
 )
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.membership import new_incarnation
-from twisted_kv.core.records import Put
+from twisted_kv.core.memstore import record_cost
+from twisted_kv.core.records import Put, Record
 from twisted_kv.core.replica import Replica
 from twisted_kv.errors import WriteFailed
 from twisted_kv.storage.log import Log, encode_record
@@ -327,6 +328,12 @@ class CompactionTests(SynchronousTestCase):
         )
         self.assertEqual((recovered.last_seq, recovered.commit_seq), (7, 6))
         self.assertIsNotNone(recovered.newest("after"))
+        # the recovery's line counts it too
+        self.assertEqual(again.recovered.keys(), 7)
+        self.assertEqual(
+            again.recovered.bytes(),
+            recovered.store.bytes_used + record_cost("after", Record(b"v", "", 0)),
+        )
         self.assertEqual(again.recovered.consensus, _STATE)
         self.assertEqual(again.recovered.identity.incarnation, 5)
         self.assertEqual(again.run, 2)

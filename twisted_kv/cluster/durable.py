@@ -62,6 +62,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_kv.core.consensus import DurableState
+from twisted_kv.core.memstore import record_cost
+from twisted_kv.core.records import Record
 from twisted_kv.core.replica import Replica
 from twisted_kv.errors import DiskFull, LogFailed, StorageCorrupt
 from twisted_kv.storage.committer import GroupCommitter, RunInThread
@@ -210,15 +212,37 @@ class Recovered:
 
     def keys(self) -> int:
         """
-        How many keys the replicas hold, for the recovery's log line.
+        How many keys the replicas hold, for the recovery's log line: those
+        applied, and those only written by entries that are on disk but
+        not yet known to be committed (they are applied once they are).
         """
-        return sum(len(r.store) for r in self.replicas)
+        return sum(len(r.store) + len(_unapplied(r)) for r in self.replicas)
 
     def bytes(self) -> int:
         """
-        How many bytes of data the replicas hold, for the same line.
+        How many bytes of data the replicas hold, counted as L{keys} are,
+        for the same line.
         """
-        return sum(r.store.bytes_used for r in self.replicas)
+        return sum(
+            r.store.bytes_used + sum(record_cost(key, record) for key, record in _unapplied(r).items())
+            for r in self.replicas
+        )
+
+
+def _unapplied(replica: Replica) -> dict[str, Record]:
+    """
+    The keys C{replica}'s store lacks that entries of its log beyond what it
+    applied write, with the newest record each writes.
+    """
+    found: dict[str, Record] = {}
+    for entry in replica.log:
+        change = entry.change
+        if entry.seq > replica.applied_seq and change is not None:
+            if change.record is None:
+                found.pop(change.key, None)
+            elif replica.store.get(change.key) is None:
+                found[change.key] = change.record
+    return found
 
 
 @define

@@ -12,7 +12,7 @@ import os
 from typing import Callable, Optional
 
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.python import log
 from twisted.trial.unittest import TestCase
@@ -20,6 +20,52 @@ from twisted.trial.unittest import TestCase
 from tests.e2e import RealCluster, kv_path
 from tests.polling import poll
 from twisted_kv.cluster.durable import COMPACT_MIN_BYTES
+
+
+class Load:
+    """
+    Writers of new keys, each with one PUT in flight at a time, through the
+    nodes in turn, until L{running} is false.
+
+    @ivar acknowledged: every key written with a 2xx, and its value.
+    @ivar sent: every key sent, and its value.
+    """
+
+    def __init__(self, cluster: RealCluster) -> None:
+        self.cluster = cluster
+        self.running = True
+        self.acknowledged: dict[str, bytes] = {}
+        self.sent: dict[str, bytes] = {}
+
+    def start(self, writers: int, stop_on_error: bool) -> list[Deferred[None]]:
+        """
+        Start C{writers} writers.  With C{stop_on_error}, a writer stops at
+        its first failed request; otherwise it goes on with the next node
+        (its node was stopped).
+        """
+        return [ensureDeferred(self._write(w, stop_on_error)) for w in range(writers)]
+
+    async def _write(self, worker: int, stop_on_error: bool) -> None:
+        c = self.cluster
+        count = 0
+        while self.running:
+            key = f"load/{worker}/{count:05d}"
+            value = f"{worker}:{count}".encode() * 5
+            node = c.node_ids[(worker + count) % len(c.node_ids)]
+            count += 1
+            self.sent[key] = value
+            try:
+                reply = await c.request(
+                    "PUT", node, kv_path(key), value,
+                    {"Content-Type": "application/octet-stream"},
+                )
+            except Exception:
+                if stop_on_error:
+                    return
+                await deferLater(reactor, 0.05, lambda: None)
+                continue
+            if reply.status in (200, 201):
+                self.acknowledged[key] = value
 
 
 class WholeClusterKillTests(TestCase):
@@ -44,32 +90,13 @@ class WholeClusterKillTests(TestCase):
         c = await self.start_cluster()
         before = {f"before/{i:04d}": f"b{i}".encode() * 10 for i in range(200)}
         await c.write_keys(before)
-        acknowledged: dict[str, bytes] = {}
-        sent: dict[str, bytes] = {}
-        running = [True]
-
-        async def writer(worker: int) -> None:
-            count = 0
-            while running[0]:
-                key = f"load/{worker}/{count:05d}"
-                value = f"{worker}:{count}".encode() * 5
-                count += 1
-                sent[key] = value
-                try:
-                    reply = await c.request(
-                        "PUT", c.node_ids[worker % 3], kv_path(key), value,
-                        {"Content-Type": "application/octet-stream"},
-                    )
-                except Exception:
-                    return
-                if reply.status in (200, 201):
-                    acknowledged[key] = value
-
-        writers = [ensureDeferred(writer(w)) for w in range(8)]
+        load = Load(c)
+        writers = load.start(8, stop_on_error=True)
         await deferLater(reactor, 1.0, lambda: None)
         await c.kill(*c.node_ids)
-        running[0] = False
+        load.running = False
         await DeferredList(writers)
+        acknowledged, sent = load.acknowledged, load.sent
         log.msg(f"{len(acknowledged)} writes acknowledged of {len(sent)} sent before the kill")
         self.assertGreater(len(acknowledged), 20)
 
@@ -87,6 +114,45 @@ class WholeClusterKillTests(TestCase):
             self.assertIn(reply.status, (200, 404), reply)
             if reply.status == 200:
                 self.assertEqual(reply.body, sent[key])
+
+
+class RollingRestartTests(TestCase):
+    """
+    Every node of a cluster with C{data_dir} restarted in turn under a
+    write load.
+    """
+
+    timeout = 180
+
+    async def test_rolling_restarts_under_load(self) -> None:
+        """
+        Each node in turn is stopped (SIGTERM for one, SIGKILL for the
+        others) and restarted with its data while writes go on through
+        every node; once the cluster is in sync again after each, the next
+        goes.  Every write acknowledged is then read back from every node,
+        and each node logged what it recovered.
+        """
+        c = RealCluster(3, self.mktemp(), data_dir="data")
+        self.addCleanup(c.stop_all)
+        await c.start()
+        load = Load(c)
+        writers = load.start(6, stop_on_error=False)
+        for node in c.node_ids:
+            await deferLater(reactor, 1.0, lambda: None)
+            since = c.log_size(node)
+            if node == c.node_ids[0]:
+                await c.stop(node)
+            else:
+                await c.kill(node)
+            await deferLater(reactor, 1.0, lambda: None)
+            await c.restart(node)
+            await c.wait_for_log(node, r"recovered \d+ keys", since=since)
+            await c.wait_for_leader(timeout=30)
+        load.running = False
+        await DeferredList(writers)
+        log.msg(f"{len(load.acknowledged)} writes acknowledged of {len(load.sent)} sent")
+        self.assertGreater(len(load.acknowledged), 50)
+        self.assertEqual(await c.read_keys(load.acknowledged), [])
 
 
 class DamagedDataTests(TestCase):

@@ -268,6 +268,28 @@ class DiskErrorTests(SynchronousTestCase):
         self.flushLoggedErrors()
         cluster.stop()
 
+    def test_failed_fsync_at_the_leader(self) -> None:
+        """
+        When the partition leader's log fails, it sends no consensus
+        message any more: another node is elected, the failed one holds no
+        partition, and writes through every node go on.
+        """
+        cluster = MemoryCluster(3, seed=4, disks=True)
+        leader = cluster.settle()
+        cluster.filesystems[leader].inject(Fault("sync", errno.EIO, times=None))
+        _outcome(cluster.coordinators[leader].put(user_key("k"), b"v1"))
+        cluster.run(8)
+        elected = cluster.leader()
+        self.assertNotIn(elected, (None, leader))
+        for config in cluster.nodes[elected].cluster_map.partitions:
+            self.assertIsNone(config.member(leader))
+        written = [_outcome(cluster.coordinators[node].put(user_key(f"k{node}"), b"v2"))
+                   for node in cluster.nodes]
+        cluster.run(2)
+        self.assertTrue(all(isinstance(box[0], WriteResult) for box in written), written)
+        self.flushLoggedErrors()
+        cluster.stop()
+
 
 class RejoinTests(SynchronousTestCase):
     """

@@ -1021,7 +1021,8 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         key = self.key_not_on("n1", "stop")
         box = _outcome(cluster.coordinators["n1"].put(user_key(key), b"v"))
         node = cluster.nodes["n1"]
-        cluster.kill("n1")
+        # stopped, not killed: its process goes on, its clients waiting
+        cluster.network.remove("n1")
         give_up_at = cluster.clock.seconds() + cluster.config.request_timeout + 1
         while not box and cluster.clock.seconds() < give_up_at:
             cluster.clock.advance(0.05)

@@ -182,6 +182,31 @@ class KillTests(SynchronousTestCase):
                 for key, ops in history.items():
                     self.assertTrue(check(ops), f"{policy}, seed {seed}, key {key}")
 
+    def test_killed_node_runs_nothing(self) -> None:
+        """
+        Nothing a killed node scheduled runs after the kill, its disk work
+        included: its log does not grow, and a write it was ordering as
+        primary is never acknowledged by it.
+        """
+        cluster = MemoryCluster(3, seed=3, disks=True)
+        cluster.settle()
+        node = next(iter(cluster.nodes.values()))
+        primary = node.partition_config(node.partition_of(user_key("k"))).primary.node_id
+        fs = cluster.filesystems[primary]
+        ran: list[int] = []
+        cluster.clocks[primary].callLater(0.5, ran.append, 1)
+        written = _outcome(cluster.coordinators[primary].put(user_key("k"), b"v"))
+        cluster.clock.advance(0)
+        sizes = {name: fs.size(f"/data/{primary}/{name}") for name in fs.listdir(f"/data/{primary}")}
+        cluster.kill(primary)
+        cluster.run(3)
+        self.assertEqual((ran, written), ([], []))
+        self.assertEqual(
+            {name: fs.size(f"/data/{primary}/{name}") for name in fs.listdir(f"/data/{primary}")},
+            sizes,
+        )
+        cluster.stop()
+
 
 class DiskErrorTests(SynchronousTestCase):
     """

@@ -14,8 +14,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Iterable, Optional
 
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Clock, deferLater
 from zope.interface import implementer
 
@@ -55,6 +54,37 @@ def _call(work: Callable[[], Any]) -> Any:
 # How long the disk work of a node with a data directory takes (a write and
 # a sync).
 DISK_LATENCY = 0.01
+
+
+@implementer(IReactorTime)
+class NodeClock:
+    """
+    One node's view of the cluster's clock: what it schedules runs on the
+    shared clock, but nothing of it runs once the node is dead (L{stop}),
+    as no code of a killed process runs.
+
+    @ivar stopped: whether the node is dead.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.stopped = False
+
+    def seconds(self) -> float:
+        return self._clock.seconds()
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> IDelayedCall:
+        return self._clock.callLater(delay, self._run, f, args, kw)
+
+    def getDelayedCalls(self) -> list[IDelayedCall]:
+        return [call for call in self._clock.getDelayedCalls() if call.func == self._run]
+
+    def _run(self, f: Callable[..., Any], args: tuple, kw: dict) -> None:
+        if not self.stopped:
+            f(*args, **kw)
+
+    def stop(self) -> None:
+        self.stopped = True
 
 
 @implementer(IMessenger)
@@ -250,6 +280,8 @@ class MemoryCluster:
         self.network = MemoryNetwork(self.clock, self.rng)
         self.nodes: dict[str, Node] = {}
         self.coordinators: dict[str, Coordinator] = {}
+        # each node's clock (its latest run's)
+        self.clocks: dict[str, NodeClock] = {}
         for node_id in self.config.node_ids:
             self.start(node_id)
 
@@ -259,12 +291,14 @@ class MemoryCluster:
         member it was (L{NodeDisk.incarnation}), if it has one; else empty,
         as a new incarnation.
         """
+        clock = self.clocks[node_id] = NodeClock(self.clock)
         disk = None
         path = self.config.node_data_dir(node_id)
         if path is not None:
             disk = NodeDisk.open(
-                self.filesystems[node_id], path, self.config.fsync, self._run_on_disk,
-                self.clock, self.config.partitions, _call,
+                self.filesystems[node_id], path, self.config.fsync,
+                lambda work: deferLater(clock, DISK_LATENCY, work),
+                clock, self.config.partitions, _call,
             )
             if self._compact_bytes is not None:
                 disk.compact_min_bytes = self._compact_bytes
@@ -274,28 +308,26 @@ class MemoryCluster:
         node = Node(
             self.config,
             node_id,
-            clock=self.clock,
+            clock=clock,
             incarnation=incarnation,
             rng=random.Random(self.rng.random()),
             disk=disk,
         )
         self.nodes[node_id] = node
-        self.coordinators[node_id] = Coordinator(node, self.clock)
+        self.coordinators[node_id] = Coordinator(node, clock)
         self.network.add(node)
         node.start()
         return node
 
     def kill(self, node_id: str) -> None:
+        """
+        Kill node C{node_id}'s process: nothing it scheduled runs any more,
+        its disk work included.
+        """
         self.network.remove(node_id)
+        self.clocks[node_id].stop()
         del self.nodes[node_id]
         del self.coordinators[node_id]
-
-    def _run_on_disk(self, work: Callable[[], Any]) -> Deferred[Any]:
-        """
-        Run disk work as a thread would: done a moment later, so that a
-        power cut can fall between a write and its sync.
-        """
-        return deferLater(self.clock, DISK_LATENCY, work)
 
     def crash(self, node_id: str) -> None:
         """

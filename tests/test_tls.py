@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_kv.app.certs import create_certificates, issue, new_authority, write_pair
 from twisted_kv.app.kvctl import main as kvctl
 from twisted_kv.core.config import ConfigError, TLSConfig, load_config, parse_config
+from twisted_kv.app.service import node_tls
 from twisted_kv.tls import NodeTLS, TLSSetupError, load_node_tls
 
 NOW = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=datetime.timezone.utc)
@@ -356,3 +357,51 @@ class CreateTests(SynchronousTestCase):
             authority = x509.load_pem_x509_certificate(f.read())
         constraints = authority.extensions.get_extension_for_class(x509.BasicConstraints).value
         self.assertTrue(constraints.ca)
+
+
+class StartTests(SynchronousTestCase):
+    """
+    What a node does with its C{[tls]} section when it starts.
+    """
+
+    def test_unusable_file_stops_the_node(self) -> None:
+        """
+        An unusable file ends the process with one line naming the node
+        and the file (as a config error does), before anything listens.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "c.ini")
+        with open(path, "w") as f:
+            f.write(CLUSTER + TLS)
+        with self.assertRaises(SystemExit) as caught:
+            node_tls(load_config(path), "n1")
+        self.assertEqual(
+            str(caught.exception),
+            f"kvnode n1: [tls] {os.path.abspath(directory)}/certs/ca.pem:"
+            " cannot read the CA certificate: No such file or directory",
+        )
+
+    def test_without_tls(self) -> None:
+        """
+        Without C{[tls]}, a node has no TLS settings.
+        """
+        self.assertIsNone(node_tls(parse_config(CLUSTER, "x.ini"), "n1"))
+
+    def test_example_cluster_file(self) -> None:
+        """
+        C{etc/cluster-tls.ini} names the files C{kvctl certs create
+        etc/certs} writes.
+        """
+        repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        config = load_config(os.path.join(repository, "etc", "cluster-tls.ini"))
+        certs = os.path.join(repository, "etc", "certs")
+        self.assertEqual(
+            config.tls.for_node("n2"),
+            TLSConfig(
+                ca=os.path.join(certs, "ca.pem"),
+                cert=os.path.join(certs, "n2.pem"),
+                key=os.path.join(certs, "n2.key"),
+            ),
+        )
+        self.assertEqual([node.http_url for node in config.nodes][0], "https://127.0.0.1:7001")

@@ -34,7 +34,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -218,10 +218,15 @@ class _TLSServerFactory(TLSMemoryBIOFactory):
         return self.protocol(self, wrapped)
 
 
-def tls_server_factory(options: object, factory: IProtocolFactory) -> IProtocolFactory:
+def tls_server_factory(
+    options: object, factory: IProtocolFactory, clock: Optional[IReactorTime] = None
+) -> IProtocolFactory:
     """
     C{factory} behind TLS, as the server side, with the settings
     C{options} (such as L{NodeTLS.server}): its protocols see only the
     bytes that arrive after a successful handshake.
+
+    @param clock: schedules the coalescing of small writes; the global
+        reactor by default.
     """
-    return _TLSServerFactory(options, False, factory)
+    return _TLSServerFactory(options, False, factory, clock)

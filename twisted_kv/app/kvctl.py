@@ -244,9 +244,11 @@ def _certs(arguments: argparse.Namespace, stdout: BinaryIO) -> None:
     try:
         names = create_certificates(config, directory)
     except OSError as error:
-        raise _FileProblem(str(error) if error.filename is None else f"{error.filename}: {error.strerror}") from None
+        problem = str(error) if error.filename is None else f"{error.filename}: {error.strerror}"
+        raise _FileProblem(problem) from None
     _line(stdout, f"wrote {', '.join(names)} in {directory}")
-    relative = os.path.relpath(os.path.abspath(directory), os.path.dirname(os.path.abspath(arguments.config)))
+    config_folder = os.path.dirname(os.path.abspath(arguments.config))
+    relative = os.path.relpath(os.path.abspath(directory), config_folder)
     _line(
         stdout,
         f"[tls] for {arguments.config}: ca = {relative}/ca.pem, cert = {relative}/{{node}}.pem,"

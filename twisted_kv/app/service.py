@@ -273,7 +273,7 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
         ws_service,
         _listening(
             "http", reactor, me.host, me.http_port,
-            site if tls is None else tls_server_factory(tls.server, site),
+            site if tls is None else tls_server_factory(tls.server, site, reactor),
         ),
         _listening("ftp", reactor, me.host, me.ftp_port, ftp_factory),
         _Running("orphan-collector", collector.start, collector.stop),

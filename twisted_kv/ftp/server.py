@@ -474,7 +474,12 @@ class FileFTP(ftp.FTP):
 
     def ftp_USER(self, username: str) -> Any:
         if self._tls is not None and not self._secured:
-            return fail(FTPReply(530, "This server requires explicit FTP over TLS: send AUTH TLS before logging in."))
+            return fail(
+                FTPReply(
+                    530,
+                    "This server requires explicit FTP over TLS: send AUTH TLS before logging in.",
+                )
+            )
         return super().ftp_USER(username)
 
     # -- the command loop ------------------------------------------------
@@ -557,14 +562,16 @@ class FileFTP(ftp.FTP):
 
     def _listen_passive(self, reply: Callable[[int], tuple[str, Any]]) -> Deferred[None]:
         if self._tls is not None and not self._protect_data:
-            return fail(FTPReply(521, "Data connections must be protected: send PBSZ 0 and PROT P first."))
+            return fail(
+                FTPReply(521, "Data connections must be protected: send PBSZ 0 and PROT P first.")
+            )
         self._close_data()
         local = self.transport.getHost().host
         self.dtpFactory = _DataFactory(self, self.transport.getPeer().host, self._reactor)
         self.dtpFactory.setTimeout(self.dtpTimeout)
         listening = self.dtpFactory
         if self._tls is not None:
-            listening = tls_server_factory(self._tls, self.dtpFactory)
+            listening = tls_server_factory(self._tls, self.dtpFactory, self._reactor)
         self.dtpPort = self.getDTPPort(listening, interface=local)
         self.reply(*reply(self.dtpPort.getHost().port))
 

@@ -479,7 +479,7 @@ class PeerLinks(MultiService):
 
             factory: Factory = _InboundFactory(self)
             if self._tls is not None:
-                factory = tls_server_factory(self._tls.peer_server, factory)
+                factory = tls_server_factory(self._tls.peer_server, factory, self._reactor)
             listening = self._listen_endpoint.listen(factory)
             listening.addCallbacks(self._listening, listen_failed)
             starting = False

@@ -20,6 +20,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -212,19 +213,22 @@ class Ports:
 
 def http(
     method: str, url: str, body: Optional[bytes] = None, timeout: float = 5.0,
-    headers: Optional[dict[str, str]] = None,
+    headers: Optional[dict[str, str]] = None, context: Optional[ssl.SSLContext] = None,
 ) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
 
 
-def http_json(method: str, url: str, payload: object = None, timeout: float = 5.0) -> object:
+def http_json(
+    method: str, url: str, payload: object = None, timeout: float = 5.0,
+    context: Optional[ssl.SSLContext] = None,
+) -> object:
     body = None if payload is None else json.dumps(payload).encode()
-    status, data = http(method, url, body, timeout, {"Content-Type": "application/json"})
+    status, data = http(method, url, body, timeout, {"Content-Type": "application/json"}, context)
     if status // 100 != 2:
         raise RuntimeError(f"{method} {url}: {status} {data[:200]!r}")
     return json.loads(data)
@@ -326,7 +330,9 @@ class KvCluster:
 
     With C{data_dir}, the nodes keep their data there (node nX in
     C{data_dir/nX/}) with the given C{fsync} policy; without it, in memory.
-    C{settings} adds further C{[cluster]} lines (C{replicas = 3}).
+    C{settings} adds further C{[cluster]} lines (C{replicas = 3}).  With
+    C{tls_dir} (a folder made by C{kvctl certs create} for 127.0.0.1), the
+    cluster has a C{[tls]} section: HTTPS, FTPS and mutual TLS between peers.
     """
 
     def __init__(
@@ -341,8 +347,10 @@ class KvCluster:
         data_dir: Optional[str] = None,
         fsync: str = "always",
         settings: Optional[dict[str, str]] = None,
+        tls_dir: Optional[str] = None,
     ) -> None:
         self.processes = processes
+        self.tls = tls_context(tls_dir)
         self.workdir = os.path.join(workdir, name)
         os.makedirs(self.workdir, exist_ok=True)
         self.runtime = runtime
@@ -370,6 +378,10 @@ class KvCluster:
                 f"ftp_port = {ports.take()}",
                 "",
             ]
+        if tls_dir:
+            folder = os.path.abspath(tls_dir)
+            lines += ["[tls]", f"ca = {folder}/ca.pem", f"cert = {folder}/{{node}}.pem",
+                      f"key = {folder}/{{node}}.key", ""]
         self.config = os.path.join(self.workdir, "cluster.ini")
         with open(self.config, "w") as out:
             out.write("\n".join(lines))
@@ -379,7 +391,8 @@ class KvCluster:
         self.leader: Optional[str] = None
 
     def url(self, node: str) -> str:
-        return f"http://127.0.0.1:{self.http_ports[node]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.http_ports[node]}"
 
     def log(self, node: str) -> str:
         return os.path.join(self.workdir, f"{node}.log")
@@ -417,7 +430,7 @@ class KvCluster:
             raise
 
     def cluster_view(self, node: str, timeout: float = 2.0) -> dict:
-        view = http_json("GET", self.url(node) + "/cluster", timeout=timeout)
+        view = http_json("GET", self.url(node) + "/cluster", timeout=timeout, context=self.tls)
         assert isinstance(view, dict)
         return view
 
@@ -447,7 +460,8 @@ class KvCluster:
         self.leader = leader
         wait_for(
             "a first write",
-            lambda: http("PUT", self.url(leader) + "/kv/bench/ready", b"1")[0] // 100 == 2,
+            lambda: http("PUT", self.url(leader) + "/kv/bench/ready", b"1", context=self.tls)[0] // 100
+            == 2,
             timeout,
         )
 
@@ -472,12 +486,18 @@ class EtcdCluster:
     """
     A three-member etcd cluster on 127.0.0.1 with its data on tmpfs, or in
     C{datadir} if given (etcd fsyncs its write-ahead log before it answers
-    a write, so on a disk each write waits for the disk).
+    a write, so on a disk each write waits for the disk).  With C{tls_dir}
+    (a folder made by C{kvctl certs create} for 127.0.0.1: C{ca.pem},
+    C{n1.pem}, C{n1.key}, ...), clients and peers speak TLS, peers with
+    client certificates (C{--peer-client-cert-auth}).
     """
 
     def __init__(self, processes: Processes, ports: Ports, workdir: str,
-                 datadir: Optional[str] = None, name: str = "etcd") -> None:
+                 datadir: Optional[str] = None, name: str = "etcd",
+                 tls_dir: Optional[str] = None) -> None:
         self.processes = processes
+        self.tls = tls_context(tls_dir)
+        self.tls_dir = os.path.abspath(tls_dir) if tls_dir else None
         self.workdir = os.path.join(workdir, name)
         os.makedirs(self.workdir, exist_ok=True)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -491,12 +511,26 @@ class EtcdCluster:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.client_ports[name]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_ports[name]}"
+
+    def peer_url(self, name: str) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.peer_ports[name]}"
+
+    def _tls_options(self, name: str) -> list[str]:
+        if self.tls_dir is None:
+            return []
+        cert = os.path.join(self.tls_dir, f"n{self.names.index(name) + 1}")
+        ca = os.path.join(self.tls_dir, "ca.pem")
+        return [
+            "--cert-file", cert + ".pem", "--key-file", cert + ".key",
+            "--peer-cert-file", cert + ".pem", "--peer-key-file", cert + ".key",
+            "--peer-trusted-ca-file", ca, "--peer-client-cert-auth",
+        ]
 
     def start(self, timeout: float = 60.0) -> None:
-        cluster = ",".join(
-            f"{name}=http://127.0.0.1:{self.peer_ports[name]}" for name in self.names
-        )
+        cluster = ",".join(f"{name}={self.peer_url(name)}" for name in self.names)
         token = f"kvbench-{os.urandom(4).hex()}"
         for name in self.names:
             argv = [
@@ -504,12 +538,13 @@ class EtcdCluster:
                 "--data-dir", os.path.join(self.datadir, name),
                 "--listen-client-urls", self.url(name),
                 "--advertise-client-urls", self.url(name),
-                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[name]}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[name]}",
+                "--listen-peer-urls", self.peer_url(name),
+                "--initial-advertise-peer-urls", self.peer_url(name),
                 "--initial-cluster", cluster,
                 "--initial-cluster-state", "new",
                 "--initial-cluster-token", token,
                 "--log-level", "warn",
+                *self._tls_options(name),
             ]
             self.procs[name] = self.processes.start(
                 argv, os.path.join(self.workdir, f"{name}.log"), cwd=self.workdir
@@ -520,7 +555,8 @@ class EtcdCluster:
         for proc_name, proc in self.procs.items():
             if proc.poll() is not None:
                 raise SystemExit(f"etcd {proc_name} exited ({proc.returncode})")
-        http_json("POST", self.url(name) + "/v3/kv/put", {"key": b64(b"bench/ready"), "value": b64(b"1")})
+        http_json("POST", self.url(name) + "/v3/kv/put", {"key": b64(b"bench/ready"), "value": b64(b"1")},
+                  context=self.tls)
         return True
 
     def leader(self) -> str:
@@ -528,7 +564,7 @@ class EtcdCluster:
         The name of the member that is the Raft leader.
         """
         for name in self.names:
-            status = http_json("POST", self.url(name) + "/v3/maintenance/status", {})
+            status = http_json("POST", self.url(name) + "/v3/maintenance/status", {}, context=self.tls)
             assert isinstance(status, dict)
             if status.get("leader") == status["header"]["member_id"]:
                 return name
@@ -541,6 +577,16 @@ class EtcdCluster:
         for proc in self.procs.values():
             self.processes.stop(proc)
         shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+def tls_context(tls_dir: Optional[str]) -> Optional[ssl.SSLContext]:
+    """
+    A client context trusting the CA of C{tls_dir} (C{ca.pem}), or C{None}
+    without one.
+    """
+    if not tls_dir:
+        return None
+    return ssl.create_default_context(cafile=os.path.join(tls_dir, "ca.pem"))
 
 
 def b64(data: bytes) -> str:
@@ -617,12 +663,13 @@ async def _load(
     connections: int,
     result: LoadResult,
     on_done: Optional[Callable[[int, int], None]] = None,
+    tls: Optional[ssl.SSLContext] = None,
 ) -> None:
     counter = iter(range(count))
 
     async def worker(index: int) -> None:
         host, port = targets[index % len(targets)]
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls)
         try:
             for i in counter:
                 writer.write(make(i))
@@ -648,11 +695,12 @@ def load(
     count: int,
     connections: int = 64,
     progress: Optional[str] = None,
+    tls: Optional[ssl.SSLContext] = None,
 ) -> LoadResult:
     """
     Send C{count} requests C{make(0) .. make(count - 1)} (raw HTTP/1.1
-    bytes) over C{connections} keep-alive connections, spread over
-    C{targets}.
+    bytes) over C{connections} keep-alive connections (TLS with the client
+    context C{tls}), spread over C{targets}.
     """
     result = LoadResult()
     started = time.monotonic()
@@ -664,7 +712,7 @@ def load(
             last[0] = now
             log(f"{progress}: {result.ok}/{count} in {now - started:.0f} s")
 
-    asyncio.run(_load(targets, make, count, connections, result, on_done))
+    asyncio.run(_load(targets, make, count, connections, result, on_done, tls))
     result.seconds = time.monotonic() - started
     return result
 
@@ -699,16 +747,17 @@ def run_wrk(
     duration: float,
     server_pids: Iterable[int],
     threads: int = 2,
+    options: Iterable[str] = (),
 ) -> dict:
     """
-    One wrk run; returns its figures plus the CPU time the server processes
-    used per request.
+    One wrk run (with the further wrk C{options}, such as C{-H}); returns
+    its figures plus the CPU time the server processes used per request.
     """
     pids = list(server_pids)
     before = sum(cpu_seconds(pid) for pid in pids)
     argv = [
         "wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration:g}s",
-        "--timeout", "10s", "-s", os.path.join(LUA, script), url, "--", *args,
+        "--timeout", "10s", *options, "-s", os.path.join(LUA, script), url, "--", *args,
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
     after = sum(cpu_seconds(pid) for pid in pids)

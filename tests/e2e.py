@@ -52,12 +52,15 @@ from twisted.internet.defer import (
 )
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from tests.polling import WaitTimeout, poll
 from twisted_kv.app import nodeprocess
+from twisted_kv.app.certs import create_certificates
 from twisted_kv.app.nodeprocess import NodeProcess, describe_exit
+from twisted_kv.client.txclient import trust_root
+from twisted_kv.core.config import load_config
 
 __all__ = [
     "NodeDied",
@@ -123,6 +126,7 @@ def write_config(
     ftp_users: Optional[dict[str, str]] = None,
     host: str = "127.0.0.1",
     hosts: Optional[Mapping[str, str]] = None,
+    tls: bool = False,
     **tunables: Any,
 ) -> str:
     """
@@ -134,6 +138,9 @@ def write_config(
     @param replicas: copies of each key, C{"majority"} or a number.
     @param ftp_users: user name to password spec; C{alice = plain:wonderland}
         by default.
+    @param tls: add a C{[tls]} section naming C{certs/ca.pem},
+        C{certs/NODE.pem} and C{certs/NODE.key} (as C{kvctl certs create
+        certs} writes them).
     @param tunables: further C{[cluster]} keys, e.g. C{election_timeout="1s"}.
     @return: the file's text.
     """
@@ -158,6 +165,8 @@ def write_config(
             f"ftp_port = {ftp_port}",
         ]
     lines += ["", "[ftp_users]"] + [f"{user} = {spec}" for user, spec in ftp_users.items()]
+    if tls:
+        lines += ["", "[tls]", "ca = certs/ca.pem", "cert = certs/{node}.pem", "key = certs/{node}.key"]
     text = "\n".join(lines) + "\n"
     with open(path, "w", encoding="utf-8") as file:
         file.write(text)
@@ -274,6 +283,9 @@ class RealCluster:
     @ivar ports: node id to C{(http_port, peer_port, ftp_port)}.
     @ivar http: a treq L{treq.client.HTTPClient} whose connections are
         closed by L{stop_all}.
+    @ivar ca_path: with C{tls}, the cluster's CA certificate (the nodes'
+        certificates and keys are beside it, made by C{kvctl certs
+        create}); C{None} without.
     """
 
     def __init__(
@@ -286,9 +298,11 @@ class RealCluster:
         secret: str = "e2e-secret-not-for-production",
         replicas: Any = "majority",
         ftp_users: Optional[dict[str, str]] = None,
+        tls: bool = False,
         **tunables: Any,
     ) -> None:
         self.reactor = reactor or _global_reactor
+        self.tls = tls
         self.node_ids = [f"n{i}" for i in range(1, size + 1)]
         self.directory = os.path.abspath(tmpdir)
         os.makedirs(self.directory, exist_ok=True)
@@ -309,8 +323,14 @@ class RealCluster:
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
         self.pool.maxPersistentPerHost = 16
         self.pool.retryAutomatically = False
-        self.http = HTTPClient(Agent(self.reactor, pool=self.pool))
         self._write_config()
+        self.ca_path: Optional[str] = None
+        if tls:
+            self.ca_path = os.path.join(self.directory, "certs", "ca.pem")
+            create_certificates(load_config(self.config_path), os.path.dirname(self.ca_path))
+        self.http = HTTPClient(
+            Agent(self.reactor, BrowserLikePolicyForHTTPS(trust_root(self.ca_path)), pool=self.pool)
+        )
 
     # -- addresses ------------------------------------------------------------
 
@@ -324,13 +344,15 @@ class RealCluster:
         """
         The URL of C{path} on node C{node_id}'s HTTP port.
         """
-        return f"http://{self.host(node_id)}:{self.ports[node_id][0]}{path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host(node_id)}:{self.ports[node_id][0]}{path}"
 
     def ws_url(self, node_id: str) -> str:
         """
         The WebSocket URL (C{/ws}) of node C{node_id}.
         """
-        return f"ws://{self.host(node_id)}:{self.ports[node_id][0]}/ws"
+        scheme = "wss" if self.tls else "ws"
+        return f"{scheme}://{self.host(node_id)}:{self.ports[node_id][0]}/ws"
 
     def ftp_url(self, node_id: str, user: str = "alice", password: str = "wonderland") -> str:
         """
@@ -438,6 +460,7 @@ class RealCluster:
             secret=self.secret,
             replicas=str(self.replicas),
             ftp_users=self.ftp_users,
+            tls=self.tls,
             **self.tunables,
         )
 

@@ -577,7 +577,7 @@ class ConfigErrorTests(SynchronousTestCase):
             self.assert_error(
                 f"{_MINIMAL}\n[{section}]\n",
                 f"etc/x.ini: [{section}]: unknown section"
-                " (expected [cluster], [node:ID] or [ftp_users])",
+                " (expected [cluster], [node:ID], [ftp_users] or [tls])",
             )
 
     def test_bad_node_id(self) -> None:

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -268,9 +268,10 @@ class _Page:
 
 
 @inlineCallbacks
-def launch_browser(test: TestCase) -> Any:
+def launch_browser(test: TestCase, options: Sequence[str] = ()) -> Any:
     """
-    Start Chromium for C{test}, closed when the test ends.
+    Start Chromium for C{test}, with the command-line C{options}, closed
+    when the test ends.
     """
     browser = _Chromium()
     profile = test.mktemp()
@@ -287,6 +288,7 @@ def launch_browser(test: TestCase) -> Any:
         "--disable-dev-shm-usage",
         "--remote-debugging-pipe",
         f"--user-data-dir={profile}",
+        *options,
         "about:blank",
     ]
     process = reactor.spawnProcess(

@@ -28,6 +28,7 @@ import msgpack
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python import log
@@ -179,16 +180,17 @@ class Traffic:
         await DeferredList(self._clients)
 
 
-class PeerPortTests(TestCase):
+class PeerPortTestBase(TestCase):
     """
-    Unwelcome connections to one node's peer port are dropped; the cluster
-    serves on, unharmed.
+    A running cluster with HTTP traffic through every node, and raw
+    connections to one node's peer port (plain TCP, or TLS with C{tls}).
     """
 
     timeout = 90
+    tls = False
 
     async def setUp(self) -> None:  # type: ignore[override]
-        self.cluster = RealCluster(3, self.mktemp())
+        self.cluster = RealCluster(3, self.mktemp(), tls=self.tls)
         self.addCleanup(self.cluster.stop_all)
         self.leader = await self.cluster.start()
         self.target = "n1"
@@ -197,10 +199,20 @@ class PeerPortTests(TestCase):
         self.addCleanup(self.traffic.stop)
         self.connections: list[RawConnection] = []
 
+    def endpoint(self, port: int) -> IStreamClientEndpoint:
+        """
+        How L{connect} reaches a peer port: plain TCP.
+        """
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+
     async def connect(self, node_id: Optional[str] = None) -> RawConnection:
+        return await self.connect_with(self.endpoint(self.cluster.peer_port(node_id or self.target)))
+
+    async def connect_with(self, endpoint: IStreamClientEndpoint) -> RawConnection:
+        """
+        A connection through C{endpoint}, aborted at the end of the test.
+        """
         connection = RawConnection()
-        port = self.cluster.peer_port(node_id or self.target)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
         await connectProtocol(endpoint, connection)
         self.connections.append(connection)
         self.addCleanup(self._close, connection)
@@ -260,6 +272,13 @@ class PeerPortTests(TestCase):
         self.assertNotIn(" is up (incarnation", text)
         self.assertNotIn("Traceback", text)
         self.assertNotIn("Unhandled", text)
+
+
+class PeerPortTests(PeerPortTestBase):
+    """
+    Unwelcome connections to one node's peer port are dropped; the cluster
+    serves on, unharmed.
+    """
 
     async def test_garbage(self) -> None:
         """

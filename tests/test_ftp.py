@@ -19,8 +19,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols import ftp
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -941,3 +943,145 @@ class FTPClientTests(SynchronousTestCase):
         failed = self.client.removeFile("moved.bin")
         self.pump()
         self.failureResultOf(failed, ftp.CommandFailed)
+
+
+class _TLSStringTransport(StringTransport):
+    """
+    A L{StringTransport} recording the TLS settings it was asked to start.
+    """
+
+    started_tls: Any = None
+
+    def startTLS(self, options: Any) -> None:
+        self.started_tls = options
+
+
+class ExplicitTLSTests(SynchronousTestCase):
+    """
+    Explicit FTPS (RFC 4217): the commands, in the order a server that
+    requires TLS accepts them.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(NOW)
+        self.options = CertificateOptions()
+        factory = build_ftp_factory(
+            LocalKeyValue(self.reactor), USERS, clock=self.reactor, tls=self.options
+        )
+        self.session = Session(factory, self.reactor)
+        self.session.transport = _TLSStringTransport(hostAddress=HOST, peerAddress=PEER)
+        self.session.protocol = factory.buildProtocol(PEER)
+        self.session.protocol.makeConnection(self.session.transport)
+        self.session.replies()
+
+    def secure(self) -> None:
+        self.assertEqual(
+            self.session.send("AUTH TLS"), ["234 AUTH TLS successful; start the TLS handshake."]
+        )
+
+    def test_features(self) -> None:
+        """
+        C{FEAT} adds C{AUTH TLS}, C{PBSZ} and C{PROT}, before any login.
+        """
+        features = self.session.send("FEAT")
+        for feature in (" AUTH TLS", " PBSZ", " PROT"):
+            self.assertIn(feature, features)
+
+    def test_login_requires_tls(self) -> None:
+        """
+        A login before C{AUTH TLS} is refused with 530, saying why; after
+        it, the same login succeeds.
+        """
+        refused = self.session.send("USER alice")
+        self.assertEqual(len(refused), 1)
+        self.assertTrue(refused[0].startswith("530 "), refused)
+        self.assertIn("AUTH TLS", refused[0])
+        self.assertEqual(self.session.send("PASS wonderland"), ["503 Incorrect sequence of commands: USER required before PASS"])
+        self.secure()
+        self.session.login()
+        self.assertEqual(self.session.send("PWD"), ['257 "/"'])
+
+    def test_auth_starts_tls_after_its_reply(self) -> None:
+        """
+        C{AUTH TLS} answers 234 in the clear, then starts TLS with the
+        factory's settings; a second one, or another mechanism, is refused.
+        """
+        transport = self.session.transport
+        self.assertEqual(self.session.send("AUTH SSL")[0][:4], "234 ")
+        self.assertIs(transport.started_tls, self.options)
+        self.assertEqual(self.session.send("AUTH TLS"), ["503 TLS is already in use."])
+
+    def test_unknown_mechanism(self) -> None:
+        """
+        C{AUTH KERBEROS} is not supported (504), and TLS is not started.
+        """
+        self.assertEqual(
+            self.session.send("AUTH KERBEROS"), ["504 AUTH KERBEROS not supported; use AUTH TLS."]
+        )
+        self.assertIsNone(self.session.transport.started_tls)
+
+    def test_protection_levels(self) -> None:
+        """
+        C{PBSZ} and C{PROT} need C{AUTH TLS} first, C{PROT} needs C{PBSZ};
+        C{PROT C} is refused (534), C{S} and C{E} too (536), C{P} accepted.
+        """
+        self.assertEqual(self.session.send("PBSZ 0"), ["503 PBSZ requires AUTH TLS first."])
+        self.assertEqual(self.session.send("PROT P"), ["503 PROT requires AUTH TLS first."])
+        self.secure()
+        self.assertEqual(self.session.send("PROT P"), ["503 PROT requires PBSZ 0 first."])
+        self.assertEqual(self.session.send("PBSZ 0"), ["200 PBSZ=0"])
+        self.assertEqual(
+            self.session.send("PROT C"), ["534 Data connections must be protected: use PROT P."]
+        )
+        self.assertEqual(
+            self.session.send("PROT S"), ["536 Protection level S not supported; use PROT P."]
+        )
+        self.assertEqual(
+            self.session.send("PROT P"), ["200 Protection level set to P (private)."]
+        )
+
+    def test_data_connections_are_tls(self) -> None:
+        """
+        A passive data connection before C{PROT P} is refused (521); after
+        it, the passive port listens behind TLS with the control
+        connection's settings (so the session can be resumed), and still
+        accepts only the client's host.
+        """
+        self.secure()
+        self.session.login()
+        self.assertEqual(
+            self.session.send("PASV"),
+            ["521 Data connections must be protected: send PBSZ 0 and PROT P first."],
+        )
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.session.send("PBSZ 0")
+        self.session.send("PROT P")
+        self.assertEqual(self.session.send("EPSV")[0][:4], "229 ")
+        listening = self.reactor.tcpServers[-1][1]
+        self.assertIsInstance(listening, TLSMemoryBIOFactory)
+        self.assertIsInstance(listening.wrappedFactory, ftp.DTPFactory)
+        # One settings object, one OpenSSL context: the control connection's
+        # TLS session is in its cache.
+        self.assertIsNone(listening.buildProtocol(IPv4Address("TCP", "10.0.0.9", 50001)))
+        data = listening.buildProtocol(IPv4Address("TCP", PEER.host, 50001))
+        data.makeConnection(StringTransport(hostAddress=HOST, peerAddress=PEER))
+        self.assertIs(data._tlsConnection.get_context(), self.options.getContext())
+
+
+class PlainFTPTests(SynchronousTestCase):
+    """
+    Without TLS settings, the FTPS commands are unknown.
+    """
+
+    def test_tls_commands_not_implemented(self) -> None:
+        """
+        C{AUTH}, C{PBSZ} and C{PROT} answer 502; C{FEAT} does not list them.
+        """
+        reactor = MemoryReactorClock()
+        session = Session(build_ftp_factory(LocalKeyValue(reactor), USERS, clock=reactor), reactor)
+        for command in ("AUTH", "PBSZ", "PROT"):
+            self.assertEqual(
+                session.send(f"{command} X"), [f"502 Command '{command}' not implemented"]
+            )
+        self.assertNotIn(" PBSZ", session.send("FEAT"))

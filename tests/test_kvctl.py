@@ -241,7 +241,7 @@ class WatchOutputTests(SynchronousTestCase):
             stdout=stdout,
             stderr=stderr,
             environ={},
-            client_factory=lambda url, timeout: client,
+            client_factory=lambda url, **options: client,
         )
         self.assertEqual(status, 0)
         return client, [json.loads(line) for line in stdout.getvalue().splitlines()], stderr.getvalue()

@@ -24,18 +24,19 @@ ALLOWED: dict[str, frozenset[str]] = {
     "wire": frozenset(),
     "storage": frozenset({"errors"}),
     "interfaces": frozenset({"core", "errors"}),
-    "peer": frozenset({"core", "wire", "interfaces", "errors"}),
+    "tls": frozenset({"core"}),
+    "peer": frozenset({"core", "wire", "interfaces", "errors", "tls"}),
     "cluster": frozenset({"core", "wire", "storage", "interfaces", "errors"}),
     "files": frozenset({"core", "interfaces", "errors"}),
     "web": frozenset({"cluster", "files", "core", "interfaces", "errors", "_compat"}),
     "ws": frozenset({"files", "core", "interfaces", "errors", "_compat", "_autobahn_timer"}),
-    "ftp": frozenset({"files", "core", "interfaces", "errors", "_compat"}),
+    "ftp": frozenset({"files", "core", "interfaces", "errors", "_compat", "tls"}),
     "client": frozenset({"core", "errors", "_compat", "_autobahn_timer"}),
     "testing": frozenset({"cluster", "core", "wire", "peer", "storage", "interfaces", "errors"}),
     "app": frozenset(
         {
             "cluster", "client", "core", "wire", "storage", "peer", "files", "web", "ws", "ftp",
-            "interfaces", "errors", "_compat",
+            "interfaces", "errors", "_compat", "tls",
         }
     ),
 }

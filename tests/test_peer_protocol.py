@@ -8,15 +8,19 @@ L{Clock}.
 from __future__ import annotations
 
 import hmac
+import os
 import random
 import struct
 from hashlib import sha256
 from typing import Any, Optional
 
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -35,6 +39,9 @@ from twisted_kv.peer.protocol import (
     auth_mac,
     frame,
 )
+from twisted_kv.app.certs import issue, new_authority, write_pair
+from twisted_kv.core.config import TLSConfig
+from twisted_kv.tls import NodeTLS, load_node_tls, tls_server_factory
 from twisted_kv.wire.codec import PROTOCOL_VERSION, decode, encode
 
 SECRET = b"a-long-random-string"
@@ -888,3 +895,115 @@ class TimerTests(_ProtocolTestMixin, SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertIsNone(self.successResultOf(waiting))
         self.assertIsNone(self.successResultOf(protocol.when_closed()))
+
+
+class _Built(Factory):
+    """
+    Hands out one protocol built beforehand.
+    """
+
+    def __init__(self, protocol: PeerProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> PeerProtocol:
+        return self._protocol
+
+
+class MutualTLSTests(SynchronousTestCase):
+    """
+    Two protocols behind mutual TLS (the peer port with C{[tls]}), over
+    iosim: the secret's handshake runs only between certificates of the
+    cluster's CA.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.authority = new_authority("cluster CA")
+        write_pair(directory, "ca", self.authority.certificate, self.authority.key)
+        for node_id in ("n1", "n2"):
+            write_pair(directory, node_id, *issue(self.authority, node_id, ["127.0.0.1"]))
+        self.directory = directory
+        self.tls = TLSConfig(
+            ca=os.path.join(directory, "ca.pem"),
+            cert=os.path.join(directory, "{node}.pem"),
+            key=os.path.join(directory, "{node}.key"),
+        )
+        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.received: list[Any] = []
+
+    def connect(self, connector_tls: NodeTLS) -> tuple[PeerProtocol, PeerProtocol, list[str]]:
+        """
+        n2 dials n1 through TLS with C{connector_tls}; n1 serves with its
+        own certificate and requires one from the CA.
+        """
+        ready: list[str] = []
+        acceptor = PeerProtocol(
+            _settings("n1"),
+            self.clock,
+            deliver=lambda *event: self.received.append(event),
+            on_ready=lambda p: ready.append(f"n1 sees {p.peer_id}"),
+        )
+        connector = PeerProtocol(
+            _settings("n2", incarnation=7),
+            self.clock,
+            expected_peer="n1",
+            on_ready=lambda p: ready.append(f"n2 sees {p.peer_id}"),
+        )
+        server = tls_server_factory(
+            load_node_tls(self.tls, "n1").peer_server, _Built(acceptor), self.clock
+        ).buildProtocol(None)
+        client = TLSMemoryBIOFactory(
+            connector_tls.peer_client("127.0.0.1"), True, _Built(connector), self.clock
+        ).buildProtocol(None)
+        pump = iosim.connect(
+            server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
+            clock=self.clock,
+        )
+        pump.flush()
+        self.pump = pump
+        return acceptor, connector, ready
+
+    def test_same_authority(self) -> None:
+        """
+        Two nodes of the CA authenticate each other behind TLS, and n2's
+        messages reach n1.
+        """
+        acceptor, connector, ready = self.connect(load_node_tls(self.tls, "n2"))
+        self.assertEqual(sorted(ready), ["n1 sees n2", "n2 sees n1"])
+        self.assertTrue(acceptor.authenticated and connector.authenticated)
+        self.assertTrue(connector.send(["over tls"]))
+        self.pump.flush()
+        self.assertEqual(self.received, [("n2", 7, ["over tls"])])
+
+    def test_other_authority(self) -> None:
+        """
+        A peer whose certificate another CA signed never gets to the
+        secret's handshake; the drop is logged with OpenSSL's reason.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        write_pair(directory, "n2", *issue(new_authority("another CA"), "n2", ["127.0.0.1"]))
+        with open(os.path.join(directory, "n2.pem"), "rb") as cert, open(
+            os.path.join(directory, "n2.key"), "rb"
+        ) as key:
+            identity = PrivateCertificate.loadPEM(cert.read() + key.read())
+        # It trusts the cluster's CA: only its own certificate is wrong.
+        genuine = load_node_tls(self.tls, "n2")
+        intruder_tls = NodeTLS(
+            authority=genuine.authority,
+            identity=identity,
+            server=genuine.server,
+            peer_server=genuine.peer_server,
+        )
+        acceptor, connector, ready = self.connect(intruder_tls)
+        self.assertEqual(ready, [])
+        self.assertFalse(acceptor.authenticated or connector.authenticated)
+        self.assertEqual(self.successResultOf(acceptor.when_closed()), None)
+        drops = [
+            formatEvent(event) for event in self.logged
+            if "TLS handshake failed" in formatEvent(event) and "inbound" in formatEvent(event)
+        ]
+        self.assertEqual(len(drops), 1, drops)
+        self.assertIn("certificate", drops[0])

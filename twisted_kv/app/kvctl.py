@@ -16,14 +16,17 @@ C{kvctl}: the command-line client of a twisted_kv cluster.
     kvctl snapshot save FILE                   every key and file, each partition
                                                as of one moment (docs/backup.md)
     kvctl snapshot restore FILE                loads such a file into a cluster
+    kvctl certs create DIR --config FILE       a CA and one certificate per node
+                                               of FILE, for its [tls] section
 
 The node defaults to C{$KVCTL_NODE}, else C{http://127.0.0.1:7001}; any node
-of the cluster answers for all of it.
+of the cluster answers for all of it.  For a cluster with C{[tls]}, give an
+C{https://} URL and C{--cacert} (or C{$KVCTL_CACERT}): the cluster's CA.
 
 Exit status: 0 on success, 1 when the node refused the request (the message
 names the reason, e.g. C{no key 'x' (404)}), 2 for a usage error, 3 when
-the node cannot be reached, 4 when a snapshot file cannot be read or
-written, or is damaged.
+the node cannot be reached, 4 when a snapshot file (or a certificate file)
+cannot be read or written, or is damaged.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ import argparse
 import contextlib
 import json
 import os
+import ssl
 import sys
 from typing import BinaryIO, Callable, Mapping, Optional, Sequence, TextIO
 
 from twisted_kv.client import DEFAULT_URL, Client
+from twisted_kv.core.config import ConfigError
 from twisted_kv.errors import KVError
 
 __all__ = ["main"]
@@ -53,7 +58,7 @@ def _positive(text: str) -> int:
     return number
 
 
-def _parser(default_node: str) -> argparse.ArgumentParser:
+def _parser(default_node: str, default_cacert: Optional[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvctl",
         description="Read, write and watch the keys of a twisted_kv cluster.",
@@ -68,6 +73,13 @@ def _parser(default_node: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the node"
+    )
+    parser.add_argument(
+        "--cacert",
+        default=default_cacert,
+        metavar="FILE",
+        help="the CA (PEM) to trust for https:// nodes: the cluster's [tls] ca"
+        " (default: $KVCTL_CACERT, else the system's CAs)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -105,6 +117,14 @@ def _parser(default_node: str) -> argparse.ArgumentParser:
     save.add_argument("file", metavar="FILE")
     restore = actions.add_parser("restore", help="load a snapshot FILE into the cluster")
     restore.add_argument("file", metavar="FILE")
+
+    certs = commands.add_parser("certs", help="make TLS certificates for a cluster")
+    certs_actions = certs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = certs_actions.add_parser(
+        "create", help="a CA and one certificate per node of the cluster file, in DIR"
+    )
+    create.add_argument("directory", metavar="DIR")
+    create.add_argument("--config", required=True, metavar="FILE", help="the cluster file")
     return parser
 
 
@@ -211,6 +231,31 @@ def _snapshot(client: Client, arguments: argparse.Namespace, stdout: BinaryIO) -
         raise _FileProblem(f"{error.filename}: {error.strerror or error}") from None
 
 
+def _certs(arguments: argparse.Namespace, stdout: BinaryIO) -> None:
+    """
+    Write a CA and the nodes' certificates for the cluster file, and say
+    which C{[tls]} section uses them.
+    """
+    from twisted_kv.app.certs import create_certificates
+    from twisted_kv.core.config import load_config
+
+    config = load_config(arguments.config)
+    directory = arguments.directory
+    try:
+        names = create_certificates(config, directory)
+    except OSError as error:
+        problem = str(error) if error.filename is None else f"{error.filename}: {error.strerror}"
+        raise _FileProblem(problem) from None
+    _line(stdout, f"wrote {', '.join(names)} in {directory}")
+    config_folder = os.path.dirname(os.path.abspath(arguments.config))
+    relative = os.path.relpath(os.path.abspath(directory), config_folder)
+    _line(
+        stdout,
+        f"[tls] for {arguments.config}: ca = {relative}/ca.pem, cert = {relative}/{{node}}.pem,"
+        f" key = {relative}/{{node}}.key (keep {directory}/ca.key offline)",
+    )
+
+
 def _run(
     arguments: argparse.Namespace,
     stdin: BinaryIO,
@@ -218,7 +263,16 @@ def _run(
     stderr: TextIO,
     client_factory: Callable[..., Client],
 ) -> None:
-    with client_factory(arguments.node, timeout=arguments.timeout) as client:
+    if arguments.command == "certs":
+        _certs(arguments, stdout)
+        return
+    try:
+        client = client_factory(arguments.node, timeout=arguments.timeout, cacert=arguments.cacert)
+    except (OSError, ssl.SSLError) as error:  # the client only reads the CA file
+        raise _FileProblem(
+            f"{arguments.cacert}: cannot use the CA certificate: {getattr(error, 'strerror', None) or error}"
+        ) from None
+    with client:
         command = arguments.command
         if command == "get":
             stdout.write(client.get(arguments.key).data)
@@ -265,8 +319,9 @@ def main(
     """
     Run C{kvctl} with the command-line arguments C{argv}.
 
-    @param client_factory: makes the client from the node's URL and
-        C{timeout=} seconds, as L{Client} does (another client, such as
+    @param client_factory: makes the client from the node's URL,
+        C{timeout=} seconds and C{cacert=} (a CA file or C{None}), as
+        L{Client} does (another client, such as
         a scripted one in tests, must also be a context manager).
     @return: the exit status.
     """
@@ -274,7 +329,7 @@ def main(
     stdout = sys.stdout.buffer if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
     environ = os.environ if environ is None else environ
-    parser = _parser(environ.get("KVCTL_NODE") or DEFAULT_URL)
+    parser = _parser(environ.get("KVCTL_NODE") or DEFAULT_URL, environ.get("KVCTL_CACERT") or None)
     try:
         with contextlib.redirect_stderr(stderr):
             arguments = parser.parse_args(argv)
@@ -289,8 +344,13 @@ def main(
         _run(arguments, stdin, stdout, stderr, client_factory)
     except KVError as error:
         return fail(f"{error.message} ({error.status})", EXIT_REFUSED)
+    except ConfigError as error:
+        return fail(str(error), EXIT_USAGE)
     except _FileProblem as error:
         return fail(str(error), EXIT_FILE)
+    except ssl.SSLError as error:
+        # also a ValueError: the node was reached, but not trusted
+        return fail(f"cannot reach {arguments.node} over TLS: {error.reason or error}", EXIT_UNREACHABLE)
     except ValueError as error:
         return fail(str(error), EXIT_USAGE)
     except (OSError, TimeoutError) as error:

@@ -459,15 +459,22 @@ class Launcher:
             self.finished.callback(None)
 
 
-def _fetch_json(reactor: Any) -> Fetcher:
+def _fetch_json(reactor: Any, cacert: Optional[str] = None) -> Fetcher:
     """
-    A L{Fetcher} over real HTTP, without keep-alive, giving up quickly.
+    A L{Fetcher} over real HTTP (HTTPS trusting the CA file C{cacert}),
+    without keep-alive, giving up quickly.
     """
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
+    from twisted_kv.client.txclient import trust_root
+
+    try:
+        trust = trust_root(cacert)
+    except (OSError, ValueError):
+        trust = None  # the nodes refuse to start, each with one line saying why
     pool = HTTPConnectionPool(reactor, persistent=False)
-    agent = Agent(reactor, connectTimeout=2, pool=pool)
+    agent = Agent(reactor, BrowserLikePolicyForHTTPS(trust), connectTimeout=2, pool=pool)
     client = HTTPClient(agent)
 
     def fetch(url: str) -> Deferred[Any]:
@@ -561,7 +568,7 @@ def _run(
     launcher = Launcher(
         config,
         reactor,
-        _fetch_json(reactor),
+        _fetch_json(reactor, None if config.tls is None else config.tls.ca),
         _write_line(sys.stdout),
         _write_line(sys.stderr),
         leader_timeout=arguments.leader_timeout,

@@ -37,6 +37,7 @@ import http.client
 import queue
 import select
 import socket
+import ssl
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -53,9 +54,13 @@ class Client(Calls):
 
     @param url: the node, e.g. C{http://127.0.0.1:7001}.
     @param timeout: seconds to wait for the node on each request.
+    @param cacert: a PEM file of the CA to trust for https and wss (a
+        cluster's C{[tls]} C{ca}) instead of the system's.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, timeout: float = 10.0, cacert: Optional[str] = None
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http:// or https:// URL: {url!r}")
@@ -63,6 +68,8 @@ class Client(Calls):
         self._timeout = timeout
         self._scheme = parts.scheme
         self._netloc = parts.netloc
+        self._cacert = cacert
+        self._tls = ssl.create_default_context(cafile=cacert) if parts.scheme == "https" else None
         self._connection: Optional[http.client.HTTPConnection] = None
 
     def __enter__(self) -> Client:
@@ -120,7 +127,9 @@ class Client(Calls):
             in order with the changes.
         @raise TimeoutError: the node did not accept the watch in time.
         """
-        return Watch(self.url, prefix, since, files, timeout, others, on_lost, on_watching)
+        return Watch(
+            self.url, prefix, since, files, timeout, others, on_lost, on_watching, self._cacert
+        )
 
     def _call(self, request: Request[T]) -> T:
         return result_of(request, self._send(request))
@@ -133,8 +142,12 @@ class Client(Calls):
             # so could not be retried safely).
             self.close()
         if self._connection is None:
-            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            self._connection = cls(self._netloc, timeout=self._timeout)
+            if self._tls is not None:
+                self._connection = http.client.HTTPSConnection(
+                    self._netloc, timeout=self._timeout, context=self._tls
+                )
+            else:
+                self._connection = http.client.HTTPConnection(self._netloc, timeout=self._timeout)
         try:
             self._connection.request(
                 request.method, request.target, body=request.body, headers=dict(request.headers)
@@ -210,6 +223,7 @@ class Watch:
         others: Sequence[str],
         on_lost: Callable[[str, str, str], None],
         on_watching: Callable[[str], None],
+        cacert: Optional[str] = None,
     ) -> None:
         # Twisted is loaded only when a watch starts: the other calls, and
         # kvctl's start, do without it.
@@ -234,6 +248,7 @@ class Watch:
                 others=others,
                 on_lost=lambda *args: self._events.put(lambda: on_lost(*args)),
                 on_watching=lambda *args: self._events.put(lambda: on_watching(*args)),
+                cacert=cacert,
             )
             self._watcher.start()
             return self._watcher.when_watching().addTimeout(timeout, self._reactor)

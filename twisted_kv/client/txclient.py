@@ -33,10 +33,10 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from zope.interface import implementer
 
 from twisted_kv._autobahn_timer import ClockTimer, cancel_close_timeout
@@ -69,6 +69,8 @@ class TxClient(Calls):
     @param reactor: the reactor (the global one by default).
     @param http: the treq client to send requests with (by default one with
         a pool of persistent connections, closed by L{close}).
+    @param cacert: a PEM file of the CA to trust for https and wss (a
+        cluster's C{[tls]} C{ca}) instead of the system's.
     """
 
     def __init__(
@@ -77,15 +79,23 @@ class TxClient(Calls):
         *,
         reactor: Any = None,
         http: Optional[HTTPClient] = None,
+        cacert: Optional[str] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.url = url.rstrip("/")
         self._reactor = reactor
+        self._cacert = cacert
         self._pool: Optional[HTTPConnectionPool] = None
         if http is None:
             self._pool = HTTPConnectionPool(reactor)
-            http = HTTPClient(Agent(reactor, pool=self._pool))
+            http = HTTPClient(
+                Agent(
+                    reactor,
+                    BrowserLikePolicyForHTTPS(trust_root(cacert)),
+                    pool=self._pool,
+                )
+            )
         self._http = http
 
     def close(self) -> Deferred[None]:
@@ -123,7 +133,10 @@ class TxClient(Calls):
         (of the files whose path starts with it if C{files}), from now or
         after revision C{since}, until the returned L{Watcher} is stopped.
         """
-        watcher = Watcher(self.url, on_event, prefix, since=since, files=files, reactor=self._reactor)
+        watcher = Watcher(
+            self.url, on_event, prefix, since=since, files=files, reactor=self._reactor,
+            cacert=self._cacert,
+        )
         watcher.start()
         return watcher
 
@@ -180,13 +193,31 @@ class _WatchClientFactory(WebSocketClientFactory):
     protocol = _WatchClientProtocol
 
 
-def _endpoint(url: str, reactor: Any) -> IStreamClientEndpoint:
+def trust_root(cacert: Optional[str]) -> Optional[Certificate]:
+    """
+    The CA certificate in the PEM file C{cacert}, or C{None} (the
+    system's CAs) without one.
+
+    @raise OSError: the file cannot be read.
+    @raise ValueError: it holds no PEM certificate.
+    """
+    if cacert is None:
+        return None
+    with open(cacert, "rb") as f:
+        pem = f.read()
+    try:
+        return Certificate.loadPEM(pem)
+    except Exception:
+        raise ValueError(f"{cacert}: not a PEM certificate") from None
+
+
+def _endpoint(url: str, reactor: Any, cacert: Optional[str] = None) -> IStreamClientEndpoint:
     parts = urlsplit(url)
     secure = parts.scheme == "https"
     host = parts.hostname or "127.0.0.1"
     endpoint = HostnameEndpoint(reactor, host, parts.port or (443 if secure else 80))
     if secure:
-        return wrapClientTLS(optionsForClientTLS(host), endpoint)
+        return wrapClientTLS(optionsForClientTLS(host, trustRoot=trust_root(cacert)), endpoint)
     return endpoint
 
 
@@ -208,17 +239,21 @@ class _Nodes:
     reported to C{failed}, with a short reason.
     """
 
-    def __init__(self, ring: NodeRing, reactor: Any, failed: Callable[[str], None]) -> None:
+    def __init__(
+        self, ring: NodeRing, reactor: Any, failed: Callable[[str], None], cacert: Optional[str]
+    ) -> None:
         self._ring = ring
         self._reactor = reactor
         self._failed = failed
+        self._cacert = cacert
 
     def connect(self, factory: Any) -> Deferred[Any]:
         def report(failure: Failure) -> Failure:
             self._failed(_failure_reason(failure))
             return failure
 
-        return _endpoint(self._ring.url, self._reactor).connect(factory).addErrback(report)
+        endpoint = _endpoint(self._ring.url, self._reactor, self._cacert)
+        return endpoint.connect(factory).addErrback(report)
 
 
 class Watcher:
@@ -249,6 +284,7 @@ class Watcher:
         others: Sequence[str] = (),
         on_lost: Callable[[str, str, str], None] = lambda url, reason, next_url: None,
         on_watching: Callable[[str], None] = lambda url: None,
+        cacert: Optional[str] = None,
     ) -> None:
         """
         @param url: the node's HTTP URL.
@@ -263,6 +299,8 @@ class Watcher:
             lost (or could not be made) and the URL of the node tried next.
         @param on_watching: called with a node's URL when it has answered
             the watch (on every connection).
+        @param cacert: a PEM file of the CA to trust for wss instead of the
+            system's.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -281,7 +319,7 @@ class Watcher:
         self._factory = factory
         self._nodes = NodeRing(url, others)
         self._service = ClientService(
-            _Nodes(self._nodes, reactor, self._failed),
+            _Nodes(self._nodes, reactor, self._failed, cacert),
             factory,
             retryPolicy=lambda attempt: (
                 0.0 if attempt < len(self._nodes) else retry_policy(attempt - len(self._nodes) + 1)

@@ -19,6 +19,11 @@ The cluster file: one INI file describing every node of a cluster.
     [ftp_users]
     alice = plain:wonderland
 
+    [tls]                             ; optional: TLS on every port
+    ca = certs/ca.pem                 ; signs every node's certificate
+    cert = certs/{node}.pem           ; {node} = the node id
+    key = certs/{node}.key
+
 Full-line and inline comments (C{;} or C{#}; inline ones after whitespace)
 are allowed.  Unknown sections and unknown keys are errors, so that a typo
 never silently changes behaviour.  Every problem is reported as a
@@ -50,6 +55,8 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "NodeConfig",
+    "TLS_KEYS",
+    "TLSConfig",
     "format_address",
     "load_config",
     "parse_bool",
@@ -233,6 +240,8 @@ class NodeConfig:
     @ivar http_port: HTTP API, WebSocket (C{/ws}) and dashboard.
     @ivar peer_port: the cluster-internal protocol.
     @ivar ftp_port: the FTP service.
+    @ivar tls: whether the cluster file has a C{[tls]} section: HTTP and
+        WebSocket are then https and wss only.
     """
 
     node_id: str = field(validator=validators.instance_of(str))
@@ -240,20 +249,25 @@ class NodeConfig:
     http_port: int = field(validator=[validators.instance_of(int), _port])
     peer_port: int = field(validator=[validators.instance_of(int), _port])
     ftp_port: int = field(validator=[validators.instance_of(int), _port])
+    tls: bool = field(default=False, validator=validators.instance_of(bool))
 
     @property
     def http_url(self) -> str:
         """
-        The base URL of the node's HTTP API, e.g. C{http://127.0.0.1:7001}.
+        The base URL of the node's HTTP API, e.g. C{http://127.0.0.1:7001}
+        (C{https://} with TLS).
         """
-        return f"http://{_format_url_host(self.host)}:{self.http_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{_format_url_host(self.host)}:{self.http_port}"
 
     @property
     def ws_url(self) -> str:
         """
-        The node's WebSocket URL, e.g. C{ws://127.0.0.1:7001/ws}.
+        The node's WebSocket URL, e.g. C{ws://127.0.0.1:7001/ws} (C{wss://}
+        with TLS).
         """
-        return f"ws://{_format_url_host(self.host)}:{self.http_port}/ws"
+        scheme = "wss" if self.tls else "ws"
+        return f"{scheme}://{_format_url_host(self.host)}:{self.http_port}/ws"
 
     @property
     def ftp_url(self) -> str:
@@ -261,6 +275,35 @@ class NodeConfig:
         The node's FTP URL, e.g. C{ftp://127.0.0.1:7201}.
         """
         return f"ftp://{_format_url_host(self.host)}:{self.ftp_port}"
+
+
+@frozen(kw_only=True)
+class TLSConfig:
+    """
+    The C{[tls]} section: where each node finds its certificates.
+
+    Paths are absolute once loaded (L{load_config}); C{{node}} in a path
+    stands for the node id (L{for_node}).
+
+    @ivar ca: the certificate authority (PEM) that signs every node's
+        certificate; clients and peers trust it.
+    @ivar cert: the node's certificate (PEM).
+    @ivar key: the node's private key (PEM).
+    """
+
+    ca: str = field(validator=validators.instance_of(str))
+    cert: str = field(validator=validators.instance_of(str))
+    key: str = field(validator=validators.instance_of(str))
+
+    def for_node(self, node_id: str) -> TLSConfig:
+        """
+        The same section with C{{node}} replaced by C{node_id} in every path.
+        """
+        return TLSConfig(
+            ca=self.ca.replace("{node}", node_id),
+            cert=self.cert.replace("{node}", node_id),
+            key=self.key.replace("{node}", node_id),
+        )
 
 
 def _positive(instance: object, attribute: object, value: float) -> None:
@@ -313,6 +356,7 @@ class ClusterConfig:
     @ivar ws_history: how many recent changes are kept for WebSocket
         clients resuming with C{since}.
     @ivar anonymous_ftp: whether FTP accepts anonymous logins (read-only).
+    @ivar tls: the C{[tls]} section, or C{None} to speak plain TCP.
     """
 
     path: str = field(validator=validators.instance_of(str))
@@ -339,6 +383,9 @@ class ClusterConfig:
     anti_entropy_interval: float = field(default=5.0, validator=_positive)
     ws_history: int = field(default=10000, validator=_positive)
     anonymous_ftp: bool = field(default=False, validator=validators.instance_of(bool))
+    tls: Optional[TLSConfig] = field(
+        default=None, validator=validators.optional(validators.instance_of(TLSConfig))
+    )
 
     def node_data_dir(self, node_id: str) -> Optional[str]:
         """
@@ -460,6 +507,9 @@ CLUSTER_KEYS: dict[str, _Key] = {
 #: The keys of C{[cluster]} that are not tunables.
 _CLUSTER_BASE_KEYS = ("name", "secret", "replicas", "data_dir", "fsync")
 
+#: The keys of the C{[tls]} section; all are required.
+TLS_KEYS = ("ca", "cert", "key")
+
 #: The keys of every C{[node:ID]} section; all are required.
 NODE_KEYS = ("host", "http_port", "peer_port", "ftp_port")
 
@@ -494,6 +544,13 @@ def load_config(path: str) -> ClusterConfig:
     if config.data_dir is not None and not os.path.isabs(config.data_dir):
         # the same directory whatever the working directory a node runs in
         config = evolve(config, data_dir=os.path.abspath(config.data_dir))
+    if config.tls is not None:
+        config = evolve(
+            config,
+            tls=TLSConfig(
+                **{key: os.path.abspath(getattr(config.tls, key)) for key in TLS_KEYS}
+            ),
+        )
     return config
 
 
@@ -544,10 +601,10 @@ def parse_config(text: str, path: str) -> ClusterConfig:
     for section in parser.sections():
         if section.startswith("node:"):
             node_sections.append(section)
-        elif section not in ("cluster", "ftp_users"):
+        elif section not in ("cluster", "ftp_users", "tls"):
             raise ConfigError(
                 path, section, None,
-                "unknown section (expected [cluster], [node:ID] or [ftp_users])",
+                "unknown section (expected [cluster], [node:ID], [ftp_users] or [tls])",
             )
     if not parser.has_section("cluster"):
         raise ConfigError(path, "cluster", None, "missing section")
@@ -618,6 +675,9 @@ def parse_config(text: str, path: str) -> ClusterConfig:
                 raise ConfigError(path, "ftp_users", user, str(e))
             ftp_users[user] = spec
 
+    tls = _parse_tls(path, parser)
+    if tls is not None:
+        nodes = tuple(evolve(node, tls=True) for node in nodes)
     return ClusterConfig(
         path=path,
         name=name,
@@ -627,6 +687,7 @@ def parse_config(text: str, path: str) -> ClusterConfig:
         fsync=fsync,
         nodes=nodes,
         ftp_users=ftp_users,
+        tls=tls,
         **tunables,
     )
 
@@ -660,6 +721,29 @@ def _parse_replicas(path: str, raw: str, node_count: int) -> int:
             f"{replicas} is not between 1 and the number of nodes ({node_count})",
         )
     return replicas
+
+
+def _parse_tls(path: str, parser: configparser.ConfigParser) -> Optional[TLSConfig]:
+    """
+    The C{[tls]} section, its paths relative to the file's folder, or
+    C{None} without one.  Whether the files are usable is checked when a
+    node starts (L{twisted_kv.tls.load_node_tls}).
+    """
+    if not parser.has_section("tls"):
+        return None
+    values = parser["tls"]
+    for key in values:
+        if key not in TLS_KEYS:
+            raise ConfigError(path, "tls", key, "unknown key (expected ca, cert and key)")
+    paths = {}
+    for key in TLS_KEYS:
+        if key not in values:
+            raise ConfigError(path, "tls", key, "missing key")
+        value = values[key].strip()
+        if not value:
+            raise ConfigError(path, "tls", key, "must not be empty")
+        paths[key] = os.path.join(os.path.dirname(path), os.path.expanduser(value))
+    return TLSConfig(**paths)
 
 
 def _parse_node(path: str, parser: configparser.ConfigParser, section: str) -> NodeConfig:

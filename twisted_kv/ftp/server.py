@@ -22,7 +22,13 @@ expect added on top:
   - C{NLST dir} lists the entries as paths (C{dir/a.txt}, as vsftpd and
     proftpd do), C{LIST dir} by name; both take a glob in the last segment,
     ignore leading C{ls} options and refuse a missing path with C{550};
-  - C{RNFR} checks that its path exists; C{SIZE} refuses directories; C{ABOR}.
+  - C{RNFR} checks that its path exists; C{SIZE} refuses directories; C{ABOR};
+  - explicit FTPS (RFC 4217) when the factory has TLS settings: C{AUTH TLS}
+    (C{FEAT} lists C{AUTH TLS}, C{PBSZ} and C{PROT}) must come before the
+    login, C{PBSZ 0} and C{PROT P} before any data connection, which is
+    then TLS too (C{PROT C} is refused).  Data connections use the control
+    connection's TLS settings, so they can resume its TLS session, as
+    FileZilla does.
 
 Transfers are always binary (C{TYPE A} is accepted and ignored).  Paths are
 resolved against the working directory by L{twisted.protocols.ftp.toSegments}
@@ -74,6 +80,7 @@ from twisted_kv.files import (
     UploadExpired,
 )
 from twisted_kv.interfaces import IKeyValue
+from twisted_kv.tls import tls_server_factory
 
 __all__ = ["FileFTP", "FileRealm", "FileShell", "PasswordChecker", "build_ftp_factory"]
 
@@ -385,7 +392,7 @@ class FileFTP(ftp.FTP):
     docstring).  L{FileFTPFactory} gives it a reactor.
     """
 
-    PUBLIC_COMMANDS = ["FEAT", "QUIT", "OPTS", "AUTH"]
+    PUBLIC_COMMANDS = ["FEAT", "QUIT", "OPTS", "AUTH", "PBSZ", "PROT"]
 
     _log = Logger()
     _reactor: Any = None
@@ -393,6 +400,12 @@ class FileFTP(ftp.FTP):
     # EPSV ALL was received: PASV is refused from then on (RFC 2428).
     _epsv_all = False
     logout: Optional[Callable[[], None]] = None
+    # The TLS settings (Twisted's CertificateOptions) when FTPS is required.
+    _tls: Any = None
+    # AUTH TLS succeeded; PBSZ 0 was received; PROT P was received.
+    _secured = False
+    _buffer_size_set = False
+    _protect_data = False
     # Set by Twisted's FTP (which has no annotations).
     shell: Any
     transport: Any
@@ -410,7 +423,64 @@ class FileFTP(ftp.FTP):
         facts = "".join(
             f"{fact}{'*' if fact in self._mlst_facts else ''};" for fact in _MLST_FACTS
         )
-        return ["EPSV", "MDTM", f"MLST {facts}", "PASV", "REST STREAM", "SIZE", "TVFS", "UTF8"]
+        features = ["EPSV", "MDTM", f"MLST {facts}", "PASV", "REST STREAM", "SIZE", "TVFS", "UTF8"]
+        if self._tls is not None:
+            features += ["AUTH TLS", "PBSZ", "PROT"]
+        return sorted(features)
+
+    # -- explicit FTPS (RFC 4217) ----------------------------------------
+
+    def _tls_required(self, command: str) -> None:
+        """
+        Refuse C{command} without TLS settings (as an unknown command) or
+        before C{AUTH TLS} succeeded.
+        """
+        if self._tls is None:
+            raise ftp.CmdNotImplementedError(command)
+        if not self._secured:
+            raise FTPReply(503, f"{command} requires AUTH TLS first.")
+
+    def ftp_AUTH(self, mechanism: str) -> Deferred[None]:
+        if self._tls is None:
+            return fail(ftp.CmdNotImplementedError("AUTH"))
+        if mechanism.upper() not in ("TLS", "TLS-C", "SSL"):
+            return fail(FTPReply(504, f"AUTH {mechanism} not supported; use AUTH TLS."))
+        if self._secured:
+            return fail(FTPReply(503, "TLS is already in use."))
+        self.sendLine("234 AUTH TLS successful; start the TLS handshake.")
+        self.transport.startTLS(self._tls)
+        self._secured = True
+        return succeed(None)
+
+    def ftp_PBSZ(self, size: str) -> None:
+        self._tls_required("PBSZ")
+        self._buffer_size_set = True
+        self.sendLine("200 PBSZ=0")
+
+    def ftp_PROT(self, level: str) -> None:
+        self._tls_required("PROT")
+        if not self._buffer_size_set:
+            raise FTPReply(503, "PROT requires PBSZ 0 first.")
+        level = level.upper()
+        if level == "P":
+            self._protect_data = True
+            self.sendLine("200 Protection level set to P (private).")
+            return
+        if level == "C":
+            raise FTPReply(534, "Data connections must be protected: use PROT P.")
+        if level in ("S", "E"):
+            raise FTPReply(536, f"Protection level {level} not supported; use PROT P.")
+        raise FTPReply(504, f"Unknown protection level {level!r}; use PROT P.")
+
+    def ftp_USER(self, username: str) -> Any:
+        if self._tls is not None and not self._secured:
+            return fail(
+                FTPReply(
+                    530,
+                    "This server requires explicit FTP over TLS: send AUTH TLS before logging in.",
+                )
+            )
+        return super().ftp_USER(username)
 
     # -- the command loop ------------------------------------------------
 
@@ -491,11 +561,18 @@ class FileFTP(ftp.FTP):
         return self._listen_passive(lambda port: (ftp.ENTERING_EPSV_MODE, port))
 
     def _listen_passive(self, reply: Callable[[int], tuple[str, Any]]) -> Deferred[None]:
+        if self._tls is not None and not self._protect_data:
+            return fail(
+                FTPReply(521, "Data connections must be protected: send PBSZ 0 and PROT P first.")
+            )
         self._close_data()
         local = self.transport.getHost().host
         self.dtpFactory = _DataFactory(self, self.transport.getPeer().host, self._reactor)
         self.dtpFactory.setTimeout(self.dtpTimeout)
-        self.dtpPort = self.getDTPPort(self.dtpFactory, interface=local)
+        listening = self.dtpFactory
+        if self._tls is not None:
+            listening = tls_server_factory(self._tls, self.dtpFactory, self._reactor)
+        self.dtpPort = self.getDTPPort(listening, interface=local)
         self.reply(*reply(self.dtpPort.getHost().port))
 
         def refused(failure: Failure) -> None:
@@ -758,17 +835,20 @@ class FileFTPFactory(ftp.FTPFactory):
         fs: FileSystem,
         reactor: Any,
         anonymous: bool,
+        tls: Any = None,
     ) -> None:
         super().__init__(portal)
         self.allowAnonymous = anonymous
         self.fs = fs
         self._reactor = reactor
+        self._tls = tls
 
     def buildProtocol(self, addr: Optional[IAddress]) -> Any:
         wrapper = super().buildProtocol(addr)
         if wrapper is not None:
             session = wrapper.wrappedProtocol
             session._reactor = self._reactor
+            session._tls = self._tls
             session.callLater = self._reactor.callLater
             session.listenFactory = self._reactor.listenTCP
         return wrapper
@@ -785,6 +865,7 @@ def build_ftp_factory(
     clock: Any,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     anonymous: bool = False,
+    tls: Any = None,
 ) -> ftp.FTPFactory:
     """
     The FTP service of a node: listen on it with C{ftp_port}.
@@ -796,6 +877,8 @@ def build_ftp_factory(
         times sessions and leases and listens for passive data connections.
     @param max_file_bytes: the largest file accepted (larger: C{552}).
     @param anonymous: also let C{anonymous} log in, read-only.
+    @param tls: TLS server settings (L{twisted_kv.tls.NodeTLS.server}) to
+        require explicit FTPS with, or C{None} for plain FTP.
 
     @raise ValueError: a stored password is malformed.
     """
@@ -806,4 +889,4 @@ def build_ftp_factory(
     if anonymous:
         checkers.append(AllowAnonymousAccess())
     portal = Portal(FileRealm(fs), checkers)
-    return FileFTPFactory(portal, fs, clock, anonymous)
+    return FileFTPFactory(portal, fs, clock, anonymous, tls)

@@ -50,6 +50,7 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     serverFromString,
+    wrapClientTLS,
 )
 from twisted.internet.interfaces import (
     IAddress,
@@ -70,6 +71,7 @@ from twisted_kv.peer.protocol import (
     PeerProtocol,
     PeerSettings,
 )
+from twisted_kv.tls import NodeTLS, tls_server_factory
 from twisted_kv.wire.codec import encode
 
 __all__ = ["PeerLinks", "default_retry_policy"]
@@ -343,6 +345,7 @@ class PeerLinks(MultiService):
         keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         retry_policy: Optional[Callable[[int], float]] = None,
+        tls: Optional[NodeTLS] = None,
     ) -> None:
         """
         @param node_id: this node's id.
@@ -365,6 +368,9 @@ class PeerLinks(MultiService):
             authenticated connection is dropped.
         @param retry_policy: reconnection delays, as for L{ClientService};
             L{default_retry_policy} by default.
+        @param tls: this node's TLS credentials for mutual TLS on every
+            link (both ends present a certificate signed by the CA, checked
+            before the secret's handshake starts), or C{None} for plain TCP.
         @raise ValueError: C{peers} includes C{node_id}, or a setting is out
             of range.
         """
@@ -381,6 +387,7 @@ class PeerLinks(MultiService):
         )
         self._handler = handler
         self._reactor = reactor
+        self._tls = tls
         self._listen_endpoint = (
             None
             if listen_endpoint is None
@@ -395,11 +402,11 @@ class PeerLinks(MultiService):
         for peer_id, (host, port) in sorted(peers.items()):
             link = _OutboundLink(self, peer_id, format_address(host, port), policy)
             self._outbound[peer_id] = link
+            endpoint = _client_endpoint(reactor, host, port, handshake_timeout)
+            if tls is not None:
+                endpoint = wrapClientTLS(tls.peer_client(host), endpoint)
             service = _PeerClientService(
-                _ReportingEndpoint(
-                    _client_endpoint(reactor, host, port, handshake_timeout),
-                    link.attempt_failed,
-                ),
+                _ReportingEndpoint(endpoint, link.attempt_failed),
                 _OutboundFactory(self, link),
                 retryPolicy=link.retry_delay,
                 clock=reactor,
@@ -470,7 +477,10 @@ class PeerLinks(MultiService):
                 else:
                     _log.failure("Cannot listen for peer connections", failure)
 
-            listening = self._listen_endpoint.listen(_InboundFactory(self))
+            factory: Factory = _InboundFactory(self)
+            if self._tls is not None:
+                factory = tls_server_factory(self._tls.peer_server, factory, self._reactor)
+            listening = self._listen_endpoint.listen(factory)
             listening.addCallbacks(self._listening, listen_failed)
             starting = False
             if failed_at_once:

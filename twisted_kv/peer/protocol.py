@@ -94,8 +94,11 @@ for C{idle_timeout} (5 s) once authenticated. Nothing from a connection
 reaches the node before that connection has authenticated, and nothing
 after it has been dropped.
 
-This authenticates peers; it does not encrypt or sign the frames that
-follow, so the peer port belongs on a trusted network.
+This authenticates peers; by itself it does not encrypt or sign the frames
+that follow.  With the cluster's C{[tls]} section every peer connection is
+mutual TLS first (L{twisted_kv.peer.links}): this protocol then sees only
+the bytes of a peer whose certificate the CA signed, and a failed TLS
+handshake is one more reason to drop the connection, logged as the others.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ from hashlib import sha256
 from typing import Any, Callable, Optional
 
 from attrs import field, frozen, validators
+from OpenSSL.SSL import Error as TLSError
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
@@ -298,6 +302,15 @@ _AWAITING_HELLO = "awaiting HELLO"
 _AWAITING_AUTH = "awaiting AUTH"
 _READY = "authenticated"
 _CLOSED = "closed"
+
+
+def _tls_reason(error: TLSError) -> str:
+    """
+    OpenSSL's reasons for a failed handshake, in words (its error queue is
+    a list of (library, function, reason) tuples).
+    """
+    reasons = [entry[-1] for entry in error.args[0] if isinstance(entry, tuple)] if error.args else []
+    return "; ".join(reason for reason in reasons if reason) or str(error)
 
 
 class PeerProtocol(Int32StringReceiver):
@@ -549,6 +562,14 @@ class PeerProtocol(Int32StringReceiver):
             self.drop(str(e))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(TLSError) and self._state is not _CLOSED:
+            _log.warn(
+                "Dropped {direction} peer connection {peer} ({state}): TLS handshake failed: {why}",
+                direction="outbound" if self.outbound else "inbound",
+                peer=self._describe_peer(),
+                state=self._state,
+                why=_tls_reason(reason.value),
+            )
         self._close()
         self._lost = True
         self._chunks = []

@@ -61,6 +61,9 @@ class FeedTestMixin:
             partitions=PARTITIONS,
         )
         feed.subscribe(self.events.append)
+        # The listener subscribed this node to the leader's stream.
+        self.assertEqual(self.sent, [] if leader is None else [(leader, messages.subscribe(None))])
+        del self.sent[:]
         self.feed = feed
         return feed
 
@@ -85,13 +88,16 @@ class PublishTests(FeedTestMixin, SynchronousTestCase):
         feed.publish()
         self.assertEqual(
             self.sent,
-            [("n2", messages.publish(1, 2, _changes(_deletion("a", 1), _deletion("b", 2))))],
+            [("n2", messages.publish(1, 2, _changes(_deletion("a", 1), _deletion("b", 2)), False))],
         )
 
     def test_unconfirmed_batches_go_to_a_new_leader(self) -> None:
         """
         A new leader gets every batch again: the unconfirmed ones, and ahead
-        of them the confirmed ones its predecessor may not have forwarded.
+        of them the confirmed ones its predecessor may not have forwarded;
+        both as repeats, since the old leader may have numbered them.  A
+        listening node asks the new leader for its stream, from the last
+        revision it delivered.
         """
         feed = self.make_feed()
         feed.queue([Entry(1, 1, _deletion("a", 1))])
@@ -105,8 +111,9 @@ class PublishTests(FeedTestMixin, SynchronousTestCase):
         self.assertEqual(
             self.sent,
             [
-                ("n3", messages.publish(3, 1, _changes(_deletion("a", 1)))),
-                ("n3", messages.publish(4, 1, _changes(_deletion("b", 2)))),
+                ("n3", messages.publish(3, 1, _changes(_deletion("a", 1)), True)),
+                ("n3", messages.publish(4, 1, _changes(_deletion("b", 2)), True)),
+                ("n3", messages.subscribe(None)),
             ],
         )
 
@@ -128,16 +135,18 @@ class LeaderTests(FeedTestMixin, SynchronousTestCase):
     def test_numbers_forwards_and_confirms(self) -> None:
         """
         The leader numbers a batch from its term's first revision, forwards
-        the same bytes to every peer, delivers its own copy and confirms.
+        the same bytes to the peers that subscribed, delivers its own copy
+        to its listeners and confirms.
         """
         feed = self.make_feed(leader="n1", term=3, role=LEADER)
+        feed.on_subscribe("n3", messages.subscribe(None))
+        self.assertEqual(self.sent, [("n3", messages.subscribed(0))])
+        del self.sent[:]
         changes = _changes(_deletion("a", 1), _deletion("bb", 2))
-        feed.on_publish("n2", messages.publish(7, 2, changes))
+        feed.on_publish("n2", messages.publish(7, 2, changes, False))
         first = _revision(3, 1)
         event = messages.events(first, changes, 0)
-        self.assertEqual(
-            self.sent, [("n2", event), ("n3", event), ("n2", messages.published(7))]
-        )
+        self.assertEqual(self.sent, [("n3", event), ("n2", messages.published(7))])
         self.assertEqual(
             [(e.change.key, e.revision, e.previous) for e in self.events],
             [("a", first, 0), ("bb", first + 1, first)],
@@ -152,16 +161,17 @@ class LeaderTests(FeedTestMixin, SynchronousTestCase):
         feed = self.make_feed(leader="n1", term=5, role=LEADER)
         feed.peer_delivered("n2", _revision(4, 9))
         feed.peer_delivered("n3", _revision(4, 7))
-        feed.on_publish("n2", messages.publish(1, 1, _changes(_deletion("a", 1))))
-        first, _, previous = messages.parse_events(self.sent[0][1])
-        self.assertEqual((first, previous), (_revision(5, 1), _revision(4, 9)))
+        feed.on_publish("n2", messages.publish(1, 1, _changes(_deletion("a", 1)), False))
+        self.assertEqual(
+            [(e.revision, e.previous) for e in self.events], [(_revision(5, 1), _revision(4, 9))]
+        )
 
     def test_only_the_leader_numbers(self) -> None:
         """
         A node that is not the leader ignores a batch.
         """
         feed = self.make_feed()
-        feed.on_publish("n2", messages.publish(1, 1, _changes(_deletion("a", 1))))
+        feed.on_publish("n2", messages.publish(1, 1, _changes(_deletion("a", 1)), False))
         self.assertEqual((self.sent, self.events), ([], []))
 
 
@@ -205,13 +215,41 @@ class DeliveryTests(FeedTestMixin, SynchronousTestCase):
 
     def test_unsubscribed_listener_not_called(self) -> None:
         """
-        A listener unsubscribed gets nothing more.
+        A listener unsubscribed gets nothing more; the last one takes the
+        node off the leader's stream, and what still arrives is not even
+        decoded.
         """
         feed = self.make_feed()
         feed.unsubscribe(self.events.append)
+        self.assertEqual(self.sent, [("n2", messages.unsubscribe())])
+        self.patch(feed_module, "decode_message", lambda data: self.fail("decoded"))
         feed.on_events("n2", messages.events(_revision(1, 1), _changes(_deletion("a", 1)), 0))
         self.assertEqual(self.events, [])
-        self.assertEqual(feed.last_revision, _revision(1, 1))
+        self.assertEqual(feed.last_revision, 0)
+
+    def test_stream_starts_where_the_leader_is(self) -> None:
+        """
+        The leader's answer to a subscription names its newest revision: the
+        next batch follows it, without a gap.
+        """
+        feed = self.make_feed()
+        feed.on_subscribed("n2", messages.subscribed(_revision(1, 4)))
+        feed.on_events(
+            "n2", messages.events(_revision(1, 5), _changes(_deletion("a", 1)), _revision(1, 4))
+        )
+        self.assertEqual([(e.revision, e.gap) for e in self.events], [(_revision(1, 5), False)])
+
+    def test_resubscribes_after_link_lost(self) -> None:
+        """
+        A new link to the leader: what was in flight may be lost, so the
+        node asks again for what follows its last delivered revision.
+        """
+        feed = self.make_feed()
+        feed.on_events("n2", messages.events(_revision(1, 1), _changes(_deletion("a", 1)), 0))
+        feed.peer_up("n3")
+        self.assertEqual(self.sent, [])
+        feed.peer_up("n2")
+        self.assertEqual(self.sent, [("n2", messages.subscribe(_revision(1, 1)))])
 
 
 class RecentBatchesTests(SynchronousTestCase):
@@ -226,12 +264,12 @@ class RecentBatchesTests(SynchronousTestCase):
         """
         recent = feed_module._RecentBatches()
         for index in range(RECENT_CHANGES + 10):
-            recent.add((1, b"%d" % index))
+            recent.add((1, b"%d" % index, False))
         batches = recent.take()
         self.assertEqual(len(batches), RECENT_CHANGES)
-        self.assertEqual(batches[-1], (1, b"%d" % (RECENT_CHANGES + 9)))
+        self.assertEqual(batches[-1], (1, b"%d" % (RECENT_CHANGES + 9), False))
         self.assertEqual(recent.take(), [])
         big = b"x" * (feed_module.RECENTLY_PUBLISHED_BYTES // 2)
         for index in range(3):
-            recent.add((1, big + b"%d" % index))
-        self.assertEqual([changes[-1:] for _, changes in recent.take()], [b"2"])
+            recent.add((1, big + b"%d" % index, False))
+        self.assertEqual([changes[-1:] for _, changes, _ in recent.take()], [b"2"])

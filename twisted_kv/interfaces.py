@@ -178,6 +178,17 @@ class IKeyValue(Interface):
         Stop calling C{listener}.
         """
 
+    def replay(after: int):
+        """
+        The changes after revision C{after}, oldest first, up to the last
+        one delivered to listeners when the Deferred fires; call it only
+        while subscribed.
+
+        @return: a Deferred firing with the L{ChangeEvent}s, or with C{None}
+            when some change after C{after} is no longer held (or may be
+            shown twice): the caller must re-read.
+        """
+
 
 class ISnapshotSource(Interface):
     """

@@ -201,6 +201,9 @@ class Coordinator:
     def unsubscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
         self._node.feed.unsubscribe(listener)
 
+    def replay(self, after: int) -> Deferred[Optional[list[ChangeEvent]]]:
+        return self._node.feed.replay(after)
+
     # -- ISnapshotSource ---------------------------------------------------
 
     def partition_count(self) -> int:

@@ -580,6 +580,111 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual([(e.change.key[1:], e.gap) for e in seen], [("watched", False)])
         self.assertEqual([data[1][1:] for data in decoded], ["watched"])
 
+    def watch(self, node: str) -> list[ChangeEvent]:
+        """
+        The changes delivered at C{node} from now on.
+        """
+        seen: list[ChangeEvent] = []
+        self.cluster.coordinators[node].subscribe(seen.append)
+        self.cluster.run(0.1)
+        return seen
+
+    def replay(self, node: str, after: int) -> Optional[list[tuple[str, int]]]:
+        """
+        What C{node} replays after revision C{after}: names and revisions.
+        """
+        events = self.wait(self.cluster.coordinators[node].replay(after))
+        return None if events is None else [(self._name(e), e.revision) for e in events]
+
+    def test_replay_on_any_node_from_the_leaders_history(self) -> None:
+        """
+        A node that is not the leader replays the changes after a revision
+        from the leader's history: exactly those it delivered after it.
+        """
+        watcher = next(n for n in self.cluster.nodes if n != self.leader)
+        seen = self.watch(watcher)
+        for index in range(5):
+            self.put(f"n{index % 3 + 1}", f"r{index}", b"v")
+        self.cluster.run(0.5)
+        delivered = [(self._name(e), e.revision) for e in seen]
+        self.assertEqual(len(delivered), 5)
+        self.assertEqual(self.replay(watcher, seen[1].revision), delivered[2:])
+        self.assertEqual(self.replay(watcher, 0), delivered)
+        self.assertEqual(self.replay(watcher, seen[-1].revision), [])
+
+    def test_replay_across_leader_failover(self) -> None:
+        """
+        After the leader dies, a replay from a revision of its term is
+        answered C{None} (re-read: the new leader does not hold that
+        history, and may have numbered some of its changes again); one
+        from the new term replays what followed.
+        """
+        watcher = next(n for n in self.cluster.nodes if n != self.leader)
+        seen = self.watch(watcher)
+        self.put(watcher, "old", b"v")
+        self.cluster.run(0.3)
+        old = seen[-1].revision
+        self.cluster.kill(self.leader)
+        self.cluster.settle()
+        self.cluster.run(1.0)
+        for index in range(3):
+            self.put(watcher, f"new{index}", b"v")
+        self.cluster.run(0.5)
+        names = [self._name(e) for e in seen]
+        self.assertEqual(names.count("old"), 1)
+        self.assertEqual(names[-3:], ["new0", "new1", "new2"])
+        self.assertIsNone(self.replay(watcher, old))
+        self.assertEqual(
+            self.replay(watcher, seen[-3].revision),
+            [(self._name(e), e.revision) for e in seen[-2:]],
+        )
+
+    def test_replay_lost_to_a_partition_is_given_up(self) -> None:
+        """
+        A replay whose request is lost (the node is cut off from the leader)
+        is answered C{None} within a failure timeout, never left pending;
+        once the link is back, replays work again.
+        """
+        watcher = next(n for n in self.cluster.nodes if n != self.leader)
+        others = [n for n in self.cluster.nodes if n != watcher]
+        seen = self.watch(watcher)
+        self.put(self.leader, "a", b"v")
+        self.put(self.leader, "b", b"v")
+        self.cluster.run(0.3)
+        answer = self.cluster.coordinators[watcher].replay(seen[0].revision)
+        self.cluster.network.partition([watcher], others)
+        self.assertIsNone(self.wait(answer, limit=self.cluster.config.failure_timeout * 2))
+        self.cluster.network.heal()
+        self.cluster.settle()
+        self.cluster.run(0.5)
+        self.put(self.leader, "c", b"v")
+        self.cluster.run(0.3)
+        self.assertEqual(
+            self.replay(watcher, seen[-2].revision), [(self._name(seen[-1]), seen[-1].revision)]
+        )
+
+    def test_replay_never_shows_a_change_announced_again(self) -> None:
+        """
+        A new primary announces its predecessor's last changes again; a
+        replay from before them is answered C{None} rather than showing a
+        client a change twice, and live listeners get each change once.
+        """
+        name = self.key_not_on(self.leader, "again")
+        victim = self.primary_of(name)
+        watcher = next(n for n in self.cluster.nodes if n != victim)
+        seen = self.watch(watcher)
+        self.put(watcher, name, b"v")
+        self.cluster.run(0.3)
+        before = seen[-1].revision
+        self.cluster.kill(victim)
+        self.cluster.settle()
+        self.cluster.run(1.0)
+        self.put(watcher, "later", b"v")
+        self.cluster.run(0.3)
+        self.assertEqual([self._name(e) for e in seen].count(name), 1)
+        self.assertIsNone(self.replay(watcher, before))
+        self.assertEqual(self.replay(watcher, seen[-1].revision), [])
+
     def test_node_cut_off_catches_up_from_the_history(self) -> None:
         """
         A listening node cut off from the leader while changes are made

@@ -208,7 +208,7 @@ class Replication:
         replica.become_primary(
             config.epoch, [m.node_id for m in config.members[1:]], config.in_sync
         )
-        if takeover:
+        if takeover and replica.recent_changes:
             self._announcing_again.add(partition)
         self._stalled_since.pop(partition, None)
         self.replicate(partition)

@@ -593,7 +593,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         """
         What C{node} replays after revision C{after}: names and revisions.
         """
-        events = self.wait(self.cluster.coordinators[node].replay(after))
+        events, _ = self.wait(self.cluster.coordinators[node].replay(after))
         return None if events is None else [(self._name(e), e.revision) for e in events]
 
     def test_replay_on_any_node_from_the_leaders_history(self) -> None:
@@ -653,7 +653,8 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
         self.cluster.run(0.3)
         answer = self.cluster.coordinators[watcher].replay(seen[0].revision)
         self.cluster.network.partition([watcher], others)
-        self.assertIsNone(self.wait(answer, limit=self.cluster.config.failure_timeout * 2))
+        events, _ = self.wait(answer, limit=self.cluster.config.failure_timeout * 2)
+        self.assertIsNone(events)
         self.cluster.network.heal()
         self.cluster.settle()
         self.cluster.run(0.5)

@@ -23,7 +23,7 @@ from twisted.web.server import Site
 
 from twisted_kv._autobahn_timer import ClockTimer
 from twisted_kv._compat import use_timer
-from twisted_kv.cluster.feed import ChangeHistory
+from twisted_kv.cluster.feed import ChangeHistory, Replayed
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, Record, make_version
@@ -52,8 +52,10 @@ class _Feed:
         self.size = history
         self.history: Optional[ChangeHistory] = None
 
-    def replay(self, after: int) -> Deferred[Optional[list[ChangeEvent]]]:
-        return succeed(None if self.history is None else self.history.since(after))
+    def replay(self, after: int) -> Deferred[Replayed]:
+        if self.history is None:
+            return succeed((None, None))
+        return succeed((self.history.since(after), self.history.newest))
 
     def subscribe(self, listener: Any) -> None:
         self.listeners.append(listener)
@@ -1086,7 +1088,8 @@ class EventFrameTests(SynchronousTestCase):
         hub = self.watching_hub(feed)
         feed.emit(_file_change("m/a"), 1)
         feed.emit(_put("k"), 2)
-        self.assertEqual([event.kind for event in self.successResultOf(hub.since(0))], ["key"])
+        events, newest = self.successResultOf(hub.since(0))
+        self.assertEqual(([event.kind for event in events], newest), (["key"], 2))
 
     def test_failing_mapping(self) -> None:
         """

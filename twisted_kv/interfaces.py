@@ -184,9 +184,11 @@ class IKeyValue(Interface):
         one delivered to listeners when the Deferred fires; call it only
         while subscribed.
 
-        @return: a Deferred firing with the L{ChangeEvent}s, or with C{None}
-            when some change after C{after} is no longer held (or may be
-            shown twice): the caller must re-read.
+        @return: a Deferred firing with C{(changes, newest)}: the
+            L{ChangeEvent}s, or C{None} when some change after C{after} is no
+            longer held (or may be shown twice: the caller must re-read);
+            and the revision after which listeners get every change, or
+            C{None} when not known yet.
         """
 
 

@@ -46,6 +46,11 @@ HISTORY_BYTES = 64 * 1024 * 1024
 # primary).
 _Batch = tuple[int, bytes, bool]
 
+# A replay's answer: the changes, or None when they cannot all be given;
+# and the revision after which listeners get every change, None until
+# known.
+Replayed = tuple[Optional[list[ChangeEvent]], Optional[int]]
+
 
 class _RecentBatches:
     """
@@ -224,7 +229,7 @@ class ChangeFeed:
         self._subscribed_to: Optional[tuple[str, int]] = None
         self._delivered: list[OrderedDict[str, int]] = []
         # replay requests sent to the leader, by id: (answer, after, sent at)
-        self._replays: dict[int, tuple[Deferred[Optional[list[ChangeEvent]]], int, float]] = {}
+        self._replays: dict[int, tuple[Deferred[Replayed], int, float]] = {}
         self._replay_ids = itertools.count(1)
 
     # -- listeners -----------------------------------------------------------
@@ -438,12 +443,14 @@ class ChangeFeed:
 
     # -- every node's side -------------------------------------------------
 
-    def replay(self, after: int) -> Deferred[Optional[list[ChangeEvent]]]:
+    def replay(self, after: int) -> Deferred[Replayed]:
         """
         The changes after revision C{after} up to the last one delivered
-        here, oldest first, from the leader's history; C{None} when they
+        here, oldest first, from the leader's history, or C{None} when they
         cannot all be given (the leader no longer holds them, or leads a
-        stream this node is not at the end of: re-read).
+        stream this node is not at the end of: re-read); with the revision
+        after which the listeners get every change (C{None} until the
+        stream started).
 
         Call only while listening: the answer must end exactly at the last
         change delivered to the listeners, so that a listener holding back
@@ -451,9 +458,9 @@ class ChangeFeed:
         """
         leader = self._consensus.leader
         if not self._listeners or leader is None:
-            return succeed(None)
+            return succeed(self._not_replayed())
         request_id = next(self._replay_ids)
-        d: Deferred[Optional[list[ChangeEvent]]] = Deferred()
+        d: Deferred[Replayed] = Deferred()
         self._replays[request_id] = (d, after, self._now())
         self._send(leader, messages.replay(request_id, after))
         return d
@@ -465,13 +472,16 @@ class ChangeFeed:
             return
         d, after, _ = pending
         if batches is None or self._starting or newest != self.last_revision:
-            d.callback(None)
+            d.callback(self._not_replayed())
             return
         events = [e for e in _decode_batches(batches) if e.revision > after]
         for event in events:
             # Whatever a watcher has now seen in a replay is a repeat live.
             self._note_delivered(event.change.key, event.change.version)
-        d.callback(events)
+        d.callback((events, newest))
+
+    def _not_replayed(self) -> Replayed:
+        return None, None if self._starting or not self._listeners else self.last_revision
 
     def _fail_replays(self) -> None:
         """
@@ -480,7 +490,7 @@ class ChangeFeed:
         """
         replays, self._replays = self._replays, {}
         for d, _, _ in replays.values():
-            d.callback(None)
+            d.callback(self._not_replayed())
 
     def tick(self) -> None:
         """
@@ -491,7 +501,7 @@ class ChangeFeed:
         for request_id, (d, _, sent) in list(self._replays.items()):
             if sent <= deadline:
                 del self._replays[request_id]
-                d.callback(None)
+                d.callback(self._not_replayed())
 
     def on_subscribed(self, peer: str, message: list) -> None:
         newest = messages.parse_subscribed(message)

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from twisted_kv.cluster.feed import ChangeHistory
+from twisted_kv.cluster.feed import ChangeHistory, Replayed
 from twisted_kv.core.backup import DumpExpired, DumpPage, Dumps
 from twisted_kv.core.memstore import MemStore
 from twisted_kv.core.replica import encode_change
@@ -149,8 +149,8 @@ class LocalKeyValue:
     def unsubscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
         self._listeners.remove(listener)
 
-    def replay(self, after: int) -> Deferred[Optional[list[ChangeEvent]]]:
-        return succeed(self._history.since(after))
+    def replay(self, after: int) -> Deferred[Replayed]:
+        return succeed((self._history.since(after), self._history.newest))
 
     def _execute(self, operation: Operation) -> Deferred[Change]:
         try:

@@ -323,26 +323,30 @@ class WatchHub:
             self._kv.unsubscribe(self._received)
         self._subscribed = wanted
 
-    def since(self, revision: int) -> Deferred[Optional[list[_Event]]]:
+    def since(self, revision: int) -> Deferred[tuple[Optional[list[_Event]], Optional[int]]]:
         """
         The changes after C{revision} up to the newest delivered here,
         oldest first, as the store still holds them.
 
-        @return: a Deferred firing with the changes, or with C{None} when
-            some change after C{revision} is no longer held, or may be
-            repeated.
+        @return: a Deferred firing with the changes, or C{None} when some
+            change after C{revision} is no longer held, or may be repeated;
+            and the revision after which the hub hands out every change
+            (C{None} until known).
         """
         return self._kv.replay(revision).addCallback(self._replayed)
 
-    def _replayed(self, changes: Optional[list[ChangeEvent]]) -> Optional[list[_Event]]:
+    def _replayed(
+        self, replayed: tuple[Optional[list[ChangeEvent]], Optional[int]]
+    ) -> tuple[Optional[list[_Event]], Optional[int]]:
+        changes, newest = replayed
         if changes is None:
-            return None
+            return None, newest
         events = []
         for change_event in changes:
             event = self._event(change_event)
             if event is not None:
                 events.append(event)
-        return events
+        return events, newest
 
     def _event(self, change_event: ChangeEvent) -> Optional[_Event]:
         try:
@@ -529,18 +533,26 @@ class WatchSession:
         self._hub.since(since).addCallback(self._replayed, op, prefix, since, current)
 
     def _replayed(
-        self, replay: Optional[list[_Event]], op: _Op, prefix: str, since: int, current: int
+        self,
+        replayed: tuple[Optional[list[_Event]], Optional[int]],
+        op: _Op,
+        prefix: str,
+        since: int,
+        current: int,
     ) -> None:
         """
         Send what a resuming watch missed, start it, then handle what was
         held back meanwhile, except the changes the replay already sent.
         """
+        replay, newest = replayed
         watches = self._watches[op.kind]
         sent: set[int] = set()
         after: Optional[int]
         if replay is None:
-            self._reply({"type": "compacted", "revision": current})
-            after = current if self._hub.started else None
+            # The live stream goes on after the newest revision the store
+            # knows here: the client re-reads, then follows it.
+            after = newest if newest is not None else current if self._hub.started else None
+            self._reply({"type": "compacted", "revision": current if after is None else after})
         else:
             for event in replay:
                 if (

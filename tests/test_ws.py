@@ -400,6 +400,83 @@ class WatchTests(_NodeMixin, SynchronousTestCase):
         )
 
 
+class _SlowFeed(_Feed):
+    """
+    A change feed whose replays are answered when the test says.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replays: list[tuple[int, Deferred[Replayed]]] = []
+
+    def replay(self, after: int) -> Deferred[Replayed]:
+        d: Deferred[Replayed] = Deferred()
+        self.replays.append((after, d))
+        return d
+
+    def answer(self) -> None:
+        """
+        Answer the oldest replay asked for, from the history as it is now.
+        """
+        after, d = self.replays.pop(0)
+        super().replay(after).chainDeferred(d)
+
+
+class ListeningTests(_NodeMixin, SynchronousTestCase):
+    """
+    The hub listens to the store only while a connection watches, and a
+    resuming watch holds back everything else until its replay is in.
+    """
+
+    def test_listens_only_while_watched(self) -> None:
+        """
+        No listener while no connection has a watch, open or not; one from
+        the first watch to the last unwatch or close.
+        """
+        node = self.make_node()
+        client, pump = node.connect()
+        self.assertEqual(node.kv.listeners, [])
+        client.op(op="watch", prefix="a")
+        pump.flush()
+        self.assertEqual(len(node.kv.listeners), 1)
+        other, _ = node.watcher(prefix="b")
+        self.assertEqual(len(node.kv.listeners), 1)
+        client.op(op="unwatch", prefix="a")
+        pump.flush()
+        self.assertEqual(len(node.kv.listeners), 1)
+        other.sendClose()
+        node.flush()
+        self.assertEqual(node.kv.listeners, [])
+
+    def test_held_back_while_replaying(self) -> None:
+        """
+        Changes and frames arriving while a replay is on its way wait for
+        it: the replay comes first, then what waited, each change once.
+        """
+        kv = _SlowFeed()
+        node = self.make_node(kv=kv)
+        node.watcher(prefix="#elsewhere")
+        for revision in range(1, 3):
+            kv.emit(_put(f"k{revision}"), revision)
+        client, pump = node.connect()
+        client.op(op="watch", prefix="k", since=0)
+        pump.flush()
+        kv.emit(_put("k3"), 3)
+        kv.emit(_put("other"), 4)
+        client.op(op="watch", prefix="o")
+        pump.flush()
+        self.assertEqual([f["type"] for f in client.take()], ["watching"])
+        kv.answer()
+        pump.flush()
+        self.assertEqual(
+            [(f["type"], f.get("key"), f["revision"]) for f in client.take()],
+            [("put", "k1", 1), ("put", "k2", 2), ("put", "k3", 3), ("watching", None, 4)],
+        )
+        kv.emit(_put("other"), 5)
+        pump.flush()
+        self.assertEqual([f["revision"] for f in client.take()], [5])
+
+
 class LazyFrameTests(_NodeMixin, SynchronousTestCase):
     """
     A change's frame is built when a watcher first needs it, once.

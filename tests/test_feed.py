@@ -227,6 +227,46 @@ class DeliveryTests(FeedTestMixin, SynchronousTestCase):
         self.assertEqual(self.events, [])
         self.assertEqual(feed.last_revision, 0)
 
+    def test_events_while_not_listening_unsubscribe(self) -> None:
+        """
+        A batch reaching a node that does not listen (the leader took it for
+        a subscriber still) is answered with an unsubscription.
+        """
+        feed = self.make_feed()
+        feed.unsubscribe(self.events.append)
+        del self.sent[:]
+        feed.on_events("n3", messages.events(_revision(1, 1), _changes(_deletion("a", 1)), 0))
+        self.assertEqual(self.sent, [("n3", messages.unsubscribe())])
+
+    def test_unanswered_subscription_asked_again(self) -> None:
+        """
+        A subscription the leader does not answer within the timeout (it
+        was not leading yet) is asked for again; an answered one is not.
+        """
+        self.now = 0.0
+        self.consensus = _Consensus("n2", 1, FOLLOWER, ["n2", "n3"])
+        self.sent = []
+        feed = ChangeFeed(
+            consensus=self.consensus,  # type: ignore[arg-type]
+            send=self.send,
+            partition_of=lambda key: 0,
+            partitions=1,
+            now=lambda: self.now,
+            replay_timeout=2.0,
+        )
+        feed.subscribe(lambda event: None)
+        self.now = 1.0
+        feed.tick()
+        self.assertEqual(self.sent, [("n2", messages.subscribe(None))])
+        self.now = 2.0
+        feed.tick()
+        self.assertEqual(self.sent, [("n2", messages.subscribe(None))] * 2)
+        feed.on_subscribed("n2", messages.subscribed(_revision(1, 3)))
+        self.now = 10.0
+        feed.tick()
+        self.assertEqual(len(self.sent), 2)
+        self.assertEqual(feed.last_revision, _revision(1, 3))
+
     def test_stream_starts_where_the_leader_is(self) -> None:
         """
         The leader's answer to a subscription names its newest revision: the
@@ -273,3 +313,128 @@ class RecentBatchesTests(SynchronousTestCase):
         for index in range(3):
             recent.add((1, big + b"%d" % index, False))
         self.assertEqual([changes[-1:] for _, changes, _ in recent.take()], [b"2"])
+
+
+class HistoryTests(SynchronousTestCase):
+    """
+    The leader's history of numbered batches, kept encoded for replays.
+    """
+
+    def history(self, **bounds: int) -> feed_module.ChangeHistory:
+        """
+        A history of term 2 continuing from revision (1, 9), holding three
+        batches: (2, 1), (2, 2)-(2, 3) and (2, 4).
+        """
+        history = feed_module.ChangeHistory(_revision(1, 9), **{"changes": 100, **bounds})
+        history.add(_revision(2, 1), _revision(1, 9), 1, _changes(_deletion("a", 1)), False)
+        history.add(
+            _revision(2, 2), _revision(2, 1), 2, _changes(_deletion("b", 1), _deletion("c", 1)), False
+        )
+        history.add(_revision(2, 4), _revision(2, 3), 1, _changes(_deletion("d", 1)), False)
+        return history
+
+    def keys(self, events: Optional[list[ChangeEvent]]) -> Optional[list[str]]:
+        return None if events is None else [e.change.key for e in events]
+
+    def test_replays_from_any_point_of_its_stream(self) -> None:
+        """
+        Every change after a revision from the one it continues from to the
+        newest, with the revision before each.
+        """
+        history = self.history()
+        self.assertEqual(self.keys(history.since(_revision(1, 9))), ["a", "b", "c", "d"])
+        self.assertEqual(self.keys(history.since(_revision(2, 2))), ["c", "d"])
+        self.assertEqual(self.keys(history.since(_revision(2, 4))), [])
+        self.assertEqual(
+            [e.previous for e in history.since(_revision(2, 1)) or []],
+            [_revision(2, 1), _revision(2, 2), _revision(2, 3)],
+        )
+
+    def test_refuses_what_it_cannot_give(self) -> None:
+        """
+        No replay from before its stream, from further into the earlier
+        term than where it continued, or from beyond its newest revision.
+        """
+        history = self.history()
+        for revision in (_revision(1, 8), _revision(1, 10), _revision(2, 5)):
+            self.assertIsNone(history.since(revision), revision)
+
+    def test_bounded_in_changes_and_bytes(self) -> None:
+        """
+        The oldest batches go first, past the bound in changes or in
+        bytes; the history then starts after the last change dropped.
+        """
+        history = self.history(changes=2)
+        self.assertEqual(history.floor, _revision(2, 3))
+        self.assertIsNone(history.since(_revision(2, 2)))
+        self.assertEqual(self.keys(history.since(_revision(2, 3))), ["d"])
+        small = self.history(max_bytes=len(_changes(_deletion("d", 1))))
+        self.assertEqual(small.floor, _revision(2, 3))
+
+    def test_no_replay_before_a_repeat(self) -> None:
+        """
+        A batch that may repeat changes numbered before is never replayed
+        to a client that may have seen them: replays start after it.
+        """
+        history = self.history()
+        history.add(_revision(2, 5), _revision(2, 4), 1, _changes(_deletion("a", 1)), True)
+        history.add(_revision(2, 6), _revision(2, 5), 1, _changes(_deletion("e", 1)), False)
+        self.assertIsNone(history.since(_revision(2, 4)))
+        self.assertEqual(self.keys(history.since(_revision(2, 5))), ["e"])
+
+
+class ReplayTests(FeedTestMixin, SynchronousTestCase):
+    """
+    Replays asked of the leader, and their answers.
+    """
+
+    def test_leader_answers_from_its_history(self) -> None:
+        """
+        The leader answers with the batches after the revision asked for
+        and its newest revision; C{None} for what it does not hold.
+        """
+        feed = self.make_feed(leader="n1", term=2, role=LEADER)
+        changes = _changes(_deletion("a", 1))
+        feed.on_publish("n2", messages.publish(1, 1, changes, False))
+        del self.sent[:]
+        feed.on_replay("n3", messages.replay(7, 0))
+        feed.on_replay("n3", messages.replay(8, _revision(1, 5)))
+        self.assertEqual(
+            self.sent,
+            [
+                ("n3", messages.replayed(7, _revision(2, 1), [(_revision(2, 1), 0, changes)])),
+                ("n3", messages.replayed(8, _revision(2, 1), None)),
+            ],
+        )
+
+    def test_answer_taken_only_at_the_end_of_the_stream(self) -> None:
+        """
+        A node takes a replay that ends at the last change it delivered,
+        and answers C{None} to one that ends elsewhere.
+        """
+        feed = self.make_feed()
+        changes = _changes(_deletion("a", 1), _deletion("b", 1))
+        feed.on_events("n2", messages.events(_revision(1, 1), changes, 0))
+        batches = [(_revision(1, 1), 0, changes)]
+        taken = feed.replay(_revision(1, 1))
+        refused = feed.replay(0)
+        self.assertEqual(
+            self.sent,
+            [("n2", messages.replay(1, _revision(1, 1))), ("n2", messages.replay(2, 0))],
+        )
+        feed.on_replayed("n2", messages.replayed(1, _revision(1, 2), batches))
+        feed.on_replayed("n2", messages.replayed(2, _revision(1, 3), batches))
+        events, newest = self.successResultOf(taken)
+        self.assertEqual(([e.change.key for e in events], newest), (["b"], _revision(1, 2)))
+        self.assertEqual(self.successResultOf(refused), (None, _revision(1, 2)))
+
+    def test_given_up_on_a_new_leader(self) -> None:
+        """
+        A replay pending when the leader changes is answered C{None}: the
+        old leader may never answer.
+        """
+        feed = self.make_feed()
+        pending = feed.replay(0)
+        self.consensus.leader, self.consensus.term = "n3", 2
+        feed.republish()
+        self.assertEqual(self.successResultOf(pending), (None, None))

@@ -227,6 +227,8 @@ class ChangeFeed:
         # as a new primary announces again.
         self._starting = False
         self._subscribed_to: Optional[tuple[str, int]] = None
+        # when the subscription was last asked for, until the leader answers
+        self._unanswered_since: Optional[float] = None
         self._delivered: list[OrderedDict[str, int]] = []
         # replay requests sent to the leader, by id: (answer, after, sent at)
         self._replays: dict[int, tuple[Deferred[Replayed], int, float]] = {}
@@ -256,6 +258,7 @@ class ChangeFeed:
             if self._subscribed_to is not None:
                 self._send(self._subscribed_to[0], messages.unsubscribe())
             self._subscribed_to = None
+            self._unanswered_since = None
             self._delivered = []
             self._fail_replays()
 
@@ -272,6 +275,7 @@ class ChangeFeed:
         if target == self._subscribed_to:
             return
         self._subscribed_to = target
+        self._unanswered_since = self._now()
         self._send(leader, messages.subscribe(None if self._starting else self.last_revision))
 
     def peer_up(self, peer: str) -> None:
@@ -495,9 +499,14 @@ class ChangeFeed:
     def tick(self) -> None:
         """
         Give up the replays that went unanswered too long (the request or
-        its answer was lost with a link).
+        its answer was lost with a link), and ask again for a subscription
+        left unanswered as long (the node taken for the leader was not, or
+        no longer, leading).
         """
         deadline = self._now() - self._replay_timeout
+        if self._unanswered_since is not None and self._unanswered_since <= deadline:
+            self._subscribed_to = None
+            self._subscribe()
         for request_id, (d, _, sent) in list(self._replays.items()):
             if sent <= deadline:
                 del self._replays[request_id]
@@ -505,6 +514,7 @@ class ChangeFeed:
 
     def on_subscribed(self, peer: str, message: list) -> None:
         newest = messages.parse_subscribed(message)
+        self._unanswered_since = None
         if self._listeners and self._starting:
             self._starting = False
             self.last_revision = newest
@@ -512,6 +522,10 @@ class ChangeFeed:
     def on_events(self, peer: str, message: list) -> None:
         if self._listeners:
             self._receive(*messages.parse_events(message))
+        else:
+            # A leader that still takes this node for a subscriber (it
+            # restarted, or an unsubscription was lost): set it right.
+            self._send(peer, messages.unsubscribe())
 
     def _receive(self, first: int, changes: bytes, previous: int) -> None:
         """

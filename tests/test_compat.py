@@ -23,9 +23,11 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from twisted_kv._compat import (
     keep_form_body,
+    parse_request_line,
     pending_request_target,
     raise_listen_errors,
     set_rename_source,
+    use_fast_request_line_parser,
     use_timer,
     validate_network_protocol,
 )
@@ -81,6 +83,82 @@ class WebTests(SynchronousTestCase):
         )
         self.assertEqual(seen, [b"/kv/a%2Fb?ttl=5"])
         self.assertEqual(pending_request_target(object()), b"")
+
+
+class RequestLineTests(SynchronousTestCase):
+    """
+    L{parse_request_line} against twisted.web's own parser, and
+    L{use_fast_request_line_parser}.
+    """
+
+    lines = [
+        b"GET /kv/a HTTP/1.1",
+        b"PUT /kv/a%2Fb?ttl=5 HTTP/1.0",
+        b"M-SEARCH * HTTP/1.1",
+        b"G@T /kv/a HTTP/1.1",
+        b" /kv/a HTTP/1.1",
+        b"GET  HTTP/1.1",
+        b"GET /kv/\xb1 HTTP/1.1",
+        b"GET /kv/\xb0 HTTP/1.1",
+        b"GET /kv/\x7f HTTP/1.1",
+        b"GET /kv/a\tb HTTP/1.1",
+        b"GET /kv/a HTTP/2.0",
+        b"GET /kv/a HTTP/1.1 extra",
+        b"GET",
+    ]
+
+    def outcome(self, parse: Callable[[bytes], Any], line: bytes) -> Any:
+        try:
+            return parse(line)
+        except ValueError:
+            return ValueError
+
+    def test_same_as_twisted(self) -> None:
+        """
+        Every line is accepted, split or refused as twisted.web's parser does.
+        """
+        original = http._parseRequestLine
+        if original is parse_request_line:
+            original = self.twisted_parser()
+        for line in self.lines:
+            self.assertEqual(
+                self.outcome(parse_request_line, line), self.outcome(original, line), line
+            )
+
+    def twisted_parser(self) -> Callable[[bytes], Any]:
+        """
+        twisted.web's own parser, from a fresh copy of its module.
+        """
+        import importlib.util
+
+        spec = importlib.util.find_spec("twisted.web.http")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        parse: Callable[[bytes], Any] = module._parseRequestLine
+        return parse
+
+    def test_channel_uses_it(self) -> None:
+        """
+        Once installed, a channel parses its request lines with it, and
+        answers a malformed one C{400}.
+        """
+        calls: list[bytes] = []
+
+        def recording(line: bytes) -> tuple[bytes, bytes, bytes]:
+            calls.append(line)
+            return parse_request_line(line)
+
+        self.patch(http, "_parseRequestLine", http._parseRequestLine)
+        use_fast_request_line_parser()
+        self.assertIs(http._parseRequestLine, parse_request_line)
+        self.patch(http, "_parseRequestLine", recording)
+        transport = StringTransport()
+        channel = http.HTTPChannel()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"G@T /kv/a HTTP/1.1\r\nHost: node\r\n\r\n")
+        self.assertEqual(calls, [b"G@T /kv/a HTTP/1.1"])
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
 
 
 class _Refusing:

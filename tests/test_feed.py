@@ -61,6 +61,9 @@ class FeedTestMixin:
             partitions=PARTITIONS,
         )
         feed.subscribe(self.events.append)
+        # The listener subscribed this node to the leader's stream.
+        self.assertEqual(self.sent, [] if leader is None else [(leader, messages.subscribe(None))])
+        del self.sent[:]
         self.feed = feed
         return feed
 
@@ -85,13 +88,16 @@ class PublishTests(FeedTestMixin, SynchronousTestCase):
         feed.publish()
         self.assertEqual(
             self.sent,
-            [("n2", messages.publish(1, 2, _changes(_deletion("a", 1), _deletion("b", 2))))],
+            [("n2", messages.publish(1, 2, _changes(_deletion("a", 1), _deletion("b", 2)), False))],
         )
 
     def test_unconfirmed_batches_go_to_a_new_leader(self) -> None:
         """
         A new leader gets every batch again: the unconfirmed ones, and ahead
-        of them the confirmed ones its predecessor may not have forwarded.
+        of them the confirmed ones its predecessor may not have forwarded;
+        both as repeats, since the old leader may have numbered them.  A
+        listening node asks the new leader for its stream, from the last
+        revision it delivered.
         """
         feed = self.make_feed()
         feed.queue([Entry(1, 1, _deletion("a", 1))])
@@ -105,8 +111,9 @@ class PublishTests(FeedTestMixin, SynchronousTestCase):
         self.assertEqual(
             self.sent,
             [
-                ("n3", messages.publish(3, 1, _changes(_deletion("a", 1)))),
-                ("n3", messages.publish(4, 1, _changes(_deletion("b", 2)))),
+                ("n3", messages.publish(3, 1, _changes(_deletion("a", 1)), True)),
+                ("n3", messages.publish(4, 1, _changes(_deletion("b", 2)), True)),
+                ("n3", messages.subscribe(None)),
             ],
         )
 
@@ -128,16 +135,18 @@ class LeaderTests(FeedTestMixin, SynchronousTestCase):
     def test_numbers_forwards_and_confirms(self) -> None:
         """
         The leader numbers a batch from its term's first revision, forwards
-        the same bytes to every peer, delivers its own copy and confirms.
+        the same bytes to the peers that subscribed, delivers its own copy
+        to its listeners and confirms.
         """
         feed = self.make_feed(leader="n1", term=3, role=LEADER)
+        feed.on_subscribe("n3", messages.subscribe(None))
+        self.assertEqual(self.sent, [("n3", messages.subscribed(0))])
+        del self.sent[:]
         changes = _changes(_deletion("a", 1), _deletion("bb", 2))
-        feed.on_publish("n2", messages.publish(7, 2, changes))
+        feed.on_publish("n2", messages.publish(7, 2, changes, False))
         first = _revision(3, 1)
         event = messages.events(first, changes, 0)
-        self.assertEqual(
-            self.sent, [("n2", event), ("n3", event), ("n2", messages.published(7))]
-        )
+        self.assertEqual(self.sent, [("n3", event), ("n2", messages.published(7))])
         self.assertEqual(
             [(e.change.key, e.revision, e.previous) for e in self.events],
             [("a", first, 0), ("bb", first + 1, first)],
@@ -152,16 +161,17 @@ class LeaderTests(FeedTestMixin, SynchronousTestCase):
         feed = self.make_feed(leader="n1", term=5, role=LEADER)
         feed.peer_delivered("n2", _revision(4, 9))
         feed.peer_delivered("n3", _revision(4, 7))
-        feed.on_publish("n2", messages.publish(1, 1, _changes(_deletion("a", 1))))
-        first, _, previous = messages.parse_events(self.sent[0][1])
-        self.assertEqual((first, previous), (_revision(5, 1), _revision(4, 9)))
+        feed.on_publish("n2", messages.publish(1, 1, _changes(_deletion("a", 1)), False))
+        self.assertEqual(
+            [(e.revision, e.previous) for e in self.events], [(_revision(5, 1), _revision(4, 9))]
+        )
 
     def test_only_the_leader_numbers(self) -> None:
         """
         A node that is not the leader ignores a batch.
         """
         feed = self.make_feed()
-        feed.on_publish("n2", messages.publish(1, 1, _changes(_deletion("a", 1))))
+        feed.on_publish("n2", messages.publish(1, 1, _changes(_deletion("a", 1)), False))
         self.assertEqual((self.sent, self.events), ([], []))
 
 
@@ -205,13 +215,81 @@ class DeliveryTests(FeedTestMixin, SynchronousTestCase):
 
     def test_unsubscribed_listener_not_called(self) -> None:
         """
-        A listener unsubscribed gets nothing more.
+        A listener unsubscribed gets nothing more; the last one takes the
+        node off the leader's stream, and what still arrives is not even
+        decoded.
         """
         feed = self.make_feed()
         feed.unsubscribe(self.events.append)
+        self.assertEqual(self.sent, [("n2", messages.unsubscribe())])
+        self.patch(feed_module, "decode_message", lambda data: self.fail("decoded"))
         feed.on_events("n2", messages.events(_revision(1, 1), _changes(_deletion("a", 1)), 0))
         self.assertEqual(self.events, [])
-        self.assertEqual(feed.last_revision, _revision(1, 1))
+        self.assertEqual(feed.last_revision, 0)
+
+    def test_events_while_not_listening_unsubscribe(self) -> None:
+        """
+        A batch reaching a node that does not listen (the leader took it for
+        a subscriber still) is answered with an unsubscription.
+        """
+        feed = self.make_feed()
+        feed.unsubscribe(self.events.append)
+        del self.sent[:]
+        feed.on_events("n3", messages.events(_revision(1, 1), _changes(_deletion("a", 1)), 0))
+        self.assertEqual(self.sent, [("n3", messages.unsubscribe())])
+
+    def test_unanswered_subscription_asked_again(self) -> None:
+        """
+        A subscription the leader does not answer within the timeout (it
+        was not leading yet) is asked for again; an answered one is not.
+        """
+        self.now = 0.0
+        self.consensus = _Consensus("n2", 1, FOLLOWER, ["n2", "n3"])
+        self.sent = []
+        feed = ChangeFeed(
+            consensus=self.consensus,  # type: ignore[arg-type]
+            send=self.send,
+            partition_of=lambda key: 0,
+            partitions=1,
+            now=lambda: self.now,
+            replay_timeout=2.0,
+        )
+        feed.subscribe(lambda event: None)
+        self.now = 1.0
+        feed.tick()
+        self.assertEqual(self.sent, [("n2", messages.subscribe(None))])
+        self.now = 2.0
+        feed.tick()
+        self.assertEqual(self.sent, [("n2", messages.subscribe(None))] * 2)
+        feed.on_subscribed("n2", messages.subscribed(_revision(1, 3)))
+        self.now = 10.0
+        feed.tick()
+        self.assertEqual(len(self.sent), 2)
+        self.assertEqual(feed.last_revision, _revision(1, 3))
+
+    def test_stream_starts_where_the_leader_is(self) -> None:
+        """
+        The leader's answer to a subscription names its newest revision: the
+        next batch follows it, without a gap.
+        """
+        feed = self.make_feed()
+        feed.on_subscribed("n2", messages.subscribed(_revision(1, 4)))
+        feed.on_events(
+            "n2", messages.events(_revision(1, 5), _changes(_deletion("a", 1)), _revision(1, 4))
+        )
+        self.assertEqual([(e.revision, e.gap) for e in self.events], [(_revision(1, 5), False)])
+
+    def test_resubscribes_after_link_lost(self) -> None:
+        """
+        A new link to the leader: what was in flight may be lost, so the
+        node asks again for what follows its last delivered revision.
+        """
+        feed = self.make_feed()
+        feed.on_events("n2", messages.events(_revision(1, 1), _changes(_deletion("a", 1)), 0))
+        feed.peer_up("n3")
+        self.assertEqual(self.sent, [])
+        feed.peer_up("n2")
+        self.assertEqual(self.sent, [("n2", messages.subscribe(_revision(1, 1)))])
 
 
 class RecentBatchesTests(SynchronousTestCase):
@@ -226,12 +304,137 @@ class RecentBatchesTests(SynchronousTestCase):
         """
         recent = feed_module._RecentBatches()
         for index in range(RECENT_CHANGES + 10):
-            recent.add((1, b"%d" % index))
+            recent.add((1, b"%d" % index, False))
         batches = recent.take()
         self.assertEqual(len(batches), RECENT_CHANGES)
-        self.assertEqual(batches[-1], (1, b"%d" % (RECENT_CHANGES + 9)))
+        self.assertEqual(batches[-1], (1, b"%d" % (RECENT_CHANGES + 9), False))
         self.assertEqual(recent.take(), [])
         big = b"x" * (feed_module.RECENTLY_PUBLISHED_BYTES // 2)
         for index in range(3):
-            recent.add((1, big + b"%d" % index))
-        self.assertEqual([changes[-1:] for _, changes in recent.take()], [b"2"])
+            recent.add((1, big + b"%d" % index, False))
+        self.assertEqual([changes[-1:] for _, changes, _ in recent.take()], [b"2"])
+
+
+class HistoryTests(SynchronousTestCase):
+    """
+    The leader's history of numbered batches, kept encoded for replays.
+    """
+
+    def history(self, **bounds: int) -> feed_module.ChangeHistory:
+        """
+        A history of term 2 continuing from revision (1, 9), holding three
+        batches: (2, 1), (2, 2)-(2, 3) and (2, 4).
+        """
+        history = feed_module.ChangeHistory(_revision(1, 9), **{"changes": 100, **bounds})
+        history.add(_revision(2, 1), _revision(1, 9), 1, _changes(_deletion("a", 1)), False)
+        history.add(
+            _revision(2, 2), _revision(2, 1), 2, _changes(_deletion("b", 1), _deletion("c", 1)), False
+        )
+        history.add(_revision(2, 4), _revision(2, 3), 1, _changes(_deletion("d", 1)), False)
+        return history
+
+    def keys(self, events: Optional[list[ChangeEvent]]) -> Optional[list[str]]:
+        return None if events is None else [e.change.key for e in events]
+
+    def test_replays_from_any_point_of_its_stream(self) -> None:
+        """
+        Every change after a revision from the one it continues from to the
+        newest, with the revision before each.
+        """
+        history = self.history()
+        self.assertEqual(self.keys(history.since(_revision(1, 9))), ["a", "b", "c", "d"])
+        self.assertEqual(self.keys(history.since(_revision(2, 2))), ["c", "d"])
+        self.assertEqual(self.keys(history.since(_revision(2, 4))), [])
+        self.assertEqual(
+            [e.previous for e in history.since(_revision(2, 1)) or []],
+            [_revision(2, 1), _revision(2, 2), _revision(2, 3)],
+        )
+
+    def test_refuses_what_it_cannot_give(self) -> None:
+        """
+        No replay from before its stream, from further into the earlier
+        term than where it continued, or from beyond its newest revision.
+        """
+        history = self.history()
+        for revision in (_revision(1, 8), _revision(1, 10), _revision(2, 5)):
+            self.assertIsNone(history.since(revision), revision)
+
+    def test_bounded_in_changes_and_bytes(self) -> None:
+        """
+        The oldest batches go first, past the bound in changes or in
+        bytes; the history then starts after the last change dropped.
+        """
+        history = self.history(changes=2)
+        self.assertEqual(history.floor, _revision(2, 3))
+        self.assertIsNone(history.since(_revision(2, 2)))
+        self.assertEqual(self.keys(history.since(_revision(2, 3))), ["d"])
+        small = self.history(max_bytes=len(_changes(_deletion("d", 1))))
+        self.assertEqual(small.floor, _revision(2, 3))
+
+    def test_no_replay_before_a_repeat(self) -> None:
+        """
+        A batch that may repeat changes numbered before is never replayed
+        to a client that may have seen them: replays start after it.
+        """
+        history = self.history()
+        history.add(_revision(2, 5), _revision(2, 4), 1, _changes(_deletion("a", 1)), True)
+        history.add(_revision(2, 6), _revision(2, 5), 1, _changes(_deletion("e", 1)), False)
+        self.assertIsNone(history.since(_revision(2, 4)))
+        self.assertEqual(self.keys(history.since(_revision(2, 5))), ["e"])
+
+
+class ReplayTests(FeedTestMixin, SynchronousTestCase):
+    """
+    Replays asked of the leader, and their answers.
+    """
+
+    def test_leader_answers_from_its_history(self) -> None:
+        """
+        The leader answers with the batches after the revision asked for
+        and its newest revision; C{None} for what it does not hold.
+        """
+        feed = self.make_feed(leader="n1", term=2, role=LEADER)
+        changes = _changes(_deletion("a", 1))
+        feed.on_publish("n2", messages.publish(1, 1, changes, False))
+        del self.sent[:]
+        feed.on_replay("n3", messages.replay(7, 0))
+        feed.on_replay("n3", messages.replay(8, _revision(1, 5)))
+        self.assertEqual(
+            self.sent,
+            [
+                ("n3", messages.replayed(7, _revision(2, 1), [(_revision(2, 1), 0, changes)])),
+                ("n3", messages.replayed(8, _revision(2, 1), None)),
+            ],
+        )
+
+    def test_answer_taken_only_at_the_end_of_the_stream(self) -> None:
+        """
+        A node takes a replay that ends at the last change it delivered,
+        and answers C{None} to one that ends elsewhere.
+        """
+        feed = self.make_feed()
+        changes = _changes(_deletion("a", 1), _deletion("b", 1))
+        feed.on_events("n2", messages.events(_revision(1, 1), changes, 0))
+        batches = [(_revision(1, 1), 0, changes)]
+        taken = feed.replay(_revision(1, 1))
+        refused = feed.replay(0)
+        self.assertEqual(
+            self.sent,
+            [("n2", messages.replay(1, _revision(1, 1))), ("n2", messages.replay(2, 0))],
+        )
+        feed.on_replayed("n2", messages.replayed(1, _revision(1, 2), batches))
+        feed.on_replayed("n2", messages.replayed(2, _revision(1, 3), batches))
+        events, newest = self.successResultOf(taken)
+        self.assertEqual(([e.change.key for e in events], newest), (["b"], _revision(1, 2)))
+        self.assertEqual(self.successResultOf(refused), (None, _revision(1, 2)))
+
+    def test_given_up_on_a_new_leader(self) -> None:
+        """
+        A replay pending when the leader changes is answered C{None}: the
+        old leader may never answer.
+        """
+        feed = self.make_feed()
+        pending = feed.replay(0)
+        self.consensus.leader, self.consensus.term = "n3", 2
+        feed.republish()
+        self.assertEqual(self.successResultOf(pending), (None, None))

@@ -140,9 +140,21 @@ class BuildersTests(SynchronousTestCase):
         """
         Batches to the leader, their confirmation, and numbered events.
         """
-        self.check(messages.publish(3, 2, b"xx"), ["pub", 3, 2, b"xx"], messages.parse_publish, (3, 2, b"xx"))
+        self.check(
+            messages.publish(3, 2, b"xx", True), ["pub", 3, 2, b"xx", True],
+            messages.parse_publish, (3, 2, b"xx", True),
+        )
         self.check(messages.published(3), ["pub_ok", 3], messages.parse_published, 3)
         self.check(messages.events(10, b"xx", 8), ["ev", 10, b"xx", 8], messages.parse_events, (10, b"xx", 8))
+        self.check(messages.subscribe(None), ["sub", None], messages.parse_subscribe, None)
+        self.check(messages.subscribe(5), ["sub", 5], messages.parse_subscribe, 5)
+        self.check(messages.subscribed(5), ["sub_ok", 5], messages.parse_subscribed, 5)
+        self.check(messages.replay(2, 5), ["rpl", 2, 5], messages.parse_replay, (2, 5))
+        self.check(
+            messages.replayed(2, 9, [(6, 5, b"xx")]), ["rpl_ok", 2, 9, [[6, 5, b"xx"]]],
+            messages.parse_replayed, (2, 9, [(6, 5, b"xx")]),
+        )
+        self.check(messages.replayed(2, 9, None), ["rpl_ok", 2, 9, None], messages.parse_replayed, (2, 9, None))
 
     def test_antientropy(self) -> None:
         """

@@ -35,10 +35,13 @@ class _Feed:
 
     def __init__(self) -> None:
         self.queued: list[Entry] = []
+        # whether each change queued may repeat one announced before
+        self.repeated: list[bool] = []
         self.publishes = 0
 
-    def queue(self, entries: list[Entry]) -> None:
+    def queue(self, entries: list[Entry], repeated: bool = False) -> None:
         self.queued.extend(entries)
+        self.repeated.extend(repeated for _ in entries)
 
     def publish(self) -> None:
         self.publishes += 1
@@ -182,6 +185,31 @@ class ReplicationTests(SynchronousTestCase):
         self.assertFalse(primary.is_primary)
         self.n1.replication.on_append("n2", messages.append(0, 1, 0, 0, [], 0, 0, 0))
         self.assertEqual(self.queue, [("n1", "n2", messages.stale(0, 2))])
+
+    def test_announced_again_as_repeats(self) -> None:
+        """
+        A new primary announces its predecessor's last changes again, marked
+        as possibly announced before; the changes committed afterwards, like
+        those of a first primary, are not.
+        """
+        primary = self.start()
+        entry = primary.propose(Put("k", b"v"), None, self.clock.seconds())
+        self.n1.replication.wait_commit(0, entry.seq)
+        self.deliver()
+        self.n1.replication.replicate(0)
+        self.deliver()
+        self.assertEqual(self.n1.feed.repeated, [False])
+        self.configure(2, "n2", "n1", ("n1", "n2"))
+        self.clock.advance(CONFIG.failure_timeout)
+        self.n2.replication.take_over(0)
+        self.deliver()
+        later = self.n2.replicas[0].propose(Put("later", b"v"), None, self.clock.seconds())
+        self.n2.replication.wait_commit(0, later.seq)
+        self.deliver()
+        self.assertEqual(
+            [(e.change.key, repeated) for e, repeated in zip(self.n2.feed.queued, self.n2.feed.repeated)],
+            [("k", True), ("later", False)],
+        )
 
     def test_takeover_waits_for_the_promise(self) -> None:
         """

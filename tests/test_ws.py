@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,13 +23,17 @@ from twisted.web.server import Site
 
 from twisted_kv._autobahn_timer import ClockTimer
 from twisted_kv._compat import use_timer
+from twisted_kv.cluster.feed import ChangeHistory, Replayed
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, Record, make_version
-from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent
+from twisted_kv.core.replica import encode_change
+from twisted_kv.interfaces import REVISION_TERM_SHIFT, ChangeEvent, revision_term
+from twisted_kv.wire.codec import encode as encode_message
 from twisted_kv.ws import server as ws
 from twisted_kv.ws.server import (
     WatchHub,
+    WatchSession,
     _Outbox,
     build_ws_resource,
     event_frame,
@@ -38,10 +43,19 @@ from twisted_kv.ws.server import (
 class _Feed:
     """
     The change feed of an L{IKeyValue}, alone: tests choose the revisions.
+    Its history holds the changes emitted since the last gap, up to
+    C{history} of them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, history: int = 10000) -> None:
         self.listeners: list = []
+        self.size = history
+        self.history: Optional[ChangeHistory] = None
+
+    def replay(self, after: int) -> Deferred[Replayed]:
+        if self.history is None:
+            return succeed((None, None))
+        return succeed((self.history.since(after), self.history.newest))
 
     def subscribe(self, listener: Any) -> None:
         self.listeners.append(listener)
@@ -53,6 +67,15 @@ class _Feed:
         self, change: Change, revision: int, gap: bool = False, previous: Optional[int] = None
     ) -> None:
         event = ChangeEvent(change, revision, gap, revision - 1 if previous is None else previous)
+        if (
+            self.history is None
+            or gap
+            or event.previous != self.history.newest
+            or revision_term(revision) != revision_term(self.history.newest)
+        ):
+            # A gap, or a new leader: its history starts with its term.
+            self.history = ChangeHistory(event.previous, self.size)
+        self.history.add(revision, event.previous, 1, encode_message([encode_change(change)]), False)
         for listener in list(self.listeners):
             listener(event)
 
@@ -188,6 +211,15 @@ class _NodeMixin:
         self.addCleanup(self._stopped, node)
         return node
 
+    def make_listening_node(self, **options: Any) -> _Node:
+        """
+        A node where a client already watches (a prefix no test key has):
+        its hub listens to the store, and sees every change from the start.
+        """
+        node = self.make_node(**options)
+        node.watcher(prefix="#elsewhere")
+        return node
+
     def _stopped(self, node: _Node) -> None:
         node.stop()
         self.assertEqual(node.clock.getDelayedCalls(), [])
@@ -205,15 +237,18 @@ class WatchTests(_NodeMixin, SynchronousTestCase):
 
     def test_watching(self) -> None:
         """
-        C{watch} is answered with C{watching}, the prefix and the current
-        revision.
+        C{watch} is answered with C{watching}, the prefix and the revision
+        of the newest change this node's watchers were sent (0 before any).
         """
-        self.node.kv.emit(_put("x"), 7)
         client, pump = self.node.connect()
         self.assertTrue(client.opened)
         client.op(op="watch", prefix="users/")
         pump.flush()
-        self.assertEqual(client.take(), [{"type": "watching", "prefix": "users/", "revision": 7}])
+        self.assertEqual(client.take(), [{"type": "watching", "prefix": "users/", "revision": 0}])
+        self.node.kv.emit(_put("x"), 7)
+        client.op(op="watch", prefix="other/")
+        pump.flush()
+        self.assertEqual(client.take(), [{"type": "watching", "prefix": "other/", "revision": 7}])
 
     def test_matching_prefix_only(self) -> None:
         """
@@ -365,6 +400,83 @@ class WatchTests(_NodeMixin, SynchronousTestCase):
         )
 
 
+class _SlowFeed(_Feed):
+    """
+    A change feed whose replays are answered when the test says.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replays: list[tuple[int, Deferred[Replayed]]] = []
+
+    def replay(self, after: int) -> Deferred[Replayed]:
+        d: Deferred[Replayed] = Deferred()
+        self.replays.append((after, d))
+        return d
+
+    def answer(self) -> None:
+        """
+        Answer the oldest replay asked for, from the history as it is now.
+        """
+        after, d = self.replays.pop(0)
+        super().replay(after).chainDeferred(d)
+
+
+class ListeningTests(_NodeMixin, SynchronousTestCase):
+    """
+    The hub listens to the store only while a connection watches, and a
+    resuming watch holds back everything else until its replay is in.
+    """
+
+    def test_listens_only_while_watched(self) -> None:
+        """
+        No listener while no connection has a watch, open or not; one from
+        the first watch to the last unwatch or close.
+        """
+        node = self.make_node()
+        client, pump = node.connect()
+        self.assertEqual(node.kv.listeners, [])
+        client.op(op="watch", prefix="a")
+        pump.flush()
+        self.assertEqual(len(node.kv.listeners), 1)
+        other, _ = node.watcher(prefix="b")
+        self.assertEqual(len(node.kv.listeners), 1)
+        client.op(op="unwatch", prefix="a")
+        pump.flush()
+        self.assertEqual(len(node.kv.listeners), 1)
+        other.sendClose()
+        node.flush()
+        self.assertEqual(node.kv.listeners, [])
+
+    def test_held_back_while_replaying(self) -> None:
+        """
+        Changes and frames arriving while a replay is on its way wait for
+        it: the replay comes first, then what waited, each change once.
+        """
+        kv = _SlowFeed()
+        node = self.make_node(kv=kv)
+        node.watcher(prefix="#elsewhere")
+        for revision in range(1, 3):
+            kv.emit(_put(f"k{revision}"), revision)
+        client, pump = node.connect()
+        client.op(op="watch", prefix="k", since=0)
+        pump.flush()
+        kv.emit(_put("k3"), 3)
+        kv.emit(_put("other"), 4)
+        client.op(op="watch", prefix="o")
+        pump.flush()
+        self.assertEqual([f["type"] for f in client.take()], ["watching"])
+        kv.answer()
+        pump.flush()
+        self.assertEqual(
+            [(f["type"], f.get("key"), f["revision"]) for f in client.take()],
+            [("put", "k1", 1), ("put", "k2", 2), ("put", "k3", 3), ("watching", None, 4)],
+        )
+        kv.emit(_put("other"), 5)
+        pump.flush()
+        self.assertEqual([f["revision"] for f in client.take()], [5])
+
+
 class LazyFrameTests(_NodeMixin, SynchronousTestCase):
     """
     A change's frame is built when a watcher first needs it, once.
@@ -373,8 +485,8 @@ class LazyFrameTests(_NodeMixin, SynchronousTestCase):
     def test_frames_built_on_first_need(self) -> None:
         """
         No frame is built for changes nobody watches; one is built for a
-        change several connections receive, and a replay builds only the
-        frames not built yet.
+        change several connections receive; a replay builds the frames of
+        the changes it sends (the store keeps them encoded, not framed).
         """
         built: list[int] = []
         # Nothing outside the module sees a frame being built, only the frame:
@@ -398,10 +510,11 @@ class LazyFrameTests(_NodeMixin, SynchronousTestCase):
         late, late_pump = node.connect()
         late.op(op="watch", prefix="", since=0)
         late_pump.flush()
+        self.assertEqual(built, [4, 1, 2, 3, 4])
         again, again_pump = node.connect()
         again.op(op="watch", prefix="", since=0)
         again_pump.flush()
-        self.assertEqual(built, [4, 1, 2, 3])
+        self.assertEqual(built, [4, 1, 2, 3, 4, 1, 2, 3, 4])
         self.assertEqual([[f["key"] for f in w.take()] for w in watchers], [["a4"], ["a4"]])
         self.assertEqual(other.take(), [])
         for client in (late, again):
@@ -420,7 +533,7 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         C{since} replays the retained changes after that revision that match
         the prefix, after the C{watching} answer and before the live changes.
         """
-        node = self.make_node()
+        node = self.make_listening_node()
         for revision, key in enumerate(["u/a", "x", "u/b", "u/c"], start=1):
             node.kv.emit(_put(key), revision)
         client, pump = node.connect()
@@ -437,7 +550,7 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         """
         C{since} equal to the current revision replays nothing.
         """
-        node = self.make_node()
+        node = self.make_listening_node()
         node.kv.emit(_put("a"), 1)
         client, pump = node.connect()
         client.op(op="watch", prefix="", since=1)
@@ -449,7 +562,7 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         A replay skips the changes already sent for another watch of the same
         connection, and a later change matching both is sent once.
         """
-        node = self.make_node()
+        node = self.make_listening_node()
         client, pump = node.watcher(prefix="u/")
         node.kv.emit(_put("u/a"), 1)
         node.kv.emit(_put("v"), 2)
@@ -467,7 +580,7 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         Watching a watched prefix again with an older C{since} replays only
         what the watch had not covered.
         """
-        node = self.make_node()
+        node = self.make_listening_node()
         node.kv.emit(_put("a"), 1)
         client, pump = node.watcher(prefix="")
         node.kv.emit(_put("b"), 2)
@@ -483,7 +596,7 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         When changes after C{since} have left the history, the client gets
         C{compacted} with the current revision, then the live stream.
         """
-        node = self.make_node(history=2)
+        node = self.make_listening_node(kv=_Feed(history=2))
         for revision in range(1, 5):
             node.kv.emit(_put(f"k{revision}"), revision)
         client, pump = node.connect()
@@ -502,7 +615,7 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         watcher gets C{compacted} before the next change, and a resume from
         before the gap is answered C{compacted}, never a silent gap.
         """
-        node = self.make_node()
+        node = self.make_listening_node()
         for revision in range(1, 4):
             node.kv.emit(_put(f"k{revision}"), revision)
         client, pump = node.connect()
@@ -523,32 +636,37 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
 
     def test_resume_from_further_into_an_earlier_term(self) -> None:
         """
-        A C{since} of an earlier term beyond the last revision this node saw
-        in that term came from a node that received more of that term: the
-        new leader may have announced those changes again under new
-        revisions, so the resume is answered C{compacted} rather than
-        repeating them.  A C{since} within what this node saw replays.
+        The history of a new leader's term starts where that leader
+        continued from: a C{since} there replays; one before it, or beyond
+        it in the earlier term (from a node that received more of that term,
+        changes the new leader may announce again under new revisions), is
+        answered C{compacted} rather than leaving a gap or repeating them.
         """
         term1, term2 = 1 << REVISION_TERM_SHIFT, 2 << REVISION_TERM_SHIFT
-        node = self.make_node()
+        node = self.make_listening_node()
         node.kv.emit(_put("a"), term1 + 1)
         node.kv.emit(_put("b"), term1 + 2)
-        # The old leader also announced term1 + 3 (say "c"), which this node
-        # never received; the new leader announces "c" again.
-        node.kv.emit(_put("c"), term2 + 1)
+        # The old leader also announced term1 + 3 (say "c"), which the new
+        # leader never received; it continues from term1 + 2 and announces
+        # "c" again.
+        node.kv.emit(_put("c"), term2 + 1, previous=term1 + 2)
         ahead, ahead_pump = node.connect()
         ahead.op(op="watch", prefix="", since=term1 + 3)
         ahead_pump.flush()
         behind, behind_pump = node.connect()
         behind.op(op="watch", prefix="", since=term1 + 1)
         behind_pump.flush()
+        at, at_pump = node.connect()
+        at.op(op="watch", prefix="", since=term1 + 2)
+        at_pump.flush()
+        for client in (ahead, behind):
+            self.assertEqual(
+                [(f["type"], f["revision"]) for f in client.take()],
+                [("watching", term2 + 1), ("compacted", term2 + 1)],
+            )
         self.assertEqual(
-            [(f["type"], f["revision"]) for f in ahead.take()],
-            [("watching", term2 + 1), ("compacted", term2 + 1)],
-        )
-        self.assertEqual(
-            [(f["type"], f["revision"]) for f in behind.take()],
-            [("watching", term2 + 1), ("put", term1 + 2), ("put", term2 + 1)],
+            [(f["type"], f["revision"]) for f in at.take()],
+            [("watching", term2 + 1), ("put", term2 + 1)],
         )
 
     def test_replay_at_history_edge(self) -> None:
@@ -556,55 +674,13 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         C{since} equal to the last dropped revision still replays everything
         after it.
         """
-        node = self.make_node(history=2)
+        node = self.make_listening_node(kv=_Feed(history=2))
         for revision in range(1, 5):
             node.kv.emit(_put(f"k{revision}"), revision)
         client, pump = node.connect()
         client.op(op="watch", prefix="", since=2)
         pump.flush()
         self.assertEqual([f["revision"] for f in client.take()], [4, 3, 4])
-
-    def test_history_bytes(self) -> None:
-        """
-        The history is bounded in bytes too.
-        """
-        node = self.make_node(history_bytes=400)
-        for revision in range(1, 4):
-            node.kv.emit(_put(f"k{revision}", b"x" * 150), revision)
-        client, pump = node.connect()
-        client.op(op="watch", prefix="", since=1)
-        client.op(op="watch", prefix="k", since=2)
-        pump.flush()
-        self.assertEqual(
-            [(f["type"], f["revision"]) for f in client.take()],
-            [("watching", 3), ("compacted", 3), ("watching", 3), ("put", 3)],
-        )
-
-    def test_history_bytes_of_built_frames(self) -> None:
-        """
-        A change's bytes are estimated from its value until its frame is
-        built; once a replay builds the frames, the bound holds on their
-        real length (here, escaped control characters make the frames about
-        six times the value).
-        """
-        node = self.make_node(history_bytes=800)
-        for revision in range(1, 4):
-            node.kv.emit(_put(f"k{revision}", b"\x01" * 100), revision)
-        first, first_pump = node.connect()
-        first.op(op="watch", prefix="", since=0)
-        first_pump.flush()
-        second, second_pump = node.connect()
-        second.op(op="watch", prefix="", since=1)
-        second.op(op="watch", prefix="k3", since=2)
-        second_pump.flush()
-        self.assertEqual(
-            [(f["type"], f["revision"]) for f in first.take()],
-            [("watching", 3), ("put", 1), ("put", 2), ("put", 3)],
-        )
-        self.assertEqual(
-            [(f["type"], f["revision"]) for f in second.take()],
-            [("watching", 3), ("compacted", 3), ("watching", 3), ("put", 3)],
-        )
 
     def test_nothing_seen(self) -> None:
         """
@@ -628,7 +704,7 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         Once a change with revision R has been seen, C{since} R - 1 is known
         to miss nothing, and an older one is not.
         """
-        node = self.make_node()
+        node = self.make_listening_node()
         node.kv.emit(_put("a"), 10)
         client, pump = node.connect()
         client.op(op="watch", prefix="", since=9)
@@ -646,7 +722,7 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         replays them all.
         """
         term1 = 1 << REVISION_TERM_SHIFT
-        node = self.make_node()
+        node = self.make_listening_node()
         node.kv.emit(_put("a"), term1 + 1, previous=0)
         node.kv.emit(_put("b"), term1 + 2)
         client, pump = node.connect()
@@ -663,7 +739,7 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         after the one the leader numbered before it, and nothing earlier.
         """
         term1, term2 = 1 << REVISION_TERM_SHIFT, 2 << REVISION_TERM_SHIFT
-        node = self.make_node()
+        node = self.make_listening_node()
         node.kv.emit(_put("c"), term2 + 1, previous=term1 + 7)
         client, pump = node.connect()
         for since in (0, term1 + 6, term1 + 7, term1 + 8):
@@ -682,7 +758,7 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         C{compacted} with that revision, and may resume from it.
         """
         term1, term2 = 1 << REVISION_TERM_SHIFT, 2 << REVISION_TERM_SHIFT
-        node = self.make_node()
+        node = self.make_listening_node()
         node.kv.emit(_put("a"), term1 + 1, previous=0)
         live, live_pump = node.watcher(prefix="")
         node.kv.emit(_put("b"), term2 + 1, gap=True, previous=term1 + 5)
@@ -701,10 +777,10 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
 
     def test_restarted(self) -> None:
         """
-        The changes made while the service was stopped are missing from the
-        history: a C{since} before them gets C{compacted}.
+        The history is the store's, not the service's: a resume after
+        C{/ws} restarted replays the changes made while it was stopped.
         """
-        node = self.make_node()
+        node = self.make_listening_node()
         node.kv.emit(_put("a"), 1)
         node.service.stopService()
         node.kv.emit(_put("b"), 2)
@@ -712,18 +788,19 @@ class ResumeTests(_NodeMixin, SynchronousTestCase):
         node.kv.emit(_put("c"), 3)
         client, pump = node.connect()
         client.op(op="watch", prefix="", since=1)
-        client.op(op="watch", prefix="c", since=2)
+        pump.flush()
+        node.kv.emit(_put("d"), 4)
         pump.flush()
         self.assertEqual(
             [(f["type"], f["revision"]) for f in client.take()],
-            [("watching", 3), ("compacted", 3), ("watching", 3), ("put", 3)],
+            [("watching", 1), ("put", 2), ("put", 3), ("put", 4)],
         )
 
     def test_file_replay(self) -> None:
         """
         C{watch_files} takes C{since} too.
         """
-        node = self.make_node()
+        node = self.make_listening_node()
         node.kv.emit(_file_change("m/a"), 1)
         node.kv.emit(_file_change("m/b"), 2)
         client, pump = node.connect()
@@ -1085,20 +1162,28 @@ class EventFrameTests(SynchronousTestCase):
         announced.
         """
         feed = _Feed()
-        hub = WatchHub(feed)
-        hub.start()
-        self.addCleanup(hub.stop)
+        hub = self.watching_hub(feed)
         feed.emit(_file_change("m/a"), 1)
         feed.emit(_put("k"), 2)
-        self.assertEqual([event.kind for event in hub.since(0)], ["key"])
+        events, newest = self.successResultOf(hub.since(0))
+        self.assertEqual(([event.kind for event in events], newest), (["key"], 2))
 
     def test_failing_mapping(self) -> None:
         """
         A mapping that raises is logged; the store's write path is unharmed.
         """
         feed = _Feed()
-        hub = WatchHub(feed, file_event_for=lambda change: 1 / 0)
-        hub.start()
+        hub = self.watching_hub(feed, file_event_for=lambda change: 1 / 0)
         feed.emit(_file_change("m/a"), 1)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertEqual(hub.revision, 1)
+
+    def watching_hub(self, feed: _Feed, **options: Any) -> WatchHub:
+        """
+        A started hub over C{feed} with one session watching everything.
+        """
+        hub = WatchHub(feed, **options)
+        hub.start()
+        self.addCleanup(hub.stop)
+        WatchSession(hub, lambda frame: None, 1).received(b'{"op": "watch", "prefix": ""}', False)
+        return hub

@@ -14,6 +14,7 @@ underscored names.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -114,3 +115,45 @@ def validate_network_protocol(protocol: FTP, family: str) -> None:
     Relies on C{twisted.protocols.ftp.FTP._validateNetworkProtocol}.
     """
     protocol._validateNetworkProtocol(family)
+
+
+# RFC 9110's token (a method), and the request-target twisted.web accepts:
+# bytes 33 to 176, none of them whitespace.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TARGET = re.compile(rb"[\x21-\xb0]+\Z")
+_METHODS = frozenset((b"GET", b"PUT", b"POST", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH"))
+
+
+def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """
+    twisted.web's C{_parseRequestLine}, the same checks with the same
+    outcome, without a Python loop over every byte: the common methods are
+    looked up, the rest and the target matched by a regular expression.
+    Twisted's loops cost 10-13 % of an entry node's CPU under PyPy.
+
+    @raise ValueError: the line is malformed.
+    """
+    method, request, version = line.split(b" ")
+    if method not in _METHODS and _TOKEN.match(method) is None:
+        raise ValueError("Invalid method")
+    if request == b"":
+        raise ValueError("Empty request-target")
+    if _TARGET.match(request) is None:
+        raise ValueError("Invalid request-target")
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+        raise ValueError("Invalid version")
+    return method, request, version
+
+
+def use_fast_request_line_parser() -> None:
+    """
+    Make twisted.web's HTTP/1 channels parse request lines with
+    L{parse_request_line}.
+
+    Relies on C{twisted.web.http.HTTPChannel.lineReceived} calling the
+    module's C{_parseRequestLine} for the first line of each request, and
+    answering C{400} when it raises C{ValueError}.
+    """
+    from twisted.web import http
+
+    http._parseRequestLine = parse_request_line

@@ -178,6 +178,19 @@ class IKeyValue(Interface):
         Stop calling C{listener}.
         """
 
+    def replay(after: int):
+        """
+        The changes after revision C{after}, oldest first, up to the last
+        one delivered to listeners when the Deferred fires; call it only
+        while subscribed.
+
+        @return: a Deferred firing with C{(changes, newest)}: the
+            L{ChangeEvent}s, or C{None} when some change after C{after} is no
+            longer held (or may be shown twice: the caller must re-read);
+            and the revision after which listeners get every change, or
+            C{None} when not known yet.
+        """
+
 
 class ISnapshotSource(Interface):
     """

@@ -236,9 +236,7 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
     links.setName("peers")
     node.messenger = links
     kv = Coordinator(node, reactor)
-    ws_resource, ws_service = build_ws_resource(
-        kv, clock=reactor, history=config.ws_history, file_event_for=file_event_for
-    )
+    ws_resource, ws_service = build_ws_resource(kv, clock=reactor, file_event_for=file_event_for)
     ws_service.setName("changes")
     site = build_site(
         kv,

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_kv.cluster.calls import Request, Retry
+from twisted_kv.cluster.feed import Replayed
 from twisted_kv.cluster.node import Node
 from twisted_kv.core import messages
 from twisted_kv.core.backup import DumpPage
@@ -200,6 +201,9 @@ class Coordinator:
 
     def unsubscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
         self._node.feed.unsubscribe(listener)
+
+    def replay(self, after: int) -> Deferred[Replayed]:
+        return self._node.feed.replay(after)
 
     # -- ISnapshotSource ---------------------------------------------------
 

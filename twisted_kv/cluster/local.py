@@ -16,8 +16,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from twisted_kv.cluster.feed import ChangeHistory, Replayed
 from twisted_kv.core.backup import DumpExpired, DumpPage, Dumps
 from twisted_kv.core.memstore import MemStore
+from twisted_kv.core.replica import encode_change
 from twisted_kv.core.records import (
     Change,
     Delete,
@@ -44,6 +46,7 @@ from twisted_kv.interfaces import (
     ReadResult,
     WriteResult,
 )
+from twisted_kv.wire.codec import encode as encode_message
 
 
 @implementer(IKeyValue, ISnapshotSource)
@@ -54,6 +57,7 @@ class LocalKeyValue:
     @param clock: schedules expiries and tells the time.
     @param memory_limit: refuse writes (L{InsufficientStorage}) that would
         take the store past this many bytes; 0 means no limit.
+    @param history: changes kept, encoded, for replays.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class LocalKeyValue:
         clock: IReactorTime,
         max_value_bytes: int = 16 * 1024 * 1024,
         memory_limit: int = 0,
+        history: int = 10000,
     ) -> None:
         self._clock = clock
         self.max_value_bytes = max_value_bytes
@@ -68,6 +73,7 @@ class LocalKeyValue:
         self._store = MemStore()
         self._sequence = itertools.count(1)
         self._listeners: list[Callable[[ChangeEvent], None]] = []
+        self._history = ChangeHistory(0, history)
         self._dumps = Dumps("local")
         self._last_seq = 0
 
@@ -143,6 +149,9 @@ class LocalKeyValue:
     def unsubscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
         self._listeners.remove(listener)
 
+    def replay(self, after: int) -> Deferred[Replayed]:
+        return succeed((self._history.since(after), self._history.newest))
+
     def _execute(self, operation: Operation) -> Deferred[Change]:
         try:
             change = self._apply(operation)
@@ -164,7 +173,8 @@ class LocalKeyValue:
                 self._apply,
                 Expire(change.key, change.version),
             )
-        event = ChangeEvent(change, seq)
+        event = ChangeEvent(change, seq, previous=self._history.newest)
+        self._history.add(seq, event.previous, 1, encode_message([encode_change(change)]), False)
         for listener in list(self._listeners):
             listener(event)
         return change

@@ -163,6 +163,9 @@ class Node:
             send=self._send,
             partition_of=self.partition_of,
             partitions=config.partitions,
+            history=config.ws_history,
+            now=self._now,
+            replay_timeout=config.failure_timeout,
         )
         self.antientropy = AntiEntropy(
             replicas=self.replicas,
@@ -226,6 +229,11 @@ class Node:
             messages.PUB: self.feed.on_publish,
             messages.PUB_OK: self.feed.on_published,
             messages.EV: self.feed.on_events,
+            messages.SUB: self.feed.on_subscribe,
+            messages.SUB_OK: self.feed.on_subscribed,
+            messages.UNSUB: self.feed.on_unsubscribe,
+            messages.RPL: self.feed.on_replay,
+            messages.RPL_OK: self.feed.on_replayed,
             messages.DIGEST: self.antientropy.on_digest,
             messages.DIGEST_OK: self.antientropy.on_digest_answer,
             messages.DIGEST_DIFF: self.antientropy.on_digest_answer,
@@ -409,6 +417,7 @@ class Node:
             self._lead(now)
         self.replication.tick(now)
         self.antientropy.tick(now)
+        self.feed.tick()
         self.operations.dumps.forget_idle(now)
 
     def _after_consensus(self) -> None:
@@ -595,6 +604,7 @@ class Node:
     def peer_up(self, peer: str, incarnation: int) -> None:
         self._note_peer(peer, incarnation)
         self.replication.peer_up(peer)
+        self.feed.peer_up(peer)
 
     def peer_down(self, peer: str) -> None:
         self.calls.peer_down(peer)

@@ -109,6 +109,9 @@ class Replication:
         self._expire = expire
         # partitions the map makes ours while we still promise not to take over
         self._takeovers_waiting: set[int] = set()
+        # partitions taken over whose next announcements repeat the
+        # predecessor's last changes
+        self._announcing_again: set[int] = set()
         self._dirty: set[int] = set()
         self._round_wanted: set[int] = set()
         self._flush_call: Optional[IDelayedCall] = None
@@ -205,6 +208,8 @@ class Replication:
         replica.become_primary(
             config.epoch, [m.node_id for m in config.members[1:]], config.in_sync
         )
+        if takeover and replica.recent_changes:
+            self._announcing_again.add(partition)
         self._stalled_since.pop(partition, None)
         self.replicate(partition)
 
@@ -323,7 +328,9 @@ class Replication:
         partition = replica.partition
         committed = replica.take_announcements()
         if committed:
-            self._feed.queue(committed)
+            repeated = partition in self._announcing_again
+            self._announcing_again.discard(partition)
+            self._feed.queue(committed, repeated)
             self._schedule_flush()
         waiters = self._commit_waiters.get(partition)
         if waiters:

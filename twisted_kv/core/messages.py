@@ -73,6 +73,11 @@ RES = "res"
 PUB = "pub"
 PUB_OK = "pub_ok"
 EV = "ev"
+SUB = "sub"
+SUB_OK = "sub_ok"
+UNSUB = "unsub"
+RPL = "rpl"
+RPL_OK = "rpl_ok"
 DIGEST = "digest"
 DIGEST_OK = "digest_ok"
 DIGEST_DIFF = "digest_diff"
@@ -440,13 +445,16 @@ def parse_failure(payload: list) -> tuple[Any, Any]:
 # -- change events --------------------------------------------------------
 
 
-def publish(batch_id: int, count: int, changes: bytes) -> list:
-    return [PUB, batch_id, count, changes]
+def publish(batch_id: int, count: int, changes: bytes, repeated: bool) -> list:
+    """
+    @param repeated: whether the changes may have been numbered before.
+    """
+    return [PUB, batch_id, count, changes, repeated]
 
 
-def parse_publish(message: list) -> tuple[int, int, bytes]:
-    _, batch_id, count, changes = message
-    return batch_id, count, changes
+def parse_publish(message: list) -> tuple[int, int, bytes, bool]:
+    _, batch_id, count, changes, repeated = message
+    return batch_id, count, changes, repeated
 
 
 def published(batch_id: int) -> list:
@@ -464,6 +472,56 @@ def events(first: int, changes: bytes, previous: int) -> list:
 def parse_events(message: list) -> tuple[int, bytes, int]:
     _, first, changes, previous = message
     return first, changes, previous
+
+
+def subscribe(after: Optional[int]) -> list:
+    """
+    Ask the leader for its stream of changes: those it holds after
+    revision C{after}, then every new one; C{None}: from now on.
+    """
+    return [SUB, after]
+
+
+def parse_subscribe(message: list) -> Optional[int]:
+    return message[1]
+
+
+def subscribed(newest: int) -> list:
+    return [SUB_OK, newest]
+
+
+def parse_subscribed(message: list) -> int:
+    return message[1]
+
+
+def unsubscribe() -> list:
+    return [UNSUB]
+
+
+def replay(request_id: int, after: int) -> list:
+    return [RPL, request_id, after]
+
+
+def parse_replay(message: list) -> tuple[int, int]:
+    _, request_id, after = message
+    return request_id, after
+
+
+def replayed(
+    request_id: int, newest: int, batches: Optional[list[tuple[int, int, bytes]]]
+) -> list:
+    """
+    @param batches: C{(first, previous, changes)} of the batches holding the
+        changes asked for, or C{None} when they are not all held.
+    """
+    wire = None if batches is None else [list(batch) for batch in batches]
+    return [RPL_OK, request_id, newest, wire]
+
+
+def parse_replayed(message: list) -> tuple[int, int, Optional[list[tuple[int, int, bytes]]]]:
+    _, request_id, newest, wire = message
+    batches = None if wire is None else [(first, previous, changes) for first, previous, changes in wire]
+    return request_id, newest, batches
 
 
 # -- anti-entropy ---------------------------------------------------------

@@ -38,7 +38,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site, version
 
-from twisted_kv._compat import keep_form_body, pending_request_target
+from twisted_kv._compat import (
+    keep_form_body,
+    pending_request_target,
+    use_fast_request_line_parser,
+)
 from twisted_kv.errors import ValueTooLarge
 from twisted_kv.interfaces import IClusterStatus, IKeyValue
 from twisted_kv.web.errors import ErrorResource, NoSuchResource
@@ -268,6 +272,7 @@ def build_site(
     """
     if _KV in children:
         raise ValueError("/kv is served by the key-value API")
+    use_fast_request_line_parser()
     metrics = HTTPMetrics([*children, _KV, *NodeAPI.segments()])
     registry = node_registry(status.metrics, metrics)
     kv_resource = KeyValueResource(kv, clock)

@@ -47,9 +47,10 @@ every C{ping_interval} seconds and drops a connection that does not answer
 within C{ping_timeout}.  A browser may only connect from a page of the same
 origin (host and port) as the node.
 
-Layout: L{WatchHub} receives the store's changes, keeps the history and fans
-changes out to one L{WatchSession} per connection, which speaks the protocol
-above without any I/O; L{_WatchProtocol} is the thin Autobahn adapter, and
+Layout: L{WatchHub} receives the store's changes while anyone watches, asks
+the store for replays (the store keeps the history) and fans changes out to
+one L{WatchSession} per connection, which speaks the protocol above without
+any I/O; L{_WatchProtocol} is the thin Autobahn adapter, and
 L{_Outbox} applies the transport's flow control.
 """
 
@@ -106,26 +107,20 @@ class _Event:
     """
     One change as the watchers see it.
 
-    Its frame is built when first needed (see L{WatchHub.frame}), not when
-    the change arrives: every node receives every change, and most are never
-    sent to anyone.
+    Its frame is built when first needed, then shared by every connection.
 
     @ivar kind: C{"key"} (matched by C{watch}) or C{"file"} (by C{watch_files}).
     @ivar names: the client key, or the file path and, for a rename, the old
         path: a watch matches when one of them starts with its prefix.
-    @ivar size: the bytes the history counts for it: an estimate until the
-        frame is built, then the frame's length.
-    @ivar retained: whether the history holds it (and counts its C{size}).
     """
 
-    __slots__ = ("revision", "kind", "names", "size", "retained", "_change", "_frame")
+    __slots__ = ("revision", "kind", "names", "_change", "_frame")
 
     def __init__(
         self,
         revision: int,
         kind: str,
         names: tuple[str, ...],
-        size: int,
         change: Optional[Change] = None,
         frame: Optional[bytes] = None,
     ) -> None:
@@ -137,14 +132,8 @@ class _Event:
         self.revision = revision
         self.kind = kind
         self.names = names
-        self.size = size
-        self.retained = False
         self._change = change
         self._frame = frame
-
-    @property
-    def built(self) -> bool:
-        return self._frame is not None
 
     def frame(self) -> bytes:
         """
@@ -156,12 +145,6 @@ class _Event:
             self._frame = _frame(_key_message(self._change, self.revision))
             self._change = None
         return self._frame
-
-
-# What the frame of a put adds to its key, value and content type (the
-# header, field names, version and revision), rounded up; a deletion's
-# frame is smaller.
-_KEY_FRAME_OVERHEAD = 128
 
 
 def _frame(message: dict) -> bytes:
@@ -242,11 +225,7 @@ def _to_event(
     change = event.change
     namespace = keyspace.namespace_of(change.key)
     if namespace == keyspace.USER:
-        name = keyspace.name_of(change.key)
-        size = _KEY_FRAME_OVERHEAD + len(name)
-        if change.record is not None:
-            size += len(change.record.value) + len(change.record.content_type)
-        return _Event(event.revision, "key", (name,), size, change=change)
+        return _Event(event.revision, "key", (keyspace.name_of(change.key),), change=change)
     if namespace != keyspace.FILES:
         return None
     message = _file_message(event, file_event_for)
@@ -255,8 +234,7 @@ def _to_event(
     # The message is needed now for its paths, and file changes are few:
     # their frames are built at once.
     names = (message["path"],) + ((message["from"],) if "from" in message else ())
-    frame = _frame(message)
-    return _Event(event.revision, "file", names, len(frame), frame=frame)
+    return _Event(event.revision, "file", names, frame=_frame(message))
 
 
 def _no_file_events(change: Change) -> None:
@@ -281,8 +259,10 @@ def _load_file_event_for() -> FileEventFor:
 
 class WatchHub:
     """
-    The node's single subscriber to the store: keeps a bounded history of
-    recent changes and hands each new one to every open session.
+    The node's subscriber to the store while any connection watches: hands
+    each change to every session that watches, and asks the store for the
+    changes a resuming watch missed.  It keeps no history: the store does
+    (the partition leader, once for the whole cluster, in encoded form).
 
     Revisions only grow; a change whose revision is not above the last one
     seen is a duplicate and is dropped.
@@ -290,144 +270,112 @@ class WatchHub:
     @ivar revision: the revision of the newest change seen, 0 before any.
     """
 
-    def __init__(
-        self,
-        kv: IKeyValue,
-        history: int = 10000,
-        history_bytes: int = 64 * 1024 * 1024,
-        file_event_for: FileEventFor = _no_file_events,
-    ) -> None:
-        """
-        @param history: keep at most this many changes for C{since}.
-        @param history_bytes: ... and at most this many bytes of frames
-            (estimated from the change for frames not built yet).
-        """
+    def __init__(self, kv: IKeyValue, file_event_for: FileEventFor = _no_file_events) -> None:
         self._kv = kv
-        self._max_history = history
-        self._max_history_bytes = history_bytes
         self._file_event_for = file_event_for
-        self._history: deque[_Event] = deque()
-        self._history_bytes = 0
-        # Changes at or below this revision may be missing from the history;
-        # None until the first change arrives (nothing is known before).
-        self._floor: Optional[int] = None
-        # The newest revision seen in each term since the floor, oldest
-        # term first (revisions, and so their terms, only grow).
-        self._term_ends: dict[int, int] = {}
+        self._running = False
+        self._subscribed = False
+        # whether a change arrived since the hub subscribed: until then,
+        # where the stream starts is unknown
+        self.started = False
         self.revision = 0
-        self._sessions: set[WatchSession] = set()
+        # the sessions with at least one watch
+        self._watching: set[WatchSession] = set()
 
     def start(self) -> None:
         """
-        Start receiving the store's changes.
+        Start serving: the store's changes are received from the first
+        watch on.
         """
-        self._kv.subscribe(self._received)
+        self._running = True
+        self._update_subscription()
 
     def stop(self) -> None:
         """
-        Stop receiving the store's changes, and forget the history: the
-        changes missed until the next L{start} would leave a gap in it.
+        Stop receiving the store's changes.
         """
-        self._kv.unsubscribe(self._received)
-        self._forget()
-        self._floor = None
+        self._running = False
+        self._update_subscription()
 
-    def add(self, session: WatchSession) -> None:
-        self._sessions.add(session)
+    def watching(self, session: WatchSession, watches: bool) -> None:
+        """
+        C{session} now has watches, or none.
+        """
+        if watches:
+            self._watching.add(session)
+        else:
+            self._watching.discard(session)
+        self._update_subscription()
 
     def remove(self, session: WatchSession) -> None:
-        self._sessions.discard(session)
+        self.watching(session, False)
 
-    def since(self, revision: int) -> Optional[list[_Event]]:
+    def _update_subscription(self) -> None:
         """
-        The retained changes after C{revision}, oldest first.
-
-        A revision of an earlier term that is above the last one this node
-        saw in that term came from a node that received more of that term's
-        changes: the next leader may have announced those again under new
-        revisions, so a replay could repeat what the client has seen.
-
-        @return: the changes, or C{None} when some change after C{revision}
-            may no longer be retained (or was never seen by this node), or
-            the replay could repeat changes seen elsewhere.
+        Listen to the store exactly while running with a watch: a node
+        nobody watches decodes no change.
         """
-        if self._floor is None or revision < self._floor:
+        wanted = self._running and bool(self._watching)
+        if wanted and not self._subscribed:
+            self.started = False
+            self._kv.subscribe(self._received)
+        elif self._subscribed and not wanted:
+            self._kv.unsubscribe(self._received)
+        self._subscribed = wanted
+
+    def since(self, revision: int) -> Deferred[tuple[Optional[list[_Event]], Optional[int]]]:
+        """
+        The changes after C{revision} up to the newest delivered here,
+        oldest first, as the store still holds them.
+
+        @return: a Deferred firing with the changes, or C{None} when some
+            change after C{revision} is no longer held, or may be repeated;
+            and the revision after which the hub hands out every change
+            (C{None} until known).
+        """
+        return self._kv.replay(revision).addCallback(self._replayed)
+
+    def _replayed(
+        self, replayed: tuple[Optional[list[ChangeEvent]], Optional[int]]
+    ) -> tuple[Optional[list[_Event]], Optional[int]]:
+        changes, newest = replayed
+        if changes is None:
+            return None, newest
+        events = []
+        for change_event in changes:
+            event = self._event(change_event)
+            if event is not None:
+                events.append(event)
+        return events, newest
+
+    def _event(self, change_event: ChangeEvent) -> Optional[_Event]:
+        try:
+            return _to_event(change_event, self._file_event_for)
+        except Exception:
+            log.failure("Cannot announce {change!r}", change=change_event.change)
             return None
-        term = revision_term(revision)
-        if term < revision_term(self.revision) and revision > self._term_ends.get(term, -1):
-            return None
-        return [event for event in self._history if event.revision > revision]
 
     def _received(self, change_event: ChangeEvent) -> None:
         if change_event.revision <= self.revision:
             return
-        if self._floor is None or change_event.gap:
-            # The history starts with this change, which directly follows
-            # the one numbered before it: every change after that one is
-            # held.  After a gap (this node missed changes) every watcher
-            # must re-read.
-            self._forget()
-            self._floor = change_event.previous
-            self._term_ends[revision_term(self._floor)] = self._floor
-            if change_event.gap:
-                for session in list(self._sessions):
-                    session.missed(self._floor)
+        if not self.started:
+            # Every change after the one numbered before this one arrives.
+            self.started = True
+            for session in list(self._watching):
+                session.started(change_event.previous)
+        if change_event.gap:
+            # This node missed changes: every watcher must re-read.
+            for session in list(self._watching):
+                session.missed(change_event.previous)
         self.revision = change_event.revision
-        self._term_ends[revision_term(self.revision)] = self.revision
-        try:
-            event = _to_event(change_event, self._file_event_for)
-        except Exception:
-            log.failure("Cannot announce {change!r}", change=change_event.change)
-            return
+        event = self._event(change_event)
         if event is None:
             return
-        self._remember(event)
-        for session in list(self._sessions):
+        for session in list(self._watching):
             try:
                 session.deliver(event)
             except Exception:
                 log.failure("Cannot deliver a change to a watcher")
-
-    def frame(self, event: _Event) -> bytes:
-        """
-        The frame of C{event}, built on first need; the history then counts
-        its real length instead of the estimate.
-        """
-        if not event.built:
-            estimate, event.size = event.size, len(event.frame())
-            if event.retained:
-                self._history_bytes += event.size - estimate
-                self._trim()
-        return event.frame()
-
-    def _remember(self, event: _Event) -> None:
-        self._history.append(event)
-        event.retained = True
-        self._history_bytes += event.size
-        self._trim()
-
-    def _trim(self) -> None:
-        while self._history and (
-            len(self._history) > self._max_history
-            or self._history_bytes > self._max_history_bytes
-        ):
-            dropped = self._history.popleft()
-            dropped.retained = False
-            self._history_bytes -= dropped.size
-            self._floor = dropped.revision
-            floor_term = revision_term(self._floor)
-            while self._term_ends and next(iter(self._term_ends)) < floor_term:
-                del self._term_ends[next(iter(self._term_ends))]
-
-    def _forget(self) -> None:
-        """
-        Empty the history.
-        """
-        for event in self._history:
-            event.retained = False
-        self._history.clear()
-        self._history_bytes = 0
-        self._term_ends.clear()
 
 
 class _BadRequest(Exception):
@@ -463,20 +411,47 @@ class WatchSession:
     out through the C{send} callable.
 
     Each watch remembers the revision after which it covers changes, so that
-    a replay for a new watch skips changes already sent for another one.
+    a replay for a new watch skips changes already sent for another one
+    (C{None} until the hub's stream starts: it covers none yet).
+    While a replay is on its way, the session holds back everything else
+    (changes, the client's next frames) and handles it afterwards, in order.
     """
 
     def __init__(self, hub: WatchHub, send: Callable[[bytes], None], max_watches: int) -> None:
         self._hub = hub
         self._send = send
         self._max_watches = max_watches
-        self._watches: dict[str, dict[str, int]] = {"key": {}, "file": {}}
+        self._watches: dict[str, dict[str, Optional[int]]] = {"key": {}, "file": {}}
+        self._replaying = False
+        self._backlog: deque[tuple[Callable[[Any], None], Any]] = deque()
+
+    def _handle_in_order(self, handler: Callable[[Any], None], argument: Any) -> None:
+        if self._replaying:
+            self._backlog.append((handler, argument))
+        else:
+            handler(argument)
+
+    def started(self, previous: int) -> None:
+        """
+        The hub's stream starts after revision C{previous}: the watches made
+        before cover every change after it.
+        """
+        self._handle_in_order(self._started, previous)
+
+    def _started(self, previous: int) -> None:
+        for watches in self._watches.values():
+            for prefix, after in watches.items():
+                if after is None:
+                    watches[prefix] = previous
 
     def missed(self, revision: int) -> None:
         """
         The node missed changes up to C{revision}: tell the client to re-read
         (C{compacted}) rather than leave a silent gap.
         """
+        self._handle_in_order(self._missed, revision)
+
+    def _missed(self, revision: int) -> None:
         if any(self._watches.values()):
             self._reply({"type": "compacted", "revision": revision})
 
@@ -484,12 +459,15 @@ class WatchSession:
         """
         Send C{event} if any watch matches it.
         """
+        self._handle_in_order(self._deliver, event)
+
+    def _deliver(self, event: _Event) -> None:
         if self._covered(event):
-            self._send(self._hub.frame(event))
+            self._send(event.frame())
 
     def _covered(self, event: _Event) -> bool:
         for prefix, after in self._watches[event.kind].items():
-            if event.revision > after:
+            if after is not None and event.revision > after:
                 for name in event.names:
                     if name.startswith(prefix):
                         return True
@@ -499,8 +477,11 @@ class WatchSession:
         """
         Handle one frame from the client.
         """
+        self._handle_in_order(self._received, (payload, is_binary))
+
+    def _received(self, frame: tuple[bytes, bool]) -> None:
         try:
-            self._handle(self._parse(payload, is_binary))
+            self._handle(self._parse(*frame))
         except _BadRequest as error:
             self._reply({"type": "error", "message": str(error)})
 
@@ -529,6 +510,7 @@ class WatchSession:
             self._watch(op, prefix, message.get("since"))
         else:
             self._watches[op.kind].pop(prefix, None)
+            self._hub.watching(self, any(self._watches.values()))
             self._reply({"type": "unwatched", op.field: prefix, "revision": self._hub.revision})
 
     def _watch(self, op: _Op, prefix: str, since: object) -> None:
@@ -541,23 +523,66 @@ class WatchSession:
             raise _BadRequest(f"too many watches: at most {self._max_watches} per connection")
         current = self._hub.revision
         self._reply({"type": "watching", op.field: prefix, "revision": current})
-        after = current
-        if since is not None:
-            replay = self._hub.since(since)
-            if replay is None:
-                self._reply({"type": "compacted", "revision": current})
-            else:
-                for event in replay:
-                    if (
-                        event.kind == op.kind
-                        and any(name.startswith(prefix) for name in event.names)
-                        and not self._covered(event)
-                    ):
-                        self._send(self._hub.frame(event))
-                # A client ahead of this node (which lags behind the one it
-                # came from) must not get the changes up to since again.
-                after = since
-        watches[prefix] = min(after, watches.get(prefix, after))
+        # Listening before the replay is asked for: the replay then ends
+        # at the newest change the hub has handed out.
+        self._hub.watching(self, True)
+        if since is None:
+            self._start_watch(watches, prefix, current if self._hub.started else None)
+            return
+        self._replaying = True
+        self._hub.since(since).addCallback(self._replayed, op, prefix, since, current)
+
+    def _replayed(
+        self,
+        replayed: tuple[Optional[list[_Event]], Optional[int]],
+        op: _Op,
+        prefix: str,
+        since: int,
+        current: int,
+    ) -> None:
+        """
+        Send what a resuming watch missed, start it, then handle what was
+        held back meanwhile, except the changes the replay already sent.
+        """
+        replay, newest = replayed
+        watches = self._watches[op.kind]
+        sent: set[int] = set()
+        after: Optional[int]
+        if replay is None:
+            # The live stream goes on after the newest revision the store
+            # knows here: the client re-reads, then follows it.
+            after = newest if newest is not None else current if self._hub.started else None
+            self._reply({"type": "compacted", "revision": current if after is None else after})
+        else:
+            for event in replay:
+                if (
+                    event.kind == op.kind
+                    and any(name.startswith(prefix) for name in event.names)
+                    and not self._covered(event)
+                ):
+                    self._send(event.frame())
+                    sent.add(event.revision)
+            # A client ahead of this node (which lags behind the one it
+            # came from) must not get the changes up to since again.
+            after = since
+        self._start_watch(watches, prefix, after)
+        self._replaying = False
+        while self._backlog and not self._replaying:
+            handler, argument = self._backlog.popleft()
+            if handler == self._deliver and argument.revision in sent:
+                continue
+            handler(argument)
+
+    @staticmethod
+    def _start_watch(watches: dict[str, Optional[int]], prefix: str, after: Optional[int]) -> None:
+        """
+        Watch C{prefix} from C{after} on, or from earlier if it already was.
+        """
+        if prefix not in watches:
+            watches[prefix] = after
+            return
+        known = [a for a in (after, watches[prefix]) if a is not None]
+        watches[prefix] = min(known) if known else None
 
     def _reply(self, message: dict) -> None:
         self._send(_frame(message))
@@ -725,7 +750,6 @@ class _WatchFactory(WebSocketServerFactory):
 
     def opened(self, protocol: _WatchProtocol, session: WatchSession) -> None:
         self._open[protocol] = Deferred()
-        self.hub.add(session)
 
     def closed(self, protocol: _WatchProtocol, session: WatchSession) -> None:
         self.hub.remove(session)
@@ -780,8 +804,6 @@ def build_ws_resource(
     kv: IKeyValue,
     *,
     clock: IReactorTime,
-    history: int = 10000,
-    history_bytes: int = 64 * 1024 * 1024,
     max_queue: int = 10000,
     max_queue_bytes: int = 16 * 1024 * 1024,
     max_watches: int = 100,
@@ -794,7 +816,6 @@ def build_ws_resource(
     Build the C{/ws} endpoint over C{kv}.
 
     @param clock: drives handshake, close and keep-alive timeouts.
-    @param history: changes kept for C{since}; see also C{history_bytes}.
     @param max_queue: frames that may wait for a slow client before it is
         disconnected; see also C{max_queue_bytes}.
     @param max_watches: watches per connection.
@@ -810,7 +831,7 @@ def build_ws_resource(
     """
     if file_event_for is None:
         file_event_for = _load_file_event_for()
-    hub = WatchHub(kv, history, history_bytes, file_event_for)
+    hub = WatchHub(kv, file_event_for)
     factory = _WatchFactory(hub, clock, max_queue, max_queue_bytes, max_watches)
     factory.setProtocolOptions(
         autoPingInterval=ping_interval,

@@ -63,7 +63,7 @@ from twisted.python.failure import Failure
 from twisted_kv.core.consensus import DurableState
 from twisted_kv.core.replica import Replica
 from twisted_kv.errors import DiskFull, LogFailed, StorageCorrupt
-from twisted_kv.storage.committer import GroupCommitter, RunInThread
+from twisted_kv.storage.committer import CommitCounts, GroupCommitter, RunInThread
 from twisted_kv.storage.fs import IFileSystem
 from twisted_kv.storage.recovery import Storage
 from twisted_kv.wire import codec
@@ -264,6 +264,13 @@ class NodeDisk:
         more (until a restart reads back what is there).
         """
         return self._committer.failed
+
+    @property
+    def counts(self) -> CommitCounts:
+        """
+        The commits, syncs and records of the log since the node started.
+        """
+        return self._committer.counts
 
     def refusal(self) -> Optional[Exception]:
         """

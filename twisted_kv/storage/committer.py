@@ -24,7 +24,8 @@ order with the commits, so that only one thread ever uses the log.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, TypeVar, Union
+from collections import deque
+from typing import Any, Callable, Deque, Optional, TypeVar, Union
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, fail
@@ -62,6 +63,24 @@ class _Exclusive:
 
 
 @define
+class CommitCounts:
+    """
+    What a L{GroupCommitter} did since it started, for the metrics.
+
+    @ivar commits: commits run (each one write of a batch).
+    @ivar syncs: commits that synced, and syncs on their own.
+    @ivar records: records the commits carried.
+    @ivar seconds: how long commits were in flight, in all: from the
+        hand-off to the thread until the reactor heard back.
+    """
+
+    commits: int = 0
+    syncs: int = 0
+    records: int = 0
+    seconds: float = 0.0
+
+
+@define
 class GroupCommitter:
     """
     Appends records to C{log} in groups, firing one Deferred per record.
@@ -79,7 +98,7 @@ class GroupCommitter:
     run_in_thread: RunInThread
     clock: IReactorTime
     # Appends and exclusive work not started yet, in call order.
-    _queue: list[Union[_Append, _Exclusive]] = field(factory=list, init=False)
+    _queue: Deque[Union[_Append, _Exclusive]] = field(factory=deque, init=False)
     _flush_call: Optional[IDelayedCall] = field(default=None, init=False)
     _sync_call: Optional[IDelayedCall] = field(default=None, init=False)
     _in_flight: bool = field(default=False, init=False)
@@ -90,6 +109,7 @@ class GroupCommitter:
     _failure: Optional[Failure] = field(default=None, init=False)
     # While L{stop} waits, every commit syncs.
     _stopping: list["Deferred[None]"] = field(factory=list, init=False)
+    counts: CommitCounts = field(factory=CommitCounts, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -150,34 +170,47 @@ class GroupCommitter:
         thread.
         """
         batch = []
-        while self._queue and isinstance(self._queue[0], _Append):
-            item = self._queue.pop(0)
+        queue = self._queue
+        while queue and isinstance(queue[0], _Append):
+            item = queue.popleft()
             assert isinstance(item, _Append)
             self.log.append(item.record_type, item.payload)
             batch.append(item.done)
         sync = self.policy == "always" or self._sync_wanted or bool(self._stopping)
+        self.counts.commits += 1
+        self.counts.records += len(batch)
         self._run(lambda: self.log.commit(sync), batch, sync)
 
     def _run(self, work: Callable[[], Any], batch: list["Deferred[Any]"], sync: bool) -> None:
         self._in_flight = True
+        self.counts.syncs += sync
         self.run_in_thread(work).addCallbacks(
             self._committed,
             self._commit_failed,
-            callbackArgs=(batch, sync),
+            callbackArgs=(batch, sync, self.clock.seconds()),
             errbackArgs=(batch,),
         )
 
-    def _committed(self, result: Any, batch: list["Deferred[Any]"], sync: bool) -> None:
+    def _committed(
+        self, result: Any, batch: list["Deferred[Any]"], sync: bool, started: float
+    ) -> None:
         self._in_flight = False
+        self.counts.seconds += self.clock.seconds() - started
         if sync:
             self._unsynced = self._sync_wanted = False
         elif batch:
             self._unsynced = True
             if self.policy == "everysec" and self._sync_call is None and not self._stopping:
                 self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync_due)
+        if self._queue:
+            # The next batch goes to the disk before this one is answered:
+            # answering can keep the reactor busy for a while, and the disk
+            # would idle meanwhile.
+            self._next()
         for done in batch:
             done.callback(result)
-        self._next()
+        if not self._in_flight:
+            self._next()
 
     def _commit_failed(self, failure: Failure, batch: list["Deferred[Any]"]) -> None:
         self._in_flight = False
@@ -185,7 +218,7 @@ class GroupCommitter:
             done.errback(failure)
         if failure.check(LogFailed) or self.log.failed:
             self._fail(failure)
-        else:
+        elif not self._in_flight:
             self._next()
 
     def _sync_due(self) -> None:
@@ -204,11 +237,14 @@ class GroupCommitter:
         queue, or the sync that is due; or tell L{stop} that everything is
         done.
         """
-        self._flush_call = None
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
         if self._queue:
             head = self._queue[0]
             if isinstance(head, _Exclusive):
-                self._queue.pop(0)
+                self._queue.popleft()
                 # Syncs as it likes; say nothing about what is unsynced.
                 self._run(head.work, [head.done], False)
             else:
@@ -227,7 +263,7 @@ class GroupCommitter:
             if call is not None and call.active():
                 call.cancel()
         self._flush_call = self._sync_call = None
-        queue, self._queue = self._queue, []
+        queue, self._queue = self._queue, deque()
         for item in queue:
             item.done.errback(failure)
         stopping, self._stopping = self._stopping, []

@@ -69,28 +69,54 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(setup.recovered(), [b"%d" % i for i in range(10)])
         self.assertEqual(setup.clock.getDelayedCalls(), [])
 
-    def test_one_in_flight(self) -> None:
+    def test_pipeline(self) -> None:
         """
-        While a commit is in flight, appends collect; they go out in one
-        commit as soon as it is done, and fire only then.
+        While a commit is in flight, the appends of the next turn are handed
+        out at once, to follow it; appends after that collect until the
+        first is done.  No append fires before the sync of its own commit.
         """
         runner = HeldRunner()
         setup = _Setup(runner=runner)
         first = setup.committer.append(1, b"a")
         setup.clock.advance(0)
-        self.assertEqual(len(runner.held), 1)
-        later = [setup.committer.append(1, b"b"), setup.committer.append(1, b"c")]
+        second = setup.committer.append(1, b"b")
         setup.clock.advance(0)
-        self.assertEqual(len(runner.held), 1)
+        self.assertEqual(len(runner.held), 2)
+        third = [setup.committer.append(1, b"c"), setup.committer.append(1, b"d")]
+        setup.clock.advance(0)
+        self.assertEqual(len(runner.held), 2)
         runner.release()
         self.successResultOf(first)
-        self.assertNoResult(later[0])
-        self.assertEqual(len(runner.held), 1)
+        self.assertEqual(setup.syncs.seen, 1)
+        self.assertNoResult(second)
+        self.assertEqual(len(runner.held), 2)
         runner.release()
-        for result in later:
+        self.successResultOf(second)
+        for result in third:
+            self.assertNoResult(result)
+        runner.release()
+        for result in third:
             self.successResultOf(result)
-        self.assertEqual((setup.writes.seen, setup.syncs.seen), (2, 2))
+        self.assertEqual((setup.writes.seen, setup.syncs.seen), (3, 3))
+        self.assertEqual(setup.recovered(), [b"a", b"b", b"c", b"d"])
         self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_counts(self) -> None:
+        """
+        The committer counts its commits, syncs and records, and how long
+        commits were in flight.
+        """
+        runner = HeldRunner()
+        setup = _Setup(runner=runner)
+        for payload in (b"a", b"b", b"c"):
+            setup.committer.append(1, payload)
+        setup.clock.advance(0)
+        setup.clock.advance(0.25)
+        runner.release()
+        counts = setup.committer.counts
+        self.assertEqual(
+            (counts.commits, counts.syncs, counts.records, counts.seconds), (1, 1, 3, 0.25)
+        )
 
     def test_bad_record(self) -> None:
         """
@@ -213,6 +239,49 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(setup.clock.getDelayedCalls(), [])
 
 
+    def test_sync_fails_in_pipeline(self) -> None:
+        """
+        A failed sync fails at once the commit handed out behind it, whose
+        thread has yet to run, and that commit's outcome, once its thread
+        runs, changes nothing.
+        """
+        runner = HeldRunner()
+        setup = _Setup(runner=runner)
+        setup.fs.inject(Fault("sync", errno.EIO))
+        first = setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        second = setup.committer.append(1, b"b")
+        setup.clock.advance(0)
+        self.assertEqual(len(runner.held), 2)
+        runner.release()
+        self.failureResultOf(first, LogFailed)
+        self.failureResultOf(second, LogFailed)
+        runner.release()
+        self.assertEqual(setup.writes.seen, 1)
+        self.assertEqual(runner.held, [])
+        self.failureResultOf(setup.committer.append(1, b"c"), LogFailed)
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_write_fails_in_pipeline(self) -> None:
+        """
+        A failed write fails its own commit only: the commit behind it
+        writes after the file was cut back, and is acknowledged.
+        """
+        runner = HeldRunner()
+        setup = _Setup(runner=runner)
+        setup.fs.inject(Fault("write", errno.ENOSPC))
+        first = setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        second = setup.committer.append(1, b"b")
+        setup.clock.advance(0)
+        runner.release()
+        self.failureResultOf(first, DiskFull)
+        self.assertNoResult(second)
+        runner.release()
+        self.successResultOf(second)
+        self.assertEqual(setup.recovered(), [b"b"])
+
+
 class PolicyTests(SynchronousTestCase):
     """
     C{never} and C{everysec} acknowledge after the write.
@@ -326,3 +395,44 @@ class ThreadTests(TestCase):
             again.close()
 
         return gatherResults(results).addCallback(check)
+
+    def test_pipelined_threads(self) -> Deferred[None]:
+        """
+        With commits handed to a pool of several threads, the log still
+        takes them in the order they were made, and each append fires only
+        once its record is on disk, in order.
+        """
+        fs = OSFileSystem()
+        directory = self.mktemp()
+        log = Log(fs, directory)
+        list(log.replay())
+        self.addCleanup(log.close)
+        threaded: Any = reactor
+        committer = GroupCommitter(
+            log, "always", partial(deferToThreadPool, threaded, threaded.getThreadPool()), threaded
+        )
+        payloads = [b"%d" % i for i in range(200)]
+        fired: list[bytes] = []
+        results = []
+
+        def append(index: int) -> None:
+            for payload in payloads[index : index + 10]:
+                results.append(committer.append(1, payload).addCallback(
+                    lambda _, payload=payload: fired.append(payload)
+                ))
+            if index + 10 < len(payloads):
+                threaded.callLater(0, append, index + 10)
+            else:
+                gatherResults(results).chainDeferred(done)
+
+        done: Deferred[list[None]] = Deferred()
+        append(0)
+
+        def check(_: object) -> None:
+            self.assertEqual(fired, payloads)
+            self.assertGreater(committer.counts.commits, 1)
+            again = Log(fs, directory)
+            self.assertEqual([payload for _, payload in again.replay()], payloads)
+            again.close()
+
+        return done.addCallback(check)

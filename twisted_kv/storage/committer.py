@@ -24,6 +24,7 @@ order with the commits, so that only one thread ever uses the log.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import Any, Callable, Deque, Optional, TypeVar, Union
 
@@ -33,7 +34,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from twisted_kv.errors import LogFailed
-from twisted_kv.storage.log import Log, check_record
+from twisted_kv.storage.log import Log, encode_record
 
 T = TypeVar("T")
 
@@ -49,10 +50,15 @@ POLICIES = ("always", "everysec", "never")
 SYNC_INTERVAL = 1.0
 
 
+# How many commits may be in flight at once: one syncing, and the next one
+# waiting in its thread to follow at once, so that the disk never waits for
+# the reactor to hear of one commit before the next starts.
+PIPELINE = 2
+
+
 @frozen
 class _Append:
-    record_type: int
-    payload: bytes
+    record: bytes
     done: "Deferred[None]"
 
 
@@ -60,6 +66,24 @@ class _Append:
 class _Exclusive:
     work: Callable[[], Any]
     done: "Deferred[Any]"
+
+
+_PENDING = object()
+
+
+@define
+class _Commit:
+    """
+    Work handed to a thread: a batch of appends, a sync or exclusive work.
+
+    @ivar outcome: its result or L{Failure} once the thread is done, until
+        then L{_PENDING}.
+    """
+
+    batch: list["Deferred[Any]"]
+    sync: bool
+    started: float
+    outcome: Any = _PENDING
 
 
 @define
@@ -101,7 +125,15 @@ class GroupCommitter:
     _queue: Deque[Union[_Append, _Exclusive]] = field(factory=deque, init=False)
     _flush_call: Optional[IDelayedCall] = field(default=None, init=False)
     _sync_call: Optional[IDelayedCall] = field(default=None, init=False)
-    _in_flight: bool = field(default=False, init=False)
+    # Work handed to threads, oldest first, until the reactor hears back.
+    _in_flight: Deque[_Commit] = field(factory=deque, init=False)
+    # Threads run the work in the order it was handed out: each waits for
+    # the ticket before its own to be done.
+    _tickets: int = field(default=0, init=False)
+    _done_ticket: int = field(default=-1, init=False)
+    _turn: threading.Condition = field(factory=threading.Condition, init=False)
+    # Commits done are being answered (see L{_done}).
+    _answering: bool = field(default=False, init=False)
     # Records were written and not synced since.
     _unsynced: bool = field(default=False, init=False)
     # The next commit syncs (the everysec timer fired).
@@ -132,11 +164,11 @@ class GroupCommitter:
         if self._failure is not None:
             return fail(self._failure)
         try:
-            check_record(record_type, payload)
+            record = encode_record(record_type, payload)
         except ValueError:
             return fail()
         done: Deferred[None] = Deferred()
-        self._enqueue(_Append(record_type, payload, done))
+        self._enqueue(_Append(record, done))
         return done
 
     def exclusive(self, work: Callable[[], T]) -> "Deferred[T]":
@@ -161,7 +193,7 @@ class GroupCommitter:
 
     def _enqueue(self, item: Union[_Append, _Exclusive]) -> None:
         self._queue.append(item)
-        if not self._in_flight and self._flush_call is None:
+        if self._flush_call is None and len(self._in_flight) < PIPELINE:
             self._flush_call = self.clock.callLater(0, self._next)
 
     def _flush(self) -> None:
@@ -170,55 +202,83 @@ class GroupCommitter:
         thread.
         """
         batch = []
+        records = []
         queue = self._queue
         while queue and isinstance(queue[0], _Append):
             item = queue.popleft()
             assert isinstance(item, _Append)
-            self.log.append(item.record_type, item.payload)
+            records.append(item.record)
             batch.append(item.done)
         sync = self.policy == "always" or self._sync_wanted or bool(self._stopping)
+        data = b"".join(records)
         self.counts.commits += 1
         self.counts.records += len(batch)
-        self._run(lambda: self.log.commit(sync), batch, sync)
+        self._start(lambda: self.log.write(data, sync), batch, sync)
 
-    def _run(self, work: Callable[[], Any], batch: list["Deferred[Any]"], sync: bool) -> None:
-        self._in_flight = True
+    def _start(self, work: Callable[[], Any], batch: list["Deferred[Any]"], sync: bool) -> None:
+        """
+        Hand C{work} to a thread, to run once the work handed out before it
+        is done.
+        """
+        commit = _Commit(batch, sync, self.clock.seconds())
+        self._in_flight.append(commit)
         self.counts.syncs += sync
-        self.run_in_thread(work).addCallbacks(
-            self._committed,
-            self._commit_failed,
-            callbackArgs=(batch, sync, self.clock.seconds()),
-            errbackArgs=(batch,),
-        )
+        ticket = self._tickets
+        self._tickets += 1
+        self.run_in_thread(lambda: self._in_turn(ticket, work)).addBoth(self._done, commit)
 
-    def _committed(
-        self, result: Any, batch: list["Deferred[Any]"], sync: bool, started: float
-    ) -> None:
-        self._in_flight = False
-        self.counts.seconds += self.clock.seconds() - started
-        if sync:
-            self._unsynced = self._sync_wanted = False
-        elif batch:
-            self._unsynced = True
-            if self.policy == "everysec" and self._sync_call is None and not self._stopping:
-                self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync_due)
-        if self._queue:
-            # The next batch goes to the disk before this one is answered:
-            # answering can keep the reactor busy for a while, and the disk
-            # would idle meanwhile.
-            self._next()
-        for done in batch:
-            done.callback(result)
-        if not self._in_flight:
-            self._next()
+    def _in_turn(self, ticket: int, work: Callable[[], T]) -> T:
+        """
+        In a thread: run C{work} once the work of the previous ticket is
+        done, so that the log sees commits in the order they were made.
+        """
+        with self._turn:
+            self._turn.wait_for(lambda: self._done_ticket == ticket - 1)
+        try:
+            return work()
+        finally:
+            with self._turn:
+                self._done_ticket = ticket
+                self._turn.notify_all()
 
-    def _commit_failed(self, failure: Failure, batch: list["Deferred[Any]"]) -> None:
-        self._in_flight = False
-        for done in batch:
-            done.errback(failure)
-        if failure.check(LogFailed) or self.log.failed:
-            self._fail(failure)
-        elif not self._in_flight:
+    def _done(self, outcome: Any, commit: _Commit) -> None:
+        """
+        Back in the reactor: answer the commits done, in the order they
+        were made, each after starting what comes next (answering can keep
+        the reactor busy for a while, and the disk would idle meanwhile).
+        """
+        commit.outcome = outcome
+        if self._answering:
+            # A thread that runs work at once (tests) ended it while the
+            # commits before are answered: it is answered after them.
+            return
+        self._answering = True
+        try:
+            in_flight = self._in_flight
+            while in_flight and in_flight[0].outcome is not _PENDING:
+                done = in_flight.popleft()
+                self.counts.seconds += self.clock.seconds() - done.started
+                outcome = done.outcome
+                if isinstance(outcome, Failure):
+                    if self._failure is None and (outcome.check(LogFailed) or self.log.failed):
+                        self._fail(outcome)
+                elif done.sync:
+                    self._unsynced = self._sync_wanted = False
+                elif done.batch:
+                    self._unsynced = True
+                    if self.policy == "everysec" and self._sync_call is None and not self._stopping:
+                        self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync_due)
+                if self._failure is None:
+                    self._next()
+                batch, done.batch = done.batch, []
+                for waiting in batch:
+                    if isinstance(outcome, Failure):
+                        waiting.errback(outcome)
+                    else:
+                        waiting.callback(outcome)
+        finally:
+            self._answering = False
+        if self._failure is None:
             self._next()
 
     def _sync_due(self) -> None:
@@ -233,24 +293,31 @@ class GroupCommitter:
 
     def _next(self) -> None:
         """
-        Start what comes next: the appends or the work at the head of the
-        queue, or the sync that is due; or tell L{stop} that everything is
-        done.
+        Start what comes next, as far as the pipeline allows: the appends
+        at the head of the queue, or the exclusive work there once nothing
+        else is in flight; or, once everything is done, the sync that is
+        due, or tell L{stop} that everything is done.
         """
         if self._flush_call is not None:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
-        if self._queue:
-            head = self._queue[0]
-            if isinstance(head, _Exclusive):
-                self._queue.popleft()
-                # Syncs as it likes; say nothing about what is unsynced.
-                self._run(head.work, [head.done], False)
-            else:
+        queue = self._queue
+        while queue and len(self._in_flight) < PIPELINE:
+            head = queue[0]
+            if isinstance(head, _Append):
                 self._flush()
-        elif (self._sync_wanted or self._stopping) and self._unsynced:
-            self._run(self.log.sync, [], True)
+            elif self._in_flight:
+                return
+            else:
+                # Runs alone, and syncs as it likes: say nothing about
+                # what is unsynced.
+                queue.popleft()
+                self._start(head.work, [head.done], False)
+        if queue or self._in_flight:
+            return
+        if (self._sync_wanted or self._stopping) and self._unsynced:
+            self._start(self.log.sync, [], True)
         else:
             self._sync_wanted = False
             stopping, self._stopping = self._stopping, []
@@ -258,7 +325,16 @@ class GroupCommitter:
                 done.callback(None)
 
     def _fail(self, failure: Failure) -> None:
+        """
+        The log failed: fail everything waiting, in flight included (what
+        a thread has yet to run fails there too, and is not answered
+        again).
+        """
         self._failure = failure
+        for commit in self._in_flight:
+            batch, commit.batch = commit.batch, []
+            for done in batch:
+                done.errback(failure)
         for call in (self._flush_call, self._sync_call):
             if call is not None and call.active():
                 call.cancel()

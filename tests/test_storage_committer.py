@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted_kv.errors import DiskFull, LogFailed
-from twisted_kv.storage.committer import SYNC_INTERVAL, GroupCommitter, RunInThread
+from twisted_kv.storage.committer import LAZY_WAIT, SYNC_INTERVAL, GroupCommitter, RunInThread
 from twisted_kv.storage.fs import OSFileSystem
 from twisted_kv.storage.log import Log
 from twisted_kv.storage.testing import CrashableFileSystem, Fault, HeldRunner, run_now
@@ -99,6 +99,41 @@ class GroupCommitTests(SynchronousTestCase):
             self.successResultOf(result)
         self.assertEqual((setup.writes.seen, setup.syncs.seen), (3, 3))
         self.assertEqual(setup.recovered(), [b"a", b"b", b"c", b"d"])
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_lazy_goes_with_the_next_commit(self) -> None:
+        """
+        A lazy record starts no commit: it goes out, in order, with the
+        next record that does, in one write and one sync.
+        """
+        setup = _Setup()
+        lazy = setup.committer.append(1, b"lazy", lazy=True)
+        setup.clock.advance(0)
+        self.assertNoResult(lazy)
+        self.assertEqual(setup.writes.seen, 0)
+        urgent = setup.committer.append(1, b"urgent")
+        setup.clock.advance(0)
+        self.successResultOf(lazy)
+        self.successResultOf(urgent)
+        self.assertEqual((setup.writes.seen, setup.syncs.seen), (1, 1))
+        self.assertEqual(setup.recovered(), [b"lazy", b"urgent"])
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_lazy_waits_a_while(self) -> None:
+        """
+        Alone, a lazy record goes out after L{LAZY_WAIT} seconds, or at
+        L{GroupCommitter.stop} if that comes first.
+        """
+        setup = _Setup()
+        waited = setup.committer.append(1, b"a", lazy=True)
+        setup.clock.advance(LAZY_WAIT - 0.01)
+        self.assertNoResult(waited)
+        setup.clock.advance(0.01)
+        self.successResultOf(waited)
+        stopped = setup.committer.append(1, b"b", lazy=True)
+        self.successResultOf(setup.committer.stop())
+        self.successResultOf(stopped)
+        self.assertEqual(setup.recovered(), [b"a", b"b"])
         self.assertEqual(setup.clock.getDelayedCalls(), [])
 
     def test_counts(self) -> None:

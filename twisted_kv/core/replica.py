@@ -878,10 +878,12 @@ class Replica:
 
     def restore_keys(self, records: list) -> None:
         """
-        Take in a chunk of the store L{export_state} gave.
+        Take in a chunk of the store L{export_state} gave, straight from
+        its encoded form (a recovery does this for every key it holds).
         """
-        for key, record in decode_records(records):
-            self._apply_change(Change("put", key, record.version, record))
+        apply = self._apply_change
+        for key, value, content_type, version, expires_at in records:
+            apply(Change("put", key, version, Record(value, content_type, version, expires_at)))
 
     def forget(self) -> None:
         """

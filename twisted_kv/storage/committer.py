@@ -50,6 +50,12 @@ POLICIES = ("always", "everysec", "never")
 SYNC_INTERVAL = 1.0
 
 
+# How long, at most, a lazy record waits for a commit to go out with: under
+# load the next request's records come within milliseconds, and a node that
+# crashes rarely comes back with its latest writes still to be committed
+# again.
+LAZY_WAIT = 0.1
+
 # How many commits may be in flight at once: one syncing, and the next one
 # waiting in its thread to follow at once, so that the disk never waits for
 # the reactor to hear of one commit before the next starts.
@@ -60,6 +66,9 @@ PIPELINE = 2
 class _Append:
     record: bytes
     done: "Deferred[None]"
+    # Nothing waits for it: it goes out with the next commit (see
+    # GroupCommitter.append).
+    lazy: bool = False
 
 
 @frozen
@@ -125,6 +134,11 @@ class GroupCommitter:
     _queue: Deque[Union[_Append, _Exclusive]] = field(factory=deque, init=False)
     _flush_call: Optional[IDelayedCall] = field(default=None, init=False)
     _sync_call: Optional[IDelayedCall] = field(default=None, init=False)
+    _lazy_call: Optional[IDelayedCall] = field(default=None, init=False)
+    # How many of the queued items are not lazy: only they start a commit.
+    _urgent: int = field(default=0, init=False)
+    # The lazy records waited long enough: the next commit takes them.
+    _lazy_due: bool = field(default=False, init=False)
     # Work handed to threads, oldest first, until the reactor hears back.
     _in_flight: Deque[_Commit] = field(factory=deque, init=False)
     # Threads run the work in the order it was handed out: each waits for
@@ -147,10 +161,15 @@ class GroupCommitter:
         if self.policy not in POLICIES:
             raise ValueError(f"fsync policy {self.policy!r} is not one of {POLICIES}")
 
-    def append(self, record_type: int, payload: bytes) -> "Deferred[None]":
+    def append(self, record_type: int, payload: bytes, lazy: bool = False) -> "Deferred[None]":
         """
         Append a record, to go out with everything else appended in this
         reactor turn.
+
+        @param lazy: nothing waits for this record, and losing it in a
+            crash is harmless: it does not start a commit of its own, but
+            goes out with the next one (within L{LAZY_WAIT} seconds, or at
+            L{stop}), so that it costs no sync.
 
         @return: a Deferred that fires with L{None} once the record is as
             durable as the policy asks, or fails, in which case the record
@@ -168,8 +187,19 @@ class GroupCommitter:
         except ValueError:
             return fail()
         done: Deferred[None] = Deferred()
-        self._enqueue(_Append(record, done))
+        if lazy:
+            self._queue.append(_Append(record, done, lazy=True))
+            if self._lazy_call is None:
+                self._lazy_call = self.clock.callLater(LAZY_WAIT, self._lazy_waited)
+        else:
+            self._enqueue(_Append(record, done))
         return done
+
+    def _lazy_waited(self) -> None:
+        self._lazy_call = None
+        self._lazy_due = True
+        if self._flush_call is None and len(self._in_flight) < PIPELINE:
+            self._next()
 
     def exclusive(self, work: Callable[[], T]) -> "Deferred[T]":
         """
@@ -193,6 +223,7 @@ class GroupCommitter:
 
     def _enqueue(self, item: Union[_Append, _Exclusive]) -> None:
         self._queue.append(item)
+        self._urgent += 1
         if self._flush_call is None and len(self._in_flight) < PIPELINE:
             self._flush_call = self.clock.callLater(0, self._next)
 
@@ -209,6 +240,11 @@ class GroupCommitter:
             assert isinstance(item, _Append)
             records.append(item.record)
             batch.append(item.done)
+            self._urgent -= not item.lazy
+        self._lazy_due = False
+        if self._lazy_call is not None and not any(isinstance(i, _Append) for i in queue):
+            self._lazy_call.cancel()
+            self._lazy_call = None
         sync = self.policy == "always" or self._sync_wanted or bool(self._stopping)
         data = b"".join(records)
         self.counts.commits += 1
@@ -303,7 +339,7 @@ class GroupCommitter:
                 self._flush_call.cancel()
             self._flush_call = None
         queue = self._queue
-        while queue and len(self._in_flight) < PIPELINE:
+        while queue and len(self._in_flight) < PIPELINE and self._wants_commit():
             head = queue[0]
             if isinstance(head, _Append):
                 self._flush()
@@ -313,8 +349,9 @@ class GroupCommitter:
                 # Runs alone, and syncs as it likes: say nothing about
                 # what is unsynced.
                 queue.popleft()
+                self._urgent -= 1
                 self._start(head.work, [head.done], False)
-        if queue or self._in_flight:
+        if self._in_flight or (queue and self._wants_commit()):
             return
         if (self._sync_wanted or self._stopping) and self._unsynced:
             self._start(self.log.sync, [], True)
@@ -324,6 +361,14 @@ class GroupCommitter:
             for done in stopping:
                 done.callback(None)
 
+    def _wants_commit(self) -> bool:
+        """
+        Whether what is queued should go out now: something waits for it,
+        or only lazy records are queued and they waited long enough, or
+        L{stop} waits.
+        """
+        return bool(self._urgent or self._lazy_due or self._stopping)
+
     def _fail(self, failure: Failure) -> None:
         """
         The log failed: fail everything waiting, in flight included (what
@@ -331,14 +376,15 @@ class GroupCommitter:
         again).
         """
         self._failure = failure
+        self._urgent = 0
         for commit in self._in_flight:
             batch, commit.batch = commit.batch, []
             for done in batch:
                 done.errback(failure)
-        for call in (self._flush_call, self._sync_call):
+        for call in (self._flush_call, self._sync_call, self._lazy_call):
             if call is not None and call.active():
                 call.cancel()
-        self._flush_call = self._sync_call = None
+        self._flush_call = self._sync_call = self._lazy_call = None
         queue, self._queue = self._queue, deque()
         for item in queue:
             item.done.errback(failure)
@@ -364,10 +410,10 @@ class GroupCommitter:
         """
         if self._failure is not None:
             return fail(self._failure)
-        for call in (self._flush_call, self._sync_call):
+        for call in (self._flush_call, self._sync_call, self._lazy_call):
             if call is not None and call.active():
                 call.cancel()
-        self._flush_call = self._sync_call = None
+        self._flush_call = self._sync_call = self._lazy_call = None
         done: Deferred[None] = Deferred()
         self._stopping.append(done)
         if not self._in_flight:

@@ -881,9 +881,13 @@ class Replica:
         Take in a chunk of the store L{export_state} gave, straight from
         its encoded form (a recovery does this for every key it holds).
         """
-        apply = self._apply_change
+        add, toggle = self.store.add, self.digest.toggle
         for key, value, content_type, version, expires_at in records:
-            apply(Change("put", key, version, Record(value, content_type, version, expires_at)))
+            record = Record(value, content_type, version, expires_at)
+            if add(key, record):
+                toggle(key, record)
+            else:
+                self._apply_change(Change("put", key, version, record))
 
     def forget(self) -> None:
         """

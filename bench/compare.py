@@ -561,7 +561,8 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("--no-durability", action="store_true",
                         help="with --durable, skip bench/durability.py")
     parser.add_argument("--profile", action="store_true",
-                        help="profile the nodes under wrk load instead of comparing")
+                        help="profile the nodes under wrk load instead of comparing "
+                             "(with --durable: their data on disk, with --fsync)")
     parser.add_argument("--profiler", choices=["cpuprof", "py-spy"], default="cpuprof")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--profile-top", type=int, default=15)

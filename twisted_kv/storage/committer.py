@@ -4,10 +4,13 @@ Group commit of a L{Log} off the reactor thread.
 
 Records appended during one reactor turn go out together, in one write and
 (with C{fsync = always}) one sync, run in a thread so the reactor keeps
-serving meanwhile.  One commit is in flight at a time; what is appended
-during it collects into the next batch, so under load batches grow and the
-number of syncs per second stays bounded by the disk's latency rather than
-by the request rate.
+serving meanwhile.  Commits are pipelined: while one syncs, the next is
+already in its thread, waiting for it; it takes its records when it starts
+(everything appended by then), so it follows at once, without waiting for
+the reactor to hear that the first is done, and under load batches grow
+with the disk's latency, and the number of syncs per second stays bounded
+by it rather than by the request rate.  Threads run commits in the order
+they were made (by ticket), and the reactor answers them in that order.
 
 Each append's Deferred fires once its record is as durable as the policy
 asks:
@@ -42,7 +45,9 @@ RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 """
 Runs a function in a thread and fires with its result: production passes
 C{functools.partial(threads.deferToThreadPool, reactor, pool)}, tests a
-function that runs it at once.
+function that runs it at once, or later.  Work given later must never have
+to finish before work given earlier starts (the committer's commits wait
+for each other in their threads).
 """
 
 POLICIES = ("always", "everysec", "never")
@@ -57,8 +62,8 @@ SYNC_INTERVAL = 1.0
 LAZY_WAIT = 0.1
 
 # How many commits may be in flight at once: one syncing, and the next one
-# waiting in its thread to follow at once, so that the disk never waits for
-# the reactor to hear of one commit before the next starts.
+# waiting in its thread to follow at once (a third would only split the
+# second's batch).
 PIPELINE = 2
 
 
@@ -89,7 +94,7 @@ class _Commit:
         then L{_PENDING}.
     """
 
-    batch: list["Deferred[Any]"]
+    batch: Optional[list["Deferred[Any]"]]
     sync: bool
     started: float
     outcome: Any = _PENDING
@@ -148,6 +153,8 @@ class GroupCommitter:
     _turn: threading.Condition = field(factory=threading.Condition, init=False)
     # Commits done are being answered (see L{_done}).
     _answering: bool = field(default=False, init=False)
+    # A commit handed out has yet to take its appends (L{_take}).
+    _taker_waiting: bool = field(default=False, init=False)
     # Records were written and not synced since.
     _unsynced: bool = field(default=False, init=False)
     # The next commit syncs (the everysec timer fired).
@@ -229,36 +236,62 @@ class GroupCommitter:
 
     def _flush(self) -> None:
         """
-        Send the appends at the head of the queue out in one commit, in a
-        thread.
+        Hand a commit to a thread: once the commit before it is done, it
+        takes every append at the head of the queue by then (L{_take}),
+        so that a batch holds everything appended while the previous one
+        synced.
         """
-        batch = []
-        records = []
-        queue = self._queue
-        while queue and isinstance(queue[0], _Append):
-            item = queue.popleft()
-            assert isinstance(item, _Append)
-            records.append(item.record)
-            batch.append(item.done)
-            self._urgent -= not item.lazy
+        self._taker_waiting = True
         self._lazy_due = False
-        if self._lazy_call is not None and not any(isinstance(i, _Append) for i in queue):
+        if self._lazy_call is not None:
             self._lazy_call.cancel()
             self._lazy_call = None
-        sync = self.policy == "always" or self._sync_wanted or bool(self._stopping)
-        data = b"".join(records)
-        self.counts.commits += 1
-        self.counts.records += len(batch)
-        self._start(lambda: self.log.write(data, sync), batch, sync)
+        self._start(self._commit_taken, None, False)
 
-    def _start(self, work: Callable[[], Any], batch: list["Deferred[Any]"], sync: bool) -> None:
+    def _take(self) -> list[_Append]:
+        """
+        In a thread: take the appends at the head of the queue.  The
+        reactor adds to the queue's end meanwhile, and takes from its head
+        only while no commit is in flight.
+        """
+        self._taker_waiting = False
+        queue = self._queue
+        taken = []
+        while queue and isinstance(queue[0], _Append):
+            taken.append(queue.popleft())
+        return taken
+
+    def _commit_taken(self) -> tuple[list[_Append], bool, Optional[Failure]]:
+        """
+        In a thread: commit what L{_take} takes, in one write and, if the
+        policy asks, one sync.
+
+        @return: what was taken, whether it was synced, and why the commit
+            failed if it did.
+        """
+        taken = self._take()
+        sync = self.policy == "always" or self._sync_wanted or bool(self._stopping)
+        if not taken:
+            return taken, False, None
+        try:
+            self.log.write(b"".join([item.record for item in taken]), sync)
+        except BaseException:
+            # (a test's power cut is not an Exception)
+            return taken, sync, Failure()
+        return taken, sync, None
+
+    def _start(
+        self, work: Callable[[], Any], batch: Optional[list["Deferred[Any]"]], sync: bool
+    ) -> None:
         """
         Hand C{work} to a thread, to run once the work handed out before it
         is done.
+
+        @param batch: what to fire with its outcome, or L{None} for
+            L{_commit_taken}, whose outcome says.
         """
         commit = _Commit(batch, sync, self.clock.seconds())
         self._in_flight.append(commit)
-        self.counts.syncs += sync
         ticket = self._tickets
         self._tickets += 1
         self.run_in_thread(lambda: self._in_turn(ticket, work)).addBoth(self._done, commit)
@@ -292,30 +325,45 @@ class GroupCommitter:
         try:
             in_flight = self._in_flight
             while in_flight and in_flight[0].outcome is not _PENDING:
-                done = in_flight.popleft()
-                self.counts.seconds += self.clock.seconds() - done.started
-                outcome = done.outcome
-                if isinstance(outcome, Failure):
-                    if self._failure is None and (outcome.check(LogFailed) or self.log.failed):
-                        self._fail(outcome)
-                elif done.sync:
-                    self._unsynced = self._sync_wanted = False
-                elif done.batch:
-                    self._unsynced = True
-                    if self.policy == "everysec" and self._sync_call is None and not self._stopping:
-                        self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync_due)
-                if self._failure is None:
-                    self._next()
-                batch, done.batch = done.batch, []
-                for waiting in batch:
-                    if isinstance(outcome, Failure):
-                        waiting.errback(outcome)
-                    else:
-                        waiting.callback(outcome)
+                self._answer(in_flight.popleft())
         finally:
             self._answering = False
         if self._failure is None:
             self._next()
+
+    def _answer(self, done: _Commit) -> None:
+        """
+        Account for a commit done, start what comes next, then fire what
+        waited for it.
+        """
+        counts = self.counts
+        counts.seconds += self.clock.seconds() - done.started
+        outcome, batch, sync = done.outcome, done.batch, done.sync
+        if batch is None:
+            taken, sync, failure = outcome
+            batch = [item.done for item in taken]
+            if taken:
+                counts.commits += 1
+                counts.records += len(taken)
+                self._urgent -= sum(not item.lazy for item in taken)
+            outcome = failure
+        counts.syncs += sync and not isinstance(outcome, Failure)
+        if isinstance(outcome, Failure):
+            if self._failure is None and (outcome.check(LogFailed) or self.log.failed):
+                self._fail(outcome)
+        elif sync:
+            self._unsynced = self._sync_wanted = False
+        elif batch:
+            self._unsynced = True
+            if self.policy == "everysec" and self._sync_call is None and not self._stopping:
+                self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync_due)
+        if self._failure is None:
+            self._next()
+        for waiting in batch:
+            if isinstance(outcome, Failure):
+                waiting.errback(outcome)
+            else:
+                waiting.callback(outcome)
 
     def _sync_due(self) -> None:
         """
@@ -339,19 +387,19 @@ class GroupCommitter:
                 self._flush_call.cancel()
             self._flush_call = None
         queue = self._queue
-        while queue and len(self._in_flight) < PIPELINE and self._wants_commit():
+        if queue and self._wants_commit():
             head = queue[0]
             if isinstance(head, _Append):
-                self._flush()
-            elif self._in_flight:
-                return
-            else:
+                if not self._taker_waiting and len(self._in_flight) < PIPELINE:
+                    self._flush()
+            elif not self._in_flight:
                 # Runs alone, and syncs as it likes: say nothing about
                 # what is unsynced.
                 queue.popleft()
                 self._urgent -= 1
                 self._start(head.work, [head.done], False)
-        if self._in_flight or (queue and self._wants_commit()):
+            return
+        if self._in_flight:
             return
         if (self._sync_wanted or self._stopping) and self._unsynced:
             self._start(self.log.sync, [], True)
@@ -371,22 +419,27 @@ class GroupCommitter:
 
     def _fail(self, failure: Failure) -> None:
         """
-        The log failed: fail everything waiting, in flight included (what
-        a thread has yet to run fails there too, and is not answered
-        again).
+        The log failed: fail everything waiting.  What a commit in flight
+        takes (L{_take}) fails in its thread, at once, and is answered when
+        the commit is done; every append still queued fails now, taken
+        from the queue one by one, as such a thread does.
         """
         self._failure = failure
-        self._urgent = 0
         for commit in self._in_flight:
-            batch, commit.batch = commit.batch, []
-            for done in batch:
-                done.errback(failure)
+            if commit.batch is not None:
+                batch, commit.batch = commit.batch, []
+                for done in batch:
+                    done.errback(failure)
         for call in (self._flush_call, self._sync_call, self._lazy_call):
             if call is not None and call.active():
                 call.cancel()
         self._flush_call = self._sync_call = self._lazy_call = None
-        queue, self._queue = self._queue, deque()
-        for item in queue:
+        queue = self._queue
+        while queue:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
             item.done.errback(failure)
         stopping, self._stopping = self._stopping, []
         for done in stopping:

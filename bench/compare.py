@@ -430,18 +430,25 @@ def run_profile(options, processes: Processes, ports: Ports, workdir: str,
     outdir = options.profile_dir or os.path.join(workdir, "profiles")
     os.makedirs(outdir, exist_ok=True)
     use_sampler = options.profiler == "cpuprof"
+    storage = {}
+    if options.durable:
+        storage = {"data_dir": os.path.join(workdir, "disk", f"profile-{runtime.name}"),
+                   "fsync": options.fsync}
     if use_sampler:
         cluster = KvCluster(
             processes, ports, workdir, runtime, name=f"profile-{runtime.name}",
             wrapper=[os.path.join(BENCH, "cpuprof.py")],
             extra_env={"KVBENCH_PROFILE": lambda node: os.path.join(outdir, f"{runtime.name}-{node}")},
+            **storage,
         )
     else:
-        cluster = KvCluster(processes, ports, workdir, runtime, name=f"profile-{runtime.name}")
+        cluster = KvCluster(processes, ports, workdir, runtime, name=f"profile-{runtime.name}",
+                            **storage)
     cluster.start()
     dumps = {node: 0 for node in cluster.node_ids}
     lines = [f"profile: twisted_kv under {runtime.label}, profiler {options.profiler}, "
-             f"{options.profile_seconds:g} s per scenario at 16 connections"]
+             f"{options.profile_seconds:g} s per scenario at 16 connections"
+             + (f", data on disk, fsync = {options.fsync}" if options.durable else "")]
     try:
         preload_kv(cluster, options.preload)
         leader = cluster.current_leader()
@@ -554,7 +561,8 @@ def parse_args(argv: Optional[list[str]] = None):
     parser.add_argument("--no-durability", action="store_true",
                         help="with --durable, skip bench/durability.py")
     parser.add_argument("--profile", action="store_true",
-                        help="profile the nodes under wrk load instead of comparing")
+                        help="profile the nodes under wrk load instead of comparing "
+                             "(with --durable: their data on disk, with --fsync)")
     parser.add_argument("--profiler", choices=["cpuprof", "py-spy"], default="cpuprof")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--profile-top", type=int, default=15)

@@ -24,10 +24,13 @@ from twisted_kv.cluster.durable import (
 )
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.membership import new_incarnation
+from twisted_kv.core import messages
+from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.memstore import record_cost
-from twisted_kv.core.records import Put, Record
-from twisted_kv.core.replica import Replica
+from twisted_kv.core.records import Change, Put, Record, make_version
+from twisted_kv.core.replica import Entry, Replica, encode_entry
 from twisted_kv.errors import WriteFailed
+from twisted_kv.storage.committer import LAZY_WAIT
 from twisted_kv.storage.log import Log, encode_record
 from twisted_kv.storage.testing import CrashableFileSystem, HeldRunner, run_now
 from twisted_kv.testing import MemoryCluster, cluster_config
@@ -177,6 +180,54 @@ class NodeConsensusTests(SynchronousTestCase):
         self.assertEqual(len(runner.held), 1)
         runner.release()
         self.assertEqual(sent, [("n2", ["voted", 5, True])])
+
+
+class MemberAnswerTests(SynchronousTestCase):
+    """
+    A member answers its primary only once the entries it acknowledges are
+    on disk; an append that only moves the commit position costs no sync,
+    and its answer waits for nothing new.
+    """
+
+    def test_commit_only_answer(self) -> None:
+        """
+        The answer to new entries waits for their sync; the answer to the
+        commit of those entries goes out at once, and the record of that
+        commit goes out with the next commit, at the latest after
+        L{LAZY_WAIT}, so that a restart finds the entries applied.
+        """
+        config = cluster_config(3, data_dir="/data")
+        clock = Clock()
+        clock.advance(1000)
+        runner = HeldRunner()
+        fs = CrashableFileSystem()
+        disk = NodeDisk.open(fs, "/data/n2", "always", runner, clock, config.partitions, _call)
+        node = Node(
+            config, "n2", clock=clock, incarnation=new_incarnation(1000, 1),
+            rng=random.Random(0), disk=disk,
+        )
+        sent: list = []
+        node.messenger = _Recorder(sent)
+        version = make_version(1, 1)
+        change = Change("put", user_key("k"), version, Record(b"v", "text/plain", version), True)
+        entries = [encode_entry(Entry(1, 1, change, None))]
+        node.peer_message("n1", 1, messages.append(5, 1, 0, 0, entries, 0, 1, 0))
+        clock.advance(0)
+        self.assertEqual((sent, len(runner.held)), ([], 1))
+        runner.release()
+        self.assertEqual(sent, [("n1", messages.append_ok(5, 1, 1, 1))])
+        node.peer_message("n1", 1, messages.append(5, 1, 1, 1, [], 1, 2, 0))
+        clock.advance(0)
+        self.assertEqual(sent[1:], [("n1", messages.append_ok(5, 1, 1, 2))])
+        self.assertEqual(runner.held, [])
+        clock.advance(LAZY_WAIT)
+        self.assertEqual(len(runner.held), 1)
+        runner.release()
+        crashed = fs.crash(random.Random(0))
+        again = NodeDisk.open(crashed, "/data/n2", "always", run_now, clock, config.partitions, _call)
+        replica = again.recovered.replicas[5]
+        self.assertEqual(replica.commit_seq, 1)
+        self.assertEqual(replica.store.get(user_key("k")), change.record)
 
 
 class CrashTests(SynchronousTestCase):

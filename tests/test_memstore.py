@@ -81,6 +81,21 @@ class ApplyTests(SynchronousTestCase):
         store.apply(Change("expire", "zz", 3, None))
         self.assertEqual((len(store), store.bytes_used), (0, 0))
 
+    def test_add(self) -> None:
+        """
+        L{MemStore.add} stores a record under a key that holds nothing, as
+        a put would, and leaves a key that holds one alone.
+        """
+        store, applied = MemStore(), MemStore()
+        change = _put("a", b"1")
+        self.assertTrue(store.add("a", change.record))
+        applied.apply(change)
+        self.assertFalse(store.add("a", _put("a", b"22", 2).record))
+        self.assertEqual(
+            (store.get("a"), len(store), store.bytes_used, store.count_tagged("a")),
+            (applied.get("a"), len(applied), applied.bytes_used, applied.count_tagged("a")),
+        )
+
     def test_bytes_used(self) -> None:
         """
         Each record costs the fixed overhead plus its key and value lengths.

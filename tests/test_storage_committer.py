@@ -8,21 +8,45 @@ from __future__ import annotations
 import errno
 import random
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted_kv.errors import DiskFull, LogFailed
-from twisted_kv.storage.committer import SYNC_INTERVAL, GroupCommitter, RunInThread
+from twisted_kv.storage.committer import LAZY_WAIT, SYNC_INTERVAL, GroupCommitter, RunInThread
 from twisted_kv.storage.fs import OSFileSystem
 from twisted_kv.storage.log import Log
 from twisted_kv.storage.testing import CrashableFileSystem, Fault, HeldRunner, run_now
 
 DIRECTORY = "data/n1"
+
+
+class _NewsHeld:
+    """
+    A L{RunInThread} that runs work at once, as an idle thread would, but
+    holds the news of it until told: the reactor busy with other work.
+
+    @ivar waiting: the outcomes not delivered yet, oldest first.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Deferred[Any], Deferred[Any]]] = []
+
+    def __call__(self, work: Callable[[], Any]) -> Deferred[Any]:
+        news: Deferred[Any] = Deferred()
+        self.waiting.append((maybeDeferred(work), news))
+        return news
+
+    def deliver(self, index: int) -> None:
+        """
+        Let the reactor hear of the outcome at C{index} in L{waiting}.
+        """
+        outcome, news = self.waiting.pop(index)
+        outcome.chainDeferred(news)
 
 
 class _Setup:
@@ -69,28 +93,106 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(setup.recovered(), [b"%d" % i for i in range(10)])
         self.assertEqual(setup.clock.getDelayedCalls(), [])
 
-    def test_one_in_flight(self) -> None:
+    def test_pipeline(self) -> None:
         """
-        While a commit is in flight, appends collect; they go out in one
-        commit as soon as it is done, and fire only then.
+        A commit goes to its thread while the one before is in flight, and
+        runs as soon as that one is done, before the reactor hears of it;
+        appends fire only once the reactor hears of their own commit, in
+        order.
         """
-        runner = HeldRunner()
+        runner = _NewsHeld()
         setup = _Setup(runner=runner)
         first = setup.committer.append(1, b"a")
         setup.clock.advance(0)
-        self.assertEqual(len(runner.held), 1)
-        later = [setup.committer.append(1, b"b"), setup.committer.append(1, b"c")]
+        second = setup.committer.append(1, b"b")
         setup.clock.advance(0)
-        self.assertEqual(len(runner.held), 1)
-        runner.release()
-        self.successResultOf(first)
-        self.assertNoResult(later[0])
-        self.assertEqual(len(runner.held), 1)
-        runner.release()
-        for result in later:
-            self.successResultOf(result)
         self.assertEqual((setup.writes.seen, setup.syncs.seen), (2, 2))
+        third = setup.committer.append(1, b"c")
+        setup.clock.advance(0)
+        self.assertEqual(setup.writes.seen, 2)
+        runner.deliver(1)
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        runner.deliver(0)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(setup.writes.seen, 3)
+        self.assertNoResult(third)
+        runner.deliver(0)
+        self.successResultOf(third)
+        self.assertEqual(setup.recovered(), [b"a", b"b", b"c"])
         self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_batch_takes_what_came_meanwhile(self) -> None:
+        """
+        A commit takes its appends when its thread starts: everything
+        appended until then, over several turns, goes in one write.
+        """
+        runner = HeldRunner()
+        setup = _Setup(runner=runner)
+        results = [setup.committer.append(1, b"a")]
+        setup.clock.advance(0)
+        for payload in (b"b", b"c"):
+            results.append(setup.committer.append(1, payload))
+            setup.clock.advance(0)
+        self.assertEqual(len(runner.held), 1)
+        runner.release()
+        for result in results:
+            self.successResultOf(result)
+        self.assertEqual((setup.writes.seen, setup.syncs.seen), (1, 1))
+        self.assertEqual(runner.held, [])
+
+    def test_lazy_goes_with_the_next_commit(self) -> None:
+        """
+        A lazy record starts no commit: it goes out, in order, with the
+        next record that does, in one write and one sync.
+        """
+        setup = _Setup()
+        lazy = setup.committer.append(1, b"lazy", lazy=True)
+        setup.clock.advance(0)
+        self.assertNoResult(lazy)
+        self.assertEqual(setup.writes.seen, 0)
+        urgent = setup.committer.append(1, b"urgent")
+        setup.clock.advance(0)
+        self.successResultOf(lazy)
+        self.successResultOf(urgent)
+        self.assertEqual((setup.writes.seen, setup.syncs.seen), (1, 1))
+        self.assertEqual(setup.recovered(), [b"lazy", b"urgent"])
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_lazy_waits_a_while(self) -> None:
+        """
+        Alone, a lazy record goes out after L{LAZY_WAIT} seconds, or at
+        L{GroupCommitter.stop} if that comes first.
+        """
+        setup = _Setup()
+        waited = setup.committer.append(1, b"a", lazy=True)
+        setup.clock.advance(LAZY_WAIT - 0.01)
+        self.assertNoResult(waited)
+        setup.clock.advance(0.01)
+        self.successResultOf(waited)
+        stopped = setup.committer.append(1, b"b", lazy=True)
+        self.successResultOf(setup.committer.stop())
+        self.successResultOf(stopped)
+        self.assertEqual(setup.recovered(), [b"a", b"b"])
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_counts(self) -> None:
+        """
+        The committer counts its commits, syncs and records, and how long
+        commits were in flight.
+        """
+        runner = HeldRunner()
+        setup = _Setup(runner=runner)
+        for payload in (b"a", b"b", b"c"):
+            setup.committer.append(1, payload)
+        setup.clock.advance(0)
+        setup.clock.advance(0.25)
+        runner.release()
+        counts = setup.committer.counts
+        self.assertEqual(
+            (counts.commits, counts.syncs, counts.records, counts.seconds), (1, 1, 3, 0.25)
+        )
 
     def test_bad_record(self) -> None:
         """
@@ -213,6 +315,47 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(setup.clock.getDelayedCalls(), [])
 
 
+    def test_sync_fails_in_pipeline(self) -> None:
+        """
+        A failed sync fails the commit after it too, which the log refuses
+        although it ran before the reactor heard of the failure, and every
+        later append.
+        """
+        runner = _NewsHeld()
+        setup = _Setup(runner=runner)
+        setup.fs.inject(Fault("sync", errno.EIO))
+        first = setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        second = setup.committer.append(1, b"b")
+        setup.clock.advance(0)
+        self.assertEqual(setup.writes.seen, 1)
+        runner.deliver(0)
+        self.failureResultOf(first, LogFailed)
+        runner.deliver(0)
+        self.failureResultOf(second, LogFailed)
+        self.failureResultOf(setup.committer.append(1, b"c"), LogFailed)
+        self.assertEqual(runner.waiting, [])
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_write_fails_in_pipeline(self) -> None:
+        """
+        A failed write fails its own commit only: the commit after it
+        writes after the file was cut back, and is acknowledged.
+        """
+        runner = _NewsHeld()
+        setup = _Setup(runner=runner)
+        setup.fs.inject(Fault("write", errno.ENOSPC))
+        first = setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        second = setup.committer.append(1, b"b")
+        setup.clock.advance(0)
+        runner.deliver(0)
+        self.failureResultOf(first, DiskFull)
+        runner.deliver(0)
+        self.successResultOf(second)
+        self.assertEqual(setup.recovered(), [b"b"])
+
+
 class PolicyTests(SynchronousTestCase):
     """
     C{never} and C{everysec} acknowledge after the write.
@@ -246,22 +389,21 @@ class PolicyTests(SynchronousTestCase):
 
     def test_everysec_with_commit(self) -> None:
         """
-        When the second is up while a commit is in flight, the next commit
-        syncs, and no separate sync is made.
+        When the second is up while a commit waits for its thread, that
+        commit syncs, and no separate sync is made.
         """
         runner = HeldRunner()
         setup = _Setup("everysec", runner)
         setup.committer.append(1, b"a")
         setup.clock.advance(0)
         runner.release()
+        self.assertEqual(setup.syncs.seen, 0)
         setup.committer.append(1, b"b")
         setup.clock.advance(0)
         setup.clock.advance(SYNC_INTERVAL)
         setup.committer.append(1, b"c")
         runner.release()
-        self.assertEqual(setup.syncs.seen, 0)
-        runner.release()
-        self.assertEqual((setup.writes.seen, setup.syncs.seen), (3, 1))
+        self.assertEqual((setup.writes.seen, setup.syncs.seen), (2, 1))
         self.assertEqual(runner.held, [])
 
     def test_stop(self) -> None:
@@ -326,3 +468,43 @@ class ThreadTests(TestCase):
             again.close()
 
         return gatherResults(results).addCallback(check)
+
+    def test_pipelined_threads(self) -> Deferred[None]:
+        """
+        With commits handed to a pool of several threads, the log still
+        takes them in the order they were made, and each append fires only
+        once its record is on disk, in order.
+        """
+        fs = OSFileSystem()
+        directory = self.mktemp()
+        log = Log(fs, directory)
+        list(log.replay())
+        self.addCleanup(log.close)
+        threaded: Any = reactor
+        committer = GroupCommitter(
+            log, "always", partial(deferToThreadPool, threaded, threaded.getThreadPool()), threaded
+        )
+        payloads = [b"%d" % i for i in range(200)]
+        fired: list[bytes] = []
+        results = []
+
+        def append(index: int) -> None:
+            for payload in payloads[index : index + 10]:
+                results.append(committer.append(1, payload).addCallback(
+                    lambda _, payload=payload: fired.append(payload)
+                ))
+            if index + 10 < len(payloads):
+                threaded.callLater(0, append, index + 10)
+            else:
+                gatherResults(results).chainDeferred(done)
+
+        done: Deferred[list[None]] = Deferred()
+        append(0)
+
+        def check(_: object) -> None:
+            self.assertEqual(fired, payloads)
+            again = Log(fs, directory)
+            self.assertEqual([payload for _, payload in again.replay()], payloads)
+            again.close()
+
+        return done.addCallback(check)

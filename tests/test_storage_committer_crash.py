@@ -5,7 +5,7 @@ over many reactor turns, with commits in flight finishing at random moments
 and the power cut at any file-system call, then a crash and a recovery.
 
 Every record whose Deferred fired is back, and what comes back is a prefix
-of the records in the order they were appended.
+of the records in the order they were appended, lazy ones included.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ DIRECTORY = "data/n1"
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("append"), st.integers(min_value=1, max_value=4)),
+        st.tuples(st.just("lazy"), st.integers(min_value=1, max_value=2)),
         st.just(("turn",)),
         st.just(("release",)),
         st.just(("second",)),
@@ -54,11 +55,11 @@ class _Run:
 
     def apply(self, step: tuple[object, ...]) -> None:
         kind = step[0]
-        if kind == "append":
+        if kind in ("append", "lazy"):
             for _ in range(int(str(step[1]))):
                 payload = b"record %d" % len(self.appended)
                 self.appended.append(payload)
-                self.committer.append(1, payload).addCallbacks(
+                self.committer.append(1, payload, lazy=kind == "lazy").addCallbacks(
                     lambda _, payload=payload: self.acked.add(payload), lambda failure: None
                 )
         elif kind == "turn":

@@ -66,7 +66,7 @@ from twisted_kv.core.memstore import record_cost
 from twisted_kv.core.records import Record
 from twisted_kv.core.replica import Replica
 from twisted_kv.errors import DiskFull, LogFailed, StorageCorrupt
-from twisted_kv.storage.committer import GroupCommitter, RunInThread
+from twisted_kv.storage.committer import CommitCounts, GroupCommitter, RunInThread
 from twisted_kv.storage.fs import IFileSystem
 from twisted_kv.storage.recovery import Storage
 from twisted_kv.wire import codec
@@ -290,6 +290,13 @@ class NodeDisk:
         """
         return self._committer.failed
 
+    @property
+    def counts(self) -> CommitCounts:
+        """
+        The commits, syncs and records of the log since the node started.
+        """
+        return self._committer.counts
+
     def refusal(self) -> Optional[Exception]:
         """
         Why a new write must be refused before it is ordered, if it must:
@@ -434,24 +441,29 @@ class NodeDisk:
         )
         return incarnation
 
-    def append_replica(self, record_type: int, partition: int, fields: list) -> "Deferred[None]":
+    def append_replica(
+        self, record_type: int, partition: int, fields: list, lazy: bool = False
+    ) -> "Deferred[None]":
         """
         Append a record of a replica of C{partition}: C{fields} after the
         partition and the record's number.
+
+        @param lazy: see L{GroupCommitter.append}.
         """
         number = self._numbers[partition] = self._numbers.get(partition, 0) + 1
-        return self.append(record_type, [partition, number, *fields])
+        return self.append(record_type, [partition, number, *fields], lazy)
 
-    def append(self, record_type: int, fields: list) -> "Deferred[None]":
+    def append(self, record_type: int, fields: list, lazy: bool = False) -> "Deferred[None]":
         """
         Append a record of C{fields}.
 
+        @param lazy: see L{GroupCommitter.append}.
         @return: a Deferred that fires once the record is as durable as the
             C{fsync} policy asks, or fails as L{GroupCommitter.append} does.
         """
         payload = encode_fields(fields)
         self._since_snapshot += len(payload)
-        return self._appended(self._committer.append(record_type, payload))
+        return self._appended(self._committer.append(record_type, payload, lazy))
 
     def _appended(self, d: "Deferred[None]") -> "Deferred[None]":
         def succeeded(result: None) -> None:

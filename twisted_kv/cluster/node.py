@@ -64,6 +64,7 @@ from twisted_kv.core.placement import (
 from twisted_kv.core.records import Expire
 from twisted_kv.core.replica import Replica
 from twisted_kv.interfaces import IMessenger, IPeerHandler
+from twisted_kv.storage.committer import CommitCounts
 
 log = Logger()
 
@@ -348,6 +349,14 @@ class Node:
 
     def bytes_used(self) -> int:
         return self.operations.bytes_used()
+
+    @property
+    def log_counts(self) -> CommitCounts:
+        """
+        What the node's log did since it started (all zero without a data
+        directory), for the metrics.
+        """
+        return CommitCounts() if self._disk is None else self._disk.counts
 
     def sync_state(self) -> dict:
         """

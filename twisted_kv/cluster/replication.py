@@ -42,6 +42,18 @@ LEASE_PROMISE_SHARE = 0.5
 LEASE_CLOCK_MARGIN = 0.1
 
 
+# A change of a replica's shape (L{_shape}) past this field moves only its
+# commit position (and the trim position that follows it).  Its record is
+# lazy (GroupCommitter.append): it costs no sync of its own, and an answer
+# does not wait for it, for nothing acknowledged depends on it.  A crash
+# that loses it leaves the replica's log entries uncommitted, as a member's
+# always are until its primary's next message: the replica learns the
+# commit position again from its primary, and a node that takes over as
+# primary commits its whole log before it serves.  The answer still goes
+# after every record held before it (DurableGate.send).
+_COMMIT_ONLY = 4
+
+
 def _shape(replica: Replica) -> tuple:
     """
     What changes when a replica takes something in that must be recorded:
@@ -283,7 +295,9 @@ class Replication:
         self._logged[partition] = last
         self._logged_commit[partition] = replica.commit_seq
         fields = [replica.epoch, prev, prev_epoch, entries, replica.commit_seq, replica.origin]
-        self._disk.append_replica(APPEND, partition, fields).addCallbacks(
+        # Only the commit position moved: see _COMMIT_ONLY.
+        lazy = not entries and prev == last
+        self._disk.append_replica(APPEND, partition, fields, lazy).addCallbacks(
             self._recorded, self._not_recorded,
             callbackArgs=(partition, last, replica.epoch_at(last)),
             errbackArgs=(partition, prev),
@@ -466,11 +480,19 @@ class Replication:
             answer = messages.append_ok(partition, epoch, last, round_)
         else:
             answer = messages.append_refused(partition, epoch, last)
-        if self._disk is not None and _shape(replica) != before:
-            # Acknowledge only once what is acknowledged is durable.
+        after = _shape(replica)
+        if self._disk is not None and after != before:
             fields = [epoch, prev_seq, prev_epoch, entries, commit, origin]
-            durable = self._disk.append_replica(APPEND, partition, fields)
-            self._member_recorded(partition, durable, [(peer, answer)])
+            if after[:_COMMIT_ONLY] == before[:_COMMIT_ONLY]:
+                self._disk.append_replica(APPEND, partition, fields, lazy=True).addErrback(
+                    self._log_failure
+                )
+                self._logged_commit[partition] = replica.commit_seq
+                self._answers.send([(peer, answer)])
+            else:
+                # Acknowledge only once what is acknowledged is durable.
+                durable = self._disk.append_replica(APPEND, partition, fields)
+                self._member_recorded(partition, durable, [(peer, answer)])
         else:
             self._answers.send([(peer, answer)])
         self._antientropy.answer(replica)

@@ -165,22 +165,37 @@ class MemStore:
         replaced = 0 if old is None else _stored_cost(key, old)
         return RECORD_OVERHEAD + len(key) + len(value) - replaced
 
+    def add(self, key: str, record: Record) -> bool:
+        """
+        Store C{record} under C{key} if C{key} holds nothing, as L{apply}
+        would: the short way for a store loaded in bulk.
+
+        @return: whether C{key} held nothing (else nothing changed).
+        """
+        if key in self._records:
+            return False
+        self._records[key] = pack_record(record)
+        self.bytes_used += record_cost(key, record)
+        self._tagged[key[:1]] = self._tagged.get(key[:1], 0) + 1
+        if self._index is not None:
+            self._index.add(key)
+        return True
+
     def apply(self, change: Change) -> None:
         """
         Make C{change} the current state of its key.
         """
         key, record = change.key, change.record
         old = self._records.get(key)
-        if old is not None:
-            self.bytes_used -= _stored_cost(key, old)
+        if old is None:
+            if record is not None:
+                self.add(key, record)
+            return
+        self.bytes_used -= _stored_cost(key, old)
         if record is not None:
             self._records[key] = pack_record(record)
             self.bytes_used += record_cost(key, record)
-            if old is None:
-                self._tagged[key[:1]] = self._tagged.get(key[:1], 0) + 1
-                if self._index is not None:
-                    self._index.add(key)
-        elif old is not None:
+        else:
             del self._records[key]
             self._tagged[key[:1]] -= 1
             if self._index is not None:

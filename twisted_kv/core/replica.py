@@ -952,10 +952,16 @@ class Replica:
 
     def restore_keys(self, records: list) -> None:
         """
-        Take in a chunk of the store L{export_state} gave.
+        Take in a chunk of the store L{export_state} gave, straight from
+        its encoded form (a recovery does this for every key it holds).
         """
-        for key, record in decode_records(records):
-            self._apply_change(Change("put", key, record.version, record))
+        add, toggle = self.store.add, self.digest.toggle
+        for key, value, content_type, version, expires_at in records:
+            record = Record(value, content_type, version, expires_at)
+            if add(key, record):
+                toggle(key, record)
+            else:
+                self._apply_change(Change("put", key, version, record))
 
     def forget(self) -> None:
         """

@@ -4,10 +4,13 @@ Group commit of a L{Log} off the reactor thread.
 
 Records appended during one reactor turn go out together, in one write and
 (with C{fsync = always}) one sync, run in a thread so the reactor keeps
-serving meanwhile.  One commit is in flight at a time; what is appended
-during it collects into the next batch, so under load batches grow and the
-number of syncs per second stays bounded by the disk's latency rather than
-by the request rate.
+serving meanwhile.  Commits are pipelined: while one syncs, the next is
+already in its thread, waiting for it; it takes its records when it starts
+(everything appended by then), so it follows at once, without waiting for
+the reactor to hear that the first is done, and under load batches grow
+with the disk's latency, and the number of syncs per second stays bounded
+by it rather than by the request rate.  Threads run commits in the order
+they were made (by ticket), and the reactor answers them in that order.
 
 Each append's Deferred fires once its record is as durable as the policy
 asks:
@@ -24,7 +27,9 @@ order with the commits, so that only one thread ever uses the log.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, TypeVar, Union
+import threading
+from collections import deque
+from typing import Any, Callable, Deque, Optional, TypeVar, Union
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, fail
@@ -32,7 +37,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from twisted_kv.errors import LogFailed
-from twisted_kv.storage.log import Log, check_record
+from twisted_kv.storage.log import Log, encode_record
 
 T = TypeVar("T")
 
@@ -40,7 +45,9 @@ RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 """
 Runs a function in a thread and fires with its result: production passes
 C{functools.partial(threads.deferToThreadPool, reactor, pool)}, tests a
-function that runs it at once.
+function that runs it at once, or later.  Work given later must never have
+to finish before work given earlier starts (the committer's commits wait
+for each other in their threads).
 """
 
 POLICIES = ("always", "everysec", "never")
@@ -48,17 +55,67 @@ POLICIES = ("always", "everysec", "never")
 SYNC_INTERVAL = 1.0
 
 
+# How long, at most, a lazy record waits for a commit to go out with: under
+# load the next request's records come within milliseconds, and a node that
+# crashes rarely comes back with its latest writes still to be committed
+# again.
+LAZY_WAIT = 0.1
+
+# How many commits may be in flight at once: one syncing, and the next one
+# waiting in its thread to follow at once (a third would only split the
+# second's batch).
+PIPELINE = 2
+
+
 @frozen
 class _Append:
-    record_type: int
-    payload: bytes
+    record: bytes
     done: "Deferred[None]"
+    # Nothing waits for it: it goes out with the next commit (see
+    # GroupCommitter.append).
+    lazy: bool = False
 
 
 @frozen
 class _Exclusive:
     work: Callable[[], Any]
     done: "Deferred[Any]"
+
+
+_PENDING = object()
+
+
+@define
+class _Commit:
+    """
+    Work handed to a thread: a batch of appends, a sync or exclusive work.
+
+    @ivar outcome: its result or L{Failure} once the thread is done, until
+        then L{_PENDING}.
+    """
+
+    batch: Optional[list["Deferred[Any]"]]
+    sync: bool
+    started: float
+    outcome: Any = _PENDING
+
+
+@define
+class CommitCounts:
+    """
+    What a L{GroupCommitter} did since it started, for the metrics.
+
+    @ivar commits: commits run (each one write of a batch).
+    @ivar syncs: commits that synced, and syncs on their own.
+    @ivar records: records the commits carried.
+    @ivar seconds: how long commits were in flight, in all: from the
+        hand-off to the thread until the reactor heard back.
+    """
+
+    commits: int = 0
+    syncs: int = 0
+    records: int = 0
+    seconds: float = 0.0
 
 
 @define
@@ -79,10 +136,25 @@ class GroupCommitter:
     run_in_thread: RunInThread
     clock: IReactorTime
     # Appends and exclusive work not started yet, in call order.
-    _queue: list[Union[_Append, _Exclusive]] = field(factory=list, init=False)
+    _queue: Deque[Union[_Append, _Exclusive]] = field(factory=deque, init=False)
     _flush_call: Optional[IDelayedCall] = field(default=None, init=False)
     _sync_call: Optional[IDelayedCall] = field(default=None, init=False)
-    _in_flight: bool = field(default=False, init=False)
+    _lazy_call: Optional[IDelayedCall] = field(default=None, init=False)
+    # How many of the queued items are not lazy: only they start a commit.
+    _urgent: int = field(default=0, init=False)
+    # The lazy records waited long enough: the next commit takes them.
+    _lazy_due: bool = field(default=False, init=False)
+    # Work handed to threads, oldest first, until the reactor hears back.
+    _in_flight: Deque[_Commit] = field(factory=deque, init=False)
+    # Threads run the work in the order it was handed out: each waits for
+    # the ticket before its own to be done.
+    _tickets: int = field(default=0, init=False)
+    _done_ticket: int = field(default=-1, init=False)
+    _turn: threading.Condition = field(factory=threading.Condition, init=False)
+    # Commits done are being answered (see L{_done}).
+    _answering: bool = field(default=False, init=False)
+    # A commit handed out has yet to take its appends (L{_take}).
+    _taker_waiting: bool = field(default=False, init=False)
     # Records were written and not synced since.
     _unsynced: bool = field(default=False, init=False)
     # The next commit syncs (the everysec timer fired).
@@ -90,15 +162,21 @@ class GroupCommitter:
     _failure: Optional[Failure] = field(default=None, init=False)
     # While L{stop} waits, every commit syncs.
     _stopping: list["Deferred[None]"] = field(factory=list, init=False)
+    counts: CommitCounts = field(factory=CommitCounts, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"fsync policy {self.policy!r} is not one of {POLICIES}")
 
-    def append(self, record_type: int, payload: bytes) -> "Deferred[None]":
+    def append(self, record_type: int, payload: bytes, lazy: bool = False) -> "Deferred[None]":
         """
         Append a record, to go out with everything else appended in this
         reactor turn.
+
+        @param lazy: nothing waits for this record, and losing it in a
+            crash is harmless: it does not start a commit of its own, but
+            goes out with the next one (within L{LAZY_WAIT} seconds, or at
+            L{stop}), so that it costs no sync.
 
         @return: a Deferred that fires with L{None} once the record is as
             durable as the policy asks, or fails, in which case the record
@@ -112,12 +190,23 @@ class GroupCommitter:
         if self._failure is not None:
             return fail(self._failure)
         try:
-            check_record(record_type, payload)
+            record = encode_record(record_type, payload)
         except ValueError:
             return fail()
         done: Deferred[None] = Deferred()
-        self._enqueue(_Append(record_type, payload, done))
+        if lazy:
+            self._queue.append(_Append(record, done, lazy=True))
+            if self._lazy_call is None:
+                self._lazy_call = self.clock.callLater(LAZY_WAIT, self._lazy_waited)
+        else:
+            self._enqueue(_Append(record, done))
         return done
+
+    def _lazy_waited(self) -> None:
+        self._lazy_call = None
+        self._lazy_due = True
+        if self._flush_call is None and len(self._in_flight) < PIPELINE:
+            self._next()
 
     def exclusive(self, work: Callable[[], T]) -> "Deferred[T]":
         """
@@ -141,52 +230,140 @@ class GroupCommitter:
 
     def _enqueue(self, item: Union[_Append, _Exclusive]) -> None:
         self._queue.append(item)
-        if not self._in_flight and self._flush_call is None:
+        self._urgent += 1
+        if self._flush_call is None and len(self._in_flight) < PIPELINE:
             self._flush_call = self.clock.callLater(0, self._next)
 
     def _flush(self) -> None:
         """
-        Send the appends at the head of the queue out in one commit, in a
-        thread.
+        Hand a commit to a thread: once the commit before it is done, it
+        takes every append at the head of the queue by then (L{_take}),
+        so that a batch holds everything appended while the previous one
+        synced.
         """
-        batch = []
-        while self._queue and isinstance(self._queue[0], _Append):
-            item = self._queue.pop(0)
-            assert isinstance(item, _Append)
-            self.log.append(item.record_type, item.payload)
-            batch.append(item.done)
+        self._taker_waiting = True
+        self._lazy_due = False
+        if self._lazy_call is not None:
+            self._lazy_call.cancel()
+            self._lazy_call = None
+        self._start(self._commit_taken, None, False)
+
+    def _take(self) -> list[_Append]:
+        """
+        In a thread: take the appends at the head of the queue.  The
+        reactor adds to the queue's end meanwhile, and takes from its head
+        only while no commit is in flight.
+        """
+        self._taker_waiting = False
+        queue = self._queue
+        taken = []
+        while queue and isinstance(queue[0], _Append):
+            taken.append(queue.popleft())
+        return taken
+
+    def _commit_taken(self) -> tuple[list[_Append], bool, Optional[Failure]]:
+        """
+        In a thread: commit what L{_take} takes, in one write and, if the
+        policy asks, one sync.
+
+        @return: what was taken, whether it was synced, and why the commit
+            failed if it did.
+        """
+        taken = self._take()
         sync = self.policy == "always" or self._sync_wanted or bool(self._stopping)
-        self._run(lambda: self.log.commit(sync), batch, sync)
+        if not taken:
+            return taken, False, None
+        try:
+            self.log.write(b"".join([item.record for item in taken]), sync)
+        except BaseException:
+            # (a test's power cut is not an Exception)
+            return taken, sync, Failure()
+        return taken, sync, None
 
-    def _run(self, work: Callable[[], Any], batch: list["Deferred[Any]"], sync: bool) -> None:
-        self._in_flight = True
-        self.run_in_thread(work).addCallbacks(
-            self._committed,
-            self._commit_failed,
-            callbackArgs=(batch, sync),
-            errbackArgs=(batch,),
-        )
+    def _start(
+        self, work: Callable[[], Any], batch: Optional[list["Deferred[Any]"]], sync: bool
+    ) -> None:
+        """
+        Hand C{work} to a thread, to run once the work handed out before it
+        is done.
 
-    def _committed(self, result: Any, batch: list["Deferred[Any]"], sync: bool) -> None:
-        self._in_flight = False
-        if sync:
+        @param batch: what to fire with its outcome, or L{None} for
+            L{_commit_taken}, whose outcome says.
+        """
+        commit = _Commit(batch, sync, self.clock.seconds())
+        self._in_flight.append(commit)
+        ticket = self._tickets
+        self._tickets += 1
+        self.run_in_thread(lambda: self._in_turn(ticket, work)).addBoth(self._done, commit)
+
+    def _in_turn(self, ticket: int, work: Callable[[], T]) -> T:
+        """
+        In a thread: run C{work} once the work of the previous ticket is
+        done, so that the log sees commits in the order they were made.
+        """
+        with self._turn:
+            self._turn.wait_for(lambda: self._done_ticket == ticket - 1)
+        try:
+            return work()
+        finally:
+            with self._turn:
+                self._done_ticket = ticket
+                self._turn.notify_all()
+
+    def _done(self, outcome: Any, commit: _Commit) -> None:
+        """
+        Back in the reactor: answer the commits done, in the order they
+        were made, each after starting what comes next (answering can keep
+        the reactor busy for a while, and the disk would idle meanwhile).
+        """
+        commit.outcome = outcome
+        if self._answering:
+            # A thread that runs work at once (tests) ended it while the
+            # commits before are answered: it is answered after them.
+            return
+        self._answering = True
+        try:
+            in_flight = self._in_flight
+            while in_flight and in_flight[0].outcome is not _PENDING:
+                self._answer(in_flight.popleft())
+        finally:
+            self._answering = False
+        if self._failure is None:
+            self._next()
+
+    def _answer(self, done: _Commit) -> None:
+        """
+        Account for a commit done, start what comes next, then fire what
+        waited for it.
+        """
+        counts = self.counts
+        counts.seconds += self.clock.seconds() - done.started
+        outcome, batch, sync = done.outcome, done.batch, done.sync
+        if batch is None:
+            taken, sync, failure = outcome
+            batch = [item.done for item in taken]
+            if taken:
+                counts.commits += 1
+                counts.records += len(taken)
+                self._urgent -= sum(not item.lazy for item in taken)
+            outcome = failure
+        counts.syncs += sync and not isinstance(outcome, Failure)
+        if isinstance(outcome, Failure):
+            if self._failure is None and (outcome.check(LogFailed) or self.log.failed):
+                self._fail(outcome)
+        elif sync:
             self._unsynced = self._sync_wanted = False
         elif batch:
             self._unsynced = True
             if self.policy == "everysec" and self._sync_call is None and not self._stopping:
                 self._sync_call = self.clock.callLater(SYNC_INTERVAL, self._sync_due)
-        for done in batch:
-            done.callback(result)
-        self._next()
-
-    def _commit_failed(self, failure: Failure, batch: list["Deferred[Any]"]) -> None:
-        self._in_flight = False
-        for done in batch:
-            done.errback(failure)
-        if failure.check(LogFailed) or self.log.failed:
-            self._fail(failure)
-        else:
+        if self._failure is None:
             self._next()
+        for waiting in batch:
+            if isinstance(outcome, Failure):
+                waiting.errback(outcome)
+            else:
+                waiting.callback(outcome)
 
     def _sync_due(self) -> None:
         """
@@ -200,35 +377,69 @@ class GroupCommitter:
 
     def _next(self) -> None:
         """
-        Start what comes next: the appends or the work at the head of the
-        queue, or the sync that is due; or tell L{stop} that everything is
-        done.
+        Start what comes next, as far as the pipeline allows: the appends
+        at the head of the queue, or the exclusive work there once nothing
+        else is in flight; or, once everything is done, the sync that is
+        due, or tell L{stop} that everything is done.
         """
-        self._flush_call = None
-        if self._queue:
-            head = self._queue[0]
-            if isinstance(head, _Exclusive):
-                self._queue.pop(0)
-                # Syncs as it likes; say nothing about what is unsynced.
-                self._run(head.work, [head.done], False)
-            else:
-                self._flush()
-        elif (self._sync_wanted or self._stopping) and self._unsynced:
-            self._run(self.log.sync, [], True)
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        queue = self._queue
+        if queue and self._wants_commit():
+            head = queue[0]
+            if isinstance(head, _Append):
+                if not self._taker_waiting and len(self._in_flight) < PIPELINE:
+                    self._flush()
+            elif not self._in_flight:
+                # Runs alone, and syncs as it likes: say nothing about
+                # what is unsynced.
+                queue.popleft()
+                self._urgent -= 1
+                self._start(head.work, [head.done], False)
+            return
+        if self._in_flight:
+            return
+        if (self._sync_wanted or self._stopping) and self._unsynced:
+            self._start(self.log.sync, [], True)
         else:
             self._sync_wanted = False
             stopping, self._stopping = self._stopping, []
             for done in stopping:
                 done.callback(None)
 
+    def _wants_commit(self) -> bool:
+        """
+        Whether what is queued should go out now: something waits for it,
+        or only lazy records are queued and they waited long enough, or
+        L{stop} waits.
+        """
+        return bool(self._urgent or self._lazy_due or self._stopping)
+
     def _fail(self, failure: Failure) -> None:
+        """
+        The log failed: fail everything waiting.  What a commit in flight
+        takes (L{_take}) fails in its thread, at once, and is answered when
+        the commit is done; every append still queued fails now, taken
+        from the queue one by one, as such a thread does.
+        """
         self._failure = failure
-        for call in (self._flush_call, self._sync_call):
+        for commit in self._in_flight:
+            if commit.batch is not None:
+                batch, commit.batch = commit.batch, []
+                for done in batch:
+                    done.errback(failure)
+        for call in (self._flush_call, self._sync_call, self._lazy_call):
             if call is not None and call.active():
                 call.cancel()
-        self._flush_call = self._sync_call = None
-        queue, self._queue = self._queue, []
-        for item in queue:
+        self._flush_call = self._sync_call = self._lazy_call = None
+        queue = self._queue
+        while queue:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
             item.done.errback(failure)
         stopping, self._stopping = self._stopping, []
         for done in stopping:
@@ -252,10 +463,10 @@ class GroupCommitter:
         """
         if self._failure is not None:
             return fail(self._failure)
-        for call in (self._flush_call, self._sync_call):
+        for call in (self._flush_call, self._sync_call, self._lazy_call):
             if call is not None and call.active():
                 call.cancel()
-        self._flush_call = self._sync_call = None
+        self._flush_call = self._sync_call = self._lazy_call = None
         done: Deferred[None] = Deferred()
         self._stopping.append(done)
         if not self._in_flight:

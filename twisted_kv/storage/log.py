@@ -329,13 +329,25 @@ class Log:
         @raise LogFailed: a sync failed, now or before; every later commit
             fails too.
         """
+        batch = b"".join(self._buffer)
+        self._buffer.clear()
+        self.write(batch, sync)
+
+    def write(self, batch: bytes, sync: bool = True) -> None:
+        """
+        Commit C{batch}, records made by L{encode_record} and joined, as
+        L{commit} commits what was appended: for a caller that encodes
+        records in one thread and commits them in another.
+
+        @raise DiskFull: see L{commit}.
+        @raise WriteFailed: see L{commit}.
+        @raise LogFailed: see L{commit}.
+        """
         self._check()
-        if not self._buffer:
+        if not batch:
             if sync:
                 self.sync()
             return
-        batch = b"".join(self._buffer)
-        self._buffer.clear()
         if self._size > 0 and self._size + len(batch) > self.segment_bytes:
             self._rotate()
         assert self._file is not None

@@ -262,4 +262,24 @@ _NODE_METRICS: tuple[Reading[Node], ...] = (
         "Approximate memory held by this node's records, in bytes.",
         lambda node: node.bytes_used(),
     ),
+    counter(
+        "twisted_kv_log_commits_total",
+        "Commits of this node's log: one write of everything appended in a reactor turn or more.",
+        lambda node: node.log_counts.commits,
+    ),
+    counter(
+        "twisted_kv_log_syncs_total",
+        "Syncs (fdatasync) of this node's log.",
+        lambda node: node.log_counts.syncs,
+    ),
+    counter(
+        "twisted_kv_log_records_total",
+        "Records written to this node's log.",
+        lambda node: node.log_counts.records,
+    ),
+    counter(
+        "twisted_kv_log_commit_seconds_total",
+        "Time this node's log commits spent in flight (handed to the disk thread until done).",
+        lambda node: node.log_counts.seconds,
+    ),
 )

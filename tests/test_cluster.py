@@ -80,6 +80,9 @@ class _Unheard:
     def connected(self) -> set[str]:
         return self._messenger.connected()
 
+    def set_peers(self, peers: dict[str, tuple[str, int]]) -> None:
+        self._messenger.set_peers(peers)
+
 class ClusterTestMixin:
     """
     Helpers to drive a L{MemoryCluster} from a test.

@@ -273,6 +273,12 @@ class IMessenger(Interface):
         The ids of the peers we have a link to.
         """
 
+    def set_peers(peers: dict[str, tuple[str, int]]) -> None:
+        """
+        Link to C{peers} (id -> (host, peer port)) from now on: the
+        cluster's membership changed.
+        """
+
 
 class IPeerHandler(Interface):
     """

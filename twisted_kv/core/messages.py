@@ -28,6 +28,9 @@ allocates nothing it did not before.
   - to the partition leader: L{report} C{[partition, epoch, node]} tagged
     C{in_sync} (a new member caught up) or C{drop} (a member stopped
     answering its primary);
+  - a membership change asked of the partition leader (L{MemberRequest}
+    C{[id, kind, node]}: C{kind} C{add} with the node's fields, or
+    C{remove} with its id), answered as client operations are;
   - client operations forwarded to a primary (L{OpRequest},
     L{ReadRequest}, L{PeekRequest}, L{ListRequest}, L{DumpRequest}), each
     with a request id
@@ -77,6 +80,7 @@ DIGEST = "digest"
 DIGEST_OK = "digest_ok"
 DIGEST_DIFF = "digest_diff"
 CHECK = "check"
+MEMBER = "member"
 PREVOTE = "prevote"
 PREVOTED = "prevoted"
 VOTE = "vote"
@@ -322,6 +326,26 @@ class ReadRequest:
 
     def to_wire(self, request_id: int) -> list:
         return [READ, request_id, self.partition, self.key]
+
+
+@frozen
+class MemberRequest:
+    """
+    A membership change for the partition leader to make: C{kind} is
+    C{add} (C{node} the new node's C{[id, host, http_port, peer_port,
+    ftp_port]}) or C{remove} (C{node} its id).
+    """
+
+    kind: str
+    node: Any
+
+    def to_wire(self, request_id: int) -> list:
+        return [MEMBER, request_id, self.kind, self.node]
+
+
+def parse_member_request(message: list) -> tuple[int, str, Any]:
+    _, request_id, kind, node = message
+    return request_id, kind, node
 
 
 @frozen

@@ -37,6 +37,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from attrs import evolve, field, frozen
 
+from twisted_kv.core.roster import Roster, decode_roster, encode_roster
+
 VNODES_PER_NODE = 64
 
 
@@ -195,28 +197,34 @@ class PartitionConfig:
 @frozen
 class ClusterMap:
     """
-    The configuration of every partition.
+    The configuration of every partition, and the cluster's membership.
+
+    @ivar roster: the members (L{twisted_kv.core.roster}); C{None} in a map
+        written before membership changes existed: the file's nodes.
     """
 
     partitions: tuple[PartitionConfig, ...] = field(converter=tuple)
+    roster: Optional[Roster] = None
 
     def with_partition(self, index: int, config: PartitionConfig) -> "ClusterMap":
         configs = list(self.partitions)
         configs[index] = config
-        return ClusterMap(configs)
+        return evolve(self, partitions=configs)
 
 
-def initial_map(ring: Ring, partitions: int, live: Mapping[str, int], replicas: int) -> ClusterMap:
+def initial_map(
+    ring: Ring, partitions: int, live: Mapping[str, int], replicas: int, roster: Optional[Roster] = None
+) -> ClusterMap:
     """
     The first map of a new cluster: every partition on its ideal live nodes,
-    all in sync (there is no data yet).
+    all in sync (there is no data yet), and the first C{roster}.
     """
     configs = []
     for partition in range(partitions):
         ideal = [node for node in ring.preference_list(partition) if node in live][:replicas]
         members = [Member(node, live[node]) for node in ideal]
         configs.append(PartitionConfig(1, members, ideal))
-    return ClusterMap(configs)
+    return ClusterMap(configs, roster)
 
 
 def is_lost(config: PartitionConfig, live: Mapping[str, int]) -> bool:
@@ -290,10 +298,36 @@ def plan(
     """
     The next map: L{plan_partition} applied to every partition.
     """
-    return ClusterMap(
-        plan_partition(config, ring.preference_list(index), live, replicas)
-        for index, config in enumerate(current.partitions)
+    return evolve(
+        current,
+        partitions=[
+            plan_partition(config, ring.preference_list(index), live, replicas)
+            for index, config in enumerate(current.partitions)
+        ],
     )
+
+
+def moving_partitions(
+    current: ClusterMap, ring: Ring, live: Mapping[str, int], replicas: int
+) -> list[int]:
+    """
+    The partitions not yet as the ring wants them among the live nodes: an
+    ideal member missing or not in sync, or a surplus member still there.
+    """
+    moving = []
+    for index, config in enumerate(current.partitions):
+        ideal = [node for node in ring.preference_list(index) if node in live][:replicas]
+        members = {m.node_id for m in config.members}
+        if members != set(ideal) or not config.in_sync >= members:
+            moving.append(index)
+    return moving
+
+
+def holds_copies(current: ClusterMap, node_id: str) -> bool:
+    """
+    Whether C{node_id} is a member of any partition of C{current}.
+    """
+    return any(config.member(node_id) is not None for config in current.partitions)
 
 
 def mark_in_sync(current: ClusterMap, partition: int, epoch: int, node_id: str) -> ClusterMap:
@@ -331,14 +365,28 @@ def encode_map(cluster_map: ClusterMap) -> list:
     """
     A msgpack-friendly form of C{cluster_map}.
     """
-    return [
+    partitions = [
         [c.epoch, [[m.node_id, m.incarnation] for m in c.members], sorted(c.in_sync), c.origin]
         for c in cluster_map.partitions
     ]
+    if cluster_map.roster is None:
+        return partitions
+    return {"partitions": partitions, "roster": encode_roster(cluster_map.roster)}
 
 
-def decode_map(data: list) -> ClusterMap:
+def decode_map(data: "list | dict") -> ClusterMap:
+    """
+    The map L{encode_map} gave C{data} for; a bare list of partitions (a
+    map of before membership changes) has no roster.
+    """
+    roster = None
+    if isinstance(data, dict):
+        roster = decode_roster(data["roster"])
+        data = data["partitions"]
     return ClusterMap(
-        PartitionConfig(epoch, [Member(node, inc) for node, inc in members], in_sync, origin)
-        for epoch, members, in_sync, origin in data
+        (
+            PartitionConfig(epoch, [Member(node, inc) for node, inc in members], in_sync, origin)
+            for epoch, members, in_sync, origin in data
+        ),
+        roster,
     )

@@ -8,17 +8,20 @@ with the linearizability checker.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
+from treq.testing import StubTreq
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.linearizability import Op, check, random_operation
 from tests.test_cluster import ClusterTestMixin, record_outcome, submit_operation
-from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.roster import Roster
 from twisted_kv.errors import MembershipConflict, UnknownMember
+from twisted_kv.web.site import build_site
+from twisted_kv.web.status import NodeStatus
 
 
 class MembersTestMixin(ClusterTestMixin):
@@ -251,3 +254,72 @@ class LinearizabilityTests(MembersTestMixin, SynchronousTestCase):
                 self.assertTrue(len(ops) > 20, (seed, key, len(ops)))
                 self.assertTrue(check(ops), f"seed {seed}, key {key}: not linearizable")
             self.cluster.stop()
+
+
+class HTTPTests(MembersTestMixin, SynchronousTestCase):
+    """
+    C{/cluster/nodes} adds, removes and lists members through any node, and
+    C{/cluster} and C{/metrics} show a change in progress.
+    """
+
+    def setUp(self) -> None:
+        self.make_cluster(3)
+        self.leader = self.cluster.settle()
+        self.via = next(n for n in self.cluster.nodes if n != self.leader)
+        site = build_site(
+            self.cluster.coordinators[self.via],
+            NodeStatus(self.cluster.nodes[self.via], self.cluster.clock),
+            clock=self.cluster.clock,
+        )
+        self.stub = StubTreq(site.resource)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        d = self.stub.request(method, f"http://node.example{path}", **kwargs)
+        box: list = []
+        d.addBoth(box.append)
+        end = self.cluster.clock.seconds() + 10
+        while not box and self.cluster.clock.seconds() < end:
+            self.cluster.run(0.01)
+            self.stub.flush()
+        response = box[0]
+        body = self.successResultOf(response.text("utf-8"))
+        return response.code, (json.loads(body) if body.startswith(("{", "[")) else body)
+
+    def test_add_list_and_watch(self) -> None:
+        new = {"id": "n4", "host": "127.0.0.1", "http_port": 17004, "peer_port": 17104, "ftp_port": 17204}
+        code, body = self.call("POST", "/cluster/nodes", json=new)
+        self.assertEqual(code, 202)
+        self.assertEqual(body["change"], {"kind": "add", "node": "n4"})
+        self.assertEqual(body["members"][-1], {**new, "role": "joining", "voter": False})
+        code, again = self.call("POST", "/cluster/nodes", json={**new, "id": "n5", "http_port": 1})
+        self.assertEqual((code, again["error"]), (409, "membership_conflict"))
+        self.cluster.join("n4", self.via)
+        code, view = self.call("GET", "/cluster")
+        self.assertEqual({n["id"]: n["role"] for n in view["nodes"]}["n4"], "joining")
+        self.assertEqual(view["change"], {"kind": "add", "node": "n4"})
+        code, metrics = self.call("GET", "/metrics")
+        self.assertIn('twisted_kv_node_joining{node="n4"} 1.0', metrics)
+        self.change_done(self.via)
+        code, view = self.call("GET", "/cluster")
+        self.assertEqual((view["change"], view["moving_partitions"]), (None, []))
+        self.assertEqual(
+            {n["id"]: (n["role"], n["voter"]) for n in view["nodes"]},
+            {n: ("member", True) for n in ("n1", "n2", "n3", "n4")},
+        )
+        code, members = self.call("GET", "/cluster/nodes")
+        self.assertEqual([m["id"] for m in members["members"]], ["n1", "n2", "n3", "n4"])
+        self.assertIn("twisted_kv_members 4.0", self.call("GET", "/metrics")[1])
+
+    def test_remove(self) -> None:
+        code, body = self.call("DELETE", "/cluster/nodes/n3")
+        self.assertEqual((code, body["error"]), (409, "membership_conflict"))
+        self.assertIn("at least 3", body["message"])
+        code, body = self.call("DELETE", "/cluster/nodes/n9")
+        self.assertEqual((code, body["error"]), (404, "unknown_member"))
+
+    def test_malformed(self) -> None:
+        for body in (b"{", b"[]", b'{"id": "n4"}', b'{"id": "n 4", "host": "h", "http_port": 1, "peer_port": 2, "ftp_port": 3}',
+                     b'{"id": "n4", "host": "h", "http_port": 0, "peer_port": 2, "ftp_port": 3}'):
+            code, answer = self.call("POST", "/cluster/nodes", data=body)
+            self.assertEqual((code, answer["error"]), (400, "bad_request"), body)
+        self.assertEqual(self.cluster.nodes[self.leader].roster.ids, ("n1", "n2", "n3"))

@@ -301,7 +301,10 @@ class MemoryCluster:
         L{join}.
         """
         index = int(node_id.lstrip("n"))
-        fields = [node_id, "127.0.0.1", 17000 + index, 17100 + index, 17200 + index]
+        fields = {
+            "id": node_id, "host": "127.0.0.1", "http_port": 17000 + index,
+            "peer_port": 17100 + index, "ftp_port": 17200 + index,
+        }
         return self.nodes[via].changes.ask(ADD, fields)
 
     def remove_member(self, node_id: str, via: str) -> Deferred[Roster]:

@@ -14,38 +14,20 @@ from twisted.internet.defer import Deferred, fail
 
 from twisted_kv.cluster.calls import Calls, Retry
 from twisted_kv.core import messages
-from twisted_kv.core.config import ClusterConfig, NodeConfig
+from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.roster import (
     ADD,
     REMOVE,
     Roster,
     decode_roster,
     encode_roster,
+    node_from_fields,
     request_add,
     request_remove,
 )
 from twisted_kv.errors import InvalidRequest, KVError, OutcomeUnknown, Unavailable
 
 Change = Callable[[Roster], Roster]
-
-
-def node_from_wire(fields: Any) -> NodeConfig:
-    """
-    The node a L{messages.MemberRequest} to add names.
-
-    @raise InvalidRequest: C{fields} do not describe a node.
-    """
-    try:
-        node_id, host, http_port, peer_port, ftp_port = fields
-        return NodeConfig(
-            node_id=node_id, host=host, http_port=http_port, peer_port=peer_port, ftp_port=ftp_port
-        )
-    except (TypeError, ValueError) as e:
-        raise InvalidRequest(f"not a node: {e}")
-
-
-def node_to_wire(node: NodeConfig) -> list:
-    return [node.node_id, node.host, node.http_port, node.peer_port, node.ftp_port]
 
 
 class MembershipChanges:
@@ -82,8 +64,9 @@ class MembershipChanges:
 
     def ask(self, kind: str, node: Any) -> Deferred[Roster]:
         """
-        Make the change C{kind} (L{ADD} with a node's wire fields, L{REMOVE}
-        with its id) through the leader; fires with the membership once the
+        Make the change C{kind} (L{ADD} with the node's
+        L{NODE_FIELDS <twisted_kv.core.roster.NODE_FIELDS>}, L{REMOVE} with
+        its id) through the leader; fires with the membership once the
         change is committed.
         """
         leader = self._leader()
@@ -124,7 +107,7 @@ class MembershipChanges:
 
     def _change(self, kind: str, node: Any) -> Change:
         if kind == ADD:
-            new = node_from_wire(node)
+            new = node_from_fields(node)
             return lambda roster: request_add(roster, new)
         if kind == REMOVE and isinstance(node, str):
             return lambda roster: request_remove(roster, node, self._base)

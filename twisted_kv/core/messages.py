@@ -29,7 +29,7 @@ allocates nothing it did not before.
     C{in_sync} (a new member caught up) or C{drop} (a member stopped
     answering its primary);
   - a membership change asked of the partition leader (L{MemberRequest}
-    C{[id, kind, node]}: C{kind} C{add} with the node's fields, or
+    C{[id, kind, node]}: C{kind} C{add} with the node's fields (a dict), or
     C{remove} with its id), answered as client operations are;
   - client operations forwarded to a primary (L{OpRequest},
     L{ReadRequest}, L{PeekRequest}, L{ListRequest}, L{DumpRequest}), each
@@ -332,8 +332,8 @@ class ReadRequest:
 class MemberRequest:
     """
     A membership change for the partition leader to make: C{kind} is
-    C{add} (C{node} the new node's C{[id, host, http_port, peer_port,
-    ftp_port]}) or C{remove} (C{node} its id).
+    C{add} (C{node} the new node's fields, a dict of
+    L{twisted_kv.core.roster.NODE_FIELDS}) or C{remove} (C{node} its id).
     """
 
     kind: str

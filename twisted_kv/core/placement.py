@@ -41,6 +41,14 @@ from twisted_kv.core.roster import Roster, decode_roster, encode_roster
 
 VNODES_PER_NODE = 64
 
+MOVES_AT_ONCE = 8
+"""
+How many partitions may be filling new copies at once: each new copy is
+filled by a snapshot and then counts for every write, so a node added (or
+restarted empty) takes its partitions a few at a time, and the writes and
+reads of the others go on at their usual pace meanwhile.
+"""
+
 
 def partition_of(store_key: str, partitions: int) -> int:
     """
@@ -250,13 +258,18 @@ def lost_partitions(cluster_map: ClusterMap, live: Mapping[str, int]) -> list[in
 
 
 def plan_partition(
-    config: PartitionConfig, preference: Sequence[str], live: Mapping[str, int], replicas: int
+    config: PartitionConfig,
+    preference: Sequence[str],
+    live: Mapping[str, int],
+    replicas: int,
+    add: bool = True,
 ) -> PartitionConfig:
     """
     The next configuration of one partition (see the module docstring).
 
     @param preference: the ring's preference list for the partition.
     @param live: the incarnation of every node currently alive.
+    @param add: whether new members may be added now (L{MOVES_AT_ONCE}).
     """
     kept = [m for m in config.members if live.get(m.node_id) == m.incarnation]
     in_sync = [m for m in kept if m.node_id in config.in_sync]
@@ -279,7 +292,8 @@ def plan_partition(
     ideal = [node for node in preference if node in live][:replicas]
     members = [primary] + [m for m in kept if m is not primary]
     present = {m.node_id for m in members}
-    members += [Member(node, live[node]) for node in ideal if node not in present]
+    if add:
+        members += [Member(node, live[node]) for node in ideal if node not in present]
     synced_ids = {m.node_id for m in in_sync}
     if len(members) > replicas and all(node in synced_ids for node in ideal):
         if primary.node_id not in ideal:
@@ -296,15 +310,25 @@ def plan(
     current: ClusterMap, ring: Ring, live: Mapping[str, int], replicas: int
 ) -> ClusterMap:
     """
-    The next map: L{plan_partition} applied to every partition.
+    The next map: L{plan_partition} applied to every partition, new members
+    being added to at most L{MOVES_AT_ONCE} partitions at a time.
     """
-    return evolve(
-        current,
-        partitions=[
-            plan_partition(config, ring.preference_list(index), live, replicas)
-            for index, config in enumerate(current.partitions)
-        ],
-    )
+    filling = sum(1 for config in current.partitions if _filling(config))
+    partitions = []
+    for index, config in enumerate(current.partitions):
+        add = _filling(config) or filling < MOVES_AT_ONCE
+        planned = plan_partition(config, ring.preference_list(index), live, replicas, add)
+        if _filling(planned) and not _filling(config):
+            filling += 1
+        partitions.append(planned)
+    return evolve(current, partitions=partitions)
+
+
+def _filling(config: PartitionConfig) -> bool:
+    """
+    Whether a member of C{config} is still being filled.
+    """
+    return any(m.node_id not in config.in_sync for m in config.members)
 
 
 def moving_partitions(

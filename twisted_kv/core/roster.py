@@ -31,7 +31,7 @@ from typing import Optional
 
 from attrs import evolve, field, frozen
 
-from twisted_kv.core.config import ClusterConfig, NodeConfig
+from twisted_kv.core.config import _HOST, _NODE_ID, ClusterConfig, NodeConfig
 from twisted_kv.errors import InvalidRequest, MembershipConflict, UnknownMember
 
 ADD = "add"
@@ -130,6 +130,49 @@ class Roster:
         if node_id == self.leaving:
             return "leaving"
         return "member"
+
+
+NODE_FIELDS = ("id", "host", "http_port", "peer_port", "ftp_port")
+"""
+What names a node to add, in C{POST /cluster/nodes} and the peer message.
+"""
+
+
+def node_from_fields(fields: object) -> NodeConfig:
+    """
+    The node C{fields} (a mapping of L{NODE_FIELDS}) describe.
+
+    @raise InvalidRequest: a field is missing, unknown or malformed.
+    """
+    if not isinstance(fields, dict):
+        raise InvalidRequest(f"a node is an object with {', '.join(NODE_FIELDS)}")
+    missing = [name for name in NODE_FIELDS if name not in fields]
+    unknown = sorted(set(fields) - set(NODE_FIELDS))
+    if missing or unknown:
+        problem = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"
+        raise InvalidRequest(f"a node has exactly {', '.join(NODE_FIELDS)}: {problem}")
+    node_id, host = fields["id"], fields["host"]
+    if not isinstance(node_id, str) or not _NODE_ID.match(node_id):
+        raise InvalidRequest(f"id {node_id!r}: letters, digits, '_', '.' and '-' only")
+    if not isinstance(host, str) or not _HOST.match(host):
+        raise InvalidRequest(f"host {host!r} is not a host name or address")
+    ports = {}
+    for name in NODE_FIELDS[2:]:
+        port = fields[name]
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise InvalidRequest(f"{name} {port!r} is not a port (1 to 65535)")
+        ports[name] = port
+    return NodeConfig(node_id=node_id, host=host, **ports)
+
+
+def node_fields(node: NodeConfig) -> dict:
+    """
+    The L{NODE_FIELDS} of C{node}.
+    """
+    return {
+        "id": node.node_id, "host": node.host, "http_port": node.http_port,
+        "peer_port": node.peer_port, "ftp_port": node.ftp_port,
+    }
 
 
 def first_roster(config: ClusterConfig) -> Roster:

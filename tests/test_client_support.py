@@ -24,8 +24,8 @@ from zope.interface import implementer
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.roster import (
     ADD,
+    describe,
     first_roster,
-    node_fields,
     node_from_fields,
     request_add,
     request_remove,
@@ -80,17 +80,7 @@ class _Status:
         return []
 
     def members_view(self) -> dict:
-        roster = self._node.roster
-        members = [
-            {**node_fields(n), "role": roster.role(n.node_id), "voter": n.node_id in roster.voters}
-            for n in roster.nodes
-        ]
-        change = roster.change
-        return {
-            "members": members,
-            "change": None if change is None else {"kind": change.kind, "node": change.node_id},
-            "moving_partitions": [],
-        }
+        return {**describe(self._node.roster), "moving_partitions": []}
 
     def change_members(self, kind: str, node: Any) -> Deferred[dict]:
         """

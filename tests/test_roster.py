@@ -17,7 +17,9 @@ from twisted_kv.core.roster import (
     Roster,
     advance,
     config_for,
+    describe,
     first_roster,
+    from_description,
     request_add,
     request_remove,
 )
@@ -149,3 +151,21 @@ class EncodingTests(SynchronousTestCase):
     def test_old_maps_have_none(self) -> None:
         self.assertIsNone(decode_map(encode_map(ClusterMap([]))).roster)
         self.assertEqual(encode_map(ClusterMap([])), [])
+
+
+class DescriptionTests(SynchronousTestCase):
+    """
+    A joining node rebuilds the membership from C{GET /cluster/nodes}.
+    """
+
+    def test_round_trip(self) -> None:
+        base = cluster_config(3)
+        learning = request_add(first_roster(base), node(4))
+        voting = advance(learning, frozenset(learning.ids), 1, False)
+        leaving = request_remove(first_roster(cluster_config(4)), "n2", cluster_config(4))
+        for roster in (first_roster(base), learning, voting, leaving):
+            self.assertEqual(from_description(describe(roster)), roster)
+
+    def test_not_a_membership(self) -> None:
+        self.assertRaises(InvalidRequest, from_description, {"members": [{"id": "n1"}], "change": None})
+        self.assertRaises(InvalidRequest, from_description, {"members": 3})

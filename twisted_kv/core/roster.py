@@ -175,6 +175,42 @@ def node_fields(node: NodeConfig) -> dict:
     }
 
 
+def describe(roster: Roster) -> dict:
+    """
+    C{roster} as C{GET /cluster/nodes} shows it: C{members}, each with its
+    L{NODE_FIELDS}, C{role} and C{voter}, and the C{change} in progress
+    (C{{"kind", "node"}}) or C{None}.
+    """
+    change = roster.change
+    return {
+        "members": [
+            {**node_fields(n), "role": roster.role(n.node_id), "voter": n.node_id in roster.voters}
+            for n in roster.nodes
+        ],
+        "change": None if change is None else {"kind": change.kind, "node": change.node_id},
+    }
+
+
+def from_description(view: dict) -> Roster:
+    """
+    The roster L{describe} gave C{view} for (as a joining node fetches it).
+
+    @raise InvalidRequest: C{view} is not such a description.
+    """
+    try:
+        members, change = view["members"], view["change"]
+        nodes = [
+            node_from_fields({name: member[name] for name in NODE_FIELDS}) for member in members
+        ]
+        voters = {member["id"] for member in members if member["voter"]}
+        if change is not None:
+            kind, node_id = change["kind"], change["node"]
+            change = Change(kind, node_id, kind == ADD and node_id in voters)
+    except (KeyError, TypeError) as error:
+        raise InvalidRequest(f"not a membership: {error}") from None
+    return Roster(nodes, change)
+
+
 def first_roster(config: ClusterConfig) -> Roster:
     """
     The membership a cluster starts with: the nodes of its file.

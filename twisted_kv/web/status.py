@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.membership import ALIVE, DEAD, SUSPECT
-from twisted_kv.core.roster import Roster, node_fields
+from twisted_kv.core.roster import Roster, describe
 from twisted_kv.interfaces import Health, IClusterStatus
 from twisted_kv.web.metrics import Metric, Reading, counter, gauge
 
@@ -101,11 +101,7 @@ class NodeStatus:
         return self._members(self._node.roster)
 
     def _members(self, roster: Roster) -> dict:
-        members = [
-            {**node_fields(n), "role": roster.role(n.node_id), "voter": n.node_id in roster.voters}
-            for n in roster.nodes
-        ]
-        return {"members": members, **self._changes()}
+        return {**describe(roster), "moving_partitions": self._node.moving_partitions()}
 
     def change_members(self, kind: str, node: Any) -> Deferred[dict]:
         return self._node.changes.ask(kind, node).addCallback(self._members)

@@ -369,6 +369,12 @@ class Consensus:
         ok = (index, entry_term) == self._entry
         if ok and commit_index >= index:
             self._commit()
+            if sender not in self.voters:
+                # The leader committed its own removal and steps down: elect
+                # another now rather than after a silent election timeout.
+                self.leader = None
+                self._leader_contact = float("-inf")
+                self._deadline = now + self._rng.uniform(0, self._timeout / 4)
         return [(sender, messages.map_appended(self.term, ok, *self._entry))]
 
     def _on_appended(

@@ -181,7 +181,13 @@ class LinearizabilityTests(MembersTestMixin, SynchronousTestCase):
     """
 
     def history(self, seed: int) -> dict[str, list[Op]]:
-        cluster = self.make_cluster(3)
+        """
+        Operations while n4 is added and a node (perhaps the leader) is
+        removed; on even seeds the nodes keep their data on disks whose
+        power is cut, on odd ones in memory (a killed node comes back
+        empty).
+        """
+        cluster = self.make_cluster(3, disks=seed % 2 == 0)
         cluster.settle()
         rng = random.Random(seed)
         history: dict[str, list[Op]] = {"x": [], "y": []}
@@ -227,15 +233,18 @@ class LinearizabilityTests(MembersTestMixin, SynchronousTestCase):
 
     def fault(self, rng: random.Random, spare: str = "") -> None:
         """
-        Kill a node and restart it empty, or cut the leader off for two
-        seconds, or lose messages for a while.
+        Kill a node (cut its power, with disks) and restart it, or cut the
+        leader off for two seconds, or lose messages for a while.
         """
         cluster = self.cluster
         kind = rng.choice(["kill", "isolate", "drop"])
         leader = cluster.leader() or "n1"
         if kind == "kill":
             victim = rng.choice(sorted(n for n in cluster.nodes if n != spare))
-            cluster.kill(victim)
+            if cluster.filesystems:
+                cluster.crash(victim)
+            else:
+                cluster.kill(victim)
             cluster.run(rng.uniform(0.5, 2))
             cluster.start(victim)
         elif kind == "isolate":

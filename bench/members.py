@@ -110,12 +110,16 @@ async def load(cluster: RealCluster, keys: int) -> None:
              "content_type": "application/octet-stream", "version": "0.0", "ttl": None}
             for index in range(start, min(keys, start + BATCH))
         ]
-        node = cluster.live_nodes()[start // BATCH % len(cluster.live_nodes())]
-        reply = await cluster.request(
-            "POST", node, "/admin/restore", json.dumps({"records": records}).encode(),
-            {"Content-Type": "application/json"}, timeout=120,
-        )
-        if reply.status != 200:
+        body = json.dumps({"records": records}).encode()
+        for attempt in range(5):
+            # A batch that timed out is sent again: writing a record twice is harmless.
+            node = cluster.live_nodes()[(start // BATCH + attempt) % len(cluster.live_nodes())]
+            reply = await cluster.request(
+                "POST", node, "/admin/restore", body, {"Content-Type": "application/json"}, timeout=120
+            )
+            if reply.status == 200:
+                break
+        else:
             raise SystemExit(f"loading: {reply!r}")
 
 

@@ -113,7 +113,7 @@ class Node:
             joining it; the file's nodes by default.
         """
         self._base_config = config
-        self.roster = roster or first_roster(config)
+        self.roster = first_roster(config) if roster is None else roster
         self.config = config_for(config, self.roster)
         self.node_id = node_id
         self.incarnation = incarnation
@@ -425,10 +425,9 @@ class Node:
             if self._disk.compaction_due(self.bytes_used()):
                 self._disk.compact(self.replicas)
         self._find_lost_partitions(now)
-        if self.removed():
-            # No longer a member: nothing to say to the cluster.
-            pass
-        elif now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
+        gossip_due = now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT
+        # A node removed from the cluster has nothing more to say to it.
+        if gossip_due and not self.removed():
             self._last_gossip = now
             entry = list(self.consensus.entry)
             status = messages.status(self.sync_state(), entry, self.feed.last_revision)
@@ -477,8 +476,7 @@ class Node:
         previous, self.roster = self.roster, roster
         self.config = config_for(self._base_config, roster)
         self.membership.set_nodes(roster.ids)
-        if roster.placed != previous.placed:
-            self.ring = Ring(roster.placed, self.config.partitions)
+        self.ring = self._ring_for(roster)
         if self.messenger is not None:
             self.messenger.set_peers(
                 {n.node_id: (n.host, n.peer_port) for n in roster.nodes if n.node_id != self.node_id}
@@ -535,15 +533,23 @@ class Node:
             roster = self.roster
             if self.consensus.may_change_membership():
                 roster = self._next_roster(proposal, live)
-            config = config_for(self._base_config, roster)
-            ring = self.ring if roster.placed == self.roster.placed else Ring(roster.placed, config.partitions)
-            proposal = plan(evolve(proposal, roster=roster), ring, live, config.replicas)
+            replicas = config_for(self._base_config, roster).replicas
+            proposal = plan(evolve(proposal, roster=roster), self._ring_for(roster), live, replicas)
         self._reports.clear()
         if proposal == current:
             self._planned = (current, live, index)
         else:
             self._consensus_out(self.consensus.propose(now, proposal))
             self._after_consensus()
+
+    def _ring_for(self, roster: Roster) -> Ring:
+        """
+        The ring placing partitions on C{roster}'s placed nodes (this node's
+        own, unless they differ).
+        """
+        if roster.placed == self.ring.node_ids:
+            return self.ring
+        return Ring(roster.placed, self.config.partitions)
 
     def _next_roster(self, proposal: ClusterMap, live: dict[str, int]) -> Roster:
         """

@@ -97,14 +97,17 @@ class Ring:
     positions taken together (the copies, whatever the replication
     factor), and of the partitions that fall to them when a primary fails
     (the second position of each primary's partitions).
+
+    @ivar node_ids: the nodes placed, in the order given.
     """
 
     def __init__(
         self, node_ids: Iterable[str], partitions: int, vnodes: int = VNODES_PER_NODE
     ) -> None:
+        self.node_ids = tuple(node_ids)
         points = sorted(
             (_point(f"{node_id}#{index}"), node_id)
-            for node_id in node_ids
+            for node_id in self.node_ids
             for index in range(vnodes)
         )
         self._hashes = [point for point, _ in points]

@@ -735,6 +735,8 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
                 "twisted_kv_file_records": ("gauge", per_node),
                 "twisted_kv_node_alive": ("gauge", per_node),
                 "twisted_kv_node_synced": ("gauge", per_node),
+                "twisted_kv_node_joining": ("gauge", per_node),
+                "twisted_kv_node_leaving": ("gauge", per_node),
                 "twisted_kv_repaired_keys": ("counter", per_node),
                 "twisted_kv_antientropy_bytes": ("counter", per_node),
                 "twisted_kv_antientropy_last_round_seconds": ("gauge", {()}),
@@ -744,6 +746,8 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
                 "twisted_kv_memory_bytes": ("gauge", {()}),
                 "twisted_kv_lost_partitions": ("gauge", {()}),
                 "twisted_kv_partition_losses": ("counter", {()}),
+                "twisted_kv_members": ("gauge", {()}),
+                "twisted_kv_moving_partitions": ("gauge", {()}),
             },
         )
         self.assertEqual(families["twisted_kv_is_leader"].samples[0].value, 1)

@@ -18,6 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.linearizability import Op, check, random_operation
 from tests.test_cluster import ClusterTestMixin, record_outcome, submit_operation
+from twisted_kv.cluster import replication as replication_module
+from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.roster import Roster
 from twisted_kv.errors import MembershipConflict, UnknownMember
 from twisted_kv.web.site import build_site
@@ -332,3 +334,59 @@ class HTTPTests(MembersTestMixin, SynchronousTestCase):
             code, answer = self.call("POST", "/cluster/nodes", data=body)
             self.assertEqual((code, answer["error"]), (400, "bad_request"), body)
         self.assertEqual(self.cluster.nodes[self.leader].roster.ids, ("n1", "n2", "n3"))
+
+
+class HandOverTests(MembersTestMixin, SynchronousTestCase):
+    def test_planned_moves_do_not_wait_for_leases(self) -> None:
+        """
+        When a change moves a primary off a live node (here: a node being
+        removed), that node steps down and releases the promises its members
+        made it: the new primary takes over within a round trip, not once
+        the promise (half the failure timeout) has run out, although reads
+        keep the leases alive.
+        """
+        cluster = self.make_cluster(4)
+        leader = cluster.settle()
+        leaving = next(n for n in sorted(cluster.nodes) if n != leader)
+        self.fill(300)
+        rng = random.Random(3)
+        reading = [True]
+
+        def read() -> None:
+            if reading[0]:
+                node = rng.choice(sorted(cluster.nodes))
+                cluster.coordinators[node].get(user_key(f"k{rng.randrange(300)}"))
+                cluster.clock.callLater(0.002, read)
+
+        read()
+        cluster.run(1)
+        self.wait(cluster.remove_member(leaving, leader))
+        named: dict[tuple[str, int, int], float] = {}
+        waits: list[float] = []
+        # until 1.5 s after the change ended: longer than any promise
+        limit = cluster.clock.seconds() + 30
+        end = limit
+        while cluster.clock.seconds() < end:
+            cluster.run(0.005)
+            if cluster.nodes[leader].roster.change is not None:
+                end = min(limit, cluster.clock.seconds() + 1.5)
+            now = cluster.clock.seconds()
+            for node_id, node in cluster.nodes.items():
+                for partition, replica in enumerate(node.replicas):
+                    config = node.partition_config(partition)
+                    if config is None or config.primary.node_id != node_id:
+                        continue
+                    key = (node_id, partition, config.epoch)
+                    if key not in named:
+                        named[key] = now
+                        if replica.is_primary:
+                            continue
+                    if not replica.is_primary:
+                        continue
+                    if named[key] >= 0:
+                        waits.append(now - named[key])
+                        named[key] = -1
+        reading[0] = False
+        promise = cluster.config.failure_timeout * replication_module.LEASE_PROMISE_SHARE
+        self.assertGreater(len(waits), 5)
+        self.assertLess(max(waits), promise / 4, sorted(waits)[-5:])

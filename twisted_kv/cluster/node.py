@@ -238,6 +238,7 @@ class Node:
             messages.APP_OK: self.replication.on_append_ok,
             messages.APP_NO: self.replication.on_append_refused,
             messages.STALE: self.replication.on_stale,
+            messages.RELEASE: self.replication.on_release,
             messages.OP: self.operations.on_op,
             messages.READ: self.operations.on_read,
             messages.PEEK: self.operations.on_peek,
@@ -593,6 +594,8 @@ class Node:
                 replica.adopt_origin(config.origin)
                 self.replication.forgotten(index)
             member = config.member(self.node_id)
+            # the epoch we were primary in, if we were
+            primary_in = replica.epoch if replica.is_primary else None
             if member is None or member.incarnation != self.incarnation:
                 if replica.is_primary:
                     self.replication.fail_waiters(index, Retry("moved", maybe_applied=True))
@@ -603,11 +606,14 @@ class Node:
                 replica.epoch = config.epoch
             elif config.primary == member:
                 self.replication.take_over(index)
+                continue
             else:
                 if replica.is_primary:
                     self.replication.fail_waiters(index, Retry("moved", maybe_applied=True))
                     replica.step_down(config.epoch)
                 replica.epoch = config.epoch
+            if primary_in is not None and config.primary is not None:
+                self.replication.release(index, primary_in, config.primary.node_id)
 
     # -- what the coordinator asks -------------------------------------------
 

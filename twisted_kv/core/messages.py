@@ -24,7 +24,8 @@ allocates nothing it did not before.
     primary, answered by L{append_ok} C{[partition, epoch, last_seq,
     round]}, L{append_refused} C{[partition, epoch, hint]} or L{stale}
     C{[partition, epoch]}; L{snapshot} C{[partition, epoch, seq, seq_epoch,
-    first, last, records, origin]};
+    first, last, records, origin]}; L{release} C{[partition, epoch]} from a
+    primary that stepped down to the primary that follows it;
   - to the partition leader: L{report} C{[partition, epoch, node]} tagged
     C{in_sync} (a new member caught up) or C{drop} (a member stopped
     answering its primary);
@@ -81,6 +82,7 @@ DIGEST_OK = "digest_ok"
 DIGEST_DIFF = "digest_diff"
 CHECK = "check"
 MEMBER = "member"
+RELEASE = "release"
 PREVOTE = "prevote"
 PREVOTED = "prevoted"
 VOTE = "vote"
@@ -270,6 +272,19 @@ def stale(partition: int, epoch: int) -> list:
 
 
 def parse_stale(message: list) -> tuple[int, int]:
+    _, partition, epoch = message
+    return partition, epoch
+
+
+def release(partition: int, epoch: int) -> list:
+    """
+    A primary that stepped down for a new one tells it so: the promises
+    made to it up to C{epoch} hold no lease any more.
+    """
+    return [RELEASE, partition, epoch]
+
+
+def parse_release(message: list) -> tuple[int, int]:
     _, partition, epoch = message
     return partition, epoch
 

@@ -323,6 +323,10 @@ class RealCluster:
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
         self.pool.maxPersistentPerHost = 16
         self.pool.retryAutomatically = False
+        #: The nodes added while the cluster runs, each with the member it
+        #: joined through (C{--join}).
+        self.joined: dict[str, str] = {}
+        self.join_config_path = os.path.join(self.directory, "join.ini")
         self._write_config()
         self.ca_path: Optional[str] = None
         if tls:
@@ -493,9 +497,89 @@ class RealCluster:
 
     def _command(self, node_id: str) -> list[str]:
         """
-        The command line that runs node C{node_id}, the program first.
+        The command line that runs node C{node_id}, the program first: an
+        added node's names only C{[cluster]} and the member to join through.
         """
+        if node_id in self.joined:
+            via = self.joined[node_id]
+            return node_command(self.join_config_path, node_id) + ["--join", self.url(via)]
         return node_command(self.config_path, node_id)
+
+    # -- membership -------------------------------------------------------------
+
+    def add_node(self, node_id: str, via: str, timeout: float = 30.0) -> Deferred[None]:
+        """
+        Add node C{node_id} on free ports through node C{via} (C{POST
+        /cluster/nodes}), start it with C{--join} and wait until it serves
+        C{/health}.
+        """
+
+        async def add() -> None:
+            http, peer, ftp = free_ports(3)
+            fields = {"id": node_id, "host": self.host(node_id), "http_port": http,
+                      "peer_port": peer, "ftp_port": ftp}
+            reply = await self._change_members(
+                "POST", via, "/cluster/nodes", json.dumps(fields).encode()
+            )
+            if reply.status != 202:
+                raise AssertionError(f"adding {node_id}: {reply!r}")
+            self.ports[node_id] = (http, peer, ftp)
+            self.joined[node_id] = via
+            self.node_ids.append(node_id)
+            self._output[node_id] = bytearray()
+            write_config(
+                self.join_config_path, [], name=self.name, secret=self.secret,
+                replicas=str(self.replicas), ftp_users=self.ftp_users, **self.tunables,
+            )
+            await self.restart(node_id, timeout)
+
+        return ensureDeferred(add())
+
+    def remove_node(self, node_id: str, via: str) -> Deferred[Reply]:
+        """
+        Ask node C{via} to remove node C{node_id} (C{DELETE
+        /cluster/nodes/ID}); the answer comes once the change is committed,
+        while the node's copies move (L{change_done}).
+        """
+        return ensureDeferred(self._change_members("DELETE", via, f"/cluster/nodes/{node_id}"))
+
+    async def _change_members(
+        self, method: str, via: str, path: str, body: Optional[bytes] = None, timeout: float = 15.0
+    ) -> Reply:
+        """
+        Send a membership change, again while it is answered C{503} (refused
+        before anything was done: say, while a leader is being elected).
+        """
+
+        async def sent() -> Optional[Reply]:
+            reply = await self.request(
+                method, via, path, body, {"Content-Type": "application/json"}, timeout=timeout
+            )
+            return None if reply.status == 503 else reply
+
+        return await poll(sent, timeout, f"{method} {path} through {via}", reactor=self.reactor)
+
+    def change_done(self, via: str, timeout: float = 30.0) -> Deferred[dict]:
+        """
+        Wait until node C{via}'s C{/cluster} shows no membership change in
+        progress and no partition moving; fire with that view.
+        """
+
+        async def done() -> Optional[dict]:
+            view = await self._try(self.cluster_view(via, timeout=2))
+            if view is None or view["change"] is not None or view["moving_partitions"]:
+                return None
+            return view
+
+        return ensureDeferred(poll(done, timeout, "the membership change to end", reactor=self.reactor))
+
+    def forget(self, node_id: str) -> Deferred[None]:
+        """
+        Stop node C{node_id}, removed from the cluster, and count it no
+        more among the nodes.
+        """
+        self.node_ids.remove(node_id)
+        return self.stop(node_id)
 
     def _check_alive(self, nodes: Iterable[str]) -> None:
         """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import Clock
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -22,11 +22,21 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from twisted_kv.cluster.local import LocalKeyValue
+from twisted_kv.core.roster import (
+    ADD,
+    describe,
+    first_roster,
+    node_from_fields,
+    request_add,
+    request_remove,
+)
+from twisted_kv.errors import KVError
 from twisted_kv.interfaces import Health, IClusterStatus
 from twisted_kv.web.admin import admin_resource
 from twisted_kv.web.dashboard import dashboard_resource
 from twisted_kv.web.files_http import files_resource
 from twisted_kv.web.site import build_site
+from twisted_kv.testing import cluster_config
 from twisted_kv.ws.server import build_ws_resource
 
 
@@ -68,6 +78,22 @@ class _Status:
 
     def metrics(self) -> list:
         return []
+
+    def members_view(self) -> dict:
+        return {**describe(self._node.roster), "moving_partitions": []}
+
+    def change_members(self, kind: str, node: Any) -> Deferred[dict]:
+        """
+        The change, by the membership rules, at once.
+        """
+        try:
+            if kind == ADD:
+                self._node.roster = request_add(self._node.roster, node_from_fields(node))
+            else:
+                self._node.roster = request_remove(self._node.roster, node, cluster_config(3))
+        except KVError as error:
+            return fail(error)
+        return succeed(self.members_view())
 
 
 class _Tracked(ProtocolWrapper):
@@ -111,12 +137,15 @@ class Node:
     @ivar kv: its store, whose TTLs follow L{kv_clock}, a L{Clock}, unless
         the store was given.
     @ivar cluster: the C{/cluster} answer, which the test may change.
+    @ivar roster: the membership, changed by C{/cluster/nodes} as the
+        cluster's rules say (L{twisted_kv.core.roster}), at once.
     """
 
     def __init__(self, reactor: Any, kv: Optional[LocalKeyValue] = None, **ws_options: Any) -> None:
         self.kv_clock = Clock()
         self.kv = LocalKeyValue(self.kv_clock) if kv is None else kv
         self.cluster = three_nodes()
+        self.roster = first_roster(cluster_config(3))
         ws, self.ws_service = build_ws_resource(self.kv, clock=reactor, **ws_options)
         site = build_site(
             self.kv,

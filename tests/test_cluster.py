@@ -80,6 +80,9 @@ class _Unheard:
     def connected(self) -> set[str]:
         return self._messenger.connected()
 
+    def set_peers(self, peers: dict[str, tuple[str, int]]) -> None:
+        self._messenger.set_peers(peers)
+
 class ClusterTestMixin:
     """
     Helpers to drive a L{MemoryCluster} from a test.
@@ -894,6 +897,8 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
                 "twisted_kv_file_records": ("gauge", per_node),
                 "twisted_kv_node_alive": ("gauge", per_node),
                 "twisted_kv_node_synced": ("gauge", per_node),
+                "twisted_kv_node_joining": ("gauge", per_node),
+                "twisted_kv_node_leaving": ("gauge", per_node),
                 "twisted_kv_repaired_keys": ("counter", per_node),
                 "twisted_kv_antientropy_bytes": ("counter", per_node),
                 "twisted_kv_antientropy_last_round_seconds": ("gauge", {()}),
@@ -907,6 +912,8 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
                 "twisted_kv_log_commit_seconds": ("counter", {()}),
                 "twisted_kv_lost_partitions": ("gauge", {()}),
                 "twisted_kv_partition_losses": ("counter", {()}),
+                "twisted_kv_members": ("gauge", {()}),
+                "twisted_kv_moving_partitions": ("gauge", {()}),
             },
         )
         self.assertEqual(families["twisted_kv_is_leader"].samples[0].value, 1)

@@ -92,6 +92,7 @@ class GoodConfigTests(SynchronousTestCase):
                 name="twisted_kv",
                 secret=b"s3cret",
                 replicas=2,
+                majority_replicas=True,
                 data_dir=None,
                 nodes=_nodes(3),
                 ftp_users={},
@@ -221,6 +222,26 @@ class GoodConfigTests(SynchronousTestCase):
         for replicas in (1, 2, 3):
             text = f"[cluster]\nsecret = s\nreplicas = {replicas}\n" + _NODES
             self.assertEqual(parse_config(text, "x.ini").replicas, replicas)
+
+    def test_majority_follows_membership(self) -> None:
+        """
+        The config says whether C{replicas} is C{majority}, so that the
+        copy count follows the membership as it changes.
+        """
+        majority = parse_config("[cluster]\nsecret = s\n" + _NODES, "x.ini")
+        fixed = parse_config("[cluster]\nsecret = s\nreplicas = 2\n" + _NODES, "x.ini")
+        self.assertEqual((majority.majority_replicas, fixed.majority_replicas), (True, False))
+
+    def test_joining_file(self) -> None:
+        """
+        The file of a node joining a running cluster may define no nodes (the
+        cluster gives them), but keeps every other check.
+        """
+        config = parse_config("[cluster]\nsecret = s\nreplicas = 3\n", "x.ini", joining=True)
+        self.assertEqual((config.nodes, config.replicas), ((), 3))
+        with self.assertRaises(ConfigError) as caught:
+            parse_config("[cluster]\nsecret = s\nreplicas = 0\n", "x.ini", joining=True)
+        self.assertIn("replicas", str(caught.exception))
 
     def test_same_port_on_other_hosts(self) -> None:
         """

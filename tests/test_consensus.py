@@ -19,6 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.core.consensus import CANDIDATE, FOLLOWER, LEADER, Consensus
 from twisted_kv.core.placement import ClusterMap, Member, PartitionConfig, encode_map
+from twisted_kv.core.config import NodeConfig
+from twisted_kv.core.roster import ADD, Change, Roster
 
 TIMEOUT = 1.0
 HEARTBEAT = 0.1
@@ -933,3 +935,96 @@ class DurableStateTests(SynchronousTestCase):
             restarted.receive(100.0, "n2", ["vote", term + 2, index, entry_term]),
             [("n2", ["voted", term + 2, True])],
         )
+
+
+def roster_map(number: int, roster: Roster) -> ClusterMap:
+    """
+    L{numbered_map} C{number} holding the membership C{roster}.
+    """
+    return ClusterMap(numbered_map(number).partitions, roster)
+
+
+class MembershipTests(SynchronousTestCase):
+    """
+    The voters are those of the newest entry stored, committed or not
+    (Raft's single-server changes): learners hear the leader but count for
+    nothing, and a leader that commits its own removal steps down.
+    """
+
+    def setUp(self) -> None:
+        self.five = Roster(
+            NodeConfig(node_id=f"n{i}", host="h", http_port=1, peer_port=2, ftp_port=3)
+            for i in range(5)
+        )
+        self.four = Roster(self.five.nodes[:4])
+
+    def test_learner_neither_counts_nor_campaigns(self) -> None:
+        """
+        A learner gets the leader's appends, but its acknowledgement commits
+        nothing and it never starts an election.
+        """
+        learning = Roster(self.five.nodes, Change(ADD, "n4"))
+        router = Router(5, 1)
+        router.nodes["n4"] = make_node("n4", ["n0", "n1", "n2", "n3"], 0.0, 1)
+        router.partition(["n4"], ["n0", "n1", "n2", "n3"])
+        self.assertTrue(router.run_until(lambda: len(router.current_leaders()) == 1, 3 * TIMEOUT))
+        leader = router.current_leaders()[0]
+        router.heal()
+        router.send(leader, router.nodes[leader].propose(router.now, roster_map(1, learning)))
+        router.run(5 * STEP)
+        self.assertEqual(router.nodes["n4"].committed, roster_map(1, learning))
+        self.assertFalse(router.nodes["n4"].votes)
+        # With two of the four voters cut off, the learner's acknowledgement
+        # does not make a majority.
+        others = [n for n in ("n0", "n1", "n2", "n3") if n != leader][:2]
+        router.partition([n for n in router.ids if n not in others], others)
+        router.send(leader, router.nodes[leader].propose(router.now, roster_map(2, learning)))
+        router.run(5 * STEP)
+        self.assertEqual(number_of(router.nodes[leader].committed), 1)
+        router.heal()
+        router.partition(["n4"], ["n0", "n1", "n2", "n3"])
+        router.run(5 * TIMEOUT)
+        self.assertNotEqual(router.nodes["n4"].role, CANDIDATE)
+        self.assertNotEqual(router.nodes["n4"].role, LEADER)
+
+    def test_new_voters_count_once_stored(self) -> None:
+        """
+        An entry adding a voter needs a majority of the new voters: three of
+        four, not two.
+        """
+        first = ["n0", "n1", "n2"]
+        nodes = {n: make_node(n, first, 0.0) for n in ("n0", "n1", "n2", "n3")}
+        elect(nodes, "n0", TIMEOUT, ["n1", "n2"])
+        leader = nodes["n0"]
+        voting = Roster(self.four.nodes, Change(ADD, "n3", True))
+        sent = dict(leader.propose(TIMEOUT, roster_map(1, voting)))
+        self.assertEqual(leader.majority, 3)
+        self.assertFalse(leader.may_change_membership())
+        (_, reply), = nodes["n1"].receive(TIMEOUT, "n0", sent["n1"])
+        leader.receive(TIMEOUT, "n1", reply)
+        self.assertIsNone(leader.committed)
+        (_, reply), = nodes["n3"].receive(TIMEOUT, "n0", sent["n3"])
+        leader.receive(TIMEOUT, "n3", reply)
+        self.assertEqual(leader.committed, roster_map(1, voting))
+        self.assertTrue(leader.may_change_membership())
+
+    def test_removed_leader_steps_down(self) -> None:
+        """
+        A leader that removes itself counts only the remaining voters, then
+        steps down and campaigns no more; the others elect a leader.
+        """
+        router = Router(5, 3)
+        self.assertTrue(router.run_until(router.settled_leader, 3 * TIMEOUT))
+        leader = router.settled_leader()
+        without = Roster(n for n in self.five.nodes if n.node_id != leader)
+        router.send(leader, router.nodes[leader].propose(router.now, roster_map(1, without)))
+        router.run(5 * STEP)
+        self.assertEqual(router.nodes[leader].role, FOLLOWER)
+        self.assertEqual(router.nodes[leader].committed, roster_map(1, without))
+        # The others elect a leader at once, not after an election timeout.
+        self.assertTrue(router.run_until(lambda: len(router.current_leaders()) == 1, TIMEOUT / 2))
+        self.assertNotEqual(router.current_leaders(), [leader])
+        router.run(5 * TIMEOUT)
+        self.assertNotEqual(router.nodes[leader].role, CANDIDATE)
+        self.assertEqual(len(router.current_leaders()), 1)
+        self.assertNotIn(leader, router.current_leaders())

@@ -70,6 +70,12 @@ class FakeClusterStatus:
     def metrics(self) -> list:
         return [gauge("twisted_kv_keys", "Keys held.", int).per("node", [("n1", 3)])]
 
+    def members_view(self) -> dict:
+        return {"members": [], "change": None, "moving_partitions": []}
+
+    def change_members(self, kind: str, node: Any) -> Deferred[dict]:
+        return succeed(self.members_view())
+
 
 @implementer(IKeyValue)
 class ScriptedKeyValue:

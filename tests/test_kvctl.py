@@ -167,6 +167,31 @@ class KvctlTests(TestCase):
         self.assertEqual((status, json.loads(out)["leader"]), (0, "n2"))
 
     @inlineCallbacks
+    def test_member(self) -> Any:
+        """
+        C{member add} and C{member remove} print the membership they leave,
+        C{member list} the membership and the change in progress; a refused
+        change exits 1 with the node's reason.
+        """
+        status, out, err = yield self.kvctl(
+            "member", "add", "n4", "--host", "10.0.0.4", "--http-port", "7001",
+            "--peer-port", "7101", "--ftp-port", "7201",
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            out.decode().splitlines()[-2:],
+            ["n4 10.0.0.4 http=7001 peer=7101 ftp=7201 joining", "in progress: adding n4, 0 partitions moving"],
+        )
+        status, out, err = yield self.kvctl("member", "remove", "n1")
+        self.assertEqual(status, 1)
+        self.assertIn("in progress (adding n4)", err)
+        self.assertIn("(409)", err)
+        status, out, _ = yield self.kvctl("member", "list")
+        self.assertEqual(out.decode().splitlines()[0], "n1 127.0.0.1 http=17001 peer=17101 ftp=17201 member")
+        status, _, err = yield self.kvctl("member", "add", "n5", "--host", "h", "--http-port", "x")
+        self.assertEqual(status, 2)
+
+    @inlineCallbacks
     def test_node_option(self) -> Any:
         """
         C{--node} names the node; without it and C{$KVCTL_NODE}, the default

@@ -661,3 +661,23 @@ class FailureHistoryTests(SynchronousTestCase):
                 self.assertEqual(sorted(_ids(config)), sorted(ideal))
                 self.assertEqual(config.in_sync, frozenset(ideal))
                 self.assertEqual([m.incarnation for m in config.members], [live[n] for n in _ids(config)])
+
+
+class GrowthTests(SynchronousTestCase):
+    """
+    Adding a node to the ring moves about its share of the copies (at most
+    a quarter more), most of them to the new node.
+    """
+
+    def test_added_node_takes_its_share(self) -> None:
+        for size, replicas in ((4, 3), (5, 3), (6, 4)):
+            before = Ring([f"n{i}" for i in range(1, size + 1)], 64)
+            after = Ring([f"n{i}" for i in range(1, size + 2)], 64)
+            moved = sum(
+                len(set(after.preference_list(p)[:replicas]) - set(before.preference_list(p)[:replicas]))
+                for p in range(64)
+            )
+            share = 64 * replicas / (size + 1)
+            new_node = sum(f"n{size + 1}" in after.preference_list(p)[:replicas] for p in range(64))
+            self.assertLessEqual(abs(new_node - share), 2)
+            self.assertLessEqual(moved, 1.25 * share, (size, moved, share))

@@ -12,11 +12,15 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.testing import MemoryReactor
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.test_client_support import serve
 from twisted_kv.app.tap import Options, makeService
-from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
+from twisted_kv.core.config import ClusterConfig, ConfigError, NodeConfig, load_config
+from twisted_kv.core.roster import request_add
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LOCAL = os.path.join(_REPO, "etc", "cluster-local.ini")
@@ -41,15 +45,16 @@ class OptionsTests(SynchronousTestCase):
         """
         self.assertEqual(
             self.parse(["--config", "etc/x.ini", "--node", "n2"]),
-            {"config": "etc/x.ini", "node": "n2"},
+            {"config": "etc/x.ini", "node": "n2", "join": None},
         )
 
     def test_short(self) -> None:
         """
-        C{-c} and C{-n}, and the C{--option=value} form.
+        C{-c}, C{-n} and C{-j}, and the C{--option=value} form.
         """
         self.assertEqual(
-            self.parse(["-c", "x.ini", "--node=n1"]), {"config": "x.ini", "node": "n1"}
+            self.parse(["-c", "x.ini", "--node=n1", "-j", "http://h:1"]),
+            {"config": "x.ini", "node": "n1", "join": "http://h:1"},
         )
 
     def test_required(self) -> None:
@@ -94,7 +99,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.calls: list[tuple[ClusterConfig, str, Any]] = []
         self.service = Service()
 
-    def build(self, config: ClusterConfig, node_id: str, reactor: Any) -> IService:
+    def build(self, config: ClusterConfig, node_id: str, reactor: Any, joined: Any) -> IService:
+        self.assertIsNone(joined)
         self.calls.append((config, node_id, reactor))
         return self.service
 
@@ -185,7 +191,7 @@ class MakeServiceTests(SynchronousTestCase):
         data directory) ends the program the same way.
         """
 
-        def build(config: ClusterConfig, node_id: str, reactor: Any) -> IService:
+        def build(config: ClusterConfig, node_id: str, reactor: Any, joined: Any) -> IService:
             raise ConfigError(config.path, "cluster", "data_dir", "not a directory")
 
         error = self.assertRaises(
@@ -289,3 +295,54 @@ class TwistdTests(SynchronousTestCase):
                 " address already in use\n",
             ),
         )
+
+
+class JoinTests(TestCase):
+    """
+    With C{--join URL}, the file holds only C{[cluster]}: the members, this
+    node's address among them, come from the cluster at C{URL}.
+    """
+
+    def setUp(self) -> None:
+        self.node = serve(self)
+        self.path = self.mktemp()
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write("[cluster]\nname = test\nsecret = s\n")
+        self.built: list[tuple[ClusterConfig, str, Any]] = []
+
+    def build(self, config: ClusterConfig, node_id: str, reactor: Any, joined: Any) -> IService:
+        self.built.append((config, node_id, joined))
+        return Service()
+
+    def join(self, node_id: str, url: str) -> Deferred[Any]:
+        options = Options()
+        options.parseOptions(["--config", self.path, "--node", node_id, "--join", url])
+        return deferToThread(makeService, options, MemoryReactor(), _build=self.build)
+
+    @inlineCallbacks
+    def test_member_joins(self) -> Any:
+        self.node.roster = request_add(self.node.roster, NodeConfig(
+            node_id="n4", host="127.0.0.1", http_port=7004, peer_port=7104, ftp_port=7204
+        ))
+        yield self.join("n4", self.node.url)
+        (config, node_id, joined), = self.built
+        self.assertEqual((node_id, joined), ("n4", self.node.roster))
+        self.assertEqual(config.node_ids, ("n1", "n2", "n3", "n4"))
+        self.assertEqual((config.node("n4").http_port, config.replicas), (7004, 2))
+
+    @inlineCallbacks
+    def test_not_a_member(self) -> Any:
+        error = yield self.assertFailure(self.join("n4", self.node.url), SystemExit)
+        self.assertEqual(
+            error.code,
+            f"kvnode n4: not a member of the cluster at {self.node.url}: add it first"
+            " (kvctl member add n4 ...)",
+        )
+        self.assertEqual(self.built, [])
+
+    @inlineCallbacks
+    def test_unreachable(self) -> Any:
+        url = self.node.url
+        yield self.node.stop()
+        error = yield self.assertFailure(self.join("n4", url), SystemExit)
+        self.assertTrue(error.code.startswith(f"kvnode n4: cannot join through {url}: "), error.code)

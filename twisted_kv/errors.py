@@ -110,6 +110,17 @@ class LogFailed(Unavailable, code="log_failed"):
     """
 
 
+class MembershipConflict(KVError, status=409, code="membership_conflict"):
+    """
+    The membership change cannot be made now: another is in progress, or it
+    would leave fewer than three members, or the node is already a member.
+    """
+
+
+class UnknownMember(KVError, status=404, code="unknown_member"):
+    """No such member."""
+
+
 class SnapshotExpired(KVError, status=410, code="snapshot_expired"):
     """
     The partition dump asked for is no longer held (its primary moved, or
@@ -140,6 +151,8 @@ _BY_CODE = {
         WriteFailed,
         LogFailed,
         SnapshotExpired,
+        MembershipConflict,
+        UnknownMember,
     )
 }
 

@@ -13,12 +13,15 @@ maps client keys and file paths onto them, in one place.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from attrs import Factory, field, frozen
 from zope.interface import Attribute, Interface
 
 from twisted_kv.core.records import Change, Record
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 @frozen
@@ -251,6 +254,23 @@ class IClusterStatus(Interface):
         (C{GET /health}).
         """
 
+    def members_view() -> dict:
+        """
+        The JSON object of C{GET /cluster/nodes}: C{members}, each with the
+        L{twisted_kv.core.roster.NODE_FIELDS}, C{role} (C{member},
+        C{joining} or C{leaving}) and C{voter}; C{change}, the change in
+        progress (C{{"kind", "node"}}) or C{null}; C{moving_partitions},
+        the partitions not yet where the placement wants them.
+        """
+
+    def change_members(kind: str, node: Any) -> "Deferred[dict]":
+        """
+        Ask the cluster to add a member (C{kind} C{add}, C{node} its
+        fields) or remove one (C{remove}, C{node} its id); fires with
+        L{members_view} once the change is committed (the data then moves),
+        or fails with a L{twisted_kv.errors.KVError} saying why not.
+        """
+
     def metrics() -> list:
         """
         Node-level metrics, read when C{/metrics} is scraped: a list of
@@ -284,6 +304,12 @@ class IMessenger(Interface):
     def connected() -> set[str]:
         """
         The ids of the peers we have a link to.
+        """
+
+    def set_peers(peers: dict[str, tuple[str, int]]) -> None:
+        """
+        Link to C{peers} (id -> (host, peer port)) from now on: the
+        cluster's membership changed.
         """
 
 

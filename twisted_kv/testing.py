@@ -23,6 +23,7 @@ from twisted_kv.cluster.durable import NodeDisk
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.config import ClusterConfig, parse_config
 from twisted_kv.core.membership import new_incarnation
+from twisted_kv.core.roster import ADD, REMOVE, Roster
 from twisted_kv.interfaces import IMessenger
 from twisted_kv.storage.testing import CrashableFileSystem
 
@@ -105,6 +106,11 @@ class _Messenger:
 
     def hears_from(self, peer: str) -> bool:
         return self._network.linked(peer, self._node_id)
+
+    def set_peers(self, peers: dict[str, tuple[str, int]]) -> None:
+        """
+        Nothing to do: the network reaches every node by its id.
+        """
 
 
 class MemoryNetwork:
@@ -278,6 +284,8 @@ class MemoryCluster:
         self.clock.advance(1_000_000)
         self.rng = random.Random(seed)
         self.network = MemoryNetwork(self.clock, self.rng)
+        # the membership each node added later was given when it joined
+        self.joined: dict[str, Roster] = {}
         self.nodes: dict[str, Node] = {}
         self.coordinators: dict[str, Coordinator] = {}
         # each node's clock (its latest run's)
@@ -312,12 +320,43 @@ class MemoryCluster:
             incarnation=incarnation,
             rng=random.Random(self.rng.random()),
             disk=disk,
+            roster=self.joined.get(node_id),
         )
         self.nodes[node_id] = node
         self.coordinators[node_id] = Coordinator(node, clock)
         self.network.add(node)
         node.start()
         return node
+
+    def add_member(self, node_id: str, via: str) -> Deferred[Roster]:
+        """
+        Ask node C{via} to add C{node_id} (on made-up ports after the
+        file's); fires once the change is committed.  Start the node with
+        L{join}.
+        """
+        index = int(node_id.lstrip("n"))
+        fields = {
+            "id": node_id, "host": "127.0.0.1", "http_port": 17000 + index,
+            "peer_port": 17100 + index, "ftp_port": 17200 + index,
+        }
+        return self.nodes[via].changes.ask(ADD, fields)
+
+    def remove_member(self, node_id: str, via: str) -> Deferred[Roster]:
+        """
+        Ask node C{via} to remove C{node_id}.
+        """
+        return self.nodes[via].changes.ask(REMOVE, node_id)
+
+    def join(self, node_id: str, via: str) -> Node:
+        """
+        Start node C{node_id}, added to the cluster, with the membership
+        node C{via} gives it (as C{--join} fetches it).
+        """
+        self.joined[node_id] = self.nodes[via].roster
+        if self.config.data_dir is not None:
+            self.filesystems.setdefault(node_id, CrashableFileSystem())
+            self.boots.setdefault(node_id, 0)
+        return self.start(node_id)
 
     def kill(self, node_id: str) -> None:
         """

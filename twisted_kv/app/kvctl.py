@@ -13,6 +13,13 @@ C{kvctl}: the command-line client of a twisted_kv cluster.
                                                to another node (from /cluster)
                                                when the connection is lost
     kvctl cluster                              the cluster's state, as JSON
+    kvctl member list                          one member a line: id, address,
+                                               role; then the change in progress
+    kvctl member add ID --host H --http-port P --peer-port Q --ftp-port R
+                                               adds a node (docs: "Growing a
+                                               cluster"); start it with --join
+    kvctl member remove ID                     moves its copies away, then
+                                               removes it
     kvctl snapshot save FILE                   every key and file, each partition
                                                as of one moment (docs/backup.md)
     kvctl snapshot restore FILE                loads such a file into a cluster
@@ -110,6 +117,17 @@ def _parser(default_node: str, default_cacert: Optional[str]) -> argparse.Argume
     watch.add_argument("--count", type=_positive, metavar="N", help="exit after N changes")
 
     commands.add_parser("cluster", help="print the cluster's state as JSON")
+
+    member = commands.add_parser("member", help="list, add or remove the cluster's members")
+    member_actions = member.add_subparsers(dest="action", required=True, metavar="ACTION")
+    member_actions.add_parser("list", help="print the members and the change in progress")
+    add = member_actions.add_parser("add", help="add a node; then start it with --join")
+    add.add_argument("id")
+    add.add_argument("--host", required=True)
+    for port in ("http", "peer", "ftp"):
+        add.add_argument(f"--{port}-port", type=_positive, required=True, metavar="PORT")
+    remove = member_actions.add_parser("remove", help="move a node's copies away, then remove it")
+    remove.add_argument("id")
 
     snapshot = commands.add_parser("snapshot", help="back up or restore the whole cluster")
     actions = snapshot.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -256,6 +274,33 @@ def _certs(arguments: argparse.Namespace, stdout: BinaryIO) -> None:
     )
 
 
+def _member(client: Client, arguments: argparse.Namespace, stdout: BinaryIO) -> None:
+    """
+    C{kvctl member ...}: each prints the membership as it then is.
+    """
+    if arguments.action == "add":
+        view = client.add_member(
+            {
+                "id": arguments.id, "host": arguments.host, "http_port": arguments.http_port,
+                "peer_port": arguments.peer_port, "ftp_port": arguments.ftp_port,
+            }
+        )
+    elif arguments.action == "remove":
+        view = client.remove_member(arguments.id)
+    else:
+        view = client.members()
+    for node in view["members"]:
+        _line(
+            stdout,
+            f"{node['id']} {node['host']} http={node['http_port']} peer={node['peer_port']}"
+            f" ftp={node['ftp_port']} {node['role']}",
+        )
+    change = view["change"]
+    if change is not None:
+        verb = "adding" if change["kind"] == "add" else "removing"
+        _line(stdout, f"in progress: {verb} {change['node']}, {len(view['moving_partitions'])} partitions moving")
+
+
 def _run(
     arguments: argparse.Namespace,
     stdin: BinaryIO,
@@ -303,6 +348,8 @@ def _run(
             _watch(client, arguments, stdout, stderr)
         elif command == "snapshot":
             _snapshot(client, arguments, stdout)
+        elif command == "member":
+            _member(client, arguments, stdout)
         else:
             _line(stdout, json.dumps(client.cluster(), indent=2))
 

@@ -29,6 +29,7 @@ from twisted_kv.cluster.durable import NodeDisk
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.config import ClusterConfig, NodeConfig, format_address
 from twisted_kv.core.membership import new_incarnation
+from twisted_kv.core.roster import Roster
 from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
 from twisted_kv.ftp.server import build_ftp_factory
@@ -197,11 +198,15 @@ def boot_id() -> str:
         return f"unknown {random.SystemRandom().getrandbits(64):x}"
 
 
-def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> NodeService:
+def build_node_service(
+    config: ClusterConfig, node_id: str, reactor: Any, joined: Optional[Roster] = None
+) -> NodeService:
     """
     Everything node C{node_id} of C{config} runs.
+
+    @param joined: the membership of the cluster this node was added to,
+        as fetched with C{--join}; the file's nodes otherwise.
     """
-    me: NodeConfig = config.node(node_id)
     tls = node_tls(config, node_id)
     # A full collection walks every tracked object of the node: about 65 ms
     # at an entry node under PUT load.  With CPython's default thresholds it
@@ -221,13 +226,17 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
         incarnation=incarnation,
         lease_clock=time.monotonic,
         disk=disk,
+        roster=joined,
     )
+    # The membership the node holds (its data directory's may be newer
+    # than the file's) says where it and its peers are.
+    me: NodeConfig = node.roster.node(node_id) or config.node(node_id)
     links = PeerLinks(
         node_id=node_id,
         incarnation=node.incarnation,
         cluster_name=config.name,
         secret=config.secret,
-        peers={peer.node_id: (peer.host, peer.peer_port) for peer in config.peers(node_id)},
+        peers={n.node_id: (n.host, n.peer_port) for n in node.roster.nodes if n.node_id != node_id},
         handler=node,
         reactor=reactor,
         listen_endpoint=listen_endpoint(me.host, me.peer_port),

@@ -3,6 +3,11 @@
 The C{kvnode} twistd plugin's options and service maker.
 
     twistd -n --pidfile= kvnode --config etc/cluster-local.ini --node n1
+    twistd -n --pidfile= kvnode --config join.ini --node n4 --join http://10.0.0.1:7001
+
+With C{--join URL}, the node was added to a running cluster (C{kvctl member
+add}): the file needs only C{[cluster]}, and the members, this node's
+address among them, come from the cluster at C{URL} (any member).
 
 A user error in the cluster file (or an unknown C{--node}) ends twistd at
 once with one line on standard error naming the file, the section and the
@@ -18,9 +23,12 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
+from twisted_kv.core.roster import Roster, config_for, from_description
+from twisted_kv.errors import KVError
 
-#: Builds a node's service tree: (config, node id, reactor) -> service.
-ServiceBuilder = Callable[[ClusterConfig, str, Any], IService]
+#: Builds a node's service tree: (config, node id, reactor, membership
+#: fetched with --join or None) -> service.
+ServiceBuilder = Callable[[ClusterConfig, str, Any, Optional[Roster]], IService]
 
 
 class Options(usage.Options):
@@ -28,7 +36,7 @@ class Options(usage.Options):
     Command-line options of C{twistd kvnode}.
     """
 
-    synopsis = "--config PATH --node ID"
+    synopsis = "--config PATH --node ID [--join URL]"
 
     longdesc = (
         "Run node ID of the twisted_kv cluster described in the INI file PATH "
@@ -39,6 +47,11 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "The cluster file (INI) describing every node."],
         ["node", "n", None, "The id of this node: its [node:ID] section in the file."],
+        [
+            "join", "j", None,
+            "A member's URL: this node was added to that running cluster (kvctl member add);"
+            " the file then needs only [cluster], the members come from the cluster.",
+        ],
     ]
 
     def parseOptions(self, options: Optional[list[str]] = None) -> None:
@@ -97,13 +110,41 @@ def makeService(
 
         reactor = _global_reactor
     try:
-        config = load_config(options["config"])
+        roster = None
+        if options["join"]:
+            config = load_config(options["config"], joining=True)
+            roster = fetch_membership(options["join"], options["node"], config.request_timeout)
+            config = config_for(config, roster)
+        else:
+            config = load_config(options["config"])
         config.node(options["node"])
         if _build is None:
             from twisted_kv.app.service import build_node_service, check_ports
 
             check_ports(config.node(options["node"]))
             _build = build_node_service
-        return _build(config, options["node"], reactor)
+        return _build(config, options["node"], reactor, roster)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
+
+
+def fetch_membership(url: str, node_id: str, timeout: float) -> Roster:
+    """
+    The membership of the cluster at C{url}, which must name C{node_id}.
+
+    @raise SystemExit: with one line saying why it cannot be had.
+    """
+    from twisted_kv.client import Client
+
+    try:
+        with Client(url, timeout=timeout) as client:
+            roster = from_description(client.members())
+    except (KVError, OSError, ValueError) as error:
+        message = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
+        raise SystemExit(f"kvnode {node_id}: cannot join through {url}: {message}") from None
+    if roster.node(node_id) is None:
+        raise SystemExit(
+            f"kvnode {node_id}: not a member of the cluster at {url}: add it first"
+            f" (kvctl member add {node_id} ...)"
+        )
+    return roster

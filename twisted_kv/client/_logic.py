@@ -266,6 +266,19 @@ def cluster_request() -> Request[dict]:
     return Request("GET", "/cluster", {}, None, _json)
 
 
+def members_request() -> Request[dict]:
+    return Request("GET", "/cluster/nodes", {}, None, _json)
+
+
+def add_member_request(fields: Mapping[str, Any]) -> Request[dict]:
+    body = json.dumps(dict(fields)).encode("utf-8")
+    return Request("POST", "/cluster/nodes", {"Content-Type": "application/json"}, body, _json)
+
+
+def remove_member_request(node_id: str) -> Request[dict]:
+    return Request("DELETE", "/cluster/nodes/" + quote(node_id, safe=""), {}, None, _json)
+
+
 def snapshot_partitions_request() -> Request[int]:
     return Request("GET", "/admin/snapshot", {}, None, lambda response: int(_json(response)["partitions"]))
 
@@ -361,6 +374,27 @@ class Calls(ABC):
         The node's view of the cluster (C{GET /cluster}): a dict.
         """
         return self._call(cluster_request())
+
+    def members(self) -> Any:
+        """
+        The cluster's members and the change in progress (C{GET
+        /cluster/nodes}): a dict.
+        """
+        return self._call(members_request())
+
+    def add_member(self, fields: Mapping[str, Any]) -> Any:
+        """
+        Add the node C{fields} describe (C{id}, C{host}, C{http_port},
+        C{peer_port}, C{ftp_port}); answers the membership once the change
+        is committed (its data then moves).
+        """
+        return self._call(add_member_request(fields))
+
+    def remove_member(self, node_id: str) -> Any:
+        """
+        Remove node C{node_id} once its copies moved to the others.
+        """
+        return self._call(remove_member_request(node_id))
 
     def snapshot_partitions(self) -> Any:
         """

@@ -31,6 +31,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Optional
 
+from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -43,6 +44,7 @@ from twisted_kv.cluster.calls import Calls, Request, Retry
 from twisted_kv.cluster.deadlines import Deadlines
 from twisted_kv.cluster.durable import DurableGate, NodeDisk
 from twisted_kv.cluster.feed import ChangeFeed
+from twisted_kv.cluster.members import MembershipChanges
 from twisted_kv.cluster.operations import ClientOperations
 from twisted_kv.cluster.replication import Replication
 from twisted_kv.core import messages
@@ -55,14 +57,17 @@ from twisted_kv.core.placement import (
     PartitionConfig,
     Ring,
     drop_member,
+    holds_copies,
     initial_map,
     lost_partitions,
     mark_in_sync,
+    moving_partitions,
     partition_of,
     plan,
 )
 from twisted_kv.core.records import Expire
 from twisted_kv.core.replica import Replica
+from twisted_kv.core.roster import Roster, advance, config_for, first_roster
 from twisted_kv.interfaces import IMessenger, IPeerHandler
 from twisted_kv.storage.committer import CommitCounts
 
@@ -96,21 +101,28 @@ class Node:
         rng: Optional[random.Random] = None,
         lease_clock: Optional[Callable[[], float]] = None,
         disk: Optional[NodeDisk] = None,
+        roster: Optional[Roster] = None,
     ) -> None:
         """
+        @param config: the cluster file's settings; its nodes are the first
+            members, until a map holding the membership says otherwise.
         @param lease_clock: the time read leases are measured with, which
             must never step (C{time.monotonic}); C{clock}'s by default.
         @param disk: the node's data directory, recovered, with C{data_dir};
             without it the node keeps everything in memory.
+        @param roster: the membership as the cluster gave it to a node
+            joining it; the file's nodes by default.
         """
-        self.config = config
+        self._base_config = config
+        self.roster = first_roster(config) if roster is None else roster
+        self.config = config_for(config, self.roster)
         self.node_id = node_id
         self.incarnation = incarnation
         self._clock = clock
         now = clock.seconds()
         self.consensus = Consensus(
             node_id,
-            config.node_ids,
+            self.roster.voters,
             now=now,
             election_timeout=config.election_timeout,
             heartbeat_interval=config.heartbeat_interval,
@@ -122,9 +134,9 @@ class Node:
         self._saved_consensus = self.consensus.durable_state()
         self._consensus_gate = DurableGate(self._send_all, "the consensus state")
         self.membership = Membership(
-            config.node_ids, node_id, incarnation, config.failure_timeout
+            self.roster.ids, node_id, incarnation, config.failure_timeout
         )
-        self.ring = Ring(config.node_ids, config.partitions)
+        self.ring = Ring(self.roster.placed, config.partitions)
         if disk is None:
             self.replicas = [Replica(p) for p in range(config.partitions)]
         else:
@@ -145,7 +157,7 @@ class Node:
         self._reports: list[tuple[str, int, int, str]] = []
         # the last map and live nodes the leader planned from without
         # finding anything to change
-        self._planned: tuple[Optional[ClusterMap], dict[str, int]] = (None, {})
+        self._planned: tuple[Optional[ClusterMap], dict[str, int], int] = (None, {}, 0)
         self._last_gossip = float("-inf")
         self._ticker = LoopingCall(self.tick)
         self._ticker.clock = clock
@@ -203,7 +215,16 @@ class Node:
             run=0 if disk is None else disk.run,
             refusal=(lambda: None) if disk is None else disk.refusal,
         )
+        self.changes = MembershipChanges(
+            base=config,
+            calls=self.calls,
+            leader=lambda: self.consensus.leader,
+            node_id=node_id,
+            roster=lambda: self.roster,
+            timeout=config.request_timeout,
+        )
         self._dispatch = self._routes()
+        self._follow_roster()
 
     def _routes(self) -> dict[str, Callable[[str, list], None]]:
         """
@@ -221,6 +242,7 @@ class Node:
             messages.APP_OK: self.replication.on_append_ok,
             messages.APP_NO: self.replication.on_append_refused,
             messages.STALE: self.replication.on_stale,
+            messages.RELEASE: self.replication.on_release,
             messages.OP: self.operations.on_op,
             messages.READ: self.operations.on_read,
             messages.PEEK: self.operations.on_peek,
@@ -239,6 +261,7 @@ class Node:
             messages.DIGEST_OK: self.antientropy.on_digest_answer,
             messages.DIGEST_DIFF: self.antientropy.on_digest_answer,
             messages.CHECK: self.antientropy.on_check,
+            messages.MEMBER: self.changes.on_request,
         }
 
     # Anti-entropy and replication call each other, as replication and
@@ -321,7 +344,12 @@ class Node:
         return self._map
 
     def has_majority(self) -> bool:
-        return self.membership.live_count(self._now()) >= self.config.majority
+        """
+        Whether a majority of the voters is alive in this node's view.
+        """
+        now = self._now()
+        alive = sum(1 for node in self.consensus.voters if self.membership.state(node, now) != DEAD)
+        return alive >= self.consensus.majority
 
     def just_started(self) -> bool:
         """
@@ -416,7 +444,9 @@ class Node:
             if self._disk.compaction_due(self.bytes_used()):
                 self._disk.compact(self.replicas)
         self._find_lost_partitions(now)
-        if now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT:
+        gossip_due = now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT
+        # A node removed from the cluster has nothing more to say to it.
+        if gossip_due and not self.removed():
             self._last_gossip = now
             entry = list(self.consensus.entry)
             status = messages.status(self.sync_state(), entry, self.feed.last_revision)
@@ -439,9 +469,46 @@ class Node:
             )
             self._leader_seen = leader
             self.feed.republish()
+        self._follow_roster()
+        if self.consensus.role != LEADER:
+            self.changes.lost_leadership()
         committed = self.consensus.committed
         if committed is not None and committed is not self._map:
             self._apply_map(committed)
+            self.changes.committed(committed.roster)
+
+    def removed(self) -> bool:
+        """
+        Whether this node is no longer a member: its removal is in the map.
+        """
+        return self.node_id not in self.roster.ids
+
+    def _follow_roster(self) -> None:
+        """
+        Take the membership of the newest map held, committed or not (as
+        the consensus does): who is watched for failures, who the ring
+        places partitions on, how many copies each has, who is linked to.
+        """
+        latest = self.consensus.latest_map
+        roster = latest.roster if latest is not None and latest.roster is not None else self.roster
+        if roster == self.roster:
+            return
+        previous, self.roster = self.roster, roster
+        self.config = config_for(self._base_config, roster)
+        self.membership.set_nodes(roster.ids)
+        self.ring = self._ring_for(roster)
+        if self.messenger is not None:
+            self.messenger.set_peers(
+                {n.node_id: (n.host, n.peer_port) for n in roster.nodes if n.node_id != self.node_id}
+            )
+        change = roster.change
+        if self.removed():
+            log.warn("this node was removed from the cluster: it serves nothing more; stop it")
+        log.info(
+            "members: {members}{change}",
+            members=", ".join(roster.ids),
+            change="" if change is None else f" ({change.kind} {change.node_id} in progress)",
+        )
 
     def _find_lost_partitions(self, now: float) -> None:
         """
@@ -489,25 +556,68 @@ class Node:
     def _lead(self, now: float) -> None:
         live = self._placeable(self.membership.live(now))
         current = self.consensus.latest_map
-        unchanged_map, unchanged_live = self._planned
+        index = self.consensus.committed_index
+        unchanged_map, unchanged_live, unchanged_index = self._planned
         if current is not None and current is unchanged_map and live == unchanged_live:
-            if not self._reports:
+            if not self._reports and not self.changes.waiting and index == unchanged_index:
                 # Planning from this map and these nodes changed nothing.
                 return
         if current is None:
-            proposal = initial_map(self.ring, self.config.partitions, live, self.config.replicas)
+            proposal = initial_map(
+                self.ring, self.config.partitions, live, self.config.replicas, self.roster
+            )
         else:
             proposal = current
             for kind, partition, epoch, node in self._reports:
                 change = mark_in_sync if kind == messages.IN_SYNC else drop_member
                 proposal = change(proposal, partition, epoch, node)
-            proposal = plan(proposal, self.ring, live, self.config.replicas)
+            roster = self.roster
+            if self.consensus.may_change_membership():
+                roster = self._next_roster(proposal, live)
+            replicas = config_for(self._base_config, roster).replicas
+            proposal = plan(evolve(proposal, roster=roster), self._ring_for(roster), live, replicas)
         self._reports.clear()
         if proposal == current:
-            self._planned = (current, live)
+            self._planned = (current, live, index)
         else:
             self._consensus_out(self.consensus.propose(now, proposal))
             self._after_consensus()
+
+    def _ring_for(self, roster: Roster) -> Ring:
+        """
+        The ring placing partitions on C{roster}'s placed nodes (this node's
+        own, unless they differ).
+        """
+        if roster.placed == self.ring.node_ids:
+            return self.ring
+        return Ring(roster.placed, self.config.partitions)
+
+    def _next_roster(self, proposal: ClusterMap, live: dict[str, int]) -> Roster:
+        """
+        The membership of the next map: a change asked for, if any, else the
+        next step of the change in progress (L{advance}).
+        """
+        roster = self.changes.next_roster(self.roster)
+        if roster != self.roster:
+            return roster
+        leaving = roster.leaving
+        moving = moving_partitions(proposal, self.ring, live, self.config.replicas)
+        return advance(
+            roster,
+            frozenset(live),
+            len(moving),
+            leaving is not None and holds_copies(proposal, leaving),
+        )
+
+    def moving_partitions(self) -> list[int]:
+        """
+        The partitions of the committed map still moving to where the ring
+        wants them (for C{/cluster} and the metrics).
+        """
+        if self._map is None:
+            return []
+        live = self.membership.live(self._now())
+        return moving_partitions(self._map, self.ring, live, self.config.replicas)
 
     # -- applying the committed map ----------------------------------------
 
@@ -524,6 +634,8 @@ class Node:
                 replica.adopt_origin(config.origin)
                 self.replication.forgotten(index)
             member = config.member(self.node_id)
+            # the epoch we were primary in, if we were
+            primary_in = replica.epoch if replica.is_primary else None
             if member is None and self._placed_here(index):
                 # Dropped while dead or cut off, this node will be added
                 # back as soon as it is live: keep what it holds, so that
@@ -543,11 +655,14 @@ class Node:
                 replica.epoch = config.epoch
             elif config.primary == member:
                 self.replication.take_over(index)
+                continue
             else:
                 if replica.is_primary:
                     self.replication.fail_waiters(index, Retry("moved", maybe_applied=True))
                     replica.step_down(config.epoch)
                 replica.epoch = config.epoch
+            if primary_in is not None and config.primary is not None:
+                self.replication.release(index, primary_in, config.primary.node_id)
 
     def _placed_here(self, partition: int) -> bool:
         """

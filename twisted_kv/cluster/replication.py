@@ -446,6 +446,21 @@ class Replication:
         self._replicas[partition].on_append_refused(peer, epoch, hint)
         self.replicate(partition)
 
+    def release(self, partition: int, epoch: int, successor: str) -> None:
+        """
+        Having stepped down as the primary of C{partition} in C{epoch}, let
+        C{successor} take over at once rather than when our lease would
+        have ended: a planned move (a node added or removed, a member back
+        in sync) then stalls the partition for a round trip, not for half a
+        failure timeout.
+        """
+        self._send(successor, messages.release(partition, epoch))
+
+    def on_release(self, peer: str, message: list) -> None:
+        partition, epoch = messages.parse_release(message)
+        if self._replicas[partition].release_promise(epoch) and partition in self._takeovers_waiting:
+            self.take_over(partition)
+
     def on_stale(self, peer: str, message: list) -> None:
         partition, epoch = messages.parse_stale(message)
         self.superseded(self._replicas[partition], epoch)

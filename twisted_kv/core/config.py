@@ -329,6 +329,8 @@ class ClusterConfig:
     @ivar secret: the shared secret peers prove knowledge of.
     @ivar replicas: copies of each key, resolved to a number
         (C{majority} is M{N // 2 + 1}).
+    @ivar majority_replicas: whether the file said C{replicas = majority},
+        so that the copy count follows the membership as it changes.
     @ivar data_dir: a directory for on-disk state, or C{None} for purely
         in memory; a relative one in the file is resolved against the
         file's folder, so that every node of a cluster started from one
@@ -363,6 +365,7 @@ class ClusterConfig:
     name: str = field(validator=validators.instance_of(str))
     secret: bytes = field(validator=validators.instance_of(bytes))
     replicas: int = field(validator=validators.instance_of(int))
+    majority_replicas: bool = field(default=False, validator=validators.instance_of(bool))
     data_dir: Optional[str] = field(
         default=None, validator=validators.optional(validators.instance_of(str))
     )
@@ -526,9 +529,12 @@ _DEFAULT_NAME = "twisted_kv"
 # Parsing
 
 
-def load_config(path: str) -> ClusterConfig:
+def load_config(path: str, *, joining: bool = False) -> ClusterConfig:
     """
     Read and check the cluster file at C{path}.
+
+    @param joining: the file is for a node joining a running cluster, which
+        learns the members from the cluster: it may define no nodes.
 
     @raise ConfigError: if the file cannot be read or is not a valid cluster
         file.
@@ -540,7 +546,7 @@ def load_config(path: str) -> ClusterConfig:
         raise ConfigError(path, None, None, f"cannot read the cluster file: {e.strerror or e}")
     except UnicodeDecodeError as e:
         raise ConfigError(path, None, None, f"not UTF-8 text: {e.reason} at byte {e.start}")
-    config = parse_config(text, path)
+    config = parse_config(text, path, joining=joining)
     if config.data_dir is not None and not os.path.isabs(config.data_dir):
         # the same directory whatever the working directory a node runs in
         config = evolve(config, data_dir=os.path.abspath(config.data_dir))
@@ -554,11 +560,12 @@ def load_config(path: str) -> ClusterConfig:
     return config
 
 
-def parse_config(text: str, path: str) -> ClusterConfig:
+def parse_config(text: str, path: str, *, joining: bool = False) -> ClusterConfig:
     """
     Check the text of a cluster file.
 
     @param path: where C{text} came from; used in error messages only.
+    @param joining: as for L{load_config}.
 
     @raise ConfigError: if C{text} is not a valid cluster file.
     """
@@ -608,7 +615,7 @@ def parse_config(text: str, path: str) -> ClusterConfig:
             )
     if not parser.has_section("cluster"):
         raise ConfigError(path, "cluster", None, "missing section")
-    if not node_sections:
+    if not node_sections and not joining:
         raise ConfigError(path, "node:ID", None, "missing section: the file defines no nodes")
 
     nodes = tuple(_parse_node(path, parser, section) for section in node_sections)
@@ -627,7 +634,8 @@ def parse_config(text: str, path: str) -> ClusterConfig:
     secret = cluster["secret"].strip()
     if not secret:
         raise ConfigError(path, "cluster", "secret", "must not be empty")
-    replicas = _parse_replicas(path, cluster.get("replicas", "majority"), len(nodes))
+    replicas_text = cluster.get("replicas", "majority")
+    replicas = _parse_replicas(path, replicas_text, len(nodes) if nodes else None)
     data_dir = cluster.get("data_dir", "").strip() or None
     if data_dir is not None:
         data_dir = os.path.join(os.path.dirname(path), os.path.expanduser(data_dir))
@@ -683,6 +691,7 @@ def parse_config(text: str, path: str) -> ClusterConfig:
         name=name,
         secret=secret.encode("utf-8"),
         replicas=replicas,
+        majority_replicas=replicas_text.strip().lower() == "majority",
         data_dir=data_dir,
         fsync=fsync,
         nodes=nodes,
@@ -704,10 +713,14 @@ def _unrepr(line: str) -> str:
     return value if isinstance(value, str) else line
 
 
-def _parse_replicas(path: str, raw: str, node_count: int) -> int:
+def _parse_replicas(path: str, raw: str, node_count: Optional[int]) -> int:
+    """
+    The copy count C{raw} asks for among C{node_count} nodes (C{None}: not
+    known yet, for a joining node).
+    """
     text = raw.strip()
     if text.lower() == "majority":
-        return node_count // 2 + 1
+        return 1 if node_count is None else node_count // 2 + 1
     try:
         replicas = _parse_int(text)
     except ValueError:
@@ -715,7 +728,7 @@ def _parse_replicas(path: str, raw: str, node_count: int) -> int:
             path, "cluster", "replicas",
             f"{text!r} is neither 'majority' nor an integer",
         )
-    if not 1 <= replicas <= node_count:
+    if not 1 <= replicas <= (replicas if node_count is None else node_count):
         raise ConfigError(
             path, "cluster", "replicas",
             f"{replicas} is not between 1 and the number of nodes ({node_count})",

@@ -91,7 +91,7 @@ class Consensus:
     def __init__(
         self,
         node_id: str,
-        peers: Sequence[str],
+        voters: Sequence[str],
         *,
         now: float,
         election_timeout: float,
@@ -99,8 +99,8 @@ class Consensus:
         rng: random.Random,
     ) -> None:
         self.node_id = node_id
-        self.peers = [peer for peer in peers if peer != node_id]
-        self.majority = (len(self.peers) + 1) // 2 + 1
+        self._first_voters = tuple(voters)
+        self._members(self._first_voters, self._first_voters)
         self._timeout = election_timeout
         self._heartbeat = heartbeat_interval
         self._rng = rng
@@ -129,6 +129,25 @@ class Consensus:
         self._heard: dict[str, float] = {}
         # Restarted without its state: the cautions of the module docstring.
         self._amnesiac = True
+
+    def _members(self, voters: Sequence[str], members: Sequence[str]) -> None:
+        """
+        Take the membership of the newest entry stored, committed or not, as
+        Raft's single-server changes do: the voters are who counts for
+        votes and commits, the peers every other member (learners too),
+        who hear the leader's appends.
+        """
+        self.voters = frozenset(voters)
+        self.peers = [peer for peer in members if peer != self.node_id]
+        self._voting_peers = [peer for peer in self.peers if peer in self.voters]
+        self.majority = len(self.voters) // 2 + 1
+
+    @property
+    def votes(self) -> bool:
+        """
+        Whether this node is a voter of the membership it knows.
+        """
+        return self.node_id in self.voters
 
     def durable_state(self) -> DurableState:
         """
@@ -248,14 +267,16 @@ class Consensus:
         Let time pass: start elections, send heartbeats, step down.
         """
         if self.role == LEADER:
-            recent = sum(1 for peer in self.peers if self._heard.get(peer, -1e300) >= now - self._timeout)
-            if recent + 1 < self.majority and now - self._leader_since >= self._timeout:
+            recent = sum(
+                1 for peer in self._voting_peers if self._heard.get(peer, -1e300) >= now - self._timeout
+            )
+            if recent + self.votes < self.majority and now - self._leader_since >= self._timeout:
                 self._become_follower(now, None)
                 return []
             if now >= self._next_heartbeat:
                 return self._broadcast_append(now)
             return []
-        if now >= self._deadline:
+        if now >= self._deadline and self.votes:
             return self._start_prevote(now)
         return []
 
@@ -265,7 +286,7 @@ class Consensus:
         """
         assert self.role == LEADER, "only the leader proposes"
         self._store(self._entry[0] + 1, self.term, cluster_map)
-        self._advance_commit()
+        self._advance_commit(now)
         return self._broadcast_append(now)
 
     def receive(self, now: float, sender: str, message: list) -> Outgoing:
@@ -301,7 +322,7 @@ class Consensus:
         return [(sender, messages.prevoted(term, granted))]
 
     def _on_prevoted(self, now: float, sender: str, term: int, granted: bool) -> Outgoing:
-        if self.role != LEADER and term == self._prevote_term and granted:
+        if self.role != LEADER and term == self._prevote_term and granted and sender in self.voters:
             self._prevotes.add(sender)
             if len(self._prevotes) >= self.majority:
                 self._prevote_term = 0
@@ -320,7 +341,7 @@ class Consensus:
         return [(sender, messages.voted(self.term, granted))]
 
     def _on_voted(self, now: float, sender: str, term: int, granted: bool) -> Outgoing:
-        if self.role == CANDIDATE and term == self.term and granted:
+        if self.role == CANDIDATE and term == self.term and granted and sender in self.voters:
             self._votes.add(sender)
             if len(self._votes) >= self.majority:
                 return self._become_leader(now)
@@ -348,6 +369,12 @@ class Consensus:
         ok = (index, entry_term) == self._entry
         if ok and commit_index >= index:
             self._commit()
+            if sender not in self.voters:
+                # The leader committed its own removal and steps down: elect
+                # another now rather than after a silent election timeout.
+                self.leader = None
+                self._leader_contact = float("-inf")
+                self._deadline = now + self._rng.uniform(0, self._timeout / 4)
         return [(sender, messages.map_appended(self.term, ok, *self._entry))]
 
     def _on_appended(
@@ -358,9 +385,10 @@ class Consensus:
         self._heard[sender] = now
         self._acked[sender] = (index, entry_term)
         before = self._commit_index
-        self._advance_commit()
+        self._advance_commit(now)
         if self._commit_index != before:
-            # Tell followers at once, so they act on the new map promptly.
+            # Tell followers at once, so they act on the new map promptly
+            # (a leader that just committed its own removal tells them too).
             return self._broadcast_append(now)
         return []
 
@@ -368,17 +396,39 @@ class Consensus:
         self._entry = (index, term)
         self._entry_map = cluster_map
         self._entry_wire = wire if wire is not None else encode_map(cluster_map)
+        roster = cluster_map.roster
+        if roster is None:
+            self._members(self._first_voters, self._first_voters)
+        else:
+            self._members(roster.voters, roster.ids)
 
     def _commit(self) -> None:
         self._commit_index = self._entry[0]
         self.committed = self._entry_map
 
-    def _advance_commit(self) -> None:
+    def may_change_membership(self) -> bool:
+        """
+        Whether, as leader, this node may propose a map whose voters differ
+        from its entry's: only once that entry is committed and of its own
+        term, so that at most one change of voters is ever uncommitted and
+        no change races one a previous leader left uncommitted (the
+        correction to single-server changes, Ongaro 2015).
+        """
+        return self.role == LEADER and self._commit_index == self._entry[0] and self._entry[1] == self.term
+
+    def _advance_commit(self, now: float) -> None:
         if self._entry[1] != self.term or self._entry_map is None:
             return
-        holders = 1 + sum(1 for peer in self.peers if self._acked.get(peer) == self._entry)
+        holders = self.votes + sum(
+            1 for peer in self._voting_peers if self._acked.get(peer) == self._entry
+        )
         if holders >= self.majority:
             self._commit()
+            if not self.votes:
+                # Its own removal is committed: the others elect a leader
+                # among themselves (Raft's leader outside the new
+                # configuration steps down once it commits it).
+                self._become_follower(now, None)
 
     def _start_prevote(self, now: float) -> Outgoing:
         """
@@ -392,7 +442,7 @@ class Consensus:
         if len(self._prevotes) >= self.majority:
             return self._start_election(now)
         message = messages.prevote(self._prevote_term, *self._entry)
-        return [(peer, message) for peer in self.peers]
+        return [(peer, message) for peer in self._voting_peers]
 
     def _start_election(self, now: float) -> Outgoing:
         self.term += 1
@@ -404,7 +454,7 @@ class Consensus:
         if len(self._votes) >= self.majority:
             return self._become_leader(now)
         message = messages.vote(self.term, *self._entry)
-        return [(peer, message) for peer in self.peers]
+        return [(peer, message) for peer in self._voting_peers]
 
     def _become_leader(self, now: float) -> Outgoing:
         self.role = LEADER

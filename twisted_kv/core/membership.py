@@ -55,6 +55,15 @@ class Membership:
         # the nodes reported down (never heard from counts), until heard again
         self._down = set(self.node_ids) - {self_id}
 
+    def set_nodes(self, node_ids: Iterable[str]) -> None:
+        """
+        Watch C{node_ids} from now on, as the cluster's membership changed:
+        a new node counts as down until heard from.
+        """
+        node_ids = list(node_ids)
+        self._down |= set(node_ids) - set(self.node_ids) - {self._self}
+        self.node_ids = node_ids
+
     def heard(self, node_id: str, incarnation: int, now: float) -> bool:
         """
         Record a sign of life.

@@ -24,10 +24,14 @@ allocates nothing it did not before.
     primary, answered by L{append_ok} C{[partition, epoch, last_seq,
     round]}, L{append_refused} C{[partition, epoch, hint]} or L{stale}
     C{[partition, epoch]}; L{snapshot} C{[partition, epoch, seq, seq_epoch,
-    first, last, records, origin]};
+    first, last, records, origin]}; L{release} C{[partition, epoch]} from a
+    primary that stepped down to the primary that follows it;
   - to the partition leader: L{report} C{[partition, epoch, node]} tagged
     C{in_sync} (a new member caught up) or C{drop} (a member stopped
     answering its primary);
+  - a membership change asked of the partition leader (L{MemberRequest}
+    C{[id, kind, node]}: C{kind} C{add} with the node's fields (a dict), or
+    C{remove} with its id), answered as client operations are;
   - client operations forwarded to a primary (L{OpRequest},
     L{ReadRequest}, L{PeekRequest}, L{ListRequest}, L{DumpRequest}), each
     with a request id
@@ -82,6 +86,8 @@ DIGEST = "digest"
 DIGEST_OK = "digest_ok"
 DIGEST_DIFF = "digest_diff"
 CHECK = "check"
+MEMBER = "member"
+RELEASE = "release"
 PREVOTE = "prevote"
 PREVOTED = "prevoted"
 VOTE = "vote"
@@ -275,6 +281,19 @@ def parse_stale(message: list) -> tuple[int, int]:
     return partition, epoch
 
 
+def release(partition: int, epoch: int) -> list:
+    """
+    A primary that stepped down for a new one tells it so: the promises
+    made to it up to C{epoch} hold no lease any more.
+    """
+    return [RELEASE, partition, epoch]
+
+
+def parse_release(message: list) -> tuple[int, int]:
+    _, partition, epoch = message
+    return partition, epoch
+
+
 def snapshot(
     partition: int, epoch: int, seq: int, seq_epoch: int,
     first: bool, last: bool, records: list, origin: int,
@@ -327,6 +346,26 @@ class ReadRequest:
 
     def to_wire(self, request_id: int) -> list:
         return [READ, request_id, self.partition, self.key]
+
+
+@frozen
+class MemberRequest:
+    """
+    A membership change for the partition leader to make: C{kind} is
+    C{add} (C{node} the new node's fields, a dict of
+    L{twisted_kv.core.roster.NODE_FIELDS}) or C{remove} (C{node} its id).
+    """
+
+    kind: str
+    node: Any
+
+    def to_wire(self, request_id: int) -> list:
+        return [MEMBER, request_id, self.kind, self.node]
+
+
+def parse_member_request(message: list) -> tuple[int, str, Any]:
+    _, request_id, kind, node = message
+    return request_id, kind, node
 
 
 @frozen

@@ -37,7 +37,17 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from attrs import evolve, field, frozen
 
+from twisted_kv.core.roster import Roster, decode_roster, encode_roster
+
 VNODES_PER_NODE = 64
+
+MOVES_AT_ONCE = 8
+"""
+How many partitions may be filling new copies at once: each new copy is
+filled by a snapshot and then counts for every write, so a node added (or
+restarted empty) takes its partitions a few at a time, and the writes and
+reads of the others go on at their usual pace meanwhile.
+"""
 
 
 def partition_of(store_key: str, partitions: int) -> int:
@@ -87,14 +97,17 @@ class Ring:
     positions taken together (the copies, whatever the replication
     factor), and of the partitions that fall to them when a primary fails
     (the second position of each primary's partitions).
+
+    @ivar node_ids: the nodes placed, in the order given.
     """
 
     def __init__(
         self, node_ids: Iterable[str], partitions: int, vnodes: int = VNODES_PER_NODE
     ) -> None:
+        self.node_ids = tuple(node_ids)
         points = sorted(
             (_point(f"{node_id}#{index}"), node_id)
-            for node_id in node_ids
+            for node_id in self.node_ids
             for index in range(vnodes)
         )
         self._hashes = [point for point, _ in points]
@@ -195,28 +208,34 @@ class PartitionConfig:
 @frozen
 class ClusterMap:
     """
-    The configuration of every partition.
+    The configuration of every partition, and the cluster's membership.
+
+    @ivar roster: the members (L{twisted_kv.core.roster}); C{None} in a map
+        written before membership changes existed: the file's nodes.
     """
 
     partitions: tuple[PartitionConfig, ...] = field(converter=tuple)
+    roster: Optional[Roster] = None
 
     def with_partition(self, index: int, config: PartitionConfig) -> "ClusterMap":
         configs = list(self.partitions)
         configs[index] = config
-        return ClusterMap(configs)
+        return evolve(self, partitions=configs)
 
 
-def initial_map(ring: Ring, partitions: int, live: Mapping[str, int], replicas: int) -> ClusterMap:
+def initial_map(
+    ring: Ring, partitions: int, live: Mapping[str, int], replicas: int, roster: Optional[Roster] = None
+) -> ClusterMap:
     """
     The first map of a new cluster: every partition on its ideal live nodes,
-    all in sync (there is no data yet).
+    all in sync (there is no data yet), and the first C{roster}.
     """
     configs = []
     for partition in range(partitions):
         ideal = [node for node in ring.preference_list(partition) if node in live][:replicas]
         members = [Member(node, live[node]) for node in ideal]
         configs.append(PartitionConfig(1, members, ideal))
-    return ClusterMap(configs)
+    return ClusterMap(configs, roster)
 
 
 def is_lost(config: PartitionConfig, live: Mapping[str, int]) -> bool:
@@ -242,13 +261,18 @@ def lost_partitions(cluster_map: ClusterMap, live: Mapping[str, int]) -> list[in
 
 
 def plan_partition(
-    config: PartitionConfig, preference: Sequence[str], live: Mapping[str, int], replicas: int
+    config: PartitionConfig,
+    preference: Sequence[str],
+    live: Mapping[str, int],
+    replicas: int,
+    add: bool = True,
 ) -> PartitionConfig:
     """
     The next configuration of one partition (see the module docstring).
 
     @param preference: the ring's preference list for the partition.
     @param live: the incarnation of every node currently alive.
+    @param add: whether new members may be added now (L{MOVES_AT_ONCE}).
     """
     kept = [m for m in config.members if live.get(m.node_id) == m.incarnation]
     in_sync = [m for m in kept if m.node_id in config.in_sync]
@@ -271,7 +295,8 @@ def plan_partition(
     ideal = [node for node in preference if node in live][:replicas]
     members = [primary] + [m for m in kept if m is not primary]
     present = {m.node_id for m in members}
-    members += [Member(node, live[node]) for node in ideal if node not in present]
+    if add:
+        members += [Member(node, live[node]) for node in ideal if node not in present]
     synced_ids = {m.node_id for m in in_sync}
     if len(members) > replicas and all(node in synced_ids for node in ideal):
         if primary.node_id not in ideal:
@@ -288,12 +313,48 @@ def plan(
     current: ClusterMap, ring: Ring, live: Mapping[str, int], replicas: int
 ) -> ClusterMap:
     """
-    The next map: L{plan_partition} applied to every partition.
+    The next map: L{plan_partition} applied to every partition, new members
+    being added to at most L{MOVES_AT_ONCE} partitions at a time.
     """
-    return ClusterMap(
-        plan_partition(config, ring.preference_list(index), live, replicas)
-        for index, config in enumerate(current.partitions)
-    )
+    filling = sum(1 for config in current.partitions if _filling(config))
+    partitions = []
+    for index, config in enumerate(current.partitions):
+        add = _filling(config) or filling < MOVES_AT_ONCE
+        planned = plan_partition(config, ring.preference_list(index), live, replicas, add)
+        if _filling(planned) and not _filling(config):
+            filling += 1
+        partitions.append(planned)
+    return evolve(current, partitions=partitions)
+
+
+def _filling(config: PartitionConfig) -> bool:
+    """
+    Whether a member of C{config} is still being filled.
+    """
+    return any(m.node_id not in config.in_sync for m in config.members)
+
+
+def moving_partitions(
+    current: ClusterMap, ring: Ring, live: Mapping[str, int], replicas: int
+) -> list[int]:
+    """
+    The partitions not yet as the ring wants them among the live nodes: an
+    ideal member missing or not in sync, or a surplus member still there.
+    """
+    moving = []
+    for index, config in enumerate(current.partitions):
+        ideal = [node for node in ring.preference_list(index) if node in live][:replicas]
+        members = {m.node_id for m in config.members}
+        if members != set(ideal) or not config.in_sync >= members:
+            moving.append(index)
+    return moving
+
+
+def holds_copies(current: ClusterMap, node_id: str) -> bool:
+    """
+    Whether C{node_id} is a member of any partition of C{current}.
+    """
+    return any(config.member(node_id) is not None for config in current.partitions)
 
 
 def mark_in_sync(current: ClusterMap, partition: int, epoch: int, node_id: str) -> ClusterMap:
@@ -331,14 +392,28 @@ def encode_map(cluster_map: ClusterMap) -> list:
     """
     A msgpack-friendly form of C{cluster_map}.
     """
-    return [
+    partitions = [
         [c.epoch, [[m.node_id, m.incarnation] for m in c.members], sorted(c.in_sync), c.origin]
         for c in cluster_map.partitions
     ]
+    if cluster_map.roster is None:
+        return partitions
+    return {"partitions": partitions, "roster": encode_roster(cluster_map.roster)}
 
 
-def decode_map(data: list) -> ClusterMap:
+def decode_map(data: "list | dict") -> ClusterMap:
+    """
+    The map L{encode_map} gave C{data} for; a bare list of partitions (a
+    map of before membership changes) has no roster.
+    """
+    roster = None
+    if isinstance(data, dict):
+        roster = decode_roster(data["roster"])
+        data = data["partitions"]
     return ClusterMap(
-        PartitionConfig(epoch, [Member(node, inc) for node, inc in members], in_sync, origin)
-        for epoch, members, in_sync, origin in data
+        (
+            PartitionConfig(epoch, [Member(node, inc) for node, inc in members], in_sync, origin)
+            for epoch, members, in_sync, origin in data
+        ),
+        roster,
     )

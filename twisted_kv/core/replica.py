@@ -240,6 +240,8 @@ class Replica:
         self._round_starts: deque[tuple[int, float]] = deque(maxlen=ROUND_STARTS_KEPT)
         self.lease_start = float("-inf")
         self.promised_until = float("-inf")
+        # the epoch of the round the promise was last made for
+        self._promised_epoch = 0
         self._expiries: list[tuple[float, int, str]] = []
 
     # -- the log ---------------------------------------------------------
@@ -807,6 +809,22 @@ class Replica:
         primary derives from the round stays safe.
         """
         self.promised_until = max(self.promised_until, until)
+        self._promised_epoch = self.epoch
+
+    def release_promise(self, epoch: int) -> bool:
+        """
+        The primary of C{epoch} stepped down and serves nothing more, from
+        its lease or otherwise: a promise made in that epoch or before (to
+        it, or to a primary before it, whose lease ended before it took
+        over) no longer protects anyone.  A promise of a later epoch (to a
+        primary since, perhaps the same node again) stands.
+
+        @return: whether the promise was released.
+        """
+        if self._promised_epoch > epoch:
+            return False
+        self.promised_until = float("-inf")
+        return True
 
     def adopt_origin(self, origin: int) -> None:
         """

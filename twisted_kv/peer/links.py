@@ -40,6 +40,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Optional
 
+from attrs import evolve
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import error
@@ -398,18 +399,36 @@ class PeerLinks(MultiService):
         # the authenticated inbound connections of each peer
         self._heard_on: dict[str, set[PeerProtocol]] = {}
         self._outbound: dict[str, _OutboundLink] = {}
-        policy = default_retry_policy() if retry_policy is None else retry_policy
+        self._policy = default_retry_policy() if retry_policy is None else retry_policy
+        self._addresses: dict[str, tuple[str, int]] = {}
+        self.set_peers(peers)
+
+    def set_peers(self, peers: dict[str, tuple[str, int]]) -> None:
+        """
+        Link to C{peers} (id -> (host, peer port)) from now on, as the
+        cluster's membership changes: a new peer is dialled, a peer gone
+        (or moved) is let go.
+        """
+        self._settings = evolve(self._settings, peer_ids=frozenset(peers))
+        for peer_id, address in list(self._addresses.items()):
+            if peers.get(peer_id) != address:
+                del self._addresses[peer_id]
+                del self._outbound[peer_id]
+                self.getServiceNamed(f"peer:{peer_id}").disownServiceParent()
         for peer_id, (host, port) in sorted(peers.items()):
-            link = _OutboundLink(self, peer_id, format_address(host, port), policy)
+            if peer_id in self._addresses:
+                continue
+            self._addresses[peer_id] = (host, port)
+            link = _OutboundLink(self, peer_id, format_address(host, port), self._policy)
             self._outbound[peer_id] = link
-            endpoint = _client_endpoint(reactor, host, port, handshake_timeout)
-            if tls is not None:
-                endpoint = wrapClientTLS(tls.peer_client(host), endpoint)
+            endpoint = _client_endpoint(self._reactor, host, port, self._settings.handshake_timeout)
+            if self._tls is not None:
+                endpoint = wrapClientTLS(self._tls.peer_client(host), endpoint)
             service = _PeerClientService(
                 _ReportingEndpoint(endpoint, link.attempt_failed),
                 _OutboundFactory(self, link),
                 retryPolicy=link.retry_delay,
-                clock=reactor,
+                clock=self._reactor,
             )
             service.setName(f"peer:{peer_id}")
             service.setServiceParent(self)

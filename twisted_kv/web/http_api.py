@@ -45,6 +45,7 @@ without its TTL.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any, Callable, Iterable, Optional
@@ -61,6 +62,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from twisted_kv.core.keyspace import USER, name_of, to_user, user_key
 from twisted_kv.core.records import format_version
+from twisted_kv.core.roster import ADD, REMOVE, node_from_fields
 from twisted_kv.errors import (
     InvalidRequest,
     KeyNotFound,
@@ -518,6 +520,39 @@ class NodeAPI:
     def _cluster(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", JSON_TYPE)
         return to_json(self._status.cluster_view())
+
+    @_app.route("/cluster/nodes", methods=["GET"])
+    def _members(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        return to_json(self._status.members_view())
+
+    @_app.route("/cluster/nodes", methods=["POST"])
+    def _add_member(self, request: IRequest) -> Deferred[bytes]:
+        try:
+            fields = json.loads(request.content.read())
+        except ValueError as error:
+            raise InvalidRequest(f"the body is not JSON: {error}") from None
+        node_from_fields(fields)  # malformed: 400 here, before asking the leader
+        return self._change_members(request, ADD, fields)
+
+    @_app.route("/cluster/nodes/<node_id>", methods=["DELETE"])
+    def _remove_member(self, request: IRequest, node_id: str) -> Deferred[bytes]:
+        return self._change_members(request, REMOVE, node_id)
+
+    def _change_members(self, request: IRequest, kind: str, node: Any) -> Deferred[bytes]:
+        """
+        Every membership change enters here, and only here: the place for
+        the check that the user may change the membership (§9's C{admin}).
+        Answers C{202} once the change is committed: the data then moves,
+        and C{/cluster} shows what still does.
+        """
+
+        def accepted(view: dict) -> bytes:
+            request.setResponseCode(202)
+            request.setHeader(b"Content-Type", JSON_TYPE)
+            return to_json(view)
+
+        return self._status.change_members(kind, node).addCallback(accepted)
 
     @_app.route("/health", methods=["GET"])
     def _health(self, request: IRequest) -> bytes:

@@ -9,11 +9,15 @@ knows nothing of how its state is presented.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.membership import ALIVE, DEAD, SUSPECT
+from twisted_kv.core.roster import Roster, describe
 from twisted_kv.interfaces import Health, IClusterStatus
 from twisted_kv.web.metrics import Metric, Reading, counter, gauge
 
@@ -78,8 +82,29 @@ class NodeStatus:
         """
         view = self._reports()
         nodes = [self._current(report) for report in view["nodes"]]
-        config = self._node.config
-        return {**view, "nodes": nodes, "summary": summarize(nodes, config.majority, config.replicas)}
+        node = self._node
+        summary = summarize(nodes, node.consensus.majority, node.config.replicas)
+        return {**view, "nodes": nodes, "summary": summary, **self._changes()}
+
+    def _changes(self) -> dict:
+        """
+        The change of membership in progress, if any, and the partitions
+        still moving.
+        """
+        change = self._node.roster.change
+        return {
+            "change": None if change is None else {"kind": change.kind, "node": change.node_id},
+            "moving_partitions": self._node.moving_partitions(),
+        }
+
+    def members_view(self) -> dict:
+        return self._members(self._node.roster)
+
+    def _members(self, roster: Roster) -> dict:
+        return {**describe(roster), "moving_partitions": self._node.moving_partitions()}
+
+    def change_members(self, kind: str, node: Any) -> Deferred[dict]:
+        return self._node.changes.ask(kind, node).addCallback(self._members)
 
     def _current(self, report: dict) -> dict:
         """
@@ -103,7 +128,8 @@ class NodeStatus:
         """
         node = self._node
         nodes = []
-        for peer in node.config.nodes:
+        roster = node.roster
+        for peer in roster.nodes:
             if peer.node_id == node.node_id:
                 info = node.sync_state()
             else:
@@ -115,6 +141,8 @@ class NodeStatus:
                     "id": peer.node_id,
                     "state": node.peer_state(peer.node_id),
                     "http": peer.http_url,
+                    "role": roster.role(peer.node_id),
+                    "voter": peer.node_id in roster.voters,
                     **info,
                 }
             )
@@ -136,22 +164,23 @@ class NodeStatus:
         to send requests to).
         """
         node = self._node
-        config = node.config
         leader = node.leader
         reachable = node.live_count()
+        voters = len(node.consensus.voters)
+        majority = node.consensus.majority
         details = {
             "node": node.node_id,
             "leader": leader,
-            "nodes": len(config.node_ids),
+            "nodes": voters,
             "reachable": reachable,
-            "majority": config.majority,
+            "majority": majority,
             "has_map": node.cluster_map is not None,
         }
         if not node.has_majority():
             problem = "no_majority"
             message = (
-                f"no majority reachable: {reachable} of {len(config.node_ids)} nodes,"
-                f" {config.majority} needed"
+                f"no majority reachable: {reachable} of {voters} nodes,"
+                f" {majority} needed"
             )
         elif leader is None:
             problem, message = "no_leader", "no partition leader is known (an election may be under way)"
@@ -209,6 +238,16 @@ _PER_NODE_METRICS: tuple[Reading[dict], ...] = (
         lambda n: n["state"] == ALIVE,
     ),
     gauge(
+        "twisted_kv_node_joining",
+        "Whether each node is being added to the cluster.",
+        lambda n: n["role"] == "joining",
+    ),
+    gauge(
+        "twisted_kv_node_leaving",
+        "Whether each node is being removed from the cluster.",
+        lambda n: n["role"] == "leaving",
+    ),
+    gauge(
         "twisted_kv_node_synced",
         "Whether each node holds in sync every partition placed on it.",
         lambda n: bool(n["synced"]),
@@ -256,6 +295,16 @@ _NODE_METRICS: tuple[Reading[Node], ...] = (
         "twisted_kv_partition_losses_total",
         "Partitions found to have lost every in-sync copy since this node started.",
         lambda node: node.partition_losses,
+    ),
+    gauge(
+        "twisted_kv_members",
+        "Voting members of the cluster.",
+        lambda node: len(node.consensus.voters),
+    ),
+    gauge(
+        "twisted_kv_moving_partitions",
+        "Partitions not yet where the placement wants them (copies still filling or leaving).",
+        lambda node: len(node.moving_partitions()),
     ),
     gauge(
         "twisted_kv_memory_bytes",

@@ -204,7 +204,8 @@
       }
       if (node.id === view.leader) name.push(el("span", { class: "tag" }, "leader"));
       if (node.id === view.self) name.push(el("span", { class: "tag self" }, "this node"));
-      const signature = [node.id, node.http, node.id === view.leader, node.id === view.self].join("|");
+      if (node.role === "joining" || node.role === "leaving") name.push(el("span", { class: "tag" }, node.role));
+      const signature = [node.id, node.http, node.id === view.leader, node.id === view.self, node.role].join("|");
       if (cells.name.dataset.signature !== signature) {
         cells.name.replaceChildren(...name);
         cells.name.dataset.signature = signature;
@@ -239,12 +240,25 @@
     notice.hidden = lost.length === 0;
   }
 
+  /* The membership change in progress, and the partitions still moving. */
+  function renderChange(view) {
+    const change = view.change;
+    const moving = Array.isArray(view.moving_partitions) ? view.moving_partitions.length : 0;
+    const notice = $("membership-change");
+    let text = "";
+    if (change) text = (change.kind === "add" ? "Adding " : "Removing ") + change.node + ". ";
+    if (moving > 0) text += moving + (moving === 1 ? " partition" : " partitions") + " still moving.";
+    if (notice.textContent !== text) notice.textContent = text;
+    notice.hidden = text === "";
+  }
+
   async function pollCluster() {
     const problem = $("cluster-error");
     try {
       const view = await (await api("GET", "/cluster")).json();
       renderCluster(view);
       renderLost(view);
+      renderChange(view);
       problem.hidden = true;
     } catch (error) {
       problem.textContent = "Cannot read the cluster state from this node: " + error.message;

@@ -1,0 +1,392 @@
+# -*- test-case-name: tests.test_members -*-
+"""
+Growing and shrinking a running cluster (L{twisted_kv.cluster.members},
+L{twisted_kv.core.roster}) on a L{MemoryCluster}: nodes added and removed
+under load, with crashes and partitions in the middle of a change, checked
+with the linearizability checker.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.linearizability import Op, check, random_operation
+from tests.test_cluster import ClusterTestMixin, record_outcome, submit_operation
+from twisted_kv.cluster import replication as replication_module
+from twisted_kv.core.keyspace import user_key
+from twisted_kv.core.roster import Roster
+from twisted_kv.errors import MembershipConflict, UnknownMember
+from twisted_kv.web.site import build_site
+from twisted_kv.web.status import NodeStatus
+
+
+class MembersTestMixin(ClusterTestMixin):
+    def fill(self, count: int) -> None:
+        for index in range(count):
+            self.put("n1", f"k{index}", f"v{index}".encode())
+
+    def all_read_back(self, via: str, count: int) -> None:
+        for index in range(count):
+            self.assertEqual(self.value_at(via, f"k{index}"), f"v{index}".encode())
+
+    def change_done(self, via: str, limit: float = 30.0) -> Roster:
+        """
+        Run until node C{via}'s membership has no change in progress.
+        """
+        end = self.cluster.clock.seconds() + limit
+        while self.cluster.clock.seconds() < end:
+            self.cluster.run(0.1)
+            roster = self.cluster.nodes[via].roster
+            if roster.change is None:
+                return roster
+        self.fail(f"the change was still in progress after {limit} s")
+
+    def refused(self, d: Any, error: type) -> str:
+        result = self.wait(d)
+        self.assertIsInstance(result, Failure)
+        result.trap(error)
+        return result.value.message
+
+
+class AddTests(MembersTestMixin, SynchronousTestCase):
+    def test_added_node_gets_its_share(self) -> None:
+        """
+        An added node becomes a voter, holds about its share of the copies
+        (a quarter with four nodes) once in sync, and with C{replicas =
+        majority} every partition then has three copies; every key reads
+        back through it, and the request went through a node that is not
+        the leader.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        self.fill(200)
+        via = next(n for n in cluster.nodes if n != leader)
+        roster = self.wait(cluster.add_member("n4", via))
+        self.assertEqual(roster.learner, "n4")
+        cluster.join("n4", via)
+        roster = self.change_done(leader)
+        self.assertEqual(roster.voters, ("n1", "n2", "n3", "n4"))
+        cluster.settle()
+        for node in cluster.nodes.values():
+            self.assertEqual(node.config.replicas, 3)
+            self.assertEqual(node.consensus.voters, {"n1", "n2", "n3", "n4"})
+        share = cluster.nodes["n4"].key_count() / (3 * 200)
+        self.assertTrue(0.18 <= share <= 0.32, share)
+        self.assertTrue(cluster.nodes["n4"].synced())
+        self.all_read_back("n4", 200)
+
+    def test_learner_that_never_starts(self) -> None:
+        """
+        Until the added node is heard from, it is a learner: the voters and
+        the placement are unchanged, writes go on; removing it cancels the
+        addition.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        self.wait(cluster.add_member("n4", leader))
+        cluster.run(3)
+        self.assertEqual(cluster.nodes[leader].roster.learner, "n4")
+        self.assertEqual(cluster.nodes[leader].consensus.majority, 2)
+        self.fill(10)
+        roster = self.wait(cluster.remove_member("n4", leader))
+        self.assertEqual(roster.ids, ("n1", "n2", "n3"))
+        self.assertIsNone(roster.change)
+
+
+class RemoveTests(MembersTestMixin, SynchronousTestCase):
+    def test_remove_the_leader(self) -> None:
+        """
+        The leader removes itself: its copies move first, then it leaves the
+        membership and steps down; the others elect a leader and serve
+        every key.
+        """
+        cluster = self.make_cluster(4)
+        leader = cluster.settle()
+        self.fill(100)
+        roster = self.wait(cluster.remove_member(leader, leader))
+        self.assertEqual(roster.leaving, leader)
+        rest = next(n for n in cluster.nodes if n != leader)
+        roster = self.change_done(rest)
+        self.assertNotIn(leader, roster.ids)
+        self.assertEqual(cluster.nodes[leader].key_count(), 0)
+        cluster.kill(leader)
+        new_leader = cluster.settle()
+        self.assertNotEqual(new_leader, leader)
+        for node in cluster.nodes.values():
+            self.assertEqual(node.config.replicas, 2)
+        self.all_read_back(rest, 100)
+
+    def test_remove_dead_node(self) -> None:
+        """
+        A dead node is removed without waiting for it: its copies are
+        rebuilt from the survivors.
+        """
+        cluster = self.make_cluster(4)
+        cluster.settle()
+        self.fill(100)
+        cluster.kill("n4")
+        cluster.run(3)
+        self.wait(cluster.remove_member("n4", "n1"))
+        roster = self.change_done("n1")
+        self.assertEqual(roster.ids, ("n1", "n2", "n3"))
+        cluster.settle()
+        self.assertEqual(sum(n.key_count() for n in cluster.nodes.values()), 200)
+        self.all_read_back("n2", 100)
+
+    def test_refusals(self) -> None:
+        """
+        One change at a time, never fewer than three members, and only
+        members can be removed: each refused with its reason.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        self.assertIn("at least 3", self.refused(cluster.remove_member("n2", "n3"), MembershipConflict))
+        self.refused(cluster.remove_member("n9", "n3"), UnknownMember)
+        self.wait(cluster.add_member("n4", leader))
+        message = self.refused(cluster.add_member("n5", "n2"), MembershipConflict)
+        self.assertIn("in progress (adding n4)", message)
+
+
+class PersistenceTests(MembersTestMixin, SynchronousTestCase):
+    def test_membership_survives_power_cuts(self) -> None:
+        """
+        With data directories, the membership is in the consensus state on
+        disk: nodes whose power is cut come back with it, and the added node
+        is still a member and still holds its data.
+        """
+        cluster = self.make_cluster(3, disks=True)
+        leader = cluster.settle()
+        self.fill(50)
+        self.wait(cluster.add_member("n4", leader))
+        cluster.join("n4", leader)
+        self.change_done(leader)
+        cluster.settle()
+        for node_id in list(cluster.nodes):
+            cluster.crash(node_id)
+        for node_id in ("n1", "n2", "n3", "n4"):
+            node = cluster.start(node_id)
+            self.assertEqual(node.roster.voters, ("n1", "n2", "n3", "n4"))
+        cluster.settle()
+        self.all_read_back("n4", 50)
+
+
+class LinearizabilityTests(MembersTestMixin, SynchronousTestCase):
+    """
+    Random concurrent operations while a node is added and another removed,
+    with a crash or a partition in the middle of each change.
+    """
+
+    def history(self, seed: int) -> dict[str, list[Op]]:
+        """
+        Operations while n4 is added and a node (perhaps the leader) is
+        removed; on even seeds the nodes keep their data on disks whose
+        power is cut, on odd ones in memory (a killed node comes back
+        empty).
+        """
+        cluster = self.make_cluster(3, disks=seed % 2 == 0)
+        cluster.settle()
+        rng = random.Random(seed)
+        history: dict[str, list[Op]] = {"x": [], "y": []}
+        clock = cluster.clock
+        running = [True]
+
+        def issue() -> None:
+            if not running[0] or not cluster.nodes:
+                return
+            node = rng.choice(sorted(cluster.nodes))
+            key = rng.choice(sorted(history))
+            op = random_operation(rng, history[key], node, clock.seconds())
+            history[key].append(op)
+            submit_operation(cluster.coordinators[node], key, op).addBoth(record, op, key)
+
+        def record(result: Any, op: Op, key: str) -> None:
+            record_outcome(result, op, history[key], clock.seconds())
+            clock.callLater(rng.choice([0.0, 0.002, 0.01]), issue)
+
+        for _ in range(5):
+            issue()
+        cluster.run(0.5)
+        self.wait(cluster.add_member("n4", "n2"), 30)
+        cluster.join("n4", "n2")
+        cluster.run(rng.uniform(0.2, 1.5))
+        self.fault(rng)
+        self.change_done("n4", 60)
+        cluster.settle(30)
+        leaving = rng.choice(["n1", "n2", "n3", "n4", cluster.leader() or "n1"])
+        self.wait(cluster.remove_member(leaving, "n4" if leaving != "n4" else "n3"), 30)
+        cluster.run(rng.uniform(0.2, 1.5))
+        self.fault(rng, spare=leaving)
+        self.change_done(next(n for n in sorted(cluster.nodes) if n != leaving), 60)
+        running[0] = False
+        cluster.run(8)
+        for ops in history.values():
+            for op in [op for op in ops if op.result is None]:
+                if op.kind == "get":
+                    ops.remove(op)
+                else:
+                    op.result = ("unknown", None)
+        return history
+
+    def fault(self, rng: random.Random, spare: str = "") -> None:
+        """
+        Kill a node (cut its power, with disks) and restart it, or cut the
+        leader off for two seconds, or lose messages for a while.
+        """
+        cluster = self.cluster
+        kind = rng.choice(["kill", "isolate", "drop"])
+        leader = cluster.leader() or "n1"
+        if kind == "kill":
+            victim = rng.choice(sorted(n for n in cluster.nodes if n != spare))
+            if cluster.filesystems:
+                cluster.crash(victim)
+            else:
+                cluster.kill(victim)
+            cluster.run(rng.uniform(0.5, 2))
+            cluster.start(victim)
+        elif kind == "isolate":
+            cluster.network.partition([leader], [n for n in cluster.nodes if n != leader])
+            cluster.run(2)
+            cluster.network.heal(stagger=0.3)
+        else:
+            cluster.network.drop_rate = 0.05
+            cluster.run(1)
+            cluster.network.drop_rate = 0.0
+
+    def test_histories(self) -> None:
+        for seed in range(8):
+            history = self.history(seed)
+            for key, ops in history.items():
+                self.assertTrue(len(ops) > 20, (seed, key, len(ops)))
+                self.assertTrue(check(ops), f"seed {seed}, key {key}: not linearizable")
+            self.cluster.stop()
+
+
+class HTTPTests(MembersTestMixin, SynchronousTestCase):
+    """
+    C{/cluster/nodes} adds, removes and lists members through any node, and
+    C{/cluster} and C{/metrics} show a change in progress.
+    """
+
+    def setUp(self) -> None:
+        self.make_cluster(3)
+        self.leader = self.cluster.settle()
+        self.via = next(n for n in self.cluster.nodes if n != self.leader)
+        site = build_site(
+            self.cluster.coordinators[self.via],
+            NodeStatus(self.cluster.nodes[self.via], self.cluster.clock),
+            clock=self.cluster.clock,
+        )
+        self.stub = StubTreq(site.resource)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        d = self.stub.request(method, f"http://node.example{path}", **kwargs)
+        box: list = []
+        d.addBoth(box.append)
+        end = self.cluster.clock.seconds() + 10
+        while not box and self.cluster.clock.seconds() < end:
+            self.cluster.run(0.01)
+            self.stub.flush()
+        response = box[0]
+        body = self.successResultOf(response.text("utf-8"))
+        return response.code, (json.loads(body) if body.startswith(("{", "[")) else body)
+
+    def test_add_list_and_watch(self) -> None:
+        new = {"id": "n4", "host": "127.0.0.1", "http_port": 17004, "peer_port": 17104, "ftp_port": 17204}
+        code, body = self.call("POST", "/cluster/nodes", json=new)
+        self.assertEqual(code, 202)
+        self.assertEqual(body["change"], {"kind": "add", "node": "n4"})
+        self.assertEqual(body["members"][-1], {**new, "role": "joining", "voter": False})
+        code, again = self.call("POST", "/cluster/nodes", json={**new, "id": "n5", "http_port": 1})
+        self.assertEqual((code, again["error"]), (409, "membership_conflict"))
+        self.cluster.join("n4", self.via)
+        code, view = self.call("GET", "/cluster")
+        self.assertEqual({n["id"]: n["role"] for n in view["nodes"]}["n4"], "joining")
+        self.assertEqual(view["change"], {"kind": "add", "node": "n4"})
+        code, metrics = self.call("GET", "/metrics")
+        self.assertIn('twisted_kv_node_joining{node="n4"} 1.0', metrics)
+        self.change_done(self.via)
+        code, view = self.call("GET", "/cluster")
+        self.assertEqual((view["change"], view["moving_partitions"]), (None, []))
+        self.assertEqual(
+            {n["id"]: (n["role"], n["voter"]) for n in view["nodes"]},
+            {n: ("member", True) for n in ("n1", "n2", "n3", "n4")},
+        )
+        code, members = self.call("GET", "/cluster/nodes")
+        self.assertEqual([m["id"] for m in members["members"]], ["n1", "n2", "n3", "n4"])
+        self.assertIn("twisted_kv_members 4.0", self.call("GET", "/metrics")[1])
+
+    def test_remove(self) -> None:
+        code, body = self.call("DELETE", "/cluster/nodes/n3")
+        self.assertEqual((code, body["error"]), (409, "membership_conflict"))
+        self.assertIn("at least 3", body["message"])
+        code, body = self.call("DELETE", "/cluster/nodes/n9")
+        self.assertEqual((code, body["error"]), (404, "unknown_member"))
+
+    def test_malformed(self) -> None:
+        for body in (b"{", b"[]", b'{"id": "n4"}', b'{"id": "n 4", "host": "h", "http_port": 1, "peer_port": 2, "ftp_port": 3}',
+                     b'{"id": "n4", "host": "h", "http_port": 0, "peer_port": 2, "ftp_port": 3}'):
+            code, answer = self.call("POST", "/cluster/nodes", data=body)
+            self.assertEqual((code, answer["error"]), (400, "bad_request"), body)
+        self.assertEqual(self.cluster.nodes[self.leader].roster.ids, ("n1", "n2", "n3"))
+
+
+class HandOverTests(MembersTestMixin, SynchronousTestCase):
+    def test_planned_moves_do_not_wait_for_leases(self) -> None:
+        """
+        When a change moves a primary off a live node (here: a node being
+        removed), that node steps down and releases the promises its members
+        made it: the new primary takes over within a round trip, not once
+        the promise (half the failure timeout) has run out, although reads
+        keep the leases alive.
+        """
+        cluster = self.make_cluster(4)
+        leader = cluster.settle()
+        leaving = next(n for n in sorted(cluster.nodes) if n != leader)
+        self.fill(300)
+        rng = random.Random(3)
+        reading = [True]
+
+        def read() -> None:
+            if reading[0]:
+                node = rng.choice(sorted(cluster.nodes))
+                cluster.coordinators[node].get(user_key(f"k{rng.randrange(300)}"))
+                cluster.clock.callLater(0.002, read)
+
+        read()
+        cluster.run(1)
+        self.wait(cluster.remove_member(leaving, leader))
+        named: dict[tuple[str, int, int], float] = {}
+        waits: list[float] = []
+        # until 1.5 s after the change ended: longer than any promise
+        limit = cluster.clock.seconds() + 30
+        end = limit
+        while cluster.clock.seconds() < end:
+            cluster.run(0.005)
+            if cluster.nodes[leader].roster.change is not None:
+                end = min(limit, cluster.clock.seconds() + 1.5)
+            now = cluster.clock.seconds()
+            for node_id, node in cluster.nodes.items():
+                for partition, replica in enumerate(node.replicas):
+                    config = node.partition_config(partition)
+                    if config is None or config.primary.node_id != node_id:
+                        continue
+                    key = (node_id, partition, config.epoch)
+                    if key not in named:
+                        named[key] = now
+                        if replica.is_primary:
+                            continue
+                    if not replica.is_primary:
+                        continue
+                    if named[key] >= 0:
+                        waits.append(now - named[key])
+                        named[key] = -1
+        reading[0] = False
+        promise = cluster.config.failure_timeout * replication_module.LEASE_PROMISE_SHARE
+        self.assertGreater(len(waits), 5)
+        self.assertLess(max(waits), promise / 4, sorted(waits)[-5:])

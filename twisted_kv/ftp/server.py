@@ -15,8 +15,11 @@ expect added on top:
     C{modify} and C{perm};
   - C{REST <offset>} before C{RETR} (resume a download) or C{STOR} (resume
     an upload), and C{APPE};
-  - C{PASV} and C{EPSV} listen on the address the client reached, and only
-    accept the data connection from the client's own host; active mode
+  - C{PASV} and C{EPSV} listen on the address the client reached (on a
+    port of the node's C{ftp_passive_ports} when it has them), and only
+    accept the data connection from the client's own host; C{PASV}
+    announces the node's C{ftp_passive_address} when it has one (the public
+    address of a server behind NAT), else the address reached; active mode
     (C{PORT}, C{EPRT}) is refused, so the server is never used to connect
     elsewhere;
   - C{NLST dir} lists the entries as paths (C{dir/a.txt}, as vsftpd and
@@ -42,6 +45,7 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IConsumer, IReactorTCP
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -392,6 +396,8 @@ class FileFTP(ftp.FTP):
     _restart_at = 0
     # EPSV ALL was received: PASV is refused from then on (RFC 2428).
     _epsv_all = False
+    # What PASV announces instead of the address reached (NAT); set by the factory.
+    passive_address: Optional[str] = None
     logout: Optional[Callable[[], None]] = None
     # Set by Twisted's FTP (which has no annotations).
     shell: Any
@@ -477,7 +483,7 @@ class FileFTP(ftp.FTP):
             if address.ipv4_mapped is None:
                 return fail(ftp.PASVIPv6NotImplementedError())
             address = address.ipv4_mapped
-        shown = str(address)
+        shown = self.passive_address or str(address)
         return self._listen_passive(
             lambda port: (ftp.ENTERING_PASV_MODE, ftp.encodeHostPort(shown, port))
         )
@@ -494,8 +500,12 @@ class FileFTP(ftp.FTP):
         self._close_data()
         local = self.transport.getHost().host
         self.dtpFactory = _DataFactory(self, self.transport.getPeer().host, self._reactor)
+        try:
+            self.dtpPort = self.getDTPPort(self.dtpFactory, interface=local)
+        except CannotListenError:
+            self.dtpFactory = None
+            return fail(FTPReply(425, "Can't open data connection: every passive port is in use."))
         self.dtpFactory.setTimeout(self.dtpTimeout)
-        self.dtpPort = self.getDTPPort(self.dtpFactory, interface=local)
         self.reply(*reply(self.dtpPort.getHost().port))
 
         def refused(failure: Failure) -> None:
@@ -758,11 +768,17 @@ class FileFTPFactory(ftp.FTPFactory):
         fs: FileSystem,
         reactor: Any,
         anonymous: bool,
+        passive_address: Optional[str] = None,
+        passive_ports: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(portal)
         self.allowAnonymous = anonymous
         self.fs = fs
         self._reactor = reactor
+        self._passive_address = passive_address
+        if passive_ports is not None:
+            low, high = passive_ports
+            self.passivePortRange = range(low, high + 1)
 
     def buildProtocol(self, addr: Optional[IAddress]) -> Any:
         wrapper = super().buildProtocol(addr)
@@ -771,6 +787,7 @@ class FileFTPFactory(ftp.FTPFactory):
             session._reactor = self._reactor
             session.callLater = self._reactor.callLater
             session.listenFactory = self._reactor.listenTCP
+            session.passive_address = self._passive_address
         return wrapper
 
 
@@ -785,6 +802,8 @@ def build_ftp_factory(
     clock: Any,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     anonymous: bool = False,
+    passive_address: Optional[str] = None,
+    passive_ports: Optional[tuple[int, int]] = None,
 ) -> ftp.FTPFactory:
     """
     The FTP service of a node: listen on it with C{ftp_port}.
@@ -796,6 +815,10 @@ def build_ftp_factory(
         times sessions and leases and listens for passive data connections.
     @param max_file_bytes: the largest file accepted (larger: C{552}).
     @param anonymous: also let C{anonymous} log in, read-only.
+    @param passive_address: the IPv4 address C{PASV} announces (the public
+        one behind NAT); by default the address the client reached.
+    @param passive_ports: the inclusive range of ports passive data
+        connections listen on; by default any free port.
 
     @raise ValueError: a stored password is malformed.
     """
@@ -806,4 +829,4 @@ def build_ftp_factory(
     if anonymous:
         checkers.append(AllowAnonymousAccess())
     portal = Portal(FileRealm(fs), checkers)
-    return FileFTPFactory(portal, fs, clock, anonymous)
+    return FileFTPFactory(portal, fs, clock, anonymous, passive_address, passive_ports)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from twisted.application.service import IService
 from twisted.python import usage
 
-from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
+from twisted_kv.core.config import ClusterConfig, ConfigError, load_config, override_node
 
 #: Builds a node's service tree: (config, node id, reactor) -> service.
 ServiceBuilder = Callable[[ClusterConfig, str, Any], IService]
@@ -28,7 +28,7 @@ class Options(usage.Options):
     Command-line options of C{twistd kvnode}.
     """
 
-    synopsis = "--config PATH --node ID"
+    synopsis = "--config PATH --node ID [--ftp-passive-address IP] [--ftp-passive-ports LOW-HIGH]"
 
     longdesc = (
         "Run node ID of the twisted_kv cluster described in the INI file PATH "
@@ -39,7 +39,19 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "The cluster file (INI) describing every node."],
         ["node", "n", None, "The id of this node: its [node:ID] section in the file."],
+        [
+            "ftp-passive-address", None, None,
+            "The IPv4 address FTP's PASV announces (overrides the node's ftp_passive_address).",
+        ],
+        [
+            "ftp-passive-ports", None, None,
+            "The ports of passive FTP data connections, LOW-HIGH"
+            " (overrides the node's ftp_passive_ports).",
+        ],
     ]
+
+    #: The options that override the node's keys of the same name.
+    node_overrides = ("ftp_passive_address", "ftp_passive_ports")
 
     def parseOptions(self, options: Optional[list[str]] = None) -> None:
         """
@@ -98,7 +110,12 @@ def makeService(
         reactor = _global_reactor
     try:
         config = load_config(options["config"])
-        config.node(options["node"])
+        overrides = {
+            key: options[key.replace("_", "-")]
+            for key in Options.node_overrides
+            if options[key.replace("_", "-")] is not None
+        }
+        config = override_node(config, options["node"], overrides)
         if _build is None:
             from twisted_kv.app.service import build_node_service, check_ports
 

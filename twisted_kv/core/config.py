@@ -57,6 +57,7 @@ __all__ = [
     "NodeConfig",
     "format_address",
     "load_config",
+    "override_node",
     "parse_bool",
     "parse_config",
     "parse_duration",
@@ -679,6 +680,26 @@ def parse_config(text: str, path: str) -> ClusterConfig:
         ftp_users=ftp_users,
         **tunables,
     )
+
+
+def override_node(config: ClusterConfig, node_id: str, values: dict[str, str]) -> ClusterConfig:
+    """
+    C{config} with some L{OPTIONAL_NODE_KEYS} of node C{node_id} replaced
+    by C{values} (text, as in the file): what one node's command line gives
+    (a container told its public address) overrides its section.
+
+    @raise ConfigError: naming the key as an option (C{--ftp-passive-ports})
+        if a value is malformed, or C{--node} if there is no such node.
+    """
+    node = config.node(node_id)
+    try:
+        changes = _parse_optional_node_keys(config.path, f"node:{node_id}", values)
+    except ConfigError as error:
+        raise ConfigError(
+            config.path, None, "--" + (error.key or "").replace("_", "-"), error.problem
+        ) from None
+    nodes = tuple(evolve(node, **changes) if n is node else n for n in config.nodes)
+    return evolve(config, nodes=nodes)
 
 
 def _unrepr(line: str) -> str:

@@ -19,6 +19,10 @@
 ARG BASE=python:3.12-slim-bookworm
 
 FROM ${BASE} AS build
+# pip's settings for fetching the dependencies here, if the network needs
+# them (a package mirror, a proxy's CA file); they stay in this stage.
+ARG PIP_INDEX_URL
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY . /src
 RUN python3 -m venv /opt/build \
@@ -31,13 +35,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     KV_CONFIG=/etc/twisted-kv/cluster.ini \
     KV_NODE=
 # The wheels are mounted from the first stage for this step only, so that
-# none of them stays in a layer of the image; nothing is fetched here.
+# none of them stays in a layer of the image; nothing is fetched here.  The
+# node needs neither pip nor setuptools, nor Twisted's own tests (26 MB).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python3 -m venv /opt/twisted-kv \
  && /opt/twisted-kv/bin/pip install --no-index --find-links /wheels twisted_kv \
  && /opt/twisted-kv/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
- && /opt/twisted-kv/bin/python -m pip uninstall --yes --quiet pip \
- && useradd --system --user-group --uid 10001 --home-dir /var/lib/twisted-kv --shell /usr/sbin/nologin kv \
+ && /opt/twisted-kv/bin/python -m pip uninstall --yes --quiet pip setuptools \
+ && find /opt/twisted-kv/lib -depth -type d -name test -path '*/site-packages/twisted/*' -exec rm -rf {} + \
+ && useradd --user-group --uid 10001 --no-create-home --home-dir /var/lib/twisted-kv --shell /usr/sbin/nologin kv \
  && mkdir -p /etc/twisted-kv /var/lib/twisted-kv \
  && chown kv:kv /var/lib/twisted-kv
 

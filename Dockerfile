@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # One twisted_kv node.  Build:
 #
 #     docker build -t twisted-kv .

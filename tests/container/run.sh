@@ -165,9 +165,15 @@ up() {
     "${compose[@]}" up -d --no-build > "$work/up.log" 2>&1 || { tail -n 20 "$work/up.log"; fail "podman-compose up"; }
     compose_started=1
     say "podman-compose up -d: three containers started in $((SECONDS - started)) s"
-    wait_for 60 "a partition leader in the logs" leader_logged
-    say "cluster up: $("${compose[@]}" logs 2>/dev/null | grep -m 1 -o 'partition leader.*') after $((SECONDS - started)) s"
-    wait_for 60 "every node healthy" healthy "$http1" "$http2" "$http3"
+    wait_for 90 "a partition leader in the logs" leader_logged
+    # From the last container's start to the leader's line, by their clocks.
+    local last_start leader_line
+    last_start=$(podman inspect --format '{{.State.StartedAt}}' "$(container n1)" "$(container n2)" "$(container n3)" | sort | tail -n 1)
+    leader_line=$("${compose[@]}" logs 2>/dev/null | grep -m 1 'partition leader')
+    say "cluster up: ${leader_line#*partition leader }, $((SECONDS - started)) s after podman-compose up," \
+        "$(( $(date -d "$(grep -o '20[0-9-]*T[0-9:]*[+-][0-9]*' <<< "$leader_line" | head -n 1)" +%s) \
+             - $(date -d "${last_start% UTC}" +%s) )) s after the last container started"
+    wait_for 90 "every node healthy" healthy "$http1" "$http2" "$http3"
     say "every node answers 200 on /health after $((SECONDS - started)) s"
 }
 

@@ -45,11 +45,12 @@ fail() { say "FAILED: $*"; exit 1; }
 cleanup() {
     local status=$?
     set +e
-    if [ -n "${compose_started:-}" ]; then
-        say "cleaning up: logs of the nodes, then containers, volumes, network, images"
+    if [ -n "${compose_started:-}" ] && [ $status -ne 0 ]; then
+        say "the nodes' last log lines:"
         "${compose[@]}" logs > "$work/compose.log" 2>&1
-        tail -n 5 "$work/compose.log" | sed 's/^/    /'
+        tail -n 30 "$work/compose.log" | sed 's/^/    /'
     fi
+    say "cleaning up: containers, volumes, network, images"
     podman ps -aq --filter "label=io.podman.compose.project=$project" | xargs -r podman rm -f -t 0 >/dev/null 2>&1
     podman volume ls -q --filter "label=io.podman.compose.project=$project" | xargs -r podman volume rm -f >/dev/null 2>&1
     podman network ls -q --filter "label=io.podman.compose.project=$project" | xargs -r podman network rm -f >/dev/null 2>&1
@@ -156,7 +157,8 @@ wait_for() {
         sleep 0.5
     done
 }
-leader_logged() { "${compose[@]}" logs 2>/dev/null | grep -q "partition leader"; }
+# (The logs go to a file first: a grep that stops reading early would fail the pipe.)
+leader_logged() { "${compose[@]}" logs > "$work/logs.txt" 2>/dev/null; grep -q "partition leader" "$work/logs.txt"; }
 healthy() { for url in "$@"; do curl -fsS -m 5 "$url/health" || return 1; done; }
 container() { echo "${project}_$1_1"; }
 
@@ -169,8 +171,8 @@ up() {
     # From the last container's start to the leader's line, by their clocks.
     local last_start leader_line
     last_start=$(podman inspect --format '{{.State.StartedAt}}' "$(container n1)" "$(container n2)" "$(container n3)" | sort | tail -n 1)
-    leader_line=$("${compose[@]}" logs 2>/dev/null | grep -m 1 'partition leader')
-    say "cluster up: ${leader_line#*partition leader }, $((SECONDS - started)) s after podman-compose up," \
+    leader_line=$(grep -m 1 'partition leader' "$work/logs.txt")
+    say "cluster up: partition leader${leader_line#*partition leader}, $((SECONDS - started)) s after podman-compose up," \
         "$(( $(date -d "$(grep -o '20[0-9-]*T[0-9:]*[+-][0-9]*' <<< "$leader_line" | head -n 1)" +%s) \
              - $(date -d "${last_start% UTC}" +%s) )) s after the last container started"
     wait_for 90 "every node healthy" healthy "$http1" "$http2" "$http3"

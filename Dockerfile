@@ -1,7 +1,7 @@
 # One twisted_kv node.  Build:
 #
 #     docker build -t twisted-kv .
-#     docker build -t twisted-kv --build-arg BASE=debian-python:12 .   # any base with python3 (venv, pip)
+#     docker build -t twisted-kv --build-arg BASE=localhost/debian12-python .   # any base with python3, venv, pip
 #
 # Run node n1 of a cluster file mounted at /etc/twisted-kv/cluster.ini
 # (node id and cluster file from the environment, or as arguments, which win):

@@ -41,26 +41,38 @@ class NattedCluster(NamespacedCluster):
         self._public: dict[str, str] = {}
         super().__init__(size, tmpdir)
 
+    def _write_config(self) -> None:
+        for node_id in self.node_ids:
+            self._public[node_id] = self._forward_public_address(node_id)
+        super()._write_config()
+
+    def _forward_public_address(self, node_id: str) -> str:
+        """
+        Give node C{node_id}'s namespace a second address, forwarded to the
+        node's own (DNAT), and return it.
+        """
+        private = self.network.address(node_id)
+        subnet, index = private.rsplit(".", 1)
+        public = f"{subnet}.{100 + int(index)}"
+        namespace = self.network.namespace(node_id)
+        subprocess.run(
+            ["ip", "-n", namespace, "addr", "add", f"{public}/24", "dev", "eth0"],
+            check=True, capture_output=True,
+        )
+        result = subprocess.run(
+            ["ip", "netns", "exec", namespace, "iptables", "-t", "nat", "-A", "PREROUTING",
+             "-d", public, "-p", "tcp", "-j", "DNAT", "--to-destination", private],
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            self.network.remove()
+            raise SkipTest(f"cannot forward an address with iptables: {result.stderr.strip()}")
+        return public
+
     def host(self, node_id: str) -> str:
         """
         The address peers and clients reach node C{node_id} at.
         """
-        if node_id not in self._public:
-            private = self.network.address(node_id)
-            subnet, index = private.rsplit(".", 1)
-            public = f"{subnet}.{100 + int(index)}"
-            namespace = ["ip", "netns", "exec", self.network.namespace(node_id)]
-            subprocess.run(
-                ["ip", "-n", self.network.namespace(node_id), "addr", "add", f"{public}/24", "dev", "eth0"],
-                check=True, capture_output=True,
-            )
-            forward = [*namespace, "iptables", "-t", "nat", "-A", "PREROUTING", "-d", public,
-                       "-p", "tcp", "-j", "DNAT", "--to-destination", private]
-            result = subprocess.run(forward, capture_output=True, text=True)
-            if result.returncode != 0:
-                self.network.remove()
-                raise SkipTest(f"cannot forward an address with iptables: {result.stderr.strip()}")
-            self._public[node_id] = public
         return self._public[node_id]
 
     def listening_addresses(self, node_id: str) -> set[str]:

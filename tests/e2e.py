@@ -127,6 +127,7 @@ def write_config(
     host: str = "127.0.0.1",
     hosts: Optional[Mapping[str, str]] = None,
     tls: bool = False,
+    node_keys: Optional[Mapping[str, Mapping[str, str]]] = None,
     **tunables: Any,
 ) -> str:
     """
@@ -135,6 +136,8 @@ def write_config(
 
     @param node_ports: C{(node id, http_port, peer_port, ftp_port)} per node.
     @param hosts: the address of each node that does not listen on C{host}.
+    @param node_keys: further keys of some nodes' sections, e.g.
+        C{{"n1": {"bind": "0.0.0.0"}}}.
     @param replicas: copies of each key, C{"majority"} or a number.
     @param ftp_users: user name to password spec; C{alice = plain:wonderland}
         by default.
@@ -164,6 +167,7 @@ def write_config(
             f"peer_port = {peer_port}",
             f"ftp_port = {ftp_port}",
         ]
+        lines += [f"{key} = {value}" for key, value in (node_keys or {}).get(node_id, {}).items()]
     lines += ["", "[ftp_users]"] + [f"{user} = {spec}" for user, spec in ftp_users.items()]
     if tls:
         lines += ["", "[tls]", "ca = certs/ca.pem", "cert = certs/{node}.pem", "key = certs/{node}.key"]
@@ -460,6 +464,7 @@ class RealCluster:
             self.config_path,
             [(node_id, *self.ports[node_id]) for node_id in self.node_ids],
             hosts={node_id: self.host(node_id) for node_id in self.node_ids},
+            node_keys={node_id: self._node_keys(node_id) for node_id in self.node_ids},
             name=self.name,
             secret=self.secret,
             replicas=str(self.replicas),
@@ -467,6 +472,12 @@ class RealCluster:
             tls=self.tls,
             **self.tunables,
         )
+
+    def _node_keys(self, node_id: str) -> dict[str, str]:
+        """
+        Keys of node C{node_id}'s section besides its host and ports: none.
+        """
+        return {}
 
     def _spawn(self, node_id: str) -> NodeProcess:
         if self.running(node_id):

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_kv.core.config import (
     CLUSTER_KEYS,
     NODE_KEYS,
+    OPTIONAL_NODE_KEYS,
     ClusterConfig,
     ConfigError,
     GiB,
@@ -25,6 +26,7 @@ from twisted_kv.core.config import (
     parse_bool,
     parse_config,
     parse_duration,
+    parse_port_range,
     parse_size,
 )
 
@@ -258,6 +260,35 @@ class GoodConfigTests(SynchronousTestCase):
             [("10.0.0.1", 7001), ("10.0.0.2", 7001), ("10.0.0.3", 7001)],
         )
 
+    def test_node_behind_nat(self) -> None:
+        """
+        A node may listen on another address than the C{host} it is reached
+        at, and name the address and ports FTP's passive mode announces;
+        without them it listens on C{host} and announces what the client
+        reached.  Ports are checked against C{host}: every node may listen
+        on C{0.0.0.0} of its own machine.
+        """
+        text = "[cluster]\nsecret = s\n" + "".join(
+            f"[node:n{i}]\nhost = 203.0.113.{i}\nhttp_port = 7001\n"
+            f"peer_port = 7101\nftp_port = 7201\nbind = 0.0.0.0\n"
+            f"ftp_passive_address = 203.0.113.{i}\nftp_passive_ports = 30000 - 30009\n"
+            for i in (1, 2, 3)
+        )
+        node = parse_config(text, "x.ini").node("n2")
+        self.assertEqual(
+            (node.host, node.listen_host, node.ftp_passive_address, node.ftp_passive_ports),
+            ("203.0.113.2", "0.0.0.0", "203.0.113.2", (30000, 30009)),
+        )
+        plain = parse_config(_MINIMAL, "x.ini").node("n1")
+        self.assertEqual(
+            (plain.listen_host, plain.bind, plain.ftp_passive_address, plain.ftp_passive_ports),
+            ("127.0.0.1", None, None, None),
+        )
+        self.assertEqual(
+            parse_config(_MINIMAL.replace("ftp_port = 7201", "ftp_port = 7201\nbind =\n"), "x.ini"),
+            parse_config(_MINIMAL, "x.ini"),
+        )
+
     def test_node_lookup(self) -> None:
         """
         L{ClusterConfig.node} finds a node by id and L{ClusterConfig.peers}
@@ -366,7 +397,10 @@ class ShippedConfigTests(SynchronousTestCase):
         """
         with open(os.path.join(_REPO, "README.md"), encoding="utf-8") as f:
             readme = f.read()
-        keys = ["name", "secret", "replicas", "data_dir", "fsync", *CLUSTER_KEYS, *NODE_KEYS]
+        keys = [
+            "name", "secret", "replicas", "data_dir", "fsync",
+            *CLUSTER_KEYS, *NODE_KEYS, *OPTIONAL_NODE_KEYS,
+        ]
         self.assertEqual([k for k in keys if f"`{k}`" not in readme], [])
 
 
@@ -486,6 +520,17 @@ class ValueSyntaxTests(SynchronousTestCase):
                 str(self.assertRaises(ValueError, parse_duration, text)),
                 f"not a duration: {text!r} (try 2, 1.5s, 250ms)",
             )
+
+    def test_port_ranges(self) -> None:
+        """
+        A port range is C{LOW-HIGH}, inclusive, or a single port.
+        """
+        self.assertEqual(
+            [parse_port_range(text) for text in ["30000-30009", " 21 ", "1-65535", "7 - 7"]],
+            [(30000, 30009), (21, 21), (1, 65535), (7, 7)],
+        )
+        for text in ["", "a-b", "1-", "-5", "10-9", "65536", "1,2"]:
+            self.assertRaises(ValueError, parse_port_range, text)
 
     def test_booleans(self) -> None:
         """
@@ -680,6 +725,30 @@ class ConfigErrorTests(SynchronousTestCase):
             self.assert_error(
                 _MINIMAL.replace("host = 127.0.0.1\nhttp_port = 7003", f"host = {host}\nhttp_port = 7003"),
                 f"etc/x.ini: [node:n3] host: bad host {host!r}",
+            )
+
+    def test_bad_nat_keys(self) -> None:
+        """
+        C{bind} is one address or name; C{ftp_passive_address} an IPv4
+        address (all C{PASV} can name); C{ftp_passive_ports} a range of
+        ports, low to high.
+        """
+        for line, message in [
+            ("bind = a b", "bind: bad address 'a b'"),
+            ("ftp_passive_address = ftp.example.com",
+             "ftp_passive_address: 'ftp.example.com' is not an IPv4 address (PASV can only announce one)"),
+            ("ftp_passive_address = ::1",
+             "ftp_passive_address: '::1' is not an IPv4 address (PASV can only announce one)"),
+            ("ftp_passive_ports = 30000:30009",
+             "ftp_passive_ports: not a port range: '30000:30009' (try 30000-30009)"),
+            ("ftp_passive_ports = 30009-30000",
+             "ftp_passive_ports: '30009-30000' is not a range of ports from 1 to 65535, low to high"),
+            ("ftp_passive_ports = 0-10",
+             "ftp_passive_ports: '0-10' is not a range of ports from 1 to 65535, low to high"),
+        ]:
+            self.assert_error(
+                _MINIMAL.replace("ftp_port = 7202", f"ftp_port = 7202\n{line}"),
+                f"etc/x.ini: [node:n2] {message}",
             )
 
     def test_secret(self) -> None:

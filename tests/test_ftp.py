@@ -16,7 +16,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import CertificateOptions
@@ -861,6 +861,66 @@ class CommandTests(SynchronousTestCase):
         from twisted.internet.task import Clock
 
         self.assertRaises(TypeError, build_ftp_factory, self.kv, USERS, clock=Clock())
+
+
+class _BusyPortsReactor(MemoryReactorClock):
+    """
+    A memory reactor on which the given ports are taken.
+    """
+
+    def __init__(self, busy: set[int]) -> None:
+        super().__init__()
+        self.busy = busy
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        if port in self.busy:
+            raise CannotListenError(interface, port, OSError("address already in use"))
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+class PassiveModeTests(SynchronousTestCase):
+    """
+    A node behind NAT announces its public address in C{PASV} and keeps its
+    data connections to the range of ports opened (or published) for them.
+    """
+
+    def session(self, busy: tuple[int, ...] = (), **passive: Any) -> Session:
+        self.reactor = _BusyPortsReactor(set(busy))
+        kv = ControlledKeyValue(LocalKeyValue(self.reactor))
+        factory = build_ftp_factory(kv, USERS, clock=self.reactor, **passive)
+        session = Session(factory, self.reactor)
+        session.login()
+        return session
+
+    def test_passive_address_announced(self) -> None:
+        """
+        C{PASV} names C{passive_address}, while the data port listens on the
+        address the client reached, and a transfer works through it.
+        """
+        session = self.session(passive_address="203.0.113.7", passive_ports=(30000, 30009))
+        self.assertEqual(session.upload("STOR f", b"data")[-1], "226 Transfer Complete.")
+        self.assertEqual(
+            session.passive_replies, ["227 Entering Passive Mode (203,0,113,7,117,48)."]
+        )
+        port, _, _, interface = self.reactor.tcpServers[-1]
+        self.assertEqual((port, interface), (30000, "127.0.0.1"))
+
+    def test_passive_ports_range(self) -> None:
+        """
+        Ports of the range in use are skipped, for C{PASV} and C{EPSV}
+        alike; with every one taken the client gets C{425}, and the session
+        goes on.
+        """
+        session = self.session(busy=(30000,), passive_ports=(30000, 30001))
+        session.data("EPSV")
+        self.assertEqual(session.passive_replies, ["229 Entering Extended Passive Mode (|||30001|)."])
+        self.reactor.busy.add(30001)
+        self.assertEqual(
+            session.send("PASV"), ["425 Can't open data connection: every passive port is in use."]
+        )
+        self.reactor.busy.clear()
+        self.assertEqual(session.upload("STOR f", b"data")[-1], "226 Transfer Complete.")
+        self.assertEqual(self.reactor.tcpServers[-1][0], 30000)
 
 
 class FTPClientTests(SynchronousTestCase):

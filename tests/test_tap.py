@@ -26,6 +26,9 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LOCAL = os.path.join(_REPO, "etc", "cluster-local.ini")
 
 #: Run twistd with this interpreter, from the repository, whatever is on PATH.
+#: The options overriding node keys, when not given.
+_NO_OVERRIDES = {"ftp-passive-address": None, "ftp-passive-ports": None}
+
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
@@ -45,7 +48,7 @@ class OptionsTests(SynchronousTestCase):
         """
         self.assertEqual(
             self.parse(["--config", "etc/x.ini", "--node", "n2"]),
-            {"config": "etc/x.ini", "node": "n2", "join": None},
+            {"config": "etc/x.ini", "node": "n2", "join": None, **_NO_OVERRIDES},
         )
 
     def test_short(self) -> None:
@@ -54,7 +57,21 @@ class OptionsTests(SynchronousTestCase):
         """
         self.assertEqual(
             self.parse(["-c", "x.ini", "--node=n1", "-j", "http://h:1"]),
-            {"config": "x.ini", "node": "n1", "join": "http://h:1"},
+            {"config": "x.ini", "node": "n1", "join": "http://h:1", **_NO_OVERRIDES},
+        )
+
+    def test_node_overrides(self) -> None:
+        """
+        C{--ftp-passive-address} and C{--ftp-passive-ports} are kept as given;
+        L{makeService} checks them.
+        """
+        self.assertEqual(
+            self.parse(
+                ["-c", "x.ini", "-n", "n1", "--ftp-passive-address", "203.0.113.7",
+                 "--ftp-passive-ports=30000-30009"]
+            ),
+            {"config": "x.ini", "node": "n1", "ftp-passive-address": "203.0.113.7",
+             "ftp-passive-ports": "30000-30009", "join": None},
         )
 
     def test_required(self) -> None:
@@ -104,9 +121,9 @@ class MakeServiceTests(SynchronousTestCase):
         self.calls.append((config, node_id, reactor))
         return self.service
 
-    def options(self, config: str, node: str) -> Options:
+    def options(self, config: str, node: str, *more: str) -> Options:
         options = Options()
-        options.parseOptions(["--config", config, "--node", node])
+        options.parseOptions(["--config", config, "--node", node, *more])
         return options
 
     def write(self, text: str) -> str:
@@ -124,6 +141,37 @@ class MakeServiceTests(SynchronousTestCase):
         service = makeService(self.options(_LOCAL, "n2"), reactor, _build=self.build)
         self.assertIs(service, self.service)
         self.assertEqual(self.calls, [(load_config(_LOCAL), "n2", reactor)])
+
+    def test_node_overrides(self) -> None:
+        """
+        C{--ftp-passive-address} and C{--ftp-passive-ports} replace the
+        node's keys of the same names, and only that node's.
+        """
+        reactor = MemoryReactor()
+        options = self.options(
+            _LOCAL, "n2", "--ftp-passive-address", "203.0.113.7", "--ftp-passive-ports", "30000-30009"
+        )
+        makeService(options, reactor, _build=self.build)
+        config = self.calls[0][0]
+        n2 = config.node("n2")
+        self.assertEqual((n2.ftp_passive_address, n2.ftp_passive_ports), ("203.0.113.7", (30000, 30009)))
+        local = load_config(_LOCAL)
+        self.assertEqual(config.peers("n2"), local.peers("n2"))
+
+    def test_bad_node_override(self) -> None:
+        """
+        A malformed override ends the program with one line naming the
+        option.
+        """
+        error = self.assertRaises(
+            SystemExit,
+            makeService,
+            self.options(_LOCAL, "n1", "--ftp-passive-ports", "30000:30009"),
+            MemoryReactor(),
+            _build=self.build,
+        )
+        self.assertEqual(error.code, f"{_LOCAL}: --ftp-passive-ports: not a port range: '30000:30009' (try 30000-30009)")
+        self.assertEqual(self.calls, [])
 
     def test_global_reactor(self) -> None:
         """

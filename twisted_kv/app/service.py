@@ -62,7 +62,7 @@ def _cannot_listen(me: NodeConfig, port: int, error: OSError) -> str:
     key = next((key for key in _PORT_KEYS if getattr(me, key) == port), "port")
     reason = os.strerror(error.errno).lower() if error.errno else str(error)
     return (
-        f"kvnode {me.node_id}: cannot listen on {format_address(me.host, port)}"
+        f"kvnode {me.node_id}: cannot listen on {format_address(me.listen_host, port)}"
         f" ({key}): {reason}"
     )
 
@@ -77,7 +77,7 @@ def check_ports(me: NodeConfig, *, _socket: Callable[[int, int], Any] = socket.s
     @param _socket: makes the sockets (tests).
     @raise SystemExit: with that line, if a port cannot be bound.
     """
-    family = socket.AF_INET6 if isIPv6Address(me.host) else socket.AF_INET
+    family = socket.AF_INET6 if isIPv6Address(me.listen_host) else socket.AF_INET
     for key in _PORT_KEYS:
         port = getattr(me, key)
         with _socket(family, socket.SOCK_STREAM) as probe:
@@ -85,7 +85,7 @@ def check_ports(me: NodeConfig, *, _socket: Callable[[int, int], Any] = socket.s
                 # As Twisted's listenTCP does: a port left in TIME_WAIT is free.
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((me.host, port))
+                probe.bind((me.listen_host, port))
             except OSError as error:
                 raise SystemExit(_cannot_listen(me, port, error)) from None
 
@@ -239,7 +239,7 @@ def build_node_service(
         peers={n.node_id: (n.host, n.peer_port) for n in node.roster.nodes if n.node_id != node_id},
         handler=node,
         reactor=reactor,
-        listen_endpoint=listen_endpoint(me.host, me.peer_port),
+        listen_endpoint=listen_endpoint(me.listen_host, me.peer_port),
         tls=tls,
     )
     links.setName("peers")
@@ -265,6 +265,8 @@ def build_node_service(
         max_file_bytes=config.max_file_bytes,
         anonymous=config.anonymous_ftp,
         tls=None if tls is None else tls.server,
+        passive_address=me.ftp_passive_address,
+        passive_ports=me.ftp_passive_ports,
     )
     collector = OrphanCollector(
         FileSystem(kv, reactor, max_file_bytes=config.max_file_bytes), reactor
@@ -276,10 +278,10 @@ def build_node_service(
         _Running("node", node.start, node.stop),
         ws_service,
         _listening(
-            "http", reactor, me.host, me.http_port,
+            "http", reactor, me.listen_host, me.http_port,
             site if tls is None else tls_server_factory(tls.server, site, reactor),
         ),
-        _listening("ftp", reactor, me.host, me.ftp_port, ftp_factory),
+        _listening("ftp", reactor, me.listen_host, me.ftp_port, ftp_factory),
         _Running("orphan-collector", collector.start, collector.stop),
     ):
         child.setServiceParent(top)

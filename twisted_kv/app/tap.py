@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 from twisted.application.service import IService
 from twisted.python import usage
 
-from twisted_kv.core.config import ClusterConfig, ConfigError, load_config
+from twisted_kv.core.config import ClusterConfig, ConfigError, load_config, override_node
 from twisted_kv.core.roster import Roster, config_for, from_description
 from twisted_kv.errors import KVError
 
@@ -36,7 +36,10 @@ class Options(usage.Options):
     Command-line options of C{twistd kvnode}.
     """
 
-    synopsis = "--config PATH --node ID [--join URL]"
+    synopsis = (
+        "--config PATH --node ID [--join URL]"
+        " [--ftp-passive-address IP] [--ftp-passive-ports LOW-HIGH]"
+    )
 
     longdesc = (
         "Run node ID of the twisted_kv cluster described in the INI file PATH "
@@ -52,7 +55,19 @@ class Options(usage.Options):
             "A member's URL: this node was added to that running cluster (kvctl member add);"
             " the file then needs only [cluster], the members come from the cluster.",
         ],
+        [
+            "ftp-passive-address", None, None,
+            "The IPv4 address FTP's PASV announces (overrides the node's ftp_passive_address).",
+        ],
+        [
+            "ftp-passive-ports", None, None,
+            "The ports of passive FTP data connections, LOW-HIGH"
+            " (overrides the node's ftp_passive_ports).",
+        ],
     ]
+
+    #: The options that override the node's keys of the same name.
+    node_overrides = ("ftp_passive_address", "ftp_passive_ports")
 
     def parseOptions(self, options: Optional[list[str]] = None) -> None:
         """
@@ -117,7 +132,12 @@ def makeService(
             config = config_for(config, roster)
         else:
             config = load_config(options["config"])
-        config.node(options["node"])
+        overrides = {
+            key: options[key.replace("_", "-")]
+            for key in Options.node_overrides
+            if options[key.replace("_", "-")] is not None
+        }
+        config = override_node(config, options["node"], overrides)
         if _build is None:
             from twisted_kv.app.service import build_node_service, check_ports
 

@@ -15,6 +15,9 @@ The cluster file: one INI file describing every node of a cluster.
     http_port = 7001                  ; HTTP API, WebSocket (/ws), dashboard
     peer_port = 7101                  ; cluster-internal protocol
     ftp_port = 7201                   ; FTP
+    bind = 0.0.0.0                    ; optional: listen here, reached at host
+    ftp_passive_address = 203.0.113.7 ; optional: announced by PASV (NAT)
+    ftp_passive_ports = 30000-30009   ; optional: passive data ports
 
     [ftp_users]
     alice = plain:wonderland
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import ipaddress
 import math
 import os.path
 import re
@@ -52,6 +56,7 @@ __all__ = [
     "CLUSTER_KEYS",
     "FSYNC_POLICIES",
     "NODE_KEYS",
+    "OPTIONAL_NODE_KEYS",
     "ClusterConfig",
     "ConfigError",
     "NodeConfig",
@@ -59,9 +64,11 @@ __all__ = [
     "TLSConfig",
     "format_address",
     "load_config",
+    "override_node",
     "parse_bool",
     "parse_config",
     "parse_duration",
+    "parse_port_range",
     "parse_size",
 ]
 
@@ -208,6 +215,22 @@ def _parse_int(text: str) -> int:
     return int(stripped)
 
 
+def parse_port_range(text: str) -> tuple[int, int]:
+    """
+    Parse an inclusive range of TCP ports, C{30000-30009}, or one port.
+
+    @raise ValueError: if C{text} is not such a range.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    if match is None:
+        raise ValueError(f"not a port range: {text!r} (try 30000-30009)")
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"{text.strip()!r} is not a range of ports from 1 to 65535, low to high")
+    return low, high
+
+
 def _format_url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -242,6 +265,14 @@ class NodeConfig:
     @ivar ftp_port: the FTP service.
     @ivar tls: whether the cluster file has a C{[tls]} section: HTTP and
         WebSocket are then https and wss only.
+    @ivar bind: the address the node listens on when it differs from
+        C{host} (behind NAT, or C{0.0.0.0} for every interface), or C{None}.
+    @ivar ftp_passive_address: the IPv4 address C{PASV} tells FTP clients to
+        connect to (the public one behind NAT), or C{None} for the address
+        the client reached.
+    @ivar ftp_passive_ports: the inclusive range of ports passive data
+        connections listen on (to open in a firewall or publish from a
+        container), or C{None} for any free port.
     """
 
     node_id: str = field(validator=validators.instance_of(str))
@@ -250,6 +281,22 @@ class NodeConfig:
     peer_port: int = field(validator=[validators.instance_of(int), _port])
     ftp_port: int = field(validator=[validators.instance_of(int), _port])
     tls: bool = field(default=False, validator=validators.instance_of(bool))
+    bind: Optional[str] = field(
+        default=None, validator=validators.optional(validators.instance_of(str))
+    )
+    ftp_passive_address: Optional[str] = field(
+        default=None, validator=validators.optional(validators.instance_of(str))
+    )
+    ftp_passive_ports: Optional[tuple[int, int]] = field(
+        default=None, validator=validators.optional(validators.instance_of(tuple))
+    )
+
+    @property
+    def listen_host(self) -> str:
+        """
+        The address the node's ports listen on: C{bind}, else C{host}.
+        """
+        return self.host if self.bind is None else self.bind
 
     @property
     def http_url(self) -> str:
@@ -516,6 +563,10 @@ TLS_KEYS = ("ca", "cert", "key")
 #: The keys of every C{[node:ID]} section; all are required.
 NODE_KEYS = ("host", "http_port", "peer_port", "ftp_port")
 
+#: The keys a C{[node:ID]} section may add: where the node listens when it is
+#: reached at another address, and what FTP's passive mode announces.
+OPTIONAL_NODE_KEYS = ("bind", "ftp_passive_address", "ftp_passive_ports")
+
 _PORT_KEYS = ("http_port", "peer_port", "ftp_port")
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -701,6 +752,26 @@ def parse_config(text: str, path: str, *, joining: bool = False) -> ClusterConfi
     )
 
 
+def override_node(config: ClusterConfig, node_id: str, values: dict[str, str]) -> ClusterConfig:
+    """
+    C{config} with some L{OPTIONAL_NODE_KEYS} of node C{node_id} replaced
+    by C{values} (text, as in the file): what one node's command line gives
+    (a container told its public address) overrides its section.
+
+    @raise ConfigError: naming the key as an option (C{--ftp-passive-ports})
+        if a value is malformed, or C{--node} if there is no such node.
+    """
+    node = config.node(node_id)
+    try:
+        changes = _parse_optional_node_keys(config.path, f"node:{node_id}", values)
+    except ConfigError as error:
+        raise ConfigError(
+            config.path, None, "--" + (error.key or "").replace("_", "-"), error.problem
+        ) from None
+    nodes = tuple(evolve(node, **changes) if n is node else n for n in config.nodes)
+    return evolve(config, nodes=nodes)
+
+
 def _unrepr(line: str) -> str:
     """
     The text of a line as L{configparser.ParsingError} reports it (some
@@ -768,7 +839,7 @@ def _parse_node(path: str, parser: configparser.ConfigParser, section: str) -> N
         )
     values = parser[section]
     for key in values:
-        if key not in NODE_KEYS:
+        if key not in NODE_KEYS and key not in OPTIONAL_NODE_KEYS:
             raise ConfigError(path, section, key, "unknown key")
     for key in NODE_KEYS:
         if key not in values:
@@ -786,7 +857,35 @@ def _parse_node(path: str, parser: configparser.ConfigParser, section: str) -> N
         if not 1 <= port <= 65535:
             raise ConfigError(path, section, key, f"port {port} is not between 1 and 65535")
         ports[key] = port
-    return NodeConfig(node_id=node_id, host=host, **ports)
+    return NodeConfig(node_id=node_id, host=host, **ports, **_parse_optional_node_keys(path, section, values))
+
+
+def _parse_optional_node_keys(path: str, section: str, values: Any) -> dict[str, Any]:
+    """
+    The L{OPTIONAL_NODE_KEYS} a node section gives, checked.
+    """
+    optional: dict[str, Any] = {}
+    bind = values.get("bind", "").strip()
+    if bind:
+        if not _HOST.match(bind):
+            raise ConfigError(path, section, "bind", f"bad address {bind!r}")
+        optional["bind"] = bind
+    address = values.get("ftp_passive_address", "").strip()
+    if address:
+        try:
+            optional["ftp_passive_address"] = str(ipaddress.IPv4Address(address))
+        except ValueError:
+            raise ConfigError(
+                path, section, "ftp_passive_address",
+                f"{address!r} is not an IPv4 address (PASV can only announce one)",
+            )
+    ports = values.get("ftp_passive_ports", "").strip()
+    if ports:
+        try:
+            optional["ftp_passive_ports"] = parse_port_range(ports)
+        except ValueError as e:
+            raise ConfigError(path, section, "ftp_passive_ports", str(e))
+    return optional
 
 
 def _check_ports(path: str, nodes: tuple[NodeConfig, ...]) -> None:

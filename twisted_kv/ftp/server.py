@@ -15,8 +15,11 @@ expect added on top:
     C{modify} and C{perm};
   - C{REST <offset>} before C{RETR} (resume a download) or C{STOR} (resume
     an upload), and C{APPE};
-  - C{PASV} and C{EPSV} listen on the address the client reached, and only
-    accept the data connection from the client's own host; active mode
+  - C{PASV} and C{EPSV} listen on the address the client reached (on a
+    port of the node's C{ftp_passive_ports} when it has them), and only
+    accept the data connection from the client's own host; C{PASV}
+    announces the node's C{ftp_passive_address} when it has one (the public
+    address of a server behind NAT), else the address reached; active mode
     (C{PORT}, C{EPRT}) is refused, so the server is never used to connect
     elsewhere;
   - C{NLST dir} lists the entries as paths (C{dir/a.txt}, as vsftpd and
@@ -48,6 +51,7 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IConsumer, IReactorTCP
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -399,6 +403,8 @@ class FileFTP(ftp.FTP):
     _restart_at = 0
     # EPSV ALL was received: PASV is refused from then on (RFC 2428).
     _epsv_all = False
+    # What PASV announces instead of the address reached (NAT); set by the factory.
+    passive_address: Optional[str] = None
     logout: Optional[Callable[[], None]] = None
     # The TLS settings (Twisted's CertificateOptions) when FTPS is required.
     _tls: Any = None
@@ -547,7 +553,7 @@ class FileFTP(ftp.FTP):
             if address.ipv4_mapped is None:
                 return fail(ftp.PASVIPv6NotImplementedError())
             address = address.ipv4_mapped
-        shown = str(address)
+        shown = self.passive_address or str(address)
         return self._listen_passive(
             lambda port: (ftp.ENTERING_PASV_MODE, ftp.encodeHostPort(shown, port))
         )
@@ -568,11 +574,15 @@ class FileFTP(ftp.FTP):
         self._close_data()
         local = self.transport.getHost().host
         self.dtpFactory = _DataFactory(self, self.transport.getPeer().host, self._reactor)
-        self.dtpFactory.setTimeout(self.dtpTimeout)
         listening = self.dtpFactory
         if self._tls is not None:
             listening = tls_server_factory(self._tls, self.dtpFactory, self._reactor)
-        self.dtpPort = self.getDTPPort(listening, interface=local)
+        try:
+            self.dtpPort = self.getDTPPort(listening, interface=local)
+        except CannotListenError:
+            self.dtpFactory = None
+            return fail(FTPReply(425, "Can't open data connection: every passive port is in use."))
+        self.dtpFactory.setTimeout(self.dtpTimeout)
         self.reply(*reply(self.dtpPort.getHost().port))
 
         def refused(failure: Failure) -> None:
@@ -836,12 +846,18 @@ class FileFTPFactory(ftp.FTPFactory):
         reactor: Any,
         anonymous: bool,
         tls: Any = None,
+        passive_address: Optional[str] = None,
+        passive_ports: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(portal)
         self.allowAnonymous = anonymous
         self.fs = fs
         self._reactor = reactor
         self._tls = tls
+        self._passive_address = passive_address
+        if passive_ports is not None:
+            low, high = passive_ports
+            self.passivePortRange = range(low, high + 1)
 
     def buildProtocol(self, addr: Optional[IAddress]) -> Any:
         wrapper = super().buildProtocol(addr)
@@ -851,6 +867,7 @@ class FileFTPFactory(ftp.FTPFactory):
             session._tls = self._tls
             session.callLater = self._reactor.callLater
             session.listenFactory = self._reactor.listenTCP
+            session.passive_address = self._passive_address
         return wrapper
 
 
@@ -866,6 +883,8 @@ def build_ftp_factory(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     anonymous: bool = False,
     tls: Any = None,
+    passive_address: Optional[str] = None,
+    passive_ports: Optional[tuple[int, int]] = None,
 ) -> ftp.FTPFactory:
     """
     The FTP service of a node: listen on it with C{ftp_port}.
@@ -879,6 +898,10 @@ def build_ftp_factory(
     @param anonymous: also let C{anonymous} log in, read-only.
     @param tls: TLS server settings (L{twisted_kv.tls.NodeTLS.server}) to
         require explicit FTPS with, or C{None} for plain FTP.
+    @param passive_address: the IPv4 address C{PASV} announces (the public
+        one behind NAT); by default the address the client reached.
+    @param passive_ports: the inclusive range of ports passive data
+        connections listen on; by default any free port.
 
     @raise ValueError: a stored password is malformed.
     """
@@ -889,4 +912,7 @@ def build_ftp_factory(
     if anonymous:
         checkers.append(AllowAnonymousAccess())
     portal = Portal(FileRealm(fs), checkers)
-    return FileFTPFactory(portal, fs, clock, anonymous, tls)
+    return FileFTPFactory(
+        portal, fs, clock, anonymous, tls=tls,
+        passive_address=passive_address, passive_ports=passive_ports,
+    )

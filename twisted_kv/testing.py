@@ -303,6 +303,8 @@ class MemoryCluster:
         disk = None
         path = self.config.node_data_dir(node_id)
         if path is not None:
+            # Disk work is done a moment later, as in a thread, so that a
+            # power cut can fall between a write and its sync.
             disk = NodeDisk.open(
                 self.filesystems[node_id], path, self.config.fsync,
                 lambda work: deferLater(clock, DISK_LATENCY, work),

@@ -374,7 +374,7 @@ class NodeDisk:
         in_reactor: Callable[[Callable[[], Any]], Any],
     ) -> "NodeDisk":
         """
-        L{open}, which this is, but for damage.
+        What L{open} does, damage aside: read C{path} and open its log.
 
         @raise twisted_kv.errors.StorageCorrupt: a file is damaged other
             than by a torn last write (the error names it).

@@ -9,7 +9,7 @@ comparing the (index, term) of that one entry.  The rules kept from Raft:
 
   - terms, randomised election timeouts, one vote per term;
   - a vote only for a candidate whose entry is at least as up to date;
-  - an entry is committed once a majority of all nodes stores it, and only
+  - an entry is committed once a majority of the voters stores it, and only
     entries of the leader's own term are committed by counting (a new leader
     re-proposes the map it has, as its first entry);
   - pre-vote (a node first asks whether it could win, without raising its
@@ -21,6 +21,15 @@ comparing the (index, term) of that one entry.  The rules kept from Raft:
     stopped hearing from the leader may take a newer committed entry from
     any peer (L{Consensus.adopt_committed}), since every later leader
     holds it.
+
+The voters are those of the membership (L{twisted_kv.core.roster.Roster})
+in the newest entry a node stores, committed or not, as Raft's
+single-server changes have it; the file's nodes until an entry carries one.
+A learner hears the leader but counts for nothing and never campaigns; a
+leader proposes a change of voters only once its entry is committed and of
+its own term (L{Consensus.may_change_membership}); a leader that commits its
+own removal steps down, and its followers then elect another at once
+(docs/design.md §1.10).
 
 With C{data_dir}, the node keeps its term, vote and entry on disk
 (L{Consensus.durable_state}, written and fsynced before any output that

@@ -328,3 +328,68 @@ class _Stream(io.BytesIO):
             )
         ).addCallback(lambda _: None)
 
+
+
+class _Recorded:
+    """
+    A client that records how it was made and answers C{get} with C{b"v"}.
+    """
+
+    made: list[tuple[str, dict]] = []
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.made.append((url, options))
+
+    def __enter__(self) -> _Recorded:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def get(self, key: str) -> Any:
+        return type("Value", (), {"data": b"v"})()
+
+
+class CACertificateTests(SynchronousTestCase):
+    """
+    C{--cacert} and C{$KVCTL_CACERT} name the CA the client trusts.
+    """
+
+    def run_kvctl(self, argv: list[str], environ: dict[str, str]) -> tuple[int, str]:
+        _Recorded.made = []
+        stderr = io.StringIO()
+        status = main(
+            argv, stdout=io.BytesIO(), stderr=stderr, environ=environ, client_factory=_Recorded
+        )
+        return status, stderr.getvalue()
+
+    def test_option_and_environment(self) -> None:
+        """
+        The option wins over the environment, which wins over nothing (the
+        system's CAs: C{None}).
+        """
+        url = "https://kv.example:7001"
+        self.run_kvctl(["--node", url, "--cacert", "a.pem", "get", "k"], {"KVCTL_CACERT": "b.pem"})
+        self.assertEqual(_Recorded.made, [(url, {"timeout": 10.0, "cacert": "a.pem"})])
+        self.run_kvctl(["--node", url, "get", "k"], {"KVCTL_CACERT": "b.pem"})
+        self.assertEqual(_Recorded.made[0][1]["cacert"], "b.pem")
+        self.run_kvctl(["--node", url, "get", "k"], {})
+        self.assertIsNone(_Recorded.made[0][1]["cacert"])
+
+    def test_unreadable_file(self) -> None:
+        """
+        A CA file the client cannot read is a file problem (status 4)
+        naming it, before any connection.
+        """
+        stderr = io.StringIO()
+        status = main(
+            ["--node", "https://127.0.0.1:1", "--cacert", "/nonexistent/ca.pem", "get", "k"],
+            stdout=io.BytesIO(),
+            stderr=stderr,
+            environ={},
+        )
+        self.assertEqual(status, 4)
+        self.assertEqual(
+            stderr.getvalue(),
+            "kvctl: /nonexistent/ca.pem: cannot use the CA certificate: No such file or directory\n",
+        )

@@ -115,6 +115,9 @@ class ScriptedKeyValue:
     def unsubscribe(self, listener: Callable[[Any], None]) -> None:
         pass
 
+    def replay(self, after: int) -> Deferred[Any]:
+        return self._answer()
+
 
 class RacingKeyValue(LocalKeyValue):
     """

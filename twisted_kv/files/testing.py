@@ -134,3 +134,6 @@ class ControlledKeyValue:
 
     def unsubscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
         self._kv.unsubscribe(listener)
+
+    def replay(self, after: int) -> Deferred[Any]:
+        return self._kv.replay(after)

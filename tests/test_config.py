@@ -570,14 +570,14 @@ class ConfigErrorTests(SynchronousTestCase):
 
     def test_unknown_section(self) -> None:
         """
-        Sections other than C{[cluster]}, C{[node:ID]} and C{[ftp_users]}
-        are refused, C{[DEFAULT]} included.
+        Sections other than C{[cluster]}, C{[node:ID]}, C{[ftp_users]} and
+        C{[user:NAME]} are refused, C{[DEFAULT]} included.
         """
-        for section in ["clusters", "DEFAULT", "node"]:
+        for section in ["clusters", "DEFAULT", "node", "users"]:
             self.assert_error(
                 f"{_MINIMAL}\n[{section}]\n",
                 f"etc/x.ini: [{section}]: unknown section"
-                " (expected [cluster], [node:ID] or [ftp_users])",
+                " (expected [cluster], [node:ID], [ftp_users] or [user:NAME])",
             )
 
     def test_bad_node_id(self) -> None:

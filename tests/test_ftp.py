@@ -296,11 +296,13 @@ class CredentialTests(SynchronousTestCase):
         """
         clock = MemoryReactorClock()
         realm = FileRealm(FileSystem(LocalKeyValue(clock), clock))
-        interface, shell, logout = realm.requestAvatar("alice", None, ftp.IFTPShell)
+        interface, shell, logout = self.successResultOf(
+            realm.requestAvatar("alice", None, ftp.IFTPShell)
+        )
         self.assertIs(interface, ftp.IFTPShell)
         self.assertFalse(shell.read_only)
         self.assertEqual(logout, shell.end_session)
-        _, anonymous, _ = realm.requestAvatar(ANONYMOUS, None, ftp.IFTPShell)
+        _, anonymous, _ = self.successResultOf(realm.requestAvatar(ANONYMOUS, None, ftp.IFTPShell))
         self.assertTrue(anonymous.read_only)
         self.assertRaises(NotImplementedError, realm.requestAvatar, "alice", None, object)
 

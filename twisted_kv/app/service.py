@@ -30,6 +30,7 @@ from twisted_kv.cluster.node import Node
 from twisted_kv.core.config import ClusterConfig, NodeConfig, format_address
 from twisted_kv.core.membership import new_incarnation
 from twisted_kv.errors import StorageCorrupt
+from twisted_kv.core.users import LoginThrottle
 from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
 from twisted_kv.ftp.server import build_ftp_factory
@@ -38,6 +39,7 @@ from twisted_kv.storage.fs import OSFileSystem
 from twisted_kv.web.admin import admin_resource
 from twisted_kv.web.dashboard import dashboard_resource
 from twisted_kv.web.files_http import files_resource
+from twisted_kv.web.auth import Guard
 from twisted_kv.web.site import build_site
 from twisted_kv.web.status import NodeStatus
 from twisted_kv.ws.server import build_ws_resource
@@ -225,6 +227,9 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
         kv, clock=reactor, history=config.ws_history, file_event_for=file_event_for
     )
     ws_service.setName("changes")
+    # One count of failed logins per address for HTTP and FTP.
+    throttle = LoginThrottle()
+    guard = Guard(config.users, config.secret, throttle, reactor) if config.users else None
     site = build_site(
         kv,
         NodeStatus(node, reactor),
@@ -235,6 +240,7 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
             b"admin": admin_resource(kv, kv),
             b"": dashboard_resource(),
         },
+        guard=guard,
     )
     ftp_factory = build_ftp_factory(
         kv,
@@ -242,6 +248,8 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
         clock=reactor,
         max_file_bytes=config.max_file_bytes,
         anonymous=config.anonymous_ftp,
+        accounts=config.users,
+        throttle=throttle,
     )
     collector = OrphanCollector(
         FileSystem(kv, reactor, max_file_bytes=config.max_file_bytes), reactor

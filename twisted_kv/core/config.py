@@ -19,6 +19,13 @@ The cluster file: one INI file describing every node of a cluster.
     [ftp_users]
     alice = plain:wonderland
 
+    [user:bob]                        ; see twisted_kv.core.users
+    password = plain:builder
+    read = *
+    write = bob/
+    files = /bob/
+    admin = no
+
 Full-line and inline comments (C{;} or C{#}; inline ones after whitespace)
 are allowed.  Unknown sections and unknown keys are errors, so that a typo
 never silently changes behaviour.  Every problem is reported as a
@@ -42,11 +49,13 @@ from typing import Any, Callable, Optional
 from attrs import evolve, field, frozen, validators
 
 from twisted_kv.core.passwords import check_stored
+from twisted_kv.core.users import Grant, User, parse_files_root, parse_prefixes
 
 __all__ = [
     "CLUSTER_KEYS",
     "FSYNC_POLICIES",
     "NODE_KEYS",
+    "USER_KEYS",
     "ClusterConfig",
     "ConfigError",
     "NodeConfig",
@@ -297,6 +306,8 @@ class ClusterConfig:
     @ivar nodes: every node, in file order.
     @ivar ftp_users: FTP user name -> password spec (C{plain:...} or a
         salted hash), from C{[ftp_users]}.
+    @ivar users: user name -> L{User}, from the C{[user:NAME]} sections;
+        with any, every request needs credentials.
     @ivar election_timeout: seconds; the upper bound of the randomised
         election timeout.
     @ivar heartbeat_interval: seconds between leader heartbeats.
@@ -328,6 +339,7 @@ class ClusterConfig:
         validator=validators.deep_iterable(validators.instance_of(NodeConfig)),
     )
     ftp_users: dict[str, str] = field(factory=dict, hash=False)
+    users: dict[str, User] = field(factory=dict, hash=False)
     election_timeout: float = field(default=2.0, validator=_positive)
     heartbeat_interval: float = field(default=0.1, validator=_positive)
     failure_timeout: float = field(default=1.5, validator=_positive)
@@ -544,10 +556,10 @@ def parse_config(text: str, path: str) -> ClusterConfig:
     for section in parser.sections():
         if section.startswith("node:"):
             node_sections.append(section)
-        elif section not in ("cluster", "ftp_users"):
+        elif section not in ("cluster", "ftp_users") and not section.startswith(_USER):
             raise ConfigError(
                 path, section, None,
-                "unknown section (expected [cluster], [node:ID] or [ftp_users])",
+                "unknown section (expected [cluster], [node:ID], [ftp_users] or [user:NAME])",
             )
     if not parser.has_section("cluster"):
         raise ConfigError(path, "cluster", None, "missing section")
@@ -618,6 +630,10 @@ def parse_config(text: str, path: str) -> ClusterConfig:
                 raise ConfigError(path, "ftp_users", user, str(e))
             ftp_users[user] = spec
 
+    users = _parse_users(path, parser)
+    for name in users.keys() & ftp_users.keys():
+        raise ConfigError(path, _USER + name, None, "the user is also in [ftp_users]")
+
     return ClusterConfig(
         path=path,
         name=name,
@@ -627,8 +643,53 @@ def parse_config(text: str, path: str) -> ClusterConfig:
         fsync=fsync,
         nodes=nodes,
         ftp_users=ftp_users,
+        users=users,
         **tunables,
     )
+
+
+#: The keys of a C{[user:NAME]} section; only C{password} is required.
+USER_KEYS = ("password", "read", "write", "files", "admin")
+
+_USER = "user:"
+_USER_NAME = re.compile(r"^[^\s:]+$")
+
+
+def _parse_users(path: str, parser: configparser.ConfigParser) -> dict[str, User]:
+    """
+    The C{[user:NAME]} sections (see L{twisted_kv.core.users}).
+    """
+    users: dict[str, User] = {}
+    for section in parser.sections():
+        if not section.startswith(_USER):
+            continue
+        name = section[len(_USER):]
+        if not _USER_NAME.match(name):
+            raise ConfigError(path, section, None, "bad user name (no spaces or ':')")
+        values = parser[section]
+        for key in values:
+            if key not in USER_KEYS:
+                raise ConfigError(path, section, key, "unknown key")
+        password = values.get("password", "").strip()
+        if not password:
+            raise ConfigError(path, section, "password", "missing key (use plain:PASSWORD or a hash)")
+        try:
+            check_stored(password)
+        except ValueError as e:
+            raise ConfigError(path, section, "password", str(e))
+        def parsed(key: str, parse: Callable[[str], Any], default: str) -> Any:
+            try:
+                return parse(values.get(key, default))
+            except ValueError as e:
+                raise ConfigError(path, section, key, str(e))
+
+        read = parsed("read", parse_prefixes, "")
+        write = parsed("write", parse_prefixes, "")
+        files = parsed("files", parse_files_root, "")
+        admin = parsed("admin", parse_bool, "no")
+        grant = Grant(name=name, read=read, write=write, files=files, admin=admin)
+        users[name] = User(name=name, password=password, grant=grant)
+    return users
 
 
 def _unrepr(line: str) -> str:

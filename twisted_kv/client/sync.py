@@ -39,10 +39,18 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
-from twisted_kv.client._logic import DEFAULT_URL, Calls, Request, Response, T, result_of
+from twisted_kv.client._logic import (
+    DEFAULT_URL,
+    Calls,
+    Request,
+    Response,
+    T,
+    authorization,
+    result_of,
+)
 
 __all__ = ["Client", "Watch"]
 
@@ -53,9 +61,19 @@ class Client(Calls):
 
     @param url: the node, e.g. C{http://127.0.0.1:7001}.
     @param timeout: seconds to wait for the node on each request.
+    @param user: C{NAME:PASSWORD}, sent as HTTP Basic; or
+    @param token: a bearer token (see L{Calls.token}).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        timeout: float = 10.0,
+        *,
+        user: Optional[str] = None,
+        token: Optional[str] = None,
+    ) -> None:
+        self._authorization = authorization(user, token)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http:// or https:// URL: {url!r}")
@@ -120,7 +138,9 @@ class Client(Calls):
             in order with the changes.
         @raise TimeoutError: the node did not accept the watch in time.
         """
-        return Watch(self.url, prefix, since, files, timeout, others, on_lost, on_watching)
+        return Watch(
+            self.url, prefix, since, files, timeout, others, on_lost, on_watching, self._authorization
+        )
 
     def _call(self, request: Request[T]) -> T:
         return result_of(request, self._send(request))
@@ -137,7 +157,10 @@ class Client(Calls):
             self._connection = cls(self._netloc, timeout=self._timeout)
         try:
             self._connection.request(
-                request.method, request.target, body=request.body, headers=dict(request.headers)
+                request.method,
+                request.target,
+                body=request.body,
+                headers={**self._authorization, **request.headers},
             )
             answer = self._connection.getresponse()
             body = answer.read()
@@ -210,6 +233,7 @@ class Watch:
         others: Sequence[str],
         on_lost: Callable[[str, str, str], None],
         on_watching: Callable[[str], None],
+        headers: Mapping[str, str],
     ) -> None:
         # Twisted is loaded only when a watch starts: the other calls, and
         # kvctl's start, do without it.
@@ -234,6 +258,7 @@ class Watch:
                 others=others,
                 on_lost=lambda *args: self._events.put(lambda: on_lost(*args)),
                 on_watching=lambda *args: self._events.put(lambda: on_watching(*args)),
+                headers=headers,
             )
             self._watcher.start()
             return self._watcher.when_watching().addTimeout(timeout, self._reactor)

@@ -21,7 +21,8 @@ L{twisted_kv.client._logic}; this module sends and receives them.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 import treq
@@ -50,6 +51,7 @@ from twisted_kv.client._logic import (
     Response,
     T,
     WatchPosition,
+    authorization,
     close_reason,
     result_of,
     watch_op,
@@ -69,6 +71,8 @@ class TxClient(Calls):
     @param reactor: the reactor (the global one by default).
     @param http: the treq client to send requests with (by default one with
         a pool of persistent connections, closed by L{close}).
+    @param user: C{NAME:PASSWORD}, sent as HTTP Basic; or
+    @param token: a bearer token (see L{Calls.token}).
     """
 
     def __init__(
@@ -77,7 +81,10 @@ class TxClient(Calls):
         *,
         reactor: Any = None,
         http: Optional[HTTPClient] = None,
+        user: Optional[str] = None,
+        token: Optional[str] = None,
     ) -> None:
+        self._authorization = authorization(user, token)
         if reactor is None:
             from twisted.internet import reactor
         self.url = url.rstrip("/")
@@ -123,13 +130,24 @@ class TxClient(Calls):
         (of the files whose path starts with it if C{files}), from now or
         after revision C{since}, until the returned L{Watcher} is stopped.
         """
-        watcher = Watcher(self.url, on_event, prefix, since=since, files=files, reactor=self._reactor)
+        watcher = Watcher(
+            self.url,
+            on_event,
+            prefix,
+            since=since,
+            files=files,
+            reactor=self._reactor,
+            headers=self._authorization,
+        )
         watcher.start()
         return watcher
 
     def _call(self, request: Request[T]) -> Deferred[T]:
         sent = self._http.request(
-            request.method, self.url + request.target, headers=dict(request.headers), data=request.body
+            request.method,
+            self.url + request.target,
+            headers={**self._authorization, **request.headers},
+            data=request.body,
         )
         return sent.addCallback(self._read).addCallback(lambda response: result_of(request, response))
 
@@ -249,6 +267,7 @@ class Watcher:
         others: Sequence[str] = (),
         on_lost: Callable[[str, str, str], None] = lambda url, reason, next_url: None,
         on_watching: Callable[[str], None] = lambda url: None,
+        headers: Mapping[str, str] = MappingProxyType({}),
     ) -> None:
         """
         @param url: the node's HTTP URL.
@@ -263,6 +282,8 @@ class Watcher:
             lost (or could not be made) and the URL of the node tried next.
         @param on_watching: called with a node's URL when it has answered
             the watch (on every connection).
+        @param headers: sent with every WebSocket upgrade request (the
+            credentials, see L{authorization}).
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -272,7 +293,8 @@ class Watcher:
         self._on_watching = on_watching
         self._prefix = prefix
         self._files = files
-        factory = _WatchClientFactory(ws_url(url), reactor=reactor)
+        self._headers = dict(headers)
+        factory = _WatchClientFactory(ws_url(url), reactor=reactor, headers=self._headers)
         use_timer(factory, ClockTimer(reactor))
         # The client-side drop timeout runs on txaio's global reactor; the
         # server drops the connection itself.
@@ -349,8 +371,11 @@ class Watcher:
         if not self._stopping:
             url, next_url = self._nodes.url, self._nodes.move()
             # The WebSocket handshake names the node connected to (the other
-            # session parameters are reset: only the user agent was set).
-            self._factory.setSessionParameters(url=ws_url(next_url), useragent=self._factory.useragent)
+            # session parameters are reset: only the user agent and the
+            # headers were set).
+            self._factory.setSessionParameters(
+                url=ws_url(next_url), useragent=self._factory.useragent, headers=self._headers
+            )
             self._on_lost(url, reason, next_url)
 
     def _received(self, frame: dict) -> None:

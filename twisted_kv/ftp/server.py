@@ -462,7 +462,7 @@ class FileFTP(ftp.FTP):
             self.reply(ftp.REQ_ACTN_NOT_TAKEN, "internal server error")
 
     def _next_command(self, ignored: object) -> None:
-        if self.transport is not None and not self.disconnected:
+        if self.transport is not None and not self.disconnected and not self.transport.disconnecting:
             self.resumeProducing()
 
     def sendLine(self, line: str | bytes) -> None:

@@ -58,6 +58,7 @@ from twisted.web.http_headers import Headers
 from tests.polling import WaitTimeout, poll
 from twisted_kv.app import nodeprocess
 from twisted_kv.app.nodeprocess import NodeProcess, describe_exit
+from twisted_kv.client._logic import authorization
 
 __all__ = [
     "NodeDied",
@@ -123,6 +124,7 @@ def write_config(
     ftp_users: Optional[dict[str, str]] = None,
     host: str = "127.0.0.1",
     hosts: Optional[Mapping[str, str]] = None,
+    users: Optional[Mapping[str, Mapping[str, str]]] = None,
     **tunables: Any,
 ) -> str:
     """
@@ -134,6 +136,7 @@ def write_config(
     @param replicas: copies of each key, C{"majority"} or a number.
     @param ftp_users: user name to password spec; C{alice = plain:wonderland}
         by default.
+    @param users: user name to the keys of its C{[user:NAME]} section.
     @param tunables: further C{[cluster]} keys, e.g. C{election_timeout="1s"}.
     @return: the file's text.
     """
@@ -158,6 +161,8 @@ def write_config(
             f"ftp_port = {ftp_port}",
         ]
     lines += ["", "[ftp_users]"] + [f"{user} = {spec}" for user, spec in ftp_users.items()]
+    for user, keys in (users or {}).items():
+        lines += ["", f"[user:{user}]"] + [f"{key} = {value}" for key, value in keys.items()]
     text = "\n".join(lines) + "\n"
     with open(path, "w", encoding="utf-8") as file:
         file.write(text)
@@ -274,6 +279,8 @@ class RealCluster:
     @ivar ports: node id to C{(http_port, peer_port, ftp_port)}.
     @ivar http: a treq L{treq.client.HTTPClient} whose connections are
         closed by L{stop_all}.
+    @ivar credentials: the headers sent with the cluster's own requests
+        (and by default with L{request}): Basic for C{login}, when given.
     """
 
     def __init__(
@@ -286,9 +293,18 @@ class RealCluster:
         secret: str = "e2e-secret-not-for-production",
         replicas: Any = "majority",
         ftp_users: Optional[dict[str, str]] = None,
+        users: Optional[Mapping[str, Mapping[str, str]]] = None,
+        login: Optional[str] = None,
         **tunables: Any,
     ) -> None:
+        """
+        @param users: the C{[user:NAME]} sections: user name to their keys.
+        @param login: C{NAME:PASSWORD} of the user the cluster's own
+            requests log in as (one that may read C{/cluster}).
+        """
         self.reactor = reactor or _global_reactor
+        self.users = users
+        self.credentials = authorization(user=login)
         self.node_ids = [f"n{i}" for i in range(1, size + 1)]
         self.directory = os.path.abspath(tmpdir)
         os.makedirs(self.directory, exist_ok=True)
@@ -438,6 +454,7 @@ class RealCluster:
             secret=self.secret,
             replicas=str(self.replicas),
             ftp_users=self.ftp_users,
+            users=self.users,
             **self.tunables,
         )
 
@@ -602,9 +619,12 @@ class RealCluster:
         Send one request to node C{node_id} and read the whole answer.
 
         @param path: the path and query, already percent-encoded.
+        @param headers: by default L{credentials}.
         @param timeout: seconds until the request is abandoned (it then
             fails with L{twisted.internet.defer.CancelledError}).
         """
+        if headers is None:
+            headers = self.credentials
 
         async def request() -> Reply:
             started = self.reactor.seconds()

@@ -15,12 +15,13 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Any
+from types import SimpleNamespace
 
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
+import tests.test_dashboard as dashboard
 from tests.e2e import RealCluster, kv_path
 from tests.polling import poll
 from twisted_kv.client import TxClient
@@ -59,6 +60,24 @@ def _ftp(port: int, user: str, password: str) -> ftplib.FTP:
     return client
 
 
+async def start_cluster(test: TestCase) -> RealCluster:
+    """
+    Start a cluster of L{USERS} and C{[ftp_users]} C{bob}, stopped when
+    C{test} ends; its own requests log in as root.
+    """
+    cluster = RealCluster(
+        3,
+        test.mktemp(),
+        election_timeout="1s",
+        ftp_users={"bob": "plain:builder"},
+        users=USERS,
+        login="root:toor",
+    )
+    test.addCleanup(cluster.stop_all)
+    await cluster.start()
+    return cluster
+
+
 class UsersTests(TestCase):
     """
     A cluster with users C{root} (everything) and C{alice} (a hashed
@@ -67,19 +86,6 @@ class UsersTests(TestCase):
     """
 
     timeout = 120
-
-    async def start(self) -> RealCluster:
-        cluster = RealCluster(
-            3,
-            self.mktemp(),
-            election_timeout="1s",
-            ftp_users={"bob": "plain:builder"},
-            users=USERS,
-            login="root:toor",
-        )
-        self.addCleanup(cluster.stop_all)
-        await cluster.start()
-        return cluster
 
     async def curl(self, *args: str) -> tuple[int, str, str]:
         """
@@ -103,7 +109,7 @@ class UsersTests(TestCase):
         C{--user} or C{--token}; C{/health} is open; no password or token
         shows in the logs.
         """
-        c = await self.start()
+        c = await start_cluster(self)
         url = {n: c.url(n, kv_path("users/alice/note")) for n in c.node_ids}
         status, head, body = await self.curl("-X", "PUT", "--data-binary", "x", url["n1"])
         self.assertEqual(status, 401)
@@ -180,7 +186,7 @@ class UsersTests(TestCase):
         whole tree.  Repeated wrong passwords from one address are then
         answered C{429} over HTTP and C{421} over FTP.
         """
-        c = await self.start()
+        c = await start_cluster(self)
         port = c.ftp_port("n2")
 
         def alice_session() -> tuple[str, str, list[str]]:
@@ -227,3 +233,60 @@ class UsersTests(TestCase):
             return "logged in"
 
         self.assertTrue((await deferToThread(refused_login)).startswith("421 "))
+
+
+class DashboardLoginTests(TestCase):
+    """
+    The dashboard of a cluster with users, in headless Chromium (skipped
+    when Debian's C{chromium} is not installed).
+    """
+
+    if dashboard.CHROMIUM is None:
+        skip = "Debian's chromium is not installed (apt-get install chromium)"
+
+    timeout = 120
+
+    async def test_login(self) -> None:
+        """
+        The page asks for a login: cancelled, it shows the C{401}; logged
+        in as alice, its key list and live feed (opened with a token) show
+        only what she may read, and a key she creates through the page is
+        stored and its event arrives.
+        """
+        c = await start_cluster(self)
+        for key in ["private/secret", "public/a"]:
+            self.assertIn((await c.request("PUT", "n1", kv_path(key), b"v")).status, (200, 201))
+        self.node = SimpleNamespace(url=c.url("n2"))
+        self.browser = await dashboard.launch_browser(self)
+        url = c.url("n2", "/")
+
+        refused = await dashboard.open_page(self.browser, url, 1280, 900, prompt=True)
+        text = await refused.wait_for("document.body.innerText")
+        self.assertIn('"error":"unauthorized"', text)
+
+        page = await dashboard.open_page(
+            self.browser, url, 1280, 900, prompt=True, login=("alice", ALICE_PASSWORD)
+        )
+        await page.wait_for("document.getElementById('feed-state').textContent === 'live'")
+        listed = await page.wait_for(
+            "(() => { const keys = Array.from(document.querySelectorAll('#key-list button'),"
+            " b => b.dataset.key); return keys.length && keys; })()"
+        )
+        self.assertEqual(listed, ["public/a"])
+        arrived = await dashboard.create_through_page(page, "users/alice/from the page", "hello")
+        self.assertIn("hello", arrived)
+        reply = await c.request("GET", "n3", kv_path("users/alice/from the page"))
+        self.assertEqual((reply.status, reply.body), (200, b"hello"))
+        for key in ["private/later", "public/later"]:
+            self.assertIn((await c.request("PUT", "n1", kv_path(key), b"v")).status, (200, 201))
+        await page.wait_for(
+            "Array.from(document.querySelectorAll('#event-list li')).some(li => li.dataset.name === 'public/later')"
+        )
+        names = await page.evaluate(
+            "Array.from(document.querySelectorAll('#event-list li'), li => li.dataset.name)"
+        )
+        self.assertEqual([n for n in names if n.startswith("private/")], [])
+        # Alice's files area is /alice/: the page's listing of / is refused.
+        problems = dashboard.BrowserTests.problems(self)
+        expected = "log: Failed to load resource: the server responded with a status of 40"
+        self.assertEqual([p for p in problems if not p.startswith(expected)], [])

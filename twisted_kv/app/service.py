@@ -238,7 +238,7 @@ def build_node_service(config: ClusterConfig, node_id: str, reactor: Any) -> Nod
             b"ws": ws_resource,
             b"files": files_resource(kv, clock=reactor, max_file_bytes=config.max_file_bytes),
             b"admin": admin_resource(kv, kv),
-            b"": dashboard_resource(),
+            b"": dashboard_resource(token_login=guard is not None),
         },
         guard=guard,
     )

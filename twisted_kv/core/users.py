@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 from typing import Mapping, Optional
@@ -202,7 +201,7 @@ def token_key(secret: bytes) -> bytes:
     The key tokens are signed with, derived from the cluster secret (and
     never equal to it, which the peers' handshake uses).
     """
-    return hmac.new(secret, b"twisted_kv user tokens v1", hashlib.sha256).digest()
+    return hmac.digest(secret, b"twisted_kv user tokens v1", "sha256")
 
 
 def _b64(data: bytes) -> str:
@@ -215,7 +214,7 @@ def _unb64(text: str) -> bytes:
 
 def _mac(key: bytes, payload: str, user: User) -> str:
     message = payload.encode("ascii") + b"\0" + user.password.encode("utf-8")
-    return _b64(hmac.new(key, message, hashlib.sha256).digest())
+    return _b64(hmac.digest(key, message, "sha256"))
 
 
 def issue_token(key: bytes, user: User, expires: int) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import math
 import os
@@ -193,7 +192,7 @@ class Guard:
         user = self._users.get(name)
         if not colon:
             raise Unauthorized("malformed Basic credentials")
-        digest = hmac.new(self._digest_key, password.encode("utf-8"), hashlib.sha256).digest()
+        digest = hmac.digest(self._digest_key, password.encode("utf-8"), "sha256")
         remembered = self._verified.get(name)
         if user is not None and remembered is not None and hmac.compare_digest(digest, remembered):
             return user

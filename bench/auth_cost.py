@@ -1,0 +1,92 @@
+# -*- test-case-name: tests.test_web_auth -*-
+"""
+The cost of authentication per request: the HTTP front end with no users,
+with HTTP Basic and with a bearer token, in one run.  Prints figures only.
+
+    python bench/auth_cost.py                    # 5 s per run, 16 connections
+    python bench/auth_cost.py --duration 2 --connections 64
+
+Serves L{build_site} over a L{LocalKeyValue} on 127.0.0.1 (port 0), as
+C{bench/http_local.py} does, and runs C{wrk} (C{apt-get install -y wrk})
+against C{GET /kv/bench} and C{PUT /kv/bench} (100-byte values):
+
+  none     no users: no guard at all
+  basic    one user whose password is an scrypt hash, sent with HTTP Basic
+           on every request; the first is checked with scrypt, the others
+           against the process's keyed digest of it
+  bearer   the same user's token from POST /auth/token: one HMAC-SHA256 per
+           request
+
+It also times one scrypt check, the cost of a login the process has not
+seen before (and of every wrong password).  The server and wrk share the
+machine: compare the figures with each other, not across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+import tempfile
+import time
+from typing import Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet import task  # noqa: E402
+from twisted.internet.defer import ensureDeferred  # noqa: E402
+
+from http_local import PUT_SCRIPT, NullStatus, wrk_summary  # noqa: E402
+from twisted_kv.cluster.local import LocalKeyValue  # noqa: E402
+from twisted_kv.core.passwords import hash_password, verify_password  # noqa: E402
+from twisted_kv.core.users import EVERYTHING, LoginThrottle, User  # noqa: E402
+from twisted_kv.web.auth import Guard  # noqa: E402
+from twisted_kv.web.site import build_site  # noqa: E402
+
+_PASSWORD = "correct horse battery staple"
+
+
+async def _main(reactor, duration: float, connections: int) -> None:
+    stored = hash_password(_PASSWORD)
+    started = time.perf_counter()
+    verify_password(stored, _PASSWORD)
+    print(f"one scrypt check: {1000 * (time.perf_counter() - started):.1f} ms", flush=True)
+    bench = User(name="bench", password=stored, grant=EVERYTHING)
+    guard = Guard({"bench": bench}, b"bench secret", LoginThrottle(), reactor)
+    basic = base64.b64encode(f"bench:{_PASSWORD}".encode()).decode()
+    token = guard.issue(bench)["token"]
+    variants: dict[str, tuple[Optional[Guard], tuple[str, ...]]] = {
+        "none": (None, ()),
+        "basic": (guard, (f"Authorization: Basic {basic}",)),
+        "bearer": (guard, (f"Authorization: Bearer {token}",)),
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(PUT_SCRIPT)
+        script.flush()
+        for name, (site_guard, headers) in variants.items():
+            kv = LocalKeyValue(reactor)
+            site = build_site(kv, NullStatus(), clock=reactor, guard=site_guard)
+            port = reactor.listenTCP(0, site, interface="127.0.0.1")
+            url = f"http://127.0.0.1:{port.getHost().port}/kv/bench"
+            try:
+                put = await wrk_summary(url, duration, connections, script.name, headers)
+                get = await wrk_summary(url, duration, connections, "", headers)
+            finally:
+                await port.stopListening()
+            print(f"{name:7}  GET {get}", flush=True)
+            print(f"{'':7}  PUT {put}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=16)
+    options = parser.parse_args()
+    task.react(
+        lambda reactor: ensureDeferred(_main(reactor, options.duration, options.connections))
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -130,6 +130,16 @@ class PageTests(SynchronousTestCase):
         self.assertIn("default-src 'none'", policy)
         self.assertIn("connect-src 'self'", policy)
 
+    def test_token_login(self) -> None:
+        """
+        On a node with users the page is told (on its body) to open its
+        live feed with a token; elsewhere the page is the same without it.
+        """
+        with_users = dashboard_page(token_login=True)
+        self.assertIn(b'<body data-login="token">', with_users.html)
+        self.assertNotIn(b"data-login", dashboard_page().html)
+        self.assertEqual(with_users.content_security_policy, dashboard_page().content_security_policy)
+
     def test_labels(self) -> None:
         """
         Every form field has a label.

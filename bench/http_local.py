@@ -106,12 +106,12 @@ _VARIANTS: dict[str, Callable[[IResource, IResource], IResource]] = {
 }
 
 
-async def wrk_summary(
+async def wrk_output(
     url: str, duration: float, connections: int, script: str = "", headers: tuple[str, ...] = ()
 ) -> str:
     """
-    Run wrk against C{url} (with the Lua C{script} and the request
-    C{headers} given) and summarise its figures in one line.
+    Run wrk against C{url}, with the Lua C{script} and the request
+    C{headers} given; its report.
     """
     args = ["-t2", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if script:
@@ -119,15 +119,32 @@ async def wrk_summary(
     for header in headers:
         args += ["-H", header]
     output = await getProcessOutput("wrk", args + [url], env=os.environ, errortoo=True)
-    text = output.decode("utf-8", "replace")
+    return output.decode("utf-8", "replace")
+
+
+def wrk_figures(text: str) -> tuple[float, int, str, str, int]:
+    """
+    Requests per second, requests, p50, p99 and non-2xx answers of a wrk
+    report.
+    """
     rate = re.search(r"Requests/sec:\s*([\d.]+)", text)
+    count = re.search(r"(\d+) requests in", text)
     p50 = re.search(r"^\s*50%\s+(\S+)", text, re.MULTILINE)
     p99 = re.search(r"^\s*99%\s+(\S+)", text, re.MULTILINE)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    if rate is None or p50 is None or p99 is None:
+    if rate is None or count is None or p50 is None or p99 is None:
         raise RuntimeError(f"unexpected wrk output:\n{text}")
-    summary = f"{float(rate.group(1)):9.0f} req/s  p50 {p50.group(1):>8}  p99 {p99.group(1):>8}"
-    return summary + (f"  ({errors.group(1)} non-2xx)" if errors else "")
+    non2xx = int(errors.group(1)) if errors else 0
+    return float(rate.group(1)), int(count.group(1)), p50.group(1), p99.group(1), non2xx
+
+
+async def wrk_summary(url: str, duration: float, connections: int, script: str = "") -> str:
+    """
+    Run wrk against C{url} and summarise its figures in one line.
+    """
+    rate, _, p50, p99, non2xx = wrk_figures(await wrk_output(url, duration, connections, script))
+    summary = f"{rate:9.0f} req/s  p50 {p50:>8}  p99 {p99:>8}"
+    return summary + (f"  ({non2xx} non-2xx)" if non2xx else "")
 
 
 async def _main(reactor, duration: float, connections: int) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "parse_files_root",
     "parse_prefixes",
     "require_admin",
+    "token_expiry",
     "token_key",
     "verify_token",
 ]
@@ -224,6 +225,13 @@ def issue_token(key: bytes, user: User, expires: int) -> str:
     claims = json.dumps({"u": user.name, "e": expires}, separators=(",", ":"))
     payload = _b64(claims.encode("utf-8"))
     return f"{payload}.{_mac(key, payload, user)}"
+
+
+def token_expiry(token: str) -> int:
+    """
+    The expiry a token verified by L{verify_token} claims.
+    """
+    return int(json.loads(_unb64(token.partition(".")[0]))["e"])
 
 
 def verify_token(key: bytes, token: str, users: Mapping[str, User], now: float) -> User:

@@ -24,7 +24,8 @@ that credentials a browser remembers cannot be used by other sites' pages.
 
 A password is checked with scrypt once per user and process; later requests
 with the same password cost one HMAC (the process remembers a keyed digest
-of the last good password, never the password).  No credential is logged.
+of the last good password, never the password).  A token is verified once,
+then remembered until it expires.  No credential is logged.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from twisted_kv.core.users import (
     grant_of,
     issue_token,
     require_admin,
+    token_expiry,
     token_key,
     verify_token,
 )
@@ -75,6 +77,8 @@ _READS = frozenset({b"GET", b"HEAD"})
 _KEY_PATH = b"/kv/"
 _FILES = b"/files"
 _TOKEN_PARAMETER = b"token="
+# Verified tokens remembered at most (then forgotten all at once).
+_MAX_TOKENS = 10_000
 
 
 def _client_address(request: IRequest) -> str:
@@ -117,6 +121,9 @@ class Guard:
         # Keyed digests of the last password that passed scrypt, per user.
         self._digest_key = os.urandom(32)
         self._verified: dict[str, bytes] = {}
+        # Tokens already verified, and when they expire: the users and the
+        # key do not change while the process runs.
+        self._tokens: dict[str, tuple[User, float]] = {}
 
     def admit(self, request: IRequest) -> bool:
         """
@@ -160,9 +167,7 @@ class Guard:
             if scheme == b"basic":
                 user = self._basic(credentials)
             elif scheme == b"bearer":
-                user = verify_token(
-                    self._token_key, credentials.decode("ascii", "replace"), self._users, now
-                )
+                user = self._bearer(credentials.decode("ascii", "replace"), now)
             else:
                 raise Unauthorized(f"unsupported authorization scheme {scheme.decode('ascii', 'replace')!r}")
         except Unauthorized:
@@ -182,6 +187,16 @@ class Guard:
                 if element.startswith(_TOKEN_PARAMETER):
                     return b"bearer", unquote_to_bytes(element[len(_TOKEN_PARAMETER):])
         raise Unauthorized("credentials required: HTTP Basic or a bearer token")
+
+    def _bearer(self, token: str, now: float) -> User:
+        known = self._tokens.get(token)
+        if known is not None and now < known[1]:
+            return known[0]
+        user = verify_token(self._token_key, token, self._users, now)
+        if len(self._tokens) >= _MAX_TOKENS:
+            self._tokens.clear()
+        self._tokens[token] = (user, token_expiry(token))
+        return user
 
     def _basic(self, credentials: bytes) -> User:
         try:

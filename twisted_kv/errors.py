@@ -81,7 +81,7 @@ class Unauthorized(KVError, status=401, code="unauthorized"):
     """Missing or wrong credentials."""
 
 
-class BadToken(Unauthorized):
+class BadToken(Unauthorized, code="invalid_token"):
     """The token is malformed, forged, expired or names no user."""
 
 

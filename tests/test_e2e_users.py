@@ -124,7 +124,8 @@ class UsersTests(TestCase):
         for path in ["private/x", "private/missing"]:
             status, _, body = await self.curl("-u", ALICE, c.url("n2", kv_path(path)))
             self.assertEqual((status, json.loads(body)["error"]), (403, "forbidden"), path)
-        status, _, _ = await self.curl("-u", ALICE, "-X", "PUT", "-d", "y", c.url("n2", kv_path("public/y")))
+        public = c.url("n2", kv_path("public/y"))
+        status, _, _ = await self.curl("-u", ALICE, "-X", "PUT", "-d", "y", public)
         self.assertEqual(status, 403)
         status, _, _ = await self.curl(c.url("n3", "/health"))
         self.assertEqual(status, 200)
@@ -153,18 +154,24 @@ class UsersTests(TestCase):
             self.assertIn(reply.status, (200, 201))
         for name, events in seen.items():
             await poll(lambda: any(e.get("key") == "public/last" for e in events), 10, f"{name} watch")
-            self.assertEqual([e["key"] for e in events], ["public/news", "users/bob", "public/last"], name)
+            keys = [e["key"] for e in events]
+            self.assertEqual(keys, ["public/news", "users/bob", "public/last"], name)
 
         root = await c.request("GET", "n1", "/kv")
         self.assertIn("private/secret", root.json()["keys"])
         status, _, body = await self.curl("-H", bearer, c.url("n2", "/kv?limit=2"))
         self.assertEqual(status, 200)
-        self.assertEqual(json.loads(body), {"keys": ["public/last", "public/news"], "next": "public/news"})
+        page = json.loads(body)
+        self.assertEqual(page, {"keys": ["public/last", "public/news"], "next": "public/news"})
 
         listed = await deferToThread(_kvctl, c.url("n1"), "--user", ALICE, "list")
         self.assertEqual(listed.returncode, 0, listed.stderr)
-        self.assertEqual(listed.stdout.split(), ["public/last", "public/news", "users/alice/note", "users/bob"])
-        refused_put = await deferToThread(_kvctl, c.url("n1"), "--token", token, "put", "private/x", "v")
+        self.assertEqual(
+            listed.stdout.split(), ["public/last", "public/news", "users/alice/note", "users/bob"]
+        )
+        refused_put = await deferToThread(
+            _kvctl, c.url("n1"), "--token", token, "put", "private/x", "v"
+        )
         self.assertEqual(refused_put.returncode, 1)
         self.assertIn("(403)", refused_put.stderr)
         got = await deferToThread(_kvctl, c.url("n3"), "--token", token, "get", "users/alice/note")
@@ -280,7 +287,8 @@ class DashboardLoginTests(TestCase):
         for key in ["private/later", "public/later"]:
             self.assertIn((await c.request("PUT", "n1", kv_path(key), b"v")).status, (200, 201))
         await page.wait_for(
-            "Array.from(document.querySelectorAll('#event-list li')).some(li => li.dataset.name === 'public/later')"
+            "Array.from(document.querySelectorAll('#event-list li'))"
+            ".some(li => li.dataset.name === 'public/later')"
         )
         names = await page.evaluate(
             "Array.from(document.querySelectorAll('#event-list li'), li => li.dataset.name)"

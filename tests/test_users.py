@@ -46,7 +46,9 @@ def payload(frame: bytes) -> dict:
     return json.loads(frame[start:])
 
 
-def grant(read: tuple[str, ...] = (), write: tuple[str, ...] = (), files: Optional[str] = None) -> Grant:
+def grant(
+    read: tuple[str, ...] = (), write: tuple[str, ...] = (), files: Optional[str] = None
+) -> Grant:
     return Grant(name="alice", read=read, write=write, files=files)
 
 
@@ -341,7 +343,10 @@ class ConfigTests(SynchronousTestCase):
             ("[user:a]\npassword = plain:x\nfiles = a/\n", "[user:a] files: 'a/' is not an absolute"),
             ("[user:a]\npassword = plain:x\nadmin = maybe\n", "[user:a] admin: not a boolean"),
             ("[user:a b]\npassword = plain:x\n", "[user:a b]: bad user name"),
-            ("[ftp_users]\na = plain:y\n[user:a]\npassword = plain:x\n", "[user:a]: the user is also in [ftp_users]"),
+            (
+                "[ftp_users]\na = plain:y\n[user:a]\npassword = plain:x\n",
+                "[user:a]: the user is also in [ftp_users]",
+            ),
         ]:
             error = self.assertRaises(ConfigError, parse_config, _BASE + section, "x.ini")
             self.assertTrue(str(error).startswith("x.ini: " + message), str(error))

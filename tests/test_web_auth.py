@@ -82,7 +82,9 @@ class GuardedSite:
     def exchange(self, data: bytes, host: str = "127.0.0.1") -> list[Response]:
         return parse_responses(self.raw(data, host))
 
-    def call(self, method: str, path: str, body: bytes = b"", host: str = "127.0.0.1", **headers: str) -> Response:
+    def call(
+        self, method: str, path: str, body: bytes = b"", host: str = "127.0.0.1", **headers: str
+    ) -> Response:
         [response] = self.exchange(request(method, path, body, **headers), host)
         return response
 
@@ -110,7 +112,15 @@ class AuthenticationTests(SynchronousTestCase):
         Anything else without credentials is a JSON C{401} with Basic and
         Bearer challenges.
         """
-        for method, path in [("GET", "/kv/users/x"), ("GET", "/kv"), ("GET", "/"), ("POST", "/health"), ("GET", "/cluster"), ("GET", "/metrics"), ("GET", "/files/alice/")]:
+        for method, path in [
+            ("GET", "/kv/users/x"),
+            ("GET", "/kv"),
+            ("GET", "/"),
+            ("POST", "/health"),
+            ("GET", "/cluster"),
+            ("GET", "/metrics"),
+            ("GET", "/files/alice/"),
+        ]:
             code, headers, body = self.node.call(method, path)
             self.assertEqual(code, 401, path)
             self.assertEqual(json.loads(body)["error"], "unauthorized")
@@ -173,11 +183,13 @@ class AuthenticationTests(SynchronousTestCase):
         """
         self.node.store("users/x")
         for _ in range(6):
-            self.assertEqual(self.node.call("GET", "/kv/users/x", Authorization=basic("alice", "guess"))[0], 401)
+            guess = self.node.call("GET", "/kv/users/x", Authorization=basic("alice", "guess"))
+            self.assertEqual(guess[0], 401)
         code, headers, body = self.node.call("GET", "/kv/users/x", Authorization=ALICE_BASIC)
         self.assertEqual((code, headers[b"retry-after"]), (429, b"1"))
         self.assertEqual(json.loads(body)["error"], "too_many_requests")
-        self.assertEqual(self.node.call("GET", "/kv/users/x", host="127.0.0.2", Authorization=ALICE_BASIC)[0], 200)
+        elsewhere = self.node.call("GET", "/kv/users/x", host="127.0.0.2", Authorization=ALICE_BASIC)
+        self.assertEqual(elsewhere[0], 200)
         self.node.clock.advance(1)
         self.assertEqual(self.node.call("GET", "/kv/users/x", Authorization=ALICE_BASIC)[0], 200)
 

@@ -672,7 +672,9 @@ def _parse_users(path: str, parser: configparser.ConfigParser) -> dict[str, User
                 raise ConfigError(path, section, key, "unknown key")
         password = values.get("password", "").strip()
         if not password:
-            raise ConfigError(path, section, "password", "missing key (use plain:PASSWORD or a hash)")
+            raise ConfigError(
+                path, section, "password", "missing key (use plain:PASSWORD or a hash)"
+            )
         try:
             check_stored(password)
         except ValueError as e:

@@ -462,7 +462,8 @@ class FileFTP(ftp.FTP):
             self.reply(ftp.REQ_ACTN_NOT_TAKEN, "internal server error")
 
     def _next_command(self, ignored: object) -> None:
-        if self.transport is not None and not self.disconnected and not self.transport.disconnecting:
+        transport = self.transport
+        if transport is not None and not self.disconnected and not transport.disconnecting:
             self.resumeProducing()
 
     def sendLine(self, line: str | bytes) -> None:
@@ -852,9 +853,12 @@ def build_ftp_factory(
     if not _can_listen(clock):
         raise TypeError("clock must be a reactor that can listen on TCP ports")
     fs = FileSystem(kv, clock, max_file_bytes=max_file_bytes)
-    with_files = {name: user for name, user in accounts.items() if user.grant.files is not None}
-    passwords = {**users, **{name: user.password for name, user in with_files.items()}}
-    roots = {name: FSPath.parse(user.grant.files.rstrip("/") or "/") for name, user in with_files.items()}  # type: ignore[union-attr]
+    roots = {
+        name: FSPath.parse(user.grant.files.rstrip("/") or "/")
+        for name, user in accounts.items()
+        if user.grant.files is not None
+    }
+    passwords = {**users, **{name: accounts[name].password for name in roots}}
     checkers: list[ICredentialsChecker] = [PasswordChecker(passwords)]
     if anonymous:
         checkers.append(AllowAnonymousAccess())

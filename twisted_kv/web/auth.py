@@ -18,7 +18,7 @@ a request outside the user's rights (L{Grant}) answers C{403}, whether or
 not the key or file exists: C{/kv/{key}} by the key's read or write
 prefixes, C{/files/{path}} by the user's file area, C{/admin} and changes
 of C{/cluster/nodes} for admins only.  Listings and watches filter what
-they send by the request's grant (L{grant_of}).  A browser request from
+they send by the request's grant (L{twisted_kv.core.users.grant_of}).  A browser request from
 another origin (an C{Origin} header naming another host) is refused, so
 that credentials a browser remembers cannot be used by other sites' pages.
 
@@ -35,7 +35,7 @@ import binascii
 import hmac
 import math
 import os
-from typing import Mapping, Optional
+from typing import Mapping
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IReactorTime
@@ -48,7 +48,6 @@ from twisted_kv.core.users import (
     Grant,
     LoginThrottle,
     User,
-    grant_of,
     issue_token,
     require_admin,
     token_expiry,
@@ -127,7 +126,9 @@ class Guard:
 
     def admit(self, request: IRequest) -> bool:
         """
-        Set C{request.grant} and return C{True}, or answer the request
+        Set C{request.grant} (and, with credentials, C{request.user} and
+        C{request.authenticated_by}, the scheme) and return C{True}, or
+        answer the request
         (C{401}, C{403}, C{429}, or C{400} for a malformed path) and return
         C{False}.
         """
@@ -144,12 +145,6 @@ class Guard:
             send_failure(request, Failure(error))
             return False
         return True
-
-    def user(self, name: Optional[str]) -> User:
-        """
-        The user called C{name}.
-        """
-        return self._users[name or ""]
 
     def issue(self, user: User) -> dict[str, object]:
         """
@@ -169,11 +164,13 @@ class Guard:
             elif scheme == b"bearer":
                 user = self._bearer(credentials.decode("ascii", "replace"), now)
             else:
-                raise Unauthorized(f"unsupported authorization scheme {scheme.decode('ascii', 'replace')!r}")
+                name = scheme.decode("ascii", "replace")
+                raise Unauthorized(f"unsupported authorization scheme {name!r}")
         except Unauthorized:
             self._throttle.failed(address, now)
             raise
         self._throttle.succeeded(address)
+        request.user = user
         request.authenticated_by = scheme
         return user.grant
 
@@ -271,7 +268,7 @@ class TokenResource(Resource):
                 raise Unauthorized("POST /auth/token needs Basic credentials")
         except KVError as error:
             return render_failure(request, Failure(error))
-        body = to_json(self._guard.issue(self._guard.user(grant_of(request).name)))
+        body = to_json(self._guard.issue(request.user))
         request.setHeader(b"Content-Type", JSON_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
         return body

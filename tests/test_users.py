@@ -347,6 +347,19 @@ class ConfigTests(SynchronousTestCase):
                 "[ftp_users]\na = plain:y\n[user:a]\npassword = plain:x\n",
                 "[user:a]: the user is also in [ftp_users]",
             ),
+
         ]:
             error = self.assertRaises(ConfigError, parse_config, _BASE + section, "x.ini")
             self.assertTrue(str(error).startswith("x.ini: " + message), str(error))
+
+    def test_no_anonymous_ftp(self) -> None:
+        """
+        Anonymous FTP cannot be on with users: every login needs
+        credentials then.
+        """
+        text = _BASE.replace("secret = s", "secret = s\nanonymous_ftp = yes")
+        parse_config(text, "x.ini")
+        error = self.assertRaises(
+            ConfigError, parse_config, text + "[user:a]\npassword = plain:x\n", "x.ini"
+        )
+        self.assertTrue(str(error).startswith("x.ini: [cluster] anonymous_ftp: must be off"))

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import signal
 import socket
@@ -56,6 +57,7 @@ from twisted_kv.app.nodeprocess import (
     node_environment,
 )
 from twisted_kv.core.config import ClusterConfig, ConfigError, NodeConfig, load_config
+from twisted_kv.core.users import issue_token, token_key
 
 DEFAULT_CONFIG = os.path.join("etc", "cluster-local.ini")
 
@@ -459,9 +461,10 @@ class Launcher:
             self.finished.callback(None)
 
 
-def _fetch_json(reactor: Any) -> Fetcher:
+def _fetch_json(reactor: Any, headers: Mapping[str, str]) -> Fetcher:
     """
-    A L{Fetcher} over real HTTP, without keep-alive, giving up quickly.
+    A L{Fetcher} over real HTTP, without keep-alive, giving up quickly,
+    sending C{headers} with every request.
     """
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
@@ -471,12 +474,25 @@ def _fetch_json(reactor: Any) -> Fetcher:
     client = HTTPClient(agent)
 
     def fetch(url: str) -> Deferred[Any]:
-        d = client.get(url, timeout=2)
+        d = client.get(url, headers=dict(headers), timeout=2)
         d.addCallback(lambda response: response.content())
         d.addCallback(lambda body: json.loads(body.decode("utf-8")))
         return d
 
     return fetch
+
+
+def launcher_credentials(config: ClusterConfig, now: float, lifetime: float) -> dict[str, str]:
+    """
+    The headers that let C{kvcluster} read C{/cluster} from nodes with
+    users: a token for the file's first user, signed with the cluster
+    secret it read from the file too, valid for C{lifetime} seconds.
+    """
+    if not config.users:
+        return {}
+    user = next(iter(config.users.values()))
+    token = issue_token(token_key(config.secret), user, math.ceil(now + lifetime))
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _tolerant(write: Writer) -> Writer:
@@ -561,7 +577,11 @@ def _run(
     launcher = Launcher(
         config,
         reactor,
-        _fetch_json(reactor),
+        _fetch_json(
+            reactor,
+            # Leader polling ends within the leader timeout.
+            launcher_credentials(config, reactor.seconds(), arguments.leader_timeout + 60),
+        ),
         _write_line(sys.stdout),
         _write_line(sys.stderr),
         leader_timeout=arguments.leader_timeout,

@@ -633,6 +633,11 @@ def parse_config(text: str, path: str) -> ClusterConfig:
     users = _parse_users(path, parser)
     for name in users.keys() & ftp_users.keys():
         raise ConfigError(path, _USER + name, None, "the user is also in [ftp_users]")
+    if users and tunables.get("anonymous_ftp"):
+        raise ConfigError(
+            path, "cluster", "anonymous_ftp",
+            "must be off with [user:NAME] sections: every login then needs credentials",
+        )
 
     return ClusterConfig(
         path=path,

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_kv.core.config import (
     CLUSTER_KEYS,
     NODE_KEYS,
+    USER_KEYS,
     ClusterConfig,
     ConfigError,
     GiB,
@@ -27,6 +28,7 @@ from twisted_kv.core.config import (
     parse_duration,
     parse_size,
 )
+from twisted_kv.core.users import Grant
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -339,13 +341,28 @@ class ShippedConfigTests(SynchronousTestCase):
             (_nodes(5, base=7011), 3, {"alice": "plain:wonderland"}, os.path.join(_REPO, "etc", "data", "local5")),
         )
 
+    def test_users(self) -> None:
+        """
+        C{etc/cluster-users.ini} is three nodes on loopback, in memory, with
+        users root (everything) and alice (her prefixes and files area).
+        """
+        config = load_config(os.path.join(_REPO, "etc", "cluster-users.ini"))
+        self.assertEqual((config.nodes, config.data_dir), (_nodes(3), None))
+        self.assertEqual(config.users["root"].grant, Grant("root", ("",), ("",), "/", True))
+        self.assertEqual(
+            config.users["alice"].grant,
+            Grant("alice", ("users/", "public/"), ("users/alice/",), "/alice/", False),
+        )
+
     def test_readme_documents_every_key(self) -> None:
         """
         The configuration reference in README.md names every key.
         """
         with open(os.path.join(_REPO, "README.md"), encoding="utf-8") as f:
             readme = f.read()
-        keys = ["name", "secret", "replicas", "data_dir", "fsync", *CLUSTER_KEYS, *NODE_KEYS]
+        keys = [
+            "name", "secret", "replicas", "data_dir", "fsync", *CLUSTER_KEYS, *NODE_KEYS, *USER_KEYS
+        ]
         self.assertEqual([k for k in keys if f"`{k}`" not in readme], [])
 
 

@@ -51,7 +51,7 @@ from twisted_kv.interfaces import Health, IClusterStatus  # noqa: E402
 from twisted_kv.web.http_api import KeyValueResource  # noqa: E402
 from twisted_kv.web.site import build_site  # noqa: E402
 
-_PUT_SCRIPT = """
+PUT_SCRIPT = """
 wrk.method = "PUT"
 wrk.body = string.rep("x", 100)
 wrk.headers["Content-Type"] = "text/plain"
@@ -59,7 +59,7 @@ wrk.headers["Content-Type"] = "text/plain"
 
 
 @implementer(IClusterStatus)
-class _Status:
+class NullStatus:
     def cluster_view(self) -> dict:
         return {}
 
@@ -106,37 +106,62 @@ _VARIANTS: dict[str, Callable[[IResource, IResource], IResource]] = {
 }
 
 
-async def _wrk(url: str, duration: float, connections: int, script: str = "") -> str:
+async def wrk_output(
+    url: str, duration: float, connections: int, script: str = "", headers: tuple[str, ...] = ()
+) -> str:
+    """
+    Run wrk against C{url}, with the Lua C{script} and the request
+    C{headers} given; its report.
+    """
     args = ["-t2", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if script:
         args += ["-s", script]
+    for header in headers:
+        args += ["-H", header]
     output = await getProcessOutput("wrk", args + [url], env=os.environ, errortoo=True)
-    text = output.decode("utf-8", "replace")
+    return output.decode("utf-8", "replace")
+
+
+def wrk_figures(text: str) -> tuple[float, int, str, str, int]:
+    """
+    Requests per second, requests, p50, p99 and non-2xx answers of a wrk
+    report.
+    """
     rate = re.search(r"Requests/sec:\s*([\d.]+)", text)
+    count = re.search(r"(\d+) requests in", text)
     p50 = re.search(r"^\s*50%\s+(\S+)", text, re.MULTILINE)
     p99 = re.search(r"^\s*99%\s+(\S+)", text, re.MULTILINE)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    if rate is None or p50 is None or p99 is None:
+    if rate is None or count is None or p50 is None or p99 is None:
         raise RuntimeError(f"unexpected wrk output:\n{text}")
-    summary = f"{float(rate.group(1)):9.0f} req/s  p50 {p50.group(1):>8}  p99 {p99.group(1):>8}"
-    return summary + (f"  ({errors.group(1)} non-2xx)" if errors else "")
+    non2xx = int(errors.group(1)) if errors else 0
+    return float(rate.group(1)), int(count.group(1)), p50.group(1), p99.group(1), non2xx
+
+
+async def wrk_summary(url: str, duration: float, connections: int, script: str = "") -> str:
+    """
+    Run wrk against C{url} and summarise its figures in one line.
+    """
+    rate, _, p50, p99, non2xx = wrk_figures(await wrk_output(url, duration, connections, script))
+    summary = f"{rate:9.0f} req/s  p50 {p50:>8}  p99 {p99:>8}"
+    return summary + (f"  ({non2xx} non-2xx)" if non2xx else "")
 
 
 async def _main(reactor, duration: float, connections: int) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(_PUT_SCRIPT)
+        script.write(PUT_SCRIPT)
         script.flush()
         for name, variant in _VARIANTS.items():
             kv = LocalKeyValue(reactor)
-            site = build_site(kv, _Status(), clock=reactor)
+            site = build_site(kv, NullStatus(), clock=reactor)
             site.resource = variant(site.resource, KeyValueResource(kv, reactor))
             if name != "direct":
                 site.kv_resource = None
             port = reactor.listenTCP(0, site, interface="127.0.0.1")
             url = f"http://127.0.0.1:{port.getHost().port}/kv/bench"
             try:
-                put = await _wrk(url, duration, connections, script.name)
-                get = await _wrk(url, duration, connections)
+                put = await wrk_summary(url, duration, connections, script.name)
+                get = await wrk_summary(url, duration, connections)
             finally:
                 await port.stopListening()
             print(f"{name:7}  GET {get}", flush=True)

@@ -59,6 +59,7 @@ from tests.polling import WaitTimeout, poll
 from twisted_kv.app import nodeprocess
 from twisted_kv.app.certs import create_certificates
 from twisted_kv.app.nodeprocess import NodeProcess, describe_exit
+from twisted_kv.client._logic import authorization
 from twisted_kv.client.txclient import trust_root
 from twisted_kv.core.config import load_config
 
@@ -128,6 +129,7 @@ def write_config(
     hosts: Optional[Mapping[str, str]] = None,
     tls: bool = False,
     node_keys: Optional[Mapping[str, Mapping[str, str]]] = None,
+    users: Optional[Mapping[str, Mapping[str, str]]] = None,
     **tunables: Any,
 ) -> str:
     """
@@ -144,6 +146,7 @@ def write_config(
     @param tls: add a C{[tls]} section naming C{certs/ca.pem},
         C{certs/NODE.pem} and C{certs/NODE.key} (as C{kvctl certs create
         certs} writes them).
+    @param users: user name to the keys of its C{[user:NAME]} section.
     @param tunables: further C{[cluster]} keys, e.g. C{election_timeout="1s"}.
     @return: the file's text.
     """
@@ -171,6 +174,8 @@ def write_config(
     lines += ["", "[ftp_users]"] + [f"{user} = {spec}" for user, spec in ftp_users.items()]
     if tls:
         lines += ["", "[tls]", "ca = certs/ca.pem", "cert = certs/{node}.pem", "key = certs/{node}.key"]
+    for user, keys in (users or {}).items():
+        lines += ["", f"[user:{user}]"] + [f"{key} = {value}" for key, value in keys.items()]
     text = "\n".join(lines) + "\n"
     with open(path, "w", encoding="utf-8") as file:
         file.write(text)
@@ -290,6 +295,8 @@ class RealCluster:
     @ivar ca_path: with C{tls}, the cluster's CA certificate (the nodes'
         certificates and keys are beside it, made by C{kvctl certs
         create}); C{None} without.
+    @ivar credentials: the headers sent with the cluster's own requests
+        (and by default with L{request}): Basic for C{login}, when given.
     """
 
     def __init__(
@@ -303,10 +310,19 @@ class RealCluster:
         replicas: Any = "majority",
         ftp_users: Optional[dict[str, str]] = None,
         tls: bool = False,
+        users: Optional[Mapping[str, Mapping[str, str]]] = None,
+        login: Optional[str] = None,
         **tunables: Any,
     ) -> None:
+        """
+        @param users: the C{[user:NAME]} sections: user name to their keys.
+        @param login: C{NAME:PASSWORD} of the user the cluster's own
+            requests log in as (one that may read C{/cluster}).
+        """
         self.reactor = reactor or _global_reactor
         self.tls = tls
+        self.users = users
+        self.credentials = authorization(user=login)
         self.node_ids = [f"n{i}" for i in range(1, size + 1)]
         self.directory = os.path.abspath(tmpdir)
         os.makedirs(self.directory, exist_ok=True)
@@ -470,6 +486,7 @@ class RealCluster:
             replicas=str(self.replicas),
             ftp_users=self.ftp_users,
             tls=self.tls,
+            users=self.users,
             **self.tunables,
         )
 
@@ -720,9 +737,12 @@ class RealCluster:
         Send one request to node C{node_id} and read the whole answer.
 
         @param path: the path and query, already percent-encoded.
+        @param headers: by default L{credentials}.
         @param timeout: seconds until the request is abandoned (it then
             fails with L{twisted.internet.defer.CancelledError}).
         """
+        if headers is None:
+            headers = self.credentials
 
         async def request() -> Reply:
             started = self.reactor.seconds()

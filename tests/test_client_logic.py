@@ -22,6 +22,7 @@ from twisted_kv.client._logic import (
     Response,
     Value,
     WatchPosition,
+    authorization,
     close_reason,
     conditions,
     delete_request,
@@ -139,10 +140,13 @@ class ErrorTests(SynchronousTestCase):
         """
         expected = {
             400: errors.InvalidRequest,
+            401: errors.Unauthorized,
+            403: errors.Forbidden,
             404: errors.KeyNotFound,
             409: errors.KeyExists,
             412: errors.PreconditionFailed,
             413: errors.ValueTooLarge,
+            429: errors.TooManyLogins,
             503: errors.Unavailable,
             504: errors.OutcomeUnknown,
             507: errors.InsufficientStorage,
@@ -153,10 +157,36 @@ class ErrorTests(SynchronousTestCase):
 
     def test_retry_after(self) -> None:
         """
-        C{503} carries C{Retry-After}.
+        C{503} and C{429} carry C{Retry-After}.
         """
         error = _error(503, b"{}", **{"retry-after": "3"})
         self.assertEqual(error.retry_after, 3.0)
+        error = _error(429, b"{}", **{"retry-after": "2"})
+        self.assertEqual(error.retry_after, 2.0)
+
+
+class AuthorizationTests(SynchronousTestCase):
+    """
+    L{authorization}: the credentials header of both clients.
+    """
+
+    def test_headers(self) -> None:
+        """
+        A user is HTTP Basic (the password may hold colons), a token is a
+        bearer token, neither is no header.
+        """
+        self.assertEqual(
+            authorization(user="alice:won:der"), {"Authorization": "Basic YWxpY2U6d29uOmRlcg=="}
+        )
+        self.assertEqual(authorization(token="t.k"), {"Authorization": "Bearer t.k"})
+        self.assertEqual(authorization(), {})
+
+    def test_bad(self) -> None:
+        """
+        Both at once, or a user without a password, are refused.
+        """
+        self.assertRaises(ValueError, authorization, user="a:b", token="t")
+        self.assertRaises(ValueError, authorization, user="alice")
 
     def test_other_status(self) -> None:
         """

@@ -16,6 +16,7 @@ from twisted_kv.core.config import (
     CLUSTER_KEYS,
     NODE_KEYS,
     OPTIONAL_NODE_KEYS,
+    USER_KEYS,
     ClusterConfig,
     ConfigError,
     GiB,
@@ -29,6 +30,7 @@ from twisted_kv.core.config import (
     parse_port_range,
     parse_size,
 )
+from twisted_kv.core.users import Grant
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -391,6 +393,19 @@ class ShippedConfigTests(SynchronousTestCase):
             (_nodes(5, base=7011), 3, {"alice": "plain:wonderland"}, os.path.join(_REPO, "etc", "data", "local5")),
         )
 
+    def test_users(self) -> None:
+        """
+        C{etc/cluster-users.ini} is three nodes on loopback, in memory, with
+        users root (everything) and alice (her prefixes and files area).
+        """
+        config = load_config(os.path.join(_REPO, "etc", "cluster-users.ini"))
+        self.assertEqual((config.nodes, config.data_dir), (_nodes(3), None))
+        self.assertEqual(config.users["root"].grant, Grant("root", ("",), ("",), "/", True))
+        self.assertEqual(
+            config.users["alice"].grant,
+            Grant("alice", ("users/", "public/"), ("users/alice/",), "/alice/", False),
+        )
+
     def test_readme_documents_every_key(self) -> None:
         """
         The configuration reference in README.md names every key.
@@ -399,7 +414,7 @@ class ShippedConfigTests(SynchronousTestCase):
             readme = f.read()
         keys = [
             "name", "secret", "replicas", "data_dir", "fsync",
-            *CLUSTER_KEYS, *NODE_KEYS, *OPTIONAL_NODE_KEYS,
+            *CLUSTER_KEYS, *NODE_KEYS, *OPTIONAL_NODE_KEYS, *USER_KEYS,
         ]
         self.assertEqual([k for k in keys if f"`{k}`" not in readme], [])
 
@@ -636,14 +651,14 @@ class ConfigErrorTests(SynchronousTestCase):
 
     def test_unknown_section(self) -> None:
         """
-        Sections other than C{[cluster]}, C{[node:ID]} and C{[ftp_users]}
-        are refused, C{[DEFAULT]} included.
+        Sections other than C{[cluster]}, C{[node:ID]}, C{[ftp_users]} and
+        C{[user:NAME]} are refused, C{[DEFAULT]} included.
         """
-        for section in ["clusters", "DEFAULT", "node"]:
+        for section in ["clusters", "DEFAULT", "node", "users"]:
             self.assert_error(
                 f"{_MINIMAL}\n[{section}]\n",
                 f"etc/x.ini: [{section}]: unknown section"
-                " (expected [cluster], [node:ID], [ftp_users] or [tls])",
+                " (expected [cluster], [node:ID], [ftp_users], [tls] or [user:NAME])",
             )
 
     def test_bad_node_id(self) -> None:

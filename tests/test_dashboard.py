@@ -17,7 +17,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -130,6 +130,16 @@ class PageTests(SynchronousTestCase):
         self.assertIn("default-src 'none'", policy)
         self.assertIn("connect-src 'self'", policy)
 
+    def test_token_login(self) -> None:
+        """
+        On a node with users the page is told (on its body) to open its
+        live feed with a token; elsewhere the page is the same without it.
+        """
+        with_users = dashboard_page(token_login=True)
+        self.assertIn(b'<body data-login="token">', with_users.html)
+        self.assertNotIn(b"data-login", dashboard_page().html)
+        self.assertEqual(with_users.content_security_policy, dashboard_page().content_security_policy)
+
     def test_labels(self) -> None:
         """
         Every form field has a label.
@@ -158,6 +168,8 @@ class _Chromium(ProcessProtocol):
         self._next_id = 0
         self._pending: dict[int, Deferred[dict]] = {}
         self.events: list[dict] = []
+        #: Called with every event as it arrives.
+        self.listeners: list[Callable[[dict], object]] = []
         self.ended: Deferred[None] = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -169,6 +181,8 @@ class _Chromium(ProcessProtocol):
             message = json.loads(raw)
             if "id" not in message:
                 self.events.append(message)
+                for listener in self.listeners:
+                    listener(message)
                 continue
             waiter = self._pending.pop(message["id"])
             if "error" in message:
@@ -308,13 +322,53 @@ def launch_browser(test: TestCase, options: Sequence[str] = ()) -> Any:
     return browser
 
 
+def answer_logins(browser: _Chromium, session: str, login: Optional[tuple[str, str]]) -> None:
+    """
+    Answer the HTTP authentication prompts of the page of C{session} as a
+    person would: log in as C{login} (user name and password), or cancel
+    the prompt when it is C{None}.  Every other paused request goes on.
+    """
+
+    def answer(event: dict) -> None:
+        if event.get("sessionId") != session:
+            return
+        request_id = event.get("params", {}).get("requestId")
+        if event["method"] == "Fetch.requestPaused":
+            browser.send("Fetch.continueRequest", session, requestId=request_id)
+        elif event["method"] == "Fetch.authRequired":
+            if login is None:
+                response: dict[str, str] = {"response": "CancelAuth"}
+            else:
+                response = {"response": "ProvideCredentials", "username": login[0], "password": login[1]}
+            browser.send("Fetch.continueWithAuth", session, requestId=request_id, authChallengeResponse=response)
+
+    browser.listeners.append(answer)
+
+
 @inlineCallbacks
-def open_page(browser: _Chromium, url: str, width: int, height: int, mobile: bool = False) -> Any:
+def open_page(
+    browser: _Chromium,
+    url: str,
+    width: int,
+    height: int,
+    mobile: bool = False,
+    login: Optional[tuple[str, str]] = None,
+    prompt: bool = False,
+) -> Any:
+    """
+    A new tab showing C{url}.
+
+    @param prompt: the node asks for a login: answer it with C{login}
+        (see L{answer_logins}).
+    """
     target = yield browser.send("Target.createTarget", url="about:blank")
     attached = yield browser.send("Target.attachToTarget", targetId=target["targetId"], flatten=True)
     page = _Page(browser, attached["sessionId"])
     for domain in ("Page", "Runtime", "Log", "Network"):
         yield page.send(f"{domain}.enable")
+    if prompt:
+        answer_logins(browser, attached["sessionId"], login)
+        yield page.send("Fetch.enable", handleAuthRequests=True)
     yield page.send(
         "Emulation.setDeviceMetricsOverride",
         width=width,

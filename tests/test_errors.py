@@ -9,7 +9,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv import errors
 from twisted_kv.errors import (
+    BadToken,
     DiskFull,
+    Forbidden,
     InsufficientStorage,
     InvalidRequest,
     KeyExists,
@@ -19,6 +21,8 @@ from twisted_kv.errors import (
     OutcomeUnknown,
     PreconditionFailed,
     SnapshotExpired,
+    TooManyLogins,
+    Unauthorized,
     Unavailable,
     ValueTooLarge,
     WriteFailed,
@@ -39,6 +43,10 @@ EXPECTED = {
     WriteFailed: (503, "write_failed"),
     LogFailed: (503, "log_failed"),
     SnapshotExpired: (410, "snapshot_expired"),
+    Unauthorized: (401, "unauthorized"),
+    BadToken: (401, "invalid_token"),
+    Forbidden: (403, "forbidden"),
+    TooManyLogins: (429, "too_many_requests"),
 }
 
 

@@ -31,6 +31,7 @@ from zope.interface.verify import verifyObject
 
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.passwords import hash_password
+from twisted_kv.core.users import Grant, LoginThrottle, User
 from twisted_kv.errors import (
     InsufficientStorage,
     KVError,
@@ -298,11 +299,13 @@ class CredentialTests(SynchronousTestCase):
         """
         clock = MemoryReactorClock()
         realm = FileRealm(FileSystem(LocalKeyValue(clock), clock))
-        interface, shell, logout = realm.requestAvatar("alice", None, ftp.IFTPShell)
+        interface, shell, logout = self.successResultOf(
+            realm.requestAvatar("alice", None, ftp.IFTPShell)
+        )
         self.assertIs(interface, ftp.IFTPShell)
         self.assertFalse(shell.read_only)
         self.assertEqual(logout, shell.end_session)
-        _, anonymous, _ = realm.requestAvatar(ANONYMOUS, None, ftp.IFTPShell)
+        _, anonymous, _ = self.successResultOf(realm.requestAvatar(ANONYMOUS, None, ftp.IFTPShell))
         self.assertTrue(anonymous.read_only)
         self.assertRaises(NotImplementedError, realm.requestAvatar, "alice", None, object)
 
@@ -1145,3 +1148,62 @@ class PlainFTPTests(SynchronousTestCase):
                 session.send(f"{command} X"), [f"502 Command '{command}' not implemented"]
             )
         self.assertNotIn(" PBSZ", session.send("FEAT"))
+
+
+class UserAreaTests(SynchronousTestCase):
+    """
+    The users of the cluster file log in to their C{files} area; failed
+    logins slow their address down.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(NOW)
+        self.kv = LocalKeyValue(self.reactor)
+        carol = User(name="carol", password="plain:c", grant=Grant("carol", files="/carol/"))
+        dave = User(name="dave", password="plain:d", grant=Grant("dave"))
+        self.throttle = LoginThrottle(free=2)
+        self.factory = build_ftp_factory(
+            self.kv,
+            USERS,
+            clock=self.reactor,
+            accounts={"carol": carol, "dave": dave},
+            throttle=self.throttle,
+        )
+
+    def test_confined(self) -> None:
+        """
+        A user's session sees her area (created at her first login) as
+        C{/} and cannot climb out of it; C{[ftp_users]} users see the whole
+        tree; a user without a files area cannot log in.
+        """
+        carol = Session(self.factory, self.reactor)
+        carol.login("carol", "c")
+        self.assertEqual(carol.send("PWD"), ['257 "/"'])
+        self.assertEqual(carol.upload("STOR a.txt", b"A")[-1][:4], "226 ")
+        self.assertEqual(carol.send("CWD ..")[0][:4], "550 ")
+        self.assertEqual(carol.send("SIZE /carol/a.txt")[0][:4], "550 ")
+        alice = Session(self.factory, self.reactor)
+        alice.login()
+        self.assertEqual(alice.send("SIZE /carol/a.txt"), ["213 1"])
+        dave = Session(self.factory, self.reactor)
+        dave.send("USER dave")
+        self.assertEqual(dave.send("PASS d"), ["530 Sorry, Authentication failed."])
+
+    def test_throttled(self) -> None:
+        """
+        Past the free failures an address is answered C{421} and cut off,
+        good password or not, until its delay has passed.
+        """
+        for _ in range(3):
+            session = Session(self.factory, self.reactor)
+            session.send("USER alice")
+            self.assertEqual(session.send("PASS nope"), ["530 Sorry, Authentication failed."])
+        session = Session(self.factory, self.reactor)
+        session.send("USER alice")
+        self.assertEqual(session.send("PASS wonderland")[0][:4], "421 ")
+        self.assertTrue(session.transport.disconnecting)
+        self.reactor.advance(1)
+        session = Session(self.factory, self.reactor)
+        session.send("USER alice")
+        self.assertEqual(session.send("PASS wonderland"), ["230 User logged in, proceed"])

@@ -19,6 +19,7 @@ from tests.polling import poll
 from tests.test_client_support import serve
 from twisted_kv.app.kvctl import main
 from twisted_kv.core import keyspace
+from twisted_kv.core.passwords import verify_password
 
 
 class KvctlTests(TestCase):
@@ -332,12 +333,14 @@ class _Stream(io.BytesIO):
 
 class _Recorded:
     """
-    A client that records how it was made and answers C{get} with C{b"v"}.
+    A client that records how it was made and answers C{get} with C{b"v"},
+    and C{token}.
     """
 
     made: list[tuple[str, dict]] = []
 
     def __init__(self, url: str, **options: Any) -> None:
+        self.options = options
         self.made.append((url, options))
 
     def __enter__(self) -> _Recorded:
@@ -348,6 +351,9 @@ class _Recorded:
 
     def get(self, key: str) -> Any:
         return type("Value", (), {"data": b"v"})()
+
+    def token(self) -> dict:
+        return {"token": "t0k3n", "expires": 99}
 
 
 class CACertificateTests(SynchronousTestCase):
@@ -393,3 +399,64 @@ class CACertificateTests(SynchronousTestCase):
             stderr.getvalue(),
             "kvctl: /nonexistent/ca.pem: cannot use the CA certificate: No such file or directory\n",
         )
+
+
+class CredentialTests(SynchronousTestCase):
+    """
+    C{--user}, C{--token}, C{kvctl token} and C{kvctl passwd}, with the
+    client and the prompt scripted.
+    """
+
+    def run_kvctl(self, *argv: str, stdin: bytes = b"", answers: tuple[str, ...] = ()) -> tuple[int, str, str]:
+        self.made: list[_Recorded] = []
+        self.asked: list[str] = []
+        replies = list(answers)
+
+        def make(url: str, **options: Any) -> _Recorded:
+            self.made.append(_Recorded(url, **options))
+            return self.made[-1]
+
+        def ask(prompt: str) -> str:
+            self.asked.append(prompt)
+            return replies.pop(0)
+
+        stdout, stderr = io.BytesIO(), io.StringIO()
+        status = main(
+            list(argv), stdin=io.BytesIO(stdin), stdout=stdout, stderr=stderr, environ={},
+            client_factory=make, ask=ask,
+        )
+        return status, stdout.getvalue().decode(), stderr.getvalue()
+
+    def test_user(self) -> None:
+        """
+        C{--user NAME:PASSWORD} is given to the client as is; C{--user NAME}
+        asks for the password first.
+        """
+        status, out, _ = self.run_kvctl("--user", "alice:wonder:land", "token")
+        self.assertEqual((status, json.loads(out)), (0, {"token": "t0k3n", "expires": 99}))
+        self.assertEqual(self.made[0].options, {"timeout": 10.0, "cacert": None, "user": "alice:wonder:land"})
+        self.assertEqual(self.asked, [])
+        self.run_kvctl("--user", "alice", "token", answers=("secret",))
+        self.assertEqual(self.made[0].options["user"], "alice:secret")
+        self.assertEqual(self.asked, ["Password for alice: "])
+
+    def test_token(self) -> None:
+        """
+        C{--token} is given to the client; it excludes C{--user}.
+        """
+        self.run_kvctl("--token", "abc", "token")
+        self.assertEqual(self.made[0].options, {"timeout": 10.0, "cacert": None, "token": "abc"})
+        status, _, err = self.run_kvctl("--token", "abc", "--user", "a:b", "token")
+        self.assertEqual(status, 2)
+        self.assertIn("not allowed with argument", err)
+
+    def test_passwd(self) -> None:
+        """
+        C{kvctl passwd} prints the salted hash of the password read from
+        standard input, which checks against it.
+        """
+        status, out, _ = self.run_kvctl("passwd", stdin=b"wonderland\n")
+        self.assertEqual(status, 0)
+        self.assertTrue(out.startswith("scrypt:"), out)
+        self.assertTrue(verify_password(out.strip(), "wonderland"))
+        self.assertEqual(self.made, [])

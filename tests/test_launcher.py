@@ -38,6 +38,7 @@ from twisted_kv.app.launcher import (
     LineBuffer,
     _write_line,
     describe_cluster,
+    launcher_credentials,
     leader_of,
     listens_on,
     parse_arguments,
@@ -50,16 +51,39 @@ from twisted_kv.app.nodeprocess import (
     node_environment,
 )
 from twisted_kv.core.config import load_config, parse_config
+from twisted_kv.core.users import token_key, verify_token
+from twisted_kv.errors import BadToken
 
-_CONFIG = parse_config(
-    "[cluster]\nname = demo\nsecret = s\n"
-    + "".join(
-        f"[node:{node_id}]\nhost = 127.0.0.1\nhttp_port = {7001 + i}\n"
-        f"peer_port = {7101 + i}\nftp_port = {7201 + i}\n"
-        for i, node_id in enumerate(["n1", "n2", "node3"])
-    ),
-    "etc/demo.ini",
+_CONFIG_TEXT = "[cluster]\nname = demo\nsecret = s\n" + "".join(
+    f"[node:{node_id}]\nhost = 127.0.0.1\nhttp_port = {7001 + i}\n"
+    f"peer_port = {7101 + i}\nftp_port = {7201 + i}\n"
+    for i, node_id in enumerate(["n1", "n2", "node3"])
 )
+_CONFIG = parse_config(_CONFIG_TEXT, "etc/demo.ini")
+
+class CredentialTests(SynchronousTestCase):
+    """
+    L{launcher_credentials}: how kvcluster reads C{/cluster} from nodes
+    with users.
+    """
+
+    def test_token(self) -> None:
+        """
+        With users, a bearer token for the first user, signed with the
+        cluster secret, valid for the lifetime given; without, nothing.
+        """
+        config = parse_config(
+            _CONFIG_TEXT + "[user:ann]\npassword = plain:a\n[user:bo]\npassword = plain:b\n",
+            "etc/demo.ini",
+        )
+        [header] = launcher_credentials(config, 1000.0, 90.0).values()
+        scheme, token = header.split(" ")
+        self.assertEqual(scheme, "Bearer")
+        key = token_key(b"s")
+        self.assertEqual(verify_token(key, token, config.users, 1089.0).name, "ann")
+        self.assertRaises(BadToken, verify_token, key, token, config.users, 1090.0)
+        self.assertEqual(launcher_credentials(_CONFIG, 1000.0, 90.0), {})
+
 
 class PureTests(SynchronousTestCase):
     """

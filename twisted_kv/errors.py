@@ -77,6 +77,29 @@ class Unavailable(KVError, status=503, code="unavailable"):
         self.retry_after = retry_after
 
 
+class Unauthorized(KVError, status=401, code="unauthorized"):
+    """Missing or wrong credentials."""
+
+
+class BadToken(Unauthorized, code="invalid_token"):
+    """The token is malformed, forged, expired or names no user."""
+
+
+class Forbidden(KVError, status=403, code="forbidden"):
+    """The user may not do this."""
+
+
+class TooManyLogins(KVError, status=429, code="too_many_requests"):
+    """
+    Too many failed logins from this address: try again after
+    L{retry_after} seconds.
+    """
+
+    def __init__(self, message: str = "", retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class OutcomeUnknown(KVError, status=504, code="outcome_unknown"):
     """
     The operation may or may not take effect (replicas stopped answering

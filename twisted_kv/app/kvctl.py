@@ -20,6 +20,9 @@ C{kvctl}: the command-line client of a twisted_kv cluster.
                                                cluster"); start it with --join
     kvctl member remove ID                     moves its copies away, then
                                                removes it
+    kvctl token                                a bearer token for --user, as JSON
+    kvctl passwd                               reads a password, prints its salted
+                                               hash for the cluster file
     kvctl snapshot save FILE                   every key and file, each partition
                                                as of one moment (docs/backup.md)
     kvctl snapshot restore FILE                loads such a file into a cluster
@@ -28,7 +31,10 @@ C{kvctl}: the command-line client of a twisted_kv cluster.
 
 The node defaults to C{$KVCTL_NODE}, else C{http://127.0.0.1:7001}; any node
 of the cluster answers for all of it.  For a cluster with C{[tls]}, give an
-C{https://} URL and C{--cacert} (or C{$KVCTL_CACERT}): the cluster's CA.
+C{https://} URL and C{--cacert} (or C{$KVCTL_CACERT}): the cluster's CA.  On
+a cluster with users, give C{--user NAME:PASSWORD} (or C{--user NAME} to be
+asked for the password) or C{--token TOKEN} (from C{kvctl token}) before the
+command.
 
 Exit status: 0 on success, 1 when the node refused the request (the message
 names the reason, e.g. C{no key 'x' (404)}), 2 for a usage error, 3 when
@@ -40,12 +46,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
+import io
 import json
 import os
 import ssl
 import sys
 from typing import BinaryIO, Callable, Mapping, Optional, Sequence, TextIO
 
+from twisted_kv.app import passwd
 from twisted_kv.client import DEFAULT_URL, Client
 from twisted_kv.core.config import ConfigError
 from twisted_kv.errors import KVError
@@ -88,6 +97,11 @@ def _parser(default_node: str, default_cacert: Optional[str]) -> argparse.Argume
         help="the CA (PEM) to trust for https:// nodes: the cluster's [tls] ca"
         " (default: $KVCTL_CACERT, else the system's CAs)",
     )
+    credentials = parser.add_mutually_exclusive_group()
+    credentials.add_argument(
+        "--user", metavar="NAME[:PASSWORD]", help="log in as NAME (asks for the password if not given)"
+    )
+    credentials.add_argument("--token", metavar="TOKEN", help="a bearer token from 'kvctl token'")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     get = commands.add_parser("get", help="print the value of a key")
@@ -117,6 +131,8 @@ def _parser(default_node: str, default_cacert: Optional[str]) -> argparse.Argume
     watch.add_argument("--count", type=_positive, metavar="N", help="exit after N changes")
 
     commands.add_parser("cluster", help="print the cluster's state as JSON")
+    commands.add_parser("token", help="print a bearer token for --user as JSON")
+    commands.add_parser("passwd", help="read a password, print its salted hash for the cluster file")
 
     member = commands.add_parser("member", help="list, add or remove the cluster's members")
     member_actions = member.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -307,12 +323,23 @@ def _run(
     stdout: BinaryIO,
     stderr: TextIO,
     client_factory: Callable[..., Client],
+    ask: Callable[[str], str],
 ) -> None:
     if arguments.command == "certs":
         _certs(arguments, stdout)
         return
+    credentials = {}
+    if arguments.user is not None:
+        user = arguments.user
+        if ":" not in user:
+            user += ":" + ask(f"Password for {user}: ")
+        credentials["user"] = user
+    elif arguments.token is not None:
+        credentials["token"] = arguments.token
     try:
-        client = client_factory(arguments.node, timeout=arguments.timeout, cacert=arguments.cacert)
+        client = client_factory(
+            arguments.node, timeout=arguments.timeout, cacert=arguments.cacert, **credentials
+        )
     except (OSError, ssl.SSLError) as error:  # the client only reads the CA file
         raise _FileProblem(
             f"{arguments.cacert}: cannot use the CA certificate: {getattr(error, 'strerror', None) or error}"
@@ -350,6 +377,8 @@ def _run(
             _snapshot(client, arguments, stdout)
         elif command == "member":
             _member(client, arguments, stdout)
+        elif command == "token":
+            _line(stdout, json.dumps(client.token()))
         else:
             _line(stdout, json.dumps(client.cluster(), indent=2))
 
@@ -362,14 +391,16 @@ def main(
     stderr: Optional[TextIO] = None,
     environ: Optional[Mapping[str, str]] = None,
     client_factory: Callable[..., Client] = Client,
+    ask: Callable[[str], str] = getpass.getpass,
 ) -> int:
     """
     Run C{kvctl} with the command-line arguments C{argv}.
 
     @param client_factory: makes the client from the node's URL,
-        C{timeout=} seconds and C{cacert=} (a CA file or C{None}), as
-        L{Client} does (another client, such as
-        a scripted one in tests, must also be a context manager).
+        C{timeout=} seconds, C{cacert=} (a CA file or C{None}) and the
+        C{user=} or C{token=} given, as L{Client} does (another client,
+        such as a scripted one in tests, must also be a context manager).
+    @param ask: prompts for a password without echoing it.
     @return: the exit status.
     """
     stdin = sys.stdin.buffer if stdin is None else stdin
@@ -387,8 +418,19 @@ def main(
         print(f"kvctl: {message}", file=stderr)
         return status
 
+    if arguments.command == "passwd":
+        text_in = io.TextIOWrapper(stdin, encoding="utf-8")
+        text_out = io.StringIO()
+        try:
+            status = passwd.main(text_in, text_out, stderr, ask)
+        finally:
+            text_in.detach()
+        stdout.write(text_out.getvalue().encode("ascii"))
+        stdout.flush()
+        return status
+
     try:
-        _run(arguments, stdin, stdout, stderr, client_factory)
+        _run(arguments, stdin, stdout, stderr, client_factory, ask)
     except KVError as error:
         return fail(f"{error.message} ({error.status})", EXIT_REFUSED)
     except ConfigError as error:

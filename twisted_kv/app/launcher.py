@@ -39,10 +39,12 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import signal
 import socket
 import sys
+from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -56,6 +58,7 @@ from twisted_kv.app.nodeprocess import (
     node_environment,
 )
 from twisted_kv.core.config import ClusterConfig, ConfigError, NodeConfig, load_config
+from twisted_kv.core.users import issue_token, token_key
 
 DEFAULT_CONFIG = os.path.join("etc", "cluster-local.ini")
 
@@ -459,10 +462,13 @@ class Launcher:
             self.finished.callback(None)
 
 
-def _fetch_json(reactor: Any, cacert: Optional[str] = None) -> Fetcher:
+def _fetch_json(
+    reactor: Any, cacert: Optional[str] = None, headers: Mapping[str, str] = MappingProxyType({})
+) -> Fetcher:
     """
     A L{Fetcher} over real HTTP (HTTPS trusting the CA file C{cacert}),
-    without keep-alive, giving up quickly.
+    without keep-alive, giving up quickly, sending C{headers} with every
+    request.
     """
     from treq.client import HTTPClient
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
@@ -478,12 +484,25 @@ def _fetch_json(reactor: Any, cacert: Optional[str] = None) -> Fetcher:
     client = HTTPClient(agent)
 
     def fetch(url: str) -> Deferred[Any]:
-        d = client.get(url, timeout=2)
+        d = client.get(url, headers=dict(headers), timeout=2)
         d.addCallback(lambda response: response.content())
         d.addCallback(lambda body: json.loads(body.decode("utf-8")))
         return d
 
     return fetch
+
+
+def launcher_credentials(config: ClusterConfig, now: float, lifetime: float) -> dict[str, str]:
+    """
+    The headers that let C{kvcluster} read C{/cluster} from nodes with
+    users: a token for the file's first user, signed with the cluster
+    secret it read from the file too, valid for C{lifetime} seconds.
+    """
+    if not config.users:
+        return {}
+    user = next(iter(config.users.values()))
+    token = issue_token(token_key(config.secret), user, math.ceil(now + lifetime))
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _tolerant(write: Writer) -> Writer:
@@ -568,7 +587,12 @@ def _run(
     launcher = Launcher(
         config,
         reactor,
-        _fetch_json(reactor, None if config.tls is None else config.tls.ca),
+        _fetch_json(
+            reactor,
+            None if config.tls is None else config.tls.ca,
+            # Leader polling ends within the leader timeout.
+            launcher_credentials(config, reactor.seconds(), arguments.leader_timeout + 60),
+        ),
         _write_line(sys.stdout),
         _write_line(sys.stderr),
         leader_timeout=arguments.leader_timeout,

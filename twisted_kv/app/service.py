@@ -30,6 +30,7 @@ from twisted_kv.cluster.node import Node
 from twisted_kv.core.config import ClusterConfig, NodeConfig, format_address
 from twisted_kv.core.membership import new_incarnation
 from twisted_kv.core.roster import Roster
+from twisted_kv.core.users import LoginThrottle
 from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
 from twisted_kv.ftp.server import build_ftp_factory
@@ -39,6 +40,7 @@ from twisted_kv.tls import NodeTLS, TLSSetupError, load_node_tls, tls_server_fac
 from twisted_kv.web.admin import admin_resource
 from twisted_kv.web.dashboard import dashboard_resource
 from twisted_kv.web.files_http import files_resource
+from twisted_kv.web.auth import Guard
 from twisted_kv.web.site import build_site
 from twisted_kv.web.status import NodeStatus
 from twisted_kv.ws.server import build_ws_resource
@@ -247,6 +249,9 @@ def build_node_service(
     kv = Coordinator(node, reactor)
     ws_resource, ws_service = build_ws_resource(kv, clock=reactor, file_event_for=file_event_for)
     ws_service.setName("changes")
+    # One count of failed logins per address for HTTP and FTP.
+    throttle = LoginThrottle()
+    guard = Guard(config.users, config.secret, throttle, reactor) if config.users else None
     site = build_site(
         kv,
         NodeStatus(node, reactor),
@@ -255,8 +260,9 @@ def build_node_service(
             b"ws": ws_resource,
             b"files": files_resource(kv, clock=reactor, max_file_bytes=config.max_file_bytes),
             b"admin": admin_resource(kv, kv),
-            b"": dashboard_resource(),
+            b"": dashboard_resource(token_login=guard is not None),
         },
+        guard=guard,
     )
     ftp_factory = build_ftp_factory(
         kv,
@@ -267,6 +273,8 @@ def build_node_service(
         tls=None if tls is None else tls.server,
         passive_address=me.ftp_passive_address,
         passive_ports=me.ftp_passive_ports,
+        accounts=config.users,
+        throttle=throttle,
     )
     collector = OrphanCollector(
         FileSystem(kv, reactor, max_file_bytes=config.max_file_bytes), reactor

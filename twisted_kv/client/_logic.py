@@ -12,6 +12,7 @@ the calls of the API once for both, over their C{_call}.
 
 from __future__ import annotations
 
+import base64
 import json
 from abc import ABC, abstractmethod
 from enum import Enum, auto
@@ -36,6 +37,7 @@ __all__ = [
     "Response",
     "Value",
     "WatchPosition",
+    "authorization",
     "close_reason",
     "cluster_request",
     "conditions",
@@ -48,6 +50,7 @@ __all__ = [
     "result_of",
     "snapshot_page_request",
     "snapshot_partitions_request",
+    "token_request",
     "watch_op",
     "ws_url",
 ]
@@ -63,6 +66,9 @@ _ERRORS = {
     cls.status: cls
     for cls in (
         errors.InvalidRequest,
+        errors.Unauthorized,
+        errors.Forbidden,
+        errors.TooManyLogins,
         errors.KeyNotFound,
         errors.KeyExists,
         errors.PreconditionFailed,
@@ -150,17 +156,37 @@ def error_for(response: Response) -> errors.KVError:
     except (ValueError, KeyError, TypeError):
         message = response.body.decode("utf-8", "replace").strip() or f"HTTP {response.status}"
     cls = _ERRORS.get(response.status)
-    if cls is errors.Unavailable:
+    if cls is errors.Unavailable or cls is errors.TooManyLogins:
         try:
             retry_after = float(response.headers.get("retry-after", "1"))
         except ValueError:
             retry_after = 1.0
-        return errors.Unavailable(message, retry_after=retry_after)
+        return cls(message, retry_after=retry_after)
     if cls is None:
         error = errors.KVError(message)
         error.status = response.status
         return error
     return cls(message)
+
+
+def authorization(user: Optional[str] = None, token: Optional[str] = None) -> dict[str, str]:
+    """
+    The headers that authenticate a client: HTTP Basic for C{user} given as
+    C{NAME:PASSWORD}, or C{token} from L{token_request} as a bearer token;
+    none for neither.
+
+    @raise ValueError: both are given, or C{user} has no C{:}.
+    """
+    if user is not None and token is not None:
+        raise ValueError("give a user or a token, not both")
+    if token is not None:
+        return {"Authorization": f"Bearer {token}"}
+    if user is None:
+        return {}
+    if ":" not in user:
+        raise ValueError("the user must be given as NAME:PASSWORD")
+    encoded = base64.b64encode(user.encode("utf-8")).decode("ascii")
+    return {"Authorization": f"Basic {encoded}"}
 
 
 def result_of(request: Request[T], response: Response) -> T:
@@ -260,6 +286,13 @@ def list_request(
     return Request(
         "GET", "/kv" + _query(prefix=prefix, limit=limit, start_after=start_after), {}, None, page
     )
+
+
+def token_request() -> Request[dict]:
+    """
+    C{POST /auth/token}: C{{"token", "expires"}}, with Basic credentials.
+    """
+    return Request("POST", "/auth/token", {}, None, _json)
 
 
 def cluster_request() -> Request[dict]:
@@ -368,6 +401,13 @@ class Calls(ABC):
         L{Page}.
         """
         return self._call(list_request(prefix, limit, start_after))
+
+    def token(self) -> Any:
+        """
+        A bearer token for the client's user (C{{"token", "expires"}}):
+        every node accepts it until it expires.
+        """
+        return self._call(token_request())
 
     def cluster(self) -> Any:
         """

@@ -40,10 +40,18 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
-from twisted_kv.client._logic import DEFAULT_URL, Calls, Request, Response, T, result_of
+from twisted_kv.client._logic import (
+    DEFAULT_URL,
+    Calls,
+    Request,
+    Response,
+    T,
+    authorization,
+    result_of,
+)
 
 __all__ = ["Client", "Watch"]
 
@@ -56,11 +64,20 @@ class Client(Calls):
     @param timeout: seconds to wait for the node on each request.
     @param cacert: a PEM file of the CA to trust for https and wss (a
         cluster's C{[tls]} C{ca}) instead of the system's.
+    @param user: C{NAME:PASSWORD}, sent as HTTP Basic; or
+    @param token: a bearer token (see L{Calls.token}).
     """
 
     def __init__(
-        self, url: str = DEFAULT_URL, timeout: float = 10.0, cacert: Optional[str] = None
+        self,
+        url: str = DEFAULT_URL,
+        timeout: float = 10.0,
+        cacert: Optional[str] = None,
+        *,
+        user: Optional[str] = None,
+        token: Optional[str] = None,
     ) -> None:
+        self._authorization = authorization(user, token)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http:// or https:// URL: {url!r}")
@@ -128,7 +145,8 @@ class Client(Calls):
         @raise TimeoutError: the node did not accept the watch in time.
         """
         return Watch(
-            self.url, prefix, since, files, timeout, others, on_lost, on_watching, self._cacert
+            self.url, prefix, since, files, timeout, others, on_lost, on_watching,
+            self._authorization, self._cacert,
         )
 
     def _call(self, request: Request[T]) -> T:
@@ -150,7 +168,10 @@ class Client(Calls):
                 self._connection = http.client.HTTPConnection(self._netloc, timeout=self._timeout)
         try:
             self._connection.request(
-                request.method, request.target, body=request.body, headers=dict(request.headers)
+                request.method,
+                request.target,
+                body=request.body,
+                headers={**self._authorization, **request.headers},
             )
             answer = self._connection.getresponse()
             body = answer.read()
@@ -223,6 +244,7 @@ class Watch:
         others: Sequence[str],
         on_lost: Callable[[str, str, str], None],
         on_watching: Callable[[str], None],
+        headers: Mapping[str, str],
         cacert: Optional[str] = None,
     ) -> None:
         # Twisted is loaded only when a watch starts: the other calls, and
@@ -248,6 +270,7 @@ class Watch:
                 others=others,
                 on_lost=lambda *args: self._events.put(lambda: on_lost(*args)),
                 on_watching=lambda *args: self._events.put(lambda: on_watching(*args)),
+                headers=headers,
                 cacert=cacert,
             )
             self._watcher.start()

@@ -21,7 +21,8 @@ L{twisted_kv.client._logic}; this module sends and receives them.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 import treq
@@ -50,6 +51,7 @@ from twisted_kv.client._logic import (
     Response,
     T,
     WatchPosition,
+    authorization,
     close_reason,
     result_of,
     watch_op,
@@ -71,6 +73,8 @@ class TxClient(Calls):
         a pool of persistent connections, closed by L{close}).
     @param cacert: a PEM file of the CA to trust for https and wss (a
         cluster's C{[tls]} C{ca}) instead of the system's.
+    @param user: C{NAME:PASSWORD}, sent as HTTP Basic; or
+    @param token: a bearer token (see L{Calls.token}).
     """
 
     def __init__(
@@ -80,7 +84,10 @@ class TxClient(Calls):
         reactor: Any = None,
         http: Optional[HTTPClient] = None,
         cacert: Optional[str] = None,
+        user: Optional[str] = None,
+        token: Optional[str] = None,
     ) -> None:
+        self._authorization = authorization(user, token)
         if reactor is None:
             from twisted.internet import reactor
         self.url = url.rstrip("/")
@@ -134,7 +141,13 @@ class TxClient(Calls):
         after revision C{since}, until the returned L{Watcher} is stopped.
         """
         watcher = Watcher(
-            self.url, on_event, prefix, since=since, files=files, reactor=self._reactor,
+            self.url,
+            on_event,
+            prefix,
+            since=since,
+            files=files,
+            reactor=self._reactor,
+            headers=self._authorization,
             cacert=self._cacert,
         )
         watcher.start()
@@ -142,7 +155,10 @@ class TxClient(Calls):
 
     def _call(self, request: Request[T]) -> Deferred[T]:
         sent = self._http.request(
-            request.method, self.url + request.target, headers=dict(request.headers), data=request.body
+            request.method,
+            self.url + request.target,
+            headers={**self._authorization, **request.headers},
+            data=request.body,
         )
         return sent.addCallback(self._read).addCallback(lambda response: result_of(request, response))
 
@@ -285,6 +301,7 @@ class Watcher:
         on_lost: Callable[[str, str, str], None] = lambda url, reason, next_url: None,
         on_watching: Callable[[str], None] = lambda url: None,
         cacert: Optional[str] = None,
+        headers: Mapping[str, str] = MappingProxyType({}),
     ) -> None:
         """
         @param url: the node's HTTP URL.
@@ -301,6 +318,8 @@ class Watcher:
             the watch (on every connection).
         @param cacert: a PEM file of the CA to trust for wss instead of the
             system's.
+        @param headers: sent with every WebSocket upgrade request (the
+            credentials, see L{authorization}).
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -310,7 +329,8 @@ class Watcher:
         self._on_watching = on_watching
         self._prefix = prefix
         self._files = files
-        factory = _WatchClientFactory(ws_url(url), reactor=reactor)
+        self._headers = dict(headers)
+        factory = _WatchClientFactory(ws_url(url), reactor=reactor, headers=self._headers)
         use_timer(factory, ClockTimer(reactor))
         # The client-side drop timeout runs on txaio's global reactor; the
         # server drops the connection itself.
@@ -387,8 +407,11 @@ class Watcher:
         if not self._stopping:
             url, next_url = self._nodes.url, self._nodes.move()
             # The WebSocket handshake names the node connected to (the other
-            # session parameters are reset: only the user agent was set).
-            self._factory.setSessionParameters(url=ws_url(next_url), useragent=self._factory.useragent)
+            # session parameters are reset: only the user agent and the
+            # headers were set).
+            self._factory.setSessionParameters(
+                url=ws_url(next_url), useragent=self._factory.useragent, headers=self._headers
+            )
             self._on_lost(url, reason, next_url)
 
     def _received(self, frame: dict) -> None:

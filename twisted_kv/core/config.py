@@ -26,6 +26,12 @@ The cluster file: one INI file describing every node of a cluster.
     ca = certs/ca.pem                 ; signs every node's certificate
     cert = certs/{node}.pem           ; {node} = the node id
     key = certs/{node}.key
+    [user:bob]                        ; see twisted_kv.core.users
+    password = plain:builder
+    read = *
+    write = bob/
+    files = /bob/
+    admin = no
 
 Full-line and inline comments (C{;} or C{#}; inline ones after whitespace)
 are allowed.  Unknown sections and unknown keys are errors, so that a typo
@@ -51,12 +57,14 @@ from typing import Any, Callable, Optional
 from attrs import evolve, field, frozen, validators
 
 from twisted_kv.core.passwords import check_stored
+from twisted_kv.core.users import Grant, User, parse_files_root, parse_prefixes
 
 __all__ = [
     "CLUSTER_KEYS",
     "FSYNC_POLICIES",
     "NODE_KEYS",
     "OPTIONAL_NODE_KEYS",
+    "USER_KEYS",
     "ClusterConfig",
     "ConfigError",
     "NodeConfig",
@@ -389,6 +397,8 @@ class ClusterConfig:
     @ivar nodes: every node, in file order.
     @ivar ftp_users: FTP user name -> password spec (C{plain:...} or a
         salted hash), from C{[ftp_users]}.
+    @ivar users: user name -> L{User}, from the C{[user:NAME]} sections;
+        with any, every request needs credentials.
     @ivar election_timeout: seconds; the upper bound of the randomised
         election timeout.
     @ivar heartbeat_interval: seconds between leader heartbeats.
@@ -422,6 +432,7 @@ class ClusterConfig:
         validator=validators.deep_iterable(validators.instance_of(NodeConfig)),
     )
     ftp_users: dict[str, str] = field(factory=dict, hash=False)
+    users: dict[str, User] = field(factory=dict, hash=False)
     election_timeout: float = field(default=2.0, validator=_positive)
     heartbeat_interval: float = field(default=0.1, validator=_positive)
     failure_timeout: float = field(default=1.5, validator=_positive)
@@ -659,10 +670,10 @@ def parse_config(text: str, path: str, *, joining: bool = False) -> ClusterConfi
     for section in parser.sections():
         if section.startswith("node:"):
             node_sections.append(section)
-        elif section not in ("cluster", "ftp_users", "tls"):
+        elif section not in ("cluster", "ftp_users", "tls") and not section.startswith(_USER):
             raise ConfigError(
                 path, section, None,
-                "unknown section (expected [cluster], [node:ID], [ftp_users] or [tls])",
+                "unknown section (expected [cluster], [node:ID], [ftp_users], [tls] or [user:NAME])",
             )
     if not parser.has_section("cluster"):
         raise ConfigError(path, "cluster", None, "missing section")
@@ -737,6 +748,15 @@ def parse_config(text: str, path: str, *, joining: bool = False) -> ClusterConfi
     tls = _parse_tls(path, parser)
     if tls is not None:
         nodes = tuple(evolve(node, tls=True) for node in nodes)
+    users = _parse_users(path, parser)
+    for name in users.keys() & ftp_users.keys():
+        raise ConfigError(path, _USER + name, None, "the user is also in [ftp_users]")
+    if users and tunables.get("anonymous_ftp"):
+        raise ConfigError(
+            path, "cluster", "anonymous_ftp",
+            "must be off with [user:NAME] sections: every login then needs credentials",
+        )
+
     return ClusterConfig(
         path=path,
         name=name,
@@ -748,6 +768,7 @@ def parse_config(text: str, path: str, *, joining: bool = False) -> ClusterConfi
         nodes=nodes,
         ftp_users=ftp_users,
         tls=tls,
+        users=users,
         **tunables,
     )
 
@@ -770,6 +791,52 @@ def override_node(config: ClusterConfig, node_id: str, values: dict[str, str]) -
         ) from None
     nodes = tuple(evolve(node, **changes) if n is node else n for n in config.nodes)
     return evolve(config, nodes=nodes)
+
+
+#: The keys of a C{[user:NAME]} section; only C{password} is required.
+USER_KEYS = ("password", "read", "write", "files", "admin")
+
+_USER = "user:"
+_USER_NAME = re.compile(r"^[^\s:]+$")
+
+
+def _parse_users(path: str, parser: configparser.ConfigParser) -> dict[str, User]:
+    """
+    The C{[user:NAME]} sections (see L{twisted_kv.core.users}).
+    """
+    users: dict[str, User] = {}
+    for section in parser.sections():
+        if not section.startswith(_USER):
+            continue
+        name = section[len(_USER):]
+        if not _USER_NAME.match(name):
+            raise ConfigError(path, section, None, "bad user name (no spaces or ':')")
+        values = parser[section]
+        for key in values:
+            if key not in USER_KEYS:
+                raise ConfigError(path, section, key, "unknown key")
+        password = values.get("password", "").strip()
+        if not password:
+            raise ConfigError(
+                path, section, "password", "missing key (use plain:PASSWORD or a hash)"
+            )
+        try:
+            check_stored(password)
+        except ValueError as e:
+            raise ConfigError(path, section, "password", str(e))
+        def parsed(key: str, parse: Callable[[str], Any], default: str) -> Any:
+            try:
+                return parse(values.get(key, default))
+            except ValueError as e:
+                raise ConfigError(path, section, key, str(e))
+
+        read = parsed("read", parse_prefixes, "")
+        write = parsed("write", parse_prefixes, "")
+        files = parsed("files", parse_files_root, "")
+        admin = parsed("admin", parse_bool, "no")
+        grant = Grant(name=name, read=read, write=write, files=files, admin=admin)
+        users[name] = User(name=name, password=password, grant=grant)
+    return users
 
 
 def _unrepr(line: str) -> str:

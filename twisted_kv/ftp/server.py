@@ -44,7 +44,8 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import time
-from typing import Any, Callable, Iterable, Optional, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from twisted.cred.checkers import ANONYMOUS, AllowAnonymousAccess, ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
@@ -62,6 +63,7 @@ from zope.interface import implementer
 
 from twisted_kv._compat import set_rename_source, validate_network_protocol
 from twisted_kv.core.passwords import check_stored, hash_password, verify_password
+from twisted_kv.core.users import LoginThrottle, User
 from twisted_kv.errors import (
     InsufficientStorage,
     InvalidRequest,
@@ -78,6 +80,7 @@ from twisted_kv.files import (
     Entry,
     FileChanged,
     FileSystem,
+    ROOT,
     FSPath,
     TransferAborted,
     Upload,
@@ -207,10 +210,13 @@ class FileShell:
     are L{FTPReply}s (or Twisted's own L{ftp.FTPCmdError}s).
 
     @ivar read_only: refuse every change (anonymous sessions).
+    @ivar root: the directory the session sees as C{/}: a user's C{files}
+        area; the paths of the session never leave it.
     """
 
-    def __init__(self, fs: FileSystem, read_only: bool = False) -> None:
+    def __init__(self, fs: FileSystem, read_only: bool = False, root: FSPath = ROOT) -> None:
         self.read_only = read_only
+        self.root = root
         self._fs = fs
         self._uploads: set[Upload] = set()
         self._downloads: set[Download] = set()
@@ -290,7 +296,7 @@ class FileShell:
             download.stopProducing()
 
     def _path(self, segments: Sequence[str]) -> FSPath:
-        return FSPath.from_segments(segments)
+        return FSPath.from_segments((*self.root.segments, *segments))
 
     def _look(self, operation: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         return maybeDeferred(operation).addErrback(_translate)
@@ -306,19 +312,31 @@ class FileShell:
 class FileRealm:
     """
     Gives every authenticated session a L{FileShell}: read-only for
-    anonymous sessions.
+    anonymous sessions, inside their C{files} area for the users of the
+    cluster file (created at their first login), on the whole tree for
+    C{[ftp_users]}.
+
+    @param roots: user name -> the root of the user's file area.
     """
 
-    def __init__(self, fs: FileSystem) -> None:
+    def __init__(self, fs: FileSystem, roots: Mapping[str, FSPath] = MappingProxyType({})) -> None:
         self._fs = fs
+        self._roots = dict(roots)
 
     def requestAvatar(
         self, avatarId: object, mind: object, *interfaces: Any
-    ) -> tuple[Any, FileShell, Callable[[], None]]:
+    ) -> Deferred[tuple[Any, FileShell, Callable[[], None]]]:
         if ftp.IFTPShell not in interfaces:
             raise NotImplementedError("only IFTPShell avatars are available")
-        shell = FileShell(self._fs, read_only=avatarId is ANONYMOUS)
-        return ftp.IFTPShell, shell, shell.end_session
+        root = self._roots.get(avatarId, ROOT) if isinstance(avatarId, str) else ROOT
+        shell = FileShell(self._fs, read_only=avatarId is ANONYMOUS, root=root)
+        created: Deferred[None] = succeed(None)
+        if not root.is_root:
+            created = maybeDeferred(self._fs.make_directories, root)
+            # An existing area is the usual case; any other failure shows
+            # on the session's first command.
+            created.addErrback(lambda failure: None)
+        return created.addCallback(lambda _: (ftp.IFTPShell, shell, shell.end_session))
 
 
 @implementer(ICredentialsChecker)
@@ -520,7 +538,8 @@ class FileFTP(ftp.FTP):
             self.reply(ftp.REQ_ACTN_NOT_TAKEN, "internal server error")
 
     def _next_command(self, ignored: object) -> None:
-        if self.transport is not None and not self.disconnected:
+        transport = self.transport
+        if transport is not None and not self.disconnected and not transport.disconnecting:
             self.resumeProducing()
 
     def sendLine(self, line: str | bytes) -> None:
@@ -536,6 +555,27 @@ class FileFTP(ftp.FTP):
             logout()
         self._close_data()
         super().connectionLost(reason)
+
+    def ftp_PASS(self, password: str) -> Any:
+        """
+        Log in, unless the client's address failed too many logins lately:
+        then answer C{421} and close the connection.
+        """
+        throttle: LoginThrottle = self.factory.throttle
+        address = str(getattr(self.transport.getPeer(), "host", ""))
+        if throttle.retry_after(address, self._reactor.seconds()) > 0:
+            self.sendLine("421 Too many failed logins from your address; try again later.")
+            self.transport.loseConnection()
+            return None
+
+        def count(result: Any) -> Any:
+            if isinstance(result, Failure):
+                throttle.failed(address, self._reactor.seconds())
+            else:
+                throttle.succeeded(address)
+            return result
+
+        return super().ftp_PASS(password).addBoth(count)
 
     def _segments(self, path: str) -> list[str]:
         try:
@@ -834,6 +874,7 @@ class FileFTPFactory(ftp.FTPFactory):
     Builds L{FileFTP} sessions on the injected reactor.
 
     @ivar fs: the file system served.
+    @ivar throttle: counts failed logins per address.
     """
 
     protocol = FileFTP
@@ -845,12 +886,14 @@ class FileFTPFactory(ftp.FTPFactory):
         fs: FileSystem,
         reactor: Any,
         anonymous: bool,
+        throttle: LoginThrottle,
         tls: Any = None,
         passive_address: Optional[str] = None,
         passive_ports: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(portal)
         self.allowAnonymous = anonymous
+        self.throttle = throttle
         self.fs = fs
         self._reactor = reactor
         self._tls = tls
@@ -885,6 +928,8 @@ def build_ftp_factory(
     tls: Any = None,
     passive_address: Optional[str] = None,
     passive_ports: Optional[tuple[int, int]] = None,
+    accounts: Mapping[str, User] = MappingProxyType({}),
+    throttle: Optional[LoginThrottle] = None,
 ) -> ftp.FTPFactory:
     """
     The FTP service of a node: listen on it with C{ftp_port}.
@@ -902,17 +947,29 @@ def build_ftp_factory(
         one behind NAT); by default the address the client reached.
     @param passive_ports: the inclusive range of ports passive data
         connections listen on; by default any free port.
+    @param accounts: the users of the cluster file: those with a C{files}
+        area log in to it (as their root); their names must not be in
+        C{users}.
+    @param throttle: counts failed logins per address, and refuses an
+        address that failed too many (C{421}); by default one of the
+        factory's own.
 
     @raise ValueError: a stored password is malformed.
     """
     if not _can_listen(clock):
         raise TypeError("clock must be a reactor that can listen on TCP ports")
     fs = FileSystem(kv, clock, max_file_bytes=max_file_bytes)
-    checkers: list[ICredentialsChecker] = [PasswordChecker(users)]
+    roots = {
+        name: FSPath.parse(user.grant.files.rstrip("/") or "/")
+        for name, user in accounts.items()
+        if user.grant.files is not None
+    }
+    passwords = {**users, **{name: accounts[name].password for name in roots}}
+    checkers: list[ICredentialsChecker] = [PasswordChecker(passwords)]
     if anonymous:
         checkers.append(AllowAnonymousAccess())
-    portal = Portal(FileRealm(fs), checkers)
+    portal = Portal(FileRealm(fs, roots), checkers)
     return FileFTPFactory(
-        portal, fs, clock, anonymous, tls=tls,
+        portal, fs, clock, anonymous, throttle or LoginThrottle(), tls=tls,
         passive_address=passive_address, passive_ports=passive_ports,
     )

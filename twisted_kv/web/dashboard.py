@@ -24,6 +24,7 @@ __all__ = ["dashboard_page", "dashboard_resource"]
 
 _STYLE_TAG = '<link rel="stylesheet" href="style.css">'
 _SCRIPT_TAG = '<script src="app.js"></script>'
+_BODY_TAG = "<body>"
 
 
 @frozen
@@ -47,9 +48,13 @@ def _inline(html: str, tag: str, replacement: str) -> str:
     return html.replace(tag, replacement)
 
 
-def dashboard_page() -> Page:
+def dashboard_page(token_login: bool = False) -> Page:
     """
     Assemble the dashboard from C{static/}.
+
+    @param token_login: the node has users: the browser logs in (HTTP
+        Basic) to load the page, and the page's live feed asks for a token
+        to open its WebSocket with.
     """
     static = files("twisted_kv.web") / "static"
     html = (static / "index.html").read_text("utf-8")
@@ -59,6 +64,8 @@ def dashboard_page() -> Page:
         raise ValueError("an inlined script or style sheet must not close its own tag")
     html = _inline(html, _STYLE_TAG, f"<style>{style}</style>")
     html = _inline(html, _SCRIPT_TAG, f"<script>{script}</script>")
+    if token_login:
+        html = _inline(html, _BODY_TAG, '<body data-login="token">')
     policy = "; ".join(
         [
             "default-src 'none'",
@@ -94,8 +101,10 @@ class _Dashboard(Resource):
         return self._page.html
 
 
-def dashboard_resource() -> IResource:
+def dashboard_resource(token_login: bool = False) -> IResource:
     """
     The dashboard, to mount at C{/} (the child C{b""} of the site's root).
+
+    @param token_login: see L{dashboard_page}.
     """
-    return _Dashboard(dashboard_page())
+    return _Dashboard(dashboard_page(token_login))

@@ -26,7 +26,7 @@ from werkzeug.exceptions import MethodNotAllowed as _RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as _RouteNotFound
 from werkzeug.routing import RequestRedirect as _RouteRedirect
 
-from twisted_kv.errors import KVError, Unavailable
+from twisted_kv.errors import KVError, TooManyLogins, Unauthorized, Unavailable
 
 JSON_TYPE = b"application/json"
 
@@ -69,6 +69,11 @@ class RangeNotSatisfiable(KVError, status=416, code="range_not_satisfiable"):
         self.size = size
 
 
+#: The challenges of a C{401}: Basic for people and tools, Bearer for
+#: clients holding a token (see L{twisted_kv.web.auth}).
+CHALLENGES = [b'Basic realm="twisted_kv", charset="UTF-8"', b'Bearer realm="twisted_kv"']
+
+
 def _as_kv_error(failure: Failure) -> KVError:
     error = failure.value
     if isinstance(error, KVError):
@@ -86,9 +91,9 @@ def render_failure(request: IRequest, failure: Failure) -> bytes:
     Set the status and headers of the error answer to C{request} and return
     its JSON body.
 
-    L{KVError}s map to their C{status} and C{code}; L{Unavailable} adds
-    C{Retry-After} (whole seconds, rounded up, so that a client never
-    retries early), L{MethodNotAllowed} adds C{Allow} and
+    L{KVError}s map to their C{status} and C{code}; L{Unavailable} and
+    L{TooManyLogins} add C{Retry-After} (whole seconds, rounded up, so that
+    a client never retries early), L{Unauthorized} C{WWW-Authenticate}, L{MethodNotAllowed} adds C{Allow} and
     L{RangeNotSatisfiable} adds C{Content-Range}.  Klein's routing failures
     (no such route, a redirect to the canonical spelling of a route, a wrong
     method) become C{404} and C{405}.  Anything else is logged with its
@@ -98,8 +103,10 @@ def render_failure(request: IRequest, failure: Failure) -> bytes:
     """
     error = _as_kv_error(failure)
     request.setResponseCode(error.status)
-    if isinstance(error, Unavailable):
+    if isinstance(error, (Unavailable, TooManyLogins)):
         request.setHeader(b"Retry-After", b"%d" % math.ceil(error.retry_after))
+    elif isinstance(error, Unauthorized):
+        request.responseHeaders.setRawHeaders(b"WWW-Authenticate", CHALLENGES)
     elif isinstance(error, MethodNotAllowed):
         request.setHeader(b"Allow", ", ".join(error.allowed).encode("ascii"))
     elif isinstance(error, RangeNotSatisfiable):

@@ -63,6 +63,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted_kv.core.keyspace import USER, name_of, to_user, user_key
 from twisted_kv.core.records import format_version
 from twisted_kv.core.roster import ADD, REMOVE, node_from_fields
+from twisted_kv.core.users import grant_of
 from twisted_kv.errors import (
     InvalidRequest,
     KeyNotFound,
@@ -218,7 +219,7 @@ def _limit(request: IRequest) -> int:
     return limit
 
 
-def _client_key(raw: bytes) -> str:
+def client_key(raw: bytes) -> str:
     """
     The client key named by C{raw}, the request path after C{/kv/}.
 
@@ -289,7 +290,7 @@ class KeyValueResource(Resource):
                 if b"?" in request.uri:
                     parameters = _KEY_PARAMETERS.get(request.method, _NO_PARAMETERS)
                     check_query(request, parameters, "/kv/{key}")
-                answered = handler(request, _client_key(path[slash + 1 :]))
+                answered = handler(request, client_key(path[slash + 1 :]))
         except Exception:
             answered = fail()
         answered.addErrback(lambda failure: send_failure(request, failure))
@@ -302,9 +303,34 @@ class KeyValueResource(Resource):
         prefix = _query_text(request, b"prefix") or ""
         start_after = _query_text(request, b"start_after")
         limit = _limit(request)
-        return self._kv.list_keys(
-            USER + prefix, user_key(start_after) if start_after else None, limit
-        ).addCallback(self._listed, request)
+        prefixes = grant_of(request).listable(prefix)
+        if prefixes == [prefix]:
+            listed = self._kv.list_keys(
+                USER + prefix, user_key(start_after) if start_after else None, limit
+            )
+        else:
+            listed = Deferred.fromCoroutine(self._list_within(prefixes, start_after, limit))
+        return listed.addCallback(self._listed, request)
+
+    async def _list_within(
+        self, prefixes: list[str], start_after: Optional[str], limit: int
+    ) -> KeyPage:
+        """
+        One page of the keys under C{prefixes} (in key order, none a prefix
+        of another), listed one prefix after the other: the keys a user may
+        read of a wider listing, and no other key, not even as C{next}.
+        """
+        keys: list[str] = []
+        degraded = False
+        after = user_key(start_after) if start_after else None
+        for prefix in prefixes:
+            page = await self._kv.list_keys(USER + prefix, after, limit - len(keys))
+            keys.extend(page.keys)
+            degraded = degraded or page.degraded
+            if len(keys) == limit:
+                more = page.next is not None or prefix != prefixes[-1]
+                return KeyPage(keys, keys[-1] if more else None, degraded)
+        return KeyPage(keys, None, degraded)
 
     @staticmethod
     def _listed(page: KeyPage, request: IRequest) -> None:

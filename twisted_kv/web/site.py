@@ -45,11 +45,13 @@ from twisted_kv._compat import (
 )
 from twisted_kv.errors import ValueTooLarge
 from twisted_kv.interfaces import IClusterStatus, IKeyValue
+from twisted_kv.web.auth import Guard, TokenResource
 from twisted_kv.web.errors import ErrorResource, NoSuchResource
 from twisted_kv.web.http_api import HTTPMetrics, KeyValueResource, NodeAPI
 from twisted_kv.web.metrics import node_registry
 
 _KV = b"kv"
+_AUTH = b"auth"
 _LIST_PATH = b"/kv"
 _KEY_PATH = b"/kv/"
 
@@ -152,8 +154,9 @@ class _Request(Request):
 
     def process(self) -> None:
         """
-        Hand C{/kv} requests straight to the key-value resource; others go
-        through the site's resource traversal.
+        Let the site's guard admit the request (it answers the requests it
+        refuses), then hand C{/kv} requests straight to the key-value
+        resource; others go through the site's resource traversal.
 
         The key-value resource reads the raw path, so splitting and
         unquoting its segments for the traversal would be wasted, and so
@@ -161,6 +164,8 @@ class _Request(Request):
         """
         site = self.channel.site
         self.started = now = site.reactor.seconds()
+        if site.guard is not None and not site.guard.admit(self):
+            return
         path = self.path
         kv_resource = site.kv_resource
         if kv_resource is None or (path != _LIST_PATH and not path.startswith(_KEY_PATH)):
@@ -206,6 +211,8 @@ class _Site(Site):
     @ivar kv_resource: the resource answering C{/kv} and C{/kv/{key}}, or
         C{None} to have the root resource route them too.
     @ivar max_value_bytes: the largest C{/kv/{key}} body accepted.
+    @ivar guard: admits every request, or C{None} when the cluster has no
+        users.
     """
 
     requestFactory = _Request
@@ -221,8 +228,10 @@ class _Site(Site):
         clock: IReactorTime,
         max_value_bytes: int,
         metrics: HTTPMetrics,
+        guard: Optional[Guard],
     ) -> None:
         super().__init__(resource, reactor=clock)
+        self.guard = guard
         self.kv_resource = kv_resource
         self.max_value_bytes = max_value_bytes
         self._metrics = metrics
@@ -253,6 +262,7 @@ def build_site(
     *,
     clock: IReactorTime,
     children: Mapping[bytes, IResource] = MappingProxyType({}),
+    guard: Optional[Guard] = None,
 ) -> Site:
     """
     The web site serving the HTTP API of a node.
@@ -266,6 +276,9 @@ def build_site(
     @param children: resources mounted as top-level path segments, such as
         C{b"ws"} and C{b"files"}; C{b""} answers C{GET /}.  Paths under no
         resource are answered with a JSON C{404}.
+    @param guard: admits or refuses every request (users and their
+        rights), and then C{POST /auth/token} gives out tokens; C{None}:
+        every request is served.
     @return: the site; its C{resource} is the root resource, which serves
         everything but the site's own handling of request bodies and metrics.
     @raise ValueError: C{children} names C{b"kv"}.
@@ -273,6 +286,8 @@ def build_site(
     if _KV in children:
         raise ValueError("/kv is served by the key-value API")
     use_fast_request_line_parser()
+    if guard is not None:
+        children = {**children, _AUTH: TokenResource(guard)}
     metrics = HTTPMetrics([*children, _KV, *NodeAPI.segments()])
     registry = node_registry(status.metrics, metrics)
     kv_resource = KeyValueResource(kv, clock)
@@ -283,4 +298,5 @@ def build_site(
         clock=clock,
         max_value_bytes=kv.max_value_bytes,
         metrics=metrics,
+        guard=guard,
     )

@@ -79,7 +79,8 @@ from twisted_kv._autobahn_timer import ClockTimer, cancel_close_timeout
 from twisted_kv._compat import use_timer
 from twisted_kv.core import keyspace
 from twisted_kv.core.records import Change, format_version
-from twisted_kv.interfaces import ChangeEvent, IKeyValue, revision_term
+from twisted_kv.core.users import EVERYTHING, Grant, grant_of
+from twisted_kv.interfaces import ChangeEvent, IKeyValue
 
 __all__ = [
     "WatchHub",
@@ -417,8 +418,19 @@ class WatchSession:
     (changes, the client's next frames) and handles it afterwards, in order.
     """
 
-    def __init__(self, hub: WatchHub, send: Callable[[bytes], None], max_watches: int) -> None:
+    def __init__(
+        self,
+        hub: WatchHub,
+        send: Callable[[bytes], None],
+        max_watches: int,
+        grant: Grant = EVERYTHING,
+    ) -> None:
+        """
+        @param grant: what the client may read: no change to another key or
+            file reaches it.
+        """
         self._hub = hub
+        self._grant = grant
         self._send = send
         self._max_watches = max_watches
         self._watches: dict[str, dict[str, Optional[int]]] = {"key": {}, "file": {}}
@@ -465,7 +477,17 @@ class WatchSession:
         if self._covered(event):
             self._send(event.frame())
 
+    def _readable(self, event: _Event) -> bool:
+        """
+        Whether the client may read everything C{event} names (both paths
+        of a rename).
+        """
+        allowed = self._grant.may_read if event.kind == "key" else self._grant.may_use_file
+        return all(allowed(name) for name in event.names)
+
     def _covered(self, event: _Event) -> bool:
+        if not self._readable(event):
+            return False
         for prefix, after in self._watches[event.kind].items():
             if after is not None and event.revision > after:
                 for name in event.names:
@@ -669,6 +691,7 @@ class _WatchProtocol(WebSocketServerProtocol):
 
     factory: _WatchFactory
     _session: Optional[WatchSession] = None
+    grant: Grant = EVERYTHING
 
     def onConnect(self, request: Any) -> None:
         origin = request.headers.get("origin")
@@ -688,7 +711,9 @@ class _WatchProtocol(WebSocketServerProtocol):
         # Over twisted.web the HTTP channel is still the transport's producer.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self._outbox, True)
-        self._session = WatchSession(factory.hub, self._outbox.push, factory.max_watches)
+        self._session = WatchSession(
+            factory.hub, self._outbox.push, factory.max_watches, self.grant
+        )
         factory.opened(self, self._session)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -746,7 +771,14 @@ class _WatchFactory(WebSocketServerFactory):
         self.max_queue_bytes = max_queue_bytes
         self.max_watches = max_watches
         self.running = False
+        # The grant of the upgrade request being rendered (see _WatchResource).
+        self.upgrading = EVERYTHING
         self._open: dict[_WatchProtocol, Deferred[None]] = {}
+
+    def buildProtocol(self, addr: Any) -> _WatchProtocol:
+        protocol = super().buildProtocol(addr)
+        protocol.grant = self.upgrading
+        return protocol
 
     def opened(self, protocol: _WatchProtocol, session: WatchSession) -> None:
         self._open[protocol] = Deferred()
@@ -774,6 +806,22 @@ class _WatchFactory(WebSocketServerFactory):
         The number of open connections.
         """
         return len(self._open)
+
+
+class _WatchResource(WebSocketResource):
+    """
+    Autobahn's resource, giving each connection the grant of the upgrade
+    request that opened it.
+    """
+
+    _factory: _WatchFactory
+
+    def render(self, request: Any) -> Any:
+        self._factory.upgrading = grant_of(request)
+        try:
+            return super().render(request)
+        finally:
+            self._factory.upgrading = EVERYTHING
 
 
 class WatchService(Service):
@@ -844,5 +892,5 @@ def build_ws_resource(
         # No compression: frames are built once and written as they are.
         perMessageCompressionAccept=lambda offers: None,
     )
-    return WebSocketResource(factory), WatchService(hub, factory)
+    return _WatchResource(factory), WatchService(hub, factory)
 

@@ -587,13 +587,33 @@
     }
   }
 
-  function connectFeed() {
-    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  /* The feed's URL.  On a node with users the browser logged in to load
+     the page, but sends no credentials with a WebSocket: a token from
+     /auth/token goes in the query instead. */
+  async function feedURL() {
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+    if (document.body.dataset.login !== "token") return url;
+    const issued = await (await api("POST", "/auth/token")).json();
+    return url + "?token=" + encodeURIComponent(issued.token);
+  }
+
+  function retryFeed() {
+    const delay = Math.min(10000, 500 * Math.pow(2, feed.retries));
+    feed.retries += 1;
+    setFeedState("offline, retrying in " + Math.ceil(delay / 1000) + " s", "bad");
+    setTimeout(connectFeed, delay);
+  }
+
+  async function connectFeed() {
     let socket;
     try {
-      socket = new WebSocket(scheme + location.host + "/ws");
+      socket = new WebSocket(await feedURL());
     } catch (error) {
-      setFeedState("unavailable", "bad");
+      if (error instanceof ApiError) {
+        retryFeed();
+      } else {
+        setFeedState("unavailable", "bad");
+      }
       return;
     }
     setFeedState(feed.retries ? "reconnecting" : "connecting", "wait");
@@ -613,12 +633,7 @@
       }
       handleFrame(frame);
     });
-    socket.addEventListener("close", () => {
-      const delay = Math.min(10000, 500 * Math.pow(2, feed.retries));
-      feed.retries += 1;
-      setFeedState("offline, retrying in " + Math.ceil(delay / 1000) + " s", "bad");
-      setTimeout(connectFeed, delay);
-    });
+    socket.addEventListener("close", retryFeed);
   }
 
   function togglePause() {

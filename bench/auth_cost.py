@@ -1,0 +1,160 @@
+# -*- test-case-name: tests.test_web_auth -*-
+"""
+The cost of authentication per request: the HTTP front end with no users,
+with HTTP Basic and with a bearer token, in one run.  Prints figures only.
+
+    python bench/auth_cost.py                    # 3 rounds of 5 s per run, 16 connections
+    python bench/auth_cost.py --duration 2 --connections 64 --rounds 5
+
+Serves L{build_site} over a L{LocalKeyValue} on 127.0.0.1 (port 0), as
+C{bench/http_local.py} does, and runs C{wrk} (C{apt-get install -y wrk})
+against C{GET /kv/bench} and C{PUT /kv/bench} (100-byte values):
+
+  none     no users: no guard at all
+  basic    one user whose password is an scrypt hash, sent with HTTP Basic
+           on every request; the first is checked with scrypt, the others
+           against the process's keyed digest of it
+  bearer   the same user's token from POST /auth/token: one HMAC-SHA256 per
+           request
+
+Each figure is the median of C{--rounds} rounds, the variants taking
+turns within a round, so that a machine busy with other work weighs on all
+of them alike.  Besides requests per second and latency it gives the
+server's CPU time per request (this process's, which serves; wrk runs in
+another), the figure least disturbed by other load, and what
+authentication adds to it.  It also times the guard alone on
+in-memory requests (best of three), and one scrypt check: the cost of a
+login the process has not seen before (and of every wrong password).
+The server and wrk share the machine: compare the figures with each other,
+not across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet import task  # noqa: E402
+from twisted.internet.defer import ensureDeferred  # noqa: E402
+from twisted.web.test.requesthelper import DummyRequest  # noqa: E402
+
+from http_local import PUT_SCRIPT, NullStatus, wrk_figures, wrk_output  # noqa: E402
+from twisted_kv.cluster.local import LocalKeyValue  # noqa: E402
+from twisted_kv.core.passwords import hash_password, verify_password  # noqa: E402
+from twisted_kv.core.users import EVERYTHING, LoginThrottle, User  # noqa: E402
+from twisted_kv.web.auth import Guard  # noqa: E402
+from twisted_kv.web.site import build_site  # noqa: E402
+
+_PASSWORD = "correct horse battery staple"
+
+
+async def _main(reactor, duration: float, connections: int, rounds: int) -> None:
+    stored = hash_password(_PASSWORD)
+    started = time.perf_counter()
+    verify_password(stored, _PASSWORD)
+    print(f"one scrypt check: {1000 * (time.perf_counter() - started):.1f} ms", flush=True)
+    bench = User(name="bench", password=stored, grant=EVERYTHING)
+    guard = Guard({"bench": bench}, b"bench secret", LoginThrottle(), reactor)
+    basic = base64.b64encode(f"bench:{_PASSWORD}".encode()).decode()
+    token = guard.issue(bench)["token"]
+    for name, header in [("basic", f"Basic {basic}"), ("bearer", f"Bearer {token}")]:
+        print(f"the guard alone, {name}: {_admit_cost(guard, header):.1f} us per request", flush=True)
+    variants: dict[str, tuple[Optional[Guard], tuple[str, ...]]] = {
+        "none": (None, ()),
+        "basic": (guard, (f"Authorization: Basic {basic}",)),
+        "bearer": (guard, (f"Authorization: Bearer {token}",)),
+    }
+    runs: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(PUT_SCRIPT)
+        script.flush()
+        for _ in range(rounds):
+            for name, (site_guard, headers) in variants.items():
+                kv = LocalKeyValue(reactor)
+                site = build_site(kv, NullStatus(), clock=reactor, guard=site_guard)
+                port = reactor.listenTCP(0, site, interface="127.0.0.1")
+                url = f"http://127.0.0.1:{port.getHost().port}/kv/bench"
+                try:
+                    for method, lua in [("PUT", script.name), ("GET", "")]:
+                        cpu = time.process_time()
+                        text = await wrk_output(url, duration, connections, lua, headers)
+                        cpu = time.process_time() - cpu
+                        rate, requests, p50, _, non2xx = wrk_figures(text)
+                        if non2xx:
+                            raise RuntimeError(f"{name} {method}: {non2xx} non-2xx answers")
+                        runs.setdefault((name, method), []).append(
+                            (rate, _milliseconds(p50), 1e6 * cpu / requests)
+                        )
+                finally:
+                    await port.stopListening()
+    print(f"median of {rounds} rounds of {duration:g} s, {connections} connections", flush=True)
+    for method in ("GET", "PUT"):
+        base = statistics.median(cpu for _, _, cpu in runs[("none", method)])
+        for name in variants:
+            figures = runs[(name, method)]
+            rate = statistics.median(r for r, _, _ in figures)
+            p50 = statistics.median(p for _, p, _ in figures)
+            cpu = statistics.median(c for _, _, c in figures)
+            print(
+                f"{method} {name:6}  {rate:7.0f} req/s  p50 {p50:6.2f} ms"
+                f"  server CPU {cpu:6.1f} us/request ({cpu - base:+6.1f})",
+                flush=True,
+            )
+
+
+def _admit_cost(guard: Guard, authorization: str, count: int = 20000) -> float:
+    """
+    Microseconds the guard takes to admit one C{GET /kv/bench} with the
+    C{Authorization} header given, best of three runs of C{count}.
+    """
+
+    def request() -> DummyRequest:
+        made = DummyRequest([b"kv", b"bench"])
+        made.path = made.uri = b"/kv/bench"
+        made.requestHeaders.setRawHeaders(b"authorization", [authorization.encode("ascii")])
+        return made
+
+    best = float("inf")
+    for _ in range(3):
+        requests = [request() for _ in range(count)]
+        started = time.perf_counter()
+        for made in requests:
+            if not guard.admit(made):
+                raise RuntimeError(f"refused: {authorization.split()[0]}")
+        best = min(best, time.perf_counter() - started)
+    return 1e6 * best / count
+
+
+def _milliseconds(text: str) -> float:
+    """
+    A wrk latency (C{812.00us}, C{1.20ms}, C{2.01s}) in milliseconds.
+    """
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    raise ValueError(f"not a wrk latency: {text!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each variant (median)")
+    options = parser.parse_args()
+    task.react(
+        lambda reactor: ensureDeferred(
+            _main(reactor, options.duration, options.connections, options.rounds)
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

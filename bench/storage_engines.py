@@ -86,10 +86,9 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 HERE = os.path.abspath(__file__)
 

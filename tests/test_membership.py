@@ -219,7 +219,7 @@ class LiveTests(SynchronousTestCase):
         self.assertEqual(table.live(10.3)["b"], 9)
 
 
-class IncarnationTests(SynchronousTestCase):
+class NewIncarnationTests(SynchronousTestCase):
     """
     L{new_incarnation} orders a node's runs by their start.
     """

@@ -7,7 +7,6 @@ L{Clock}.
 
 from __future__ import annotations
 
-from typing import Optional
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase

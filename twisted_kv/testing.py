@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Iterable, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Clock, deferLater
 from zope.interface import implementer

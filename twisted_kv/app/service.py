@@ -230,9 +230,11 @@ def build_node_service(
         disk=disk,
         roster=joined,
     )
-    # The membership the node holds (its data directory's may be newer
-    # than the file's) says where it and its peers are.
-    me: NodeConfig = node.roster.node(node_id) or config.node(node_id)
+    # The file (or, for a node that joined, the cluster) says where this
+    # node listens, with its own keys (bind, FTP's passive address); the
+    # membership the node holds (its data directory's may be newer than the
+    # file's) says where its peers are.
+    me: NodeConfig = config.node(node_id)
     links = PeerLinks(
         node_id=node_id,
         incarnation=node.incarnation,

@@ -493,7 +493,7 @@ class Node:
         roster = latest.roster if latest is not None and latest.roster is not None else self.roster
         if roster == self.roster:
             return
-        previous, self.roster = self.roster, roster
+        self.roster = roster
         self.config = config_for(self._base_config, roster)
         self.membership.set_nodes(roster.ids)
         self.ring = self._ring_for(roster)

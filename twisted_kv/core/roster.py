@@ -231,9 +231,11 @@ def replicas_for(roster: Roster, base: ClusterConfig) -> int:
 def config_for(base: ClusterConfig, roster: Roster) -> ClusterConfig:
     """
     C{base} (the cluster file's settings) with C{roster}'s nodes as the
-    nodes, and the copy count that follows from them.
+    nodes (reached over TLS if the file has C{[tls]}), and the copy count
+    that follows from them.
     """
-    return evolve(base, nodes=roster.nodes, replicas=replicas_for(roster, base))
+    nodes = tuple(evolve(node, tls=base.tls is not None) for node in roster.nodes)
+    return evolve(base, nodes=nodes, replicas=replicas_for(roster, base))
 
 
 def _no_change_in_progress(roster: Roster) -> None:

@@ -347,6 +347,12 @@ class GroupCommitter:
                 counts.records += len(taken)
                 self._urgent -= sum(not item.lazy for item in taken)
             outcome = failure
+            if self._lazy_call is None and any(
+                isinstance(item, _Append) and item.lazy for item in self._queue
+            ):
+                # Lazy records this commit did not take (behind exclusive
+                # work) still go out in time.
+                self._lazy_call = self.clock.callLater(LAZY_WAIT, self._lazy_waited)
         counts.syncs += sync and not isinstance(outcome, Failure)
         if isinstance(outcome, Failure):
             if self._failure is None and (outcome.check(LogFailed) or self.log.failed):

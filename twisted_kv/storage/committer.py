@@ -88,8 +88,10 @@ _PENDING = object()
 @define
 class _Commit:
     """
-    Work handed to a thread: a batch of appends, a sync or exclusive work.
+    Work handed to a thread: a commit of appends, a sync or exclusive work.
 
+    @ivar batch: what to fire with its outcome; L{None} for a commit of
+        appends, which takes them in its thread (its outcome says which).
     @ivar outcome: its result or L{Failure} once the thread is done, until
         then L{_PENDING}.
     """

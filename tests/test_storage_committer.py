@@ -177,6 +177,23 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(setup.recovered(), [b"a", b"b"])
         self.assertEqual(setup.clock.getDelayedCalls(), [])
 
+    def test_lazy_behind_exclusive_work(self) -> None:
+        """
+        A lazy record queued behind exclusive work still goes out within
+        L{LAZY_WAIT} once that work is done.
+        """
+        setup = _Setup()
+        first = setup.committer.append(1, b"a", lazy=True)
+        setup.committer.exclusive(lambda: None)
+        second = setup.committer.append(1, b"b", lazy=True)
+        setup.clock.advance(0)
+        self.successResultOf(first)
+        self.assertNoResult(second)
+        setup.clock.advance(LAZY_WAIT)
+        self.successResultOf(second)
+        self.assertEqual(setup.recovered(), [b"a", b"b"])
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
     def test_counts(self) -> None:
         """
         The committer counts its commits, syncs and records, and how long

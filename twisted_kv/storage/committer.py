@@ -88,8 +88,10 @@ _PENDING = object()
 @define
 class _Commit:
     """
-    Work handed to a thread: a batch of appends, a sync or exclusive work.
+    Work handed to a thread: a commit of appends, a sync or exclusive work.
 
+    @ivar batch: what to fire with its outcome; L{None} for a commit of
+        appends, which takes them in its thread (its outcome says which).
     @ivar outcome: its result or L{Failure} once the thread is done, until
         then L{_PENDING}.
     """
@@ -347,6 +349,12 @@ class GroupCommitter:
                 counts.records += len(taken)
                 self._urgent -= sum(not item.lazy for item in taken)
             outcome = failure
+            if self._lazy_call is None and any(
+                isinstance(item, _Append) and item.lazy for item in self._queue
+            ):
+                # Lazy records this commit did not take (behind exclusive
+                # work) still go out in time.
+                self._lazy_call = self.clock.callLater(LAZY_WAIT, self._lazy_waited)
         counts.syncs += sync and not isinstance(outcome, Failure)
         if isinstance(outcome, Failure):
             if self._failure is None and (outcome.check(LogFailed) or self.log.failed):

@@ -16,9 +16,11 @@ from twisted_kv.errors import (
     KeyNotFound,
     KVError,
     LogFailed,
+    MembershipConflict,
     OutcomeUnknown,
     PreconditionFailed,
     SnapshotExpired,
+    UnknownMember,
     Unavailable,
     ValueTooLarge,
     WriteFailed,
@@ -39,6 +41,8 @@ EXPECTED = {
     WriteFailed: (503, "write_failed"),
     LogFailed: (503, "log_failed"),
     SnapshotExpired: (410, "snapshot_expired"),
+    MembershipConflict: (409, "membership_conflict"),
+    UnknownMember: (404, "unknown_member"),
 }
 
 

@@ -18,11 +18,13 @@ from twisted_kv.errors import (
     KeyNotFound,
     KVError,
     LogFailed,
+    MembershipConflict,
     OutcomeUnknown,
     PreconditionFailed,
     SnapshotExpired,
     TooManyLogins,
     Unauthorized,
+    UnknownMember,
     Unavailable,
     ValueTooLarge,
     WriteFailed,
@@ -47,6 +49,8 @@ EXPECTED = {
     BadToken: (401, "invalid_token"),
     Forbidden: (403, "forbidden"),
     TooManyLogins: (429, "too_many_requests"),
+    MembershipConflict: (409, "membership_conflict"),
+    UnknownMember: (404, "unknown_member"),
 }
 
 

@@ -21,7 +21,7 @@ from tests.test_cluster import ClusterTestMixin, record_outcome, submit_operatio
 from twisted_kv.cluster import replication as replication_module
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.roster import Roster
-from twisted_kv.errors import MembershipConflict, UnknownMember
+from twisted_kv.errors import MembershipConflict, OutcomeUnknown, UnknownMember
 from twisted_kv.web.site import build_site
 from twisted_kv.web.status import NodeStatus
 
@@ -151,6 +151,21 @@ class RemoveTests(MembersTestMixin, SynchronousTestCase):
         self.wait(cluster.add_member("n4", leader))
         message = self.refused(cluster.add_member("n5", "n2"), MembershipConflict)
         self.assertIn("in progress (adding n4)", message)
+
+
+class ForwardingTests(MembersTestMixin, SynchronousTestCase):
+    def test_leader_silent(self) -> None:
+        """
+        A change forwarded to a leader that never answers fails, after the
+        request timeout, as of unknown outcome (it may still be made).
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        via = next(n for n in cluster.nodes if n != leader)
+        self.lose_messages(lambda sender, peer, message: message[0] == "member")
+        result = self.wait(cluster.remove_member("n9", via), limit=cluster.config.request_timeout + 1)
+        self.assertIsInstance(result, Failure)
+        result.trap(OutcomeUnknown)
 
 
 class PersistenceTests(MembersTestMixin, SynchronousTestCase):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 
 from twisted_kv.cluster.calls import Calls, Retry
 from twisted_kv.core import messages
@@ -27,7 +27,7 @@ from twisted_kv.core.roster import (
 )
 from twisted_kv.errors import InvalidRequest, KVError, OutcomeUnknown, Unavailable
 
-Change = Callable[[Roster], Roster]
+RosterChange = Callable[[Roster], Roster]
 
 
 class MembershipChanges:
@@ -58,7 +58,7 @@ class MembershipChanges:
         self._node_id = node_id
         self._roster = roster
         self._timeout = timeout
-        self._queued: list[tuple[Change, Deferred]] = []
+        self._queued: list[tuple[RosterChange, Deferred]] = []
         # proposed, awaiting commit: (the roster proposed, its asker)
         self._proposed: list[tuple[Roster, Deferred]] = []
 
@@ -79,6 +79,8 @@ class MembershipChanges:
 
     @staticmethod
     def _unsent(failure: Any) -> Any:
+        if failure.check(CancelledError):
+            raise OutcomeUnknown("the leader did not answer in time; the change may still be made")
         if failure.check(Retry):
             if failure.value.maybe_applied:
                 raise OutcomeUnknown(f"the leader stopped answering: {failure.value}")
@@ -105,7 +107,7 @@ class MembershipChanges:
         self._queued.append((change, d))
         return d
 
-    def _change(self, kind: str, node: Any) -> Change:
+    def _change(self, kind: str, node: Any) -> RosterChange:
         if kind == ADD:
             new = node_from_fields(node)
             return lambda roster: request_add(roster, new)

@@ -16,7 +16,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import CertificateOptions
@@ -1207,3 +1207,40 @@ class UserAreaTests(SynchronousTestCase):
         session = Session(self.factory, self.reactor)
         session.send("USER alice")
         self.assertEqual(session.send("PASS wonderland"), ["230 User logged in, proceed"])
+
+
+class UploadEndTests(SynchronousTestCase):
+    """
+    An upload is stored only if its data connection ended cleanly.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(NOW)
+        self.kv = LocalKeyValue(self.reactor)
+        self.session = Session(build_ftp_factory(self.kv, USERS, clock=self.reactor), self.reactor)
+        self.session.login()
+
+    def test_reset_aborts(self) -> None:
+        """
+        A data connection lost (reset, or TLS closed without close-notify)
+        in the middle of an upload answers 426 and stores nothing.
+        """
+        self.session.data()
+        replies = self.session.send("STOR cut.bin")
+        self.session.dtp.dataReceived(b"x" * 100)
+        self.session.dtp.connectionLost(Failure(ConnectionLost()))
+        replies += self.session.replies()
+        self.assertEqual(
+            replies[-1],
+            "426 Data connection lost before the end of the upload; transfer aborted.",
+        )
+        self.assertEqual(self.session.send("SIZE cut.bin")[0][:4], "550 ")
+
+    def test_clean_end_stores(self) -> None:
+        """
+        A data connection closed cleanly ends the upload, which is stored.
+        """
+        replies = self.session.upload("STOR whole.bin", b"y" * 100)
+        self.assertEqual(replies[-1][:4], "226 ")
+        self.assertEqual(self.session.send("SIZE whole.bin"), ["213 100"])

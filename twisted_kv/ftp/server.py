@@ -54,6 +54,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IConsumer, IReactorTCP
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import ftp
@@ -856,6 +857,31 @@ class FileFTP(ftp.FTP):
         return self._transfer(listed.addCallback(send))
 
 
+class _DataConnection(ftp.DTP):
+    """
+    A data connection whose upload counts only if it ended cleanly.
+
+    Twisted's DTP ends an upload whenever its connection is lost.  A
+    connection reset, or a TLS connection closed without its close-notify,
+    may have lost data the client sent (an FTPS client that never reads what
+    the server sent, such as a TLS 1.3 session ticket, resets the connection
+    when it closes it, and the reset discards what the server had not read
+    yet): such an upload is aborted with C{426}, never stored short.
+    """
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.isConnected = False
+        waiting = self._onConnLost
+        if waiting is None:
+            return
+        if reason.check(ConnectionDone):
+            waiting.callback(None)
+        else:
+            waiting.errback(
+                FTPReply(426, "Data connection lost before the end of the upload; transfer aborted.")
+            )
+
+
 class _DataFactory(ftp.DTPFactory):
     """
     A passive data connection factory that only accepts the client's host.
@@ -866,7 +892,11 @@ class _DataFactory(ftp.DTPFactory):
     def buildProtocol(self, addr: Optional[IAddress]) -> Optional[ftp.DTP]:
         if getattr(addr, "host", None) != self.peerHost:
             return None
-        return super().buildProtocol(addr)
+        connection = super().buildProtocol(addr)
+        if connection is not None:
+            # Twisted's factory always builds its own DTP class.
+            connection.__class__ = _DataConnection
+        return connection
 
 
 class FileFTPFactory(ftp.FTPFactory):

@@ -21,8 +21,8 @@ Server to client::
 
     {"type": "watching", "prefix": P, "revision": R}    answer to watch; R is the
     {"type": "watching", "path": P, "revision": R}      revision of the newest change
-    {"type": "unwatched", "prefix": P, "revision": R}   this node has seen (0 before any)
-    {"type": "unwatched", "path": P, "revision": R}
+    {"type": "unwatched", "prefix": P, "revision": R}   this node handed its watchers
+    {"type": "unwatched", "path": P, "revision": R}     (0 before any)
     {"type": "put", "key", "version", "revision", "value", "encoding", "content_type"}
     {"type": "delete", "key", "version", "revision"}
     {"type": "expire", "key", "version", "revision"}
@@ -268,7 +268,8 @@ class WatchHub:
     Revisions only grow; a change whose revision is not above the last one
     seen is a duplicate and is dropped.
 
-    @ivar revision: the revision of the newest change seen, 0 before any.
+    @ivar revision: the revision of the newest change seen, 0 before any
+        (changes are seen only while someone watches).
     """
 
     def __init__(self, kv: IKeyValue, file_event_for: FileEventFor = _no_file_events) -> None:

@@ -155,7 +155,6 @@ class WatchFilterTests(SynchronousTestCase):
         frames: list[dict] = []
         alice = grant(read=read)
         session = WatchSession(hub, lambda frame: frames.append(payload(frame)), 10, alice)
-        hub.add(session)
         session.received(json.dumps({"op": "watch", "prefix": watched, "since": 0}).encode(), False)
         for revision, key in enumerate(keys[half:], start=half + 1):
             feed.emit(_put(key, seq=revision), revision)
@@ -176,7 +175,6 @@ class WatchFilterTests(SynchronousTestCase):
         self.addCleanup(hub.stop)
         frames: list[dict] = []
         session = WatchSession(hub, lambda frame: frames.append(payload(frame)), 10, grant(files="/a/"))
-        hub.add(session)
         session.received(b'{"op": "watch_files", "path": ""}', False)
         for revision, name in enumerate(["m/a/x", "m/b/y", "m/b/z>/a/z", "m/a"], start=1):
             feed.emit(_file_change(name, seq=revision), revision)

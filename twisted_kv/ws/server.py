@@ -581,6 +581,7 @@ class WatchSession:
                 if (
                     event.kind == op.kind
                     and any(name.startswith(prefix) for name in event.names)
+                    and self._readable(event)
                     and not self._covered(event)
                 ):
                     self._send(event.frame())

@@ -979,6 +979,54 @@ def record_outcome(result: Any, op: Op, ops: list[Op], now: float) -> None:
         op.result = ("unknown", None)
 
 
+def start_clients(
+    cluster: MemoryCluster,
+    history: dict[str, list[Op]],
+    rng: random.Random,
+    nodes: Callable[[], list[str]],
+    stopped: Callable[[], bool],
+    clients: int = 5,
+) -> None:
+    """
+    Start C{clients} clients, each with one operation in flight at a time
+    (as in Jepsen), through random nodes of C{nodes()} on random keys of
+    C{history}, where each operation and its outcome are recorded; a
+    client issues nothing more once C{stopped()}.
+    """
+    clock = cluster.clock
+
+    def issue() -> None:
+        candidates = nodes()
+        if stopped() or not candidates:
+            return
+        node = rng.choice(candidates)
+        key = rng.choice(sorted(history))
+        op = random_operation(rng, history[key], node, clock.seconds())
+        history[key].append(op)
+        submit_operation(cluster.coordinators[node], key, op).addBoth(record, op, key)
+
+    def record(result: Any, op: Op, key: str) -> None:
+        record_outcome(result, op, history[key], clock.seconds())
+        clock.callLater(rng.choice([0.0, 0.002, 0.01]), issue)
+
+    for _ in range(clients):
+        issue()
+
+
+def close_unreturned(history: dict[str, list[Op]]) -> None:
+    """
+    An operation in flight at a node that was killed never returns, as for
+    a client whose connection broke: a read had no effect, a write may or
+    may not have taken effect.
+    """
+    for ops in history.values():
+        for op in [op for op in ops if op.result is None]:
+            if op.kind == "get":
+                ops.remove(op)
+            else:
+                op.result = ("unknown", None)
+
+
 def _version(record: Any) -> str:
     from twisted_kv.core.records import format_version
 
@@ -1577,22 +1625,11 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
         history: dict[str, list[Op]] = {"x": [], "y": []}
         clock = cluster.clock
         stop_at = clock.seconds() + (12 if fault == "rolling" else 4)
-
-        def issue() -> None:
-            if clock.seconds() >= stop_at:
-                return
-            node = rng.choice(list(cluster.nodes))
-            key = rng.choice(sorted(history))
-            op = random_operation(rng, history[key], node, clock.seconds())
-            history[key].append(op)
-            submit_operation(cluster.coordinators[node], key, op).addBoth(record, op, key)
-
-        def record(result: Any, op: Op, key: str) -> None:
-            record_outcome(result, op, history[key], clock.seconds())
-            clock.callLater(rng.choice([0.0, 0.002, 0.01]), issue)
-
-        for _ in range(5):
-            issue()
+        start_clients(
+            cluster, history, rng,
+            nodes=lambda: list(cluster.nodes),
+            stopped=lambda: clock.seconds() >= stop_at,
+        )
         cluster.run(1)
         if fault == "pause":
             paused = self.primary_of("x")
@@ -1639,15 +1676,7 @@ class LinearizabilityTests(ClusterTestMixin, SynchronousTestCase):
             cluster.network.drop_rate = 0.0
             cluster.start(next(n for n in cluster.config.node_ids if n not in cluster.nodes))
         cluster.run(stop_at - clock.seconds() + 6)
-        # An operation in flight at the node that was killed never returns,
-        # as for a client whose connection broke: a read had no effect, a
-        # write may or may not have taken effect.
-        for ops in history.values():
-            for op in [op for op in ops if op.result is None]:
-                if op.kind == "get":
-                    ops.remove(op)
-                else:
-                    op.result = ("unknown", None)
+        close_unreturned(history)
         return history
 
     def test_checker_rejects_stale_read(self) -> None:

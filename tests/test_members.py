@@ -16,8 +16,8 @@ from treq.testing import StubTreq
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.linearizability import Op, check, random_operation
-from tests.test_cluster import ClusterTestMixin, record_outcome, submit_operation
+from tests.linearizability import Op, check
+from tests.test_cluster import ClusterTestMixin, close_unreturned, start_clients
 from twisted_kv.cluster import replication as replication_module
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.roster import Roster
@@ -208,24 +208,12 @@ class LinearizabilityTests(MembersTestMixin, SynchronousTestCase):
         cluster.settle()
         rng = random.Random(seed)
         history: dict[str, list[Op]] = {"x": [], "y": []}
-        clock = cluster.clock
         running = [True]
-
-        def issue() -> None:
-            if not running[0] or not cluster.nodes:
-                return
-            node = rng.choice(sorted(cluster.nodes))
-            key = rng.choice(sorted(history))
-            op = random_operation(rng, history[key], node, clock.seconds())
-            history[key].append(op)
-            submit_operation(cluster.coordinators[node], key, op).addBoth(record, op, key)
-
-        def record(result: Any, op: Op, key: str) -> None:
-            record_outcome(result, op, history[key], clock.seconds())
-            clock.callLater(rng.choice([0.0, 0.002, 0.01]), issue)
-
-        for _ in range(5):
-            issue()
+        start_clients(
+            cluster, history, rng,
+            nodes=lambda: sorted(cluster.nodes),
+            stopped=lambda: not running[0],
+        )
         cluster.run(0.5)
         self.wait(cluster.add_member("n4", "n2"), 30)
         cluster.join("n4", "n2")
@@ -240,12 +228,7 @@ class LinearizabilityTests(MembersTestMixin, SynchronousTestCase):
         self.change_done(next(n for n in sorted(cluster.nodes) if n != leaving), 60)
         running[0] = False
         cluster.run(8)
-        for ops in history.values():
-            for op in [op for op in ops if op.result is None]:
-                if op.kind == "get":
-                    ops.remove(op)
-                else:
-                    op.result = ("unknown", None)
+        close_unreturned(history)
         return history
 
     def fault(self, rng: random.Random, spare: str = "") -> None:

@@ -16,7 +16,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.linearizability import Op, check, random_operation
-from tests.test_cluster import record_outcome, submit_operation
+from tests.test_cluster import close_unreturned, record_outcome, submit_operation
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import Put
 from twisted_kv.errors import (
@@ -87,14 +87,7 @@ def run_crashes(
     for node in victims:
         cluster.start(node)
     cluster.run(stop_at - clock.seconds() + 8)
-    # An operation in flight at a node that crashed never returns: a read
-    # had no effect, a write may or may not have.
-    for ops in history.values():
-        for op in [op for op in ops if op.result is None]:
-            if op.kind == "get":
-                ops.remove(op)
-            else:
-                op.result = ("unknown", None)
+    close_unreturned(history)
     cluster.settle(20)
     for key in KEYS:
         final = Op("get", invoked=clock.seconds())

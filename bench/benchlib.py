@@ -208,6 +208,33 @@ class Ports:
         raise RuntimeError(f"no free port left in {PORT_RANGE}")
 
 
+def run_in_workdir(
+    workdir: str, keep: bool, body: Callable[[Processes, Ports], int],
+) -> int:
+    """
+    Run C{body} with a fresh L{Processes} and L{Ports} and return its exit
+    status (130 if a signal interrupted it); whatever happens, stop every
+    child it started, then remove C{workdir} unless C{keep}.
+    """
+    processes = Processes()
+    ports = Ports()
+    started = time.monotonic()
+    status = 0
+    try:
+        status = body(processes, ports)
+    except Interrupted as why:
+        log(f"interrupted ({why}); stopping every process")
+        status = 130
+    finally:
+        processes.stop_all()
+        if keep:
+            log(f"logs and cluster files kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        log(f"done in {time.monotonic() - started:.0f} s")
+    return status
+
+
 # -- HTTP, small and synchronous, for control requests ----------------------
 
 

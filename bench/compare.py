@@ -597,32 +597,19 @@ def parse_args(argv: Optional[list[str]] = None):
 def main() -> int:
     options = parse_args()
     benchlib.install_signal_handlers()
-    processes = Processes()
-    ports = Ports()
     workdir = os.environ.get("KVBENCH_WORKDIR") or tempfile.mkdtemp(prefix="kvbench-")
-    started = time.monotonic()
-    status = 0
-    try:
+
+    def body(processes: Processes, ports: Ports) -> int:
         if options.profile:
             for runtime in options.runtimes:
                 print("\n".join(run_profile(options, processes, ports, workdir, runtime)),
                       flush=True)
             return 0
         if options.durable:
-            status = compare_durable(options, processes, ports, workdir)
-        else:
-            status = compare(options, processes, ports, workdir)
-    except benchlib.Interrupted as why:
-        log(f"interrupted ({why}); stopping every process")
-        status = 130
-    finally:
-        processes.stop_all()
-        if options.keep:
-            log(f"logs and cluster files kept in {workdir}")
-        else:
-            subprocess.run(["rm", "-rf", workdir])
-        log(f"done in {time.monotonic() - started:.0f} s")
-    return status
+            return compare_durable(options, processes, ports, workdir)
+        return compare(options, processes, ports, workdir)
+
+    return benchlib.run_in_workdir(workdir, options.keep, body)
 
 
 def compare(options, processes: Processes, ports: Ports, workdir: str) -> int:

@@ -32,7 +32,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -210,24 +209,11 @@ def parse_args(argv: Optional[list[str]] = None):
 def main() -> int:
     options = parse_args()
     benchlib.install_signal_handlers()
-    processes = Processes()
-    ports = Ports()
     workdir = tempfile.mkdtemp(prefix="kvbench-tls-")
-    started = time.monotonic()
-    status = 0
-    try:
-        status = run(options, processes, ports, workdir)
-    except benchlib.Interrupted as why:
-        log(f"interrupted ({why}); stopping every process")
-        status = 130
-    finally:
-        processes.stop_all()
-        if options.keep:
-            log(f"logs and cluster files kept in {workdir}")
-        else:
-            subprocess.run(["rm", "-rf", workdir])
-        log(f"done in {time.monotonic() - started:.0f} s")
-    return status
+    return benchlib.run_in_workdir(
+        workdir, options.keep,
+        lambda processes, ports: run(options, processes, ports, workdir),
+    )
 
 
 if __name__ == "__main__":

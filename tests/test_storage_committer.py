@@ -464,9 +464,11 @@ class ThreadTests(TestCase):
     The committer with a real thread pool and file system.
     """
 
-    def test_threads(self) -> Deferred[None]:
+    def threaded_committer(self) -> tuple[GroupCommitter, Callable[[], list[tuple[int, bytes]]]]:
         """
-        Appends fire once their records are on disk.
+        A committer over a new log on disk, committing in the reactor's
+        thread pool, and a function that reads the log back, as a restart
+        would.
         """
         fs = OSFileSystem()
         directory = self.mktemp()
@@ -477,12 +479,25 @@ class ThreadTests(TestCase):
         committer = GroupCommitter(
             log, "always", partial(deferToThreadPool, threaded, threaded.getThreadPool()), threaded
         )
+
+        def read_back() -> list[tuple[int, bytes]]:
+            again = Log(fs, directory)
+            try:
+                return list(again.replay())
+            finally:
+                again.close()
+
+        return committer, read_back
+
+    def test_threads(self) -> Deferred[None]:
+        """
+        Appends fire once their records are on disk.
+        """
+        committer, read_back = self.threaded_committer()
         results = [committer.append(1, b"%d" % i) for i in range(5)]
 
         def check(_: object) -> None:
-            again = Log(fs, directory)
-            self.assertEqual(list(again.replay()), [(1, b"%d" % i) for i in range(5)])
-            again.close()
+            self.assertEqual(read_back(), [(1, b"%d" % i) for i in range(5)])
 
         return gatherResults(results).addCallback(check)
 
@@ -492,15 +507,8 @@ class ThreadTests(TestCase):
         takes them in the order they were made, and each append fires only
         once its record is on disk, in order.
         """
-        fs = OSFileSystem()
-        directory = self.mktemp()
-        log = Log(fs, directory)
-        list(log.replay())
-        self.addCleanup(log.close)
+        committer, read_back = self.threaded_committer()
         threaded: Any = reactor
-        committer = GroupCommitter(
-            log, "always", partial(deferToThreadPool, threaded, threaded.getThreadPool()), threaded
-        )
         payloads = [b"%d" % i for i in range(200)]
         fired: list[bytes] = []
         results = []
@@ -520,8 +528,6 @@ class ThreadTests(TestCase):
 
         def check(_: object) -> None:
             self.assertEqual(fired, payloads)
-            again = Log(fs, directory)
-            self.assertEqual([payload for _, payload in again.replay()], payloads)
-            again.close()
+            self.assertEqual([payload for _, payload in read_back()], payloads)
 
         return done.addCallback(check)

@@ -15,6 +15,7 @@ import stat
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 from twisted.internet.ssl import CertificateOptions
 from twisted.trial.unittest import SynchronousTestCase
@@ -153,6 +154,21 @@ class CheckTests(SynchronousTestCase):
             os.remove(self.path(stem + suffix))
         write_pair(self.directory, stem, certificate, key)  # type: ignore[arg-type]
 
+    def replace_key(
+        self, key: ec.EllipticCurvePrivateKey, encryption: serialization.KeySerializationEncryption,
+    ) -> None:
+        """
+        Put C{key} in n1's key file instead of its own, encrypted with
+        C{encryption}.
+        """
+        os.remove(self.path("n1.key"))
+        with open(self.path("n1.key"), "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+                )
+            )
+
     def assertRefused(self, message: str, now: datetime.datetime = NOW) -> None:
         with self.assertRaises(TLSSetupError) as caught:
             load_node_tls(self.tls, "n1", now=now)
@@ -207,15 +223,7 @@ class CheckTests(SynchronousTestCase):
         A key that is not the certificate's is refused.
         """
         _, other_key = issue(self.authority, "n2", ["127.0.0.1"], now=NOW)
-        os.remove(self.path("n1.key"))
-        with open(self.path("n1.key"), "wb") as f:
-            f.write(
-                other_key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
+        self.replace_key(other_key, serialization.NoEncryption())
         self.assertRefused(
             f"{self.path('n1.key')}: the private key does not match the certificate {self.path('n1.pem')}"
         )
@@ -225,15 +233,7 @@ class CheckTests(SynchronousTestCase):
         A key protected by a passphrase cannot be used by a daemon.
         """
         _, key = issue(self.authority, "n1", ["127.0.0.1"], now=NOW)
-        os.remove(self.path("n1.key"))
-        with open(self.path("n1.key"), "wb") as f:
-            f.write(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.BestAvailableEncryption(b"secret"),
-                )
-            )
+        self.replace_key(key, serialization.BestAvailableEncryption(b"secret"))
         self.assertRefused(
             f"{self.path('n1.key')}: the private key is encrypted (use one without a passphrase)"
         )

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.linearizability import Op, check, random_operation
 from tests.test_cluster import close_unreturned, record_outcome, submit_operation
+from twisted_kv.cluster.node import Node
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import Put
 from twisted_kv.errors import (
@@ -314,18 +315,42 @@ class RejoinTests(SynchronousTestCase):
     A node restarted with its data rejoins as the member it was.
     """
 
+    def written(self, seed: int) -> MemoryCluster:
+        """
+        A three-node cluster on disks where k0 to k39 were written
+        C{b"before"} through n1.
+        """
+        cluster = MemoryCluster(3, seed=seed, disks=True)
+        cluster.settle()
+        for i in range(40):
+            cluster.coordinators["n1"].put(user_key(f"k{i}"), b"before")
+        cluster.run(1)
+        return cluster
+
+    def assert_holds(self, node: Node, during: set[str]) -> set[str]:
+        """
+        Of k0 to k39, those C{node} is a member for: each holds C{b"during"}
+        if it is in C{during}, else C{b"before"}.
+        """
+        held = {
+            f"k{i}" for i in range(40)
+            if (config := node.partition_config(node.partition_of(user_key(f"k{i}"))))
+            is not None and config.member(node.node_id) is not None
+        }
+        for key in held:
+            record = node.replicas[node.partition_of(user_key(key))].store.get(user_key(key))
+            assert record is not None
+            self.assertEqual(record.value, b"during" if key in during else b"before")
+        return held
+
     def test_catches_up_only_what_it_missed(self) -> None:
         """
         A node that lost its power while writes went on comes back with its
         keys, keeps its incarnation, and is sent only the entries it
         missed: no snapshot (full copy) is sent to it.
         """
-        cluster = MemoryCluster(3, seed=7, disks=True)
-        cluster.settle()
+        cluster = self.written(seed=7)
         coordinator = cluster.coordinators["n1"]
-        for i in range(40):
-            coordinator.put(user_key(f"k{i}"), b"before")
-        cluster.run(1)
         incarnation = cluster.nodes["n3"].incarnation
         keys = cluster.nodes["n3"].key_count()
         cluster.crash("n3")
@@ -342,14 +367,7 @@ class RejoinTests(SynchronousTestCase):
         cluster.settle()
         cluster.run(1)
         self.assertEqual(snapshots, [])
-        for i in range(40):
-            partition = node.partition_of(user_key(f"k{i}"))
-            config = node.partition_config(partition)
-            assert config is not None
-            if config.member("n3") is not None:
-                record = node.replicas[partition].store.get(user_key(f"k{i}"))
-                assert record is not None
-                self.assertEqual(record.value, b"during" if i % 4 == 0 else b"before")
+        self.assertTrue(self.assert_holds(node, {f"k{i}" for i in range(0, 40, 4)}))
         cluster.stop()
 
     def test_declared_dead_catches_up_only_what_it_missed(self) -> None:
@@ -360,12 +378,8 @@ class RejoinTests(SynchronousTestCase):
         missed (none when it missed none): no snapshot.
         """
         for missed in (0, 12):
-            cluster = MemoryCluster(3, seed=11, disks=True)
-            cluster.settle()
+            cluster = self.written(seed=11)
             coordinator = cluster.coordinators["n1"]
-            for i in range(40):
-                coordinator.put(user_key(f"k{i}"), b"before")
-            cluster.run(1)
             incarnation = cluster.nodes["n3"].incarnation
             keys = cluster.nodes["n3"].key_count()
             cluster.nodes["n3"].stop()
@@ -394,16 +408,8 @@ class RejoinTests(SynchronousTestCase):
             cluster.settle()
             cluster.run(1)
             expected = {"k%d" % i for i in range(missed)}
-            held = {
-                f"k{i}" for i in range(40)
-                if (config := node.partition_config(node.partition_of(user_key(f"k{i}"))))
-                is not None and config.member("n3") is not None
-            }
+            held = self.assert_holds(node, expected)
             self.assertEqual(received, {"snap": 0, "entries": len(expected & held)})
-            for key in held:
-                record = node.replicas[node.partition_of(user_key(key))].store.get(user_key(key))
-                assert record is not None
-                self.assertEqual(record.value, b"during" if key in expected else b"before")
             cluster.stop()
 
 

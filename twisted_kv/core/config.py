@@ -62,6 +62,8 @@ from twisted_kv.core.users import Grant, User, parse_files_root, parse_prefixes
 __all__ = [
     "CLUSTER_KEYS",
     "FSYNC_POLICIES",
+    "HOST_PATTERN",
+    "NODE_ID_PATTERN",
     "NODE_KEYS",
     "OPTIONAL_NODE_KEYS",
     "USER_KEYS",
@@ -580,8 +582,13 @@ OPTIONAL_NODE_KEYS = ("bind", "ftp_passive_address", "ftp_passive_ports")
 
 _PORT_KEYS = ("http_port", "peer_port", "ftp_port")
 
-_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_HOST = re.compile(r"^[A-Za-z0-9_.:%-]+$")
+#: What a node id may be (in a C{[node:ID]} section or a node added at run
+#: time): letters, digits, '_', '.' and '-', starting with a letter or digit.
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+#: What a host name or address may be (C{host}, C{bind}).
+HOST_PATTERN = re.compile(r"^[A-Za-z0-9_.:%-]+$")
+
 _WILDCARD_HOSTS = {"0.0.0.0", "::"}
 
 _DEFAULT_NAME = "twisted_kv"
@@ -899,7 +906,7 @@ def _parse_tls(path: str, parser: configparser.ConfigParser) -> Optional[TLSConf
 
 def _parse_node(path: str, parser: configparser.ConfigParser, section: str) -> NodeConfig:
     node_id = section[len("node:"):]
-    if not _NODE_ID.match(node_id):
+    if not NODE_ID_PATTERN.match(node_id):
         raise ConfigError(
             path, section, None,
             f"bad node id {node_id!r} (use letters, digits, '_', '.', '-')",
@@ -912,7 +919,7 @@ def _parse_node(path: str, parser: configparser.ConfigParser, section: str) -> N
         if key not in values:
             raise ConfigError(path, section, key, "missing key")
     host = values["host"].strip()
-    if not _HOST.match(host):
+    if not HOST_PATTERN.match(host):
         raise ConfigError(path, section, "host", f"bad host {host!r}")
     ports = {}
     for key in _PORT_KEYS:
@@ -934,7 +941,7 @@ def _parse_optional_node_keys(path: str, section: str, values: Any) -> dict[str,
     optional: dict[str, Any] = {}
     bind = values.get("bind", "").strip()
     if bind:
-        if not _HOST.match(bind):
+        if not HOST_PATTERN.match(bind):
             raise ConfigError(path, section, "bind", f"bad address {bind!r}")
         optional["bind"] = bind
     address = values.get("ftp_passive_address", "").strip()

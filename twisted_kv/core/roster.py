@@ -31,7 +31,7 @@ from typing import Optional
 
 from attrs import evolve, field, frozen
 
-from twisted_kv.core.config import _HOST, _NODE_ID, ClusterConfig, NodeConfig
+from twisted_kv.core.config import HOST_PATTERN, NODE_ID_PATTERN, ClusterConfig, NodeConfig
 from twisted_kv.errors import InvalidRequest, MembershipConflict, UnknownMember
 
 ADD = "add"
@@ -152,9 +152,9 @@ def node_from_fields(fields: object) -> NodeConfig:
         problem = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"
         raise InvalidRequest(f"a node has exactly {', '.join(NODE_FIELDS)}: {problem}")
     node_id, host = fields["id"], fields["host"]
-    if not isinstance(node_id, str) or not _NODE_ID.match(node_id):
+    if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
         raise InvalidRequest(f"id {node_id!r}: letters, digits, '_', '.' and '-' only")
-    if not isinstance(host, str) or not _HOST.match(host):
+    if not isinstance(host, str) or not HOST_PATTERN.match(host):
         raise InvalidRequest(f"host {host!r} is not a host name or address")
     ports = {}
     for name in NODE_FIELDS[2:]:

@@ -63,6 +63,29 @@ def _settings(node_id: str = "n1", incarnation: int = 5, **kwargs: Any) -> PeerS
     return PeerSettings(node_id=node_id, incarnation=incarnation, **defaults)
 
 
+def _n2_dialling_n1(
+    clock: Clock, received: list[Any], ready: list[str],
+) -> tuple[PeerProtocol, PeerProtocol]:
+    """
+    The protocols of n1, which delivers each message into C{received}, and
+    of n2 (incarnation 7), which dials n1; each notes in C{ready} whom it
+    has authenticated.
+    """
+    acceptor = PeerProtocol(
+        _settings("n1"),
+        clock,
+        deliver=lambda *event: received.append(event),
+        on_ready=lambda p: ready.append(f"n1 sees {p.peer_id}"),
+    )
+    connector = PeerProtocol(
+        _settings("n2", incarnation=7),
+        clock,
+        expected_peer="n1",
+        on_ready=lambda p: ready.append(f"n2 sees {p.peer_id}"),
+    )
+    return acceptor, connector
+
+
 def _parse(data: bytes) -> list[tuple[int, Any]]:
     """
     Split bytes written by a L{PeerProtocol} into (tag, decoded body)
@@ -383,18 +406,7 @@ class HandshakeTests(_ProtocolTestMixin, SynchronousTestCase):
         """
         received: list[Any] = []
         ready: list[str] = []
-        acceptor = PeerProtocol(
-            _settings("n1"),
-            self.clock,
-            deliver=lambda *event: received.append(event),
-            on_ready=lambda p: ready.append(f"n1 sees {p.peer_id}"),
-        )
-        connector = PeerProtocol(
-            _settings("n2", incarnation=7),
-            self.clock,
-            expected_peer="n1",
-            on_ready=lambda p: ready.append(f"n2 sees {p.peer_id}"),
-        )
+        acceptor, connector = _n2_dialling_n1(self.clock, received, ready)
         pump = iosim.connect(
             acceptor,
             iosim.makeFakeServer(acceptor),
@@ -939,18 +951,7 @@ class MutualTLSTests(SynchronousTestCase):
         own certificate and requires one from the CA.
         """
         ready: list[str] = []
-        acceptor = PeerProtocol(
-            _settings("n1"),
-            self.clock,
-            deliver=lambda *event: self.received.append(event),
-            on_ready=lambda p: ready.append(f"n1 sees {p.peer_id}"),
-        )
-        connector = PeerProtocol(
-            _settings("n2", incarnation=7),
-            self.clock,
-            expected_peer="n1",
-            on_ready=lambda p: ready.append(f"n2 sees {p.peer_id}"),
-        )
+        acceptor, connector = _n2_dialling_n1(self.clock, self.received, ready)
         server = tls_server_factory(
             load_node_tls(self.tls, "n1").peer_server, _Built(acceptor), self.clock
         ).buildProtocol(None)

@@ -904,24 +904,33 @@ class RetentionTests(SynchronousTestCase):
         primary.resend("b1")
         self.assertEqual(wire(primary.append_message("b1"))[5], [])
 
+    def stale_member(self) -> tuple[Group, Replica]:
+        """
+        A group where b1 took, at position 2, an entry of epoch 1 that the
+        primary does not hold, and was then left out of epoch 2, in which
+        the primary and b2 committed another entry there; and b1.
+        """
+        group = Group()
+        group.write("a", b"1")
+        group.settle()
+        back = group.backups["b1"]
+        version = make_version(1, 2)
+        stale = Entry(1, 2, Change("put", "a", version, Record(b"x", "text/plain", version, None)))
+        back.on_append(1, 1, 1, [encode_entry(stale)], 1)
+        group.primary.become_primary(2, ["b2"], ["p", "b2"])
+        group.backups["b2"].epoch = 2
+        group.write("b", b"2")
+        group.push("b2")
+        return group, back
+
     def test_stale_tail_replaced(self) -> None:
         """
         A member added back with an entry of an older epoch that the primary
         does not hold drops it before taking the primary's entries: it is in
         sync only once its log matches.
         """
-        group = Group()
-        group.write("a", b"1")
-        group.settle()
+        group, back = self.stale_member()
         primary = group.primary
-        back = group.backups["b1"]
-        version = make_version(1, 2)
-        stale = Entry(1, 2, Change("put", "a", version, Record(b"x", None, version, None)))
-        back.on_append(1, 1, 1, [encode_entry(stale)], 1)
-        primary.become_primary(2, ["b2"], ["p", "b2"])
-        group.backups["b2"].epoch = 2
-        group.write("b", b"2")
-        group.push("b2")
         primary.become_primary(3, ["b1", "b2"], ["p", "b2"])
         for _ in range(4):
             group.push("b1")
@@ -937,18 +946,8 @@ class RetentionTests(SynchronousTestCase):
         marks its own entry committed nor applies it: it is replaced once
         log matching gets there.
         """
-        group = Group()
-        group.write("a", b"1")
-        group.settle()
+        group, back = self.stale_member()
         primary = group.primary
-        back = group.backups["b1"]
-        version = make_version(1, 2)
-        stale = Entry(1, 2, Change("put", "a", version, Record(b"x", "text/plain", version, None)))
-        back.on_append(1, 1, 1, [encode_entry(stale)], 1)
-        primary.become_primary(2, ["b2"], ["p", "b2"])
-        group.backups["b2"].epoch = 2
-        group.write("b", b"2")
-        group.push("b2")
         self.assertEqual(primary.applied_seq, 2)
         primary.become_primary(3, ["b1", "b2"], ["p", "b2"])
         back.epoch = 3

@@ -317,6 +317,18 @@ def machine() -> dict[str, object]:
     }
 
 
+def version(argv: list[str]) -> str:
+    """
+    The first line a program's version command (C{argv}) prints, or C{?}
+    if it cannot be run or prints nothing.
+    """
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return out.strip().splitlines()[0] if out.strip() else "?"
+
+
 # -- twisted_kv --------------------------------------------------------------
 
 _TWISTD = (

@@ -71,6 +71,7 @@ from benchlib import (  # noqa: E402
     Redis,
     Runtime,
     log,
+    version,
 )
 from memory import describe as describe_memory  # noqa: E402
 from memory import measure_memory  # noqa: E402
@@ -85,14 +86,6 @@ DEFAULT_PYPY = os.path.join(
     os.environ.get("KVBENCH_CACHE") or os.path.expanduser("~/.cache/twisted_kv-bench"),
     "pypy3", "bin", "pypy3",
 )
-
-
-def version(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    return out.strip().splitlines()[0] if out.strip() else "?"
 
 
 # -- the steps ------------------------------------------------------------------

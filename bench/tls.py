@@ -37,7 +37,7 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import benchlib  # noqa: E402
-from benchlib import EtcdCluster, KvCluster, Ports, Processes, Runtime, log  # noqa: E402
+from benchlib import EtcdCluster, KvCluster, Ports, Processes, Runtime, log, version  # noqa: E402
 
 #: workload name -> (wrk workload, extra wrk options, description)
 WORKLOADS = {
@@ -57,14 +57,6 @@ class Target:
         self.script = script
         self.url = url
         self.pids = pids
-
-
-def version(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    return out.strip().splitlines()[0] if out.strip() else "?"
 
 
 def make_certificates(workdir: str) -> str:

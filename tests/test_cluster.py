@@ -991,7 +991,8 @@ def start_clients(
     Start C{clients} clients, each with one operation in flight at a time
     (as in Jepsen), through random nodes of C{nodes()} on random keys of
     C{history}, where each operation and its outcome are recorded; a
-    client issues nothing more once C{stopped()}.
+    client issues nothing more once C{stopped()}.  The order C{nodes()}
+    gives is part of what a seed replays: the choice indexes into it.
     """
     clock = cluster.clock
 

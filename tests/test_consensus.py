@@ -908,6 +908,20 @@ class DurableStateTests(SynchronousTestCase):
             restarted.receive(100.0, "n0", ["vote", 3, 0, 0]), [("n0", ["voted", 3, True])]
         )
 
+    def test_restored_node_asks_for_prevotes_sooner(self) -> None:
+        """
+        A restored node asks its peers for pre-votes within half an
+        election timeout of its restart, rather than a whole one: no node
+        has a leader to hear after a whole-cluster restart.
+        """
+        node = make_node("n1", self.IDS)
+        restarted = make_node("n1", self.IDS, now=100.0)
+        restarted.restore(100.0, node.durable_state())
+        self.assertEqual(
+            sorted(restarted.tick(100.0 + TIMEOUT / 2)),
+            [(peer, ["prevote", 1, 0, 0]) for peer in ("n0", "n2")],
+        )
+
     def test_restored_entry(self) -> None:
         """
         A restored node holds its entry, committed if it was, and votes only

@@ -117,6 +117,36 @@ class PublishTests(FeedTestMixin, SynchronousTestCase):
             ],
         )
 
+    def test_unconfirmed_batches_go_again_on_a_new_link(self) -> None:
+        """
+        A new link to the same leader: the batches it has not confirmed go
+        again, in order, before any newer one; those sent on the old link
+        as possible repeats (the leader may have numbered them and only its
+        confirmation was lost), one that never left as it is.  Without
+        this, a change whose batch was lost with a link reached no watcher
+        until the next leader.
+        """
+        feed = self.make_feed()
+        feed.queue([Entry(1, 1, _deletion("a", 1))])
+        feed.publish()
+        feed.on_published("n2", messages.published(1))
+        feed.queue([Entry(1, 2, _deletion("b", 2))])
+        feed.publish()
+        del self.sent[:]
+        feed.peer_up("n3")
+        self.assertEqual(self.sent, [])
+        feed.peer_up("n2")
+        feed.queue([Entry(1, 3, _deletion("c", 3))])
+        feed.publish()
+        self.assertEqual(
+            self.sent,
+            [
+                ("n2", messages.publish(2, 1, _changes(_deletion("b", 2)), True)),
+                ("n2", messages.subscribe(None)),
+                ("n2", messages.publish(3, 1, _changes(_deletion("c", 3)), False)),
+            ],
+        )
+
     def test_no_leader_no_publish(self) -> None:
         """
         Without a leader, batches wait.

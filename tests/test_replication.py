@@ -7,6 +7,7 @@ L{Clock}.
 
 from __future__ import annotations
 
+from typing import Any, Optional
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -63,7 +64,13 @@ class _Node:
     One node's L{Replication} and what it talks to.
     """
 
-    def __init__(self, test: "ReplicationTests", node_id: str) -> None:
+    def __init__(
+        self,
+        test: "ReplicationTests",
+        node_id: str,
+        disk: Any = None,
+        restarted_at: Optional[float] = None,
+    ) -> None:
         self.feed = _Feed()
         self.antientropy = _AntiEntropy()
         self.replicas = [Replica(p) for p in range(2)]
@@ -81,6 +88,8 @@ class _Node:
             feed=self.feed,  # type: ignore[arg-type]
             antientropy=self.antientropy,  # type: ignore[arg-type]
             expire=lambda partition, expiry: self.expired.append((partition, expiry)),
+            disk=disk,
+            restarted_at=restarted_at,
         )
         r = self.replication
         self.handlers = {
@@ -226,6 +235,26 @@ class ReplicationTests(SynchronousTestCase):
         self.clock.advance(promised - self.clock.seconds())
         self.n2.replication.tick(self.clock.seconds())
         self.assertTrue(self.n2.replicas[0].is_primary)
+
+    def test_restarted_with_data_keeps_promises_from_its_start(self) -> None:
+        """
+        A node restarted with its data keeps the promises it may have given
+        before, which it forgot: it takes over only once a promise given
+        when its process began reading its data would end, and not a whole
+        promise after the (perhaps long) recovery.
+        """
+        promise = CONFIG.failure_timeout * LEASE_PROMISE_SHARE
+        now = self.clock.seconds()
+        self.configure(2, "n2", "n1", ("n2",))
+        for restarted_at, waits in ((now - promise / 2, True), (now - promise, False)):
+            node = _Node(self, "n2", disk=object(), restarted_at=restarted_at)
+            self.nodes["n2"] = node
+            self.assertEqual(node.replicas[0].promised_until, restarted_at + promise)
+            node.replication.take_over(0)
+            self.assertEqual(node.replicas[0].is_primary, not waits)
+            node.replication.stop()
+        quick = _Node(self, "n2", disk=object())
+        self.assertEqual(quick.replicas[0].promised_until, now + promise)
 
     def test_member_caught_up_reported(self) -> None:
         """

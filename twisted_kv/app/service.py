@@ -217,6 +217,8 @@ def build_node_service(
     # less often lets little survive into the older ones.
     if hasattr(gc, "set_threshold"):  # PyPy's collector has no generations to tune
         gc.set_threshold(50_000, 20, 100)
+    # Read leases promised before a restart are measured from here.
+    restarted_at = time.monotonic()
     disk = open_disk(config, node_id, reactor)
     incarnation = new_incarnation(reactor.seconds(), random.SystemRandom().getrandbits(63))
     if disk is not None:
@@ -229,6 +231,7 @@ def build_node_service(
         lease_clock=time.monotonic,
         disk=disk,
         roster=joined,
+        restarted_at=restarted_at,
     )
     # The file (or, for a node that joined, the cluster) says where this
     # node listens, with its own keys (bind, FTP's passive address); the

@@ -281,9 +281,13 @@ class ChangeFeed:
     def peer_up(self, peer: str) -> None:
         """
         A new link to C{peer}: what was in flight on the old one may be
-        lost.  A listening node asks its leader again for what follows the
-        last change it delivered.
+        lost.  A primary sends the leader every batch it has not confirmed
+        again (else they would wait for the next leader, and their changes
+        reach no watcher until then); a listening node asks its leader
+        again for what follows the last change it delivered.
         """
+        if self._published_to is not None and self._published_to[0] == peer:
+            self._resend_unconfirmed(peer)
         if self._subscribed_to is not None and self._subscribed_to[0] == peer:
             self._subscribed_to = None
             self._fail_replays()
@@ -334,6 +338,18 @@ class ChangeFeed:
         for batch_id, (count, changes, repeated) in batches:
             self._send(leader, messages.publish(batch_id, count, changes, repeated))
             self._last_sent_batch = batch_id
+
+    def _resend_unconfirmed(self, leader: str) -> None:
+        """
+        Send C{leader} the batches it has not confirmed, in order; those
+        sent before may have been numbered already (only the confirmation
+        was lost), so they go as possible repeats.
+        """
+        for batch_id, (count, changes, repeated) in list(self._unpublished.items()):
+            repeated = repeated or batch_id <= self._last_sent_batch
+            self._unpublished[batch_id] = (count, changes, repeated)
+            self._send(leader, messages.publish(batch_id, count, changes, repeated))
+            self._last_sent_batch = max(self._last_sent_batch, batch_id)
 
     def republish(self) -> None:
         """

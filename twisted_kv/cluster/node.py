@@ -102,6 +102,7 @@ class Node:
         lease_clock: Optional[Callable[[], float]] = None,
         disk: Optional[NodeDisk] = None,
         roster: Optional[Roster] = None,
+        restarted_at: Optional[float] = None,
     ) -> None:
         """
         @param config: the cluster file's settings; its nodes are the first
@@ -112,6 +113,10 @@ class Node:
             without it the node keeps everything in memory.
         @param roster: the membership as the cluster gave it to a node
             joining it; the file's nodes by default.
+        @param restarted_at: with C{disk}, the time of C{lease_clock} at
+            which this process began reading it (now by default): read
+            lease promises given before the restart run out by then and
+            the lease period.
         """
         self._base_config = config
         self.roster = first_roster(config) if roster is None else roster
@@ -202,6 +207,7 @@ class Node:
             antientropy=self.antientropy,
             expire=self._expire,
             disk=disk,
+            restarted_at=restarted_at,
         )
         self.operations = ClientOperations(
             config=config,

@@ -91,6 +91,7 @@ class Replication:
         antientropy: AntiEntropy,
         expire: Callable[[int, Expire], None],
         disk: Optional[NodeDisk] = None,
+        restarted_at: Optional[float] = None,
     ) -> None:
         """
         @param lease_now: the time read leases are measured with, which
@@ -104,6 +105,9 @@ class Replication:
         @param expire: runs a due expiry of a partition as a write.
         @param disk: the node's data directory, where every change to a
             replica's log goes before it is acknowledged or counted.
+        @param restarted_at: with C{disk}, the time (of C{lease_now}) at
+            which this process began reading it: the process before the
+            restart had stopped by then.  Now by default.
         """
         self._config = config
         self._node_id = node_id
@@ -145,9 +149,13 @@ class Replication:
         if disk is not None:
             # The promises given before a restart are forgotten with it: a
             # node coming back with its data keeps them all, for as long as
-            # any can run, before it takes over as a primary.
+            # any can run, before it takes over as a primary.  Each was given
+            # before the restart, so none runs past a promise given when
+            # this process began reading its data: a recovery that took
+            # longer than a promise waits no more.
+            since = lease_now() if restarted_at is None else restarted_at
             for replica in replicas:
-                replica.promise_lease(lease_now() + self._lease_promise)
+                replica.promise_lease(since + self._lease_promise)
 
     def _send_each(self, outgoing: list[tuple[str, list]]) -> None:
         for peer, message in outgoing:

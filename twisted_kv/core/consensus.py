@@ -180,6 +180,11 @@ class Consensus:
                 self._commit()
         self._amnesiac = False
         self._votes_allowed_at = now
+        # Its first pre-vote comes sooner: after a whole-cluster restart no
+        # node has a leader to hear, and asking early disrupts none (a peer
+        # that hears a leader refuses its pre-vote, and its term stays).
+        # Not at once: its links to its peers take a moment to come up.
+        self._deadline = now + self._rng.uniform(self._timeout / 4, self._timeout / 2)
 
     def _random_timeout(self) -> float:
         return self._rng.uniform(self._timeout / 2, self._timeout)

@@ -139,6 +139,11 @@ class GroupCommitter:
     clock: IReactorTime
     # Appends and exclusive work not started yet, in call order.
     _queue: Deque[Union[_Append, _Exclusive]] = field(factory=deque, init=False)
+    # Held while a commit's thread takes from the queue's head (L{_take})
+    # and while the reactor looks at the head or through the queue: a look
+    # between a thread's test and its pop saw an item that then vanished
+    # (an IndexError under load, as a log moved to its next file).
+    _queue_lock: threading.Lock = field(factory=threading.Lock, init=False)
     _flush_call: Optional[IDelayedCall] = field(default=None, init=False)
     _sync_call: Optional[IDelayedCall] = field(default=None, init=False)
     _lazy_call: Optional[IDelayedCall] = field(default=None, init=False)
@@ -259,8 +264,9 @@ class GroupCommitter:
         self._taker_waiting = False
         queue = self._queue
         taken = []
-        while queue and isinstance(queue[0], _Append):
-            taken.append(queue.popleft())
+        with self._queue_lock:
+            while queue and isinstance(queue[0], _Append):
+                taken.append(queue.popleft())
         return taken
 
     def _commit_taken(self) -> tuple[list[_Append], bool, Optional[Failure]]:
@@ -349,9 +355,7 @@ class GroupCommitter:
                 counts.records += len(taken)
                 self._urgent -= sum(not item.lazy for item in taken)
             outcome = failure
-            if self._lazy_call is None and any(
-                isinstance(item, _Append) and item.lazy for item in self._queue
-            ):
+            if self._lazy_call is None and self._lazy_queued():
                 # Lazy records this commit did not take (behind exclusive
                 # work) still go out in time.
                 self._lazy_call = self.clock.callLater(LAZY_WAIT, self._lazy_waited)
@@ -395,8 +399,8 @@ class GroupCommitter:
                 self._flush_call.cancel()
             self._flush_call = None
         queue = self._queue
-        if queue and self._wants_commit():
-            head = queue[0]
+        head = self._head() if self._wants_commit() else None
+        if head is not None:
             if isinstance(head, _Append):
                 if not self._taker_waiting and len(self._in_flight) < PIPELINE:
                     self._flush()
@@ -416,6 +420,20 @@ class GroupCommitter:
             stopping, self._stopping = self._stopping, []
             for done in stopping:
                 done.callback(None)
+
+    def _head(self) -> Optional[Union[_Append, _Exclusive]]:
+        """
+        The first item queued, or C{None}.
+        """
+        with self._queue_lock:
+            return self._queue[0] if self._queue else None
+
+    def _lazy_queued(self) -> bool:
+        """
+        Whether lazy records wait in the queue.
+        """
+        with self._queue_lock:
+            return any(isinstance(item, _Append) and item.lazy for item in self._queue)
 
     def _wants_commit(self) -> bool:
         """

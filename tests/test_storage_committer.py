@@ -331,6 +331,19 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(runner.held, [])
         self.assertEqual(setup.clock.getDelayedCalls(), [])
 
+    def two_in_pipeline(self, fault: Fault) -> tuple[_NewsHeld, _Setup, Deferred, Deferred]:
+        """
+        Two appends, each in a commit of its own, both handed to threads
+        that hold their news; C{fault} injected first.
+        """
+        runner = _NewsHeld()
+        setup = _Setup(runner=runner)
+        setup.fs.inject(fault)
+        first = setup.committer.append(1, b"a")
+        setup.clock.advance(0)
+        second = setup.committer.append(1, b"b")
+        setup.clock.advance(0)
+        return runner, setup, first, second
 
     def test_sync_fails_in_pipeline(self) -> None:
         """
@@ -338,13 +351,7 @@ class ErrorTests(SynchronousTestCase):
         although it ran before the reactor heard of the failure, and every
         later append.
         """
-        runner = _NewsHeld()
-        setup = _Setup(runner=runner)
-        setup.fs.inject(Fault("sync", errno.EIO))
-        first = setup.committer.append(1, b"a")
-        setup.clock.advance(0)
-        second = setup.committer.append(1, b"b")
-        setup.clock.advance(0)
+        runner, setup, first, second = self.two_in_pipeline(Fault("sync", errno.EIO))
         self.assertEqual(setup.writes.seen, 1)
         runner.deliver(0)
         self.failureResultOf(first, LogFailed)
@@ -359,13 +366,7 @@ class ErrorTests(SynchronousTestCase):
         A failed write fails its own commit only: the commit after it
         writes after the file was cut back, and is acknowledged.
         """
-        runner = _NewsHeld()
-        setup = _Setup(runner=runner)
-        setup.fs.inject(Fault("write", errno.ENOSPC))
-        first = setup.committer.append(1, b"a")
-        setup.clock.advance(0)
-        second = setup.committer.append(1, b"b")
-        setup.clock.advance(0)
+        runner, setup, first, second = self.two_in_pipeline(Fault("write", errno.ENOSPC))
         runner.deliver(0)
         self.failureResultOf(first, DiskFull)
         runner.deliver(0)

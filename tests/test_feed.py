@@ -99,13 +99,7 @@ class PublishTests(FeedTestMixin, SynchronousTestCase):
         listening node asks the new leader for its stream, from the last
         revision it delivered.
         """
-        feed = self.make_feed()
-        feed.queue([Entry(1, 1, _deletion("a", 1))])
-        feed.publish()
-        feed.on_published("n2", messages.published(1))
-        feed.queue([Entry(1, 2, _deletion("b", 2))])
-        feed.publish()
-        del self.sent[:]
+        feed = self.one_confirmed_one_not()
         self.consensus.leader, self.consensus.term = "n3", 2
         feed.republish()
         self.assertEqual(
@@ -117,6 +111,20 @@ class PublishTests(FeedTestMixin, SynchronousTestCase):
             ],
         )
 
+    def one_confirmed_one_not(self) -> ChangeFeed:
+        """
+        A feed that published two batches to leader n2, which confirmed the
+        first only; what was sent is forgotten.
+        """
+        feed = self.make_feed()
+        feed.queue([Entry(1, 1, _deletion("a", 1))])
+        feed.publish()
+        feed.on_published("n2", messages.published(1))
+        feed.queue([Entry(1, 2, _deletion("b", 2))])
+        feed.publish()
+        del self.sent[:]
+        return feed
+
     def test_unconfirmed_batches_go_again_on_a_new_link(self) -> None:
         """
         A new link to the same leader: the batches it has not confirmed go
@@ -126,13 +134,7 @@ class PublishTests(FeedTestMixin, SynchronousTestCase):
         this, a change whose batch was lost with a link reached no watcher
         until the next leader.
         """
-        feed = self.make_feed()
-        feed.queue([Entry(1, 1, _deletion("a", 1))])
-        feed.publish()
-        feed.on_published("n2", messages.published(1))
-        feed.queue([Entry(1, 2, _deletion("b", 2))])
-        feed.publish()
-        del self.sent[:]
+        feed = self.one_confirmed_one_not()
         feed.peer_up("n3")
         self.assertEqual(self.sent, [])
         feed.peer_up("n2")

@@ -59,8 +59,17 @@ class GrowShrinkTests(TestCase):
     timeout = 180
 
     async def keys_per_node(self, cluster: RealCluster, via: str) -> dict[str, int]:
+        """
+        Once the change is over, the keys each node holds, as it counts them
+        itself: another node's view of it is its last report, which may
+        predate the end of its fill.
+        """
         view = await cluster.change_done(via)
-        return {node["id"]: node["keys"] for node in view["nodes"]}
+        counts: dict[str, int] = {}
+        for node in view["nodes"]:
+            own = await cluster.cluster_view(node["id"])
+            counts[node["id"]] = next(n["keys"] for n in own["nodes"] if n["id"] == node["id"])
+        return counts
 
     def assertShared(self, counts: dict[str, int], replicas: int) -> None:
         """

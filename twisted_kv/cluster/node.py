@@ -64,6 +64,7 @@ from twisted_kv.core.placement import (
     moving_partitions,
     partition_of,
     plan,
+    without_primary,
 )
 from twisted_kv.core.records import Expire
 from twisted_kv.core.replica import Replica
@@ -624,6 +625,17 @@ class Node:
             return []
         live = self.membership.live(self._now())
         return moving_partitions(self._map, self.ring, live, self.config.replicas)
+
+    def unserved_partitions(self) -> list[int]:
+        """
+        The partitions of the committed map this node cannot serve now, in
+        order: those whose primary is gone in its view (L{without_primary})
+        and those lost (L{lost_partitions}), for C{/health}.
+        """
+        if self._map is None:
+            return []
+        live = self.membership.live(self._now())
+        return sorted(set(without_primary(self._map, live)) | self.lost_partitions)
 
     # -- applying the committed map ----------------------------------------
 

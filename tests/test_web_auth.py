@@ -205,6 +205,32 @@ class AuthenticationTests(SynchronousTestCase):
         served = self.node.call("GET", "/kv/users/x", Origin="http://node.example", **headers)
         self.assertEqual(served[0], 200)
 
+    def test_refusals_carry_the_common_headers(self) -> None:
+        """
+        A refusal (C{401}, C{403}, C{429}) carries the C{Date} and
+        C{Server} headers every other answer of the site carries, beside
+        the JSON error body.
+        """
+        node = GuardedSite(free_failures=0)
+        node.store("users/x")
+        served = node.call("GET", "/kv/users/x", Authorization=ALICE_BASIC)
+        self.assertEqual(served[0], 200)
+        refusals = [
+            node.call("GET", "/kv/secret", Authorization=ALICE_BASIC),
+            node.call("GET", "/kv/users/x"),
+            node.call("GET", "/kv/users/x", Authorization=basic("alice", "guess")),
+            node.call("GET", "/kv/users/x", Authorization=ALICE_BASIC),
+        ]
+        self.assertEqual([code for code, _, _ in refusals], [403, 401, 401, 429])
+        for code, headers, body in refusals:
+            self.assertEqual(
+                (headers.get(b"date"), headers.get(b"server")),
+                (served[1][b"date"], served[1][b"server"]),
+                code,
+            )
+            self.assertEqual(headers[b"content-type"], b"application/json")
+            self.assertEqual(set(json.loads(body)), {"error", "message"})
+
     def test_websocket_upgrade(self) -> None:
         """
         A WebSocket upgrade without credentials, or with a forged token, is

@@ -154,7 +154,8 @@ class _Request(Request):
 
     def process(self) -> None:
         """
-        Let the site's guard admit the request (it answers the requests it
+        Set the C{Server} and C{Date} headers every answer carries, let
+        the site's guard admit the request (it answers the requests it
         refuses), then hand C{/kv} requests straight to the key-value
         resource; others go through the site's resource traversal.
 
@@ -164,6 +165,8 @@ class _Request(Request):
         """
         site = self.channel.site
         self.started = now = site.reactor.seconds()
+        self.setHeader(b"Server", version)
+        self.setHeader(b"Date", site.date_header(now))
         if site.guard is not None and not site.guard.admit(self):
             return
         path = self.path
@@ -172,8 +175,6 @@ class _Request(Request):
             super().process()
             return
         self.site = site
-        self.setHeader(b"Server", version)
-        self.setHeader(b"Date", site.date_header(now))
         self.sitepath = []
         self.prepath = [_KV]
         self.postpath = []

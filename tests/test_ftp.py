@@ -29,6 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.test_logins import HeldChecks
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.passwords import hash_password
 from twisted_kv.core.users import Grant, LoginThrottle, User
@@ -56,6 +57,7 @@ from twisted_kv.ftp.server import (
     build_ftp_factory,
     ftp_error,
 )
+from twisted_kv.logins import Logins
 
 HOST = IPv4Address("TCP", "127.0.0.1", 2121)
 PEER = IPv4Address("TCP", "127.0.0.1", 50000)
@@ -1163,13 +1165,23 @@ class UserAreaTests(SynchronousTestCase):
         carol = User(name="carol", password="plain:c", grant=Grant("carol", files="/carol/"))
         dave = User(name="dave", password="plain:d", grant=Grant("dave"))
         self.throttle = LoginThrottle(free=2)
+        self.checks = HeldChecks()
         self.factory = build_ftp_factory(
             self.kv,
             USERS,
             clock=self.reactor,
             accounts={"carol": carol, "dave": dave},
-            throttle=self.throttle,
+            logins=Logins(self.throttle, self.reactor, self.checks),
         )
+
+    def send(self, session: Session, line: str) -> list[str]:
+        """
+        Send C{line}, answering the password checks it asks for.
+        """
+        session.protocol.dataReceived(line.encode("utf-8") + b"\r\n")
+        while self.checks.pending:
+            self.checks.answer()
+        return session.replies()
 
     def test_confined(self) -> None:
         """
@@ -1178,17 +1190,19 @@ class UserAreaTests(SynchronousTestCase):
         tree; a user without a files area cannot log in.
         """
         carol = Session(self.factory, self.reactor)
-        carol.login("carol", "c")
+        carol.send("USER carol")
+        self.send(carol, "PASS c")
         self.assertEqual(carol.send("PWD"), ['257 "/"'])
         self.assertEqual(carol.upload("STOR a.txt", b"A")[-1][:4], "226 ")
         self.assertEqual(carol.send("CWD ..")[0][:4], "550 ")
         self.assertEqual(carol.send("SIZE /carol/a.txt")[0][:4], "550 ")
         alice = Session(self.factory, self.reactor)
-        alice.login()
+        alice.send("USER alice")
+        self.send(alice, "PASS wonderland")
         self.assertEqual(alice.send("SIZE /carol/a.txt"), ["213 1"])
         dave = Session(self.factory, self.reactor)
         dave.send("USER dave")
-        self.assertEqual(dave.send("PASS d"), ["530 Sorry, Authentication failed."])
+        self.assertEqual(self.send(dave, "PASS d"), ["530 Sorry, Authentication failed."])
 
     def test_throttled(self) -> None:
         """
@@ -1198,15 +1212,37 @@ class UserAreaTests(SynchronousTestCase):
         for _ in range(3):
             session = Session(self.factory, self.reactor)
             session.send("USER alice")
-            self.assertEqual(session.send("PASS nope"), ["530 Sorry, Authentication failed."])
+            self.assertEqual(self.send(session, "PASS nope"), ["530 Sorry, Authentication failed."])
         session = Session(self.factory, self.reactor)
         session.send("USER alice")
-        self.assertEqual(session.send("PASS wonderland")[0][:4], "421 ")
+        self.assertEqual(self.send(session, "PASS wonderland")[0][:4], "421 ")
         self.assertTrue(session.transport.disconnecting)
         self.reactor.advance(1)
         session = Session(self.factory, self.reactor)
         session.send("USER alice")
-        self.assertEqual(session.send("PASS wonderland"), ["230 User logged in, proceed"])
+        self.assertEqual(self.send(session, "PASS wonderland"), ["230 User logged in, proceed"])
+
+    def test_checked_off_the_reactor(self) -> None:
+        """
+        A password is answered once its check is done, other sessions
+        going on meanwhile; logins sent in parallel from one address are
+        checked one after the other and refused (C{421}) as soon as the
+        same logins one by one would be: with two free failures, the
+        fourth is never checked.
+        """
+        sessions = [Session(self.factory, self.reactor) for _ in range(4)]
+        for session in sessions:
+            session.send("USER alice")
+            self.assertEqual(session.send("PASS nope"), [])
+        self.assertEqual(len(self.checks.pending), 1)
+        carol = Session(self.factory, self.reactor)
+        self.assertEqual(carol.send("FEAT")[0], "211-Features:")
+        for _ in range(3):
+            self.checks.answer()
+        self.assertEqual(
+            [session.replies()[0][:4] for session in sessions], ["530 ", "530 ", "530 ", "421 "]
+        )
+        self.assertEqual(self.checks.pending, [])
 
 
 class UploadEndTests(SynchronousTestCase):

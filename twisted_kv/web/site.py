@@ -156,19 +156,30 @@ class _Request(Request):
         """
         Set the C{Server} and C{Date} headers every answer carries, let
         the site's guard admit the request (it answers the requests it
-        refuses), then hand C{/kv} requests straight to the key-value
-        resource; others go through the site's resource traversal.
-
-        The key-value resource reads the raw path, so splitting and
-        unquoting its segments for the traversal would be wasted, and so
-        would formatting the C{Date} header anew for every request.
+        refuses, and may take a while over a password), then serve it.
         """
         site = self.channel.site
         self.started = now = site.reactor.seconds()
         self.setHeader(b"Server", version)
         self.setHeader(b"Date", site.date_header(now))
-        if site.guard is not None and not site.guard.admit(self):
+        if site.guard is None:
+            self._serve()
+        else:
+            site.guard.admit(self, self._serve)
+
+    def _serve(self) -> None:
+        """
+        Hand C{/kv} requests straight to the key-value resource; others go
+        through the site's resource traversal.  A client gone while its
+        password was being checked is served nothing.
+
+        The key-value resource reads the raw path, so splitting and
+        unquoting its segments for the traversal would be wasted, and so
+        would formatting the C{Date} header anew for every request.
+        """
+        if self.channel is None:
             return
+        site = self.channel.site
         path = self.path
         kv_resource = site.kv_resource
         if kv_resource is None or (path != _LIST_PATH and not path.startswith(_KEY_PATH)):

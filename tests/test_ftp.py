@@ -20,7 +20,8 @@ from twisted.internet.error import CannotListenError, ConnectionDone, Connection
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import CertificateOptions
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import ftp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -755,6 +756,22 @@ class CommandTests(SynchronousTestCase):
         self.reactor.advance(10)
         self.assertEqual(self.session.replies(), ["425 Can't open data connection."])
 
+    def test_transfers_log_nothing(self) -> None:
+        """
+        Passive transfers, a data connection from another host and one
+        that never comes add nothing to the log (Twisted's own data
+        connection factory logs five lines a transfer).
+        """
+        self.session.login()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.assertEqual(self.session.upload("STOR f", b"data")[-1], "226 Transfer Complete.")
+        self.assertEqual(self.session.download("RETR f")[1], b"data")
+        self.session.send("PASV")
+        self.assertIsNone(self.reactor.tcpServers[-1][1].buildProtocol(IPv4Address("TCP", "10.9.8.7", 4000)))
+        self.reactor.advance(10)
+        self.assertEqual(self.session.replies(), ["425 Can't open data connection."])
+        self.assertEqual([formatEvent(event) for event in logged], [])
+
     def test_data_connection_from_elsewhere(self) -> None:
         """
         Only the client's host may open the data connection.
@@ -1125,7 +1142,7 @@ class ExplicitTLSTests(SynchronousTestCase):
         self.assertEqual(self.session.send("EPSV")[0][:4], "229 ")
         listening = self.reactor.tcpServers[-1][1]
         self.assertIsInstance(listening, TLSMemoryBIOFactory)
-        self.assertIsInstance(listening.wrappedFactory, ftp.DTPFactory)
+        self.assertIs(listening.wrappedFactory, self.session.protocol.wrappedProtocol.dtpFactory)
         # One settings object, one OpenSSL context: the control connection's
         # TLS session is in its cache.
         self.assertIsNone(listening.buildProtocol(IPv4Address("TCP", "10.0.0.9", 50001)))

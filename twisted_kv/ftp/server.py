@@ -53,9 +53,9 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, IConsumer, IReactorTCP
+from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
@@ -637,7 +637,7 @@ class FileFTP(ftp.FTP):
         except CannotListenError:
             self.dtpFactory = None
             return fail(FTPReply(425, "Can't open data connection: every passive port is in use."))
-        self.dtpFactory.setTimeout(self.dtpTimeout)
+        self.dtpFactory.set_timeout(self.dtpTimeout)
         self.reply(*reply(self.dtpPort.getHost().port))
 
         def refused(failure: Failure) -> None:
@@ -896,21 +896,55 @@ class _DataConnection(ftp.DTP):
             )
 
 
-class _DataFactory(ftp.DTPFactory):
+class _DataFactory(ServerFactory):
     """
-    A passive data connection factory that only accepts the client's host.
+    Builds the one data connection of a passive transfer, for the client's
+    host only, if it comes before the timeout.
+
+    Twisted's C{DTPFactory} does the same with a log line at every step
+    (timeout set, connection built, timeout cancelled, factory stopped):
+    five lines a transfer in the node's log.  This one logs nothing.
+
+    @ivar deferred: fires once the data connection is made; fails with
+        C{ftp.PortConnectionError} if none came before the timeout.
     """
 
     noisy = False
 
-    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[ftp.DTP]:
-        if getattr(addr, "host", None) != self.peerHost:
+    def __init__(self, pi: FileFTP, peer_host: str, reactor: IReactorTime) -> None:
+        self.pi = pi
+        self.peer_host = peer_host
+        self.deferred: Deferred[None] = Deferred()
+        self._reactor = reactor
+        self._timeout: Optional[IDelayedCall] = None
+        self._waiting = True
+
+    def set_timeout(self, seconds: float) -> None:
+        """
+        Give up on the data connection if it has not come in C{seconds}.
+        """
+        self._timeout = self._reactor.callLater(seconds, self._timed_out)
+
+    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[_DataConnection]:
+        if not self._waiting or getattr(addr, "host", None) != self.peer_host:
             return None
-        connection = super().buildProtocol(addr)
-        if connection is not None:
-            # Twisted's factory always builds its own DTP class.
-            connection.__class__ = _DataConnection
+        self._waiting = False
+        self.stopFactory()
+        connection = _DataConnection()
+        connection.factory = self
+        connection.pi = self.pi
+        self.pi.dtpInstance = connection
         return connection
+
+    def stopFactory(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+
+    def _timed_out(self) -> None:
+        if not self._waiting:
+            return
+        self._waiting = False
+        self.deferred.errback(ftp.PortConnectionError(TimeoutError("no data connection in time")))
 
 
 class FileFTPFactory(ftp.FTPFactory):

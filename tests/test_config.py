@@ -628,6 +628,42 @@ class ConfigErrorTests(SynchronousTestCase):
             "etc/x.ini: [node:n2] http_port: duplicate port 7001 (also [node:n1] http_port)",
         )
 
+    def test_overlapping_passive_ports(self) -> None:
+        """
+        The passive FTP ports of two nodes on one host may not overlap,
+        nor include a port a node listens on; the message names both
+        keys.  Nodes on different hosts may use the same range.
+        """
+        def passive(n1: str, n2: str) -> str:
+            return _MINIMAL.replace("ftp_port = 7201\n", f"ftp_port = 7201\nftp_passive_ports = {n1}\n").replace(
+                "ftp_port = 7202\n", f"ftp_port = 7202\nftp_passive_ports = {n2}\n"
+            )
+
+        self.assert_error(
+            passive("30000-30009", "30005-30014"),
+            "etc/x.ini: [node:n2] ftp_passive_ports: ports 30005-30014 overlap"
+            " [node:n1] ftp_passive_ports (30000-30009) on the same host:"
+            " two nodes' passive FTP transfers would take each other's ports",
+        )
+        self.assert_error(
+            passive("30000-30009", "7100-7109"),
+            "etc/x.ini: [node:n2] ftp_passive_ports: ports 7100-7109 include port 7101"
+            " ([node:n1] peer_port)",
+        )
+        self.assert_error(
+            passive("7002-7009", "30010-30019"),
+            "etc/x.ini: [node:n2] http_port: port 7002 is one of the passive FTP ports"
+            " 7002-7009 ([node:n1] ftp_passive_ports)",
+        )
+        config = parse_config(passive("30000-30009", "30010-30019"), "etc/x.ini")
+        self.assertEqual(
+            [node.ftp_passive_ports for node in config.nodes], [(30000, 30009), (30010, 30019), None]
+        )
+        elsewhere = passive("30000-30009", "30000-30009").replace(
+            "host = 127.0.0.1\nhttp_port = 7002", "host = 127.0.0.2\nhttp_port = 7002"
+        )
+        self.assertEqual(parse_config(elsewhere, "etc/x.ini").node("n2").ftp_passive_ports, (30000, 30009))
+
     def test_missing_cluster(self) -> None:
         """
         The C{[cluster]} section is required.

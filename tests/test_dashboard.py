@@ -27,10 +27,12 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
 
 from tests.polling import WaitTimeout, poll
 from tests.test_client_support import serve, three_nodes
 from twisted_kv.core import keyspace
+from twisted_kv.core.users import Grant
 from twisted_kv.web.dashboard import dashboard_page, dashboard_resource
 
 CHROMIUM = shutil.which("chromium")
@@ -139,6 +141,31 @@ class PageTests(SynchronousTestCase):
         self.assertIn(b'<body data-login="token">', with_users.html)
         self.assertNotIn(b"data-login", dashboard_page().html)
         self.assertEqual(with_users.content_security_policy, dashboard_page().content_security_policy)
+
+    def test_opens_on_the_users_file_area(self) -> None:
+        """
+        For a logged-in user the page names the user's file area, which
+        its file list opens on (C{""}: none), and is not to be kept by
+        shared caches; without users it names none.
+        """
+        pages = {}
+        for name, files in [("alice", "/alice/"), ("bob", None), ("root", "/"), (None, "/")]:
+            request = DummyRequest([b""])
+            if name is not None:
+                request.grant = Grant(name, files=files)
+            body = dashboard_resource(token_login=name is not None).render(request)
+            pages[name] = (re.search(rb"<body[^>]*>", body).group(0), request.responseHeaders.getRawHeaders(b"cache-control"))
+        self.assertEqual(
+            pages,
+            {
+                "alice": (b'<body data-files="/alice/" data-login="token">', [b"private, no-cache"]),
+                "bob": (b'<body data-files="" data-login="token">', [b"private, no-cache"]),
+                "root": (b'<body data-files="/" data-login="token">', [b"private, no-cache"]),
+                None: (b"<body>", [b"no-cache"]),
+            },
+        )
+        script = dashboard_page().html.decode("utf-8")
+        self.assertIn("document.body.dataset.files", script)
 
     def test_labels(self) -> None:
         """

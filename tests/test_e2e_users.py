@@ -257,12 +257,14 @@ class DashboardLoginTests(TestCase):
         """
         The page asks for a login: cancelled, it shows the C{401}; logged
         in as alice, its key list and live feed (opened with a token) show
-        only what she may read, and a key she creates through the page is
-        stored and its event arrives.
+        only what she may read, its file list opens on her files area, and
+        a key she creates through the page is stored and its event arrives.
         """
         c = await start_cluster(self)
         for key in ["private/secret", "public/a"]:
             self.assertIn((await c.request("PUT", "n1", kv_path(key), b"v")).status, (200, 201))
+        for path in ["/files/alice/notes.txt", "/files/other.txt"]:
+            self.assertEqual((await c.request("PUT", "n1", path, b"v")).status, 201)
         self.node = SimpleNamespace(url=c.url("n2"))
         self.browser = await dashboard.launch_browser(self)
         url = c.url("n2", "/")
@@ -280,6 +282,12 @@ class DashboardLoginTests(TestCase):
             " b => b.dataset.key); return keys.length && keys; })()"
         )
         self.assertEqual(listed, ["public/a"])
+        files = await page.wait_for(
+            "(() => { const names = Array.from(document.querySelectorAll('#file-list a'),"
+            " a => a.textContent); return names.length && names; })()"
+        )
+        folder = await page.evaluate("document.getElementById('files-dir').textContent")
+        self.assertEqual((folder, files), ("/alice/", ["notes.txt"]))
         arrived = await dashboard.create_through_page(page, "users/alice/from the page", "hello")
         self.assertIn("hello", arrived)
         reply = await c.request("GET", "n3", kv_path("users/alice/from the page"))
@@ -294,7 +302,7 @@ class DashboardLoginTests(TestCase):
             "Array.from(document.querySelectorAll('#event-list li'), li => li.dataset.name)"
         )
         self.assertEqual([n for n in names if n.startswith("private/")], [])
-        # Alice's files area is /alice/: the page's listing of / is refused.
+        # the cancelled login's 401, and nothing else (no folder refused)
         problems = dashboard.BrowserTests.problems(self)
-        expected = "log: Failed to load resource: the server responded with a status of 40"
+        expected = "log: Failed to load resource: the server responded with a status of 401"
         self.assertEqual([p for p in problems if not p.startswith(expected)], [])

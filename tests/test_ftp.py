@@ -20,7 +20,8 @@ from twisted.internet.error import CannotListenError, ConnectionDone, Connection
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import CertificateOptions
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import ftp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -29,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.test_logins import HeldChecks
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.passwords import hash_password
 from twisted_kv.core.users import Grant, LoginThrottle, User
@@ -56,6 +58,7 @@ from twisted_kv.ftp.server import (
     build_ftp_factory,
     ftp_error,
 )
+from twisted_kv.logins import Logins
 
 HOST = IPv4Address("TCP", "127.0.0.1", 2121)
 PEER = IPv4Address("TCP", "127.0.0.1", 50000)
@@ -753,6 +756,22 @@ class CommandTests(SynchronousTestCase):
         self.reactor.advance(10)
         self.assertEqual(self.session.replies(), ["425 Can't open data connection."])
 
+    def test_transfers_log_nothing(self) -> None:
+        """
+        Passive transfers, a data connection from another host and one
+        that never comes add nothing to the log (Twisted's own data
+        connection factory logs five lines a transfer).
+        """
+        self.session.login()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.assertEqual(self.session.upload("STOR f", b"data")[-1], "226 Transfer Complete.")
+        self.assertEqual(self.session.download("RETR f")[1], b"data")
+        self.session.send("PASV")
+        self.assertIsNone(self.reactor.tcpServers[-1][1].buildProtocol(IPv4Address("TCP", "10.9.8.7", 4000)))
+        self.reactor.advance(10)
+        self.assertEqual(self.session.replies(), ["425 Can't open data connection."])
+        self.assertEqual([formatEvent(event) for event in logged], [])
+
     def test_data_connection_from_elsewhere(self) -> None:
         """
         Only the client's host may open the data connection.
@@ -1123,7 +1142,7 @@ class ExplicitTLSTests(SynchronousTestCase):
         self.assertEqual(self.session.send("EPSV")[0][:4], "229 ")
         listening = self.reactor.tcpServers[-1][1]
         self.assertIsInstance(listening, TLSMemoryBIOFactory)
-        self.assertIsInstance(listening.wrappedFactory, ftp.DTPFactory)
+        self.assertIs(listening.wrappedFactory, self.session.protocol.wrappedProtocol.dtpFactory)
         # One settings object, one OpenSSL context: the control connection's
         # TLS session is in its cache.
         self.assertIsNone(listening.buildProtocol(IPv4Address("TCP", "10.0.0.9", 50001)))
@@ -1163,13 +1182,23 @@ class UserAreaTests(SynchronousTestCase):
         carol = User(name="carol", password="plain:c", grant=Grant("carol", files="/carol/"))
         dave = User(name="dave", password="plain:d", grant=Grant("dave"))
         self.throttle = LoginThrottle(free=2)
+        self.checks = HeldChecks()
         self.factory = build_ftp_factory(
             self.kv,
             USERS,
             clock=self.reactor,
             accounts={"carol": carol, "dave": dave},
-            throttle=self.throttle,
+            logins=Logins(self.throttle, self.reactor, self.checks),
         )
+
+    def send(self, session: Session, line: str) -> list[str]:
+        """
+        Send C{line}, answering the password checks it asks for.
+        """
+        session.protocol.dataReceived(line.encode("utf-8") + b"\r\n")
+        while self.checks.pending:
+            self.checks.answer()
+        return session.replies()
 
     def test_confined(self) -> None:
         """
@@ -1178,17 +1207,19 @@ class UserAreaTests(SynchronousTestCase):
         tree; a user without a files area cannot log in.
         """
         carol = Session(self.factory, self.reactor)
-        carol.login("carol", "c")
+        carol.send("USER carol")
+        self.send(carol, "PASS c")
         self.assertEqual(carol.send("PWD"), ['257 "/"'])
         self.assertEqual(carol.upload("STOR a.txt", b"A")[-1][:4], "226 ")
         self.assertEqual(carol.send("CWD ..")[0][:4], "550 ")
         self.assertEqual(carol.send("SIZE /carol/a.txt")[0][:4], "550 ")
         alice = Session(self.factory, self.reactor)
-        alice.login()
+        alice.send("USER alice")
+        self.send(alice, "PASS wonderland")
         self.assertEqual(alice.send("SIZE /carol/a.txt"), ["213 1"])
         dave = Session(self.factory, self.reactor)
         dave.send("USER dave")
-        self.assertEqual(dave.send("PASS d"), ["530 Sorry, Authentication failed."])
+        self.assertEqual(self.send(dave, "PASS d"), ["530 Sorry, Authentication failed."])
 
     def test_throttled(self) -> None:
         """
@@ -1198,15 +1229,37 @@ class UserAreaTests(SynchronousTestCase):
         for _ in range(3):
             session = Session(self.factory, self.reactor)
             session.send("USER alice")
-            self.assertEqual(session.send("PASS nope"), ["530 Sorry, Authentication failed."])
+            self.assertEqual(self.send(session, "PASS nope"), ["530 Sorry, Authentication failed."])
         session = Session(self.factory, self.reactor)
         session.send("USER alice")
-        self.assertEqual(session.send("PASS wonderland")[0][:4], "421 ")
+        self.assertEqual(self.send(session, "PASS wonderland")[0][:4], "421 ")
         self.assertTrue(session.transport.disconnecting)
         self.reactor.advance(1)
         session = Session(self.factory, self.reactor)
         session.send("USER alice")
-        self.assertEqual(session.send("PASS wonderland"), ["230 User logged in, proceed"])
+        self.assertEqual(self.send(session, "PASS wonderland"), ["230 User logged in, proceed"])
+
+    def test_checked_off_the_reactor(self) -> None:
+        """
+        A password is answered once its check is done, other sessions
+        going on meanwhile; logins sent in parallel from one address are
+        checked one after the other and refused (C{421}) as soon as the
+        same logins one by one would be: with two free failures, the
+        fourth is never checked.
+        """
+        sessions = [Session(self.factory, self.reactor) for _ in range(4)]
+        for session in sessions:
+            session.send("USER alice")
+            self.assertEqual(session.send("PASS nope"), [])
+        self.assertEqual(len(self.checks.pending), 1)
+        carol = Session(self.factory, self.reactor)
+        self.assertEqual(carol.send("FEAT")[0], "211-Features:")
+        for _ in range(3):
+            self.checks.answer()
+        self.assertEqual(
+            [session.replies()[0][:4] for session in sessions], ["530 ", "530 ", "530 ", "421 "]
+        )
+        self.assertEqual(self.checks.pending, [])
 
 
 class UploadEndTests(SynchronousTestCase):

@@ -28,15 +28,16 @@ ALLOWED: dict[str, frozenset[str]] = {
     "peer": frozenset({"core", "wire", "interfaces", "errors", "tls"}),
     "cluster": frozenset({"core", "wire", "storage", "interfaces", "errors"}),
     "files": frozenset({"core", "interfaces", "errors"}),
-    "web": frozenset({"cluster", "files", "core", "interfaces", "errors", "_compat"}),
+    "logins": frozenset({"core"}),
+    "web": frozenset({"cluster", "files", "core", "interfaces", "errors", "_compat", "logins"}),
     "ws": frozenset({"files", "core", "interfaces", "errors", "_compat", "_autobahn_timer"}),
-    "ftp": frozenset({"files", "core", "interfaces", "errors", "_compat", "tls"}),
+    "ftp": frozenset({"files", "core", "interfaces", "errors", "_compat", "tls", "logins"}),
     "client": frozenset({"core", "errors", "_compat", "_autobahn_timer"}),
     "testing": frozenset({"cluster", "core", "wire", "peer", "storage", "interfaces", "errors"}),
     "app": frozenset(
         {
             "cluster", "client", "core", "wire", "storage", "peer", "files", "web", "ws", "ftp",
-            "interfaces", "errors", "_compat", "tls",
+            "interfaces", "errors", "_compat", "tls", "logins",
         }
     ),
 }

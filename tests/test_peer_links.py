@@ -548,7 +548,8 @@ class InMemoryLinksTests(SynchronousTestCase):
         """
         Nodes with different secrets never authenticate each other; nothing
         reaches either handler, and the failing handshakes back off like
-        refused connections.
+        refused connections.  Each node logs the refusals once (the next
+        line would come a minute later), not once per attempt.
         """
         ports = {"n1": 7101, "n2": 7102}
         n1, h1 = self.net.node("n1", ports=ports)
@@ -556,14 +557,18 @@ class InMemoryLinksTests(SynchronousTestCase):
         self.net.start(n1)
         self.net.start(n2)
         attempts = []
-        for _ in range(1000):
-            self.net.reactor.advance(0.01)
-            if self.net.reactor.tcpClients:
-                attempts.append(self.net.reactor.seconds())
-            self.net.run()
+        with capturedLogs() as events:
+            for _ in range(1000):
+                self.net.reactor.advance(0.01)
+                if self.net.reactor.tcpClients:
+                    attempts.append(self.net.reactor.seconds())
+                self.net.run()
         self.assertEqual((h1.events, h2.events), ([], []))
         self.assertEqual(n1.connected() | n2.connected(), set())
         self.assertLess(len(attempts), 40)
+        self.assertGreater(len(attempts), 5)
+        refused = [formatEvent(e) for e in events if "wrong cluster secret" in formatEvent(e)]
+        self.assertIn(len(refused), (1, 2), refused)
         self.stop_all(n1, n2)
 
     def test_wrong_cluster(self) -> None:

@@ -14,6 +14,7 @@ import struct
 from hashlib import sha256
 from typing import Any, Optional
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import PrivateCertificate
@@ -36,6 +37,7 @@ from twisted_kv.peer.protocol import (
     MessageTooLarge,
     PeerProtocol,
     PeerSettings,
+    RefusalLog,
     auth_mac,
     frame,
 )
@@ -614,6 +616,76 @@ class RejectionTests(_ProtocolTestMixin, SynchronousTestCase):
         protocol.dataReceived(_message("late"))
         self.assertDropped(protocol)
         self.assertNothingDelivered()
+
+
+class RefusalLogTests(_ProtocolTestMixin, SynchronousTestCase):
+    """
+    Handshakes refused for a wrong secret again and again, as a node
+    started with another secret makes them: logged once per host a
+    minute, with a count of those in between, while every one is still
+    dropped; other drops are logged each time.
+    """
+
+    def refuse(self, refusals: RefusalLog, host: str, data: bytes) -> StringTransport:
+        """
+        Connect to C{n1} from C{host} and send C{data}, which it refuses.
+        """
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+        protocol = PeerProtocol(
+            _settings(), self.clock, deliver=self.recorder.deliver, nonce=N1_NONCE,
+            refusals=refusals,
+        )
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
+        self.assertTrue(transport.disconnected)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        return transport
+
+    def warnings(self) -> list[str]:
+        return [formatEvent(e) for e in self.log if e["log_level"] == LogLevel.warn]
+
+    def test_wrong_secret_again_and_again(self) -> None:
+        """
+        The first wrong-secret refusal of a host is logged, saying that
+        more are logged once a minute; the next ones within the minute are
+        not, unless they come from another host; the first one after the
+        minute says how many went unlogged.  Other refusals of the host
+        are logged each time.
+        """
+        refusals = RefusalLog()
+        wrong_secret = _hello() + _auth(secret=b"guess")
+        for _ in range(4):
+            self.refuse(refusals, "10.0.0.2", wrong_secret)
+            self.clock.advance(10)
+        [first] = self.warnings()
+        self.assertIn("from 10.0.0.2:40000 claiming to be 'n2' (awaiting AUTH): bad AUTH", first)
+        self.assertIn("more from this host are logged once every 60 s", first)
+        self.refuse(refusals, "10.0.0.3", wrong_secret)
+        for _ in range(2):
+            self.refuse(refusals, "10.0.0.2", _hello(cluster="other"))
+        self.assertEqual(len(self.warnings()), 4)
+        self.clock.advance(20)
+        self.refuse(refusals, "10.0.0.2", wrong_secret)
+        later = self.warnings()[4:]
+        self.assertEqual(len(later), 1, later)
+        self.assertIn("from 10.0.0.2:40000", later[0])
+        self.assertIn("bad AUTH (wrong cluster secret?); 3 more refused from this host", later[0])
+        self.assertEqual(
+            [e for e in self.recorder.events if e[0] != "closed"], []
+        )
+
+    def test_forgets_the_oldest(self) -> None:
+        """
+        The log remembers at most C{limit} hosts, the one logged longest
+        ago forgotten first (and so logged at once again).
+        """
+        refusals = RefusalLog(interval=60, limit=2)
+        self.assertEqual(refusals.refused("a", 0), 0)
+        self.assertEqual(refusals.refused("b", 1), 0)
+        self.assertIsNone(refusals.refused("a", 2))
+        self.assertEqual(refusals.refused("c", 3), 0)
+        self.assertEqual(refusals.refused("a", 4), 0)
+        self.assertIsNone(refusals.refused("c", 5))
 
 
 class AuthenticatedTests(_ProtocolTestMixin, SynchronousTestCase):

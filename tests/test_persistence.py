@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.linearizability import Op, check, random_operation
 from tests.test_cluster import close_unreturned, record_outcome, submit_operation
 from twisted_kv.cluster.node import Node
+from twisted_kv.core import messages
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import Put
 from twisted_kv.errors import (
@@ -284,6 +285,42 @@ class DiskErrorTests(SynchronousTestCase):
         read = _outcome(coordinator.get(user_key("k")))
         cluster.run(1)
         self.assertEqual(read[0].record.value, b"v4")
+        self.flushLoggedErrors()
+        cluster.stop()
+
+    def test_failed_log_reports_only_what_is_durable(self) -> None:
+        """
+        A node whose log failed still takes the leader's new maps in
+        memory, but saves none: its status gossip goes on reporting the
+        term, consensus entry and committed index it had on disk, not the
+        newer ones it holds in memory alone.
+        """
+        cluster = MemoryCluster(3, seed=2, disks=True)
+        leader = cluster.settle()
+        failed = sorted(set(cluster.nodes) - {leader})[0]
+        node = cluster.nodes[failed]
+        cluster.run(0.5)
+        durable = (node.term, list(node.consensus.entry), node.consensus.committed_index)
+        reported = []
+        send = cluster.network.send
+
+        def recording(sender: str, peer: str, message: list) -> bool:
+            if sender == failed and message[0] == messages.STATUS:
+                state, entry, _ = messages.parse_status(message)
+                reported.append((state["term"], list(entry), state["map_index"]))
+            return send(sender, peer, message)
+
+        cluster.network.send = recording
+        cluster.filesystems[failed].inject(Fault("sync", errno.EIO, times=None))
+        for i in range(5):
+            _outcome(cluster.coordinators[leader].put(user_key(f"k{i}"), b"v"))
+        cluster.run(6)
+        self.assertTrue(node.log_failed())
+        # the maps that moved its partitions away reached its memory
+        self.assertGreater(node.consensus.committed_index, durable[2])
+        self.assertGreater(len(reported), 10)
+        self.assertEqual(reported[-5:], [durable] * 5)
+        self.assertEqual(node.sync_state()["map_index"], durable[2])
         self.flushLoggedErrors()
         cluster.stop()
 

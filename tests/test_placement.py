@@ -35,6 +35,7 @@ from twisted_kv.core.placement import (
     partition_of,
     plan,
     plan_partition,
+    without_primary,
 )
 from twisted_kv.wire import codec
 
@@ -344,6 +345,27 @@ class PlanPartitionTests(SynchronousTestCase):
             ]
         )
         self.assertEqual(lost_partitions(cluster_map, _live(("A", 2), ("B", 2), "C")), [0, 2])
+
+    def test_without_primary(self) -> None:
+        """
+        L{without_primary} names, in order, the partitions of a map whose
+        primary is dead, restarted (alive in a newer incarnation) or
+        missing; a live primary serves its partition whatever its backups'
+        state, and news of a restart not yet heard (an older incarnation
+        alive) is no proof of one.
+        """
+        cluster_map = ClusterMap(
+            [
+                _config(1, ["A", "B"], "AB"),
+                _config(1, ["B", "A"], "BA"),
+                _config(1, ["C", "A"], "CA"),
+                _config(1, [("D", 3), "A"], "DA"),
+                _config(1, [], ""),
+                _config(1, ["A", "C"], "AC"),
+            ]
+        )
+        live = _live("A", ("B", 2), ("D", 2))
+        self.assertEqual(without_primary(cluster_map, live), [1, 2, 4])
 
     def test_restarted_backup_is_gone(self) -> None:
         """

@@ -61,7 +61,7 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(dialled, sorted(n.peer_port for n in config.peers("n2")))
         self.assertEqual(
             [child.name for child in service],
-            ["peers", "node", "changes", "http", "ftp", "orphan-collector"],
+            ["peers", "node", "changes", "password-checks", "http", "ftp", "orphan-collector"],
         )
 
     def test_busy_port_is_one_line(self) -> None:

@@ -506,10 +506,14 @@ class HealthTests(SynchronousTestCase):
         A node that sees two of three nodes die stops being healthy once
         they are taken for dead, saying that no majority is reachable and
         how many nodes it reaches; C{/live} stays a 200.  When one comes
-        back, it is healthy again.
+        back (empty), a majority is back, but the partitions whose every
+        copy was on the two are not served until the other one is back
+        too; then it is healthy again.
         """
         leader = self.cluster.settle()
         survivor, other = sorted(set(self.cluster.nodes) - {leader})
+        partitions = self.cluster.nodes[survivor].cluster_map.partitions
+        elsewhere = [i for i, c in enumerate(partitions) if c.member(survivor) is None]
         self.cluster.kill(leader)
         self.cluster.kill(other)
         self.assertEqual(self.get(survivor, "/health")[0], 200)
@@ -521,7 +525,38 @@ class HealthTests(SynchronousTestCase):
         )
         self.cluster.start(other)
         self.cluster.run(self.cluster.config.election_timeout + self.cluster.config.failure_timeout)
+        body = self.assertUnhealthy(survivor, "partitions_unserved")
+        self.assertEqual(body["unserved_partitions"], elsewhere)
+        self.cluster.start(leader)
+        self.cluster.settle()
         self.assertEqual(self.get(survivor, "/health")[0], 200)
+
+    def test_partitions_without_a_live_copy(self) -> None:
+        """
+        With one copy of each key, a node's death takes the only copy of
+        the partitions it was the primary of: the others still reach a
+        majority and the leader, but cannot serve those partitions and say
+        which.  Once the node is back, empty, the leader starts them again
+        and every node is healthy.
+        """
+        self.cluster = MemoryCluster(3, replicas=1)
+        self.addCleanup(self.cluster.stop)
+        leader = self.cluster.settle()
+        victim = sorted(set(self.cluster.nodes) - {leader})[0]
+        partitions = self.cluster.nodes[leader].cluster_map.partitions
+        held = [index for index, config in enumerate(partitions) if config.primary.node_id == victim]
+        self.assertTrue(held)
+        self.cluster.kill(victim)
+        self.cluster.run(self.cluster.config.failure_timeout + 1)
+        for survivor in self.cluster.nodes:
+            body = self.assertUnhealthy(survivor, "partitions_unserved")
+            self.assertEqual(body["unserved_partitions"], held)
+            self.assertIn(f"{len(held)} of {len(partitions)} partitions", body["message"])
+        self.cluster.start(victim)
+        self.cluster.settle()
+        for node_id in self.cluster.nodes:
+            code, body = self.get(node_id, "/health")
+            self.assertEqual((code, body["unserved_partitions"]), (200, []), body)
 
     def test_cut_off_from_leader(self) -> None:
         """

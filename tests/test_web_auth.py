@@ -23,11 +23,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.strategies import ordered_keys
 from tests.test_http_api import FakeClusterStatus
+from tests.test_logins import HeldChecks
 from tests.test_site import Response, parse_responses, request
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.passwords import hash_password
 from twisted_kv.core.users import Grant, LoginThrottle, User
+from twisted_kv.logins import CheckPassword, Logins, check_now
 from twisted_kv.web.auth import Guard
 from twisted_kv.web.files_http import files_resource
 from twisted_kv.web.site import build_site
@@ -53,12 +55,18 @@ class GuardedSite:
     A node's site with users alice and root, over an in-memory store.
     """
 
-    def __init__(self, users: tuple[User, ...] = (ALICE, ROOT), free_failures: int = 5) -> None:
+    def __init__(
+        self,
+        users: tuple[User, ...] = (ALICE, ROOT),
+        free_failures: int = 5,
+        check_password: CheckPassword = check_now,
+    ) -> None:
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.kv = LocalKeyValue(self.clock)
         self.throttle = LoginThrottle(free=free_failures)
-        guard = Guard({u.name: u for u in users}, b"secret", self.throttle, self.clock)
+        logins = Logins(self.throttle, self.clock, check_password)
+        guard = Guard({u.name: u for u in users}, b"secret", logins, self.clock)
         ws, self.ws_service = build_ws_resource(self.kv, clock=self.clock)
         self.site = build_site(
             self.kv,
@@ -72,12 +80,19 @@ class GuardedSite:
         """
         What the site answers C{data} sent from C{host}.
         """
-        protocol = self.site.buildProtocol(IPv4Address("TCP", host, 40000))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
-        protocol.makeConnection(transport)
+        protocol, transport = self.connect(host)
         protocol.dataReceived(data)
         protocol.connectionLost(Failure(ConnectionDone()))
         return transport.value()
+
+    def connect(self, host: str = "127.0.0.1") -> tuple[Any, StringTransport]:
+        """
+        An open connection from C{host}: its protocol and transport.
+        """
+        protocol = self.site.buildProtocol(IPv4Address("TCP", host, 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+        protocol.makeConnection(transport)
+        return protocol, transport
 
     def exchange(self, data: bytes, host: str = "127.0.0.1") -> list[Response]:
         return parse_responses(self.raw(data, host))
@@ -205,6 +220,32 @@ class AuthenticationTests(SynchronousTestCase):
         served = self.node.call("GET", "/kv/users/x", Origin="http://node.example", **headers)
         self.assertEqual(served[0], 200)
 
+    def test_refusals_carry_the_common_headers(self) -> None:
+        """
+        A refusal (C{401}, C{403}, C{429}) carries the C{Date} and
+        C{Server} headers every other answer of the site carries, beside
+        the JSON error body.
+        """
+        node = GuardedSite(free_failures=0)
+        node.store("users/x")
+        served = node.call("GET", "/kv/users/x", Authorization=ALICE_BASIC)
+        self.assertEqual(served[0], 200)
+        refusals = [
+            node.call("GET", "/kv/secret", Authorization=ALICE_BASIC),
+            node.call("GET", "/kv/users/x"),
+            node.call("GET", "/kv/users/x", Authorization=basic("alice", "guess")),
+            node.call("GET", "/kv/users/x", Authorization=ALICE_BASIC),
+        ]
+        self.assertEqual([code for code, _, _ in refusals], [403, 401, 401, 429])
+        for code, headers, body in refusals:
+            self.assertEqual(
+                (headers.get(b"date"), headers.get(b"server")),
+                (served[1][b"date"], served[1][b"server"]),
+                code,
+            )
+            self.assertEqual(headers[b"content-type"], b"application/json")
+            self.assertEqual(set(json.loads(body)), {"error", "message"})
+
     def test_websocket_upgrade(self) -> None:
         """
         A WebSocket upgrade without credentials, or with a forged token, is
@@ -220,6 +261,66 @@ class AuthenticationTests(SynchronousTestCase):
         self.assertEqual(self.node.exchange(request("GET", "/ws?token=forged", **upgrade))[0][0], 401)
         bearer_elsewhere = request("GET", "/kv/users/x?token=forged")
         self.assertEqual(self.node.exchange(bearer_elsewhere)[0][0], 401)
+
+
+class PasswordCheckTests(SynchronousTestCase):
+    """
+    Passwords the process has not seen are checked off the reactor
+    thread: the request waits for the check, other requests do not.
+    """
+
+    def setUp(self) -> None:
+        self.checks = HeldChecks()
+        self.node = GuardedSite(free_failures=1, check_password=self.checks)
+        self.node.store("users/x")
+
+    def test_waits_for_the_check(self) -> None:
+        """
+        A request with a password not seen before is answered once its
+        check is done; meanwhile a request with a token is served; later
+        requests with the same password need no check.
+        """
+        protocol, transport = self.node.connect()
+        protocol.dataReceived(request("POST", "/auth/token", Authorization=basic("root", "toor")))
+        self.checks.answer()
+        [(code, _, body)] = parse_responses(transport.value())
+        bearer = "Bearer " + json.loads(body)["token"]
+        protocol, transport = self.node.connect()
+        protocol.dataReceived(request("GET", "/kv/users/x", Authorization=ALICE_BASIC))
+        self.assertEqual((transport.value(), len(self.checks.pending)), (b"", 1))
+        self.assertEqual(self.node.call("GET", "/kv/users/x", Authorization=bearer)[0], 200)
+        self.checks.answer()
+        [(code, _, body)] = parse_responses(transport.value())
+        self.assertEqual((code, body), (200, b"v"))
+        self.assertEqual(self.node.call("GET", "/kv/users/x", Authorization=ALICE_BASIC)[0], 200)
+        self.assertEqual(self.checks.pending, [])
+
+    def test_client_gone(self) -> None:
+        """
+        A client gone while its password was checked is answered nothing,
+        and nothing fails.
+        """
+        protocol, transport = self.node.connect()
+        protocol.dataReceived(request("PUT", "/kv/users/alice/y", b"new", Authorization=ALICE_BASIC))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.checks.answer()
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.node.call("GET", "/kv/users/alice/y", Authorization=ALICE_BASIC)[0], 404)
+
+    def test_parallel_guesses(self) -> None:
+        """
+        Wrong passwords sent in parallel from one address are checked one
+        after the other, and refused with C{429} as soon as they would be
+        one by one: with one free failure, the third is never checked.
+        """
+        connections = [self.node.connect() for _ in range(3)]
+        for protocol, _ in connections:
+            protocol.dataReceived(request("GET", "/kv/users/x", Authorization=basic("alice", "guess")))
+        self.assertEqual(len(self.checks.pending), 1)
+        self.checks.answer()
+        self.checks.answer()
+        codes = [parse_responses(transport.value())[0][0] for _, transport in connections]
+        self.assertEqual((codes, self.checks.pending), ([401, 401, 429], []))
 
 
 class PermissionTests(SynchronousTestCase):

@@ -107,8 +107,8 @@ class Health:
     Whether a node serves reads and writes, for C{GET /health}.
 
     @ivar problem: why it does not, as a short code (C{no_majority},
-        C{no_leader}, C{leader_unreachable}, C{no_map}), or C{None} when it
-        does.
+        C{no_leader}, C{leader_unreachable}, C{no_map},
+        C{partitions_unserved}), or C{None} when it does.
     @ivar message: the problem in words ("" when there is none).
     @ivar details: what the decision was made from, as JSON fields.
     """

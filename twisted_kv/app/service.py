@@ -34,6 +34,7 @@ from twisted_kv.core.users import LoginThrottle
 from twisted_kv.files import FileSystem, OrphanCollector
 from twisted_kv.files.events import file_event_for
 from twisted_kv.ftp.server import build_ftp_factory
+from twisted_kv.logins import Logins, check_in_threads, password_pool
 from twisted_kv.peer.links import PeerLinks
 from twisted_kv.storage.fs import OSFileSystem
 from twisted_kv.tls import NodeTLS, TLSSetupError, load_node_tls, tls_server_factory
@@ -254,9 +255,11 @@ def build_node_service(
     kv = Coordinator(node, reactor)
     ws_resource, ws_service = build_ws_resource(kv, clock=reactor, file_event_for=file_event_for)
     ws_service.setName("changes")
-    # One count of failed logins per address for HTTP and FTP.
-    throttle = LoginThrottle()
-    guard = Guard(config.users, config.secret, throttle, reactor) if config.users else None
+    # One count of failed logins per address for HTTP and FTP, and the
+    # threads their passwords are checked in, off the reactor.
+    passwords = password_pool()
+    logins = Logins(LoginThrottle(), reactor, check_in_threads(reactor, passwords))
+    guard = Guard(config.users, config.secret, logins, reactor) if config.users else None
     site = build_site(
         kv,
         NodeStatus(node, reactor),
@@ -279,7 +282,7 @@ def build_node_service(
         passive_address=me.ftp_passive_address,
         passive_ports=me.ftp_passive_ports,
         accounts=config.users,
-        throttle=throttle,
+        logins=logins,
     )
     collector = OrphanCollector(
         FileSystem(kv, reactor, max_file_bytes=config.max_file_bytes), reactor
@@ -290,6 +293,7 @@ def build_node_service(
         links,
         _Running("node", node.start, node.stop),
         ws_service,
+        _Running("password-checks", passwords.start, passwords.stop),
         _listening(
             "http", reactor, me.listen_host, me.http_port,
             site if tls is None else tls_server_factory(tls.server, site, reactor),

@@ -49,7 +49,7 @@ from twisted_kv.cluster.operations import ClientOperations
 from twisted_kv.cluster.replication import Replication
 from twisted_kv.core import messages
 from twisted_kv.core.config import ClusterConfig
-from twisted_kv.core.consensus import LEADER, Consensus, Outgoing
+from twisted_kv.core.consensus import LEADER, Consensus, DurableState, Outgoing
 from twisted_kv.core.keyspace import FILES, USER
 from twisted_kv.core.membership import ALIVE, DEAD, Membership
 from twisted_kv.core.placement import (
@@ -64,6 +64,7 @@ from twisted_kv.core.placement import (
     moving_partitions,
     partition_of,
     plan,
+    without_primary,
 )
 from twisted_kv.core.records import Expire
 from twisted_kv.core.replica import Replica
@@ -137,6 +138,8 @@ class Node:
         if disk is not None and disk.recovered.consensus is not None:
             self.consensus.restore(now, disk.recovered.consensus)
         self._saved_consensus = self.consensus.durable_state()
+        # the last consensus state known to be on disk
+        self._durable_consensus = self._saved_consensus
         self._consensus_gate = DurableGate(self._send_all, "the consensus state")
         self.membership = Membership(
             self.roster.ids, node_id, incarnation, config.failure_timeout
@@ -398,6 +401,7 @@ class Node:
         the metrics: C{keys} counts every record it holds a copy of, which
         C{user_keys} and C{file_records} split by namespace.
         """
+        term, _, committed_index = self._position()
         return {
             "keys": self.key_count(),
             "user_keys": self.records_in(USER),
@@ -407,11 +411,25 @@ class Node:
             "repaired": self.antientropy.repaired_keys(),
             "antientropy_bytes": self.antientropy.bytes_sent,
             "last_full_round": self.antientropy.last_full_round,
-            "term": self.consensus.term,
+            "term": term,
             "has_map": self.consensus.latest_map is not None,
-            "map_index": self.consensus.committed_index,
+            "map_index": committed_index,
             "log_failed": self.log_failed(),
         }
+
+    def _position(self) -> tuple[int, tuple[int, int], int]:
+        """
+        This node's term, the C{(index, term)} of its newest consensus
+        entry and its committed index, as it reports them to the others:
+        once its log failed, only what reached its disk before, for what
+        it holds in memory alone may be gone after a restart, and a peer
+        trusting it could refuse its vote to the candidates that lack it.
+        """
+        if self.log_failed():
+            term, _, index, entry_term, _, committed_index = self._durable_consensus
+            return term, (index, entry_term), committed_index
+        consensus = self.consensus
+        return consensus.term, consensus.entry, consensus.committed_index
 
     def synced(self) -> bool:
         """
@@ -454,7 +472,7 @@ class Node:
         # A node removed from the cluster has nothing more to say to it.
         if gossip_due and not self.removed():
             self._last_gossip = now
-            entry = list(self.consensus.entry)
+            entry = list(self._position()[1])
             status = messages.status(self.sync_state(), entry, self.feed.last_revision)
             for peer in self.consensus.peers:
                 self._send(peer, status)
@@ -625,6 +643,17 @@ class Node:
         live = self.membership.live(self._now())
         return moving_partitions(self._map, self.ring, live, self.config.replicas)
 
+    def unserved_partitions(self) -> list[int]:
+        """
+        The partitions of the committed map this node cannot serve now, in
+        order: those whose primary is gone in its view (L{without_primary})
+        and those lost (L{lost_partitions}), for C{/health}.
+        """
+        if self._map is None:
+            return []
+        live = self.membership.live(self._now())
+        return sorted(set(without_primary(self._map, live)) | self.lost_partitions)
+
     # -- applying the committed map ----------------------------------------
 
     def _apply_map(self, cluster_map: ClusterMap) -> None:
@@ -775,9 +804,15 @@ class Node:
             state = self.consensus.durable_state()
             if state != self._saved_consensus:
                 self._saved_consensus = state
-                self._consensus_gate.after(self._disk.save_consensus(state), outgoing)
+                saved = self._disk.save_consensus(state)
+                saved.addCallback(self._consensus_saved, state)
+                self._consensus_gate.after(saved, outgoing)
                 return
         self._consensus_gate.send(outgoing)
+
+    def _consensus_saved(self, result: None, state: DurableState) -> None:
+        self._durable_consensus = state
+        return result
 
     def hears_leader(self) -> bool:
         """

@@ -964,20 +964,48 @@ def _parse_optional_node_keys(path: str, section: str, values: Any) -> dict[str,
 
 def _check_ports(path: str, nodes: tuple[NodeConfig, ...]) -> None:
     """
-    Refuse two listeners on one address, whichever nodes and kinds they are.
+    Refuse two listeners on one address, whichever nodes and kinds they
+    are: no port a node listens on, nor any of its passive FTP data ports,
+    may be another's on the same host.
     """
-    seen: dict[int, list[tuple[str, str, str]]] = {}
+    seen: list[tuple[str, int, int, str, str]] = []
     for node in nodes:
-        for key in _PORT_KEYS:
-            port = getattr(node, key)
-            for host, other_section, other_key in seen.get(port, []):
-                if (
-                    host == node.host
-                    or host in _WILDCARD_HOSTS
-                    or node.host in _WILDCARD_HOSTS
-                ):
+        section = f"node:{node.node_id}"
+        for key, low, high in _listened(node):
+            for host, other_low, other_high, other_section, other_key in seen:
+                same_host = (
+                    host == node.host or host in _WILDCARD_HOSTS or node.host in _WILDCARD_HOSTS
+                )
+                if same_host and low <= other_high and other_low <= high:
                     raise ConfigError(
-                        path, f"node:{node.node_id}", key,
-                        f"duplicate port {port} (also [{other_section}] {other_key})",
+                        path, section, key,
+                        _clash(low, high, other_low, other_high, f"[{other_section}] {other_key}"),
                     )
-            seen.setdefault(port, []).append((node.host, f"node:{node.node_id}", key))
+            seen.append((node.host, low, high, section, key))
+
+
+def _listened(node: NodeConfig) -> list[tuple[str, int, int]]:
+    """
+    The ports node C{node} listens on, as C{(key, low, high)} ranges.
+    """
+    ports = [(key, getattr(node, key), getattr(node, key)) for key in _PORT_KEYS]
+    if node.ftp_passive_ports is not None:
+        ports.append(("ftp_passive_ports", *node.ftp_passive_ports))
+    return ports
+
+
+def _clash(low: int, high: int, other_low: int, other_high: int, other: str) -> str:
+    """
+    Why ports C{low}-C{high} cannot be used beside C{other_low}-C{other_high}
+    (C{other}'s, on the same host).
+    """
+    if low == high and other_low == other_high:
+        return f"duplicate port {low} (also {other})"
+    if other_low == other_high:
+        return f"ports {low}-{high} include port {other_low} ({other})"
+    if low == high:
+        return f"port {low} is one of the passive FTP ports {other_low}-{other_high} ({other})"
+    return (
+        f"ports {low}-{high} overlap {other} ({other_low}-{other_high}) on the same host:"
+        " two nodes' passive FTP transfers would take each other's ports"
+    )

@@ -260,6 +260,23 @@ def lost_partitions(cluster_map: ClusterMap, live: Mapping[str, int]) -> list[in
     return [index for index, config in enumerate(cluster_map.partitions) if is_lost(config, live)]
 
 
+def without_primary(cluster_map: ClusterMap, live: Mapping[str, int]) -> list[int]:
+    """
+    The partitions of C{cluster_map} whose primary is gone, in order: none
+    is named, or it is not alive, or alive only in a newer incarnation (it
+    restarted, and its copy with it).  No write to them can succeed until
+    the leader names another primary, and that takes a live in-sync copy.
+
+    @param live: the incarnation of every node currently alive.
+    """
+    return [
+        index
+        for index, config in enumerate(cluster_map.partitions)
+        if config.primary is None
+        or live.get(config.primary.node_id, config.primary.incarnation + 1) > config.primary.incarnation
+    ]
+
+
 def plan_partition(
     config: PartitionConfig,
     preference: Sequence[str],

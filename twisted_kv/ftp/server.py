@@ -53,9 +53,9 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, IConsumer, IReactorTCP
+from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
@@ -63,7 +63,7 @@ from twisted.python.filepath import Permissions
 from zope.interface import implementer
 
 from twisted_kv._compat import set_rename_source, validate_network_protocol
-from twisted_kv.core.passwords import check_stored, hash_password, verify_password
+from twisted_kv.core.passwords import check_stored, hash_password
 from twisted_kv.core.users import LoginThrottle, User
 from twisted_kv.errors import (
     InsufficientStorage,
@@ -71,6 +71,7 @@ from twisted_kv.errors import (
     KVError,
     OutcomeUnknown,
     PreconditionFailed,
+    TooManyLogins,
     Unavailable,
     ValueTooLarge,
 )
@@ -88,6 +89,7 @@ from twisted_kv.files import (
     UploadExpired,
 )
 from twisted_kv.interfaces import IKeyValue
+from twisted_kv.logins import CheckPassword, Logins, check_now
 from twisted_kv.tls import tls_server_factory
 
 __all__ = ["FileFTP", "FileRealm", "FileShell", "PasswordChecker", "build_ftp_factory"]
@@ -353,13 +355,19 @@ class PasswordChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, users: dict[str, str]) -> None:
+    def __init__(self, users: dict[str, str], check_password: CheckPassword = check_now) -> None:
+        """
+        @param users: user name to stored password.
+        @param check_password: checks a password (off the reactor thread
+            in a node); on the calling thread by default.
+        """
         for name, stored in users.items():
             try:
                 check_stored(stored)
             except ValueError as error:
                 raise ValueError(f"user {name!r}: {error}") from None
         self._users = dict(users)
+        self._check_password = check_password
         self._decoy = hash_password("", salt=bytes(16))
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Any]:
@@ -370,9 +378,13 @@ class PasswordChecker:
         if isinstance(password, bytes):
             password = password.decode("utf-8", "replace")
         stored = self._users.get(username)
-        if verify_password(stored or self._decoy, password) and stored is not None:
-            return succeed(username)
-        return fail(UnauthorizedLogin("wrong user name or password"))
+
+        def decided(matches: bool) -> str:
+            if not matches or stored is None:
+                raise UnauthorizedLogin("wrong user name or password")
+            return username
+
+        return self._check_password(stored or self._decoy, password).addCallback(decided)
 
 
 _MLST_FACTS = ("type", "size", "modify", "perm")
@@ -559,24 +571,26 @@ class FileFTP(ftp.FTP):
 
     def ftp_PASS(self, password: str) -> Any:
         """
-        Log in, unless the client's address failed too many logins lately:
-        then answer C{421} and close the connection.
+        Log in, once the address's earlier attempts are counted (see
+        L{Logins.attempt}), unless it failed too many logins lately: then
+        answer C{421} and close the connection.
         """
-        throttle: LoginThrottle = self.factory.throttle
+        logins: Logins = self.factory.logins
         address = str(getattr(self.transport.getPeer(), "host", ""))
-        if throttle.retry_after(address, self._reactor.seconds()) > 0:
-            self.sendLine("421 Too many failed logins from your address; try again later.")
-            self.transport.loseConnection()
+        if logins.throttle.retry_after(address, self._reactor.seconds()) > 0:
+            self._refuse_login()
             return None
+        login = super().ftp_PASS
 
-        def count(result: Any) -> Any:
-            if isinstance(result, Failure):
-                throttle.failed(address, self._reactor.seconds())
-            else:
-                throttle.succeeded(address)
-            return result
+        def blocked(failure: Failure) -> None:
+            failure.trap(TooManyLogins)
+            self._refuse_login()
 
-        return super().ftp_PASS(password).addBoth(count)
+        return logins.attempt(address, lambda: login(password)).addErrback(blocked)
+
+    def _refuse_login(self) -> None:
+        self.sendLine("421 Too many failed logins from your address; try again later.")
+        self.transport.loseConnection()
 
     def _segments(self, path: str) -> list[str]:
         try:
@@ -623,7 +637,7 @@ class FileFTP(ftp.FTP):
         except CannotListenError:
             self.dtpFactory = None
             return fail(FTPReply(425, "Can't open data connection: every passive port is in use."))
-        self.dtpFactory.setTimeout(self.dtpTimeout)
+        self.dtpFactory.set_timeout(self.dtpTimeout)
         self.reply(*reply(self.dtpPort.getHost().port))
 
         def refused(failure: Failure) -> None:
@@ -882,21 +896,55 @@ class _DataConnection(ftp.DTP):
             )
 
 
-class _DataFactory(ftp.DTPFactory):
+class _DataFactory(ServerFactory):
     """
-    A passive data connection factory that only accepts the client's host.
+    Builds the one data connection of a passive transfer, for the client's
+    host only, if it comes before the timeout.
+
+    Twisted's C{DTPFactory} does the same with a log line at every step
+    (timeout set, connection built, timeout cancelled, factory stopped):
+    five lines a transfer in the node's log.  This one logs nothing.
+
+    @ivar deferred: fires once the data connection is made; fails with
+        C{ftp.PortConnectionError} if none came before the timeout.
     """
 
     noisy = False
 
-    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[ftp.DTP]:
-        if getattr(addr, "host", None) != self.peerHost:
+    def __init__(self, pi: FileFTP, peer_host: str, reactor: IReactorTime) -> None:
+        self.pi = pi
+        self.peer_host = peer_host
+        self.deferred: Deferred[None] = Deferred()
+        self._reactor = reactor
+        self._timeout: Optional[IDelayedCall] = None
+        self._waiting = True
+
+    def set_timeout(self, seconds: float) -> None:
+        """
+        Give up on the data connection if it has not come in C{seconds}.
+        """
+        self._timeout = self._reactor.callLater(seconds, self._timed_out)
+
+    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[_DataConnection]:
+        if not self._waiting or getattr(addr, "host", None) != self.peer_host:
             return None
-        connection = super().buildProtocol(addr)
-        if connection is not None:
-            # Twisted's factory always builds its own DTP class.
-            connection.__class__ = _DataConnection
+        self._waiting = False
+        self.stopFactory()
+        connection = _DataConnection()
+        connection.factory = self
+        connection.pi = self.pi
+        self.pi.dtpInstance = connection
         return connection
+
+    def stopFactory(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+
+    def _timed_out(self) -> None:
+        if not self._waiting:
+            return
+        self._waiting = False
+        self.deferred.errback(ftp.PortConnectionError(TimeoutError("no data connection in time")))
 
 
 class FileFTPFactory(ftp.FTPFactory):
@@ -904,7 +952,7 @@ class FileFTPFactory(ftp.FTPFactory):
     Builds L{FileFTP} sessions on the injected reactor.
 
     @ivar fs: the file system served.
-    @ivar throttle: counts failed logins per address.
+    @ivar logins: checks passwords and counts failed logins per address.
     """
 
     protocol = FileFTP
@@ -916,14 +964,14 @@ class FileFTPFactory(ftp.FTPFactory):
         fs: FileSystem,
         reactor: Any,
         anonymous: bool,
-        throttle: LoginThrottle,
+        logins: Logins,
         tls: Any = None,
         passive_address: Optional[str] = None,
         passive_ports: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(portal)
         self.allowAnonymous = anonymous
-        self.throttle = throttle
+        self.logins = logins
         self.fs = fs
         self._reactor = reactor
         self._tls = tls
@@ -959,7 +1007,7 @@ def build_ftp_factory(
     passive_address: Optional[str] = None,
     passive_ports: Optional[tuple[int, int]] = None,
     accounts: Mapping[str, User] = MappingProxyType({}),
-    throttle: Optional[LoginThrottle] = None,
+    logins: Optional[Logins] = None,
 ) -> ftp.FTPFactory:
     """
     The FTP service of a node: listen on it with C{ftp_port}.
@@ -980,9 +1028,10 @@ def build_ftp_factory(
     @param accounts: the users of the cluster file: those with a C{files}
         area log in to it (as their root); their names must not be in
         C{users}.
-    @param throttle: counts failed logins per address, and refuses an
-        address that failed too many (C{421}); by default one of the
-        factory's own.
+    @param logins: checks passwords, counts failed logins per address,
+        and refuses an address that failed too many (C{421}); by default
+        one of the factory's own, which checks on the calling thread (for
+        tests and tools: a node passes one that checks in threads).
 
     @raise ValueError: a stored password is malformed.
     """
@@ -995,11 +1044,13 @@ def build_ftp_factory(
         if user.grant.files is not None
     }
     passwords = {**users, **{name: accounts[name].password for name in roots}}
-    checkers: list[ICredentialsChecker] = [PasswordChecker(passwords)]
+    if logins is None:
+        logins = Logins(LoginThrottle(), clock, check_now)
+    checkers: list[ICredentialsChecker] = [PasswordChecker(passwords, logins.check_password)]
     if anonymous:
         checkers.append(AllowAnonymousAccess())
     portal = Portal(FileRealm(fs, roots), checkers)
     return FileFTPFactory(
-        portal, fs, clock, anonymous, throttle or LoginThrottle(), tls=tls,
+        portal, fs, clock, anonymous, logins, tls=tls,
         passive_address=passive_address, passive_ports=passive_ports,
     )

@@ -28,7 +28,10 @@ failed attempt logs the peer, its address and the reason ("lost peer n2 at
 127.0.0.1:7102 (connection refused); retrying"), a reminder follows every
 C{REMINDER_INTERVAL} seconds while it lasts, and one line reports the link
 back, with how long it was out.  A peer never reached yet is logged as
-unreachable only once it has failed for C{STARTUP_GRACE} seconds.
+unreachable only once it has failed for C{STARTUP_GRACE} seconds.  A
+handshake refused for a wrong secret (a node started with another one
+retries for ever) is logged once per host a minute, inbound and outbound
+alike, the next line counting the refusals in between (L{RefusalLog}).
 
 Inbound connections are independent of outbound ones: a peer reconnecting
 to us replaces nothing on our outbound side. Each one delivers the
@@ -71,6 +74,7 @@ from twisted_kv.peer.protocol import (
     DEFAULT_KEEPALIVE_INTERVAL,
     PeerProtocol,
     PeerSettings,
+    RefusalLog,
 )
 from twisted_kv.tls import NodeTLS, tls_server_factory
 from twisted_kv.wire.codec import encode
@@ -292,6 +296,7 @@ class _OutboundFactory(Factory):
             expected_peer=self._link.peer_id,
             on_ready=self._link.ready,
             on_closed=self._link.closed,
+            refusals=self._links._refusals,
         )
 
 
@@ -315,6 +320,7 @@ class _InboundFactory(Factory):
             deliver=links._handler.peer_message,
             on_ready=links._inbound_ready,
             on_closed=links._inbound_closed,
+            refusals=links._refusals,
         )
         links._inbound.add(protocol)
         protocol.when_closed().addCallback(lambda _: links._inbound.discard(protocol))
@@ -396,6 +402,8 @@ class PeerLinks(MultiService):
         )
         self.listening_port: Optional[IListeningPort] = None
         self._inbound: set[PeerProtocol] = set()
+        # one log line a minute per host refused for a wrong secret
+        self._refusals = RefusalLog()
         # the authenticated inbound connections of each peer
         self._heard_on: dict[str, set[PeerProtocol]] = {}
         self._outbound: dict[str, _OutboundLink] = {}

@@ -109,7 +109,7 @@ import struct
 from hashlib import sha256
 from typing import Any, Callable, Optional
 
-from attrs import field, frozen, validators
+from attrs import define, field, frozen, validators
 from OpenSSL.SSL import Error as TLSError
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
@@ -128,6 +128,7 @@ __all__ = [
     "HANDSHAKE_MAX_LENGTH",
     "MAX_LENGTH",
     "NONCE_LENGTH",
+    "REFUSAL_LOG_INTERVAL",
     "TAG_AUTH",
     "TAG_HELLO",
     "TAG_KEEPALIVE",
@@ -135,6 +136,7 @@ __all__ = [
     "MessageTooLarge",
     "PeerProtocol",
     "PeerSettings",
+    "RefusalLog",
     "auth_mac",
     "frame",
 ]
@@ -153,6 +155,12 @@ AUTH_LABEL = b"twisted_kv-peer-auth\0"
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0
 DEFAULT_KEEPALIVE_INTERVAL = 1.0
 DEFAULT_IDLE_TIMEOUT = 5.0
+
+REFUSAL_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about handshakes refused for a wrong
+secret with one host (see L{RefusalLog})."""
+
+_WRONG_SECRET = "bad AUTH (wrong cluster secret?)"
 
 TAG_HELLO = 1
 TAG_AUTH = 2
@@ -279,6 +287,51 @@ class PeerSettings:
             raise ValueError("idle_timeout must be longer than keepalive_interval")
 
 
+@define
+class _Refusals:
+    """
+    The wrong-secret refusals of one host since they were last logged.
+    """
+
+    logged_at: float
+    since: int = 0
+
+
+class RefusalLog:
+    """
+    Decides which handshakes refused for a wrong secret get a log line: a
+    node started with another secret retries for ever, so its refusals
+    are logged once per host every C{interval} seconds, the next line
+    saying how many were refused meanwhile, rather than once per attempt.
+
+    @ivar interval: seconds between two lines about one host.
+    @ivar limit: hosts remembered at most, the ones logged longest ago
+        forgotten first.
+    """
+
+    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL, limit: int = 1024) -> None:
+        self.interval = interval
+        self.limit = limit
+        self._refusals: dict[str, _Refusals] = {}
+
+    def refused(self, host: str, now: float) -> Optional[int]:
+        """
+        Note a handshake with C{host} refused for a wrong secret at C{now}.
+
+        @return: C{None} to stay quiet, else how many refusals of that
+            host went unlogged since the last line.
+        """
+        refusals = self._refusals.get(host)
+        if refusals is not None and now - refusals.logged_at < self.interval:
+            refusals.since += 1
+            return None
+        self._refusals.pop(host, None)
+        self._refusals[host] = _Refusals(now)
+        while len(self._refusals) > self.limit:
+            del self._refusals[next(iter(self._refusals))]
+        return 0 if refusals is None else refusals.since
+
+
 class _ProtocolViolation(Exception):
     """
     The peer broke the protocol; the message says how (for the log).
@@ -345,6 +398,7 @@ class PeerProtocol(Int32StringReceiver):
         on_ready: Optional[Callable[[PeerProtocol], None]] = None,
         on_closed: Optional[Callable[[PeerProtocol, bool], None]] = None,
         nonce: Optional[bytes] = None,
+        refusals: Optional[RefusalLog] = None,
     ) -> None:
         """
         @param settings: this node's identity, secret and timeouts.
@@ -359,6 +413,9 @@ class PeerProtocol(Int32StringReceiver):
             authenticated, when the connection is dropped or lost.
         @param nonce: this side's C{HELLO} nonce (tests); by default 32
             bytes from C{os.urandom}.
+        @param refusals: decides whether a handshake refused for a wrong
+            secret is logged, shared by the connections of a node; by
+            default every one is.
         """
         self._settings = settings
         self._clock = clock
@@ -366,6 +423,7 @@ class PeerProtocol(Int32StringReceiver):
         self._deliver = deliver
         self._on_ready = on_ready
         self._on_closed = on_closed
+        self._refusals = RefusalLog(interval=0) if refusals is None else refusals
         self._nonce = os.urandom(NONCE_LENGTH) if nonce is None else nonce
         if len(self._nonce) != NONCE_LENGTH:
             raise ValueError(f"nonce must be {NONCE_LENGTH} bytes")
@@ -456,13 +514,7 @@ class PeerProtocol(Int32StringReceiver):
         """
         if self._state is _CLOSED:
             return
-        _log.warn(
-            "Dropped {direction} peer connection {peer} ({state}): {why}",
-            direction="outbound" if self.outbound else "inbound",
-            peer=self._describe_peer(),
-            state=self._state,
-            why=why,
-        )
+        self._log_drop(why)
         self._close()
         self.transport.abortConnection()
 
@@ -563,13 +615,7 @@ class PeerProtocol(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if reason.check(TLSError) and self._state is not _CLOSED:
-            _log.warn(
-                "Dropped {direction} peer connection {peer} ({state}): TLS handshake failed: {why}",
-                direction="outbound" if self.outbound else "inbound",
-                peer=self._describe_peer(),
-                state=self._state,
-                why=_tls_reason(reason.value),
-            )
+            self._log_drop(f"TLS handshake failed: {_tls_reason(reason.value)}")
         self._close()
         self._lost = True
         self._chunks = []
@@ -643,7 +689,7 @@ class PeerProtocol(Int32StringReceiver):
             self.peer_incarnation,  # type: ignore[arg-type]
         )
         if not hmac.compare_digest(auth[0], expected):
-            raise _ProtocolViolation("bad AUTH (wrong cluster secret?)")
+            raise _ProtocolViolation(_WRONG_SECRET)
         self._authenticated()
 
     def _got_keepalive(self, body: memoryview) -> None:
@@ -712,6 +758,31 @@ class PeerProtocol(Int32StringReceiver):
         self._handshake_timer = self._keepalive_timer = self._idle_timer = None
         if self._on_closed is not None:
             self._on_closed(self, was_ready)
+
+    def _log_drop(self, why: str) -> None:
+        """
+        Log that this connection is dropped for C{why}: a refusal for a
+        wrong secret as L{RefusalLog} decides, anything else always.
+        """
+        note = ""
+        if why == _WRONG_SECRET:
+            address = self.transport.getPeer() if self.transport is not None else None
+            host = str(getattr(address, "host", ""))
+            unlogged = self._refusals.refused(host, self._clock.seconds())
+            if unlogged is None:
+                return
+            if unlogged:
+                note = f"; {unlogged} more refused from this host since the last such line"
+            elif self._refusals.interval > 0:
+                note = f"; more from this host are logged once every {self._refusals.interval:g} s"
+        _log.warn(
+            "Dropped {direction} peer connection {peer} ({state}): {why}{note}",
+            direction="outbound" if self.outbound else "inbound",
+            peer=self._describe_peer(),
+            state=self._state,
+            why=why,
+            note=note,
+        )
 
     def _describe_peer(self) -> str:
         address = self.transport.getPeer() if self.transport is not None else None

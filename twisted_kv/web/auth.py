@@ -22,9 +22,10 @@ they send by the request's grant (L{twisted_kv.core.users.grant_of}).  A browser
 another origin (an C{Origin} header naming another host) is refused, so
 that credentials a browser remembers cannot be used by other sites' pages.
 
-A password is checked with scrypt once per user and process; later requests
-with the same password cost one HMAC (the process remembers a keyed digest
-of the last good password, never the password).  A token is verified once,
+A password is checked with scrypt once per user and process, off the
+reactor thread (L{twisted_kv.logins}); later requests with the same
+password cost one HMAC (the process remembers a keyed digest of the last
+good password, never the password).  A token is verified once,
 then remembered until it expires.  No credential is logged.
 """
 
@@ -35,18 +36,18 @@ import binascii
 import hmac
 import math
 import os
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from twisted_kv.core.passwords import hash_password, verify_password
+from twisted_kv.core.passwords import hash_password
 from twisted_kv.core.users import (
     Grant,
-    LoginThrottle,
     User,
     issue_token,
     require_admin,
@@ -56,6 +57,7 @@ from twisted_kv.core.users import (
 )
 from twisted_kv.errors import Forbidden, KVError, Unauthorized
 from twisted_kv.files import FSPath
+from twisted_kv.logins import Logins
 from twisted_kv.web.errors import (
     JSON_TYPE,
     MethodNotAllowed,
@@ -99,7 +101,8 @@ class Guard:
 
     @param users: user name -> L{User}, from the cluster file; not empty.
     @param secret: the cluster secret, which the token key is derived from.
-    @param throttle: counts failed logins (shared with FTP).
+    @param logins: checks passwords and counts failed logins (shared with
+        FTP).
     @param clock: tells token expiry and the throttle's time.
     """
 
@@ -107,13 +110,14 @@ class Guard:
         self,
         users: Mapping[str, User],
         secret: bytes,
-        throttle: LoginThrottle,
+        logins: Logins,
         clock: IReactorTime,
         token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
     ) -> None:
         self._users = dict(users)
         self._token_key = token_key(secret)
-        self._throttle = throttle
+        self._logins = logins
+        self._throttle = logins.throttle
         self._clock = clock
         self.token_lifetime = token_lifetime
         self._decoy = hash_password("", salt=bytes(16))
@@ -124,27 +128,44 @@ class Guard:
         # key do not change while the process runs.
         self._tokens: dict[str, tuple[User, float]] = {}
 
-    def admit(self, request: IRequest) -> bool:
+    def admit(self, request: IRequest, proceed: Callable[[], None]) -> None:
         """
-        Set C{request.grant} (and, with credentials, C{request.user} and
-        C{request.authenticated_by}, the scheme) and return C{True}, or
-        answer the request
-        (C{401}, C{403}, C{429}, or C{400} for a malformed path) and return
-        C{False}.
+        Let C{request} through: set C{request.grant} (and, with
+        credentials, C{request.user} and C{request.authenticated_by}, the
+        scheme) and call C{proceed}; or answer it (C{401}, C{403}, C{429},
+        or C{400} for a malformed path).  A password not seen before is
+        checked off the reactor thread: C{proceed} is then called later.
         """
-        path = request.path
-        if path in _OPEN and request.method in _READS:
-            return True
+        if request.path in _OPEN and request.method in _READS:
+            proceed()
+            return
         try:
             if not _same_origin(request):
                 raise Forbidden("cross-origin request refused")
-            grant = self._authenticate(request)
-            request.grant = grant
-            check_access(grant, request.method, path)
+            found = self._authenticate(request)
         except KVError as error:
             send_failure(request, Failure(error))
-            return False
-        return True
+            return
+        if isinstance(found, Deferred):
+            found.addCallbacks(
+                self._admit_user, self._refuse,
+                callbackArgs=(request, proceed), errbackArgs=(request,),
+            )
+        else:
+            self._admit_user(found, request, proceed)
+
+    def _admit_user(self, user: User, request: IRequest, proceed: Callable[[], None]) -> None:
+        request.user = user
+        request.grant = user.grant
+        try:
+            check_access(user.grant, request.method, request.path)
+        except KVError as error:
+            send_failure(request, Failure(error))
+            return
+        proceed()
+
+    def _refuse(self, failure: Failure, request: IRequest) -> None:
+        send_failure(request, failure)
 
     def issue(self, user: User) -> dict[str, object]:
         """
@@ -153,14 +174,27 @@ class Guard:
         expires = math.floor(self._clock.seconds() + self.token_lifetime)
         return {"token": issue_token(self._token_key, user, expires), "expires": expires}
 
-    def _authenticate(self, request: IRequest) -> Grant:
+    def _authenticate(self, request: IRequest) -> User | Deferred[User]:
+        """
+        The user C{request} authenticates as, or a Deferred firing with it
+        once a password has been checked.
+
+        @raise Unauthorized: missing or wrong credentials.
+        @raise TooManyLogins: the client's address is blocked.
+        """
         scheme, credentials = self._credentials(request)
+        request.authenticated_by = scheme
         address = _client_address(request)
         now = self._clock.seconds()
         self._throttle.check(address, now)
         try:
             if scheme == b"basic":
-                user = self._basic(credentials)
+                name, password = _basic_credentials(credentials)
+                user = self._remembered(name, password)
+                if user is None:
+                    return self._logins.attempt(
+                        address, lambda: self._check_password(name, password)
+                    )
             elif scheme == b"bearer":
                 user = self._bearer(credentials.decode("ascii", "replace"), now)
             else:
@@ -170,9 +204,7 @@ class Guard:
             self._throttle.failed(address, now)
             raise
         self._throttle.succeeded(address)
-        request.user = user
-        request.authenticated_by = scheme
-        return user.grant
+        return user
 
     def _credentials(self, request: IRequest) -> tuple[bytes, bytes]:
         header = request.getHeader(b"authorization")
@@ -195,24 +227,59 @@ class Guard:
         self._tokens[token] = (user, token_expiry(token))
         return user
 
-    def _basic(self, credentials: bytes) -> User:
-        try:
-            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise Unauthorized("malformed Basic credentials") from None
-        name, colon, password = decoded.partition(":")
+    def _digest(self, password: str) -> bytes:
+        return hmac.digest(self._digest_key, password.encode("utf-8"), "sha256")
+
+    def _remembered(self, name: str, password: str) -> Optional[User]:
+        """
+        User C{name}, if C{password} is the last one of it that passed
+        scrypt in this process.
+        """
         user = self._users.get(name)
-        if not colon:
-            raise Unauthorized("malformed Basic credentials")
-        digest = hmac.digest(self._digest_key, password.encode("utf-8"), "sha256")
         remembered = self._verified.get(name)
-        if user is not None and remembered is not None and hmac.compare_digest(digest, remembered):
-            return user
+        if user is not None and remembered is not None:
+            if hmac.compare_digest(self._digest(password), remembered):
+                return user
+        return None
+
+    def _check_password(self, name: str, password: str) -> Deferred[User]:
+        """
+        Check C{password} of user C{name} with scrypt (an attempt queued
+        behind another may find it remembered by then).
+
+        @return: a Deferred firing with the user, or failing with
+            L{Unauthorized}.
+        """
+        user = self._remembered(name, password)
+        if user is not None:
+            return succeed(user)
+        user = self._users.get(name)
         # An unknown user costs as much time as a wrong password.
-        if not verify_password(user.password if user else self._decoy, password) or user is None:
-            raise Unauthorized("wrong user name or password")
-        self._verified[name] = digest
-        return user
+        checked = self._logins.check_password(user.password if user else self._decoy, password)
+
+        def decided(matches: bool) -> User:
+            if not matches or user is None:
+                raise Unauthorized("wrong user name or password")
+            self._verified[name] = self._digest(password)
+            return user
+
+        return checked.addCallback(decided)
+
+
+def _basic_credentials(credentials: bytes) -> tuple[str, str]:
+    """
+    The user name and password of Basic C{credentials}.
+
+    @raise Unauthorized: they are malformed.
+    """
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("malformed Basic credentials") from None
+    name, colon, password = decoded.partition(":")
+    if not colon:
+        raise Unauthorized("malformed Basic credentials")
+    return name, password
 
 
 def check_access(grant: Grant, method: bytes, path: bytes) -> None:

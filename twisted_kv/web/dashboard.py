@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from html import escape
 from importlib.resources import files
 from typing import Any
 
 from attrs import frozen
 from twisted.web.resource import IResource, Resource
 
-__all__ = ["dashboard_page", "dashboard_resource"]
+from twisted_kv.core.users import Grant, grant_of
+
+__all__ = ["dashboard_page", "dashboard_resource", "for_user"]
 
 _STYLE_TAG = '<link rel="stylesheet" href="style.css">'
 _SCRIPT_TAG = '<script src="app.js"></script>'
@@ -81,6 +84,19 @@ def dashboard_page(token_login: bool = False) -> Page:
     return Page(html.encode("utf-8"), policy)
 
 
+def for_user(html: bytes, grant: Grant) -> bytes:
+    """
+    The page C{html} for the user of C{grant}: its body names the user's
+    file area (C{data-files}, empty for none), which the file list opens
+    on, so that a user limited to one area never opens on a folder it may
+    not see.  Without users (C{grant.name} is C{None}), C{html} as it is.
+    """
+    if grant.name is None:
+        return html
+    root = escape(grant.files or "", quote=True).encode("utf-8")
+    return html.replace(b"<body", b'<body data-files="' + root + b'"', 1)
+
+
 class _Dashboard(Resource):
     """
     Answers C{GET} and C{HEAD} with the page.
@@ -93,12 +109,14 @@ class _Dashboard(Resource):
         self._page = page
 
     def render_GET(self, request: Any) -> bytes:
+        grant = grant_of(request)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         request.setHeader(b"Content-Security-Policy", self._page.content_security_policy.encode("ascii"))
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Referrer-Policy", b"no-referrer")
-        request.setHeader(b"Cache-Control", b"no-cache")
-        return self._page.html
+        # a user's page is that user's alone
+        request.setHeader(b"Cache-Control", b"no-cache" if grant.name is None else b"private, no-cache")
+        return for_user(self._page.html, grant)
 
 
 def dashboard_resource(token_login: bool = False) -> IResource:

@@ -154,26 +154,38 @@ class _Request(Request):
 
     def process(self) -> None:
         """
-        Let the site's guard admit the request (it answers the requests it
-        refuses), then hand C{/kv} requests straight to the key-value
-        resource; others go through the site's resource traversal.
+        Set the C{Server} and C{Date} headers every answer carries, let
+        the site's guard admit the request (it answers the requests it
+        refuses, and may take a while over a password), then serve it.
+        """
+        site = self.channel.site
+        self.started = now = site.reactor.seconds()
+        self.setHeader(b"Server", version)
+        self.setHeader(b"Date", site.date_header(now))
+        if site.guard is None:
+            self._serve()
+        else:
+            site.guard.admit(self, self._serve)
+
+    def _serve(self) -> None:
+        """
+        Hand C{/kv} requests straight to the key-value resource; others go
+        through the site's resource traversal.  A client gone while its
+        password was being checked is served nothing.
 
         The key-value resource reads the raw path, so splitting and
         unquoting its segments for the traversal would be wasted, and so
         would formatting the C{Date} header anew for every request.
         """
-        site = self.channel.site
-        self.started = now = site.reactor.seconds()
-        if site.guard is not None and not site.guard.admit(self):
+        if self.channel is None:
             return
+        site = self.channel.site
         path = self.path
         kv_resource = site.kv_resource
         if kv_resource is None or (path != _LIST_PATH and not path.startswith(_KEY_PATH)):
             super().process()
             return
         self.site = site
-        self.setHeader(b"Server", version)
-        self.setHeader(b"Date", site.date_header(now))
         self.sitepath = []
         self.prepath = [_KV]
         self.postpath = []

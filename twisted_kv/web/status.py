@@ -160,14 +160,18 @@ class NodeStatus:
         writes are refused and reads degraded), hears from the partition
         leader (else an election is under way, or the node is cut off from
         the leader and so from the primaries the leader may have moved
-        away from it) and holds a committed map (else it knows no primary
-        to send requests to).
+        away from it), holds a committed map (else it knows no primary
+        to send requests to) and sees a live primary for every partition
+        of it (else the keys of the others cannot be written: their
+        primary died and is not replaced yet, or no live copy is left to
+        replace it with).
         """
         node = self._node
         leader = node.leader
         reachable = node.live_count()
         voters = len(node.consensus.voters)
         majority = node.consensus.majority
+        unserved = node.unserved_partitions()
         details = {
             "node": node.node_id,
             "leader": leader,
@@ -175,6 +179,7 @@ class NodeStatus:
             "reachable": reachable,
             "majority": majority,
             "has_map": node.cluster_map is not None,
+            "unserved_partitions": unserved,
         }
         if not node.has_majority():
             problem = "no_majority"
@@ -188,6 +193,12 @@ class NodeStatus:
             problem, message = "leader_unreachable", f"the partition leader {leader} does not answer"
         elif node.cluster_map is None:
             problem, message = "no_map", "no cluster map committed yet"
+        elif unserved:
+            problem = "partitions_unserved"
+            message = (
+                f"{len(unserved)} of {node.config.partitions} partitions have no live"
+                f" primary, so their keys cannot be written: {_listed(unserved)}"
+            )
         else:
             problem, message = None, ""
         return Health(problem, message, details)
@@ -199,6 +210,15 @@ class NodeStatus:
             *(reading.per("node", nodes) for reading in _PER_NODE_METRICS),
             *(reading.of(self._node) for reading in _NODE_METRICS),
         ]
+
+
+def _listed(partitions: list[int], shown: int = 8) -> str:
+    """
+    The first C{shown} of C{partitions}, and how many more there are.
+    """
+    text = ", ".join(map(str, partitions[:shown]))
+    more = len(partitions) - shown
+    return text if more <= 0 else f"{text} and {more} more"
 
 
 def _primaries(node: Node) -> int:

@@ -650,7 +650,10 @@
 
   /* ------------------------------------------------------------------ files */
 
-  const files = { dir: "/" };
+  /* The folder the file list opens on: the logged-in user's file area
+   * (the page's data-files; "" when the user has none), or the root. */
+  const FILES_ROOT = document.body.dataset.files === undefined ? "/" : document.body.dataset.files;
+  const files = { dir: FILES_ROOT || "/" };
 
   /* The entries of a /files/ directory listing, with absolute paths. */
   function fileEntries(listing) {
@@ -697,12 +700,23 @@
   async function loadFiles() {
     const status = $("files-status");
     $("files-dir").textContent = files.dir;
+    if (!FILES_ROOT) {
+      setStatus(status, "Your user has no file area.");
+      $("file-list").replaceChildren();
+      return;
+    }
     let listing;
     try {
       const response = await fetch(fileURL(files.dir), { headers: { Accept: "application/json" }, cache: "no-store" });
-      if (response.status === 404 && files.dir !== "/") {
-        files.dir = "/";
+      if ((response.status === 404 || response.status === 403) && files.dir !== FILES_ROOT) {
+        files.dir = FILES_ROOT;
         return loadFiles();
+      }
+      if (response.status === 403 || (response.status === 404 && FILES_ROOT !== "/")) {
+        // a user's own area exists once something is stored in it
+        setStatus(status, response.status === 404 ? "This folder is empty." : "Your user may not list this folder.", response.status === 403);
+        $("file-list").replaceChildren();
+        return;
       }
       if (!response.ok || !(response.headers.get("Content-Type") || "").includes("json")) {
         setStatus(status, "This node offers no file listing; files are reachable over FTP.");
@@ -716,7 +730,7 @@
     }
     const entries = fileEntries(listing).sort((a, b) => (b.directory - a.directory) || a.name.localeCompare(b.name));
     const items = entries.map(fileItem);
-    if (files.dir !== "/") {
+    if (files.dir !== FILES_ROOT) {
       const parent = files.dir.replace(/[^/]+\/$/, "");
       items.unshift(el("li", {}, el("button", { type: "button", class: "link", onclick: () => openFolder(parent) }, "↑ Parent folder"), el("span", {})));
     }

@@ -390,7 +390,19 @@ def recover_one(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
             "records": records}
 
 
-def restart_all(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
+def profile_mark(cluster: KvCluster, profile: Optional[str]) -> None:
+    """
+    With C{--profile}, have every node write the CPU samples taken since
+    its start or its last mark (L{cpuprof}: C{DIR/nX.N}, N counting the
+    marks of that process from 0).
+    """
+    if profile is not None:
+        for proc in cluster.procs.values():
+            os.kill(proc.pid, benchlib.signal.SIGUSR2)
+
+
+def restart_all(cluster: KvCluster, sample: list[str], timeout: float,
+                profile: Optional[str] = None) -> dict:
     log("whole-cluster restart: stopping every node")
     t = time.monotonic()
     for proc in cluster.procs.values():
@@ -419,6 +431,8 @@ def restart_all(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
                 if line:
                     logged[node] = time.monotonic() - started
                     lines[node] = line
+                    if len(logged) == len(cluster.node_ids):
+                        profile_mark(cluster, profile)  # DIR/nX.0: up to the last recovery
         if leader_s is None and len(logged) == len(cluster.node_ids):
             views = []
             for node in cluster.node_ids:
@@ -436,8 +450,15 @@ def restart_all(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
             ok = len(sample) - len(pending)
             if not pending:
                 served_s = time.monotonic() - started
+                profile_mark(cluster, profile)  # DIR/nX.1: from there until served
                 break
         time.sleep(0.05)
+    if profile is not None:
+        time.sleep(2)
+        for node in cluster.node_ids:
+            window = os.path.join(profile, f"{node}.1")
+            if os.path.exists(window):
+                os.replace(window, os.path.join(profile, f"{node}.after-recovery"))
     last_logged = max(logged.values()) if logged else None
     return {"stop_s": stop_s, "logged_s": logged, "lines": lines, "leader_s": leader_s,
             "served_s": served_s, "after_last_recovery_s":
@@ -502,8 +523,15 @@ def catch_up(cluster: KvCluster, missed_seconds: float, timeout: float) -> dict:
 def run(processes: Processes, ports: Ports, workdir: str, runtime: Runtime, options) -> dict:
     data = os.path.join(workdir, "data")
     settings = {"replicas": options.replicas} if options.replicas != "majority" else None
+    profiled = {}
+    if options.profile:
+        os.makedirs(options.profile, exist_ok=True)
+        profiled = {"wrapper": [os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                             "cpuprof.py")],
+                    "extra_env": {"KVBENCH_PROFILE":
+                                  lambda node: os.path.join(options.profile, node)}}
     cluster = KvCluster(processes, ports, workdir, runtime, name="durability",
-                        data_dir=data, fsync=options.fsync, settings=settings)
+                        data_dir=data, fsync=options.fsync, settings=settings, **profiled)
     result: dict = {"keys": options.keys, "fsync": options.fsync, "replicas": options.replicas,
                     "filesystem": benchlib.filesystem_type(workdir), "data_dir": data,
                     "machine": benchlib.machine()}
@@ -526,7 +554,7 @@ def run(processes: Processes, ports: Ports, workdir: str, runtime: Runtime, opti
                                                          min(options.sample, len(acked)))]
         result["disk"] = measure_disk(cluster, len(acked))
         result["recovery"] = recover_one(cluster, sample, options.timeout)
-        result["restart"] = restart_all(cluster, sample, options.timeout)
+        result["restart"] = restart_all(cluster, sample, options.timeout, options.profile)
         benchlib.wait_for("every node synced", lambda: all_synced(cluster), 120)
         result["catch_up"] = catch_up(cluster, options.missed_seconds, options.timeout)
         node = result["catch_up"]["node"]
@@ -637,6 +665,11 @@ def main() -> int:
                         "in $KVBENCH_WORKDIR or the system's)")
     parser.add_argument("--runtime", default="cpython")
     parser.add_argument("--runtime-python", default=sys.executable)
+    parser.add_argument("--profile", metavar="DIR",
+                        help="run the nodes under bench/cpuprof.py and keep, for the "
+                        "whole-cluster restart, each node's CPU samples from the last "
+                        "recovery line until the sample was served in DIR/nX.after-recovery "
+                        "(python bench/cpuprof.py --report FILE)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true", help="keep the data and logs")
     options = parser.parse_args()

@@ -259,6 +259,23 @@ class RestoreTests(ClusterTestMixin, SynchronousTestCase):
         self.wait(self.cluster.coordinators["n2"].restore(records))
         self.assertEqual(self.value_at("n1", "r/5"), b"v5")
 
+    def test_sent_again_after_failover(self) -> None:
+        """
+        The primaries that take over from a dead one remember the
+        operation ids of its restored records, as its members: the batch
+        sent again writes none of them a second time.
+        """
+        records = self.batch(100)
+        self.wait(self.cluster.coordinators["n1"].restore(records, "b-1"))
+        moved = [r for r in records if self.primary_of(name_of(r.key)) == "n3"]
+        self.assertTrue(moved)
+        self.cluster.kill("n3")
+        self.cluster.settle()
+        self.assertNotEqual(self.primary_of(name_of(moved[0].key), via="n1"), "n3")
+        self.put("n1", name_of(moved[0].key), b"newer")
+        self.assertEqual(self.wait(self.cluster.coordinators["n2"].restore(records, "b-1")), 100)
+        self.assertEqual(self.value_at("n2", name_of(moved[0].key)), b"newer")
+
     def test_refused_value(self) -> None:
         """
         A batch holding a value larger than the cluster allows writes

@@ -5,6 +5,7 @@ that missed some writes.
 
     python bench/durability.py                  # 200,000 keys, about 3 minutes
     python bench/durability.py --keys 1000000 --replicas 3   # 1,000,000 keys on every node, about 11 minutes
+    python bench/durability.py --keys 1000000 --replicas 3 --load restore   # loaded as a backup is
     python bench/durability.py --dir /mnt/x     # data on another disk
 
 It starts a three-node cluster (every tunable at its default, C{data_dir}
@@ -96,6 +97,34 @@ def load_keys(cluster: KvCluster, prefix: str, count: int, connections: int) -> 
     if result.errors:
         raise RuntimeError(f"the load lost connections: {result}")
     return set(range(count)) - failed
+
+
+def restore_keys(cluster: KvCluster, prefix: str, count: int, workdir: str) -> set[int]:
+    """
+    Write a backup file of C{prefix}NNNNNNNN for N in 0 .. C{count} - 1
+    and load it through node n1 as C{kvctl snapshot restore} does; the
+    indexes acknowledged (every one, or the run stops).
+    """
+    from twisted_kv.app import snapshot
+    from twisted_kv.client.sync import Client
+    from twisted_kv.core.backup import BackupRecord, SnapshotWriter
+
+    path = os.path.join(workdir, "load.kvs")
+    with open(path, "wb") as stream:
+        writer = SnapshotWriter(stream)
+        writer.begin_partition(0, "0.0", 0.0)
+        for i in range(count):
+            writer.add(BackupRecord(f"k{prefix}{i:08d}", benchlib.VALUE, "application/octet-stream",
+                                    "0.0", None))
+        writer.finish()
+    client = Client(cluster.url(cluster.node_ids[0]), timeout=60)
+    try:
+        outcome = snapshot.restore(client, path)
+    finally:
+        client.close()
+        os.unlink(path)
+    log(outcome.describe("restored", "from", path))
+    return set(range(count))
 
 
 async def _write_for(targets: list[tuple[str, int]], prefix: str, seconds: float,
@@ -361,7 +390,19 @@ def recover_one(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
             "records": records}
 
 
-def restart_all(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
+def profile_mark(cluster: KvCluster, profile: Optional[str]) -> None:
+    """
+    With C{--profile}, have every node write the CPU samples taken since
+    its start or its last mark (L{cpuprof}: C{DIR/nX.N}, N counting the
+    marks of that process from 0).
+    """
+    if profile is not None:
+        for proc in cluster.procs.values():
+            os.kill(proc.pid, benchlib.signal.SIGUSR2)
+
+
+def restart_all(cluster: KvCluster, sample: list[str], timeout: float,
+                profile: Optional[str] = None) -> dict:
     log("whole-cluster restart: stopping every node")
     t = time.monotonic()
     for proc in cluster.procs.values():
@@ -390,6 +431,8 @@ def restart_all(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
                 if line:
                     logged[node] = time.monotonic() - started
                     lines[node] = line
+                    if len(logged) == len(cluster.node_ids):
+                        profile_mark(cluster, profile)  # DIR/nX.0: up to the last recovery
         if leader_s is None and len(logged) == len(cluster.node_ids):
             views = []
             for node in cluster.node_ids:
@@ -407,8 +450,15 @@ def restart_all(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
             ok = len(sample) - len(pending)
             if not pending:
                 served_s = time.monotonic() - started
+                profile_mark(cluster, profile)  # DIR/nX.1: from there until served
                 break
         time.sleep(0.05)
+    if profile is not None:
+        time.sleep(2)
+        for node in cluster.node_ids:
+            window = os.path.join(profile, f"{node}.1")
+            if os.path.exists(window):
+                os.replace(window, os.path.join(profile, f"{node}.after-recovery"))
     last_logged = max(logged.values()) if logged else None
     return {"stop_s": stop_s, "logged_s": logged, "lines": lines, "leader_s": leader_s,
             "served_s": served_s, "after_last_recovery_s":
@@ -473,8 +523,15 @@ def catch_up(cluster: KvCluster, missed_seconds: float, timeout: float) -> dict:
 def run(processes: Processes, ports: Ports, workdir: str, runtime: Runtime, options) -> dict:
     data = os.path.join(workdir, "data")
     settings = {"replicas": options.replicas} if options.replicas != "majority" else None
+    profiled = {}
+    if options.profile:
+        os.makedirs(options.profile, exist_ok=True)
+        profiled = {"wrapper": [os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                             "cpuprof.py")],
+                    "extra_env": {"KVBENCH_PROFILE":
+                                  lambda node: os.path.join(options.profile, node)}}
     cluster = KvCluster(processes, ports, workdir, runtime, name="durability",
-                        data_dir=data, fsync=options.fsync, settings=settings)
+                        data_dir=data, fsync=options.fsync, settings=settings, **profiled)
     result: dict = {"keys": options.keys, "fsync": options.fsync, "replicas": options.replicas,
                     "filesystem": benchlib.filesystem_type(workdir), "data_dir": data,
                     "machine": benchlib.machine()}
@@ -483,8 +540,13 @@ def run(processes: Processes, ports: Ports, workdir: str, runtime: Runtime, opti
     cluster.start()
     try:
         started = time.monotonic()
-        acked = load_keys(cluster, "dur/", options.keys, options.connections)
+        if options.load == "restore":
+            acked = restore_keys(cluster, "dur/", options.keys, workdir)
+        else:
+            acked = load_keys(cluster, "dur/", options.keys, options.connections)
         result["load_s"] = time.monotonic() - started
+        result["load"] = options.load
+        result["loadavg"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         result["acked"] = len(acked)
         benchlib.wait_for("every node synced", lambda: all_synced(cluster), 120)
         time.sleep(2)
@@ -492,7 +554,7 @@ def run(processes: Processes, ports: Ports, workdir: str, runtime: Runtime, opti
                                                          min(options.sample, len(acked)))]
         result["disk"] = measure_disk(cluster, len(acked))
         result["recovery"] = recover_one(cluster, sample, options.timeout)
-        result["restart"] = restart_all(cluster, sample, options.timeout)
+        result["restart"] = restart_all(cluster, sample, options.timeout, options.profile)
         benchlib.wait_for("every node synced", lambda: all_synced(cluster), 120)
         result["catch_up"] = catch_up(cluster, options.missed_seconds, options.timeout)
         node = result["catch_up"]["node"]
@@ -527,9 +589,12 @@ def describe(result: dict) -> list[str]:
     live = 100 + len("kdur/00000000")
     lines = [
         f"durability: {result['keys']:,} keys of 100 bytes, fsync = {result['fsync']}, "
-        f"replicas = {result['replicas']}, data on {result['filesystem']}; loaded through "
-        f"every node at {result['acked'] / result['load_s']:,.0f} PUT/s "
-        f"({result['acked']:,} acknowledged)",
+        f"replicas = {result['replicas']}, data on {result['filesystem']}; loaded "
+        + (f"by a restore through n1 at {result['acked'] / result['load_s']:,.0f} keys/s "
+           if result["load"] == "restore" else
+           f"through every node at {result['acked'] / result['load_s']:,.0f} PUT/s ")
+        + f"({result['acked']:,} acknowledged; load average at the end "
+        f"{result['loadavg']})",
         "disk:",
     ]
     for node, figures in disk["nodes"].items():
@@ -587,6 +652,10 @@ def main() -> int:
     parser.add_argument("--fsync", default="always", choices=["always", "everysec", "never"])
     parser.add_argument("--replicas", default="majority")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--load", choices=["put", "restore"], default="put",
+                        help="load the keys by PUTs over --connections connections (the load "
+                        "rate is then a PUT throughput), or by restoring a backup file of them "
+                        "as kvctl snapshot restore does (much faster)")
     parser.add_argument("--sample", type=int, default=1000,
                         help="acknowledged keys read back after each restart")
     parser.add_argument("--missed-seconds", type=float, default=10.0)
@@ -596,6 +665,11 @@ def main() -> int:
                         "in $KVBENCH_WORKDIR or the system's)")
     parser.add_argument("--runtime", default="cpython")
     parser.add_argument("--runtime-python", default=sys.executable)
+    parser.add_argument("--profile", metavar="DIR",
+                        help="run the nodes under bench/cpuprof.py and keep, for the "
+                        "whole-cluster restart, each node's CPU samples from the last "
+                        "recovery line until the sample was served in DIR/nX.after-recovery "
+                        "(python bench/cpuprof.py --report FILE)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true", help="keep the data and logs")
     options = parser.parse_args()

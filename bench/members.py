@@ -6,7 +6,8 @@ Growing and shrinking a live cluster, on real local processes: 3 → 4 → 5 →
 
 Starts three C{twistd kvnode} processes (L{tests.e2e.RealCluster}, the
 end-to-end tests' harness), loads the keys through C{POST /admin/restore}
-(batches of 1,000 replicated writes), then for each step measures
+(batches of 5,000 replicated writes, as C{kvctl snapshot restore} sends
+them), then for each step measures
 
   - the change: from C{POST /cluster/nodes} (the added node started with
     C{--join} at once) or C{DELETE /cluster/nodes/ID} until C{/cluster}
@@ -44,7 +45,7 @@ from twisted.internet.task import deferLater  # noqa: E402
 from tests.e2e import RealCluster, kv_path  # noqa: E402
 
 VALUE = b"x" * 100
-BATCH = 1_000
+BATCH = 5_000
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -104,24 +105,30 @@ class Prober:
 
 
 async def load(cluster: RealCluster, keys: int) -> None:
+    """
+    Restore C{keys} keys in batches of L{BATCH}, one at a time, as C{kvctl
+    snapshot restore} does: each under an id of its own, so that a batch
+    sent again (after a 503 or 504) writes no key twice.
+    """
+    restore_id = os.urandom(8).hex()
+    value = base64.b64encode(VALUE).decode()
     for start in range(0, keys, BATCH):
         records = [
-            {"ns": "k", "key": f"load/{index:08d}", "value": base64.b64encode(VALUE).decode(),
+            {"ns": "k", "key": f"load/{index:08d}", "value": value,
              "content_type": "application/octet-stream", "version": "0.0", "ttl": None}
             for index in range(start, min(keys, start + BATCH))
         ]
-        body = json.dumps({"records": records}).encode()
+        body = json.dumps({"id": f"{restore_id}-{start // BATCH}", "records": records}).encode()
         for attempt in range(5):
-            # A batch that timed out is sent again: writing a record twice is harmless.
             node = cluster.live_nodes()[(start // BATCH + attempt) % len(cluster.live_nodes())]
             reply = await cluster.request(
                 "POST", node, "/admin/restore", body, {"Content-Type": "application/json"}, timeout=120
             )
             if reply.status == 200:
                 break
+            await deferLater(cluster.reactor, 0.5 * 2**attempt, lambda: None)
         else:
-            raise SystemExit(f"loading: {reply!r}")
-
+            raise SystemExit(f"loading: {start:,} of {keys:,} keys loaded, then {reply!r}")
 
 async def copies(cluster: RealCluster, via: str) -> dict[str, int]:
     view = await cluster.cluster_view(via)
@@ -182,7 +189,9 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         await cluster.start()
         began = reactor.seconds()
         await load(cluster, options.keys)
-        print(f"loaded in {reactor.seconds() - began:.1f} s", flush=True)
+        took = reactor.seconds() - began
+        print(f"loaded in {took:.1f} s ({options.keys / took:,.0f} keys/s); load average"
+              f" {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         prober = Prober(cluster, options.keys)
         await step(reactor, cluster, prober, options.keys, "3 -> 4", add=("n4", "n1"))
         await step(reactor, cluster, prober, options.keys, "4 -> 5", add=("n5", "n2"))
@@ -198,6 +207,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
               f" writes from every node: {len(problems)} problems")
         for problem in problems[:10]:
             print("  " + problem)
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     finally:
         if prober is not None and not prober._stop:
             await prober.stop()

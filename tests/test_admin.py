@@ -35,8 +35,16 @@ def _record(ns: str, key: str, value: bytes, content_type: str = "text/plain", t
 @implementer(ISnapshotSource)
 class _Expired:
     """
-    A snapshot source whose dumps are never held.
+    A snapshot source whose dumps are never held, and which keeps the
+    restore batches it is given.
     """
+
+    def __init__(self) -> None:
+        self.restored: list[tuple[list[str], Optional[str]]] = []
+
+    def restore(self, records: list[BackupRecord], batch_id: Optional[str] = None) -> Deferred[int]:
+        self.restored.append(([record.key for record in records], batch_id))
+        return succeed(len(records))
 
     def partition_count(self) -> int:
         return 2
@@ -60,7 +68,7 @@ class AdminTests(APITestCase):
         self.status = FakeClusterStatus()
         self.local = LocalKeyValue(self.clock)
         verifyObject(ISnapshotSource, self.local)
-        self.serve(self.local, admin=admin_resource(self.local, self.local))
+        self.serve(self.local, admin=admin_resource(self.local))
 
     def put(self, key: str, value: bytes, content_type: str = "text/plain", ttl: Any = None) -> None:
         self.successResultOf(self.local.put(key, value, content_type, ttl))
@@ -136,7 +144,7 @@ class AdminTests(APITestCase):
         """
         expired = _Expired()
         verifyObject(ISnapshotSource, expired)
-        self.serve(self.local, admin=admin_resource(self.local, expired))
+        self.serve(self.local, admin=admin_resource(expired))
         self.json("GET", "/admin/snapshot/partitions/1")
         answer = self.json("GET", "/admin/snapshot/partitions/1?dump=d/1&after=kz", status=410)
         self.assertEqual(answer["error"], "snapshot_expired")
@@ -165,6 +173,18 @@ class AdminTests(APITestCase):
         self.assertEqual(self.successResultOf(self.local.get(file_key("c/0a/0"))).record.value, b"\x00chunk")
         self.assertIsNone(self.successResultOf(self.local.get(user_key("gone"))).record)
 
+    def test_restore_batch_id(self) -> None:
+        """
+        A batch's C{id} goes to the source with its live records, so that
+        the batch sent again is not written twice.
+        """
+        source = _Expired()
+        self.serve(self.local, admin=admin_resource(source))
+        body = {"id": "r1-2_x", "records": [_record("k", "a", b"v"), _record("k", "b", b"v", ttl=0)]}
+        self.assertEqual(self.json("POST", "/admin/restore", body), {"written": 1, "skipped": 1})
+        self.json("POST", "/admin/restore", {"records": [_record("f", "c/1", b"v")]})
+        self.assertEqual(source.restored, [([user_key("a")], "r1-2_x"), ([file_key("c/1")], None)])
+
     def test_restore_refusals(self) -> None:
         """
         A body that is not a batch of valid records, a record in an unknown
@@ -178,6 +198,10 @@ class AdminTests(APITestCase):
             json.dumps({"records": [_record("k", "ok", b"v"), _record("x", "a", b"v")]}).encode(),
             json.dumps({"records": [_record("k", "ok", b"v"), {**_record("k", "a", b"v"), "value": "@@"}]}).encode(),
             json.dumps({"records": [_record("k", "ok", b"v"), _record("k", "", b"v")]}).encode(),
+            json.dumps({"records": [_record("k", "ok", b"v"), _record("k", "ok", b"w")]}).encode(),
+            json.dumps({"id": "a/b", "records": [_record("k", "ok", b"v")]}).encode(),
+            json.dumps({"id": 5, "records": [_record("k", "ok", b"v")]}).encode(),
+            json.dumps({"id": "", "records": [_record("k", "ok", b"v")]}).encode(),
         ]:
             response, content = self.request("POST", "/admin/restore", body)
             self.assertEqual(response.code, 400, body)
@@ -197,7 +221,7 @@ class AdminTests(APITestCase):
                 return super().put(key, value, *args, **kwargs)
 
         failing = Failing(self.clock)
-        self.serve(failing, admin=admin_resource(failing, failing))
+        self.serve(failing, admin=admin_resource(failing))
         body = {"records": [_record("k", "bad", b"v"), _record("k", "good", b"v")]}
         answer = self.json("POST", "/admin/restore", body, status=504)
         self.assertEqual(answer["error"], "outcome_unknown")

@@ -155,7 +155,7 @@ class Node:
                 b"ws": ws,
                 b"": dashboard_resource(),
                 b"files": files_resource(self.kv, clock=reactor),
-                b"admin": admin_resource(self.kv, self.kv),
+                b"admin": admin_resource(self.kv),
             },
         )
         self._factory = _TrackingFactory(site)

@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.test_cluster_snapshot -*-
 """
-Tests for partition dumps through the cluster
-(L{twisted_kv.cluster.coordinator.Coordinator.dump_page}, run by
-L{twisted_kv.cluster.operations.ClientOperations.dump_local} at each
+Tests for partition dumps and restores through the cluster
+(L{twisted_kv.cluster.coordinator.Coordinator.dump_page} and
+L{twisted_kv.cluster.coordinator.Coordinator.restore}, run by
+L{twisted_kv.cluster.operations.ClientOperations.dump_local} and
+L{twisted_kv.cluster.operations.ClientOperations.restore_local} at each
 partition's primary), on a L{MemoryCluster}.
 """
 
@@ -15,9 +17,9 @@ from zope.interface.verify import verifyObject
 from tests.test_cluster import ClusterTestMixin, _outcome
 from twisted_kv.core import messages
 from twisted_kv.core.backup import DUMP_IDLE_SECONDS, BackupRecord, DumpPage
-from twisted_kv.core.keyspace import file_key, user_key
+from twisted_kv.core.keyspace import file_key, name_of, user_key
 from twisted_kv.core.records import format_version, parse_version
-from twisted_kv.errors import InvalidRequest, SnapshotExpired
+from twisted_kv.errors import InvalidRequest, SnapshotExpired, ValueTooLarge
 from twisted_kv.interfaces import ISnapshotSource
 
 
@@ -197,6 +199,93 @@ class DumpTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual(held, 1)
         self.cluster.run(DUMP_IDLE_SECONDS + 1, step=0.5)
         self.assertEqual(sum(len(n.operations.dumps) for n in self.cluster.nodes.values()), 0)
+
+
+class RestoreTests(ClusterTestMixin, SynchronousTestCase):
+    """
+    A restore batch through any node: each partition's records written in
+    one go at its primary, replicated like writes.
+    """
+
+    def setUp(self) -> None:
+        self.make_cluster(3)
+        self.cluster.settle()
+
+    def batch(self, count: int, value: bytes = b"v") -> list[BackupRecord]:
+        return [
+            BackupRecord(user_key(f"r/{index}"), value + b"%d" % index, f"t/{index}", "9.9",
+                         30.0 if index % 7 == 0 else None)
+            for index in range(count)
+        ]
+
+    def test_replicated_on_every_copy(self) -> None:
+        """
+        Every record of a batch spread over many partitions is written with
+        its value, content type and time to live, and every member of its
+        partition holds it once the batch is answered.
+        """
+        records = self.batch(200)
+        coordinator = self.cluster.coordinators["n2"]
+        self.assertEqual(self.wait(coordinator.restore(records, "b-1")), 200)
+        node = self.cluster.nodes["n1"]
+        partitions = {node.partition_of(record.key) for record in records}
+        self.assertGreater(len(partitions), 40)
+        for record in records:
+            config = node.partition_config(node.partition_of(record.key))
+            for member in config.members:
+                replica = self.cluster.nodes[member.node_id].replicas[node.partition_of(record.key)]
+                self.assertEqual(replica.newest(record.key).value, record.value, member)
+            read = self.get("n3", name_of(record.key)).record
+            self.assertEqual((read.value, read.content_type), (record.value, record.content_type))
+            self.assertEqual(read.expires_at is not None, record.ttl is not None)
+
+    def test_sent_again_writes_nothing_twice(self) -> None:
+        """
+        A batch sent again under its id, through another node, writes no
+        record a second time: a write made since is not overwritten, and
+        the other keys keep their versions.  Without an id, a batch is new
+        writes.
+        """
+        records = self.batch(100)
+        self.wait(self.cluster.coordinators["n1"].restore(records, "b-1"))
+        versions = {r.key: self.get("n1", name_of(r.key)).record.version for r in records}
+        self.put("n3", "r/5", b"newer")
+        self.assertEqual(self.wait(self.cluster.coordinators["n2"].restore(records, "b-1")), 100)
+        self.assertEqual(self.value_at("n1", "r/5"), b"newer")
+        for record in records:
+            if record.key != user_key("r/5"):
+                version = self.get("n2", name_of(record.key)).record.version
+                self.assertEqual(version, versions[record.key])
+        self.wait(self.cluster.coordinators["n2"].restore(records))
+        self.assertEqual(self.value_at("n1", "r/5"), b"v5")
+
+    def test_sent_again_after_failover(self) -> None:
+        """
+        The primaries that take over from a dead one remember the
+        operation ids of its restored records, as its members: the batch
+        sent again writes none of them a second time.
+        """
+        records = self.batch(100)
+        self.wait(self.cluster.coordinators["n1"].restore(records, "b-1"))
+        moved = [r for r in records if self.primary_of(name_of(r.key)) == "n3"]
+        self.assertTrue(moved)
+        self.cluster.kill("n3")
+        self.cluster.settle()
+        self.assertNotEqual(self.primary_of(name_of(moved[0].key), via="n1"), "n3")
+        self.put("n1", name_of(moved[0].key), b"newer")
+        self.assertEqual(self.wait(self.cluster.coordinators["n2"].restore(records, "b-1")), 100)
+        self.assertEqual(self.value_at("n2", name_of(moved[0].key)), b"newer")
+
+    def test_refused_value(self) -> None:
+        """
+        A batch holding a value larger than the cluster allows writes
+        nothing.
+        """
+        coordinator = self.cluster.coordinators["n1"]
+        big = b"x" * (coordinator.max_value_bytes + 1)
+        records = self.batch(3) + [BackupRecord(user_key("big"), big, "t", "1.1", None)]
+        self.wait(coordinator.restore(records, "b-1")).trap(ValueTooLarge)
+        self.assertIsNone(self.get("n1", "r/0").record)
 
 
 class DumpMessageTests(SynchronousTestCase):

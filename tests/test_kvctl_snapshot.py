@@ -178,6 +178,7 @@ class _ScriptedClient:
         self.expired = False
         self.refusals = 2
         self.restored: list[list[BackupRecord]] = []
+        self.batch_ids: list[str] = []
 
     def snapshot_partitions(self) -> int:
         return 2
@@ -197,7 +198,8 @@ class _ScriptedClient:
             raise SnapshotExpired("the primary moved")
         return DumpPage(partition, attempt, f"{attempt}.0", 0.0, records[1:], None)
 
-    def restore(self, records: list[BackupRecord]) -> dict:
+    def restore(self, records: list[BackupRecord], batch_id: str) -> dict:
+        self.batch_ids.append(batch_id)
         if self.refusals:
             self.refusals -= 1
             raise Unavailable("no primary answered in time")
@@ -238,12 +240,50 @@ class ScriptedTests(SynchronousTestCase):
         client = _ScriptedClient()
         snapshot.save(client, path)
         self.patch(snapshot, "BATCH_RECORDS", 2)
-        snapshot.restore(client, path, wall_clock=lambda: 77.0)
+        pauses: list[float] = []
+        snapshot.restore(client, path, wall_clock=lambda: 77.0, sleep=pauses.append)
         self.assertEqual([[r.key for r in batch] for batch in client.restored], [
             ["fu/0a"], ["k0-1-0", "k1-2-0"], ["k1-2-1"], ["fu/0a"],
         ])
         self.assertEqual(client.restored[0][0].value, Lease("/docs/a.txt", UPLOADING, 77.0).encode())
         self.assertEqual(client.restored[-1][0].value, LEASE)
+        self.assertEqual(pauses, [snapshot.RETRY_PAUSE, 2 * snapshot.RETRY_PAUSE])
+        first, *others = client.batch_ids
+        self.assertEqual(others[:2], [first, first])
+        self.assertEqual(len(set(client.batch_ids)), 4)
+
+    def test_failure_says_how_far(self) -> None:
+        """
+        A batch refused every time stops the restore with the last error,
+        saying how many of the file's records were written and which batch
+        failed.
+        """
+        path = self.mktemp()
+        client = _ScriptedClient()
+        client.refusals = 0
+        snapshot.save(client, path)
+        self.patch(snapshot, "BATCH_RECORDS", 2)
+        client.restored.clear()
+        # the provisional lease and the first batch pass; every later attempt is refused
+        client.refusals = 0
+        original = client.restore
+
+        def refuse_after_two(records: list[BackupRecord], batch_id: str) -> dict:
+            client.refusals = int(len(client.restored) >= 2)
+            return original(records, batch_id)
+
+        client.restore = refuse_after_two  # type: ignore[method-assign]
+        pauses: list[float] = []
+        error = self.assertRaises(
+            Unavailable, snapshot.restore, client, path, sleep=pauses.append
+        )
+        self.assertEqual(
+            error.message,
+            "no primary answered in time; the restore stopped after writing 2 of the file's 4"
+            " records: batch 3 (1 records, the first '1-2-1') failed 5 times and may be written"
+            " in part; the records after it are not written",
+        )
+        self.assertEqual(len(pauses), snapshot.ATTEMPTS - 1)
 
     def test_provisional_leases_renewed(self) -> None:
         """

@@ -99,6 +99,12 @@ class BuildersTests(SynchronousTestCase):
             messages.parse_op(messages.OpRequest(2, Expire("k", 3), None).to_wire(1))[2],
             Expire("k", 3),
         )
+        records = [[0, "k", b"v", "text/plain", None], [3, "m", b"w", "t", 9.5]]
+        self.check(
+            messages.RestoreRequest(2, "~b-1", records).to_wire(8),
+            ["restore", 8, 2, "~b-1", records],
+            messages.parse_restore, (8, 2, "~b-1", records),
+        )
         self.check(
             messages.ReadRequest(2, "k").to_wire(8), ["read", 8, 2, "k"],
             messages.parse_key_request, (8, 2, "k"),

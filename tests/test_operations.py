@@ -131,6 +131,43 @@ class OperationsTests(SynchronousTestCase):
         self.assertIsNone(again_change.record)
         self.assertEqual(self.replicas[0].last_seq, 1)
 
+    def test_restore_batch_in_one_go(self) -> None:
+        """
+        A restore batch's records of a partition are ordered at once, each
+        an unconditional write with its content type and time to live, and
+        answered with their count once the last is committed; sent again
+        under the same batch id, none is ordered twice.
+        """
+        self.clock.advance(100)
+        self.write("b", if_none_match=True)
+        self.replication.settle()
+        records = [[0, "a", b"1", "t/a", None], [4, "b", b"2", "t/b", 30.0]]
+        d = self.operations.restore_local(0, "~r-1", records)
+        self.assertEqual(self.replication.waits[-1], ("commit", 0, 3))
+        self.assertNoResult(d)
+        self.replication.settle()
+        self.assertEqual(self.successResultOf(d), 2)
+        store = self.replicas[0].store
+        self.assertEqual((store.get("a").value, store.get("a").content_type), (b"1", "t/a"))
+        self.assertEqual((store.get("b").value, store.get("b").expires_at), (b"2", 130.0))
+        again = self.operations.restore_local(0, "~r-1", records)
+        self.assertEqual(self.replication.waits[-1], ("commit", 0, 3))
+        self.replication.settle()
+        self.assertEqual(self.successResultOf(again), 2)
+        self.assertEqual(self.replicas[0].last_seq, 3)
+        self.operations.restore_local(0, "~r-2", records)
+        self.assertEqual(self.replicas[0].last_seq, 5)
+        self.assertEqual(self.operations.executed, 5)
+
+    def test_restore_only_at_the_primary(self) -> None:
+        """
+        A restore batch reaching a replica that is not its partition's
+        primary is refused, to be retried, as not applied.
+        """
+        d = self.operations.restore_local(1, "~r-1", [[0, "a", b"1", "t", None]])
+        self.assertFalse(self.failureResultOf(d, Retry).value.maybe_applied)
+        self.assertEqual(self.replicas[1].last_seq, 0)
+
     def test_read_under_lease(self) -> None:
         """
         While the read lease holds, a read is answered at once; otherwise
@@ -185,3 +222,7 @@ class OperationsTests(SynchronousTestCase):
         answers = {message[1]: message for _, message in self.sent}
         self.assertEqual(messages.decode_record(answers[5][3]).value, b"v")
         self.assertEqual(answers[6][2], messages.OK)
+        restore = messages.RestoreRequest(0, "~r", [[0, "c", b"x", "t", None]])
+        self.operations.on_restore("n2", restore.to_wire(8))
+        self.replication.settle()
+        self.assertEqual(self.sent[-1], ("n2", messages.ok_answer(8, 1)))

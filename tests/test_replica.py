@@ -980,6 +980,22 @@ class RetentionTests(SynchronousTestCase):
             group.settle()
         self.assertIn(primary.last_seq - primary.base_seq, (3, 4))
 
+    def test_bounded_in_bytes(self) -> None:
+        """
+        Entries holding L{replica_module.RETAINED_BYTES} of keys and values
+        are trimmed before the trim point moved by
+        L{replica_module.TRIM_BATCH}: large values do not pile up in the log.
+        """
+        self.patch(replica_module, "RETAINED_ENTRIES", 4)
+        group = Group()
+        value = b"v" * (100 * 1024)
+        for i in range(20):
+            group.write("k", value)
+            group.settle()
+        primary = group.primary
+        self.assertLess(20, replica_module.TRIM_BATCH)
+        self.assertIn(primary.last_seq - primary.base_seq, (3, 4, 5))
+
 
 class RoundTests(SynchronousTestCase):
     """

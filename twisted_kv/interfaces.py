@@ -13,7 +13,7 @@ maps client keys and file paths onto them, in one place.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from attrs import Factory, field, frozen
 from zope.interface import Attribute, Interface
@@ -22,6 +22,8 @@ from twisted_kv.core.records import Change, Record
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+
+    from twisted_kv.core.backup import BackupRecord
 
 
 @frozen
@@ -199,8 +201,8 @@ class ISnapshotSource(Interface):
     """
     Backups of a whole store, a partition at a time: each partition's dump
     is taken by its primary at one moment and fetched a page at a time
-    (C{/admin/snapshot}, C{kvctl snapshot save}).  A restore needs nothing
-    but L{IKeyValue.put}.
+    (C{/admin/snapshot}, C{kvctl snapshot save}), and the writing of a
+    backup's records back (C{/admin/restore}, C{kvctl snapshot restore}).
     """
 
     def partition_count() -> int:
@@ -219,6 +221,22 @@ class ISnapshotSource(Interface):
             of at most C{limit} records, or failing with L{Unavailable} or
             L{SnapshotExpired} (the dump is no longer held: start the
             partition again).
+        """
+
+    def restore(records: Sequence[BackupRecord], batch_id: Optional[str] = None):
+        """
+        Write C{records} (L{twisted_kv.core.backup.BackupRecord}s of
+        distinct keys), each as an unconditional write of its value,
+        content type and time to live (which must be positive), replicated
+        and acknowledged like any write; in no particular order.
+
+        @param batch_id: names the batch: the same batch written again under
+            the same id (its answer lost, or refused) writes each record
+            that was already written no second time.  Without it, the
+            records are new writes.
+        @return: a Deferred firing with how many records were written,
+            once all of them are, or failing with the first error (the
+            others are done by then: written or not).
         """
 
 

@@ -267,7 +267,7 @@ def build_node_service(
         children={
             b"ws": ws_resource,
             b"files": files_resource(kv, clock=reactor, max_file_bytes=config.max_file_bytes),
-            b"admin": admin_resource(kv, kv),
+            b"admin": admin_resource(kv),
             b"": dashboard_resource(token_login=guard is not None),
         },
         guard=guard,

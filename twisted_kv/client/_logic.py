@@ -323,8 +323,11 @@ def snapshot_page_request(
     return Request("GET", target, {}, None, lambda response: DumpPage.from_json(_json(response)))
 
 
-def restore_request(records: Sequence[BackupRecord]) -> Request[dict]:
-    body = json.dumps({"records": [record.to_json() for record in records]}).encode("utf-8")
+def restore_request(records: Sequence[BackupRecord], batch_id: Optional[str] = None) -> Request[dict]:
+    fields: dict = {"records": [record.to_json() for record in records]}
+    if batch_id is not None:
+        fields["id"] = batch_id
+    body = json.dumps(fields).encode("utf-8")
     return Request("POST", "/admin/restore", {"Content-Type": "application/json"}, body, _json)
 
 
@@ -453,11 +456,13 @@ class Calls(ABC):
         """
         return self._call(snapshot_page_request(partition, dump, after, limit))
 
-    def restore(self, records: Sequence[BackupRecord]) -> Any:
+    def restore(self, records: Sequence[BackupRecord], batch_id: Optional[str] = None) -> Any:
         """
         Write C{records} (C{POST /admin/restore}): C{{"written", "skipped"}}.
+        The same batch sent again under the same C{batch_id} writes no
+        record twice.
         """
-        return self._call(restore_request(records))
+        return self._call(restore_request(records, batch_id))
 
 
 def ws_url(url: str) -> str:

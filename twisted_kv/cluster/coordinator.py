@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from twisted.internet.defer import (
     CancelledError,
@@ -39,7 +39,7 @@ from twisted_kv.cluster.calls import Request, Retry
 from twisted_kv.cluster.feed import Replayed
 from twisted_kv.cluster.node import Node
 from twisted_kv.core import messages
-from twisted_kv.core.backup import DumpPage
+from twisted_kv.core.backup import BackupRecord, DumpPage
 from twisted_kv.core.membership import DEAD
 from twisted_kv.core.messages import Peek
 from twisted_kv.core.placement import PartitionConfig
@@ -227,6 +227,44 @@ class Coordinator:
             messages.decode_dump_page,
             write=False,
         )
+
+    def restore(self, records: Sequence[BackupRecord], batch_id: Optional[str] = None) -> Deferred[int]:
+        """
+        Each partition's records go to its primary in one request, which
+        orders them all in its log at once (L{ClientOperations.restore_local}),
+        every partition at the same time; a request is retried, as a write
+        is, under the same operation ids.  A C{batch_id} given by the
+        client keeps those ids when the client sends the batch again; one
+        made up here is new.
+        """
+        for record in records:
+            if len(record.value) > self.max_value_bytes:
+                return fail(ValueTooLarge(f"the value exceeds {self.max_value_bytes} bytes"))
+        ids = "~" + (self._node.operations.new_op_id() if batch_id is None else f"~{batch_id}")
+        groups: dict[int, list] = {}
+        for index, record in enumerate(records):
+            groups.setdefault(self._node.partition_of(record.key), []).append(
+                [index, record.key, record.value, record.content_type, record.ttl]
+            )
+        restore_local = self._node.operations.restore_local
+        writes = [
+            self._route(
+                partition,
+                lambda partition=partition, group=group: restore_local(partition, ids, group),
+                messages.RestoreRequest(partition, ids, group),
+                int,
+                write=True,
+            )
+            for partition, group in sorted(groups.items())
+        ]
+
+        def gathered(results: list) -> int:
+            for ok, result in results:
+                if not ok:
+                    return result
+            return sum(result for _, result in results)
+
+        return DeferredList(writes, consumeErrors=True).addCallback(gathered)
 
     # -- routing -----------------------------------------------------------
 

@@ -10,14 +10,14 @@ without sockets or replicas.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from twisted_kv.cluster.feed import ChangeHistory, Replayed
-from twisted_kv.core.backup import DumpExpired, DumpPage, Dumps
+from twisted_kv.core.backup import BackupRecord, DumpExpired, DumpPage, Dumps
 from twisted_kv.core.memstore import MemStore
 from twisted_kv.core.replica import encode_change
 from twisted_kv.core.records import (
@@ -142,6 +142,19 @@ class LocalKeyValue:
             return succeed(self._dumps.page(0, dump_id, after, limit, now))
         except DumpExpired as error:
             return fail(SnapshotExpired(str(error)))
+
+    def restore(self, records: Sequence[BackupRecord], batch_id: Optional[str] = None) -> Deferred[int]:
+        """
+        Each record is written at once, in order, as a PUT is, and the
+        first failure, if any, is the answer: a batch is never left in
+        flight, so one sent again writes the same values again and nothing
+        else.
+        """
+        failures: list = []
+        for record in records:
+            written = self.put(record.key, record.value, record.content_type, record.ttl)
+            written.addErrback(failures.append)
+        return fail(failures[0]) if failures else succeed(len(records))
 
     def subscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
         self._listeners.append(listener)

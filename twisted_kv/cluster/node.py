@@ -253,6 +253,7 @@ class Node:
             messages.STALE: self.replication.on_stale,
             messages.RELEASE: self.replication.on_release,
             messages.OP: self.operations.on_op,
+            messages.RESTORE: self.operations.on_restore,
             messages.READ: self.operations.on_read,
             messages.PEEK: self.operations.on_peek,
             messages.LIST: self.operations.on_list,

@@ -168,6 +168,44 @@ class ClientOperations:
         change = entry.change
         return replication.wait_commit(partition, entry.seq).addCallback(lambda _: change)
 
+    def restore_local(self, partition: int, batch_id: str, records: list) -> Deferred[int]:
+        """
+        Order every record of a restore batch that falls in C{partition}
+        (C{[index, key, value, content_type, ttl]} each: a
+        L{messages.RestoreRequest}) in this primary's log, as unconditional
+        writes, and fire once every member holds them all.  The record at
+        C{index} is the operation C{batch_id/index}: one already ordered
+        (the batch sent again, here or to a primary before us) is not
+        ordered twice, and the answer waits for it as for the others.
+
+        @return: a Deferred firing with how many records it holds, or
+            failing as L{execute_local} does.
+        """
+        try:
+            replica = self._serving_replica(partition)
+        except Retry as error:
+            return fail(error)
+        if self._config.memory_limit and self.bytes_used() + sum(
+            replica.store.growth(key, value) for _, key, value, _, _ in records
+        ) > self._config.memory_limit:
+            return fail(InsufficientStorage("the node's memory limit would be exceeded"))
+        refusal = self._refusal()
+        if refusal is not None:
+            return fail(refusal)
+        now = self._now()
+        last = replica.commit_seq
+        for index, key, value, content_type, ttl in records:
+            op_id = f"{batch_id}/{index}"
+            seen = replica.find_operation(op_id, key)
+            if seen is None:
+                entry = replica.propose(Put(key, value, content_type, ttl), op_id, now)
+                assert entry is not None, "an unconditional write always changes its key"
+                self.executed += 1
+                last = max(last, entry.seq)
+            else:
+                last = max(last, seen[0])
+        return self._replication.wait_commit(partition, last).addCallback(lambda _: len(records))
+
     def expire(self, partition: int, operation: Operation) -> None:
         """
         Run a due expiry; it is moot if it fails (a later write overtook it,
@@ -272,6 +310,11 @@ class ClientOperations:
         request_id, partition, operation, op_id = messages.parse_op(message)
         d = self.execute_local(partition, operation, op_id)
         self._calls.answer(peer, request_id, d, _encode_result)
+
+    def on_restore(self, peer: str, message: list) -> None:
+        request_id, partition, batch_id, records = messages.parse_restore(message)
+        d = self.restore_local(partition, batch_id, records)
+        self._calls.answer(peer, request_id, d, int)
 
     def on_read(self, peer: str, message: list) -> None:
         request_id, partition, key = messages.parse_key_request(message)

@@ -33,8 +33,8 @@ allocates nothing it did not before.
     C{[id, kind, node]}: C{kind} C{add} with the node's fields (a dict), or
     C{remove} with its id), answered as client operations are;
   - client operations forwarded to a primary (L{OpRequest},
-    L{ReadRequest}, L{PeekRequest}, L{ListRequest}, L{DumpRequest}), each
-    with a request id
+    L{RestoreRequest}, L{ReadRequest}, L{PeekRequest}, L{ListRequest},
+    L{DumpRequest}), each with a request id
     the sender's L{twisted_kv.cluster.calls.Calls} picks, all answered by
     C{["res", id, status, payload]} (L{ok_answer}, L{retry_answer},
     L{error_answer});
@@ -69,6 +69,7 @@ SNAP = "snap"
 IN_SYNC = "in_sync"
 DROP = "drop"
 OP = "op"
+RESTORE = "restore"
 READ = "read"
 PEEK = "peek"
 LIST = "list"
@@ -333,6 +334,28 @@ class OpRequest:
 
     def to_wire(self, request_id: int) -> list:
         return [OP, request_id, self.partition, encode_operation(self.operation), self.op_id]
+
+
+@frozen
+class RestoreRequest:
+    """
+    Write C{records} of a backup, C{[index, key, value, content_type,
+    ttl]} each, at the primary of C{partition}: the record at C{index} in
+    batch C{batch_id} is the operation C{batch_id/index}, so a batch sent
+    again is applied once.
+    """
+
+    partition: int
+    batch_id: str
+    records: list
+
+    def to_wire(self, request_id: int) -> list:
+        return [RESTORE, request_id, self.partition, self.batch_id, self.records]
+
+
+def parse_restore(message: list) -> tuple[int, int, str, list]:
+    _, request_id, partition, batch_id, records = message
+    return request_id, partition, batch_id, records
 
 
 @frozen

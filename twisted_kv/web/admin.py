@@ -14,24 +14,29 @@ C{/admin}: backups of the whole store, through any node (C{docs/backup.md}).
     C{null} after the last page.  C{410} (C{snapshot_expired}): the dump is
     no longer held (its primary moved, or it sat idle for a minute): dump
     the partition again from its start.
-  - C{POST /admin/restore}, JSON C{{"records": [...]}} of such records:
-    each is written through the store as an ordinary replicated write, with
-    its content type and the time to live it had left (one whose time ran
-    out is skipped), replacing whatever the key held.  The answer,
-    C{{"written": N, "skipped": M}}, comes once every write of the batch is
-    acknowledged; a failure answers with the first error, and the batch may
-    be sent again (writing a record twice is harmless).  The records of one
-    batch are written concurrently: whoever needs an order (chunks before
-    the manifests naming them) sends the batches in that order.
+  - C{POST /admin/restore}, JSON C{{"id": ID, "records": [...]}} of such
+    records: each is written through the store as an ordinary replicated
+    write, with its content type and the time to live it had left (one
+    whose time ran out is skipped), replacing whatever the key held.  The
+    answer, C{{"written": N, "skipped": M}}, comes once every write of the
+    batch is acknowledged; a failure answers with the first error.  The
+    optional C{id} (letters, digits, C{_} and C{-}) names the batch: sent
+    again under the same id with the same records, after a failure or a
+    lost answer, no record already written is written a second time (so a
+    late copy of the first attempt can never land after a newer write).
+    The records of one batch are written concurrently, each partition's in
+    one go at its primary: whoever needs an order (chunks before the
+    manifests naming them) sends the batches in that order.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Optional
 
 from klein import Klein
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -39,13 +44,15 @@ from twisted.web.resource import IResource
 from twisted_kv.core.backup import BackupRecord, DumpPage
 from twisted_kv.core.keyspace import FILES, USER, check_user_key
 from twisted_kv.errors import InvalidRequest
-from twisted_kv.interfaces import IKeyValue, ISnapshotSource
+from twisted_kv.interfaces import ISnapshotSource
 from twisted_kv.web.errors import JSON_TYPE, render_failure, to_json
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 10_000
 # The most records one restore request may carry.
 MAX_RESTORE_BATCH = 10_000
+# What a restore batch's id may be.
+BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
 def _text_argument(request: IRequest, name: bytes) -> Optional[str]:
@@ -67,18 +74,21 @@ def _page_limit(request: IRequest) -> int:
     return int(text)
 
 
-def _restored_records(body: bytes) -> list[BackupRecord]:
+def _restored_records(body: bytes) -> tuple[Optional[str], list[BackupRecord]]:
     """
-    The records of a restore request's body.
+    The batch id and the records of a restore request's body.
 
     @raise InvalidRequest: it is not a JSON object with a list of valid
-        records, at most L{MAX_RESTORE_BATCH}, in the namespaces of client
-        keys and files.
+        records, at most L{MAX_RESTORE_BATCH}, of distinct keys in the
+        namespaces of client keys and files, and perhaps a valid id.
     """
     try:
         fields = json.loads(body)
         if not isinstance(fields, dict) or not isinstance(fields.get("records"), list):
             raise ValueError("the body is not {\"records\": [...]}")
+        batch_id = fields.get("id")
+        if batch_id is not None and not (isinstance(batch_id, str) and BATCH_ID.match(batch_id)):
+            raise ValueError("the id is not 1 to 100 letters, digits, _ or -")
         records = [BackupRecord.from_json(record) for record in fields["records"]]
     except ValueError as error:
         raise InvalidRequest(f"bad restore request: {error}") from None
@@ -90,7 +100,9 @@ def _restored_records(body: bytes) -> list[BackupRecord]:
             check_user_key(record.key[1:])
         elif namespace != FILES:
             raise InvalidRequest(f"unknown namespace {namespace!r}")
-    return records
+    if len({record.key for record in records}) != len(records):
+        raise InvalidRequest("a key appears twice in the batch")
+    return batch_id, records
 
 
 class AdminAPI:
@@ -100,12 +112,11 @@ class AdminAPI:
 
     _app = Klein()
 
-    def __init__(self, kv: IKeyValue, snapshots: ISnapshotSource) -> None:
+    def __init__(self, snapshots: ISnapshotSource) -> None:
         """
-        @param kv: where restored records are written.
-        @param snapshots: where partitions are dumped.
+        @param snapshots: where partitions are dumped and restored records
+            written.
         """
-        self._kv = kv
         self._snapshots = snapshots
 
     def resource(self) -> IResource:
@@ -132,30 +143,23 @@ class AdminAPI:
 
     @_app.route("/restore", methods=["POST"])
     def _restore(self, request: IRequest) -> Deferred[bytes]:
-        records = _restored_records(request.content.read())
-        writes = [
-            self._kv.put(record.key, record.value, record.content_type, record.ttl)
-            for record in records
-            if record.ttl is None or record.ttl > 0
-        ]
+        batch_id, records = _restored_records(request.content.read())
+        live = [record for record in records if record.ttl is None or record.ttl > 0]
 
-        def answer(results: list) -> bytes:
-            for ok, result in results:
-                if not ok:
-                    return result
+        def answer(written: int) -> bytes:
             request.setHeader(b"Content-Type", JSON_TYPE)
-            return to_json({"written": len(writes), "skipped": len(records) - len(writes)})
+            return to_json({"written": written, "skipped": len(records) - len(live)})
 
-        return DeferredList(writes, consumeErrors=True).addCallback(answer)
+        return self._snapshots.restore(live, batch_id).addCallback(answer)
 
     @_app.handle_errors(Exception)
     def _failed(self, request: IRequest, failure: Failure) -> bytes:
         return render_failure(request, failure)
 
 
-def admin_resource(kv: IKeyValue, snapshots: ISnapshotSource) -> IResource:
+def admin_resource(snapshots: ISnapshotSource) -> IResource:
     """
     The C{/admin} resource; mount it as the C{admin} child of the site's
     root.
     """
-    return AdminAPI(kv, snapshots).resource()
+    return AdminAPI(snapshots).resource()

@@ -971,11 +971,11 @@ class FillTests(SynchronousTestCase):
         self._rest(group.primary)
         return group
 
-    def test_new_snapshot_counts_afresh(self) -> None:
+    def test_new_snapshot_keeps_what_was_acknowledged(self) -> None:
         """
-        A member sent a new snapshot (its link lost) drops the entries it
-        acknowledged after the old one's position, so they count for it
-        only once it acknowledges them again.
+        A member sent a new snapshot (its link lost) keeps the entries
+        after its position that it holds, so an acknowledgement of them
+        that was still on its way stays true.
         """
         group = self._started()
         primary, d = group.primary, group.backups["D"]
@@ -984,11 +984,22 @@ class FillTests(SynchronousTestCase):
         primary.resend("D", link_lost=True)
         self.assertTrue(primary.needs_snapshot("D"))
         deliver_snapshot(d, primary.start_snapshot("D"))
-        self.assertEqual(d.last_seq, 3)
+        primary.on_append_ok("D", 2, entry.seq, 0, False)  # sent before the new snapshot came
+        self.assertEqual(d.newest("k9").value, b"new")
         group.push("B")
-        self.assertEqual(primary.commit_seq, 3)
-        group.push("D")
         self.assertEqual(primary.commit_seq, entry.seq)
+        self.assertFalse(d.filled)
+
+    def test_new_snapshot_drops_another_history(self) -> None:
+        """
+        Entries after a new snapshot's position that do not follow its own
+        entry there (of an older primary's replaced tail) are dropped.
+        """
+        d = Replica(PARTITION)
+        entries = [encode_entry(Entry(1, seq, Change("delete", "x", seq, None))) for seq in (1, 2)]
+        d.on_append(1, 0, 0, entries, 0)
+        d.on_snapshot(2, 1, 2, True, False, [])
+        self.assertEqual((d.base_seq, d.log), (1, []))
 
     def test_new_primary_refills(self) -> None:
         """

@@ -1042,10 +1042,12 @@ class Replica:
     ) -> bool:
         """
         Chunk C{part} of a copy of the primary's committed store as of
-        C{seq}, whose data started at C{origin}.  The first replaces
-        everything held: from then on the log after C{seq} is taken in (and
-        acknowledged, not C{filled}) while the other chunks arrive; what it
-        commits is applied after the last.  A chunk that is not the next
+        C{seq}, whose data started at C{origin}.  The first replaces the
+        store, and the log but for the entries after C{seq} that follow the
+        snapshot's own entry at C{seq} (a member sent another snapshot may
+        have acknowledged them already): from then on the log after C{seq}
+        is taken in (and acknowledged, not C{filled}) while the other
+        chunks arrive; what it commits is applied after the last.  A chunk that is not the next
         one (a chunk lost) is ignored, and so is every later one: the
         snapshot never completes, and the primary starts another.  Without
         C{part} (a replay of the chunks taken in), chunks come in order.
@@ -1057,8 +1059,9 @@ class Replica:
             self.step_down(epoch)
         self.epoch = max(self.epoch, epoch)
         if first:
+            follows = self.base_seq <= seq <= self.last_seq and self._epoch_at(seq) == seq_epoch
+            self.log = self.log[seq - self.base_seq :] if follows else []
             self.store.clear()
-            self.log.clear()
             self.digest.clear()
             self.base_seq = self.commit_seq = self.applied_seq = seq
             self.base_epoch = seq_epoch or 0

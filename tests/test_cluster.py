@@ -1345,7 +1345,7 @@ class FailureTests(ClusterTestMixin, SynchronousTestCase):
         cluster.run(0.1)
         self.assertEqual(waiting, [])
         replica = node.replicas[partition]
-        snapshot = messages.snapshot(partition, replica.epoch + 1, 0, 0, True, True, encode_records([]), 0)
+        snapshot = messages.snapshot(partition, replica.epoch + 1, 0, 0, True, True, encode_records([]), 0, 0)
         node.peer_message(newer, cluster.nodes[newer].incarnation, snapshot)
         self.assertFalse(replica.is_primary)
         self.assertTrue(waiting[0].check(Retry), waiting)

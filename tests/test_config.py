@@ -109,6 +109,7 @@ class GoodConfigTests(SynchronousTestCase):
                 partitions=64,
                 max_file_bytes=256 * MiB,
                 anti_entropy_interval=5.0,
+                fill_rate=4 * MiB,
                 ws_history=10000,
                 anonymous_ftp=False,
             ),
@@ -150,6 +151,7 @@ class GoodConfigTests(SynchronousTestCase):
             partitions = 16
             max_file_bytes = 64M
             anti_entropy_interval = 30s
+            fill_rate = 512KiB
             ws_history = 500
             anonymous_ftp = yes
 
@@ -178,6 +180,7 @@ class GoodConfigTests(SynchronousTestCase):
                 partitions=16,
                 max_file_bytes=64 * MiB,
                 anti_entropy_interval=30.0,
+                fill_rate=512 * 1024,
                 ws_history=500,
                 anonymous_ftp=True,
             ),

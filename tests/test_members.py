@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.linearizability import Op, check
 from tests.test_cluster import ClusterTestMixin, close_unreturned, start_clients
 from twisted_kv.cluster import replication as replication_module
+from twisted_kv.core import replica as replica_module
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.roster import Roster
 from twisted_kv.errors import MembershipConflict, OutcomeUnknown, UnknownMember
@@ -46,6 +47,16 @@ class MembersTestMixin(ClusterTestMixin):
             if roster.change is None:
                 return roster
         self.fail(f"the change was still in progress after {limit} s")
+
+    def slow_fills(self) -> None:
+        """
+        Fill new copies from snapshots (no log retained to send instead) in
+        chunks of 16 bytes, a record or two each: a node sends
+        C{fill_rate / 16} chunks a second.
+        """
+        self.patch(replica_module, "RETAINED_ENTRIES", 0)
+        self.patch(replica_module, "TRIM_BATCH", 1)
+        self.patch(replica_module, "FILL_CHUNK_BYTES", 16)
 
     def refused(self, d: Any, error: type) -> str:
         result = self.wait(d)
@@ -80,6 +91,50 @@ class AddTests(MembersTestMixin, SynchronousTestCase):
         self.assertTrue(0.18 <= share <= 0.32, share)
         self.assertTrue(cluster.nodes["n4"].synced())
         self.all_read_back("n4", 200)
+
+    def test_writes_go_on_while_filling(self) -> None:
+        """
+        A write to a partition whose new copy is still being filled does
+        not wait for the fill: it is acknowledged at once, and by then every
+        member of the partition, the new copy included, holds it; the new
+        copy counts as in sync only once filled.
+        """
+        self.slow_fills()
+        cluster = self.make_cluster(3, fill_rate=64)
+        leader = cluster.settle()
+        self.fill(300)
+        self.wait(cluster.add_member("n4", leader))
+        n4 = cluster.join("n4", leader)
+        end = cluster.clock.seconds() + 10
+        while cluster.clock.seconds() < end and all(r.filled for r in n4.replicas):
+            cluster.run(0.01)
+        partition = next(p for p, r in enumerate(n4.replicas) if not r.filled)
+        key = next(
+            f"w{i}" for i in range(10_000) if n4.partition_of(user_key(f"w{i}")) == partition
+        )
+        asked = cluster.clock.seconds()
+        at_ack: list[tuple[float, bool, bool, list[bytes]]] = []
+
+        def acknowledged(result: object) -> None:
+            config = n4.partition_config(partition)
+            held = [
+                cluster.nodes[m.node_id].replicas[partition].newest(user_key(key)).value
+                for m in config.members
+            ]
+            in_sync = "n4" in config.in_sync
+            at_ack.append((cluster.clock.seconds() - asked, n4.replicas[partition].filled, in_sync, held))
+
+        self.wait(cluster.coordinators[leader].put(user_key(key), b"during").addCallback(acknowledged))
+        [(took, filled, in_sync, held)] = at_ack
+        self.assertLess(took, 0.1)
+        self.assertEqual((filled, in_sync), (False, False))
+        self.assertGreaterEqual(len(held), 3)
+        self.assertEqual(set(held), {b"during"})
+        self.change_done(leader, 120)
+        cluster.settle()
+        self.all_read_back("n4", 300)
+        self.assertEqual(self.value_at("n4", key), b"during")
+        self.assertTrue(n4.synced())
 
     def test_learner_that_never_starts(self) -> None:
         """
@@ -200,12 +255,14 @@ class LinearizabilityTests(MembersTestMixin, SynchronousTestCase):
     def history(self, seed: int) -> dict[str, list[Op]]:
         """
         Operations while n4 is added and a node (perhaps the leader) is
-        removed; on even seeds the nodes keep their data on disks whose
+        removed, the new copies filled from snapshots in many chunks; on
+        even seeds the nodes keep their data on disks whose
         power is cut, on odd ones in memory (a killed node comes back
         empty).
         """
-        cluster = self.make_cluster(3, disks=seed % 2 == 0)
+        cluster = self.make_cluster(3, disks=seed % 2 == 0, fill_rate=1024)
         cluster.settle()
+        self.fill(200)
         rng = random.Random(seed)
         history: dict[str, list[Op]] = {"x": [], "y": []}
         running = [True]
@@ -257,6 +314,7 @@ class LinearizabilityTests(MembersTestMixin, SynchronousTestCase):
             cluster.network.drop_rate = 0.0
 
     def test_histories(self) -> None:
+        self.slow_fills()
         for seed in range(8):
             history = self.history(seed)
             for key, ops in history.items():

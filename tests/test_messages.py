@@ -65,15 +65,16 @@ class BuildersTests(SynchronousTestCase):
             messages.parse_append, (1, 2, 3, 2, [[2, 4, None, [1, "k", 9, False]]], 3, 7, 5),
         )
         self.check(
-            messages.append_ok(1, 2, 4, 7), ["app_ok", 1, 2, 4, 7], messages.parse_append_ok, (1, 2, 4, 7)
+            messages.append_ok(1, 2, 4, 7, False), ["app_ok", 1, 2, 4, 7, False],
+            messages.parse_append_ok, (1, 2, 4, 7, False),
         )
         self.check(
             messages.append_refused(1, 2, 3), ["app_no", 1, 2, 3], messages.parse_append_refused, (1, 2, 3)
         )
         self.check(messages.stale(1, 3), ["stale", 1, 3], messages.parse_stale, (1, 3))
         self.check(
-            messages.snapshot(1, 2, 3, 2, True, False, [], 5), ["snap", 1, 2, 3, 2, True, False, [], 5],
-            messages.parse_snapshot, (1, 2, 3, 2, True, False, [], 5),
+            messages.snapshot(1, 2, 3, 2, True, False, [], 5, 0), ["snap", 1, 2, 3, 2, True, False, [], 5, 0],
+            messages.parse_snapshot, (1, 2, 3, 2, True, False, [], 5, 0),
         )
         self.check(
             messages.report(messages.IN_SYNC, 1, 2, "n3"), ["in_sync", 1, 2, "n3"],

@@ -64,17 +64,27 @@ def answer(primary: Replica, backup: Replica, name: str, message: list) -> Optio
         return None
     ok, last = backup.on_append(epoch, prev_seq, prev_epoch, entries_, commit, origin)
     if ok:
-        primary.on_append_ok(name, epoch, last, round_)
+        primary.on_append_ok(name, epoch, last, round_, backup.filled)
         return primary.take_announcements()
     primary.on_append_refused(name, epoch, last)
     return None
 
 
 def deliver_snapshot(backup: Replica, message: list) -> None:
-    tag, partition, epoch, seq, seq_epoch, first, last, records, origin = wire(message)
+    tag, partition, epoch, seq, seq_epoch, first, last, records, origin, part = wire(message)
     assert (tag, partition) == ("snap", PARTITION)
     if epoch >= backup.epoch:
-        backup.on_snapshot(epoch, seq, seq_epoch, first, last, records, origin)
+        backup.on_snapshot(epoch, seq, seq_epoch, first, last, records, origin, part)
+
+
+def snapshot_messages(primary: Replica, name: str) -> list[list]:
+    """
+    Every chunk of a snapshot to C{name}, started now.
+    """
+    chunks = [primary.start_snapshot(name)]
+    while (chunk := primary.next_snapshot_chunk(name)) is not None:
+        chunks.append(chunk)
+    return chunks
 
 
 def push(primary: Replica, backup: Replica, name: str) -> Optional[list]:
@@ -83,7 +93,7 @@ def push(primary: Replica, backup: Replica, name: str) -> Optional[list]:
     member is behind the primary's log, then the next C{"app"} message.
     """
     if primary.needs_snapshot(name):
-        for message in primary.snapshot_messages(name):
+        for message in snapshot_messages(primary, name):
             deliver_snapshot(backup, message)
     return answer(primary, backup, name, primary.append_message(name))
 
@@ -628,7 +638,7 @@ class OriginTests(SynchronousTestCase):
         """
         primary, backup = self.lost_and_restarted()
         primary.propose(Put("new", b"n"), None, 0.0)
-        for message in primary.snapshot_messages("b1"):
+        for message in snapshot_messages(primary, "b1"):
             deliver_snapshot(backup, message)
         self.assertEqual(backup.origin, 3)
         self.assertNotIn("old0", dict(backup.store.items()))
@@ -650,6 +660,23 @@ def _retain_nothing(case: SynchronousTestCase) -> None:
     case.patch(replica_module, "TRIM_BATCH", 1)
 
 
+def _with_new_member(case: SynchronousTestCase) -> Group:
+    """
+    A primary C{"p"} whose log is trimmed past k0, k1 and k2 (committed
+    with B), and which has just been given a new, empty member D in epoch 2.
+    """
+    group = Group(backups=("B",))
+    for i in range(3):
+        group.write(f"k{i}", b"v%d" % i, ttl=100.0 if i == 0 else None)
+    group.settle()
+    primary = group.primary
+    case.assertEqual((primary.base_seq, primary.log), (3, []))
+    primary.become_primary(2, ["B", "D"], ["p", "B"])
+    group.backups["D"] = Replica(PARTITION)
+    group.backups["D"].epoch = group.backups["B"].epoch = 2
+    return group
+
+
 class SnapshotTests(SynchronousTestCase):
     """
     A member behind the primary's trimmed log is refilled from a snapshot.
@@ -659,16 +686,7 @@ class SnapshotTests(SynchronousTestCase):
         _retain_nothing(self)
 
     def _trimmed(self) -> Group:
-        group = Group(backups=("B",))
-        for i in range(3):
-            group.write(f"k{i}", b"v%d" % i, ttl=100.0 if i == 0 else None)
-        group.settle()
-        primary = group.primary
-        self.assertEqual((primary.base_seq, primary.log), (3, []))
-        primary.become_primary(2, ["B", "D"], ["p", "B"])
-        group.backups["D"] = Replica(PARTITION)
-        group.backups["D"].epoch = group.backups["B"].epoch = 2
-        return group
+        return _with_new_member(self)
 
     def test_stalled_member_keeps_its_snapshot(self) -> None:
         """
@@ -680,7 +698,7 @@ class SnapshotTests(SynchronousTestCase):
         primary = group.primary
         primary.on_append_refused("D", 2, 0)
         self.assertTrue(primary.needs_snapshot("D"))
-        primary.snapshot_messages("D")
+        snapshot_messages(primary, "D")
         self.assertFalse(primary.needs_snapshot("D"))
         primary.resend()
         self.assertFalse(primary.needs_snapshot("D"))
@@ -704,7 +722,7 @@ class SnapshotTests(SynchronousTestCase):
         self.assertFalse(primary.needs_snapshot("D"))
         self.assertIsNone(answer(primary, group.backups["D"], "D", primary.append_message("D")))
         self.assertTrue(primary.needs_snapshot("D"))
-        snapshot = primary.snapshot_messages("D")
+        snapshot = snapshot_messages(primary, "D")
         self.assertTrue(primary.nudge_stalled_members())
         self.assertFalse(primary.needs_snapshot("D"))
         self.assertEqual(primary.append_message("D")[3], 3)  # right after the snapshot
@@ -759,11 +777,11 @@ class SnapshotTests(SynchronousTestCase):
         the first says C{first} and only the last says C{last}; together
         they carry every record.
         """
-        self.patch(replica_module, "SNAPSHOT_CHUNK_BYTES", 4)
+        self.patch(replica_module, "FILL_CHUNK_BYTES", 4)
         group = self._trimmed()
         primary = group.primary
         primary.on_append_refused("D", 2, 0)
-        messages = primary.snapshot_messages("D")
+        messages = snapshot_messages(primary, "D")
         self.assertGreater(len(messages), 2)
         self.assertEqual([m[5] for m in messages], [True] + [False] * (len(messages) - 1))
         self.assertEqual([m[6] for m in messages], [False] * (len(messages) - 1) + [True])
@@ -797,7 +815,7 @@ class SnapshotTests(SynchronousTestCase):
         group = self._trimmed()
         primary = group.primary
         primary.on_append_refused("D", 2, 0)
-        primary.snapshot_messages("D")  # lost
+        snapshot_messages(primary, "D")  # lost
         self.assertEqual(primary.caught_up(), [])
 
 
@@ -836,6 +854,195 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(group.primary.commit_seq, 1)
         self.assertEqual(group.primary.members, ["b1"])
         self.assertEqual(group.primary.take_announcements(), [entry])
+
+
+class FillTests(SynchronousTestCase):
+    """
+    A new member counts for commits and rounds from the first chunk of its
+    snapshot on, holding every entry after the snapshot's position, and is
+    caught up only once it holds the whole snapshot.
+    """
+
+    def setUp(self) -> None:
+        _retain_nothing(self)
+        self.patch(replica_module, "FILL_CHUNK_BYTES", 4)  # a record a chunk
+
+    def _started(self) -> Group:
+        """
+        D, refused, is sent the first chunk of a snapshot; the other two
+        are still to be sent.
+        """
+        group = _with_new_member(self)
+        primary = group.primary
+        self.assertIsNone(group.push("D"))
+        self.assertTrue(primary.needs_snapshot("D"))
+        deliver_snapshot(group.backups["D"], primary.start_snapshot("D"))
+        self.assertEqual(primary.filling, ["D"])
+        return group
+
+    def _rest(self, primary: Replica) -> list[list]:
+        rest = []
+        while (chunk := primary.next_snapshot_chunk("D")) is not None:
+            rest.append(chunk)
+        self.assertEqual((len(rest), primary.filling), (2, []))
+        return rest
+
+    def test_counts_while_filling(self) -> None:
+        """
+        While the rest of its snapshot is on its way, the new member takes
+        in and acknowledges new entries: a write commits once it and B hold
+        it (not before), and a round is confirmed.  It applies nothing, and
+        is not caught up, until the last chunk; then its store is the
+        primary's, though the primary changed keys of the snapshot since.
+        """
+        group = self._started()
+        primary, d = group.primary, group.backups["D"]
+        changed = group.write("k1", b"changed")
+        deleted = primary.propose(Delete("k2"), None, 0.0)
+        round_ = primary.new_round(0.0)
+        group.push("B")
+        self.assertEqual(primary.commit_seq, 3)
+        self.assertLess(primary.confirmed_round, round_)
+        group.push("D")
+        self.assertEqual((primary.commit_seq, primary.confirmed_round), (deleted.seq, round_))
+        group.push("D")
+        self.assertEqual((d.commit_seq, d.applied_seq, d.filled), (deleted.seq, 3, False))
+        self.assertEqual(primary.caught_up(), [])
+        for chunk in self._rest(primary):
+            deliver_snapshot(d, chunk)
+        self.assertTrue(d.filled)
+        self.assertEqual(d.applied_seq, deleted.seq)
+        self.assertEqual(primary.caught_up(), [])  # until it says so
+        group.push("D")
+        self.assertEqual(primary.caught_up(), ["D"])
+        self.assertEqual(dict(d.store.items()), dict(primary.store.items()))
+        self.assertEqual((d.read("k1", 0.0).value, d.read("k2", 0.0)), (b"changed", None))
+        self.assertEqual(changed.seq, deleted.seq - 1)
+
+    def test_lost_chunk(self) -> None:
+        """
+        A member that missed a chunk ignores every later one and stays
+        filling; once it says so in a round after the last chunk went out,
+        the primary sends another snapshot, which fills it.
+        """
+        group = self._started()
+        primary, d = group.primary, group.backups["D"]
+        deliver_snapshot(d, self._rest(primary)[1])  # the second chunk lost
+        self.assertFalse(d.filled)
+        group.push("D")  # answered in the round the last chunk went out in
+        self.assertFalse(primary.needs_snapshot("D"))
+        primary.new_round(0.0)
+        group.push("D")
+        self.assertTrue(primary.needs_snapshot("D"))
+        self.assertEqual(primary.caught_up(), [])
+        group.push("D")
+        self.assertTrue(d.filled)
+        group.push("D")
+        self.assertEqual(primary.caught_up(), ["D"])
+        self.assertEqual(dict(d.store.items()), dict(primary.store.items()))
+
+    def test_first_chunk_lost(self) -> None:
+        """
+        A member that never got the first chunk refuses what follows the
+        snapshot, as it refused before it; sent that again at a nudge, and
+        silent until the next, it is sent another snapshot.
+        """
+        group = self._started_and_lost()
+        primary = group.primary
+        self.assertIsNone(group.push("D"))
+        self.assertFalse(primary.nudge_stalled_members())  # the first look
+        self.assertTrue(primary.nudge_stalled_members())
+        self.assertFalse(primary.needs_snapshot("D"))
+        self.assertIsNone(group.push("D"))
+        self.assertTrue(primary.nudge_stalled_members())
+        self.assertTrue(primary.needs_snapshot("D"))
+        group.push("D")
+        group.push("D")
+        self.assertEqual(primary.caught_up(), ["D"])
+        self.assertEqual(dict(group.backups["D"].store.items()), dict(primary.store.items()))
+
+    def _started_and_lost(self) -> Group:
+        """
+        D, refused, is sent a whole snapshot, which is lost.
+        """
+        group = _with_new_member(self)
+        self.assertIsNone(group.push("D"))
+        group.primary.start_snapshot("D")
+        self._rest(group.primary)
+        return group
+
+    def test_new_snapshot_keeps_what_was_acknowledged(self) -> None:
+        """
+        A member sent a new snapshot (its link lost) keeps the entries
+        after its position that it holds, so an acknowledgement of them
+        that was still on its way stays true.
+        """
+        group = self._started()
+        primary, d = group.primary, group.backups["D"]
+        entry = group.write("k9", b"new")
+        group.push("D")
+        primary.resend("D", link_lost=True)
+        self.assertTrue(primary.needs_snapshot("D"))
+        deliver_snapshot(d, primary.start_snapshot("D"))
+        primary.on_append_ok("D", 2, entry.seq, 0, False)  # sent before the new snapshot came
+        self.assertEqual(d.newest("k9").value, b"new")
+        group.push("B")
+        self.assertEqual(primary.commit_seq, entry.seq)
+        self.assertFalse(d.filled)
+
+    def test_new_snapshot_drops_another_history(self) -> None:
+        """
+        Entries after a new snapshot's position that do not follow its own
+        entry there (of an older primary's replaced tail) are dropped.
+        """
+        d = Replica(PARTITION)
+        entries = [encode_entry(Entry(1, seq, Change("delete", "x", seq, None))) for seq in (1, 2)]
+        d.on_append(1, 0, 0, entries, 0)
+        d.on_snapshot(2, 1, 2, True, False, [])
+        self.assertEqual((d.base_seq, d.log), (1, []))
+
+    def test_new_primary_refills(self) -> None:
+        """
+        A member still filling when its primary is replaced tells the new
+        one, which sends it a snapshot of its own.
+        """
+        group = self._started()
+        b, d = group.backups["B"], group.backups["D"]
+        group.push("B")
+        group.push("D")
+        b.become_primary(3, ["D"], ["B"])
+        d.epoch = 3
+        push(b, d, "D")
+        self.assertEqual((b.caught_up(), b.needs_snapshot("D")), ([], True))
+        push(b, d, "D")
+        push(b, d, "D")
+        self.assertEqual(b.caught_up(), ["D"])
+        self.assertEqual(dict(d.store.items()), dict(b.store.items()))
+
+    def test_no_digest_compared_while_filling(self) -> None:
+        """
+        A member filling has only part of the store: it compares no digest
+        (a mismatch would have the primary repair what is still on its way).
+        """
+        group = self._started()
+        d = group.backups["D"]
+        d.expect_digest(3, group.primary.digest.root())
+        self.assertIsNone(d.digest_result)
+
+    def test_exported_empty_while_filling(self) -> None:
+        """
+        A replica filling is recorded in a snapshot of the data directory
+        as empty: restored, it holds nothing and is sent a new snapshot,
+        rather than taking part of one for the whole.
+        """
+        group = self._started()
+        d = group.backups["D"]
+        header, chunks = d.export_state()
+        self.assertEqual(chunks, [])
+        restored = Replica(PARTITION)
+        restored.restore_state(*header)
+        self.assertEqual((restored.epoch, restored.last_seq, len(restored.store)), (2, 0, 0))
+        self.assertTrue(restored.filled)
 
 
 class RetentionTests(SynchronousTestCase):

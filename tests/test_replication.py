@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from attrs import evolve
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,7 +18,8 @@ from twisted_kv.cluster.replication import LEASE_PROMISE_SHARE, Replication
 from twisted_kv.core import messages
 from twisted_kv.core.placement import Member, PartitionConfig
 from twisted_kv.core.records import Expire, Put
-from twisted_kv.core.replica import Entry, Replica
+from twisted_kv.core import replica as replica_module
+from twisted_kv.core.replica import FILL_CHUNK_BYTES, Entry, Replica
 from twisted_kv.testing import cluster_config
 
 CONFIG = cluster_config(3)
@@ -70,13 +72,14 @@ class _Node:
         node_id: str,
         disk: Any = None,
         restarted_at: Optional[float] = None,
+        config: Any = CONFIG,
     ) -> None:
         self.feed = _Feed()
         self.antientropy = _AntiEntropy()
         self.replicas = [Replica(p) for p in range(2)]
         self.expired: list[tuple[int, Expire]] = []
         self.replication = Replication(
-            config=CONFIG,
+            config=config,
             node_id=node_id,
             incarnation=1,
             replicas=self.replicas,
@@ -266,6 +269,43 @@ class ReplicationTests(SynchronousTestCase):
         self.n2.replicas[0].epoch = 1
         self.deliver()
         self.assertEqual(self.reports, [messages.report(messages.IN_SYNC, 0, 1, "n2")])
+
+    def test_new_member_filled_at_the_fill_rate(self) -> None:
+        """
+        A new member is sent its snapshot a chunk at a time, at the fill
+        rate, and counts for commits from the first chunk on; it is
+        reported caught up once it acknowledges what follows the last.
+        """
+        self.patch(replica_module, "RETAINED_ENTRIES", 0)
+        self.patch(replica_module, "TRIM_BATCH", 1)
+        pace = 0.125  # seconds a chunk
+        self.nodes["n1"] = self.n1 = _Node(
+            self, "n1", config=evolve(CONFIG, fill_rate=int(FILL_CHUNK_BYTES / pace))
+        )
+        self.configs[0] = PartitionConfig(1, (Member("n1", 1),), ("n1",))
+        self.n1.replication.take_over(0)
+        primary = self.n1.replicas[0]
+        for i in range(10):  # chunks of 64, 64 and 32 KiB
+            primary.propose(Put(f"k{i}", b"v" * (16 * 1024 - 2)), None, self.clock.seconds())
+        self.configure(2, "n1", "n2", ("n1",))
+        self.n1.replication.take_over(0)
+        self.n2.replicas[0].epoch = 2
+        self.assertEqual(self.deliver(), ["app", "app_no", "snap", "app", "app_ok"])
+        entry = primary.propose(Put("new", b"v"), None, self.clock.seconds())
+        committed = self.n1.replication.wait_commit(0, entry.seq)
+        self.assertEqual(self.deliver(), ["app", "app_ok"])
+        self.assertIsNone(self.successResultOf(committed))
+        self.assertEqual(self.reports, [])
+        sent = []
+        for _ in range(4):
+            self.clock.advance(pace / 2)
+            sent.append(self.deliver().count("snap"))
+        self.assertEqual(sent, [0, 1, 0, 1])
+        self.assertEqual(self.n2.replicas[0].store.get("k9"), primary.store.get("k9"))
+        self.assertEqual(self.reports, [messages.report(messages.IN_SYNC, 0, 2, "n2")])
+        self.assertEqual(
+            dict(self.n2.replicas[0].store.items()), dict(primary.store.items())
+        )
 
     def test_stop_fails_waiters(self) -> None:
         """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred
@@ -26,7 +27,7 @@ from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.consensus import Consensus
 from twisted_kv.core.placement import PartitionConfig
 from twisted_kv.core.records import Expire
-from twisted_kv.core.replica import Replica
+from twisted_kv.core.replica import Replica, chunk_bytes
 
 log = Logger()
 
@@ -131,6 +132,11 @@ class Replication:
         self._dirty: set[int] = set()
         self._round_wanted: set[int] = set()
         self._flush_call: Optional[IDelayedCall] = None
+        # (partition, member) of every snapshot on its way, in turn; when
+        # the next chunk may go (L{ClusterConfig.fill_rate})
+        self._fills: deque[tuple[int, str]] = deque()
+        self._fill_call: Optional[IDelayedCall] = None
+        self._next_chunk_at = clock.seconds()
         # heaps of (position, tie-breaker, Deferred): writes waiting for a
         # commit position, reads and refusals waiting for a confirmation round
         self._commit_waiters: dict[int, list[tuple[int, int, Deferred]]] = {}
@@ -166,9 +172,10 @@ class Replication:
         Send nothing more, and fail every write and read waiting: they may
         have taken effect.
         """
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        for call in (self._flush_call, self._fill_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._fill_call = None
         for partition in range(len(self._replicas)):
             self.fail_waiters(partition, Retry("node stopping", maybe_applied=True))
 
@@ -280,11 +287,54 @@ class Replication:
             self._record_own(replica)
             for member in replica.members:
                 if replica.needs_snapshot(member):
-                    for message in replica.snapshot_messages(member):
-                        self._send(member, message)
+                    self._send_chunk(member, replica.start_snapshot(member))
+                    if (partition, member) not in self._fills:
+                        self._fills.append((partition, member))
+                    self._schedule_fill()
                 self._send(member, replica.append_message(member))
             self._settle(replica)
         self._feed.publish()
+
+    def _send_chunk(self, member: str, chunk: list) -> None:
+        """
+        Send a chunk of a snapshot; the next may go once the time the
+        chunk's bytes take at the fill rate has passed.
+        """
+        self._send(member, chunk)
+        self._next_chunk_at = (
+            max(self._next_chunk_at, self._clock.seconds())
+            + chunk_bytes(chunk) / self._config.fill_rate
+        )
+
+    def _schedule_fill(self) -> None:
+        if self._fill_call is None and self._fills:
+            delay = max(0.0, self._next_chunk_at - self._clock.seconds())
+            self._fill_call = self._clock.callLater(delay, self._send_next_chunk)
+
+    def _send_next_chunk(self) -> None:
+        """
+        Send the next chunk of one snapshot on its way, the snapshots taking
+        turns: one chunk a reactor turn, at most C{fill_rate} bytes a
+        second for the whole node, so that filling new copies takes its
+        time rather than the reactor's (each chunk is built by the primary
+        and taken in by the member in a few milliseconds).  Once a
+        snapshot's last chunk went out, a round follows: a member still
+        filling after it missed a chunk, and is sent another snapshot.
+        """
+        self._fill_call = None
+        while self._fills:
+            partition, member = self._fills.popleft()
+            replica = self._replicas[partition]
+            chunk = replica.next_snapshot_chunk(member) if replica.is_primary else None
+            if chunk is None:
+                continue
+            self._send_chunk(member, chunk)
+            if member in replica.filling:
+                self._fills.append((partition, member))
+            else:
+                self._want_round(partition)
+            break
+        self._schedule_fill()
 
     def _record_own(self, replica: Replica) -> None:
         """
@@ -443,11 +493,13 @@ class Replication:
         return d
 
     def on_append_ok(self, peer: str, message: list) -> None:
-        partition, epoch, last, round_ = messages.parse_append_ok(message)
+        partition, epoch, last, round_, filled = messages.parse_append_ok(message)
         replica = self._replicas[partition]
-        replica.on_append_ok(peer, epoch, last, round_)
+        replica.on_append_ok(peer, epoch, last, round_, filled)
         self._stalled_since.pop(partition, None)
         self._settle(replica)
+        if replica.is_primary and peer in replica.members and replica.needs_snapshot(peer):
+            self.replicate(partition)
 
     def on_append_refused(self, peer: str, message: list) -> None:
         partition, epoch, hint = messages.parse_append_refused(message)
@@ -500,7 +552,7 @@ class Replication:
         ok, last = replica.on_append(epoch, prev_seq, prev_epoch, entries, commit, origin)
         if ok:
             replica.promise_lease(self._lease_now() + self._lease_promise)
-            answer = messages.append_ok(partition, epoch, last, round_)
+            answer = messages.append_ok(partition, epoch, last, round_, replica.filled)
         else:
             answer = messages.append_refused(partition, epoch, last)
         after = _shape(replica)
@@ -531,14 +583,14 @@ class Replication:
         self._answers.after(durable, outgoing)
 
     def on_snapshot(self, peer: str, message: list) -> None:
-        partition, epoch, seq, seq_epoch, first, last, records, origin = (
+        partition, epoch, seq, seq_epoch, first, last, records, origin, part = (
             messages.parse_snapshot(message)
         )
         replica = self._replicas[partition]
         if epoch < replica.epoch:
             return
         self.superseded(replica, epoch)
-        replica.on_snapshot(epoch, seq, seq_epoch, first, last, records, origin)
-        if self._disk is not None:
+        taken = replica.on_snapshot(epoch, seq, seq_epoch, first, last, records, origin, part)
+        if taken and self._disk is not None:
             fields = [epoch, seq, seq_epoch, first, last, records, origin]
             self._member_recorded(partition, self._disk.append_replica(SNAPSHOT, partition, fields), [])

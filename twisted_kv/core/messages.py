@@ -255,13 +255,18 @@ def parse_append(message: list) -> tuple[int, int, int, int, list, int, int, int
     return partition, epoch, prev_seq, prev_epoch, entries, commit, round_, origin
 
 
-def append_ok(partition: int, epoch: int, last: int, round_: int) -> list:
-    return [APP_OK, partition, epoch, last, round_]
+def append_ok(partition: int, epoch: int, last: int, round_: int, filled: bool) -> list:
+    """
+    @param filled: whether the member holds everything up to the start of
+        its log; C{False} while a snapshot is still arriving, when it holds
+        only the entries after the snapshot's position.
+    """
+    return [APP_OK, partition, epoch, last, round_, filled]
 
 
-def parse_append_ok(message: list) -> tuple[int, int, int, int]:
-    _, partition, epoch, last, round_ = message
-    return partition, epoch, last, round_
+def parse_append_ok(message: list) -> tuple[int, int, int, int, bool]:
+    _, partition, epoch, last, round_, filled = message
+    return partition, epoch, last, round_, filled
 
 
 def append_refused(partition: int, epoch: int, hint: int) -> list:
@@ -297,14 +302,18 @@ def parse_release(message: list) -> tuple[int, int]:
 
 def snapshot(
     partition: int, epoch: int, seq: int, seq_epoch: int,
-    first: bool, last: bool, records: list, origin: int,
+    first: bool, last: bool, records: list, origin: int, part: int,
 ) -> list:
-    return [SNAP, partition, epoch, seq, seq_epoch, first, last, records, origin]
+    """
+    @param part: the chunk's number in its snapshot, from 0: a member takes
+        only the next one, so a snapshot missing a chunk never completes.
+    """
+    return [SNAP, partition, epoch, seq, seq_epoch, first, last, records, origin, part]
 
 
-def parse_snapshot(message: list) -> tuple[int, int, int, int, bool, bool, list, int]:
-    _, partition, epoch, seq, seq_epoch, first, last, records, origin = message
-    return partition, epoch, seq, seq_epoch, first, last, records, origin
+def parse_snapshot(message: list) -> tuple[int, int, int, int, bool, bool, list, int, int]:
+    _, partition, epoch, seq, seq_epoch, first, last, records, origin, part = message
+    return partition, epoch, seq, seq_epoch, first, last, records, origin, part
 
 
 def report(kind: str, partition: int, epoch: int, member: str) -> list:

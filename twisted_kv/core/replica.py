@@ -41,7 +41,7 @@ import heapq
 from collections import OrderedDict, deque
 from typing import Iterable, Optional
 
-from attrs import frozen
+from attrs import define, frozen
 
 from twisted_kv.core import messages
 from twisted_kv.core.memstore import MemStore
@@ -90,8 +90,16 @@ RETAINED_BYTES = 256 * 1024
 # more than it retains.
 TRIM_BATCH = 512
 
-# Largest snapshot message, in value bytes (one record may exceed it).
+# Largest chunk of a replica's store in a snapshot of the data directory,
+# in key and value bytes (one record may exceed it).
 SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
+
+# Largest chunk of a snapshot sent to fill a member, in key and value bytes
+# (one record may exceed it).  The primary builds each chunk, and the member
+# takes it in (store and digest), in one reactor turn of its own, so a chunk
+# is small enough for that turn to take a few milliseconds: filling a new
+# copy must not hold up the requests the same nodes serve meanwhile.
+FILL_CHUNK_BYTES = 64 * 1024
 
 _KINDS = ("put", "delete", "expire")
 
@@ -119,6 +127,23 @@ class Entry:
     change: Optional[Change]
     op_id: Optional[str] = None
     repair: Optional[Repair] = None
+
+
+@define
+class _Fill:
+    """
+    A snapshot on its way to one member: the committed store as of log
+    position C{seq}, copied when the snapshot started (later writes reach
+    the member through the log), sent a chunk at a time.
+    """
+
+    seq: int
+    seq_epoch: int
+    store: MemStore
+    keys: list[str]
+    # how many of the keys went out, and the number of the next chunk
+    sent: int = 0
+    part: int = 0
 
 
 def encode_change(change: Change) -> list:
@@ -173,6 +198,13 @@ def decode_records(data: list) -> tuple[tuple[str, Record], ...]:
         (key, Record(value, content_type, version, expires_at))
         for key, value, content_type, version, expires_at in data
     )
+
+
+def chunk_bytes(chunk: list) -> int:
+    """
+    The key and value bytes a snapshot chunk (L{messages.snapshot}) carries.
+    """
+    return sum(len(key) + len(value) for key, value, *_ in chunk[7])
 
 
 def _entry_bytes(entry: Entry) -> int:
@@ -234,6 +266,24 @@ class Replica:
         # what each member catching up had acknowledged at the last nudge
         self._sync_progress: dict[str, int] = {}
         self._snapshot_at: dict[str, int] = {}
+        # snapshots on their way to members; the members whose last
+        # acknowledgement said a snapshot is still arriving (they count for
+        # commits and rounds, holding every entry after the snapshot's
+        # position, but are not caught up); members to be sent a snapshot
+        # whatever their log holds
+        self._fills: dict[str, _Fill] = {}
+        self._hollow: set[str] = set()
+        self._snapshot_wanted: set[str] = set()
+        # the round of each member's snapshot whose last chunk went out: a
+        # member still filling in a later round lost a chunk
+        self._snapshot_done_in: dict[str, int] = {}
+        # members sent again what follows a whole snapshot, which they have
+        # not said they hold (L{nudge_stalled_members})
+        self._snapshot_nudged: set[str] = set()
+        # as a member: while a snapshot arrives, the number of its next
+        # chunk (the store then holds only part of the committed state as
+        # of base_seq, and the entries after it wait in the log, unapplied)
+        self._filling_part: Optional[int] = None
         # for each member that has acknowledged nothing since it was
         # added, where its log may end (ours when it was added, then its
         # refusals' hints): what is sent again starts there, not at the
@@ -279,8 +329,11 @@ class Replica:
 
     def _apply_committed(self) -> list[Entry]:
         """
-        Fold committed entries into the store; return them in order.
+        Fold committed entries into the store; return them in order.  Not
+        while a snapshot arrives: its chunks still to come are older.
         """
+        if self._filling_part is not None:
+            return []
         upto = min(self.commit_seq, self.last_seq)
         applied = []
         for seq in range(self.applied_seq + 1, upto + 1):
@@ -414,7 +467,8 @@ class Replica:
         if takeover:
             for table in (
                 self._match, self._next, self._acked_round, self._sync_target,
-                self._snapshot_at, self._probe,
+                self._snapshot_at, self._probe, self._fills, self._hollow,
+                self._snapshot_wanted, self._snapshot_done_in, self._snapshot_nudged,
             ):
                 table.clear()
         for member in members:
@@ -429,9 +483,11 @@ class Replica:
         for gone in set(self._match) - set(members):
             for table in (
                 self._match, self._next, self._acked_round, self._sync_target,
-                self._snapshot_at, self._probe,
+                self._snapshot_at, self._probe, self._fills, self._snapshot_done_in,
             ):
                 table.pop(gone, None)
+            for members_set in (self._hollow, self._snapshot_wanted, self._snapshot_nudged):
+                members_set.discard(gone)
         self.members = members
         if takeover:
             # The old primary may have died before announcing its last
@@ -460,6 +516,11 @@ class Replica:
         self._sync_target.clear()
         self._snapshot_at.clear()
         self._probe.clear()
+        self._fills.clear()
+        self._hollow.clear()
+        self._snapshot_wanted.clear()
+        self._snapshot_done_in.clear()
+        self._snapshot_nudged.clear()
         self._pending_by_key.clear()
         self._expiries = []
         self._unannounced = []
@@ -542,7 +603,7 @@ class Replica:
         return self.log[seq - self.base_seq - 1]
 
     def needs_snapshot(self, member: str) -> bool:
-        return self._next[member] <= self.base_seq
+        return member in self._snapshot_wanted or self._next[member] <= self.base_seq
 
     def append_message(self, member: str) -> list:
         """
@@ -560,26 +621,66 @@ class Replica:
             entries, self.commit_seq, self.round, self.origin,
         )
 
-    def snapshot_messages(self, member: str) -> list[list]:
+    def start_snapshot(self, member: str) -> list:
         """
-        Copy the committed store to C{member}, then continue with the log.
+        Start copying the committed store to C{member}; return the first
+        chunk, which the next C{"app"} message follows at once.  The rest
+        come from L{next_snapshot_chunk}, paced by the caller.  The member
+        takes in and acknowledges the log after the snapshot's position
+        from the first chunk on, so it counts for commits and rounds (it
+        holds every entry committed from then on) while the snapshot
+        arrives; only its acknowledgement of what follows the last chunk
+        proves it holds the rest, and only then is it caught up.
         """
-        chunks: list[list] = []
+        seq = self.applied_seq
+        store = self.store.copy()
+        self._fills[member] = _Fill(seq, self._epoch_at(seq), store, list(store.keys()))
+        self._snapshot_wanted.discard(member)
+        self._snapshot_done_in.pop(member, None)
+        self._snapshot_nudged.discard(member)
+        self._hollow.add(member)
+        self._next[member] = seq + 1
+        self._snapshot_at[member] = seq
+        # What it acknowledged before held entries this snapshot replaces.
+        self._match[member] = min(self._match[member], seq)
+        chunk = self.next_snapshot_chunk(member)
+        assert chunk is not None
+        return chunk
+
+    @property
+    def filling(self) -> list[str]:
+        """
+        The members with a snapshot still to be sent.
+        """
+        return list(self._fills)
+
+    def next_snapshot_chunk(self, member: str) -> Optional[list]:
+        """
+        The next chunk of the snapshot on its way to C{member}, about
+        L{FILL_CHUNK_BYTES} of it, or C{None} if none is.
+        """
+        fill = self._fills.get(member)
+        if fill is None:
+            return None
         batch: list[tuple[str, Record]] = []
         size = 0
-        header = (self.partition, self.epoch, self.applied_seq, self._epoch_at(self.applied_seq))
-        for key, record in self.store.items():
+        while fill.sent < len(fill.keys) and size < FILL_CHUNK_BYTES:
+            key = fill.keys[fill.sent]
+            fill.sent += 1
+            record = fill.store.get(key)
+            assert record is not None
             batch.append((key, record))
-            size += len(record.value) + len(key)
-            if size >= SNAPSHOT_CHUNK_BYTES:
-                chunks.append(messages.snapshot(*header, not chunks, False, encode_records(batch), self.origin))
-                batch, size = [], 0
-        chunks.append(messages.snapshot(*header, not chunks, True, encode_records(batch), self.origin))
-        # Only the member's acknowledgement of what follows proves it holds
-        # the snapshot; until then it counts for nothing.
-        self._next[member] = self.applied_seq + 1
-        self._snapshot_at[member] = self.applied_seq
-        return chunks
+            size += len(key) + len(record.value)
+        last = fill.sent == len(fill.keys)
+        chunk = messages.snapshot(
+            self.partition, self.epoch, fill.seq, fill.seq_epoch, fill.part == 0, last,
+            encode_records(batch), self.origin, fill.part,
+        )
+        fill.part += 1
+        if last:
+            del self._fills[member]
+            self._snapshot_done_in[member] = self.round
+        return chunk
 
     def new_round(self, now: float) -> int:
         """
@@ -597,17 +698,34 @@ class Replica:
         """
         return min(self._acked_round.values(), default=self.round)
 
-    def on_append_ok(self, member: str, epoch: int, last_seq: int, round_: int) -> None:
+    def on_append_ok(
+        self, member: str, epoch: int, last_seq: int, round_: int, filled: bool = True
+    ) -> None:
         """
-        C{member} holds our log up to C{last_seq}: commit what every member
-        now holds (L{take_announcements} hands it out).
+        C{member} holds our log up to C{last_seq} (only from its snapshot's
+        position on, unless C{filled}): commit what every member now holds
+        (L{take_announcements} hands it out).  Entries up to a snapshot's
+        position were committed before it was taken, so a member still
+        filling counts for every later commit.
         """
         if not self.is_primary or epoch != self.epoch or member not in self._match:
             return
         self._match[member] = max(self._match[member], last_seq)
         self._probe.pop(member, None)
-        if last_seq >= self._snapshot_at.get(member, last_seq + 1):
-            del self._snapshot_at[member]
+        if filled:
+            self._hollow.discard(member)
+            if last_seq >= self._snapshot_at.get(member, last_seq + 1):
+                del self._snapshot_at[member]
+                self._snapshot_done_in.pop(member, None)
+                self._snapshot_nudged.discard(member)
+        else:
+            self._hollow.add(member)
+            done_in = self._snapshot_done_in.get(member)
+            if member not in self._snapshot_at or (done_in is not None and round_ > done_in):
+                # Filling from another primary's snapshot, or it missed a
+                # chunk of ours (it answered after the last one): start
+                # again.
+                self._snapshot_wanted.add(member)
         self._acked_round[member] = max(self._acked_round[member], round_)
         confirmed = self.confirmed_round
         while self._round_starts and self._round_starts[0][0] <= confirmed:
@@ -633,7 +751,10 @@ class Replica:
         Members not yet known to be in sync that now hold every acknowledged
         write: the partition leader should hear of them.
         """
-        return [m for m, target in self._sync_target.items() if self._match.get(m, 0) >= target]
+        return [
+            m for m, target in self._sync_target.items()
+            if self._match.get(m, 0) >= target and m not in self._hollow and m not in self._snapshot_at
+        ]
 
     def nudge_stalled_members(self) -> bool:
         """
@@ -641,7 +762,11 @@ class Replica:
         since the previous call: the message or its answer may have been
         lost with a link, and on a partition without writes nothing else
         would be sent.  A snapshot in flight is not sent again, only what
-        follows it (the member answers that once it holds the snapshot).
+        follows it (the member answers that once it holds the snapshot), and
+        so is what follows a snapshot sent whole that the member has not
+        yet said it holds.  If that is still not answered by the next call,
+        a chunk was lost (the first, perhaps, and with it every answer but
+        refusals the snapshot's own would explain): a new snapshot starts.
 
         @return: whether any member has something to be sent again.
         """
@@ -650,8 +775,14 @@ class Replica:
         for member, target in self._sync_target.items():
             match = self._match.get(member, 0)
             progress[member] = match
-            if match < target and self._sync_progress.get(member) == match:
-                self._next[member] = self._snapshot_at.get(member, self._resend_from(member) - 1) + 1
+            sent_whole = member in self._snapshot_at and member not in self._fills
+            if (match < target or sent_whole) and self._sync_progress.get(member) == match:
+                if sent_whole and member in self._snapshot_nudged:
+                    self._snapshot_wanted.add(member)
+                else:
+                    self._next[member] = self._snapshot_at.get(member, self._resend_from(member) - 1) + 1
+                    if sent_whole:
+                        self._snapshot_nudged.add(member)
                 nudged = True
         self._sync_progress = progress
         return nudged
@@ -680,6 +811,10 @@ class Replica:
         """
         for name in [member] if member is not None else self.members:
             if name in self._next and (link_lost or name not in self._snapshot_at):
+                if name in self._snapshot_at or name in self._hollow:
+                    # A chunk may have been lost with the link.
+                    self._snapshot_wanted.add(name)
+                    self._fills.pop(name, None)
                 self._next[name] = self._resend_from(name)
                 self._snapshot_at.pop(name, None)
 
@@ -784,7 +919,7 @@ class Replica:
         Compare our digest with the primary's once we have applied exactly up
         to C{seq}; the outcome appears in L{digest_result}.
         """
-        if seq < self.applied_seq:
+        if seq < self.applied_seq or self._filling_part is not None:
             return
         self._digest_check = (seq, root)
         if seq == self.applied_seq:
@@ -897,6 +1032,14 @@ class Replica:
         # stale tail beyond it is not the primary's.
         return True, verified
 
+    @property
+    def filled(self) -> bool:
+        """
+        Whether the store holds everything up to the start of the log: not
+        while a snapshot arrives.
+        """
+        return self._filling_part is None
+
     def on_snapshot(
         self,
         epoch: int,
@@ -906,27 +1049,45 @@ class Replica:
         last: bool,
         records: list,
         origin: int = 0,
-    ) -> None:
+        part: Optional[int] = None,
+    ) -> bool:
         """
-        Part of a copy of the primary's committed store as of C{seq}, whose
-        data started at C{origin}.
+        Chunk C{part} of a copy of the primary's committed store as of
+        C{seq}, whose data started at C{origin}.  The first replaces the
+        store, and the log but for the entries after C{seq} that follow the
+        snapshot's own entry at C{seq} (a member sent another snapshot may
+        have acknowledged them already): from then on the log after C{seq}
+        is taken in (and acknowledged, not C{filled}) while the other
+        chunks arrive; what it commits is applied after the last.  A chunk that is not the next
+        one (a chunk lost) is ignored, and so is every later one: the
+        snapshot never completes, and the primary starts another.  Without
+        C{part} (a replay of the chunks taken in), chunks come in order.
+
+        @return: whether the chunk was taken in.
         """
         self.adopt_origin(origin)
         if self.is_primary and epoch > self.epoch:
             self.step_down(epoch)
         self.epoch = max(self.epoch, epoch)
         if first:
+            follows = self.base_seq <= seq <= self.last_seq and self._epoch_at(seq) == seq_epoch
+            self.log = self.log[seq - self.base_seq :] if follows else []
             self.store.clear()
-            self.log.clear()
-            self.base_seq = self.commit_seq = self.applied_seq = 0
-            self._verified = (0, 0)
             self.digest.clear()
-        for key, record in decode_records(records):
-            self._apply_change(Change("put", key, record.version, record))
-        if last:
             self.base_seq = self.commit_seq = self.applied_seq = seq
             self.base_epoch = seq_epoch or 0
             self._verified = (epoch, seq)
+            self._digest_check = None
+            self._filling_part = 0
+        elif self._filling_part is None or part not in (None, self._filling_part):
+            return False
+        self._filling_part += 1
+        for key, record in decode_records(records):
+            self._apply_change(Change("put", key, record.version, record))
+        if last:
+            self._filling_part = None
+            self._apply_committed()
+        return True
 
     # -- on disk ---------------------------------------------------------
 
@@ -939,10 +1100,15 @@ class Replica:
         lists of values that never change are built, so the caller may
         encode them later, elsewhere.
         """
+        ops = [[op_id, packed] for op_id, packed in self._recent_ops.items()]
+        if self._filling_part is not None:
+            # Only part of a snapshot: a restart starts empty, and is sent
+            # another.  The entries after it it acknowledged are also on
+            # the members in sync, which alone may become primary.
+            return [self.epoch, self.origin, 0, 0, 0, 0, [], ops], []
         header = [
             self.epoch, self.origin, self.base_seq, self.base_epoch, self.commit_seq,
-            self.applied_seq, [encode_entry(e) for e in self.log],
-            [[op_id, packed] for op_id, packed in self._recent_ops.items()],
+            self.applied_seq, [encode_entry(e) for e in self.log], ops,
         ]
         chunks: list[list] = []
         batch: list[tuple[str, Record]] = []
@@ -1007,3 +1173,4 @@ class Replica:
         self._recent_ops.clear()
         self.recent_changes.clear()
         self._digest_check = None
+        self._filling_part = None

@@ -332,6 +332,23 @@ class CompactionTests(SynchronousTestCase):
     it gives back the same state.
     """
 
+    def test_due_at_a_fifth_of_the_live_data(self) -> None:
+        """
+        Past the minimum, a snapshot is due once the log since the last one
+        holds a fifth of the live data, so that recovery replays little log.
+        """
+        disk = NodeDisk.open(CrashableFileSystem(), "/d", "always", run_now, Clock(), 2, _call)
+        disk.compact_min_bytes = 1000
+        disk.save_consensus(_STATE)
+        logged = len(encode_consensus(_STATE))
+        while logged <= 1000:
+            disk.save_consensus(_STATE)
+            logged += len(encode_consensus(_STATE))
+        self.assertTrue(disk.compaction_due(live_bytes=5 * logged - 1))
+        self.assertFalse(disk.compaction_due(live_bytes=5 * logged + 5))
+        disk.compact_min_bytes = logged
+        self.assertFalse(disk.compaction_due(live_bytes=0))
+
     def test_snapshot_and_tail(self) -> None:
         """
         Entries recorded before a snapshot, during it (before their

@@ -122,18 +122,15 @@ def encode_change(change: Change) -> list:
     record = change.record
     if record is None:
         return [_KINDS.index(change.kind), change.key, change.version, change.created]
-    return [
-        0,
-        change.key,
-        change.version,
-        record.value,
-        record.content_type,
-        record.expires_at,
-        change.created,
-    ]
+    value, content_type, _, expires_at = record.fields()
+    return [0, change.key, change.version, value, content_type, expires_at, change.created]
 
 
 def decode_change(data: list) -> Change:
+    """
+    The change L{encode_change} encoded as C{data}; its record is packed
+    here, once, into the object the store will keep.
+    """
     kind, key, version = data[0], data[1], data[2]
     if len(data) == 4:
         return Change(_KINDS[kind], key, version, None, data[3])
@@ -156,9 +153,7 @@ def decode_entry(data: list) -> Entry:
 
 
 def encode_records(records: Iterable[tuple[str, Record]]) -> list:
-    return [
-        [key, r.value, r.content_type, r.version, r.expires_at] for key, r in records
-    ]
+    return [[key, *record.fields()] for key, record in records]
 
 
 def decode_records(data: list) -> tuple[tuple[str, Record], ...]:
@@ -173,9 +168,9 @@ def _entry_bytes(entry: Entry) -> int:
     About how much of the keys and values C{entry} holds.
     """
     if entry.repair is not None:
-        return sum(len(key) + len(record.value) for key, record in entry.repair.records)
+        return sum(len(key) + record.value_size for key, record in entry.repair.records)
     change = entry.change
-    return len(change.key) + (len(change.record.value) if change.record is not None else 0)
+    return len(change.key) + (change.record.value_size if change.record is not None else 0)
 
 
 class Replica:
@@ -559,7 +554,7 @@ class Replica:
         header = (self.partition, self.epoch, self.applied_seq, self._epoch_at(self.applied_seq))
         for key, record in self.store.items():
             batch.append((key, record))
-            size += len(record.value) + len(key)
+            size += record.value_size + len(key)
             if size >= SNAPSHOT_CHUNK_BYTES:
                 chunks.append(messages.snapshot(*header, not chunks, False, encode_records(batch), self.origin))
                 batch, size = [], 0
@@ -938,7 +933,7 @@ class Replica:
         size = 0
         for key, record in self.store.items():
             batch.append((key, record))
-            size += len(record.value) + len(key)
+            size += record.value_size + len(key)
             if size >= SNAPSHOT_CHUNK_BYTES:
                 chunks.append(encode_records(batch))
                 batch, size = [], 0

@@ -114,14 +114,23 @@ class Entry:
     repair: Optional[Repair] = None
 
 
+def encode_summary(change: Change) -> list:
+    """
+    The wire form of a change without its record (4 fields): all a
+    coordinator needs of the write it forwarded is the version and whether
+    the key was created, not the value it sent itself.
+    """
+    return [_KINDS.index(change.kind), change.key, change.version, change.created]
+
+
 def encode_change(change: Change) -> list:
     """
     The wire form of a change: 7 fields with its record, 4 without (a
-    deletion, an expiry, or the summary of an operation ordered earlier).
+    deletion, an expiry, or L{encode_summary}).
     """
     record = change.record
     if record is None:
-        return [_KINDS.index(change.kind), change.key, change.version, change.created]
+        return encode_summary(change)
     value, content_type, _, expires_at = record.fields()
     return [0, change.key, change.version, value, content_type, expires_at, change.created]
 

@@ -980,7 +980,7 @@ class RetentionTests(SynchronousTestCase):
         """
         The log is trimmed back to L{replica_module.RETAINED_ENTRIES} entries
         beyond what every member holds, or fewer holding at most
-        L{replica_module.RETAINED_BYTES} of keys and values, once the trim
+        L{replica_module.RETAINED_BYTES} of keys and records, once the trim
         point moved by L{replica_module.TRIM_BATCH}.
         """
         self.patch(replica_module, "RETAINED_ENTRIES", 4)
@@ -991,7 +991,8 @@ class RetentionTests(SynchronousTestCase):
             group.settle()
         primary = group.primary
         self.assertIn(primary.last_seq - primary.base_seq, (4, 5))
-        self.patch(replica_module, "RETAINED_BYTES", 5)
+        # 12 bytes an entry: the key, and the value with its 10-byte header
+        self.patch(replica_module, "RETAINED_BYTES", 30)
         for i in range(4):
             group.write("k", b"v")
             group.settle()

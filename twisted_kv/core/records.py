@@ -72,6 +72,7 @@ SHARED_CONTENT_TYPE_LENGTH = 128
 _HEADER = struct.Struct("<QH")
 _VERSION = struct.Struct("<Q")
 _EXPIRY = struct.Struct("<d")
+_HEADER_AND_EXPIRY = struct.Struct("<QHd")
 # The header byte holding the "an expiry time follows" bit.
 _EXPIRES_BYTE = _VERSION.size
 # The length of a content type carried in full (number 0), before its UTF-8.
@@ -98,13 +99,16 @@ def _content_type_number(content_type: str) -> int:
 
 def _pack(value: bytes, content_type: str, version: int, expires_at: Optional[float]) -> bytes:
     number = _content_type_number(content_type)
-    parts = [_HEADER.pack(version, number << 1 | (expires_at is not None))]
+    if number:
+        # the common forms, in one concatenation
+        if expires_at is None:
+            return _HEADER.pack(version, number << 1) + value
+        return _HEADER_AND_EXPIRY.pack(version, number << 1 | 1, expires_at) + value
+    parts = [_HEADER.pack(version, expires_at is not None)]
     if expires_at is not None:
         parts.append(_EXPIRY.pack(expires_at))
-    if not number:
-        encoded = content_type.encode("utf-8", "surrogatepass")
-        parts += [_LENGTH.pack(len(encoded)), encoded]
-    parts.append(value)
+    encoded = content_type.encode("utf-8", "surrogatepass")
+    parts += [_LENGTH.pack(len(encoded)), encoded, value]
     return b"".join(parts)
 
 

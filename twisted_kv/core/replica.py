@@ -74,7 +74,7 @@ RECENT_CHANGES = 256
 ROUND_STARTS_KEPT = 64
 
 # Applied entries each replica keeps in its log beyond what every member
-# holds (at most about this many bytes of keys and values), so that a member
+# holds (at most about this many bytes of keys and records), so that a member
 # that missed only those is sent them rather than a snapshot of the whole
 # partition.
 RETAINED_ENTRIES = 1024
@@ -174,12 +174,13 @@ def decode_records(data: list) -> tuple[tuple[str, Record], ...]:
 
 def _entry_bytes(entry: Entry) -> int:
     """
-    About how much of the keys and values C{entry} holds.
+    About how much of the keys and records C{entry} holds (a record's
+    packed form: its value and a header of 10 bytes or so).
     """
     if entry.repair is not None:
-        return sum(len(key) + record.value_size for key, record in entry.repair.records)
+        return sum(len(key) + len(record.packed) for key, record in entry.repair.records)
     change = entry.change
-    return len(change.key) + (change.record.value_size if change.record is not None else 0)
+    return len(change.key) + (len(change.record.packed) if change.record is not None else 0)
 
 
 class Replica:

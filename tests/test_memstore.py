@@ -12,17 +12,14 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.strategies import content_types, expiries, key_sets, ordered_keys, values
-from twisted_kv.core import memstore
-from twisted_kv.core.memstore import (
-    RECORD_OVERHEAD,
+from twisted_kv.core import records as records_module
+from twisted_kv.core.memstore import RECORD_OVERHEAD, MemStore, record_cost
+from twisted_kv.core.records import (
     SHARED_CONTENT_TYPE_LENGTH,
     SHARED_CONTENT_TYPES,
-    MemStore,
-    pack_record,
-    record_cost,
-    unpack_record,
+    Change,
+    Record,
 )
-from twisted_kv.core.records import Change, Record
 
 # Any content type a caller of the single-process store may give, lone
 # surrogates and types too long to be numbered included.
@@ -186,12 +183,18 @@ class PackedRecordTests(SynchronousTestCase):
     """
 
     @given(records)
-    def test_round_trip(self, record: Record) -> None:
+    def test_stores_the_record_itself(self, record: Record) -> None:
         """
-        Unpacking gives back an equal record, whatever its content type,
-        version and expiry.
+        The store keeps the packed form of the record it is given, not a
+        copy, and gives back a record around that same object, whatever
+        its content type, version and expiry.
         """
-        self.assertEqual(unpack_record(pack_record(record)), record)
+        store = MemStore()
+        store.apply(Change("put", "k", record.version, record, True))
+        stored = store.get("k")
+        self.assertEqual(stored, record)
+        self.assertIs(stored.packed, record.packed)
+        self.assertEqual(stored.fields(), record.fields())
 
     @given(ordered_keys, records)
     def test_store_gives_back_what_it_was_given(self, key: str, record: Record) -> None:
@@ -211,8 +214,8 @@ class PackedRecordTests(SynchronousTestCase):
         and 10 bytes; an expiry adds 8.
         """
         value = b"v" * 100
-        plain = pack_record(Record(value, "application/octet-stream", 2**50))
-        expiring = pack_record(Record(value, "application/octet-stream", 2**50, 12.5))
+        plain = Record(value, "application/octet-stream", 2**50).packed
+        expiring = Record(value, "application/octet-stream", 2**50, 12.5).packed
         self.assertEqual((len(plain), len(expiring)), (110, 118))
 
     def test_content_types_shared(self) -> None:
@@ -220,8 +223,8 @@ class PackedRecordTests(SynchronousTestCase):
         Records of the same content type, decoded as distinct strings, come
         back holding one string object.
         """
-        first = unpack_record(pack_record(Record(b"1", "".join(["text/", "csv"]), 1)))
-        second = unpack_record(pack_record(Record(b"2", "".join(["text/", "csv"]), 2)))
+        first = Record(b"1", "".join(["text/", "csv"]), 1)
+        second = Record(b"2", "".join(["text/", "csv"]), 2)
         self.assertIs(first.content_type, second.content_type)
 
     def test_content_type_table_is_bounded(self) -> None:
@@ -232,10 +235,10 @@ class PackedRecordTests(SynchronousTestCase):
         """
         # The table is the process's, and only grows: this test fills an
         # empty one of its own, and gives the other tests theirs back.
-        self.patch(memstore, "_content_types", [])
-        self.patch(memstore, "_content_type_numbers", {})
+        self.patch(records_module, "_content_types", [])
+        self.patch(records_module, "_content_type_numbers", {})
         types = [f"type/{n}" for n in range(SHARED_CONTENT_TYPES + 50)]
-        packed = [pack_record(Record(b"v", content_type, 1)) for content_type in types]
+        packed = [Record(b"v", content_type, 1).packed for content_type in types]
         # A type beyond the table is stored in full: its length (4 bytes)
         # and its UTF-8, where a numbered one costs nothing.
         by_number = len(packed[0])
@@ -243,7 +246,7 @@ class PackedRecordTests(SynchronousTestCase):
             [len(p) - by_number for p in packed],
             [0] * SHARED_CONTENT_TYPES + [4 + len(t) for t in types[SHARED_CONTENT_TYPES:]],
         )
-        self.assertEqual([unpack_record(p).content_type for p in packed], types)
+        self.assertEqual([Record.from_packed(p).content_type for p in packed], types)
 
 
 class KeysFromTests(SynchronousTestCase):

@@ -18,8 +18,8 @@ from twisted_kv.cluster.deadlines import Deadlines
 from twisted_kv.cluster.operations import ClientOperations
 from twisted_kv.core import messages
 from twisted_kv.core.placement import Member, PartitionConfig
-from twisted_kv.core.records import Put
-from twisted_kv.core.replica import Replica
+from twisted_kv.core.records import Change, Put
+from twisted_kv.core.replica import Replica, decode_change
 from twisted_kv.errors import KeyExists
 from twisted_kv.testing import cluster_config
 
@@ -226,3 +226,17 @@ class OperationsTests(SynchronousTestCase):
         self.operations.on_restore("n2", restore.to_wire(8))
         self.replication.settle()
         self.assertEqual(self.sent[-1], ("n2", messages.ok_answer(8, 1)))
+
+    def test_forwarded_write_answered_without_its_value(self) -> None:
+        """
+        A peer's write is answered with what its coordinator needs, the
+        kind, version and whether the key was created, not with the value
+        the coordinator sent.
+        """
+        self.operations.on_op("n2", messages.OpRequest(0, Put("b", b"w" * 100), "n2/x/1").to_wire(6))
+        self.replication.settle()
+        ((peer, answer),) = self.sent
+        request_id, status, payload = messages.parse_answer(answer)
+        self.assertEqual((peer, request_id, status), ("n2", 6, messages.OK))
+        version = self.replicas[0].store.get("b").version
+        self.assertEqual(decode_change(payload), Change("put", "b", version, None, True))

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.strategies import epochs, seqs
+from tests.strategies import content_types, epochs, expiries, seqs, values
 from twisted_kv.core.records import (
     Change,
     Delete,
@@ -108,6 +108,69 @@ class RecordTests(SynchronousTestCase):
         record = Record(b"v", "text/plain", 1)
         self.assertFalse(record.expired(1e18))
         self.assertIsNone(live(None, 0.0))
+
+
+class PackedRecordTests(SynchronousTestCase):
+    """
+    A record is one C{bytes} object, its packed form, from which its fields
+    are read.
+    """
+
+    @given(values, content_types | st.text(), st.integers(min_value=0, max_value=2**64 - 1), expiries)
+    def test_fields_round_trip(
+        self, value: bytes, content_type: str, version: int, expires_at: Optional[float]
+    ) -> None:
+        """
+        Each field reads back as given, one by one and all at once, and a
+        record wrapped around the packed form is equal to the original.
+        """
+        record = Record(value, content_type, version, expires_at)
+        fields = (value, content_type, version, expires_at)
+        self.assertEqual(record.fields(), fields)
+        self.assertEqual(
+            (record.value, record.content_type, record.version, record.expires_at), fields
+        )
+        again = Record.from_packed(record.packed)
+        self.assertEqual(again, record)
+        self.assertEqual(hash(again), hash(record))
+        self.assertIs(again.packed, record.packed)
+
+    def test_equality_is_by_fields(self) -> None:
+        """
+        Records are equal when all their fields are; any one field differing
+        makes them differ.
+        """
+        base = Record(b"v", "text/plain", 1, 5.0)
+        self.assertEqual(base, Record(b"v", "text/plain", 1, 5.0))
+        for other in (
+            Record(b"w", "text/plain", 1, 5.0),
+            Record(b"v", "text/csv", 1, 5.0),
+            Record(b"v", "text/plain", 2, 5.0),
+            Record(b"v", "text/plain", 1, None),
+        ):
+            self.assertNotEqual(base, other)
+        self.assertNotEqual(base, base.packed)
+
+    def test_immutable(self) -> None:
+        """
+        A record's fields cannot be set: the store, the log and the change
+        feed share one.
+        """
+        record = Record(b"v", "text/plain", 1)
+        with self.assertRaises(AttributeError):
+            record.packed = b"other"  # type: ignore[misc]
+        with self.assertRaises(AttributeError):
+            record.value = b"other"  # type: ignore[misc]
+        self.assertEqual(record.value, b"v")
+
+    def test_repr_shows_fields(self) -> None:
+        """
+        A record shows its fields, not its packed form.
+        """
+        self.assertEqual(
+            repr(Record(b"v", "text/plain", 3, 2.5)),
+            "Record(value=b'v', content_type='text/plain', version=3, expires_at=2.5)",
+        )
 
 
 class UnconditionalPutTests(SynchronousTestCase):

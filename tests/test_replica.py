@@ -167,6 +167,23 @@ class CommitTests(SynchronousTestCase):
         self.assertEqual(backup.commit_seq, 1)
         self.assertEqual(backup.read("k", 0.0).value, b"v")
 
+    def test_one_record_from_decode_to_store(self) -> None:
+        """
+        The record a member decodes from the primary's message is the one
+        its log entry holds and its store keeps, as the record the primary
+        made is at the primary: the value is packed once on each node and
+        never copied again on the way to the store.
+        """
+        group = Group(backups=("b1",))
+        entry = group.write("k", b"v" * 100)
+        group.push("b1")
+        group.push("b1")
+        backup = group.backups["b1"]
+        (logged,) = [e for e in backup.log if e.seq == entry.seq]
+        self.assertIs(backup.store.get("k").packed, logged.change.record.packed)
+        self.assertIs(group.primary.store.get("k").packed, entry.change.record.packed)
+        self.assertEqual(backup.store.get("k"), entry.change.record)
+
     def test_no_backups(self) -> None:
         """
         A primary without other members commits each write as it orders it,
@@ -1170,7 +1187,7 @@ class RetentionTests(SynchronousTestCase):
         """
         The log is trimmed back to L{replica_module.RETAINED_ENTRIES} entries
         beyond what every member holds, or fewer holding at most
-        L{replica_module.RETAINED_BYTES} of keys and values, once the trim
+        L{replica_module.RETAINED_BYTES} of keys and records, once the trim
         point moved by L{replica_module.TRIM_BATCH}.
         """
         self.patch(replica_module, "RETAINED_ENTRIES", 4)
@@ -1181,7 +1198,8 @@ class RetentionTests(SynchronousTestCase):
             group.settle()
         primary = group.primary
         self.assertIn(primary.last_seq - primary.base_seq, (4, 5))
-        self.patch(replica_module, "RETAINED_BYTES", 5)
+        # 12 bytes an entry: the key, and the value with its 10-byte header
+        self.patch(replica_module, "RETAINED_BYTES", 30)
         for i in range(4):
             group.write("k", b"v")
             group.settle()

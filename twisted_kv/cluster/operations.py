@@ -23,7 +23,7 @@ from twisted_kv.core.config import ClusterConfig
 from twisted_kv.core.messages import Peek
 from twisted_kv.core.placement import PartitionConfig
 from twisted_kv.core.records import Change, Operation, Put, Record, live, make_version
-from twisted_kv.core.replica import Replica, encode_change
+from twisted_kv.core.replica import Replica, encode_summary
 from twisted_kv.errors import InsufficientStorage, KVError, SnapshotExpired
 
 
@@ -48,7 +48,7 @@ def _logged_records(
 
 
 def _encode_result(change: Optional[Change]) -> Optional[list]:
-    return None if change is None else encode_change(change)
+    return None if change is None else encode_summary(change)
 
 
 class ClientOperations:

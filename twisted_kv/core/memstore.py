@@ -6,119 +6,40 @@ accounting.
 One L{MemStore} holds one partition's keys on one replica (or, in
 L{twisted_kv.cluster.local}, every key of a single-process store).
 
-Memory per key is what limits how many keys a node holds, so a stored record
-is one C{bytes} object, not a L{Record} with its version, content type and
-value as objects of their own: a short header (the version, whether an
-expiry time follows, and the content type's number in a small shared table)
-followed by the value.  For a 100-byte value the whole record then takes the
-memory the value alone took, and L{MemStore.get} builds the L{Record} when it
-is asked for.
+Memory per key is what limits how many keys a node holds, so the store keeps
+each record as the one C{bytes} object it is made of (L{Record.packed}: a
+short header, then the value), not as a L{Record} with its fields as objects
+of their own.  For a 100-byte value the whole record takes the memory the
+value alone would.  The record a change carries is stored as it is, without
+a copy (so the replication log that holds the change shares it), and
+L{MemStore.get} wraps the stored bytes again, without copying them either.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Iterable, Iterator, Optional, cast
 
 from sortedcontainers import SortedList
 
-from twisted_kv.core.records import Change, Record
+from twisted_kv.core.records import Change, Record, packed_expires, unpack_header
 
 # Rough per-key bookkeeping cost (dict slot, record header), added to key and
 # value lengths when accounting memory use.
 RECORD_OVERHEAD = 200
-
-# How many distinct content types get a number; records of any other type
-# carry their content type in full.  The table only ever grows, and only up
-# to this size, whatever types clients send.
-SHARED_CONTENT_TYPES = 255
-# Longer content types are always carried in full.
-SHARED_CONTENT_TYPE_LENGTH = 128
-
-# version, then (content type number << 1) | (an expiry time follows)
-_HEADER = struct.Struct("<QH")
-_EXPIRY = struct.Struct("<d")
-# The header byte holding the "an expiry time follows" bit.
-_EXPIRES_BYTE = struct.calcsize("<Q")
-# The length of a content type carried in full (number 0), before its UTF-8.
-_LENGTH = struct.Struct("<I")
-
-_content_types: list[str] = []
-_content_type_numbers: dict[str, int] = {}
-
-
-def _content_type_number(content_type: str) -> int:
-    """
-    The number of C{content_type} in the shared table (from 1), numbering it
-    if there is room; 0 if it has none.
-    """
-    number = _content_type_numbers.get(content_type)
-    if number is not None:
-        return number
-    if len(_content_types) >= SHARED_CONTENT_TYPES or len(content_type) > SHARED_CONTENT_TYPE_LENGTH:
-        return 0
-    _content_types.append(content_type)
-    number = _content_type_numbers[content_type] = len(_content_types)
-    return number
-
-
-def pack_record(record: Record) -> bytes:
-    """
-    The stored form of C{record}.
-    """
-    number = _content_type_number(record.content_type)
-    parts = [_HEADER.pack(record.version, number << 1 | (record.expires_at is not None))]
-    if record.expires_at is not None:
-        parts.append(_EXPIRY.pack(record.expires_at))
-    if not number:
-        content_type = record.content_type.encode("utf-8", "surrogatepass")
-        parts += [_LENGTH.pack(len(content_type)), content_type]
-    parts.append(record.value)
-    return b"".join(parts)
-
-
-def _unpack(packed: bytes) -> tuple[int, Optional[float], str, int]:
-    """
-    The version, expiry time, content type and value offset of a stored
-    record.
-    """
-    version, form = _HEADER.unpack_from(packed)
-    offset = _HEADER.size
-    expires_at = None
-    if form & 1:
-        (expires_at,) = _EXPIRY.unpack_from(packed, offset)
-        offset += _EXPIRY.size
-    number = form >> 1
-    if number:
-        content_type = _content_types[number - 1]
-    else:
-        (length,) = _LENGTH.unpack_from(packed, offset)
-        offset += _LENGTH.size
-        content_type = packed[offset : offset + length].decode("utf-8", "surrogatepass")
-        offset += length
-    return version, expires_at, content_type, offset
-
-
-def unpack_record(packed: bytes) -> Record:
-    """
-    The L{Record} that L{pack_record} stored as C{packed}.
-    """
-    version, expires_at, content_type, offset = _unpack(packed)
-    return Record(packed[offset:], content_type, version, expires_at)
 
 
 def record_cost(key: str, record: Record) -> int:
     """
     Approximate bytes of memory one stored record costs.
     """
-    return RECORD_OVERHEAD + len(key) + len(record.value)
+    return _stored_cost(key, record.packed)
 
 
 def _stored_cost(key: str, packed: bytes) -> int:
     """
-    L{record_cost} of a stored record, without rebuilding it.
+    L{record_cost} of a stored record, from its packed form.
     """
-    return RECORD_OVERHEAD + len(key) + len(packed) - _unpack(packed)[3]
+    return RECORD_OVERHEAD + len(key) + len(packed) - unpack_header(packed)[3]
 
 
 class MemStore:
@@ -154,7 +75,7 @@ class MemStore:
 
     def get(self, key: str) -> Optional[Record]:
         packed = self._records.get(key)
-        return None if packed is None else unpack_record(packed)
+        return None if packed is None else Record.from_packed(packed)
 
     def growth(self, key: str, value: bytes) -> int:
         """
@@ -174,8 +95,8 @@ class MemStore:
         """
         if key in self._records:
             return False
-        self._records[key] = pack_record(record)
-        self.bytes_used += record_cost(key, record)
+        packed = self._records[key] = record.packed
+        self.bytes_used += _stored_cost(key, packed)
         self._tagged[key[:1]] = self._tagged.get(key[:1], 0) + 1
         if self._index is not None:
             self._index.add(key)
@@ -193,8 +114,8 @@ class MemStore:
             return
         self.bytes_used -= _stored_cost(key, old)
         if record is not None:
-            self._records[key] = pack_record(record)
-            self.bytes_used += record_cost(key, record)
+            packed = self._records[key] = record.packed
+            self.bytes_used += _stored_cost(key, packed)
         else:
             del self._records[key]
             self._tagged[key[:1]] -= 1
@@ -226,8 +147,8 @@ class MemStore:
         no particular order; the records themselves are not rebuilt.
         """
         for key, packed in self._records.items():
-            if packed[_EXPIRES_BYTE] & 1:
-                version, expires_at, _, _ = _unpack(packed)
+            if packed_expires(packed):
+                version, expires_at, _, _ = unpack_header(packed)
                 yield cast(float, expires_at), version, key
 
     def items(self) -> Iterator[tuple[str, Record]]:
@@ -235,7 +156,7 @@ class MemStore:
         Every (key, record) pair, in no particular order.
         """
         for key, packed in self._records.items():
-            yield key, unpack_record(packed)
+            yield key, Record.from_packed(packed)
 
     def copy(self) -> MemStore:
         """

@@ -128,7 +128,7 @@ def decode_operation(data: list) -> Operation:
 def encode_record(record: Optional[Record]) -> Optional[list]:
     if record is None:
         return None
-    return [record.value, record.content_type, record.version, record.expires_at]
+    return list(record.fields())
 
 
 def decode_record(data: Optional[list]) -> Optional[Record]:

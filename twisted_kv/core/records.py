@@ -16,6 +16,7 @@ cluster primary and in the single-process L{twisted_kv.cluster.local} store.
 
 from __future__ import annotations
 
+import struct
 from typing import Optional, Union
 
 from attrs import frozen
@@ -60,22 +61,189 @@ def parse_version(text: str) -> Optional[int]:
     return make_version(int(epoch), int(seq))
 
 
-@frozen
+# How many distinct content types get a number; records of any other type
+# carry their content type in full.  The table only ever grows, and only up
+# to this size, whatever types clients send.
+SHARED_CONTENT_TYPES = 255
+# Longer content types are always carried in full.
+SHARED_CONTENT_TYPE_LENGTH = 128
+
+# version, then (content type number << 1) | (an expiry time follows)
+_HEADER = struct.Struct("<QH")
+_VERSION = struct.Struct("<Q")
+_EXPIRY = struct.Struct("<d")
+_HEADER_AND_EXPIRY = struct.Struct("<QHd")
+# The header byte holding the "an expiry time follows" bit.
+_EXPIRES_BYTE = _VERSION.size
+# The length of a content type carried in full (number 0), before its UTF-8.
+_LENGTH = struct.Struct("<I")
+
+_content_types: list[str] = []
+_content_type_numbers: dict[str, int] = {}
+
+
+def _content_type_number(content_type: str) -> int:
+    """
+    The number of C{content_type} in the shared table (from 1), numbering it
+    if there is room; 0 if it has none.
+    """
+    number = _content_type_numbers.get(content_type)
+    if number is not None:
+        return number
+    if len(_content_types) >= SHARED_CONTENT_TYPES or len(content_type) > SHARED_CONTENT_TYPE_LENGTH:
+        return 0
+    _content_types.append(content_type)
+    number = _content_type_numbers[content_type] = len(_content_types)
+    return number
+
+
+def _pack(value: bytes, content_type: str, version: int, expires_at: Optional[float]) -> bytes:
+    number = _content_type_number(content_type)
+    if number:
+        # the common forms, in one concatenation
+        if expires_at is None:
+            return _HEADER.pack(version, number << 1) + value
+        return _HEADER_AND_EXPIRY.pack(version, number << 1 | 1, expires_at) + value
+    parts = [_HEADER.pack(version, expires_at is not None)]
+    if expires_at is not None:
+        parts.append(_EXPIRY.pack(expires_at))
+    encoded = content_type.encode("utf-8", "surrogatepass")
+    parts += [_LENGTH.pack(len(encoded)), encoded, value]
+    return b"".join(parts)
+
+
+def unpack_header(packed: bytes) -> tuple[int, Optional[float], str, int]:
+    """
+    The version, expiry time, content type and value offset of a record's
+    packed form (L{Record.packed}), read without building the record.
+    """
+    version, form = _HEADER.unpack_from(packed)
+    offset = _HEADER.size
+    expires_at = None
+    if form & 1:
+        (expires_at,) = _EXPIRY.unpack_from(packed, offset)
+        offset += _EXPIRY.size
+    number = form >> 1
+    if number:
+        content_type = _content_types[number - 1]
+    else:
+        (length,) = _LENGTH.unpack_from(packed, offset)
+        offset += _LENGTH.size
+        content_type = packed[offset : offset + length].decode("utf-8", "surrogatepass")
+        offset += length
+    return version, expires_at, content_type, offset
+
+
+def packed_expires(packed: bytes) -> bool:
+    """
+    Whether the record packed as C{packed} has an expiry time.
+    """
+    return bool(packed[_EXPIRES_BYTE] & 1)
+
+
 class Record:
     """
-    The current value of a key.
+    The current value of a key, immutable.
+
+    A record is held as one C{bytes} object, L{packed}: a short header (the
+    version, whether an expiry time follows, and the content type's number
+    in a small table shared by the process) followed by the value.  That
+    object is what a L{twisted_kv.core.memstore.MemStore} keeps for the key:
+    a record is packed once, where it is made (by L{decide} at a primary,
+    from a peer message at a member), and the store, the replication log
+    and the change feed then share it, with no copy of the value and no
+    object of its own for each field.  The fields are read from the header
+    when they are asked for; the packed form is only meaningful within one
+    process (the content type numbers are the process's).
 
     @ivar expires_at: absolute time (seconds, the primary's clock) after which
         the key is gone, or C{None}.
     """
 
-    value: bytes
-    content_type: str
-    version: int
-    expires_at: Optional[float] = None
+    __slots__ = ("packed",)
+    packed: bytes
+
+    def __init__(
+        self, value: bytes, content_type: str, version: int, expires_at: Optional[float] = None
+    ) -> None:
+        object.__setattr__(self, "packed", _pack(value, content_type, version, expires_at))
+
+    @classmethod
+    def from_packed(cls, packed: bytes) -> Record:
+        """
+        The record whose packed form is C{packed} (from L{packed}), without
+        a copy.
+        """
+        record = cls.__new__(cls)
+        object.__setattr__(record, "packed", packed)
+        return record
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a Record is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Record is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        # One process packs equal fields into equal bytes.
+        if not isinstance(other, Record):
+            return NotImplemented
+        return self.packed == other.packed
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return self.packed != other.packed
+
+    def __hash__(self) -> int:
+        return hash(self.packed)
+
+    def __repr__(self) -> str:
+        version, expires_at, content_type, offset = unpack_header(self.packed)
+        return (
+            f"Record(value={self.packed[offset:]!r}, content_type={content_type!r}, "
+            f"version={version!r}, expires_at={expires_at!r})"
+        )
+
+    def __reduce__(self) -> tuple:
+        return (Record, self.fields())
+
+    def fields(self) -> tuple[bytes, str, int, Optional[float]]:
+        """
+        C{(value, content_type, version, expires_at)}, read in one go.
+        """
+        version, expires_at, content_type, offset = unpack_header(self.packed)
+        return self.packed[offset:], content_type, version, expires_at
+
+    @property
+    def value(self) -> bytes:
+        return self.packed[unpack_header(self.packed)[3] :]
+
+    @property
+    def value_size(self) -> int:
+        """
+        The length of the value, without a copy of it.
+        """
+        return len(self.packed) - unpack_header(self.packed)[3]
+
+    @property
+    def content_type(self) -> str:
+        return unpack_header(self.packed)[2]
+
+    @property
+    def version(self) -> int:
+        return _VERSION.unpack_from(self.packed)[0]
+
+    @property
+    def expires_at(self) -> Optional[float]:
+        packed = self.packed
+        if not packed[_EXPIRES_BYTE] & 1:
+            return None
+        return _EXPIRY.unpack_from(packed, _HEADER.size)[0]
 
     def expired(self, now: float) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
+        expires_at = self.expires_at
+        return expires_at is not None and expires_at <= now
 
 
 @frozen

@@ -74,7 +74,7 @@ RECENT_CHANGES = 256
 ROUND_STARTS_KEPT = 64
 
 # Applied entries each replica keeps in its log beyond what every member
-# holds (at most about this many bytes of keys and values), so that a member
+# holds (at most about this many bytes of keys and records), so that a member
 # that missed only those is sent them rather than a snapshot of the whole
 # partition.
 RETAINED_ENTRIES = 1024
@@ -144,28 +144,32 @@ class _Fill:
     # how many of the keys went out, and the number of the next chunk
     sent: int = 0
     part: int = 0
+def encode_summary(change: Change) -> list:
+    """
+    The wire form of a change without its record (4 fields): all a
+    coordinator needs of the write it forwarded is the version and whether
+    the key was created, not the value it sent itself.
+    """
+    return [_KINDS.index(change.kind), change.key, change.version, change.created]
 
 
 def encode_change(change: Change) -> list:
     """
     The wire form of a change: 7 fields with its record, 4 without (a
-    deletion, an expiry, or the summary of an operation ordered earlier).
+    deletion, an expiry, or L{encode_summary}).
     """
     record = change.record
     if record is None:
-        return [_KINDS.index(change.kind), change.key, change.version, change.created]
-    return [
-        0,
-        change.key,
-        change.version,
-        record.value,
-        record.content_type,
-        record.expires_at,
-        change.created,
-    ]
+        return encode_summary(change)
+    value, content_type, _, expires_at = record.fields()
+    return [0, change.key, change.version, value, content_type, expires_at, change.created]
 
 
 def decode_change(data: list) -> Change:
+    """
+    The change L{encode_change} encoded as C{data}; its record is packed
+    here, once, into the object the store will keep.
+    """
     kind, key, version = data[0], data[1], data[2]
     if len(data) == 4:
         return Change(_KINDS[kind], key, version, None, data[3])
@@ -188,9 +192,7 @@ def decode_entry(data: list) -> Entry:
 
 
 def encode_records(records: Iterable[tuple[str, Record]]) -> list:
-    return [
-        [key, r.value, r.content_type, r.version, r.expires_at] for key, r in records
-    ]
+    return [[key, *record.fields()] for key, record in records]
 
 
 def decode_records(data: list) -> tuple[tuple[str, Record], ...]:
@@ -209,12 +211,13 @@ def chunk_bytes(chunk: list) -> int:
 
 def _entry_bytes(entry: Entry) -> int:
     """
-    About how much of the keys and values C{entry} holds.
+    About how much of the keys and records C{entry} holds (a record's
+    packed form: its value and a header of 10 bytes or so).
     """
     if entry.repair is not None:
-        return sum(len(key) + len(record.value) for key, record in entry.repair.records)
+        return sum(len(key) + len(record.packed) for key, record in entry.repair.records)
     change = entry.change
-    return len(change.key) + (len(change.record.value) if change.record is not None else 0)
+    return len(change.key) + (len(change.record.packed) if change.record is not None else 0)
 
 
 class Replica:
@@ -670,7 +673,7 @@ class Replica:
             record = fill.store.get(key)
             assert record is not None
             batch.append((key, record))
-            size += len(key) + len(record.value)
+            size += record.value_size + len(key)
         last = fill.sent == len(fill.keys)
         chunk = messages.snapshot(
             self.partition, self.epoch, fill.seq, fill.seq_epoch, fill.part == 0, last,
@@ -1115,7 +1118,7 @@ class Replica:
         size = 0
         for key, record in self.store.items():
             batch.append((key, record))
-            size += len(record.value) + len(key)
+            size += record.value_size + len(key)
             if size >= SNAPSHOT_CHUNK_BYTES:
                 chunks.append(encode_records(batch))
                 batch, size = [], 0

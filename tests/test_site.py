@@ -22,6 +22,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
@@ -280,6 +282,95 @@ class HeaderTests(SiteTestCase):
         self.assertEqual((kv_code, other_code), (201, 404))
         self.assertEqual(kv[b"server"], other[b"server"])
         self.assertEqual(self.stored("x/a"), b"")
+
+
+class IdleTimeoutTests(SiteTestCase):
+    """
+    A connection is closed once it has been idle for the site's timeout,
+    never while one of its requests is being answered, with one timer per
+    connection.
+    """
+
+    def test_closed_when_idle(self) -> None:
+        """
+        Each request moves the timeout on; a connection idle for the whole
+        timeout is closed.
+        """
+        timeout = self.site.timeOut
+        protocol, transport = self.connect()
+        self.clock.advance(timeout - 1)
+        protocol.dataReceived(request("GET", "/kv/k"))
+        self.clock.advance(timeout - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_not_while_answering(self) -> None:
+        """
+        A request whose answer takes longer than the timeout keeps its
+        connection; the timeout runs again from the answer.
+        """
+        pending: Deferred[Any] = Deferred()
+        self.serve(ScriptedKeyValue(lambda: pending))
+        timeout = self.site.timeOut
+        protocol, transport = self.connect()
+        protocol.dataReceived(request("GET", "/kv/k"))
+        self.clock.advance(3 * timeout)
+        self.assertFalse(transport.disconnecting)
+        pending.callback(ReadResult(Record(b"v", "text/plain", 1)))
+        [(code, _, body)] = parse_responses(transport.value())
+        self.assertEqual((code, body), (200, b"v"))
+        self.clock.advance(timeout - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_one_timer(self) -> None:
+        """
+        Answering requests schedules no timer beside the connection's one.
+        """
+        protocol, transport = self.connect()
+        [timer] = self.clock.getDelayedCalls()
+        protocol.dataReceived(request("PUT", "/kv/k", b"v") + request("GET", "/kv/k"))
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])
+        self.assertEqual(len(parse_responses(transport.value())), 2)
+
+
+class _CountingTransport(StringTransport):
+    """
+    A transport that counts the calls that write to it.
+    """
+
+    writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.writes += 1
+        StringTransport.write(self, b"".join(data))
+
+
+class WriteHeadersTests(SiteTestCase):
+    """
+    The site's connections write the head of an answer in one piece, the
+    same bytes as twisted.web's.
+    """
+
+    def test_same_bytes_in_one_write(self) -> None:
+        headers = Headers({b"Content-Type": [b"text/plain"], b"Vary": [b"a", b"b"]})
+        heads = []
+        for protocol in (self.site.buildProtocol(None), HTTPChannel()):
+            transport = _CountingTransport()
+            protocol.transport = transport
+            protocol.writeHeaders(b"HTTP/1.1", b"200", b"OK", headers)
+            heads.append((transport.value(), transport.writes))
+        self.assertEqual(
+            heads[0],
+            (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nVary: a\r\nVary: b\r\n\r\n", 1),
+        )
+        self.assertEqual(heads[0][0], heads[1][0])
 
 
 class RoutingTests(SiteTestCase):

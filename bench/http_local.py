@@ -164,7 +164,8 @@ async def wrk_summary(url: str, duration: float, connections: int, script: str =
     output = await wrk_output(url, duration, connections, script)
     used = time.process_time() - started
     rate, requests, p50, p99, non2xx = wrk_figures(output)
-    summary = f"{rate:9.0f} req/s  {1e6 * used / requests:6.1f} us CPU/req  p50 {p50:>8}  p99 {p99:>8}"
+    cpu = 1e6 * used / requests
+    summary = f"{rate:9.0f} req/s  {cpu:6.1f} us CPU/req  p50 {p50:>8}  p99 {p99:>8}"
     return summary + (f"  ({non2xx} non-2xx)" if non2xx else "")
 
 

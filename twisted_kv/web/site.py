@@ -170,7 +170,10 @@ class _Request(Request):
         path = self.path
         kv_resource = site.kv_resource
         if kv_resource is None or (path != _LIST_PATH and not path.startswith(_KEY_PATH)):
+            channel = self.channel
             super().process()
+            if channel.transport is None:
+                channel.stop_idle_timer()
             return
         self.site = site
         self.setHeader(b"Server", version)
@@ -232,7 +235,7 @@ class _Channel(HTTPChannel):
         """
         self._idle_timer = None
         period = self._idle_period
-        if period is None:
+        if period is None or self.transport is None:
             return
         if self.timeOut is None:
             # A request is being answered: not idle.
@@ -246,6 +249,14 @@ class _Channel(HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
+        self.stop_idle_timer()
+
+    def stop_idle_timer(self) -> None:
+        """
+        Stop the idle timeout for good: the connection is closed, or a
+        resource took it over (the WebSocket upgrade takes the transport
+        away from the channel, which then hears nothing more of it).
+        """
         self._idle_period = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()

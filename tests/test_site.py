@@ -22,8 +22,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from tests.test_http_api import FakeClusterStatus, ScriptedKeyValue
 from tests.test_metrics import parse, values
@@ -280,6 +283,118 @@ class HeaderTests(SiteTestCase):
         self.assertEqual((kv_code, other_code), (201, 404))
         self.assertEqual(kv[b"server"], other[b"server"])
         self.assertEqual(self.stored("x/a"), b"")
+
+
+class IdleTimeoutTests(SiteTestCase):
+    """
+    A connection is closed once it has been idle for the site's timeout,
+    never while one of its requests is being answered, with one timer per
+    connection.
+    """
+
+    def test_closed_when_idle(self) -> None:
+        """
+        Each request moves the timeout on; a connection idle for the whole
+        timeout is closed.
+        """
+        timeout = self.site.timeOut
+        protocol, transport = self.connect()
+        self.clock.advance(timeout - 1)
+        protocol.dataReceived(request("GET", "/kv/k"))
+        self.clock.advance(timeout - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_not_while_answering(self) -> None:
+        """
+        A request whose answer takes longer than the timeout keeps its
+        connection; the timeout runs again from the answer.
+        """
+        pending: Deferred[Any] = Deferred()
+        self.serve(ScriptedKeyValue(lambda: pending))
+        timeout = self.site.timeOut
+        protocol, transport = self.connect()
+        protocol.dataReceived(request("GET", "/kv/k"))
+        self.clock.advance(3 * timeout)
+        self.assertFalse(transport.disconnecting)
+        pending.callback(ReadResult(Record(b"v", "text/plain", 1)))
+        [(code, _, body)] = parse_responses(transport.value())
+        self.assertEqual((code, body), (200, b"v"))
+        self.clock.advance(timeout - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_taken_over(self) -> None:
+        """
+        A connection that a resource takes over, as the WebSocket upgrade
+        takes its transport, keeps no timer.
+        """
+
+        class TakingOver(Resource):
+            isLeaf = True
+
+            def render(self, request: IRequest) -> object:
+                request.channel.transport = None
+                return NOT_DONE_YET
+
+        self.site = build_site(
+            self.kv, FakeClusterStatus(), clock=self.clock, children={b"ws": TakingOver()}
+        )
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(request("GET", "/ws"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_one_timer(self) -> None:
+        """
+        Answering requests schedules no timer beside the connection's one.
+        """
+        protocol, transport = self.connect()
+        [timer] = self.clock.getDelayedCalls()
+        protocol.dataReceived(request("PUT", "/kv/k", b"v") + request("GET", "/kv/k"))
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])
+        self.assertEqual(len(parse_responses(transport.value())), 2)
+
+
+class _CountingTransport(StringTransport):
+    """
+    A transport that counts the calls that write to it.
+    """
+
+    writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.writes += 1
+        StringTransport.write(self, b"".join(data))
+
+
+class WriteHeadersTests(SiteTestCase):
+    """
+    The site's connections write the head of an answer in one piece, the
+    same bytes as twisted.web's.
+    """
+
+    def test_same_bytes_in_one_write(self) -> None:
+        """
+        A head with several values of one header reaches the transport in
+        one write, byte for byte as twisted.web's channel writes it.
+        """
+        headers = Headers({b"Content-Type": [b"text/plain"], b"Vary": [b"a", b"b"]})
+        heads = []
+        for protocol in (self.site.buildProtocol(None), HTTPChannel()):
+            transport = _CountingTransport()
+            protocol.transport = transport
+            protocol.writeHeaders(b"HTTP/1.1", b"200", b"OK", headers)
+            heads.append((transport.value(), transport.writes))
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nVary: a\r\nVary: b\r\n\r\n"
+        self.assertEqual(heads[0], (head, 1))
+        self.assertEqual(heads[0][0], heads[1][0])
 
 
 class RoutingTests(SiteTestCase):

@@ -31,9 +31,10 @@ from io import BytesIO
 from types import MappingProxyType
 from typing import Mapping, Optional
 
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site, version
@@ -183,7 +184,10 @@ class _Request(Request):
         path = self.path
         kv_resource = site.kv_resource
         if kv_resource is None or (path != _LIST_PATH and not path.startswith(_KEY_PATH)):
+            channel = self.channel
             super().process()
+            if channel.transport is None:
+                channel.stop_idle_timer()
             return
         self.site = site
         self.sitepath = []
@@ -197,13 +201,89 @@ class _Request(Request):
 
 class _Channel(HTTPChannel):
     """
-    An HTTP/1.1 connection of a L{_Site}.  Its addresses are looked up
-    once: twisted.web asks for both on every request, and the transport
-    builds a new address object each time.
+    An HTTP/1.1 connection of a L{_Site}.
+
+    Its addresses are looked up once: twisted.web asks for both on every
+    request, and the transport builds a new address object each time.
+
+    Its idle timeout (C{TimeoutMixin}'s, which twisted.web suspends while
+    a request is being answered) is one timer per connection, looked at
+    only when it fires: twisted.web cancels its timer when a request is in
+    and schedules a new one when the answer is out, two changes to the
+    reactor's timer heap per request.  Suspending and resuming it here only
+    note the time; when the timer fires, it closes the connection if it has
+    been idle for the whole timeout, and is set again for the rest of it
+    otherwise.
+
+    Its headers are written in one piece: twisted.web hands the transport
+    a list of every name, separator and value, which the transport checks
+    and counts one by one.
     """
 
     _host: Optional[IAddress] = None
     _peer: Optional[IAddress] = None
+    _idle_timer: Optional[IDelayedCall] = None
+    _idle_period: Optional[float] = None
+    _active_at = 0.0
+
+    def setTimeout(self, period: Optional[float]) -> Optional[float]:
+        previous = self.timeOut
+        self.timeOut = period
+        self._active_at = self.site.reactor.seconds()
+        if period is not None:
+            self._idle_period = period
+            if self._idle_timer is None:
+                self._idle_timer = self.callLater(period, self._idle_check)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self.timeOut is not None:
+            self._active_at = self.site.reactor.seconds()
+
+    def _idle_check(self) -> None:
+        """
+        Close the connection if it has been idle for the whole timeout, or
+        look again when it would be.
+        """
+        self._idle_timer = None
+        period = self._idle_period
+        if period is None or self.transport is None:
+            return
+        if self.timeOut is None:
+            # A request is being answered: not idle.
+            self._idle_timer = self.callLater(period, self._idle_check)
+            return
+        idle = self.site.reactor.seconds() - self._active_at
+        if idle >= period:
+            self.timeoutConnection()
+        else:
+            self._idle_timer = self.callLater(period - idle, self._idle_check)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.stop_idle_timer()
+
+    def stop_idle_timer(self) -> None:
+        """
+        Stop the idle timeout for good: the connection is closed, or a
+        resource took it over (the WebSocket upgrade takes the transport
+        away from the channel, which then hears nothing more of it).
+        """
+        self._idle_period = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: object) -> None:
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        lines = [b"%s %s %s" % (version, code, reason)]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines.append(b"%s: %s" % (name, value))
+        lines.append(b"\r\n")
+        self.transport.write(b"\r\n".join(lines))
 
     def getHost(self) -> IAddress:
         if self._host is None:

@@ -1062,6 +1062,51 @@ class MembershipLogTests(ClusterTestMixin, SynchronousTestCase):
         self.assertLess(lines.index(down[-1]), lines.index(up[-1]))
 
 
+class NextMapTests(ClusterTestMixin, SynchronousTestCase):
+    """
+    L{Node.next_map}: what an operation refused by a primary that lost its
+    role waits for before it tries again.
+    """
+
+    def test_fires_with_the_next_map(self) -> None:
+        """
+        It fires once the next map is applied, well before its time limit,
+        and its limit is then cancelled.
+        """
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        watcher = next(n for n in sorted(cluster.nodes) if n != leader)
+        node = cluster.nodes[watcher]
+        before = node.cluster_map
+        fired: list[object] = []
+        node.next_map(60.0).addCallback(fired.append)
+        cluster.kill(next(n for n in sorted(cluster.nodes) if n not in (leader, watcher)))
+        end = cluster.clock.seconds() + 30
+        while not fired and cluster.clock.seconds() < end:
+            cluster.run(0.01)
+        self.assertEqual(fired, [None])
+        self.assertLess(cluster.clock.seconds(), end)
+        self.assertIsNot(node.cluster_map, before)
+        self.assertFalse(any(call.func == node._map_not_seen for call in cluster.clock.getDelayedCalls()))
+
+    def test_fires_after_its_time_limit_without_a_map(self) -> None:
+        """
+        With no new map, it fires after its time limit, and is forgotten.
+        """
+        cluster = self.make_cluster(3)
+        cluster.settle()
+        node = cluster.nodes["n1"]
+        before = node.cluster_map
+        fired: list[object] = []
+        node.next_map(0.05).addCallback(fired.append)
+        cluster.run(0.04)
+        self.assertEqual(fired, [])
+        cluster.run(0.02)
+        self.assertEqual(fired, [None])
+        self.assertIs(node.cluster_map, before)
+        self.assertEqual(node._map_waiters, {})
+
+
 class FailureTests(ClusterTestMixin, SynchronousTestCase):
     """
     The guarantees under crashes, partitions and restarts.

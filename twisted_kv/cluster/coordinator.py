@@ -31,7 +31,6 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -65,7 +64,8 @@ from twisted_kv.interfaces import (
 
 # How long a degraded read waits for the reachable replicas.
 DEGRADED_READ_TIMEOUT = 1.0
-# Pause between two attempts of a client operation waiting for a primary.
+# Longest pause between two attempts of a client operation waiting for a
+# primary: a new map ends it sooner (L{Node.next_map}).
 RETRY_DELAY = 0.05
 
 
@@ -363,6 +363,8 @@ class _RoutedOperation:
         self._write = write
         self._deadline = clock.seconds() + node.config.request_timeout
         self._maybe_applied = False
+        # the epoch of the partition's configuration the last attempt used
+        self._tried_epoch = -1
 
     def attempt(self) -> Deferred:
         if self._node.stopped:
@@ -378,6 +380,8 @@ class _RoutedOperation:
                 return self._later()
             return fail(self._give_up("no majority of the cluster is reachable"))
         config = self._node.partition_config(self._partition)
+        if config is not None:
+            self._tried_epoch = config.epoch
         if config is None or config.primary is None:
             return self._later()
         if self._partition in self._node.lost_partitions:
@@ -401,7 +405,16 @@ class _RoutedOperation:
         return self._later()
 
     def _later(self) -> Deferred:
-        return deferLater(self._clock, RETRY_DELAY, self.attempt)
+        """
+        Try again: at once if this node's map moved the partition on since
+        the last attempt (once per configuration, so a primary that has not
+        applied that map yet is not asked in a tight loop), else after the
+        next map or L{RETRY_DELAY}, whichever comes first.
+        """
+        config = self._node.partition_config(self._partition)
+        if config is not None and config.epoch > self._tried_epoch:
+            return self.attempt()
+        return self._node.next_map(RETRY_DELAY).addCallback(lambda _: self.attempt())
 
     def _give_up(self, reason: str) -> Failure:
         if self._write and self._maybe_applied:

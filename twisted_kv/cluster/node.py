@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -161,6 +161,8 @@ class Node:
         self.deadlines = Deadlines()
         self._started_at = now
         self._map: Optional[ClusterMap] = None
+        # what waits for the next map, each with its time limit
+        self._map_waiters: dict[Deferred[None], IDelayedCall] = {}
         self._leader_seen: tuple[Optional[str], int] = (None, 0)
         self._reports: list[tuple[str, int, int, str]] = []
         # the last map and live nodes the leader planned from without
@@ -699,6 +701,25 @@ class Node:
                 replica.epoch = config.epoch
             if primary_in is not None and config.primary is not None:
                 self.replication.release(index, primary_in, config.primary.node_id)
+        waiters, self._map_waiters = self._map_waiters, {}
+        for waiter, limit in waiters.items():
+            limit.cancel()
+            waiter.callback(None)
+
+    def next_map(self, timeout: float) -> Deferred[None]:
+        """
+        Fires once the next committed map is applied here, or after
+        C{timeout} seconds if none is: an operation refused by a primary
+        that lost its role tries again as soon as the map that says where
+        the partition went is known, rather than after a fixed pause.
+        """
+        waiter: Deferred[None] = Deferred()
+        self._map_waiters[waiter] = self._clock.callLater(timeout, self._map_not_seen, waiter)
+        return waiter
+
+    def _map_not_seen(self, waiter: Deferred[None]) -> None:
+        del self._map_waiters[waiter]
+        waiter.callback(None)
 
     def _placed_here(self, partition: int) -> bool:
         """

@@ -1439,6 +1439,35 @@ class MiscTests(SynchronousTestCase):
         )
         self.assertIsNone(backup.find_operation("x", "a"))
 
+    def test_forget_frees_records_later(self) -> None:
+        """
+        L{Replica.forget} empties the store at once but frees its records
+        only as L{Replica.release_dropped} is called, at most as many as
+        each call allows: a large copy dropped does not hold up the
+        reactor for the whole time its records take to free.
+        """
+        group = Group()
+        for index in range(5):
+            group.write(f"k{index}", b"v")
+        group.settle()
+        backup = group.backups["b1"]
+        backup.forget()
+        self.assertEqual((len(backup.store), backup.store.bytes_used), (0, 0))
+        self.assertEqual(
+            [backup.release_dropped(2) for _ in range(4)], [2, 2, 1, 0]
+        )
+
+    def test_first_chunk_frees_records_later(self) -> None:
+        """
+        The first chunk of a snapshot replaces the store at once, and the
+        records it held are freed by L{Replica.release_dropped}.
+        """
+        d = Replica(PARTITION)
+        d.on_snapshot(1, 3, 1, True, True, [["a", b"1", "t", 1, None], ["b", b"2", "t", 2, None]])
+        d.on_snapshot(2, 7, 2, True, True, [["c", b"3", "t", 5, None]])
+        self.assertEqual(sorted(d.store.keys()), ["c"])
+        self.assertEqual((d.release_dropped(10), d.release_dropped(10)), (2, 0))
+
 
 class EncodingTests(SynchronousTestCase):
     """

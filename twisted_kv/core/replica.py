@@ -241,6 +241,9 @@ class Replica:
         self.epoch = 0
         self.origin = 0
         self.store = MemStore()
+        # stores this replica dropped whole, their records still to be
+        # freed (L{release_dropped})
+        self._dropped: list[MemStore] = []
         self.digest = RangeDigest()
         self.repaired_keys = 0
         self._digest_check: Optional[tuple[int, bytes]] = None
@@ -1075,7 +1078,7 @@ class Replica:
         if first:
             follows = self.base_seq <= seq <= self.last_seq and self._epoch_at(seq) == seq_epoch
             self.log = self.log[seq - self.base_seq :] if follows else []
-            self.store.clear()
+            self._drop_store()
             self.digest.clear()
             self.base_seq = self.commit_seq = self.applied_seq = seq
             self.base_epoch = seq_epoch or 0
@@ -1166,7 +1169,7 @@ class Replica:
         Drop everything: this node is no longer a member of the partition.
         """
         self.step_down(self.epoch)
-        self.store.clear()
+        self._drop_store()
         self.digest.clear()
         self.log.clear()
         self.base_seq = self.base_epoch = self.commit_seq = self.applied_seq = 0
@@ -1177,3 +1180,26 @@ class Replica:
         self.recent_changes.clear()
         self._digest_check = None
         self._filling_part = None
+
+    def _drop_store(self) -> None:
+        """
+        Start again with an empty store, at once; the records of the old
+        one are freed later, a batch at a time (L{release_dropped}), so that
+        dropping a large copy does not hold up the reactor.
+        """
+        if len(self.store):
+            self._dropped.append(self.store)
+            self.store = MemStore()
+
+    def release_dropped(self, limit: int) -> int:
+        """
+        Free up to C{limit} records of the stores this replica dropped.
+
+        @return: how many were freed.
+        """
+        freed = 0
+        while self._dropped and freed < limit:
+            freed += self._dropped[-1].release(limit - freed)
+            if not len(self._dropped[-1]):
+                self._dropped.pop()
+        return freed

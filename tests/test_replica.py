@@ -18,6 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.strategies import changes, entries
 from twisted_kv.core import replica as replica_module
+from twisted_kv.core.memstore import MemStore
+from twisted_kv.core.merkle import digest_of
 from twisted_kv.core.records import (
     Change,
     Delete,
@@ -822,6 +824,23 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(sorted(k for k, _ in d.store.items()), ["a", "b"])
         self.assertEqual(d.store.get("b").expires_at, 9.0)
         self.assertEqual((d.base_seq, d.base_epoch, d.commit_seq, d.applied_seq), (7, 2, 7, 7))
+
+    def test_chunk_taken_in_without_lookups(self) -> None:
+        """
+        A member takes a chunk's records in without looking up what its
+        store held for each key (it emptied its store at the first chunk):
+        a chunk is taken in within one reactor turn, and at 500 records a
+        chunk the lookups were a good part of it.
+        """
+        d = Replica(PARTITION)
+        d.on_snapshot(2, 7, 2, True, False, [["a", b"1", "t", 5, None]])
+        looked_up = []
+        get = MemStore.get
+        self.patch(MemStore, "get", lambda store, key: looked_up.append(key) or get(store, key))
+        d.on_snapshot(2, 7, 2, False, True, [["b", b"2", "t", 6, None], ["c", b"3", "t", 6, None]])
+        self.assertEqual(looked_up, [])
+        self.assertEqual(d.read("c", 0.0).value, b"3")
+        self.assertEqual(d.digest.root(), digest_of(d.store.items()).root())
 
     def test_not_in_sync_before_acknowledging(self) -> None:
         """

@@ -1074,11 +1074,49 @@ class FillTests(SynchronousTestCase):
         group = self._started()
         d = group.backups["D"]
         header, chunks = d.export_state()
-        self.assertEqual(chunks, [])
+        self.assertEqual(list(chunks), [])
         restored = Replica(PARTITION)
         restored.restore_state(*header)
         self.assertEqual((restored.epoch, restored.last_seq, len(restored.store)), (2, 0, 0))
         self.assertTrue(restored.filled)
+
+
+class ExportTests(SynchronousTestCase):
+    """
+    L{Replica.export_state} takes a replica's state as of one moment.
+    """
+
+    def test_chunks_built_later_as_of_the_call(self) -> None:
+        """
+        The chunks of the store are built only as they are asked for (by a
+        snapshot's writer, outside the reactor's turn), and hold the store
+        as it was when the state was exported, whatever was written since.
+        """
+        self.patch(replica_module, "SNAPSHOT_CHUNK_BYTES", 8)
+        group = Group()
+        for index in range(4):
+            group.write(f"k{index}", b"12345")
+        group.settle()
+        primary = group.primary
+        built = []
+        encode = replica_module.encode_records
+        self.patch(replica_module, "encode_records", lambda records: built.append(1) or encode(records))
+        header, chunks = primary.export_state()
+        self.assertEqual(built, [])
+        group.write("k0", b"newer")
+        group.write("k9", b"added")
+        group.settle()
+        exported = list(chunks)
+        self.assertEqual(len(built), len(exported))
+        self.assertGreater(len(exported), 1)
+        restored = Replica(PARTITION)
+        restored.restore_state(*header)
+        for chunk in exported:
+            restored.restore_keys(chunk)
+        self.assertEqual(
+            {key: record.value for key, record in restored.store.items()},
+            {f"k{index}": b"12345" for index in range(4)},
+        )
 
 
 class RetentionTests(SynchronousTestCase):

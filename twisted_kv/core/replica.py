@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from attrs import define, frozen
 
@@ -207,6 +207,23 @@ def chunk_bytes(chunk: list) -> int:
     The key and value bytes a snapshot chunk (L{messages.snapshot}) carries.
     """
     return sum(len(key) + len(value) for key, value, *_ in chunk[7])
+
+
+def _store_chunks(store: MemStore) -> Iterator[list]:
+    """
+    The encoded records of C{store}, in chunks of about
+    L{SNAPSHOT_CHUNK_BYTES}.
+    """
+    batch: list[tuple[str, Record]] = []
+    size = 0
+    for key, record in store.items():
+        batch.append((key, record))
+        size += record.value_size + len(key)
+        if size >= SNAPSHOT_CHUNK_BYTES:
+            yield encode_records(batch)
+            batch, size = [], 0
+    if batch:
+        yield encode_records(batch)
 
 
 def _entry_bytes(entry: Entry) -> int:
@@ -1097,37 +1114,28 @@ class Replica:
 
     # -- on disk ---------------------------------------------------------
 
-    def export_state(self) -> tuple[list, list[list]]:
+    def export_state(self) -> tuple[list, Iterator[list]]:
         """
         Everything a restart needs of this replica, as of now, for a
         snapshot of the node's data directory: a header (epoch, origin, log
         positions, the log's entries, the operation ids remembered) and the
         committed store in chunks of about L{SNAPSHOT_CHUNK_BYTES}.  Only
-        lists of values that never change are built, so the caller may
-        encode them later, elsewhere.
+        lists of values that never change are built, and the chunks only
+        as they are asked for, from a copy of the store taken now (a
+        pointer a key: a millisecond for 16,000 keys, where building them
+        took 25 or more), so the caller may encode them later, elsewhere.
         """
         ops = [[op_id, packed] for op_id, packed in self._recent_ops.items()]
         if self._filling_part is not None:
             # Only part of a snapshot: a restart starts empty, and is sent
             # another.  The entries after it it acknowledged are also on
             # the members in sync, which alone may become primary.
-            return [self.epoch, self.origin, 0, 0, 0, 0, [], ops], []
+            return [self.epoch, self.origin, 0, 0, 0, 0, [], ops], iter([])
         header = [
             self.epoch, self.origin, self.base_seq, self.base_epoch, self.commit_seq,
             self.applied_seq, [encode_entry(e) for e in self.log], ops,
         ]
-        chunks: list[list] = []
-        batch: list[tuple[str, Record]] = []
-        size = 0
-        for key, record in self.store.items():
-            batch.append((key, record))
-            size += record.value_size + len(key)
-            if size >= SNAPSHOT_CHUNK_BYTES:
-                chunks.append(encode_records(batch))
-                batch, size = [], 0
-        if batch:
-            chunks.append(encode_records(batch))
-        return header, chunks
+        return header, _store_chunks(self.store.copy())
 
     def restore_state(
         self,

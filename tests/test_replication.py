@@ -285,8 +285,8 @@ class ReplicationTests(SynchronousTestCase):
         self.configs[0] = PartitionConfig(1, (Member("n1", 1),), ("n1",))
         self.n1.replication.take_over(0)
         primary = self.n1.replicas[0]
-        for i in range(10):  # chunks of 64, 64 and 32 KiB
-            primary.propose(Put(f"k{i}", b"v" * (16 * 1024 - 2)), None, self.clock.seconds())
+        for i in range(10):  # chunks of 4, 4 and 2 records: full, full and half
+            primary.propose(Put(f"k{i}", b"v" * (FILL_CHUNK_BYTES // 4 - 2)), None, self.clock.seconds())
         self.configure(2, "n1", "n2", ("n1",))
         self.n1.replication.take_over(0)
         self.n2.replicas[0].epoch = 2

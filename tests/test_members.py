@@ -137,6 +137,31 @@ class AddTests(MembersTestMixin, SynchronousTestCase):
         self.assertEqual(self.value_at("n4", key), b"during")
         self.assertTrue(n4.synced())
 
+    def test_rings_built_once_per_membership(self) -> None:
+        """
+        Planning during a change does not build the next membership's ring
+        again on every tick (1-2 ms each with 64 partitions): each node
+        builds at most one ring per membership it sees.
+        """
+        built: list[tuple[str, ...]] = []
+        ring = node_module.Ring
+
+        def counted(node_ids: Any, partitions: int) -> Any:
+            built.append(tuple(node_ids))
+            return ring(node_ids, partitions)
+
+        self.patch(node_module, "Ring", counted)
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        self.fill(20)
+        self.wait(cluster.add_member("n4", leader))
+        cluster.join("n4", leader)
+        self.change_done(leader)
+        cluster.settle()
+        placed = set(built)
+        self.assertEqual(placed, {("n1", "n2", "n3"), ("n1", "n2", "n3", "n4")})
+        self.assertLessEqual(len(built), len(placed) * len(cluster.nodes))
+
     def test_learner_that_never_starts(self) -> None:
         """
         Until the added node is heard from, it is a learner: the voters and

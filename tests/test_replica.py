@@ -825,6 +825,24 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(d.store.get("b").expires_at, 9.0)
         self.assertEqual((d.base_seq, d.base_epoch, d.commit_seq, d.applied_seq), (7, 2, 7, 7))
 
+    def test_first_chunk_carries_no_records(self) -> None:
+        """
+        Starting a snapshot costs only the copy of the store's index: its
+        first chunk, sent in the same turn, carries no records (they follow,
+        paced), unless the store holds none, when it is also the last.
+        """
+        group = self._trimmed()
+        primary = group.primary
+        primary.on_append_refused("D", 2, 0)
+        first = primary.start_snapshot("D")
+        self.assertEqual((first[5], first[6], first[7]), (True, False, []))
+        self.assertIsNotNone(primary.next_snapshot_chunk("D"))
+        empty = Replica(PARTITION)
+        empty.become_primary(1, ["E"], ["E"])
+        only = empty.start_snapshot("E")
+        self.assertEqual((only[5], only[6], only[7]), (True, True, []))
+        self.assertEqual(empty.filling, [])
+
     def test_chunk_taken_in_without_lookups(self) -> None:
         """
         A member takes a chunk's records in without looking up what its
@@ -905,8 +923,8 @@ class FillTests(SynchronousTestCase):
 
     def _started(self) -> Group:
         """
-        D, refused, is sent the first chunk of a snapshot; the other two
-        are still to be sent.
+        D, refused, is sent the first chunk of a snapshot (no records);
+        its three records are still to be sent.
         """
         group = _with_new_member(self)
         primary = group.primary
@@ -920,7 +938,7 @@ class FillTests(SynchronousTestCase):
         rest = []
         while (chunk := primary.next_snapshot_chunk("D")) is not None:
             rest.append(chunk)
-        self.assertEqual((len(rest), primary.filling), (2, []))
+        self.assertEqual((len(rest), primary.filling), (3, []))
         return rest
 
     def test_counts_while_filling(self) -> None:

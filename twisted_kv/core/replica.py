@@ -649,8 +649,11 @@ class Replica:
     def start_snapshot(self, member: str) -> list:
         """
         Start copying the committed store to C{member}; return the first
-        chunk, which the next C{"app"} message follows at once.  The rest
-        come from L{next_snapshot_chunk}, paced by the caller.  The member
+        chunk, which the next C{"app"} message follows at once: it carries
+        no records (unless the store holds none, when it is also the last),
+        so that starting a snapshot costs only the copy of the store's
+        index, a pointer a key.  The records come from
+        L{next_snapshot_chunk}, paced by the caller.  The member
         takes in and acknowledges the log after the snapshot's position
         from the first chunk on, so it counts for commits and rounds (it
         holds every entry committed from then on) while the snapshot
@@ -668,9 +671,7 @@ class Replica:
         self._snapshot_at[member] = seq
         # What it acknowledged before held entries this snapshot replaces.
         self._match[member] = min(self._match[member], seq)
-        chunk = self.next_snapshot_chunk(member)
-        assert chunk is not None
-        return chunk
+        return self._snapshot_chunk(member, 0)
 
     @property
     def filling(self) -> list[str]:
@@ -684,12 +685,19 @@ class Replica:
         The next chunk of the snapshot on its way to C{member}, about
         L{FILL_CHUNK_BYTES} of it, or C{None} if none is.
         """
-        fill = self._fills.get(member)
-        if fill is None:
+        if member not in self._fills:
             return None
+        return self._snapshot_chunk(member, FILL_CHUNK_BYTES)
+
+    def _snapshot_chunk(self, member: str, limit: int) -> list:
+        """
+        The next chunk of the snapshot on its way to C{member}: records
+        until they hold C{limit} key and value bytes, or the last.
+        """
+        fill = self._fills[member]
         batch: list[tuple[str, Record]] = []
         size = 0
-        while fill.sent < len(fill.keys) and size < FILL_CHUNK_BYTES:
+        while fill.sent < len(fill.keys) and size < limit:
             key = fill.keys[fill.sent]
             fill.sent += 1
             record = fill.store.get(key)

@@ -290,8 +290,8 @@ class Replication:
                 if replica.needs_snapshot(member):
                     if started:
                         # One snapshot starts per turn: each copies the
-                        # index of its partition's store and builds a
-                        # chunk, and a new map may start several at once.
+                        # index of its partition's store, and a new map
+                        # may start several at once.
                         self.replicate(partition)
                         continue
                     started = True

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.linearizability import Op, check
 from tests.test_cluster import ClusterTestMixin, close_unreturned, start_clients
+from twisted_kv.cluster import node as node_module
 from twisted_kv.cluster import replication as replication_module
 from twisted_kv.core import replica as replica_module
 from twisted_kv.core.keyspace import user_key
@@ -136,6 +137,31 @@ class AddTests(MembersTestMixin, SynchronousTestCase):
         self.assertEqual(self.value_at("n4", key), b"during")
         self.assertTrue(n4.synced())
 
+    def test_rings_built_once_per_membership(self) -> None:
+        """
+        Planning during a change does not build the next membership's ring
+        again on every tick (1-2 ms each with 64 partitions): each node
+        builds at most one ring per membership it sees.
+        """
+        built: list[tuple[str, ...]] = []
+        ring = node_module.Ring
+
+        def counted(node_ids: Any, partitions: int) -> Any:
+            built.append(tuple(node_ids))
+            return ring(node_ids, partitions)
+
+        self.patch(node_module, "Ring", counted)
+        cluster = self.make_cluster(3)
+        leader = cluster.settle()
+        self.fill(20)
+        self.wait(cluster.add_member("n4", leader))
+        cluster.join("n4", leader)
+        self.change_done(leader)
+        cluster.settle()
+        placed = set(built)
+        self.assertEqual(placed, {("n1", "n2", "n3"), ("n1", "n2", "n3", "n4")})
+        self.assertLessEqual(len(built), len(placed) * len(cluster.nodes))
+
     def test_learner_that_never_starts(self) -> None:
         """
         Until the added node is heard from, it is a learner: the voters and
@@ -193,6 +219,26 @@ class RemoveTests(MembersTestMixin, SynchronousTestCase):
         cluster.settle()
         self.assertEqual(sum(n.key_count() for n in cluster.nodes.values()), 200)
         self.all_read_back("n2", 100)
+
+    def test_dropped_copies_freed_a_batch_per_tick(self) -> None:
+        """
+        The records of copies a node drops are freed by its ticks, at most
+        L{node_module.DROPPED_RECORDS_PER_TICK} each, not in the turn that
+        drops them.
+        """
+        self.patch(node_module, "DROPPED_RECORDS_PER_TICK", 5)
+        cluster = self.make_cluster(4)
+        cluster.settle()
+        self.fill(100)
+        n1 = cluster.nodes["n1"]
+        held = n1.key_count()
+        self.assertGreater(held, 10)
+        for replica in n1.replicas:
+            replica.forget()
+        self.assertEqual(n1.key_count(), 0)
+        n1.tick()
+        n1.tick()
+        self.assertEqual(sum(r.release_dropped(held) for r in n1.replicas), held - 10)
 
     def test_refusals(self) -> None:
         """

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.strategies import content_types, expiries, key_sets, ordered_keys, values
+from twisted_kv.core import memstore as memstore_module
 from twisted_kv.core import records as records_module
 from twisted_kv.core.memstore import RECORD_OVERHEAD, MemStore, record_cost
 from twisted_kv.core.records import (
@@ -175,6 +176,44 @@ class ApplyTests(SynchronousTestCase):
         store.apply(_delete("c"))
         self.assertEqual(sorted(store.keys()), ["a", "b"])
         self.assertEqual(list(store.expiries()), [(30.0, 2, "b")])
+
+    def test_expiries_look_only_at_expiring_records(self) -> None:
+        """
+        L{MemStore.expiries} looks only at the records with an expiry time
+        (a new primary asks for them, and most stores hold none), which
+        it follows through replacements, deletions, copies and L{clear}.
+        """
+        store = MemStore()
+        for key in "abcdef":
+            store.apply(_put(key))
+        store.apply(Change("put", "b", 2, Record(b"v", "t", 2, 30.0), True))
+        store.apply(Change("put", "c", 3, Record(b"v", "t", 3, 40.0), True))
+        store.add("g", Record(b"v", "t", 4, 50.0))
+        store.apply(_put("c", b"no expiry", 5))
+        store.apply(Change("put", "b", 6, Record(b"v", "t", 6, 35.0), True))
+        copy = store.copy()
+        store.apply(_delete("g"))
+        looked_at = []
+        for name in ("unpack_header", "packed_expires"):
+            read = getattr(records_module, name)
+            self.patch(memstore_module, name, lambda packed, read=read: looked_at.append(packed)
+                       or read(packed))
+        self.assertEqual(list(store.expiries()), [(35.0, 6, "b")])
+        self.assertEqual(looked_at, [store.get("b").packed])
+        self.assertEqual(sorted(copy.expiries()), [(35.0, 6, "b"), (50.0, 4, "g")])
+        store.clear()
+        self.assertEqual(list(store.expiries()), [])
+
+    def test_release(self) -> None:
+        """
+        L{MemStore.release} drops at most the records asked for each call,
+        until the store is empty.
+        """
+        store = MemStore()
+        for key in "abcde":
+            store.apply(_put(key))
+        self.assertEqual([store.release(2) for _ in range(4)], [2, 2, 1, 0])
+        self.assertEqual((len(store), store.bytes_used, list(store.items())), (0, 0, []))
 
 
 class PackedRecordTests(SynchronousTestCase):

@@ -18,6 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.strategies import changes, entries
 from twisted_kv.core import replica as replica_module
+from twisted_kv.core.memstore import MemStore
+from twisted_kv.core.merkle import digest_of
 from twisted_kv.core.records import (
     Change,
     Delete,
@@ -823,6 +825,41 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(d.store.get("b").expires_at, 9.0)
         self.assertEqual((d.base_seq, d.base_epoch, d.commit_seq, d.applied_seq), (7, 2, 7, 7))
 
+    def test_first_chunk_carries_no_records(self) -> None:
+        """
+        Starting a snapshot costs only the copy of the store's index: its
+        first chunk, sent in the same turn, carries no records (they follow,
+        paced), unless the store holds none, when it is also the last.
+        """
+        group = self._trimmed()
+        primary = group.primary
+        primary.on_append_refused("D", 2, 0)
+        first = primary.start_snapshot("D")
+        self.assertEqual((first[5], first[6], first[7]), (True, False, []))
+        self.assertIsNotNone(primary.next_snapshot_chunk("D"))
+        empty = Replica(PARTITION)
+        empty.become_primary(1, ["E"], ["E"])
+        only = empty.start_snapshot("E")
+        self.assertEqual((only[5], only[6], only[7]), (True, True, []))
+        self.assertEqual(empty.filling, [])
+
+    def test_chunk_taken_in_without_lookups(self) -> None:
+        """
+        A member takes a chunk's records in without looking up what its
+        store held for each key (it emptied its store at the first chunk):
+        a chunk is taken in within one reactor turn, and at 500 records a
+        chunk the lookups were a good part of it.
+        """
+        d = Replica(PARTITION)
+        d.on_snapshot(2, 7, 2, True, False, [["a", b"1", "t", 5, None]])
+        looked_up = []
+        get = MemStore.get
+        self.patch(MemStore, "get", lambda store, key: looked_up.append(key) or get(store, key))
+        d.on_snapshot(2, 7, 2, False, True, [["b", b"2", "t", 6, None], ["c", b"3", "t", 6, None]])
+        self.assertEqual(looked_up, [])
+        self.assertEqual(d.read("c", 0.0).value, b"3")
+        self.assertEqual(d.digest.root(), digest_of(d.store.items()).root())
+
     def test_not_in_sync_before_acknowledging(self) -> None:
         """
         Sending a snapshot is not enough to report a member caught up: until
@@ -886,8 +923,8 @@ class FillTests(SynchronousTestCase):
 
     def _started(self) -> Group:
         """
-        D, refused, is sent the first chunk of a snapshot; the other two
-        are still to be sent.
+        D, refused, is sent the first chunk of a snapshot (no records);
+        its three records are still to be sent.
         """
         group = _with_new_member(self)
         primary = group.primary
@@ -901,7 +938,7 @@ class FillTests(SynchronousTestCase):
         rest = []
         while (chunk := primary.next_snapshot_chunk("D")) is not None:
             rest.append(chunk)
-        self.assertEqual((len(rest), primary.filling), (2, []))
+        self.assertEqual((len(rest), primary.filling), (3, []))
         return rest
 
     def test_counts_while_filling(self) -> None:
@@ -1055,11 +1092,49 @@ class FillTests(SynchronousTestCase):
         group = self._started()
         d = group.backups["D"]
         header, chunks = d.export_state()
-        self.assertEqual(chunks, [])
+        self.assertEqual(list(chunks), [])
         restored = Replica(PARTITION)
         restored.restore_state(*header)
         self.assertEqual((restored.epoch, restored.last_seq, len(restored.store)), (2, 0, 0))
         self.assertTrue(restored.filled)
+
+
+class ExportTests(SynchronousTestCase):
+    """
+    L{Replica.export_state} takes a replica's state as of one moment.
+    """
+
+    def test_chunks_built_later_as_of_the_call(self) -> None:
+        """
+        The chunks of the store are built only as they are asked for (by a
+        snapshot's writer, outside the reactor's turn), and hold the store
+        as it was when the state was exported, whatever was written since.
+        """
+        self.patch(replica_module, "SNAPSHOT_CHUNK_BYTES", 8)
+        group = Group()
+        for index in range(4):
+            group.write(f"k{index}", b"12345")
+        group.settle()
+        primary = group.primary
+        built = []
+        encode = replica_module.encode_records
+        self.patch(replica_module, "encode_records", lambda records: built.append(1) or encode(records))
+        header, chunks = primary.export_state()
+        self.assertEqual(built, [])
+        group.write("k0", b"newer")
+        group.write("k9", b"added")
+        group.settle()
+        exported = list(chunks)
+        self.assertEqual(len(built), len(exported))
+        self.assertGreater(len(exported), 1)
+        restored = Replica(PARTITION)
+        restored.restore_state(*header)
+        for chunk in exported:
+            restored.restore_keys(chunk)
+        self.assertEqual(
+            {key: record.value for key, record in restored.store.items()},
+            {f"k{index}": b"12345" for index in range(4)},
+        )
 
 
 class RetentionTests(SynchronousTestCase):
@@ -1438,6 +1513,35 @@ class MiscTests(SynchronousTestCase):
             (0, [], 0, 0, 0),
         )
         self.assertIsNone(backup.find_operation("x", "a"))
+
+    def test_forget_frees_records_later(self) -> None:
+        """
+        L{Replica.forget} empties the store at once but frees its records
+        only as L{Replica.release_dropped} is called, at most as many as
+        each call allows: a large copy dropped does not hold up the
+        reactor for the whole time its records take to free.
+        """
+        group = Group()
+        for index in range(5):
+            group.write(f"k{index}", b"v")
+        group.settle()
+        backup = group.backups["b1"]
+        backup.forget()
+        self.assertEqual((len(backup.store), backup.store.bytes_used), (0, 0))
+        self.assertEqual(
+            [backup.release_dropped(2) for _ in range(4)], [2, 2, 1, 0]
+        )
+
+    def test_first_chunk_frees_records_later(self) -> None:
+        """
+        The first chunk of a snapshot replaces the store at once, and the
+        records it held are freed by L{Replica.release_dropped}.
+        """
+        d = Replica(PARTITION)
+        d.on_snapshot(1, 3, 1, True, True, [["a", b"1", "t", 1, None], ["b", b"2", "t", 2, None]])
+        d.on_snapshot(2, 7, 2, True, True, [["c", b"3", "t", 5, None]])
+        self.assertEqual(sorted(d.store.keys()), ["c"])
+        self.assertEqual((d.release_dropped(10), d.release_dropped(10)), (2, 0))
 
 
 class EncodingTests(SynchronousTestCase):

@@ -285,12 +285,13 @@ class ReplicationTests(SynchronousTestCase):
         self.configs[0] = PartitionConfig(1, (Member("n1", 1),), ("n1",))
         self.n1.replication.take_over(0)
         primary = self.n1.replicas[0]
-        for i in range(10):  # chunks of 64, 64 and 32 KiB
-            primary.propose(Put(f"k{i}", b"v" * (16 * 1024 - 2)), None, self.clock.seconds())
+        for i in range(10):  # chunks of 4, 4 and 2 records: full, full and half
+            primary.propose(Put(f"k{i}", b"v" * (FILL_CHUNK_BYTES // 4 - 2)), None, self.clock.seconds())
         self.configure(2, "n1", "n2", ("n1",))
         self.n1.replication.take_over(0)
         self.n2.replicas[0].epoch = 2
-        self.assertEqual(self.deliver(), ["app", "app_no", "snap", "app", "app_ok"])
+        # The first chunk carries no records; the first of them follow at once.
+        self.assertEqual(self.deliver(), ["app", "app_no", "snap", "app", "snap", "app_ok"])
         entry = primary.propose(Put("new", b"v"), None, self.clock.seconds())
         committed = self.n1.replication.wait_commit(0, entry.seq)
         self.assertEqual(self.deliver(), ["app", "app_ok"])
@@ -306,6 +307,45 @@ class ReplicationTests(SynchronousTestCase):
         self.assertEqual(
             dict(self.n2.replicas[0].store.items()), dict(primary.store.items())
         )
+
+    def test_one_snapshot_starts_per_turn(self) -> None:
+        """
+        Snapshots that a new map asks for together start one per reactor
+        turn: starting one copies its partition's index and builds its
+        first chunk, and a map may add a member to several partitions of
+        the same primary at once.
+        """
+        self.patch(replica_module, "RETAINED_ENTRIES", 0)
+        self.patch(replica_module, "TRIM_BATCH", 1)
+        for partition in (0, 1):
+            self.configs[partition] = PartitionConfig(1, (Member("n1", 1),), ("n1",))
+            self.n1.replication.take_over(partition)
+            self.n1.replicas[partition].propose(Put(f"k{partition}", b"v"), None, 0.0)
+        self.clock.advance(0)
+        replication = self.n1.replication
+        flush = replication._flush
+        started = []
+
+        def one_turn() -> None:
+            sent = len(self.queue)
+            flush()
+            started.append([m[1] for _, _, m in self.queue[sent:] if m[0] == messages.SNAP])
+
+        self.patch(replication, "_flush", one_turn)
+        for partition in (0, 1):
+            self.configs[partition] = PartitionConfig(2, (Member("n1", 1), Member("n2", 1)), ("n1",))
+            self.n1.replication.take_over(partition)
+            self.n1.replicas[partition].on_append_refused("n2", 2, 0)
+            self.n2.replicas[partition].epoch = 2
+        self.clock.advance(0)
+        self.assertEqual([snaps for snaps in started if snaps], [[0], [1]])
+        for _ in range(3):
+            self.clock.advance(0.1)
+            self.deliver()
+        for partition in (0, 1):
+            self.assertEqual(
+                self.n2.replicas[partition].read(f"k{partition}", 0.0).value, b"v"
+            )
 
     def test_stop_fails_waiters(self) -> None:
         """

@@ -578,8 +578,9 @@ class NodeDisk:
     ) -> Iterator[tuple[int, bytes]]:
         """
         The records of a snapshot, made as the writer consumes them: each
-        replica's state is taken in the reactor thread, in one turn, and
-        encoded in the writer's.
+        replica's state is taken in the reactor thread, in one short turn
+        (its header, and a copy of its store's index), and its chunks are
+        built and encoded in the writer's.
         """
         if consensus is not None:
             yield CONSENSUS, encode_consensus(consensus)

@@ -277,6 +277,7 @@ class Replication:
         """
         self._flush_call = None
         dirty, self._dirty = self._dirty, set()
+        started = False
         for partition in sorted(dirty):
             replica = self._replicas[partition]
             if not replica.is_primary:
@@ -287,6 +288,13 @@ class Replication:
             self._record_own(replica)
             for member in replica.members:
                 if replica.needs_snapshot(member):
+                    if started:
+                        # One snapshot starts per turn: each copies the
+                        # index of its partition's store, and a new map
+                        # may start several at once.
+                        self.replicate(partition)
+                        continue
+                    started = True
                     self._send_chunk(member, replica.start_snapshot(member))
                     if (partition, member) not in self._fills:
                         self._fills.append((partition, member))

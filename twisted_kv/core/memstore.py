@@ -61,6 +61,9 @@ class MemStore:
         self.bytes_used = 0
         # keys by first character: the namespace tag of core.keyspace
         self._tagged: dict[str, int] = {}
+        # the keys whose record has an expiry time (few, usually), so that
+        # a new primary finds them without looking at every record
+        self._expiring: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -98,6 +101,8 @@ class MemStore:
         packed = self._records[key] = record.packed
         self.bytes_used += _stored_cost(key, packed)
         self._tagged[key[:1]] = self._tagged.get(key[:1], 0) + 1
+        if packed_expires(packed):
+            self._expiring.add(key)
         if self._index is not None:
             self._index.add(key)
         return True
@@ -116,8 +121,13 @@ class MemStore:
         if record is not None:
             packed = self._records[key] = record.packed
             self.bytes_used += _stored_cost(key, packed)
+            if packed_expires(packed):
+                self._expiring.add(key)
+            elif packed_expires(old):
+                self._expiring.discard(key)
         else:
             del self._records[key]
+            self._expiring.discard(key)
             self._tagged[key[:1]] -= 1
             if self._index is not None:
                 self._index.remove(key)
@@ -144,12 +154,12 @@ class MemStore:
     def expiries(self) -> Iterator[tuple[float, int, str]]:
         """
         (expiry time, version, key) of every record with an expiry time, in
-        no particular order; the records themselves are not rebuilt.
+        no particular order; the records themselves are not rebuilt, and
+        those without an expiry time are not looked at.
         """
-        for key, packed in self._records.items():
-            if packed_expires(packed):
-                version, expires_at, _, _ = unpack_header(packed)
-                yield cast(float, expires_at), version, key
+        for key in self._expiring:
+            version, expires_at, _, _ = unpack_header(self._records[key])
+            yield cast(float, expires_at), version, key
 
     def items(self) -> Iterator[tuple[str, Record]]:
         """
@@ -169,6 +179,7 @@ class MemStore:
         other._records = dict(self._records)
         other.bytes_used = self.bytes_used
         other._tagged = dict(self._tagged)
+        other._expiring = set(self._expiring)
         return other
 
     def clear(self) -> None:
@@ -176,3 +187,22 @@ class MemStore:
         self._index = None
         self.bytes_used = 0
         self._tagged.clear()
+        self._expiring.clear()
+
+    def release(self, limit: int) -> int:
+        """
+        Drop up to C{limit} records of a store no longer in use, a batch at
+        a time: freeing a partition's copy of 16,000 records at once takes
+        a millisecond of the reactor, and a new map may drop a dozen copies
+        on one node together (see L{twisted_kv.core.replica.Replica.forget}).
+
+        @return: how many records this dropped (fewer than C{limit} once
+            the store is empty).
+        """
+        records = self._records
+        count = min(limit, len(records))
+        for _ in range(count):
+            records.popitem()
+        if not records:
+            self.clear()
+        return count

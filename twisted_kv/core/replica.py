@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from attrs import define, frozen
 
@@ -97,9 +97,11 @@ SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
 # Largest chunk of a snapshot sent to fill a member, in key and value bytes
 # (one record may exceed it).  The primary builds each chunk, and the member
 # takes it in (store and digest), in one reactor turn of its own, so a chunk
-# is small enough for that turn to take a few milliseconds: filling a new
-# copy must not hold up the requests the same nodes serve meanwhile.
-FILL_CHUNK_BYTES = 64 * 1024
+# is small enough for that turn to take a millisecond or two: filling a new
+# copy must not hold up the requests the same nodes serve meanwhile.  With
+# 100-byte values a member took a chunk of 64 KiB (about 550 records) in
+# 2.5 ms at the median and up to 5 ms on a busy machine (bench/move_turns.py).
+FILL_CHUNK_BYTES = 32 * 1024
 
 _KINDS = ("put", "delete", "expire")
 
@@ -209,6 +211,23 @@ def chunk_bytes(chunk: list) -> int:
     return sum(len(key) + len(value) for key, value, *_ in chunk[7])
 
 
+def _store_chunks(store: MemStore) -> Iterator[list]:
+    """
+    The encoded records of C{store}, in chunks of about
+    L{SNAPSHOT_CHUNK_BYTES}.
+    """
+    batch: list[tuple[str, Record]] = []
+    size = 0
+    for key, record in store.items():
+        batch.append((key, record))
+        size += record.value_size + len(key)
+        if size >= SNAPSHOT_CHUNK_BYTES:
+            yield encode_records(batch)
+            batch, size = [], 0
+    if batch:
+        yield encode_records(batch)
+
+
 def _entry_bytes(entry: Entry) -> int:
     """
     About how much of the keys and records C{entry} holds (a record's
@@ -241,6 +260,9 @@ class Replica:
         self.epoch = 0
         self.origin = 0
         self.store = MemStore()
+        # stores this replica dropped whole, their records still to be
+        # freed (L{release_dropped})
+        self._dropped: list[MemStore] = []
         self.digest = RangeDigest()
         self.repaired_keys = 0
         self._digest_check: Optional[tuple[int, bytes]] = None
@@ -627,8 +649,11 @@ class Replica:
     def start_snapshot(self, member: str) -> list:
         """
         Start copying the committed store to C{member}; return the first
-        chunk, which the next C{"app"} message follows at once.  The rest
-        come from L{next_snapshot_chunk}, paced by the caller.  The member
+        chunk, which the next C{"app"} message follows at once: it carries
+        no records (unless the store holds none, when it is also the last),
+        so that starting a snapshot costs only the copy of the store's
+        index, a pointer a key.  The records come from
+        L{next_snapshot_chunk}, paced by the caller.  The member
         takes in and acknowledges the log after the snapshot's position
         from the first chunk on, so it counts for commits and rounds (it
         holds every entry committed from then on) while the snapshot
@@ -646,9 +671,7 @@ class Replica:
         self._snapshot_at[member] = seq
         # What it acknowledged before held entries this snapshot replaces.
         self._match[member] = min(self._match[member], seq)
-        chunk = self.next_snapshot_chunk(member)
-        assert chunk is not None
-        return chunk
+        return self._snapshot_chunk(member, 0)
 
     @property
     def filling(self) -> list[str]:
@@ -662,12 +685,19 @@ class Replica:
         The next chunk of the snapshot on its way to C{member}, about
         L{FILL_CHUNK_BYTES} of it, or C{None} if none is.
         """
-        fill = self._fills.get(member)
-        if fill is None:
+        if member not in self._fills:
             return None
+        return self._snapshot_chunk(member, FILL_CHUNK_BYTES)
+
+    def _snapshot_chunk(self, member: str, limit: int) -> list:
+        """
+        The next chunk of the snapshot on its way to C{member}: records
+        until they hold C{limit} key and value bytes, or the last.
+        """
+        fill = self._fills[member]
         batch: list[tuple[str, Record]] = []
         size = 0
-        while fill.sent < len(fill.keys) and size < FILL_CHUNK_BYTES:
+        while fill.sent < len(fill.keys) and size < limit:
             key = fill.keys[fill.sent]
             fill.sent += 1
             record = fill.store.get(key)
@@ -1075,7 +1105,7 @@ class Replica:
         if first:
             follows = self.base_seq <= seq <= self.last_seq and self._epoch_at(seq) == seq_epoch
             self.log = self.log[seq - self.base_seq :] if follows else []
-            self.store.clear()
+            self._drop_store()
             self.digest.clear()
             self.base_seq = self.commit_seq = self.applied_seq = seq
             self.base_epoch = seq_epoch or 0
@@ -1085,8 +1115,8 @@ class Replica:
         elif self._filling_part is None or part not in (None, self._filling_part):
             return False
         self._filling_part += 1
-        for key, record in decode_records(records):
-            self._apply_change(Change("put", key, record.version, record))
+        # A snapshot's keys are new to the store it emptied: the short way.
+        self.restore_keys(records)
         if last:
             self._filling_part = None
             self._apply_committed()
@@ -1094,37 +1124,28 @@ class Replica:
 
     # -- on disk ---------------------------------------------------------
 
-    def export_state(self) -> tuple[list, list[list]]:
+    def export_state(self) -> tuple[list, Iterator[list]]:
         """
         Everything a restart needs of this replica, as of now, for a
         snapshot of the node's data directory: a header (epoch, origin, log
         positions, the log's entries, the operation ids remembered) and the
         committed store in chunks of about L{SNAPSHOT_CHUNK_BYTES}.  Only
-        lists of values that never change are built, so the caller may
-        encode them later, elsewhere.
+        lists of values that never change are built, and the chunks only
+        as they are asked for, from a copy of the store taken now (a
+        pointer a key: a millisecond for 16,000 keys, where building them
+        took 25 or more), so the caller may encode them later, elsewhere.
         """
         ops = [[op_id, packed] for op_id, packed in self._recent_ops.items()]
         if self._filling_part is not None:
             # Only part of a snapshot: a restart starts empty, and is sent
             # another.  The entries after it it acknowledged are also on
             # the members in sync, which alone may become primary.
-            return [self.epoch, self.origin, 0, 0, 0, 0, [], ops], []
+            return [self.epoch, self.origin, 0, 0, 0, 0, [], ops], iter([])
         header = [
             self.epoch, self.origin, self.base_seq, self.base_epoch, self.commit_seq,
             self.applied_seq, [encode_entry(e) for e in self.log], ops,
         ]
-        chunks: list[list] = []
-        batch: list[tuple[str, Record]] = []
-        size = 0
-        for key, record in self.store.items():
-            batch.append((key, record))
-            size += record.value_size + len(key)
-            if size >= SNAPSHOT_CHUNK_BYTES:
-                chunks.append(encode_records(batch))
-                batch, size = [], 0
-        if batch:
-            chunks.append(encode_records(batch))
-        return header, chunks
+        return header, _store_chunks(self.store.copy())
 
     def restore_state(
         self,
@@ -1166,7 +1187,7 @@ class Replica:
         Drop everything: this node is no longer a member of the partition.
         """
         self.step_down(self.epoch)
-        self.store.clear()
+        self._drop_store()
         self.digest.clear()
         self.log.clear()
         self.base_seq = self.base_epoch = self.commit_seq = self.applied_seq = 0
@@ -1177,3 +1198,26 @@ class Replica:
         self.recent_changes.clear()
         self._digest_check = None
         self._filling_part = None
+
+    def _drop_store(self) -> None:
+        """
+        Start again with an empty store, at once; the records of the old
+        one are freed later, a batch at a time (L{release_dropped}), so that
+        dropping a large copy does not hold up the reactor.
+        """
+        if len(self.store):
+            self._dropped.append(self.store)
+            self.store = MemStore()
+
+    def release_dropped(self, limit: int) -> int:
+        """
+        Free up to C{limit} records of the stores this replica dropped.
+
+        @return: how many were freed.
+        """
+        freed = 0
+        while self._dropped and freed < limit:
+            freed += self._dropped[-1].release(limit - freed)
+            if not len(self._dropped[-1]):
+                self._dropped.pop()
+        return freed

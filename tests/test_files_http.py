@@ -197,8 +197,6 @@ class FilesResourceTests(SynchronousTestCase):
         self.error(response, body, 412, "precondition_failed")
         response, body = self.request("PUT", "/f", b"two", if_match=etag)
         self.assertEqual(response.code, 200)
-        response, body = self.request("PUT", "/f", b"x", if_none_match='"1.1"')
-        self.error(response, body, 400, "bad_request")
         self.assertEqual(self.request("GET", "/f")[1], b"two")
 
     def test_if_match_as_on_kv(self) -> None:
@@ -228,6 +226,63 @@ class FilesResourceTests(SynchronousTestCase):
             self.error(response, body, 400, "bad_request")
         self.assertEqual(self.request("GET", "/f")[1], b"three")
         self.assertEqual(self.request("GET", "/new")[0].code, 404)
+
+    def test_if_none_match_list(self) -> None:
+        """
+        C{If-None-Match} takes C{*} or a list of entity-tags, compared
+        weakly (RFC 9110 section 13.1.2): when it matches the file, GET and
+        HEAD answer C{304} with the C{ETag} and no body (reading no chunk,
+        whatever the C{Range}), PUT and DELETE C{412}; otherwise they go
+        ahead, and a malformed value is a 400.
+        """
+        etag = self.header(self.request("PUT", "/f", b"one")[0], "etag")
+        assert etag is not None
+        self.kv.hold(on("get", "chunk"))
+        for method, if_none_match, more in [
+            ("GET", etag, {}),
+            ("GET", f"W/{etag}", {}),
+            ("GET", f'"9.9", {etag}', {}),
+            ("GET", "*", {}),
+            ("GET", etag, {"range": "bytes=0-1"}),
+            ("HEAD", f'W/"9.9", W/{etag}', {}),
+        ]:
+            response, body = self.request(method, "/f", if_none_match=if_none_match, **more)
+            self.assertEqual((response.code, body), (304, b""), (method, if_none_match))
+            self.assertEqual(self.header(response, "etag"), etag)
+        self.assertEqual(self.kv.held, [])
+        self.kv.hold(None)
+        response, body = self.request("GET", "/f", if_none_match='"9.9", W/"8.8"')
+        self.assertEqual((response.code, body), (200, b"one"))
+        response, body = self.request("GET", "/f", if_none_match=etag.strip('"'))
+        self.error(response, body, 400, "bad_request")
+        response, body = self.request("PUT", "/f", b"two", if_none_match=f'"9.9", W/{etag}')
+        self.error(response, body, 412, "precondition_failed")
+        self.assertEqual(self.header(response, "etag"), etag)
+        response, body = self.request("PUT", "/f", b"two", if_none_match='"9.9"')
+        self.assertEqual(response.code, 200, body)
+        second = self.header(response, "etag")
+        response, body = self.request("DELETE", "/f", if_none_match=second)
+        self.error(response, body, 412, "precondition_failed")
+        self.assertEqual(self.header(response, "etag"), second)
+        self.assertEqual(self.request("GET", "/f")[1], b"two")
+        self.assertEqual(self.request("DELETE", "/f", if_none_match=etag)[0].code, 204)
+        response, body = self.request("PUT", "/f", b"three", if_none_match=second)
+        self.assertEqual(response.code, 201, body)
+
+    def test_get_if_match(self) -> None:
+        """
+        A GET or HEAD whose C{If-Match} does not hold (another version, a
+        weak entity-tag) is a 412 carrying the current C{ETag}; one that
+        holds is answered as without it.
+        """
+        etag = self.header(self.request("PUT", "/f", b"one")[0], "etag")
+        for method in ("GET", "HEAD"):
+            for if_match in ['"9.9"', f"W/{etag}"]:
+                response, body = self.request(method, "/f", if_match=if_match)
+                self.assertEqual(response.code, 412, (method, if_match))
+                self.assertEqual(self.header(response, "etag"), etag)
+        response, body = self.request("GET", "/f", if_match=f'"9.9", {etag}')
+        self.assertEqual((response.code, body), (200, b"one"))
 
     def test_delete_if_match_list(self) -> None:
         """

@@ -58,7 +58,7 @@ from twisted_kv.ftp.server import (
     build_ftp_factory,
     ftp_error,
 )
-from twisted_kv.logins import Logins
+from twisted_kv.logins import MAX_CHECKING_ADDRESSES, Logins
 
 HOST = IPv4Address("TCP", "127.0.0.1", 2121)
 PEER = IPv4Address("TCP", "127.0.0.1", 50000)
@@ -318,10 +318,12 @@ class Session:
     One FTP control connection over a L{StringTransport}.
     """
 
-    def __init__(self, factory: ftp.FTPFactory, reactor: MemoryReactorClock) -> None:
+    def __init__(
+        self, factory: ftp.FTPFactory, reactor: MemoryReactorClock, peer: IPv4Address = PEER
+    ) -> None:
         self.reactor = reactor
-        self.transport = StringTransport(hostAddress=HOST, peerAddress=PEER)
-        self.protocol = factory.buildProtocol(PEER)
+        self.transport = StringTransport(hostAddress=HOST, peerAddress=peer)
+        self.protocol = factory.buildProtocol(peer)
         self.protocol.makeConnection(self.transport)
         self.greeting = self.replies()
 
@@ -1260,6 +1262,31 @@ class UserAreaTests(SynchronousTestCase):
             [session.replies()[0][:4] for session in sessions], ["530 ", "530 ", "530 ", "421 "]
         )
         self.assertEqual(self.checks.pending, [])
+
+    def test_busy(self) -> None:
+        """
+        While logins from L{MAX_CHECKING_ADDRESSES} addresses wait for
+        their checks, a login from another address is answered C{421} at
+        once and cut off, and not counted as a failed login.
+        """
+        for index in range(MAX_CHECKING_ADDRESSES):
+            session = Session(self.factory, self.reactor, IPv4Address("TCP", f"10.1.0.{index}", 50000))
+            session.send("USER alice")
+            self.assertEqual(session.send("PASS nope"), [])
+        other = IPv4Address("TCP", "10.2.0.1", 50000)
+        late = Session(self.factory, self.reactor, other)
+        late.send("USER alice")
+        self.assertEqual(
+            late.send("PASS wonderland"),
+            ["421 Too many logins are being checked; try again later."],
+        )
+        self.assertTrue(late.transport.disconnecting)
+        self.assertEqual(len(self.checks.pending), MAX_CHECKING_ADDRESSES)
+        self.assertEqual(self.throttle.retry_after(other.host, self.reactor.seconds()), 0)
+        self.checks.answer()
+        again = Session(self.factory, self.reactor, other)
+        again.send("USER alice")
+        self.assertEqual(self.send(again, "PASS wonderland"), ["230 User logged in, proceed"])
 
 
 class UploadEndTests(SynchronousTestCase):

@@ -28,7 +28,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "peer": frozenset({"core", "wire", "interfaces", "errors", "tls"}),
     "cluster": frozenset({"core", "wire", "storage", "interfaces", "errors"}),
     "files": frozenset({"core", "interfaces", "errors"}),
-    "logins": frozenset({"core"}),
+    "logins": frozenset({"core", "errors"}),
     "web": frozenset({"cluster", "files", "core", "interfaces", "errors", "_compat", "logins"}),
     "ws": frozenset({"files", "core", "interfaces", "errors", "_compat", "_autobahn_timer"}),
     "ftp": frozenset({"files", "core", "interfaces", "errors", "_compat", "tls", "logins"}),

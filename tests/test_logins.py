@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.core.passwords import hash_password, verify_password
 from twisted_kv.core.users import LoginThrottle
-from twisted_kv.errors import TooManyLogins, Unauthorized
-from twisted_kv.logins import Logins, check_in_threads, check_now
+from twisted_kv.errors import LoginsBusy, TooManyLogins, Unauthorized
+from twisted_kv.logins import MAX_CHECKING_ADDRESSES, Logins, check_in_threads, check_now
 
 
 class HeldChecks:
@@ -177,3 +177,31 @@ class AttemptTests(SynchronousTestCase):
         self.checks.answer()
         self.assertEqual(self.successResultOf(right), "logged in")
         self.assertEqual(self.throttle.retry_after("10.0.0.2", self.clock.seconds()), 0)
+
+    def test_busy(self) -> None:
+        """
+        While L{MAX_CHECKING_ADDRESSES} addresses have attempts under way,
+        an attempt from another address is refused at once with
+        L{LoginsBusy} (and its C{retry_after}), unchecked and not counted
+        as a failure; those addresses may still queue attempts, and once
+        one of them is done a new address is checked again.
+        """
+        waiting = [self.attempt(f"10.1.0.{i}", "guess") for i in range(MAX_CHECKING_ADDRESSES)]
+        refused = self.failureResultOf(self.attempt("10.2.0.1", "right"), LoginsBusy)
+        self.assertEqual(refused.value.retry_after, 1.0)
+        self.assertEqual(self.throttle.retry_after("10.2.0.1", self.clock.seconds()), 0)
+        queued = self.attempt("10.1.0.0", "right")
+        self.assertEqual(len(self.checks.pending), MAX_CHECKING_ADDRESSES)
+        self.checks.answer()
+        self.failureResultOf(waiting[0], Unauthorized)
+        self.assertEqual(len(self.checks.pending), MAX_CHECKING_ADDRESSES)
+        self.checks.answer()
+        self.failureResultOf(waiting[1], Unauthorized)
+        admitted = self.attempt("10.2.0.1", "right")
+        self.assertEqual(len(self.checks.pending), MAX_CHECKING_ADDRESSES)
+        while self.checks.pending:
+            self.checks.answer()
+        for guess in waiting[2:]:
+            self.failureResultOf(guess, Unauthorized)
+        self.assertEqual(self.successResultOf(queued), "logged in")
+        self.assertEqual(self.successResultOf(admitted), "logged in")

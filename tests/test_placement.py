@@ -419,13 +419,25 @@ class PlanPartitionTests(SynchronousTestCase):
         self.assertEqual(new.in_sync, {"A", "B"})
         self.assertEqual(new.epoch, 6)
 
-    def test_ideal_primary_stays_when_surplus_leaves(self) -> None:
+    def test_first_ideal_primary_when_surplus_leaves(self) -> None:
         """
-        When the primary is itself ideal, removing the surplus keeps it.
+        When the surplus leaves, the first ideal node becomes primary, even
+        where the primary was ideal too.
         """
         config = _config(5, ["B", "C", "A"], "ABC")
         new = plan_partition(config, self.PREF, _live("A", "B", "C"), 2)
-        self.assertEqual(_ids(new), ["B", "A"])
+        self.assertEqual((_ids(new), new.epoch), (["A", "B"], 6))
+
+    def test_first_ideal_primary_once_in_sync(self) -> None:
+        """
+        A first ideal node that joined (it started late, or came back) takes
+        the primary role once it is in sync, not before.
+        """
+        live = _live("A", "B", "C")
+        joined = _config(5, ["B", "A"], "B")
+        self.assertIs(plan_partition(joined, self.PREF, live, 2), joined)
+        new = plan_partition(_config(5, ["B", "A"], "AB"), self.PREF, live, 2)
+        self.assertEqual((_ids(new), new.in_sync, new.epoch), (["A", "B"], {"A", "B"}, 6))
 
     def test_live_non_ideal_member_is_kept_while_short(self) -> None:
         """
@@ -681,8 +693,61 @@ class FailureHistoryTests(SynchronousTestCase):
             if recoverable[index]:
                 ideal = ring.preference_list(index)[:replicas]
                 self.assertEqual(sorted(_ids(config)), sorted(ideal))
+                self.assertEqual(config.primary.node_id, ideal[0])
                 self.assertEqual(config.in_sync, frozenset(ideal))
                 self.assertEqual([m.incarnation for m in config.members], [live[n] for n in _ids(config)])
+
+
+class PrimaryShareTests(SynchronousTestCase):
+    """
+    Every node ends up primary for its share of the partitions, whichever
+    nodes were alive when the first map was made or while one was away.
+    """
+
+    def settle(self, current: ClusterMap, ring: Ring, live: dict[str, int]) -> ClusterMap:
+        """
+        Plan, and report every member in sync, until nothing changes.
+        """
+        for _ in range(PARTITIONS):
+            planned = plan(current, ring, live, 2)
+            for index, config in enumerate(planned.partitions):
+                for member in config.members:
+                    planned = mark_in_sync(planned, index, config.epoch, member.node_id)
+            if planned == current:
+                return current
+            current = planned
+        self.fail("the map never settled")
+
+    def assert_ideal_primaries(self, current: ClusterMap, ring: Ring) -> None:
+        primaries = [config.primary.node_id for config in current.partitions]
+        ideal = [ring.preference_list(index)[0] for index in range(len(current.partitions))]
+        self.assertEqual(primaries, ideal)
+
+    def test_late_node(self) -> None:
+        """
+        A node that was not alive when the first map was made (it started
+        late) gets its copies and its primaries once it has caught up.
+        """
+        ring = Ring(["n1", "n2", "n3"], 64)
+        live = _live("n1", "n2")
+        current = initial_map(ring, 64, live, 2)
+        self.assertNotIn("n3", [config.primary.node_id for config in current.partitions])
+        live["n3"] = 1
+        self.assert_ideal_primaries(self.settle(current, ring, live), ring)
+
+    def test_restarted_node(self) -> None:
+        """
+        A node that restarted empty is primary for its share again once it
+        has caught up.
+        """
+        ring = Ring(["n1", "n2", "n3"], 64)
+        live = _live("n1", "n2", "n3")
+        current = initial_map(ring, 64, live, 2)
+        del live["n2"]
+        current = self.settle(current, ring, live)
+        self.assertNotIn("n2", [config.primary.node_id for config in current.partitions])
+        live["n2"] = 2
+        self.assert_ideal_primaries(self.settle(current, ring, live), ring)
 
 
 class GrowthTests(SynchronousTestCase):

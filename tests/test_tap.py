@@ -173,6 +173,45 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(error.code, f"{_LOCAL}: --ftp-passive-ports: not a port range: '30000:30009' (try 30000-30009)")
         self.assertEqual(self.calls, [])
 
+    def test_overlapping_passive_ports_override(self) -> None:
+        """
+        Passive ports given on the command line are checked as the file's
+        are: a range overlapping another node's passive ports, or holding
+        a port some node listens on, ends the program with one line naming
+        the option and what it clashes with; the builder is not called.
+        """
+        with open(_LOCAL, encoding="utf-8") as local:
+            text = local.read()
+        path = self.write(
+            text.replace("ftp_port = 7201", "ftp_port = 7201\nftp_passive_ports = 30000-30009")
+        )
+        for ports, clash in (
+            ("30005-30014", "ports 30005-30014 overlap [node:n1] ftp_passive_ports (30000-30009)"
+                            " on the same host: two nodes' passive FTP transfers would take"
+                            " each other's ports"),
+            ("7100-7109", "ports 7100-7109 include port 7101 ([node:n1] peer_port)"),
+            ("7202-7202", "duplicate port 7202 (also [node:n2] ftp_port)"),
+        ):
+            error = self.assertRaises(
+                SystemExit,
+                makeService,
+                self.options(path, "n2", "--ftp-passive-ports", ports),
+                MemoryReactor(),
+                _build=self.build,
+            )
+            self.assertEqual(error.code, f"{path}: --ftp-passive-ports: {clash}")
+        self.assertEqual(self.calls, [])
+        makeService(
+            self.options(path, "n1", "--ftp-passive-ports", "30000-30004"), MemoryReactor(), _build=self.build
+        )
+        self.assertEqual(self.calls[0][0].node("n1").ftp_passive_ports, (30000, 30004))
+        # compose.yaml's nodes, each on a host of its own, with their ranges.
+        compose = os.path.join(_REPO, "etc", "cluster-compose.ini")
+        makeService(
+            self.options(compose, "n2", "--ftp-passive-ports", "30021-30030"), MemoryReactor(), _build=self.build
+        )
+        self.assertEqual(self.calls[1][0].node("n2").ftp_passive_ports, (30021, 30030))
+
     def test_global_reactor(self) -> None:
         """
         Without a reactor, the global one is used.

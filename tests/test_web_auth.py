@@ -29,7 +29,7 @@ from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.passwords import hash_password
 from twisted_kv.core.users import Grant, LoginThrottle, User
-from twisted_kv.logins import CheckPassword, Logins, check_now
+from twisted_kv.logins import MAX_CHECKING_ADDRESSES, CheckPassword, Logins, check_now
 from twisted_kv.web.auth import Guard
 from twisted_kv.web.files_http import files_resource
 from twisted_kv.web.site import build_site
@@ -321,6 +321,37 @@ class PasswordCheckTests(SynchronousTestCase):
         self.checks.answer()
         codes = [parse_responses(transport.value())[0][0] for _, transport in connections]
         self.assertEqual((codes, self.checks.pending), ([401, 401, 429], []))
+
+    def test_busy(self) -> None:
+        """
+        While passwords from L{MAX_CHECKING_ADDRESSES} addresses wait for
+        their checks, a password from another address is answered C{503}
+        at once, with C{Retry-After}, and not counted as a failed login;
+        a token is served meanwhile, and once a check is done the address
+        is checked again.
+        """
+        protocol, transport = self.node.connect()
+        protocol.dataReceived(request("POST", "/auth/token", Authorization=basic("root", "toor")))
+        self.checks.answer()
+        bearer = "Bearer " + json.loads(parse_responses(transport.value())[0][2])["token"]
+        connections = [self.node.connect(f"10.1.0.{i}") for i in range(MAX_CHECKING_ADDRESSES)]
+        for protocol, _ in connections:
+            protocol.dataReceived(request("GET", "/kv/users/x", Authorization=basic("alice", "guess")))
+        code, headers, body = self.node.call(
+            "GET", "/kv/users/x", host="10.2.0.1", Authorization=ALICE_BASIC
+        )
+        self.assertEqual((code, headers[b"retry-after"]), (503, b"1"))
+        self.assertEqual(json.loads(body)["error"], "busy")
+        self.assertEqual(self.node.throttle.retry_after("10.2.0.1", self.node.clock.seconds()), 0)
+        served = self.node.call("GET", "/kv/users/x", host="10.2.0.1", Authorization=bearer)
+        self.assertEqual(served[0], 200)
+        self.checks.answer()
+        protocol, transport = self.node.connect("10.2.0.1")
+        protocol.dataReceived(request("GET", "/kv/users/x", Authorization=ALICE_BASIC))
+        while self.checks.pending:
+            self.checks.answer()
+        [(code, _, body)] = parse_responses(transport.value())
+        self.assertEqual((code, body), (200, b"v"))
 
 
 class PermissionTests(SynchronousTestCase):

@@ -77,6 +77,13 @@ class Unavailable(KVError, status=503, code="unavailable"):
         self.retry_after = retry_after
 
 
+class LoginsBusy(Unavailable, code="busy"):
+    """
+    Too many logins are being checked: try again after L{retry_after}
+    seconds.
+    """
+
+
 class Unauthorized(KVError, status=401, code="unauthorized"):
     """Missing or wrong credentials."""
 

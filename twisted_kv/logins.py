@@ -11,6 +11,13 @@ L{CheckPassword}, in production a small pool of threads of its own
 attempts of one address run one after the other, each only once the one
 before is counted, so that guesses sent in parallel from one address are
 refused as soon as the same guesses sent one by one would be.
+
+So the pool holds at most one check per address with an attempt under way,
+and the number of such addresses is bounded (L{MAX_CHECKING_ADDRESSES}): a
+login from one more address is refused at once, as busy
+(L{twisted_kv.errors.LoginsBusy}: HTTP C{503} with C{Retry-After}, FTP
+C{421}), rather than queued behind work that could outlast its request.
+It is not counted as a failed login: the address did nothing wrong.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredLock, execute, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredLock, execute, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -26,8 +33,16 @@ from twisted.python.threadpool import ThreadPool
 
 from twisted_kv.core.passwords import verify_password
 from twisted_kv.core.users import LoginThrottle
+from twisted_kv.errors import LoginsBusy
 
-__all__ = ["CheckPassword", "Logins", "check_in_threads", "check_now", "password_pool"]
+__all__ = [
+    "MAX_CHECKING_ADDRESSES",
+    "CheckPassword",
+    "Logins",
+    "check_in_threads",
+    "check_now",
+    "password_pool",
+]
 
 _T = TypeVar("_T")
 
@@ -39,6 +54,15 @@ CheckPassword = Callable[[str, str], "Deferred[bool]"]
 #: Threads of the pool that checks passwords: each check takes one core
 #: (and 16 MiB) for its duration, and other work needs the rest.
 CHECK_THREADS = 2
+
+#: Addresses that may have login attempts under way at once, hence checks
+#: queued for the pool (one each): at 100-200 ms a check on
+#: L{CHECK_THREADS} threads, the last of them is answered within 1.6-3.2 s,
+#: inside the default request timeout (5 s).
+MAX_CHECKING_ADDRESSES = 32
+
+#: Seconds a login refused as busy is told to wait before trying again.
+BUSY_RETRY_AFTER = 1.0
 
 
 def check_now(stored: str, candidate: str) -> Deferred[bool]:
@@ -87,12 +111,21 @@ class Logins:
         from it before have been counted; count its outcome, a failure as
         a failed login.
 
-        @return: a Deferred firing as C{login}'s does, or failing with
-            L{twisted_kv.errors.TooManyLogins}, without running it, if the
-            address is blocked when its turn comes.
+        @return: a Deferred firing as C{login}'s does, or failing without
+            running it: with L{twisted_kv.errors.TooManyLogins} if the
+            address is blocked when its turn comes, with L{LoginsBusy} at
+            once if L{MAX_CHECKING_ADDRESSES} other addresses have attempts
+            under way.
         """
         queue = self._queues.get(address)
         if queue is None:
+            if len(self._queues) >= MAX_CHECKING_ADDRESSES:
+                return fail(
+                    LoginsBusy(
+                        "too many logins are being checked; try again shortly",
+                        retry_after=BUSY_RETRY_AFTER,
+                    )
+                )
             queue = self._queues[address] = DeferredLock()
         done: Deferred[_T] = queue.run(self._counted, address, login)
         return done.addBoth(self._forget_idle, address, queue)

@@ -793,16 +793,21 @@ def override_node(config: ClusterConfig, node_id: str, values: dict[str, str]) -
     (a container told its public address) overrides its section.
 
     @raise ConfigError: naming the key as an option (C{--ftp-passive-ports})
-        if a value is malformed, or C{--node} if there is no such node.
+        if a value is malformed or its ports overlap ports listened on, as
+        in the file (L{_check_ports}), or C{--node} if there is no such
+        node.
     """
     node = config.node(node_id)
     try:
-        changes = _parse_optional_node_keys(config.path, f"node:{node_id}", values)
+        changed = evolve(node, **_parse_optional_node_keys(config.path, f"node:{node_id}", values))
+        if changed.ftp_passive_ports != node.ftp_passive_ports:
+            # The changed node checked last: a clash is reported on its key.
+            _check_ports(config.path, tuple(n for n in config.nodes if n is not node) + (changed,))
     except ConfigError as error:
         raise ConfigError(
             config.path, None, "--" + (error.key or "").replace("_", "-"), error.problem
         ) from None
-    nodes = tuple(evolve(node, **changes) if n is node else n for n in config.nodes)
+    nodes = tuple(changed if n is node else n for n in config.nodes)
     return evolve(config, nodes=nodes)
 
 

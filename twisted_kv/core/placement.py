@@ -16,7 +16,9 @@ that are alive, following these rules:
      acknowledged write (C{in_sync});
   3. members join as not-in-sync and become in sync once the primary has
      copied the partition to them; a surplus member only leaves once every
-     ideal member is in sync;
+     ideal member is in sync, and then the first ideal node becomes primary
+     (so every node is primary for its share of the partitions, whichever
+     nodes were alive when the cluster started or while one was away);
   4. while no in-sync member is alive, nothing changes: one may come back;
   5. except when every in-sync member came back as a newer incarnation
      (L{is_lost}): nothing can hold the partition's data any more, so it
@@ -315,9 +317,10 @@ def plan_partition(
     if add:
         members += [Member(node, live[node]) for node in ideal if node not in present]
     synced_ids = {m.node_id for m in in_sync}
-    if len(members) > replicas and all(node in synced_ids for node in ideal):
-        if primary.node_id not in ideal:
-            primary = next(m for m in members if m.node_id == ideal[0])
+    if all(node in synced_ids for node in ideal):
+        # The surplus leaves, and the first ideal node is primary: a node
+        # that started late or came back is primary for its share again.
+        primary = next(m for m in members if m.node_id == ideal[0])
         members = [primary] + [m for m in members if m.node_id in ideal and m is not primary]
     if tuple(members) == config.members:
         return config

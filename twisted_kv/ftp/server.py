@@ -69,6 +69,7 @@ from twisted_kv.errors import (
     InsufficientStorage,
     InvalidRequest,
     KVError,
+    LoginsBusy,
     OutcomeUnknown,
     PreconditionFailed,
     TooManyLogins,
@@ -388,6 +389,9 @@ class PasswordChecker:
 
 
 _MLST_FACTS = ("type", "size", "modify", "perm")
+# Why a login is refused with 421 (and the connection closed).
+_THROTTLED = "Too many failed logins from your address"
+_BUSY = "Too many logins are being checked"
 _MLST_KEYS = ("directory", "size", "modified")
 _LIST_KEYS = ("size", "directory", "permissions", "hardlinks", "modified", "owner", "group")
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -572,24 +576,25 @@ class FileFTP(ftp.FTP):
     def ftp_PASS(self, password: str) -> Any:
         """
         Log in, once the address's earlier attempts are counted (see
-        L{Logins.attempt}), unless it failed too many logins lately: then
-        answer C{421} and close the connection.
+        L{Logins.attempt}), unless it failed too many logins lately, or
+        too many other addresses' logins are being checked: then answer
+        C{421} and close the connection.
         """
         logins: Logins = self.factory.logins
         address = str(getattr(self.transport.getPeer(), "host", ""))
         if logins.throttle.retry_after(address, self._reactor.seconds()) > 0:
-            self._refuse_login()
+            self._refuse_login(_THROTTLED)
             return None
         login = super().ftp_PASS
 
-        def blocked(failure: Failure) -> None:
-            failure.trap(TooManyLogins)
-            self._refuse_login()
+        def refused(failure: Failure) -> None:
+            reason = failure.trap(TooManyLogins, LoginsBusy)
+            self._refuse_login(_THROTTLED if reason is TooManyLogins else _BUSY)
 
-        return logins.attempt(address, lambda: login(password)).addErrback(blocked)
+        return logins.attempt(address, lambda: login(password)).addErrback(refused)
 
-    def _refuse_login(self) -> None:
-        self.sendLine("421 Too many failed logins from your address; try again later.")
+    def _refuse_login(self, why: str) -> None:
+        self.sendLine(f"421 {why}; try again later.")
         self.transport.loseConnection()
 
     def _segments(self, path: str) -> list[str]:

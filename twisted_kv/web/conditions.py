@@ -150,17 +150,15 @@ class Preconditions:
 UNCONDITIONAL = Preconditions()
 
 
-def preconditions(request: IRequest, none_match: bool = True) -> Preconditions:
+def preconditions(request: IRequest) -> Preconditions:
     """
     The preconditions of C{request}.
 
-    @param none_match: whether the request takes C{If-None-Match}; when not,
-        the header is ignored.
     @raise InvalidRequest: a header is malformed.
     """
     headers = request.requestHeaders
     if_match = headers.getRawHeaders(b"If-Match")
-    if_none_match = headers.getRawHeaders(b"If-None-Match") if none_match else None
+    if_none_match = headers.getRawHeaders(b"If-None-Match")
     if if_match is None and if_none_match is None:
         return UNCONDITIONAL
     return Preconditions(

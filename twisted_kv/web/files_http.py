@@ -7,11 +7,14 @@ of the URL is the path (percent-decoded UTF-8 segments; C{.}, C{..},
 empty segments and encoded slashes are refused with 400).
 
   - C{GET} a file: its bytes, with C{Content-Type}, C{ETag} (the version
-    of the file's manifest), C{Last-Modified}, C{Accept-Ranges: bytes} and
+    of the file's manifest: a strong entity-tag, new with every upload),
+    C{Last-Modified}, C{Accept-Ranges: bytes} and
     C{X-Content-SHA256} (and C{X-KV-Degraded: true} when no majority of the
     cluster answered the read of the manifest); C{Range: bytes=A-B}, C{A-} or C{-N} gives 206
     with C{Content-Range}, or 416 when the range is outside the file
     (several ranges, or a malformed header, get the whole file).
+    C{304} (with the C{ETag}, no body) when C{If-None-Match} matches the
+    file, C{412} when C{If-Match} does not.
   - C{GET} a directory (with or without a trailing slash): a JSON listing
     C{{"path", "entries": [{"name", "type", "size", "modified"}]}} (files
     also carry C{"version"}).
@@ -19,13 +22,17 @@ empty segments and encoded slashes are refused with 400).
   - C{PUT} a file: the body is stored (streamed into chunks; missing parent
     directories are created); 201 when the file is new, else 200, with JSON
     C{{"path", "size", "sha256", "version"}} and the C{ETag}.
-    C{If-Match} and C{If-None-Match: *} make it conditional (412).
+    C{If-Match} and C{If-None-Match} make it conditional (412).
     C{PUT} on a path ending in C{/} creates a directory.
-  - C{DELETE}: 204, for a file (C{If-Match} honoured) or an empty
-    directory.
+  - C{DELETE}: 204, for a file (C{If-Match} and C{If-None-Match} honoured)
+    or an empty directory.
 
-C{If-Match} is read as on C{/kv} (RFC 9110: C{*}, lists, weak entity-tags,
-which never match), by L{twisted_kv.web.conditions}.
+C{If-Match} and C{If-None-Match} are read and evaluated as on C{/kv}, by
+L{twisted_kv.web.conditions} (RFC 9110 section 13.1: C{*} or a list of
+entity-tags; C{If-Match} compares strongly, so weak entity-tags never
+match; C{If-None-Match} weakly).  They concern files; a directory has no
+entity-tag: a listing, and the removal of a path ending in C{/}, ignore
+them.
 
 Errors are answered by L{twisted_kv.web.errors.render_failure}, as on
 C{/kv}: JSON C{{"error": <code>, "message": <text>}} with the status of the
@@ -49,7 +56,7 @@ from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from twisted_kv.errors import InvalidRequest, KVError, PreconditionFailed
+from twisted_kv.errors import KVError, PreconditionFailed
 from twisted_kv.files import (
     DEFAULT_MAX_FILE_BYTES,
     BadPath,
@@ -221,12 +228,17 @@ class FilesResource(Resource):
         entry = download.entry
         manifest = entry.manifest
         assert manifest is not None
-        wanted = byte_range(_header(request, b"range"), entry.size)
-        start, stop = wanted or (0, entry.size)
         if entry.degraded:
             request.setHeader(b"x-kv-degraded", b"true")
-        request.setHeader(b"accept-ranges", b"bytes")
+        # A 304 tells the current version too.
         request.setHeader(b"etag", etag(entry.version))
+        if not preconditions(request).evaluate(entry.version):
+            request.setResponseCode(304)
+            request.finish()
+            return
+        wanted = byte_range(_header(request, b"range"), entry.size)
+        start, stop = wanted or (0, entry.size)
+        request.setHeader(b"accept-ranges", b"bytes")
         if wanted is not None:
             request.setResponseCode(206)
             request.setHeader(b"content-range", f"bytes {start}-{stop - 1}/{entry.size}".encode())
@@ -272,8 +284,6 @@ class FilesResource(Resource):
         if length is not None and length.isdigit() and int(length) > self._fs.max_file_bytes:
             raise FileTooLarge(f"the file exceeds {self._fs.max_file_bytes} bytes")
         conditions = preconditions(request)
-        if conditions.if_none_match is not None and not conditions.if_none_match.any:
-            raise InvalidRequest("only If-None-Match: * is supported")
         if conditions.store_checkable(none_match_any=True):
             stored = await self._upload(
                 request, path, conditions.version, conditions.if_none_match is not None
@@ -352,7 +362,7 @@ class FilesResource(Resource):
         if directory:
             await self._fs.remove_directory(path)
         else:
-            conditions = preconditions(request, none_match=False)
+            conditions = preconditions(request)
             if conditions.store_checkable(none_match_any=False):
                 await self._remove(path, conditions.version)
             else:

@@ -6,10 +6,9 @@ A L{LogWorker} is a L{twisted_kv.storage.committer.RunInThread} that runs
 work on one long-lived thread, in the order it was given, and tells the
 reactor of each outcome with one C{callFromThread}.  It replaces, for the
 committer, the reactor's shared pool (C{deferToThreadPool}), whose hand-off
-costs much more per commit under CPython: the pool's coordinator and its
-locks, a context copy and a worker picked per call; a commit waits for
-nothing else there either (snapshots, password checks), and no thread
-waits for a turn that another thread holds.
+(the pool's coordinator and its locks, a context copy, a worker picked per
+call) cost 20-45 us more CPU per commit under CPython
+(docs/performance.md).
 """
 
 from __future__ import annotations

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import errno
 import random
-from functools import partial
 from typing import Any, Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.task import Clock
-from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted_kv.errors import DiskFull, LogFailed
@@ -21,6 +19,7 @@ from twisted_kv.storage.committer import LAZY_WAIT, SYNC_INTERVAL, GroupCommitte
 from twisted_kv.storage.fs import OSFileSystem
 from twisted_kv.storage.log import Log
 from twisted_kv.storage.testing import CrashableFileSystem, Fault, HeldRunner, run_now
+from twisted_kv.storage.worker import LogWorker
 
 DIRECTORY = "data/n1"
 
@@ -462,14 +461,13 @@ class PolicyTests(SynchronousTestCase):
 
 class ThreadTests(TestCase):
     """
-    The committer with a real thread pool and file system.
+    The committer with a real thread and file system.
     """
 
     def threaded_committer(self) -> tuple[GroupCommitter, Callable[[], list[tuple[int, bytes]]]]:
         """
-        A committer over a new log on disk, committing in the reactor's
-        thread pool, and a function that reads the log back, as a restart
-        would.
+        A committer over a new log on disk, committing on a thread of its
+        own, and a function that reads the log back, as a restart would.
         """
         fs = OSFileSystem()
         directory = self.mktemp()
@@ -477,9 +475,9 @@ class ThreadTests(TestCase):
         list(log.replay())
         self.addCleanup(log.close)
         threaded: Any = reactor
-        committer = GroupCommitter(
-            log, "always", partial(deferToThreadPool, threaded, threaded.getThreadPool()), threaded
-        )
+        worker = LogWorker(threaded, "test log")
+        self.addCleanup(worker.stop)
+        committer = GroupCommitter(log, "always", worker, threaded)
 
         def read_back() -> list[tuple[int, bytes]]:
             again = Log(fs, directory)
@@ -504,9 +502,9 @@ class ThreadTests(TestCase):
 
     def test_pipelined_threads(self) -> Deferred[None]:
         """
-        With commits handed to a pool of several threads, the log still
-        takes them in the order they were made, and each append fires only
-        once its record is on disk, in order.
+        With commits pipelined on the thread, the log takes them in the
+        order they were made, and each append fires only once its record
+        is on disk, in order.
         """
         committer, read_back = self.threaded_committer()
         threaded: Any = reactor

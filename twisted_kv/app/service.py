@@ -37,6 +37,7 @@ from twisted_kv.ftp.server import build_ftp_factory
 from twisted_kv.logins import Logins, check_in_threads, password_pool
 from twisted_kv.peer.links import PeerLinks
 from twisted_kv.storage.fs import OSFileSystem
+from twisted_kv.storage.worker import LogWorker
 from twisted_kv.tls import NodeTLS, TLSSetupError, load_node_tls, tls_server_factory
 from twisted_kv.web.admin import admin_resource
 from twisted_kv.web.dashboard import dashboard_resource
@@ -156,6 +157,10 @@ def open_disk(config: ClusterConfig, node_id: str, reactor: Any) -> Optional[Nod
     path = config.node_data_dir(node_id)
     if path is None:
         return None
+    # The log's commits on a thread of their own (see LogWorker), ended
+    # once the node stopped (it syncs everything on its way out).
+    worker = LogWorker(reactor, f"log of {node_id}")
+    reactor.addSystemEventTrigger("after", "shutdown", worker.stop)
     try:
         return NodeDisk.open(
             OSFileSystem(),
@@ -166,6 +171,7 @@ def open_disk(config: ClusterConfig, node_id: str, reactor: Any) -> Optional[Nod
             reactor,
             config.partitions,
             lambda work: blockingCallFromThread(reactor, work),
+            worker,
         )
     except OSError as error:
         raise SystemExit(

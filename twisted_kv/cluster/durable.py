@@ -335,6 +335,7 @@ class NodeDisk:
         clock: IReactorTime,
         partitions: int,
         in_reactor: Callable[[Callable[[], Any]], Any],
+        commit_in_thread: Optional[RunInThread] = None,
     ) -> "NodeDisk":
         """
         Read what C{path} holds (see L{recovered}), then open its log for
@@ -351,23 +352,32 @@ class NodeDisk:
         damaged, and what follows it is lost), nor whether the consensus
         state read before it is the last one, so all of it goes.
 
+        @param run_in_thread: runs the snapshots' writing.
         @param in_reactor: runs a function in the reactor thread and returns
             its result, from the thread that writes a snapshot
             (C{blockingCallFromThread}); a plain call where
             C{run_in_thread} runs work in the reactor thread itself.
+        @param commit_in_thread: runs the log's commits, one at a time, in
+            order (a L{twisted_kv.storage.worker.LogWorker}); by default
+            C{run_in_thread}.  Not the snapshots' runner: a snapshot's
+            writing waits for the reactor, and commits go on meanwhile.
 
         @raise OSError: the directory cannot be read, created or moved
             aside.
         """
         try:
-            return cls._read(fs, path, policy, run_in_thread, clock, partitions, in_reactor)
+            return cls._read(
+                fs, path, policy, run_in_thread, clock, partitions, in_reactor, commit_in_thread
+            )
         except StorageCorrupt as damage:
             aside = _set_aside(fs, path)
             log.error(
                 "{damage}: moved {path} to {aside}; this node starts empty and is"
                 " refilled from its peers", damage=str(damage), path=path, aside=aside,
             )
-            return cls._read(fs, path, policy, run_in_thread, clock, partitions, in_reactor)
+            return cls._read(
+                fs, path, policy, run_in_thread, clock, partitions, in_reactor, commit_in_thread
+            )
 
     @classmethod
     def _read(
@@ -379,6 +389,7 @@ class NodeDisk:
         clock: IReactorTime,
         partitions: int,
         in_reactor: Callable[[Callable[[], Any]], Any],
+        commit_in_thread: Optional[RunInThread] = None,
     ) -> "NodeDisk":
         """
         What L{open} does, damage aside: read C{path} and open its log.
@@ -409,7 +420,9 @@ class NodeDisk:
                 size=torn.dropped,
                 offset=torn.offset,
             )
-        committer = GroupCommitter(storage.log, policy, run_in_thread, clock)
+        committer = GroupCommitter(
+            storage.log, policy, commit_in_thread or run_in_thread, clock
+        )
         recovered = Recovered(
             replayer.consensus, replicas, replayer.identity, replayer.runs, clean, count,
             time.monotonic() - started,

@@ -5,12 +5,13 @@ Group commit of a L{Log} off the reactor thread.
 Records appended during one reactor turn go out together, in one write and
 (with C{fsync = always}) one sync, run in a thread so the reactor keeps
 serving meanwhile.  Commits are pipelined: while one syncs, the next is
-already in its thread, waiting for it; it takes its records when it starts
-(everything appended by then), so it follows at once, without waiting for
-the reactor to hear that the first is done, and under load batches grow
-with the disk's latency, and the number of syncs per second stays bounded
-by it rather than by the request rate.  Threads run commits in the order
-they were made (by ticket), and the reactor answers them in that order.
+already queued for the thread, behind it; it takes its records when it
+starts (everything appended by then), so it follows at once, without
+waiting for the reactor to hear that the first is done, and under load
+batches grow with the disk's latency, and the number of syncs per second
+stays bounded by it rather than by the request rate.  The thread runs
+commits one at a time, in the order they were made, and the reactor
+answers them in that order.
 
 Each append's Deferred fires once its record is as durable as the policy
 asks:
@@ -43,11 +44,10 @@ T = TypeVar("T")
 
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 """
-Runs a function in a thread and fires with its result: production passes
-C{functools.partial(threads.deferToThreadPool, reactor, pool)}, tests a
-function that runs it at once, or later.  Work given later must never have
-to finish before work given earlier starts (the committer's commits wait
-for each other in their threads).
+Runs a function in a thread and fires with its result, one function at a
+time, in the order given: production passes a
+L{twisted_kv.storage.worker.LogWorker}, tests a function that runs it at
+once, or later.
 """
 
 POLICIES = ("always", "everysec", "never")
@@ -62,7 +62,7 @@ SYNC_INTERVAL = 1.0
 LAZY_WAIT = 0.1
 
 # How many commits may be in flight at once: one syncing, and the next one
-# waiting in its thread to follow at once (a third would only split the
+# queued behind it to follow at once (a third would only split the
 # second's batch).
 PIPELINE = 2
 
@@ -151,13 +151,8 @@ class GroupCommitter:
     _urgent: int = field(default=0, init=False)
     # The lazy records waited long enough: the next commit takes them.
     _lazy_due: bool = field(default=False, init=False)
-    # Work handed to threads, oldest first, until the reactor hears back.
+    # Work handed to the thread, oldest first, until the reactor hears back.
     _in_flight: Deque[_Commit] = field(factory=deque, init=False)
-    # Threads run the work in the order it was handed out: each waits for
-    # the ticket before its own to be done.
-    _tickets: int = field(default=0, init=False)
-    _done_ticket: int = field(default=-1, init=False)
-    _turn: threading.Condition = field(factory=threading.Condition, init=False)
     # Commits done are being answered (see L{_done}).
     _answering: bool = field(default=False, init=False)
     # A commit handed out has yet to take its appends (L{_take}).
@@ -292,31 +287,15 @@ class GroupCommitter:
         self, work: Callable[[], Any], batch: Optional[list["Deferred[Any]"]], sync: bool
     ) -> None:
         """
-        Hand C{work} to a thread, to run once the work handed out before it
-        is done.
+        Hand C{work} to the thread, to run once the work handed out before
+        it is done.
 
         @param batch: what to fire with its outcome, or L{None} for
             L{_commit_taken}, whose outcome says.
         """
         commit = _Commit(batch, sync, self.clock.seconds())
         self._in_flight.append(commit)
-        ticket = self._tickets
-        self._tickets += 1
-        self.run_in_thread(lambda: self._in_turn(ticket, work)).addBoth(self._done, commit)
-
-    def _in_turn(self, ticket: int, work: Callable[[], T]) -> T:
-        """
-        In a thread: run C{work} once the work of the previous ticket is
-        done, so that the log sees commits in the order they were made.
-        """
-        with self._turn:
-            self._turn.wait_for(lambda: self._done_ticket == ticket - 1)
-        try:
-            return work()
-        finally:
-            with self._turn:
-                self._done_ticket = ticket
-                self._turn.notify_all()
+        self.run_in_thread(work).addBoth(self._done, commit)
 
     def _done(self, outcome: Any, commit: _Commit) -> None:
         """

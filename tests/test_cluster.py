@@ -912,6 +912,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
                 "twisted_kv_log_commit_seconds": ("counter", {()}),
                 "twisted_kv_lost_partitions": ("gauge", {()}),
                 "twisted_kv_partition_losses": ("counter", {()}),
+                "twisted_kv_requests_held": ("counter", {()}),
                 "twisted_kv_members": ("gauge", {()}),
                 "twisted_kv_moving_partitions": ("gauge", {()}),
             },

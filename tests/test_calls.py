@@ -60,7 +60,7 @@ class RequestTests(CallsTestMixin, SynchronousTestCase):
         first = self.calls.call("n2", messages.ReadRequest(3, "k"), 5.0)
         second = self.calls.call("n3", messages.ReadRequest(4, "j"), 5.0)
         self.assertEqual(
-            self.sent, [("n2", ["read", 1, 3, "k"]), ("n3", ["read", 2, 4, "j"])]
+            self.sent, [("n2", ["read", 1, 3, "k", 0]), ("n3", ["read", 2, 4, "j", 0])]
         )
         self.assertEqual(len(self.calls), 2)
         self.calls.on_answer("n2", messages.ok_answer(1, [b"v", "x", 1, None]))

@@ -11,6 +11,7 @@ import random
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -45,7 +46,7 @@ from twisted_kv.interfaces import (
     ReadResult,
     WriteResult,
 )
-from twisted_kv.testing import MemoryCluster
+from twisted_kv.testing import MemoryCluster, MemoryNetwork
 from twisted_kv.web.metrics import node_registry, render
 from twisted_kv.web.status import NodeStatus
 
@@ -912,6 +913,7 @@ class ReplicationTests(ClusterTestMixin, SynchronousTestCase):
                 "twisted_kv_log_commit_seconds": ("counter", {()}),
                 "twisted_kv_lost_partitions": ("gauge", {()}),
                 "twisted_kv_partition_losses": ("counter", {()}),
+                "twisted_kv_requests_held": ("counter", {()}),
                 "twisted_kv_members": ("gauge", {()}),
                 "twisted_kv_moving_partitions": ("gauge", {()}),
             },
@@ -1105,6 +1107,48 @@ class NextMapTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual(fired, [None])
         self.assertIs(node.cluster_map, before)
         self.assertEqual(node._map_waiters, {})
+
+
+class _Inbox:
+    """
+    A stand-in for a node on a L{MemoryNetwork}: keeps what it receives.
+    """
+
+    def __init__(self, node_id: str, clock: Clock) -> None:
+        self.node_id = node_id
+        self.incarnation = 1
+        self.received: list[tuple[float, list]] = []
+        self._clock = clock
+
+    def peer_message(self, peer: str, incarnation: int, message: list) -> None:
+        self.received.append((self._clock.seconds(), message))
+
+
+class NetworkJitterTests(SynchronousTestCase):
+    def test_in_order_within_the_jitter(self) -> None:
+        """
+        With jitter, each message takes between the latency and the latency
+        plus the jitter, or waits for the one sent before it on its link:
+        messages on a link still arrive in the order they were sent.
+        """
+        clock = Clock()
+        network = MemoryNetwork(clock, random.Random(4), latency=0.001)
+        network.jitter = 0.004
+        a, b = _Inbox("a", clock), _Inbox("b", clock)
+        network.nodes.update(a=a, b=b)  # type: ignore[dict-item]
+        sent = []
+        for index in range(200):
+            sent.append(clock.seconds())
+            network.send("a", "b", [index])
+            clock.advance(0.0005)
+        for _ in range(20):
+            clock.advance(0.0005)
+        self.assertEqual([message for _, message in b.received], [[i] for i in range(200)])
+        delays = [arrived - at for (arrived, _), at in zip(b.received, sent)]
+        self.assertGreaterEqual(min(delays), 0.001 - 1e-9)
+        self.assertGreater(max(delays) - min(delays), 0.002)
+        arrivals = [arrived for arrived, _ in b.received]
+        self.assertEqual(arrivals, sorted(arrivals))
 
 
 class FailureTests(ClusterTestMixin, SynchronousTestCase):

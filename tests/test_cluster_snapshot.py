@@ -298,9 +298,9 @@ class DumpMessageTests(SynchronousTestCase):
         L{messages.DumpRequest} is parsed back into its fields, and a page
         survives L{messages.encode_dump_page} and L{messages.decode_dump_page}.
         """
-        wire = messages.DumpRequest(3, "n1/2/3", "ka", 10).to_wire(7)
+        wire = messages.DumpRequest(3, "n1/2/3", "ka", 10, 4).to_wire(7)
         self.assertEqual(wire[0], messages.DUMP)
-        self.assertEqual(messages.parse_dump(wire), (7, 3, "n1/2/3", "ka", 10))
+        self.assertEqual(messages.parse_dump(wire), (7, 3, "n1/2/3", "ka", 10, 4))
         page = DumpPage(
             3, "n1/2/3", format_version(5), 12.5,
             [BackupRecord("ka", b"\x00", "t", "0.5", 1.5), BackupRecord("fb", b"", "u", "0.4", None)],

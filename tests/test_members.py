@@ -8,6 +8,7 @@ with the linearizability checker.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from typing import Any
@@ -20,6 +21,7 @@ from tests.linearizability import Op, check
 from tests.test_cluster import ClusterTestMixin, close_unreturned, start_clients
 from twisted_kv.cluster import node as node_module
 from twisted_kv.cluster import replication as replication_module
+from twisted_kv.core import messages
 from twisted_kv.core import replica as replica_module
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.roster import Roster
@@ -298,18 +300,32 @@ class LinearizabilityTests(MembersTestMixin, SynchronousTestCase):
     with a crash or a partition in the middle of each change.
     """
 
-    def history(self, seed: int) -> dict[str, list[Op]]:
+    def history(self, seed: int, late_releases: bool = False) -> dict[str, list[Op]]:
         """
         Operations while n4 is added and a node (perhaps the leader) is
         removed, the new copies filled from snapshots in many chunks; on
         even seeds the nodes keep their data on disks whose
         power is cut, on odd ones in memory (a killed node comes back
         empty).
+
+        @param late_releases: delay each old primary's C{release} by up to
+            100 ms, so that many requests reach new primaries before they
+            take over, and are held there.
         """
         cluster = self.make_cluster(3, disks=seed % 2 == 0, fill_rate=1024)
         cluster.settle()
         self.fill(200)
         rng = random.Random(seed)
+        if late_releases:
+            send = cluster.network.send
+
+            def late(sender: str, peer: str, message: list) -> bool:
+                if message[0] == messages.RELEASE:
+                    cluster.clock.callLater(rng.uniform(0, 0.1), send, sender, peer, message)
+                    return True
+                return send(sender, peer, message)
+
+            self.patch(cluster.network, "send", late)
         history: dict[str, list[Op]] = {"x": [], "y": []}
         running = [True]
         start_clients(
@@ -362,11 +378,26 @@ class LinearizabilityTests(MembersTestMixin, SynchronousTestCase):
     def test_histories(self) -> None:
         self.slow_fills()
         for seed in range(8):
-            history = self.history(seed)
-            for key, ops in history.items():
-                self.assertTrue(len(ops) > 20, (seed, key, len(ops)))
-                self.assertTrue(check(ops), f"seed {seed}, key {key}: not linearizable")
-            self.cluster.stop()
+            self.check_history(seed, self.history(seed))
+
+    def test_histories_with_late_releases(self) -> None:
+        """
+        The same with every C{release} late: requests held by new primaries
+        until they take over keep the histories linearizable.
+        """
+        self.slow_fills()
+        held = 0
+        for seed in range(8, 16):
+            history = self.history(seed, late_releases=True)
+            held += sum(node.operations.held for node in self.cluster.nodes.values())
+            self.check_history(seed, history)
+        self.assertGreater(held, 0)
+
+    def check_history(self, seed: int, history: dict[str, list[Op]]) -> None:
+        for key, ops in history.items():
+            self.assertTrue(len(ops) > 20, (seed, key, len(ops)))
+            self.assertTrue(check(ops), f"seed {seed}, key {key}: not linearizable")
+        self.cluster.stop()
 
 
 class HTTPTests(MembersTestMixin, SynchronousTestCase):
@@ -439,6 +470,64 @@ class HTTPTests(MembersTestMixin, SynchronousTestCase):
 
 
 class HandOverTests(MembersTestMixin, SynchronousTestCase):
+    def test_request_held_until_the_takeover(self) -> None:
+        """
+        A write that reaches the node a new map names primary before that
+        node has taken over (the old primary's C{release} is late) is held
+        there and answered as soon as it has: not refused, to be tried
+        again on its coordinator's next map or after its retry pause.
+        """
+        cluster = self.make_cluster(4)
+        leader = cluster.settle()
+        leaving = next(n for n in sorted(cluster.nodes) if n != leader)
+        key = next(
+            user_key(f"k{index}") for index in itertools.count()
+            if cluster.nodes[leader].partition_config(
+                cluster.nodes[leader].partition_of(user_key(f"k{index}"))
+            ).primary.node_id == leaving
+        )
+        partition = cluster.nodes[leader].partition_of(key)
+        reader = next(n for n in sorted(cluster.nodes) if n not in (leader, leaving))
+        reading = [True]
+
+        def read() -> None:
+            # keeps the members' lease promises to the old primary running
+            if reading[0]:
+                cluster.coordinators[reader].get(key)
+                cluster.clock.callLater(0.002, read)
+
+        read()
+        cluster.run(1)
+        releases: list[tuple[str, str, list]] = []
+        send = cluster.network.send
+
+        def withhold_releases(sender: str, peer: str, message: list) -> bool:
+            if message[0] == messages.RELEASE and message[1] == partition:
+                releases.append((sender, peer, message))
+                return True
+            return send(sender, peer, message)
+
+        self.patch(cluster.network, "send", withhold_releases)
+        self.wait(cluster.remove_member(leaving, leader))
+
+        def primaries() -> set[str]:
+            return {node.partition_config(partition).primary.node_id for node in cluster.nodes.values()}
+
+        while leaving in primaries() or not releases:
+            cluster.run(0.001, step=0.001)
+        reading[0] = False
+        (successor,) = primaries()
+        self.assertFalse(cluster.nodes[successor].replicas[partition].is_primary)
+        entry = next(n for n in sorted(cluster.nodes) if n not in (leaving, successor))
+        write = cluster.coordinators[entry].put(key, b"new")
+        cluster.run(0.01, step=0.001)
+        self.assertNoResult(write)
+        for release in releases:
+            send(*release)
+        cluster.run(0.01, step=0.001)
+        self.successResultOf(write)
+        self.assertGreaterEqual(cluster.nodes[successor].operations.held, 1)
+
     def test_planned_moves_do_not_wait_for_leases(self) -> None:
         """
         When a change moves a primary off a live node (here: a node being

@@ -84,13 +84,15 @@ class BuildersTests(SynchronousTestCase):
 
     def test_requests(self) -> None:
         """
-        A client operation's request takes the id its sender picks.
+        A client operation's request takes the id its sender picks; one for
+        a partition's primary carries the epoch of the configuration that
+        named it (0 unless given).
         """
         put = Put("k", b"v", "text/plain", 5.0, None, False, True)
         self.check(
-            messages.OpRequest(2, put, "n1/a/1").to_wire(8),
-            ["op", 8, 2, [0, "k", b"v", "text/plain", 5.0, None, False, True], "n1/a/1"],
-            messages.parse_op, (8, 2, put, "n1/a/1"),
+            messages.OpRequest(2, put, "n1/a/1", 6).to_wire(8),
+            ["op", 8, 2, [0, "k", b"v", "text/plain", 5.0, None, False, True], "n1/a/1", 6],
+            messages.parse_op, (8, 2, put, "n1/a/1", 6),
         )
         self.assertEqual(
             messages.parse_op(messages.OpRequest(2, Delete("k", "v1"), None).to_wire(1))[2],
@@ -102,14 +104,15 @@ class BuildersTests(SynchronousTestCase):
         )
         records = [[0, "k", b"v", "text/plain", None], [3, "m", b"w", "t", 9.5]]
         self.check(
-            messages.RestoreRequest(2, "~b-1", records).to_wire(8),
-            ["restore", 8, 2, "~b-1", records],
-            messages.parse_restore, (8, 2, "~b-1", records),
+            messages.RestoreRequest(2, "~b-1", records, 6).to_wire(8),
+            ["restore", 8, 2, "~b-1", records, 6],
+            messages.parse_restore, (8, 2, "~b-1", records, 6),
         )
         self.check(
-            messages.ReadRequest(2, "k").to_wire(8), ["read", 8, 2, "k"],
-            messages.parse_key_request, (8, 2, "k"),
+            messages.ReadRequest(2, "k", 6).to_wire(8), ["read", 8, 2, "k", 6],
+            messages.parse_read, (8, 2, "k", 6),
         )
+        self.assertEqual(messages.ReadRequest(2, "k").to_wire(8), ["read", 8, 2, "k", 0])
         self.check(
             messages.PeekRequest(2, "k").to_wire(8), ["peek", 8, 2, "k"],
             messages.parse_key_request, (8, 2, "k"),

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.cluster.calls import Calls, Retry
 from twisted_kv.cluster.deadlines import Deadlines
-from twisted_kv.cluster.operations import ClientOperations
+from twisted_kv.cluster.operations import HOLD_SHARE, ClientOperations
 from twisted_kv.core import messages
 from twisted_kv.core.placement import Member, PartitionConfig
 from twisted_kv.core.records import Change, Put
@@ -72,10 +72,11 @@ class OperationsTests(SynchronousTestCase):
             0: PartitionConfig(1, (Member("n1", 7),), {"n1"}),
             1: PartitionConfig(4, (Member("n2", 1), Member("n1", 7)), {"n2"}),
         }
+        self.deadlines = Deadlines()
         calls = Calls(
             send=lambda peer, message: self.sent.append((peer, message)) or True,
             unreachable=lambda peer: None,
-            deadlines=Deadlines(),
+            deadlines=self.deadlines,
             now=self.clock.seconds,
         )
         self.operations = ClientOperations(
@@ -87,6 +88,7 @@ class OperationsTests(SynchronousTestCase):
             calls=calls,
             partition_config=self.configs.get,
             now=self.clock.seconds,
+            deadlines=self.deadlines,
         )
 
     def write(self, key: str, op_id: Optional[str] = None, **kwargs: Any) -> Deferred:
@@ -240,3 +242,122 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((peer, request_id, status), ("n2", 6, messages.OK))
         version = self.replicas[0].store.get("b").version
         self.assertEqual(decode_change(payload), Change("put", "b", version, None, True))
+
+
+class HoldTests(OperationsTests):
+    """
+    A request for partition 1, of which n1 is a replica (n2 primary in
+    epoch 4), when n1 is about to take it over: held until it has, rather
+    than refused.
+    """
+
+    def take_over(self, epoch: int = 5) -> None:
+        """
+        The map of C{epoch} names n1 primary of partition 1, alone (so its
+        writes commit as they are ordered), and n1 takes over.
+        """
+        self.configs[1] = PartitionConfig(epoch, (Member("n1", 7),), {"n1"})
+        self.replicas[1].become_primary(epoch, [], [])
+        self.operations.wake_held(1)
+
+    def test_held_for_a_newer_map(self) -> None:
+        """
+        A write or a read sent by a node whose map (of an epoch newer than
+        ours) names us primary waits for us to take over: a map applied
+        that does not make us primary changes nothing; the takeover runs
+        them.
+        """
+        write = self.operations.execute_local(1, Put("k", b"v"), "n2/x/1", 5)
+        self.replicas[1].epoch = 5
+        read = self.operations.read_local(1, "k", 5)
+        self.operations.wake_held()
+        self.assertNoResult(write)
+        self.assertNoResult(read)
+        self.assertEqual((self.operations.executed, self.operations.held), (0, 2))
+        self.take_over()
+        self.assertEqual(self.replication.waits, [("commit", 1, 1), ("confirmation", 1)])
+        self.replication.settle()
+        self.assertEqual(self.successResultOf(write).key, "k")
+        self.assertEqual(self.successResultOf(read).value, b"v")
+        self.assertEqual(self.operations.executed, 2)
+
+    def test_held_while_our_map_names_us(self) -> None:
+        """
+        Once our map names us primary, a request waits for the takeover
+        (the old primary's release on its way), whatever epoch the sender
+        routed it by; a restore and a backup page too.
+        """
+        self.configs[1] = PartitionConfig(5, (Member("n1", 7), Member("n2", 1)), {"n1", "n2"})
+        restore = self.operations.restore_local(1, "~r", [[0, "c", b"x", "t", None]])
+        dump = self.operations.dump_local(1, None, None, 10, 5)
+        self.assertNoResult(restore)
+        self.assertNoResult(dump)
+        self.replication.lease = True
+        self.take_over()
+        self.replication.settle()
+        self.assertEqual(self.successResultOf(restore), 1)
+        self.assertEqual([r.key for r in self.successResultOf(dump).records], ["c"])
+
+    def test_not_held_for_another_primary(self) -> None:
+        """
+        A request sent by a node whose map is no newer than ours, which
+        names another node primary, is refused at once; so is one held
+        when a newer map names another node.
+        """
+        refused = self.operations.read_local(1, "k", 4)
+        self.assertFalse(self.failureResultOf(refused, Retry).value.maybe_applied)
+        held = self.operations.read_local(1, "k", 5)
+        self.configs[1] = PartitionConfig(6, (Member("n3", 2), Member("n1", 7)), {"n3", "n1"})
+        self.operations.wake_held()
+        self.assertFalse(self.failureResultOf(held, Retry).value.maybe_applied)
+        self.assertEqual(self.operations.executed, 0)
+
+    def test_hold_limited(self) -> None:
+        """
+        A request is held for at most a quarter of the request timeout, then
+        refused as not applied; waking the others does not fire it again.
+        """
+        held = self.operations.execute_local(1, Put("k", b"v"), "n2/x/1", 5)
+        limit = cluster_config(3).request_timeout * HOLD_SHARE
+        self.clock.advance(limit - 0.01)
+        self.deadlines.sweep(self.clock.seconds())
+        self.assertNoResult(held)
+        self.clock.advance(0.01)
+        self.deadlines.sweep(self.clock.seconds())
+        self.assertFalse(self.failureResultOf(held, Retry).value.maybe_applied)
+        self.take_over()
+        self.assertEqual((self.operations.executed, len(self.deadlines)), (0, 0))
+
+    def test_hold_limit_kept_across_maps(self) -> None:
+        """
+        A request woken by a map that still does not make us primary is held
+        again until the same limit, not a new one.
+        """
+        held = self.operations.read_local(1, "k", 5)
+        limit = cluster_config(3).request_timeout * HOLD_SHARE
+        self.clock.advance(limit / 2)
+        self.operations.wake_held()
+        self.clock.advance(limit / 2)
+        self.deadlines.sweep(self.clock.seconds())
+        self.failureResultOf(held, Retry)
+        self.assertEqual(self.operations.held, 1)
+
+    def test_peers_request_held(self) -> None:
+        """
+        A peer's request carries the epoch it was routed by, and is
+        answered once this node took over.
+        """
+        self.operations.on_op("n2", messages.OpRequest(1, Put("b", b"w"), "n2/x/1", 5).to_wire(6))
+        self.assertEqual(self.sent, [])
+        self.take_over()
+        self.replication.settle()
+        ((peer, answer),) = self.sent
+        self.assertEqual((peer, messages.parse_answer(answer)[1]), ("n2", messages.OK))
+
+    def test_stop_refuses_held(self) -> None:
+        """
+        A node that stops refuses what it holds, as not applied.
+        """
+        held = self.operations.read_local(1, "k", 5)
+        self.operations.stop()
+        self.assertFalse(self.failureResultOf(held, Retry).value.maybe_applied)

@@ -119,6 +119,9 @@ class MemoryNetwork:
     Links between nodes, with faults.
 
     @ivar latency: seconds a message takes on a link.
+    @ivar jitter: up to this many seconds more, at random, each message
+        (still delivered in order on its link): nodes then learn of a new
+        map, or of anything else, at different moments, as busy processes do.
     @ivar drop_rate: the chance of losing any one message (on a link that
         stays up: as if a TCP connection broke and was re-established).
     """
@@ -127,6 +130,9 @@ class MemoryNetwork:
         self._clock = clock
         self._rng = rng
         self.latency = latency
+        self.jitter = 0.0
+        # when the last message sent on each link arrives, with jitter
+        self._arrivals: dict[tuple[str, str], float] = {}
         self.drop_rate = 0.0
         self.nodes: dict[str, Node] = {}
         # (sender, receiver) of every direction cut
@@ -153,7 +159,15 @@ class MemoryNetwork:
         if self.drop_rate and self._rng.random() < self.drop_rate:
             return True
         incarnation = self.nodes[sender].incarnation
-        self._clock.callLater(self.latency, self._deliver, sender, incarnation, peer, message)
+        delay = self.latency
+        if self.jitter:
+            now = self._clock.seconds()
+            arrival = max(
+                self._arrivals.get((sender, peer), now), now + delay + self._rng.random() * self.jitter
+            )
+            self._arrivals[(sender, peer)] = arrival
+            delay = arrival - now
+        self._clock.callLater(delay, self._deliver, sender, incarnation, peer, message)
         return True
 
     def _deliver(self, sender: str, incarnation: int, peer: str, message: list) -> None:

@@ -100,8 +100,8 @@ class Coordinator:
         partition = self._node.partition_of(key)
         d = self._route(
             partition,
-            lambda: self._node.operations.read_local(partition, key),
-            messages.ReadRequest(partition, key),
+            lambda epoch: self._node.operations.read_local(partition, key, epoch),
+            lambda epoch: messages.ReadRequest(partition, key, epoch),
             messages.decode_record,
             write=False,
         )
@@ -222,8 +222,8 @@ class Coordinator:
             return fail(InvalidRequest(f"no partition {partition}"))
         return self._route(
             partition,
-            lambda: self._node.operations.dump_local(partition, dump_id, after, limit),
-            messages.DumpRequest(partition, dump_id, after, limit),
+            lambda epoch: self._node.operations.dump_local(partition, dump_id, after, limit, epoch),
+            lambda epoch: messages.DumpRequest(partition, dump_id, after, limit, epoch),
             messages.decode_dump_page,
             write=False,
         )
@@ -250,8 +250,12 @@ class Coordinator:
         writes = [
             self._route(
                 partition,
-                lambda partition=partition, group=group: restore_local(partition, ids, group),
-                messages.RestoreRequest(partition, ids, group),
+                lambda epoch, partition=partition, group=group: restore_local(
+                    partition, ids, group, epoch
+                ),
+                lambda epoch, partition=partition, group=group: messages.RestoreRequest(
+                    partition, ids, group, epoch
+                ),
                 int,
                 write=True,
             )
@@ -273,8 +277,8 @@ class Coordinator:
         op_id = self._node.operations.new_op_id()
         return self._route(
             partition,
-            lambda: self._node.operations.execute_local(partition, operation, op_id),
-            messages.OpRequest(partition, operation, op_id),
+            lambda epoch: self._node.operations.execute_local(partition, operation, op_id, epoch),
+            lambda epoch: messages.OpRequest(partition, operation, op_id, epoch),
             decode_change,
             write=True,
         )
@@ -282,8 +286,8 @@ class Coordinator:
     def _route(
         self,
         partition: int,
-        run_here: Callable[[], Deferred],
-        request: Request,
+        run_here: Callable[[int], Deferred],
+        request: Callable[[int], Request],
         decode: Callable,
         *,
         write: bool,
@@ -291,6 +295,11 @@ class Coordinator:
         """
         Run an operation at its partition's primary, retrying while the
         primary is unknown, moving or unreachable, until the request timeout.
+
+        @param run_here: runs it here, given the epoch of the configuration
+            that names this node primary.
+        @param request: the request that runs it at another node, given the
+            epoch of the configuration that names that node primary.
         """
         routed = _RoutedOperation(self._node, self._clock, partition, run_here, request, decode, write)
         try:
@@ -349,8 +358,8 @@ class _RoutedOperation:
         node: Node,
         clock: IReactorTime,
         partition: int,
-        run_here: Callable[[], Deferred],
-        request: Request,
+        run_here: Callable[[int], Deferred],
+        request: Callable[[int], Request],
         decode: Callable,
         write: bool,
     ) -> None:
@@ -388,11 +397,11 @@ class _RoutedOperation:
             return fail(self._give_up(_lost_reason(self._partition)))
         primary = config.primary.node_id
         if primary == self._node.node_id:
-            return self._node.limit(self._run_here(), self._deadline).addErrback(
+            return self._node.limit(self._run_here(config.epoch), self._deadline).addErrback(
                 self._retry
             )
         # Only the call's failures may be retried, not a payload that fails to decode.
-        return self._node.call(primary, self._request, remaining).addCallbacks(
+        return self._node.call(primary, self._request(config.epoch), remaining).addCallbacks(
             self._decode, self._retry
         )
 

@@ -223,6 +223,7 @@ class Node:
             feed=self.feed,
             antientropy=self.antientropy,
             expire=self._expire,
+            took_over=self._took_over,
             disk=disk,
             restarted_at=restarted_at,
         )
@@ -235,6 +236,7 @@ class Node:
             calls=self.calls,
             partition_config=self.partition_config,
             now=self._now,
+            deadlines=self.deadlines,
             run=0 if disk is None else disk.run,
             refusal=(lambda: None) if disk is None else disk.refusal,
         )
@@ -298,6 +300,9 @@ class Node:
     def _expire(self, partition: int, expiry: Expire) -> None:
         self.operations.expire(partition, expiry)
 
+    def _took_over(self, partition: int) -> None:
+        self.operations.wake_held(partition)
+
     # -- life cycle --------------------------------------------------------
 
     def start(self) -> None:
@@ -316,6 +321,7 @@ class Node:
             self._ticker.stop()
         self.calls.stop()
         self.replication.stop()
+        self.operations.stop()
         if self._disk is None:
             return succeed(None)
         return self._disk.stop().addErrback(self._not_synced_at_stop)
@@ -735,6 +741,7 @@ class Node:
         for waiter, limit in waiters.items():
             limit.cancel()
             waiter.callback(None)
+        self.operations.wake_held()
 
     def next_map(self, timeout: float) -> Deferred[None]:
         """

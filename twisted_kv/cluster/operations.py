@@ -4,18 +4,26 @@ Client operations run at this node: writes and linearizable reads as a
 partition's primary (under a read lease, or after a confirmation round),
 degraded reads and listings as any replica, whether asked here or
 forwarded by a peer.
+
+An operation for a partition this node is about to serve, because the map
+that names it primary is on its way or applied but not yet acted on (the
+old primary's C{release} is on its way), is held until the node takes over,
+for at most a quarter of the request timeout, rather than refused: refused,
+the coordinator would try again only on its next map or after its retry
+pause, tens of milliseconds after the node could serve it.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from twisted_kv.cluster.calls import Calls, Retry
+from twisted_kv.cluster.deadlines import Deadlines
 from twisted_kv.cluster.replication import Replication
 from twisted_kv.core import messages
 from twisted_kv.core.backup import DumpExpired, DumpPage, Dumps
@@ -25,6 +33,14 @@ from twisted_kv.core.placement import PartitionConfig
 from twisted_kv.core.records import Change, Operation, Put, Record, live, make_version
 from twisted_kv.core.replica import Replica, encode_summary
 from twisted_kv.errors import InsufficientStorage, KVError, SnapshotExpired
+
+
+_T = TypeVar("_T")
+
+# The share of the request timeout a request for a partition this node is
+# about to serve is held, at most, before it is refused: the coordinator
+# has the rest to try elsewhere.
+HOLD_SHARE = 0.25
 
 
 def _logged_records(
@@ -56,6 +72,8 @@ class ClientOperations:
     The client operations this node runs.
 
     @ivar executed: client operations this node executed as a primary.
+    @ivar held: requests held until this node took over their partition
+        (or gave up waiting).
     """
 
     def __init__(
@@ -69,6 +87,7 @@ class ClientOperations:
         calls: Calls,
         partition_config: Callable[[int], Optional[PartitionConfig]],
         now: Callable[[], float],
+        deadlines: Deadlines,
         run: int = 0,
         refusal: Callable[[], Optional[Exception]] = lambda: None,
     ) -> None:
@@ -84,6 +103,7 @@ class ClientOperations:
         @param partition_config: the current map's configuration of a
             partition.
         @param now: the current time.
+        @param deadlines: where the time limits of held requests are kept.
         """
         self._config = config
         self._node_id = node_id
@@ -95,8 +115,12 @@ class ClientOperations:
         self._calls = calls
         self._partition_config = partition_config
         self._now = now
+        self._deadlines = deadlines
         self._op_ids = itertools.count(1)
         self.executed = 0
+        self.held = 0
+        # per partition, the requests waiting for this node to take it over
+        self._held: dict[int, list[Deferred[None]]] = {}
         self.dumps = Dumps(f"{node_id}/{incarnation:x}")
 
     def new_op_id(self) -> str:
@@ -109,28 +133,103 @@ class ClientOperations:
     def bytes_used(self) -> int:
         return sum(r.store.bytes_used for r in self._replicas)
 
-    def _serving_replica(self, partition: int) -> Replica:
-        replica = self._replicas[partition]
-        if not replica.is_primary:
-            raise Retry("not the primary")
-        return replica
+    # -- holding requests for a partition about to be served here ---------
+
+    def _about_to_serve(self, partition: int, epoch: int) -> bool:
+        """
+        Whether this node, not primary of C{partition}, will be soon: the
+        sender's map (of configuration C{epoch}) is newer than ours, or ours
+        names us primary and we have not taken over yet (waiting for the
+        old primary's C{release}).
+        """
+        config = self._partition_config(partition)
+        if epoch > (0 if config is None else config.epoch):
+            return True
+        primary = None if config is None else config.primary
+        return (
+            primary is not None
+            and primary.node_id == self._node_id
+            and primary.incarnation == self._incarnation
+        )
+
+    def _hold(
+        self,
+        partition: int,
+        epoch: int,
+        again: Callable[[], Deferred[_T]],
+        until: Optional[float] = None,
+    ) -> Deferred[_T]:
+        """
+        Run C{again} once this node is primary of C{partition}, if it is
+        about to be (L{_about_to_serve}), re-examined on every map applied
+        and every takeover here, until C{until} (a share of the request
+        timeout from now by default); else, or then, refuse with L{Retry}.
+        """
+        if not self._about_to_serve(partition, epoch):
+            return fail(Retry("not the primary"))
+        if until is None:
+            until = self._now() + self._config.request_timeout * HOLD_SHARE
+            self.held += 1
+        held: Deferred[None] = Deferred(lambda d: self._give_up_holding(partition, d))
+        self._held.setdefault(partition, []).append(held)
+        self._deadlines.limit(held, until)
+
+        def woken(_: None) -> Deferred[_T]:
+            if self._replicas[partition].is_primary:
+                return again()
+            return self._hold(partition, epoch, again, until)
+
+        return held.addCallback(woken)
+
+    def _give_up_holding(self, partition: int, held: Deferred[None]) -> None:
+        waiting = self._held.get(partition, [])
+        if held in waiting:
+            waiting.remove(held)
+        held.errback(Retry("not the primary (not taken over in time)"))
+
+    def wake_held(self, partition: Optional[int] = None) -> None:
+        """
+        This node took over C{partition} (applied a map, if C{None}): look
+        again at the requests held for it (every partition's).
+        """
+        if partition is None:
+            woken = [self._held.pop(p) for p in list(self._held)]
+        else:
+            woken = [self._held.pop(partition, [])]
+        for waiting in woken:
+            for held in waiting:
+                held.callback(None)
+
+    def stop(self) -> None:
+        """
+        Refuse every request held: the node stops, having run none of them.
+        """
+        held, self._held = self._held, {}
+        for waiting in held.values():
+            for d in waiting:
+                d.errback(Retry("node stopping"))
+
+    # -- as primary --------------------------------------------------------
 
     def execute_local(
-        self, partition: int, operation: Operation, op_id: Optional[str]
+        self, partition: int, operation: Operation, op_id: Optional[str], epoch: int = 0
     ) -> Deferred[Optional[Change]]:
         """
         Order C{operation} in this primary's log and fire once every member
         holds it.
 
+        @param epoch: the configuration that named this node primary, for
+            the sender (0: none): see L{_hold}.
         @return: a Deferred firing with the L{Change} made (without its value
             for a retried operation), or C{None} for an expiry overtaken by a
             later write; failing with a L{KVError} when the operation's
             condition does not hold, or L{Retry}.
         """
-        try:
-            replica = self._serving_replica(partition)
-        except Retry as error:
-            return fail(error)
+        replica = self._replicas[partition]
+        if not replica.is_primary:
+            return self._hold(
+                partition, epoch, lambda: self.execute_local(partition, operation, op_id, epoch)
+            )
         replication = self._replication
         if op_id is not None:
             seen = replica.find_operation(op_id, operation.key)
@@ -168,7 +267,9 @@ class ClientOperations:
         change = entry.change
         return replication.wait_commit(partition, entry.seq).addCallback(lambda _: change)
 
-    def restore_local(self, partition: int, batch_id: str, records: list) -> Deferred[int]:
+    def restore_local(
+        self, partition: int, batch_id: str, records: list, epoch: int = 0
+    ) -> Deferred[int]:
         """
         Order every record of a restore batch that falls in C{partition}
         (C{[index, key, value, content_type, ttl]} each: a
@@ -181,10 +282,11 @@ class ClientOperations:
         @return: a Deferred firing with how many records it holds, or
             failing as L{execute_local} does.
         """
-        try:
-            replica = self._serving_replica(partition)
-        except Retry as error:
-            return fail(error)
+        replica = self._replicas[partition]
+        if not replica.is_primary:
+            return self._hold(
+                partition, epoch, lambda: self.restore_local(partition, batch_id, records, epoch)
+            )
         if self._config.memory_limit and self.bytes_used() + sum(
             replica.store.growth(key, value) for _, key, value, _, _ in records
         ) > self._config.memory_limit:
@@ -213,16 +315,15 @@ class ClientOperations:
         """
         self.execute_local(partition, operation, None).addErrback(lambda f: None)
 
-    def read_local(self, partition: int, key: str) -> Deferred[Optional[Record]]:
+    def read_local(self, partition: int, key: str, epoch: int = 0) -> Deferred[Optional[Record]]:
         """
         A linearizable read at this primary: answered at once while our read
         lease holds, else after every member has confirmed our epoch in a
         round started after the read arrived.
         """
-        try:
-            replica = self._serving_replica(partition)
-        except Retry as error:
-            return fail(error)
+        replica = self._replicas[partition]
+        if not replica.is_primary:
+            return self._hold(partition, epoch, lambda: self.read_local(partition, key, epoch))
         self.executed += 1
         if self._replication.lease_holds(replica):
             return succeed(replica.read(key, self._now()))
@@ -270,7 +371,8 @@ class ClientOperations:
         return list(itertools.islice(heapq.merge(*streams), limit))
 
     def dump_local(
-        self, partition: int, dump_id: Optional[str], after: Optional[str], limit: int
+        self, partition: int, dump_id: Optional[str], after: Optional[str], limit: int,
+        epoch: int = 0,
     ) -> Deferred[DumpPage]:
         """
         A page of a backup of C{partition} at this primary.  Without
@@ -283,10 +385,11 @@ class ClientOperations:
             L{Retry} (not the primary) or L{SnapshotExpired} (C{dump_id} is
             not held here: the primary moved, or the dump sat idle).
         """
-        try:
-            replica = self._serving_replica(partition)
-        except Retry as error:
-            return fail(error)
+        replica = self._replicas[partition]
+        if not replica.is_primary:
+            return self._hold(
+                partition, epoch, lambda: self.dump_local(partition, dump_id, after, limit, epoch)
+            )
         if dump_id is not None:
             try:
                 return succeed(self.dumps.page(partition, dump_id, after, limit, self._now()))
@@ -307,18 +410,19 @@ class ClientOperations:
     # -- the peers' requests -----------------------------------------------
 
     def on_op(self, peer: str, message: list) -> None:
-        request_id, partition, operation, op_id = messages.parse_op(message)
-        d = self.execute_local(partition, operation, op_id)
+        request_id, partition, operation, op_id, epoch = messages.parse_op(message)
+        d = self.execute_local(partition, operation, op_id, epoch)
         self._calls.answer(peer, request_id, d, _encode_result)
 
     def on_restore(self, peer: str, message: list) -> None:
-        request_id, partition, batch_id, records = messages.parse_restore(message)
-        d = self.restore_local(partition, batch_id, records)
+        request_id, partition, batch_id, records, epoch = messages.parse_restore(message)
+        d = self.restore_local(partition, batch_id, records, epoch)
         self._calls.answer(peer, request_id, d, int)
 
     def on_read(self, peer: str, message: list) -> None:
-        request_id, partition, key = messages.parse_key_request(message)
-        self._calls.answer(peer, request_id, self.read_local(partition, key), messages.encode_record)
+        request_id, partition, key, epoch = messages.parse_read(message)
+        d = self.read_local(partition, key, epoch)
+        self._calls.answer(peer, request_id, d, messages.encode_record)
 
     def on_peek(self, peer: str, message: list) -> None:
         request_id, partition, key = messages.parse_key_request(message)
@@ -330,6 +434,6 @@ class ClientOperations:
         self._calls.answer_now(peer, request_id, keys)
 
     def on_dump(self, peer: str, message: list) -> None:
-        request_id, partition, dump_id, after, limit = messages.parse_dump(message)
-        d = self.dump_local(partition, dump_id, after, limit)
+        request_id, partition, dump_id, after, limit, epoch = messages.parse_dump(message)
+        d = self.dump_local(partition, dump_id, after, limit, epoch)
         self._calls.answer(peer, request_id, d, messages.encode_dump_page)

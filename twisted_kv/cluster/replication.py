@@ -91,6 +91,7 @@ class Replication:
         feed: ChangeFeed,
         antientropy: AntiEntropy,
         expire: Callable[[int, Expire], None],
+        took_over: Callable[[int], None] = lambda partition: None,
         disk: Optional[NodeDisk] = None,
         restarted_at: Optional[float] = None,
     ) -> None:
@@ -104,6 +105,8 @@ class Replication:
         @param feed: where committed changes go.
         @param antientropy: answers digests once a member applied enough.
         @param expire: runs a due expiry of a partition as a write.
+        @param took_over: told of each partition this node took over as
+            primary, for the requests held until it did.
         @param disk: the node's data directory, where every change to a
             replica's log goes before it is acknowledged or counted.
         @param restarted_at: with C{disk}, the time (of C{lease_now}) at
@@ -124,6 +127,7 @@ class Replication:
         self._feed = feed
         self._antientropy = antientropy
         self._expire = expire
+        self._took_over = took_over
         # partitions the map makes ours while we still promise not to take over
         self._takeovers_waiting: set[int] = set()
         # partitions taken over whose next announcements repeat the
@@ -239,6 +243,8 @@ class Replication:
             self._announcing_again.add(partition)
         self._stalled_since.pop(partition, None)
         self.replicate(partition)
+        if takeover:
+            self._took_over(partition)
 
     def fail_waiters(self, partition: int, error: Retry) -> None:
         """

@@ -35,7 +35,8 @@ allocates nothing it did not before.
   - client operations forwarded to a primary (L{OpRequest},
     L{RestoreRequest}, L{ReadRequest}, L{PeekRequest}, L{ListRequest},
     L{DumpRequest}), each with a request id
-    the sender's L{twisted_kv.cluster.calls.Calls} picks, all answered by
+    the sender's L{twisted_kv.cluster.calls.Calls} picks (and those for a
+    primary, last, the epoch of the configuration that named it), all answered by
     C{["res", id, status, payload]} (L{ok_answer}, L{retry_answer},
     L{error_answer});
   - change events: L{publish} C{[batch_id, count, changes]} from a primary
@@ -335,14 +336,22 @@ def parse_report(message: list) -> tuple[str, int, int, str]:
 class OpRequest:
     """
     Run a write (or expiry) at the primary of C{partition}.
+
+    This and the other requests for a partition's primary carry the C{epoch}
+    of the configuration that named the node asked as its primary (0: none
+    in particular): a node that has not taken over yet holds the request
+    until it does (L{twisted_kv.cluster.operations.ClientOperations}).
     """
 
     partition: int
     operation: Operation
     op_id: Optional[str]
+    epoch: int = 0
 
     def to_wire(self, request_id: int) -> list:
-        return [OP, request_id, self.partition, encode_operation(self.operation), self.op_id]
+        return [
+            OP, request_id, self.partition, encode_operation(self.operation), self.op_id, self.epoch
+        ]
 
 
 @frozen
@@ -357,14 +366,15 @@ class RestoreRequest:
     partition: int
     batch_id: str
     records: list
+    epoch: int = 0
 
     def to_wire(self, request_id: int) -> list:
-        return [RESTORE, request_id, self.partition, self.batch_id, self.records]
+        return [RESTORE, request_id, self.partition, self.batch_id, self.records, self.epoch]
 
 
-def parse_restore(message: list) -> tuple[int, int, str, list]:
-    _, request_id, partition, batch_id, records = message
-    return request_id, partition, batch_id, records
+def parse_restore(message: list) -> tuple[int, int, str, list, int]:
+    _, request_id, partition, batch_id, records, epoch = message
+    return request_id, partition, batch_id, records, epoch
 
 
 @frozen
@@ -375,9 +385,15 @@ class ReadRequest:
 
     partition: int
     key: str
+    epoch: int = 0
 
     def to_wire(self, request_id: int) -> list:
-        return [READ, request_id, self.partition, self.key]
+        return [READ, request_id, self.partition, self.key, self.epoch]
+
+
+def parse_read(message: list) -> tuple[int, int, str, int]:
+    _, request_id, partition, key, epoch = message
+    return request_id, partition, key, epoch
 
 
 @frozen
@@ -440,14 +456,15 @@ class DumpRequest:
     dump_id: Optional[str]
     after: Optional[str]
     limit: int
+    epoch: int = 0
 
     def to_wire(self, request_id: int) -> list:
-        return [DUMP, request_id, self.partition, self.dump_id, self.after, self.limit]
+        return [DUMP, request_id, self.partition, self.dump_id, self.after, self.limit, self.epoch]
 
 
-def parse_dump(message: list) -> tuple[int, int, Optional[str], Optional[str], int]:
-    _, request_id, partition, dump_id, after, limit = message
-    return request_id, partition, dump_id, after, limit
+def parse_dump(message: list) -> tuple[int, int, Optional[str], Optional[str], int, int]:
+    _, request_id, partition, dump_id, after, limit, epoch = message
+    return request_id, partition, dump_id, after, limit, epoch
 
 
 def encode_dump_page(page: DumpPage) -> list:
@@ -465,14 +482,14 @@ def decode_dump_page(data: list) -> DumpPage:
     )
 
 
-def parse_op(message: list) -> tuple[int, int, Operation, Optional[str]]:
-    _, request_id, partition, operation, op_id = message
-    return request_id, partition, decode_operation(operation), op_id
+def parse_op(message: list) -> tuple[int, int, Operation, Optional[str], int]:
+    _, request_id, partition, operation, op_id, epoch = message
+    return request_id, partition, decode_operation(operation), op_id, epoch
 
 
 def parse_key_request(message: list) -> tuple[int, int, str]:
     """
-    Take apart a L{ReadRequest} or a L{PeekRequest}.
+    Take apart a L{PeekRequest}.
     """
     _, request_id, partition, key = message
     return request_id, partition, key

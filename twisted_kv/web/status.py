@@ -312,6 +312,12 @@ _NODE_METRICS: tuple[Reading[Node], ...] = (
         lambda node: len(node.lost_partitions),
     ),
     counter(
+        "twisted_kv_requests_held_total",
+        "Requests for a partition this node was about to take over as primary,"
+        " held until it had rather than refused.",
+        lambda node: node.operations.held,
+    ),
+    counter(
         "twisted_kv_partition_losses_total",
         "Partitions found to have lost every in-sync copy since this node started.",
         lambda node: node.partition_losses,

@@ -450,6 +450,26 @@ class PlanPartitionTests(SynchronousTestCase):
         self.assertEqual(_ids(new), ["A", "D", "B"])
         self.assertEqual(new.in_sync, {"A", "D"})
 
+    def test_member_outside_a_short_ideal_set_stays(self) -> None:
+        """
+        With fewer live ideal nodes than C{replicas}, every one of them in
+        sync, a live member outside the ideal set (a node leaving the ring)
+        is no surplus: it stays, as a backup, while the first ideal node
+        becomes primary.
+        """
+        config = _config(5, ["E", "A"], "EA")
+        new = plan_partition(config, ["A", "B", "C"], _live("A", "E"), 2)
+        self.assertEqual((_ids(new), new.in_sync), (["A", "E"], {"A", "E"}))
+
+    def test_no_live_preferred_node(self) -> None:
+        """
+        When no node of the preference list is alive (the ring is a
+        membership whose nodes are all away), the live members keep the
+        partition as it is.
+        """
+        config = _config(5, ["E", "D"], "ED")
+        self.assertIs(plan_partition(config, ["A", "B", "C"], _live("D", "E"), 2), config)
+
     def test_epoch_bumps_exactly_on_change(self) -> None:
         """
         A change of primary alone (same member set, new order) bumps the

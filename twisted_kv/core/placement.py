@@ -317,11 +317,14 @@ def plan_partition(
     if add:
         members += [Member(node, live[node]) for node in ideal if node not in present]
     synced_ids = {m.node_id for m in in_sync}
-    if all(node in synced_ids for node in ideal):
-        # The surplus leaves, and the first ideal node is primary: a node
-        # that started late or came back is primary for its share again.
+    if ideal and all(node in synced_ids for node in ideal):
+        # The first ideal node is primary (a node that started late or came
+        # back is primary for its share again), and a surplus leaves.
         primary = next(m for m in members if m.node_id == ideal[0])
-        members = [primary] + [m for m in members if m.node_id in ideal and m is not primary]
+        surplus = len(members) > replicas
+        members = [primary] + [
+            m for m in members if m is not primary and (m.node_id in ideal or not surplus)
+        ]
     if tuple(members) == config.members:
         return config
     return PartitionConfig(

@@ -51,6 +51,16 @@ class MembersTestMixin(ClusterTestMixin):
                 return roster
         self.fail(f"the change was still in progress after {limit} s")
 
+    def grow_to_four(self, via: str) -> None:
+        """
+        Add n4 through node C{via}, start it, and run until the change is
+        done and the map has settled.
+        """
+        self.wait(self.cluster.add_member("n4", via))
+        self.cluster.join("n4", via)
+        self.change_done(via)
+        self.cluster.settle()
+
     def slow_fills(self) -> None:
         """
         Fill new copies from snapshots (no log retained to send instead) in
@@ -156,10 +166,7 @@ class AddTests(MembersTestMixin, SynchronousTestCase):
         cluster = self.make_cluster(3)
         leader = cluster.settle()
         self.fill(20)
-        self.wait(cluster.add_member("n4", leader))
-        cluster.join("n4", leader)
-        self.change_done(leader)
-        cluster.settle()
+        self.grow_to_four(leader)
         placed = set(built)
         self.assertEqual(placed, {("n1", "n2", "n3"), ("n1", "n2", "n3", "n4")})
         self.assertLessEqual(len(built), len(placed) * len(cluster.nodes))
@@ -281,10 +288,7 @@ class PersistenceTests(MembersTestMixin, SynchronousTestCase):
         cluster = self.make_cluster(3, disks=True)
         leader = cluster.settle()
         self.fill(50)
-        self.wait(cluster.add_member("n4", leader))
-        cluster.join("n4", leader)
-        self.change_done(leader)
-        cluster.settle()
+        self.grow_to_four(leader)
         for node_id in list(cluster.nodes):
             cluster.crash(node_id)
         for node_id in ("n1", "n2", "n3", "n4"):

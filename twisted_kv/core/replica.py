@@ -100,8 +100,12 @@ SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
 # is small enough for that turn to take a millisecond or two: filling a new
 # copy must not hold up the requests the same nodes serve meanwhile.  With
 # 100-byte values a member took a chunk of 64 KiB (about 550 records) in
-# 2.5 ms at the median and up to 5 ms on a busy machine (bench/move_turns.py).
-FILL_CHUNK_BYTES = 32 * 1024
+# 2.5 ms at the median and up to 5 ms on a busy machine (bench/move_turns.py);
+# a new node is filled by every other node at once, so their chunks queue at
+# it.  With 1,000,000 keys, chunks of 8 KiB rather than 32 took the clients'
+# p99 while data moves from about 3x normal to about 2.3x (bench/members.py,
+# docs/performance.md), for 5-15 % longer moves.
+FILL_CHUNK_BYTES = 8 * 1024
 
 _KINDS = ("put", "delete", "expire")
 

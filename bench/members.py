@@ -2,7 +2,7 @@
 Growing and shrinking a live cluster, on real local processes: 3 → 4 → 5 →
 4 → 3 nodes, holding KEYS keys of 100 bytes, under a light probing load.
 
-    python bench/members.py [--keys 100000] [--keep DIR]
+    python bench/members.py [--keys 100000] [--keep DIR] [--fill-rate SIZE]
 
 Starts three C{twistd kvnode} processes (L{tests.e2e.RealCluster}, the
 end-to-end tests' harness), loads the keys through C{POST /admin/restore}
@@ -182,7 +182,8 @@ async def step(
 
 async def run(reactor: Any, options: argparse.Namespace) -> None:
     directory = options.keep or tempfile.mkdtemp(prefix="kv-members-")
-    cluster = RealCluster(3, directory)
+    tunables = {"fill_rate": options.fill_rate} if options.fill_rate else {}
+    cluster = RealCluster(3, directory, **tunables)
     prober: Optional[Prober] = None
     try:
         print(f"3 nodes in {directory}; loading {options.keys} keys ...", flush=True)
@@ -220,6 +221,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--keep", metavar="DIR", help="keep the cluster's files and logs in DIR")
+    parser.add_argument(
+        "--fill-rate", metavar="SIZE", help="the cluster's fill_rate (e.g. 2MiB); the default otherwise"
+    )
     options = parser.parse_args()
     task.react(lambda reactor: defer.ensureDeferred(run(reactor, options)))
 

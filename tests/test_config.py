@@ -109,7 +109,7 @@ class GoodConfigTests(SynchronousTestCase):
                 partitions=64,
                 max_file_bytes=256 * MiB,
                 anti_entropy_interval=5.0,
-                fill_rate=4 * MiB,
+                fill_rate=MiB,
                 ws_history=10000,
                 anonymous_ftp=False,
             ),

@@ -352,7 +352,10 @@ class NodeDisk:
         damaged, and what follows it is lost), nor whether the consensus
         state read before it is the last one, so all of it goes.
 
-        @param run_in_thread: runs the snapshots' writing.
+        @param run_in_thread: runs the snapshots' writing, and the log's
+            commits when C{commit_in_thread} is not given: then it must run
+            work one piece at a time, in the order given, as the tests'
+            runners do (a thread pool does not).
         @param in_reactor: runs a function in the reactor thread and returns
             its result, from the thread that writes a snapshot
             (C{blockingCallFromThread}); a plain call where

@@ -19,13 +19,16 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.linearizability import Op, check
 from tests.test_cluster import ClusterTestMixin, close_unreturned, start_clients
+from tests.test_metrics import parse
 from twisted_kv.cluster import node as node_module
 from twisted_kv.cluster import replication as replication_module
+from twisted_kv.cluster.durable import NodeDisk
 from twisted_kv.core import messages
 from twisted_kv.core import replica as replica_module
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.roster import Roster
 from twisted_kv.errors import MembershipConflict, OutcomeUnknown, UnknownMember
+from twisted_kv.web.metrics import node_registry, render
 from twisted_kv.web.site import build_site
 from twisted_kv.web.status import NodeStatus
 
@@ -248,6 +251,45 @@ class RemoveTests(MembersTestMixin, SynchronousTestCase):
         n1.tick()
         n1.tick()
         self.assertEqual(sum(r.release_dropped(held) for r in n1.replicas), held - 10)
+
+    def test_dropped_copies_count_in_memory_until_freed(self) -> None:
+        """
+        The records of copies a node drops count in its memory figure
+        (C{twisted_kv_memory_bytes}, what C{memory_limit} bounds) until its
+        ticks free them, falling as they do; its key count (C{/cluster})
+        and the live data its snapshots are measured against fall at once.
+        """
+        self.patch(node_module, "DROPPED_RECORDS_PER_TICK", 5)
+        cluster = self.make_cluster(4, disks=True)
+        cluster.settle()
+        self.fill(100)
+        n1 = cluster.nodes["n1"]
+        status = NodeStatus(n1, cluster.clock)
+
+        def memory() -> float:
+            families = parse(render(node_registry(status.metrics)).decode("utf-8"))
+            return families["twisted_kv_memory_bytes"].samples[0].value
+
+        def keys() -> int:
+            return next(n["keys"] for n in status.cluster_view()["nodes"] if n["id"] == "n1")
+
+        held = n1.bytes_used()
+        self.assertEqual((memory(), n1.live_bytes()), (held, held))
+        self.assertGreater(keys(), 10)
+        for replica in n1.replicas:
+            replica.forget()
+        self.assertEqual((memory(), n1.live_bytes(), keys()), (held, 0, 0))
+        measured: list[int] = []
+        self.patch(
+            NodeDisk, "compaction_due",
+            lambda disk, live_bytes: disk is n1._disk and measured.append(live_bytes),
+        )
+        left = [memory()]
+        while left[-1] and len(left) < 100:
+            n1.tick()
+            left.append(memory())
+        self.assertEqual(left, sorted(left, reverse=True))
+        self.assertEqual((left[-1], len(set(left)) > 10, set(measured)), (0, True, {0}))
 
     def test_refusals(self) -> None:
         """

@@ -215,6 +215,22 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual([store.release(2) for _ in range(4)], [2, 2, 1, 0])
         self.assertEqual((len(store), store.bytes_used, list(store.items())), (0, 0, []))
 
+    def test_release_counts_down(self) -> None:
+        """
+        The records L{MemStore.release} has not dropped yet still count in
+        C{bytes_used}, which falls as they go (each batch by the average
+        cost of the records left: records of one size, exactly theirs).
+        """
+        store = MemStore()
+        for key in "abcde":
+            store.apply(_put(key))
+        cost = store.bytes_used // 5
+        left = []
+        for _ in range(3):
+            store.release(2)
+            left.append(store.bytes_used)
+        self.assertEqual(left, [3 * cost, cost, 0])
+
 
 class PackedRecordTests(SynchronousTestCase):
     """

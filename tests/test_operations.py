@@ -20,7 +20,7 @@ from twisted_kv.core import messages
 from twisted_kv.core.placement import Member, PartitionConfig
 from twisted_kv.core.records import Change, Put
 from twisted_kv.core.replica import Replica, decode_change
-from twisted_kv.errors import KeyExists
+from twisted_kv.errors import InsufficientStorage, KeyExists
 from twisted_kv.testing import cluster_config
 
 
@@ -73,14 +73,20 @@ class OperationsTests(SynchronousTestCase):
             1: PartitionConfig(4, (Member("n2", 1), Member("n1", 7)), {"n2"}),
         }
         self.deadlines = Deadlines()
+        self.operations = self.make_operations()
+
+    def make_operations(self, **tunables: object) -> ClientOperations:
+        """
+        The client operations of n1, in a cluster file with C{tunables}.
+        """
         calls = Calls(
             send=lambda peer, message: self.sent.append((peer, message)) or True,
             unreachable=lambda peer: None,
             deadlines=self.deadlines,
             now=self.clock.seconds,
         )
-        self.operations = ClientOperations(
-            config=cluster_config(3),
+        return ClientOperations(
+            config=cluster_config(3, **tunables),
             node_id="n1",
             incarnation=7,
             replicas=self.replicas,
@@ -199,6 +205,29 @@ class OperationsTests(SynchronousTestCase):
         self.assertNoResult(refused)
         self.replication.settle()
         self.failureResultOf(refused, KeyExists)
+
+    def test_memory_limit_counts_dropped_copies(self) -> None:
+        """
+        The records of a copy this node dropped count against the memory
+        limit until they are freed: a write that fits only without them is
+        refused (C{507}), and accepted once they are freed.
+        """
+        operations = self.make_operations(memory_limit=4000)
+        dropped = self.replicas[1]
+        dropped.restore_keys([[f"d{index}", b"x" * 100, "t", 1, None] for index in range(10)])
+        self.assertGreater(dropped.store.bytes_used, 2000)
+        dropped.forget()
+        write = Put("k", b"v" * 1500)
+        self.failureResultOf(operations.execute_local(0, write, None), InsufficientStorage)
+        self.failureResultOf(
+            operations.restore_local(0, "~r", [[0, "k", write.value, "t", None]]),
+            InsufficientStorage,
+        )
+        self.assertEqual(dropped.release_dropped(10), 10)
+        self.assertEqual(operations.bytes_used(), 0)
+        d = operations.execute_local(0, write, None)
+        self.replication.settle()
+        self.assertEqual(self.successResultOf(d).key, "k")
 
     def test_peek(self) -> None:
         """

@@ -1543,6 +1543,32 @@ class MiscTests(SynchronousTestCase):
         self.assertEqual(sorted(d.store.keys()), ["c"])
         self.assertEqual((d.release_dropped(10), d.release_dropped(10)), (2, 0))
 
+    def test_dropped_bytes_until_freed(self) -> None:
+        """
+        The records of dropped stores still count in C{dropped_bytes}
+        until L{Replica.release_dropped} frees them, falling as it does,
+        whether the store was dropped whole or replaced by a snapshot's
+        first chunk.
+        """
+        group = Group()
+        for index in range(5):
+            group.write(f"k{index}", b"v")
+        group.settle()
+        backup = group.backups["b1"]
+        held = backup.store.bytes_used
+        self.assertEqual(backup.dropped_bytes, 0)
+        backup.forget()
+        self.assertEqual(backup.dropped_bytes, held)
+        backup.on_snapshot(2, 3, 2, True, True, [["a", b"1", "t", 1, None]])
+        snapshot = backup.store.bytes_used
+        backup.on_snapshot(3, 4, 3, True, True, [])
+        self.assertEqual(backup.dropped_bytes, held + snapshot)
+        left = []
+        for _ in range(3):
+            backup.release_dropped(2)
+            left.append(backup.dropped_bytes)
+        self.assertEqual(left, [held * 4 // 5, held * 2 // 5, 0])
+
 
 class EncodingTests(SynchronousTestCase):
     """

@@ -406,7 +406,20 @@ class Node:
         return sum(r.store.count_tagged(namespace) for r in self.replicas)
 
     def bytes_used(self) -> int:
+        """
+        About how much memory this node's records take, for C{/metrics}
+        (L{ClientOperations.bytes_used}: the copies dropped and not freed
+        yet included, whose keys L{key_count}, hence C{/cluster}, no longer
+        counts).
+        """
         return self.operations.bytes_used()
+
+    def live_bytes(self) -> int:
+        """
+        The part of L{bytes_used} the copies this node holds take, without
+        those it dropped: what a snapshot of its data directory holds.
+        """
+        return sum(r.store.bytes_used for r in self.replicas)
 
     @property
     def log_counts(self) -> CommitCounts:
@@ -486,7 +499,7 @@ class Node:
         self._after_consensus()
         if self._disk is not None:
             self._disk.probe(self._saved_consensus)
-            if self._disk.compaction_due(self.bytes_used()):
+            if self._disk.compaction_due(self.live_bytes()):
                 self._disk.compact(self.replicas)
         self._find_lost_partitions(now)
         gossip_due = now - self._last_gossip >= self.config.failure_timeout / GOSSIP_PER_FAILURE_TIMEOUT

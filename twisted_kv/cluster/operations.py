@@ -131,7 +131,13 @@ class ClientOperations:
         return f"{self._op_prefix}{next(self._op_ids)}"
 
     def bytes_used(self) -> int:
-        return sum(r.store.bytes_used for r in self._replicas)
+        """
+        About how much memory the records of this node's replicas take,
+        those of the copies they dropped and have not freed yet included
+        (L{Replica.release_dropped} frees them over many ticks): what
+        C{memory_limit} bounds.
+        """
+        return sum(r.store.bytes_used + r.dropped_bytes for r in self._replicas)
 
     # -- holding requests for a partition about to be served here ---------
 

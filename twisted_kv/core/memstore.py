@@ -196,11 +196,17 @@ class MemStore:
         a millisecond of the reactor, and a new map may drop a dozen copies
         on one node together (see L{twisted_kv.core.replica.Replica.forget}).
 
+        C{bytes_used} goes on counting the records not dropped yet: it
+        falls by the average cost of the records a call drops, which takes
+        no look at them (it reaches 0 with the last).
+
         @return: how many records this dropped (fewer than C{limit} once
             the store is empty).
         """
         records = self._records
         count = min(limit, len(records))
+        if count:
+            self.bytes_used -= self.bytes_used * count // len(records)
         for _ in range(count):
             records.popitem()
         if not records:

@@ -257,6 +257,9 @@ class Replica:
         its own copy towards a commit only that far, as it counts its
         members' copies only once they acknowledge them; C{None} without
         one.
+    @ivar dropped_bytes: the memory the records of the stores this replica
+        dropped still take until L{release_dropped} frees them (their
+        C{bytes_used}, kept as they change rather than summed when asked).
     """
 
     def __init__(self, partition: int) -> None:
@@ -267,6 +270,7 @@ class Replica:
         # stores this replica dropped whole, their records still to be
         # freed (L{release_dropped})
         self._dropped: list[MemStore] = []
+        self.dropped_bytes = 0
         self.digest = RangeDigest()
         self.repaired_keys = 0
         self._digest_check: Optional[tuple[int, bytes]] = None
@@ -1211,6 +1215,7 @@ class Replica:
         """
         if len(self.store):
             self._dropped.append(self.store)
+            self.dropped_bytes += self.store.bytes_used
             self.store = MemStore()
 
     def release_dropped(self, limit: int) -> int:
@@ -1221,7 +1226,10 @@ class Replica:
         """
         freed = 0
         while self._dropped and freed < limit:
-            freed += self._dropped[-1].release(limit - freed)
-            if not len(self._dropped[-1]):
+            store = self._dropped[-1]
+            held = store.bytes_used
+            freed += store.release(limit - freed)
+            self.dropped_bytes -= held - store.bytes_used
+            if not len(store):
                 self._dropped.pop()
         return freed

@@ -334,7 +334,8 @@ _NODE_METRICS: tuple[Reading[Node], ...] = (
     ),
     gauge(
         "twisted_kv_memory_bytes",
-        "Approximate memory held by this node's records, in bytes.",
+        "Approximate memory held by this node's records, in bytes"
+        " (those of dropped copies included until they are freed).",
         lambda node: node.bytes_used(),
     ),
     counter(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ctypes
+import fcntl
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +43,10 @@ LUA = os.path.join(BENCH, "lua")
 
 #: Ports this benchmark may use (other users of the machine keep out of it).
 PORT_RANGE = range(7400, 7700)
+
+#: Where the runs on this machine claim ports from L{PORT_RANGE}: one lock
+#: file a port (L{Ports}).
+PORT_LOCKS = os.path.join(tempfile.gettempdir(), "kvbench-ports")
 
 #: Environment variable naming a file where every child's process group is
 #: recorded, so that bench/run can still kill them if this process dies.
@@ -192,21 +198,63 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 class Ports:
     """
-    Free TCP ports on 127.0.0.1 from L{PORT_RANGE}, each handed out once.
+    Free TCP ports on 127.0.0.1 from C{candidates}, each handed out once,
+    and to one run at a time: a port is free only if nothing is bound to it
+    and no other run claimed it.  A port's child process listens on it only
+    later, so a run claims each port it takes with an exclusive C{flock} of
+    the port's file in C{lock_dir}, held until L{release} (or until the
+    process ends, even killed: the kernel drops the lock with it).  A
+    C{flock} belongs to its open file, so two L{Ports} in one process
+    exclude each other as two runs do.
     """
 
-    def __init__(self) -> None:
-        self._candidates = iter(PORT_RANGE)
+    def __init__(self, candidates: Iterable[int] = PORT_RANGE, lock_dir: str = PORT_LOCKS) -> None:
+        self._range = candidates
+        self._candidates = iter(candidates)
+        self._lock_dir = lock_dir
+        os.makedirs(lock_dir, exist_ok=True)
+        try:
+            os.chmod(lock_dir, 0o777)  # every user's runs claim ports there
+        except PermissionError:
+            pass  # another user's, made so by their first run
+        self._claims: list[int] = []
 
     def take(self) -> int:
         for port in self._candidates:
+            claim = self._claim(port)
+            if claim is None:
+                continue
             with socket.socket() as probe:
                 try:
                     probe.bind(("127.0.0.1", port))
                 except OSError:
+                    os.close(claim)
                     continue
-                return port
-        raise RuntimeError(f"no free port left in {PORT_RANGE}")
+            self._claims.append(claim)
+            return port
+        raise RuntimeError(f"no free port left in {self._range}")
+
+    def _claim(self, port: int) -> Optional[int]:
+        """
+        The open lock file of C{port}, locked, or C{None} if another run
+        holds it.
+        """
+        claim = os.open(os.path.join(self._lock_dir, f"{port}.lock"), os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(claim)
+            return None
+        return claim
+
+    def release(self) -> None:
+        """
+        Let other runs take the ports handed out, once nothing listens on
+        them any more.
+        """
+        for claim in self._claims:
+            os.close(claim)
+        self._claims.clear()
 
 
 def run_in_workdir(
@@ -228,6 +276,7 @@ def run_in_workdir(
         status = 130
     finally:
         processes.stop_all()
+        ports.release()
         if keep:
             log(f"logs and cluster files kept in {workdir}")
         else:

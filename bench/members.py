@@ -15,8 +15,9 @@ them), then for each step measures
     also from the moment it serves C{/health} (its process started: a few
     seconds of Python imports) until then, the time its data took to move;
   - the data moved: copies each node holds before and after (from
-    C{/cluster}), the share of the key copies the added node took, and the
-    copies created and dropped elsewhere;
+    C{/cluster}), the share of the key copies the added node took, the
+    copies created and dropped elsewhere, and the partitions each node is
+    the primary of before and after;
   - client latency: one client alternating a write of a new key and a read
     of a loaded key, one request at a time, through random nodes: p50 and
     p99 while the data moves against the 10 seconds before the change.
@@ -130,9 +131,21 @@ async def load(cluster: RealCluster, keys: int) -> None:
         else:
             raise SystemExit(f"loading: {start:,} of {keys:,} keys loaded, then {reply!r}")
 
-async def copies(cluster: RealCluster, via: str) -> dict[str, int]:
+async def holdings(cluster: RealCluster, via: str) -> tuple[dict[str, int], dict[str, int]]:
+    """
+    The key copies each node holds and the partitions it is the primary
+    of, as node C{via}'s C{/cluster} says.
+    """
     view = await cluster.cluster_view(via)
-    return {node["id"]: node["keys"] for node in view["nodes"]}
+    nodes = view["nodes"]
+    return {node["id"]: node["keys"] for node in nodes}, {node["id"]: node["primaries"] for node in nodes}
+
+
+def listed(counts: dict[str, int]) -> str:
+    """
+    C{counts} in node order, e.g. C{n1 22, n2 21, n3 21}.
+    """
+    return ", ".join(f"{node} {count}" for node, count in sorted(counts.items()))
 
 
 async def step(
@@ -140,7 +153,7 @@ async def step(
     add: Optional[tuple[str, str]] = None, remove: Optional[tuple[str, str]] = None,
 ) -> str:
     via = (add or remove)[1]
-    before = await copies(cluster, via)
+    before, primaries_before = await holdings(cluster, via)
     await deferLater(reactor, 10, lambda: None)  # the normal latency, just before
     began = reactor.seconds()
     if add is not None:
@@ -160,7 +173,7 @@ async def step(
         await cluster.forget(remove[0])
     await cluster.wait_for_leader(timeout=60)
     await deferLater(reactor, 1, lambda: None)  # every node's count gossiped since
-    after = await copies(cluster, observer)
+    after, primaries_after = await holdings(cluster, observer)
     normal, _ = prober.between(began - 10, began)
     during, statuses = prober.between(moving, done)
     created = sum(max(0, after.get(n, 0) - before.get(n, 0)) for n in after)
@@ -174,7 +187,8 @@ async def step(
         f"{label:7} {took:6.1f} s{data}  {moved}\n"
         f"        latency p50/p99: before {percentile(normal, 0.5) * 1000:.1f}/{percentile(normal, 0.99) * 1000:.1f} ms,"
         f" while moving {percentile(during, 0.5) * 1000:.1f}/{percentile(during, 0.99) * 1000:.1f} ms"
-        f" ({len(during)} requests, answers {dict(sorted(statuses.items()))})"
+        f" ({len(during)} requests, answers {dict(sorted(statuses.items()))})\n"
+        f"        primaries: {listed(primaries_before)} -> {listed(primaries_after)}"
     )
     print(line, flush=True)
     return line

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from types import ModuleType
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e import free_ports
 
 
 def _load_benchlib() -> ModuleType:
@@ -83,3 +87,48 @@ class MountTypeTests(SynchronousTestCase):
         """
         self.assertEqual(benchlib.mount_type("", "/data"), "?")
         self.assertEqual(benchlib.mount_type("tmpfs /tmp tmpfs rw 0 0\nbad line\n", "/data"), "?")
+
+
+class PortsTests(SynchronousTestCase):
+    """
+    L{benchlib.Ports}: free loopback ports, each claimed by one run until
+    it releases them, so that runs started at once never share one.
+    """
+
+    def setUp(self) -> None:
+        self.lock_dir = self.mktemp()
+        self.candidates = free_ports(3)
+
+    def ports(self) -> Any:
+        """
+        A L{benchlib.Ports} of this test's candidates, as a run of its own
+        has one; released when the test ends.
+        """
+        ports = benchlib.Ports(self.candidates, self.lock_dir)
+        self.addCleanup(ports.release)
+        return ports
+
+    def test_runs_take_different_ports(self) -> None:
+        """
+        A port one run took, not yet listened on, is not handed to another
+        run; once released, it is free again.
+        """
+        first = self.ports()
+        taken = first.take()
+        second = self.ports()
+        self.assertEqual(sorted([taken, second.take(), second.take()]), sorted(self.candidates))
+        self.assertRaises(RuntimeError, second.take)
+        first.release()
+        self.assertEqual(self.ports().take(), taken)
+
+    def test_bound_port_skipped(self) -> None:
+        """
+        A port something is bound to is skipped and not kept claimed: once
+        it is closed, a run takes it.
+        """
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", self.candidates[0]))
+        self.assertEqual(self.ports().take(), self.candidates[1])
+        busy.close()
+        self.assertEqual(self.ports().take(), self.candidates[0])

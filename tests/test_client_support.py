@@ -42,18 +42,19 @@ from twisted_kv.ws.server import build_ws_resource
 
 def three_nodes(executed: int = 0) -> dict:
     """
-    A C{/cluster} answer for a three-node cluster led by n2, n3 dead.
+    A C{/cluster} answer for a three-node cluster led by n2, n3 dead (the
+    primaries of its 8 partitions moved to the others).
     """
     return {
         "self": "n1",
         "leader": "n2",
         "term": 3,
         "nodes": [
-            {"id": "n1", "state": "alive", "http": "http://127.0.0.1:7001", "keys": 10,
+            {"id": "n1", "state": "alive", "primaries": 4, "http": "http://127.0.0.1:7001", "keys": 10,
              "file_records": 3, "synced": True, "executed": executed, "silent_for": 0.0},
-            {"id": "n2", "state": "alive", "http": "http://127.0.0.1:7002", "keys": 12,
+            {"id": "n2", "state": "alive", "primaries": 4, "http": "http://127.0.0.1:7002", "keys": 12,
              "file_records": 3, "synced": True, "executed": 2 * executed, "silent_for": 0.1},
-            {"id": "n3", "state": "dead", "http": "http://127.0.0.1:7003", "keys": None,
+            {"id": "n3", "state": "dead", "primaries": 0, "http": "http://127.0.0.1:7003", "keys": None,
              "file_records": None, "synced": False, "executed": 4, "silent_for": 12.5},
         ],
         "summary": {"nodes": 3, "alive": 2, "suspect": 0, "dead": 1, "in_sync": 2, "majority": 2,
@@ -80,7 +81,14 @@ class _Status:
         return []
 
     def members_view(self) -> dict:
-        return {**describe(self._node.roster), "moving_partitions": []}
+        """
+        The membership, each member the primary of as many partitions as
+        the C{/cluster} answer says (a node not in it, of none).
+        """
+        primaries = {node["id"]: node["primaries"] for node in self._node.cluster["nodes"]}
+        view = describe(self._node.roster)
+        members = [{**member, "primaries": primaries.get(member["id"], 0)} for member in view["members"]]
+        return {**view, "members": members, "moving_partitions": []}
 
     def change_members(self, kind: str, node: Any) -> Deferred[dict]:
         """

@@ -181,14 +181,19 @@ class KvctlTests(TestCase):
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(
             out.decode().splitlines()[-2:],
-            ["n4 10.0.0.4 http=7001 peer=7101 ftp=7201 joining", "in progress: adding n4, 0 partitions moving"],
+            [
+                "n4 10.0.0.4 http=7001 peer=7101 ftp=7201 joining primaries=0",
+                "in progress: adding n4, 0 partitions moving",
+            ],
         )
         status, out, err = yield self.kvctl("member", "remove", "n1")
         self.assertEqual(status, 1)
         self.assertIn("in progress (adding n4)", err)
         self.assertIn("(409)", err)
         status, out, _ = yield self.kvctl("member", "list")
-        self.assertEqual(out.decode().splitlines()[0], "n1 127.0.0.1 http=17001 peer=17101 ftp=17201 member")
+        self.assertEqual(
+            out.decode().splitlines()[0], "n1 127.0.0.1 http=17001 peer=17101 ftp=17201 member primaries=4"
+        )
         status, _, err = yield self.kvctl("member", "add", "n5", "--host", "h", "--http-port", "x")
         self.assertEqual(status, 2)
 

@@ -480,7 +480,7 @@ class HTTPTests(MembersTestMixin, SynchronousTestCase):
         code, body = self.call("POST", "/cluster/nodes", json=new)
         self.assertEqual(code, 202)
         self.assertEqual(body["change"], {"kind": "add", "node": "n4"})
-        self.assertEqual(body["members"][-1], {**new, "role": "joining", "voter": False})
+        self.assertEqual(body["members"][-1], {**new, "role": "joining", "voter": False, "primaries": 0})
         code, again = self.call("POST", "/cluster/nodes", json={**new, "id": "n5", "http_port": 1})
         self.assertEqual((code, again["error"]), (409, "membership_conflict"))
         self.cluster.join("n4", self.via)
@@ -498,6 +498,8 @@ class HTTPTests(MembersTestMixin, SynchronousTestCase):
         )
         code, members = self.call("GET", "/cluster/nodes")
         self.assertEqual([m["id"] for m in members["members"]], ["n1", "n2", "n3", "n4"])
+        # Once in sync, the new node is the primary of its share too.
+        self.assertGreater(members["members"][-1]["primaries"], 0)
         self.assertIn("twisted_kv_members 4.0", self.call("GET", "/metrics")[1])
 
     def test_remove(self) -> None:

@@ -136,6 +136,64 @@ class ClusterViewTests(ClusterTestMixin, SynchronousTestCase):
             },
         )
 
+    def get_json(self, node_id: str, path: str) -> dict:
+        """
+        The JSON answer of node C{node_id}'s site to C{GET path}.
+        """
+        response = self.successResultOf(self.site(node_id).get("http://node.example" + path))
+        self.assertEqual(response.code, 200)
+        return self.successResultOf(response.json())
+
+    def site(self, node_id: str) -> StubTreq:
+        """
+        A client of node C{node_id}'s web site, its status read at request
+        time.
+        """
+        site = build_site(
+            self.cluster.coordinators[node_id],
+            NodeStatus(self.cluster.nodes[node_id], self.cluster.clock),
+            clock=self.cluster.clock,
+        )
+        return StubTreq(site.resource)
+
+    def test_primaries(self) -> None:
+        """
+        Each node's C{primaries} in C{/cluster} and C{/cluster/nodes} is the
+        number of partitions the map makes it primary of: as many as it
+        acts as primary for, as its own C{twisted_kv_primary_partitions}
+        says, and every partition counted once.  A dead node's partitions
+        go to the others.
+        """
+        for dead in [(), ("n3",)]:
+            for node_id in dead:
+                self.cluster.kill(node_id)
+                self.cluster.settle()
+            alive = [n for n in self.cluster.nodes if n not in dead]
+            for via in alive:
+                entries = {e["id"]: e["primaries"] for e in self.get_json(via, "/cluster")["nodes"]}
+                members = {m["id"]: m["primaries"] for m in self.get_json(via, "/cluster/nodes")["members"]}
+                acting = {n: self.acting_primary(n) if n in alive else 0 for n in entries}
+                self.assertEqual((entries, members), (acting, acting))
+                self.assertEqual(sum(entries.values()), self.cluster.config.partitions)
+                self.assertEqual(self.primary_partitions_metric(via), entries[via])
+            self.assertEqual([acting[n] > 0 for n in sorted(acting)], [True, True, not dead])
+
+    def acting_primary(self, node_id: str) -> int:
+        """
+        How many of node C{node_id}'s replicas act as their partition's
+        primary.
+        """
+        return sum(1 for replica in self.cluster.nodes[node_id].replicas if replica.is_primary)
+
+    def primary_partitions_metric(self, node_id: str) -> float:
+        """
+        Node C{node_id}'s C{twisted_kv_primary_partitions}.
+        """
+        response = self.successResultOf(self.site(node_id).get("http://node.example/metrics"))
+        families = parse(self.successResultOf(response.text("utf-8")))
+        (value,) = values(families["twisted_kv_primary_partitions"]).values()
+        return value
+
     def test_metrics_follow_view(self) -> None:
         """
         The per-node metrics say what C{/cluster} says: client keys and file
@@ -146,12 +204,7 @@ class ClusterViewTests(ClusterTestMixin, SynchronousTestCase):
         self.cluster.run(1)
         self.cluster.kill("n3")
         self.cluster.run(self.cluster.config.failure_timeout)
-        site = build_site(
-            self.cluster.coordinators["n1"],
-            NodeStatus(self.cluster.nodes["n1"], self.cluster.clock),
-            clock=self.cluster.clock,
-        )
-        response = self.successResultOf(StubTreq(site.resource).get("http://node.example/metrics"))
+        response = self.successResultOf(self.site("n1").get("http://node.example/metrics"))
         families = parse(self.successResultOf(response.text("utf-8")))
 
         def by_node(name: str) -> dict[str, float]:

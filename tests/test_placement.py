@@ -35,6 +35,7 @@ from twisted_kv.core.placement import (
     partition_of,
     plan,
     plan_partition,
+    primary_counts,
     without_primary,
 )
 from twisted_kv.wire import codec
@@ -550,6 +551,31 @@ class ReportTests(SynchronousTestCase):
         self.assertIs(drop_member(alone, 1, 4, "A"), alone)
         # Dropping the member that is not in sync is fine.
         self.assertEqual(_ids(drop_member(current, 1, 4, "B").partitions[1]), ["A"])
+
+
+class PrimaryCountsTests(SynchronousTestCase):
+    """
+    L{primary_counts}: how many partitions of a map each node is the
+    primary of.
+    """
+
+    def test_counts(self) -> None:
+        """
+        Each node counts the partitions it is listed first in, not those it
+        is a backup of; a partition without members counts for nobody, and
+        a node primary of none counts 0.
+        """
+        current = ClusterMap(
+            [
+                _config(1, ["A", "B"], "AB"),
+                _config(2, ["B", "A"], "B"),
+                _config(1, ["A", "C"], "A"),
+                _config(3, [], ""),
+            ]
+        )
+        counts = primary_counts(current)
+        self.assertEqual(dict(counts), {"A": 2, "B": 1})
+        self.assertEqual(counts["C"], 0)
 
 
 class EncodingTests(SynchronousTestCase):

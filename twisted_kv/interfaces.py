@@ -252,7 +252,8 @@ class IClusterStatus(Interface):
         C{nodes} and C{summary}.
 
         C{nodes} is a list of objects with C{id}, C{state}
-        (C{alive}/C{suspect}/C{dead}), C{http}, C{keys} (the client keys the
+        (C{alive}/C{suspect}/C{dead}), C{http}, C{primaries} (how many partitions
+        it is the primary of in this node's map), C{keys} (the client keys the
         node holds a copy of), C{file_records} (the records of files it
         holds a copy of: chunks, manifests, directories), C{synced} (it
         holds in sync every partition placed on it), C{executed} (the client
@@ -276,7 +277,8 @@ class IClusterStatus(Interface):
         """
         The JSON object of C{GET /cluster/nodes}: C{members}, each with the
         L{twisted_kv.core.roster.NODE_FIELDS}, C{role} (C{member},
-        C{joining} or C{leaving}) and C{voter}; C{change}, the change in
+        C{joining} or C{leaving}), C{voter} and C{primaries} (as in
+        L{cluster_view}); C{change}, the change in
         progress (C{{"kind", "node"}}) or C{null}; C{moving_partitions},
         the partitions not yet where the placement wants them.
         """

@@ -14,7 +14,8 @@ C{kvctl}: the command-line client of a twisted_kv cluster.
                                                when the connection is lost
     kvctl cluster                              the cluster's state, as JSON
     kvctl member list                          one member a line: id, address,
-                                               role; then the change in progress
+                                               role, partitions it is primary of;
+                                               then the change in progress
     kvctl member add ID --host H --http-port P --peer-port Q --ftp-port R
                                                adds a node (docs: "Growing a
                                                cluster"); start it with --join
@@ -309,7 +310,7 @@ def _member(client: Client, arguments: argparse.Namespace, stdout: BinaryIO) -> 
         _line(
             stdout,
             f"{node['id']} {node['host']} http={node['http_port']} peer={node['peer_port']}"
-            f" ftp={node['ftp_port']} {node['role']}",
+            f" ftp={node['ftp_port']} {node['role']} primaries={node['primaries']}",
         )
     change = view["change"]
     if change is not None:

@@ -279,6 +279,16 @@ def without_primary(cluster_map: ClusterMap, live: Mapping[str, int]) -> list[in
     ]
 
 
+def primary_counts(cluster_map: ClusterMap) -> Counter[str]:
+    """
+    How many partitions of C{cluster_map} each node is the primary of (0
+    for a node primary of none), for C{/cluster} and the metrics.
+    """
+    return Counter(
+        config.primary.node_id for config in cluster_map.partitions if config.primary is not None
+    )
+
+
 def plan_partition(
     config: PartitionConfig,
     preference: Sequence[str],

@@ -9,6 +9,7 @@ knows nothing of how its state is presented.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -17,6 +18,7 @@ from zope.interface import implementer
 
 from twisted_kv.cluster.node import Node
 from twisted_kv.core.membership import ALIVE, DEAD, SUSPECT
+from twisted_kv.core.placement import primary_counts
 from twisted_kv.core.roster import Roster, describe
 from twisted_kv.interfaces import Health, IClusterStatus
 from twisted_kv.web.metrics import Metric, Reading, counter, gauge
@@ -101,7 +103,17 @@ class NodeStatus:
         return self._members(self._node.roster)
 
     def _members(self, roster: Roster) -> dict:
-        return {**describe(roster), "moving_partitions": self._node.moving_partitions()}
+        """
+        C{roster} as L{describe} gives it, each member with the partitions
+        it is the primary of, and the partitions still moving.
+        """
+        view = describe(roster)
+        primaries = _primary_counts(self._node)
+        return {
+            **view,
+            "members": [{**member, "primaries": primaries[member["id"]]} for member in view["members"]],
+            "moving_partitions": self._node.moving_partitions(),
+        }
 
     def change_members(self, kind: str, node: Any) -> Deferred[dict]:
         return self._node.changes.ask(kind, node).addCallback(self._members)
@@ -129,6 +141,7 @@ class NodeStatus:
         node = self._node
         nodes = []
         roster = node.roster
+        primaries = _primary_counts(node)
         for peer in roster.nodes:
             if peer.node_id == node.node_id:
                 info = node.sync_state()
@@ -143,6 +156,7 @@ class NodeStatus:
                     "http": peer.http_url,
                     "role": roster.role(peer.node_id),
                     "voter": peer.node_id in roster.voters,
+                    "primaries": primaries[peer.node_id],
                     **info,
                 }
             )
@@ -221,16 +235,19 @@ def _listed(partitions: list[int], shown: int = 8) -> str:
     return text if more <= 0 else f"{text} and {more} more"
 
 
+def _primary_counts(node: Node) -> Counter[str]:
+    """
+    How many partitions each node is the primary of in C{node}'s map (none
+    before it has one).
+    """
+    return Counter() if node.cluster_map is None else primary_counts(node.cluster_map)
+
+
 def _primaries(node: Node) -> int:
     """
     How many partitions C{node} is the primary of in its map.
     """
-    if node.cluster_map is None:
-        return 0
-    return sum(
-        1 for c in node.cluster_map.partitions
-        if c.primary is not None and c.primary.node_id == node.node_id
-    )
+    return _primary_counts(node)[node.node_id]
 
 
 # What /metrics reads at scrape time, one entry a metric.  Per node: a sample

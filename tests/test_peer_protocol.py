@@ -41,6 +41,7 @@ from twisted_kv.peer.protocol import (
     auth_mac,
     frame,
 )
+from twisted_kv.peer.turnwriter import TurnWriter
 from twisted_kv.app.certs import issue, new_authority, write_pair
 from twisted_kv.core.config import TLSConfig
 from twisted_kv.tls import NodeTLS, load_node_tls, tls_server_factory
@@ -426,6 +427,38 @@ class HandshakeTests(_ProtocolTestMixin, SynchronousTestCase):
         pump.flush()
         self.assertFalse(acceptor.authenticated or connector.authenticated)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_messages_of_a_turn_together(self) -> None:
+        """
+        With a L{TurnWriter}, the messages sent in a reactor turn, small
+        and large, are written together, in one write once the turn is
+        over, and reach the peer in order.
+        """
+        received: list[Any] = []
+        acceptor = PeerProtocol(
+            _settings("n1"), self.clock, deliver=lambda *event: received.append(event)
+        )
+        connector = PeerProtocol(
+            _settings("n2", incarnation=7),
+            self.clock,
+            expected_peer="n1",
+            writer=TurnWriter(self.clock),
+        )
+        pump = iosim.connect(
+            acceptor,
+            iosim.makeFakeServer(acceptor),
+            connector,
+            iosim.makeFakeClient(connector),
+            clock=self.clock,
+        )
+        messages = [[i, b"x" * (i * 1000)] for i in range(10)]
+        for message in messages:
+            self.assertTrue(connector.send(message))
+        self.assertEqual(connector.transport.stream, [])
+        self.clock.advance(0)
+        self.assertEqual(len(connector.transport.stream), 1)
+        pump.flush()
+        self.assertEqual(received, [("n2", 7, message) for message in messages])
 
     def test_wrong_secret_over_iosim(self) -> None:
         """

@@ -41,7 +41,7 @@ from twisted_kv.peer.protocol import (
     auth_mac,
     frame,
 )
-from twisted_kv.peer.turnwriter import TurnWriter
+from twisted_kv.sending import TurnWriter
 from twisted_kv.app.certs import issue, new_authority, write_pair
 from twisted_kv.core.config import TLSConfig
 from twisted_kv.tls import NodeTLS, load_node_tls, tls_server_factory

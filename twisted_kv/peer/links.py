@@ -76,7 +76,7 @@ from twisted_kv.peer.protocol import (
     PeerSettings,
     RefusalLog,
 )
-from twisted_kv.peer.turnwriter import TurnWriter
+from twisted_kv.sending import TurnWriter
 from twisted_kv.tls import NodeTLS, tls_server_factory
 from twisted_kv.wire.codec import encode
 

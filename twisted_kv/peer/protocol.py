@@ -118,7 +118,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from twisted_kv.peer.turnwriter import TurnWriter
+from twisted_kv.sending import TurnWriter
 from twisted_kv.wire.codec import PROTOCOL_VERSION, DecodeError, decode, encode
 
 __all__ = [

@@ -1,18 +1,20 @@
 """
-Tests for L{twisted_kv.peer.turnwriter}.
+Tests for L{twisted_kv.sending}.
 """
 
 from __future__ import annotations
 
 import socket
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.tcp import Connection
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_kv.peer.turnwriter import TurnWriter, send
+from twisted_kv.sending import TurnWriter, send
 
 
 class _SocketPair:
@@ -31,16 +33,58 @@ class _SocketPair:
         self.connection.connected = True
 
     def received(self) -> bytes:
-        self.far.setblocking(False)
-        chunks = []
-        while True:
-            try:
-                chunk = self.far.recv(1 << 20)
-            except BlockingIOError:
-                return b"".join(chunks)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        return received(self.far)
+
+
+def received(far: socket.socket) -> bytes:
+    """
+    What has arrived at C{far} so far, without waiting.
+    """
+    far.setblocking(False)
+    chunks = []
+    while True:
+        try:
+            chunk = far.recv(1 << 20)
+        except BlockingIOError:
+            return b"".join(chunks)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class _Accepted(Connection):
+    """
+    A Twisted TCP connection on a socket accepted by hand (Twisted's own
+    server connection wants its listening port).
+    """
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", *self.socket.getsockname())
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", *self.socket.getpeername())
+
+
+def loopback_connection(
+    test: SynchronousTestCase, protocol: IProtocol
+) -> tuple[Connection, socket.socket, MemoryReactor]:
+    """
+    A Twisted TCP connection to C{protocol} on 127.0.0.1, connected, on a
+    L{MemoryReactor} (which records whether it asked to be watched for
+    room); the client's socket, to read what it sent.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        far = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+    test.addCleanup(ours.close)
+    test.addCleanup(far.close)
+    reactor = MemoryReactor()
+    connection = _Accepted(ours, protocol, reactor)
+    connection.connected = True
+    protocol.makeConnection(connection)
+    return connection, far, reactor
 
 
 class TurnWriterTests(SynchronousTestCase):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_peer_turnwriter -*-
+# -*- test-case-name: tests.test_sending -*-
 """
 The writes of a reactor turn, sent together at its end.
 
@@ -25,6 +25,8 @@ from typing import Optional
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.tcp import Connection
+
+from twisted_kv._compat import nothing_to_send
 
 
 class TurnWriter:
@@ -74,8 +76,7 @@ def send(transport: ITransport, data: bytes) -> None:
         isinstance(transport, Connection)
         and transport.connected
         and not transport.disconnecting
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
+        and nothing_to_send(transport)
     ):
         try:
             sent = transport.socket.send(data)

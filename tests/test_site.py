@@ -30,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from tests.test_http_api import FakeClusterStatus, ScriptedKeyValue
 from tests.test_metrics import parse, values
+from tests.test_sending import loopback_connection, received
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import Record
@@ -395,6 +396,29 @@ class WriteHeadersTests(SiteTestCase):
         head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nVary: a\r\nVary: b\r\n\r\n"
         self.assertEqual(heads[0], (head, 1))
         self.assertEqual(heads[0][0], heads[1][0])
+
+
+class SocketTests(SiteTestCase):
+    """
+    On a TCP connection, answers go straight to the socket.
+    """
+
+    def test_answers_without_the_write_watch(self) -> None:
+        """
+        Answers to pipelined requests, head and body, reach the socket
+        whole and in order, and the connection never asks the reactor to
+        watch it for room to write.
+        """
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        _, far, reactor = loopback_connection(self, protocol)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        protocol.dataReceived(
+            request("PUT", "/kv/k", b"value") + request("GET", "/kv/k") + request("GET", "/kv/none")
+        )
+        responses = parse_responses(received(far))
+        self.assertEqual([status for status, _, _ in responses], [201, 200, 404])
+        self.assertEqual(responses[1][2], b"value")
+        self.assertEqual(reactor.getWriters(), [])
 
 
 class RoutingTests(SiteTestCase):

@@ -10,6 +10,7 @@ as the cluster forms and loses nodes.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -383,19 +384,38 @@ class WriteHeadersTests(SiteTestCase):
 
     def test_same_bytes_in_one_write(self) -> None:
         """
-        A head with several values of one header reaches the transport in
-        one write, byte for byte as twisted.web's channel writes it.
+        A head with several values of one header and the body that follows
+        reach the transport in one write, byte for byte as twisted.web's
+        channel writes them.
         """
         headers = Headers({b"Content-Type": [b"text/plain"], b"Vary": [b"a", b"b"]})
-        heads = []
+        answers = []
         for protocol in (self.site.buildProtocol(None), HTTPChannel()):
             transport = _CountingTransport()
             protocol.transport = transport
             protocol.writeHeaders(b"HTTP/1.1", b"200", b"OK", headers)
-            heads.append((transport.value(), transport.writes))
+            protocol.write(b"body")
+            answers.append((transport.value(), transport.writes))
         head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nVary: a\r\nVary: b\r\n\r\n"
-        self.assertEqual(heads[0], (head, 1))
-        self.assertEqual(heads[0][0], heads[1][0])
+        self.assertEqual(answers[0], (head + b"body", 1))
+        self.assertEqual(answers[0][0], answers[1][0])
+
+    def test_one_write_an_answer(self) -> None:
+        """
+        Each answer, with a body or without (a HEAD), is written in one
+        piece.
+        """
+        protocol, transport = self.connect()
+        transport.__class__ = _CountingTransport
+        protocol.dataReceived(
+            request("PUT", "/kv/k", b"value")
+            + request("HEAD", "/kv/k")
+            + request("GET", "/kv/k")
+            + request("GET", "/kv/none")
+        )
+        self.assertEqual(transport.writes, 4)
+        statuses = re.findall(rb"HTTP/1\.1 (\d+) ", transport.value())
+        self.assertEqual(statuses, [b"201", b"200", b"200", b"404"])
 
 
 class SocketTests(SiteTestCase):

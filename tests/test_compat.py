@@ -6,6 +6,7 @@ API a function relies on stops behaving the way its docstring says.
 
 from __future__ import annotations
 
+import socket
 from io import BytesIO
 from typing import Any, Callable
 
@@ -13,8 +14,9 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError, ConnectionDone
-from twisted.internet.protocol import Factory
-from twisted.internet.testing import StringTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Connection
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,6 +25,7 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from twisted_kv._compat import (
     keep_form_body,
+    nothing_to_send,
     parse_request_line,
     pending_request_target,
     raise_listen_errors,
@@ -261,3 +264,31 @@ class FTPTests(SynchronousTestCase):
         validate_network_protocol(protocol, "2")
         for family in ["3", "ip"]:
             self.assertRaises(ftp.FTPCmdError, validate_network_protocol, protocol, family)
+
+
+class TransportTests(SynchronousTestCase):
+    """
+    The TCP transport's internals: L{nothing_to_send}.
+    """
+
+    def test_nothing_to_send(self) -> None:
+        """
+        A connection holds bytes to send from a write until they all went
+        out, whether the transport moved them to its main buffer or not.
+        """
+        ours, far = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(far.close)
+        connection = Connection(ours, Protocol(), MemoryReactor())
+        connection.connected = True
+        self.assertTrue(nothing_to_send(connection))
+        connection.write(b"waiting")
+        self.assertFalse(nothing_to_send(connection))
+        connection.SEND_LIMIT = 3
+        connection.doWrite()
+        self.assertEqual(far.recv(100), b"wai")
+        self.assertFalse(nothing_to_send(connection))
+        connection.doWrite()
+        connection.doWrite()
+        self.assertEqual(far.recv(100), b"ting")
+        self.assertTrue(nothing_to_send(connection))

@@ -20,24 +20,29 @@ ALLOWED: dict[str, frozenset[str]] = {
     "errors": frozenset(),
     "_compat": frozenset(),
     "_autobahn_timer": frozenset(),
+    "sending": frozenset({"_compat"}),
     "core": frozenset({"errors"}),
     "wire": frozenset(),
     "storage": frozenset({"errors"}),
     "interfaces": frozenset({"core", "errors"}),
     "tls": frozenset({"core"}),
-    "peer": frozenset({"core", "wire", "interfaces", "errors", "tls"}),
+    "peer": frozenset({"core", "wire", "interfaces", "errors", "tls", "sending"}),
     "cluster": frozenset({"core", "wire", "storage", "interfaces", "errors"}),
     "files": frozenset({"core", "interfaces", "errors"}),
     "logins": frozenset({"core", "errors"}),
-    "web": frozenset({"cluster", "files", "core", "interfaces", "errors", "_compat", "logins"}),
+    "web": frozenset(
+        {"cluster", "files", "core", "interfaces", "errors", "_compat", "logins", "sending"}
+    ),
     "ws": frozenset({"files", "core", "interfaces", "errors", "_compat", "_autobahn_timer"}),
     "ftp": frozenset({"files", "core", "interfaces", "errors", "_compat", "tls", "logins"}),
     "client": frozenset({"core", "errors", "_compat", "_autobahn_timer"}),
-    "testing": frozenset({"cluster", "core", "wire", "peer", "storage", "interfaces", "errors"}),
+    "testing": frozenset(
+        {"cluster", "core", "wire", "peer", "storage", "interfaces", "errors", "sending"}
+    ),
     "app": frozenset(
         {
             "cluster", "client", "core", "wire", "storage", "peer", "files", "web", "ws", "ftp",
-            "interfaces", "errors", "_compat", "tls", "logins",
+            "interfaces", "errors", "_compat", "tls", "logins", "sending",
         }
     ),
 }

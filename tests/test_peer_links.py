@@ -201,9 +201,11 @@ class _Network:
     def run(self) -> None:
         """
         Complete connection attempts and move data until nothing changes
-        (without advancing the clock).
+        (without advancing the clock, but running what is due now, as each
+        turn of a reactor does: messages go out at the end of a turn).
         """
         for _ in range(10_000):
+            self.reactor.advance(0)
             busy = self._connect_pending()
             for connection in self.connections:
                 busy = connection.step() or busy

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.task import Clock
@@ -41,6 +42,7 @@ from twisted_kv.peer.protocol import (
     auth_mac,
     frame,
 )
+from twisted_kv.sending import TurnWriter
 from twisted_kv.app.certs import issue, new_authority, write_pair
 from twisted_kv.core.config import TLSConfig
 from twisted_kv.tls import NodeTLS, load_node_tls, tls_server_factory
@@ -66,12 +68,12 @@ def _settings(node_id: str = "n1", incarnation: int = 5, **kwargs: Any) -> PeerS
 
 
 def _n2_dialling_n1(
-    clock: Clock, received: list[Any], ready: list[str],
+    clock: Clock, received: list[Any], ready: list[str], writer: Optional[TurnWriter] = None,
 ) -> tuple[PeerProtocol, PeerProtocol]:
     """
     The protocols of n1, which delivers each message into C{received}, and
-    of n2 (incarnation 7), which dials n1; each notes in C{ready} whom it
-    has authenticated.
+    of n2 (incarnation 7), which dials n1 and writes through C{writer}, if
+    given; each notes in C{ready} whom it has authenticated.
     """
     acceptor = PeerProtocol(
         _settings("n1"),
@@ -84,8 +86,22 @@ def _n2_dialling_n1(
         clock,
         expected_peer="n1",
         on_ready=lambda p: ready.append(f"n2 sees {p.peer_id}"),
+        writer=writer,
     )
     return acceptor, connector
+
+
+def _connect(acceptor: IProtocol, connector: IProtocol, clock: Clock) -> iosim.IOPump:
+    """
+    Connect C{connector} to C{acceptor} in memory; the pump moves the bytes.
+    """
+    return iosim.connect(
+        acceptor,
+        iosim.makeFakeServer(acceptor),
+        connector,
+        iosim.makeFakeClient(connector),
+        clock=clock,
+    )
 
 
 def _parse(data: bytes) -> list[tuple[int, Any]]:
@@ -409,13 +425,7 @@ class HandshakeTests(_ProtocolTestMixin, SynchronousTestCase):
         received: list[Any] = []
         ready: list[str] = []
         acceptor, connector = _n2_dialling_n1(self.clock, received, ready)
-        pump = iosim.connect(
-            acceptor,
-            iosim.makeFakeServer(acceptor),
-            connector,
-            iosim.makeFakeClient(connector),
-            clock=self.clock,
-        )
+        pump = _connect(acceptor, connector, self.clock)
         self.assertEqual(sorted(ready), ["n1 sees n2", "n2 sees n1"])
         self.assertTrue(acceptor.authenticated and connector.authenticated)
         for i in range(100):
@@ -426,6 +436,24 @@ class HandshakeTests(_ProtocolTestMixin, SynchronousTestCase):
         pump.flush()
         self.assertFalse(acceptor.authenticated or connector.authenticated)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_messages_of_a_turn_together(self) -> None:
+        """
+        With a L{TurnWriter}, the messages sent in a reactor turn, small
+        and large, are written together, in one write once the turn is
+        over, and reach the peer in order.
+        """
+        received: list[Any] = []
+        acceptor, connector = _n2_dialling_n1(self.clock, received, [], TurnWriter(self.clock))
+        pump = _connect(acceptor, connector, self.clock)
+        messages = [[i, b"x" * (i * 1000)] for i in range(10)]
+        for message in messages:
+            self.assertTrue(connector.send(message))
+        self.assertEqual(connector.transport.stream, [])
+        self.clock.advance(0)
+        self.assertEqual(len(connector.transport.stream), 1)
+        pump.flush()
+        self.assertEqual(received, [("n2", 7, message) for message in messages])
 
     def test_wrong_secret_over_iosim(self) -> None:
         """
@@ -443,13 +471,7 @@ class HandshakeTests(_ProtocolTestMixin, SynchronousTestCase):
             expected_peer="n1",
             on_ready=ready.append,
         )
-        pump = iosim.connect(
-            acceptor,
-            iosim.makeFakeServer(acceptor),
-            connector,
-            iosim.makeFakeClient(connector),
-            clock=self.clock,
-        )
+        pump = _connect(acceptor, connector, self.clock)
         self.assertFalse(connector.send(["never"]))
         pump.flush()
         self.assertEqual((received, ready), ([], []))
@@ -1030,10 +1052,7 @@ class MutualTLSTests(SynchronousTestCase):
         client = TLSMemoryBIOFactory(
             connector_tls.peer_client("127.0.0.1"), True, _Built(connector), self.clock
         ).buildProtocol(None)
-        pump = iosim.connect(
-            server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
-            clock=self.clock,
-        )
+        pump = _connect(server, client, self.clock)
         pump.flush()
         self.pump = pump
         return acceptor, connector, ready

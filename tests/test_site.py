@@ -10,6 +10,7 @@ as the cluster forms and loses nodes.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -30,6 +31,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from tests.test_http_api import FakeClusterStatus, ScriptedKeyValue
 from tests.test_metrics import parse, values
+from tests.test_sending import loopback_connection, received
 from twisted_kv.cluster.local import LocalKeyValue
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.records import Record
@@ -382,19 +384,61 @@ class WriteHeadersTests(SiteTestCase):
 
     def test_same_bytes_in_one_write(self) -> None:
         """
-        A head with several values of one header reaches the transport in
-        one write, byte for byte as twisted.web's channel writes it.
+        A head with several values of one header and the body that follows
+        reach the transport in one write, byte for byte as twisted.web's
+        channel writes them.
         """
         headers = Headers({b"Content-Type": [b"text/plain"], b"Vary": [b"a", b"b"]})
-        heads = []
+        answers = []
         for protocol in (self.site.buildProtocol(None), HTTPChannel()):
             transport = _CountingTransport()
             protocol.transport = transport
             protocol.writeHeaders(b"HTTP/1.1", b"200", b"OK", headers)
-            heads.append((transport.value(), transport.writes))
+            protocol.write(b"body")
+            answers.append((transport.value(), transport.writes))
         head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nVary: a\r\nVary: b\r\n\r\n"
-        self.assertEqual(heads[0], (head, 1))
-        self.assertEqual(heads[0][0], heads[1][0])
+        self.assertEqual(answers[0], (head + b"body", 1))
+        self.assertEqual(answers[0][0], answers[1][0])
+
+    def test_one_write_an_answer(self) -> None:
+        """
+        Each answer, with a body or without (a HEAD), is written in one
+        piece.
+        """
+        protocol, transport = self.connect()
+        transport.__class__ = _CountingTransport
+        protocol.dataReceived(
+            request("PUT", "/kv/k", b"value")
+            + request("HEAD", "/kv/k")
+            + request("GET", "/kv/k")
+            + request("GET", "/kv/none")
+        )
+        self.assertEqual(transport.writes, 4)
+        statuses = re.findall(rb"HTTP/1\.1 (\d+) ", transport.value())
+        self.assertEqual(statuses, [b"201", b"200", b"200", b"404"])
+
+
+class SocketTests(SiteTestCase):
+    """
+    On a TCP connection, answers go straight to the socket.
+    """
+
+    def test_answers_without_the_write_watch(self) -> None:
+        """
+        Answers to pipelined requests, head and body, reach the socket
+        whole and in order, and the connection never asks the reactor to
+        watch it for room to write.
+        """
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        _, far, reactor = loopback_connection(self, protocol)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        protocol.dataReceived(
+            request("PUT", "/kv/k", b"value") + request("GET", "/kv/k") + request("GET", "/kv/none")
+        )
+        responses = parse_responses(received(far))
+        self.assertEqual([status for status, _, _ in responses], [201, 200, 404])
+        self.assertEqual(responses[1][2], b"value")
+        self.assertEqual(reactor.getWriters(), [])
 
 
 class RoutingTests(SiteTestCase):

@@ -18,6 +18,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from twisted.internet.tcp import Connection
     from twisted.application.internet import StreamServerEndpointService
     from twisted.protocols.ftp import FTP
     from twisted.web.http import Request
@@ -157,3 +158,16 @@ def use_fast_request_line_parser() -> None:
     from twisted.web import http
 
     http._parseRequestLine = parse_request_line
+
+
+def nothing_to_send(connection: Connection) -> bool:
+    """
+    Whether the TCP connection C{connection} holds no bytes still to be
+    sent: what is written next may go straight to its socket without
+    overtaking any (see L{twisted_kv.sending.send}).
+
+    Relies on C{twisted.internet.abstract.FileDescriptor} keeping what it
+    has yet to send in C{dataBuffer} (from C{offset}, emptied once all of it
+    went out) and C{_tempDataBuffer} (writes not yet moved to it).
+    """
+    return not connection.dataBuffer and not connection._tempDataBuffer

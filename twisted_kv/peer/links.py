@@ -76,6 +76,7 @@ from twisted_kv.peer.protocol import (
     PeerSettings,
     RefusalLog,
 )
+from twisted_kv.sending import TurnWriter
 from twisted_kv.tls import NodeTLS, tls_server_factory
 from twisted_kv.wire.codec import encode
 
@@ -297,6 +298,7 @@ class _OutboundFactory(Factory):
             on_ready=self._link.ready,
             on_closed=self._link.closed,
             refusals=self._links._refusals,
+            writer=self._links._writer,
         )
 
 
@@ -404,6 +406,9 @@ class PeerLinks(MultiService):
         self._inbound: set[PeerProtocol] = set()
         # one log line a minute per host refused for a wrong secret
         self._refusals = RefusalLog()
+        # one for every outbound connection: their messages of a reactor
+        # turn go out at its end, each connection's in one send
+        self._writer = TurnWriter(reactor)
         # the authenticated inbound connections of each peer
         self._heard_on: dict[str, set[PeerProtocol]] = {}
         self._outbound: dict[str, _OutboundLink] = {}

@@ -118,6 +118,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
+from twisted_kv.sending import TurnWriter
 from twisted_kv.wire.codec import PROTOCOL_VERSION, DecodeError, decode, encode
 
 __all__ = [
@@ -399,6 +400,7 @@ class PeerProtocol(Int32StringReceiver):
         on_closed: Optional[Callable[[PeerProtocol, bool], None]] = None,
         nonce: Optional[bytes] = None,
         refusals: Optional[RefusalLog] = None,
+        writer: Optional[TurnWriter] = None,
     ) -> None:
         """
         @param settings: this node's identity, secret and timeouts.
@@ -416,8 +418,12 @@ class PeerProtocol(Int32StringReceiver):
         @param refusals: decides whether a handshake refused for a wrong
             secret is logged, shared by the connections of a node; by
             default every one is.
+        @param writer: sends the messages of a reactor turn together at
+            its end, shared by the connections of a node; by default each
+            message is written on the transport at once.
         """
         self._settings = settings
+        self._writer = writer
         self._clock = clock
         self._expected_peer = expected_peer
         self._deliver = deliver
@@ -488,7 +494,10 @@ class PeerProtocol(Int32StringReceiver):
             raise MessageTooLarge(
                 f"encoded message of {size} bytes exceeds {self.MAX_LENGTH}"
             )
-        if size <= _CONCATENATE_MAX:
+        if self._writer is not None:
+            self._writer.write(self.transport, _HEADER.pack(size, TAG_MESSAGE))
+            self._writer.write(self.transport, payload)
+        elif size <= _CONCATENATE_MAX:
             self.transport.write(_HEADER.pack(size, TAG_MESSAGE) + payload)
         else:
             self.transport.writeSequence((_HEADER.pack(size, TAG_MESSAGE), payload))

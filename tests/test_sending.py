@@ -216,6 +216,18 @@ class SendTests(SynchronousTestCase):
         send(pair.connection, b"lost")
         self.assertIsInstance(pair.connection.doWrite(), Exception)
 
+    def test_tls_started(self) -> None:
+        """
+        On a connection that started TLS on itself, the bytes go through
+        the transport, which encrypts them: never to the socket in clear.
+        """
+        pair = _SocketPair(self)
+        written: list[bytes] = []
+        pair.connection.TLS = True
+        pair.connection.write = written.append  # type: ignore[method-assign]
+        send(pair.connection, b"secret")
+        self.assertEqual((written, pair.received()), ([b"secret"], b""))
+
     def test_other_transports(self) -> None:
         """
         A transport that is not a plain TCP connection gets the bytes

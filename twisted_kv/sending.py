@@ -84,12 +84,15 @@ def send(transport: ITransport, data: bytes) -> None:
     """
     Write C{data} on C{transport}: straight to the socket of a TCP
     connection whose buffer is empty, for as much as the socket takes;
-    through the transport otherwise, and for the rest.
+    through the transport otherwise, and for the rest.  Never straight to
+    the socket of a connection that started TLS on itself (C{startTLS}):
+    its transport encrypts what it is given.
     """
     if (
         isinstance(transport, Connection)
         and transport.connected
         and not transport.disconnecting
+        and not transport.TLS
         and nothing_to_send(transport)
     ):
         try:

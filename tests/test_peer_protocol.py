@@ -187,6 +187,7 @@ class _ProtocolTestMixin:
         settings: Optional[PeerSettings] = None,
         expected_peer: str = "n2",
         connect: bool = True,
+        writer: Optional[TurnWriter] = None,
     ) -> PeerProtocol:
         protocol = PeerProtocol(
             settings or _settings(),
@@ -196,6 +197,7 @@ class _ProtocolTestMixin:
             on_ready=self.recorder.ready,
             on_closed=self.recorder.closed,
             nonce=N1_NONCE,
+            writer=writer,
         )
         if connect:
             protocol.makeConnection(self.transport)
@@ -714,6 +716,19 @@ class AuthenticatedTests(_ProtocolTestMixin, SynchronousTestCase):
     """
     Rules and limits once the peer has authenticated.
     """
+
+    def test_dropped_before_the_end_of_the_turn(self) -> None:
+        """
+        Messages waiting for the end of the turn when the connection is
+        dropped never go out on it.
+        """
+        protocol = self.build(outbound=True, writer=TurnWriter(self.clock))
+        self.handshake(protocol)
+        self.assertTrue(protocol.send("waiting"))
+        protocol.drop("a test")
+        self.clock.advance(0)
+        self.assertEqual(self.transport.value(), b"")
+        self.assertDropped(protocol, was_ready=True)
 
     def test_max_length(self) -> None:
         """

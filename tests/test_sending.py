@@ -87,6 +87,10 @@ def loopback_connection(
     return connection, far, reactor
 
 
+def _raise(data: bytes) -> None:
+    raise RuntimeError("broken transport")
+
+
 class TurnWriterTests(SynchronousTestCase):
     def test_writes_go_out_at_the_end_of_the_turn(self) -> None:
         """
@@ -118,6 +122,35 @@ class TurnWriterTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"a")
         clock.advance(0)
         self.assertEqual(transport.value(), b"ab")
+
+    def test_discard(self) -> None:
+        """
+        What waits for a transport whose connection is being aborted is
+        dropped; other transports' bytes still go out.
+        """
+        clock = Clock()
+        writer = TurnWriter(clock)
+        aborted, other = StringTransport(), StringTransport()
+        writer.write(aborted, b"never")
+        writer.write(other, b"sent")
+        writer.discard(aborted)
+        clock.advance(0)
+        self.assertEqual((aborted.value(), other.value()), (b"", b"sent"))
+
+    def test_broken_transport(self) -> None:
+        """
+        A transport whose write raises is logged, and the transports after
+        it still get their bytes.
+        """
+        clock = Clock()
+        writer = TurnWriter(clock)
+        broken, other = StringTransport(), StringTransport()
+        broken.write = _raise  # type: ignore[method-assign]
+        writer.write(broken, b"lost")
+        writer.write(other, b"sent")
+        clock.advance(0)
+        self.assertEqual(other.value(), b"sent")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_flush_now(self) -> None:
         """
@@ -182,6 +215,18 @@ class SendTests(SynchronousTestCase):
         pair.far.close()
         send(pair.connection, b"lost")
         self.assertIsInstance(pair.connection.doWrite(), Exception)
+
+    def test_tls_started(self) -> None:
+        """
+        On a connection that started TLS on itself, the bytes go through
+        the transport, which encrypts them: never to the socket in clear.
+        """
+        pair = _SocketPair(self)
+        written: list[bytes] = []
+        pair.connection.TLS = True
+        pair.connection.write = written.append  # type: ignore[method-assign]
+        send(pair.connection, b"secret")
+        self.assertEqual((written, pair.received()), ([b"secret"], b""))
 
     def test_other_transports(self) -> None:
         """

@@ -18,8 +18,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from twisted.internet.tcp import Connection
     from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.tcp import Connection
     from twisted.protocols.ftp import FTP
     from twisted.web.http import Request
 

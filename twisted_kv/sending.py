@@ -25,8 +25,11 @@ from typing import Optional
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.tcp import Connection
+from twisted.logger import Logger
 
 from twisted_kv._compat import nothing_to_send
+
+log = Logger()
 
 
 class TurnWriter:
@@ -63,19 +66,33 @@ class TurnWriter:
         self._flush_call = None
         pending, self._pending = self._pending, {}
         for transport, chunks in pending.items():
-            send(transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            try:
+                send(transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            except Exception:
+                # One broken transport must not keep the others' bytes.
+                log.failure("cannot write on {transport}", transport=transport)
+
+    def discard(self, transport: ITransport) -> None:
+        """
+        Forget what waits for C{transport}: its connection is being
+        aborted, and nothing more may go out on it.
+        """
+        self._pending.pop(transport, None)
 
 
 def send(transport: ITransport, data: bytes) -> None:
     """
     Write C{data} on C{transport}: straight to the socket of a TCP
     connection whose buffer is empty, for as much as the socket takes;
-    through the transport otherwise, and for the rest.
+    through the transport otherwise, and for the rest.  Never straight to
+    the socket of a connection that started TLS on itself (C{startTLS}):
+    its transport encrypts what it is given.
     """
     if (
         isinstance(transport, Connection)
         and transport.connected
         and not transport.disconnecting
+        and not transport.TLS
         and nothing_to_send(transport)
     ):
         try:

@@ -525,6 +525,8 @@ class PeerProtocol(Int32StringReceiver):
             return
         self._log_drop(why)
         self._close()
+        if self._writer is not None:
+            self._writer.discard(self.transport)
         self.transport.abortConnection()
 
     # -- Twisted protocol interface ------------------------------------------

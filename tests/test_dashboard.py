@@ -506,8 +506,9 @@ class BrowserTests(TestCase):
         """
         Above the nodes, the page says how many are alive and how many more
         may fail; a dead node's key count shows as "—", with how long it
-        has been silent in its tooltip; the headers and a legend below the
-        table say what the keys and executed counts are.
+        has been silent in its tooltip; each node's primaries are shown;
+        the headers and a legend below the table say what the keys,
+        primaries and executed counts are.
         """
         page = yield open_page(self.browser, self.node.url + "/", 1280, 900)
         summary = yield page.wait_for("document.getElementById('cluster-summary').textContent")
@@ -524,8 +525,13 @@ class BrowserTests(TestCase):
                 ["n3", "—", "No current count: not heard from for 13 s"],
             ],
         )
+        primaries = yield page.evaluate(
+            "Array.from(document.querySelectorAll('#nodes tr'), tr => tr.cells[3].textContent)"
+        )
+        self.assertEqual(primaries, ["4", "4", "0"])
         legend = yield page.evaluate("document.getElementById('cluster-legend').textContent")
         self.assertIn("each key is kept on 2 nodes", legend)
+        self.assertIn("partitions the node is the primary of", legend)
         self.assertIn("executed as the primary", legend)
         titles = yield page.evaluate("Array.from(document.querySelectorAll('.nodes th'), th => th.title)")
         self.assertIn("whichever node received them", titles[-1])

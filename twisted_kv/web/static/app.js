@@ -112,6 +112,7 @@
       name: el("td"),
       state: el("td", { "data-label": "State" }),
       keys: el("td", { class: "num", "data-label": "Keys" }),
+      primaries: el("td", { class: "num", "data-label": "Primaries" }),
       synced: el("td", { "data-label": "Synced" }),
       bar: el("span"),
       rate: el("output"),
@@ -123,6 +124,7 @@
       cells.name,
       cells.state,
       cells.keys,
+      cells.primaries,
       cells.synced,
       el(
         "td",
@@ -215,6 +217,7 @@
       const tone = state === "alive" ? "ok" : state === "suspect" ? "wait" : "bad";
       cells.state.replaceChildren(el("span", { class: "pill pill-" + tone }, state));
       renderKeyCount(cells.keys, node);
+      cells.primaries.textContent = typeof node.primaries === "number" ? String(node.primaries) : "";
       cells.synced.textContent = node.synced ? "yes" : "no";
       const rate = rates.get(node.id);
       cells.bar.style.width = Math.round((rate / fastest) * 100) + "%";

@@ -132,3 +132,41 @@ class PortsTests(SynchronousTestCase):
         self.assertEqual(self.ports().take(), self.candidates[1])
         busy.close()
         self.assertEqual(self.ports().take(), self.candidates[0])
+
+
+class ProcessCpuTests(SynchronousTestCase):
+    """
+    A node's CPU time counts that of the processes it started (its sync
+    process).
+    """
+
+    def test_children(self) -> None:
+        """
+        L{benchlib.child_pids} lists a running child; L{benchlib.cpu_seconds}
+        adds its time to the parent's; a process that ended counts 0.
+        """
+        import subprocess
+        import sys
+
+        child = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys; sum(range(20_000_000)); print(flush=True); sys.stdin.read()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert child.stdout is not None
+            child.stdout.readline()  # it computed, and now waits
+            self.assertIn(child.pid, benchlib.child_pids(os.getpid()))
+            before = benchlib.own_cpu_seconds(os.getpid())
+            total = benchlib.cpu_seconds(os.getpid())
+            used = benchlib.own_cpu_seconds(child.pid)
+            self.assertGreater(used, 0.0)
+            self.assertGreaterEqual(total, before + used)
+        finally:
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.close()
+            child.wait()
+            child.stdout.close()
+        self.assertNotIn(child.pid, benchlib.child_pids(os.getpid()))
+        self.assertEqual(benchlib.own_cpu_seconds(child.pid), 0.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import threading
 from typing import Any
@@ -106,6 +107,32 @@ class SyncProcessTests(TestCase):
         return gatherResults(syncs).addCallback(
             lambda _: self.assertEqual(answered, list(range(5)))
         )
+
+    def test_behind(self) -> Deferred[Any]:
+        """
+        While the process is stopped, syncs the socket takes no more of
+        wait their turn, and all are answered in order once it goes on.
+        """
+        syncer = self.syncer()
+        log = self.log()
+        answered: list[int] = []
+
+        def pile_up(_: object) -> Deferred[Any]:
+            assert syncer.process is not None
+            syncer.process.signalProcess(signal.SIGSTOP)
+            syncs = [
+                syncer.sync(log.file).addCallback(lambda _, i=i: answered.append(i))
+                for i in range(600)
+            ]
+            self.assertGreater(len(syncer._unsent), 0)
+            syncer.process.signalProcess(signal.SIGCONT)
+            return gatherResults(syncs)
+
+        def check(_: object) -> None:
+            self.assertEqual(answered, list(range(600)))
+            self.assertEqual(len(syncer._unsent), 0)
+
+        return syncer.sync(log.file).addCallback(pile_up).addCallback(check)
 
     def test_stop(self) -> Deferred[Any]:
         """

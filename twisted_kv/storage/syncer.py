@@ -150,10 +150,9 @@ class SyncProcess:
                 return fail(error)
         done: Deferred[None] = Deferred()
         self._waiting.append(done)
-        if self._unsent:
-            self._unsent.append(os.dup(file.fileno()))
-        else:
-            self._send(file.fileno())
+        fd = file.fileno()
+        if (self._unsent or not self._send(fd)) and self._channel is not None:
+            self._unsent.append(os.dup(fd))
         return done
 
     def _start(self) -> None:
@@ -175,14 +174,15 @@ class SyncProcess:
 
     def _send(self, fd: int) -> bool:
         """
-        Send one sync of C{fd}; keep a copy of it to send later if the
-        socket takes no more now.
+        Send one sync of C{fd}.
+
+        @return: whether it was sent: not if the socket takes no more now
+            (the process is behind), or the process is lost.
         """
         assert self._channel is not None
         try:
             socket.send_fds(self._channel, [SYNC], [fd])
         except BlockingIOError:
-            self._unsent.append(os.dup(fd))
             return False
         except OSError as error:
             self._lost(error)
@@ -213,8 +213,7 @@ class SyncProcess:
             else:
                 done.errback(OSError(answer[0], os.strerror(answer[0])))
         while self._unsent and self._channel is not None:
-            fd = self._unsent[0]
-            if not self._send(fd):
+            if not self._send(self._unsent[0]):
                 return
             os.close(self._unsent.popleft())
 

@@ -331,41 +331,11 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, step: float
 
 def cpu_seconds(pid: int) -> float:
     """
-    User plus system CPU time so far of process C{pid} and of its children
-    still running (a node's sync process).
+    User plus system CPU time of process C{pid} so far.
     """
-    return own_cpu_seconds(pid) + sum(own_cpu_seconds(child) for child in child_pids(pid))
-
-
-def own_cpu_seconds(pid: int) -> float:
-    """
-    User plus system CPU time of process C{pid} so far, its children aside;
-    0 if it ended.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def child_pids(pid: int) -> list[int]:
-    """
-    The processes C{pid} started that are still running.
-    """
-    children = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return []
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as listed:
-                children.extend(int(child) for child in listed.read().split())
-        except FileNotFoundError:
-            continue
-    return children
 
 
 def rss_bytes(pid: int) -> int:

@@ -6,9 +6,9 @@ on disk under wrk PUT load of new keys, sent to the leader.
                                 [--connections 16] [--rounds 1]
                                 [--fsync always|everysec|never|memory]
 
-For each round, per node: the CPU time of the reactor thread, of every
-other thread (the log's work that does more than write and sync) and of
-its sync process per PUT, read from C{/proc/PID/task/*/stat}, and the log's counters from C{/metrics} (commits
+For each round, per node: the CPU time of the reactor thread and of every
+other thread (the log's commits and syncs) per PUT, read from
+C{/proc/PID/task/*/stat}, and the log's counters from C{/metrics} (commits
 and syncs per PUT, records a commit, time a commit spent in flight).  A
 sampling profiler cannot tell these apart: its signal always interrupts the
 reactor thread.  C{--fsync memory} runs the cluster without C{data_dir},
@@ -51,13 +51,6 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return seconds
 
 
-def syncer_cpu(pid: int) -> float:
-    """
-    CPU seconds of the processes node C{pid} started (its sync process).
-    """
-    return sum(benchlib.own_cpu_seconds(child) for child in benchlib.child_pids(pid))
-
-
 def log_counters(url: str) -> dict[str, float]:
     """
     The log's counters in a node's C{/metrics}.
@@ -94,19 +87,17 @@ def main() -> None:
         for round_ in range(options.rounds):
             pids = {node: proc.pid for node, proc in cluster.procs.items()}
             cpu_before = {node: thread_cpu(pid) for node, pid in pids.items()}
-            syncers_before = {node: syncer_cpu(pid) for node, pid in pids.items()}
             counts_before = {node: log_counters(cluster.url(node)) for node in pids}
             result = benchlib.run_wrk(url, "kv.lua", ["put", f"r{round_}", "1000"],
                                       options.connections, options.seconds, cluster.pids())
             cpu_after = {node: thread_cpu(pid) for node, pid in pids.items()}
-            syncers = {node: syncer_cpu(pid) - syncers_before[node] for node, pid in pids.items()}
             counts_after = {node: log_counters(cluster.url(node)) for node in pids}
             puts = result["requests"]
             print(f"{options.runtime}, fsync {options.fsync}, {options.connections} connections: "
                   f"{result['ops']:,.0f} PUT/s, p50 {result['p50_ms']:.2f} ms, "
                   f"p99 {result['p99_ms']:.2f} ms, {result['cpu_us_per_op']:.0f} us CPU per PUT, "
                   f"non-2xx {result['non2xx']}")
-            totals = [0.0, 0.0, 0.0]
+            totals = [0.0, 0.0]
             for node, pid in pids.items():
                 used = {tid: seconds - cpu_before[node].get(tid, 0.0)
                         for tid, seconds in cpu_after[node].items()}
@@ -114,19 +105,16 @@ def main() -> None:
                 others = sum(used.values()) - reactor
                 totals[0] += reactor
                 totals[1] += others
-                totals[2] += syncers[node]
                 counts = {name: counts_after[node].get(name, 0.0) - counts_before[node].get(name, 0.0)
                           for name in counts_after[node]}
                 commits = counts.get("commits", 0.0)
                 print(f"  {node}{' (leader)' if node == leader else ''}: reactor thread "
-                      f"{1e6 * reactor / puts:.0f} us per PUT, other threads {1e6 * others / puts:.0f}, "
-                      f"sync process {1e6 * syncers[node] / puts:.0f}; "
+                      f"{1e6 * reactor / puts:.0f} us per PUT, other threads {1e6 * others / puts:.0f}; "
                       f"commits {commits / puts:.3f} and syncs {counts.get('syncs', 0.0) / puts:.3f} "
                       f"per PUT, {counts.get('records', 0.0) / max(commits, 1):.2f} records a commit, "
                       f"{1000 * counts.get('commit_seconds', 0.0) / max(commits, 1):.2f} ms in flight")
             print(f"  three nodes: reactor threads {1e6 * totals[0] / puts:.0f} us per PUT, "
-                  f"other threads {1e6 * totals[1] / puts:.0f}, sync processes "
-                  f"{1e6 * totals[2] / puts:.0f}", flush=True)
+                  f"other threads {1e6 * totals[1] / puts:.0f}", flush=True)
     finally:
         processes.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)

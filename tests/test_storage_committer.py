@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 import random
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -18,15 +18,7 @@ from twisted_kv.errors import DiskFull, LogFailed
 from twisted_kv.storage.committer import LAZY_WAIT, SYNC_INTERVAL, GroupCommitter, RunInThread
 from twisted_kv.storage.fs import OSFileSystem
 from twisted_kv.storage.log import Log
-from twisted_kv.storage.syncer import Syncer
-from twisted_kv.storage.testing import (
-    CrashableFileSystem,
-    Fault,
-    HeldRunner,
-    HeldSyncer,
-    PowerCut,
-    run_now,
-)
+from twisted_kv.storage.testing import CrashableFileSystem, Fault, HeldRunner, run_now
 from twisted_kv.storage.worker import LogWorker
 
 DIRECTORY = "data/n1"
@@ -62,20 +54,14 @@ class _Setup:
     syncs.
     """
 
-    def __init__(
-        self,
-        policy: str = "always",
-        runner: RunInThread = run_now,
-        syncer: Optional[Syncer] = None,
-        segment_bytes: int = 2**20,
-    ) -> None:
+    def __init__(self, policy: str = "always", runner: RunInThread = run_now) -> None:
         self.fs = CrashableFileSystem()
-        self.log = Log(self.fs, DIRECTORY, segment_bytes=segment_bytes)
+        self.log = Log(self.fs, DIRECTORY)
         list(self.log.replay())
         self.writes = self.fs.inject(Fault("write", errno.EIO, after=2**62))
         self.syncs = self.fs.inject(Fault("sync", errno.EIO, after=2**62))
         self.clock = Clock()
-        self.committer = GroupCommitter(self.log, policy, runner, self.clock, syncer)
+        self.committer = GroupCommitter(self.log, policy, runner, self.clock)
 
     def recovered(self) -> list[bytes]:
         """
@@ -471,177 +457,6 @@ class PolicyTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(setup.recovered(), [b"a", b"b"])
         self.assertEqual(setup.clock.getDelayedCalls(), [])
-
-
-def _no_thread(work: Callable[[], Any]) -> Deferred[Any]:
-    raise AssertionError("a commit went to the thread")
-
-
-class SyncerTests(SynchronousTestCase):
-    """
-    With a syncer, the reactor writes each commit and the syncer syncs
-    it; only what does more goes to the thread, alone.
-    """
-
-    def test_written_in_reactor(self) -> None:
-        """
-        A turn's appends are written at the end of the turn, without the
-        thread, and fire once the syncer synced them, not before.
-        """
-        syncer = HeldSyncer()
-        setup = _Setup(runner=_no_thread, syncer=syncer)
-        results = [setup.committer.append(1, b"%d" % i) for i in range(3)]
-        setup.clock.advance(0)
-        self.assertEqual((setup.writes.seen, setup.syncs.seen), (1, 0))
-        self.assertEqual(len(syncer.runner.held), 1)
-        self.assertNoResult(results[0])
-        syncer.runner.release()
-        for result in results:
-            self.successResultOf(result)
-        self.assertEqual(setup.syncs.seen, 1)
-        self.assertEqual(setup.recovered(), [b"0", b"1", b"2"])
-        self.assertEqual(setup.committer.counts.syncs, 1)
-
-    def test_pipeline(self) -> None:
-        """
-        Two commits are in flight at most; the third is written once the
-        first is synced, and appends fire in order.
-        """
-        syncer = HeldSyncer()
-        setup = _Setup(runner=_no_thread, syncer=syncer)
-        results = []
-        for payload in (b"a", b"b", b"c"):
-            results.append(setup.committer.append(1, payload))
-            setup.clock.advance(0)
-        self.assertEqual(setup.writes.seen, 2)
-        syncer.runner.release()
-        self.successResultOf(results[0])
-        self.assertNoResult(results[1])
-        self.assertEqual(setup.writes.seen, 3)
-        syncer.runner.release()
-        syncer.runner.release()
-        self.successResultOf(results[2])
-        self.assertEqual(setup.recovered(), [b"a", b"b", b"c"])
-
-    def test_sync_fails(self) -> None:
-        """
-        A failed sync fails its batch and the log: the batch written
-        before and synced after fails too (a record before it may be
-        lost), and every later append fails at once.
-        """
-        syncer = HeldSyncer()
-        setup = _Setup(runner=_no_thread, syncer=syncer)
-        first = setup.committer.append(1, b"a")
-        setup.clock.advance(0)
-        second = setup.committer.append(1, b"b")
-        setup.clock.advance(0)
-        setup.fs.inject(Fault("sync", errno.EIO))
-        syncer.runner.release()
-        failure = self.failureResultOf(first, LogFailed)
-        self.assertIn("fsync of data/n1/", str(failure.value))
-        self.assertNoResult(second)
-        syncer.runner.release()
-        self.failureResultOf(second, LogFailed)
-        self.assertTrue(setup.log.failed)
-        self.assertTrue(setup.committer.failed)
-        self.failureResultOf(setup.committer.append(1, b"c"), LogFailed)
-
-    def test_new_segment_in_thread(self) -> None:
-        """
-        A commit that starts a new segment waits until nothing is in
-        flight, then goes to the thread, alone: appends meanwhile wait
-        for it.
-        """
-        runner = HeldRunner()
-        syncer = HeldSyncer()
-        setup = _Setup(runner=runner, syncer=syncer, segment_bytes=60)
-        first = setup.committer.append(1, b"a" * 30)
-        setup.clock.advance(0)
-        second = setup.committer.append(1, b"b" * 30)
-        setup.clock.advance(0)
-        self.assertEqual((runner.held, setup.writes.seen), ([], 1))
-        syncer.runner.release()
-        self.successResultOf(first)
-        self.assertEqual(len(runner.held), 1)
-        third = setup.committer.append(1, b"c")
-        setup.clock.advance(0)
-        self.assertEqual(setup.writes.seen, 1)
-        runner.release()
-        self.successResultOf(second)
-        self.assertEqual(setup.log.segments(), [0, 1])
-        self.assertEqual(setup.writes.seen, 3)
-        syncer.runner.release()
-        self.successResultOf(third)
-        self.assertEqual(setup.recovered(), [b"a" * 30, b"b" * 30, b"c"])
-
-    def test_exclusive_waits_for_syncs(self) -> None:
-        """
-        Exclusive work waits for the syncs in flight, runs in the thread,
-        and commits wait for it.
-        """
-        runner = HeldRunner()
-        syncer = HeldSyncer()
-        setup = _Setup(runner=runner, syncer=syncer)
-        setup.committer.append(1, b"a")
-        setup.clock.advance(0)
-        rotated = setup.committer.exclusive(setup.log.rotate)
-        later = setup.committer.append(1, b"b")
-        setup.clock.advance(0)
-        self.assertEqual(runner.held, [])
-        syncer.runner.release()
-        self.assertEqual(len(runner.held), 1)
-        runner.release()
-        self.assertEqual(self.successResultOf(rotated), 1)
-        syncer.runner.release()
-        self.successResultOf(later)
-        self.assertEqual(list(Log(setup.fs, DIRECTORY).replay(1)), [(1, b"b")])
-
-    def test_everysec(self) -> None:
-        """
-        C{everysec} fires after the write, and the syncer syncs a second
-        later; L{stop} syncs through it too.
-        """
-        syncer = HeldSyncer()
-        setup = _Setup("everysec", runner=_no_thread, syncer=syncer)
-        result = setup.committer.append(1, b"a")
-        setup.clock.advance(0)
-        self.successResultOf(result)
-        self.assertEqual(syncer.runner.held, [])
-        setup.clock.advance(SYNC_INTERVAL)
-        syncer.runner.release()
-        self.assertEqual(setup.syncs.seen, 1)
-        setup.committer.append(1, b"b")
-        stopped = setup.committer.stop()
-        self.assertNoResult(stopped)
-        syncer.runner.release()
-        self.successResultOf(stopped)
-        self.assertEqual(setup.recovered(), [b"a", b"b"])
-        self.assertEqual(setup.clock.getDelayedCalls(), [])
-
-    def test_never(self) -> None:
-        """
-        C{never} fires after the write, in the turn's flush, and asks for
-        no sync.
-        """
-        syncer = HeldSyncer()
-        setup = _Setup("never", runner=_no_thread, syncer=syncer)
-        result = setup.committer.append(1, b"a")
-        setup.clock.advance(0)
-        self.successResultOf(result)
-        setup.clock.advance(10)
-        self.assertEqual((setup.writes.seen, syncer.runner.held), (1, []))
-
-    def test_power_cut_in_sync(self) -> None:
-        """
-        The power cut during the sync: nothing was acknowledged.
-        """
-        syncer = HeldSyncer()
-        setup = _Setup(runner=_no_thread, syncer=syncer)
-        result = setup.committer.append(1, b"a")
-        setup.clock.advance(0)
-        setup.fs.cut_power_after(0)
-        syncer.runner.release()
-        self.failureResultOf(result, PowerCut)
 
 
 class ThreadTests(TestCase):

@@ -5,9 +5,7 @@ over many reactor turns, with commits in flight finishing at random moments
 and the power cut at any file-system call, then a crash and a recovery.
 
 Every record whose Deferred fired is back, and what comes back is a prefix
-of the records in the order they were appended, lazy ones included: with
-commits made in a thread, and written in the reactor and synced by a
-syncer.
+of the records in the order they were appended, lazy ones included.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_kv.storage.committer import SYNC_INTERVAL, GroupCommitter
 from twisted_kv.storage.log import Log
-from twisted_kv.storage.testing import CrashableFileSystem, HeldRunner, HeldSyncer
+from twisted_kv.storage.testing import CrashableFileSystem, HeldRunner
 
 DIRECTORY = "data/n1"
 
@@ -31,7 +29,6 @@ steps = st.lists(
         st.tuples(st.just("lazy"), st.integers(min_value=1, max_value=2)),
         st.just(("turn",)),
         st.just(("release",)),
-        st.just(("synced",)),
         st.just(("second",)),
         st.tuples(st.just("power_cut"), st.integers(min_value=0, max_value=8)),
     ),
@@ -43,19 +40,16 @@ steps = st.lists(
 class _Run:
     """
     A committer over a log with a small segment size, and the payloads
-    appended and acknowledged so far; with a syncer if asked.
+    appended and acknowledged so far.
     """
 
-    def __init__(self, policy: str, with_syncer: bool = False) -> None:
+    def __init__(self, policy: str) -> None:
         self.fs = CrashableFileSystem()
         log = Log(self.fs, DIRECTORY, segment_bytes=150)
         list(log.replay())
         self.runner = HeldRunner()
-        self.syncer = HeldSyncer()
         self.clock = Clock()
-        self.committer = GroupCommitter(
-            log, policy, self.runner, self.clock, self.syncer if with_syncer else None
-        )
+        self.committer = GroupCommitter(log, policy, self.runner, self.clock)
         self.appended: list[bytes] = []
         self.acked: set[bytes] = set()
 
@@ -73,9 +67,6 @@ class _Run:
         elif kind == "release":
             if self.runner.held:
                 self.runner.release()
-        elif kind == "synced":
-            if self.syncer.runner.held:
-                self.syncer.runner.release()
         elif kind == "second":
             self.clock.advance(SYNC_INTERVAL)
         else:
@@ -98,14 +89,12 @@ class CommitterCrashTests(SynchronousTestCase):
     """
 
     @settings(max_examples=200)
-    @given(steps, st.integers(min_value=0, max_value=2**32), st.booleans())
-    def test_always_power_cut(
-        self, sequence: list[tuple[object, ...]], seed: int, with_syncer: bool
-    ) -> None:
+    @given(steps, st.integers(min_value=0, max_value=2**32))
+    def test_always_power_cut(self, sequence: list[tuple[object, ...]], seed: int) -> None:
         """
         With C{always}, every acknowledged record survives a power cut.
         """
-        run = _Run("always", with_syncer)
+        run = _Run("always")
         for step in sequence:
             if not run.fs.powered:
                 break
@@ -113,38 +102,32 @@ class CommitterCrashTests(SynchronousTestCase):
         run.check(self, run.fs.crash(random.Random(seed)))
 
     @settings(max_examples=100)
-    @given(steps, st.sampled_from(["everysec", "never"]), st.booleans())
-    def test_kill(
-        self, sequence: list[tuple[object, ...]], policy: str, with_syncer: bool
-    ) -> None:
+    @given(steps, st.sampled_from(["everysec", "never"]))
+    def test_kill(self, sequence: list[tuple[object, ...]], policy: str) -> None:
         """
         With C{everysec} and C{never}, every acknowledged record survives
         the process being killed (the kernel keeps what was written).
         """
-        run = _Run(policy, with_syncer)
+        run = _Run(policy)
         for step in sequence:
             if step[0] != "power_cut":
                 run.apply(step)
         run.check(self, run.fs)
 
     @settings(max_examples=100)
-    @given(steps, st.integers(min_value=0, max_value=2**32), st.booleans())
-    def test_everysec_power_cut(
-        self, sequence: list[tuple[object, ...]], seed: int, with_syncer: bool
-    ) -> None:
+    @given(steps, st.integers(min_value=0, max_value=2**32))
+    def test_everysec_power_cut(self, sequence: list[tuple[object, ...]], seed: int) -> None:
         """
         With C{everysec}, a power cut loses at most what was acknowledged
         since the last sync: after a stop, nothing.
         """
-        run = _Run("everysec", with_syncer)
+        run = _Run("everysec")
         for step in sequence:
             if step[0] != "power_cut":
                 run.apply(step)
         stopped = run.committer.stop()
-        while run.runner.held or run.syncer.runner.held:
-            for runner in (run.runner, run.syncer.runner):
-                if runner.held:
-                    runner.release()
+        while run.runner.held:
+            run.runner.release()
         self.successResultOf(stopped)
         self.assertEqual(run.acked, set(run.appended))
         run.check(self, run.fs.crash(random.Random(seed)))

@@ -37,7 +37,6 @@ from twisted_kv.ftp.server import build_ftp_factory
 from twisted_kv.logins import Logins, check_in_threads, password_pool
 from twisted_kv.peer.links import PeerLinks
 from twisted_kv.storage.fs import OSFileSystem
-from twisted_kv.storage.syncer import SyncProcess
 from twisted_kv.storage.worker import LogWorker
 from twisted_kv.tls import NodeTLS, TLSSetupError, load_node_tls, tls_server_factory
 from twisted_kv.web.admin import admin_resource
@@ -158,14 +157,10 @@ def open_disk(config: ClusterConfig, node_id: str, reactor: Any) -> Optional[Nod
     path = config.node_data_dir(node_id)
     if path is None:
         return None
-    # The log's commits written by the reactor and synced by a process of
-    # their own (see SyncProcess); what does more than that (a new segment,
-    # a snapshot's rotation) on a thread of its own (see LogWorker).  Both
-    # end once the node stopped (it syncs everything on its way out).
+    # The log's commits on a thread of their own (see LogWorker), ended
+    # once the node stopped (it syncs everything on its way out).
     worker = LogWorker(reactor, f"log of {node_id}")
-    syncer = SyncProcess(reactor, f"syncer of {node_id}")
     reactor.addSystemEventTrigger("after", "shutdown", worker.stop)
-    reactor.addSystemEventTrigger("after", "shutdown", syncer.stop)
     try:
         return NodeDisk.open(
             OSFileSystem(),
@@ -177,7 +172,6 @@ def open_disk(config: ClusterConfig, node_id: str, reactor: Any) -> Optional[Nod
             config.partitions,
             lambda work: blockingCallFromThread(reactor, work),
             worker,
-            syncer,
         )
     except OSError as error:
         raise SystemExit(

@@ -69,7 +69,6 @@ from twisted_kv.errors import DiskFull, LogFailed, StorageCorrupt
 from twisted_kv.storage.committer import CommitCounts, GroupCommitter, RunInThread
 from twisted_kv.storage.fs import IFileSystem
 from twisted_kv.storage.recovery import Storage
-from twisted_kv.storage.syncer import Syncer
 from twisted_kv.wire import codec
 
 log = Logger()
@@ -337,7 +336,6 @@ class NodeDisk:
         partitions: int,
         in_reactor: Callable[[Callable[[], Any]], Any],
         commit_in_thread: Optional[RunInThread] = None,
-        syncer: Optional[Syncer] = None,
     ) -> "NodeDisk":
         """
         Read what C{path} holds (see L{recovered}), then open its log for
@@ -366,16 +364,13 @@ class NodeDisk:
             order (a L{twisted_kv.storage.worker.LogWorker}); by default
             C{run_in_thread}.  Not the snapshots' runner: a snapshot's
             writing waits for the reactor, and commits go on meanwhile.
-        @param syncer: syncs the log's commits, which the reactor then
-            writes itself (see L{twisted_kv.storage.committer}).
 
         @raise OSError: the directory cannot be read, created or moved
             aside.
         """
         try:
             return cls._read(
-                fs, path, policy, run_in_thread, clock, partitions, in_reactor, commit_in_thread,
-                syncer,
+                fs, path, policy, run_in_thread, clock, partitions, in_reactor, commit_in_thread
             )
         except StorageCorrupt as damage:
             aside = _set_aside(fs, path)
@@ -384,8 +379,7 @@ class NodeDisk:
                 " refilled from its peers", damage=str(damage), path=path, aside=aside,
             )
             return cls._read(
-                fs, path, policy, run_in_thread, clock, partitions, in_reactor, commit_in_thread,
-                syncer,
+                fs, path, policy, run_in_thread, clock, partitions, in_reactor, commit_in_thread
             )
 
     @classmethod
@@ -399,7 +393,6 @@ class NodeDisk:
         partitions: int,
         in_reactor: Callable[[Callable[[], Any]], Any],
         commit_in_thread: Optional[RunInThread] = None,
-        syncer: Optional[Syncer] = None,
     ) -> "NodeDisk":
         """
         What L{open} does, damage aside: read C{path} and open its log.
@@ -431,7 +424,7 @@ class NodeDisk:
                 offset=torn.offset,
             )
         committer = GroupCommitter(
-            storage.log, policy, commit_in_thread or run_in_thread, clock, syncer
+            storage.log, policy, commit_in_thread or run_in_thread, clock
         )
         recovered = Recovered(
             replayer.consensus, replicas, replayer.identity, replayer.runs, clean, count,

@@ -24,13 +24,6 @@ asks:
 Other work on the log (starting a segment before a snapshot, removing the
 segments a snapshot covers) goes through L{GroupCommitter.exclusive}, in
 order with the commits, so that only one thread ever uses the log.
-
-With a L{twisted_kv.storage.syncer.Syncer} (a process of its own), the
-reactor writes each commit itself and the syncer syncs it: no thread
-shares the interpreter lock with the reactor for the common commit.  The
-thread then runs only what does more than write and sync the file the log
-appends to, each alone (nothing else in flight): exclusive work, and a
-commit that starts a new segment.
 """
 
 from __future__ import annotations
@@ -40,13 +33,12 @@ from collections import deque
 from typing import Any, Callable, Deque, Optional, TypeVar, Union
 
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from twisted_kv.errors import LogFailed
 from twisted_kv.storage.log import Log, encode_record
-from twisted_kv.storage.syncer import Syncer
 
 T = TypeVar("T")
 
@@ -99,8 +91,7 @@ class _Commit:
     Work handed to a thread: a commit of appends, a sync or exclusive work.
 
     @ivar batch: what to fire with its outcome; L{None} for a commit of
-        appends, whose outcome says which it took.
-    @ivar alone: it runs with nothing else in flight.
+        appends, which takes them in its thread (its outcome says which).
     @ivar outcome: its result or L{Failure} once the thread is done, until
         then L{_PENDING}.
     """
@@ -108,7 +99,6 @@ class _Commit:
     batch: Optional[list["Deferred[Any]"]]
     sync: bool
     started: float
-    alone: bool
     outcome: Any = _PENDING
 
 
@@ -141,15 +131,12 @@ class GroupCommitter:
     @ivar run_in_thread: see L{RunInThread}.
     @ivar clock: schedules the flush at the end of the reactor turn and the
         C{everysec} syncs.
-    @ivar syncer: if given, commits are written in the reactor and synced
-        by it; see the module docstring.
     """
 
     log: Log
     policy: str
     run_in_thread: RunInThread
     clock: IReactorTime
-    syncer: Optional[Syncer] = None
     # Appends and exclusive work not started yet, in call order.
     _queue: Deque[Union[_Append, _Exclusive]] = field(factory=deque, init=False)
     # Held while a commit's thread takes from the queue's head (L{_take})
@@ -251,51 +238,17 @@ class GroupCommitter:
 
     def _flush(self) -> None:
         """
-        Start a commit.  In a thread, once the commit before it is done, it
+        Hand a commit to a thread: once the commit before it is done, it
         takes every append at the head of the queue by then (L{_take}),
         so that a batch holds everything appended while the previous one
-        synced.  With a syncer, it takes them now.
+        synced.
         """
+        self._taker_waiting = True
         self._lazy_due = False
         if self._lazy_call is not None:
             self._lazy_call.cancel()
             self._lazy_call = None
-        if self.syncer is None:
-            self._taker_waiting = True
-            self._start(self._commit_taken, None, False)
-            return
-        taken = self._take()
-        if self.log.would_rotate(_size(taken)):
-            self._start(lambda: self._commit(taken, True), None, False, alone=True)
-        else:
-            self._track(self._commit_here(taken, self.syncer), None, False)
-
-    def _may_commit(self) -> bool:
-        """
-        Whether a commit of the appends at the head of the queue may start
-        now (see L{_flush}).
-        """
-        in_flight = self._in_flight
-        if self.syncer is None:
-            return not self._taker_waiting and len(in_flight) < PIPELINE
-        if not in_flight:
-            return True
-        return (
-            len(in_flight) < PIPELINE
-            and not in_flight[-1].alone
-            and not self.log.would_rotate(_size(self._head_appends()))
-        )
-
-    def _head_appends(self) -> list[_Append]:
-        """
-        The appends at the head of the queue, which a commit would take.
-        """
-        appends = []
-        for item in self._queue:
-            if not isinstance(item, _Append):
-                break
-            appends.append(item)
-        return appends
+        self._start(self._commit_taken, None, False)
 
     def _take(self) -> list[_Append]:
         """
@@ -313,21 +266,14 @@ class GroupCommitter:
 
     def _commit_taken(self) -> tuple[list[_Append], bool, Optional[Failure]]:
         """
-        In a thread: commit what L{_take} takes (see L{_commit}).
-        """
-        return self._commit(self._take(), True)
-
-    def _commit(
-        self, taken: list[_Append], may_sync: bool
-    ) -> tuple[list[_Append], bool, Optional[Failure]]:
-        """
-        Commit C{taken} in one write and, if the policy asks and
-        C{may_sync}, one sync.
+        In a thread: commit what L{_take} takes, in one write and, if the
+        policy asks, one sync.
 
         @return: what was taken, whether it was synced, and why the commit
             failed if it did.
         """
-        sync = may_sync and self._sync_due_now()
+        taken = self._take()
+        sync = self.policy == "always" or self._sync_wanted or bool(self._stopping)
         if not taken:
             return taken, False, None
         try:
@@ -337,75 +283,19 @@ class GroupCommitter:
             return taken, sync, Failure()
         return taken, sync, None
 
-    def _sync_due_now(self) -> bool:
-        """
-        Whether the commit starting now syncs.
-        """
-        return self.policy == "always" or self._sync_wanted or bool(self._stopping)
-
-    def _commit_here(
-        self, taken: list[_Append], syncer: Syncer
-    ) -> "Deferred[tuple[list[_Append], bool, Optional[Failure]]]":
-        """
-        Write C{taken} now, in the reactor, and have C{syncer} sync it if
-        the policy asks.
-
-        @return: a Deferred that fires with what L{_commit} returns.
-        """
-        written = self._commit(taken, False)
-        if not self._sync_due_now() or not taken or written[2] is not None:
-            return succeed(written)
-        return self._synced_by(syncer).addCallbacks(
-            lambda _: (taken, True, None), lambda failure: (taken, True, failure)
-        )
-
-    def _synced_by(self, syncer: Syncer) -> "Deferred[None]":
-        """
-        Have C{syncer} sync the log's file; if that fails, the log fails
-        as if it had synced it itself.
-        """
-        file = self.log.file
-
-        def failed(failure: Failure) -> Failure:
-            failure.trap(OSError)
-            return Failure(self.log.sync_failed(file, failure.value))
-
-        return syncer.sync(file).addErrback(failed)
-
     def _start(
-        self,
-        work: Callable[[], Any],
-        batch: Optional[list["Deferred[Any]"]],
-        sync: bool,
-        alone: bool = False,
+        self, work: Callable[[], Any], batch: Optional[list["Deferred[Any]"]], sync: bool
     ) -> None:
         """
         Hand C{work} to the thread, to run once the work handed out before
         it is done.
 
         @param batch: what to fire with its outcome, or L{None} for
-            L{_commit}, whose outcome says.
-        @param alone: see L{_Commit.alone}.
+            L{_commit_taken}, whose outcome says.
         """
-        commit = self._track(None, batch, sync, alone)
-        self.run_in_thread(work).addBoth(self._done, commit)
-
-    def _track(
-        self,
-        outcome: "Optional[Deferred[Any]]",
-        batch: Optional[list["Deferred[Any]"]],
-        sync: bool,
-        alone: bool = False,
-    ) -> _Commit:
-        """
-        Count a commit in flight until C{outcome} fires (if given; else
-        the caller makes it answer, L{_done}).
-        """
-        commit = _Commit(batch, sync, self.clock.seconds(), alone)
+        commit = _Commit(batch, sync, self.clock.seconds())
         self._in_flight.append(commit)
-        if outcome is not None:
-            outcome.addBoth(self._done, commit)
-        return commit
+        self.run_in_thread(work).addBoth(self._done, commit)
 
     def _done(self, outcome: Any, commit: _Commit) -> None:
         """
@@ -448,10 +338,6 @@ class GroupCommitter:
                 # Lazy records this commit did not take (behind exclusive
                 # work) still go out in time.
                 self._lazy_call = self.clock.callLater(LAZY_WAIT, self._lazy_waited)
-        if self._failure is not None and not isinstance(outcome, Failure):
-            # Written before the log failed, synced after: a record of an
-            # earlier batch may be lost, and with it the way to this one.
-            outcome = self._failure
         counts.syncs += sync and not isinstance(outcome, Failure)
         if isinstance(outcome, Failure):
             if self._failure is None and (outcome.check(LogFailed) or self.log.failed):
@@ -495,22 +381,19 @@ class GroupCommitter:
         head = self._head() if self._wants_commit() else None
         if head is not None:
             if isinstance(head, _Append):
-                if self._may_commit():
+                if not self._taker_waiting and len(self._in_flight) < PIPELINE:
                     self._flush()
             elif not self._in_flight:
                 # Runs alone, and syncs as it likes: say nothing about
                 # what is unsynced.
                 queue.popleft()
                 self._urgent -= 1
-                self._start(head.work, [head.done], False, alone=True)
+                self._start(head.work, [head.done], False)
             return
         if self._in_flight:
             return
         if (self._sync_wanted or self._stopping) and self._unsynced:
-            if self.syncer is None:
-                self._start(self.log.sync, [], True)
-            else:
-                self._track(self._synced_by(self.syncer), [], True)
+            self._start(self.log.sync, [], True)
         else:
             self._sync_wanted = False
             stopping, self._stopping = self._stopping, []
@@ -594,7 +477,3 @@ class GroupCommitter:
         if not self._in_flight:
             self._next()
         return done
-
-
-def _size(appends: list[_Append]) -> int:
-    return sum(len(item.record) for item in appends)

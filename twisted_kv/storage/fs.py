@@ -139,13 +139,6 @@ class _OSAppendFile:
     def sync(self) -> None:
         _datasync(self._fd)
 
-    def fileno(self) -> int:
-        """
-        The descriptor, for a sync made in another process
-        (L{twisted_kv.storage.syncer.SyncProcess}).
-        """
-        return self._fd
-
     def truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
 

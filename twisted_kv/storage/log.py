@@ -348,7 +348,7 @@ class Log:
             if sync:
                 self.sync()
             return
-        if self.would_rotate(len(batch)):
+        if self._size > 0 and self._size + len(batch) > self.segment_bytes:
             self._rotate()
         assert self._file is not None
         try:
@@ -362,34 +362,6 @@ class Log:
         self._unsynced = True
         if sync:
             self.sync()
-
-    def would_rotate(self, size: int) -> bool:
-        """
-        Whether a write of C{size} bytes starts a new segment (which syncs
-        the one it ends, creates a file and syncs the directory).
-        """
-        return self._size > 0 and self._size + size > self.segment_bytes
-
-    @property
-    def file(self) -> IAppendFile:
-        """
-        The segment being appended to, for a sync made elsewhere (see
-        L{sync_failed}).
-        """
-        self._check()
-        assert self._file is not None
-        return self._file
-
-    def sync_failed(self, file: IAppendFile, error: OSError) -> LogFailed:
-        """
-        A sync of C{file} made elsewhere failed: the log fails as if its
-        own L{sync} had.
-
-        @return: the log's failure.
-        """
-        self._fail(f"fsync of {file.path} failed: {error.strerror}")
-        assert self._failed is not None
-        return self._failed
 
     def _cut_back(self, error: OSError) -> None:
         """
@@ -418,7 +390,8 @@ class Log:
         try:
             self._file.sync()
         except OSError as e:
-            raise self.sync_failed(self._file, e) from e
+            self._fail(f"fsync of {self._file.path} failed: {e.strerror}")
+            raise self._failed from e  # type: ignore[misc]
         self._unsynced = False
 
     def rotate(self) -> int:

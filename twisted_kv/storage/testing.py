@@ -491,17 +491,3 @@ class HeldRunner:
         """
         work, done = self.held.pop(0)
         maybeDeferred(work).chainDeferred(done)
-
-
-
-@define
-class HeldSyncer:
-    """
-    A L{twisted_kv.storage.syncer.Syncer} that syncs only when told: each
-    sync is work held by L{runner} until its L{HeldRunner.release}.
-    """
-
-    runner: HeldRunner = field(factory=HeldRunner)
-
-    def sync(self, file: IAppendFile) -> "Deferred[None]":
-        return self.runner(file.sync)

@@ -207,6 +207,20 @@ def boot_id() -> str:
         return f"unknown {random.SystemRandom().getrandbits(64):x}"
 
 
+def tune_collector() -> None:
+    """
+    Set CPython's collector as a node wants it.
+
+    A full collection walks every tracked object of the node: about 65 ms
+    at an entry node under PUT load.  With CPython's default thresholds it
+    ran every 3 s there and put the p99 latency at 53 ms instead of 14 ms.
+    Requests leave no reference cycles, so collecting the young generation
+    less often lets little survive into the older ones.
+    """
+    if hasattr(gc, "set_threshold"):  # PyPy's collector has no generations to tune
+        gc.set_threshold(50_000, 20, 100)
+
+
 def build_node_service(
     config: ClusterConfig, node_id: str, reactor: Any, joined: Optional[Roster] = None
 ) -> NodeService:
@@ -217,13 +231,7 @@ def build_node_service(
         as fetched with C{--join}; the file's nodes otherwise.
     """
     tls = node_tls(config, node_id)
-    # A full collection walks every tracked object of the node: about 65 ms
-    # at an entry node under PUT load.  With CPython's default thresholds it
-    # ran every 3 s there and put the p99 latency at 53 ms instead of 14 ms.
-    # Requests leave no reference cycles, so collecting the young generation
-    # less often lets little survive into the older ones.
-    if hasattr(gc, "set_threshold"):  # PyPy's collector has no generations to tune
-        gc.set_threshold(50_000, 20, 100)
+    tune_collector()
     # Read leases promised before a restart are measured from here.
     restarted_at = time.monotonic()
     disk = open_disk(config, node_id, reactor)

@@ -28,6 +28,7 @@ from twisted_kv.core import messages
 from twisted_kv.core.keyspace import user_key
 from twisted_kv.core.memstore import record_cost
 from twisted_kv.core.records import Change, Put, Record, make_version
+from twisted_kv.core import replica as replica_module
 from twisted_kv.core.replica import Entry, Replica, encode_entry
 from twisted_kv.errors import WriteFailed
 from twisted_kv.storage.committer import LAZY_WAIT
@@ -405,6 +406,60 @@ class CompactionTests(SynchronousTestCase):
         self.assertEqual(again.recovered.consensus, _STATE)
         self.assertEqual(again.recovered.identity.incarnation, 5)
         self.assertEqual(again.run, 2)
+
+
+class SnapshotChunkTests(SynchronousTestCase):
+    """
+    A snapshot's chunks are built in the reactor thread, small, one a turn:
+    the writer's thread holds the interpreter lock for no Python work.
+    """
+
+    def test_chunks_in_reactor(self) -> None:
+        """
+        Every chunk of a store is built and encoded inside a call into the
+        reactor, one chunk a call, each about L{SNAPSHOT_CHUNK_BYTES}; the
+        snapshot gives the store back.
+        """
+        self.patch(replica_module, "SNAPSHOT_CHUNK_BYTES", 300)
+        in_reactor = [False]
+        calls: list[int] = []
+        built_outside: list[int] = []
+
+        def call(work: Any) -> Any:
+            in_reactor[0] = True
+            try:
+                calls.append(1)
+                return work()
+            finally:
+                in_reactor[0] = False
+
+        real = replica_module.encode_records
+
+        def encode_records(records: Any) -> list:
+            encoded = real(records)
+            if not in_reactor[0]:
+                built_outside.append(len(encoded))
+            return encoded
+
+        self.patch(replica_module, "encode_records", encode_records)
+        fs = CrashableFileSystem()
+        clock = Clock()
+        disk = NodeDisk.open(fs, "/d", "always", run_now, clock, 1, call)
+        replica = Replica(0)
+        replica.restore_keys(
+            [[f"key {i:03}", b"v" * 90, "", make_version(1, i + 1), None] for i in range(10)]
+        )
+        calls.clear()
+        done = disk.compact([replica])
+        for _ in range(3):
+            clock.advance(0)
+        self.successResultOf(done)
+        self.assertEqual(built_outside, [])
+        # the state, three chunks (4, 4 and 2 keys of 97 bytes), the end
+        self.assertEqual(len(calls), 1 + 3 + 1)
+        again = NodeDisk.open(fs, "/d", "always", run_now, Clock(), 1, _call)
+        recovered = again.recovered.replicas[0]
+        self.assertEqual(sorted(recovered.store.keys()), [f"key {i:03}" for i in range(10)])
 
 
 class TornTailTests(SynchronousTestCase):

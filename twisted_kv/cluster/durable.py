@@ -595,8 +595,13 @@ class NodeDisk:
         """
         The records of a snapshot, made as the writer consumes them: each
         replica's state is taken in the reactor thread, in one short turn
-        (its header, and a copy of its store's index), and its chunks are
-        built and encoded in the writer's.
+        (its header, and a copy of its store's index), and so is each chunk
+        of its store, built and encoded in a turn of its own: Python work
+        in the writer's thread would hold the interpreter lock while the
+        reactor waits (up to the switch interval, 5 ms, each time it wants
+        it back), where a turn of the reactor's own is as short as a chunk
+        is small (L{twisted_kv.core.replica.SNAPSHOT_CHUNK_BYTES}).  The
+        writer's thread only writes and syncs.
         """
         if consensus is not None:
             yield CONSENSUS, encode_consensus(consensus)
@@ -608,8 +613,11 @@ class NodeDisk:
                 lambda: (self._numbers.get(partition, 0), *replica.export_state())
             )
             yield STATE, encode_fields([partition, number, *header])
-            for chunk in chunks:
-                yield KEYS, encode_fields([partition, chunk])
+            while True:
+                payload = self._in_reactor(lambda: _encoded_chunk(partition, chunks))
+                if payload is None:
+                    break
+                yield KEYS, payload
 
     def stop(self) -> "Deferred[None]":
         """
@@ -623,6 +631,15 @@ class NodeDisk:
             return waiting.addCallback(lambda _: self.stop())
         self.append(CLEAN, []).addErrback(lambda failure: None)
         return self._committer.stop()
+
+
+def _encoded_chunk(partition: int, chunks: Iterator[list]) -> Optional[bytes]:
+    """
+    The payload of the next snapshot record of C{partition}'s store, or
+    C{None} after the last.
+    """
+    chunk = next(chunks, None)
+    return None if chunk is None else encode_fields([partition, chunk])
 
 
 def _set_aside(fs: IFileSystem, path: str) -> str:

@@ -3,14 +3,15 @@ How long a snapshot of the data directory keeps the reactor from running:
 one node's disk, in this process, with its stores filled, and a timer that
 wants to run every millisecond while the snapshot is written.
 
-    python bench/snapshot_stalls.py [--keys 300000] [--chunk-bytes 4194304,262144]
+    python bench/snapshot_stalls.py [--keys 300000] [--chunk-bytes 4194304,65536]
                                     [--rounds 2] [--dir DIR]
 
 A snapshot takes each replica's state in the reactor thread, one replica a
-turn, and builds and writes its chunks in a thread; whatever that thread
-does while holding the interpreter lock, the reactor waits for.  For each
-chunk size asked (C{SNAPSHOT_CHUNK_BYTES}, the store's key and value bytes
-a snapshot record carries), in turns: the snapshot's time, and the gaps
+turn, builds each chunk of its store there too, a turn each, and writes
+them in a thread; whatever either does while holding the interpreter lock,
+the reactor (or its timer) waits for.  For each chunk size asked
+(C{SNAPSHOT_CHUNK_BYTES} by default: the store's key and value bytes a
+snapshot record carries), in turns: the snapshot's time, and the gaps
 between two runs of the timer while it was written (the longest, the 99th
 percentile, how many over 5 ms and their sum).  The node's code is that
 of the tree this file is in.
@@ -133,7 +134,8 @@ async def main(options: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=300_000)
-    parser.add_argument("--chunk-bytes", default=f"{4 * 1024 * 1024},{256 * 1024}")
+    parser.add_argument("--chunk-bytes", default=str(replica_module.SNAPSHOT_CHUNK_BYTES),
+                        help="chunk sizes to compare, separated by commas")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dir", help="where the data goes (default: the temporary directory)")
     options = parser.parse_args()

@@ -191,7 +191,7 @@ class DamagedDataTests(TestCase):
 
     async def test_corrupted_segment(self) -> None:
         """
-        A flipped byte in the middle of a node's log.
+        A flipped byte in the middle of a node's log records.
         """
         c = RealCluster(3, self.mktemp(), data_dir="data")
         self.addCleanup(c.stop_all)
@@ -205,8 +205,10 @@ class DamagedDataTests(TestCase):
             )
             with open(segment, "r+b") as f:
                 data = f.read()
-                f.seek(len(data) // 2)
-                f.write(bytes([data[len(data) // 2] ^ 0xFF]))
+                # the middle of the records, not of the zeros written ahead
+                middle = len(data.rstrip(b"\0")) // 2
+                f.seek(middle)
+                f.write(bytes([data[middle] ^ 0xFF]))
             return segment
 
         await self.restart_damaged(c, written, flip)

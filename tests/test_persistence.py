@@ -497,13 +497,17 @@ class DamageTests(SynchronousTestCase):
 
     def test_flipped_byte(self) -> None:
         """
-        A byte flipped in the middle of a log segment.
+        A byte flipped in the middle of a log segment's records.
         """
         def flip(fs: CrashableFileSystem, names: list[str]) -> str:
-            path = "/data/n3/" + max((n for n in names if n.endswith(".log")),
-                                     key=lambda n: fs.size(f"/data/n3/{n}"))
+            def records(name: str) -> int:
+                # how far the records go, before the zeros written ahead
+                return len(fs.read(f"/data/n3/{name}").rstrip(b"\0"))
+
+            name = max((n for n in names if n.endswith(".log")), key=records)
+            path = f"/data/n3/{name}"
             data = bytearray(fs.read(path))
-            data[len(data) // 2] ^= 0xFF
+            data[records(name) // 2] ^= 0xFF
             rewrite(fs, path, bytes(data))
             return path
 

@@ -84,6 +84,25 @@ class _FileSystemTests:
         file.close()
         case.assertEqual(self.fs.read(self.path("a")), b"0123ab")
 
+    def test_reserve(self) -> None:
+        """
+        C{reserve} writes zeros past the end; writes go on where the last
+        one ended, over them; a truncation moves where the next goes.
+        """
+        case: SynchronousTestCase = self  # type: ignore[assignment]
+        file = self.fs.create(self.path("a"))
+        file.write(b"abc")
+        file.reserve(10)
+        case.assertEqual(self.fs.read(self.path("a")), b"abc" + bytes(7))
+        file.write(b"de")
+        file.reserve(4)
+        file.sync()
+        case.assertEqual(self.fs.read(self.path("a")), b"abcde" + bytes(5))
+        file.truncate(2)
+        file.write(b"x")
+        file.close()
+        case.assertEqual(self.fs.read(self.path("a")), b"abx")
+
     def test_rename_remove_listdir(self) -> None:
         """
         A rename replaces its destination; removed files leave the listing;

@@ -33,9 +33,13 @@ def _segment(number: int) -> str:
 
 
 def _open(
-    fs: CrashableFileSystem, segment_bytes: int = 1000
+    fs: CrashableFileSystem, segment_bytes: int = 1000, reserve_bytes: int = 0
 ) -> tuple[Log, list[tuple[int, bytes]]]:
-    log = Log(fs, DIRECTORY, segment_bytes)
+    """
+    A log replayed, by default without zeros written ahead, so that its
+    files hold exactly its records.
+    """
+    log = Log(fs, DIRECTORY, segment_bytes, reserve_bytes)
     return log, list(log.replay())
 
 
@@ -115,6 +119,34 @@ class FormatTests(SynchronousTestCase):
         self.assertFalse(scan.torn())
         self.patch(log_module, "TORN_SEARCH_BYTES", 10**12)
         self.assertTrue(scan.torn())
+
+
+    def test_zeros_after(self) -> None:
+        """
+        Zeros after the records are where the log ended; zeros after a
+        damaged record do not make it so.
+        """
+        records = encode_record(1, b"a") + encode_record(2, b"bb")
+        scan = Scan(records + bytes(30))
+        self.assertEqual(list(scan), [(1, b"a"), (2, b"bb")])
+        self.assertEqual(scan.end, len(records))
+        self.assertTrue(scan.zeros_after())
+        torn = Scan(records + encode_record(3, b"ccc")[:-1] + bytes(30))
+        list(torn)
+        self.assertFalse(torn.zeros_after())
+        self.assertTrue(torn.torn())
+
+    def test_record_ending_in_zeros_found(self) -> None:
+        """
+        A valid record after damage is found even when it ends in zeros,
+        as the zeros written ahead do: the damage is corruption.
+        """
+        damaged = bytearray(encode_record(2, b"bb"))
+        damaged[-1] ^= 1
+        scan = Scan(encode_record(1, b"a") + bytes(damaged) + encode_record(0, bytes(20)))
+        list(scan)
+        self.assertFalse(scan.zeros_after())
+        self.assertFalse(scan.torn())
 
 
 class AppendTests(SynchronousTestCase):
@@ -442,6 +474,170 @@ class ErrorTests(SynchronousTestCase):
         fs.inject(Fault("sync_dir", errno.EIO))
         log.append(1, b"lost")
         self.assertRaises(LogFailed, log.commit)
+
+
+class ReserveTests(SynchronousTestCase):
+    """
+    Commits that sync write zeros ahead, and later commits land on them.
+    """
+
+    def test_commits_land_on_zeros(self) -> None:
+        """
+        A commit that syncs and does not fit in the zeros before writes
+        C{reserve_bytes} more past its records, synced with them; commits
+        that fit do not change the file's size.
+        """
+        fs = CrashableFileSystem()
+        reserves = _counter(fs, "reserve")
+        log, _ = _open(fs, reserve_bytes=100)
+        record = encode_record(1, b"x" * 11)  # 20 bytes
+        sizes = []
+        for _ in range(13):
+            log.append(1, b"x" * 11)
+            log.commit()
+            sizes.append(fs.size(_segment(0)))
+        self.assertEqual(sizes, [120] * 6 + [240] * 6 + [360])
+        self.assertEqual(reserves.seen, 3)
+        self.assertEqual(fs.read(_segment(0)), record * 13 + bytes(100))
+        crashed = fs.crash(random.Random(0))
+        self.assertEqual(crashed.read(_segment(0)), fs.read(_segment(0)))
+
+    def test_unsynced_commit_reserves_nothing(self) -> None:
+        """
+        Zeros ahead only make syncs cheaper: a commit that does not sync
+        writes none.
+        """
+        fs = CrashableFileSystem()
+        log, _ = _open(fs, reserve_bytes=100)
+        log.append(1, b"a")
+        log.commit(sync=False)
+        self.assertEqual(fs.read(_segment(0)), encode_record(1, b"a"))
+
+    def test_segments_end_at_their_records(self) -> None:
+        """
+        The zeros stop at the segment's size, and are cut off, durably,
+        before the next segment starts, which reserves anew: only the last
+        segment ends in zeros.
+        """
+        fs = CrashableFileSystem()
+        log, _ = _open(fs, segment_bytes=50, reserve_bytes=1000)
+        for i in range(6):
+            log.append(1, b"record %d" % i)  # 17 bytes
+            log.commit()
+        self.assertEqual(log.segments(), [0, 1, 2])
+        fs = fs.crash(random.Random(0))
+        self.assertEqual([fs.size(_segment(n)) for n in range(3)], [34, 34, 50])
+        again, records = _open(fs)
+        self.assertEqual(records, [(1, b"record %d" % i) for i in range(6)])
+        self.assertIsNone(again.torn)
+
+    def test_zeros_in_earlier_segment(self) -> None:
+        """
+        Zeros at the end of a segment other than the last are damage: the
+        log never leaves them there.
+        """
+        fs = CrashableFileSystem()
+        log, _ = _open(fs, segment_bytes=50)
+        for i in range(4):
+            log.append(1, b"record %d" % i)
+            log.commit()
+        data = fs.read(_segment(0))
+        file = fs.open_append(_segment(0))
+        file.reserve(len(data) + 10)
+        file.sync()
+        error = self.assertRaises(LogCorrupt, _open, fs)
+        self.assertEqual((error.path, error.offset), (_segment(0), len(data)))
+
+    def test_cut_fails(self) -> None:
+        """
+        If the zeros cannot be cut off before a new segment, the commit
+        fails and the log stays in its segment; a later commit rotates.
+        """
+        fs = CrashableFileSystem()
+        log, _ = _open(fs, segment_bytes=50, reserve_bytes=100)
+        for i in range(2):
+            log.append(1, b"record %d" % i)
+            log.commit()
+        fs.inject(Fault("truncate", errno.EIO))
+        log.append(1, b"record 2")
+        self.assertRaises(WriteFailed, log.commit)
+        self.assertEqual(log.segments(), [0])
+        log.append(1, b"record 3")
+        log.commit()
+        self.assertEqual(log.segments(), [0, 1])
+        self.assertEqual(_open(fs)[1], [(1, b"record %d" % i) for i in (0, 1, 3)])
+
+    def test_replay_cuts_zeros(self) -> None:
+        """
+        After a crash, the zeros past the last record are where the log
+        ended, not a torn write: the file is cut there and the next commit
+        writes after the records, reserving again.
+        """
+        fs = CrashableFileSystem()
+        log, _ = _open(fs, reserve_bytes=100)
+        log.append(1, b"a")
+        log.commit()
+        fs = fs.crash(random.Random(0))
+        self.assertEqual(fs.size(_segment(0)), 110)
+        log, records = _open(fs, reserve_bytes=100)
+        self.assertEqual(records, [(1, b"a")])
+        self.assertIsNone(log.torn)
+        self.assertEqual(fs.size(_segment(0)), 10)
+        log.append(1, b"b")
+        log.commit()
+        self.assertEqual(
+            fs.read(_segment(0)), encode_record(1, b"a") + encode_record(1, b"b") + bytes(100)
+        )
+
+    def test_torn_write_on_zeros(self) -> None:
+        """
+        A crash in the middle of a write over the zeros leaves part of a
+        record before them: a torn tail, dropped, and reported.
+        """
+        fs = CrashableFileSystem()
+        log, _ = _open(fs, reserve_bytes=100)
+        log.append(1, b"a")
+        log.commit()
+        file = fs.open_append(_segment(0))
+        file.truncate(10)
+        file.reserve(110)
+        file.write(encode_record(1, b"torn")[:-2])
+        file.sync()
+        log, records = _open(fs)
+        self.assertEqual(records, [(1, b"a")])
+        assert log.torn is not None
+        self.assertEqual((log.torn.offset, log.torn.dropped), (10, 100))
+        self.assertEqual(fs.size(_segment(0)), 10)
+
+    def test_no_room_for_zeros(self) -> None:
+        """
+        Without room for the zeros, the commit goes on without them, and
+        so does the rest of the segment; the next segment tries again.
+        """
+        fs = CrashableFileSystem()
+        reserves = fs.inject(Fault("reserve", errno.ENOSPC))
+        log, _ = _open(fs, segment_bytes=50, reserve_bytes=20)
+        for i in range(3):
+            log.append(1, b"record %d" % i)  # 17 bytes
+            log.commit()
+        self.assertEqual(reserves.seen, 2)
+        self.assertEqual(
+            fs.read(_segment(0)), encode_record(1, b"record 0") + encode_record(1, b"record 1")
+        )
+        self.assertEqual(fs.size(_segment(1)), 37)
+        self.assertEqual(_open(fs)[1], [(1, b"record %d" % i) for i in range(3)])
+
+    def test_failed_sync_of_zeros(self) -> None:
+        """
+        The zeros are synced with the commit's records: a failed sync fails
+        the log for good, like any other.
+        """
+        fs = CrashableFileSystem()
+        log, _ = _open(fs, reserve_bytes=100)
+        fs.inject(Fault("sync", errno.EIO))
+        log.append(1, b"a")
+        self.assertRaises(LogFailed, log.commit)
+        self.assertTrue(log.failed)
 
 
 class OSLogTests(SynchronousTestCase):

@@ -97,6 +97,27 @@ class CrashDataTests(SynchronousTestCase):
             self.assertTrue(outcome.startswith(b"0123"), outcome)
 
 
+    def test_written_over_reserved_zeros(self) -> None:
+        """
+        Bytes written over synced zeros are kept from the start up to a
+        random point, maybe ending in garbage; the zeros after that point
+        stay, as the file's size was synced.
+        """
+        fs = _fs_with_file(b"synced")
+        file = fs.open_append(FILE)
+        file.reserve(16)
+        file.sync()
+        file.write(b"-new")
+        outcomes = _outcomes(fs)
+        self.assertIn(b"synced" + bytes(10), outcomes)
+        self.assertIn(b"synced-new" + bytes(6), outcomes)
+        self.assertIn(b"synced-n" + bytes(8), outcomes)
+        self.assertTrue(any(not o.startswith(b"synced-") and o[6:].strip(b"\0") for o in outcomes))
+        for outcome in outcomes:
+            self.assertEqual(len(outcome), 16, outcome)
+            self.assertTrue(outcome.startswith(b"synced"), outcome)
+
+
 class CrashDirectoryTests(SynchronousTestCase):
     """
     What a crash does to names in directories.

@@ -8,10 +8,11 @@ successful sync; for each directory, its names as of its last directory
 sync, plus the operations (creates, renames, removals) made since.
 L{CrashableFileSystem.crash} returns the file system a restarted machine
 could find: every synced byte and every synced name, and of the rest, a
-random choice (unsynced appends dropped, kept or torn, with garbage in the
-torn part; each unsynced directory operation lost or kept).  Code that
-waits for the right syncs survives every such choice; code that acknowledges
-too early loses data on some seed.  This is what Pebble's C{vfs.MemFS} crash
+random choice (unsynced writes dropped, kept or torn, with garbage in the
+torn part, and any synced zeros they were written over still after them;
+each unsynced directory operation lost or kept).  Code that waits for the
+right syncs survives every such choice; code that acknowledges too early
+loses data on some seed.  This is what Pebble's C{vfs.MemFS} crash
 clones and Jepsen's LazyFS do.
 
 L{run_now} and L{HeldRunner} stand in for running work in a thread
@@ -50,7 +51,17 @@ class PowerCut(BaseException):
 
 # The calls that change a file system; a power cut happens before one.
 _CHANGES = frozenset(
-    ["write", "sync", "truncate", "create", "open_append", "rename", "remove", "sync_dir"]
+    [
+        "write",
+        "reserve",
+        "sync",
+        "truncate",
+        "create",
+        "open_append",
+        "rename",
+        "remove",
+        "sync_dir",
+    ]
 )
 
 
@@ -64,7 +75,7 @@ class Fault:
     An error that chosen calls of a L{CrashableFileSystem} raise.
 
     @ivar operation: the L{IFileSystem} or L{IAppendFile} method that fails:
-        C{"write"}, C{"sync"}, C{"truncate"}, C{"create"}, C{"open_append"},
+        C{"write"}, C{"reserve"}, C{"sync"}, C{"truncate"}, C{"create"}, C{"open_append"},
         C{"rename"}, C{"remove"}, C{"sync_dir"}, C{"read"}.
     @ivar errno: the C{OSError}'s errno (C{errno.ENOSPC}, C{errno.EIO}).
     @ivar matches: which paths it applies to.
@@ -179,6 +190,8 @@ class _MemAppendFile:
     path: str
     _fs: "CrashableFileSystem"
     _file: _File
+    # where the next write goes: where the last one ended
+    _position: int
     _closed: bool = False
 
     def _check_open(self) -> None:
@@ -189,9 +202,18 @@ class _MemAppendFile:
         self._check_open()
         fault = self._fs._fault("write", self.path)
         if fault is not None:
-            self._file.data += data[: fault.written]
+            data = data[: fault.written]
+        end = self._position + len(data)
+        self._file.data[self._position : end] = data
+        self._position = end
+        if fault is not None:
             raise _error(fault.errno, self.path)
-        self._file.data += data
+
+    def reserve(self, size: int) -> None:
+        self._check_open()
+        self._fs._check("reserve", self.path)
+        data = self._file.data
+        data += bytes(max(size - len(data), 0))
 
     def sync(self) -> None:
         self._check_open()
@@ -217,6 +239,7 @@ class _MemAppendFile:
         self._check_open()
         self._fs._check("truncate", self.path)
         del self._file.data[size:]
+        self._position = size
 
     def close(self) -> None:
         self._closed = True
@@ -328,7 +351,7 @@ class CrashableFileSystem:
             parent.link(name, node)
         if not isinstance(node, _File):
             raise _error(errno_module.EISDIR, path)
-        return _MemAppendFile(path, self, node)
+        return _MemAppendFile(path, self, node, len(node.data))
 
     def create(self, path: str) -> IAppendFile:
         self._check("create", path)
@@ -337,7 +360,7 @@ class CrashableFileSystem:
             raise _error(errno_module.EEXIST, path)
         node = _File()
         parent.link(name, node)
-        return _MemAppendFile(path, self, node)
+        return _MemAppendFile(path, self, node, 0)
 
     def read(self, path: str, offset: int = 0, length: Optional[int] = None) -> bytes:
         self._check("read", path)
@@ -430,34 +453,49 @@ def _crash_dir(directory: _Dir, rng: random.Random, files: dict[int, _File]) -> 
 
 def _crash_file(file: _File, rng: random.Random) -> _File:
     """
-    The file after a crash.  Appended to since its last sync: the synced
-    content, then of the rest nothing, everything, or a prefix that may end
-    in garbage.  Truncated since (or written over by the model of a failed
-    sync): the synced or the current content, cut anywhere after the part
-    both share, again possibly ending in garbage.
+    The file after a crash: the synced content, with the bytes written since
+    kept from where the two part up to a random point (nothing, everything,
+    or a prefix that may end in garbage), and the synced bytes past that
+    point where the file was longer (zeros reserved and synced, or a
+    truncation since that the crash undid, at random).
     """
     durable = file.durable
     data = bytes(file.data)
-    if data.startswith(durable):
-        common, base = len(durable), data
-    else:
-        common = 0
-        limit = min(len(durable), len(data))
-        while common < limit and durable[common] == data[common]:
-            common += 1
-        base = rng.choice([durable, data])
+    common = _common_prefix(durable, data)
     choice = rng.randrange(4)
     if choice == 0:
-        content = base[:common]
+        cut = common
     elif choice == 1:
-        content = base
+        cut = len(data)
     else:
-        cut = rng.randint(common, len(base))
-        content = base[:cut]
-        if choice == 3 and cut > common:
-            start = rng.randint(common, cut - 1)
-            content = content[:start] + rng.randbytes(cut - start)
+        cut = rng.randint(common, len(data))
+    content = data[:cut]
+    if choice == 3 and cut > common:
+        start = rng.randint(common, cut - 1)
+        content = content[:start] + rng.randbytes(cut - start)
+    # Past the cut, the synced bytes stay where the file was that long when
+    # synced: always over reserved zeros; after a truncation since, only
+    # if the crash undid it.
+    if cut < len(durable) and (len(data) >= len(durable) or rng.random() < 0.5):
+        content += durable[cut:]
     return _File(bytearray(content), content)
+
+
+def _common_prefix(one: bytes, other: bytes) -> int:
+    """
+    The length of the longest common prefix of C{one} and C{other}, found
+    by bisection (files hold megabytes of reserved zeros).
+    """
+    low, high = 0, min(len(one), len(other))
+    if one[:high] == other[:high]:
+        return high
+    while low < high:
+        middle = (low + high + 1) // 2
+        if one[:middle] == other[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def run_now(work: Callable[[], Any]) -> "Deferred[Any]":

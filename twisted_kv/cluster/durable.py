@@ -87,7 +87,14 @@ _REPLICA_FIELDS = {APPEND: 8, SNAPSHOT: 9, FORGET: 3, STATE: 10, KEYS: 2}
 
 #: Log bytes appended since the last snapshot that start the next one, at
 #: least (more if the live data is larger: see L{NodeDisk.compaction_due}).
-COMPACT_MIN_BYTES = 16 * 1024 * 1024
+#: A snapshot costs in proportion to the live data, so below five times this
+#: much, this sets how often the node pays for one: 48 MiB (as Redis rewrites
+#: its AOF at 64 MB at least, and etcd snapshots every 100,000 entries) made
+#: PUTs of a store of 10,000-200,000 keys 12-39 % faster under PyPy than
+#: 16 MiB (docs/performance.md); recovery replays at most about 170,000
+#: writes of a 100-byte value more (3 s), and the disk stays under 3x the
+#: live data + 64 MiB (old and new snapshot, 48 MiB of log, the zeros ahead).
+COMPACT_MIN_BYTES = 48 * 1024 * 1024
 
 #: Beyond L{COMPACT_MIN_BYTES}, a snapshot starts once the log since the last
 #: one holds this share of the live data.  Replaying a logged write costs

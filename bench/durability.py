@@ -288,26 +288,33 @@ def metrics(cluster: KvCluster, node: str) -> dict[str, float]:
 # -- what a node's log holds ----------------------------------------------------
 
 
-def segment_sizes(directory: str) -> dict[int, int]:
-    sizes = {}
+def segment_ends(directory: str) -> dict[int, int]:
+    """
+    Where the bytes of each log segment in C{directory} end, before the
+    zeros the log writes ahead: no record written after this starts before
+    it (a record's last bytes may be zeros, but not its header's).
+    """
+    ends = {}
     for name in os.listdir(directory):
         number = segment_number(name)
         if number is not None:
-            sizes[number] = os.path.getsize(os.path.join(directory, name))
-    return sizes
+            with open(os.path.join(directory, name), "rb") as source:
+                ends[number] = len(source.read().rstrip(b"\0"))
+    return ends
 
 
 def records_since(directory: str, before: dict[int, int]) -> dict:
     """
     Count the records of the (stopped) node's log in C{directory} written
-    after the segment sizes C{before}: by type, with their bytes, and the
-    entries (APPEND) or snapshot records (SNAPSHOT) they carry.
+    after the segment ends C{before} (L{segment_ends}): by type, with
+    their bytes, and the entries (APPEND) or snapshot records (SNAPSHOT)
+    they carry.
     """
     names = {durable.CONSENSUS: "consensus", durable.APPEND: "append",
              durable.SNAPSHOT: "snapshot", durable.FORGET: "forget",
              durable.IDENTITY: "identity", durable.CLEAN: "clean"}
     counts: dict[str, dict[str, int]] = {}
-    for number, size in sorted(segment_sizes(directory).items()):
+    for number, size in sorted(segment_ends(directory).items()):
         start = before.get(number, 0)
         if size <= start:
             continue
@@ -364,7 +371,7 @@ def recover_one(cluster: KvCluster, sample: list[str], timeout: float) -> dict:
     stop_s = time.monotonic() - t
     path = cluster.node_data_dir(node)
     assert path is not None
-    before = segment_sizes(path)
+    before = segment_ends(path)
     time.sleep(1)
     offset = log_size(cluster, node)
     started = time.monotonic()
@@ -476,7 +483,7 @@ def catch_up(cluster: KvCluster, missed_seconds: float, timeout: float) -> dict:
     log(f"catch-up: stopping {node}, then writing through {', '.join(others)} "
         f"for {missed_seconds:g} s")
     cluster.stop_node(node)
-    before = segment_sizes(path)
+    before = segment_ends(path)
     bytes_before = benchlib.directory_bytes(path)
     acked, others_status = write_for(cluster, others, "missed/", missed_seconds)
     log(f"catch-up: {len(acked):,} writes acknowledged while {node} was down "

@@ -288,18 +288,25 @@ def metrics(cluster: KvCluster, node: str) -> dict[str, float]:
 # -- what a node's log holds ----------------------------------------------------
 
 
+def written_end(data: bytes) -> int:
+    """
+    Where the bytes of a log segment end, before the zeros the log writes
+    ahead: no record written after this starts before it (a record's last
+    bytes may be zeros, but not its header's).
+    """
+    return len(data.rstrip(b"\0"))
+
+
 def segment_ends(directory: str) -> dict[int, int]:
     """
-    Where the bytes of each log segment in C{directory} end, before the
-    zeros the log writes ahead: no record written after this starts before
-    it (a record's last bytes may be zeros, but not its header's).
+    L{written_end} of each log segment in C{directory}.
     """
     ends = {}
     for name in os.listdir(directory):
         number = segment_number(name)
         if number is not None:
             with open(os.path.join(directory, name), "rb") as source:
-                ends[number] = len(source.read().rstrip(b"\0"))
+                ends[number] = written_end(source.read())
     return ends
 
 
@@ -314,12 +321,15 @@ def records_since(directory: str, before: dict[int, int]) -> dict:
              durable.SNAPSHOT: "snapshot", durable.FORGET: "forget",
              durable.IDENTITY: "identity", durable.CLEAN: "clean"}
     counts: dict[str, dict[str, int]] = {}
-    for number, size in sorted(segment_ends(directory).items()):
-        start = before.get(number, 0)
-        if size <= start:
+    for file_name in sorted(os.listdir(directory)):
+        number = segment_number(file_name)
+        if number is None:
             continue
-        with open(os.path.join(directory, f"{number:020d}.log"), "rb") as source:
+        with open(os.path.join(directory, file_name), "rb") as source:
             data = source.read()
+        start = before.get(number, 0)
+        if written_end(data) <= start:
+            continue
         scan = Scan(data)
         offset = 0
         for record_type, payload in scan:
